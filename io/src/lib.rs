@@ -1,0 +1,6 @@
+//! kiln's bytes on the wire, on disk and in buckets.
+//!
+//! `compress` holds the bounded gzip handling every ingest and RPC path shares: a body is
+//! never inflated past the limit the caller names, so a zip bomb costs at most that many
+//! bytes of memory on the core that received it.
+pub mod compress;

@@ -1,0 +1,41 @@
+//! Compiles the `.proto` sources with protox (pure Rust, no `protoc`), then prost for the
+//! message types and pbjson for their proto3 JSON mapping (what Connect's JSON codec speaks).
+use prost::Message;
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "google/v1/profile.proto",
+    "types/v1/types.proto",
+    "push/v1/push.proto",
+    "querier/v1/querier.proto",
+    "version/v1/version.proto",
+    "grpc/health/v1/health.proto",
+];
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("proto");
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    let fds = protox::compile(PROTOS, [&root]).expect("protos compile");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let descriptor_bytes = fds.encode_to_vec();
+    std::fs::write(out.join("descriptors.bin"), &descriptor_bytes).unwrap();
+
+    let mut cfg = prost_build::Config::new();
+    cfg.bytes([".push.v1.RawSample.raw_profile"]);
+    cfg.compile_fds(fds).expect("prost codegen");
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)
+        .unwrap()
+        .build(&[
+            ".google.v1",
+            ".types.v1",
+            ".push.v1",
+            ".querier.v1",
+            ".version.v1",
+            ".grpc.health.v1",
+        ])
+        .expect("pbjson codegen");
+}

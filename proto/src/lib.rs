@@ -1,0 +1,44 @@
+//! The wire messages kiln speaks: pprof (`google.v1`), Pyroscope's `push.v1`, `querier.v1`,
+//! `types.v1` and `version.v1`, and gRPC health. Field numbers follow Pyroscope's protos
+//! (see shared/api.md); every message also has serde impls in the proto3 JSON mapping
+//! (lowerCamel names, 64-bit integers as strings) for Connect's `application/json` codec.
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod google {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/google.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/google.v1.serde.rs"));
+    }
+}
+pub mod types {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/types.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/types.v1.serde.rs"));
+    }
+}
+pub mod push {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/push.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/push.v1.serde.rs"));
+    }
+}
+pub mod querier {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/querier.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/querier.v1.serde.rs"));
+    }
+}
+pub mod version {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/version.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/version.v1.serde.rs"));
+    }
+}
+pub mod grpc {
+    pub mod health {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.serde.rs"));
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The head: a core's in-memory profiles for one tenant.
+//!
+//! Ownership: a `TenantHead` is owned by one core's `Shard` and touched only by that core;
+//! other cores reach it by sending messages. Profiles are kept as columns per series: for
+//! profile i, its samples are `stacks[offsets[i]..offsets[i+1]]` with the matching `values`,
+//! sorted by stack id with no duplicates and no zeros.
+use crate::labels::{self, Labels};
+use crate::profile::{Profile, SampleGroup};
+use crate::query::{Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
+use crate::selector::matches_all;
+use crate::symbols::{Remap, Symbols, ROOT};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+pub struct Series {
+    pub labels: Labels,
+    pub profile_type: String,
+    pub timestamps: Vec<i64>,
+    pub totals: Vec<i64>,
+    pub offsets: Vec<u32>,
+    pub stacks: Vec<u32>,
+    pub values: Vec<i64>,
+}
+
+impl Series {
+    fn new(labels: Labels, profile_type: String) -> Self {
+        Series {
+            labels,
+            profile_type,
+            timestamps: Vec::new(),
+            totals: Vec::new(),
+            offsets: vec![0],
+            stacks: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn profiles(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    fn samples(&self, i: usize) -> impl Iterator<Item = (u32, i64)> + '_ {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        self.stacks[a..b].iter().copied().zip(self.values[a..b].iter().copied())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TenantHead {
+    pub symbols: Symbols,
+    pub series: Vec<Series>,
+    by_fingerprint: FxHashMap<u64, Vec<u32>>,
+    by_profile_type: FxHashMap<String, Vec<u32>>,
+    pub min_ns: i64,
+    pub max_ns: i64,
+    pub profiles: u64,
+    pub samples: u64,
+}
+
+/// What one append added, for metrics and limits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AppendStats {
+    pub profiles: u64,
+    pub samples: u64,
+    pub new_series: u64,
+}
+
+/// The labels every sample type adds to a group's labels.
+pub fn series_labels(base: &Labels, p: &Profile, type_index: usize) -> (Labels, String) {
+    let st = p.sample_types[type_index];
+    let mut l = base.clone();
+    let name = base.get(labels::NAME).unwrap_or("").to_string();
+    let (pt, pu) = match p.period_type {
+        Some(v) => (p.string(v.r#type).to_string(), p.string(v.unit).to_string()),
+        None => (String::new(), String::new()),
+    };
+    let id = format!("{}:{}:{}:{}:{}", name, p.string(st.r#type), p.string(st.unit), pt, pu);
+    l.set(labels::TYPE, p.string(st.r#type));
+    l.set(labels::UNIT, p.string(st.unit));
+    if p.period_type.is_some() {
+        l.set(labels::PERIOD_TYPE, pt);
+        l.set(labels::PERIOD_UNIT, pu);
+    }
+    if let Some(s) = base.get(labels::SERVICE_NAME) {
+        let s = s.to_string();
+        l.set(labels::SERVICE_NAME_PRIVATE, s);
+    }
+    l.set(labels::PROFILE_TYPE, id.clone());
+    (l, id)
+}
+
+impl TenantHead {
+    /// The one append path: every accepted profile enters the head here (and, once the WAL
+    /// exists, is replayed through here).
+    pub fn append(&mut self, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
+        let mut stats = AppendStats::default();
+        let mut remap = Remap::new(p);
+        let mut pairs: Vec<(u32, usize)> = Vec::new();
+        for g in groups {
+            // Intern each stack once for all sample types.
+            pairs.clear();
+            for &si in &g.samples {
+                let s = &p.samples[si as usize];
+                let id = self.symbols.intern_stack(p, &mut remap, &s.locations);
+                pairs.push((id, si as usize));
+            }
+            pairs.sort_unstable_by_key(|(id, _)| *id);
+            for t in 0..p.sample_types.len() {
+                let (labels, type_id) = series_labels(&g.labels, p, t);
+                let fp = labels.fingerprint(tenant);
+                let sref = match self.find(fp, &labels) {
+                    Some(r) => r,
+                    None => {
+                        stats.new_series += 1;
+                        self.insert_series(fp, labels, type_id)
+                    }
+                };
+                let series = &mut self.series[sref as usize];
+                let mut total = 0i64;
+                let start = series.stacks.len();
+                for &(id, si) in &pairs {
+                    let v = p.samples[si].values[t];
+                    if v == 0 {
+                        continue;
+                    }
+                    total = total.saturating_add(v);
+                    if series.stacks.len() > start && *series.stacks.last().unwrap() == id {
+                        let last = series.values.last_mut().unwrap();
+                        *last = last.saturating_add(v);
+                    } else {
+                        series.stacks.push(id);
+                        series.values.push(v);
+                    }
+                }
+                // A fully-zero profile still records its timestamp: Pyroscope keeps the row.
+                let n = (series.stacks.len() - start) as u64;
+                series.timestamps.push(p.time_nanos);
+                series.totals.push(total);
+                series.offsets.push(series.stacks.len() as u32);
+                stats.profiles += 1;
+                stats.samples += n;
+            }
+        }
+        if self.profiles == 0 {
+            (self.min_ns, self.max_ns) = (p.time_nanos, p.time_nanos);
+        }
+        self.min_ns = self.min_ns.min(p.time_nanos);
+        self.max_ns = self.max_ns.max(p.time_nanos);
+        self.profiles += stats.profiles;
+        self.samples += stats.samples;
+        stats
+    }
+
+    fn find(&self, fp: u64, labels: &Labels) -> Option<u32> {
+        self.by_fingerprint
+            .get(&fp)?
+            .iter()
+            .copied()
+            .find(|r| self.series[*r as usize].labels == *labels)
+    }
+
+    fn insert_series(&mut self, fp: u64, labels: Labels, type_id: String) -> u32 {
+        let r = self.series.len() as u32;
+        self.by_fingerprint.entry(fp).or_default().push(r);
+        self.by_profile_type.entry(type_id.clone()).or_default().push(r);
+        self.series.push(Series::new(labels, type_id));
+        r
+    }
+
+    /// Series that match the selection's profile type and matchers and have a profile in range.
+    fn selected<'a>(&'a self, sel: &'a Selection) -> impl Iterator<Item = &'a Series> + 'a {
+        let refs: Box<dyn Iterator<Item = u32> + 'a> = match &sel.profile_type {
+            Some(pt) => Box::new(self.by_profile_type.get(pt).into_iter().flatten().copied()),
+            None => Box::new(0..self.series.len() as u32),
+        };
+        refs.map(|r| &self.series[r as usize])
+            .filter(|s| matches_all(&sel.matchers, &s.labels))
+            .filter(|s| s.timestamps.iter().any(|t| sel.contains_ns(*t)))
+    }
+
+    fn in_range<'a>(s: &'a Series, sel: &'a Selection) -> impl Iterator<Item = usize> + 'a {
+        (0..s.profiles()).filter(move |i| sel.contains_ns(s.timestamps[*i]))
+    }
+
+    pub fn query(&self, q: &QueryRequest) -> QueryResult {
+        match q {
+            QueryRequest::ProfileTypes(sel) => {
+                let mut v: Vec<String> = self.selected(sel).map(|s| s.profile_type.clone()).collect();
+                v.sort();
+                v.dedup();
+                QueryResult::Strings(v)
+            }
+            QueryRequest::LabelNames(sel) => {
+                let mut v: Vec<String> =
+                    self.selected(sel).flat_map(|s| s.labels.iter().map(|(k, _)| k.to_string())).collect();
+                v.sort();
+                v.dedup();
+                QueryResult::Strings(v)
+            }
+            QueryRequest::LabelValues(sel, name) => {
+                let mut v: Vec<String> = self
+                    .selected(sel)
+                    .filter_map(|s| s.labels.get(name).map(str::to_string))
+                    .collect();
+                v.sort();
+                v.dedup();
+                QueryResult::Strings(v)
+            }
+            QueryRequest::Series(sel, names) => {
+                let mut v: Vec<Labels> = self
+                    .selected(sel)
+                    .map(|s| {
+                        if names.is_empty() {
+                            s.labels.clone()
+                        } else {
+                            Labels::from_pairs(s.labels.iter().filter(|(k, _)| names.iter().any(|n| n == k)))
+                        }
+                    })
+                    .collect();
+                v.sort();
+                v.dedup();
+                QueryResult::LabelSets(v)
+            }
+            QueryRequest::MergeTree(sel) => QueryResult::Tree(self.flame_tree(&self.stack_values(sel))),
+            QueryRequest::MergeProfile(sel) => QueryResult::Pprof(self.pprof_part(&self.stack_values(sel))),
+            QueryRequest::SelectSeries { sel, step_ms, group_by } => {
+                let mut groups: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
+                let step = (*step_ms).max(1);
+                for s in self.selected(sel) {
+                    let key = Labels::from_pairs(s.labels.iter().filter(|(k, _)| group_by.iter().any(|g| g == k)));
+                    let g = groups.entry(key).or_default();
+                    for i in Self::in_range(s, sel) {
+                        let ts_ms = s.timestamps[i].div_euclid(1_000_000);
+                        // The first step boundary at or after the profile's time.
+                        let k = (ts_ms - sel.start_ms + step - 1).div_euclid(step);
+                        let t = sel.start_ms + k * step;
+                        let b = g.entry(t).or_default();
+                        b.sum += s.totals[i] as f64;
+                        b.count += 1;
+                    }
+                }
+                QueryResult::Series(groups.into_iter().map(|(l, b)| (l, b.into_iter().collect())).collect())
+            }
+            QueryRequest::Stats(sel) => {
+                let mut any = false;
+                let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+                for s in self.selected(sel) {
+                    for i in Self::in_range(s, sel) {
+                        any = true;
+                        lo = lo.min(s.timestamps[i]);
+                        hi = hi.max(s.timestamps[i]);
+                    }
+                }
+                if !any {
+                    return QueryResult::Stats { oldest_ms: 0, newest_ms: 0, ingested: false };
+                }
+                QueryResult::Stats { oldest_ms: lo / 1_000_000, newest_ms: hi / 1_000_000, ingested: true }
+            }
+        }
+    }
+
+    /// Summed value per stack node over the selected profiles.
+    fn stack_values(&self, sel: &Selection) -> FxHashMap<u32, i64> {
+        let mut acc: FxHashMap<u32, i64> = FxHashMap::default();
+        for s in self.selected(sel) {
+            for i in Self::in_range(s, sel) {
+                for (id, v) in s.samples(i) {
+                    let e = acc.entry(id).or_insert(0);
+                    *e = e.saturating_add(v);
+                }
+            }
+        }
+        acc
+    }
+
+    /// The function name of a location frame, or its address when it has no symbols.
+    fn frame_names(&self, loc: u32, out: &mut Vec<u32>, tree_names: &mut NameMap) {
+        let l = &self.symbols.locations[loc as usize];
+        if l.lines.is_empty() {
+            out.push(tree_names.literal(format!("0x{:x}", l.address)));
+            return;
+        }
+        // Root-first: the outermost caller (last line) comes first.
+        for line in l.lines.iter().rev() {
+            let f = &self.symbols.functions[line.function as usize];
+            out.push(tree_names.symbol(f.name, &self.symbols));
+        }
+    }
+
+    fn flame_tree(&self, values: &FxHashMap<u32, i64>) -> FlameTree {
+        let mut names = NameMap::default();
+        let mut nodes: Vec<(u32, u32, i64)> = vec![(0, 0, 0)];
+        let mut children: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+        // stack node -> tree node of its deepest frame
+        let mut memo: FxHashMap<u32, u32> = FxHashMap::default();
+        memo.insert(ROOT, 0);
+        let mut path: Vec<u32> = Vec::new();
+        let mut frames: Vec<u32> = Vec::new();
+        let mut ids: Vec<u32> = values.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let v = values[&id];
+            // Walk up to the nearest resolved ancestor, then resolve downwards.
+            path.clear();
+            let mut n = id;
+            while !memo.contains_key(&n) {
+                path.push(n);
+                n = self.symbols.parent[n as usize];
+            }
+            let mut tnode = memo[&n];
+            for &sn in path.iter().rev() {
+                frames.clear();
+                self.frame_names(self.symbols.location[sn as usize], &mut frames, &mut names);
+                for &name in &frames {
+                    let next = nodes.len() as u32;
+                    tnode = *children.entry((tnode, name)).or_insert_with(|| {
+                        nodes.push((tnode, name, 0));
+                        next
+                    });
+                }
+                memo.insert(sn, tnode);
+            }
+            nodes[tnode as usize].2 += v;
+        }
+        FlameTree { names: names.names, nodes }
+    }
+
+    fn pprof_part(&self, values: &FxHashMap<u32, i64>) -> PprofPart {
+        // Everything is copied with this table's ids; the merger re-interns by content.
+        let mut out = PprofPart {
+            strings: (0..self.symbols.strings.len() as u32).map(|i| self.symbols.strings.get(i).to_string()).collect(),
+            functions: self.symbols.functions.clone(),
+            mappings: self.symbols.mappings.clone(),
+            locations: self.symbols.locations.clone(),
+            samples: Vec::with_capacity(values.len()),
+        };
+        for (&id, &v) in values {
+            let mut locs = Vec::new();
+            let mut n = id;
+            while n != ROOT {
+                locs.push(self.symbols.location[n as usize]);
+                n = self.symbols.parent[n as usize];
+            }
+            out.samples.push((locs, v));
+        }
+        out
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.symbols.heap_bytes()
+            + self
+                .series
+                .iter()
+                .map(|s| s.timestamps.len() * 20 + s.stacks.len() * 12 + 128 + s.labels.len() * 64)
+                .sum::<usize>()
+    }
+}
+
+/// Names of one query's flame tree, keyed by symbol string id (or literal for addresses).
+#[derive(Default)]
+struct NameMap {
+    names: Vec<String>,
+    by_symbol: FxHashMap<u32, u32>,
+    by_literal: FxHashMap<String, u32>,
+}
+
+impl NameMap {
+    fn ensure_root(&mut self) {
+        if self.names.is_empty() {
+            self.names.push(String::new());
+        }
+    }
+    fn symbol(&mut self, s: u32, symbols: &Symbols) -> u32 {
+        self.ensure_root();
+        if let Some(i) = self.by_symbol.get(&s) {
+            return *i;
+        }
+        let i = self.literal(symbols.strings.get(s).to_string());
+        self.by_symbol.insert(s, i);
+        i
+    }
+    fn literal(&mut self, v: String) -> u32 {
+        self.ensure_root();
+        if let Some(i) = self.by_literal.get(&v) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.by_literal.insert(v.clone(), i);
+        self.names.push(v);
+        i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Function, Line, Location, Sample, ValueType};
+    use crate::selector::parse_selector;
+
+    pub(crate) fn folded(stacks: &[(&str, i64)], ts: i64) -> Profile {
+        let mut p = Profile {
+            strings: vec!["".into(), "samples".into(), "count".into()],
+            sample_types: vec![ValueType { r#type: 1, unit: 2 }],
+            time_nanos: ts,
+            ..Default::default()
+        };
+        let mut fn_ids: FxHashMap<String, u32> = FxHashMap::default();
+        for (stack, v) in stacks {
+            let mut locs = Vec::new();
+            for frame in stack.split(';') {
+                let id = *fn_ids.entry(frame.to_string()).or_insert_with(|| {
+                    p.strings.push(frame.to_string());
+                    p.functions.push(Function { name: p.strings.len() as u32 - 1, ..Default::default() });
+                    p.locations.push(Location {
+                        lines: vec![Line { function: p.functions.len() as u32 - 1, line: 0 }],
+                        ..Default::default()
+                    });
+                    p.locations.len() as u32 - 1
+                });
+                locs.push(id);
+            }
+            locs.reverse();
+            p.samples.push(Sample { locations: locs, values: vec![*v] });
+        }
+        p
+    }
+
+    fn group(p: &Profile, labels: &[(&str, &str)]) -> Vec<SampleGroup> {
+        vec![SampleGroup {
+            labels: Labels::from_pairs(labels.iter().copied()),
+            samples: (0..p.samples.len() as u32).collect(),
+        }]
+    }
+
+    fn sel(pt: &str, selector: &str) -> Selection {
+        Selection {
+            tenants: vec!["t".into()],
+            profile_type: Some(pt.into()),
+            matchers: parse_selector(selector).unwrap(),
+            start_ms: 0,
+            end_ms: i64::MAX / 2_000_000,
+        }
+    }
+
+    #[test]
+    fn merges_duplicate_stacks_and_drops_zeros() {
+        let p = folded(&[("a;b", 1), ("a;b", 2), ("a;c", 0)], 1_000_000_000);
+        let mut h = TenantHead::default();
+        let st = h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
+        assert_eq!(st.samples, 1);
+        assert_eq!(h.series.len(), 1);
+        assert_eq!(h.series[0].totals, vec![3]);
+        assert_eq!(h.series[0].labels.get("__profile_type__"), Some("x:samples:count::"));
+        assert_eq!(h.series[0].labels.get("__service_name__"), Some("svc"));
+    }
+
+    #[test]
+    fn flame_tree_sums_values() {
+        let p = folded(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1)], 5_000_000);
+        let mut h = TenantHead::default();
+        h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
+        let QueryResult::Tree(t) = h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"svc\"}")))
+        else {
+            panic!()
+        };
+        let total: i64 = t.nodes.iter().map(|n| n.2).sum();
+        assert_eq!(total, 4);
+        for (i, n) in t.nodes.iter().enumerate().skip(1) {
+            assert!((n.0 as usize) < i);
+        }
+        let QueryResult::Tree(empty) = h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"other\"}")))
+        else {
+            panic!()
+        };
+        assert_eq!(empty.nodes.len(), 1);
+    }
+
+    #[test]
+    fn select_series_buckets() {
+        let mut h = TenantHead::default();
+        for (ts_s, v) in [(1, 1), (10, 2), (11, 4), (30, 8)] {
+            let p = folded(&[("a", v)], ts_s * 1_000_000_000);
+            h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "s")]));
+        }
+        let mut s = sel("x:samples:count::", "{}");
+        s.start_ms = 0;
+        s.end_ms = 40_000;
+        let QueryResult::Series(v) =
+            h.query(&QueryRequest::SelectSeries { sel: s, step_ms: 10_000, group_by: vec![] })
+        else {
+            panic!()
+        };
+        let pts: Vec<(i64, f64)> = v[0].1.iter().map(|(t, b)| (*t, b.sum)).collect();
+        assert_eq!(pts, vec![(10_000, 3.0), (20_000, 4.0), (30_000, 8.0)]);
+    }
+}

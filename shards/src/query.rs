@@ -1,0 +1,71 @@
+//! What a core is asked to evaluate over its heads, and the partial results it sends back.
+//! The accepting core merges the partials of every core (see the server's `query` module).
+use crate::labels::Labels;
+use crate::selector::Matcher;
+
+/// Which profiles a query reads: one profile type (or any), label matchers, and an inclusive
+/// time range in milliseconds.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub tenants: Vec<String>,
+    pub profile_type: Option<String>,
+    pub matchers: Vec<Matcher>,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl Selection {
+    pub fn contains_ns(&self, ts_ns: i64) -> bool {
+        let ms = ts_ns.div_euclid(1_000_000);
+        ms >= self.start_ms && ms <= self.end_ms
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum QueryRequest {
+    ProfileTypes(Selection),
+    LabelNames(Selection),
+    LabelValues(Selection, String),
+    Series(Selection, Vec<String>),
+    MergeTree(Selection),
+    MergeProfile(Selection),
+    SelectSeries { sel: Selection, step_ms: i64, group_by: Vec<String> },
+    Stats(Selection),
+}
+
+/// A flame tree over function names: node 0 is the root, every parent index is smaller than
+/// its children's, `names[0]` is unused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlameTree {
+    pub names: Vec<String>,
+    /// (parent, name, self value)
+    pub nodes: Vec<(u32, u32, i64)>,
+}
+
+/// One series point bucket: sum of profile totals and how many profiles fell in.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bucket {
+    pub sum: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PprofPart {
+    pub strings: Vec<String>,
+    pub functions: Vec<crate::profile::Function>,
+    pub mappings: Vec<crate::profile::Mapping>,
+    pub locations: Vec<crate::symbols::LocationRec>,
+    /// Stacks as location indices, leaf first, with their summed value.
+    pub samples: Vec<(Vec<u32>, i64)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum QueryResult {
+    Strings(Vec<String>),
+    LabelSets(Vec<Labels>),
+    Tree(FlameTree),
+    Pprof(PprofPart),
+    /// (group labels, time in ms → bucket)
+    Series(Vec<(Labels, Vec<(i64, Bucket)>)>),
+    Stats { oldest_ms: i64, newest_ms: i64, ingested: bool },
+}

@@ -1,0 +1,103 @@
+//! The per-core runtime: one pinned monoio executor per core, and the mesh of bounded
+//! channels between them.
+//!
+//! This is the seam between kiln and its runtime: shard logic never calls monoio directly,
+//! it receives `Msg`s and returns values, so a test can drive it without threads.
+use crate::ring::Ring;
+use crate::shard::{Msg, Shard};
+use std::future::Future;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How many messages may wait in one core's inbox before senders are made to wait.
+pub const INBOX_CAPACITY: usize = 1024;
+
+/// Every core's inbox, and the ring that says which core owns a series. Cloned onto every
+/// core; senders are thread-safe, the receivers stay with their cores.
+#[derive(Clone)]
+pub struct Mesh {
+    inboxes: Arc<[flume::Sender<Msg>]>,
+    pub ring: Arc<Ring>,
+}
+
+impl Mesh {
+    pub fn cores(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Sends to a core, waiting while its inbox is full (backpressure).
+    pub async fn send(&self, core: usize, msg: Msg) -> Result<(), ShardGone> {
+        self.inboxes[core].send_async(msg).await.map_err(|_| ShardGone)
+    }
+
+    /// Sends a request built by `make` to every core and collects the replies in core order.
+    pub async fn broadcast<T, F>(&self, make: F) -> Result<Vec<T>, ShardGone>
+    where
+        F: Fn(flume::Sender<T>) -> Msg,
+    {
+        let mut waits = Vec::with_capacity(self.cores());
+        for core in 0..self.cores() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(core, make(tx)).await?;
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            out.push(rx.recv_async().await.map_err(|_| ShardGone)?);
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("a core stopped serving its shard")]
+pub struct ShardGone;
+
+pub struct CoreContext {
+    pub core: u32,
+    pub mesh: Mesh,
+}
+
+/// Starts `cores` threads, each with its own monoio executor (io_uring, or epoll where the
+/// container forbids io_uring), pinned to one CPU when `pin`. Each runs its shard's inbox
+/// loop and the future `serve` builds for it.
+pub fn start<F, Fut>(cores: usize, tokens_per_core: u32, pin: bool, serve: F) -> Vec<JoinHandle<()>>
+where
+    F: Fn(CoreContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let mut senders = Vec::with_capacity(cores);
+    let mut receivers = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let (tx, rx) = flume::bounded(INBOX_CAPACITY);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let mesh = Mesh { inboxes: senders.into(), ring: Arc::new(Ring::single(cores as u32, tokens_per_core)) };
+    let serve = Arc::new(serve);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    receivers
+        .into_iter()
+        .enumerate()
+        .map(|(core, inbox)| {
+            let mesh = mesh.clone();
+            let serve = serve.clone();
+            std::thread::Builder::new()
+                .name(format!("kiln-core-{core}"))
+                .spawn(move || {
+                    if pin {
+                        let _ = monoio::utils::bind_to_cpu_set([core % cpus]);
+                    }
+                    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .expect("building the core's runtime");
+                    rt.block_on(async move {
+                        monoio::spawn(Shard::new(core as u32).run(inbox));
+                        serve(CoreContext { core: core as u32, mesh }).await;
+                    });
+                })
+                .expect("spawning a core thread")
+        })
+        .collect()
+}

@@ -1,0 +1,268 @@
+//! A core's symbol tables for one tenant: strings, functions, mappings and locations interned
+//! once, and stack traces as a parent-pointer tree of location ids.
+//!
+//! Ownership: a `Symbols` lives inside a `TenantHead`, which belongs to exactly one core; it is
+//! never shared or locked. Ids are stable for the life of the head, so profiles refer to a
+//! whole stack by one `u32` and shared prefixes are stored once.
+use crate::profile::{Function, Line, Mapping, Profile};
+use rustc_hash::FxHashMap;
+use std::rc::Rc;
+
+/// Stack node 0 is the virtual root; a real stack id is never 0.
+pub const ROOT: u32 = 0;
+
+#[derive(Debug, Default)]
+pub struct Strings {
+    ids: FxHashMap<Rc<str>, u32>,
+    list: Vec<Rc<str>>,
+}
+
+impl Strings {
+    fn new() -> Self {
+        let mut s = Strings::default();
+        s.intern("");
+        s
+    }
+    pub fn intern(&mut self, v: &str) -> u32 {
+        if let Some(id) = self.ids.get(v) {
+            return *id;
+        }
+        let id = self.list.len() as u32;
+        let rc: Rc<str> = Rc::from(v);
+        self.list.push(rc.clone());
+        self.ids.insert(rc, id);
+        id
+    }
+    pub fn get(&self, id: u32) -> &str {
+        &self.list[id as usize]
+    }
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LocationRec {
+    pub mapping: u32,
+    pub address: u64,
+    pub lines: Box<[Line]>,
+}
+
+#[derive(Debug)]
+pub struct Symbols {
+    pub strings: Strings,
+    pub functions: Vec<Function>,
+    function_ids: FxHashMap<Function, u32>,
+    /// Index 0 is the "no mapping" placeholder, so a location's `mapping` is a direct index.
+    pub mappings: Vec<Mapping>,
+    mapping_ids: FxHashMap<Mapping, u32>,
+    pub locations: Vec<LocationRec>,
+    location_ids: FxHashMap<LocationRec, u32>,
+    /// Stack tree: `parent[n]` and `location[n]` of node n; node 0 is the root.
+    pub parent: Vec<u32>,
+    pub location: Vec<u32>,
+    children: FxHashMap<(u32, u32), u32>,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Maps one profile's dense indices to this table's ids, filled lazily (u32::MAX = not yet).
+pub struct Remap {
+    strings: Vec<u32>,
+    functions: Vec<u32>,
+    mappings: Vec<u32>,
+    locations: Vec<u32>,
+}
+
+const UNSET: u32 = u32::MAX;
+
+impl Remap {
+    pub fn new(p: &Profile) -> Self {
+        Remap {
+            strings: vec![UNSET; p.strings.len()],
+            functions: vec![UNSET; p.functions.len()],
+            mappings: vec![UNSET; p.mappings.len()],
+            locations: vec![UNSET; p.locations.len()],
+        }
+    }
+}
+
+impl Symbols {
+    pub fn new() -> Self {
+        Symbols {
+            strings: Strings::new(),
+            functions: Vec::new(),
+            function_ids: FxHashMap::default(),
+            mappings: vec![Mapping::default()],
+            mapping_ids: FxHashMap::default(),
+            locations: Vec::new(),
+            location_ids: FxHashMap::default(),
+            parent: vec![ROOT],
+            location: vec![u32::MAX],
+            children: FxHashMap::default(),
+        }
+    }
+
+    fn string(&mut self, p: &Profile, r: &mut Remap, i: u32) -> u32 {
+        let slot = &mut r.strings[i as usize];
+        if *slot == UNSET {
+            *slot = self.strings.intern(p.string(i));
+        }
+        *slot
+    }
+
+    fn function(&mut self, p: &Profile, r: &mut Remap, i: u32) -> u32 {
+        if r.functions[i as usize] != UNSET {
+            return r.functions[i as usize];
+        }
+        let f = p.functions[i as usize];
+        let rec = Function {
+            name: self.string(p, r, f.name),
+            system_name: self.string(p, r, f.system_name),
+            filename: self.string(p, r, f.filename),
+            start_line: f.start_line,
+        };
+        let next = self.functions.len() as u32;
+        let id = *self.function_ids.entry(rec).or_insert(next);
+        if id == next {
+            self.functions.push(rec);
+        }
+        r.functions[i as usize] = id;
+        id
+    }
+
+    fn mapping(&mut self, p: &Profile, r: &mut Remap, i: u32) -> u32 {
+        if r.mappings[i as usize] != UNSET {
+            return r.mappings[i as usize];
+        }
+        let m = &p.mappings[i as usize];
+        let rec = Mapping {
+            filename: self.string(p, r, m.filename),
+            build_id: self.string(p, r, m.build_id),
+            ..m.clone()
+        };
+        let next = self.mappings.len() as u32;
+        let id = *self.mapping_ids.entry(rec.clone()).or_insert(next);
+        if id == next {
+            self.mappings.push(rec);
+        }
+        r.mappings[i as usize] = id;
+        id
+    }
+
+    fn location(&mut self, p: &Profile, r: &mut Remap, i: u32) -> u32 {
+        if r.locations[i as usize] != UNSET {
+            return r.locations[i as usize];
+        }
+        let l = &p.locations[i as usize];
+        let mapping = if l.mapping == 0 { 0 } else { self.mapping(p, r, l.mapping - 1) };
+        let lines: Box<[Line]> = l
+            .lines
+            .iter()
+            .map(|ln| Line { function: self.function(p, r, ln.function), line: ln.line })
+            .collect();
+        let rec = LocationRec { mapping, address: l.address, lines };
+        let next = self.locations.len() as u32;
+        let id = match self.location_ids.get(&rec) {
+            Some(id) => *id,
+            None => {
+                self.locations.push(rec.clone());
+                self.location_ids.insert(rec, next);
+                next
+            }
+        };
+        r.locations[i as usize] = id;
+        id
+    }
+
+    /// Interns one sample's stack (pprof order: leaf first) and returns its node id.
+    pub fn intern_stack(&mut self, p: &Profile, r: &mut Remap, leaf_first: &[u32]) -> u32 {
+        let mut node = ROOT;
+        for &loc in leaf_first.iter().rev() {
+            let loc = self.location(p, r, loc);
+            node = self.child(node, loc);
+        }
+        node
+    }
+
+    fn child(&mut self, parent: u32, loc: u32) -> u32 {
+        let next = self.parent.len() as u32;
+        let id = *self.children.entry((parent, loc)).or_insert(next);
+        if id == next {
+            self.parent.push(parent);
+            self.location.push(loc);
+        }
+        id
+    }
+
+    pub fn stack_count(&self) -> usize {
+        self.parent.len()
+    }
+
+    /// Approximate heap bytes held, for `/metrics` and the head size limit.
+    pub fn heap_bytes(&self) -> usize {
+        let strings: usize = self.strings.list.iter().map(|s| s.len() + 16 + 8 + 24).sum();
+        strings
+            + self.functions.len() * (std::mem::size_of::<Function>() * 2 + 12)
+            + self.mappings.len() * (std::mem::size_of::<Mapping>() * 2 + 12)
+            + self.locations.iter().map(|l| 2 * (32 + l.lines.len() * 16) + 12).sum::<usize>()
+            + self.parent.len() * (4 + 4 + 13)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Location;
+
+    fn profile() -> Profile {
+        Profile {
+            strings: vec!["".into(), "main".into(), "f".into(), "g".into()],
+            functions: vec![
+                Function { name: 1, ..Default::default() },
+                Function { name: 2, ..Default::default() },
+                Function { name: 3, ..Default::default() },
+                // A duplicate of `main` under another id: must dedup.
+                Function { name: 1, ..Default::default() },
+            ],
+            locations: (0..4u32)
+                .map(|f| Location { lines: vec![Line { function: f, line: 0 }], ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn dedups_symbols_and_shares_prefixes() {
+        let p = profile();
+        let mut s = Symbols::new();
+        let mut r = Remap::new(&p);
+        let a = s.intern_stack(&p, &mut r, &[1, 0]); // main;f
+        let b = s.intern_stack(&p, &mut r, &[2, 0]); // main;g
+        let c = s.intern_stack(&p, &mut r, &[1, 3]); // main;f with the duplicate main
+        assert_eq!(a, c);
+        assert_ne!(a, b);
+        assert_eq!(s.parent[a as usize], s.parent[b as usize]);
+        assert_eq!(s.functions.len(), 3);
+        assert_eq!(s.locations.len(), 3);
+        // root + main + f + g
+        assert_eq!(s.stack_count(), 4);
+
+        // A second profile with the same symbols in another order maps to the same ids.
+        let mut p2 = p.clone();
+        p2.strings = vec!["".into(), "g".into(), "f".into(), "main".into()];
+        let mut r2 = Remap::new(&p2);
+        // function 2 is now named "main"(3)... build main;f = functions named 3 then 2.
+        p2.functions = vec![Function { name: 3, ..Default::default() }, Function { name: 2, ..Default::default() }];
+        p2.locations.truncate(2);
+        let d = s.intern_stack(&p2, &mut r2, &[1, 0]);
+        assert_eq!(d, a);
+    }
+}
