@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "querier/v1/querier.proto",
     "version/v1/version.proto",
     "grpc/health/v1/health.proto",
+    "kiln/v1/pprof_input.proto",
 ];
 
 fn main() {

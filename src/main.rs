@@ -1,1 +1,33 @@
-fn main(){}
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| a == "-h" || a == "--help" || a == "-help")
+    {
+        println!("kiln: a Pyroscope-compatible continuous profiling database.\n\nFlags use Pyroscope's names, e.g. -server.http-listen-port=4040 -storage.path=./data -shards=N\n-auth.multitenancy-enabled -config.file=kiln.yaml. See README.md for the full list.");
+        return;
+    }
+    let cfg = match kiln::config::Config::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            std::process::exit(2);
+        }
+    };
+    let level = match cfg.log_level.as_str() {
+        "debug" => tracing::Level::DEBUG,
+        "warn" => tracing::Level::WARN,
+        "error" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+    kiln::run(cfg);
+}

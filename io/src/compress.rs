@@ -61,7 +61,10 @@ mod tests {
     fn rejects_past_limit() {
         let big = vec![0u8; 10_000];
         let z = gzip(&big);
-        assert_eq!(gunzip_bounded(&z, 9_999), Err(InflateError::TooLarge { limit: 9_999 }));
+        assert_eq!(
+            gunzip_bounded(&z, 9_999),
+            Err(InflateError::TooLarge { limit: 9_999 })
+        );
         assert_eq!(gunzip_bounded(&z, 10_000).unwrap().len(), 10_000);
     }
 
@@ -70,7 +73,10 @@ mod tests {
         let mut z = gzip(b"hello world hello world");
         let n = z.len();
         z.truncate(n - 6);
-        assert!(matches!(gunzip_bounded(&z, 1000), Err(InflateError::Corrupt(_))));
+        assert!(matches!(
+            gunzip_bounded(&z, 1000),
+            Err(InflateError::Corrupt(_))
+        ));
     }
 
     #[test]

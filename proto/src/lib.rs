@@ -42,3 +42,8 @@ pub mod grpc {
         }
     }
 }
+pub mod kiln {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/kiln.v1.rs"));
+    }
+}

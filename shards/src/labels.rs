@@ -25,7 +25,10 @@ impl Labels {
         K: Into<String>,
         V: Into<String>,
     {
-        let mut v: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut v: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         // Keep the last of equal names: dedup_by keeps the first, so reverse around it.
         v.reverse();

@@ -29,7 +29,11 @@ pub enum QueryRequest {
     Series(Selection, Vec<String>),
     MergeTree(Selection),
     MergeProfile(Selection),
-    SelectSeries { sel: Selection, step_ms: i64, group_by: Vec<String> },
+    SelectSeries {
+        sel: Selection,
+        step_ms: i64,
+        group_by: Vec<String>,
+    },
     Stats(Selection),
 }
 
@@ -67,5 +71,9 @@ pub enum QueryResult {
     Pprof(PprofPart),
     /// (group labels, time in ms → bucket)
     Series(Vec<(Labels, Vec<(i64, Bucket)>)>),
-    Stats { oldest_ms: i64, newest_ms: i64, ingested: bool },
+    Stats {
+        oldest_ms: i64,
+        newest_ms: i64,
+        ingested: bool,
+    },
 }

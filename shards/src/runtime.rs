@@ -27,7 +27,10 @@ impl Mesh {
 
     /// Sends to a core, waiting while its inbox is full (backpressure).
     pub async fn send(&self, core: usize, msg: Msg) -> Result<(), ShardGone> {
-        self.inboxes[core].send_async(msg).await.map_err(|_| ShardGone)
+        self.inboxes[core]
+            .send_async(msg)
+            .await
+            .map_err(|_| ShardGone)
     }
 
     /// Sends a request built by `make` to every core and collects the replies in core order.
@@ -73,9 +76,14 @@ where
         senders.push(tx);
         receivers.push(rx);
     }
-    let mesh = Mesh { inboxes: senders.into(), ring: Arc::new(Ring::single(cores as u32, tokens_per_core)) };
+    let mesh = Mesh {
+        inboxes: senders.into(),
+        ring: Arc::new(Ring::single(cores as u32, tokens_per_core)),
+    };
     let serve = Arc::new(serve);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     receivers
         .into_iter()
         .enumerate()
@@ -94,7 +102,11 @@ where
                         .expect("building the core's runtime");
                     rt.block_on(async move {
                         monoio::spawn(Shard::new(core as u32).run(inbox));
-                        serve(CoreContext { core: core as u32, mesh }).await;
+                        serve(CoreContext {
+                            core: core as u32,
+                            mesh,
+                        })
+                        .await;
                     });
                 })
                 .expect("spawning a core thread")

@@ -46,12 +46,24 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(core: u32) -> Self {
-        Shard { core, tenants: FxHashMap::default(), appends: 0 }
+        Shard {
+            core,
+            tenants: FxHashMap::default(),
+            appends: 0,
+        }
     }
 
-    pub fn append(&mut self, tenant: &Arc<str>, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
+    pub fn append(
+        &mut self,
+        tenant: &Arc<str>,
+        p: &Profile,
+        groups: &[SampleGroup],
+    ) -> AppendStats {
         self.appends += 1;
-        self.tenants.entry(tenant.clone()).or_default().append(tenant, p, groups)
+        self.tenants
+            .entry(tenant.clone())
+            .or_default()
+            .append(tenant, p, groups)
     }
 
     pub fn query(&self, req: &QueryRequest) -> Vec<QueryResult> {
@@ -73,7 +85,12 @@ impl Shard {
     }
 
     pub fn stats(&self) -> ShardStats {
-        let mut s = ShardStats { core: self.core, tenants: self.tenants.len(), appends: self.appends, ..Default::default() };
+        let mut s = ShardStats {
+            core: self.core,
+            tenants: self.tenants.len(),
+            appends: self.appends,
+            ..Default::default()
+        };
         for h in self.tenants.values() {
             s.series += h.series.len();
             s.profiles += h.profiles;
@@ -87,7 +104,12 @@ impl Shard {
     pub fn handle(&mut self, msg: Msg) {
         // A dropped reply receiver means the requester gave up; nothing to do.
         match msg {
-            Msg::Ingest { tenant, profile, groups, reply } => {
+            Msg::Ingest {
+                tenant,
+                profile,
+                groups,
+                reply,
+            } => {
                 let st = self.append(&tenant, &profile, &groups);
                 let _ = reply.send(st);
             }

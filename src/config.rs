@@ -1,0 +1,503 @@
+//! Flags and the YAML config file, with Pyroscope's names and defaults.
+//!
+//! Precedence: defaults, then `-config.file` YAML (Pyroscope's keys), then flags. Flags are
+//! Go style: `-name=value`, `--name=value`, `-name value`, and a bare `-bool-flag` for true.
+//! Where Pyroscope reads 0 as "no limit", so does kiln.
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    #[serde(with = "go_duration")]
+    pub reject_older_than: Duration,
+    #[serde(with = "go_duration")]
+    pub reject_newer_than: Duration,
+    pub max_profile_size_bytes: usize,
+    pub max_profile_stacktrace_samples: usize,
+    pub max_label_names_per_series: usize,
+    pub max_label_name_length: usize,
+    pub max_label_value_length: usize,
+    pub ingestion_rate_mb: f64,
+    pub ingestion_burst_size_mb: f64,
+    pub ingestion_body_limit_mb: f64,
+    #[serde(with = "go_duration")]
+    pub max_query_lookback: Duration,
+    #[serde(with = "go_duration")]
+    pub max_query_length: Duration,
+    pub max_flamegraph_nodes_default: i64,
+    pub max_flamegraph_nodes_max: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            reject_older_than: Duration::from_secs(3600),
+            reject_newer_than: Duration::from_secs(600),
+            max_profile_size_bytes: 4 * 1024 * 1024,
+            max_profile_stacktrace_samples: 16000,
+            max_label_names_per_series: 30,
+            max_label_name_length: 1024,
+            max_label_value_length: 2048,
+            ingestion_rate_mb: 4.0,
+            ingestion_burst_size_mb: 2.0,
+            ingestion_body_limit_mb: 256.0,
+            max_query_lookback: Duration::from_secs(7 * 86400),
+            max_query_length: Duration::from_secs(86400),
+            max_flamegraph_nodes_default: 8192,
+            max_flamegraph_nodes_max: 1_048_576,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub target: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub config_file: String,
+    pub http_listen_address: String,
+    pub http_listen_port: u16,
+    pub storage_path: String,
+    /// 0 = one per available core.
+    pub shards: usize,
+    pub ring_tokens_per_core: u32,
+    pub multitenancy_enabled: bool,
+    pub log_level: String,
+    pub limits: Limits,
+    /// Per-tenant overrides of `limits`.
+    pub overrides: std::collections::BTreeMap<String, Limits>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            target: "all".into(),
+            config_file: String::new(),
+            http_listen_address: "0.0.0.0".into(),
+            http_listen_port: 4040,
+            storage_path: "./data".into(),
+            shards: 0,
+            ring_tokens_per_core: 128,
+            multitenancy_enabled: false,
+            log_level: "info".into(),
+            limits: Limits::default(),
+            overrides: Default::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn limits_for(&self, tenant: &str) -> &Limits {
+        self.overrides.get(tenant).unwrap_or(&self.limits)
+    }
+
+    pub fn effective_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Builds the config from command-line arguments (without the program name).
+    pub fn from_args(args: &[String]) -> Result<Config, String> {
+        let flags = split_flags(args)?;
+        let mut cfg = Config::default();
+        if let Some((_, file)) = flags.iter().rev().find(|(k, _)| k == "config.file") {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("reading -config.file {file}: {e}"))?;
+            cfg.apply_yaml(&text)?;
+            cfg.config_file = file.clone();
+        }
+        for (k, v) in &flags {
+            if k == "config.file" {
+                continue;
+            }
+            cfg.set_flag(k, v)?;
+        }
+        if !matches!(
+            cfg.target.as_str(),
+            "all" | "distributor,ingester,querier" | ""
+        ) {
+            let known = [
+                "all",
+                "distributor",
+                "ingester",
+                "querier",
+                "query-frontend",
+                "query-scheduler",
+                "store-gateway",
+                "compactor",
+            ];
+            for t in cfg.target.split(',') {
+                if !known.contains(&t.trim()) {
+                    return Err(format!(
+                        "-target: unknown component {t:?} (known: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+            if cfg.target != "all" {
+                return Err(format!(
+                    "-target={}: only the monolithic -target=all runs in this version",
+                    cfg.target
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn set_flag(&mut self, k: &str, v: &str) -> Result<(), String> {
+        let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
+        let l = &mut self.limits;
+        match k {
+            "target" => self.target = v.into(),
+            "server.http-listen-port" => {
+                self.http_listen_port = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "server.http-listen-address" => self.http_listen_address = v.into(),
+            "storage.path" => self.storage_path = v.into(),
+            "shards" => self.shards = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "ring.tokens-per-core" => {
+                self.ring_tokens_per_core = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "auth.multitenancy-enabled" => {
+                self.multitenancy_enabled = parse_bool(v).map_err(bad)?
+            }
+            "log.level" => self.log_level = v.into(),
+            "validation.reject-older-than" => {
+                l.reject_older_than = parse_duration(v).map_err(bad)?
+            }
+            "validation.reject-newer-than" => {
+                l.reject_newer_than = parse_duration(v).map_err(bad)?
+            }
+            "validation.max-profile-size-bytes" => {
+                l.max_profile_size_bytes = parse_num(v).map_err(bad)?
+            }
+            "validation.max-profile-stacktrace-samples" => {
+                l.max_profile_stacktrace_samples = parse_num(v).map_err(bad)?
+            }
+            "validation.max-label-names-per-series" => {
+                l.max_label_names_per_series = parse_num(v).map_err(bad)?
+            }
+            "validation.max-length-label-name" => {
+                l.max_label_name_length = parse_num(v).map_err(bad)?
+            }
+            "validation.max-length-label-value" => {
+                l.max_label_value_length = parse_num(v).map_err(bad)?
+            }
+            "distributor.ingestion-rate-limit-mb" => {
+                l.ingestion_rate_mb = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "distributor.ingestion-burst-size-mb" => {
+                l.ingestion_burst_size_mb = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "distributor.ingestion-body-limit-mb" => {
+                l.ingestion_body_limit_mb = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "querier.max-query-lookback" => {
+                l.max_query_lookback = parse_duration(v).map_err(bad)?
+            }
+            "querier.max-query-length" => l.max_query_length = parse_duration(v).map_err(bad)?,
+            "querier.max-flamegraph-nodes-default" => {
+                l.max_flamegraph_nodes_default = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "querier.max-flamegraph-nodes-max" => {
+                l.max_flamegraph_nodes_max = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            // Accepted for compatibility with Pyroscope command lines; kiln does not push
+            // profiles of itself.
+            "self-profiling.disable-push" | "self-profiling.tenant-id" => {}
+            _ => return Err(format!("flag provided but not defined: -{k}")),
+        }
+        Ok(())
+    }
+
+    fn apply_yaml(&mut self, text: &str) -> Result<(), String> {
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| format!("parsing config file: {e}"))?;
+        let get = |path: &[&str]| -> Option<String> {
+            let mut v = &doc;
+            for p in path {
+                v = v.get(p)?;
+            }
+            Some(yaml_scalar(v))
+        };
+        let table: &[(&[&str], &str)] = &[
+            (&["target"], "target"),
+            (&["server", "http_listen_port"], "server.http-listen-port"),
+            (
+                &["server", "http_listen_address"],
+                "server.http-listen-address",
+            ),
+            (&["storage", "path"], "storage.path"),
+            (&["shards"], "shards"),
+            (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
+            (
+                &["auth", "multitenancy_enabled"],
+                "auth.multitenancy-enabled",
+            ),
+        ];
+        for (path, flag) in table {
+            if let Some(v) = get(path) {
+                self.set_flag(flag, &v)?;
+            }
+        }
+        if let Some(l) = doc.get("limits") {
+            apply_limits_yaml(&mut self.limits, l)?;
+        }
+        if let Some(serde_yaml::Value::Mapping(m)) = doc.get("overrides") {
+            for (tenant, l) in m {
+                let mut lim = self.limits.clone();
+                apply_limits_yaml(&mut lim, l)?;
+                self.overrides.insert(yaml_scalar(tenant), lim);
+            }
+        }
+        Ok(())
+    }
+}
+
+const LIMIT_KEYS: &[(&str, &str)] = &[
+    ("reject_older_than", "validation.reject-older-than"),
+    ("reject_newer_than", "validation.reject-newer-than"),
+    (
+        "max_profile_size_bytes",
+        "validation.max-profile-size-bytes",
+    ),
+    (
+        "max_profile_stacktrace_samples",
+        "validation.max-profile-stacktrace-samples",
+    ),
+    (
+        "max_label_names_per_series",
+        "validation.max-label-names-per-series",
+    ),
+    ("max_label_name_length", "validation.max-length-label-name"),
+    (
+        "max_label_value_length",
+        "validation.max-length-label-value",
+    ),
+    ("ingestion_rate_mb", "distributor.ingestion-rate-limit-mb"),
+    (
+        "ingestion_burst_size_mb",
+        "distributor.ingestion-burst-size-mb",
+    ),
+    (
+        "ingestion_body_limit_mb",
+        "distributor.ingestion-body-limit-mb",
+    ),
+    ("max_query_lookback", "querier.max-query-lookback"),
+    ("max_query_length", "querier.max-query-length"),
+    (
+        "max_flamegraph_nodes_default",
+        "querier.max-flamegraph-nodes-default",
+    ),
+    (
+        "max_flamegraph_nodes_max",
+        "querier.max-flamegraph-nodes-max",
+    ),
+];
+
+fn apply_limits_yaml(limits: &mut Limits, v: &serde_yaml::Value) -> Result<(), String> {
+    let mut tmp = Config {
+        limits: limits.clone(),
+        ..Config::default()
+    };
+    if let serde_yaml::Value::Mapping(m) = v {
+        for (k, val) in m {
+            let key = yaml_scalar(k);
+            let Some((_, flag)) = LIMIT_KEYS.iter().find(|(y, _)| *y == key) else {
+                return Err(format!("config file: unknown key limits.{key}"));
+            };
+            tmp.set_flag(flag, &yaml_scalar(val))?;
+        }
+    }
+    *limits = tmp.limits;
+    Ok(())
+}
+
+fn yaml_scalar(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+fn split_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            return Err(format!(
+                "unexpected argument {a:?}: flags look like -name=value"
+            ));
+        };
+        if let Some((k, v)) = body.split_once('=') {
+            out.push((k.to_string(), v.to_string()));
+        } else if is_bool_flag(body) {
+            out.push((body.to_string(), "true".to_string()));
+        } else if i + 1 < args.len() {
+            out.push((body.to_string(), args[i + 1].clone()));
+            i += 1;
+        } else {
+            return Err(format!("flag needs an argument: -{body}"));
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn is_bool_flag(name: &str) -> bool {
+    matches!(
+        name,
+        "auth.multitenancy-enabled" | "self-profiling.disable-push"
+    )
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err("not a boolean".into()),
+    }
+}
+
+fn parse_num(v: &str) -> Result<usize, String> {
+    v.parse().map_err(|e| format!("{e}"))
+}
+
+/// Go's `time.ParseDuration` units (ns, us, µs, ms, s, m, h), plus `d`, `w`, `y` as
+/// Prometheus model durations allow; a bare `0` is zero.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    if v == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = v;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return Err(format!("invalid duration {v:?}"));
+        }
+        let n: f64 = rest[..num_end]
+            .parse()
+            .map_err(|_| format!("invalid duration {v:?}"))?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_end];
+        rest = &rest[unit_end..];
+        let secs = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            "w" => 7.0 * 86400.0,
+            "y" => 365.0 * 86400.0,
+            _ => return Err(format!("unknown unit {unit:?} in duration {v:?}")),
+        };
+        total += n * secs;
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+mod go_duration {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let secs = d.as_secs();
+        let text = if secs == 0 && d.subsec_nanos() == 0 {
+            "0s".to_string()
+        } else if secs % 3600 == 0 && d.subsec_nanos() == 0 {
+            format!("{}h", secs / 3600)
+        } else if secs % 60 == 0 && d.subsec_nanos() == 0 {
+            format!("{}m", secs / 60)
+        } else {
+            format!("{}s", d.as_secs_f64())
+        };
+        s.serialize_str(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn go_style_flags() {
+        let c = Config::from_args(&args(&[
+            "-server.http-listen-port=5050",
+            "--shards",
+            "3",
+            "-auth.multitenancy-enabled",
+            "-validation.reject-older-than=0",
+            "-querier.max-query-lookback=168h",
+        ]))
+        .unwrap();
+        assert_eq!(c.http_listen_port, 5050);
+        assert_eq!(c.shards, 3);
+        assert!(c.multitenancy_enabled);
+        assert_eq!(c.limits.reject_older_than, Duration::ZERO);
+        assert_eq!(c.limits.max_query_lookback, Duration::from_secs(7 * 86400));
+        assert!(Config::from_args(&args(&["-nope=1"])).is_err());
+        assert!(Config::from_args(&args(&["-target=ingester"])).is_err());
+    }
+
+    #[test]
+    fn yaml_then_flags() {
+        let dir = std::env::temp_dir().join(format!("kiln-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.yaml");
+        std::fs::write(
+            &f,
+            "server:\n  http_listen_port: 7000\nmultitenancy_enabled: true\nlimits:\n  max_profile_size_bytes: 100\n  reject_older_than: 2h\noverrides:\n  t1:\n    ingestion_rate_mb: 0\n",
+        )
+        .unwrap();
+        let c = Config::from_args(&args(&[
+            &format!("-config.file={}", f.display()),
+            "-server.http-listen-port=7001",
+        ]))
+        .unwrap();
+        assert_eq!(c.http_listen_port, 7001);
+        assert!(c.multitenancy_enabled);
+        assert_eq!(c.limits.max_profile_size_bytes, 100);
+        assert_eq!(c.limits_for("t1").ingestion_rate_mb, 0.0);
+        assert_eq!(c.limits_for("t1").max_profile_size_bytes, 100);
+        assert_eq!(c.limits_for("t2").ingestion_rate_mb, 4.0);
+        assert!(c.to_yaml().contains("reject_older_than: 2h"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("5x").is_err());
+    }
+}

@@ -1,0 +1,504 @@
+//! `POST /ingest` (alias `/pyroscope/ingest`): Pyroscope's legacy ingest API, as the Go, Ruby,
+//! Python, .NET and older Node SDKs and many scripts use it. See shared/api.md §2.2.
+use super::folded::{build_profile, folded_type, parse_folded, parse_lines};
+use super::{accept, distribute, multipart, pprof, rate_limit, Accepted};
+use crate::server::body::{RespBody, Response};
+use crate::server::rpc::{self, Code, RpcError};
+use crate::server::{metrics, write_tenant, Core, Req};
+use crate::timeparse::{now_ns, parse_time_ns};
+use http::StatusCode;
+use kiln_io::compress;
+use kiln_proto::kiln::v1::ProfileInput;
+use kiln_shards::labels::{self, Labels};
+use std::rc::Rc;
+
+/// A parsed `name` parameter: `app.name{k=v,...}`.
+#[derive(Debug, PartialEq)]
+pub struct AppName {
+    pub app: String,
+    pub labels: Vec<(String, String)>,
+}
+
+pub fn parse_name(name: &str) -> Result<AppName, String> {
+    let (app, rest) = match name.find('{') {
+        Some(i) => (name[..i].trim(), Some(&name[i + 1..])),
+        None => (name.trim(), None),
+    };
+    let mut app = app.to_string();
+    let mut labels = Vec::new();
+    if let Some(rest) = rest {
+        let body = match rest.find('}') {
+            Some(i) => &rest[..i],
+            None => rest,
+        };
+        for pair in body.split(',') {
+            if pair.trim().is_empty() {
+                continue;
+            }
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("name: label {pair:?} is not key=value"))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                return Err(format!("name: invalid label name {k:?}"));
+            }
+            if k == labels::NAME {
+                app = v.to_string();
+                continue;
+            }
+            labels.push((k.to_string(), v.to_string()));
+        }
+    }
+    if app.is_empty() {
+        return Err("name: service name is required".into());
+    }
+    if !app
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+    {
+        return Err(format!("name: invalid service name {app:?}"));
+    }
+    // Reserved labels cannot be set through a name, except the session id.
+    labels.retain(|(k, _)| !k.starts_with("__") || k == "__session_id__");
+    Ok(AppName { app, labels })
+}
+
+fn error(status: StatusCode, msg: impl AsRef<str>) -> Response {
+    rpc::http_error(status, msg.as_ref())
+}
+
+fn rpc_status(e: &RpcError, validation_status: StatusCode) -> StatusCode {
+    match e.code {
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::InvalidArgument => validation_status,
+        c => c.http_status(),
+    }
+}
+
+pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
+    let tenant = match write_tenant(core, &r.headers) {
+        Ok(t) => t,
+        Err(e) => return error(e.code.http_status(), e.message),
+    };
+    metrics::add(&core.metrics().received_bytes, r.body.len() as u64);
+    let params = r.params();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(name) = get("name") else {
+        return error(StatusCode::BAD_REQUEST, "name: service name is required");
+    };
+    let name = match parse_name(name) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let now = now_ns();
+    let from = get("from").map_or(now, |v| parse_time_ns(v, now));
+    let until = get("until").map_or(now, |v| parse_time_ns(v, now));
+    if from > until {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("from ({from}) is after until ({until})"),
+        );
+    }
+    let sample_rate = get("sampleRate")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| *v >= 0)
+        .unwrap_or(100);
+    let spy = get("spyName").unwrap_or("");
+    let content_type = r
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = get("format").unwrap_or("");
+
+    let result = match format {
+        "pprof" => ingest_pprof(core, &tenant, &name, spy, from, &r.body, None).await,
+        "trie" | "tree" | "jfr" | "speedscope" => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "format={format} is not supported by kiln yet; send pprof, folded or lines"
+                ),
+            )
+        }
+        "" if content_type
+            .to_ascii_lowercase()
+            .contains("multipart/form-data") =>
+        {
+            ingest_multipart(core, &tenant, &name, spy, from, content_type, &r.body).await
+        }
+        "" | "folded" | "collapsed" | "groups" | "lines" => {
+            ingest_text(
+                core,
+                &tenant,
+                &name,
+                spy,
+                from,
+                sample_rate,
+                format == "lines",
+                &r.body,
+            )
+            .await
+        }
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                "unknown format {other:?}: use pprof, jfr, folded, lines, speedscope, trie or tree"
+            ),
+            )
+        }
+    };
+    match result {
+        Ok(()) => http::Response::builder()
+            .status(200)
+            .body(RespBody::empty())
+            .expect("valid response"),
+        Err((status, msg)) => {
+            metrics::add(&core.metrics().rejected_profiles, 1);
+            error(status, msg)
+        }
+    }
+}
+
+type IngestResult = Result<(), (StatusCode, String)>;
+
+async fn ingest_multipart(
+    core: &Rc<Core>,
+    tenant: &str,
+    name: &AppName,
+    spy: &str,
+    from: i64,
+    content_type: &str,
+    body: &[u8],
+) -> IngestResult {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let boundary = multipart::boundary(content_type)
+        .ok_or_else(|| bad("multipart body without a boundary".into()))?;
+    let parts = multipart::parse(body, &boundary)
+        .map_err(|e| bad(format!("malformed multipart body: {e}")))?;
+    if parts.iter().any(|p| p.name == "prev_profile") {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported client version: prev_profile (cumulative profiles) is not supported; upgrade the SDK".into(),
+        ));
+    }
+    let profile = parts
+        .iter()
+        .find(|p| p.name == "profile")
+        .ok_or_else(|| bad("multipart body has no \"profile\" part".into()))?;
+    let config = match parts.iter().find(|p| p.name == "sample_type_config") {
+        Some(p) => Some(
+            serde_json::from_slice::<serde_json::Value>(p.data).map_err(|e| {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("sample_type_config is not valid JSON: {e}"),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    ingest_pprof(core, tenant, name, spy, from, profile.data, config.as_ref()).await
+}
+
+/// Built-in display names Pyroscope applies when the SDK sends no `sample_type_config`.
+fn default_display_name(sample_type: &str) -> Option<&'static str> {
+    match sample_type {
+        "samples" => Some("cpu"),
+        "goroutine" => Some("goroutines"),
+        "contentions" => Some("mutex_count"),
+        "delay" => Some("mutex_duration"),
+        _ => None,
+    }
+}
+
+/// `__name__` of a pprof sent to /ingest, from its sample types (Pyroscope's rules).
+pub fn derive_profile_name(sample_types: &[String], config: Option<&serde_json::Value>) -> String {
+    if sample_types.iter().any(|t| t == "wall") {
+        return "wall".into();
+    }
+    let mut last = String::new();
+    for t in sample_types {
+        let display = config
+            .and_then(|c| c.get(t))
+            .and_then(|c| c.get("display-name"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .or_else(|| default_display_name(t).map(str::to_string))
+            .unwrap_or_else(|| t.clone());
+        if display.contains("cpu") {
+            return "process_cpu".into();
+        }
+        if display.contains("alloc_")
+            || display.contains("inuse_")
+            || display == "space"
+            || display == "objects"
+        {
+            return "memory".into();
+        }
+        if display.contains("mutex_") {
+            return "mutex".into();
+        }
+        if display.contains("block_") {
+            return "block".into();
+        }
+        if display.contains("goroutines") {
+            return "goroutines".into();
+        }
+        last = display;
+    }
+    last
+}
+
+/// Spy-specific repairs Pyroscope applies to /ingest pprofs before validation.
+fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::Value>) {
+    match spy {
+        "pyspy" | "rbspy" | "scripting" => {
+            for f in &mut p.function {
+                let file = p
+                    .string_table
+                    .get(f.filename as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                let func = p
+                    .string_table
+                    .get(f.name as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                if file.is_empty() || (spy == "pyspy" && file.starts_with(b"/")) {
+                    continue;
+                }
+                let mut n = file;
+                n.push(b' ');
+                n.extend_from_slice(&func);
+                p.string_table.push(n);
+                f.name = p.string_table.len() as i64 - 1;
+            }
+        }
+        _ => {}
+    }
+    let dotnet = spy == "dotnetspy"
+        || (spy.is_empty() || spy == "unknown")
+            && config.is_some_and(|c| c.get("inuse-space").is_some());
+    if dotnet {
+        if !p.function.is_empty()
+            && p.function.iter().all(|f| f.id == 0)
+            && p.function.len() == p.location.len()
+        {
+            for (f, l) in p.function.iter_mut().zip(p.location.iter()) {
+                f.id = l.id;
+            }
+        }
+        for st in &p.sample_type {
+            if let Some(s) = p.string_table.get_mut(st.r#type as usize) {
+                for b in s.iter_mut() {
+                    if *b == b'-' {
+                        *b = b'_';
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn ingest_pprof(
+    core: &Rc<Core>,
+    tenant: &str,
+    name: &AppName,
+    spy: &str,
+    from: i64,
+    raw: &[u8],
+    config: Option<&serde_json::Value>,
+) -> IngestResult {
+    let limits = core.cfg().limits_for(tenant).clone();
+    let unproc = |m: String| (StatusCode::UNPROCESSABLE_ENTITY, m);
+    let max = if limits.max_profile_size_bytes > 0 {
+        limits.max_profile_size_bytes
+    } else {
+        usize::MAX / 2
+    };
+    let bytes = compress::maybe_gunzip(raw, max).map_err(|e| unproc(format!("profile: {e}")))?;
+    metrics::add(&core.metrics().decompressed_bytes, bytes.len() as u64);
+    let mut input = pprof::decode(&bytes).map_err(|e| unproc(e.to_string()))?;
+    apply_spy_fixes(&mut input, spy, config);
+    let type_names: Vec<String> = input
+        .sample_type
+        .iter()
+        .map(|st| {
+            String::from_utf8_lossy(
+                input
+                    .string_table
+                    .get(st.r#type as usize)
+                    .map_or(&[][..], |v| v),
+            )
+            .into_owned()
+        })
+        .collect();
+    let profile_name = derive_profile_name(&type_names, config);
+    let time_is_bogus = input.time_nanos == 0 || input.time_nanos < 365 * 86400 * 1_000_000_000;
+    if time_is_bogus {
+        input.time_nanos = from;
+    }
+    let decoded = pprof::normalize(
+        input,
+        pprof::PprofLimits {
+            max_samples: limits.max_profile_stacktrace_samples,
+        },
+    )
+    .map_err(|e| unproc(e.to_string()))?;
+    let mut base = Labels::from_pairs(name.labels.iter().cloned());
+    base.set(labels::NAME, profile_name);
+    base.set(
+        "pyroscope_spy",
+        if spy.is_empty() { "unknown" } else { spy },
+    );
+    if base.get(labels::SERVICE_NAME).is_none() {
+        base.set(labels::SERVICE_NAME, name.app.clone());
+    }
+    let acc = accept(&base, decoded, &limits, now_ns())
+        .map_err(|e| (rpc_status(&e, StatusCode::UNPROCESSABLE_ENTITY), e.message))?;
+    push_one(
+        core,
+        tenant,
+        bytes.len(),
+        acc,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ingest_text(
+    core: &Rc<Core>,
+    tenant: &str,
+    name: &AppName,
+    spy: &str,
+    from: i64,
+    sample_rate: i64,
+    lines: bool,
+    body: &[u8],
+) -> IngestResult {
+    let limits = core.cfg().limits_for(tenant).clone();
+    if name
+        .labels
+        .iter()
+        .any(|(k, v)| k == "profile_id" && !v.is_empty())
+    {
+        // Pyroscope silently drops span-profile uploads of text formats.
+        return Ok(());
+    }
+    let (app, suffix) = match name.app.rsplit_once('.') {
+        Some((a, s)) => (a.to_string(), s.to_string()),
+        None => (name.app.clone(), "cpu".to_string()),
+    };
+    let t = folded_type(&suffix, sample_rate).ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("unknown profile type: {suffix:?} (the app name's last .suffix)"),
+        )
+    })?;
+    let max = if limits.max_profile_size_bytes > 0 {
+        limits.max_profile_size_bytes
+    } else {
+        usize::MAX / 2
+    };
+    let bytes = compress::maybe_gunzip(body, max)
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "body is not valid UTF-8".to_string(),
+        )
+    })?;
+    let stacks = if lines {
+        parse_lines(text)
+    } else {
+        parse_folded(text).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?
+    };
+    let profile = build_profile(&stacks, &t, from);
+    let mut base = Labels::from_pairs(name.labels.iter().cloned());
+    base.set(labels::NAME, t.name);
+    if !spy.is_empty() {
+        base.set("pyroscope_spy", spy);
+    }
+    if base.get(labels::SERVICE_NAME).is_some() {
+        base.set("app_name", app);
+    } else {
+        base.set(labels::SERVICE_NAME, app);
+    }
+    let n = profile.samples.len() as u32;
+    let decoded = pprof::Decoded {
+        profile,
+        groups: vec![(Labels::default(), (0..n).collect())],
+    };
+    let acc = accept(&base, decoded, &limits, now_ns())
+        .map_err(|e| (rpc_status(&e, StatusCode::BAD_REQUEST), e.message))?;
+    push_one(core, tenant, bytes.len(), acc, StatusCode::BAD_REQUEST).await
+}
+
+async fn push_one(
+    core: &Rc<Core>,
+    tenant: &str,
+    bytes: usize,
+    acc: Accepted,
+    validation: StatusCode,
+) -> IngestResult {
+    rate_limit(core, tenant, bytes, now_ns())
+        .map_err(|e| (rpc_status(&e, validation), e.message))?;
+    distribute(core, tenant, vec![acc])
+        .await
+        .map_err(|e| (rpc_status(&e, validation), e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let n = parse_name("my.app.cpu{env=prod, region = eu ,__x=1,__session_id__=s}").unwrap();
+        assert_eq!(n.app, "my.app.cpu");
+        assert_eq!(
+            n.labels,
+            vec![
+                ("env".into(), "prod".into()),
+                ("region".into(), "eu".into()),
+                ("__session_id__".into(), "s".into())
+            ]
+        );
+        assert_eq!(parse_name("x{__name__=other}").unwrap().app, "other");
+        assert!(parse_name("").is_err());
+        assert!(parse_name("{a=b}").is_err());
+        assert!(parse_name("bad app").is_err());
+        assert!(parse_name("a{k-y=v}").is_err());
+    }
+
+    #[test]
+    fn profile_names() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            derive_profile_name(&s(&["samples", "cpu"]), None),
+            "process_cpu"
+        );
+        assert_eq!(
+            derive_profile_name(&s(&["alloc_objects", "alloc_space"]), None),
+            "memory"
+        );
+        assert_eq!(derive_profile_name(&s(&["goroutine"]), None), "goroutines");
+        assert_eq!(derive_profile_name(&s(&["sample", "wall"]), None), "wall");
+        let cfg: serde_json::Value =
+            serde_json::json!({"contentions": {"display-name": "block_count"}});
+        assert_eq!(
+            derive_profile_name(&s(&["contentions", "delay"]), Some(&cfg)),
+            "block"
+        );
+        assert_eq!(
+            derive_profile_name(&s(&["contentions", "delay"]), None),
+            "mutex"
+        );
+    }
+}

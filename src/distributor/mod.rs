@@ -1,0 +1,264 @@
+//! The distributor: validates a push, normalises its labels, and hands each series group to
+//! the core that owns it (by the core-aware ring), acknowledging once every owner applied it.
+pub mod folded;
+pub mod legacy;
+pub mod multipart;
+pub mod pprof;
+pub mod push;
+
+use crate::config::Limits;
+use crate::server::metrics;
+use crate::server::rpc::{Code, RpcError};
+use crate::server::Core;
+use kiln_shards::labels::{self, Labels};
+use kiln_shards::profile::{Profile, SampleGroup};
+use kiln_shards::shard::Msg;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Labels a client may not set: the server derives them per sample type, or they are
+/// write-path hints that are never stored.
+const SERVER_LABELS: &[&str] = &[
+    labels::PROFILE_TYPE,
+    labels::TYPE,
+    labels::UNIT,
+    labels::PERIOD_TYPE,
+    labels::PERIOD_UNIT,
+    labels::SERVICE_NAME_PRIVATE,
+    labels::DELTA,
+    "__otel__",
+];
+
+/// Normalised labels of a push series: reserved labels dropped, `service_name` defaulted,
+/// Pyroscope's default relabelling (`godeltaprof_X` → `X`) applied.
+pub fn normalize_series_labels(mut l: Labels) -> Labels {
+    for name in SERVER_LABELS {
+        l.remove(name);
+    }
+    if l.get(labels::SERVICE_NAME).is_none() {
+        l.set(labels::SERVICE_NAME, "unknown_service");
+    }
+    if let Some(stripped) = l
+        .get(labels::NAME)
+        .and_then(|n| n.strip_prefix("godeltaprof_"))
+        .map(str::to_string)
+    {
+        l.set(labels::NAME, stripped);
+    }
+    l
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Pyroscope's series label validation (counts, lengths, names, required labels).
+pub fn validate_labels(l: &Labels, limits: &Limits) -> Result<(), RpcError> {
+    let name = l.get(labels::NAME).unwrap_or("");
+    if name.is_empty() || !is_metric_name(name) {
+        return Err(RpcError::invalid(format!(
+            "invalid labels {l}: invalid metric name {name:?}"
+        )));
+    }
+    if l.get(labels::SERVICE_NAME) == Some("") {
+        return Err(RpcError::invalid(format!(
+            "invalid labels {l}: service_name must not be empty"
+        )));
+    }
+    if limits.max_label_names_per_series > 0 && l.len() > limits.max_label_names_per_series {
+        return Err(RpcError::invalid(format!(
+            "profile series {l} has {} label names; limit {}",
+            l.len(),
+            limits.max_label_names_per_series
+        )));
+    }
+    for (k, v) in l.iter() {
+        if k.is_empty() || k.chars().any(char::is_control) {
+            return Err(RpcError::invalid(format!(
+                "invalid label name {k:?} in series {l}"
+            )));
+        }
+        if limits.max_label_name_length > 0 && k.len() > limits.max_label_name_length {
+            return Err(RpcError::invalid(format!(
+                "label name too long: {k:?} in series {l}"
+            )));
+        }
+        if limits.max_label_value_length > 0 && v.len() > limits.max_label_value_length {
+            return Err(RpcError::invalid(format!(
+                "label value too long: {v:?} for label {k:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A validated profile ready to be routed.
+pub struct Accepted {
+    pub profile: Profile,
+    pub groups: Vec<SampleGroup>,
+}
+
+/// Builds the series groups of a decoded profile: the push's labels over its sample labels
+/// (push labels win), validated; checks and fills the timestamp.
+pub fn accept(
+    base: &Labels,
+    decoded: pprof::Decoded,
+    limits: &Limits,
+    now_ns: i64,
+) -> Result<Accepted, RpcError> {
+    let mut profile = decoded.profile;
+    if profile.time_nanos == 0 {
+        profile.time_nanos = now_ns;
+    }
+    let ts = profile.time_nanos;
+    let older = limits.reject_older_than.as_nanos() as i64;
+    let newer = limits.reject_newer_than.as_nanos() as i64;
+    if (older > 0 && ts < now_ns - older) || (newer > 0 && ts > now_ns + newer) {
+        return Err(RpcError::invalid(format!(
+            "profile with labels {base} is outside of ingestion window (profile timestamp: {}, the ingestion window starts at {} and ends at {}; see -validation.reject-older-than and -validation.reject-newer-than)",
+            fmt_ns(ts),
+            if older > 0 { fmt_ns(now_ns - older) } else { "-inf".into() },
+            if newer > 0 { fmt_ns(now_ns + newer) } else { "+inf".into() },
+        )));
+    }
+    let mut groups = Vec::with_capacity(decoded.groups.len());
+    for (sample_labels, samples) in decoded.groups {
+        let mut l = sample_labels;
+        for (k, v) in base.iter() {
+            l.set(k, v);
+        }
+        for name in SERVER_LABELS {
+            l.remove(name);
+        }
+        validate_labels(&l, limits)?;
+        groups.push(SampleGroup { labels: l, samples });
+    }
+    Ok(Accepted { profile, groups })
+}
+
+fn fmt_ns(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // civil from days (inverse of days_from_civil)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Applies the ingestion rate limit to `bytes` of uncompressed payload.
+pub fn rate_limit(core: &Core, tenant: &str, bytes: usize, now_ns: i64) -> Result<(), RpcError> {
+    let l = core.cfg().limits_for(tenant);
+    if !core.limiter.borrow_mut().allow(
+        tenant,
+        l.ingestion_rate_mb,
+        l.ingestion_burst_size_mb,
+        bytes,
+        now_ns,
+    ) {
+        return Err(RpcError::new(
+            Code::ResourceExhausted,
+            format!(
+                "push rate limit ({} MiB/s, burst {} MiB) exceeded while adding {bytes} bytes for tenant {tenant}",
+                l.ingestion_rate_mb, l.ingestion_burst_size_mb
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Sends every group to its owning core and waits until each has applied its part.
+pub async fn distribute(
+    core: &Rc<Core>,
+    tenant: &str,
+    batch: Vec<Accepted>,
+) -> Result<(), RpcError> {
+    let mesh = &core.mesh;
+    let tenant: Arc<str> = Arc::from(tenant);
+    let mut waits = Vec::new();
+    let mut profiles = 0u64;
+    for acc in batch {
+        let profile = Arc::new(acc.profile);
+        let mut per_core: Vec<Vec<SampleGroup>> = vec![Vec::new(); mesh.cores()];
+        for g in acc.groups {
+            // All sample types of a group share one owner, so its stacks are interned once.
+            let owner = mesh.ring.owner(g.labels.fingerprint(&tenant)).core as usize;
+            per_core[owner].push(g);
+        }
+        for (c, groups) in per_core.into_iter().enumerate() {
+            if groups.is_empty() {
+                continue;
+            }
+            let (tx, rx) = flume::bounded(1);
+            let msg = Msg::Ingest {
+                tenant: tenant.clone(),
+                profile: profile.clone(),
+                groups,
+                reply: tx,
+            };
+            mesh.send(c, msg)
+                .await
+                .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+            waits.push(rx);
+        }
+        profiles += 1;
+    }
+    for rx in waits {
+        rx.recv_async().await.map_err(|_| {
+            RpcError::new(Code::Unavailable, "a core stopped while applying a push")
+        })?;
+    }
+    metrics::add(&core.metrics().pushed_profiles, profiles);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_rules() {
+        let l = normalize_series_labels(Labels::from_pairs([
+            ("__name__", "godeltaprof_memory"),
+            ("__delta__", "false"),
+        ]));
+        assert_eq!(l.get("__name__"), Some("memory"));
+        assert_eq!(l.get("service_name"), Some("unknown_service"));
+        assert_eq!(l.get("__delta__"), None);
+        let lim = Limits::default();
+        assert!(validate_labels(&l, &lim).is_ok());
+        assert!(validate_labels(&Labels::from_pairs([("__name__", "1bad")]), &lim).is_err());
+        assert!(
+            validate_labels(&Labels::from_pairs([("__name__", "ok"), ("", "x")]), &lim).is_err()
+        );
+        assert!(validate_labels(
+            &Labels::from_pairs([("__name__", "ok"), ("k8s.pod.name", "x")]),
+            &lim
+        )
+        .is_ok());
+        let many: Vec<(String, String)> = (0..31)
+            .map(|i| (format!("l{i}"), "v".to_string()))
+            .chain([("__name__".into(), "x".into())])
+            .collect();
+        assert!(validate_labels(&Labels::from_pairs(many), &lim).is_err());
+    }
+
+    #[test]
+    fn formats_timestamps() {
+        assert_eq!(fmt_ns(1_700_000_000_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,394 @@
+//! pprof decoding, validation and normalisation: from the bytes a client sent to the dense
+//! `Profile` the owning cores intern, split into groups by string sample labels.
+//!
+//! Validation follows Pyroscope's distributor (messages and limits alike, see shared/api.md
+//! §2.1): any failure here is the client's fault and becomes HTTP 400 / `invalid_argument`.
+use kiln_proto::kiln::v1::ProfileInput;
+use kiln_shards::labels::Labels;
+use kiln_shards::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use prost::Message;
+use rustc_hash::FxHashMap;
+
+/// Pyroscope keeps at most this many frames of a stack, the root-most ones.
+pub const MAX_STACK_DEPTH: usize = 1000;
+/// Longer strings keep their last this-many bytes.
+pub const MAX_STRING_LEN: usize = 65535;
+pub const MAX_SAMPLE_LABELS: usize = 100;
+
+/// Sample labels that never become series labels (kept per sample in Pyroscope; kiln drops
+/// them until span-level queries exist).
+const NON_SERIES_SAMPLE_LABELS: &[&str] = &["span_id", "trace_id", "profile_id", "pprof::span_id"];
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PprofError {
+    /// The bytes are not a protobuf Profile at all.
+    #[error("failed to decode pprof: {0}")]
+    Decode(String),
+    /// A decodable profile that breaks a validation rule.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PprofLimits {
+    /// 0 = no limit.
+    pub max_samples: usize,
+}
+
+/// A decoded, validated profile and its samples grouped by string sample labels.
+#[derive(Debug)]
+pub struct Decoded {
+    pub profile: Profile,
+    pub groups: Vec<(Labels, Vec<u32>)>,
+}
+
+fn invalid(msg: impl Into<String>) -> PprofError {
+    PprofError::Invalid(msg.into())
+}
+
+/// Language of the profile's code, sniffed from its strings as Pyroscope does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    Go,
+    Java,
+    Ruby,
+    NodeJs,
+    DotNet,
+    Python,
+    Rust,
+    Unknown,
+}
+
+pub fn detect_language(strings: &[String]) -> Language {
+    for s in strings {
+        let has = |p: &str| s.starts_with(p) || s.ends_with(p);
+        if has(".go") || s.starts_with("/usr/local/go/") {
+            return Language::Go;
+        }
+        if s.starts_with("java/") || s.starts_with("sun/") {
+            return Language::Java;
+        }
+        if s.ends_with(".rb") || s.starts_with("gems/") {
+            return Language::Ruby;
+        }
+        if s.starts_with("./node_modules/") || s.ends_with(".js") {
+            return Language::NodeJs;
+        }
+        if s.starts_with("System.") || s.starts_with("Microsoft.") {
+            return Language::DotNet;
+        }
+        if s.ends_with(".py") {
+            return Language::Python;
+        }
+        if s.ends_with("main.rs") || s.ends_with("core.rs") {
+            return Language::Rust;
+        }
+    }
+    Language::Unknown
+}
+
+/// Drops Go generic type-parameter lists: `pkg.(*Client[go.shape.int]).Call` →
+/// `pkg.(*Client).Call`. Brackets nest; an unbalanced name is left as it is.
+pub fn drop_go_type_parameters(name: &str) -> Option<String> {
+    if !name.contains('[') {
+        return None;
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut depth = 0usize;
+    for c in name.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' if depth > 0 => depth -= 1,
+            ']' => return None,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    (depth == 0 && out.len() != name.len()).then_some(out)
+}
+
+fn truncate_suffix(s: &mut Vec<u8>) {
+    if s.len() > MAX_STRING_LEN {
+        let mut cut = s.len() - MAX_STRING_LEN;
+        // Never split a UTF-8 sequence: move forward to a char boundary.
+        while cut < s.len() && (s[cut] & 0xC0) == 0x80 {
+            cut += 1;
+        }
+        s.drain(..cut);
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Decodes raw (already inflated) pprof bytes.
+pub fn decode(bytes: &[u8]) -> Result<ProfileInput, PprofError> {
+    ProfileInput::decode(bytes).map_err(|e| PprofError::Decode(e.to_string()))
+}
+
+/// Validates and normalises a decoded pprof. `now_ns` replaces a zero `time_nanos`.
+pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, PprofError> {
+    if p.sample_type.is_empty() {
+        return Err(invalid("empty profile"));
+    }
+    if p.string_table.first().is_none_or(|s| !s.is_empty()) {
+        return Err(invalid("string 0 should be empty string"));
+    }
+    if limits.max_samples > 0 && p.sample.len() > limits.max_samples {
+        return Err(invalid(format!(
+            "profile has {} samples, which is more than the limit of {} (-validation.max-profile-stacktrace-samples)",
+            p.sample.len(),
+            limits.max_samples
+        )));
+    }
+    let nstr = p.string_table.len() as i64;
+    let in_range = |i: i64| i >= 0 && i < nstr;
+    let mut strings = Vec::with_capacity(p.string_table.len());
+    for mut s in std::mem::take(&mut p.string_table) {
+        truncate_suffix(&mut s);
+        match String::from_utf8(s) {
+            Ok(s) => strings.push(s),
+            Err(e) => {
+                return Err(invalid(format!(
+                    "invalid utf8 string hex: {}",
+                    hex(e.as_bytes())
+                )))
+            }
+        }
+    }
+    let mut sample_types = Vec::with_capacity(p.sample_type.len());
+    for st in &p.sample_type {
+        if !in_range(st.r#type) || !in_range(st.unit) {
+            return Err(invalid("sample type type string index out of range"));
+        }
+        if strings[st.r#type as usize].contains('-') {
+            return Err(invalid("sample type contains -"));
+        }
+        sample_types.push(ValueType {
+            r#type: st.r#type as u32,
+            unit: st.unit as u32,
+        });
+    }
+    let period_type = match &p.period_type {
+        Some(pt) if pt.r#type != 0 || pt.unit != 0 => {
+            if !in_range(pt.r#type) || !in_range(pt.unit) {
+                return Err(invalid("period type string index out of range"));
+            }
+            Some(ValueType {
+                r#type: pt.r#type as u32,
+                unit: pt.unit as u32,
+            })
+        }
+        _ => None,
+    };
+
+    let go = detect_language(&strings) == Language::Go;
+
+    let mut mapping_index: FxHashMap<u64, u32> = FxHashMap::default();
+    let mut mappings = Vec::with_capacity(p.mapping.len());
+    for m in &p.mapping {
+        if !in_range(m.filename) {
+            return Err(invalid("mapping file name string index out of range"));
+        }
+        if !in_range(m.build_id) {
+            return Err(invalid("mapping build id string index out of range"));
+        }
+        mapping_index.insert(m.id, mappings.len() as u32);
+        mappings.push(Mapping {
+            memory_start: m.memory_start,
+            memory_limit: m.memory_limit,
+            file_offset: m.file_offset,
+            filename: m.filename as u32,
+            build_id: m.build_id as u32,
+            has_functions: m.has_functions,
+            has_filenames: m.has_filenames,
+            has_line_numbers: m.has_line_numbers,
+            has_inline_frames: m.has_inline_frames,
+        });
+    }
+
+    let mut function_index: FxHashMap<u64, u32> = FxHashMap::default();
+    let mut functions = Vec::with_capacity(p.function.len());
+    for f in &p.function {
+        if f.id == 0 {
+            return Err(invalid("function id is 0"));
+        }
+        if !in_range(f.name) {
+            return Err(invalid("function name string index out of range"));
+        }
+        if !in_range(f.system_name) {
+            return Err(invalid("function system name index string out of range"));
+        }
+        if !in_range(f.filename) {
+            return Err(invalid("function file name string index out of range"));
+        }
+        let mut name = f.name as u32;
+        if go {
+            if let Some(clean) = drop_go_type_parameters(&strings[f.name as usize]) {
+                strings.push(clean);
+                name = strings.len() as u32 - 1;
+            }
+        }
+        function_index.insert(f.id, functions.len() as u32);
+        functions.push(Function {
+            name,
+            system_name: f.system_name as u32,
+            filename: f.filename as u32,
+            start_line: f.start_line,
+        });
+    }
+
+    let mut location_index: FxHashMap<u64, u32> = FxHashMap::default();
+    let mut locations = Vec::with_capacity(p.location.len());
+    for l in &p.location {
+        if l.id == 0 {
+            return Err(invalid("location id is 0"));
+        }
+        let mapping = if l.mapping_id == 0 {
+            0
+        } else {
+            match mapping_index.get(&l.mapping_id) {
+                Some(i) => i + 1,
+                None => {
+                    return Err(invalid(format!(
+                        "location {} references unknown mapping id {}",
+                        l.id, l.mapping_id
+                    )))
+                }
+            }
+        };
+        let mut lines = Vec::with_capacity(l.line.len());
+        for ln in &l.line {
+            let Some(&function) = function_index.get(&ln.function_id) else {
+                return Err(invalid(format!(
+                    "location {} references unknown function id {}",
+                    l.id, ln.function_id
+                )));
+            };
+            lines.push(Line {
+                function,
+                line: ln.line,
+            });
+        }
+        // Symbolized frames need no address: clearing it lets equal frames dedup.
+        let address = if lines.is_empty() { l.address } else { 0 };
+        location_index.insert(l.id, locations.len() as u32);
+        locations.push(Location {
+            mapping,
+            address,
+            lines,
+        });
+    }
+
+    let ntypes = sample_types.len();
+    let mut samples = Vec::with_capacity(p.sample.len());
+    let mut group_of: FxHashMap<Vec<(u32, u32)>, usize> = FxHashMap::default();
+    let mut groups: Vec<(Labels, Vec<u32>)> = Vec::new();
+    let mut key: Vec<(u32, u32)> = Vec::new();
+    for s in std::mem::take(&mut p.sample) {
+        if s.value.len() != ntypes {
+            return Err(invalid("sample value length mismatch"));
+        }
+        if s.label.len() > MAX_SAMPLE_LABELS {
+            return Err(invalid(format!(
+                "sample has {} labels, which is more than the limit of {MAX_SAMPLE_LABELS}",
+                s.label.len()
+            )));
+        }
+        if s.value.iter().all(|v| *v == 0) {
+            continue;
+        }
+        key.clear();
+        for l in &s.label {
+            if !in_range(l.key) || !in_range(l.str) || !in_range(l.num_unit) {
+                return Err(invalid("sample label string index out of range"));
+            }
+            if l.str == 0 {
+                continue; // numeric label: not part of series identity
+            }
+            if NON_SERIES_SAMPLE_LABELS.contains(&strings[l.key as usize].as_str()) {
+                continue;
+            }
+            key.push((l.key as u32, l.str as u32));
+        }
+        key.sort_unstable();
+        key.dedup_by_key(|(k, _)| *k);
+        let mut locs = Vec::with_capacity(s.location_id.len().min(MAX_STACK_DEPTH));
+        // Keep the root-most frames: pprof lists the leaf first.
+        let skip = s.location_id.len().saturating_sub(MAX_STACK_DEPTH);
+        for id in &s.location_id[skip..] {
+            match location_index.get(id) {
+                Some(i) => locs.push(*i),
+                None => {
+                    return Err(invalid(format!(
+                        "sample references unknown location id {id}"
+                    )))
+                }
+            }
+        }
+        let idx = samples.len() as u32;
+        samples.push(Sample {
+            locations: locs,
+            values: s.value,
+        });
+        let g = match group_of.get(&key) {
+            Some(g) => *g,
+            None => {
+                let labels =
+                    Labels::from_pairs(key.iter().map(|(k, v)| {
+                        (strings[*k as usize].clone(), strings[*v as usize].clone())
+                    }));
+                groups.push((labels, Vec::new()));
+                group_of.insert(key.clone(), groups.len() - 1);
+                groups.len() - 1
+            }
+        };
+        groups[g].1.push(idx);
+    }
+
+    Ok(Decoded {
+        profile: Profile {
+            strings,
+            sample_types,
+            period_type,
+            period: p.period,
+            time_nanos: p.time_nanos,
+            duration_nanos: p.duration_nanos,
+            mappings,
+            functions,
+            locations,
+            samples,
+        },
+        groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_type_parameters_fixture() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/testdata/pprof/pyroscope/pkg-pprof/"
+        );
+        let input = std::fs::read_to_string(format!("{dir}go_type_parameters.txt")).unwrap();
+        let expected =
+            std::fs::read_to_string(format!("{dir}go_type_parameters.expected.txt")).unwrap();
+        for (i, (a, b)) in input.lines().zip(expected.lines()).enumerate() {
+            let got = drop_go_type_parameters(a).unwrap_or_else(|| a.to_string());
+            assert_eq!(got, b, "line {}", i + 1);
+        }
+    }
+
+    #[test]
+    fn long_strings_keep_their_suffix() {
+        let mut s = vec![b'a'; MAX_STRING_LEN + 10];
+        s.extend_from_slice(b"end");
+        truncate_suffix(&mut s);
+        assert_eq!(s.len(), MAX_STRING_LEN);
+        assert!(s.ends_with(b"end"));
+    }
+}

@@ -1,0 +1,141 @@
+//! Operational endpoints: readiness, metrics, config, build info, version, health, the ring
+//! and a small web page.
+use crate::server::body::{RespBody, Response};
+use crate::server::{metrics, Core};
+use kiln_proto::grpc::health::v1::{health_check_response::ServingStatus, HealthCheckResponse};
+use kiln_proto::version::v1::VersionResponse;
+use kiln_shards::shard::Msg;
+use std::fmt::Write;
+use std::rc::Rc;
+
+fn text(status: u16, ct: &str, body: impl Into<bytes::Bytes>) -> Response {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", ct)
+        .body(RespBody::full(body))
+        .expect("valid response")
+}
+
+pub fn ready(core: &Core) -> Response {
+    if core.shared.ready() {
+        text(200, "text/plain; charset=utf-8", "ready")
+    } else {
+        text(
+            503,
+            "text/plain; charset=utf-8",
+            "not ready: cores are still starting",
+        )
+    }
+}
+
+pub async fn metrics(core: &Rc<Core>) -> Response {
+    let mut out = String::new();
+    metrics::render(&core.shared.metrics, &mut out);
+    match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
+        Ok(stats) => {
+            type Gauge = (
+                &'static str,
+                &'static str,
+                &'static str,
+                fn(&kiln_shards::shard::ShardStats) -> f64,
+            );
+            let rows: [Gauge; 5] = [
+                ("kiln_head_series", "gauge", "Series in the head.", |s| {
+                    s.series as f64
+                }),
+                (
+                    "kiln_head_profiles",
+                    "gauge",
+                    "Profiles in the head.",
+                    |s| s.profiles as f64,
+                ),
+                ("kiln_head_samples", "gauge", "Samples in the head.", |s| {
+                    s.samples as f64
+                }),
+                (
+                    "kiln_head_stacktraces",
+                    "gauge",
+                    "Distinct stack trace nodes in the head.",
+                    |s| s.stacks as f64,
+                ),
+                (
+                    "kiln_head_bytes",
+                    "gauge",
+                    "Approximate heap bytes held by the head.",
+                    |s| s.head_bytes as f64,
+                ),
+            ];
+            for (name, kind, help, f) in rows {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for s in &stats {
+                    let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", s.core, f(s));
+                }
+            }
+        }
+        Err(e) => {
+            return text(503, "text/plain", e.to_string());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge"
+    );
+    let _ = writeln!(
+        out,
+        "kiln_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    text(200, "text/plain; version=0.0.4; charset=utf-8", out)
+}
+
+pub fn config(core: &Core) -> Response {
+    text(200, "text/plain; charset=utf-8", core.cfg().to_yaml())
+}
+
+pub fn buildinfo() -> Response {
+    let body = serde_json::json!({
+        "status": "success",
+        "data": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "revision": option_env!("KILN_REVISION").unwrap_or(""),
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "",
+        }
+    });
+    text(
+        200,
+        "application/json",
+        serde_json::to_vec(&body).expect("json"),
+    )
+}
+
+pub fn version() -> VersionResponse {
+    VersionResponse { querier_api: 1 }
+}
+
+pub fn health(core: &Core) -> HealthCheckResponse {
+    let status = if core.shared.ready() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+pub fn ring(core: &Core) -> Response {
+    let n = core.mesh.cores();
+    let mut out = String::from("<!doctype html><title>kiln ring</title><h1>Ingester ring</h1><table border=1><tr><th>instance</th><th>core</th><th>state</th></tr>");
+    for c in 0..n {
+        let _ = write!(out, "<tr><td>local</td><td>{c}</td><td>ACTIVE</td></tr>");
+    }
+    out.push_str("</table>");
+    text(200, "text/html; charset=utf-8", out)
+}
+
+pub fn ui() -> Response {
+    text(200, "text/html; charset=utf-8", include_str!("ui.html"))
+}

@@ -1,0 +1,184 @@
+//! The querier: turns API requests into per-core `QueryRequest`s, fans them out to every core,
+//! and merges the partial answers (trees, pprofs, series, label sets).
+pub mod pprof_merge;
+pub mod render;
+pub mod rpc;
+pub mod tree;
+
+use crate::server::rpc::{Code, RpcError};
+use crate::server::Core;
+use crate::timeparse::now_ns;
+use kiln_shards::labels::{Labels, ProfileType};
+use kiln_shards::query::{Bucket, QueryRequest, QueryResult, Selection};
+use kiln_shards::selector::parse_selector;
+use kiln_shards::shard::Msg;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Validates a query's range and selector into a `Selection`; `Ok(None)` when the range lies
+/// wholly beyond the lookback limit (the answer is empty, as in Pyroscope).
+pub fn selection(
+    core: &Core,
+    tenants: Vec<String>,
+    profile_type: Option<&str>,
+    selector: &str,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Option<Selection>, RpcError> {
+    if let Some(pt) = profile_type {
+        ProfileType::parse(pt).map_err(RpcError::invalid)?;
+    }
+    let matchers = parse_selector(selector)
+        .map_err(|e| RpcError::invalid(format!("invalid label selector {selector:?}: {e}")))?;
+    let now_ms = now_ns() / 1_000_000;
+    let (mut start, end) = if start_ms == 0 && end_ms == 0 {
+        (now_ms - 3_600_000, now_ms)
+    } else {
+        (start_ms, end_ms)
+    };
+    if start > end {
+        return Err(RpcError::invalid(format!(
+            "invalid time range: start ({start}) is after end ({end})"
+        )));
+    }
+    let limits = core
+        .cfg()
+        .limits_for(tenants.first().map(String::as_str).unwrap_or(""));
+    let lookback = limits.max_query_lookback.as_millis() as i64;
+    if lookback > 0 {
+        let oldest = now_ms - lookback;
+        if end < oldest {
+            return Ok(None);
+        }
+        start = start.max(oldest);
+    }
+    let max_len = limits.max_query_length.as_millis() as i64;
+    if max_len > 0 && end - start > max_len {
+        return Err(RpcError::invalid(format!(
+            "the query time range exceeds the limit (query length: {}, limit: {}; see -querier.max-query-length)",
+            fmt_ms(end - start),
+            fmt_ms(max_len)
+        )));
+    }
+    Ok(Some(Selection {
+        tenants,
+        profile_type: profile_type.map(str::to_string),
+        matchers,
+        start_ms: start,
+        end_ms: end,
+    }))
+}
+
+fn fmt_ms(ms: i64) -> String {
+    let s = ms / 1000;
+    format!("{}h{}m{}s", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// Sends a request to every core and returns all partial results.
+pub async fn fan_out(core: &Rc<Core>, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
+    let req = Arc::new(req);
+    let parts = core
+        .mesh
+        .broadcast(|reply| Msg::Query {
+            req: req.clone(),
+            reply,
+        })
+        .await
+        .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+pub fn merge_strings(parts: Vec<QueryResult>) -> Vec<String> {
+    let mut out: Vec<String> = parts
+        .into_iter()
+        .flat_map(|p| {
+            if let QueryResult::Strings(v) = p {
+                v
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub fn merge_label_sets(parts: Vec<QueryResult>) -> Vec<Labels> {
+    let mut out: Vec<Labels> = parts
+        .into_iter()
+        .flat_map(|p| {
+            if let QueryResult::LabelSets(v) = p {
+                v
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub async fn merged_tree(core: &Rc<Core>, sel: Option<Selection>) -> Result<tree::Tree, RpcError> {
+    let mut t = tree::Tree::default();
+    if let Some(sel) = sel {
+        for p in fan_out(core, QueryRequest::MergeTree(sel)).await? {
+            if let QueryResult::Tree(part) = p {
+                t.merge(&part);
+            }
+        }
+    }
+    t.finish();
+    Ok(t)
+}
+
+/// Per group: time (ms) → bucket, merged over cores and tenants.
+pub async fn merged_series(
+    core: &Rc<Core>,
+    sel: Option<Selection>,
+    step_ms: i64,
+    group_by: Vec<String>,
+) -> Result<BTreeMap<Labels, BTreeMap<i64, Bucket>>, RpcError> {
+    let mut out: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
+    let Some(sel) = sel else { return Ok(out) };
+    for p in fan_out(
+        core,
+        QueryRequest::SelectSeries {
+            sel,
+            step_ms,
+            group_by,
+        },
+    )
+    .await?
+    {
+        if let QueryResult::Series(groups) = p {
+            for (labels, points) in groups {
+                let g = out.entry(labels).or_default();
+                for (t, b) in points {
+                    let e = g.entry(t).or_default();
+                    e.sum += b.sum;
+                    e.count += b.count;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The effective `max_nodes` of a flame graph request.
+pub fn max_nodes(core: &Core, tenant: &str, requested: Option<i64>) -> Result<i64, RpcError> {
+    let l = core.cfg().limits_for(tenant);
+    let n = match requested {
+        None | Some(0) => l.max_flamegraph_nodes_default,
+        Some(n) => n,
+    };
+    if l.max_flamegraph_nodes_max > 0 && (n > l.max_flamegraph_nodes_max || n < 0) {
+        return Err(RpcError::invalid(format!(
+            "max flamegraph nodes limit {n} is greater than allowed {}",
+            l.max_flamegraph_nodes_max
+        )));
+    }
+    Ok(n)
+}

@@ -1,0 +1,377 @@
+//! `querier.v1.QuerierService` over Connect and gRPC.
+use super::pprof_merge::PprofMerger;
+use super::{
+    fan_out, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection,
+    tree,
+};
+use crate::server::body::Response;
+use crate::server::rpc::{Code, RpcError};
+use crate::server::{tenants, Call};
+use kiln_proto::google::v1::Profile;
+use kiln_proto::querier::v1 as q;
+use kiln_proto::types::v1 as t;
+use kiln_shards::labels::{Labels, ProfileType};
+use kiln_shards::query::{QueryRequest, QueryResult, Selection};
+
+pub async fn dispatch(call: &Call<'_>, method: &str) -> Response {
+    match method {
+        "ProfileTypes" => call.unary(profile_types).await,
+        "LabelNames" => call.unary(label_names).await,
+        "LabelValues" => call.unary(label_values).await,
+        "Series" => call.unary(series).await,
+        "SelectMergeStacktraces" => call.unary(select_merge_stacktraces).await,
+        "SelectMergeProfile" => call.unary(select_merge_profile).await,
+        "SelectSeries" => call.unary(select_series).await,
+        "Diff" => call.unary(diff).await,
+        "GetProfileStats" => call.unary(profile_stats).await,
+        "SelectMergeSpanProfile" => {
+            call.unary(|_, _: q::SelectMergeSpanProfileRequest| async {
+                Err::<q::SelectMergeSpanProfileResponse, _>(RpcError::new(
+                    Code::Unimplemented,
+                    "span profiles are not stored by kiln yet",
+                ))
+            })
+            .await
+        }
+        _ => call.unimplemented(),
+    }
+}
+
+fn labels_pb(l: &Labels) -> Vec<t::LabelPair> {
+    l.iter()
+        .map(|(k, v)| t::LabelPair {
+            name: k.into(),
+            value: v.into(),
+        })
+        .collect()
+}
+
+pub fn profile_type_pb(id: &str) -> Option<t::ProfileType> {
+    let p = ProfileType::parse(id).ok()?;
+    Some(t::ProfileType {
+        id: id.to_string(),
+        name: p.name,
+        sample_type: p.sample_type,
+        sample_unit: p.sample_unit,
+        period_type: p.period_type,
+        period_unit: p.period_unit,
+    })
+}
+
+/// A selection per `matchers` entry (their union is the answer), or one for all series.
+fn selections(
+    call: &Call<'_>,
+    matchers: &[String],
+    start: i64,
+    end: i64,
+) -> Result<Vec<Selection>, RpcError> {
+    let tenants = tenants(call.core, call.headers)?;
+    let list: Vec<&str> = if matchers.is_empty() {
+        vec!["{}"]
+    } else {
+        matchers.iter().map(String::as_str).collect()
+    };
+    let mut out = Vec::new();
+    for m in list {
+        if let Some(s) = selection(call.core, tenants.clone(), None, m, start, end)? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+async fn collect(
+    call: &Call<'_>,
+    sels: Vec<Selection>,
+    make: impl Fn(Selection) -> QueryRequest,
+) -> Result<Vec<QueryResult>, RpcError> {
+    let mut all = Vec::new();
+    for s in sels {
+        all.extend(fan_out(call.core, make(s)).await?);
+    }
+    Ok(all)
+}
+
+async fn profile_types(
+    call: &Call<'_>,
+    r: q::ProfileTypesRequest,
+) -> Result<q::ProfileTypesResponse, RpcError> {
+    let sels = selections(call, &[], r.start, r.end)?;
+    let ids = merge_strings(collect(call, sels, QueryRequest::ProfileTypes).await?);
+    Ok(q::ProfileTypesResponse {
+        profile_types: ids.iter().filter_map(|i| profile_type_pb(i)).collect(),
+    })
+}
+
+fn utf8_label_names_allowed(call: &Call<'_>) -> bool {
+    call.headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.replace(' ', "").contains("allow-utf8-labelnames=true"))
+}
+
+fn is_legacy_label_name(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+async fn label_names(
+    call: &Call<'_>,
+    r: t::LabelNamesRequest,
+) -> Result<t::LabelNamesResponse, RpcError> {
+    let sels = selections(call, &r.matchers, r.start, r.end)?;
+    let mut names = merge_strings(collect(call, sels, QueryRequest::LabelNames).await?);
+    if !utf8_label_names_allowed(call) {
+        names.retain(|n| is_legacy_label_name(n));
+    }
+    Ok(t::LabelNamesResponse { names })
+}
+
+async fn label_values(
+    call: &Call<'_>,
+    r: t::LabelValuesRequest,
+) -> Result<t::LabelValuesResponse, RpcError> {
+    if r.name.is_empty() {
+        return Err(RpcError::invalid("name is required"));
+    }
+    let sels = selections(call, &r.matchers, r.start, r.end)?;
+    let name = r.name.clone();
+    let names = merge_strings(
+        collect(call, sels, move |s| {
+            QueryRequest::LabelValues(s, name.clone())
+        })
+        .await?,
+    );
+    Ok(t::LabelValuesResponse { names })
+}
+
+async fn series(call: &Call<'_>, r: q::SeriesRequest) -> Result<q::SeriesResponse, RpcError> {
+    let sels = selections(call, &r.matchers, r.start, r.end)?;
+    let names = r.label_names.clone();
+    let sets = merge_label_sets(
+        collect(call, sels, move |s| QueryRequest::Series(s, names.clone())).await?,
+    );
+    Ok(q::SeriesResponse {
+        labels_set: sets
+            .iter()
+            .map(|l| t::Labels {
+                labels: labels_pb(l),
+            })
+            .collect(),
+    })
+}
+
+fn stacktraces_selection(
+    call: &Call<'_>,
+    r: &q::SelectMergeStacktracesRequest,
+) -> Result<(Option<Selection>, String), RpcError> {
+    if !r.span_selector.is_empty() && !r.trace_id_selector.is_empty() {
+        return Err(RpcError::invalid(
+            "span_selector and trace_id_selector cannot be used together",
+        ));
+    }
+    let tenants = tenants(call.core, call.headers)?;
+    let first = tenants[0].clone();
+    Ok((
+        selection(
+            call.core,
+            tenants,
+            Some(&r.profile_type_id),
+            &r.label_selector,
+            r.start,
+            r.end,
+        )?,
+        first,
+    ))
+}
+
+async fn merge_profile(
+    call: &Call<'_>,
+    sel: Option<Selection>,
+    pt: &str,
+    end: i64,
+) -> Result<Profile, RpcError> {
+    let pt = ProfileType::parse(pt).map_err(RpcError::invalid)?;
+    let mut m = PprofMerger::new();
+    if let Some(sel) = sel {
+        for p in fan_out(call.core, QueryRequest::MergeProfile(sel)).await? {
+            if let QueryResult::Pprof(part) = p {
+                m.add(&part);
+            }
+        }
+    }
+    Ok(m.finish(&pt, end))
+}
+
+async fn select_merge_stacktraces(
+    call: &Call<'_>,
+    r: q::SelectMergeStacktracesRequest,
+) -> Result<q::SelectMergeStacktracesResponse, RpcError> {
+    let (sel, tenant) = stacktraces_selection(call, &r)?;
+    let max = max_nodes(call.core, &tenant, r.max_nodes)?;
+    let format = q::ProfileFormat::try_from(r.format).unwrap_or(q::ProfileFormat::Unspecified);
+    match format {
+        q::ProfileFormat::Pprof => {
+            let profile = merge_profile(call, sel, &r.profile_type_id, r.end).await?;
+            Ok(q::SelectMergeStacktracesResponse {
+                pprof: Some(q::PprofProfile {
+                    profile: Some(profile),
+                }),
+                ..Default::default()
+            })
+        }
+        q::ProfileFormat::Dot => Err(RpcError::new(
+            Code::Unimplemented,
+            "the DOT format is not supported by kiln yet",
+        )),
+        q::ProfileFormat::Tree => {
+            let t = merged_tree(call.core, sel).await?;
+            Ok(q::SelectMergeStacktracesResponse {
+                tree: t.tree_bytes(max),
+                ..Default::default()
+            })
+        }
+        q::ProfileFormat::Unspecified | q::ProfileFormat::Flamegraph => {
+            let t = merged_tree(call.core, sel).await?;
+            Ok(q::SelectMergeStacktracesResponse {
+                flamegraph: Some(t.flamegraph(max)),
+                ..Default::default()
+            })
+        }
+    }
+}
+
+async fn select_merge_profile(
+    call: &Call<'_>,
+    r: q::SelectMergeProfileRequest,
+) -> Result<Profile, RpcError> {
+    let tenants = tenants(call.core, call.headers)?;
+    let sel = selection(
+        call.core,
+        tenants,
+        Some(&r.profile_type_id),
+        &r.label_selector,
+        r.start,
+        r.end,
+    )?;
+    merge_profile(call, sel, &r.profile_type_id, r.end).await
+}
+
+async fn select_series(
+    call: &Call<'_>,
+    r: q::SelectSeriesRequest,
+) -> Result<q::SelectSeriesResponse, RpcError> {
+    if r.step < 0.001 {
+        return Err(RpcError::invalid("step must be >= 1ms"));
+    }
+    let tenants = tenants(call.core, call.headers)?;
+    let sel = selection(
+        call.core,
+        tenants,
+        Some(&r.profile_type_id),
+        &r.label_selector,
+        r.start,
+        r.end,
+    )?;
+    let avg = r.aggregation == Some(t::TimeSeriesAggregationType::Average as i32);
+    let groups = merged_series(
+        call.core,
+        sel,
+        (r.step * 1000.0).round() as i64,
+        r.group_by.clone(),
+    )
+    .await?;
+    let mut series: Vec<(f64, t::Series)> = groups
+        .into_iter()
+        .map(|(labels, points)| {
+            let total: f64 = points.values().map(|b| b.sum).sum();
+            let points = points
+                .into_iter()
+                .map(|(ts, b)| t::Point {
+                    value: if avg && b.count > 0 {
+                        b.sum / b.count as f64
+                    } else {
+                        b.sum
+                    },
+                    timestamp: ts,
+                    ..Default::default()
+                })
+                .collect();
+            (
+                total,
+                t::Series {
+                    labels: labels_pb(&labels),
+                    points,
+                },
+            )
+        })
+        .collect();
+    if let Some(limit) = r.limit.filter(|l| *l > 0) {
+        series.sort_by(|a, b| b.0.total_cmp(&a.0));
+        series.truncate(limit as usize);
+        series.sort_by(|a, b| {
+            a.1.labels
+                .iter()
+                .map(|l| (&l.name, &l.value))
+                .cmp(b.1.labels.iter().map(|l| (&l.name, &l.value)))
+        });
+    }
+    Ok(q::SelectSeriesResponse {
+        series: series.into_iter().map(|(_, s)| s).collect(),
+    })
+}
+
+async fn diff(call: &Call<'_>, r: q::DiffRequest) -> Result<q::DiffResponse, RpcError> {
+    let (Some(left), Some(right)) = (r.left, r.right) else {
+        return Err(RpcError::invalid("both left and right are required"));
+    };
+    ProfileType::parse(&left.profile_type_id).map_err(RpcError::invalid)?;
+    ProfileType::parse(&right.profile_type_id).map_err(RpcError::invalid)?;
+    let requested = match (left.max_nodes, right.max_nodes) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let (ls, tenant) = stacktraces_selection(call, &left)?;
+    let (rs, _) = stacktraces_selection(call, &right)?;
+    let max = max_nodes(call.core, &tenant, requested)?;
+    let lt = merged_tree(call.core, ls).await?;
+    let rt = merged_tree(call.core, rs).await?;
+    let fg = tree::diff(&lt, &rt, max).map_err(RpcError::invalid)?;
+    Ok(q::DiffResponse {
+        flamegraph: Some(fg),
+    })
+}
+
+async fn profile_stats(
+    call: &Call<'_>,
+    _r: t::GetProfileStatsRequest,
+) -> Result<t::GetProfileStatsResponse, RpcError> {
+    let tenants = tenants(call.core, call.headers)?;
+    let sel = Selection {
+        tenants,
+        profile_type: None,
+        matchers: Vec::new(),
+        start_ms: i64::MIN / 2,
+        end_ms: i64::MAX / 2,
+    };
+    let mut out = t::GetProfileStatsResponse::default();
+    for p in fan_out(call.core, QueryRequest::Stats(sel)).await? {
+        if let QueryResult::Stats {
+            oldest_ms,
+            newest_ms,
+            ingested: true,
+        } = p
+        {
+            out.oldest_profile_time = if out.data_ingested {
+                out.oldest_profile_time.min(oldest_ms)
+            } else {
+                oldest_ms
+            };
+            out.newest_profile_time = out.newest_profile_time.max(newest_ms);
+            out.data_ingested = true;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,496 @@
+//! The merged flame tree of a query, and its encodings: Pyroscope's FlameGraph levels (with
+//! `max_nodes` truncation into "other" nodes), the diff of two trees, and TREE bytes.
+use kiln_proto::querier::v1::{FlameGraph, FlameGraphDiff, Level};
+use kiln_shards::query::FlameTree;
+use rustc_hash::FxHashMap;
+
+pub const OTHER: &str = "other";
+
+#[derive(Debug, Clone)]
+struct Node {
+    name: u32,
+    self_: i64,
+    total: i64,
+    children: Vec<u32>,
+}
+
+/// A tree over function names. Node 0 is the root; a child's id is always greater than its
+/// parent's. Children are sorted by name bytes once `finish` has run.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    names: Vec<String>,
+    name_ids: FxHashMap<String, u32>,
+    nodes: Vec<Node>,
+    index: FxHashMap<(u32, u32), u32>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree {
+            names: vec![String::new()],
+            name_ids: FxHashMap::default(),
+            nodes: vec![Node {
+                name: 0,
+                self_: 0,
+                total: 0,
+                children: Vec::new(),
+            }],
+            index: FxHashMap::default(),
+        }
+    }
+}
+
+impl Tree {
+    fn name_id(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.name_ids.get(name) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.name_ids.insert(name.to_string(), i);
+        i
+    }
+
+    fn child(&mut self, parent: u32, name: u32) -> u32 {
+        let next = self.nodes.len() as u32;
+        let id = *self.index.entry((parent, name)).or_insert(next);
+        if id == next {
+            self.nodes.push(Node {
+                name,
+                self_: 0,
+                total: 0,
+                children: Vec::new(),
+            });
+            self.nodes[parent as usize].children.push(id);
+        }
+        id
+    }
+
+    /// Adds a core's partial tree.
+    pub fn merge(&mut self, part: &FlameTree) {
+        let names: Vec<u32> = part.names.iter().map(|n| self.name_id(n)).collect();
+        let mut map = vec![0u32; part.nodes.len()];
+        for (i, &(parent, name, value)) in part.nodes.iter().enumerate().skip(1) {
+            let id = self.child(map[parent as usize], names[name as usize]);
+            map[i] = id;
+            self.nodes[id as usize].self_ += value;
+        }
+        if let Some(root) = part.nodes.first() {
+            self.nodes[0].self_ += root.2;
+        }
+    }
+
+    /// Adds one root-first stack (used by tests and the diff goldens).
+    pub fn insert_stack(&mut self, frames: &[&str], value: i64) {
+        let mut n = 0;
+        for f in frames {
+            let name = self.name_id(f);
+            n = self.child(n, name);
+        }
+        self.nodes[n as usize].self_ += value;
+    }
+
+    /// Computes totals and sorts children by name; call once after the last merge.
+    pub fn finish(&mut self) {
+        let mut parent = vec![0u32; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &c in &n.children {
+                parent[c as usize] = i as u32;
+            }
+        }
+        for n in &mut self.nodes {
+            n.total = n.self_;
+        }
+        // Parents precede children, so every child's total is final when it is added up.
+        for i in (1..self.nodes.len()).rev() {
+            let t = self.nodes[i].total;
+            self.nodes[parent[i] as usize].total += t;
+        }
+        let name_of: Vec<u32> = self.nodes.iter().map(|n| n.name).collect();
+        let names = &self.names;
+        for n in &mut self.nodes {
+            n.children.sort_by(|a, b| {
+                names[name_of[*a as usize] as usize]
+                    .as_bytes()
+                    .cmp(names[name_of[*b as usize] as usize].as_bytes())
+            });
+        }
+        self.index = FxHashMap::default();
+    }
+
+    pub fn total(&self) -> i64 {
+        self.nodes[0].total
+    }
+
+    /// The smallest total a node may have and still be drawn with `max_nodes`.
+    fn min_value(&self, max_nodes: i64) -> i64 {
+        let count = self.nodes.len() as i64 - 1;
+        if max_nodes < 1 || count <= max_nodes {
+            return 0;
+        }
+        let mut totals: Vec<i64> = self.nodes[1..].iter().map(|n| n.total).collect();
+        let k = max_nodes as usize - 1;
+        totals.select_nth_unstable_by(k, |a, b| b.cmp(a));
+        totals[k]
+    }
+
+    /// Walks the truncated tree depth first, popping the last child first (Pyroscope's order),
+    /// calling `visit(level, x, name, self, total, children_kept)` where x is the node's
+    /// absolute offset (a node's children are laid out after its self).
+    fn walk(&self, max_nodes: i64, mut visit: impl FnMut(usize, i64, &str, i64, i64, usize)) {
+        enum Item {
+            Node(u32),
+            Other(i64),
+        }
+        let min = self.min_value(max_nodes);
+        let keep = |c: u32| {
+            let cn = &self.nodes[c as usize];
+            cn.total >= min && self.names[cn.name as usize] != OTHER
+        };
+        let mut stack = vec![(Item::Node(0), 0usize, 0i64)];
+        while let Some((item, level, x)) = stack.pop() {
+            match item {
+                Item::Other(v) => visit(level, x, OTHER, v, v, 0),
+                Item::Node(i) => {
+                    let n = &self.nodes[i as usize];
+                    let name = if i == 0 {
+                        "total"
+                    } else {
+                        self.names[n.name as usize].as_str()
+                    };
+                    let other: i64 = n
+                        .children
+                        .iter()
+                        .filter(|c| !keep(**c))
+                        .map(|c| self.nodes[*c as usize].total)
+                        .sum();
+                    let kept = n.children.iter().filter(|c| keep(**c)).count();
+                    visit(
+                        level,
+                        x,
+                        name,
+                        n.self_,
+                        n.total,
+                        kept + usize::from(other != 0),
+                    );
+                    let mut cx = x + n.self_;
+                    for &c in &n.children {
+                        if keep(c) {
+                            stack.push((Item::Node(c), level + 1, cx));
+                            cx += self.nodes[c as usize].total;
+                        }
+                    }
+                    if other != 0 {
+                        stack.push((Item::Other(other), level + 1, cx));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn flamegraph(&self, max_nodes: i64) -> FlameGraph {
+        let mut names: Vec<String> = Vec::new();
+        let mut name_idx: FxHashMap<String, i64> = FxHashMap::default();
+        // Per level, in visit order (right to left): [x, total, self, name index].
+        let mut levels: Vec<Vec<[i64; 4]>> = Vec::new();
+        let mut max_self = 0i64;
+        self.walk(max_nodes, |level, x, name, self_, total, _| {
+            max_self = max_self.max(self_);
+            let idx = *name_idx.entry(name.to_string()).or_insert_with(|| {
+                names.push(name.to_string());
+                names.len() as i64 - 1
+            });
+            if levels.len() <= level {
+                levels.push(Vec::new());
+            }
+            levels[level].push([x, total, self_, idx]);
+        });
+        FlameGraph {
+            names,
+            levels: levels
+                .into_iter()
+                .map(|lv| {
+                    let mut values = Vec::with_capacity(lv.len() * 4);
+                    let mut prev_end = 0i64;
+                    for [x, total, self_, idx] in lv.into_iter().rev() {
+                        values.extend_from_slice(&[x - prev_end, total, self_, idx]);
+                        prev_end = x + total;
+                    }
+                    Level { values }
+                })
+                .collect(),
+            total: self.total(),
+            max_self,
+        }
+    }
+
+    /// Pyroscope's TREE encoding: pre-order, each node as uvarint(name length), name,
+    /// uvarint(self), uvarint(children), children last-first; the root has an empty name.
+    pub fn tree_bytes(&self, max_nodes: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.walk(max_nodes, |level, _x, name, self_, _total, kept| {
+            let name = if level == 0 { "" } else { name };
+            put_uvarint(&mut out, name.len() as u64);
+            out.extend_from_slice(name.as_bytes());
+            put_uvarint(&mut out, if level == 0 { 0 } else { self_.max(0) as u64 });
+            put_uvarint(&mut out, kept as u64);
+        });
+        out
+    }
+}
+
+pub fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct DiffNode {
+    name: String,
+    left: (i64, i64),
+    right: (i64, i64),
+    children: Vec<usize>,
+}
+
+/// The diff flame graph of two finished trees over their union: 7-tuples
+/// `[xL, totalL, selfL, xR, totalR, selfR, name]` (x delta-encoded per side). A node is kept
+/// when either side reaches the `max_nodes` threshold, computed over both sides.
+pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff, String> {
+    if left
+        .nodes
+        .iter()
+        .chain(right.nodes.iter())
+        .any(|n| n.self_ < 0)
+    {
+        return Err("diff of trees with negative values".into());
+    }
+    let mut nodes = vec![DiffNode {
+        name: "total".into(),
+        left: (0, 0),
+        right: (0, 0),
+        children: Vec::new(),
+    }];
+    let mut stack: Vec<(Option<u32>, Option<u32>, usize)> = vec![(Some(0), Some(0), 0)];
+    while let Some((l, r, d)) = stack.pop() {
+        if let Some(l) = l {
+            let n = &left.nodes[l as usize];
+            nodes[d].left = (n.total, n.self_);
+        }
+        if let Some(r) = r {
+            let n = &right.nodes[r as usize];
+            nodes[d].right = (n.total, n.self_);
+        }
+        let lc: &[u32] = l.map_or(&[], |l| &left.nodes[l as usize].children);
+        let rc: &[u32] = r.map_or(&[], |r| &right.nodes[r as usize].children);
+        let (mut i, mut j) = (0, 0);
+        while i < lc.len() || j < rc.len() {
+            let ln = lc
+                .get(i)
+                .map(|c| left.names[left.nodes[*c as usize].name as usize].as_str());
+            let rn = rc
+                .get(j)
+                .map(|c| right.names[right.nodes[*c as usize].name as usize].as_str());
+            let (a, b, name) = match (ln, rn) {
+                (Some(x), Some(y)) if x == y => {
+                    i += 1;
+                    j += 1;
+                    (Some(lc[i - 1]), Some(rc[j - 1]), x)
+                }
+                (Some(x), Some(y)) if x.as_bytes() < y.as_bytes() => {
+                    i += 1;
+                    (Some(lc[i - 1]), None, x)
+                }
+                (Some(x), None) => {
+                    i += 1;
+                    (Some(lc[i - 1]), None, x)
+                }
+                (_, Some(y)) => {
+                    j += 1;
+                    (None, Some(rc[j - 1]), y)
+                }
+                (None, None) => unreachable!(),
+            };
+            let id = nodes.len();
+            nodes.push(DiffNode {
+                name: name.to_string(),
+                left: (0, 0),
+                right: (0, 0),
+                children: Vec::new(),
+            });
+            nodes[d].children.push(id);
+            stack.push((a, b, id));
+        }
+    }
+    let min = if max_nodes < 1 || (nodes.len() as i64 - 1) <= max_nodes {
+        0
+    } else {
+        let mut totals: Vec<i64> = nodes[1..].iter().map(|n| n.left.0.max(n.right.0)).collect();
+        let k = max_nodes as usize - 1;
+        totals.select_nth_unstable_by(k, |a, b| b.cmp(a));
+        totals[k]
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut name_idx: FxHashMap<String, i64> = FxHashMap::default();
+    let mut levels: Vec<Vec<[i64; 7]>> = Vec::new();
+    let mut max_self = 0i64;
+    // (node or synthetic other, level, xl, xr)
+    enum Item {
+        Node(usize),
+        Other((i64, i64)),
+    }
+    let mut st = vec![(Item::Node(0), 0usize, 0i64, 0i64)];
+    while let Some((item, level, xl, xr)) = st.pop() {
+        let (name, l, r, kids): (&str, (i64, i64), (i64, i64), &[usize]) = match &item {
+            Item::Node(i) => (
+                &nodes[*i].name,
+                nodes[*i].left,
+                nodes[*i].right,
+                &nodes[*i].children,
+            ),
+            Item::Other((a, b)) => (OTHER, (*a, *a), (*b, *b), &[]),
+        };
+        max_self = max_self.max(l.1).max(r.1);
+        let idx = *name_idx.entry(name.to_string()).or_insert_with(|| {
+            names.push(name.to_string());
+            names.len() as i64 - 1
+        });
+        if levels.len() <= level {
+            levels.push(Vec::new());
+        }
+        levels[level].push([xl, l.0, l.1, xr, r.0, r.1, idx]);
+        let (mut cl, mut cr) = (xl + l.1, xr + r.1);
+        let mut other = (0i64, 0i64);
+        let mut pushes = Vec::new();
+        for &c in kids {
+            let n = &nodes[c];
+            if n.left.0.max(n.right.0) >= min && n.name != OTHER {
+                pushes.push((Item::Node(c), level + 1, cl, cr));
+                cl += n.left.0;
+                cr += n.right.0;
+            } else {
+                other.0 += n.left.0;
+                other.1 += n.right.0;
+            }
+        }
+        st.extend(pushes);
+        if other != (0, 0) {
+            st.push((Item::Other(other), level + 1, cl, cr));
+        }
+    }
+    let (lt, rt) = (nodes[0].left.0, nodes[0].right.0);
+    Ok(FlameGraphDiff {
+        names,
+        levels: levels
+            .into_iter()
+            .map(|lv| {
+                let mut values = Vec::with_capacity(lv.len() * 7);
+                let (mut pl, mut pr) = (0i64, 0i64);
+                for [xl, tl, sl, xr, tr, sr, idx] in lv.into_iter().rev() {
+                    values.extend_from_slice(&[xl - pl, tl, sl, xr - pr, tr, sr, idx]);
+                    pl = xl + tl;
+                    pr = xr + tr;
+                }
+                Level { values }
+            })
+            .collect(),
+        total: lt + rt,
+        max_self,
+        left_ticks: lt,
+        right_ticks: rt,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(stacks: &[(&str, i64)]) -> Tree {
+        let mut t = Tree::default();
+        for (s, v) in stacks {
+            t.insert_stack(&s.split(';').collect::<Vec<_>>(), *v);
+        }
+        t.finish();
+        t
+    }
+
+    fn levels(l: &[Level]) -> Vec<Vec<i64>> {
+        l.iter().map(|l| l.values.clone()).collect()
+    }
+
+    #[test]
+    fn pyroscope_flamegraph_golden() {
+        let t = tree(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1)]);
+        let fg = t.flamegraph(0);
+        assert_eq!(fg.names, vec!["total", "a", "c", "d", "b", "e"]);
+        assert_eq!(
+            levels(&fg.levels),
+            vec![
+                vec![0, 4, 0, 0],
+                vec![0, 4, 0, 1],
+                vec![0, 1, 0, 4, 0, 3, 2, 2],
+                vec![0, 1, 1, 5, 2, 1, 1, 3]
+            ]
+        );
+        assert_eq!((fg.total, fg.max_self), (4, 2));
+    }
+
+    #[test]
+    fn truncation_folds_small_nodes_into_other() {
+        let t = tree(&[("a;b", 10), ("a;c", 1), ("a;d", 1), ("x", 1)]);
+        // nodes: a(12) b(10) c(1) d(1) x(1): the 2nd largest total is 10.
+        let fg = t.flamegraph(2);
+        assert!(fg.names.contains(&"other".to_string()));
+        assert!(!fg.names.contains(&"c".to_string()));
+        assert_eq!(fg.total, 13);
+        // Totals at each level still add up to the root's.
+        for l in &fg.levels[..2] {
+            let sum: i64 = l.values.chunks(4).map(|c| c[1]).sum();
+            assert_eq!(sum, 13);
+        }
+        assert_eq!(t.flamegraph(100).names.len(), 6);
+    }
+
+    #[test]
+    fn pyroscope_diff_golden() {
+        let l = tree(&[("a;b", 1), ("a;c", 2)]);
+        let r = tree(&[("a;b", 4), ("a;c", 8)]);
+        let d = diff(&l, &r, 1024).unwrap();
+        assert_eq!(d.names, vec!["total", "a", "c", "b"]);
+        assert_eq!(
+            levels(&d.levels),
+            vec![
+                vec![0, 3, 0, 0, 12, 0, 0],
+                vec![0, 3, 0, 0, 12, 0, 1],
+                vec![0, 1, 1, 0, 4, 4, 3, 0, 2, 2, 0, 8, 8, 2]
+            ]
+        );
+        assert_eq!(
+            (d.total, d.max_self, d.left_ticks, d.right_ticks),
+            (15, 8, 3, 12)
+        );
+    }
+
+    #[test]
+    fn tree_bytes_encoding() {
+        let t = tree(&[("a;b", 2), ("a", 1)]);
+        let b = t.tree_bytes(0);
+        // root: "", 0, 1 child; a: "a", 1, 1 child; b: "b", 2, 0 children
+        assert_eq!(b, vec![0, 0, 1, 1, b'a', 1, 1, 1, b'b', 2, 0]);
+    }
+
+    #[test]
+    fn merges_partials() {
+        let part = FlameTree {
+            names: vec![String::new(), "a".into(), "b".into()],
+            nodes: vec![(0, 0, 0), (0, 1, 1), (1, 2, 2)],
+        };
+        let mut t = Tree::default();
+        t.merge(&part);
+        t.merge(&part);
+        t.finish();
+        assert_eq!(t.total(), 6);
+        assert_eq!(t.flamegraph(0).levels.len(), 3);
+    }
+}
