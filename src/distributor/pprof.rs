@@ -162,9 +162,6 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
         if !in_range(st.r#type) || !in_range(st.unit) {
             return Err(invalid("sample type type string index out of range"));
         }
-        if strings[st.r#type as usize].contains('-') {
-            return Err(invalid("sample type contains -"));
-        }
         sample_types.push(ValueType {
             r#type: st.r#type as u32,
             unit: st.unit as u32,
@@ -281,6 +278,11 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
         });
     }
 
+    // Checked after the symbols, as Pyroscope does: a broken .NET profile reports its zero
+    // function ids first.
+    if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
+        return Err(invalid("sample type contains -"));
+    }
     let ntypes = sample_types.len();
     let mut samples = Vec::with_capacity(p.sample.len());
     let mut group_of: FxHashMap<Vec<(u32, u32)>, usize> = FxHashMap::default();

@@ -1,0 +1,236 @@
+//! Test harness: starts the real `kiln` binary on a free port and talks to it over HTTP/1.1
+//! and h2c, as clients do.
+#![allow(dead_code)]
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Kiln {
+    child: Child,
+    pub port: u16,
+    pub data: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata").join(rel)
+}
+
+/// Flags that let static fixtures (with old timestamps) be pushed and queried, as
+/// Pyroscope's own integration tests configure it.
+pub const FIXTURE_FLAGS: &[&str] = &[
+    "-validation.reject-older-than=0",
+    "-querier.max-query-length=0",
+    "-querier.max-query-lookback=0",
+    "-distributor.ingestion-rate-limit-mb=0",
+    "-validation.max-profile-stacktrace-samples=0",
+];
+
+impl Kiln {
+    pub fn start(args: &[&str]) -> Kiln {
+        let port = free_port();
+        let data = std::env::temp_dir().join(format!("kiln-test-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg(format!("-server.http-listen-port={port}"))
+            .arg("-server.http-listen-address=127.0.0.1")
+            .arg(format!("-storage.path={}", data.display()))
+            .arg("-shards=2")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kiln");
+        let k = Kiln { child, port, data };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", k.port)).is_ok() && get(k.port, "/ready").status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "kiln did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        k
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// One HTTP request; `h2` selects prior-knowledge HTTP/2 (h2c).
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>, h2: bool) -> Resp {
+    rt().block_on(async move {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
+        let resp = if h2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.expect("h2 request")
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.expect("http1 request")
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let collected = resp.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned();
+        Resp { status, headers, body: collected.to_bytes(), trailers }
+    })
+}
+
+pub fn get(port: u16, path: &str) -> Resp {
+    request(port, "GET", path, &[], Vec::new(), false)
+}
+
+pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+    request(port, "POST", path, headers, body, false)
+}
+
+/// A Connect unary call with the proto codec; Err((http status, connect code, message)).
+pub fn connect<Req: Message, Resp2: Message + Default>(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    req: &Req,
+) -> Result<Resp2, (u16, String, String)> {
+    let mut h = vec![("content-type", "application/proto"), ("connect-protocol-version", "1")];
+    h.extend_from_slice(headers);
+    let r = post(port, path, &h, req.encode_to_vec());
+    if r.status == 200 {
+        return Ok(Resp2::decode(r.body).expect("decode response"));
+    }
+    let j = r.json();
+    Err((r.status, j["code"].as_str().unwrap_or("").into(), j["message"].as_str().unwrap_or("").into()))
+}
+
+pub fn connect_json(port: u16, path: &str, headers: &[(&str, &str)], body: serde_json::Value) -> Resp {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    post(port, path, &h, serde_json::to_vec(&body).unwrap())
+}
+
+/// A gRPC unary call over h2c; Err((grpc-status, grpc-message)).
+pub fn grpc<Req: Message, Resp2: Message + Default>(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    req: &Req,
+) -> Result<Resp2, (u32, String)> {
+    let payload = req.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let mut h = vec![("content-type", "application/grpc"), ("te", "trailers")];
+    h.extend_from_slice(headers);
+    let r = request(port, "POST", path, &h, frame, true);
+    assert_eq!(r.status, 200, "gRPC answers HTTP 200");
+    let status_of = |m: &HeaderMap| m.get("grpc-status").map(|v| v.to_str().unwrap().parse::<u32>().unwrap());
+    let msg_of = |m: &HeaderMap| m.get("grpc-message").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let status = r.trailers.as_ref().and_then(status_of).or_else(|| status_of(&r.headers)).expect("grpc-status");
+    if status != 0 {
+        let msg = r.trailers.as_ref().map(msg_of).filter(|m| !m.is_empty()).unwrap_or_else(|| msg_of(&r.headers));
+        return Err((status, msg));
+    }
+    let len = u32::from_be_bytes(r.body[1..5].try_into().unwrap()) as usize;
+    Ok(Resp2::decode(&r.body[5..5 + len]).expect("decode gRPC response"))
+}
+
+/// Encodes a multipart/form-data body; returns (content type, body).
+pub fn multipart(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "kiln-test-boundary-0123456789";
+    let mut body = Vec::new();
+    for (name, data) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    kiln_io::compress::gzip(data)
+}
+
+pub fn gunzip_maybe(data: &[u8]) -> Vec<u8> {
+    kiln_io::compress::maybe_gunzip(data, 64 << 20).unwrap().into_owned()
+}
+
+/// Flame graph levels decoded back into root-first `;`-joined stacks with their self values.
+pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collections::BTreeMap<String, i64> {
+    // Absolute x of each node per level, then each node's parent is the node one level up
+    // whose [x, x+total) span contains it.
+    let mut abs: Vec<Vec<(i64, i64, i64, usize)>> = Vec::new();
+    for l in levels {
+        let mut row = Vec::new();
+        let mut prev_end = 0;
+        for c in l.chunks(4) {
+            let x = prev_end + c[0];
+            row.push((x, c[1], c[2], c[3] as usize));
+            prev_end = x + c[1];
+        }
+        abs.push(row);
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for d in 1..abs.len() {
+        for &(x, _total, self_, name) in &abs[d] {
+            if self_ == 0 {
+                continue;
+            }
+            let mut frames = vec![names[name].clone()];
+            let mut px = x;
+            for up in (1..d).rev() {
+                let p = abs[up].iter().find(|(xx, t, _, _)| *xx <= px && px < xx + t.max(&1)).expect("parent");
+                frames.push(names[p.3].clone());
+                px = p.0;
+            }
+            frames.reverse();
+            *out.entry(frames.join(";")).or_insert(0) += self_;
+        }
+    }
+    out
+}
