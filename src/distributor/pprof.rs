@@ -280,7 +280,10 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
 
     // Checked after the symbols, as Pyroscope does: a broken .NET profile reports its zero
     // function ids first.
-    if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
+    if sample_types
+        .iter()
+        .any(|st| strings[st.r#type as usize].contains('-'))
+    {
         return Err(invalid("sample type contains -"));
     }
     let ntypes = sample_types.len();
