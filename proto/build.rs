@@ -30,13 +30,6 @@ fn main() {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)
         .unwrap()
-        .build(&[
-            ".google.v1",
-            ".types.v1",
-            ".push.v1",
-            ".querier.v1",
-            ".version.v1",
-            ".grpc.health.v1",
-        ])
+        .build(&[".google.v1", ".types.v1", ".push.v1", ".querier.v1", ".version.v1", ".grpc.health.v1"])
         .expect("pbjson codegen");
 }

@@ -60,6 +60,11 @@ pub struct Config {
     /// 0 = one per available core.
     pub shards: usize,
     pub ring_tokens_per_core: u32,
+    /// Empty: `<storage_path>/wal`.
+    pub wal_dir: String,
+    pub wal_segment_size_bytes: u64,
+    /// `fsync` (durable before ack) or `write` (ack once in the page cache).
+    pub wal_sync_policy: String,
     pub multitenancy_enabled: bool,
     pub log_level: String,
     pub limits: Limits,
@@ -77,6 +82,9 @@ impl Default for Config {
             storage_path: "./data".into(),
             shards: 0,
             ring_tokens_per_core: 128,
+            wal_dir: String::new(),
+            wal_segment_size_bytes: 128 * 1024 * 1024,
+            wal_sync_policy: "fsync".into(),
             multitenancy_enabled: false,
             log_level: "info".into(),
             limits: Limits::default(),
@@ -90,13 +98,19 @@ impl Config {
         self.overrides.get(tenant).unwrap_or(&self.limits)
     }
 
+    pub fn wal_dir(&self) -> std::path::PathBuf {
+        if self.wal_dir.is_empty() {
+            std::path::Path::new(&self.storage_path).join("wal")
+        } else {
+            self.wal_dir.clone().into()
+        }
+    }
+
     pub fn effective_shards(&self) -> usize {
         if self.shards > 0 {
             self.shards
         } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         }
     }
 
@@ -109,8 +123,7 @@ impl Config {
         let flags = split_flags(args)?;
         let mut cfg = Config::default();
         if let Some((_, file)) = flags.iter().rev().find(|(k, _)| k == "config.file") {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("reading -config.file {file}: {e}"))?;
+            let text = std::fs::read_to_string(file).map_err(|e| format!("reading -config.file {file}: {e}"))?;
             cfg.apply_yaml(&text)?;
             cfg.config_file = file.clone();
         }
@@ -120,10 +133,7 @@ impl Config {
             }
             cfg.set_flag(k, v)?;
         }
-        if !matches!(
-            cfg.target.as_str(),
-            "all" | "distributor,ingester,querier" | ""
-        ) {
+        if !matches!(cfg.target.as_str(), "all" | "distributor,ingester,querier" | "") {
             let known = [
                 "all",
                 "distributor",
@@ -136,17 +146,11 @@ impl Config {
             ];
             for t in cfg.target.split(',') {
                 if !known.contains(&t.trim()) {
-                    return Err(format!(
-                        "-target: unknown component {t:?} (known: {})",
-                        known.join(", ")
-                    ));
+                    return Err(format!("-target: unknown component {t:?} (known: {})", known.join(", ")));
                 }
             }
             if cfg.target != "all" {
-                return Err(format!(
-                    "-target={}: only the monolithic -target=all runs in this version",
-                    cfg.target
-                ));
+                return Err(format!("-target={}: only the monolithic -target=all runs in this version", cfg.target));
             }
         }
         Ok(cfg)
@@ -157,40 +161,30 @@ impl Config {
         let l = &mut self.limits;
         match k {
             "target" => self.target = v.into(),
-            "server.http-listen-port" => {
-                self.http_listen_port = v.parse().map_err(|e| bad(format!("{e}")))?
-            }
+            "server.http-listen-port" => self.http_listen_port = v.parse().map_err(|e| bad(format!("{e}")))?,
             "server.http-listen-address" => self.http_listen_address = v.into(),
             "storage.path" => self.storage_path = v.into(),
             "shards" => self.shards = v.parse().map_err(|e| bad(format!("{e}")))?,
-            "ring.tokens-per-core" => {
-                self.ring_tokens_per_core = v.parse().map_err(|e| bad(format!("{e}")))?
+            "ring.tokens-per-core" => self.ring_tokens_per_core = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "ingester.wal-dir" => self.wal_dir = v.into(),
+            "ingester.wal-segment-size-bytes" => {
+                self.wal_segment_size_bytes = v.parse().map_err(|e| bad(format!("{e}")))?
             }
-            "auth.multitenancy-enabled" => {
-                self.multitenancy_enabled = parse_bool(v).map_err(bad)?
-            }
+            "ingester.wal-sync-policy" => match v {
+                "fsync" | "write" => self.wal_sync_policy = v.into(),
+                _ => return Err(bad("expected fsync or write".into())),
+            },
+            "auth.multitenancy-enabled" => self.multitenancy_enabled = parse_bool(v).map_err(bad)?,
             "log.level" => self.log_level = v.into(),
-            "validation.reject-older-than" => {
-                l.reject_older_than = parse_duration(v).map_err(bad)?
-            }
-            "validation.reject-newer-than" => {
-                l.reject_newer_than = parse_duration(v).map_err(bad)?
-            }
-            "validation.max-profile-size-bytes" => {
-                l.max_profile_size_bytes = parse_num(v).map_err(bad)?
-            }
+            "validation.reject-older-than" => l.reject_older_than = parse_duration(v).map_err(bad)?,
+            "validation.reject-newer-than" => l.reject_newer_than = parse_duration(v).map_err(bad)?,
+            "validation.max-profile-size-bytes" => l.max_profile_size_bytes = parse_num(v).map_err(bad)?,
             "validation.max-profile-stacktrace-samples" => {
                 l.max_profile_stacktrace_samples = parse_num(v).map_err(bad)?
             }
-            "validation.max-label-names-per-series" => {
-                l.max_label_names_per_series = parse_num(v).map_err(bad)?
-            }
-            "validation.max-length-label-name" => {
-                l.max_label_name_length = parse_num(v).map_err(bad)?
-            }
-            "validation.max-length-label-value" => {
-                l.max_label_value_length = parse_num(v).map_err(bad)?
-            }
+            "validation.max-label-names-per-series" => l.max_label_names_per_series = parse_num(v).map_err(bad)?,
+            "validation.max-length-label-name" => l.max_label_name_length = parse_num(v).map_err(bad)?,
+            "validation.max-length-label-value" => l.max_label_value_length = parse_num(v).map_err(bad)?,
             "distributor.ingestion-rate-limit-mb" => {
                 l.ingestion_rate_mb = v.parse().map_err(|e| bad(format!("{e}")))?
             }
@@ -200,9 +194,7 @@ impl Config {
             "distributor.ingestion-body-limit-mb" => {
                 l.ingestion_body_limit_mb = v.parse().map_err(|e| bad(format!("{e}")))?
             }
-            "querier.max-query-lookback" => {
-                l.max_query_lookback = parse_duration(v).map_err(bad)?
-            }
+            "querier.max-query-lookback" => l.max_query_lookback = parse_duration(v).map_err(bad)?,
             "querier.max-query-length" => l.max_query_length = parse_duration(v).map_err(bad)?,
             "querier.max-flamegraph-nodes-default" => {
                 l.max_flamegraph_nodes_default = v.parse().map_err(|e| bad(format!("{e}")))?
@@ -219,8 +211,7 @@ impl Config {
     }
 
     fn apply_yaml(&mut self, text: &str) -> Result<(), String> {
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| format!("parsing config file: {e}"))?;
+        let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| format!("parsing config file: {e}"))?;
         let get = |path: &[&str]| -> Option<String> {
             let mut v = &doc;
             for p in path {
@@ -231,17 +222,14 @@ impl Config {
         let table: &[(&[&str], &str)] = &[
             (&["target"], "target"),
             (&["server", "http_listen_port"], "server.http-listen-port"),
-            (
-                &["server", "http_listen_address"],
-                "server.http-listen-address",
-            ),
+            (&["server", "http_listen_address"], "server.http-listen-address"),
             (&["storage", "path"], "storage.path"),
+            (&["ingester", "wal_dir"], "ingester.wal-dir"),
+            (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes"),
+            (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy"),
             (&["shards"], "shards"),
             (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
-            (
-                &["auth", "multitenancy_enabled"],
-                "auth.multitenancy-enabled",
-            ),
+            (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
         ];
         for (path, flag) in table {
             if let Some(v) = get(path) {
@@ -265,49 +253,22 @@ impl Config {
 const LIMIT_KEYS: &[(&str, &str)] = &[
     ("reject_older_than", "validation.reject-older-than"),
     ("reject_newer_than", "validation.reject-newer-than"),
-    (
-        "max_profile_size_bytes",
-        "validation.max-profile-size-bytes",
-    ),
-    (
-        "max_profile_stacktrace_samples",
-        "validation.max-profile-stacktrace-samples",
-    ),
-    (
-        "max_label_names_per_series",
-        "validation.max-label-names-per-series",
-    ),
+    ("max_profile_size_bytes", "validation.max-profile-size-bytes"),
+    ("max_profile_stacktrace_samples", "validation.max-profile-stacktrace-samples"),
+    ("max_label_names_per_series", "validation.max-label-names-per-series"),
     ("max_label_name_length", "validation.max-length-label-name"),
-    (
-        "max_label_value_length",
-        "validation.max-length-label-value",
-    ),
+    ("max_label_value_length", "validation.max-length-label-value"),
     ("ingestion_rate_mb", "distributor.ingestion-rate-limit-mb"),
-    (
-        "ingestion_burst_size_mb",
-        "distributor.ingestion-burst-size-mb",
-    ),
-    (
-        "ingestion_body_limit_mb",
-        "distributor.ingestion-body-limit-mb",
-    ),
+    ("ingestion_burst_size_mb", "distributor.ingestion-burst-size-mb"),
+    ("ingestion_body_limit_mb", "distributor.ingestion-body-limit-mb"),
     ("max_query_lookback", "querier.max-query-lookback"),
     ("max_query_length", "querier.max-query-length"),
-    (
-        "max_flamegraph_nodes_default",
-        "querier.max-flamegraph-nodes-default",
-    ),
-    (
-        "max_flamegraph_nodes_max",
-        "querier.max-flamegraph-nodes-max",
-    ),
+    ("max_flamegraph_nodes_default", "querier.max-flamegraph-nodes-default"),
+    ("max_flamegraph_nodes_max", "querier.max-flamegraph-nodes-max"),
 ];
 
 fn apply_limits_yaml(limits: &mut Limits, v: &serde_yaml::Value) -> Result<(), String> {
-    let mut tmp = Config {
-        limits: limits.clone(),
-        ..Config::default()
-    };
+    let mut tmp = Config { limits: limits.clone(), ..Config::default() };
     if let serde_yaml::Value::Mapping(m) = v {
         for (k, val) in m {
             let key = yaml_scalar(k);
@@ -326,10 +287,7 @@ fn yaml_scalar(v: &serde_yaml::Value) -> String {
         serde_yaml::Value::String(s) => s.clone(),
         serde_yaml::Value::Bool(b) => b.to_string(),
         serde_yaml::Value::Number(n) => n.to_string(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
     }
 }
 
@@ -339,9 +297,7 @@ fn split_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
     while i < args.len() {
         let a = &args[i];
         let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
-            return Err(format!(
-                "unexpected argument {a:?}: flags look like -name=value"
-            ));
+            return Err(format!("unexpected argument {a:?}: flags look like -name=value"));
         };
         if let Some((k, v)) = body.split_once('=') {
             out.push((k.to_string(), v.to_string()));
@@ -359,10 +315,7 @@ fn split_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
 }
 
 fn is_bool_flag(name: &str) -> bool {
-    matches!(
-        name,
-        "auth.multitenancy-enabled" | "self-profiling.disable-push"
-    )
+    matches!(name, "auth.multitenancy-enabled" | "self-profiling.disable-push")
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -390,19 +343,13 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_end == 0 {
             return Err(format!("invalid duration {v:?}"));
         }
-        let n: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("invalid duration {v:?}"))?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| format!("invalid duration {v:?}"))?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
         let secs = match unit {
@@ -479,11 +426,8 @@ mod tests {
             "server:\n  http_listen_port: 7000\nmultitenancy_enabled: true\nlimits:\n  max_profile_size_bytes: 100\n  reject_older_than: 2h\noverrides:\n  t1:\n    ingestion_rate_mb: 0\n",
         )
         .unwrap();
-        let c = Config::from_args(&args(&[
-            &format!("-config.file={}", f.display()),
-            "-server.http-listen-port=7001",
-        ]))
-        .unwrap();
+        let c = Config::from_args(&args(&[&format!("-config.file={}", f.display()), "-server.http-listen-port=7001"]))
+            .unwrap();
         assert_eq!(c.http_listen_port, 7001);
         assert!(c.multitenancy_enabled);
         assert_eq!(c.limits.max_profile_size_bytes, 100);

@@ -5,10 +5,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args
-        .iter()
-        .any(|a| a == "-h" || a == "--help" || a == "-help")
-    {
+    if args.iter().any(|a| a == "-h" || a == "--help" || a == "-help") {
         println!("kiln: a Pyroscope-compatible continuous profiling database.\n\nFlags use Pyroscope's names, e.g. -server.http-listen-port=4040 -storage.path=./data -shards=N\n-auth.multitenancy-enabled -config.file=kiln.yaml. See README.md for the full list.");
         return;
     }
@@ -25,9 +22,6 @@ fn main() {
         "error" => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_max_level(level).with_target(false).init();
     kiln::run(cfg);
 }

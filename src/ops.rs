@@ -20,11 +20,7 @@ pub fn ready(core: &Core) -> Response {
     if core.shared.ready() {
         text(200, "text/plain; charset=utf-8", "ready")
     } else {
-        text(
-            503,
-            "text/plain; charset=utf-8",
-            "not ready: cores are still starting",
-        )
+        text(503, "text/plain; charset=utf-8", "not ready: cores are still starting")
     }
 }
 
@@ -33,37 +29,13 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
     metrics::render(&core.shared.metrics, &mut out);
     match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
         Ok(stats) => {
-            type Gauge = (
-                &'static str,
-                &'static str,
-                &'static str,
-                fn(&kiln_shards::shard::ShardStats) -> f64,
-            );
+            type Gauge = (&'static str, &'static str, &'static str, fn(&kiln_shards::shard::ShardStats) -> f64);
             let rows: [Gauge; 5] = [
-                ("kiln_head_series", "gauge", "Series in the head.", |s| {
-                    s.series as f64
-                }),
-                (
-                    "kiln_head_profiles",
-                    "gauge",
-                    "Profiles in the head.",
-                    |s| s.profiles as f64,
-                ),
-                ("kiln_head_samples", "gauge", "Samples in the head.", |s| {
-                    s.samples as f64
-                }),
-                (
-                    "kiln_head_stacktraces",
-                    "gauge",
-                    "Distinct stack trace nodes in the head.",
-                    |s| s.stacks as f64,
-                ),
-                (
-                    "kiln_head_bytes",
-                    "gauge",
-                    "Approximate heap bytes held by the head.",
-                    |s| s.head_bytes as f64,
-                ),
+                ("kiln_head_series", "gauge", "Series in the head.", |s| s.series as f64),
+                ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.profiles as f64),
+                ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.samples as f64),
+                ("kiln_head_stacktraces", "gauge", "Distinct stack trace nodes in the head.", |s| s.stacks as f64),
+                ("kiln_head_bytes", "gauge", "Approximate heap bytes held by the head.", |s| s.head_bytes as f64),
             ];
             for (name, kind, help, f) in rows {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -76,15 +48,8 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
             return text(503, "text/plain", e.to_string());
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge"
-    );
-    let _ = writeln!(
-        out,
-        "kiln_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
+    let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
+    let _ = writeln!(out, "kiln_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
 }
 
@@ -104,11 +69,7 @@ pub fn buildinfo() -> Response {
             "goVersion": "",
         }
     });
-    text(
-        200,
-        "application/json",
-        serde_json::to_vec(&body).expect("json"),
-    )
+    text(200, "application/json", serde_json::to_vec(&body).expect("json"))
 }
 
 pub fn version() -> VersionResponse {
@@ -116,14 +77,8 @@ pub fn version() -> VersionResponse {
 }
 
 pub fn health(core: &Core) -> HealthCheckResponse {
-    let status = if core.shared.ready() {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    };
-    HealthCheckResponse {
-        status: status as i32,
-    }
+    let status = if core.shared.ready() { ServingStatus::Serving } else { ServingStatus::NotServing };
+    HealthCheckResponse { status: status as i32 }
 }
 
 pub fn ring(core: &Core) -> Response {

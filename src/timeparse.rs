@@ -5,11 +5,7 @@
 
 /// Parses `s` to Unix nanoseconds, given the current time in nanoseconds.
 pub fn parse_time_ns(s: &str, now_ns: i64) -> i64 {
-    let cleaned: String = s
-        .trim()
-        .chars()
-        .filter(|c| !matches!(c, '_' | ',' | ' '))
-        .collect();
+    let cleaned: String = s.trim().chars().filter(|c| !matches!(c, '_' | ',' | ' ')).collect();
     if cleaned.is_empty() {
         return now_ns;
     }
@@ -97,11 +93,7 @@ fn yyyymmdd(s: &str) -> Option<i64> {
     }
     let days_in = [
         31,
-        if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 {
-            29
-        } else {
-            28
-        },
+        if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 { 29 } else { 28 },
         31,
         30,
         31,
@@ -131,10 +123,7 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -10,17 +10,8 @@ use kiln_proto::types::v1 as t;
 fn series(labels: &[(&str, &str)], raw: Vec<u8>) -> PushRequest {
     PushRequest {
         series: vec![RawProfileSeries {
-            labels: labels
-                .iter()
-                .map(|(n, v)| t::LabelPair {
-                    name: n.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            samples: vec![RawSample {
-                raw_profile: raw.into(),
-                id: String::new(),
-            }],
+            labels: labels.iter().map(|(n, v)| t::LabelPair { name: n.to_string(), value: v.to_string() }).collect(),
+            samples: vec![RawSample { raw_profile: raw.into(), id: String::new() }],
             annotations: vec![],
         }],
     }
@@ -42,117 +33,47 @@ fn bad_pushes_are_rejected_and_the_server_carries_on() {
         "-querier.max-query-lookback=0",
     ]);
     let ok = |labels: &[(&str, &str)]| series(labels, rust_profile());
-    push(
-        k.port,
-        &ok(&[("__name__", "process_cpu"), ("service_name", "good")]),
-    )
-    .unwrap();
+    push(k.port, &ok(&[("__name__", "process_cpu"), ("service_name", "good")])).unwrap();
 
     let cases: Vec<(&str, PushRequest, &str)> = vec![
         (
             "broken protobuf",
-            series(
-                &[("__name__", "process_cpu")],
-                b"\x0a\xff\xff\xff\xff\x0f garbage".to_vec(),
-            ),
+            series(&[("__name__", "process_cpu")], b"\x0a\xff\xff\xff\xff\x0f garbage".to_vec()),
             "decode",
         ),
-        (
-            "bad gzip",
-            series(
-                &[("__name__", "process_cpu")],
-                b"\x1f\x8b\x08\x00garbage".to_vec(),
-            ),
-            "decompress",
-        ),
-        (
-            "truncated gzip",
-            series(
-                &[("__name__", "process_cpu")],
-                rust_profile()[..2000].to_vec(),
-            ),
-            "decompress",
-        ),
+        ("bad gzip", series(&[("__name__", "process_cpu")], b"\x1f\x8b\x08\x00garbage".to_vec()), "decompress"),
+        ("truncated gzip", series(&[("__name__", "process_cpu")], rust_profile()[..2000].to_vec()), "decompress"),
         ("no __name__", ok(&[("service_name", "x")]), "metric name"),
-        (
-            "bad metric name",
-            ok(&[("__name__", "1bad")]),
-            "metric name",
-        ),
-        (
-            "empty label name",
-            ok(&[("__name__", "process_cpu"), ("", "v")]),
-            "label name",
-        ),
-        (
-            "empty service_name",
-            ok(&[("__name__", "process_cpu"), ("service_name", "")]),
-            "service_name",
-        ),
-        (
-            "empty request",
-            PushRequest::default(),
-            "no profiles received",
-        ),
+        ("bad metric name", ok(&[("__name__", "1bad")]), "metric name"),
+        ("empty label name", ok(&[("__name__", "process_cpu"), ("", "v")]), "label name"),
+        ("empty service_name", ok(&[("__name__", "process_cpu"), ("service_name", "")]), "service_name"),
+        ("empty request", PushRequest::default(), "no profiles received"),
     ];
     for (what, req, needle) in cases {
         let e = push(k.port, &req).expect_err(what);
-        assert_eq!(
-            (e.0, e.1.as_str()),
-            (400, "invalid_argument"),
-            "{what}: {e:?}"
-        );
-        assert!(
-            e.2.contains(needle),
-            "{what}: message {:?} lacks {needle:?}",
-            e.2
-        );
+        assert_eq!((e.0, e.1.as_str()), (400, "invalid_argument"), "{what}: {e:?}");
+        assert!(e.2.contains(needle), "{what}: message {:?} lacks {needle:?}", e.2);
     }
 
-    let invalid_utf8 =
-        std::fs::read(testdata("pprof/pyroscope/og-convert/invalid_utf8.pb.gz")).unwrap();
-    let e = push(
-        k.port,
-        &series(&[("__name__", "process_cpu")], invalid_utf8.clone()),
-    )
-    .unwrap_err();
+    let invalid_utf8 = std::fs::read(testdata("pprof/pyroscope/og-convert/invalid_utf8.pb.gz")).unwrap();
+    let e = push(k.port, &series(&[("__name__", "process_cpu")], invalid_utf8.clone())).unwrap_err();
     assert_eq!(e.0, 400);
     assert!(e.2.contains("invalid utf8"), "{e:?}");
     let (ct, body) = multipart(&[("profile", &invalid_utf8)]);
-    assert_eq!(
-        post(k.port, "/ingest?name=utf8", &[("content-type", &ct)], body).status,
-        422
-    );
+    assert_eq!(post(k.port, "/ingest?name=utf8", &[("content-type", &ct)], body).status, 422);
 
-    let dotnet =
-        std::fs::read(testdata("pprof/pyroscope/og-convert/dotnet-pprof-3.pb.gz")).unwrap();
-    let e = push(
-        k.port,
-        &series(&[("__name__", "process_cpu")], dotnet.clone()),
-    )
-    .unwrap_err();
+    let dotnet = std::fs::read(testdata("pprof/pyroscope/og-convert/dotnet-pprof-3.pb.gz")).unwrap();
+    let e = push(k.port, &series(&[("__name__", "process_cpu")], dotnet.clone())).unwrap_err();
     assert!(e.2.contains("function id is 0"), "{e:?}");
     // The same file through /ingest as the .NET spy sends it is repaired.
-    let st = std::fs::read(testdata(
-        "pprof/pyroscope/og-convert/dotnet-pprof-3.st.json",
-    ))
-    .unwrap();
+    let st = std::fs::read(testdata("pprof/pyroscope/og-convert/dotnet-pprof-3.st.json")).unwrap();
     let (ct, body) = multipart(&[("profile", &dotnet), ("sample_type_config", &st)]);
-    let r = post(
-        k.port,
-        "/ingest?name=dotnet-app&spyName=dotnetspy",
-        &[("content-type", &ct)],
-        body,
-    );
+    let r = post(k.port, "/ingest?name=dotnet-app&spyName=dotnetspy", &[("content-type", &ct)], body);
     assert_eq!(r.status, 200, "{}", r.text());
 
     // A bare Connect body that is not a PushRequest.
-    let r = post(
-        k.port,
-        "/push.v1.PusherService/Push",
-        &[("content-type", "application/proto")],
-        b"\xff\xff\xff".to_vec(),
-    );
+    let r =
+        post(k.port, "/push.v1.PusherService/Push", &[("content-type", "application/proto")], b"\xff\xff\xff".to_vec());
     assert_eq!(r.status, 400);
     // A truncated gRPC frame.
     let r = request(
@@ -165,16 +86,7 @@ fn bad_pushes_are_rejected_and_the_server_carries_on() {
     );
     assert_eq!(r.headers.get("grpc-status").unwrap(), "3");
     // Unknown content type on an RPC path.
-    assert_eq!(
-        post(
-            k.port,
-            "/push.v1.PusherService/Push",
-            &[("content-type", "text/plain")],
-            vec![]
-        )
-        .status,
-        415
-    );
+    assert_eq!(post(k.port, "/push.v1.PusherService/Push", &[("content-type", "text/plain")], vec![]).status, 415);
 
     // Everything accepted before is intact, and the server is ready.
     assert_eq!(get(k.port, "/ready").status, 200);
@@ -196,15 +108,8 @@ fn bad_pushes_are_rejected_and_the_server_carries_on() {
 
 #[test]
 fn limits_apply() {
-    let k = Kiln::start(&[
-        "-validation.max-profile-size-bytes=10000",
-        "-validation.reject-older-than=0",
-    ]);
-    let e = push(
-        k.port,
-        &series(&[("__name__", "process_cpu")], rust_profile()),
-    )
-    .unwrap_err();
+    let k = Kiln::start(&["-validation.max-profile-size-bytes=10000", "-validation.reject-older-than=0"]);
+    let e = push(k.port, &series(&[("__name__", "process_cpu")], rust_profile())).unwrap_err();
     assert_eq!(e.0, 400);
     assert!(e.2.contains("exceeds limit"), "{e:?}");
 
@@ -216,11 +121,7 @@ fn limits_apply() {
 
     // The ingestion window (default 1h back) rejects old fixtures.
     let k = Kiln::start(&[]);
-    let e = push(
-        k.port,
-        &series(&[("__name__", "process_cpu")], rust_profile()),
-    )
-    .unwrap_err();
+    let e = push(k.port, &series(&[("__name__", "process_cpu")], rust_profile())).unwrap_err();
     assert!(e.2.contains("outside of ingestion window"), "{e:?}");
 }
 
@@ -234,33 +135,18 @@ fn bad_ingest_requests() {
         ("/ingest?name=app.unknowntype&format=folded", b"a 1", 400),
         ("/ingest?name=app.cpu&format=folded", b"a;b notanumber", 422),
         ("/ingest?name=app.cpu&format=pprof", b"not a profile", 422),
-        (
-            "/ingest?name=app.cpu&format=folded&from=2000&until=1000",
-            b"a 1",
-            400,
-        ),
+        ("/ingest?name=app.cpu&format=folded&from=2000&until=1000", b"a 1", 400),
         ("/ingest?name=app%7Bk-y%3Dv%7D&format=folded", b"a 1", 400),
     ];
     for (path, body, status) in cases {
         let r = post(k.port, path, &[], body.to_vec());
         assert_eq!(r.status, *status, "{path}: {}", r.text());
-        assert!(
-            r.json()["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{path}"
-        );
+        assert!(r.json()["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}");
     }
     let cpu = std::fs::read(testdata("pprof/pyroscope/og-convert/cpu.pb.gz")).unwrap();
     let (ct, body) = multipart(&[("profile", &cpu), ("prev_profile", &cpu)]);
-    assert_eq!(
-        post(k.port, "/ingest?name=app", &[("content-type", &ct)], body).status,
-        422
-    );
-    let r = post(
-        k.port,
-        "/ingest?name=app",
-        &[("content-type", "multipart/form-data; boundary=x")],
-        b"junk".to_vec(),
-    );
+    assert_eq!(post(k.port, "/ingest?name=app", &[("content-type", &ct)], body).status, 422);
+    let r = post(k.port, "/ingest?name=app", &[("content-type", "multipart/form-data; boundary=x")], b"junk".to_vec());
     assert_eq!(r.status, 400);
     assert_eq!(get(k.port, "/ready").status, 200);
 }
@@ -286,24 +172,14 @@ fn bad_queries() {
     let pt = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
     for (what, r) in [
         ("malformed selector", sms(pt, "{a=b}", now - 1000, now)),
-        (
-            "unterminated selector",
-            sms(pt, "{a=\"b\"", now - 1000, now),
-        ),
+        ("unterminated selector", sms(pt, "{a=\"b\"", now - 1000, now)),
         ("bad regex", sms(pt, "{a=~\"(\"}", now - 1000, now)),
         ("bad profile type", sms("cpu", "{}", now - 1000, now)),
         ("start after end", sms(pt, "{}", now, now - 1000)),
-        (
-            "longer than max-query-length",
-            sms(pt, "{}", now - 3 * 86_400_000, now),
-        ),
+        ("longer than max-query-length", sms(pt, "{}", now - 3 * 86_400_000, now)),
     ] {
         let e = r.expect_err(what);
-        assert_eq!(
-            (e.0, e.1.as_str()),
-            (400, "invalid_argument"),
-            "{what}: {e:?}"
-        );
+        assert_eq!((e.0, e.1.as_str()), (400, "invalid_argument"), "{what}: {e:?}");
     }
     let e = connect::<_, t::LabelValuesResponse>(
         k.port,
@@ -345,21 +221,11 @@ fn bad_queries() {
     .unwrap_err();
     assert!(e.2.contains("max flamegraph nodes"), "{e:?}");
 
-    let r = get(
-        k.port,
-        "/pyroscope/render?query=%7Bservice_name%3D%22a%22%7D",
-    );
+    let r = get(k.port, "/pyroscope/render?query=%7Bservice_name%3D%22a%22%7D");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("profile-type selection"));
     assert_eq!(get(k.port, "/pyroscope/label-values").status, 400);
-    let r = request(
-        k.port,
-        "GET",
-        "/ready",
-        &[("accept", "garbage")],
-        vec![],
-        false,
-    );
+    let r = request(k.port, "GET", "/ready", &[("accept", "garbage")], vec![], false);
     assert_eq!(r.status, 400);
     assert_eq!(get(k.port, "/no/such/path").status, 404);
     let r = post(

@@ -13,11 +13,7 @@ use std::collections::BTreeMap;
 /// Well-formed pprofs of the fixtures, with files the testdata README marks as invalid or
 /// repairable only through /ingest left out.
 fn golden_pprofs() -> Vec<std::path::PathBuf> {
-    let skip = [
-        "invalid_utf8.pb.gz",
-        "dotnet-pprof-3.pb.gz",
-        "dotnet-pprof-73.pb.gz",
-    ];
+    let skip = ["invalid_utf8.pb.gz", "dotnet-pprof-3.pb.gz", "dotnet-pprof-73.pb.gz"];
     let mut out = Vec::new();
     let mut dirs = vec![testdata("pprof")];
     while let Some(d) = dirs.pop() {
@@ -52,18 +48,9 @@ fn expect(raw: &[u8]) -> Expect {
         .sample_type
         .iter()
         .enumerate()
-        .map(|(i, st)| {
-            (
-                s(st.r#type),
-                s(st.unit),
-                p.sample.iter().map(|x| x.value[i]).sum(),
-            )
-        })
+        .map(|(i, st)| (s(st.r#type), s(st.unit), p.sample.iter().map(|x| x.value[i]).sum()))
         .collect();
-    let period = p
-        .period_type
-        .map(|v| (s(v.r#type), s(v.unit)))
-        .unwrap_or_default();
+    let period = p.period_type.map(|v| (s(v.r#type), s(v.unit))).unwrap_or_default();
     Expect { types, period }
 }
 
@@ -71,19 +58,10 @@ fn push_req(name: &str, service: &str, raw: Vec<u8>) -> PushRequest {
     PushRequest {
         series: vec![RawProfileSeries {
             labels: vec![
-                t::LabelPair {
-                    name: "__name__".into(),
-                    value: name.into(),
-                },
-                t::LabelPair {
-                    name: "service_name".into(),
-                    value: service.into(),
-                },
+                t::LabelPair { name: "__name__".into(), value: name.into() },
+                t::LabelPair { name: "service_name".into(), value: service.into() },
             ],
-            samples: vec![RawSample {
-                raw_profile: raw.into(),
-                id: String::new(),
-            }],
+            samples: vec![RawSample { raw_profile: raw.into(), id: String::new() }],
             annotations: vec![],
         }],
     }
@@ -98,13 +76,8 @@ fn flamegraph(port: u16, pt: &str, selector: &str) -> q::FlameGraph {
         max_nodes: Some(1_000_000),
         ..Default::default()
     };
-    let r: q::SelectMergeStacktracesResponse = connect(
-        port,
-        "/querier.v1.QuerierService/SelectMergeStacktraces",
-        &[],
-        &req,
-    )
-    .unwrap();
+    let r: q::SelectMergeStacktracesResponse =
+        connect(port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], &req).unwrap();
     r.flamegraph.unwrap()
 }
 
@@ -115,20 +88,10 @@ fn every_fixture_pushed_has_its_totals_per_sample_type() {
         let raw = std::fs::read(path).unwrap();
         let e = expect(&raw);
         let svc = format!("push-{i}");
-        let _: PushResponse = connect(
-            k.port,
-            "/push.v1.PusherService/Push",
-            &[],
-            &push_req("fixture", &svc, raw),
-        )
-        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        let _: PushResponse = connect(k.port, "/push.v1.PusherService/Push", &[], &push_req("fixture", &svc, raw))
+            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
         for (st, unit, sum) in &e.types {
-            if e.types
-                .iter()
-                .filter(|(a, b, _)| a == st && b == unit)
-                .count()
-                > 1
-            {
+            if e.types.iter().filter(|(a, b, _)| a == st && b == unit).count() > 1 {
                 continue; // two sample types with one name land in one series
             }
             let pt = format!("fixture:{st}:{unit}:{}:{}", e.period.0, e.period.1);
@@ -146,12 +109,7 @@ fn every_fixture_ingested_has_its_totals_per_sample_type() {
         let e = expect(&raw);
         let svc = format!("ingest-{i}");
         let (ct, body) = multipart(&[("profile", &raw)]);
-        let r = post(
-            k.port,
-            &format!("/ingest?name={svc}&spyName=foo239"),
-            &[("content-type", &ct)],
-            body,
-        );
+        let r = post(k.port, &format!("/ingest?name={svc}&spyName=foo239"), &[("content-type", &ct)], body);
         if e.types.iter().all(|(st, _, _)| st.is_empty()) {
             // No sample type name to derive a profile name from: rejected, as in Pyroscope.
             assert_eq!(r.status, 422, "{} {}", path.display(), r.text());
@@ -172,28 +130,11 @@ fn every_fixture_ingested_has_its_totals_per_sample_type() {
         .unwrap();
         assert!(!series.labels_set.is_empty(), "{}", path.display());
         for ls in &series.labels_set {
-            assert!(ls
-                .labels
-                .iter()
-                .any(|l| l.name == "pyroscope_spy" && l.value == "foo239"));
-            let pt = &ls
-                .labels
-                .iter()
-                .find(|l| l.name == "__profile_type__")
-                .unwrap()
-                .value;
+            assert!(ls.labels.iter().any(|l| l.name == "pyroscope_spy" && l.value == "foo239"));
+            let pt = &ls.labels.iter().find(|l| l.name == "__profile_type__").unwrap().value;
             let parts: Vec<&str> = pt.split(':').collect();
-            let (_, _, sum) = e
-                .types
-                .iter()
-                .find(|(st, u, _)| st == parts[1] && u == parts[2])
-                .unwrap();
-            if e.types
-                .iter()
-                .filter(|(a, b, _)| a == parts[1] && b == parts[2])
-                .count()
-                > 1
-            {
+            let (_, _, sum) = e.types.iter().find(|(st, u, _)| st == parts[1] && u == parts[2]).unwrap();
+            if e.types.iter().filter(|(a, b, _)| a == parts[1] && b == parts[2]).count() > 1 {
                 continue;
             }
             let fg = flamegraph(k.port, pt, &format!("{{service_name=\"{svc}\"}}"));
@@ -209,10 +150,7 @@ fn ingest_derives_pyroscope_profile_types() {
         (
             "pprof/pyroscope/pkg-pprof/go.cpu.labels.pprof",
             None,
-            &[
-                "process_cpu:cpu:nanoseconds:cpu:nanoseconds",
-                "process_cpu:samples:count:cpu:nanoseconds",
-            ],
+            &["process_cpu:cpu:nanoseconds:cpu:nanoseconds", "process_cpu:samples:count:cpu:nanoseconds"],
         ),
         (
             "pprof/pyroscope/pkg-pprof/heap",
@@ -227,10 +165,7 @@ fn ingest_derives_pyroscope_profile_types() {
         (
             "pprof/pyroscope/og-convert/cpu-js.pb.gz",
             None,
-            &[
-                "wall:sample:count:wall:microseconds",
-                "wall:wall:microseconds:wall:microseconds",
-            ],
+            &["wall:sample:count:wall:microseconds", "wall:wall:microseconds:wall:microseconds"],
         ),
         (
             "pprof/pyroscope/og-convert/req_2.pprof",
@@ -240,32 +175,19 @@ fn ingest_derives_pyroscope_profile_types() {
         (
             "pprof/pyroscope/og-convert/req_3.pprof",
             Some("pprof/pyroscope/og-convert/req_3.st.json"),
-            &[
-                "block:contentions:count:contentions:count",
-                "block:delay:nanoseconds:contentions:count",
-            ],
+            &["block:contentions:count:contentions:count", "block:delay:nanoseconds:contentions:count"],
         ),
         (
             "pprof/pyroscope/og-convert/req_4.pprof",
             Some("pprof/pyroscope/og-convert/req_4.st.json"),
-            &[
-                "mutex:contentions:count:contentions:count",
-                "mutex:delay:nanoseconds:contentions:count",
-            ],
+            &["mutex:contentions:count:contentions:count", "mutex:delay:nanoseconds:contentions:count"],
         ),
         (
             "pprof/pyroscope/og-convert/nodejs-heap.pb.gz",
             None,
-            &[
-                "memory:inuse_objects:count:inuse_space:bytes",
-                "memory:inuse_space:bytes:inuse_space:bytes",
-            ],
+            &["memory:inuse_objects:count:inuse_space:bytes", "memory:inuse_space:bytes:inuse_space:bytes"],
         ),
-        (
-            "pprof/pyroscope/og-convert/pyspy-1.pb.gz",
-            None,
-            &["process_cpu:samples:count::milliseconds"],
-        ),
+        ("pprof/pyroscope/og-convert/pyspy-1.pb.gz", None, &["process_cpu:samples:count::milliseconds"]),
     ];
     for (i, (file, st, want)) in cases.iter().enumerate() {
         let raw = std::fs::read(testdata(file)).unwrap();
@@ -276,12 +198,7 @@ fn ingest_derives_pyroscope_profile_types() {
         }
         let (ct, body) = multipart(&parts);
         let svc = format!("types-{i}");
-        let r = post(
-            k.port,
-            &format!("/ingest?name={svc}&spyName=scripting"),
-            &[("content-type", &ct)],
-            body,
-        );
+        let r = post(k.port, &format!("/ingest?name={svc}&spyName=scripting"), &[("content-type", &ct)], body);
         assert_eq!(r.status, 200, "{file}: {}", r.text());
         let v: t::LabelValuesResponse = connect(
             k.port,
@@ -295,11 +212,7 @@ fn ingest_derives_pyroscope_profile_types() {
             },
         )
         .unwrap();
-        assert_eq!(
-            v.names,
-            want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            "{file}"
-        );
+        assert_eq!(v.names, want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{file}");
     }
 }
 
@@ -307,13 +220,8 @@ fn ingest_derives_pyroscope_profile_types() {
 fn grpc_push_and_query_over_h2c() {
     let k = Kiln::start(FIXTURE_FLAGS);
     let raw = std::fs::read(testdata("pprof/pyroscope/pkg-pprof/profile_rust")).unwrap();
-    let _: PushResponse = grpc(
-        k.port,
-        "/push.v1.PusherService/Push",
-        &[],
-        &push_req("process_cpu", "rust-app", raw),
-    )
-    .unwrap();
+    let _: PushResponse =
+        grpc(k.port, "/push.v1.PusherService/Push", &[], &push_req("process_cpu", "rust-app", raw)).unwrap();
     let req = q::SelectMergeStacktracesRequest {
         profile_type_id: "process_cpu:cpu:nanoseconds:cpu:nanoseconds".into(),
         label_selector: "{service_name=\"rust-app\"}".into(),
@@ -321,22 +229,14 @@ fn grpc_push_and_query_over_h2c() {
         end: now_ms(),
         ..Default::default()
     };
-    let r: q::SelectMergeStacktracesResponse = grpc(
-        k.port,
-        "/querier.v1.QuerierService/SelectMergeStacktraces",
-        &[],
-        &req,
-    )
-    .unwrap();
+    let r: q::SelectMergeStacktracesResponse =
+        grpc(k.port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], &req).unwrap();
     assert_eq!(r.flamegraph.unwrap().total, 11_960_000_000);
     let types: q::ProfileTypesResponse = grpc(
         k.port,
         "/querier.v1.QuerierService/ProfileTypes",
         &[],
-        &q::ProfileTypesRequest {
-            start: 1000,
-            end: now_ms(),
-        },
+        &q::ProfileTypesRequest { start: 1000, end: now_ms() },
     )
     .unwrap();
     assert_eq!(types.profile_types.len(), 1);
@@ -346,20 +246,13 @@ fn grpc_push_and_query_over_h2c() {
         k.port,
         "/querier.v1.QuerierService/SelectMergeStacktraces",
         &[],
-        &q::SelectMergeStacktracesRequest {
-            profile_type_id: "nope".into(),
-            ..Default::default()
-        },
+        &q::SelectMergeStacktracesRequest { profile_type_id: "nope".into(), ..Default::default() },
     );
     assert_eq!(bad.unwrap_err().0, 3);
     // Health, as Grafana's data source checks it.
-    let h: kiln_proto::grpc::health::v1::HealthCheckResponse = grpc(
-        k.port,
-        "/grpc.health.v1.Health/Check",
-        &[],
-        &kiln_proto::grpc::health::v1::HealthCheckRequest::default(),
-    )
-    .unwrap();
+    let h: kiln_proto::grpc::health::v1::HealthCheckResponse =
+        grpc(k.port, "/grpc.health.v1.Health/Check", &[], &kiln_proto::grpc::health::v1::HealthCheckRequest::default())
+            .unwrap();
     assert_eq!(h.status, 1);
 }
 
@@ -388,9 +281,7 @@ fn folded_round_trips_through_render() {
         let (text, stacks) = folded_file(f);
         let r = post(
             k.port,
-            &format!(
-                "/ingest?name=folded{i}.cpu&format=folded&sampleRate=100&from=now-1m&until=now"
-            ),
+            &format!("/ingest?name=folded{i}.cpu&format=folded&sampleRate=100&from=now-1m&until=now"),
             &[],
             text.into_bytes(),
         );
@@ -402,24 +293,16 @@ fn folded_round_trips_through_render() {
         assert_eq!(r.status, 200, "{}", r.text());
         let j = r.json();
         let names: Vec<String> = serde_json::from_value(j["flamebearer"]["names"].clone()).unwrap();
-        let levels: Vec<Vec<i64>> =
-            serde_json::from_value(j["flamebearer"]["levels"].clone()).unwrap();
+        let levels: Vec<Vec<i64>> = serde_json::from_value(j["flamebearer"]["levels"].clone()).unwrap();
         let got = flamegraph_stacks(&names, &levels);
-        let want: BTreeMap<String, i64> = stacks
-            .into_iter()
-            .map(|(s, v)| (s, v * 10_000_000))
-            .collect();
+        let want: BTreeMap<String, i64> = stacks.into_iter().map(|(s, v)| (s, v * 10_000_000)).collect();
         assert_eq!(got, want, "{f}");
         assert_eq!(j["metadata"]["units"], "samples");
         assert_eq!(j["metadata"]["sampleRate"], 1_000_000_000u64);
         let total: i64 = want.values().sum();
         assert_eq!(j["flamebearer"]["numTicks"].as_i64().unwrap(), total);
         let samples: Vec<u64> = serde_json::from_value(j["timeline"]["samples"].clone()).unwrap();
-        assert_eq!(
-            samples.iter().sum::<u64>() as i64,
-            total,
-            "the timeline holds the profile"
-        );
+        assert_eq!(samples.iter().sum::<u64>() as i64, total, "the timeline holds the profile");
         assert_eq!(j["timeline"]["durationDelta"], 15);
     }
 }
@@ -427,18 +310,9 @@ fn folded_round_trips_through_render() {
 #[test]
 fn lines_format_counts_stacks() {
     let k = Kiln::start(FIXTURE_FLAGS);
-    let r = post(
-        k.port,
-        "/ingest?name=lines.app.cpu&format=lines&sampleRate=0",
-        &[],
-        b"a;b\na;b\na;c\n\n".to_vec(),
-    );
+    let r = post(k.port, "/ingest?name=lines.app.cpu&format=lines&sampleRate=0", &[], b"a;b\na;b\na;c\n\n".to_vec());
     assert_eq!(r.status, 200, "{}", r.text());
-    let fg = flamegraph(
-        k.port,
-        "process_cpu:samples:count::",
-        "{service_name=\"lines.app\"}",
-    );
+    let fg = flamegraph(k.port, "process_cpu:samples:count::", "{service_name=\"lines.app\"}");
     assert_eq!(fg.total, 3);
     assert_eq!(fg.names, vec!["total", "a", "c", "b"]);
 }
@@ -446,12 +320,7 @@ fn lines_format_counts_stacks() {
 #[test]
 fn connect_json_shapes() {
     let k = Kiln::start(FIXTURE_FLAGS);
-    let r = post(
-        k.port,
-        "/ingest?name=json.app.cpu&format=folded",
-        &[],
-        b"main;work 3\nmain;idle 1\n".to_vec(),
-    );
+    let r = post(k.port, "/ingest?name=json.app.cpu&format=folded", &[], b"main;work 3\nmain;idle 1\n".to_vec());
     assert_eq!(r.status, 200);
     let now = now_ms();
     let r = connect_json(
@@ -489,17 +358,9 @@ fn connect_json_shapes() {
     );
     let j = r.json();
     assert_eq!(j["labelsSet"][0]["labels"].as_array().unwrap().len(), 2);
-    let r = connect_json(
-        k.port,
-        "/querier.v1.QuerierService/LabelNames",
-        &[],
-        serde_json::json!({}),
-    );
+    let r = connect_json(k.port, "/querier.v1.QuerierService/LabelNames", &[], serde_json::json!({}));
     let names: Vec<String> = serde_json::from_value(r.json()["names"].clone()).unwrap();
-    assert!(
-        names.contains(&"service_name".to_string())
-            && names.contains(&"__profile_type__".to_string())
-    );
+    assert!(names.contains(&"service_name".to_string()) && names.contains(&"__profile_type__".to_string()));
 }
 
 #[test]
@@ -507,13 +368,8 @@ fn select_merge_profile_returns_the_pushed_stacks() {
     let k = Kiln::start(FIXTURE_FLAGS);
     let raw = std::fs::read(testdata("pprof/google-pprof/sample.cpu")).unwrap();
     let input = Profile::decode(&*gunzip_maybe(&raw)).unwrap();
-    let _: PushResponse = connect(
-        k.port,
-        "/push.v1.PusherService/Push",
-        &[],
-        &push_req("process_cpu", "merge-app", raw),
-    )
-    .unwrap();
+    let _: PushResponse =
+        connect(k.port, "/push.v1.PusherService/Push", &[], &push_req("process_cpu", "merge-app", raw)).unwrap();
     let p: Profile = connect(
         k.port,
         "/querier.v1.QuerierService/SelectMergeProfile",
@@ -535,11 +391,7 @@ fn select_merge_profile_returns_the_pushed_stacks() {
             for id in s.location_id.iter().rev() {
                 let loc = p.location.iter().find(|l| l.id == *id).unwrap();
                 for line in loc.line.iter().rev() {
-                    let f = p
-                        .function
-                        .iter()
-                        .find(|f| f.id == line.function_id)
-                        .unwrap();
+                    let f = p.function.iter().find(|f| f.id == line.function_id).unwrap();
                     frames.push(p.string_table[f.name as usize].clone());
                 }
             }
@@ -554,18 +406,8 @@ fn select_merge_profile_returns_the_pushed_stacks() {
 #[test]
 fn diff_and_render_diff() {
     let k = Kiln::start(FIXTURE_FLAGS);
-    post(
-        k.port,
-        "/ingest?name=left.cpu&format=folded&sampleRate=0",
-        &[],
-        b"a;b 1\na;c 2\n".to_vec(),
-    );
-    post(
-        k.port,
-        "/ingest?name=right.cpu&format=folded&sampleRate=0",
-        &[],
-        b"a;b 4\na;c 8\n".to_vec(),
-    );
+    post(k.port, "/ingest?name=left.cpu&format=folded&sampleRate=0", &[], b"a;b 1\na;c 2\n".to_vec());
+    post(k.port, "/ingest?name=right.cpu&format=folded&sampleRate=0", &[], b"a;b 4\na;c 8\n".to_vec());
     let now = now_ms();
     let side = |svc: &str| q::SelectMergeStacktracesRequest {
         profile_type_id: "process_cpu:samples:count::".into(),
@@ -579,18 +421,12 @@ fn diff_and_render_diff() {
         k.port,
         "/querier.v1.QuerierService/Diff",
         &[],
-        &q::DiffRequest {
-            left: Some(side("left")),
-            right: Some(side("right")),
-        },
+        &q::DiffRequest { left: Some(side("left")), right: Some(side("right")) },
     )
     .unwrap();
     let fg = d.flamegraph.unwrap();
     assert_eq!((fg.left_ticks, fg.right_ticks, fg.total), (3, 12, 15));
-    assert_eq!(
-        fg.levels[2].values,
-        vec![0, 1, 1, 0, 4, 4, 3, 0, 2, 2, 0, 8, 8, 2]
-    );
+    assert_eq!(fg.levels[2].values, vec![0, 1, 1, 0, 4, 4, 3, 0, 2, 2, 0, 8, 8, 2]);
     let r = get(
         k.port,
         "/pyroscope/render-diff?leftQuery=process_cpu:samples:count::%7Bservice_name%3D%22left%22%7D&rightQuery=process_cpu:samples:count::%7Bservice_name%3D%22right%22%7D&leftFrom=now-1h&leftUntil=now&rightFrom=now-1h&rightUntil=now",
@@ -611,20 +447,72 @@ fn operations_endpoints() {
     assert!(m.contains("kiln_request_duration_seconds_bucket"));
     let c = get(k.port, "/config").text();
     assert!(c.contains("reject_older_than: 1h"), "{c}");
-    assert_eq!(
-        get(k.port, "/api/v1/status/buildinfo").json()["status"],
-        "success"
-    );
-    let v: kiln_proto::version::v1::VersionResponse = connect(
-        k.port,
-        "/version.v1.Version/Version",
-        &[],
-        &kiln_proto::version::v1::VersionRequest {},
-    )
-    .unwrap();
+    assert_eq!(get(k.port, "/api/v1/status/buildinfo").json()["status"], "success");
+    let v: kiln_proto::version::v1::VersionResponse =
+        connect(k.port, "/version.v1.Version/Version", &[], &kiln_proto::version::v1::VersionRequest {}).unwrap();
     assert_eq!(v.querier_api, 1);
     assert_eq!(get(k.port, "/").status, 200);
     assert!(get(k.port, "/ring").text().contains("ACTIVE"));
     let lv = get(k.port, "/pyroscope/label-values?label=__name__");
     assert_eq!(lv.json(), serde_json::json!([]));
+}
+
+#[test]
+fn every_body_encoding_sdks_use() {
+    let k = Kiln::start(FIXTURE_FLAGS);
+    let raw = gunzip_maybe(&std::fs::read(testdata("pprof/pyroscope/pkg-pprof/profile_rust")).unwrap());
+    let total = |svc: &str| {
+        flamegraph(k.port, "process_cpu:cpu:nanoseconds:cpu:nanoseconds", &format!("{{service_name=\"{svc}\"}}")).total
+    };
+    // Raw pprof, and gzipped pprof without any header (sniffed).
+    for (svc, body) in [("raw", raw.clone()), ("sniffed", gzip(&raw))] {
+        let r = post(k.port, &format!("/ingest?name={svc}&format=pprof"), &[], body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(total(svc), 11_960_000_000, "{svc}");
+    }
+    // A multipart body gzipped as a whole with Content-Encoding: gzip.
+    let (ct, body) = multipart(&[("profile", &raw)]);
+    let r = post(k.port, "/ingest?name=wholegz", &[("content-type", &ct), ("content-encoding", "gzip")], gzip(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(total("wholegz"), 11_960_000_000);
+    // Connect with a gzipped request body.
+    let req = push_req("process_cpu", "connectgz", raw.clone());
+    let r = post(
+        k.port,
+        "/push.v1.PusherService/Push",
+        &[("content-type", "application/proto"), ("content-encoding", "gzip")],
+        gzip(&req.encode_to_vec()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(total("connectgz"), 11_960_000_000);
+    // Connect JSON push (raw_profile as base64).
+    let json = serde_json::json!({"series": [{"labels": [{"name": "__name__", "value": "process_cpu"}, {"name": "service_name", "value": "jsonpush"}], "samples": [{"rawProfile": base64(&raw)}]}]});
+    let r = connect_json(k.port, "/push.v1.PusherService/Push", &[], json);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(total("jsonpush"), 11_960_000_000);
+    // gRPC-Web.
+    let payload = push_req("process_cpu", "grpcweb", raw).encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let r = post(k.port, "/push.v1.PusherService/Push", &[("content-type", "application/grpc-web+proto")], frame);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("grpc-status: 0"), "{:?}", r.body);
+    assert_eq!(total("grpcweb"), 11_960_000_000);
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

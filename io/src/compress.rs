@@ -24,9 +24,7 @@ pub fn is_gzip(data: &[u8]) -> bool {
 pub fn gunzip_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
     let mut out = Vec::with_capacity(data.len().saturating_mul(3).min(limit));
     let mut decoder = MultiGzDecoder::new(data).take(limit as u64 + 1);
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|e| InflateError::Corrupt(e.to_string()))?;
+    decoder.read_to_end(&mut out).map_err(|e| InflateError::Corrupt(e.to_string()))?;
     if out.len() > limit {
         return Err(InflateError::TooLarge { limit });
     }
@@ -61,10 +59,7 @@ mod tests {
     fn rejects_past_limit() {
         let big = vec![0u8; 10_000];
         let z = gzip(&big);
-        assert_eq!(
-            gunzip_bounded(&z, 9_999),
-            Err(InflateError::TooLarge { limit: 9_999 })
-        );
+        assert_eq!(gunzip_bounded(&z, 9_999), Err(InflateError::TooLarge { limit: 9_999 }));
         assert_eq!(gunzip_bounded(&z, 10_000).unwrap().len(), 10_000);
     }
 
@@ -73,10 +68,7 @@ mod tests {
         let mut z = gzip(b"hello world hello world");
         let n = z.len();
         z.truncate(n - 6);
-        assert!(matches!(
-            gunzip_bounded(&z, 1000),
-            Err(InflateError::Corrupt(_))
-        ));
+        assert!(matches!(gunzip_bounded(&z, 1000), Err(InflateError::Corrupt(_))));
     }
 
     #[test]

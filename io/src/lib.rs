@@ -4,3 +4,4 @@
 //! never inflated past the limit the caller names, so a zip bomb costs at most that many
 //! bytes of memory on the core that received it.
 pub mod compress;
+pub mod wal;

@@ -42,10 +42,7 @@ impl Series {
 
     fn samples(&self, i: usize) -> impl Iterator<Item = (u32, i64)> + '_ {
         let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
-        self.stacks[a..b]
-            .iter()
-            .copied()
-            .zip(self.values[a..b].iter().copied())
+        self.stacks[a..b].iter().copied().zip(self.values[a..b].iter().copied())
     }
 }
 
@@ -78,14 +75,7 @@ pub fn series_labels(base: &Labels, p: &Profile, type_index: usize) -> (Labels, 
         Some(v) => (p.string(v.r#type).to_string(), p.string(v.unit).to_string()),
         None => (String::new(), String::new()),
     };
-    let id = format!(
-        "{}:{}:{}:{}:{}",
-        name,
-        p.string(st.r#type),
-        p.string(st.unit),
-        pt,
-        pu
-    );
+    let id = format!("{}:{}:{}:{}:{}", name, p.string(st.r#type), p.string(st.unit), pt, pu);
     l.set(labels::TYPE, p.string(st.r#type));
     l.set(labels::UNIT, p.string(st.unit));
     if p.period_type.is_some() {
@@ -163,20 +153,13 @@ impl TenantHead {
     }
 
     fn find(&self, fp: u64, labels: &Labels) -> Option<u32> {
-        self.by_fingerprint
-            .get(&fp)?
-            .iter()
-            .copied()
-            .find(|r| self.series[*r as usize].labels == *labels)
+        self.by_fingerprint.get(&fp)?.iter().copied().find(|r| self.series[*r as usize].labels == *labels)
     }
 
     fn insert_series(&mut self, fp: u64, labels: Labels, type_id: String) -> u32 {
         let r = self.series.len() as u32;
         self.by_fingerprint.entry(fp).or_default().push(r);
-        self.by_profile_type
-            .entry(type_id.clone())
-            .or_default()
-            .push(r);
+        self.by_profile_type.entry(type_id.clone()).or_default().push(r);
         self.series.push(Series::new(labels, type_id));
         r
     }
@@ -199,26 +182,21 @@ impl TenantHead {
     pub fn query(&self, q: &QueryRequest) -> QueryResult {
         match q {
             QueryRequest::ProfileTypes(sel) => {
-                let mut v: Vec<String> =
-                    self.selected(sel).map(|s| s.profile_type.clone()).collect();
+                let mut v: Vec<String> = self.selected(sel).map(|s| s.profile_type.clone()).collect();
                 v.sort();
                 v.dedup();
                 QueryResult::Strings(v)
             }
             QueryRequest::LabelNames(sel) => {
-                let mut v: Vec<String> = self
-                    .selected(sel)
-                    .flat_map(|s| s.labels.iter().map(|(k, _)| k.to_string()))
-                    .collect();
+                let mut v: Vec<String> =
+                    self.selected(sel).flat_map(|s| s.labels.iter().map(|(k, _)| k.to_string())).collect();
                 v.sort();
                 v.dedup();
                 QueryResult::Strings(v)
             }
             QueryRequest::LabelValues(sel, name) => {
-                let mut v: Vec<String> = self
-                    .selected(sel)
-                    .filter_map(|s| s.labels.get(name).map(str::to_string))
-                    .collect();
+                let mut v: Vec<String> =
+                    self.selected(sel).filter_map(|s| s.labels.get(name).map(str::to_string)).collect();
                 v.sort();
                 v.dedup();
                 QueryResult::Strings(v)
@@ -230,11 +208,7 @@ impl TenantHead {
                         if names.is_empty() {
                             s.labels.clone()
                         } else {
-                            Labels::from_pairs(
-                                s.labels
-                                    .iter()
-                                    .filter(|(k, _)| names.iter().any(|n| n == k)),
-                            )
+                            Labels::from_pairs(s.labels.iter().filter(|(k, _)| names.iter().any(|n| n == k)))
                         }
                     })
                     .collect();
@@ -242,25 +216,13 @@ impl TenantHead {
                 v.dedup();
                 QueryResult::LabelSets(v)
             }
-            QueryRequest::MergeTree(sel) => {
-                QueryResult::Tree(self.flame_tree(&self.stack_values(sel)))
-            }
-            QueryRequest::MergeProfile(sel) => {
-                QueryResult::Pprof(self.pprof_part(&self.stack_values(sel)))
-            }
-            QueryRequest::SelectSeries {
-                sel,
-                step_ms,
-                group_by,
-            } => {
+            QueryRequest::MergeTree(sel) => QueryResult::Tree(self.flame_tree(&self.stack_values(sel))),
+            QueryRequest::MergeProfile(sel) => QueryResult::Pprof(self.pprof_part(&self.stack_values(sel))),
+            QueryRequest::SelectSeries { sel, step_ms, group_by } => {
                 let mut groups: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
                 let step = (*step_ms).max(1);
                 for s in self.selected(sel) {
-                    let key = Labels::from_pairs(
-                        s.labels
-                            .iter()
-                            .filter(|(k, _)| group_by.iter().any(|g| g == k)),
-                    );
+                    let key = Labels::from_pairs(s.labels.iter().filter(|(k, _)| group_by.iter().any(|g| g == k)));
                     let g = groups.entry(key).or_default();
                     for i in Self::in_range(s, sel) {
                         let ts_ms = s.timestamps[i].div_euclid(1_000_000);
@@ -272,12 +234,7 @@ impl TenantHead {
                         b.count += 1;
                     }
                 }
-                QueryResult::Series(
-                    groups
-                        .into_iter()
-                        .map(|(l, b)| (l, b.into_iter().collect()))
-                        .collect(),
-                )
+                QueryResult::Series(groups.into_iter().map(|(l, b)| (l, b.into_iter().collect())).collect())
             }
             QueryRequest::Stats(sel) => {
                 let mut any = false;
@@ -290,17 +247,9 @@ impl TenantHead {
                     }
                 }
                 if !any {
-                    return QueryResult::Stats {
-                        oldest_ms: 0,
-                        newest_ms: 0,
-                        ingested: false,
-                    };
+                    return QueryResult::Stats { oldest_ms: 0, newest_ms: 0, ingested: false };
                 }
-                QueryResult::Stats {
-                    oldest_ms: lo / 1_000_000,
-                    newest_ms: hi / 1_000_000,
-                    ingested: true,
-                }
+                QueryResult::Stats { oldest_ms: lo / 1_000_000, newest_ms: hi / 1_000_000, ingested: true }
             }
         }
     }
@@ -368,18 +317,13 @@ impl TenantHead {
             }
             nodes[tnode as usize].2 += v;
         }
-        FlameTree {
-            names: names.names,
-            nodes,
-        }
+        FlameTree { names: names.names, nodes }
     }
 
     fn pprof_part(&self, values: &FxHashMap<u32, i64>) -> PprofPart {
         // Everything is copied with this table's ids; the merger re-interns by content.
         let mut out = PprofPart {
-            strings: (0..self.symbols.strings.len() as u32)
-                .map(|i| self.symbols.strings.get(i).to_string())
-                .collect(),
+            strings: (0..self.symbols.strings.len() as u32).map(|i| self.symbols.strings.get(i).to_string()).collect(),
             functions: self.symbols.functions.clone(),
             mappings: self.symbols.mappings.clone(),
             locations: self.symbols.locations.clone(),
@@ -461,15 +405,9 @@ mod tests {
             for frame in stack.split(';') {
                 let id = *fn_ids.entry(frame.to_string()).or_insert_with(|| {
                     p.strings.push(frame.to_string());
-                    p.functions.push(Function {
-                        name: p.strings.len() as u32 - 1,
-                        ..Default::default()
-                    });
+                    p.functions.push(Function { name: p.strings.len() as u32 - 1, ..Default::default() });
                     p.locations.push(Location {
-                        lines: vec![Line {
-                            function: p.functions.len() as u32 - 1,
-                            line: 0,
-                        }],
+                        lines: vec![Line { function: p.functions.len() as u32 - 1, line: 0 }],
                         ..Default::default()
                     });
                     p.locations.len() as u32 - 1
@@ -477,10 +415,7 @@ mod tests {
                 locs.push(id);
             }
             locs.reverse();
-            p.samples.push(Sample {
-                locations: locs,
-                values: vec![*v],
-            });
+            p.samples.push(Sample { locations: locs, values: vec![*v] });
         }
         p
     }
@@ -506,18 +441,11 @@ mod tests {
     fn merges_duplicate_stacks_and_drops_zeros() {
         let p = folded(&[("a;b", 1), ("a;b", 2), ("a;c", 0)], 1_000_000_000);
         let mut h = TenantHead::default();
-        let st = h.append(
-            "t",
-            &p,
-            &group(&p, &[("__name__", "x"), ("service_name", "svc")]),
-        );
+        let st = h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
         assert_eq!(st.samples, 1);
         assert_eq!(h.series.len(), 1);
         assert_eq!(h.series[0].totals, vec![3]);
-        assert_eq!(
-            h.series[0].labels.get("__profile_type__"),
-            Some("x:samples:count::")
-        );
+        assert_eq!(h.series[0].labels.get("__profile_type__"), Some("x:samples:count::"));
         assert_eq!(h.series[0].labels.get("__service_name__"), Some("svc"));
     }
 
@@ -525,15 +453,10 @@ mod tests {
     fn flame_tree_sums_values() {
         let p = folded(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1)], 5_000_000);
         let mut h = TenantHead::default();
-        h.append(
-            "t",
-            &p,
-            &group(&p, &[("__name__", "x"), ("service_name", "svc")]),
-        );
-        let QueryResult::Tree(t) = h.query(&QueryRequest::MergeTree(sel(
-            "x:samples:count::",
-            "{service_name=\"svc\"}",
-        ))) else {
+        h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
+        let QueryResult::Tree(t) =
+            h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"svc\"}")))
+        else {
             panic!()
         };
         let total: i64 = t.nodes.iter().map(|n| n.2).sum();
@@ -541,10 +464,9 @@ mod tests {
         for (i, n) in t.nodes.iter().enumerate().skip(1) {
             assert!((n.0 as usize) < i);
         }
-        let QueryResult::Tree(empty) = h.query(&QueryRequest::MergeTree(sel(
-            "x:samples:count::",
-            "{service_name=\"other\"}",
-        ))) else {
+        let QueryResult::Tree(empty) =
+            h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"other\"}")))
+        else {
             panic!()
         };
         assert_eq!(empty.nodes.len(), 1);
@@ -555,20 +477,13 @@ mod tests {
         let mut h = TenantHead::default();
         for (ts_s, v) in [(1, 1), (10, 2), (11, 4), (30, 8)] {
             let p = folded(&[("a", v)], ts_s * 1_000_000_000);
-            h.append(
-                "t",
-                &p,
-                &group(&p, &[("__name__", "x"), ("service_name", "s")]),
-            );
+            h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "s")]));
         }
         let mut s = sel("x:samples:count::", "{}");
         s.start_ms = 0;
         s.end_ms = 40_000;
-        let QueryResult::Series(v) = h.query(&QueryRequest::SelectSeries {
-            sel: s,
-            step_ms: 10_000,
-            group_by: vec![],
-        }) else {
+        let QueryResult::Series(v) = h.query(&QueryRequest::SelectSeries { sel: s, step_ms: 10_000, group_by: vec![] })
+        else {
             panic!()
         };
         let pts: Vec<(i64, f64)> = v[0].1.iter().map(|(t, b)| (*t, b.sum)).collect();

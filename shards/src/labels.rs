@@ -25,10 +25,7 @@ impl Labels {
         K: Into<String>,
         V: Into<String>,
     {
-        let mut v: Vec<(String, String)> = pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let mut v: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         // Keep the last of equal names: dedup_by keeps the first, so reverse around it.
         v.reverse();
@@ -38,10 +35,7 @@ impl Labels {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .ok()
-            .map(|i| self.0[i].1.as_str())
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok().map(|i| self.0[i].1.as_str())
     }
 
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
@@ -116,10 +110,7 @@ pub struct ProfileType {
 
 impl ProfileType {
     pub fn id(&self) -> String {
-        format!(
-            "{}:{}:{}:{}:{}",
-            self.name, self.sample_type, self.sample_unit, self.period_type, self.period_unit
-        )
+        format!("{}:{}:{}:{}:{}", self.name, self.sample_type, self.sample_unit, self.period_type, self.period_unit)
     }
 
     /// Parses an ID of exactly five `:`-separated parts (a sixth is tolerated and ignored, as

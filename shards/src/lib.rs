@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod selector;
 pub mod shard;
 pub mod symbols;
+pub mod walcodec;

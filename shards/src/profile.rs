@@ -71,10 +71,7 @@ pub struct Sample {
 
 impl Profile {
     pub fn string(&self, i: u32) -> &str {
-        self.strings
-            .get(i as usize)
-            .map(String::as_str)
-            .unwrap_or("")
+        self.strings.get(i as usize).map(String::as_str).unwrap_or("")
     }
 }
 

@@ -29,11 +29,7 @@ pub enum QueryRequest {
     Series(Selection, Vec<String>),
     MergeTree(Selection),
     MergeProfile(Selection),
-    SelectSeries {
-        sel: Selection,
-        step_ms: i64,
-        group_by: Vec<String>,
-    },
+    SelectSeries { sel: Selection, step_ms: i64, group_by: Vec<String> },
     Stats(Selection),
 }
 

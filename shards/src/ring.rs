@@ -38,9 +38,7 @@ impl Ring {
 
     /// A ring of one instance with `cores` members.
     pub fn single(cores: u32, tokens_per_core: u32) -> Self {
-        let members: Vec<Member> = (0..cores)
-            .map(|core| Member { instance: 0, core })
-            .collect();
+        let members: Vec<Member> = (0..cores).map(|core| Member { instance: 0, core }).collect();
         Ring::new(&members, tokens_per_core)
     }
 

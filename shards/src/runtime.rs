@@ -5,6 +5,7 @@
 //! it receives `Msg`s and returns values, so a test can drive it without threads.
 use crate::ring::Ring;
 use crate::shard::{Msg, Shard};
+use kiln_io::wal::segment::SegmentWriter;
 use std::future::Future;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,10 +28,12 @@ impl Mesh {
 
     /// Sends to a core, waiting while its inbox is full (backpressure).
     pub async fn send(&self, core: usize, msg: Msg) -> Result<(), ShardGone> {
-        self.inboxes[core]
-            .send_async(msg)
-            .await
-            .map_err(|_| ShardGone)
+        self.inboxes[core].send_async(msg).await.map_err(|_| ShardGone)
+    }
+
+    /// Sends from a thread outside the cores (start-up replay), blocking while the inbox is full.
+    pub fn send_blocking(&self, core: usize, msg: Msg) -> Result<(), ShardGone> {
+        self.inboxes[core].send(msg).map_err(|_| ShardGone)
     }
 
     /// Sends a request built by `make` to every core and collects the replies in core order.
@@ -59,12 +62,30 @@ pub struct ShardGone;
 pub struct CoreContext {
     pub core: u32,
     pub mesh: Mesh,
+    /// Closes (every receive fails) when the process may start serving: after WAL replay.
+    pub gate: flume::Receiver<()>,
+}
+
+/// Where each core writes its WAL.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// The generation directory; core C writes `core-C/` inside it.
+    pub dir: std::path::PathBuf,
+    pub segment_bytes: u64,
+    pub policy: kiln_io::wal::segment::SyncPolicy,
+}
+
+pub struct Started {
+    pub threads: Vec<JoinHandle<()>>,
+    pub mesh: Mesh,
+    /// Drop it to let the cores serve.
+    pub gate: flume::Sender<()>,
 }
 
 /// Starts `cores` threads, each with its own monoio executor (io_uring, or epoll where the
 /// container forbids io_uring), pinned to one CPU when `pin`. Each runs its shard's inbox
 /// loop and the future `serve` builds for it.
-pub fn start<F, Fut>(cores: usize, tokens_per_core: u32, pin: bool, serve: F) -> Vec<JoinHandle<()>>
+pub fn start<F, Fut>(cores: usize, tokens_per_core: u32, pin: bool, wal: Option<WalConfig>, serve: F) -> Started
 where
     F: Fn(CoreContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -76,20 +97,18 @@ where
         senders.push(tx);
         receivers.push(rx);
     }
-    let mesh = Mesh {
-        inboxes: senders.into(),
-        ring: Arc::new(Ring::single(cores as u32, tokens_per_core)),
-    };
+    let mesh = Mesh { inboxes: senders.into(), ring: Arc::new(Ring::single(cores as u32, tokens_per_core)) };
     let serve = Arc::new(serve);
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    receivers
+    let (gate_tx, gate_rx) = flume::bounded::<()>(0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = receivers
         .into_iter()
         .enumerate()
         .map(|(core, inbox)| {
             let mesh = mesh.clone();
             let serve = serve.clone();
+            let gate = gate_rx.clone();
+            let wal = wal.clone();
             std::thread::Builder::new()
                 .name(format!("kiln-core-{core}"))
                 .spawn(move || {
@@ -101,15 +120,28 @@ where
                         .build()
                         .expect("building the core's runtime");
                     rt.block_on(async move {
-                        monoio::spawn(Shard::new(core as u32).run(inbox));
-                        serve(CoreContext {
-                            core: core as u32,
-                            mesh,
-                        })
-                        .await;
+                        let shard = match wal {
+                            None => Shard::new(core as u32),
+                            Some(w) => {
+                                let dir = w.dir.join(format!("core-{core}"));
+                                let writer = match SegmentWriter::create(dir.clone(), w.segment_bytes, w.policy).await {
+                                    Ok(wr) => wr,
+                                    Err(e) => {
+                                        tracing::error!(dir = %dir.display(), error = %e, "cannot create the WAL");
+                                        std::process::exit(1);
+                                    }
+                                };
+                                let (shard, flusher) = Shard::with_wal(core as u32, writer);
+                                monoio::spawn(flusher);
+                                shard
+                            }
+                        };
+                        monoio::spawn(shard.run(inbox));
+                        serve(CoreContext { core: core as u32, mesh, gate }).await;
                     });
                 })
                 .expect("spawning a core thread")
         })
-        .collect()
+        .collect();
+    Started { threads, mesh, gate: gate_tx }
 }

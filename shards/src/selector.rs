@@ -21,11 +21,7 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    pub fn new(
-        name: impl Into<String>,
-        op: MatchOp,
-        value: impl Into<String>,
-    ) -> Result<Self, String> {
+    pub fn new(name: impl Into<String>, op: MatchOp, value: impl Into<String>) -> Result<Self, String> {
         let value = value.into();
         let re = match op {
             MatchOp::Regex | MatchOp::NotRegex => Some(
@@ -34,12 +30,7 @@ impl Matcher {
             ),
             _ => None,
         };
-        Ok(Matcher {
-            name: name.into(),
-            op,
-            value,
-            re,
-        })
+        Ok(Matcher { name: name.into(), op, value, re })
     }
 
     /// A missing label matches as the empty string, as in Prometheus.
@@ -63,19 +54,14 @@ pub fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
 
 /// Parses `name{...}`, `{...}` or an empty string (no matchers).
 pub fn parse_selector(input: &str) -> Result<Vec<Matcher>, String> {
-    let mut p = Parser {
-        s: input.as_bytes(),
-        i: 0,
-    };
+    let mut p = Parser { s: input.as_bytes(), i: 0 };
     let mut out = Vec::new();
     p.ws();
     if p.eof() {
         return Ok(out);
     }
     if p.peek() != Some(b'{') {
-        let name = p
-            .ident()
-            .ok_or_else(|| p.err("expected a metric name or '{'"))?;
+        let name = p.ident().ok_or_else(|| p.err("expected a metric name or '{'"))?;
         out.push(Matcher::new(NAME, MatchOp::Equal, name)?);
         p.ws();
         if p.eof() {
@@ -170,10 +156,7 @@ impl Parser<'_> {
     fn ident(&mut self) -> Option<String> {
         let start = self.i;
         while let Some(c) = self.peek() {
-            let ok = c.is_ascii_alphabetic()
-                || c == b'_'
-                || c == b':'
-                || (self.i > start && c.is_ascii_digit());
+            let ok = c.is_ascii_alphabetic() || c == b'_' || c == b':' || (self.i > start && c.is_ascii_digit());
             if !ok {
                 break;
             }
@@ -183,9 +166,7 @@ impl Parser<'_> {
     }
     /// A Go/PromQL string literal: "..." or '...' with backslash escapes, or `raw`.
     fn string(&mut self) -> Result<String, String> {
-        let q = self
-            .peek()
-            .ok_or_else(|| self.err("expected a quoted string"))?;
+        let q = self.peek().ok_or_else(|| self.err("expected a quoted string"))?;
         if q != b'"' && q != b'\'' && q != b'`' {
             return Err(self.err("expected a quoted string"));
         }
@@ -212,10 +193,7 @@ impl Parser<'_> {
                     b'f' => out.push(12),
                     b'v' => out.push(11),
                     b'x' => {
-                        let h = self
-                            .s
-                            .get(self.i..self.i + 2)
-                            .ok_or_else(|| self.err("bad \\x escape"))?;
+                        let h = self.s.get(self.i..self.i + 2).ok_or_else(|| self.err("bad \\x escape"))?;
                         let v = u8::from_str_radix(std::str::from_utf8(h).unwrap_or("zz"), 16)
                             .map_err(|_| self.err("bad \\x escape"))?;
                         out.push(v);
@@ -223,10 +201,7 @@ impl Parser<'_> {
                     }
                     b'u' | b'U' => {
                         let n = if e == b'u' { 4 } else { 8 };
-                        let h = self
-                            .s
-                            .get(self.i..self.i + n)
-                            .ok_or_else(|| self.err("bad unicode escape"))?;
+                        let h = self.s.get(self.i..self.i + n).ok_or_else(|| self.err("bad unicode escape"))?;
                         let v = u32::from_str_radix(std::str::from_utf8(h).unwrap_or("zz"), 16)
                             .ok()
                             .and_then(char::from_u32)
@@ -289,15 +264,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        for bad in [
-            "{a=b}",
-            "{a=\"b\"",
-            "{a~\"b\"}",
-            "{=\"b\"}",
-            "{a=\"b\"} x",
-            "{a=~\"(\"}",
-            "{a=\"\\q\"}",
-        ] {
+        for bad in ["{a=b}", "{a=\"b\"", "{a~\"b\"}", "{=\"b\"}", "{a=\"b\"} x", "{a=~\"(\"}", "{a=\"\\q\"}"] {
             assert!(parse_selector(bad).is_err(), "{bad} should fail");
         }
     }

@@ -6,23 +6,21 @@
 use crate::head::{AppendStats, TenantHead};
 use crate::profile::{Profile, SampleGroup};
 use crate::query::{QueryRequest, QueryResult};
+use crate::walcodec;
+use kiln_io::wal::record;
+use kiln_io::wal::segment::SegmentWriter;
 use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
+/// The answer to an ingest: what was appended, once durable, or why it could not be made so.
+pub type IngestReply = flume::Sender<Result<AppendStats, String>>;
+
 pub enum Msg {
-    Ingest {
-        tenant: Arc<str>,
-        profile: Arc<Profile>,
-        groups: Vec<SampleGroup>,
-        reply: flume::Sender<AppendStats>,
-    },
-    Query {
-        req: Arc<QueryRequest>,
-        reply: flume::Sender<Vec<QueryResult>>,
-    },
-    Stats {
-        reply: flume::Sender<ShardStats>,
-    },
+    Ingest { tenant: Arc<str>, profile: Arc<Profile>, groups: Vec<SampleGroup>, reply: IngestReply },
+    Query { req: Arc<QueryRequest>, reply: flume::Sender<Vec<QueryResult>> },
+    Stats { reply: flume::Sender<ShardStats> },
 }
 
 /// A snapshot of a shard's size, for `/metrics`.
@@ -38,32 +36,44 @@ pub struct ShardStats {
     pub appends: u64,
 }
 
+/// Appends framed and waiting for the core's WAL flusher, with the pushes waiting on them.
+#[derive(Default)]
+pub struct WalPending {
+    buf: Vec<u8>,
+    waiters: Vec<(IngestReply, AppendStats)>,
+}
+
+/// The shard's side of its WAL: where records go and how the flusher is woken.
+pub struct WalHandle {
+    pending: Rc<RefCell<WalPending>>,
+    wake: flume::Sender<()>,
+}
+
 pub struct Shard {
     pub core: u32,
     tenants: FxHashMap<Arc<str>, TenantHead>,
     appends: u64,
+    wal: Option<WalHandle>,
 }
 
 impl Shard {
+    /// A shard without a WAL: acknowledges as soon as the head holds the data.
     pub fn new(core: u32) -> Self {
-        Shard {
-            core,
-            tenants: FxHashMap::default(),
-            appends: 0,
-        }
+        Shard { core, tenants: FxHashMap::default(), appends: 0, wal: None }
     }
 
-    pub fn append(
-        &mut self,
-        tenant: &Arc<str>,
-        p: &Profile,
-        groups: &[SampleGroup],
-    ) -> AppendStats {
+    /// A shard whose every ingest is acknowledged only once its WAL record is durable, and
+    /// the flusher task that makes it so (spawn it on the same core).
+    pub fn with_wal(core: u32, writer: SegmentWriter) -> (Self, impl std::future::Future<Output = ()>) {
+        let pending = Rc::new(RefCell::new(WalPending::default()));
+        let (wake, woken) = flume::bounded(1);
+        let shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(core) };
+        (shard, flush_loop(writer, pending, woken))
+    }
+
+    pub fn append(&mut self, tenant: &Arc<str>, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
         self.appends += 1;
-        self.tenants
-            .entry(tenant.clone())
-            .or_default()
-            .append(tenant, p, groups)
+        self.tenants.entry(tenant.clone()).or_default().append(tenant, p, groups)
     }
 
     pub fn query(&self, req: &QueryRequest) -> Vec<QueryResult> {
@@ -77,20 +87,12 @@ impl Shard {
             | QueryRequest::Stats(s) => s,
             QueryRequest::SelectSeries { sel, .. } => sel,
         };
-        sel.tenants
-            .iter()
-            .filter_map(|t| self.tenants.get(t.as_str()))
-            .map(|h| h.query(req))
-            .collect()
+        sel.tenants.iter().filter_map(|t| self.tenants.get(t.as_str())).map(|h| h.query(req)).collect()
     }
 
     pub fn stats(&self) -> ShardStats {
-        let mut s = ShardStats {
-            core: self.core,
-            tenants: self.tenants.len(),
-            appends: self.appends,
-            ..Default::default()
-        };
+        let mut s =
+            ShardStats { core: self.core, tenants: self.tenants.len(), appends: self.appends, ..Default::default() };
         for h in self.tenants.values() {
             s.series += h.series.len();
             s.profiles += h.profiles;
@@ -104,14 +106,21 @@ impl Shard {
     pub fn handle(&mut self, msg: Msg) {
         // A dropped reply receiver means the requester gave up; nothing to do.
         match msg {
-            Msg::Ingest {
-                tenant,
-                profile,
-                groups,
-                reply,
-            } => {
+            Msg::Ingest { tenant, profile, groups, reply } => {
                 let st = self.append(&tenant, &profile, &groups);
-                let _ = reply.send(st);
+                match &self.wal {
+                    None => {
+                        let _ = reply.send(Ok(st));
+                    }
+                    Some(wal) => {
+                        let payload = walcodec::encode(&tenant, &profile, &groups);
+                        let mut p = wal.pending.borrow_mut();
+                        record::encode(&payload, &mut p.buf);
+                        p.waiters.push((reply, st));
+                        // Full means a wake-up is already queued.
+                        let _ = wal.wake.try_send(());
+                    }
+                }
             }
             Msg::Query { req, reply } => {
                 let _ = reply.send(self.query(&req));
@@ -126,6 +135,34 @@ impl Shard {
     pub async fn run(mut self, inbox: flume::Receiver<Msg>) {
         while let Ok(msg) = inbox.recv_async().await {
             self.handle(msg);
+        }
+    }
+}
+
+/// Group commit: every append queued while a write is in flight goes out in the next write,
+/// with one sync for all of them; then each waiting push is answered.
+async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>, woken: flume::Receiver<()>) {
+    let mut spare = Vec::new();
+    while woken.recv_async().await.is_ok() {
+        loop {
+            let (buf, waiters) = {
+                let mut p = pending.borrow_mut();
+                if p.buf.is_empty() {
+                    break;
+                }
+                let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));
+                (buf, std::mem::take(&mut p.waiters))
+            };
+            let (res, mut buf) = writer.append(buf).await;
+            buf.clear();
+            spare = buf;
+            let res = res.map_err(|e| format!("writing the WAL failed: {e}"));
+            if let Err(e) = &res {
+                tracing::error!(error = %e, "WAL write failed; the pushes waiting on it are refused");
+            }
+            for (tx, st) in waiters {
+                let _ = tx.send(res.clone().map(|_| st));
+            }
         }
     }
 }

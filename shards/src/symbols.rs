@@ -143,11 +143,8 @@ impl Symbols {
             return r.mappings[i as usize];
         }
         let m = &p.mappings[i as usize];
-        let rec = Mapping {
-            filename: self.string(p, r, m.filename),
-            build_id: self.string(p, r, m.build_id),
-            ..m.clone()
-        };
+        let rec =
+            Mapping { filename: self.string(p, r, m.filename), build_id: self.string(p, r, m.build_id), ..m.clone() };
         let next = self.mappings.len() as u32;
         let id = *self.mapping_ids.entry(rec.clone()).or_insert(next);
         if id == next {
@@ -162,24 +159,10 @@ impl Symbols {
             return r.locations[i as usize];
         }
         let l = &p.locations[i as usize];
-        let mapping = if l.mapping == 0 {
-            0
-        } else {
-            self.mapping(p, r, l.mapping - 1)
-        };
-        let lines: Box<[Line]> = l
-            .lines
-            .iter()
-            .map(|ln| Line {
-                function: self.function(p, r, ln.function),
-                line: ln.line,
-            })
-            .collect();
-        let rec = LocationRec {
-            mapping,
-            address: l.address,
-            lines,
-        };
+        let mapping = if l.mapping == 0 { 0 } else { self.mapping(p, r, l.mapping - 1) };
+        let lines: Box<[Line]> =
+            l.lines.iter().map(|ln| Line { function: self.function(p, r, ln.function), line: ln.line }).collect();
+        let rec = LocationRec { mapping, address: l.address, lines };
         let next = self.locations.len() as u32;
         let id = match self.location_ids.get(&rec) {
             Some(id) => *id,
@@ -219,20 +202,11 @@ impl Symbols {
 
     /// Approximate heap bytes held, for `/metrics` and the head size limit.
     pub fn heap_bytes(&self) -> usize {
-        let strings: usize = self
-            .strings
-            .list
-            .iter()
-            .map(|s| s.len() + 16 + 8 + 24)
-            .sum();
+        let strings: usize = self.strings.list.iter().map(|s| s.len() + 16 + 8 + 24).sum();
         strings
             + self.functions.len() * (std::mem::size_of::<Function>() * 2 + 12)
             + self.mappings.len() * (std::mem::size_of::<Mapping>() * 2 + 12)
-            + self
-                .locations
-                .iter()
-                .map(|l| 2 * (32 + l.lines.len() * 16) + 12)
-                .sum::<usize>()
+            + self.locations.iter().map(|l| 2 * (32 + l.lines.len() * 16) + 12).sum::<usize>()
             + self.parent.len() * (4 + 4 + 13)
     }
 }
@@ -246,32 +220,14 @@ mod tests {
         Profile {
             strings: vec!["".into(), "main".into(), "f".into(), "g".into()],
             functions: vec![
-                Function {
-                    name: 1,
-                    ..Default::default()
-                },
-                Function {
-                    name: 2,
-                    ..Default::default()
-                },
-                Function {
-                    name: 3,
-                    ..Default::default()
-                },
+                Function { name: 1, ..Default::default() },
+                Function { name: 2, ..Default::default() },
+                Function { name: 3, ..Default::default() },
                 // A duplicate of `main` under another id: must dedup.
-                Function {
-                    name: 1,
-                    ..Default::default()
-                },
+                Function { name: 1, ..Default::default() },
             ],
             locations: (0..4u32)
-                .map(|f| Location {
-                    lines: vec![Line {
-                        function: f,
-                        line: 0,
-                    }],
-                    ..Default::default()
-                })
+                .map(|f| Location { lines: vec![Line { function: f, line: 0 }], ..Default::default() })
                 .collect(),
             ..Default::default()
         }
@@ -298,16 +254,7 @@ mod tests {
         p2.strings = vec!["".into(), "g".into(), "f".into(), "main".into()];
         let mut r2 = Remap::new(&p2);
         // function 2 is now named "main"(3)... build main;f = functions named 3 then 2.
-        p2.functions = vec![
-            Function {
-                name: 3,
-                ..Default::default()
-            },
-            Function {
-                name: 2,
-                ..Default::default()
-            },
-        ];
+        p2.functions = vec![Function { name: 3, ..Default::default() }, Function { name: 2, ..Default::default() }];
         p2.locations.truncate(2);
         let d = s.intern_stack(&p2, &mut r2, &[1, 0]);
         assert_eq!(d, a);

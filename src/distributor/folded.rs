@@ -8,9 +8,7 @@ pub fn suffix_type(suffix: &str) -> Option<(&'static str, String, &'static str)>
     let t = |n: &'static str, st: &str, u: &'static str| Some((n, st.to_string(), u));
     match suffix {
         "cpu" | "itimer" => t("process_cpu", "samples", "count"),
-        "wall" | "seconds" | "nanoseconds" | "microseconds" | "milliseconds" => {
-            t("wall", "samples", "count")
-        }
+        "wall" | "seconds" | "nanoseconds" | "microseconds" | "milliseconds" => t("wall", "samples", "count"),
         "inuse_objects" | "alloc_objects" => t("memory", suffix, "count"),
         "inuse_space" | "alloc_space" => t("memory", suffix, "bytes"),
         "goroutines" => t("goroutine", "goroutines", "count"),
@@ -35,12 +33,10 @@ pub fn parse_folded(body: &str) -> Result<Vec<(&str, i64)>, String> {
         let Some((stack, count)) = line.rsplit_once(' ') else {
             continue;
         };
-        let n: i64 = count.trim().parse().map_err(|_| {
-            format!(
-                "line {}: the sample count {count:?} is not an integer",
-                i + 1
-            )
-        })?;
+        let n: i64 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {}: the sample count {count:?} is not an integer", i + 1))?;
         out.push((stack, n));
     }
     Ok(out)
@@ -86,13 +82,7 @@ pub fn folded_type(suffix: &str, sample_rate: i64) -> Option<FoldedType> {
             multiplier: 1_000_000_000 / sample_rate,
         });
     }
-    Some(FoldedType {
-        name,
-        sample_type: st,
-        unit: unit.into(),
-        period_type: None,
-        multiplier: 1,
-    })
+    Some(FoldedType { name, sample_type: st, unit: unit.into(), period_type: None, multiplier: 1 })
 }
 
 /// Builds a one-sample-type profile from root-first `;`-joined stacks: one mapping, each
@@ -102,10 +92,7 @@ pub fn build_profile(stacks: &[(&str, i64)], t: &FoldedType, time_nanos: i64) ->
         strings: vec![String::new(), t.sample_type.clone(), t.unit.clone()],
         sample_types: vec![ValueType { r#type: 1, unit: 2 }],
         time_nanos,
-        mappings: vec![Mapping {
-            has_functions: true,
-            ..Default::default()
-        }],
+        mappings: vec![Mapping { has_functions: true, ..Default::default() }],
         ..Default::default()
     };
     if let Some((pt, pu)) = &t.period_type {
@@ -126,28 +113,18 @@ pub fn build_profile(stacks: &[(&str, i64)], t: &FoldedType, time_nanos: i64) ->
                 *frames.entry(f).or_insert_with(|| {
                     p.strings.push(f.to_string());
                     let s = p.strings.len() as u32 - 1;
-                    p.functions.push(Function {
-                        name: s,
-                        system_name: s,
-                        ..Default::default()
-                    });
+                    p.functions.push(Function { name: s, system_name: s, ..Default::default() });
                     p.locations.push(Location {
                         mapping: 1,
                         address: 0,
-                        lines: vec![Line {
-                            function: p.functions.len() as u32 - 1,
-                            line: 0,
-                        }],
+                        lines: vec![Line { function: p.functions.len() as u32 - 1, line: 0 }],
                     });
                     p.locations.len() as u32 - 1
                 })
             })
             .collect();
         locs.reverse();
-        p.samples.push(Sample {
-            locations: locs,
-            values: vec![value],
-        });
+        p.samples.push(Sample { locations: locs, values: vec![value] });
     }
     p
 }
@@ -171,20 +148,11 @@ mod tests {
     #[test]
     fn cpu_at_a_rate_becomes_nanoseconds() {
         let t = folded_type("cpu", 100).unwrap();
-        assert_eq!(
-            (t.sample_type.as_str(), t.unit.as_str(), t.multiplier),
-            ("cpu", "nanoseconds", 10_000_000)
-        );
+        assert_eq!((t.sample_type.as_str(), t.unit.as_str(), t.multiplier), ("cpu", "nanoseconds", 10_000_000));
         let t = folded_type("cpu", 0).unwrap();
-        assert_eq!(
-            (t.sample_type.as_str(), t.unit.as_str()),
-            ("samples", "count")
-        );
+        assert_eq!((t.sample_type.as_str(), t.unit.as_str()), ("samples", "count"));
         let t = folded_type("alloc_objects", 100).unwrap();
-        assert_eq!(
-            (t.name, t.sample_type.as_str(), t.period_type.is_none()),
-            ("memory", "alloc_objects", true)
-        );
+        assert_eq!((t.name, t.sample_type.as_str(), t.period_type.is_none()), ("memory", "alloc_objects", true));
         assert!(folded_type("nope", 100).is_none());
     }
 

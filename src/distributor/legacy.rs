@@ -35,15 +35,9 @@ pub fn parse_name(name: &str) -> Result<AppName, String> {
             if pair.trim().is_empty() {
                 continue;
             }
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("name: label {pair:?} is not key=value"))?;
+            let (k, v) = pair.split_once('=').ok_or_else(|| format!("name: label {pair:?} is not key=value"))?;
             let (k, v) = (k.trim(), v.trim());
-            if k.is_empty()
-                || !k
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            {
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
                 return Err(format!("name: invalid label name {k:?}"));
             }
             if k == labels::NAME {
@@ -56,10 +50,7 @@ pub fn parse_name(name: &str) -> Result<AppName, String> {
     if app.is_empty() {
         return Err("name: service name is required".into());
     }
-    if !app
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
-    {
+    if !app.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c)) {
         return Err(format!("name: invalid service name {app:?}"));
     }
     // Reserved labels cannot be set through a name, except the session id.
@@ -98,66 +89,57 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
     let from = get("from").map_or(now, |v| parse_time_ns(v, now));
     let until = get("until").map_or(now, |v| parse_time_ns(v, now));
     if from > until {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("from ({from}) is after until ({until})"),
-        );
+        return error(StatusCode::BAD_REQUEST, format!("from ({from}) is after until ({until})"));
     }
-    let sample_rate = get("sampleRate")
-        .and_then(|v| v.parse::<i64>().ok())
-        .filter(|v| *v >= 0)
-        .unwrap_or(100);
+    let sample_rate = get("sampleRate").and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0).unwrap_or(100);
     let spy = get("spyName").unwrap_or("");
-    let content_type = r
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = r.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = get("format").unwrap_or("");
 
+    // Honour Content-Encoding: gzip for the whole body; payloads inside are sniffed too.
+    let gzipped = r
+        .headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let body: bytes::Bytes = if gzipped && compress::is_gzip(&r.body) {
+        let limit = (core.cfg().limits.ingestion_body_limit_mb * 1024.0 * 1024.0) as usize;
+        match compress::gunzip_bounded(&r.body, limit.max(1)) {
+            Ok(b) => b.into(),
+            Err(compress::InflateError::TooLarge { limit }) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body too large: inflated size exceeds {limit} bytes"),
+                )
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+        }
+    } else {
+        r.body.clone()
+    };
     let result = match format {
-        "pprof" => ingest_pprof(core, &tenant, &name, spy, from, &r.body, None).await,
+        "pprof" => ingest_pprof(core, &tenant, &name, spy, from, &body, None).await,
         "trie" | "tree" | "jfr" | "speedscope" => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "format={format} is not supported by kiln yet; send pprof, folded or lines"
-                ),
+                format!("format={format} is not supported by kiln yet; send pprof, folded or lines"),
             )
         }
-        "" if content_type
-            .to_ascii_lowercase()
-            .contains("multipart/form-data") =>
-        {
-            ingest_multipart(core, &tenant, &name, spy, from, content_type, &r.body).await
+        "" if content_type.to_ascii_lowercase().contains("multipart/form-data") => {
+            ingest_multipart(core, &tenant, &name, spy, from, content_type, &body).await
         }
         "" | "folded" | "collapsed" | "groups" | "lines" => {
-            ingest_text(
-                core,
-                &tenant,
-                &name,
-                spy,
-                from,
-                sample_rate,
-                format == "lines",
-                &r.body,
-            )
-            .await
+            ingest_text(core, &tenant, &name, spy, from, sample_rate, format == "lines", &r.body).await
         }
         other => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!(
-                "unknown format {other:?}: use pprof, jfr, folded, lines, speedscope, trie or tree"
-            ),
+                format!("unknown format {other:?}: use pprof, jfr, folded, lines, speedscope, trie or tree"),
             )
         }
     };
     match result {
-        Ok(()) => http::Response::builder()
-            .status(200)
-            .body(RespBody::empty())
-            .expect("valid response"),
+        Ok(()) => http::Response::builder().status(200).body(RespBody::empty()).expect("valid response"),
         Err((status, msg)) => {
             metrics::add(&core.metrics().rejected_profiles, 1);
             error(status, msg)
@@ -177,10 +159,8 @@ async fn ingest_multipart(
     body: &[u8],
 ) -> IngestResult {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let boundary = multipart::boundary(content_type)
-        .ok_or_else(|| bad("multipart body without a boundary".into()))?;
-    let parts = multipart::parse(body, &boundary)
-        .map_err(|e| bad(format!("malformed multipart body: {e}")))?;
+    let boundary = multipart::boundary(content_type).ok_or_else(|| bad("multipart body without a boundary".into()))?;
+    let parts = multipart::parse(body, &boundary).map_err(|e| bad(format!("malformed multipart body: {e}")))?;
     if parts.iter().any(|p| p.name == "prev_profile") {
         return Err((
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -191,17 +171,13 @@ async fn ingest_multipart(
         .iter()
         .find(|p| p.name == "profile")
         .ok_or_else(|| bad("multipart body has no \"profile\" part".into()))?;
-    let config = match parts.iter().find(|p| p.name == "sample_type_config") {
-        Some(p) => Some(
-            serde_json::from_slice::<serde_json::Value>(p.data).map_err(|e| {
-                (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("sample_type_config is not valid JSON: {e}"),
-                )
-            })?,
-        ),
-        None => None,
-    };
+    let config =
+        match parts.iter().find(|p| p.name == "sample_type_config") {
+            Some(p) => Some(serde_json::from_slice::<serde_json::Value>(p.data).map_err(|e| {
+                (StatusCode::UNPROCESSABLE_ENTITY, format!("sample_type_config is not valid JSON: {e}"))
+            })?),
+            None => None,
+        };
     ingest_pprof(core, tenant, name, spy, from, profile.data, config.as_ref()).await
 }
 
@@ -233,11 +209,7 @@ pub fn derive_profile_name(sample_types: &[String], config: Option<&serde_json::
         if display.contains("cpu") {
             return "process_cpu".into();
         }
-        if display.contains("alloc_")
-            || display.contains("inuse_")
-            || display == "space"
-            || display == "objects"
-        {
+        if display.contains("alloc_") || display.contains("inuse_") || display == "space" || display == "objects" {
             return "memory".into();
         }
         if display.contains("mutex_") {
@@ -259,16 +231,8 @@ fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::
     match spy {
         "pyspy" | "rbspy" | "scripting" => {
             for f in &mut p.function {
-                let file = p
-                    .string_table
-                    .get(f.filename as usize)
-                    .cloned()
-                    .unwrap_or_default();
-                let func = p
-                    .string_table
-                    .get(f.name as usize)
-                    .cloned()
-                    .unwrap_or_default();
+                let file = p.string_table.get(f.filename as usize).cloned().unwrap_or_default();
+                let func = p.string_table.get(f.name as usize).cloned().unwrap_or_default();
                 if file.is_empty() || (spy == "pyspy" && file.starts_with(b"/")) {
                     continue;
                 }
@@ -282,13 +246,9 @@ fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::
         _ => {}
     }
     let dotnet = spy == "dotnetspy"
-        || (spy.is_empty() || spy == "unknown")
-            && config.is_some_and(|c| c.get("inuse-space").is_some());
+        || (spy.is_empty() || spy == "unknown") && config.is_some_and(|c| c.get("inuse-space").is_some());
     if dotnet {
-        if !p.function.is_empty()
-            && p.function.iter().all(|f| f.id == 0)
-            && p.function.len() == p.location.len()
-        {
+        if !p.function.is_empty() && p.function.iter().all(|f| f.id == 0) && p.function.len() == p.location.len() {
             for (f, l) in p.function.iter_mut().zip(p.location.iter()) {
                 f.id = l.id;
             }
@@ -316,11 +276,7 @@ async fn ingest_pprof(
 ) -> IngestResult {
     let limits = core.cfg().limits_for(tenant).clone();
     let unproc = |m: String| (StatusCode::UNPROCESSABLE_ENTITY, m);
-    let max = if limits.max_profile_size_bytes > 0 {
-        limits.max_profile_size_bytes
-    } else {
-        usize::MAX / 2
-    };
+    let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
     let bytes = compress::maybe_gunzip(raw, max).map_err(|e| unproc(format!("profile: {e}")))?;
     metrics::add(&core.metrics().decompressed_bytes, bytes.len() as u64);
     let mut input = pprof::decode(&bytes).map_err(|e| unproc(e.to_string()))?;
@@ -329,13 +285,7 @@ async fn ingest_pprof(
         .sample_type
         .iter()
         .map(|st| {
-            String::from_utf8_lossy(
-                input
-                    .string_table
-                    .get(st.r#type as usize)
-                    .map_or(&[][..], |v| v),
-            )
-            .into_owned()
+            String::from_utf8_lossy(input.string_table.get(st.r#type as usize).map_or(&[][..], |v| v)).into_owned()
         })
         .collect();
     let profile_name = derive_profile_name(&type_names, config);
@@ -343,32 +293,17 @@ async fn ingest_pprof(
     if time_is_bogus {
         input.time_nanos = from;
     }
-    let decoded = pprof::normalize(
-        input,
-        pprof::PprofLimits {
-            max_samples: limits.max_profile_stacktrace_samples,
-        },
-    )
-    .map_err(|e| unproc(e.to_string()))?;
+    let decoded = pprof::normalize(input, pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples })
+        .map_err(|e| unproc(e.to_string()))?;
     let mut base = Labels::from_pairs(name.labels.iter().cloned());
     base.set(labels::NAME, profile_name);
-    base.set(
-        "pyroscope_spy",
-        if spy.is_empty() { "unknown" } else { spy },
-    );
+    base.set("pyroscope_spy", if spy.is_empty() { "unknown" } else { spy });
     if base.get(labels::SERVICE_NAME).is_none() {
         base.set(labels::SERVICE_NAME, name.app.clone());
     }
     let acc = accept(&base, decoded, &limits, now_ns())
         .map_err(|e| (rpc_status(&e, StatusCode::UNPROCESSABLE_ENTITY), e.message))?;
-    push_one(
-        core,
-        tenant,
-        bytes.len(),
-        acc,
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await
+    push_one(core, tenant, bytes.len(), acc, StatusCode::UNPROCESSABLE_ENTITY).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -383,11 +318,7 @@ async fn ingest_text(
     body: &[u8],
 ) -> IngestResult {
     let limits = core.cfg().limits_for(tenant).clone();
-    if name
-        .labels
-        .iter()
-        .any(|(k, v)| k == "profile_id" && !v.is_empty())
-    {
+    if name.labels.iter().any(|(k, v)| k == "profile_id" && !v.is_empty()) {
         // Pyroscope silently drops span-profile uploads of text formats.
         return Ok(());
     }
@@ -396,24 +327,13 @@ async fn ingest_text(
         None => (name.app.clone(), "cpu".to_string()),
     };
     let t = folded_type(&suffix, sample_rate).ok_or_else(|| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("unknown profile type: {suffix:?} (the app name's last .suffix)"),
-        )
+        (StatusCode::BAD_REQUEST, format!("unknown profile type: {suffix:?} (the app name's last .suffix)"))
     })?;
-    let max = if limits.max_profile_size_bytes > 0 {
-        limits.max_profile_size_bytes
-    } else {
-        usize::MAX / 2
-    };
-    let bytes = compress::maybe_gunzip(body, max)
-        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "body is not valid UTF-8".to_string(),
-        )
-    })?;
+    let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
+    let bytes =
+        compress::maybe_gunzip(body, max).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| (StatusCode::UNPROCESSABLE_ENTITY, "body is not valid UTF-8".to_string()))?;
     let stacks = if lines {
         parse_lines(text)
     } else {
@@ -431,27 +351,15 @@ async fn ingest_text(
         base.set(labels::SERVICE_NAME, app);
     }
     let n = profile.samples.len() as u32;
-    let decoded = pprof::Decoded {
-        profile,
-        groups: vec![(Labels::default(), (0..n).collect())],
-    };
-    let acc = accept(&base, decoded, &limits, now_ns())
-        .map_err(|e| (rpc_status(&e, StatusCode::BAD_REQUEST), e.message))?;
+    let decoded = pprof::Decoded { profile, groups: vec![(Labels::default(), (0..n).collect())] };
+    let acc =
+        accept(&base, decoded, &limits, now_ns()).map_err(|e| (rpc_status(&e, StatusCode::BAD_REQUEST), e.message))?;
     push_one(core, tenant, bytes.len(), acc, StatusCode::BAD_REQUEST).await
 }
 
-async fn push_one(
-    core: &Rc<Core>,
-    tenant: &str,
-    bytes: usize,
-    acc: Accepted,
-    validation: StatusCode,
-) -> IngestResult {
-    rate_limit(core, tenant, bytes, now_ns())
-        .map_err(|e| (rpc_status(&e, validation), e.message))?;
-    distribute(core, tenant, vec![acc])
-        .await
-        .map_err(|e| (rpc_status(&e, validation), e.message))
+async fn push_one(core: &Rc<Core>, tenant: &str, bytes: usize, acc: Accepted, validation: StatusCode) -> IngestResult {
+    rate_limit(core, tenant, bytes, now_ns()).map_err(|e| (rpc_status(&e, validation), e.message))?;
+    distribute(core, tenant, vec![acc]).await.map_err(|e| (rpc_status(&e, validation), e.message))
 }
 
 #[cfg(test)]
@@ -464,11 +372,7 @@ mod tests {
         assert_eq!(n.app, "my.app.cpu");
         assert_eq!(
             n.labels,
-            vec![
-                ("env".into(), "prod".into()),
-                ("region".into(), "eu".into()),
-                ("__session_id__".into(), "s".into())
-            ]
+            vec![("env".into(), "prod".into()), ("region".into(), "eu".into()), ("__session_id__".into(), "s".into())]
         );
         assert_eq!(parse_name("x{__name__=other}").unwrap().app, "other");
         assert!(parse_name("").is_err());
@@ -480,25 +384,12 @@ mod tests {
     #[test]
     fn profile_names() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            derive_profile_name(&s(&["samples", "cpu"]), None),
-            "process_cpu"
-        );
-        assert_eq!(
-            derive_profile_name(&s(&["alloc_objects", "alloc_space"]), None),
-            "memory"
-        );
+        assert_eq!(derive_profile_name(&s(&["samples", "cpu"]), None), "process_cpu");
+        assert_eq!(derive_profile_name(&s(&["alloc_objects", "alloc_space"]), None), "memory");
         assert_eq!(derive_profile_name(&s(&["goroutine"]), None), "goroutines");
         assert_eq!(derive_profile_name(&s(&["sample", "wall"]), None), "wall");
-        let cfg: serde_json::Value =
-            serde_json::json!({"contentions": {"display-name": "block_count"}});
-        assert_eq!(
-            derive_profile_name(&s(&["contentions", "delay"]), Some(&cfg)),
-            "block"
-        );
-        assert_eq!(
-            derive_profile_name(&s(&["contentions", "delay"]), None),
-            "mutex"
-        );
+        let cfg: serde_json::Value = serde_json::json!({"contentions": {"display-name": "block_count"}});
+        assert_eq!(derive_profile_name(&s(&["contentions", "delay"]), Some(&cfg)), "block");
+        assert_eq!(derive_profile_name(&s(&["contentions", "delay"]), None), "mutex");
     }
 }

@@ -38,11 +38,7 @@ pub fn normalize_series_labels(mut l: Labels) -> Labels {
     if l.get(labels::SERVICE_NAME).is_none() {
         l.set(labels::SERVICE_NAME, "unknown_service");
     }
-    if let Some(stripped) = l
-        .get(labels::NAME)
-        .and_then(|n| n.strip_prefix("godeltaprof_"))
-        .map(str::to_string)
-    {
+    if let Some(stripped) = l.get(labels::NAME).and_then(|n| n.strip_prefix("godeltaprof_")).map(str::to_string) {
         l.set(labels::NAME, stripped);
     }
     l
@@ -58,14 +54,10 @@ fn is_metric_name(s: &str) -> bool {
 pub fn validate_labels(l: &Labels, limits: &Limits) -> Result<(), RpcError> {
     let name = l.get(labels::NAME).unwrap_or("");
     if name.is_empty() || !is_metric_name(name) {
-        return Err(RpcError::invalid(format!(
-            "invalid labels {l}: invalid metric name {name:?}"
-        )));
+        return Err(RpcError::invalid(format!("invalid labels {l}: invalid metric name {name:?}")));
     }
     if l.get(labels::SERVICE_NAME) == Some("") {
-        return Err(RpcError::invalid(format!(
-            "invalid labels {l}: service_name must not be empty"
-        )));
+        return Err(RpcError::invalid(format!("invalid labels {l}: service_name must not be empty")));
     }
     if limits.max_label_names_per_series > 0 && l.len() > limits.max_label_names_per_series {
         return Err(RpcError::invalid(format!(
@@ -76,19 +68,13 @@ pub fn validate_labels(l: &Labels, limits: &Limits) -> Result<(), RpcError> {
     }
     for (k, v) in l.iter() {
         if k.is_empty() || k.chars().any(char::is_control) {
-            return Err(RpcError::invalid(format!(
-                "invalid label name {k:?} in series {l}"
-            )));
+            return Err(RpcError::invalid(format!("invalid label name {k:?} in series {l}")));
         }
         if limits.max_label_name_length > 0 && k.len() > limits.max_label_name_length {
-            return Err(RpcError::invalid(format!(
-                "label name too long: {k:?} in series {l}"
-            )));
+            return Err(RpcError::invalid(format!("label name too long: {k:?} in series {l}")));
         }
         if limits.max_label_value_length > 0 && v.len() > limits.max_label_value_length {
-            return Err(RpcError::invalid(format!(
-                "label value too long: {v:?} for label {k:?}"
-            )));
+            return Err(RpcError::invalid(format!("label value too long: {v:?} for label {k:?}")));
         }
     }
     Ok(())
@@ -102,12 +88,7 @@ pub struct Accepted {
 
 /// Builds the series groups of a decoded profile: the push's labels over its sample labels
 /// (push labels win), validated; checks and fills the timestamp.
-pub fn accept(
-    base: &Labels,
-    decoded: pprof::Decoded,
-    limits: &Limits,
-    now_ns: i64,
-) -> Result<Accepted, RpcError> {
+pub fn accept(base: &Labels, decoded: pprof::Decoded, limits: &Limits, now_ns: i64) -> Result<Accepted, RpcError> {
     let mut profile = decoded.profile;
     if profile.time_nanos == 0 {
         profile.time_nanos = now_ns;
@@ -152,24 +133,13 @@ fn fmt_ns(ns: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Applies the ingestion rate limit to `bytes` of uncompressed payload.
 pub fn rate_limit(core: &Core, tenant: &str, bytes: usize, now_ns: i64) -> Result<(), RpcError> {
     let l = core.cfg().limits_for(tenant);
-    if !core.limiter.borrow_mut().allow(
-        tenant,
-        l.ingestion_rate_mb,
-        l.ingestion_burst_size_mb,
-        bytes,
-        now_ns,
-    ) {
+    if !core.limiter.borrow_mut().allow(tenant, l.ingestion_rate_mb, l.ingestion_burst_size_mb, bytes, now_ns) {
         return Err(RpcError::new(
             Code::ResourceExhausted,
             format!(
@@ -182,11 +152,7 @@ pub fn rate_limit(core: &Core, tenant: &str, bytes: usize, now_ns: i64) -> Resul
 }
 
 /// Sends every group to its owning core and waits until each has applied its part.
-pub async fn distribute(
-    core: &Rc<Core>,
-    tenant: &str,
-    batch: Vec<Accepted>,
-) -> Result<(), RpcError> {
+pub async fn distribute(core: &Rc<Core>, tenant: &str, batch: Vec<Accepted>) -> Result<(), RpcError> {
     let mesh = &core.mesh;
     let tenant: Arc<str> = Arc::from(tenant);
     let mut waits = Vec::new();
@@ -204,23 +170,17 @@ pub async fn distribute(
                 continue;
             }
             let (tx, rx) = flume::bounded(1);
-            let msg = Msg::Ingest {
-                tenant: tenant.clone(),
-                profile: profile.clone(),
-                groups,
-                reply: tx,
-            };
-            mesh.send(c, msg)
-                .await
-                .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+            let msg = Msg::Ingest { tenant: tenant.clone(), profile: profile.clone(), groups, reply: tx };
+            mesh.send(c, msg).await.map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
             waits.push(rx);
         }
         profiles += 1;
     }
     for rx in waits {
-        rx.recv_async().await.map_err(|_| {
-            RpcError::new(Code::Unavailable, "a core stopped while applying a push")
-        })?;
+        rx.recv_async()
+            .await
+            .map_err(|_| RpcError::new(Code::Unavailable, "a core stopped while applying a push"))?
+            .map_err(|e| RpcError::new(Code::Unavailable, format!("the push could not be made durable: {e}")))?;
     }
     metrics::add(&core.metrics().pushed_profiles, profiles);
     Ok(())
@@ -232,28 +192,18 @@ mod tests {
 
     #[test]
     fn label_rules() {
-        let l = normalize_series_labels(Labels::from_pairs([
-            ("__name__", "godeltaprof_memory"),
-            ("__delta__", "false"),
-        ]));
+        let l =
+            normalize_series_labels(Labels::from_pairs([("__name__", "godeltaprof_memory"), ("__delta__", "false")]));
         assert_eq!(l.get("__name__"), Some("memory"));
         assert_eq!(l.get("service_name"), Some("unknown_service"));
         assert_eq!(l.get("__delta__"), None);
         let lim = Limits::default();
         assert!(validate_labels(&l, &lim).is_ok());
         assert!(validate_labels(&Labels::from_pairs([("__name__", "1bad")]), &lim).is_err());
-        assert!(
-            validate_labels(&Labels::from_pairs([("__name__", "ok"), ("", "x")]), &lim).is_err()
-        );
-        assert!(validate_labels(
-            &Labels::from_pairs([("__name__", "ok"), ("k8s.pod.name", "x")]),
-            &lim
-        )
-        .is_ok());
-        let many: Vec<(String, String)> = (0..31)
-            .map(|i| (format!("l{i}"), "v".to_string()))
-            .chain([("__name__".into(), "x".into())])
-            .collect();
+        assert!(validate_labels(&Labels::from_pairs([("__name__", "ok"), ("", "x")]), &lim).is_err());
+        assert!(validate_labels(&Labels::from_pairs([("__name__", "ok"), ("k8s.pod.name", "x")]), &lim).is_ok());
+        let many: Vec<(String, String)> =
+            (0..31).map(|i| (format!("l{i}"), "v".to_string())).chain([("__name__".into(), "x".into())]).collect();
         assert!(validate_labels(&Labels::from_pairs(many), &lim).is_err());
     }
 

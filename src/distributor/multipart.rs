@@ -10,18 +10,12 @@ pub struct Part<'a> {
 /// The boundary parameter of a `multipart/form-data` content type.
 pub fn boundary(content_type: &str) -> Option<String> {
     let mut it = content_type.split(';');
-    if !it
-        .next()?
-        .trim()
-        .eq_ignore_ascii_case("multipart/form-data")
-    {
+    if !it.next()?.trim().eq_ignore_ascii_case("multipart/form-data") {
         return None;
     }
     it.find_map(|p| {
         let (k, v) = p.trim().split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("boundary")
-            .then(|| v.trim().trim_matches('"').to_string())
+        k.trim().eq_ignore_ascii_case("boundary").then(|| v.trim().trim_matches('"').to_string())
     })
     .filter(|b| !b.is_empty())
 }
@@ -48,13 +42,9 @@ pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String
             .ok_or("malformed multipart boundary line")?;
         let (head_end, sep) = match find(rest, b"\r\n\r\n") {
             Some(i) => (i, 4),
-            None => (
-                find(rest, b"\n\n").ok_or("multipart part without headers end")?,
-                2,
-            ),
+            None => (find(rest, b"\n\n").ok_or("multipart part without headers end")?, 2),
         };
-        let headers = std::str::from_utf8(&rest[..head_end])
-            .map_err(|_| "multipart headers are not UTF-8")?;
+        let headers = std::str::from_utf8(&rest[..head_end]).map_err(|_| "multipart headers are not UTF-8")?;
         let name = headers
             .lines()
             .filter(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
@@ -73,16 +63,10 @@ pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String
             None => {
                 let mut nl = b"\n".to_vec();
                 nl.extend_from_slice(delim.as_bytes());
-                (
-                    find(content, &nl).ok_or("multipart part is not terminated")?,
-                    nl.len(),
-                )
+                (find(content, &nl).ok_or("multipart part is not terminated")?, nl.len())
             }
         };
-        parts.push(Part {
-            name,
-            data: &content[..end],
-        });
+        parts.push(Part { name, data: &content[..end] });
         rest = &content[end + dlen..];
     }
 }

@@ -149,12 +149,7 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
         truncate_suffix(&mut s);
         match String::from_utf8(s) {
             Ok(s) => strings.push(s),
-            Err(e) => {
-                return Err(invalid(format!(
-                    "invalid utf8 string hex: {}",
-                    hex(e.as_bytes())
-                )))
-            }
+            Err(e) => return Err(invalid(format!("invalid utf8 string hex: {}", hex(e.as_bytes())))),
         }
     }
     let mut sample_types = Vec::with_capacity(p.sample_type.len());
@@ -162,20 +157,14 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
         if !in_range(st.r#type) || !in_range(st.unit) {
             return Err(invalid("sample type type string index out of range"));
         }
-        sample_types.push(ValueType {
-            r#type: st.r#type as u32,
-            unit: st.unit as u32,
-        });
+        sample_types.push(ValueType { r#type: st.r#type as u32, unit: st.unit as u32 });
     }
     let period_type = match &p.period_type {
         Some(pt) if pt.r#type != 0 || pt.unit != 0 => {
             if !in_range(pt.r#type) || !in_range(pt.unit) {
                 return Err(invalid("period type string index out of range"));
             }
-            Some(ValueType {
-                r#type: pt.r#type as u32,
-                unit: pt.unit as u32,
-            })
+            Some(ValueType { r#type: pt.r#type as u32, unit: pt.unit as u32 })
         }
         _ => None,
     };
@@ -248,42 +237,26 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
             match mapping_index.get(&l.mapping_id) {
                 Some(i) => i + 1,
                 None => {
-                    return Err(invalid(format!(
-                        "location {} references unknown mapping id {}",
-                        l.id, l.mapping_id
-                    )))
+                    return Err(invalid(format!("location {} references unknown mapping id {}", l.id, l.mapping_id)))
                 }
             }
         };
         let mut lines = Vec::with_capacity(l.line.len());
         for ln in &l.line {
             let Some(&function) = function_index.get(&ln.function_id) else {
-                return Err(invalid(format!(
-                    "location {} references unknown function id {}",
-                    l.id, ln.function_id
-                )));
+                return Err(invalid(format!("location {} references unknown function id {}", l.id, ln.function_id)));
             };
-            lines.push(Line {
-                function,
-                line: ln.line,
-            });
+            lines.push(Line { function, line: ln.line });
         }
         // Symbolized frames need no address: clearing it lets equal frames dedup.
         let address = if lines.is_empty() { l.address } else { 0 };
         location_index.insert(l.id, locations.len() as u32);
-        locations.push(Location {
-            mapping,
-            address,
-            lines,
-        });
+        locations.push(Location { mapping, address, lines });
     }
 
     // Checked after the symbols, as Pyroscope does: a broken .NET profile reports its zero
     // function ids first.
-    if sample_types
-        .iter()
-        .any(|st| strings[st.r#type as usize].contains('-'))
-    {
+    if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
         return Err(invalid("sample type contains -"));
     }
     let ntypes = sample_types.len();
@@ -325,25 +298,17 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
         for id in &s.location_id[skip..] {
             match location_index.get(id) {
                 Some(i) => locs.push(*i),
-                None => {
-                    return Err(invalid(format!(
-                        "sample references unknown location id {id}"
-                    )))
-                }
+                None => return Err(invalid(format!("sample references unknown location id {id}"))),
             }
         }
         let idx = samples.len() as u32;
-        samples.push(Sample {
-            locations: locs,
-            values: s.value,
-        });
+        samples.push(Sample { locations: locs, values: s.value });
         let g = match group_of.get(&key) {
             Some(g) => *g,
             None => {
-                let labels =
-                    Labels::from_pairs(key.iter().map(|(k, v)| {
-                        (strings[*k as usize].clone(), strings[*v as usize].clone())
-                    }));
+                let labels = Labels::from_pairs(
+                    key.iter().map(|(k, v)| (strings[*k as usize].clone(), strings[*v as usize].clone())),
+                );
                 groups.push((labels, Vec::new()));
                 group_of.insert(key.clone(), groups.len() - 1);
                 groups.len() - 1
@@ -375,13 +340,9 @@ mod tests {
 
     #[test]
     fn go_type_parameters_fixture() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/testdata/pprof/pyroscope/pkg-pprof/"
-        );
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/pyroscope/pkg-pprof/");
         let input = std::fs::read_to_string(format!("{dir}go_type_parameters.txt")).unwrap();
-        let expected =
-            std::fs::read_to_string(format!("{dir}go_type_parameters.expected.txt")).unwrap();
+        let expected = std::fs::read_to_string(format!("{dir}go_type_parameters.expected.txt")).unwrap();
         for (i, (a, b)) in input.lines().zip(expected.lines()).enumerate() {
             let got = drop_go_type_parameters(a).unwrap_or_else(|| a.to_string());
             assert_eq!(got, b, "line {}", i + 1);

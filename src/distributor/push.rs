@@ -13,11 +13,7 @@ use kiln_proto::push::v1::{PushRequest, PushResponse};
 use kiln_shards::labels::Labels;
 use std::rc::Rc;
 
-pub async fn push(
-    core: &Rc<Core>,
-    headers: &HeaderMap,
-    req: PushRequest,
-) -> Result<PushResponse, RpcError> {
+pub async fn push(core: &Rc<Core>, headers: &HeaderMap, req: PushRequest) -> Result<PushResponse, RpcError> {
     let tenant = write_tenant(core, headers)?;
     let limits = core.cfg().limits_for(&tenant).clone();
     let now = now_ns();
@@ -28,15 +24,10 @@ pub async fn push(
     let mut inflated = Vec::new();
     let mut total_bytes = 0usize;
     for series in req.series {
-        let base = normalize_series_labels(Labels::from_pairs(
-            series.labels.into_iter().map(|l| (l.name, l.value)),
-        ));
+        let base = normalize_series_labels(Labels::from_pairs(series.labels.into_iter().map(|l| (l.name, l.value))));
         let label_bytes: usize = base.iter().map(|(k, v)| k.len() + v.len()).sum();
         for sample in series.samples {
-            metrics::add(
-                &core.metrics().received_bytes,
-                sample.raw_profile.len() as u64,
-            );
+            metrics::add(&core.metrics().received_bytes, sample.raw_profile.len() as u64);
             let bytes = inflate(&sample.raw_profile, &limits)
                 .inspect_err(|_| metrics::add(&core.metrics().rejected_profiles, 1))?;
             total_bytes += bytes.len() + label_bytes;
@@ -53,8 +44,7 @@ pub async fn push(
     rate_limit(core, &tenant, total_bytes, now)?;
     let mut batch: Vec<Accepted> = Vec::with_capacity(inflated.len());
     for (base, bytes) in inflated {
-        let result =
-            decode(&bytes, &limits).and_then(|decoded| accept(&base, decoded, &limits, now));
+        let result = decode(&bytes, &limits).and_then(|decoded| accept(&base, decoded, &limits, now));
         batch.push(result.inspect_err(|_| metrics::add(&core.metrics().rejected_profiles, 1))?);
     }
     distribute(core, &tenant, batch).await?;
@@ -63,31 +53,20 @@ pub async fn push(
 
 /// Inflates a raw profile when it is gzipped, bounded by the profile size limit.
 pub fn inflate(raw: &Bytes, limits: &Limits) -> Result<Bytes, RpcError> {
-    let max = if limits.max_profile_size_bytes > 0 {
-        limits.max_profile_size_bytes
-    } else {
-        usize::MAX / 2
-    };
+    let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
     match compress::maybe_gunzip(raw, max) {
         Ok(std::borrow::Cow::Borrowed(_)) => Ok(raw.clone()),
         Ok(std::borrow::Cow::Owned(v)) => Ok(Bytes::from(v)),
-        Err(compress::InflateError::TooLarge { limit }) => Err(RpcError::invalid(format!(
-            "uncompressed profile payload size exceeds limit of {limit} bytes"
-        ))),
-        Err(compress::InflateError::Corrupt(m)) => Err(RpcError::invalid(format!(
-            "failed to decompress profile: {m}"
-        ))),
+        Err(compress::InflateError::TooLarge { limit }) => {
+            Err(RpcError::invalid(format!("uncompressed profile payload size exceeds limit of {limit} bytes")))
+        }
+        Err(compress::InflateError::Corrupt(m)) => Err(RpcError::invalid(format!("failed to decompress profile: {m}"))),
     }
 }
 
 /// Decodes and validates an inflated profile.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<pprof::Decoded, RpcError> {
     let input = pprof::decode(bytes).map_err(|e| RpcError::invalid(e.to_string()))?;
-    pprof::normalize(
-        input,
-        pprof::PprofLimits {
-            max_samples: limits.max_profile_stacktrace_samples,
-        },
-    )
-    .map_err(|e| RpcError::new(Code::InvalidArgument, e.to_string()))
+    pprof::normalize(input, pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples })
+        .map_err(|e| RpcError::new(Code::InvalidArgument, e.to_string()))
 }

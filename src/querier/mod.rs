@@ -29,22 +29,14 @@ pub fn selection(
     if let Some(pt) = profile_type {
         ProfileType::parse(pt).map_err(RpcError::invalid)?;
     }
-    let matchers = parse_selector(selector)
-        .map_err(|e| RpcError::invalid(format!("invalid label selector {selector:?}: {e}")))?;
+    let matchers =
+        parse_selector(selector).map_err(|e| RpcError::invalid(format!("invalid label selector {selector:?}: {e}")))?;
     let now_ms = now_ns() / 1_000_000;
-    let (mut start, end) = if start_ms == 0 && end_ms == 0 {
-        (now_ms - 3_600_000, now_ms)
-    } else {
-        (start_ms, end_ms)
-    };
+    let (mut start, end) = if start_ms == 0 && end_ms == 0 { (now_ms - 3_600_000, now_ms) } else { (start_ms, end_ms) };
     if start > end {
-        return Err(RpcError::invalid(format!(
-            "invalid time range: start ({start}) is after end ({end})"
-        )));
+        return Err(RpcError::invalid(format!("invalid time range: start ({start}) is after end ({end})")));
     }
-    let limits = core
-        .cfg()
-        .limits_for(tenants.first().map(String::as_str).unwrap_or(""));
+    let limits = core.cfg().limits_for(tenants.first().map(String::as_str).unwrap_or(""));
     let lookback = limits.max_query_lookback.as_millis() as i64;
     if lookback > 0 {
         let oldest = now_ms - lookback;
@@ -80,42 +72,23 @@ pub async fn fan_out(core: &Rc<Core>, req: QueryRequest) -> Result<Vec<QueryResu
     let req = Arc::new(req);
     let parts = core
         .mesh
-        .broadcast(|reply| Msg::Query {
-            req: req.clone(),
-            reply,
-        })
+        .broadcast(|reply| Msg::Query { req: req.clone(), reply })
         .await
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
     Ok(parts.into_iter().flatten().collect())
 }
 
 pub fn merge_strings(parts: Vec<QueryResult>) -> Vec<String> {
-    let mut out: Vec<String> = parts
-        .into_iter()
-        .flat_map(|p| {
-            if let QueryResult::Strings(v) = p {
-                v
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
+    let mut out: Vec<String> =
+        parts.into_iter().flat_map(|p| if let QueryResult::Strings(v) = p { v } else { Vec::new() }).collect();
     out.sort();
     out.dedup();
     out
 }
 
 pub fn merge_label_sets(parts: Vec<QueryResult>) -> Vec<Labels> {
-    let mut out: Vec<Labels> = parts
-        .into_iter()
-        .flat_map(|p| {
-            if let QueryResult::LabelSets(v) = p {
-                v
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
+    let mut out: Vec<Labels> =
+        parts.into_iter().flat_map(|p| if let QueryResult::LabelSets(v) = p { v } else { Vec::new() }).collect();
     out.sort();
     out.dedup();
     out
@@ -143,16 +116,7 @@ pub async fn merged_series(
 ) -> Result<BTreeMap<Labels, BTreeMap<i64, Bucket>>, RpcError> {
     let mut out: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
     let Some(sel) = sel else { return Ok(out) };
-    for p in fan_out(
-        core,
-        QueryRequest::SelectSeries {
-            sel,
-            step_ms,
-            group_by,
-        },
-    )
-    .await?
-    {
+    for p in fan_out(core, QueryRequest::SelectSeries { sel, step_ms, group_by }).await? {
         if let QueryResult::Series(groups) = p {
             for (labels, points) in groups {
                 let g = out.entry(labels).or_default();

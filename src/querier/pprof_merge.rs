@@ -87,21 +87,9 @@ impl PprofMerger {
     }
 
     fn location(&mut self, part: &PprofPart, l: &LocationRec) -> u64 {
-        let mapping = if l.mapping == 0 {
-            0
-        } else {
-            self.mapping(part, &part.mappings[l.mapping as usize])
-        };
-        let lines: Vec<(u64, i64)> = l
-            .lines
-            .iter()
-            .map(|ln| {
-                (
-                    self.function(part, &part.functions[ln.function as usize]),
-                    ln.line,
-                )
-            })
-            .collect();
+        let mapping = if l.mapping == 0 { 0 } else { self.mapping(part, &part.mappings[l.mapping as usize]) };
+        let lines: Vec<(u64, i64)> =
+            l.lines.iter().map(|ln| (self.function(part, &part.functions[ln.function as usize]), ln.line)).collect();
         let key = (mapping, l.address, lines);
         let next = self.out.location.len() as u64 + 1;
         if let Some(id) = self.locations.get(&key) {
@@ -111,14 +99,7 @@ impl PprofMerger {
             id: next,
             mapping_id: mapping,
             address: l.address,
-            line: key
-                .2
-                .iter()
-                .map(|(f, line)| pb::Line {
-                    function_id: *f,
-                    line: *line,
-                })
-                .collect(),
+            line: key.2.iter().map(|(f, line)| pb::Line { function_id: *f, line: *line }).collect(),
             is_folded: false,
         });
         self.locations.insert(key, next);
@@ -141,24 +122,13 @@ impl PprofMerger {
 
     /// The merged profile with the profile type's sample type and period.
     pub fn finish(mut self, pt: &ProfileType, end_ms: i64) -> pb::Profile {
-        let st = pb::ValueType {
-            r#type: self.string(&pt.sample_type),
-            unit: self.string(&pt.sample_unit),
-        };
-        let period_type = pb::ValueType {
-            r#type: self.string(&pt.period_type),
-            unit: self.string(&pt.period_unit),
-        };
-        let mut samples: Vec<(Vec<u64>, i64)> =
-            self.samples.drain().filter(|(_, v)| *v != 0).collect();
+        let st = pb::ValueType { r#type: self.string(&pt.sample_type), unit: self.string(&pt.sample_unit) };
+        let period_type = pb::ValueType { r#type: self.string(&pt.period_type), unit: self.string(&pt.period_unit) };
+        let mut samples: Vec<(Vec<u64>, i64)> = self.samples.drain().filter(|(_, v)| *v != 0).collect();
         samples.sort();
         self.out.sample = samples
             .into_iter()
-            .map(|(location_id, v)| pb::Sample {
-                location_id,
-                value: vec![v],
-                label: vec![],
-            })
+            .map(|(location_id, v)| pb::Sample { location_id, value: vec![v], label: vec![] })
             .collect();
         self.out.sample_type = vec![st];
         self.out.period_type = Some(period_type);

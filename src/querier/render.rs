@@ -18,14 +18,8 @@ fn fail(e: RpcError) -> Response {
 
 fn json_response(r: &Req, v: &Value) -> Response {
     let mut body = serde_json::to_vec(v).expect("json");
-    let gzip = r
-        .headers
-        .get("accept-encoding")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("gzip"));
-    let mut b = http::Response::builder()
-        .status(200)
-        .header("content-type", "application/json");
+    let gzip = r.headers.get("accept-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("gzip"));
+    let mut b = http::Response::builder().status(200).header("content-type", "application/json");
     if gzip && body.len() > 1024 {
         body = kiln_io::compress::gzip(&body);
         b = b.header("content-encoding", "gzip");
@@ -41,12 +35,10 @@ fn split_query(q: &str) -> Result<(ProfileType, String, String), RpcError> {
         None => (q, "{}"),
     };
     if pt.is_empty() {
-        return Err(RpcError::invalid(
-            "\"query\" must contain a profile-type selection",
-        ));
+        return Err(RpcError::invalid("\"query\" must contain a profile-type selection"));
     }
-    let parsed = ProfileType::parse(pt)
-        .map_err(|_| RpcError::invalid("\"query\" must contain a profile-type selection"))?;
+    let parsed =
+        ProfileType::parse(pt).map_err(|_| RpcError::invalid("\"query\" must contain a profile-type selection"))?;
     Ok((parsed, pt.to_string(), sel.to_string()))
 }
 
@@ -125,16 +117,11 @@ fn range(r: &Req, from_key: &str, until_key: &str) -> Range {
     let now = now_ns();
     let from = r.param(from_key).map_or(now, |v| parse_time_ns(&v, now));
     let until = r.param(until_key).map_or(now, |v| parse_time_ns(&v, now));
-    Range {
-        from_ms: from / 1_000_000,
-        until_ms: until / 1_000_000,
-    }
+    Range { from_ms: from / 1_000_000, until_ms: until / 1_000_000 }
 }
 
 fn requested_max_nodes(r: &Req) -> Option<i64> {
-    r.param("maxNodes")
-        .or_else(|| r.param("max-nodes"))
-        .and_then(|v| v.parse().ok())
+    r.param("maxNodes").or_else(|| r.param("max-nodes")).and_then(|v| v.parse().ok())
 }
 
 fn timeline(
@@ -150,11 +137,7 @@ fn timeline(
     for (t, b) in points {
         let i = (t - start).div_euclid(step);
         if i >= 0 && (i as usize) < n {
-            let v = if avg && b.count > 0 {
-                b.sum / b.count as f64
-            } else {
-                b.sum
-            };
+            let v = if avg && b.count > 0 { b.sum / b.count as f64 } else { b.sum };
             samples[i as usize] += v.max(0.0) as u64;
         }
     }
@@ -169,9 +152,7 @@ pub async fn render(core: &Rc<Core>, r: &Req) -> Response {
 }
 
 async fn render_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> {
-    let query = r
-        .param("query")
-        .ok_or_else(|| RpcError::invalid("\"query\" is required"))?;
+    let query = r.param("query").ok_or_else(|| RpcError::invalid("\"query\" is required"))?;
     let (pt, pt_id, sel_str) = split_query(&query)?;
     if r.param("format").as_deref() == Some("dot") {
         return Err(RpcError::invalid("format=dot is not supported by kiln yet"));
@@ -179,38 +160,19 @@ async fn render_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> {
     let tenants = tenants(core, &r.headers)?;
     let rg = range(r, "from", "until");
     let max = max_nodes(core, &tenants[0], requested_max_nodes(r))?;
-    let sel = selection(
-        core,
-        tenants,
-        Some(&pt_id),
-        &sel_str,
-        rg.from_ms,
-        rg.until_ms,
-    )?;
+    let sel = selection(core, tenants, Some(&pt_id), &sel_str, rg.from_ms, rg.until_ms)?;
     let t = merged_tree(core, sel.clone()).await?;
     let fg = t.flamegraph(max);
     let step = point_interval_ms(rg.from_ms, rg.until_ms);
     let avg = r.param("aggregation").as_deref() == Some("avg");
-    let group_by: Vec<String> = r
-        .params()
-        .into_iter()
-        .filter(|(k, _)| k == "groupBy")
-        .map(|(_, v)| v)
-        .take(1)
-        .collect();
+    let group_by: Vec<String> =
+        r.params().into_iter().filter(|(k, _)| k == "groupBy").map(|(_, v)| v).take(1).collect();
     let series = merged_series(core, sel, step, group_by.clone()).await?;
-    let main = if series.len() == 1 {
-        series.values().next().cloned().unwrap_or_default()
-    } else {
-        Default::default()
-    };
+    let main = if series.len() == 1 { series.values().next().cloned().unwrap_or_default() } else { Default::default() };
     let groups = if let Some(g) = group_by.first() {
         let mut m = serde_json::Map::new();
         for (labels, points) in &series {
-            m.insert(
-                labels.get(g).unwrap_or("*").to_string(),
-                timeline(points, &rg, step, avg),
-            );
+            m.insert(labels.get(g).unwrap_or("*").to_string(), timeline(points, &rg, step, avg));
         }
         Value::Object(m)
     } else {
@@ -252,12 +214,8 @@ fn diff_json(fg: &FlameGraphDiff, pt: &ProfileType) -> Value {
 }
 
 async fn render_diff_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> {
-    let lq = r
-        .param("leftQuery")
-        .ok_or_else(|| RpcError::invalid("\"leftQuery\" is required"))?;
-    let rq = r
-        .param("rightQuery")
-        .ok_or_else(|| RpcError::invalid("\"rightQuery\" is required"))?;
+    let lq = r.param("leftQuery").ok_or_else(|| RpcError::invalid("\"leftQuery\" is required"))?;
+    let rq = r.param("rightQuery").ok_or_else(|| RpcError::invalid("\"rightQuery\" is required"))?;
     let (lpt, lid, lsel) = split_query(&lq)?;
     let (_, rid, rsel) = split_query(&rq)?;
     if lid != rid {
@@ -267,14 +225,7 @@ async fn render_diff_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> 
     let max = max_nodes(core, &tenants[0], requested_max_nodes(r))?;
     let lr = range(r, "leftFrom", "leftUntil");
     let rr = range(r, "rightFrom", "rightUntil");
-    let ls = selection(
-        core,
-        tenants.clone(),
-        Some(&lid),
-        &lsel,
-        lr.from_ms,
-        lr.until_ms,
-    )?;
+    let ls = selection(core, tenants.clone(), Some(&lid), &lsel, lr.from_ms, lr.until_ms)?;
     let rs = selection(core, tenants, Some(&rid), &rsel, rr.from_ms, rr.until_ms)?;
     let lt = merged_tree(core, ls).await?;
     let rt = merged_tree(core, rs).await?;
@@ -291,19 +242,9 @@ pub async fn label_values(core: &Rc<Core>, r: &Req) -> Response {
     let result = async {
         let tenants = tenants(core, &r.headers)?;
         let rg = range(r, "from", "until");
-        let (start, end) = if r.param("from").is_none() && r.param("until").is_none() {
-            (0, 0)
-        } else {
-            (rg.from_ms, rg.until_ms)
-        };
-        let sel = selection(
-            core,
-            tenants,
-            None,
-            &r.param("query").unwrap_or_default(),
-            start,
-            end,
-        )?;
+        let (start, end) =
+            if r.param("from").is_none() && r.param("until").is_none() { (0, 0) } else { (rg.from_ms, rg.until_ms) };
+        let sel = selection(core, tenants, None, &r.param("query").unwrap_or_default(), start, end)?;
         let Some(sel) = sel else {
             return Ok(Vec::new());
         };
@@ -337,8 +278,7 @@ mod tests {
     #[test]
     fn queries_need_a_profile_type() {
         assert!(split_query("{service_name=\"a\"}").is_err());
-        let (pt, id, sel) =
-            split_query("process_cpu:cpu:nanoseconds:cpu:nanoseconds{service_name=\"a\"}").unwrap();
+        let (pt, id, sel) = split_query("process_cpu:cpu:nanoseconds:cpu:nanoseconds{service_name=\"a\"}").unwrap();
         assert_eq!(pt.sample_type, "cpu");
         assert_eq!(id, "process_cpu:cpu:nanoseconds:cpu:nanoseconds");
         assert_eq!(sel, "{service_name=\"a\"}");

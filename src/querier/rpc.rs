@@ -1,9 +1,6 @@
 //! `querier.v1.QuerierService` over Connect and gRPC.
 use super::pprof_merge::PprofMerger;
-use super::{
-    fan_out, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection,
-    tree,
-};
+use super::{fan_out, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection, tree};
 use crate::server::body::Response;
 use crate::server::rpc::{Code, RpcError};
 use crate::server::{tenants, Call};
@@ -38,12 +35,7 @@ pub async fn dispatch(call: &Call<'_>, method: &str) -> Response {
 }
 
 fn labels_pb(l: &Labels) -> Vec<t::LabelPair> {
-    l.iter()
-        .map(|(k, v)| t::LabelPair {
-            name: k.into(),
-            value: v.into(),
-        })
-        .collect()
+    l.iter().map(|(k, v)| t::LabelPair { name: k.into(), value: v.into() }).collect()
 }
 
 pub fn profile_type_pb(id: &str) -> Option<t::ProfileType> {
@@ -59,18 +51,9 @@ pub fn profile_type_pb(id: &str) -> Option<t::ProfileType> {
 }
 
 /// A selection per `matchers` entry (their union is the answer), or one for all series.
-fn selections(
-    call: &Call<'_>,
-    matchers: &[String],
-    start: i64,
-    end: i64,
-) -> Result<Vec<Selection>, RpcError> {
+fn selections(call: &Call<'_>, matchers: &[String], start: i64, end: i64) -> Result<Vec<Selection>, RpcError> {
     let tenants = tenants(call.core, call.headers)?;
-    let list: Vec<&str> = if matchers.is_empty() {
-        vec!["{}"]
-    } else {
-        matchers.iter().map(String::as_str).collect()
-    };
+    let list: Vec<&str> = if matchers.is_empty() { vec!["{}"] } else { matchers.iter().map(String::as_str).collect() };
     let mut out = Vec::new();
     for m in list {
         if let Some(s) = selection(call.core, tenants.clone(), None, m, start, end)? {
@@ -92,15 +75,10 @@ async fn collect(
     Ok(all)
 }
 
-async fn profile_types(
-    call: &Call<'_>,
-    r: q::ProfileTypesRequest,
-) -> Result<q::ProfileTypesResponse, RpcError> {
+async fn profile_types(call: &Call<'_>, r: q::ProfileTypesRequest) -> Result<q::ProfileTypesResponse, RpcError> {
     let sels = selections(call, &[], r.start, r.end)?;
     let ids = merge_strings(collect(call, sels, QueryRequest::ProfileTypes).await?);
-    Ok(q::ProfileTypesResponse {
-        profile_types: ids.iter().filter_map(|i| profile_type_pb(i)).collect(),
-    })
+    Ok(q::ProfileTypesResponse { profile_types: ids.iter().filter_map(|i| profile_type_pb(i)).collect() })
 }
 
 fn utf8_label_names_allowed(call: &Call<'_>) -> bool {
@@ -117,10 +95,7 @@ fn is_legacy_label_name(n: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
-async fn label_names(
-    call: &Call<'_>,
-    r: t::LabelNamesRequest,
-) -> Result<t::LabelNamesResponse, RpcError> {
+async fn label_names(call: &Call<'_>, r: t::LabelNamesRequest) -> Result<t::LabelNamesResponse, RpcError> {
     let sels = selections(call, &r.matchers, r.start, r.end)?;
     let mut names = merge_strings(collect(call, sels, QueryRequest::LabelNames).await?);
     if !utf8_label_names_allowed(call) {
@@ -129,38 +104,21 @@ async fn label_names(
     Ok(t::LabelNamesResponse { names })
 }
 
-async fn label_values(
-    call: &Call<'_>,
-    r: t::LabelValuesRequest,
-) -> Result<t::LabelValuesResponse, RpcError> {
+async fn label_values(call: &Call<'_>, r: t::LabelValuesRequest) -> Result<t::LabelValuesResponse, RpcError> {
     if r.name.is_empty() {
         return Err(RpcError::invalid("name is required"));
     }
     let sels = selections(call, &r.matchers, r.start, r.end)?;
     let name = r.name.clone();
-    let names = merge_strings(
-        collect(call, sels, move |s| {
-            QueryRequest::LabelValues(s, name.clone())
-        })
-        .await?,
-    );
+    let names = merge_strings(collect(call, sels, move |s| QueryRequest::LabelValues(s, name.clone())).await?);
     Ok(t::LabelValuesResponse { names })
 }
 
 async fn series(call: &Call<'_>, r: q::SeriesRequest) -> Result<q::SeriesResponse, RpcError> {
     let sels = selections(call, &r.matchers, r.start, r.end)?;
     let names = r.label_names.clone();
-    let sets = merge_label_sets(
-        collect(call, sels, move |s| QueryRequest::Series(s, names.clone())).await?,
-    );
-    Ok(q::SeriesResponse {
-        labels_set: sets
-            .iter()
-            .map(|l| t::Labels {
-                labels: labels_pb(l),
-            })
-            .collect(),
-    })
+    let sets = merge_label_sets(collect(call, sels, move |s| QueryRequest::Series(s, names.clone())).await?);
+    Ok(q::SeriesResponse { labels_set: sets.iter().map(|l| t::Labels { labels: labels_pb(l) }).collect() })
 }
 
 fn stacktraces_selection(
@@ -168,31 +126,14 @@ fn stacktraces_selection(
     r: &q::SelectMergeStacktracesRequest,
 ) -> Result<(Option<Selection>, String), RpcError> {
     if !r.span_selector.is_empty() && !r.trace_id_selector.is_empty() {
-        return Err(RpcError::invalid(
-            "span_selector and trace_id_selector cannot be used together",
-        ));
+        return Err(RpcError::invalid("span_selector and trace_id_selector cannot be used together"));
     }
     let tenants = tenants(call.core, call.headers)?;
     let first = tenants[0].clone();
-    Ok((
-        selection(
-            call.core,
-            tenants,
-            Some(&r.profile_type_id),
-            &r.label_selector,
-            r.start,
-            r.end,
-        )?,
-        first,
-    ))
+    Ok((selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?, first))
 }
 
-async fn merge_profile(
-    call: &Call<'_>,
-    sel: Option<Selection>,
-    pt: &str,
-    end: i64,
-) -> Result<Profile, RpcError> {
+async fn merge_profile(call: &Call<'_>, sel: Option<Selection>, pt: &str, end: i64) -> Result<Profile, RpcError> {
     let pt = ProfileType::parse(pt).map_err(RpcError::invalid)?;
     let mut m = PprofMerger::new();
     if let Some(sel) = sel {
@@ -216,73 +157,36 @@ async fn select_merge_stacktraces(
         q::ProfileFormat::Pprof => {
             let profile = merge_profile(call, sel, &r.profile_type_id, r.end).await?;
             Ok(q::SelectMergeStacktracesResponse {
-                pprof: Some(q::PprofProfile {
-                    profile: Some(profile),
-                }),
+                pprof: Some(q::PprofProfile { profile: Some(profile) }),
                 ..Default::default()
             })
         }
-        q::ProfileFormat::Dot => Err(RpcError::new(
-            Code::Unimplemented,
-            "the DOT format is not supported by kiln yet",
-        )),
+        q::ProfileFormat::Dot => Err(RpcError::new(Code::Unimplemented, "the DOT format is not supported by kiln yet")),
         q::ProfileFormat::Tree => {
             let t = merged_tree(call.core, sel).await?;
-            Ok(q::SelectMergeStacktracesResponse {
-                tree: t.tree_bytes(max),
-                ..Default::default()
-            })
+            Ok(q::SelectMergeStacktracesResponse { tree: t.tree_bytes(max), ..Default::default() })
         }
         q::ProfileFormat::Unspecified | q::ProfileFormat::Flamegraph => {
             let t = merged_tree(call.core, sel).await?;
-            Ok(q::SelectMergeStacktracesResponse {
-                flamegraph: Some(t.flamegraph(max)),
-                ..Default::default()
-            })
+            Ok(q::SelectMergeStacktracesResponse { flamegraph: Some(t.flamegraph(max)), ..Default::default() })
         }
     }
 }
 
-async fn select_merge_profile(
-    call: &Call<'_>,
-    r: q::SelectMergeProfileRequest,
-) -> Result<Profile, RpcError> {
+async fn select_merge_profile(call: &Call<'_>, r: q::SelectMergeProfileRequest) -> Result<Profile, RpcError> {
     let tenants = tenants(call.core, call.headers)?;
-    let sel = selection(
-        call.core,
-        tenants,
-        Some(&r.profile_type_id),
-        &r.label_selector,
-        r.start,
-        r.end,
-    )?;
+    let sel = selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
     merge_profile(call, sel, &r.profile_type_id, r.end).await
 }
 
-async fn select_series(
-    call: &Call<'_>,
-    r: q::SelectSeriesRequest,
-) -> Result<q::SelectSeriesResponse, RpcError> {
+async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::SelectSeriesResponse, RpcError> {
     if r.step < 0.001 {
         return Err(RpcError::invalid("step must be >= 1ms"));
     }
     let tenants = tenants(call.core, call.headers)?;
-    let sel = selection(
-        call.core,
-        tenants,
-        Some(&r.profile_type_id),
-        &r.label_selector,
-        r.start,
-        r.end,
-    )?;
+    let sel = selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
     let avg = r.aggregation == Some(t::TimeSeriesAggregationType::Average as i32);
-    let groups = merged_series(
-        call.core,
-        sel,
-        (r.step * 1000.0).round() as i64,
-        r.group_by.clone(),
-    )
-    .await?;
+    let groups = merged_series(call.core, sel, (r.step * 1000.0).round() as i64, r.group_by.clone()).await?;
     let mut series: Vec<(f64, t::Series)> = groups
         .into_iter()
         .map(|(labels, points)| {
@@ -290,37 +194,22 @@ async fn select_series(
             let points = points
                 .into_iter()
                 .map(|(ts, b)| t::Point {
-                    value: if avg && b.count > 0 {
-                        b.sum / b.count as f64
-                    } else {
-                        b.sum
-                    },
+                    value: if avg && b.count > 0 { b.sum / b.count as f64 } else { b.sum },
                     timestamp: ts,
                     ..Default::default()
                 })
                 .collect();
-            (
-                total,
-                t::Series {
-                    labels: labels_pb(&labels),
-                    points,
-                },
-            )
+            (total, t::Series { labels: labels_pb(&labels), points })
         })
         .collect();
     if let Some(limit) = r.limit.filter(|l| *l > 0) {
         series.sort_by(|a, b| b.0.total_cmp(&a.0));
         series.truncate(limit as usize);
         series.sort_by(|a, b| {
-            a.1.labels
-                .iter()
-                .map(|l| (&l.name, &l.value))
-                .cmp(b.1.labels.iter().map(|l| (&l.name, &l.value)))
+            a.1.labels.iter().map(|l| (&l.name, &l.value)).cmp(b.1.labels.iter().map(|l| (&l.name, &l.value)))
         });
     }
-    Ok(q::SelectSeriesResponse {
-        series: series.into_iter().map(|(_, s)| s).collect(),
-    })
+    Ok(q::SelectSeriesResponse { series: series.into_iter().map(|(_, s)| s).collect() })
 }
 
 async fn diff(call: &Call<'_>, r: q::DiffRequest) -> Result<q::DiffResponse, RpcError> {
@@ -339,36 +228,18 @@ async fn diff(call: &Call<'_>, r: q::DiffRequest) -> Result<q::DiffResponse, Rpc
     let lt = merged_tree(call.core, ls).await?;
     let rt = merged_tree(call.core, rs).await?;
     let fg = tree::diff(&lt, &rt, max).map_err(RpcError::invalid)?;
-    Ok(q::DiffResponse {
-        flamegraph: Some(fg),
-    })
+    Ok(q::DiffResponse { flamegraph: Some(fg) })
 }
 
-async fn profile_stats(
-    call: &Call<'_>,
-    _r: t::GetProfileStatsRequest,
-) -> Result<t::GetProfileStatsResponse, RpcError> {
+async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result<t::GetProfileStatsResponse, RpcError> {
     let tenants = tenants(call.core, call.headers)?;
-    let sel = Selection {
-        tenants,
-        profile_type: None,
-        matchers: Vec::new(),
-        start_ms: i64::MIN / 2,
-        end_ms: i64::MAX / 2,
-    };
+    let sel =
+        Selection { tenants, profile_type: None, matchers: Vec::new(), start_ms: i64::MIN / 2, end_ms: i64::MAX / 2 };
     let mut out = t::GetProfileStatsResponse::default();
     for p in fan_out(call.core, QueryRequest::Stats(sel)).await? {
-        if let QueryResult::Stats {
-            oldest_ms,
-            newest_ms,
-            ingested: true,
-        } = p
-        {
-            out.oldest_profile_time = if out.data_ingested {
-                out.oldest_profile_time.min(oldest_ms)
-            } else {
-                oldest_ms
-            };
+        if let QueryResult::Stats { oldest_ms, newest_ms, ingested: true } = p {
+            out.oldest_profile_time =
+                if out.data_ingested { out.oldest_profile_time.min(oldest_ms) } else { oldest_ms };
             out.newest_profile_time = out.newest_profile_time.max(newest_ms);
             out.data_ingested = true;
         }

@@ -29,12 +29,7 @@ impl Default for Tree {
         Tree {
             names: vec![String::new()],
             name_ids: FxHashMap::default(),
-            nodes: vec![Node {
-                name: 0,
-                self_: 0,
-                total: 0,
-                children: Vec::new(),
-            }],
+            nodes: vec![Node { name: 0, self_: 0, total: 0, children: Vec::new() }],
             index: FxHashMap::default(),
         }
     }
@@ -55,12 +50,7 @@ impl Tree {
         let next = self.nodes.len() as u32;
         let id = *self.index.entry((parent, name)).or_insert(next);
         if id == next {
-            self.nodes.push(Node {
-                name,
-                self_: 0,
-                total: 0,
-                children: Vec::new(),
-            });
+            self.nodes.push(Node { name, self_: 0, total: 0, children: Vec::new() });
             self.nodes[parent as usize].children.push(id);
         }
         id
@@ -78,6 +68,44 @@ impl Tree {
         if let Some(root) = part.nodes.first() {
             self.nodes[0].self_ += root.2;
         }
+    }
+
+    /// Rebuilds a tree from flame graph levels (4-tuples, delta-encoded x): a node's parent
+    /// is the node one level up whose span contains its x. Used to check encodings against
+    /// golden flame graphs and to merge flame graphs received whole.
+    pub fn from_flamegraph(names: &[String], levels: &[Vec<i64>]) -> Result<Tree, String> {
+        let mut t = Tree::default();
+        // (absolute x, total, tree node) of the previous level
+        let mut prev: Vec<(i64, i64, u32)> = vec![(0, i64::MAX, 0)];
+        for (d, level) in levels.iter().enumerate().skip(1) {
+            if level.len() % 4 != 0 {
+                return Err(format!("level {d} is not made of 4-tuples"));
+            }
+            let mut row = Vec::with_capacity(level.len() / 4);
+            let mut end = 0i64;
+            let mut p = 0usize;
+            for c in level.chunks(4) {
+                let x = end + c[0];
+                end = x + c[1];
+                while p < prev.len() && !(prev[p].0 <= x && x < prev[p].0.saturating_add(prev[p].1.max(1))) {
+                    p += 1;
+                }
+                let Some(&(_, _, parent)) = prev.get(p) else {
+                    return Err(format!("level {d}: node at x={x} has no parent"));
+                };
+                let name = names.get(c[3] as usize).ok_or_else(|| format!("name index {} out of range", c[3]))?;
+                let nid = t.name_id(name);
+                let id = t.child(parent, nid);
+                t.nodes[id as usize].self_ += c[2];
+                row.push((x, c[1], id));
+            }
+            prev = row;
+        }
+        if let Some(root) = levels.first().filter(|l| l.len() >= 4) {
+            t.nodes[0].self_ += root[2];
+        }
+        t.finish();
+        Ok(t)
     }
 
     /// Adds one root-first stack (used by tests and the diff goldens).
@@ -110,9 +138,7 @@ impl Tree {
         let names = &self.names;
         for n in &mut self.nodes {
             n.children.sort_by(|a, b| {
-                names[name_of[*a as usize] as usize]
-                    .as_bytes()
-                    .cmp(names[name_of[*b as usize] as usize].as_bytes())
+                names[name_of[*a as usize] as usize].as_bytes().cmp(names[name_of[*b as usize] as usize].as_bytes())
             });
         }
         self.index = FxHashMap::default();
@@ -153,26 +179,11 @@ impl Tree {
                 Item::Other(v) => visit(level, x, OTHER, v, v, 0),
                 Item::Node(i) => {
                     let n = &self.nodes[i as usize];
-                    let name = if i == 0 {
-                        "total"
-                    } else {
-                        self.names[n.name as usize].as_str()
-                    };
-                    let other: i64 = n
-                        .children
-                        .iter()
-                        .filter(|c| !keep(**c))
-                        .map(|c| self.nodes[*c as usize].total)
-                        .sum();
+                    let name = if i == 0 { "total" } else { self.names[n.name as usize].as_str() };
+                    let other: i64 =
+                        n.children.iter().filter(|c| !keep(**c)).map(|c| self.nodes[*c as usize].total).sum();
                     let kept = n.children.iter().filter(|c| keep(**c)).count();
-                    visit(
-                        level,
-                        x,
-                        name,
-                        n.self_,
-                        n.total,
-                        kept + usize::from(other != 0),
-                    );
+                    visit(level, x, name, n.self_, n.total, kept + usize::from(other != 0));
                     let mut cx = x + n.self_;
                     for &c in &n.children {
                         if keep(c) {
@@ -258,20 +269,10 @@ struct DiffNode {
 /// `[xL, totalL, selfL, xR, totalR, selfR, name]` (x delta-encoded per side). A node is kept
 /// when either side reaches the `max_nodes` threshold, computed over both sides.
 pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff, String> {
-    if left
-        .nodes
-        .iter()
-        .chain(right.nodes.iter())
-        .any(|n| n.self_ < 0)
-    {
+    if left.nodes.iter().chain(right.nodes.iter()).any(|n| n.self_ < 0) {
         return Err("diff of trees with negative values".into());
     }
-    let mut nodes = vec![DiffNode {
-        name: "total".into(),
-        left: (0, 0),
-        right: (0, 0),
-        children: Vec::new(),
-    }];
+    let mut nodes = vec![DiffNode { name: "total".into(), left: (0, 0), right: (0, 0), children: Vec::new() }];
     let mut stack: Vec<(Option<u32>, Option<u32>, usize)> = vec![(Some(0), Some(0), 0)];
     while let Some((l, r, d)) = stack.pop() {
         if let Some(l) = l {
@@ -286,12 +287,8 @@ pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff,
         let rc: &[u32] = r.map_or(&[], |r| &right.nodes[r as usize].children);
         let (mut i, mut j) = (0, 0);
         while i < lc.len() || j < rc.len() {
-            let ln = lc
-                .get(i)
-                .map(|c| left.names[left.nodes[*c as usize].name as usize].as_str());
-            let rn = rc
-                .get(j)
-                .map(|c| right.names[right.nodes[*c as usize].name as usize].as_str());
+            let ln = lc.get(i).map(|c| left.names[left.nodes[*c as usize].name as usize].as_str());
+            let rn = rc.get(j).map(|c| right.names[right.nodes[*c as usize].name as usize].as_str());
             let (a, b, name) = match (ln, rn) {
                 (Some(x), Some(y)) if x == y => {
                     i += 1;
@@ -313,12 +310,7 @@ pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff,
                 (None, None) => unreachable!(),
             };
             let id = nodes.len();
-            nodes.push(DiffNode {
-                name: name.to_string(),
-                left: (0, 0),
-                right: (0, 0),
-                children: Vec::new(),
-            });
+            nodes.push(DiffNode { name: name.to_string(), left: (0, 0), right: (0, 0), children: Vec::new() });
             nodes[d].children.push(id);
             stack.push((a, b, id));
         }
@@ -343,12 +335,7 @@ pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff,
     let mut st = vec![(Item::Node(0), 0usize, 0i64, 0i64)];
     while let Some((item, level, xl, xr)) = st.pop() {
         let (name, l, r, kids): (&str, (i64, i64), (i64, i64), &[usize]) = match &item {
-            Item::Node(i) => (
-                &nodes[*i].name,
-                nodes[*i].left,
-                nodes[*i].right,
-                &nodes[*i].children,
-            ),
+            Item::Node(i) => (&nodes[*i].name, nodes[*i].left, nodes[*i].right, &nodes[*i].children),
             Item::Other((a, b)) => (OTHER, (*a, *a), (*b, *b), &[]),
         };
         max_self = max_self.max(l.1).max(r.1);
@@ -426,12 +413,7 @@ mod tests {
         assert_eq!(fg.names, vec!["total", "a", "c", "d", "b", "e"]);
         assert_eq!(
             levels(&fg.levels),
-            vec![
-                vec![0, 4, 0, 0],
-                vec![0, 4, 0, 1],
-                vec![0, 1, 0, 4, 0, 3, 2, 2],
-                vec![0, 1, 1, 5, 2, 1, 1, 3]
-            ]
+            vec![vec![0, 4, 0, 0], vec![0, 4, 0, 1], vec![0, 1, 0, 4, 0, 3, 2, 2], vec![0, 1, 1, 5, 2, 1, 1, 3]]
         );
         assert_eq!((fg.total, fg.max_self), (4, 2));
     }
@@ -452,6 +434,56 @@ mod tests {
         assert_eq!(t.flamegraph(100).names.len(), 6);
     }
 
+    fn fixture(rel: &str) -> serde_json::Value {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/");
+        serde_json::from_slice(&std::fs::read(format!("{p}{rel}")).unwrap()).unwrap()
+    }
+
+    fn num(v: &serde_json::Value) -> i64 {
+        v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap()
+    }
+
+    /// Pyroscope's own flame graph (the UI's Connect fixture, 1071 names) re-encoded by kiln
+    /// comes out byte for byte the same: names order, levels, totals.
+    #[test]
+    fn reencodes_the_connect_fixture_identically() {
+        let j = fixture("connect-json/flamegraph.json");
+        let fg = &j["flamegraph"];
+        let names: Vec<String> = serde_json::from_value(fg["names"].clone()).unwrap();
+        let levels: Vec<Vec<i64>> = fg["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["values"].as_array().unwrap().iter().map(num).collect())
+            .collect();
+        let t = Tree::from_flamegraph(&names, &levels).unwrap();
+        let out = t.flamegraph(0);
+        assert_eq!(out.total, num(&fg["total"]));
+        assert_eq!(out.max_self, num(&fg["maxSelf"]));
+        assert_eq!(out.names, names);
+        assert_eq!(super::tests::levels(&out.levels), levels);
+    }
+
+    #[test]
+    fn flamebearer_fixture_round_trips_and_truncates() {
+        let j = fixture("flamebearer/profile.json");
+        let fb = &j["flamebearer"];
+        let names: Vec<String> = serde_json::from_value(fb["names"].clone()).unwrap();
+        let levels: Vec<Vec<i64>> = serde_json::from_value(fb["levels"].clone()).unwrap();
+        let t = Tree::from_flamegraph(&names, &levels).unwrap();
+        assert_eq!(t.total(), 953);
+        let full = t.flamegraph(0);
+        assert_eq!((full.levels.len(), full.max_self), (17, 732));
+        let cut = t.flamegraph(4);
+        assert!(cut.names.contains(&OTHER.to_string()));
+        // Whatever is cut is folded into "other": every level still sums to the total at
+        // most, and the first level exactly.
+        let sums: Vec<i64> = cut.levels.iter().map(|l| l.values.chunks(4).map(|c| c[1]).sum()).collect();
+        assert_eq!(sums[0], 953);
+        assert_eq!(sums[1], 953);
+        assert!(sums.iter().all(|s| *s <= 953));
+    }
+
     #[test]
     fn pyroscope_diff_golden() {
         let l = tree(&[("a;b", 1), ("a;c", 2)]);
@@ -466,10 +498,7 @@ mod tests {
                 vec![0, 1, 1, 0, 4, 4, 3, 0, 2, 2, 0, 8, 8, 2]
             ]
         );
-        assert_eq!(
-            (d.total, d.max_self, d.left_ticks, d.right_ticks),
-            (15, 8, 3, 12)
-        );
+        assert_eq!((d.total, d.max_self, d.left_ticks, d.right_ticks), (15, 8, 3, 12));
     }
 
     #[test]

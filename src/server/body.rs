@@ -16,19 +16,13 @@ pub struct RespBody {
 impl RespBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data = data.into();
-        RespBody {
-            data: (!data.is_empty()).then_some(data),
-            trailers: None,
-        }
+        RespBody { data: (!data.is_empty()).then_some(data), trailers: None }
     }
     pub fn empty() -> Self {
         RespBody::default()
     }
     pub fn with_trailers(data: Bytes, trailers: HeaderMap) -> Self {
-        RespBody {
-            data: (!data.is_empty()).then_some(data),
-            trailers: Some(trailers),
-        }
+        RespBody { data: (!data.is_empty()).then_some(data), trailers: Some(trailers) }
     }
 }
 
@@ -36,10 +30,7 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }

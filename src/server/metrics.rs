@@ -4,9 +4,7 @@
 //! contend); `/metrics` reads every slot. Shard sizes come from the shards themselves.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub const BUCKETS: [f64; 10] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
-];
+pub const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -68,26 +66,18 @@ pub fn render(cores: &[CoreMetrics], out: &mut String) {
     use std::fmt::Write;
     type Counter = (&'static str, &'static str, fn(&CoreMetrics) -> &AtomicU64);
     let counters: [Counter; 4] = [
-        (
-            "kiln_distributor_received_profiles_total",
-            "Profiles accepted by push and ingest.",
-            |c| &c.pushed_profiles,
-        ),
+        ("kiln_distributor_received_profiles_total", "Profiles accepted by push and ingest.", |c| &c.pushed_profiles),
         (
             "kiln_distributor_received_compressed_bytes_total",
             "Request body bytes of push and ingest, as received.",
             |c| &c.received_bytes,
         ),
-        (
-            "kiln_distributor_received_decompressed_bytes_total",
-            "Profile bytes after decompression.",
-            |c| &c.decompressed_bytes,
-        ),
-        (
-            "kiln_distributor_rejected_profiles_total",
-            "Profiles rejected by validation or limits.",
-            |c| &c.rejected_profiles,
-        ),
+        ("kiln_distributor_received_decompressed_bytes_total", "Profile bytes after decompression.", |c| {
+            &c.decompressed_bytes
+        }),
+        ("kiln_distributor_rejected_profiles_total", "Profiles rejected by validation or limits.", |c| {
+            &c.rejected_profiles
+        }),
     ];
     for (name, help, f) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -96,10 +86,7 @@ pub fn render(cores: &[CoreMetrics], out: &mut String) {
         }
     }
     let name = "kiln_request_duration_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time to answer HTTP and RPC requests.\n# TYPE {name} histogram"
-    );
+    let _ = writeln!(out, "# HELP {name} Time to answer HTTP and RPC requests.\n# TYPE {name} histogram");
     for (route, rname) in ROUTES {
         let mut buckets = [0u64; BUCKETS.len()];
         let (mut count, mut sum) = (0u64, 0u64);
@@ -112,29 +99,16 @@ pub fn render(cores: &[CoreMetrics], out: &mut String) {
             sum += h.sum_micros.load(Relaxed);
         }
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{route=\"{rname}\",le=\"{b}\"}} {}",
-                buckets[i]
-            );
+            let _ = writeln!(out, "{name}_bucket{{route=\"{rname}\",le=\"{b}\"}} {}", buckets[i]);
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{route=\"{rname}\",le=\"+Inf\"}} {count}"
-        );
+        let _ = writeln!(out, "{name}_bucket{{route=\"{rname}\",le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum{{route=\"{rname}\"}} {}", sum as f64 / 1e6);
         let _ = writeln!(out, "{name}_count{{route=\"{rname}\"}} {count}");
     }
     let name = "kiln_request_errors_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Requests answered with an error.\n# TYPE {name} counter"
-    );
+    let _ = writeln!(out, "# HELP {name} Requests answered with an error.\n# TYPE {name} counter");
     for (route, rname) in ROUTES {
-        let n: u64 = cores
-            .iter()
-            .map(|c| c.routes[route as usize].errors.load(Relaxed))
-            .sum();
+        let n: u64 = cores.iter().map(|c| c.routes[route as usize].errors.load(Relaxed)).sum();
         let _ = writeln!(out, "{name}{{route=\"{rname}\"}} {n}");
     }
 }

@@ -82,6 +82,8 @@ where
 
 /// Accepts and serves connections on this core until the process exits.
 pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
+    // The port opens only once the WAL has been replayed into the heads.
+    let _ = ctx.gate.recv_async().await;
     let cores = ctx.mesh.cores();
     let core = Rc::new(Core {
         id: ctx.core,
@@ -89,13 +91,8 @@ pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
         shared: shared.clone(),
         limiter: RefCell::new(RateLimiter::new(cores)),
     });
-    let addr = format!(
-        "{}:{}",
-        shared.cfg.http_listen_address, shared.cfg.http_listen_port
-    );
-    let opts = monoio::net::ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true);
+    let addr = format!("{}:{}", shared.cfg.http_listen_address, shared.cfg.http_listen_port);
+    let opts = monoio::net::ListenerOpts::new().reuse_port(true).reuse_addr(true);
     let listener = match monoio::net::TcpListener::bind_with_config(addr.as_str(), &opts) {
         Ok(l) => l,
         Err(e) => {
@@ -152,10 +149,7 @@ impl Req {
         form_urlencoded(&self.query)
     }
     pub fn param(&self, name: &str) -> Option<String> {
-        self.params()
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+        self.params().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 }
 
@@ -178,8 +172,7 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(v) => {
                         out.push(v);
                         i += 2;
@@ -220,9 +213,7 @@ pub fn tenants(core: &Core, headers: &HeaderMap) -> Result<Vec<String>, RpcError
 pub fn write_tenant(core: &Core, headers: &HeaderMap) -> Result<String, RpcError> {
     let mut t = tenants(core, headers)?;
     if t.len() != 1 {
-        return Err(RpcError::invalid(
-            "multiple org ids are not allowed on writes",
-        ));
+        return Err(RpcError::invalid("multiple org ids are not allowed on writes"));
     }
     Ok(t.remove(0))
 }
@@ -230,10 +221,7 @@ pub fn write_tenant(core: &Core, headers: &HeaderMap) -> Result<String, RpcError
 fn validate_tenant(t: &str) -> Result<(), RpcError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "!-_.*'()".contains(c);
     if t.is_empty() || t.len() > 150 || t == "." || t == ".." || !t.chars().all(ok_char) {
-        return Err(RpcError::new(
-            Code::Unauthenticated,
-            format!("tenant ID {t:?} is not valid"),
-        ));
+        return Err(RpcError::new(Code::Unauthenticated, format!("tenant ID {t:?} is not valid")));
     }
     Ok(())
 }
@@ -241,9 +229,7 @@ fn validate_tenant(t: &str) -> Result<(), RpcError> {
 /// Pyroscope fails any request whose `Accept` header is not a list of media types.
 fn accept_header_ok(h: &HeaderMap) -> Result<(), String> {
     for v in h.get_all(http::header::ACCEPT) {
-        let s = v
-            .to_str()
-            .map_err(|_| "Invalid header format: Accept is not ASCII".to_string())?;
+        let s = v.to_str().map_err(|_| "Invalid header format: Accept is not ASCII".to_string())?;
         for item in s.split(',') {
             let item = item.trim();
             if item.is_empty() {
@@ -252,19 +238,13 @@ fn accept_header_ok(h: &HeaderMap) -> Result<(), String> {
             let mut parts = item.split(';');
             let mt = parts.next().unwrap_or("").trim();
             let valid_mt = mt == "*"
-                || mt
-                    .split_once('/')
-                    .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'));
+                || mt.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'));
             if !valid_mt {
-                return Err(format!(
-                    "Invalid header format: mime: expected slash after first token in {item:?}"
-                ));
+                return Err(format!("Invalid header format: mime: expected slash after first token in {item:?}"));
             }
             for p in parts {
                 if !p.trim().is_empty() && !p.contains('=') {
-                    return Err(format!(
-                        "Invalid header format: mime: invalid media parameter in {item:?}"
-                    ));
+                    return Err(format!("Invalid header format: mime: invalid media parameter in {item:?}"));
                 }
             }
         }
@@ -290,10 +270,8 @@ async fn handle(req: http::Request<Incoming>, core: Rc<Core>) -> Response {
     let started = Instant::now();
     let route = route_of(req.uri().path());
     let resp = dispatch(req, &core).await;
-    let err = resp.status().as_u16() >= 400
-        || resp.headers().get("grpc-status").is_some_and(|v| v != "0");
-    core.metrics()
-        .observe(route, started.elapsed().as_secs_f64(), err);
+    let err = resp.status().as_u16() >= 400 || resp.headers().get("grpc-status").is_some_and(|v| v != "0");
+    core.metrics().observe(route, started.elapsed().as_secs_f64(), err);
     resp
 }
 
@@ -311,15 +289,10 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
     } else {
         16 * 1024 * 1024
     };
-    let body = match http_body_util::Limited::new(body, limit.max(1))
-        .collect()
-        .await
-    {
+    let body = match http_body_util::Limited::new(body, limit.max(1)).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 let msg = format!("request body too large: the limit is {limit} bytes");
                 return match proto {
                     Some(p) if path.contains(".v1.") => {
@@ -328,10 +301,7 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
                     _ => rpc::http_error(StatusCode::PAYLOAD_TOO_LARGE, &msg),
                 };
             }
-            return rpc::http_error(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("reading request body: {e}"),
-            );
+            return rpc::http_error(StatusCode::REQUEST_TIMEOUT, &format!("reading request body: {e}"));
         }
     };
     let r = Req {
@@ -348,20 +318,18 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
         && r.path.split('/').nth(1).is_some_and(|s| s.contains('.'))
     {
         let Some(proto) = proto else {
-            return rpc::http_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported content type: RPCs take application/proto, application/json or application/grpc");
+            return rpc::http_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported content type: RPCs take application/proto, application/json or application/grpc",
+            );
         };
         if r.method != Method::POST {
-            return rpc::respond_error(
-                proto,
-                &RpcError::new(Code::Unimplemented, "RPCs are served on POST only"),
-            );
+            return rpc::respond_error(proto, &RpcError::new(Code::Unimplemented, "RPCs are served on POST only"));
         }
         return rpc_call(core, proto, &r).await;
     }
     match (r.method.clone(), r.path.as_str()) {
-        (Method::POST, "/ingest" | "/pyroscope/ingest") => {
-            distributor::legacy::handle(core, &r).await
-        }
+        (Method::POST, "/ingest" | "/pyroscope/ingest") => distributor::legacy::handle(core, &r).await,
         (Method::GET, "/pyroscope/render") => querier::render::render(core, &r).await,
         (Method::GET, "/pyroscope/render-diff") => querier::render::render_diff(core, &r).await,
         (Method::GET, "/pyroscope/label-values") => querier::render::label_values(core, &r).await,
@@ -369,17 +337,12 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
         (Method::GET, "/metrics") => ops::metrics(core).await,
         (Method::GET, "/config" | "/api/v1/status/config") => ops::config(core),
         (Method::GET, "/api/v1/status/buildinfo") => ops::buildinfo(),
-        (Method::GET, "/ui") => http::Response::builder()
-            .status(302)
-            .header("location", "/")
-            .body(RespBody::empty())
-            .unwrap(),
+        (Method::GET, "/ui") => {
+            http::Response::builder().status(302).header("location", "/").body(RespBody::empty()).unwrap()
+        }
         (Method::GET, "/" | "/explore" | "/comparison" | "/comparison-diff") => ops::ui(),
         (Method::GET, "/ring") => ops::ring(core),
-        _ => rpc::http_error(
-            StatusCode::NOT_FOUND,
-            &format!("no route for {} {}", r.method, r.path),
-        ),
+        _ => rpc::http_error(StatusCode::NOT_FOUND, &format!("no route for {} {}", r.method, r.path)),
     }
 }
 
@@ -393,19 +356,11 @@ async fn rpc_call(core: &Rc<Core>, proto: Protocol, r: &Req) -> Response {
         Ok(m) => m,
         Err(e) => return rpc::respond_error(proto, &e),
     };
-    let call = Call {
-        core,
-        proto,
-        headers: &r.headers,
-        msg: &msg,
-    };
+    let call = Call { core, proto, headers: &r.headers, msg: &msg };
     let method = r.path.as_str();
     if let Some(m) = method.strip_prefix("/push.v1.PusherService/") {
         return match m {
-            "Push" => {
-                call.unary(|c, req| distributor::push::push(c.core, c.headers, req))
-                    .await
-            }
+            "Push" => call.unary(|c, req| distributor::push::push(c.core, c.headers, req)).await,
             _ => call.unimplemented(),
         };
     }
@@ -413,10 +368,14 @@ async fn rpc_call(core: &Rc<Core>, proto: Protocol, r: &Req) -> Response {
         return querier::rpc::dispatch(&call, m).await;
     }
     match method {
-        "/version.v1.Version/Version" => call.unary(|_, _req: kiln_proto::version::v1::VersionRequest| async move { Ok(ops::version()) }).await,
+        "/version.v1.Version/Version" => {
+            call.unary(|_, _req: kiln_proto::version::v1::VersionRequest| async move { Ok(ops::version()) }).await
+        }
         "/grpc.health.v1.Health/Check" => {
-            call.unary(|c, _req: kiln_proto::grpc::health::v1::HealthCheckRequest| async move { Ok(ops::health(c.core)) })
-                .await
+            call.unary(
+                |c, _req: kiln_proto::grpc::health::v1::HealthCheckRequest| async move { Ok(ops::health(c.core)) },
+            )
+            .await
         }
         _ => call.unimplemented(),
     }
@@ -449,10 +408,7 @@ impl Call<'_> {
     }
 
     pub fn unimplemented(&self) -> Response {
-        rpc::respond_error(
-            self.proto,
-            &RpcError::new(Code::Unimplemented, "method not implemented by kiln"),
-        )
+        rpc::respond_error(self.proto, &RpcError::new(Code::Unimplemented, "method not implemented by kiln"))
     }
 }
 
@@ -472,12 +428,7 @@ mod tests {
     #[test]
     fn accept_headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "accept",
-            "application/json, text/plain; q=0.9, */*; allow-utf8-labelnames=true"
-                .parse()
-                .unwrap(),
-        );
+        h.insert("accept", "application/json, text/plain; q=0.9, */*; allow-utf8-labelnames=true".parse().unwrap());
         assert!(accept_header_ok(&h).is_ok());
         h.insert("accept", "garbage".parse().unwrap());
         assert!(accept_header_ok(&h).is_err());

@@ -100,10 +100,7 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-        }
+        RpcError { code, message: message.into() }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
@@ -122,16 +119,9 @@ impl std::fmt::Display for RpcError {
 /// Which RPC protocol a request speaks, from its content type; `None` for anything else.
 pub fn detect(headers: &HeaderMap) -> Option<Protocol> {
     let ct = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
-    let ct = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match ct.as_str() {
-        "application/proto" | "application/protobuf" | "application/x-protobuf" => {
-            Some(Protocol::ConnectProto)
-        }
+        "application/proto" | "application/protobuf" | "application/x-protobuf" => Some(Protocol::ConnectProto),
         "application/json" => Some(Protocol::ConnectJson),
         "application/grpc" | "application/grpc+proto" => Some(Protocol::Grpc),
         "application/grpc-web" | "application/grpc-web+proto" => Some(Protocol::GrpcWeb),
@@ -148,12 +138,7 @@ fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
 
 /// Extracts the request message bytes: unwraps a gRPC frame and inflates gzip as the
 /// headers say (`limit` bounds the inflated size).
-pub fn request_bytes(
-    proto: Protocol,
-    headers: &HeaderMap,
-    body: Bytes,
-    limit: usize,
-) -> Result<Bytes, RpcError> {
+pub fn request_bytes(proto: Protocol, headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, RpcError> {
     match proto {
         Protocol::ConnectProto | Protocol::ConnectJson => {
             if header_is(headers, "content-encoding", "gzip") {
@@ -165,17 +150,12 @@ pub fn request_bytes(
         }
         Protocol::Grpc | Protocol::GrpcWeb => {
             if body.len() < 5 {
-                return Err(RpcError::invalid(
-                    "gRPC request has no complete message frame",
-                ));
+                return Err(RpcError::invalid("gRPC request has no complete message frame"));
             }
             let flag = body[0];
             let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
             if body.len() < 5 + len {
-                return Err(RpcError::invalid(format!(
-                    "gRPC frame says {len} bytes but {} arrived",
-                    body.len() - 5
-                )));
+                return Err(RpcError::invalid(format!("gRPC frame says {len} bytes but {} arrived", body.len() - 5)));
             }
             let msg = body.slice(5..5 + len);
             if flag & 1 == 1 {
@@ -204,11 +184,9 @@ where
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Ok(M::default());
             }
-            serde_json::from_slice(bytes)
-                .map_err(|e| RpcError::invalid(format!("invalid JSON request: {e}")))
+            serde_json::from_slice(bytes).map_err(|e| RpcError::invalid(format!("invalid JSON request: {e}")))
         }
-        _ => M::decode(bytes)
-            .map_err(|e| RpcError::invalid(format!("invalid protobuf request: {e}"))),
+        _ => M::decode(bytes).map_err(|e| RpcError::invalid(format!("invalid protobuf request: {e}"))),
     }
 }
 
@@ -242,16 +220,11 @@ where
     match proto {
         Protocol::ConnectProto | Protocol::ConnectJson => {
             let (ct, mut payload) = if proto == Protocol::ConnectJson {
-                (
-                    "application/json",
-                    serde_json::to_vec(msg).expect("messages serialize"),
-                )
+                ("application/json", serde_json::to_vec(msg).expect("messages serialize"))
             } else {
                 ("application/proto", msg.encode_to_vec())
             };
-            let mut b = http::Response::builder()
-                .status(200)
-                .header("content-type", ct);
+            let mut b = http::Response::builder().status(200).header("content-type", ct);
             if gzip_ok && payload.len() > 1024 {
                 payload = compress::gzip(&payload);
                 b = b.header("content-encoding", "gzip");
@@ -285,9 +258,7 @@ where
 /// Encodes an error in the request's protocol.
 pub fn respond_error(proto: Protocol, err: &RpcError) -> Response {
     match proto {
-        Protocol::ConnectProto | Protocol::ConnectJson => {
-            json_error(err.code.http_status(), err.code, &err.message)
-        }
+        Protocol::ConnectProto | Protocol::ConnectJson => json_error(err.code.http_status(), err.code, &err.message),
         Protocol::Grpc => {
             // Trailers-only: the status rides in the headers of an empty response.
             http::Response::builder()
@@ -339,43 +310,25 @@ mod tests {
         let f = grpc_frame(0, b"hello");
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_static("application/grpc"));
-        assert_eq!(
-            request_bytes(Protocol::Grpc, &h, f, 100).unwrap(),
-            Bytes::from_static(b"hello")
-        );
+        assert_eq!(request_bytes(Protocol::Grpc, &h, f, 100).unwrap(), Bytes::from_static(b"hello"));
         let gz = compress::gzip(b"hello");
         let f = grpc_frame(1, &gz);
         h.insert("grpc-encoding", HeaderValue::from_static("gzip"));
-        assert_eq!(
-            request_bytes(Protocol::Grpc, &h, f, 100).unwrap(),
-            Bytes::from_static(b"hello")
-        );
+        assert_eq!(request_bytes(Protocol::Grpc, &h, f, 100).unwrap(), Bytes::from_static(b"hello"));
     }
 
     #[test]
     fn truncated_frame_is_invalid() {
         let h = HeaderMap::new();
-        let e = request_bytes(
-            Protocol::Grpc,
-            &h,
-            Bytes::from_static(&[0, 0, 0, 0, 9, 1]),
-            100,
-        )
-        .unwrap_err();
+        let e = request_bytes(Protocol::Grpc, &h, Bytes::from_static(&[0, 0, 0, 0, 9, 1]), 100).unwrap_err();
         assert_eq!(e.code, Code::InvalidArgument);
     }
 
     #[test]
     fn status_tables() {
         assert_eq!(Code::ResourceExhausted.http_status(), 429);
-        assert_eq!(
-            Code::from_http_status(StatusCode::from_u16(422).unwrap()),
-            Code::Unknown
-        );
-        assert_eq!(
-            Code::from_http_status(StatusCode::PAYLOAD_TOO_LARGE),
-            Code::InvalidArgument
-        );
+        assert_eq!(Code::from_http_status(StatusCode::from_u16(422).unwrap()), Code::Unknown);
+        assert_eq!(Code::from_http_status(StatusCode::PAYLOAD_TOO_LARGE), Code::InvalidArgument);
     }
 
     #[test]

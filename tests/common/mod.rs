@@ -16,17 +16,11 @@ pub struct Kiln {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata").join(rel)
 }
 
 /// Flags that let static fixtures (with old timestamps) be pushed and queried, as
@@ -41,32 +35,51 @@ pub const FIXTURE_FLAGS: &[&str] = &[
 
 impl Kiln {
     pub fn start(args: &[&str]) -> Kiln {
-        let port = free_port();
-        let data = std::env::temp_dir().join(format!("kiln-test-{}-{port}", std::process::id()));
+        let data = std::env::temp_dir().join(format!("kiln-test-{}-{}", std::process::id(), free_port()));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        Kiln::start_in(data, args)
+    }
+
+    /// Starts kiln on an existing data directory (a restart); removed when dropped.
+    pub fn start_in(data: PathBuf, args: &[&str]) -> Kiln {
+        let port = free_port();
+        let child = Kiln::spawn(&data, port, args);
+        let mut k = Kiln { child, port, data };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", k.port)).is_ok() && get(k.port, "/ready").status == 200 {
+                break;
+            }
+            if let Ok(Some(status)) = k.child.try_wait() {
+                panic!("kiln exited during start: {status}");
+            }
+            assert!(Instant::now() < deadline, "kiln did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        k
+    }
+
+    pub fn spawn(data: &std::path::Path, port: u16, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg(format!("-server.http-listen-port={port}"))
             .arg("-server.http-listen-address=127.0.0.1")
             .arg(format!("-storage.path={}", data.display()))
             .arg("-shards=2")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
-            .expect("start kiln");
-        let k = Kiln { child, port, data };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", k.port)).is_ok()
-                && get(k.port, "/ready").status == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "kiln did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        k
+            .expect("start kiln")
+    }
+
+    /// SIGKILL, as a crash would; returns the data directory for a restart.
+    pub fn kill(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::take(&mut self.data);
+        std::mem::forget(self);
+        data
     }
 }
 
@@ -74,7 +87,9 @@ impl Drop for Kiln {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
+        if !self.data.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
     }
 }
 
@@ -91,44 +106,27 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 /// One HTTP request; `h2` selects prior-knowledge HTTP/2 (h2c).
-pub fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-    h2: bool,
-) -> Resp {
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>, h2: bool) -> Resp {
     rt().block_on(async move {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
         let io = hyper_util::rt::TokioIo::new(stream);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://127.0.0.1:{port}{path}"));
+        let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = if h2 {
             let (mut send, conn) =
-                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                    .await
-                    .unwrap();
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
             tokio::spawn(conn);
             send.send_request(req).await.expect("h2 request")
         } else {
@@ -140,12 +138,7 @@ pub fn request(
         let headers = resp.headers().clone();
         let collected = resp.into_body().collect().await.expect("body");
         let trailers = collected.trailers().cloned();
-        Resp {
-            status,
-            headers,
-            body: collected.to_bytes(),
-            trailers,
-        }
+        Resp { status, headers, body: collected.to_bytes(), trailers }
     })
 }
 
@@ -164,29 +157,17 @@ pub fn connect<Req: Message, Resp2: Message + Default>(
     headers: &[(&str, &str)],
     req: &Req,
 ) -> Result<Resp2, (u16, String, String)> {
-    let mut h = vec![
-        ("content-type", "application/proto"),
-        ("connect-protocol-version", "1"),
-    ];
+    let mut h = vec![("content-type", "application/proto"), ("connect-protocol-version", "1")];
     h.extend_from_slice(headers);
     let r = post(port, path, &h, req.encode_to_vec());
     if r.status == 200 {
         return Ok(Resp2::decode(r.body).expect("decode response"));
     }
     let j = r.json();
-    Err((
-        r.status,
-        j["code"].as_str().unwrap_or("").into(),
-        j["message"].as_str().unwrap_or("").into(),
-    ))
+    Err((r.status, j["code"].as_str().unwrap_or("").into(), j["message"].as_str().unwrap_or("").into()))
 }
 
-pub fn connect_json(
-    port: u16,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: serde_json::Value,
-) -> Resp {
+pub fn connect_json(port: u16, path: &str, headers: &[(&str, &str)], body: serde_json::Value) -> Resp {
     let mut h = vec![("content-type", "application/json")];
     h.extend_from_slice(headers);
     post(port, path, &h, serde_json::to_vec(&body).unwrap())
@@ -207,28 +188,11 @@ pub fn grpc<Req: Message, Resp2: Message + Default>(
     h.extend_from_slice(headers);
     let r = request(port, "POST", path, &h, frame, true);
     assert_eq!(r.status, 200, "gRPC answers HTTP 200");
-    let status_of = |m: &HeaderMap| {
-        m.get("grpc-status")
-            .map(|v| v.to_str().unwrap().parse::<u32>().unwrap())
-    };
-    let msg_of = |m: &HeaderMap| {
-        m.get("grpc-message")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    let status = r
-        .trailers
-        .as_ref()
-        .and_then(status_of)
-        .or_else(|| status_of(&r.headers))
-        .expect("grpc-status");
+    let status_of = |m: &HeaderMap| m.get("grpc-status").map(|v| v.to_str().unwrap().parse::<u32>().unwrap());
+    let msg_of = |m: &HeaderMap| m.get("grpc-message").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let status = r.trailers.as_ref().and_then(status_of).or_else(|| status_of(&r.headers)).expect("grpc-status");
     if status != 0 {
-        let msg = r
-            .trailers
-            .as_ref()
-            .map(msg_of)
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| msg_of(&r.headers));
+        let msg = r.trailers.as_ref().map(msg_of).filter(|m| !m.is_empty()).unwrap_or_else(|| msg_of(&r.headers));
         return Err((status, msg));
     }
     let len = u32::from_be_bytes(r.body[1..5].try_into().unwrap()) as usize;
@@ -249,10 +213,7 @@ pub fn multipart(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
@@ -260,16 +221,11 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 pub fn gunzip_maybe(data: &[u8]) -> Vec<u8> {
-    kiln_io::compress::maybe_gunzip(data, 64 << 20)
-        .unwrap()
-        .into_owned()
+    kiln_io::compress::maybe_gunzip(data, 64 << 20).unwrap().into_owned()
 }
 
 /// Flame graph levels decoded back into root-first `;`-joined stacks with their self values.
-pub fn flamegraph_stacks(
-    names: &[String],
-    levels: &[Vec<i64>],
-) -> std::collections::BTreeMap<String, i64> {
+pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collections::BTreeMap<String, i64> {
     // Absolute x of each node per level, then each node's parent is the node one level up
     // whose [x, x+total) span contains it.
     let mut abs: Vec<Vec<(i64, i64, i64, usize)>> = Vec::new();
@@ -292,10 +248,7 @@ pub fn flamegraph_stacks(
             let mut frames = vec![names[name].clone()];
             let mut px = x;
             for up in (1..d).rev() {
-                let p = abs[up]
-                    .iter()
-                    .find(|(xx, t, _, _)| *xx <= px && px < xx + t.max(&1))
-                    .expect("parent");
+                let p = abs[up].iter().find(|(xx, t, _, _)| *xx <= px && px < xx + t.max(&1)).expect("parent");
                 frames.push(names[p.3].clone());
                 px = p.0;
             }

@@ -1,0 +1,110 @@
+//! Writing segments on a core (monoio file ops: io_uring where the kernel allows) and reading
+//! them back at start (plain std I/O, before the cores serve).
+use super::record;
+use std::path::{Path, PathBuf};
+
+/// When a write counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `fdatasync` before acknowledging (the default): survives power loss.
+    Fsync,
+    /// Acknowledge once written to the page cache: survives a killed process, not a
+    /// crashed machine.
+    Write,
+}
+
+/// A core's segment writer. Owned by the core's WAL flusher task alone.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    seq: u64,
+    file: monoio::fs::File,
+    len: u64,
+    max_bytes: u64,
+    policy: SyncPolicy,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:010}.seg"))
+}
+
+impl SegmentWriter {
+    pub async fn create(dir: PathBuf, max_bytes: u64, policy: SyncPolicy) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        super::sync_dir(dir.parent().unwrap_or(&dir))?;
+        let file = open_new(&segment_path(&dir, 1)).await?;
+        super::sync_dir(&dir)?;
+        Ok(SegmentWriter { dir, seq: 1, file, len: 0, max_bytes: max_bytes.max(1), policy })
+    }
+
+    /// Appends framed records and makes them durable as the policy says. The buffer is
+    /// handed back for reuse.
+    pub async fn append(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        if self.len > 0 && self.len + buf.len() as u64 > self.max_bytes {
+            if let Err(e) = self.rotate().await {
+                return (Err(e), buf);
+            }
+        }
+        let n = buf.len() as u64;
+        let (res, buf) = self.file.write_all_at(buf, self.len).await;
+        if let Err(e) = res {
+            return (Err(e), buf);
+        }
+        self.len += n;
+        if self.policy == SyncPolicy::Fsync {
+            if let Err(e) = self.file.sync_data().await {
+                return (Err(e), buf);
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    async fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.sync_all().await?;
+        self.seq += 1;
+        let file = open_new(&segment_path(&self.dir, self.seq)).await?;
+        super::sync_dir(&self.dir)?;
+        let old = std::mem::replace(&mut self.file, file);
+        old.close().await?;
+        self.len = 0;
+        Ok(())
+    }
+
+    pub async fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_all().await
+    }
+}
+
+async fn open_new(path: &Path) -> std::io::Result<monoio::fs::File> {
+    monoio::fs::OpenOptions::new().write(true).create_new(true).open(path).await
+}
+
+/// What reading a generation found wrong, if anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading WAL segment {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("WAL segment {path} is corrupt at byte offset {offset}, with valid records after it; refusing to skip acknowledged data (move the file away to start without it)")]
+    Corrupt { path: PathBuf, offset: usize },
+}
+
+/// A torn tail dropped while reading.
+#[derive(Debug, Clone)]
+pub struct Dropped {
+    pub path: PathBuf,
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+/// Reads every record of one segment; a torn tail is reported in `Dropped`.
+pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, Option<Dropped>), ReadError> {
+    let data = std::fs::read(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
+    let (records, tail) = record::decode_all(&data);
+    let records = records.into_iter().map(<[u8]>::to_vec).collect();
+    match tail {
+        record::Tail::Clean => Ok((records, None)),
+        record::Tail::Torn { offset, dropped } => {
+            Ok((records, Some(Dropped { path: path.to_path_buf(), offset, bytes: dropped })))
+        }
+        record::Tail::Corrupt { offset } => Err(ReadError::Corrupt { path: path.to_path_buf(), offset }),
+    }
+}

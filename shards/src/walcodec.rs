@@ -1,0 +1,325 @@
+//! The WAL payload of one ingest: tenant, normalised profile and the sample groups a core
+//! owns, in a compact varint encoding (version byte first). Samples are written inside
+//! their groups, so a record holds only what its core owns; the symbol tables are whole.
+use crate::labels::Labels;
+use crate::profile::{Function, Line, Location, Mapping, Profile, Sample, SampleGroup, ValueType};
+
+const VERSION: u8 = 1;
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+    fn i(&mut self, v: i64) {
+        self.u(((v << 1) ^ (v >> 63)) as u64);
+    }
+    fn s(&mut self, v: &str) {
+        self.u(v.len() as u64);
+        self.0.extend_from_slice(v.as_bytes());
+    }
+}
+
+struct R<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+type Res<T> = Result<T, String>;
+
+impl R<'_> {
+    fn u(&mut self) -> Res<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.at).ok_or("record ends inside a varint")?;
+            self.at += 1;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+    fn u32(&mut self) -> Res<u32> {
+        u32::try_from(self.u()?).map_err(|_| "value out of range".to_string())
+    }
+    fn i(&mut self) -> Res<i64> {
+        let v = self.u()?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+    fn len(&mut self) -> Res<usize> {
+        let n = self.u()? as usize;
+        if n > self.b.len() - self.at.min(self.b.len()) + (1 << 20) {
+            return Err("length larger than the record".into());
+        }
+        Ok(n)
+    }
+    fn s(&mut self) -> Res<String> {
+        let n = self.len()?;
+        let bytes = self.b.get(self.at..self.at + n).ok_or("record ends inside a string")?;
+        self.at += n;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "string is not UTF-8".into())
+    }
+}
+
+pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(1024));
+    w.0.push(VERSION);
+    w.s(tenant);
+    w.u(p.strings.len() as u64);
+    for s in &p.strings {
+        w.s(s);
+    }
+    w.u(p.sample_types.len() as u64);
+    for st in &p.sample_types {
+        w.u(st.r#type as u64);
+        w.u(st.unit as u64);
+    }
+    match p.period_type {
+        Some(pt) => {
+            w.u(1);
+            w.u(pt.r#type as u64);
+            w.u(pt.unit as u64);
+        }
+        None => w.u(0),
+    }
+    w.i(p.period);
+    w.i(p.time_nanos);
+    w.i(p.duration_nanos);
+    w.u(p.mappings.len() as u64);
+    for m in &p.mappings {
+        w.u(m.memory_start);
+        w.u(m.memory_limit);
+        w.u(m.file_offset);
+        w.u(m.filename as u64);
+        w.u(m.build_id as u64);
+        let flags = m.has_functions as u64
+            | (m.has_filenames as u64) << 1
+            | (m.has_line_numbers as u64) << 2
+            | (m.has_inline_frames as u64) << 3;
+        w.u(flags);
+    }
+    w.u(p.functions.len() as u64);
+    for f in &p.functions {
+        w.u(f.name as u64);
+        w.u(f.system_name as u64);
+        w.u(f.filename as u64);
+        w.i(f.start_line);
+    }
+    w.u(p.locations.len() as u64);
+    for l in &p.locations {
+        w.u(l.mapping as u64);
+        w.u(l.address);
+        w.u(l.lines.len() as u64);
+        for ln in &l.lines {
+            w.u(ln.function as u64);
+            w.i(ln.line);
+        }
+    }
+    w.u(groups.len() as u64);
+    for g in groups {
+        w.u(g.labels.len() as u64);
+        for (k, v) in g.labels.iter() {
+            w.s(k);
+            w.s(v);
+        }
+        w.u(g.samples.len() as u64);
+        for &si in &g.samples {
+            let s = &p.samples[si as usize];
+            w.u(s.locations.len() as u64);
+            for &l in &s.locations {
+                w.u(l as u64);
+            }
+            for &v in &s.values {
+                w.i(v);
+            }
+        }
+    }
+    w.0
+}
+
+/// Decodes a record; every index is checked so a decoded record is safe to append.
+pub fn decode(b: &[u8]) -> Res<(String, Profile, Vec<SampleGroup>)> {
+    if b.first() != Some(&VERSION) {
+        return Err(format!("unknown WAL record version {:?}", b.first()));
+    }
+    let mut r = R { b, at: 1 };
+    let tenant = r.s()?;
+    let mut p = Profile::default();
+    for _ in 0..r.len()? {
+        p.strings.push(r.s()?);
+    }
+    let ns = p.strings.len() as u32;
+    let str_idx = |v: u32| if v < ns { Ok(v) } else { Err(format!("string index {v} out of range")) };
+    for _ in 0..r.len()? {
+        p.sample_types.push(ValueType { r#type: str_idx(r.u32()?)?, unit: str_idx(r.u32()?)? });
+    }
+    if r.u()? == 1 {
+        p.period_type = Some(ValueType { r#type: str_idx(r.u32()?)?, unit: str_idx(r.u32()?)? });
+    }
+    p.period = r.i()?;
+    p.time_nanos = r.i()?;
+    p.duration_nanos = r.i()?;
+    for _ in 0..r.len()? {
+        let (memory_start, memory_limit, file_offset) = (r.u()?, r.u()?, r.u()?);
+        let (filename, build_id) = (str_idx(r.u32()?)?, str_idx(r.u32()?)?);
+        let flags = r.u()?;
+        p.mappings.push(Mapping {
+            memory_start,
+            memory_limit,
+            file_offset,
+            filename,
+            build_id,
+            has_functions: flags & 1 != 0,
+            has_filenames: flags & 2 != 0,
+            has_line_numbers: flags & 4 != 0,
+            has_inline_frames: flags & 8 != 0,
+        });
+    }
+    for _ in 0..r.len()? {
+        p.functions.push(Function {
+            name: str_idx(r.u32()?)?,
+            system_name: str_idx(r.u32()?)?,
+            filename: str_idx(r.u32()?)?,
+            start_line: r.i()?,
+        });
+    }
+    let nf = p.functions.len() as u32;
+    let nm = p.mappings.len() as u32;
+    for _ in 0..r.len()? {
+        let mapping = r.u32()?;
+        if mapping > nm {
+            return Err(format!("mapping {mapping} out of range"));
+        }
+        let address = r.u()?;
+        let mut lines = Vec::new();
+        for _ in 0..r.len()? {
+            let function = r.u32()?;
+            if function >= nf {
+                return Err(format!("function {function} out of range"));
+            }
+            lines.push(Line { function, line: r.i()? });
+        }
+        p.locations.push(Location { mapping, address, lines });
+    }
+    let nl = p.locations.len() as u32;
+    let nt = p.sample_types.len();
+    let mut groups = Vec::new();
+    for _ in 0..r.len()? {
+        let mut pairs = Vec::new();
+        for _ in 0..r.len()? {
+            pairs.push((r.s()?, r.s()?));
+        }
+        let mut samples = Vec::new();
+        for _ in 0..r.len()? {
+            let mut locations = Vec::new();
+            for _ in 0..r.len()? {
+                let l = r.u32()?;
+                if l >= nl {
+                    return Err(format!("location {l} out of range"));
+                }
+                locations.push(l);
+            }
+            let mut values = Vec::with_capacity(nt);
+            for _ in 0..nt {
+                values.push(r.i()?);
+            }
+            samples.push(p.samples.len() as u32);
+            p.samples.push(Sample { locations, values });
+        }
+        groups.push(SampleGroup { labels: Labels::from_pairs(pairs), samples });
+    }
+    if r.at != b.len() {
+        return Err("trailing bytes after the record".into());
+    }
+    Ok((tenant, p, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_profile() -> impl Strategy<Value = (Profile, Vec<SampleGroup>)> {
+        (1usize..4, 1usize..6, 1usize..8, 0usize..12, any::<i64>(), proptest::collection::vec("[a-z.]{0,8}", 1..10))
+            .prop_map(|(nt, nf, nl, ns, ts, mut strings)| {
+                strings.insert(0, String::new());
+                let n = strings.len() as u32;
+                let mut p = Profile {
+                    strings,
+                    sample_types: (0..nt)
+                        .map(|i| ValueType { r#type: i as u32 % n, unit: (i as u32 + 1) % n })
+                        .collect(),
+                    period_type: Some(ValueType { r#type: 1 % n, unit: 0 }),
+                    period: 10,
+                    time_nanos: ts,
+                    mappings: vec![Mapping { filename: 1 % n, has_functions: true, ..Default::default() }],
+                    functions: (0..nf)
+                        .map(|i| Function { name: i as u32 % n, start_line: -(i as i64), ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                };
+                p.locations = (0..nl)
+                    .map(|i| Location {
+                        mapping: (i % 2) as u32,
+                        address: i as u64 * 4096,
+                        lines: vec![Line { function: (i % nf) as u32, line: i as i64 }],
+                    })
+                    .collect();
+                p.samples = (0..ns)
+                    .map(|i| Sample {
+                        locations: (0..(i % nl) + 1).map(|j| j as u32).collect(),
+                        values: (0..nt).map(|t| (i * t) as i64 - 3).collect(),
+                    })
+                    .collect();
+                let groups = vec![
+                    SampleGroup {
+                        labels: Labels::from_pairs([("a", "1")]),
+                        samples: (0..ns as u32).filter(|i| i % 2 == 0).collect(),
+                    },
+                    SampleGroup {
+                        labels: Labels::from_pairs([("b", "2"), ("c", "")]),
+                        samples: (0..ns as u32).filter(|i| i % 2 == 1).collect(),
+                    },
+                ];
+                (p, groups)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip((p, groups) in arb_profile()) {
+            let b = encode("tenant-1", &p, &groups);
+            let (t, q, g) = decode(&b).unwrap();
+            prop_assert_eq!(t, "tenant-1");
+            prop_assert_eq!(&q.strings, &p.strings);
+            prop_assert_eq!(&q.functions, &p.functions);
+            prop_assert_eq!(&q.locations, &p.locations);
+            prop_assert_eq!(q.time_nanos, p.time_nanos);
+            prop_assert_eq!(g.len(), groups.len());
+            for (a, b) in g.iter().zip(&groups) {
+                prop_assert_eq!(&a.labels, &b.labels);
+                let sa: Vec<&Sample> = a.samples.iter().map(|i| &q.samples[*i as usize]).collect();
+                let sb: Vec<&Sample> = b.samples.iter().map(|i| &p.samples[*i as usize]).collect();
+                prop_assert_eq!(sa, sb);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn truncation_is_an_error((p, groups) in arb_profile(), cut in any::<prop::sample::Index>()) {
+            let b = encode("t", &p, &groups);
+            let cut = cut.index(b.len());
+            prop_assert!(decode(&b[..cut]).is_err());
+        }
+    }
+}
