@@ -31,6 +31,9 @@ pub fn run(cfg: config::Config) {
             kiln_io::wal::segment::SyncPolicy::Fsync
         },
     };
+    // Termination signals are taken by the main thread alone (sigwait below); every core
+    // thread inherits the blocked mask.
+    let signals = block_termination_signals();
     let shared = server::Shared::new(cfg);
     tracing::info!(cores, port = shared.cfg.http_listen_port, wal = %wal_dir.display(), "kiln starting");
     let s = shared.clone();
@@ -45,9 +48,45 @@ pub fn run(cfg: config::Config) {
         fail(format!("committing the WAL generation {}: {e}", gens.next.1.display()));
     }
     drop(started.gate);
-    for h in started.threads {
-        let _ = h.join();
+    let sig = wait_for_signal(&signals);
+    tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
+    shared.shutting_down.store(true, std::sync::atomic::Ordering::Release);
+    let mut waits = Vec::new();
+    for c in 0..started.mesh.cores() {
+        let (tx, rx) = flume::bounded(1);
+        if started.mesh.send_blocking(c, kiln_shards::shard::Msg::Flush { reply: tx }).is_ok() {
+            waits.push(rx);
+        }
     }
+    let mut clean = true;
+    for rx in waits {
+        if !matches!(rx.recv(), Ok(Ok(_))) {
+            clean = false;
+        }
+    }
+    tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");
+    std::process::exit(if clean { 0 } else { 1 });
+}
+
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local, initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` is an initialised signal set blocked in every thread.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+    sig
 }
 
 fn fail(msg: String) -> ! {

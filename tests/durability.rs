@@ -158,3 +158,18 @@ fn damage_in_the_middle_stops_the_start_with_the_file_and_offset() {
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn sigterm_exits_cleanly_and_loses_nothing() {
+    let k = Kiln::start(&[]);
+    for i in 0..50 {
+        assert!(push_seq(k.port, i));
+    }
+    let pid = k.pid();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let (data, code) = k.wait_exit();
+    assert_eq!(code, Some(0), "SIGTERM ends kiln with status 0");
+    let k = Kiln::start_in(data, &[]);
+    assert_eq!(seqs(k.port), (0..50).collect());
+}

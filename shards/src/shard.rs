@@ -18,9 +18,23 @@ use std::sync::Arc;
 pub type IngestReply = flume::Sender<Result<AppendStats, String>>;
 
 pub enum Msg {
-    Ingest { tenant: Arc<str>, profile: Arc<Profile>, groups: Vec<SampleGroup>, reply: IngestReply },
-    Query { req: Arc<QueryRequest>, reply: flume::Sender<Vec<QueryResult>> },
-    Stats { reply: flume::Sender<ShardStats> },
+    Ingest {
+        tenant: Arc<str>,
+        profile: Arc<Profile>,
+        groups: Vec<SampleGroup>,
+        reply: IngestReply,
+    },
+    Query {
+        req: Arc<QueryRequest>,
+        reply: flume::Sender<Vec<QueryResult>>,
+    },
+    Stats {
+        reply: flume::Sender<ShardStats>,
+    },
+    /// Answered once everything appended before it is durable (used at shutdown).
+    Flush {
+        reply: IngestReply,
+    },
 }
 
 /// A snapshot of a shard's size, for `/metrics`.
@@ -128,6 +142,15 @@ impl Shard {
             Msg::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Msg::Flush { reply } => match &self.wal {
+                None => {
+                    let _ = reply.send(Ok(AppendStats::default()));
+                }
+                Some(wal) => {
+                    wal.pending.borrow_mut().waiters.push((reply, AppendStats::default()));
+                    let _ = wal.wake.try_send(());
+                }
+            },
         }
     }
 
@@ -147,7 +170,7 @@ async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>,
         loop {
             let (buf, waiters) = {
                 let mut p = pending.borrow_mut();
-                if p.buf.is_empty() {
+                if p.buf.is_empty() && p.waiters.is_empty() {
                     break;
                 }
                 let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));

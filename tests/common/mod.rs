@@ -73,6 +73,18 @@ impl Kiln {
             .expect("start kiln")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself; returns the data directory and exit code.
+    pub fn wait_exit(mut self) -> (PathBuf, Option<i32>) {
+        let status = self.child.wait().unwrap();
+        let data = std::mem::take(&mut self.data);
+        std::mem::forget(self);
+        (data, status.code())
+    }
+
     /// SIGKILL, as a crash would; returns the data directory for a restart.
     pub fn kill(mut self) -> PathBuf {
         let _ = self.child.kill();
