@@ -1,0 +1,232 @@
+//! Micro-benchmarks of kiln's hot paths. Run: `cargo bench --bench hot_paths`.
+//! Figures and the machine they were taken on are in perf/RESULTS.md.
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use kiln::distributor::pprof;
+use kiln::querier::tree::Tree;
+use kiln_shards::head::TenantHead;
+use kiln_shards::labels::Labels;
+use kiln_shards::profile::{Function, Line, Location, Profile, Sample, SampleGroup, ValueType};
+use kiln_shards::query::{QueryRequest, QueryResult, Selection};
+use kiln_shards::ring::Ring;
+use prost::Message;
+use std::hint::black_box;
+use std::time::Duration;
+
+const FIXTURES: &[&str] = &[
+    "pprof/pyroscope/pkg-pprof/go.cpu.labels.pprof",
+    "pprof/pyroscope/pkg-pprof/heap",
+    "pprof/pyroscope/pkg-pprof/profile_java",
+    "pprof/google-pprof/large.cpu",
+];
+
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../shared/testdata/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn short(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap()
+}
+
+fn limits() -> pprof::PprofLimits {
+    pprof::PprofLimits { max_samples: 0 }
+}
+
+/// The accepting core's work per profile (inflate, decode, validate, normalise) next to the
+/// bound: inflate alone, and inflate plus a plain protobuf decode.
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    for rel in FIXTURES {
+        let gz = fixture(rel);
+        g.throughput(Throughput::Bytes(gz.len() as u64));
+        g.bench_with_input(BenchmarkId::new("inflate", short(rel)), &gz, |b, gz| {
+            b.iter(|| kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap().len())
+        });
+        g.bench_with_input(BenchmarkId::new("inflate+prost", short(rel)), &gz, |b, gz| {
+            b.iter(|| {
+                let raw = kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap();
+                kiln_proto::google::v1::Profile::decode(&*raw).unwrap().sample.len()
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("kiln", short(rel)), &gz, |b, gz| {
+            b.iter(|| {
+                let raw = kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap();
+                let p = pprof::normalize(pprof::decode(&raw).unwrap(), limits()).unwrap();
+                p.profile.samples.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn decoded(rel: &str) -> (Profile, Vec<SampleGroup>) {
+    let raw = kiln_io::compress::maybe_gunzip(&fixture(rel), 64 << 20).unwrap().into_owned();
+    let d = pprof::normalize(pprof::decode(&raw).unwrap(), limits()).unwrap();
+    let groups = d
+        .groups
+        .into_iter()
+        .map(|(mut l, samples)| {
+            l.set("__name__", "process_cpu");
+            l.set("service_name", "bench");
+            SampleGroup { labels: l, samples }
+        })
+        .collect();
+    (d.profile, groups)
+}
+
+/// The owning core's append: symbol interning, stack tree, columns. Measured on a warm head
+/// (the steady state: symbols already known) and on an empty one.
+fn append(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append");
+    for rel in FIXTURES {
+        let (p, groups) = decoded(rel);
+        g.throughput(Throughput::Elements(p.samples.len() as u64));
+        g.bench_function(BenchmarkId::new("warm", short(rel)), |b| {
+            let mut h = TenantHead::default();
+            h.append("t", &p, &groups);
+            b.iter(|| h.append("t", &p, &groups).samples)
+        });
+        g.bench_function(BenchmarkId::new("cold", short(rel)), |b| {
+            b.iter_batched(TenantHead::default, |mut h| h.append("t", &p, &groups).samples, BatchSize::LargeInput)
+        });
+    }
+    g.finish();
+}
+
+fn normalisation(c: &mut Criterion) {
+    let labels: Vec<Labels> = (0..1000)
+        .map(|i| {
+            Labels::from_pairs([
+                ("__name__", "process_cpu".to_string()),
+                ("service_name", format!("svc-{}", i % 10)),
+                ("pod", format!("pod-{i}")),
+                ("region", "eu-west-1".to_string()),
+            ])
+        })
+        .collect();
+    let ring = Ring::single(16, 128);
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(labels.len() as u64));
+    g.bench_function("normalize+fingerprint+owner", |b| {
+        b.iter(|| {
+            labels
+                .iter()
+                .map(|l| {
+                    let n = kiln::distributor::normalize_series_labels(l.clone());
+                    ring.owner(n.fingerprint("anonymous")).core as u64
+                })
+                .sum::<u64>()
+        })
+    });
+    g.finish();
+}
+
+/// A profile with `n` unique stacks: a 10-deep tree over `fanout` functions per level.
+fn wide_profile(n: usize) -> Profile {
+    let depth = 8;
+    let mut p = Profile {
+        strings: vec!["".into(), "cpu".into(), "nanoseconds".into()],
+        sample_types: vec![ValueType { r#type: 1, unit: 2 }],
+        time_nanos: 1,
+        ..Default::default()
+    };
+    let per_level = 64usize;
+    for d in 0..depth {
+        for f in 0..per_level {
+            p.strings.push(format!("pkg{d}.function_{f}"));
+            p.functions.push(Function { name: p.strings.len() as u32 - 1, ..Default::default() });
+            p.locations.push(Location {
+                lines: vec![Line { function: p.functions.len() as u32 - 1, line: 1 }],
+                ..Default::default()
+            });
+        }
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..n {
+        // Distinct stacks: the sample index in base 64 picks the frames.
+        let mut locs = Vec::with_capacity(depth);
+        let mut v = i;
+        for d in 0..depth {
+            locs.push((d * per_level + v % per_level) as u32);
+            v /= per_level;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        locs.reverse();
+        p.samples.push(Sample { locations: locs, values: vec![(x % 1000) as i64 + 1] });
+    }
+    p
+}
+
+/// Flame graph over 3M unique stacks: the core's evaluation (sum per stack, resolve names)
+/// plus the merge and the truncated encoding.
+fn flamegraph(c: &mut Criterion) {
+    let mut g = c.benchmark_group("flamegraph");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    for n in [100_000usize, 3_000_000] {
+        let p = wide_profile(n);
+        let groups = vec![SampleGroup {
+            labels: Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "wide")]),
+            samples: (0..n as u32).collect(),
+        }];
+        let mut h = TenantHead::default();
+        h.append("t", &p, &groups);
+        drop(p);
+        let sel = Selection {
+            tenants: vec!["t".into()],
+            profile_type: Some("process_cpu:cpu:nanoseconds::".into()),
+            matchers: vec![],
+            start_ms: 0,
+            end_ms: 10,
+        };
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("select_merge_stacktraces", n), |b| {
+            b.iter(|| {
+                let QueryResult::Tree(part) = h.query(&QueryRequest::MergeTree(sel.clone())) else { unreachable!() };
+                let mut t = Tree::default();
+                t.merge(&part);
+                t.finish();
+                black_box(t.flamegraph(8192)).names.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The mesh's channel (flume, bounded, async-capable) against a plain crossbeam channel:
+/// one producer thread, one consumer thread, 100k messages.
+fn channels(c: &mut Criterion) {
+    const N: u64 = 100_000;
+    let mut g = c.benchmark_group("cross_core_channel");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("flume_bounded_1024", |b| {
+        b.iter(|| {
+            let (tx, rx) = flume::bounded::<u64>(1024);
+            let t = std::thread::spawn(move || rx.iter().sum::<u64>());
+            for i in 0..N {
+                tx.send(i).unwrap();
+            }
+            drop(tx);
+            t.join().unwrap()
+        })
+    });
+    g.bench_function("crossbeam_bounded_1024", |b| {
+        b.iter(|| {
+            let (tx, rx) = crossbeam_channel::bounded::<u64>(1024);
+            let t = std::thread::spawn(move || rx.iter().sum::<u64>());
+            for i in 0..N {
+                tx.send(i).unwrap();
+            }
+            drop(tx);
+            t.join().unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
+    targets = decode, append, normalisation, flamegraph, channels
+}
+criterion_main!(benches);
