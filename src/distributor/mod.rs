@@ -1,6 +1,7 @@
 //! The distributor: validates a push, normalises its labels, and hands each series group to
 //! the core that owns it (by the core-aware ring), acknowledging once every owner applied it.
 pub mod folded;
+pub mod gofix;
 pub mod legacy;
 pub mod multipart;
 pub mod pprof;

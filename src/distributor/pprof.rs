@@ -259,6 +259,11 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
     if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
         return Err(invalid("sample type contains -"));
     }
+    if go {
+        // On the pprof as sent (its ids, sample order, all-zero samples): see gofix.
+        super::gofix::repair_pprof(&mut p, &strings);
+    }
+
     let ntypes = sample_types.len();
     let mut samples = Vec::with_capacity(p.sample.len());
     let mut group_of: FxHashMap<Vec<(u32, u32)>, usize> = FxHashMap::default();

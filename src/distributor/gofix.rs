@@ -1,0 +1,709 @@
+//! Repair of Go stack traces cut at the Go runtime's depth limit, as Pyroscope does it.
+//!
+//! Go's profilers keep only the leaf-most frames of a deep stack: CPU profiles stop at 64
+//! frames, heap (memory) profiles before Go 1.23 at 32. A deep stack therefore loses its
+//! root part, and a flame graph shows each such stack as a separate root (starting mid-way,
+//! at whatever frame the cut happened to leave outermost) instead of under the tree it
+//! belongs to. It also inflates stack cardinality.
+//!
+//! Pyroscope's distributor (`pprof.FixGoProfile`, run on Go profiles before normalisation)
+//! guesses the missing part from the other stacks of the same profile. kiln does the same,
+//! so that it stores the same stacks:
+//!
+//! * A profile is looked at only if it may be truncated: a Go heap profile (any of the
+//!   `alloc_*`/`inuse_*` sample types) with a stack of at least 28 frames and none of 33
+//!   or more (Go 1.23+ allows 128 frames, and then nothing is repaired), or a Go CPU
+//!   profile (`cpu` sample type) with a stack of at least 60 frames. Some truncated stacks
+//!   are a few frames shorter than the limit, hence the margin of 4.
+//! * Stacks of at least 24 frames are sorted and grouped by their 24 root-most frames (the
+//!   *suffix*). Every 16-frame window of a group's suffix that ends 1 to 8 frames above its
+//!   root is a *token*; each token remembers the group where it sits furthest from the root
+//!   (the first such group in sort order on ties).
+//! * A group whose 16 root-most frames are a token of another group, `k` frames above that
+//!   group's root, lacks (at least) those `k` frames. Such links chain (the other group may
+//!   be truncated too): the offsets add up along the chain up to a group without a link,
+//!   and that group's root-most `sum` frames (taken from its first stack in sort order) are
+//!   appended to every stack of the group. A chain of 56 links (deep recursion, or a cycle
+//!   of links) stops the repair there, leaving the groups not yet handled as they are.
+//!
+//! Repaired stacks may equal other stacks; they are not merged here (the head sums equal
+//! stacks anyway).
+//!
+//! Which group wins a token on a tie, and which stack of a group lends frames beyond its
+//! suffix, depend on the order in which Pyroscope sorts the samples: by their suffix as
+//! the little-endian bytes of the pprof location ids, with Go's (unstable) pdqsort. kiln
+//! works on the pprof as received ([`repair_pprof`]), with its own location ids and sample
+//! order, and sorts the same keys with a stable sort: groups and token winners are the
+//! same; within a group of equal suffixes, the stack that lends frames beyond the shared
+//! suffix may differ from Pyroscope's choice when those stacks differ there.
+//! Pyroscope's quirks are kept too (see `repair_stacks`). One difference remains: Pyroscope
+//! cuts stacks to their 1000 root-most frames before the repair, kiln after it; the Go
+//! runtime never records stacks that deep.
+use kiln_proto::kiln::v1::ProfileInput;
+use kiln_shards::profile::Profile;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::borrow::Cow;
+
+/// Frames per token (a run of frames that must match).
+const TOKEN_LEN: usize = 16;
+/// How many tokens a suffix has besides the root-most one: a stack may lack up to this many
+/// frames per link.
+const TOKENS: usize = 8;
+/// Stacks shorter than this are neither repaired nor used to repair others.
+const SUFFIX_LEN: usize = TOKENS + TOKEN_LEN;
+
+const GO_HEAP_TYPES: &[&str] = &["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"];
+const GO_SHAPE: &str = "[go.shape.";
+
+/// The knobs that changed between Pyroscope versions.
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    /// Groups smaller than this lend no tokens (Pyroscope: `minGroupSize - 1`).
+    min_group: isize,
+    /// Links followed from one group before the repair stops.
+    max_chain: usize,
+    /// How many times the repair runs (Pyroscope's test fixtures were written after two).
+    passes: usize,
+}
+
+/// Pyroscope as of v1.6 (the CPU fix: `maxRecursiveDepth` 56) to this day.
+const PYROSCOPE: Params = Params { min_group: 1, max_chain: 56, passes: 1 };
+
+/// Whether a Go profile with these sample types and stack depths may have stacks truncated
+/// at the runtime's depth limit (Pyroscope's `PotentialTruncatedGoStacktraces`).
+fn may_be_truncated<'a>(mut types: impl Iterator<Item = &'a str> + Clone, depths: impl Iterator<Item = usize>) -> bool {
+    let (min_depth, max_depth) = if types.clone().any(|t| GO_HEAP_TYPES.contains(&t)) {
+        // Go heap stacks stop at 32 frames; from Go 1.23 at 128, which needs no repair.
+        (32 - 4, Some(33))
+    } else if types.any(|t| t == "cpu") {
+        (64 - 4, None)
+    } else {
+        return false;
+    };
+    let mut deep_enough = false;
+    for depth in depths {
+        deep_enough |= depth >= min_depth;
+        if max_depth.is_some_and(|max| depth >= max) {
+            return false;
+        }
+    }
+    deep_enough
+}
+
+/// Repairs truncated stacks of a decoded Go pprof in place, before it is normalised, as
+/// Pyroscope's distributor does. `strings` is its string table (moved out of `p`; more
+/// strings may follow). Only `sample[..].location_id` change, by appending ids of existing
+/// locations at the root end; samples keep their order.
+pub fn repair_pprof(p: &mut ProfileInput, strings: &[String]) {
+    let text = |i: i64| usize::try_from(i).ok().and_then(|i| strings.get(i)).map_or("", String::as_str);
+    let types = p.sample_type.iter().map(|st| text(st.r#type));
+    if !may_be_truncated(types, p.sample.iter().map(|s| s.location_id.len())) {
+        return;
+    }
+    // Pyroscope validates before it repairs; leave an invalid profile for normalisation to
+    // reject as it is.
+    let ids: FxHashSet<u64> = p.location.iter().map(|l| l.id).collect();
+    if p.sample.iter().flat_map(|s| &s.location_id).all(|id| ids.contains(id)) {
+        let mut stacks = PyroscopeStacks::new(p, strings);
+        stacks.repair(PYROSCOPE);
+        stacks.apply(p);
+    }
+}
+
+/// Repairs truncated stacks of a normalised Go profile in place. Location `i` stands for
+/// pprof location id `i + 1` (the Go runtime's own numbering) and the samples are taken in
+/// their order, so this matches Pyroscope for a profile that came from such a pprof without
+/// all-zero samples and without generic type parameters; the ingest path uses the exact
+/// [`repair_pprof`]. Only `samples[..].locations` change, by appending location indices at
+/// their root end, so sample indices stay valid.
+pub fn repair_truncated_stacks(p: &mut Profile) {
+    let types = p.sample_types.iter().map(|st| p.string(st.r#type));
+    if !may_be_truncated(types, p.samples.iter().map(|s| s.locations.len())) {
+        return;
+    }
+    let mut stacks: Vec<Vec<u64>> =
+        p.samples.iter().map(|s| s.locations.iter().map(|&l| u64::from(l) + 1).collect()).collect();
+    let lens: Vec<usize> = stacks.iter().map(Vec::len).collect();
+    repair_stacks(&mut stacks, PYROSCOPE);
+    for ((s, stack), len) in p.samples.iter_mut().zip(&stacks).zip(lens) {
+        s.locations.extend(stack[len..].iter().map(|&id| (id - 1) as u32));
+    }
+}
+
+/// The stacks of a pprof as Pyroscope's repair sees them.
+struct PyroscopeStacks {
+    /// Location ids, leaf first, in Pyroscope's sample order.
+    stacks: Vec<Vec<u64>>,
+    /// Their lengths before the repair.
+    lens: Vec<usize>,
+    /// For each pprof sample, its stack (`None`: Pyroscope dropped the sample).
+    stack_of: Vec<Option<usize>>,
+    /// If Pyroscope renumbered the locations: new id → a pprof id.
+    pprof_id: Option<FxHashMap<u64, u64>>,
+}
+
+impl PyroscopeStacks {
+    fn new(p: &ProfileInput, strings: &[String]) -> Self {
+        let mut stacks: Vec<Vec<u64>> = Vec::with_capacity(p.sample.len());
+        let mut stack_of = Vec::with_capacity(p.sample.len());
+        let Some(new_id) = merged_location_ids(p, strings) else {
+            for s in &p.sample {
+                stack_of.push(Some(stacks.len()));
+                stacks.push(s.location_id.clone());
+            }
+            let lens = stacks.iter().map(Vec::len).collect();
+            return PyroscopeStacks { stacks, lens, stack_of, pprof_id: None };
+        };
+        // Pyroscope merged the profile with itself: new location ids, and samples with equal
+        // stacks and labels (numeric values aside) folded into the first of them.
+        let mut pprof_id = FxHashMap::default();
+        for l in &p.location {
+            if let Some(&id) = new_id.get(&l.id) {
+                pprof_id.entry(id).or_insert(l.id);
+            }
+        }
+        let text = |i: i64| {
+            let s = usize::try_from(i).ok().and_then(|i| strings.get(i)).map_or("", String::as_str);
+            pyroscope_drop_type_params(s)
+        };
+        type SampleKey<'a> = (Vec<u64>, Vec<(Cow<'a, str>, Cow<'a, str>)>);
+        let mut seen: FxHashMap<SampleKey<'_>, usize> = FxHashMap::default();
+        for s in &p.sample {
+            let stack: Option<Vec<u64>> = s.location_id.iter().map(|id| new_id.get(id).copied()).collect();
+            let Some(stack) = stack else {
+                stack_of.push(None); // refers to a location the merge dropped
+                continue;
+            };
+            let mut labels: Vec<_> = s.label.iter().map(|l| (text(l.key), text(l.str))).collect();
+            labels.sort_unstable();
+            let next = stacks.len();
+            let i = *seen.entry((stack.clone(), labels)).or_insert(next);
+            if i == next {
+                stacks.push(stack);
+            }
+            stack_of.push(Some(i));
+        }
+        let lens = stacks.iter().map(Vec::len).collect();
+        PyroscopeStacks { stacks, lens, stack_of, pprof_id: Some(pprof_id) }
+    }
+
+    fn repair(&mut self, params: Params) {
+        // Pyroscope sorts its samples in place: a further pass starts from that order.
+        let mut position: Vec<usize> = (0..self.stacks.len()).collect();
+        for _ in 0..params.passes {
+            let order = repair_stacks(&mut self.stacks, params);
+            self.stacks = order.iter().map(|&i| std::mem::take(&mut self.stacks[i])).collect();
+            position = order.iter().map(|&i| position[i]).collect();
+        }
+        let mut stacks = vec![Vec::new(); self.stacks.len()];
+        for (stack, i) in std::mem::take(&mut self.stacks).into_iter().zip(position) {
+            stacks[i] = stack;
+        }
+        self.stacks = stacks;
+    }
+
+    /// Appends the repaired part of each stack to the pprof's samples.
+    fn apply(&self, p: &mut ProfileInput) {
+        for (s, i) in p.sample.iter_mut().zip(&self.stack_of) {
+            let Some(i) = *i else { continue };
+            let tail = &self.stacks[i][self.lens[i]..];
+            match &self.pprof_id {
+                None => s.location_id.extend_from_slice(tail),
+                Some(pprof_id) => s.location_id.extend(tail.iter().map(|id| pprof_id[id])),
+            }
+        }
+    }
+}
+
+/// Pyroscope's `dropGoTypeParameters`: removes each `[go.shape.…]` list (brackets nest).
+/// Only used to tell which frames, strings and samples Pyroscope sees as equal; kiln's own
+/// renaming is [`super::pprof::drop_go_type_parameters`].
+fn pyroscope_drop_type_params(s: &str) -> Cow<'_, str> {
+    if !s.contains(GO_SHAPE) {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let Some(start) = s[i..].find(GO_SHAPE).map(|k| i + k) else {
+            out.push_str(&s[i..]);
+            break;
+        };
+        out.push_str(&s[i..start]);
+        let mut depth = 0usize;
+        let mut end = None;
+        for (j, &c) in b.iter().enumerate().skip(start) {
+            if c == b'[' {
+                depth += 1;
+            } else if c == b']' {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(j + 1);
+                    break;
+                }
+            }
+        }
+        match end {
+            Some(e) => i = e,
+            None => {
+                // Unbalanced: Pyroscope appends the rest from the last resume point.
+                out.push_str(&s[i..]);
+                break;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// If dropping type parameters renames any string, Pyroscope merges the profile with itself
+/// before the repair, which numbers the locations anew: 1, 2, … in table order, folding
+/// locations that became equal (same address, mapping and lines) into the first of them.
+/// Returns that renumbering (pprof id → new id), or `None` if the ids stay as they are.
+/// Locations without address and lines are dropped by that merge (absent from the map).
+fn merged_location_ids(p: &ProfileInput, strings: &[String]) -> Option<FxHashMap<u64, u64>> {
+    if !strings.iter().any(|s| pyroscope_drop_type_params(s) != s.as_str()) {
+        return None;
+    }
+    let text = |i: i64| -> Cow<'_, str> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| strings.get(i))
+            .map_or(Cow::Borrowed(""), |s| pyroscope_drop_type_params(s))
+    };
+    type FunctionKey<'a> = (u32, Cow<'a, str>, Cow<'a, str>, Cow<'a, str>);
+    type MappingKey<'a> = (u64, u64, Cow<'a, str>);
+    let mut functions: FxHashMap<u64, FunctionKey<'_>> = FxHashMap::default();
+    for f in &p.function {
+        let key = (f.start_line as u32, text(f.name), text(f.system_name), text(f.filename));
+        functions.insert(f.id, key);
+    }
+    let mut mappings: FxHashMap<u64, MappingKey<'_>> = FxHashMap::default();
+    for m in &p.mapping {
+        // Sizes rounded up to 4 KiB, as pprof's merge does.
+        let size = m.memory_limit.wrapping_sub(m.memory_start).wrapping_add(0xfff);
+        let build_id = text(m.build_id);
+        let name = if build_id.is_empty() { text(m.filename) } else { build_id };
+        mappings.insert(m.id, (size - size % 0x1000, m.file_offset, name));
+    }
+    let stub: MappingKey<'_> = (0, 0, Cow::Borrowed(""));
+    type LocationKey<'a, 'b> = (u64, Option<&'b MappingKey<'a>>, Vec<(Option<&'b FunctionKey<'a>>, u32)>);
+    let mut first: FxHashMap<LocationKey<'_, '_>, u64> = FxHashMap::default();
+    let mut new_id = FxHashMap::default();
+    for l in &p.location {
+        if l.line.is_empty() && l.address == 0 {
+            continue;
+        }
+        let mapping = if l.mapping_id == 0 { Some(&stub) } else { mappings.get(&l.mapping_id) };
+        let lines = l.line.iter().map(|ln| (functions.get(&ln.function_id), ln.line as u32)).collect();
+        let next = first.len() as u64 + 1;
+        let id = *first.entry((l.address, mapping, lines)).or_insert(next);
+        new_id.insert(l.id, id);
+    }
+    Some(new_id)
+}
+
+/// A token's owner: the group (index + 1; 0 = none) and how far above its root it sits.
+#[derive(Clone, Copy, Default)]
+struct Link {
+    group: u32,
+    offset: u32,
+}
+
+/// The repair proper, on stacks of location ids (leaf first) in Pyroscope's sample order.
+/// Appends the missing root frames to the stacks it repairs.
+///
+/// Pyroscope's quirks are kept, as they decide which stacks change: the samples are sorted
+/// with Go's unstable sort and an inconsistent comparison (every stack shorter than the
+/// suffix is "less" than any other); and the end of the last group is taken to be the
+/// number of groups rather than of stacks, which usually leaves the last group (in sort
+/// order) with no stacks: it lends no tokens and is not repaired.
+fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
+    // Suffixes as Pyroscope compares them: byte strings of little-endian ids.
+    let keys: Vec<Option<[u64; SUFFIX_LEN]>> = stacks
+        .iter()
+        .map(|s| {
+            let suffix = s.get(s.len().checked_sub(SUFFIX_LEN)?..)?;
+            let mut key = [0u64; SUFFIX_LEN];
+            for (k, id) in key.iter_mut().zip(suffix) {
+                *k = u64::from_be_bytes(id.to_le_bytes());
+            }
+            Some(key)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..stacks.len()).collect();
+    // Short stacks first, then by suffix; equal suffixes keep the profile's sample order
+    // (a stable sort: Pyroscope's unstable one may pick another stack of a group to lend
+    // frames beyond the shared suffix).
+    order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+    // The first stack at least SUFFIX_LEN long, by binary search (Go's sort.Search).
+    let (mut lo, mut hi) = (0, order.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if keys[order[mid]].is_none() {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let sorted = order;
+    let order = &sorted[lo..];
+    if order.iter().any(|&i| keys[i].is_none()) {
+        // The sort did not put the short stacks first: Pyroscope would crash here.
+        return sorted;
+    }
+    let suffix = |i: usize| keys[order[i]].as_ref().expect("long stack");
+    // Start of each group of stacks sharing one suffix (indices into `order`).
+    let mut starts: Vec<usize> = Vec::new();
+    for i in 0..order.len() {
+        if i == 0 || suffix(i) != suffix(i - 1) {
+            starts.push(i);
+        }
+    }
+    let ngroups = starts.len();
+    let end_of = |g: usize| starts.get(g + 1).copied().unwrap_or(ngroups);
+    let last16 = |s: &[u64]| -> [u64; TOKEN_LEN] {
+        let mut t = [0u64; TOKEN_LEN];
+        t.copy_from_slice(&s[s.len() - TOKEN_LEN..]);
+        t
+    };
+
+    // Token → the group where it sits furthest from the root.
+    let mut owners: FxHashMap<[u64; TOKEN_LEN], Link> = FxHashMap::default();
+    for (g, &start) in starts.iter().enumerate() {
+        if (end_of(g) as isize - start as isize) < params.min_group {
+            continue;
+        }
+        let s = &stacks[order[start]];
+        let s = &s[s.len() - SUFFIX_LEN..];
+        for off in 1..=TOKENS {
+            let token = last16(&s[..SUFFIX_LEN - off]);
+            let owner = owners.entry(token).or_default();
+            if owner.group == 0 || off as u32 > owner.offset {
+                *owner = Link { group: g as u32 + 1, offset: off as u32 };
+            }
+        }
+    }
+    // Each group's link: the owner of its root-most token, if another group.
+    let links: Vec<Link> = starts
+        .iter()
+        .enumerate()
+        .map(|(g, &start)| match owners.get(&last16(&stacks[order[start]])) {
+            Some(l) if l.group as usize != g + 1 => *l,
+            _ => Link::default(),
+        })
+        .collect();
+    drop(owners);
+
+    for (g, &start) in starts.iter().enumerate() {
+        let mut link = links[g];
+        let mut missing = 0usize;
+        let mut hops = 0;
+        while link.group > 0 {
+            missing += link.offset as usize;
+            let next = links[link.group as usize - 1];
+            if next.group == 0 {
+                break;
+            }
+            link = next;
+            hops += 1;
+            if hops == params.max_chain {
+                // Deep recursion, or a cycle of links.
+                return sorted;
+            }
+        }
+        if missing == 0 {
+            continue;
+        }
+        let reference = &stacks[order[starts[link.group as usize - 1]]];
+        if missing >= reference.len() {
+            continue;
+        }
+        let tail = reference[reference.len() - missing..].to_vec();
+        for &i in &order[start..end_of(g).max(start)] {
+            stacks[i].extend_from_slice(&tail);
+        }
+    }
+    sorted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributor::pprof::{decode, drop_go_type_parameters, normalize, PprofLimits};
+    use kiln_proto::google::v1 as pb;
+    use std::collections::BTreeMap;
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/pyroscope/pkg-pprof/");
+
+    /// Pyroscope's `.fixed` files were written by older code than it runs today: groups of a
+    /// single stack lent no tokens, chains stopped after 16 links, and the fixture writer ran
+    /// the repair twice (in `FixGoProfile`, then once more).
+    const FIXTURE_ERA: Params = Params { min_group: 2, max_chain: 16, passes: 2 };
+
+    fn read(name: &str) -> ProfileInput {
+        let raw = std::fs::read(format!("{DIR}{name}")).unwrap();
+        let raw = if raw.starts_with(&[0x1f, 0x8b]) {
+            kiln_io::compress::gunzip_bounded(&raw, 1 << 30).unwrap()
+        } else {
+            raw
+        };
+        decode(&raw).unwrap()
+    }
+
+    fn strings(p: &ProfileInput) -> Vec<String> {
+        p.string_table.iter().map(|s| String::from_utf8(s.clone()).unwrap()).collect()
+    }
+
+    fn normalized(p: ProfileInput) -> Profile {
+        normalize(p, PprofLimits { max_samples: 0 }).unwrap().profile
+    }
+
+    /// Root-first `;`-joined function names (renamed as kiln does) → values summed per stack.
+    type Collapsed = BTreeMap<String, Vec<i64>>;
+
+    fn add(out: &mut Collapsed, names: &[&str], values: &[i64]) {
+        let e = out.entry(names.join(";")).or_insert_with(|| vec![0; values.len()]);
+        for (a, b) in e.iter_mut().zip(values) {
+            *a += b;
+        }
+    }
+
+    /// Collapses a pprof as decoded, without kiln's normalisation (and so without repair).
+    fn collapse_pprof(p: &ProfileInput) -> Collapsed {
+        let strings = strings(p);
+        let functions: FxHashMap<u64, String> = p
+            .function
+            .iter()
+            .map(|f| {
+                let name = &strings[f.name as usize];
+                (f.id, drop_go_type_parameters(name).unwrap_or_else(|| name.clone()))
+            })
+            .collect();
+        let locations: FxHashMap<u64, Vec<&str>> = p
+            .location
+            .iter()
+            .map(|l| (l.id, l.line.iter().rev().map(|ln| functions[&ln.function_id].as_str()).collect()))
+            .collect();
+        let mut out = Collapsed::new();
+        for s in &p.sample {
+            let names: Vec<&str> = s.location_id.iter().rev().flat_map(|id| locations[id].iter().copied()).collect();
+            add(&mut out, &names, &s.value);
+        }
+        out
+    }
+
+    fn collapse(p: &Profile) -> Collapsed {
+        let mut out = Collapsed::new();
+        for s in &p.samples {
+            let names: Vec<&str> = s
+                .locations
+                .iter()
+                .rev()
+                .flat_map(|&l| p.locations[l as usize].lines.iter().rev())
+                .map(|ln| p.string(p.functions[ln.function as usize].name))
+                .collect();
+            add(&mut out, &names, &s.values);
+        }
+        out
+    }
+
+    fn repair_as(p: &mut ProfileInput, params: Params) {
+        let mut stacks = PyroscopeStacks::new(p, &strings(p));
+        stacks.repair(params);
+        stacks.apply(p);
+    }
+
+    #[test]
+    fn cpu_fixture_matches_pyroscope() {
+        let name = "cpu_go_truncated_1.pb.gz";
+        let mut p = read(name);
+        let before = collapse_pprof(&p);
+        repair_as(&mut p, FIXTURE_ERA);
+        let want = collapse_pprof(&read(&format!("{name}.fixed")));
+        assert!(before != want);
+        assert!(collapse_pprof(&p) == want);
+    }
+
+    #[test]
+    fn heap_fixture_matches_pyroscope() {
+        let name = "heap_go_truncated_4.pb.gz";
+        let raw = read(name);
+        let mut p = raw.clone();
+        repair_as(&mut p, FIXTURE_ERA);
+        // The fixture was also written while Pyroscope's self-merge (after dropping type
+        // parameters) counted the first of equal samples twice.
+        let new_id = merged_location_ids(&raw, &strings(&raw)).expect("type parameters");
+        let mut seen = std::collections::HashSet::new();
+        for (s, r) in p.sample.iter_mut().zip(&raw.sample) {
+            let mut labels: Vec<(i64, i64)> = r.label.iter().map(|l| (l.key, l.str)).collect();
+            labels.sort_unstable();
+            let stack: Vec<u64> = r.location_id.iter().map(|id| new_id[id]).collect();
+            if seen.insert((stack, labels)) {
+                s.value.iter_mut().for_each(|v| *v *= 2);
+            }
+        }
+        let want = collapse_pprof(&read(&format!("{name}.fixed")));
+        assert!(collapse_pprof(&p) == want);
+    }
+
+    /// Today's behaviour through `normalize`: the truncated fixtures are repaired (fewer
+    /// distinct root frames: cut stacks are grafted back under their real roots), and no
+    /// value is lost or invented.
+    #[test]
+    fn normalize_repairs_go_profiles() {
+        for name in ["cpu_go_truncated_1.pb.gz", "heap_go_truncated_4.pb.gz", "heap", "heap_delta"] {
+            let raw = read(name);
+            let before = collapse_pprof(&raw);
+            let got = collapse(&normalized(raw));
+            assert!(got != before, "{name}: nothing repaired");
+            let total = |c: &Collapsed| c.values().map(|v| v[0]).sum::<i64>();
+            assert_eq!(total(&got), total(&before), "{name}");
+            let roots = |c: &Collapsed| {
+                c.keys()
+                    .map(|k| k.split(';').next().unwrap_or("").to_string())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            };
+            assert!(roots(&got) < roots(&before), "{name}: {} roots before, {} after", roots(&before), roots(&got));
+        }
+    }
+
+    #[test]
+    fn leaves_complete_go_profiles_alone() {
+        for name in ["go.cpu.labels.pprof", "single_group_with_optional_span_id.pb.gz"] {
+            let raw = read(name);
+            let mut p = raw.clone();
+            repair_pprof(&mut p, &strings(&raw));
+            assert!(p == raw, "{name}");
+            assert!(collapse(&normalized(raw.clone())) == collapse_pprof(&raw), "{name}");
+        }
+    }
+
+    /// A Go CPU pprof whose samples are stacks of frames `f<n>` (leaf first), location and
+    /// function `n` having id `n + 1`.
+    fn synthetic(stacks: &[Vec<u32>], file: &str) -> ProfileInput {
+        let frames = stacks.iter().flatten().max().map_or(0, |m| m + 1);
+        let mut strings = vec![String::new(), "cpu".into(), "nanoseconds".into(), file.into()];
+        strings.extend((0..frames).map(|n| format!("f{n}")));
+        ProfileInput {
+            sample_type: vec![pb::ValueType { r#type: 1, unit: 2 }],
+            string_table: strings.into_iter().map(String::into_bytes).collect(),
+            function: (0..frames)
+                .map(|n| pb::Function {
+                    id: u64::from(n) + 1,
+                    name: i64::from(n) + 4,
+                    filename: 3,
+                    ..Default::default()
+                })
+                .collect(),
+            location: (0..frames)
+                .map(|n| pb::Location {
+                    id: u64::from(n) + 1,
+                    line: vec![pb::Line { function_id: u64::from(n) + 1, line: 1 }],
+                    ..Default::default()
+                })
+                .collect(),
+            sample: stacks
+                .iter()
+                .map(|s| pb::Sample {
+                    location_id: s.iter().map(|&n| u64::from(n) + 1).collect(),
+                    value: vec![1],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Frames `hi` down to `lo`: a stack, leaf first, whose root is `f<lo>`.
+    fn frames(hi: u32, lo: u32) -> Vec<u32> {
+        (lo..=hi).rev().collect()
+    }
+
+    fn names(p: &Profile, sample: usize) -> Vec<String> {
+        p.samples[sample].locations.iter().map(|&l| p.string(p.functions[l as usize].name).to_string()).collect()
+    }
+
+    fn f(stack: &[u32]) -> Vec<String> {
+        stack.iter().map(|n| format!("f{n}")).collect()
+    }
+
+    #[test]
+    fn grafts_the_missing_root_part() {
+        // One call path f0 (root) … f73, seen complete near the root (a) and cut by the
+        // 64-frame limit: b lacks f0..f4, found 5 frames above a's root; c lacks f0..f9, and
+        // its root-most 16 frames sit 5 frames above b's root (but 10 above a's, too far for
+        // a token), so the chain c → b → a adds up to 10 frames.
+        let stacks = vec![
+            frames(39, 0),    // a
+            frames(68, 5),    // b
+            frames(73, 10),   // c
+            frames(3, 0),     // short: never touched
+            frames(140, 100), // unrelated: nothing to graft
+        ];
+        let want = [frames(39, 0), frames(68, 0), frames(73, 0), frames(3, 0), frames(140, 100)];
+        let p = normalized(synthetic(&stacks, "main.go"));
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(names(&p, i), f(w), "sample {i}");
+        }
+        // The same on a normalised profile (here one not recognised as Go, so not repaired
+        // by normalisation).
+        let mut p = normalized(synthetic(&stacks, "main.c"));
+        assert_eq!(names(&p, 1), f(&frames(68, 5)));
+        repair_truncated_stacks(&mut p);
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(names(&p, i), f(w), "sample {i}");
+        }
+    }
+
+    #[test]
+    fn needs_deep_enough_cpu_stacks() {
+        // 59 frames: not deep enough for a CPU profile to be suspected.
+        let stacks = vec![frames(39, 0), frames(63, 5)];
+        let p = normalized(synthetic(&stacks, "main.go"));
+        assert_eq!(names(&p, 1), f(&frames(63, 5)));
+    }
+
+    #[test]
+    fn last_group_in_sort_order_is_cut_short() {
+        // Pyroscope takes the number of groups as the end of the last group (in sort order).
+        // Here the last group is that of the two equal truncated stacks (their suffix sorts
+        // after the complete stack's): only the first of them in sort order is repaired.
+        let stacks = vec![frames(39, 0), frames(68, 5), frames(68, 5)];
+        let p = normalized(synthetic(&stacks, "main.go"));
+        assert_eq!(names(&p, 0), f(&frames(39, 0)));
+        let repaired: Vec<bool> = (1..3).map(|i| names(&p, i) == f(&frames(68, 0))).collect();
+        assert_eq!(repaired.iter().filter(|r| **r).count(), 1, "{repaired:?}");
+    }
+
+    #[test]
+    fn suspicion_heuristics() {
+        let go = |types: &[&str], depths: &[usize]| may_be_truncated(types.iter().copied(), depths.iter().copied());
+        assert!(go(&["cpu"], &[3, 60]));
+        assert!(!go(&["cpu"], &[3, 59]));
+        assert!(go(&["samples", "cpu"], &[64, 200]));
+        assert!(go(&["inuse_space"], &[28, 32]));
+        assert!(!go(&["inuse_space"], &[27]));
+        // Go 1.23+ heap stacks go up to 128 frames: nothing to repair.
+        assert!(!go(&["alloc_objects", "alloc_space"], &[32, 33]));
+        assert!(!go(&["inuse_objects", "cpu"], &[40, 70]));
+        assert!(!go(&["contentions", "delay"], &[64]));
+        assert!(!go(&[], &[64]));
+    }
+
+    #[test]
+    fn type_parameters_as_pyroscope_drops_them() {
+        for (input, want) in [
+            ("pkg.(*Distributor).Push", "pkg.(*Distributor).Push"),
+            ("pkg.Func[go.shape.int]", "pkg.Func"),
+            ("pkg.(*T[go.shape.struct { F []uint8 }]).Method", "pkg.(*T).Method"),
+            ("pkg.Func[go.shape.int].Method[go.shape.string]", "pkg.Func.Method"),
+            ("pkg.Func[int]", "pkg.Func[int]"),
+            // Unbalanced: Pyroscope repeats what precedes the list.
+            ("a.b[go.shape.int", "a.ba.b[go.shape.int"),
+        ] {
+            assert_eq!(pyroscope_drop_type_params(input), want);
+        }
+    }
+}
