@@ -13,6 +13,18 @@ pub struct Kiln {
     child: Child,
     pub port: u16,
     pub data: PathBuf,
+    _port_hold: socket2::Socket,
+}
+
+/// A free port, held: the socket is bound with SO_REUSEPORT but never listens, so kiln (which
+/// binds with SO_REUSEPORT too) can share it while no other test is handed the same port.
+pub fn hold_port() -> (u16, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (port, s)
 }
 
 pub fn free_port() -> u16 {
@@ -35,7 +47,9 @@ pub const FIXTURE_FLAGS: &[&str] = &[
 
 impl Kiln {
     pub fn start(args: &[&str]) -> Kiln {
-        let data = std::env::temp_dir().join(format!("kiln-test-{}-{}", std::process::id(), free_port()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data = std::env::temp_dir().join(format!("kiln-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
         Kiln::start_in(data, args)
@@ -43,9 +57,9 @@ impl Kiln {
 
     /// Starts kiln on an existing data directory (a restart); removed when dropped.
     pub fn start_in(data: PathBuf, args: &[&str]) -> Kiln {
-        let port = free_port();
+        let (port, hold) = hold_port();
         let child = Kiln::spawn(&data, port, args);
-        let mut k = Kiln { child, port, data };
+        let mut k = Kiln { child, port, data, _port_hold: hold };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if std::net::TcpStream::connect(("127.0.0.1", k.port)).is_ok() && get(k.port, "/ready").status == 200 {
@@ -81,7 +95,6 @@ impl Kiln {
     pub fn wait_exit(mut self) -> (PathBuf, Option<i32>) {
         let status = self.child.wait().unwrap();
         let data = std::mem::take(&mut self.data);
-        std::mem::forget(self);
         (data, status.code())
     }
 
@@ -90,7 +103,6 @@ impl Kiln {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let data = std::mem::take(&mut self.data);
-        std::mem::forget(self);
         data
     }
 }
