@@ -102,8 +102,7 @@ impl Kiln {
     pub fn kill(mut self) -> PathBuf {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let data = std::mem::take(&mut self.data);
-        data
+        std::mem::take(&mut self.data)
     }
 }
 
