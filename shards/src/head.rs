@@ -97,12 +97,13 @@ impl TenantHead {
         let mut stats = AppendStats::default();
         let mut remap = Remap::new(p);
         let mut pairs: Vec<(u32, usize)> = Vec::new();
+        let mut scratch: Vec<u8> = Vec::new();
         for g in groups {
             // Intern each stack once for all sample types.
             pairs.clear();
             for &si in &g.samples {
                 let s = &p.samples[si as usize];
-                let id = self.symbols.intern_stack(p, &mut remap, &s.locations);
+                let id = self.symbols.intern_stack_indexed(p, &mut remap, &s.locations, &mut scratch);
                 pairs.push((id, si as usize));
             }
             pairs.sort_unstable_by_key(|(id, _)| *id);
@@ -283,39 +284,47 @@ impl TenantHead {
     }
 
     fn flame_tree(&self, values: &FxHashMap<u32, i64>) -> FlameTree {
-        let mut names = NameMap::default();
+        const UNSET: u32 = u32::MAX;
+        const NEEDED: u32 = u32::MAX - 1;
+        let sym = &self.symbols;
+        let mut names = NameMap::new(sym.strings.len());
         let mut nodes: Vec<(u32, u32, i64)> = vec![(0, 0, 0)];
         let mut children: FxHashMap<(u32, u32), u32> = FxHashMap::default();
-        // stack node -> tree node of its deepest frame
-        let mut memo: FxHashMap<u32, u32> = FxHashMap::default();
-        memo.insert(ROOT, 0);
-        let mut path: Vec<u32> = Vec::new();
+        // Tree node of each stack node this query needs. A parent's id is smaller than its
+        // children's, so one ascending pass resolves every needed node after its parent.
+        let mut tnode = vec![UNSET; sym.stack_count()];
+        tnode[ROOT as usize] = 0;
+        let (mut lo, mut hi) = (usize::MAX, 0usize);
+        for &id in values.keys() {
+            let mut n = id as usize;
+            while tnode[n] == UNSET {
+                tnode[n] = NEEDED;
+                lo = lo.min(n);
+                hi = hi.max(n);
+                n = sym.parent[n] as usize;
+            }
+        }
+        children.reserve(if lo <= hi { (hi - lo).div_ceil(2) } else { 0 });
         let mut frames: Vec<u32> = Vec::new();
-        let mut ids: Vec<u32> = values.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let v = values[&id];
-            // Walk up to the nearest resolved ancestor, then resolve downwards.
-            path.clear();
-            let mut n = id;
-            while !memo.contains_key(&n) {
-                path.push(n);
-                n = self.symbols.parent[n as usize];
+        for n in lo..=hi.min(tnode.len().saturating_sub(1)) {
+            if tnode[n] != NEEDED {
+                continue;
             }
-            let mut tnode = memo[&n];
-            for &sn in path.iter().rev() {
-                frames.clear();
-                self.frame_names(self.symbols.location[sn as usize], &mut frames, &mut names);
-                for &name in &frames {
-                    let next = nodes.len() as u32;
-                    tnode = *children.entry((tnode, name)).or_insert_with(|| {
-                        nodes.push((tnode, name, 0));
-                        next
-                    });
-                }
-                memo.insert(sn, tnode);
+            let mut t = tnode[sym.parent[n] as usize];
+            frames.clear();
+            self.frame_names(sym.location[n], &mut frames, &mut names);
+            for &name in &frames {
+                let next = nodes.len() as u32;
+                t = *children.entry((t, name)).or_insert_with(|| {
+                    nodes.push((t, name, 0));
+                    next
+                });
             }
-            nodes[tnode as usize].2 += v;
+            tnode[n] = t;
+        }
+        for (&id, &v) in values {
+            let t = tnode[id as usize] as usize;
+            nodes[t].2 = nodes[t].2.saturating_add(v);
         }
         FlameTree { names: names.names, nodes }
     }
@@ -355,27 +364,25 @@ impl TenantHead {
 #[derive(Default)]
 struct NameMap {
     names: Vec<String>,
-    by_symbol: FxHashMap<u32, u32>,
+    /// Name index per symbol string id (u32::MAX: not named yet).
+    by_symbol: Vec<u32>,
     by_literal: FxHashMap<String, u32>,
 }
 
 impl NameMap {
-    fn ensure_root(&mut self) {
-        if self.names.is_empty() {
-            self.names.push(String::new());
-        }
+    fn new(strings: usize) -> Self {
+        NameMap { names: vec![String::new()], by_symbol: vec![u32::MAX; strings], by_literal: FxHashMap::default() }
     }
     fn symbol(&mut self, s: u32, symbols: &Symbols) -> u32 {
-        self.ensure_root();
-        if let Some(i) = self.by_symbol.get(&s) {
-            return *i;
+        let i = self.by_symbol[s as usize];
+        if i != u32::MAX {
+            return i;
         }
         let i = self.literal(symbols.strings.get(s).to_string());
-        self.by_symbol.insert(s, i);
+        self.by_symbol[s as usize] = i;
         i
     }
     fn literal(&mut self, v: String) -> u32 {
-        self.ensure_root();
         if let Some(i) = self.by_literal.get(&v) {
             return *i;
         }

@@ -65,6 +65,9 @@ pub struct Symbols {
     pub parent: Vec<u32>,
     pub location: Vec<u32>,
     children: FxHashMap<(u32, u32), u32>,
+    /// 128-bit hash of a whole stack's location ids (root first) → its node. The chance of
+    /// two different stacks sharing a key is ~n²/2¹²⁹: nil for any head.
+    stack_index: FxHashMap<u128, u32>,
 }
 
 impl Default for Symbols {
@@ -107,6 +110,7 @@ impl Symbols {
             parent: vec![ROOT],
             location: vec![u32::MAX],
             children: FxHashMap::default(),
+            stack_index: FxHashMap::default(),
         }
     }
 
@@ -186,6 +190,33 @@ impl Symbols {
         node
     }
 
+    /// Interns one sample's stack through the whole-stack index: the stack's location ids
+    /// (this table's) are hashed to 128 bits and looked up once; only a stack never seen
+    /// before walks the tree frame by frame. `scratch` is reused between calls.
+    pub fn intern_stack_indexed(
+        &mut self,
+        p: &Profile,
+        r: &mut Remap,
+        leaf_first: &[u32],
+        scratch: &mut Vec<u8>,
+    ) -> u32 {
+        scratch.clear();
+        for &loc in leaf_first.iter().rev() {
+            let id = self.location(p, r, loc);
+            scratch.extend_from_slice(&id.to_le_bytes());
+        }
+        let key = xxhash_rust::xxh3::xxh3_128(scratch);
+        if let Some(&node) = self.stack_index.get(&key) {
+            return node;
+        }
+        let mut node = ROOT;
+        for id in scratch.chunks_exact(4) {
+            node = self.child(node, u32::from_le_bytes([id[0], id[1], id[2], id[3]]));
+        }
+        self.stack_index.insert(key, node);
+        node
+    }
+
     fn child(&mut self, parent: u32, loc: u32) -> u32 {
         let next = self.parent.len() as u32;
         let id = *self.children.entry((parent, loc)).or_insert(next);
@@ -208,6 +239,7 @@ impl Symbols {
             + self.mappings.len() * (std::mem::size_of::<Mapping>() * 2 + 12)
             + self.locations.iter().map(|l| 2 * (32 + l.lines.len() * 16) + 12).sum::<usize>()
             + self.parent.len() * (4 + 4 + 13)
+            + self.stack_index.len() * 21
     }
 }
 

@@ -56,8 +56,22 @@ impl Tree {
         id
     }
 
-    /// Adds a core's partial tree.
+    /// Adds a core's partial tree. The first non-empty partial is adopted as it is (its
+    /// children are already unique); the (parent, name) index is built only when a second
+    /// one must be merged into it.
     pub fn merge(&mut self, part: &FlameTree) {
+        if self.nodes.len() == 1 && part.nodes.len() > 1 {
+            self.adopt(part);
+            return;
+        }
+        if self.index.is_empty() && self.nodes.len() > 1 {
+            self.index.reserve(self.nodes.len());
+            for (i, n) in self.nodes.iter().enumerate() {
+                for &c in &n.children {
+                    self.index.insert((i as u32, self.nodes[c as usize].name), c);
+                }
+            }
+        }
         let names: Vec<u32> = part.names.iter().map(|n| self.name_id(n)).collect();
         let mut map = vec![0u32; part.nodes.len()];
         for (i, &(parent, name, value)) in part.nodes.iter().enumerate().skip(1) {
@@ -67,6 +81,17 @@ impl Tree {
         }
         if let Some(root) = part.nodes.first() {
             self.nodes[0].self_ += root.2;
+        }
+    }
+
+    fn adopt(&mut self, part: &FlameTree) {
+        let names: Vec<u32> = part.names.iter().map(|n| self.name_id(n)).collect();
+        self.nodes[0].self_ += part.nodes[0].2;
+        self.nodes.reserve(part.nodes.len());
+        for &(parent, name, value) in &part.nodes[1..] {
+            let id = self.nodes.len() as u32;
+            self.nodes.push(Node { name: names[name as usize], self_: value, total: 0, children: Vec::new() });
+            self.nodes[parent as usize].children.push(id);
         }
     }
 
@@ -134,12 +159,19 @@ impl Tree {
             let t = self.nodes[i].total;
             self.nodes[parent[i] as usize].total += t;
         }
-        let name_of: Vec<u32> = self.nodes.iter().map(|n| n.name).collect();
-        let names = &self.names;
+        // Sort children by name bytes through each name's rank: one string sort of the
+        // distinct names instead of string compares per node.
+        let mut by_name: Vec<u32> = (0..self.names.len() as u32).collect();
+        by_name.sort_unstable_by(|a, b| self.names[*a as usize].as_bytes().cmp(self.names[*b as usize].as_bytes()));
+        let mut rank = vec![0u32; self.names.len()];
+        for (r, n) in by_name.into_iter().enumerate() {
+            rank[n as usize] = r as u32;
+        }
+        let key: Vec<u32> = self.nodes.iter().map(|n| rank[n.name as usize]).collect();
         for n in &mut self.nodes {
-            n.children.sort_by(|a, b| {
-                names[name_of[*a as usize] as usize].as_bytes().cmp(names[name_of[*b as usize] as usize].as_bytes())
-            });
+            if n.children.len() > 1 {
+                n.children.sort_unstable_by_key(|c| key[*c as usize]);
+            }
         }
         self.index = FxHashMap::default();
     }
