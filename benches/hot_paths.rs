@@ -1,5 +1,8 @@
 //! Micro-benchmarks of kiln's hot paths. Run: `cargo bench --bench hot_paths`.
 //! Figures and the machine they were taken on are in perf/RESULTS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use kiln::distributor::pprof;
 use kiln::querier::tree::Tree;

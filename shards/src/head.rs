@@ -4,6 +4,7 @@
 //! other cores reach it by sending messages. Profiles are kept as columns per series: for
 //! profile i, its samples are `stacks[offsets[i]..offsets[i+1]]` with the matching `values`,
 //! sorted by stack id with no duplicates and no zeros.
+use crate::childindex::ChildIndex;
 use crate::labels::{self, Labels};
 use crate::profile::{Profile, SampleGroup};
 use crate::query::{Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
@@ -289,7 +290,7 @@ impl TenantHead {
         let sym = &self.symbols;
         let mut names = NameMap::new(sym.strings.len());
         let mut nodes: Vec<(u32, u32, i64)> = vec![(0, 0, 0)];
-        let mut children: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+        let mut children = ChildIndex::default();
         // Tree node of each stack node this query needs. A parent's id is smaller than its
         // children's, so one ascending pass resolves every needed node after its parent.
         let mut tnode = vec![UNSET; sym.stack_count()];
@@ -304,7 +305,6 @@ impl TenantHead {
                 n = sym.parent[n] as usize;
             }
         }
-        children.reserve(if lo <= hi { (hi - lo).div_ceil(2) } else { 0 });
         let mut frames: Vec<u32> = Vec::new();
         for n in lo..=hi.min(tnode.len().saturating_sub(1)) {
             if tnode[n] != NEEDED {
@@ -314,11 +314,11 @@ impl TenantHead {
             frames.clear();
             self.frame_names(sym.location[n], &mut frames, &mut names);
             for &name in &frames {
-                let next = nodes.len() as u32;
-                t = *children.entry((t, name)).or_insert_with(|| {
+                let (c, created) = children.child(t, name);
+                if created {
                     nodes.push((t, name, 0));
-                    next
-                });
+                }
+                t = c;
             }
             tnode[n] = t;
         }

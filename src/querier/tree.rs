@@ -1,6 +1,7 @@
 //! The merged flame tree of a query, and its encodings: Pyroscope's FlameGraph levels (with
 //! `max_nodes` truncation into "other" nodes), the diff of two trees, and TREE bytes.
 use kiln_proto::querier::v1::{FlameGraph, FlameGraphDiff, Level};
+use kiln_shards::childindex::ChildIndex;
 use kiln_shards::query::FlameTree;
 use rustc_hash::FxHashMap;
 
@@ -8,20 +9,26 @@ pub const OTHER: &str = "other";
 
 #[derive(Debug, Clone)]
 struct Node {
+    parent: u32,
     name: u32,
     self_: i64,
     total: i64,
-    children: Vec<u32>,
 }
 
 /// A tree over function names. Node 0 is the root; a child's id is always greater than its
-/// parent's. Children are sorted by name bytes once `finish` has run.
+/// parent's. After `finish`, children are listed per node (sorted by name bytes).
 #[derive(Debug, Clone)]
 pub struct Tree {
     names: Vec<String>,
     name_ids: FxHashMap<String, u32>,
     nodes: Vec<Node>,
-    index: FxHashMap<(u32, u32), u32>,
+    /// Child lookup while merging; built lazily, dropped by `finish`.
+    index: Option<ChildIndex>,
+    /// Children of node i: `child_list[child_start[i]..child_start[i + 1]]` (after `finish`).
+    child_start: Vec<u32>,
+    child_list: Vec<u32>,
+    /// Rank of each name in byte order (after `finish`).
+    rank: Vec<u32>,
 }
 
 impl Default for Tree {
@@ -29,8 +36,11 @@ impl Default for Tree {
         Tree {
             names: vec![String::new()],
             name_ids: FxHashMap::default(),
-            nodes: vec![Node { name: 0, self_: 0, total: 0, children: Vec::new() }],
-            index: FxHashMap::default(),
+            nodes: vec![Node { parent: 0, name: 0, self_: 0, total: 0 }],
+            index: None,
+            child_start: Vec::new(),
+            child_list: Vec::new(),
+            rank: Vec::new(),
         }
     }
 }
@@ -47,51 +57,55 @@ impl Tree {
     }
 
     fn child(&mut self, parent: u32, name: u32) -> u32 {
-        let next = self.nodes.len() as u32;
-        let id = *self.index.entry((parent, name)).or_insert(next);
-        if id == next {
-            self.nodes.push(Node { name, self_: 0, total: 0, children: Vec::new() });
-            self.nodes[parent as usize].children.push(id);
+        let nodes = &self.nodes;
+        let index = self.index.get_or_insert_with(|| {
+            // Replays the nodes in id order: the index hands out the same ids.
+            let mut idx = ChildIndex::with_capacity(nodes.len());
+            for n in &nodes[1..] {
+                idx.child(n.parent, n.name);
+            }
+            idx
+        });
+        let (id, created) = index.child(parent, name);
+        if created {
+            self.nodes.push(Node { parent, name, self_: 0, total: 0 });
         }
         id
     }
 
+    fn children(&self, i: u32) -> &[u32] {
+        let i = i as usize;
+        &self.child_list[self.child_start[i] as usize..self.child_start[i + 1] as usize]
+    }
+
+    /// The children of `i` sorted by name bytes, into `buf`.
+    fn sorted_children<'b>(&self, i: u32, buf: &'b mut Vec<u32>) -> &'b [u32] {
+        buf.clear();
+        buf.extend_from_slice(self.children(i));
+        buf.sort_unstable_by_key(|c| self.rank[self.nodes[*c as usize].name as usize]);
+        buf
+    }
+
     /// Adds a core's partial tree. The first non-empty partial is adopted as it is (its
-    /// children are already unique); the (parent, name) index is built only when a second
-    /// one must be merged into it.
+    /// children are already unique); the child index is built only when a second one must
+    /// be merged into it.
     pub fn merge(&mut self, part: &FlameTree) {
-        if self.nodes.len() == 1 && part.nodes.len() > 1 {
-            self.adopt(part);
+        let names: Vec<u32> = part.names.iter().map(|n| self.name_id(n)).collect();
+        if let Some(root) = part.nodes.first() {
+            self.nodes[0].self_ += root.2;
+        }
+        if self.nodes.len() == 1 && self.index.is_none() {
+            self.nodes.reserve(part.nodes.len());
+            for &(parent, name, value) in part.nodes.iter().skip(1) {
+                self.nodes.push(Node { parent, name: names[name as usize], self_: value, total: 0 });
+            }
             return;
         }
-        if self.index.is_empty() && self.nodes.len() > 1 {
-            self.index.reserve(self.nodes.len());
-            for (i, n) in self.nodes.iter().enumerate() {
-                for &c in &n.children {
-                    self.index.insert((i as u32, self.nodes[c as usize].name), c);
-                }
-            }
-        }
-        let names: Vec<u32> = part.names.iter().map(|n| self.name_id(n)).collect();
         let mut map = vec![0u32; part.nodes.len()];
         for (i, &(parent, name, value)) in part.nodes.iter().enumerate().skip(1) {
             let id = self.child(map[parent as usize], names[name as usize]);
             map[i] = id;
             self.nodes[id as usize].self_ += value;
-        }
-        if let Some(root) = part.nodes.first() {
-            self.nodes[0].self_ += root.2;
-        }
-    }
-
-    fn adopt(&mut self, part: &FlameTree) {
-        let names: Vec<u32> = part.names.iter().map(|n| self.name_id(n)).collect();
-        self.nodes[0].self_ += part.nodes[0].2;
-        self.nodes.reserve(part.nodes.len());
-        for &(parent, name, value) in &part.nodes[1..] {
-            let id = self.nodes.len() as u32;
-            self.nodes.push(Node { name: names[name as usize], self_: value, total: 0, children: Vec::new() });
-            self.nodes[parent as usize].children.push(id);
         }
     }
 
@@ -143,37 +157,42 @@ impl Tree {
         self.nodes[n as usize].self_ += value;
     }
 
-    /// Computes totals and sorts children by name; call once after the last merge.
+    /// Computes totals and lists children sorted by name; call once after the last merge.
     pub fn finish(&mut self) {
-        let mut parent = vec![0u32; self.nodes.len()];
-        for (i, n) in self.nodes.iter().enumerate() {
-            for &c in &n.children {
-                parent[c as usize] = i as u32;
-            }
-        }
         for n in &mut self.nodes {
             n.total = n.self_;
         }
         // Parents precede children, so every child's total is final when it is added up.
         for i in (1..self.nodes.len()).rev() {
-            let t = self.nodes[i].total;
-            self.nodes[parent[i] as usize].total += t;
+            let (t, p) = (self.nodes[i].total, self.nodes[i].parent as usize);
+            self.nodes[p].total += t;
         }
-        // Sort children by name bytes through each name's rank: one string sort of the
-        // distinct names instead of string compares per node.
+        // Children are sorted by name bytes only where a walk visits them, through each
+        // name's rank (one string sort of the distinct names).
         let mut by_name: Vec<u32> = (0..self.names.len() as u32).collect();
         by_name.sort_unstable_by(|a, b| self.names[*a as usize].as_bytes().cmp(self.names[*b as usize].as_bytes()));
-        let mut rank = vec![0u32; self.names.len()];
+        self.rank = vec![0u32; self.names.len()];
         for (r, n) in by_name.into_iter().enumerate() {
-            rank[n as usize] = r as u32;
+            self.rank[n as usize] = r as u32;
         }
-        let key: Vec<u32> = self.nodes.iter().map(|n| rank[n.name as usize]).collect();
-        for n in &mut self.nodes {
-            if n.children.len() > 1 {
-                n.children.sort_unstable_by_key(|c| key[*c as usize]);
-            }
+        let n = self.nodes.len();
+        let mut start = vec![0u32; n + 1];
+        for node in &self.nodes[1..] {
+            start[node.parent as usize + 1] += 1;
         }
-        self.index = FxHashMap::default();
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut list = vec![0u32; n.saturating_sub(1)];
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            let p = node.parent as usize;
+            list[fill[p] as usize] = i as u32;
+            fill[p] += 1;
+        }
+        self.child_start = start;
+        self.child_list = list;
+        self.index = None;
     }
 
     pub fn total(&self) -> i64 {
@@ -186,10 +205,27 @@ impl Tree {
         if max_nodes < 1 || count <= max_nodes {
             return 0;
         }
-        let mut totals: Vec<i64> = self.nodes[1..].iter().map(|n| n.total).collect();
-        let k = max_nodes as usize - 1;
-        totals.select_nth_unstable_by(k, |a, b| b.cmp(a));
-        totals[k]
+        // The max_nodes-th largest total. A child's total never exceeds its parent's, so a
+        // subtree whose root cannot enter the top max_nodes is skipped whole.
+        let k = max_nodes as usize;
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<i64>> =
+            std::collections::BinaryHeap::with_capacity(k + 1);
+        let mut stack: Vec<u32> = self.children(0).to_vec();
+        while let Some(n) = stack.pop() {
+            let t = self.nodes[n as usize].total;
+            if heap.len() >= k {
+                if t <= heap.peek().map_or(i64::MIN, |r| r.0) {
+                    continue;
+                }
+                heap.pop();
+            }
+            heap.push(std::cmp::Reverse(t));
+            stack.extend_from_slice(self.children(n));
+        }
+        if heap.len() < k {
+            return 0;
+        }
+        heap.peek().map_or(0, |r| r.0)
     }
 
     /// Walks the truncated tree depth first, popping the last child first (Pyroscope's order),
@@ -206,18 +242,19 @@ impl Tree {
             cn.total >= min && self.names[cn.name as usize] != OTHER
         };
         let mut stack = vec![(Item::Node(0), 0usize, 0i64)];
+        let mut buf = Vec::new();
         while let Some((item, level, x)) = stack.pop() {
             match item {
                 Item::Other(v) => visit(level, x, OTHER, v, v, 0),
                 Item::Node(i) => {
                     let n = &self.nodes[i as usize];
                     let name = if i == 0 { "total" } else { self.names[n.name as usize].as_str() };
-                    let other: i64 =
-                        n.children.iter().filter(|c| !keep(**c)).map(|c| self.nodes[*c as usize].total).sum();
-                    let kept = n.children.iter().filter(|c| keep(**c)).count();
+                    let kids = self.sorted_children(i, &mut buf);
+                    let other: i64 = kids.iter().filter(|c| !keep(**c)).map(|c| self.nodes[*c as usize].total).sum();
+                    let kept = kids.iter().filter(|c| keep(**c)).count();
                     visit(level, x, name, n.self_, n.total, kept + usize::from(other != 0));
                     let mut cx = x + n.self_;
-                    for &c in &n.children {
+                    for &c in kids {
                         if keep(c) {
                             stack.push((Item::Node(c), level + 1, cx));
                             cx += self.nodes[c as usize].total;
@@ -315,8 +352,9 @@ pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff,
             let n = &right.nodes[r as usize];
             nodes[d].right = (n.total, n.self_);
         }
-        let lc: &[u32] = l.map_or(&[], |l| &left.nodes[l as usize].children);
-        let rc: &[u32] = r.map_or(&[], |r| &right.nodes[r as usize].children);
+        let (mut lb, mut rb) = (Vec::new(), Vec::new());
+        let lc: &[u32] = l.map_or(&[], |l| left.sorted_children(l, &mut lb));
+        let rc: &[u32] = r.map_or(&[], |r| right.sorted_children(r, &mut rb));
         let (mut i, mut j) = (0, 0);
         while i < lc.len() || j < rc.len() {
             let ln = lc.get(i).map(|c| left.names[left.nodes[*c as usize].name as usize].as_str());
