@@ -516,3 +516,24 @@ fn base64(data: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn analyze_query_counts_what_a_query_reads() {
+    let k = Kiln::start(FIXTURE_FLAGS);
+    post(k.port, "/ingest?name=an.cpu&format=folded&sampleRate=0", &[], b"a;b 1\na;c 2\n".to_vec());
+    post(k.port, "/ingest?name=an.cpu&format=folded&sampleRate=0", &[], b"a;b 5\n".to_vec());
+    let r: q::AnalyzeQueryResponse = connect(
+        k.port,
+        "/querier.v1.QuerierService/AnalyzeQuery",
+        &[],
+        &q::AnalyzeQueryRequest {
+            start: now_ms() - 60_000,
+            end: now_ms() + 1000,
+            query: "process_cpu:samples:count::{service_name=\"an\"}".into(),
+        },
+    )
+    .unwrap();
+    let s = &r.query_scopes[0];
+    assert_eq!((s.series_count, s.profile_count, s.sample_count), (1, 2, 3));
+    assert_eq!(r.query_impact.unwrap().total_queried_series, 1);
+}

@@ -253,6 +253,18 @@ impl TenantHead {
                 }
                 QueryResult::Stats { oldest_ms: lo / 1_000_000, newest_ms: hi / 1_000_000, ingested: true }
             }
+            QueryRequest::Analyze(sel) => {
+                let (mut series, mut profiles, mut samples) = (0u64, 0u64, 0u64);
+                for s in self.selected(sel) {
+                    series += 1;
+                    for i in Self::in_range(s, sel) {
+                        profiles += 1;
+                        samples += (s.offsets[i + 1] - s.offsets[i]) as u64;
+                    }
+                }
+                // Column bytes read: (stack id, value) per sample, (time, total, offset) per profile.
+                QueryResult::Analyze { series, profiles, samples, bytes: samples * 12 + profiles * 20 }
+            }
         }
     }
 

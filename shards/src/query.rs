@@ -29,8 +29,14 @@ pub enum QueryRequest {
     Series(Selection, Vec<String>),
     MergeTree(Selection),
     MergeProfile(Selection),
-    SelectSeries { sel: Selection, step_ms: i64, group_by: Vec<String> },
+    SelectSeries {
+        sel: Selection,
+        step_ms: i64,
+        group_by: Vec<String>,
+    },
     Stats(Selection),
+    /// How much data a query would read: series, profiles, samples, bytes.
+    Analyze(Selection),
 }
 
 /// A flame tree over function names: node 0 is the root, every parent index is smaller than
@@ -71,5 +77,11 @@ pub enum QueryResult {
         oldest_ms: i64,
         newest_ms: i64,
         ingested: bool,
+    },
+    Analyze {
+        series: u64,
+        profiles: u64,
+        samples: u64,
+        bytes: u64,
     },
 }

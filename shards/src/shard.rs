@@ -98,7 +98,8 @@ impl Shard {
             | QueryRequest::Series(s, _)
             | QueryRequest::MergeTree(s)
             | QueryRequest::MergeProfile(s)
-            | QueryRequest::Stats(s) => s,
+            | QueryRequest::Stats(s)
+            | QueryRequest::Analyze(s) => s,
             QueryRequest::SelectSeries { sel, .. } => sel,
         };
         sel.tenants.iter().filter_map(|t| self.tenants.get(t.as_str())).map(|h| h.query(req)).collect()

@@ -28,7 +28,7 @@ fn json_response(r: &Req, v: &Value) -> Response {
 }
 
 /// Splits `profile_type{selector}`; the profile type part is required.
-fn split_query(q: &str) -> Result<(ProfileType, String, String), RpcError> {
+pub(crate) fn split_query(q: &str) -> Result<(ProfileType, String, String), RpcError> {
     let q = q.trim();
     let (pt, sel) = match q.find('{') {
         Some(i) => (&q[..i], &q[i..]),

@@ -21,6 +21,7 @@ pub async fn dispatch(call: &Call<'_>, method: &str) -> Response {
         "SelectSeries" => call.unary(select_series).await,
         "Diff" => call.unary(diff).await,
         "GetProfileStats" => call.unary(profile_stats).await,
+        "AnalyzeQuery" => call.unary(analyze_query).await,
         "SelectMergeSpanProfile" => {
             call.unary(|_, _: q::SelectMergeSpanProfileRequest| async {
                 Err::<q::SelectMergeSpanProfileResponse, _>(RpcError::new(
@@ -245,4 +246,32 @@ async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result
         }
     }
     Ok(out)
+}
+
+/// What a query would read, so Grafana can show its cost before running it.
+async fn analyze_query(call: &Call<'_>, r: q::AnalyzeQueryRequest) -> Result<q::AnalyzeQueryResponse, RpcError> {
+    let (_, pt, selector) = super::render::split_query(&r.query)?;
+    let tenants = tenants(call.core, call.headers)?;
+    let sel = selection(call.core, tenants, Some(&pt), &selector, r.start, r.end)?;
+    let mut scope = q::QueryScope {
+        component_type: "Head".into(),
+        component_count: call.core.mesh.cores() as u64,
+        ..Default::default()
+    };
+    if let Some(sel) = sel {
+        for p in fan_out(call.core, QueryRequest::Analyze(sel)).await? {
+            if let QueryResult::Analyze { series, profiles, samples, bytes } = p {
+                scope.series_count += series;
+                scope.profile_count += profiles;
+                scope.sample_count += samples;
+                scope.profile_bytes += bytes;
+            }
+        }
+    }
+    let impact = q::QueryImpact {
+        total_bytes_in_time_range: scope.profile_bytes,
+        total_queried_series: scope.series_count,
+        deduplication_needed: false,
+    };
+    Ok(q::AnalyzeQueryResponse { query_scopes: vec![scope], query_impact: Some(impact) })
 }
