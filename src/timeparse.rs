@@ -108,7 +108,8 @@ fn yyyymmdd(s: &str) -> Option<i64> {
     if d > days_in[(m - 1) as usize] {
         return None;
     }
-    Some(days_from_civil(y, m, d) * 86400 * 1_000_000_000)
+    // Years far from the epoch do not fit in i64 nanoseconds: clamp rather than overflow.
+    Some(days_from_civil(y, m, d).saturating_mul(86_400_000_000_000))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -139,6 +140,8 @@ mod tests {
         assert_eq!(parse_time_ns("1700000000000000000", NOW), NOW);
         assert_eq!(parse_time_ns("1_700_000_000", NOW), NOW);
         assert_eq!(parse_time_ns("20231114", NOW), 1_699_920_000_000_000_000);
+        // Found by fuzzing: a date far before the epoch overflowed.
+        assert_eq!(parse_time_ns("11111111", NOW), i64::MIN);
     }
 
     #[test]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the fuzz targets with libFuzzer coverage on the stable toolchain (no cargo-fuzz or
+# nightly needed) and runs each for the given seconds (default 60).
+# Usage: fuzz/run.sh [seconds] [target...]
+set -euo pipefail
+cd "$(dirname "$0")"
+SECS=${1:-60}
+shift || true
+TARGETS=${*:-pprof wal_record wal_payload text_inputs rpc_frame gzip}
+export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+ -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+ -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+# --target keeps the instrumentation off build scripts.
+cargo build --release --target "$TRIPLE" $(for t in $TARGETS; do printf -- '--bin %s ' "$t"; done)
+for t in $TARGETS; do
+  mkdir -p corpus/$t artifacts/$t
+  seeds=()
+  [ "$t" = pprof ] && seeds=(../../shared/testdata/pprof/pyroscope/og-convert ../../shared/testdata/pprof/pyroscope/pkg-pprof)
+  echo "== $t"
+  ./target/"$TRIPLE"/release/$t -max_total_time="$SECS" -rss_limit_mb=2048 -artifact_prefix=artifacts/$t/ corpus/$t "${seeds[@]}"
+done
