@@ -65,6 +65,9 @@ pub struct Config {
     pub wal_segment_size_bytes: u64,
     /// `fsync` (durable before ack) or `write` (ack once in the page cache).
     pub wal_sync_policy: String,
+    /// Head bytes a core may hold before pushes are refused with 429; 0 = no limit. Unset:
+    /// half of the machine's memory, split over the cores.
+    pub max_head_bytes_per_core: Option<u64>,
     pub multitenancy_enabled: bool,
     pub log_level: String,
     pub limits: Limits,
@@ -85,6 +88,7 @@ impl Default for Config {
             wal_dir: String::new(),
             wal_segment_size_bytes: 128 * 1024 * 1024,
             wal_sync_policy: "fsync".into(),
+            max_head_bytes_per_core: None,
             multitenancy_enabled: false,
             log_level: "info".into(),
             limits: Limits::default(),
@@ -104,6 +108,22 @@ impl Config {
         } else {
             self.wal_dir.clone().into()
         }
+    }
+
+    /// The head limit per core: the flag, or half of physical memory over the cores.
+    pub fn effective_max_head_bytes(&self) -> u64 {
+        if let Some(v) = self.max_head_bytes_per_core {
+            return v;
+        }
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        total / 2 / self.effective_shards().max(1) as u64
     }
 
     pub fn effective_shards(&self) -> usize {
@@ -167,6 +187,9 @@ impl Config {
             "shards" => self.shards = v.parse().map_err(|e| bad(format!("{e}")))?,
             "ring.tokens-per-core" => self.ring_tokens_per_core = v.parse().map_err(|e| bad(format!("{e}")))?,
             "ingester.wal-dir" => self.wal_dir = v.into(),
+            "ingester.max-head-bytes-per-core" => {
+                self.max_head_bytes_per_core = Some(v.parse().map_err(|e| bad(format!("{e}")))?)
+            }
             "ingester.wal-segment-size-bytes" => {
                 self.wal_segment_size_bytes = v.parse().map_err(|e| bad(format!("{e}")))?
             }
@@ -227,6 +250,7 @@ impl Config {
             (&["ingester", "wal_dir"], "ingester.wal-dir"),
             (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes"),
             (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy"),
+            (&["ingester", "max_head_bytes_per_core"], "ingester.max-head-bytes-per-core"),
             (&["shards"], "shards"),
             (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
             (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),

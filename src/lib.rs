@@ -34,11 +34,17 @@ pub fn run(cfg: config::Config) {
     // Termination signals are taken by the main thread alone (sigwait below); every core
     // thread inherits the blocked mask.
     let signals = block_termination_signals();
+    let mut cfg = cfg;
+    cfg.max_head_bytes_per_core = Some(cfg.effective_max_head_bytes());
+    let shard_cfg = kiln_shards::runtime::ShardConfig {
+        wal: Some(wal),
+        max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
+    };
     let shared = server::Shared::new(cfg);
     tracing::info!(cores, port = shared.cfg.http_listen_port, wal = %wal_dir.display(), "kiln starting");
     let s = shared.clone();
     let started =
-        kiln_shards::runtime::start(cores, tokens, true, Some(wal), move |ctx| server::serve(ctx, Arc::clone(&s)));
+        kiln_shards::runtime::start(cores, tokens, true, shard_cfg, move |ctx| server::serve(ctx, Arc::clone(&s)));
     if let Some((_, source)) = &gens.source {
         if let Err(e) = replay::replay(source, &started.mesh) {
             fail(e);

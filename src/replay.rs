@@ -28,7 +28,8 @@ pub fn replay(source: &Path, mesh: &Mesh) -> Result<ReplayStats, String> {
     let started = Instant::now();
     let segs = wal::segments(source).map_err(|e| format!("listing {}: {e}", source.display()))?;
     let mut st = ReplayStats::default();
-    let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, String>>> = Vec::new();
+    let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>> =
+        Vec::new();
     for (i, seg) in segs.iter().enumerate() {
         let last_of_core = segs.get(i + 1).is_none_or(|n| n.core != seg.core);
         let (records, dropped) = segment::read_segment(&seg.path).map_err(|e| e.to_string())?;
@@ -60,7 +61,7 @@ pub fn replay(source: &Path, mesh: &Mesh) -> Result<ReplayStats, String> {
                 let (tx, rx) = flume::bounded(1);
                 mesh.send_blocking(
                     c,
-                    Msg::Ingest { tenant: tenant.clone(), profile: profile.clone(), groups, reply: tx },
+                    Msg::Ingest { tenant: tenant.clone(), profile: profile.clone(), groups, reply: tx, replay: true },
                 )
                 .map_err(|e| e.to_string())?;
                 waits.push(rx);
@@ -82,9 +83,11 @@ pub fn replay(source: &Path, mesh: &Mesh) -> Result<ReplayStats, String> {
     Ok(st)
 }
 
-fn drain(waits: &mut Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, String>>>) -> Result<(), String> {
+fn drain(
+    waits: &mut Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>>,
+) -> Result<(), String> {
     for rx in waits.drain(..) {
-        rx.recv().map_err(|_| "a core stopped during WAL replay".to_string())??;
+        rx.recv().map_err(|_| "a core stopped during WAL replay".to_string())?.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -119,6 +119,32 @@ fn limits_apply() {
     let e = push(k.port, &series(&[("__name__", "process_cpu")], large)).unwrap_err();
     assert_eq!((e.0, e.1.as_str()), (429, "resource_exhausted"), "{e:?}");
 
+    // A full head refuses pushes with 429 and keeps what it holds; the WAL replay at start is
+    // not refused (it was acknowledged).
+    let k = Kiln::start(&["-validation.reject-older-than=0", "-ingester.max-head-bytes-per-core=1", "-shards=1"]);
+    push(k.port, &series(&[("__name__", "process_cpu"), ("service_name", "a")], rust_profile())).unwrap();
+    let e = push(k.port, &series(&[("__name__", "process_cpu"), ("service_name", "b")], rust_profile())).unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (429, "resource_exhausted"), "{e:?}");
+    assert!(e.2.contains("head"), "{e:?}");
+    let data = k.kill();
+    let k = Kiln::start_in(
+        data,
+        &[
+            "-ingester.max-head-bytes-per-core=1",
+            "-shards=1",
+            "-querier.max-query-length=0",
+            "-querier.max-query-lookback=0",
+        ],
+    );
+    let r = connect_json(
+        k.port,
+        "/querier.v1.QuerierService/LabelValues",
+        &[],
+        serde_json::json!({"name": "service_name", "start": "1000", "end": (now_ms() + 1000).to_string()}),
+    );
+    assert_eq!(r.json()["names"], serde_json::json!(["a"]));
+    drop(k);
+
     // The ingestion window (default 1h back) rejects old fixtures.
     let k = Kiln::start(&[]);
     let e = push(k.port, &series(&[("__name__", "process_cpu")], rust_profile())).unwrap_err();

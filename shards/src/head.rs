@@ -362,6 +362,11 @@ impl TenantHead {
         out
     }
 
+    /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.
+    pub fn approx_bytes(&self) -> usize {
+        self.symbols.approx_bytes() + self.samples as usize * 12 + self.profiles as usize * 24 + self.series.len() * 256
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.symbols.heap_bytes()
             + self

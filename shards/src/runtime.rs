@@ -75,6 +75,14 @@ pub struct WalConfig {
     pub policy: kiln_io::wal::segment::SyncPolicy,
 }
 
+/// What each core's shard is started with.
+#[derive(Debug, Clone, Default)]
+pub struct ShardConfig {
+    pub wal: Option<WalConfig>,
+    /// Head bytes per core before pushes are refused (0 = no limit).
+    pub max_head_bytes: usize,
+}
+
 pub struct Started {
     pub threads: Vec<JoinHandle<()>>,
     pub mesh: Mesh,
@@ -85,7 +93,7 @@ pub struct Started {
 /// Starts `cores` threads, each with its own monoio executor (io_uring, or epoll where the
 /// container forbids io_uring), pinned to one CPU when `pin`. Each runs its shard's inbox
 /// loop and the future `serve` builds for it.
-pub fn start<F, Fut>(cores: usize, tokens_per_core: u32, pin: bool, wal: Option<WalConfig>, serve: F) -> Started
+pub fn start<F, Fut>(cores: usize, tokens_per_core: u32, pin: bool, shard_cfg: ShardConfig, serve: F) -> Started
 where
     F: Fn(CoreContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -108,7 +116,8 @@ where
             let mesh = mesh.clone();
             let serve = serve.clone();
             let gate = gate_rx.clone();
-            let wal = wal.clone();
+            let wal = shard_cfg.wal.clone();
+            let max_head = shard_cfg.max_head_bytes;
             std::thread::Builder::new()
                 .name(format!("kiln-core-{core}"))
                 .spawn(move || {
@@ -136,7 +145,7 @@ where
                                 shard
                             }
                         };
-                        monoio::spawn(shard.run(inbox));
+                        monoio::spawn(shard.with_head_limit(max_head).run(inbox));
                         serve(CoreContext { core: core as u32, mesh, gate }).await;
                     });
                 })

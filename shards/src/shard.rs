@@ -14,15 +14,29 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// The answer to an ingest: what was appended, once durable, or why it could not be made so.
-pub type IngestReply = flume::Sender<Result<AppendStats, String>>;
+/// Why an ingest was not applied or not made durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The core's head holds its limit; nothing was appended.
+    #[error("the head of core {core} is full ({bytes} of {limit} bytes; see -ingester.max-head-bytes-per-core)")]
+    HeadFull { core: u32, bytes: usize, limit: usize },
+    /// Appended to the head, but the WAL write failed: not acknowledged.
+    #[error("writing the WAL failed: {0}")]
+    Wal(String),
+}
+
+/// The answer to an ingest: what was appended, once durable, or why not.
+pub type IngestReply = flume::Sender<Result<AppendStats, IngestError>>;
 
 pub enum Msg {
+    /// `replay` ingests (WAL records at start) were acknowledged before: they bypass the head
+    /// limit.
     Ingest {
         tenant: Arc<str>,
         profile: Arc<Profile>,
         groups: Vec<SampleGroup>,
         reply: IngestReply,
+        replay: bool,
     },
     Query {
         req: Arc<QueryRequest>,
@@ -68,12 +82,23 @@ pub struct Shard {
     tenants: FxHashMap<Arc<str>, TenantHead>,
     appends: u64,
     wal: Option<WalHandle>,
+    /// Bytes of head this core may hold (0 = no limit).
+    max_head_bytes: usize,
 }
 
 impl Shard {
     /// A shard without a WAL: acknowledges as soon as the head holds the data.
     pub fn new(core: u32) -> Self {
-        Shard { core, tenants: FxHashMap::default(), appends: 0, wal: None }
+        Shard { core, tenants: FxHashMap::default(), appends: 0, wal: None, max_head_bytes: 0 }
+    }
+
+    pub fn with_head_limit(mut self, bytes: usize) -> Self {
+        self.max_head_bytes = bytes;
+        self
+    }
+
+    pub fn approx_head_bytes(&self) -> usize {
+        self.tenants.values().map(TenantHead::approx_bytes).sum()
     }
 
     /// A shard whose every ingest is acknowledged only once its WAL record is durable, and
@@ -121,7 +146,18 @@ impl Shard {
     pub fn handle(&mut self, msg: Msg) {
         // A dropped reply receiver means the requester gave up; nothing to do.
         match msg {
-            Msg::Ingest { tenant, profile, groups, reply } => {
+            Msg::Ingest { tenant, profile, groups, reply, replay } => {
+                if !replay && self.max_head_bytes > 0 {
+                    let bytes = self.approx_head_bytes();
+                    if bytes >= self.max_head_bytes {
+                        let _ = reply.send(Err(IngestError::HeadFull {
+                            core: self.core,
+                            bytes,
+                            limit: self.max_head_bytes,
+                        }));
+                        return;
+                    }
+                }
                 let st = self.append(&tenant, &profile, &groups);
                 match &self.wal {
                     None => {
@@ -180,7 +216,7 @@ async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>,
             let (res, mut buf) = writer.append(buf).await;
             buf.clear();
             spare = buf;
-            let res = res.map_err(|e| format!("writing the WAL failed: {e}"));
+            let res = res.map_err(|e| IngestError::Wal(e.to_string()));
             if let Err(e) = &res {
                 tracing::error!(error = %e, "WAL write failed; the pushes waiting on it are refused");
             }

@@ -15,6 +15,7 @@ pub const ROOT: u32 = 0;
 pub struct Strings {
     ids: FxHashMap<Rc<str>, u32>,
     list: Vec<Rc<str>>,
+    bytes: usize,
 }
 
 impl Strings {
@@ -28,6 +29,7 @@ impl Strings {
             return *id;
         }
         let id = self.list.len() as u32;
+        self.bytes += v.len();
         let rc: Rc<str> = Rc::from(v);
         self.list.push(rc.clone());
         self.ids.insert(rc, id);
@@ -232,6 +234,17 @@ impl Symbols {
     }
 
     /// Approximate heap bytes held, for `/metrics` and the head size limit.
+    /// An O(1) estimate of the heap bytes held (for the head size limit on every push).
+    pub fn approx_bytes(&self) -> usize {
+        self.strings.bytes
+            + self.strings.len() * 48
+            + self.functions.len() * 44
+            + self.mappings.len() * 100
+            + self.locations.len() * 80
+            + self.parent.len() * 21
+            + self.stack_index.len() * 21
+    }
+
     pub fn heap_bytes(&self) -> usize {
         let strings: usize = self.strings.list.iter().map(|s| s.len() + 16 + 8 + 24).sum();
         strings

@@ -13,7 +13,7 @@ use crate::server::rpc::{Code, RpcError};
 use crate::server::Core;
 use kiln_shards::labels::{self, Labels};
 use kiln_shards::profile::{Profile, SampleGroup};
-use kiln_shards::shard::Msg;
+use kiln_shards::shard::{IngestError, Msg};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -171,7 +171,8 @@ pub async fn distribute(core: &Rc<Core>, tenant: &str, batch: Vec<Accepted>) -> 
                 continue;
             }
             let (tx, rx) = flume::bounded(1);
-            let msg = Msg::Ingest { tenant: tenant.clone(), profile: profile.clone(), groups, reply: tx };
+            let msg =
+                Msg::Ingest { tenant: tenant.clone(), profile: profile.clone(), groups, reply: tx, replay: false };
             mesh.send(c, msg).await.map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
             waits.push(rx);
         }
@@ -181,7 +182,12 @@ pub async fn distribute(core: &Rc<Core>, tenant: &str, batch: Vec<Accepted>) -> 
         rx.recv_async()
             .await
             .map_err(|_| RpcError::new(Code::Unavailable, "a core stopped while applying a push"))?
-            .map_err(|e| RpcError::new(Code::Unavailable, format!("the push could not be made durable: {e}")))?;
+            .map_err(|e| match e {
+                IngestError::HeadFull { .. } => RpcError::new(Code::ResourceExhausted, e.to_string()),
+                IngestError::Wal(_) => {
+                    RpcError::new(Code::Unavailable, format!("the push could not be made durable: {e}"))
+                }
+            })?;
     }
     metrics::add(&core.metrics().pushed_profiles, profiles);
     Ok(())
