@@ -53,7 +53,7 @@ fn decode(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("kiln", short(rel)), &gz, |b, gz| {
             b.iter(|| {
                 let raw = kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap();
-                let p = pprof::normalize(pprof::decode(&raw).unwrap(), limits()).unwrap();
+                let p = pprof::decode_and_normalize(&raw, limits()).unwrap();
                 p.profile.samples.len()
             })
         });

@@ -1,10 +1,19 @@
-//! pprof decoding, validation and normalisation must never panic, whatever the bytes.
+//! pprof decoding, validation and normalisation must never panic, and the fast reader must
+//! agree with the prost path on every input: same profile and groups, or the same error.
 #![no_main]
 use kiln::distributor::pprof;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(input) = pprof::decode(data) {
-        let _ = pprof::normalize(input, pprof::PprofLimits { max_samples: 16000 });
+    let limits = pprof::PprofLimits { max_samples: 16000 };
+    let slow = pprof::decode(data).and_then(|input| pprof::normalize(input, limits));
+    let fast = pprof::decode_and_normalize(data, limits);
+    match (slow, fast) {
+        (Ok(a), Ok(b)) => {
+            assert!(a.profile == b.profile, "profiles differ");
+            assert_eq!(a.groups, b.groups);
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("paths disagree: {:?} vs {:?}", a.map(|_| ()), b.map(|_| ())),
     }
 });

@@ -71,7 +71,10 @@ const PYROSCOPE: Params = Params { min_group: 1, max_chain: 56, passes: 1 };
 
 /// Whether a Go profile with these sample types and stack depths may have stacks truncated
 /// at the runtime's depth limit (Pyroscope's `PotentialTruncatedGoStacktraces`).
-fn may_be_truncated<'a>(mut types: impl Iterator<Item = &'a str> + Clone, depths: impl Iterator<Item = usize>) -> bool {
+pub(crate) fn may_be_truncated<'a>(
+    mut types: impl Iterator<Item = &'a str> + Clone,
+    depths: impl Iterator<Item = usize>,
+) -> bool {
     let (min_depth, max_depth) = if types.clone().any(|t| GO_HEAP_TYPES.contains(&t)) {
         // Go heap stacks stop at 32 frames; from Go 1.23 at 128, which needs no repair.
         (32 - 4, Some(33))

@@ -226,6 +226,16 @@ pub fn derive_profile_name(sample_types: &[String], config: Option<&serde_json::
     last
 }
 
+/// Whether the pprof comes from a .NET profiler (by its spy name or its sample type config).
+fn is_dotnet(spy: &str, config: Option<&serde_json::Value>) -> bool {
+    spy == "dotnetspy" || (spy.is_empty() || spy == "unknown") && config.is_some_and(|c| c.get("inuse-space").is_some())
+}
+
+/// Whether [`apply_spy_fixes`] may change a pprof from this spy.
+fn spy_fixes_apply(spy: &str, config: Option<&serde_json::Value>) -> bool {
+    matches!(spy, "pyspy" | "rbspy" | "scripting") || is_dotnet(spy, config)
+}
+
 /// Spy-specific repairs Pyroscope applies to /ingest pprofs before validation.
 fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::Value>) {
     match spy {
@@ -245,9 +255,7 @@ fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::
         }
         _ => {}
     }
-    let dotnet = spy == "dotnetspy"
-        || (spy.is_empty() || spy == "unknown") && config.is_some_and(|c| c.get("inuse-space").is_some());
-    if dotnet {
+    if is_dotnet(spy, config) {
         if !p.function.is_empty() && p.function.iter().all(|f| f.id == 0) && p.function.len() == p.location.len() {
             for (f, l) in p.function.iter_mut().zip(p.location.iter()) {
                 f.id = l.id;
@@ -265,6 +273,49 @@ fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::
     }
 }
 
+/// The pprof's sample type names as sent (lossily decoded).
+fn sample_type_names(p: &ProfileInput) -> Vec<String> {
+    p.sample_type
+        .iter()
+        .map(|st| String::from_utf8_lossy(p.string_table.get(st.r#type as usize).map_or(&[][..], |v| v)).into_owned())
+        .collect()
+}
+
+/// Decodes, fixes and normalises an /ingest pprof: the profile and its `__name__`.
+fn decode_pprof(
+    bytes: &[u8],
+    spy: &str,
+    config: Option<&serde_json::Value>,
+    from: i64,
+    limits: pprof::PprofLimits,
+) -> Result<(pprof::Decoded, String), String> {
+    // A zero or 1970 profile time becomes the request's `from`.
+    let time_is_bogus = |t: i64| t == 0 || t < 365 * 86400 * 1_000_000_000;
+    if spy_fixes_apply(spy, config) {
+        // The spy fixes edit the pprof as decoded: the prost path.
+        let mut input = pprof::decode(bytes).map_err(|e| e.to_string())?;
+        apply_spy_fixes(&mut input, spy, config);
+        let profile_name = derive_profile_name(&sample_type_names(&input), config);
+        if time_is_bogus(input.time_nanos) {
+            input.time_nanos = from;
+        }
+        return Ok((pprof::normalize(input, limits).map_err(|e| e.to_string())?, profile_name));
+    }
+    let mut decoded = pprof::decode_and_normalize(bytes, limits).map_err(|e| e.to_string())?;
+    // The time is not validated: setting it after normalisation is the same.
+    if time_is_bogus(decoded.profile.time_nanos) {
+        decoded.profile.time_nanos = from;
+    }
+    let p = &decoded.profile;
+    let mut type_names: Vec<String> = p.sample_types.iter().map(|st| p.string(st.r#type).to_string()).collect();
+    if type_names.iter().any(|n| n.len() + 4 > pprof::MAX_STRING_LEN) {
+        // Maybe cut to its suffix by normalisation: name the profile after the string as sent.
+        type_names = sample_type_names(&pprof::decode(bytes).map_err(|e| e.to_string())?);
+    }
+    let profile_name = derive_profile_name(&type_names, config);
+    Ok((decoded, profile_name))
+}
+
 async fn ingest_pprof(
     core: &Rc<Core>,
     tenant: &str,
@@ -279,22 +330,8 @@ async fn ingest_pprof(
     let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
     let bytes = compress::maybe_gunzip(raw, max).map_err(|e| unproc(format!("profile: {e}")))?;
     metrics::add(&core.metrics().decompressed_bytes, bytes.len() as u64);
-    let mut input = pprof::decode(&bytes).map_err(|e| unproc(e.to_string()))?;
-    apply_spy_fixes(&mut input, spy, config);
-    let type_names: Vec<String> = input
-        .sample_type
-        .iter()
-        .map(|st| {
-            String::from_utf8_lossy(input.string_table.get(st.r#type as usize).map_or(&[][..], |v| v)).into_owned()
-        })
-        .collect();
-    let profile_name = derive_profile_name(&type_names, config);
-    let time_is_bogus = input.time_nanos == 0 || input.time_nanos < 365 * 86400 * 1_000_000_000;
-    if time_is_bogus {
-        input.time_nanos = from;
-    }
-    let decoded = pprof::normalize(input, pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples })
-        .map_err(|e| unproc(e.to_string()))?;
+    let pprof_limits = pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples };
+    let (decoded, profile_name) = decode_pprof(&bytes, spy, config, from, pprof_limits).map_err(unproc)?;
     let mut base = Labels::from_pairs(name.labels.iter().cloned());
     base.set(labels::NAME, profile_name);
     base.set("pyroscope_spy", if spy.is_empty() { "unknown" } else { spy });
@@ -365,6 +402,7 @@ async fn push_one(core: &Rc<Core>, tenant: &str, bytes: usize, acc: Accepted, va
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     #[test]
     fn names() {
@@ -379,6 +417,75 @@ mod tests {
         assert!(parse_name("{a=b}").is_err());
         assert!(parse_name("bad app").is_err());
         assert!(parse_name("a{k-y=v}").is_err());
+    }
+
+    /// `decode_pprof` as it was written before the fast path: always through prost.
+    fn decode_pprof_reference(
+        bytes: &[u8],
+        spy: &str,
+        config: Option<&serde_json::Value>,
+        from: i64,
+        limits: pprof::PprofLimits,
+    ) -> Result<(pprof::Decoded, String), String> {
+        let mut input = pprof::decode(bytes).map_err(|e| e.to_string())?;
+        apply_spy_fixes(&mut input, spy, config);
+        let profile_name = derive_profile_name(&sample_type_names(&input), config);
+        if input.time_nanos == 0 || input.time_nanos < 365 * 86400 * 1_000_000_000 {
+            input.time_nanos = from;
+        }
+        Ok((pprof::normalize(input, limits).map_err(|e| e.to_string())?, profile_name))
+    }
+
+    #[test]
+    fn pprof_decoding_matches_the_prost_path() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/");
+        let dotnet: serde_json::Value = serde_json::json!({"inuse-space": {"units": "bytes"}});
+        // Its head, which names the profile, is cut by normalisation.
+        let mut long_type = b"cpu".to_vec();
+        long_type.extend_from_slice(&[b'a'; pprof::MAX_STRING_LEN]);
+        let mut extra = vec![(
+            "long sample type".to_string(),
+            ProfileInput {
+                sample_type: vec![kiln_proto::google::v1::ValueType { r#type: 1, unit: 0 }],
+                string_table: vec![vec![], long_type],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )];
+        for name in [
+            "pyroscope/og-convert/pyspy-1.pb.gz",
+            "pyroscope/og-convert/dotnet-pprof-3.pb.gz",
+            "pyroscope/og-convert/dotnet-pprof-211.pb.gz",
+            "pyroscope/og-convert/cpu.pb.gz",
+            "pyroscope/og-convert/invalid_utf8.pb.gz",
+            "pyroscope/pkg-pprof/profile_ruby",
+            "pyroscope/pkg-pprof/profile_python",
+            "pyroscope/pkg-pprof/go.cpu.labels.pprof",
+            "pyroscope/pkg-pprof/heap",
+            "pyroscope/pkg-pprof/dotnet.labels.pprof",
+            "pyroscope/og-convert/req_2.st.json",
+        ] {
+            let raw = std::fs::read(format!("{root}{name}")).unwrap();
+            let bytes = compress::maybe_gunzip(&raw, 1 << 30).unwrap().into_owned();
+            extra.push((name.to_string(), bytes));
+        }
+        let limits = pprof::PprofLimits { max_samples: 0 };
+        assert_eq!(decode_pprof(&extra[0].1, "", None, 7, limits).unwrap().1, "process_cpu");
+        for (name, bytes) in &extra {
+            for spy in ["", "unknown", "gospy", "pyspy", "rbspy", "scripting", "dotnetspy"] {
+                for config in [None, Some(&dotnet)] {
+                    let got = decode_pprof(bytes, spy, config, 7, limits);
+                    let want = decode_pprof_reference(bytes, spy, config, 7, limits);
+                    match (got, want) {
+                        (Ok((a, an)), Ok((b, bn))) => {
+                            assert!(a.profile == b.profile && a.groups == b.groups, "{name} {spy} {config:?}");
+                            assert_eq!(an, bn, "{name} {spy} {config:?}");
+                        }
+                        (a, b) => assert_eq!(a.err(), b.err(), "{name} {spy} {config:?}"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@ use kiln_shards::profile::{Function, Line, Location, Mapping, Profile, Sample, V
 use prost::Message;
 use rustc_hash::FxHashMap;
 
+/// The fast reader behind [`decode_and_normalize`].
+#[path = "pprof_fast.rs"]
+pub mod fast;
+
 /// Pyroscope keeps at most this many frames of a stack, the root-most ones.
 pub const MAX_STACK_DEPTH: usize = 1000;
 /// Longer strings keep their last this-many bytes.
@@ -17,7 +21,7 @@ pub const MAX_SAMPLE_LABELS: usize = 100;
 
 /// Sample labels that never become series labels (kept per sample in Pyroscope; kiln drops
 /// them until span-level queries exist).
-const NON_SERIES_SAMPLE_LABELS: &[&str] = &["span_id", "trace_id", "profile_id", "pprof::span_id"];
+pub(crate) const NON_SERIES_SAMPLE_LABELS: &[&str] = &["span_id", "trace_id", "profile_id", "pprof::span_id"];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PprofError {
@@ -59,8 +63,9 @@ pub enum Language {
     Unknown,
 }
 
-pub fn detect_language(strings: &[String]) -> Language {
+pub fn detect_language<S: AsRef<str>>(strings: &[S]) -> Language {
     for s in strings {
+        let s = s.as_ref();
         let has = |p: &str| s.starts_with(p) || s.ends_with(p);
         if has(".go") || s.starts_with("/usr/local/go/") {
             return Language::Go;
@@ -107,19 +112,44 @@ pub fn drop_go_type_parameters(name: &str) -> Option<String> {
     (depth == 0 && out.len() != name.len()).then_some(out)
 }
 
-fn truncate_suffix(s: &mut Vec<u8>) {
-    if s.len() > MAX_STRING_LEN {
-        let mut cut = s.len() - MAX_STRING_LEN;
-        // Never split a UTF-8 sequence: move forward to a char boundary.
-        while cut < s.len() && (s[cut] & 0xC0) == 0x80 {
-            cut += 1;
-        }
-        s.drain(..cut);
+/// The part of a string table entry that is kept: all of it, or the last `MAX_STRING_LEN`
+/// bytes of a longer one.
+pub(crate) fn kept_suffix(s: &[u8]) -> &[u8] {
+    if s.len() <= MAX_STRING_LEN {
+        return s;
     }
+    let mut cut = s.len() - MAX_STRING_LEN;
+    // Never split a UTF-8 sequence: move forward to a char boundary.
+    while cut < s.len() && (s[cut] & 0xC0) == 0x80 {
+        cut += 1;
+    }
+    &s[cut..]
 }
 
-fn hex(b: &[u8]) -> String {
+fn truncate_suffix(s: &mut Vec<u8>) {
+    let cut = s.len() - kept_suffix(s).len();
+    s.drain(..cut);
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Decodes, validates and normalises raw (already inflated) pprof bytes: the ingest entry
+/// point. Exactly `normalize(decode(bytes)?, limits)`, through the fast reader
+/// ([`fast::decode`]); the cases it leaves to that reference path are all decided here.
+pub fn decode_and_normalize(bytes: &[u8], limits: PprofLimits) -> Result<Decoded, PprofError> {
+    match fast::decode(bytes, limits) {
+        Ok(decoded) => Ok(decoded),
+        // prost decodes the whole message before `normalize` checks anything: a validation
+        // error stands only if the rest of the message decodes too.
+        Err(fast::Fallback::Invalid(msg)) => {
+            decode(bytes)?;
+            Err(invalid(msg))
+        }
+        // Bytes the fast reader does not take, and Go profiles `gofix` may repair.
+        Err(fast::Fallback::Malformed | fast::Fallback::GoFix) => normalize(decode(bytes)?, limits),
+    }
 }
 
 /// Decodes raw (already inflated) pprof bytes.

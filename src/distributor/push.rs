@@ -3,7 +3,7 @@
 //! distributor is all-or-nothing too).
 use super::{accept, distribute, normalize_series_labels, pprof, rate_limit, Accepted};
 use crate::config::Limits;
-use crate::server::rpc::{Code, RpcError};
+use crate::server::rpc::RpcError;
 use crate::server::{metrics, write_tenant, Core};
 use crate::timeparse::now_ns;
 use bytes::Bytes;
@@ -66,7 +66,6 @@ pub fn inflate(raw: &Bytes, limits: &Limits) -> Result<Bytes, RpcError> {
 
 /// Decodes and validates an inflated profile.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<pprof::Decoded, RpcError> {
-    let input = pprof::decode(bytes).map_err(|e| RpcError::invalid(e.to_string()))?;
-    pprof::normalize(input, pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples })
-        .map_err(|e| RpcError::new(Code::InvalidArgument, e.to_string()))
+    pprof::decode_and_normalize(bytes, pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples })
+        .map_err(|e| RpcError::invalid(e.to_string()))
 }

@@ -1,0 +1,1301 @@
+//! The fast pprof decoder: a hand-written protobuf reader for the pprof `Profile` message that
+//! builds kiln's dense [`Profile`] and its sample groups directly, producing exactly what
+//! `normalize(decode(bytes)?, limits)` produces (the reference path, kept in `pprof.rs`)
+//! without prost's intermediate `ProfileInput` (a heap allocation per sample for each of
+//! `location_id`, `value` and `label`, one per string, one per location's lines).
+//!
+//! Passes over the bytes:
+//! 1. [`scan`] reads the top-level fields once: scalars, sample types, the period type,
+//!    mappings and functions are decoded on the spot (fixed-size records), strings are cut
+//!    to their kept suffix and checked for UTF-8 in place, and the byte ranges of the
+//!    locations and samples are kept for later (they refer to ids and strings that may come
+//!    after them).
+//! 2. For a Go profile only, [`sample_depth`] counts each sample's location ids (without
+//!    decoding them) for the `gofix` decision below.
+//! 3. The strings are copied into their `String`s; the symbols are validated and indexed in
+//!    `normalize`'s order: sample types, period type, mappings, functions (Go type
+//!    parameters dropped), locations.
+//! 4. Each sample is parsed into reused scratch buffers, validated, and written straight
+//!    into kiln's `Sample` and its group.
+//!
+//! Id lookups use [`IdIndex`], a dense table for the usual small ids with a hash map for the
+//! rest. This module never reports what it cannot reproduce exactly; it hands those cases
+//! back as a [`Fallback`] and `pprof::decode_and_normalize` (the one place that decides)
+//! takes the reference path for them:
+//! * [`Fallback::Malformed`]: the bytes are not a protobuf `Profile` this reader accepts. The
+//!   reader is never more lenient than prost (varints, keys, wire types of known fields,
+//!   packed and unpacked repeated scalars, length bounds all checked the same way); it is
+//!   stricter only for groups (wire types 3/4), which it leaves to prost.
+//! * [`Fallback::Invalid`]: a validation error, found in `normalize`'s order with its
+//!   message. It stands only if the whole message decodes, since prost decodes everything
+//!   before `normalize` checks anything; the rare error path asks prost.
+//! * [`Fallback::GoFix`]: a Go profile whose stacks may have been truncated by the Go runtime
+//!   (`gofix::may_be_truncated`, on the same sample types and depths `gofix::repair_pprof`
+//!   looks at): the repair works on the prost `ProfileInput`. Decided before any string,
+//!   symbol or sample is built, so such a profile costs little more than the prost path.
+use crate::distributor::gofix;
+use crate::distributor::pprof::{
+    detect_language, drop_go_type_parameters, hex, kept_suffix, Decoded, Language, PprofLimits, MAX_SAMPLE_LABELS,
+    MAX_STACK_DEPTH, NON_SERIES_SAMPLE_LABELS,
+};
+use kiln_shards::labels::Labels;
+use kiln_shards::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use rustc_hash::FxHashMap;
+
+/// Why the fast path gave a profile back to the reference path.
+#[derive(Debug, PartialEq)]
+pub enum Fallback {
+    /// Not a protobuf `Profile` as this reader takes it (prost tells the exact error).
+    Malformed,
+    /// This validation error, unless the message does not decode at all.
+    Invalid(String),
+    /// A Go profile that `gofix` may repair.
+    GoFix,
+}
+
+type Res<T> = Result<T, Fallback>;
+
+fn invalid<T>(msg: impl Into<String>) -> Res<T> {
+    Err(Fallback::Invalid(msg.into()))
+}
+
+// Wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// A protobuf reader over one message's bytes.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn new(b: &'a [u8]) -> Self {
+        Cursor { b, pos: 0 }
+    }
+
+    #[inline]
+    fn more(&self) -> bool {
+        self.pos < self.b.len()
+    }
+
+    #[inline(always)]
+    fn varint(&mut self) -> Res<u64> {
+        let (v, n) = varint_at(self.b, self.pos)?;
+        self.pos += n;
+        Ok(v)
+    }
+
+    /// A field key: (field number, wire type), checked as prost checks it.
+    #[inline(always)]
+    fn key(&mut self) -> Res<(u32, u8)> {
+        let key = self.varint()?;
+        if key > u64::from(u32::MAX) || (key & 7) > 5 || key >> 3 == 0 {
+            return Err(Fallback::Malformed);
+        }
+        Ok(((key >> 3) as u32, (key & 7) as u8))
+    }
+
+    /// A length-delimited payload.
+    #[inline(always)]
+    fn bytes(&mut self) -> Res<&'a [u8]> {
+        let len = self.varint()?;
+        let rest = self.b.len() - self.pos;
+        if len > rest as u64 {
+            return Err(Fallback::Malformed);
+        }
+        let s = &self.b[self.pos..self.pos + len as usize];
+        self.pos += len as usize;
+        Ok(s)
+    }
+
+    fn advance(&mut self, n: usize) -> Res<()> {
+        if self.b.len() - self.pos < n {
+            return Err(Fallback::Malformed);
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Skips an unknown field. Groups are left to prost.
+    #[inline(always)]
+    fn skip(&mut self, wire: u8) -> Res<()> {
+        match wire {
+            VARINT => self.varint().map(drop),
+            FIXED64 => self.advance(8),
+            LEN => self.bytes().map(drop),
+            FIXED32 => self.advance(4),
+            _ => Err(Fallback::Malformed),
+        }
+    }
+
+    /// A singular scalar field's value: prost requires the varint wire type.
+    #[inline(always)]
+    fn scalar(&mut self, wire: u8) -> Res<u64> {
+        if wire != VARINT {
+            return Err(Fallback::Malformed);
+        }
+        self.varint()
+    }
+
+    /// A message field's bytes: prost requires the length-delimited wire type.
+    #[inline(always)]
+    fn message(&mut self, wire: u8) -> Res<&'a [u8]> {
+        if wire != LEN {
+            return Err(Fallback::Malformed);
+        }
+        self.bytes()
+    }
+
+    /// A repeated varint field, packed or not, appended to `out`.
+    #[inline(always)]
+    fn repeated<T: FromVarint>(&mut self, wire: u8, out: &mut Vec<T>) -> Res<()> {
+        match wire {
+            VARINT => {
+                out.push(T::from_varint(self.varint()?));
+                Ok(())
+            }
+            LEN => {
+                let packed = self.bytes()?;
+                // Every value takes a byte at least.
+                out.reserve(packed.len());
+                let mut i = 0;
+                while i < packed.len() {
+                    let (v, n) = varint_at(packed, i)?;
+                    i += n;
+                    out.push(T::from_varint(v));
+                }
+                Ok(())
+            }
+            _ => Err(Fallback::Malformed),
+        }
+    }
+}
+
+/// A repeated scalar's value from its varint (`int64` and `uint64` fields).
+trait FromVarint {
+    fn from_varint(v: u64) -> Self;
+}
+
+impl FromVarint for u64 {
+    #[inline(always)]
+    fn from_varint(v: u64) -> Self {
+        v
+    }
+}
+
+impl FromVarint for i64 {
+    #[inline(always)]
+    fn from_varint(v: u64) -> Self {
+        v as i64
+    }
+}
+
+/// The varint at `b[i..]`: its value and length. One- and two-byte varints (most ids,
+/// indices and small values) are read inline.
+#[inline(always)]
+fn varint_at(b: &[u8], i: usize) -> Res<(u64, usize)> {
+    match b.get(i) {
+        Some(&x) if x < 0x80 => Ok((u64::from(x), 1)),
+        Some(&x) => match b.get(i + 1) {
+            Some(&y) if y < 0x80 => Ok((u64::from(x & 0x7f) | u64::from(y) << 7, 2)),
+            _ => varint_long(&b[i..]),
+        },
+        None => Err(Fallback::Malformed),
+    }
+}
+
+/// A varint of two or more bytes at the start of `b`: its value and length. At most ten
+/// bytes, the tenth at most 1 (prost's overflow check); overlong encodings are accepted.
+#[inline(never)]
+fn varint_long(b: &[u8]) -> Res<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &x) in b.iter().take(10).enumerate() {
+        v |= u64::from(x & 0x7f) << (7 * i);
+        if x < 0x80 {
+            if i == 9 && x >= 2 {
+                break;
+            }
+            return Ok((v, i + 1));
+        }
+    }
+    Err(Fallback::Malformed)
+}
+
+/// Pprof ids → dense indices: a table for ids below a bound derived from the number of
+/// entries (pprof writers number from 1), a hash map above it. Inserting an id again
+/// replaces it, as `HashMap::insert` does in the reference path.
+struct IdIndex {
+    limit: u64,
+    dense: Vec<u32>,
+    sparse: FxHashMap<u64, u32>,
+}
+
+const ABSENT: u32 = u32::MAX;
+
+impl IdIndex {
+    fn new(entries: usize) -> Self {
+        IdIndex { limit: 2 * entries as u64 + 64, dense: Vec::new(), sparse: FxHashMap::default() }
+    }
+
+    fn insert(&mut self, id: u64, index: u32) {
+        if id < self.limit {
+            let i = id as usize;
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, ABSENT);
+            }
+            self.dense[i] = index;
+        } else {
+            self.sparse.insert(id, index);
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, id: u64) -> Option<u32> {
+        if id < self.limit {
+            self.dense.get(id as usize).copied().filter(|&i| i != ABSENT)
+        } else {
+            self.sparse.get(&id).copied()
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct RawValueType {
+    r#type: i64,
+    unit: i64,
+}
+
+#[derive(Default)]
+struct RawMapping {
+    id: u64,
+    memory_start: u64,
+    memory_limit: u64,
+    file_offset: u64,
+    filename: i64,
+    build_id: i64,
+    has_functions: bool,
+    has_filenames: bool,
+    has_line_numbers: bool,
+    has_inline_frames: bool,
+}
+
+#[derive(Default)]
+struct RawFunction {
+    id: u64,
+    name: i64,
+    system_name: i64,
+    filename: i64,
+    start_line: i64,
+}
+
+#[derive(Default)]
+struct RawLocation {
+    id: u64,
+    mapping_id: u64,
+    address: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct RawLabel {
+    key: i64,
+    str: i64,
+    num_unit: i64,
+}
+
+/// What the top-level pass found.
+#[derive(Default)]
+struct Top<'a> {
+    sample_types: Vec<RawValueType>,
+    period_type: Option<RawValueType>,
+    samples: Vec<&'a [u8]>,
+    mappings: Vec<RawMapping>,
+    functions: Vec<RawFunction>,
+    locations: Vec<&'a [u8]>,
+    /// The strings as kept (suffixes of long ones), up to the first one that is not UTF-8
+    /// (`utf8_error` then says which). Copied into `String`s only once nothing is left to
+    /// the reference path but a validation error.
+    strings: Vec<&'a str>,
+    /// Entries in the string table.
+    nstr: usize,
+    first_string_empty: bool,
+    utf8_error: Option<String>,
+    /// Indices of strings that name sample labels which never become series labels.
+    non_series: Vec<u32>,
+    time_nanos: i64,
+    duration_nanos: i64,
+    period: i64,
+}
+
+fn value_type(b: &[u8], vt: &mut RawValueType) -> Res<()> {
+    let mut c = Cursor::new(b);
+    while c.more() {
+        match c.key()? {
+            (1, w) => vt.r#type = c.scalar(w)? as i64,
+            (2, w) => vt.unit = c.scalar(w)? as i64,
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(())
+}
+
+fn mapping(b: &[u8]) -> Res<RawMapping> {
+    let mut m = RawMapping::default();
+    let mut c = Cursor::new(b);
+    while c.more() {
+        match c.key()? {
+            (1, w) => m.id = c.scalar(w)?,
+            (2, w) => m.memory_start = c.scalar(w)?,
+            (3, w) => m.memory_limit = c.scalar(w)?,
+            (4, w) => m.file_offset = c.scalar(w)?,
+            (5, w) => m.filename = c.scalar(w)? as i64,
+            (6, w) => m.build_id = c.scalar(w)? as i64,
+            (7, w) => m.has_functions = c.scalar(w)? != 0,
+            (8, w) => m.has_filenames = c.scalar(w)? != 0,
+            (9, w) => m.has_line_numbers = c.scalar(w)? != 0,
+            (10, w) => m.has_inline_frames = c.scalar(w)? != 0,
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(m)
+}
+
+fn function(b: &[u8]) -> Res<RawFunction> {
+    let mut f = RawFunction::default();
+    let mut c = Cursor::new(b);
+    while c.more() {
+        match c.key()? {
+            (1, w) => f.id = c.scalar(w)?,
+            (2, w) => f.name = c.scalar(w)? as i64,
+            (3, w) => f.system_name = c.scalar(w)? as i64,
+            (4, w) => f.filename = c.scalar(w)? as i64,
+            (5, w) => f.start_line = c.scalar(w)? as i64,
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(f)
+}
+
+/// A location, its lines (function id, line) into `lines`.
+fn location(b: &[u8], lines: &mut Vec<(u64, i64)>) -> Res<RawLocation> {
+    lines.clear();
+    let mut l = RawLocation::default();
+    let mut c = Cursor::new(b);
+    while c.more() {
+        match c.key()? {
+            (1, w) => l.id = c.scalar(w)?,
+            (2, w) => l.mapping_id = c.scalar(w)?,
+            (3, w) => l.address = c.scalar(w)?,
+            (4, w) => {
+                let mut line = Cursor::new(c.message(w)?);
+                let (mut function_id, mut number) = (0u64, 0i64);
+                while line.more() {
+                    match line.key()? {
+                        (1, w) => function_id = line.scalar(w)?,
+                        (2, w) => number = line.scalar(w)? as i64,
+                        (_, w) => line.skip(w)?,
+                    }
+                }
+                lines.push((function_id, number));
+            }
+            (5, w) => drop(c.scalar(w)?), // is_folded
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(l)
+}
+
+/// A sample into scratch buffers: location ids, values, labels.
+#[inline]
+fn sample(b: &[u8], ids: &mut Vec<u64>, values: &mut Vec<i64>, labels: &mut Vec<RawLabel>) -> Res<()> {
+    ids.clear();
+    values.clear();
+    labels.clear();
+    let mut c = Cursor::new(b);
+    while c.more() {
+        match c.key()? {
+            (1, w) => c.repeated(w, ids)?,
+            (2, w) => c.repeated(w, values)?,
+            (3, w) => {
+                let mut lc = Cursor::new(c.message(w)?);
+                let mut l = RawLabel::default();
+                while lc.more() {
+                    match lc.key()? {
+                        (1, w) => l.key = lc.scalar(w)? as i64,
+                        (2, w) => l.str = lc.scalar(w)? as i64,
+                        (3, w) => drop(lc.scalar(w)?), // num
+                        (4, w) => l.num_unit = lc.scalar(w)? as i64,
+                        (_, w) => lc.skip(w)?,
+                    }
+                }
+                labels.push(l);
+            }
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(())
+}
+
+/// How many location ids a sample has, without decoding them: each varint of a well-formed
+/// packed run ends in exactly one byte below 0x80. A malformed sample may be miscounted, but
+/// then decoding it fails later anyway.
+fn sample_depth(b: &[u8]) -> Res<usize> {
+    let mut n = 0;
+    let mut c = Cursor::new(b);
+    while c.more() {
+        match c.key()? {
+            (1, LEN) => n += c.bytes()?.iter().filter(|&&x| x < 0x80).count(),
+            (1, VARINT) => {
+                c.varint()?;
+                n += 1;
+            }
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(n)
+}
+
+/// The top-level pass.
+fn scan(bytes: &[u8]) -> Res<Top<'_>> {
+    let mut t = Top::default();
+    let mut comments: Vec<u64> = Vec::new();
+    let mut c = Cursor::new(bytes);
+    while c.more() {
+        match c.key()? {
+            (1, w) => {
+                let mut vt = RawValueType::default();
+                value_type(c.message(w)?, &mut vt)?;
+                t.sample_types.push(vt);
+            }
+            (2, w) => t.samples.push(c.message(w)?),
+            (3, w) => t.mappings.push(mapping(c.message(w)?)?),
+            (4, w) => t.locations.push(c.message(w)?),
+            (5, w) => t.functions.push(function(c.message(w)?)?),
+            (6, w) => {
+                let raw = c.message(w)?; // `bytes` takes the same wire type as a message
+                let i = t.nstr;
+                t.nstr += 1;
+                if i == 0 {
+                    t.first_string_empty = raw.is_empty();
+                }
+                if t.utf8_error.is_some() {
+                    continue; // the profile is rejected; only the wire format still matters
+                }
+                let kept = kept_suffix(raw);
+                match std::str::from_utf8(kept) {
+                    Ok(s) => {
+                        if NON_SERIES_SAMPLE_LABELS.contains(&s) {
+                            t.non_series.push(i as u32);
+                        }
+                        t.strings.push(s);
+                    }
+                    Err(_) => t.utf8_error = Some(format!("invalid utf8 string hex: {}", hex(kept))),
+                }
+            }
+            (9, w) => t.time_nanos = c.scalar(w)? as i64,
+            (10, w) => t.duration_nanos = c.scalar(w)? as i64,
+            (11, w) => {
+                // A singular message field seen again merges into the first.
+                let vt = t.period_type.get_or_insert_with(RawValueType::default);
+                value_type(c.message(w)?, vt)?;
+            }
+            (12, w) => t.period = c.scalar(w)? as i64,
+            (7 | 8 | 14, w) => drop(c.scalar(w)?), // drop_frames, keep_frames, default_sample_type
+            (13, w) => {
+                comments.clear();
+                c.repeated(w, &mut comments)?; // comment
+            }
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(t)
+}
+
+/// Decodes, validates and normalises raw pprof bytes as `normalize(decode(bytes)?, limits)`
+/// does, or says why it leaves them to that path.
+pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
+    let top = scan(bytes)?;
+    // From here on, `normalize`'s checks in its order.
+    if top.sample_types.is_empty() {
+        return invalid("empty profile");
+    }
+    if top.nstr == 0 || !top.first_string_empty {
+        return invalid("string 0 should be empty string");
+    }
+    if limits.max_samples > 0 && top.samples.len() > limits.max_samples {
+        return invalid(format!(
+            "profile has {} samples, which is more than the limit of {} (-validation.max-profile-stacktrace-samples)",
+            top.samples.len(),
+            limits.max_samples
+        ));
+    }
+    if let Some(e) = top.utf8_error {
+        return Err(Fallback::Invalid(e));
+    }
+    let nstr = top.nstr as i64;
+    let in_range = |i: i64| i >= 0 && i < nstr;
+
+    let mut sample_types = Vec::with_capacity(top.sample_types.len());
+    for st in &top.sample_types {
+        if !in_range(st.r#type) || !in_range(st.unit) {
+            return invalid("sample type type string index out of range");
+        }
+        sample_types.push(ValueType { r#type: st.r#type as u32, unit: st.unit as u32 });
+    }
+    let period_type = match top.period_type {
+        Some(pt) if pt.r#type != 0 || pt.unit != 0 => {
+            if !in_range(pt.r#type) || !in_range(pt.unit) {
+                return invalid("period type string index out of range");
+            }
+            Some(ValueType { r#type: pt.r#type as u32, unit: pt.unit as u32 })
+        }
+        _ => None,
+    };
+
+    let go = detect_language(&top.strings) == Language::Go;
+    if go {
+        // What `gofix::repair_pprof` decides on: the sample types and the depth of every
+        // sample as sent, all-zero ones included. Decided before anything is built, so that
+        // a profile it may repair costs little more than the prost path alone.
+        let depths = top.samples.iter().map(|s| sample_depth(s)).collect::<Res<Vec<usize>>>()?;
+        let types = sample_types.iter().map(|st| top.strings[st.r#type as usize]);
+        if gofix::may_be_truncated(types, depths.into_iter()) {
+            return Err(Fallback::GoFix);
+        }
+    }
+    let go_names = if go { top.functions.len() } else { 0 };
+    let mut strings: Vec<String> = Vec::with_capacity(top.strings.len() + go_names);
+    strings.extend(top.strings.iter().map(|&s| s.to_owned()));
+    let non_series = top.non_series;
+
+    let mut mapping_index = IdIndex::new(top.mappings.len());
+    let mut mappings = Vec::with_capacity(top.mappings.len());
+    for m in &top.mappings {
+        if !in_range(m.filename) {
+            return invalid("mapping file name string index out of range");
+        }
+        if !in_range(m.build_id) {
+            return invalid("mapping build id string index out of range");
+        }
+        mapping_index.insert(m.id, mappings.len() as u32);
+        mappings.push(Mapping {
+            memory_start: m.memory_start,
+            memory_limit: m.memory_limit,
+            file_offset: m.file_offset,
+            filename: m.filename as u32,
+            build_id: m.build_id as u32,
+            has_functions: m.has_functions,
+            has_filenames: m.has_filenames,
+            has_line_numbers: m.has_line_numbers,
+            has_inline_frames: m.has_inline_frames,
+        });
+    }
+
+    let mut function_index = IdIndex::new(top.functions.len());
+    let mut functions = Vec::with_capacity(top.functions.len());
+    for f in &top.functions {
+        if f.id == 0 {
+            return invalid("function id is 0");
+        }
+        if !in_range(f.name) {
+            return invalid("function name string index out of range");
+        }
+        if !in_range(f.system_name) {
+            return invalid("function system name index string out of range");
+        }
+        if !in_range(f.filename) {
+            return invalid("function file name string index out of range");
+        }
+        let mut name = f.name as u32;
+        if go {
+            if let Some(clean) = drop_go_type_parameters(&strings[f.name as usize]) {
+                strings.push(clean);
+                name = strings.len() as u32 - 1;
+            }
+        }
+        function_index.insert(f.id, functions.len() as u32);
+        functions.push(Function {
+            name,
+            system_name: f.system_name as u32,
+            filename: f.filename as u32,
+            start_line: f.start_line,
+        });
+    }
+
+    let mut location_index = IdIndex::new(top.locations.len());
+    let mut locations = Vec::with_capacity(top.locations.len());
+    let mut raw_lines = Vec::new();
+    for b in &top.locations {
+        let l = location(b, &mut raw_lines)?;
+        if l.id == 0 {
+            return invalid("location id is 0");
+        }
+        let mapping = if l.mapping_id == 0 {
+            0
+        } else {
+            match mapping_index.get(l.mapping_id) {
+                Some(i) => i + 1,
+                None => return invalid(format!("location {} references unknown mapping id {}", l.id, l.mapping_id)),
+            }
+        };
+        let mut lines = Vec::with_capacity(raw_lines.len());
+        for &(function_id, line) in &raw_lines {
+            let Some(function) = function_index.get(function_id) else {
+                return invalid(format!("location {} references unknown function id {}", l.id, function_id));
+            };
+            lines.push(Line { function, line });
+        }
+        let address = if lines.is_empty() { l.address } else { 0 };
+        location_index.insert(l.id, locations.len() as u32);
+        locations.push(Location { mapping, address, lines });
+    }
+
+    if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
+        return invalid("sample type contains -");
+    }
+
+    let ntypes = sample_types.len();
+    let mut samples = Vec::with_capacity(top.samples.len());
+    let mut groups: Vec<(Labels, Vec<u32>)> = Vec::new();
+    let mut group_of: FxHashMap<Vec<(u32, u32)>, usize> = FxHashMap::default();
+    // Most samples have no series labels, or those of the sample before them.
+    let mut unlabelled: Option<usize> = None;
+    let mut last: Option<usize> = None;
+    let mut key: Vec<(u32, u32)> = Vec::new();
+    let mut last_key: Vec<(u32, u32)> = Vec::new();
+    let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for b in &top.samples {
+        sample(b, &mut ids, &mut values, &mut labels)?;
+        if values.len() != ntypes {
+            return invalid("sample value length mismatch");
+        }
+        if labels.len() > MAX_SAMPLE_LABELS {
+            return invalid(format!(
+                "sample has {} labels, which is more than the limit of {MAX_SAMPLE_LABELS}",
+                labels.len()
+            ));
+        }
+        if values.iter().all(|v| *v == 0) {
+            continue;
+        }
+        key.clear();
+        for l in &labels {
+            if !in_range(l.key) || !in_range(l.str) || !in_range(l.num_unit) {
+                return invalid("sample label string index out of range");
+            }
+            if l.str == 0 || non_series.iter().any(|&k| i64::from(k) == l.key) {
+                continue; // numeric, or never a series label
+            }
+            key.push((l.key as u32, l.str as u32));
+        }
+        if !key.is_sorted() {
+            key.sort_unstable();
+        }
+        key.dedup_by_key(|(k, _)| *k);
+        // Keep the root-most frames: pprof lists the leaf first.
+        let kept = &ids[ids.len().saturating_sub(MAX_STACK_DEPTH)..];
+        let mut locs = Vec::with_capacity(kept.len());
+        for &id in kept {
+            match location_index.get(id) {
+                Some(i) => locs.push(i),
+                None => return invalid(format!("sample references unknown location id {id}")),
+            }
+        }
+        let idx = samples.len() as u32;
+        samples.push(Sample { locations: locs, values: values.clone() });
+        let g = match (unlabelled, last) {
+            (Some(g), _) if key.is_empty() => g,
+            (_, Some(g)) if !key.is_empty() && key == last_key => g,
+            _ => {
+                let g = match group_of.get(key.as_slice()) {
+                    Some(&g) => g,
+                    None => {
+                        let labels = Labels::from_pairs(
+                            key.iter().map(|&(k, v)| (strings[k as usize].clone(), strings[v as usize].clone())),
+                        );
+                        groups.push((labels, Vec::new()));
+                        group_of.insert(key.clone(), groups.len() - 1);
+                        groups.len() - 1
+                    }
+                };
+                if key.is_empty() {
+                    unlabelled = Some(g);
+                } else {
+                    last = Some(g);
+                    last_key.clone_from(&key);
+                }
+                g
+            }
+        };
+        groups[g].1.push(idx);
+    }
+    Ok(Decoded {
+        profile: Profile {
+            strings,
+            sample_types,
+            period_type,
+            period: top.period,
+            time_nanos: top.time_nanos,
+            duration_nanos: top.duration_nanos,
+            mappings,
+            functions,
+            locations,
+            samples,
+        },
+        groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributor::pprof::{self, PprofError};
+    use kiln_proto::google::v1 as pb;
+    use kiln_proto::kiln::v1::ProfileInput;
+    use proptest::prelude::*;
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    use prost::Message;
+
+    type Outcome = Result<Decoded, PprofError>;
+
+    fn reference(bytes: &[u8], limits: PprofLimits) -> Outcome {
+        pprof::normalize(pprof::decode(bytes)?, limits)
+    }
+
+    fn differ(a: &Outcome, b: &Outcome) -> Option<String> {
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                if a.profile != b.profile {
+                    return Some("profiles differ".into());
+                }
+                (a.groups != b.groups).then(|| format!("groups differ: {:?} vs {:?}", a.groups, b.groups))
+            }
+            (Err(a), Err(b)) => (a != b).then(|| format!("errors differ: {a:?} vs {b:?}")),
+            (Ok(_), Err(e)) => Some(format!("ok vs error {e:?}")),
+            (Err(e), Ok(_)) => Some(format!("error {e:?} vs ok")),
+        }
+    }
+
+    /// Which way the fast reader went.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Way {
+        Fast,
+        Invalid,
+        Malformed,
+        GoFix,
+    }
+
+    /// Checks the entry point, and the fast reader on its own, against the reference path.
+    fn check(bytes: &[u8], limits: PprofLimits) -> Result<Way, String> {
+        let want = reference(bytes, limits);
+        if let Some(d) = differ(&pprof::decode_and_normalize(bytes, limits), &want) {
+            return Err(format!("entry point: {d}"));
+        }
+        match decode(bytes, limits) {
+            Ok(got) => differ(&Ok(got), &want).map_or(Ok(Way::Fast), |d| Err(format!("fast reader: {d}"))),
+            Err(Fallback::Invalid(msg)) => match (&want, pprof::decode(bytes)) {
+                (Err(PprofError::Decode(_)), Err(_)) => Ok(Way::Invalid),
+                (Err(PprofError::Invalid(m)), Ok(_)) if *m == msg => Ok(Way::Invalid),
+                _ => Err(format!("fast reader: invalid {msg:?}, reference {:?}", want.err())),
+            },
+            Err(Fallback::Malformed) => Ok(Way::Malformed),
+            Err(Fallback::GoFix) => Ok(Way::GoFix),
+        }
+    }
+
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Every file of the shared pprof fixtures (and whatever else lies there) decodes the
+    /// same both ways, with and without a sample limit.
+    #[test]
+    fn fixtures_match_the_reference_path() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof");
+        let mut paths = Vec::new();
+        files(std::path::Path::new(root), &mut paths);
+        paths.sort();
+        let mut fast = 0;
+        for path in &paths {
+            let raw = std::fs::read(path).unwrap();
+            let bytes = kiln_io::compress::maybe_gunzip(&raw, 1 << 30).map_or(raw.clone(), |b| b.into_owned());
+            let name = path.strip_prefix(root).unwrap().display();
+            for max_samples in [0, 10] {
+                match check(&bytes, PprofLimits { max_samples }) {
+                    Ok(way) => {
+                        eprintln!("{name} (max {max_samples}): {way:?}");
+                        fast += usize::from(way == Way::Fast);
+                    }
+                    Err(e) => panic!("{name} (max {max_samples}): {e}"),
+                }
+            }
+            if pprof::decode(&bytes).is_ok() {
+                assert!(!matches!(decode(&bytes, PprofLimits { max_samples: 0 }), Err(Fallback::Malformed)), "{name}");
+            }
+        }
+        assert!(fast >= 20, "only {fast} fixtures took the fast path");
+    }
+
+    #[test]
+    fn go_profiles_gofix_may_repair_take_the_reference_path() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/pyroscope/pkg-pprof/");
+        for (name, way) in
+            [("cpu_go_truncated_1.pb.gz", Way::GoFix), ("heap", Way::GoFix), ("go.cpu.labels.pprof", Way::Fast)]
+        {
+            let raw = std::fs::read(format!("{dir}{name}")).unwrap();
+            let bytes = kiln_io::compress::maybe_gunzip(&raw, 1 << 30).unwrap();
+            assert_eq!(check(&bytes, PprofLimits { max_samples: 0 }), Ok(way), "{name}");
+        }
+    }
+
+    fn key(field: u32, wire: WireType, out: &mut Vec<u8>) {
+        encode_key(field, wire, out);
+    }
+
+    fn len_field(field: u32, payload: &[u8], out: &mut Vec<u8>) {
+        key(field, WireType::LengthDelimited, out);
+        encode_varint(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+
+    fn varint_field(field: u32, v: u64, out: &mut Vec<u8>) {
+        key(field, WireType::Varint, out);
+        encode_varint(v, out);
+    }
+
+    /// A small valid profile: one sample of one frame.
+    fn small() -> ProfileInput {
+        ProfileInput {
+            sample_type: vec![pb::ValueType { r#type: 1, unit: 2 }],
+            sample: vec![pb::Sample {
+                location_id: vec![1],
+                value: vec![5],
+                label: vec![pb::Label { key: 3, str: 4, ..Default::default() }],
+            }],
+            location: vec![pb::Location {
+                id: 1,
+                line: vec![pb::Line { function_id: 1, line: 7 }],
+                ..Default::default()
+            }],
+            function: vec![pb::Function { id: 1, name: 4, ..Default::default() }],
+            string_table: ["", "cpu", "nanoseconds", "thread", "main"].iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wire_edge_cases() {
+        let base = small().encode_to_vec();
+        let no = PprofLimits { max_samples: 0 };
+        let with = |extra: &[u8]| [&base[..], extra].concat();
+        // Varints: ten bytes with a last byte of 1 at most; overlong encodings are fine.
+        let ten = |last: u8| {
+            let mut v = vec![9 << 3];
+            v.extend_from_slice(&[0xff; 9]);
+            v.push(last);
+            v
+        };
+        assert_eq!(check(&with(&ten(1)), no), Ok(Way::Fast));
+        assert_eq!(check(&with(&ten(2)), no), Ok(Way::Malformed));
+        assert_eq!(check(&with(&[9 << 3, 0x85, 0x80, 0x80, 0x00]), no), Ok(Way::Fast));
+        assert_eq!(
+            check(&with(&[9 << 3, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0]), no),
+            Ok(Way::Malformed)
+        );
+        assert_eq!(check(&with(&[9 << 3, 0x80]), no), Ok(Way::Malformed));
+        // Keys: field 0, wire types 6 and 7, keys beyond u32.
+        for k in [&[0x00, 0x01][..], &[0x0e, 0x00], &[0x0f, 0x00], &[0x80, 0x80, 0x80, 0x80, 0x10, 0x00]] {
+            assert_eq!(check(&with(k), no), Ok(Way::Malformed), "{k:?}");
+        }
+        // Wrong wire types for known fields.
+        let mut b = Vec::new();
+        varint_field(1, 3, &mut b); // sample_type as a varint
+        assert_eq!(check(&with(&b), no), Ok(Way::Malformed));
+        let mut b = Vec::new();
+        len_field(9, &[1], &mut b); // time_nanos length-delimited
+        assert_eq!(check(&with(&b), no), Ok(Way::Malformed));
+        let mut b = Vec::new();
+        key(13, WireType::SixtyFourBit, &mut b); // comment as fixed64
+        b.extend_from_slice(&[0; 8]);
+        assert_eq!(check(&with(&b), no), Ok(Way::Malformed));
+        // Unknown fields of every wire type are skipped; groups are left to prost.
+        let mut b = Vec::new();
+        varint_field(15, 300, &mut b);
+        key(16, WireType::ThirtyTwoBit, &mut b);
+        b.extend_from_slice(&[1, 2, 3, 4]);
+        key(17, WireType::SixtyFourBit, &mut b);
+        b.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        len_field(18, b"anything", &mut b);
+        assert_eq!(check(&with(&b), no), Ok(Way::Fast));
+        let mut b = Vec::new();
+        key(19, WireType::StartGroup, &mut b);
+        varint_field(1, 1, &mut b);
+        key(19, WireType::EndGroup, &mut b);
+        assert_eq!(check(&with(&b), no), Ok(Way::Malformed));
+        let mut b = Vec::new();
+        key(19, WireType::EndGroup, &mut b);
+        assert_eq!(check(&with(&b), no), Ok(Way::Malformed));
+        // Truncated payloads.
+        for cut in 1..base.len() {
+            check(&base[..cut], no).unwrap();
+        }
+        // The period type merges field by field; scalars: the last one wins.
+        let mut b = Vec::new();
+        len_field(11, &[0x08, 0x01], &mut b);
+        len_field(11, &[0x10, 0x02], &mut b);
+        varint_field(9, 1, &mut b);
+        varint_field(9, 2, &mut b);
+        let got = decode(&with(&b), no).unwrap().profile;
+        assert_eq!((got.period_type, got.time_nanos), (Some(ValueType { r#type: 1, unit: 2 }), 2));
+        assert_eq!(check(&with(&b), no), Ok(Way::Fast));
+        // A validation error before a malformed field: prost's error.
+        let mut p = small();
+        p.sample[0].location_id = vec![9];
+        let mut bad = p.encode_to_vec();
+        len_field(2, &[0x0a, 0x01, 0x80], &mut bad); // a later sample: a packed varint cut short
+        assert_eq!(check(&bad, no), Ok(Way::Invalid));
+        assert!(matches!(pprof::decode_and_normalize(&bad, no), Err(PprofError::Decode(_))));
+    }
+
+    #[test]
+    fn long_and_invalid_strings() {
+        let no = PprofLimits { max_samples: 0 };
+        let mut p = small();
+        // Cut inside a two-byte character; an invalid byte in the cut part does not count.
+        let mut long = vec![0xff];
+        long.extend("é".repeat(40_000).bytes());
+        p.string_table.push(long);
+        assert_eq!(check(&p.encode_to_vec(), no), Ok(Way::Fast));
+        let mut bad = "é".repeat(10).into_bytes();
+        bad.push(0xc3);
+        p.string_table.push(bad);
+        assert_eq!(check(&p.encode_to_vec(), no), Ok(Way::Invalid));
+    }
+
+    /// How a generated profile is laid out on the wire.
+    #[derive(Debug, Clone)]
+    struct Layout {
+        /// prost's own encoding (everything else below is ignored).
+        prost: bool,
+        unpacked_ids: bool,
+        unpacked_values: bool,
+        /// Packed runs split in two fields.
+        split: bool,
+        labels_first: bool,
+        unknown: bool,
+        /// Top-level sections reversed (strings and symbols before the samples).
+        reversed: bool,
+    }
+
+    fn arb_layout() -> impl Strategy<Value = Layout> {
+        (any::<bool>(), any::<[bool; 6]>()).prop_map(|(prost, f)| Layout {
+            prost,
+            unpacked_ids: f[0],
+            unpacked_values: f[1],
+            split: f[2],
+            labels_first: f[3],
+            unknown: f[4],
+            reversed: f[5],
+        })
+    }
+
+    fn repeated(field: u32, values: &[u64], unpacked: bool, split: bool, out: &mut Vec<u8>) {
+        if unpacked {
+            values.iter().for_each(|&v| varint_field(field, v, out));
+            return;
+        }
+        let halves = if split { values.split_at(values.len() / 2) } else { (values, &[][..]) };
+        for part in [halves.0, halves.1] {
+            if part.is_empty() && split {
+                continue;
+            }
+            let mut packed = Vec::new();
+            part.iter().for_each(|&v| encode_varint(v, &mut packed));
+            len_field(field, &packed, out);
+        }
+    }
+
+    fn encode_with(p: &ProfileInput, l: &Layout) -> Vec<u8> {
+        if l.prost {
+            return p.encode_to_vec();
+        }
+        let mut sections: Vec<Vec<u8>> = Vec::new();
+        let mut out = Vec::new();
+        p.sample_type.iter().for_each(|st| len_field(1, &st.encode_to_vec(), &mut out));
+        sections.push(std::mem::take(&mut out));
+        for s in &p.sample {
+            let mut b = Vec::new();
+            let labels = |b: &mut Vec<u8>| s.label.iter().for_each(|x| len_field(3, &x.encode_to_vec(), b));
+            if l.labels_first {
+                labels(&mut b);
+            }
+            repeated(1, &s.location_id, l.unpacked_ids, l.split, &mut b);
+            if l.unknown {
+                len_field(9, b"?", &mut b);
+            }
+            let values: Vec<u64> = s.value.iter().map(|&v| v as u64).collect();
+            repeated(2, &values, l.unpacked_values, l.split, &mut b);
+            if !l.labels_first {
+                labels(&mut b);
+            }
+            len_field(2, &b, &mut out);
+        }
+        sections.push(std::mem::take(&mut out));
+        p.mapping.iter().for_each(|m| len_field(3, &m.encode_to_vec(), &mut out));
+        for loc in &p.location {
+            let mut b = pb::Location { line: vec![], ..*loc }.encode_to_vec();
+            for ln in &loc.line {
+                let mut lb = ln.encode_to_vec();
+                if l.unknown {
+                    varint_field(3, 12, &mut lb); // column, as upstream pprof has it
+                }
+                len_field(4, &lb, &mut b);
+            }
+            len_field(4, &b, &mut out);
+        }
+        p.function.iter().for_each(|f| len_field(5, &f.encode_to_vec(), &mut out));
+        sections.push(std::mem::take(&mut out));
+        p.string_table.iter().for_each(|s| len_field(6, s, &mut out));
+        sections.push(std::mem::take(&mut out));
+        let rest = ProfileInput {
+            time_nanos: p.time_nanos,
+            duration_nanos: p.duration_nanos,
+            period_type: p.period_type,
+            period: p.period,
+            drop_frames: p.drop_frames,
+            default_sample_type: p.default_sample_type,
+            ..Default::default()
+        };
+        out = rest.encode_to_vec();
+        let comments: Vec<u64> = p.comment.iter().map(|&c| c as u64).collect();
+        repeated(13, &comments, l.unpacked_ids, l.split, &mut out);
+        if l.unknown {
+            varint_field(15, 7, &mut out); // doc_url, as upstream pprof has it
+        }
+        sections.push(out);
+        if l.reversed {
+            sections.reverse();
+        }
+        sections.concat()
+    }
+
+    const VOCABULARY: &[&str] = &[
+        "",
+        "cpu",
+        "nanoseconds",
+        "samples",
+        "count",
+        "main.go",
+        "pkg.F[go.shape.int]",
+        "pkg.(*T[go.shape.string]).M",
+        "span_id",
+        "trace_id",
+        "profile_id",
+        "thread",
+        "worker",
+        "a-b",
+        "java/lang/Thread",
+        "Main.java",
+    ];
+
+    /// A string index: rarely out of range.
+    fn index() -> impl Strategy<Value = i64> {
+        prop_oneof![300 => 0i64..8, 1 => Just(-1i64), 1 => 8i64..40, 1 => Just(i64::MAX)]
+    }
+
+    /// Mostly `fallback`; rarely a random, zero or huge id.
+    fn id(fallback: u64, chaos: u8, random: u64) -> u64 {
+        match chaos {
+            0 => 0,
+            1 => 1 << 40 | random,
+            2..=4 => random % 12,
+            _ => fallback,
+        }
+    }
+
+    fn values(n: usize) -> impl Strategy<Value = Vec<i64>> {
+        proptest::collection::vec(prop_oneof![3 => Just(0i64), 3 => 1i64..100, 1 => Just(-3i64)], n)
+    }
+
+    prop_compose! {
+        fn arb_input()(
+            first in prop_oneof![60 => Just(""), 1 => Just("x")],
+            strings in proptest::collection::vec(proptest::sample::select(VOCABULARY), 7..14),
+            invalid in prop_oneof![30 => Just(None), 1 => Just(Some(b"caf\xc3".to_vec())), 1 => Just(Some(vec![0xff]))],
+            types in prop_oneof![1 => Just(vec![]), 20 => proptest::collection::vec((index(), index()), 1..3)],
+            period_type in proptest::option::of((index(), index())),
+            mappings in proptest::collection::vec((any::<(u8, u64)>(), index(), index(), any::<u64>(), any::<[bool; 4]>()), 0..3),
+            functions in proptest::collection::vec((any::<(u8, u64)>(), index(), index(), index(), any::<i64>()), 0..7),
+            locations in proptest::collection::vec(
+                (any::<(u8, u64)>(), prop_oneof![3 => Just(None), 1 => any::<(u8, u64)>().prop_map(Some)], any::<u64>(),
+                 proptest::collection::vec((any::<(u8, u64)>(), any::<i64>()), 0..3)),
+                0..9,
+            ),
+            samples in proptest::collection::vec((
+                prop_oneof![30 => proptest::collection::vec(any::<(u8, u64)>(), 0..6),
+                            1 => proptest::collection::vec(any::<(u8, u64)>(), 995..1010)],
+                prop_oneof![20 => Just(None), 1 => (0usize..4).prop_flat_map(values).prop_map(Some)],
+                values(3),
+                proptest::collection::vec((index(), prop_oneof![Just(0i64), index()], any::<i64>(), index()), 0..4),
+            ), 0..12),
+            ints in any::<[i64; 4]>(),
+            comment in proptest::collection::vec(index(), 0..2),
+        ) -> ProfileInput {
+            let mut string_table: Vec<Vec<u8>> = vec![first.as_bytes().to_vec()];
+            string_table.extend(strings.iter().map(|s| s.as_bytes().to_vec()));
+            if let Some(bad) = invalid {
+                string_table.push(bad);
+            }
+            let (nmap, nfun, nloc) = (mappings.len() as u64, functions.len() as u64, locations.len() as u64);
+            // Ids 1, 2, …, and references to them, mostly.
+            let pick = |(chaos, r): (u8, u64), n: u64| id(if n == 0 { r % 3 } else { r % n + 1 }, chaos, r);
+            ProfileInput {
+                sample_type: types.iter().map(|&(t, u)| pb::ValueType { r#type: t, unit: u }).collect(),
+                sample: samples
+                    .into_iter()
+                    .map(|(ids, odd_values, values, labels)| pb::Sample {
+                        location_id: ids.into_iter().map(|x| pick(x, nloc)).collect(),
+                        // Mostly as many values as sample types.
+                        value: odd_values.unwrap_or_else(|| values[..types.len()].to_vec()),
+                        label: labels.into_iter().map(|(key, str, num, num_unit)| pb::Label { key, str, num, num_unit }).collect(),
+                    })
+                    .collect(),
+                mapping: mappings
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, ((chaos, r), filename, build_id, start, b))| pb::Mapping {
+                        id: id(i as u64 + 1, chaos, r),
+                        memory_start: start,
+                        memory_limit: start / 2,
+                        file_offset: 4096,
+                        filename,
+                        build_id,
+                        has_functions: b[0],
+                        has_filenames: b[1],
+                        has_line_numbers: b[2],
+                        has_inline_frames: b[3],
+                    })
+                    .collect(),
+                location: locations
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, ((chaos, r), mapping, address, lines))| pb::Location {
+                        id: id(i as u64 + 1, chaos, r),
+                        mapping_id: mapping.map_or(0, |m| pick(m, nmap)),
+                        address,
+                        line: lines.into_iter().map(|(f, line)| pb::Line { function_id: pick(f, nfun), line }).collect(),
+                        is_folded: address % 2 == 0,
+                    })
+                    .collect(),
+                function: functions
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, ((chaos, r), name, system_name, filename, start_line))| pb::Function {
+                        id: id(i as u64 + 1, chaos, r),
+                        name,
+                        system_name,
+                        filename,
+                        start_line,
+                    })
+                    .collect(),
+                string_table,
+                period_type: period_type.map(|(t, u)| pb::ValueType { r#type: t, unit: u }),
+                time_nanos: ints[0],
+                duration_nanos: ints[1],
+                period: ints[2],
+                drop_frames: ints[3] % 4,
+                comment,
+                ..Default::default()
+            }
+        }
+    }
+
+    /// A Go CPU profile with one stack of `depth` frames.
+    fn go_cpu(depth: usize) -> ProfileInput {
+        ProfileInput {
+            sample_type: vec![pb::ValueType { r#type: 1, unit: 2 }],
+            sample: vec![pb::Sample { location_id: vec![1; depth], value: vec![1], label: vec![] }],
+            location: vec![pb::Location {
+                id: 1,
+                line: vec![pb::Line { function_id: 1, line: 1 }],
+                ..Default::default()
+            }],
+            function: vec![pb::Function { id: 1, name: 3, filename: 4, ..Default::default() }],
+            string_table: ["", "cpu", "nanoseconds", "main.f[go.shape.int]", "main.go"]
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn go_depth_decides_the_fallback() {
+        let no = PprofLimits { max_samples: 0 };
+        assert_eq!(check(&go_cpu(59).encode_to_vec(), no), Ok(Way::Fast));
+        assert_eq!(check(&go_cpu(60).encode_to_vec(), no), Ok(Way::GoFix));
+        let unpacked = Layout {
+            prost: false,
+            unpacked_ids: true,
+            unpacked_values: true,
+            split: false,
+            labels_first: false,
+            unknown: true,
+            reversed: true,
+        };
+        assert_eq!(check(&encode_with(&go_cpu(60), &unpacked), no), Ok(Way::GoFix));
+        assert_eq!(check(&encode_with(&go_cpu(59), &unpacked), no), Ok(Way::Fast));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn generated_profiles_match_the_reference_path(
+            p in arb_input(),
+            layout in arb_layout(),
+            max_samples in prop_oneof![10 => Just(0usize), 1 => 1usize..8],
+        ) {
+            let bytes = encode_with(&p, &layout);
+            let way = check(&bytes, PprofLimits { max_samples }).map_err(TestCaseError::fail)?;
+            // Well-formed bytes without groups are never left to prost.
+            prop_assert_ne!(way, Way::Malformed);
+        }
+
+        #[test]
+        fn damaged_profiles_match_the_reference_path(
+            p in arb_input(),
+            layout in arb_layout(),
+            damage in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = encode_with(&p, &layout);
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            for (at, b) in damage {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            check(&bytes, PprofLimits { max_samples: 0 }).map_err(TestCaseError::fail)?;
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            check(&bytes, PprofLimits { max_samples: 0 }).map_err(TestCaseError::fail)?;
+        }
+    }
+}
