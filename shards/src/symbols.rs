@@ -62,7 +62,11 @@ pub struct Symbols {
     pub mappings: Vec<Mapping>,
     mapping_ids: FxHashMap<Mapping, u32>,
     pub locations: Vec<LocationRec>,
-    location_ids: FxHashMap<LocationRec, u32>,
+    /// Location content hash → first location with that hash; `location_next` chains the
+    /// rest. Looking a location up needs no allocation, and each location is stored once.
+    location_ids: FxHashMap<u64, u32>,
+    location_next: Vec<u32>,
+    line_scratch: Vec<Line>,
     /// Stack tree: `parent[n]` and `location[n]` of node n; node 0 is the root.
     pub parent: Vec<u32>,
     pub location: Vec<u32>,
@@ -109,6 +113,8 @@ impl Symbols {
             mapping_ids: FxHashMap::default(),
             locations: Vec::new(),
             location_ids: FxHashMap::default(),
+            location_next: Vec::new(),
+            line_scratch: Vec::new(),
             parent: vec![ROOT],
             location: vec![u32::MAX],
             children: FxHashMap::default(),
@@ -166,18 +172,32 @@ impl Symbols {
         }
         let l = &p.locations[i as usize];
         let mapping = if l.mapping == 0 { 0 } else { self.mapping(p, r, l.mapping - 1) };
-        let lines: Box<[Line]> =
-            l.lines.iter().map(|ln| Line { function: self.function(p, r, ln.function), line: ln.line }).collect();
-        let rec = LocationRec { mapping, address: l.address, lines };
-        let next = self.locations.len() as u32;
-        let id = match self.location_ids.get(&rec) {
-            Some(id) => *id,
-            None => {
-                self.locations.push(rec.clone());
-                self.location_ids.insert(rec, next);
-                next
-            }
+        let mut lines = std::mem::take(&mut self.line_scratch);
+        lines.clear();
+        for ln in &l.lines {
+            lines.push(Line { function: self.function(p, r, ln.function), line: ln.line });
+        }
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            (mapping, l.address, &lines[..]).hash(&mut h);
+            h.finish()
         };
+        let mut id = self.location_ids.get(&key).copied().unwrap_or(UNSET);
+        while id != UNSET {
+            let rec = &self.locations[id as usize];
+            if rec.mapping == mapping && rec.address == l.address && *rec.lines == lines[..] {
+                break;
+            }
+            id = self.location_next[id as usize];
+        }
+        if id == UNSET {
+            id = self.locations.len() as u32;
+            let first = self.location_ids.insert(key, id).unwrap_or(UNSET);
+            self.location_next.push(first);
+            self.locations.push(LocationRec { mapping, address: l.address, lines: lines[..].into() });
+        }
+        self.line_scratch = lines;
         r.locations[i as usize] = id;
         id
     }
@@ -250,7 +270,7 @@ impl Symbols {
         strings
             + self.functions.len() * (std::mem::size_of::<Function>() * 2 + 12)
             + self.mappings.len() * (std::mem::size_of::<Mapping>() * 2 + 12)
-            + self.locations.iter().map(|l| 2 * (32 + l.lines.len() * 16) + 12).sum::<usize>()
+            + self.locations.iter().map(|l| 32 + l.lines.len() * 16 + 16).sum::<usize>()
             + self.parent.len() * (4 + 4 + 13)
             + self.stack_index.len() * 21
     }
