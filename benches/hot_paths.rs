@@ -167,23 +167,24 @@ fn flamegraph(c: &mut Criterion) {
     let mut g = c.benchmark_group("flamegraph");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     for n in [100_000usize, 3_000_000] {
-        let p = wide_profile(n);
-        let groups = vec![SampleGroup {
-            labels: Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "wide")]),
-            samples: (0..n as u32).collect(),
-        }];
-        let mut h = TenantHead::default();
-        h.append("t", &p, &groups);
-        drop(p);
-        let sel = Selection {
-            tenants: vec!["t".into()],
-            profile_type: Some("process_cpu:cpu:nanoseconds::".into()),
-            matchers: vec![],
-            start_ms: 0,
-            end_ms: 10,
-        };
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("select_merge_stacktraces", n), |b| {
+            // Built inside the closure, so a filtered run does not pay for it.
+            let p = wide_profile(n);
+            let groups = vec![SampleGroup {
+                labels: Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "wide")]),
+                samples: (0..n as u32).collect(),
+            }];
+            let mut h = TenantHead::default();
+            h.append("t", &p, &groups);
+            drop(p);
+            let sel = Selection {
+                tenants: vec!["t".into()],
+                profile_type: Some("process_cpu:cpu:nanoseconds::".into()),
+                matchers: vec![],
+                start_ms: 0,
+                end_ms: 10,
+            };
             b.iter(|| {
                 let QueryResult::Tree(part) = h.query(&QueryRequest::MergeTree(sel.clone())) else { unreachable!() };
                 let mut t = Tree::default();

@@ -372,7 +372,8 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
     };
 
     // Token → the group where it sits furthest from the root.
-    let mut owners: FxHashMap<[u64; TOKEN_LEN], Link> = FxHashMap::default();
+    let mut owners: FxHashMap<[u64; TOKEN_LEN], Link> =
+        FxHashMap::with_capacity_and_hasher(starts.len() * TOKENS, Default::default());
     for (g, &start) in starts.iter().enumerate() {
         if (end_of(g) as isize - start as isize) < params.min_group {
             continue;
