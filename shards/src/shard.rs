@@ -199,8 +199,11 @@ impl Shard {
     }
 }
 
-/// Group commit: every append queued while a write is in flight goes out in the next write,
-/// with one sync for all of them; then each waiting push is answered.
+/// Group commit, pipelined: every append queued while a write is in flight goes out in the
+/// next write; each write's sync is started as soon as the write (and so every earlier one)
+/// has completed, without waiting for the previous sync, and its pushes are answered when
+/// that sync completes. A slow fdatasync therefore delays the pushes it covers, not the
+/// ones queued behind it.
 async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>, woken: flume::Receiver<()>) {
     let mut spare = Vec::new();
     while woken.recv_async().await.is_ok() {
@@ -213,16 +216,28 @@ async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>,
                 let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));
                 (buf, std::mem::take(&mut p.waiters))
             };
-            let (res, mut buf) = writer.append(buf).await;
+            let (res, mut buf) = writer.write(buf).await;
             buf.clear();
             spare = buf;
-            let res = res.map_err(|e| IngestError::Wal(e.to_string()));
-            if let Err(e) = &res {
-                tracing::error!(error = %e, "WAL write failed; the pushes waiting on it are refused");
-            }
-            for (tx, st) in waiters {
-                let _ = tx.send(res.clone().map(|_| st));
+            match res {
+                Err(e) => answer(waiters, Err(IngestError::Wal(e.to_string()))),
+                Ok(None) => answer(waiters, Ok(())),
+                Ok(Some(file)) => {
+                    monoio::spawn(async move {
+                        let res = file.sync_data().await.map_err(|e| IngestError::Wal(e.to_string()));
+                        answer(waiters, res);
+                    });
+                }
             }
         }
+    }
+}
+
+fn answer(waiters: Vec<(IngestReply, AppendStats)>, res: Result<(), IngestError>) {
+    if let Err(e) = &res {
+        tracing::error!(error = %e, "WAL write failed; the pushes waiting on it are refused");
+    }
+    for (tx, st) in waiters {
+        let _ = tx.send(res.clone().map(|_| st));
     }
 }

@@ -2,6 +2,7 @@
 //! them back at start (plain std I/O, before the cores serve).
 use super::record;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// When a write counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +18,7 @@ pub enum SyncPolicy {
 pub struct SegmentWriter {
     dir: PathBuf,
     seq: u64,
-    file: monoio::fs::File,
+    file: Rc<monoio::fs::File>,
     len: u64,
     max_bytes: u64,
     policy: SyncPolicy,
@@ -33,12 +34,15 @@ impl SegmentWriter {
         super::sync_dir(dir.parent().unwrap_or(&dir))?;
         let file = open_new(&segment_path(&dir, 1)).await?;
         super::sync_dir(&dir)?;
-        Ok(SegmentWriter { dir, seq: 1, file, len: 0, max_bytes: max_bytes.max(1), policy })
+        Ok(SegmentWriter { dir, seq: 1, file: Rc::new(file), len: 0, max_bytes: max_bytes.max(1), policy })
     }
 
-    /// Appends framed records and makes them durable as the policy says. The buffer is
-    /// handed back for reuse.
-    pub async fn append(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+    /// Writes framed records at the end of the current segment (rotating first when it is
+    /// full). With the `Fsync` policy, returns the file to `sync_data` before the records
+    /// count as durable: a sync issued after this call returns covers this write and every
+    /// earlier one, so callers may sync several writes concurrently (pipelined group
+    /// commit). The buffer is handed back for reuse.
+    pub async fn write(&mut self, buf: Vec<u8>) -> (std::io::Result<Option<Rc<monoio::fs::File>>>, Vec<u8>) {
         if self.len > 0 && self.len + buf.len() as u64 > self.max_bytes {
             if let Err(e) = self.rotate().await {
                 return (Err(e), buf);
@@ -50,21 +54,19 @@ impl SegmentWriter {
             return (Err(e), buf);
         }
         self.len += n;
-        if self.policy == SyncPolicy::Fsync {
-            if let Err(e) = self.file.sync_data().await {
-                return (Err(e), buf);
-            }
-        }
-        (Ok(()), buf)
+        let sync = (self.policy == SyncPolicy::Fsync).then(|| self.file.clone());
+        (Ok(sync), buf)
     }
 
     async fn rotate(&mut self) -> std::io::Result<()> {
+        // The old segment is made whole before the next one exists, so only the last
+        // segment of a core can ever have a torn tail.
         self.file.sync_all().await?;
         self.seq += 1;
         let file = open_new(&segment_path(&self.dir, self.seq)).await?;
-        super::sync_dir(&self.dir)?;
-        let old = std::mem::replace(&mut self.file, file);
-        old.close().await?;
+        sync_dir_async(&self.dir).await?;
+        // Syncs still in flight hold the old file; it closes when the last one ends.
+        self.file = Rc::new(file);
         self.len = 0;
         Ok(())
     }
@@ -72,6 +74,13 @@ impl SegmentWriter {
     pub async fn sync(&self) -> std::io::Result<()> {
         self.file.sync_all().await
     }
+}
+
+/// fsync of a directory through the runtime (io_uring), not a blocking call on the core.
+async fn sync_dir_async(dir: &Path) -> std::io::Result<()> {
+    let d = monoio::fs::File::open(dir).await?;
+    d.sync_all().await?;
+    d.close().await
 }
 
 async fn open_new(path: &Path) -> std::io::Result<monoio::fs::File> {
