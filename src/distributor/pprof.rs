@@ -152,6 +152,43 @@ pub fn decode_and_normalize(bytes: &[u8], limits: PprofLimits) -> Result<Decoded
     }
 }
 
+/// One pprof function checked in Pyroscope's order (`nstr`: entries in the original string
+/// table) and as kiln stores it; a Go name loses its type parameters, the cleaned name being
+/// appended to `strings`. Shared by the prost path and the fast reader.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dense_function(
+    id: u64,
+    name: i64,
+    system_name: i64,
+    filename: i64,
+    start_line: i64,
+    nstr: i64,
+    go: bool,
+    strings: &mut Vec<String>,
+) -> Result<Function, &'static str> {
+    let in_range = |i: i64| i >= 0 && i < nstr;
+    if id == 0 {
+        return Err("function id is 0");
+    }
+    if !in_range(name) {
+        return Err("function name string index out of range");
+    }
+    if !in_range(system_name) {
+        return Err("function system name index string out of range");
+    }
+    if !in_range(filename) {
+        return Err("function file name string index out of range");
+    }
+    let mut n = name as u32;
+    if go {
+        if let Some(clean) = drop_go_type_parameters(&strings[name as usize]) {
+            strings.push(clean);
+            n = strings.len() as u32 - 1;
+        }
+    }
+    Ok(Function { name: n, system_name: system_name as u32, filename: filename as u32, start_line })
+}
+
 /// Decodes raw (already inflated) pprof bytes.
 pub fn decode(bytes: &[u8]) -> Result<ProfileInput, PprofError> {
     ProfileInput::decode(bytes).map_err(|e| PprofError::Decode(e.to_string()))
@@ -227,32 +264,10 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
     let mut function_index: FxHashMap<u64, u32> = FxHashMap::default();
     let mut functions = Vec::with_capacity(p.function.len());
     for f in &p.function {
-        if f.id == 0 {
-            return Err(invalid("function id is 0"));
-        }
-        if !in_range(f.name) {
-            return Err(invalid("function name string index out of range"));
-        }
-        if !in_range(f.system_name) {
-            return Err(invalid("function system name index string out of range"));
-        }
-        if !in_range(f.filename) {
-            return Err(invalid("function file name string index out of range"));
-        }
-        let mut name = f.name as u32;
-        if go {
-            if let Some(clean) = drop_go_type_parameters(&strings[f.name as usize]) {
-                strings.push(clean);
-                name = strings.len() as u32 - 1;
-            }
-        }
+        let function = dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, &mut strings)
+            .map_err(invalid)?;
         function_index.insert(f.id, functions.len() as u32);
-        functions.push(Function {
-            name,
-            system_name: f.system_name as u32,
-            filename: f.filename as u32,
-            start_line: f.start_line,
-        });
+        functions.push(function);
     }
 
     let mut location_index: FxHashMap<u64, u32> = FxHashMap::default();

@@ -35,11 +35,11 @@
 //!   symbol or sample is built, so such a profile costs little more than the prost path.
 use crate::distributor::gofix;
 use crate::distributor::pprof::{
-    detect_language, drop_go_type_parameters, hex, kept_suffix, Decoded, Language, PprofLimits, MAX_SAMPLE_LABELS,
-    MAX_STACK_DEPTH, NON_SERIES_SAMPLE_LABELS,
+    detect_language, hex, kept_suffix, Decoded, Language, PprofLimits, MAX_SAMPLE_LABELS, MAX_STACK_DEPTH,
+    NON_SERIES_SAMPLE_LABELS,
 };
 use kiln_shards::labels::Labels;
-use kiln_shards::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use kiln_shards::profile::{Line, Location, Mapping, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
 
 /// Why the fast path gave a profile back to the reference path.
@@ -597,32 +597,21 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
     let mut function_index = IdIndex::new(top.functions.len());
     let mut functions = Vec::with_capacity(top.functions.len());
     for f in &top.functions {
-        if f.id == 0 {
-            return invalid("function id is 0");
-        }
-        if !in_range(f.name) {
-            return invalid("function name string index out of range");
-        }
-        if !in_range(f.system_name) {
-            return invalid("function system name index string out of range");
-        }
-        if !in_range(f.filename) {
-            return invalid("function file name string index out of range");
-        }
-        let mut name = f.name as u32;
-        if go {
-            if let Some(clean) = drop_go_type_parameters(&strings[f.name as usize]) {
-                strings.push(clean);
-                name = strings.len() as u32 - 1;
-            }
-        }
+        let function = match super::dense_function(
+            f.id,
+            f.name,
+            f.system_name,
+            f.filename,
+            f.start_line,
+            nstr,
+            go,
+            &mut strings,
+        ) {
+            Ok(function) => function,
+            Err(msg) => return invalid(msg),
+        };
         function_index.insert(f.id, functions.len() as u32);
-        functions.push(Function {
-            name,
-            system_name: f.system_name as u32,
-            filename: f.filename as u32,
-            start_line: f.start_line,
-        });
+        functions.push(function);
     }
 
     let mut location_index = IdIndex::new(top.locations.len());
