@@ -537,3 +537,53 @@ fn analyze_query_counts_what_a_query_reads() {
     assert_eq!((s.series_count, s.profile_count, s.sample_count), (1, 2, 3));
     assert_eq!(r.query_impact.unwrap().total_queried_series, 1);
 }
+
+#[test]
+fn stack_trace_selector_keeps_the_call_site() {
+    let k = Kiln::start(FIXTURE_FLAGS);
+    post(k.port, "/ingest?name=cs.cpu&format=folded&sampleRate=0", &[], b"main;a;x 1\nmain;a 2\nmain;b;x 4\n".to_vec());
+    let site = |names: &[&str]| t::StackTraceSelector {
+        call_site: names.iter().map(|n| t::Location { name: n.to_string() }).collect(),
+        go_pgo: None,
+    };
+    let req = |s: t::StackTraceSelector| q::SelectMergeStacktracesRequest {
+        profile_type_id: "process_cpu:samples:count::".into(),
+        label_selector: "{service_name=\"cs\"}".into(),
+        start: now_ms() - 60_000,
+        end: now_ms() + 1000,
+        stack_trace_selector: Some(s),
+        ..Default::default()
+    };
+    let r: q::SelectMergeStacktracesResponse =
+        connect(k.port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], &req(site(&["main", "a"]))).unwrap();
+    assert_eq!(r.flamegraph.unwrap().total, 3);
+    let r: q::SelectMergeStacktracesResponse =
+        connect(k.port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], &req(site(&["nope"]))).unwrap();
+    assert_eq!(r.flamegraph.unwrap().total, 0);
+    let p: Profile = connect(
+        k.port,
+        "/querier.v1.QuerierService/SelectMergeProfile",
+        &[],
+        &q::SelectMergeProfileRequest {
+            profile_type_id: "process_cpu:samples:count::".into(),
+            label_selector: "{service_name=\"cs\"}".into(),
+            start: now_ms() - 60_000,
+            end: now_ms() + 1000,
+            stack_trace_selector: Some(site(&["main", "b"])),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(p.sample.iter().map(|s| s.value[0]).sum::<i64>(), 4);
+    // Selectors that need span ids are refused, not ignored.
+    let mut spans = req(site(&[]));
+    spans.span_selector = vec!["0123456789abcdef".into()];
+    let e = connect::<_, q::SelectMergeStacktracesResponse>(
+        k.port,
+        "/querier.v1.QuerierService/SelectMergeStacktraces",
+        &[],
+        &spans,
+    )
+    .unwrap_err();
+    assert_eq!(e.1, "unimplemented");
+}

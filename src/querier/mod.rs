@@ -94,7 +94,11 @@ pub fn merge_label_sets(parts: Vec<QueryResult>) -> Vec<Labels> {
     out
 }
 
-pub async fn merged_tree(core: &Rc<Core>, sel: Option<Selection>) -> Result<tree::Tree, RpcError> {
+pub async fn merged_tree(
+    core: &Rc<Core>,
+    sel: Option<Selection>,
+    call_site: &[String],
+) -> Result<tree::Tree, RpcError> {
     let mut t = tree::Tree::default();
     if let Some(sel) = sel {
         for p in fan_out(core, QueryRequest::MergeTree(sel)).await? {
@@ -103,6 +107,7 @@ pub async fn merged_tree(core: &Rc<Core>, sel: Option<Selection>) -> Result<tree
             }
         }
     }
+    t.restrict_to_call_site(call_site);
     t.finish();
     Ok(t)
 }

@@ -121,10 +121,23 @@ impl PprofMerger {
     }
 
     /// The merged profile with the profile type's sample type and period.
-    pub fn finish(mut self, pt: &ProfileType, end_ms: i64) -> pb::Profile {
+    /// `call_site`: keep only samples whose stack starts (root first) with these functions.
+    pub fn finish(mut self, pt: &ProfileType, end_ms: i64, call_site: &[String]) -> pb::Profile {
         let st = pb::ValueType { r#type: self.string(&pt.sample_type), unit: self.string(&pt.sample_unit) };
         let period_type = pb::ValueType { r#type: self.string(&pt.period_type), unit: self.string(&pt.period_unit) };
         let mut samples: Vec<(Vec<u64>, i64)> = self.samples.drain().filter(|(_, v)| *v != 0).collect();
+        if !call_site.is_empty() {
+            let out = &self.out;
+            let strings = &self.strings;
+            samples.retain(|(locs, _)| {
+                let mut frames =
+                    locs.iter().rev().flat_map(|l| out.location[*l as usize - 1].line.iter().rev()).map(|ln| {
+                        let f = &out.function[ln.function_id as usize - 1];
+                        strings[f.name as usize].as_str()
+                    });
+                call_site.iter().all(|want| frames.next() == Some(want.as_str()))
+            });
+        }
         samples.sort();
         self.out.sample = samples
             .into_iter()

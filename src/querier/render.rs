@@ -161,7 +161,7 @@ async fn render_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> {
     let rg = range(r, "from", "until");
     let max = max_nodes(core, &tenants[0], requested_max_nodes(r))?;
     let sel = selection(core, tenants, Some(&pt_id), &sel_str, rg.from_ms, rg.until_ms)?;
-    let t = merged_tree(core, sel.clone()).await?;
+    let t = merged_tree(core, sel.clone(), &[]).await?;
     let fg = t.flamegraph(max);
     let step = point_interval_ms(rg.from_ms, rg.until_ms);
     let avg = r.param("aggregation").as_deref() == Some("avg");
@@ -227,8 +227,8 @@ async fn render_diff_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> 
     let rr = range(r, "rightFrom", "rightUntil");
     let ls = selection(core, tenants.clone(), Some(&lid), &lsel, lr.from_ms, lr.until_ms)?;
     let rs = selection(core, tenants, Some(&rid), &rsel, rr.from_ms, rr.until_ms)?;
-    let lt = merged_tree(core, ls).await?;
-    let rt = merged_tree(core, rs).await?;
+    let lt = merged_tree(core, ls, &[]).await?;
+    let rt = merged_tree(core, rs, &[]).await?;
     let fg = tree::diff(&lt, &rt, max).map_err(RpcError::invalid)?;
     Ok(diff_json(&fg, &lpt))
 }

@@ -134,7 +134,13 @@ fn stacktraces_selection(
     Ok((selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?, first))
 }
 
-async fn merge_profile(call: &Call<'_>, sel: Option<Selection>, pt: &str, end: i64) -> Result<Profile, RpcError> {
+async fn merge_profile(
+    call: &Call<'_>,
+    sel: Option<Selection>,
+    pt: &str,
+    end: i64,
+    call_site: &[String],
+) -> Result<Profile, RpcError> {
     let pt = ProfileType::parse(pt).map_err(RpcError::invalid)?;
     let mut m = PprofMerger::new();
     if let Some(sel) = sel {
@@ -144,19 +150,41 @@ async fn merge_profile(call: &Call<'_>, sel: Option<Selection>, pt: &str, end: i
             }
         }
     }
-    Ok(m.finish(&pt, end))
+    Ok(m.finish(&pt, end, call_site))
+}
+
+/// The call site a stack trace selector asks for; selectors kiln cannot honour are refused
+/// rather than ignored.
+fn call_site(sts: Option<&t::StackTraceSelector>) -> Result<Vec<String>, RpcError> {
+    let Some(s) = sts else { return Ok(Vec::new()) };
+    if s.go_pgo.is_some() {
+        return Err(RpcError::new(Code::Unimplemented, "the GoPGO stack trace selector is not supported by kiln yet"));
+    }
+    Ok(s.call_site.iter().map(|l| l.name.clone()).collect())
+}
+
+fn no_span_selectors(profile_ids: &[String], trace_ids: &[String], spans: &[String]) -> Result<(), RpcError> {
+    if profile_ids.is_empty() && trace_ids.is_empty() && spans.is_empty() {
+        return Ok(());
+    }
+    Err(RpcError::new(
+        Code::Unimplemented,
+        "profile, trace and span selectors need span ids, which kiln does not store yet",
+    ))
 }
 
 async fn select_merge_stacktraces(
     call: &Call<'_>,
     r: q::SelectMergeStacktracesRequest,
 ) -> Result<q::SelectMergeStacktracesResponse, RpcError> {
+    no_span_selectors(&r.profile_id_selector, &r.trace_id_selector, &r.span_selector)?;
+    let site = call_site(r.stack_trace_selector.as_ref())?;
     let (sel, tenant) = stacktraces_selection(call, &r)?;
     let max = max_nodes(call.core, &tenant, r.max_nodes)?;
     let format = q::ProfileFormat::try_from(r.format).unwrap_or(q::ProfileFormat::Unspecified);
     match format {
         q::ProfileFormat::Pprof => {
-            let profile = merge_profile(call, sel, &r.profile_type_id, r.end).await?;
+            let profile = merge_profile(call, sel, &r.profile_type_id, r.end, &site).await?;
             Ok(q::SelectMergeStacktracesResponse {
                 pprof: Some(q::PprofProfile { profile: Some(profile) }),
                 ..Default::default()
@@ -164,23 +192,31 @@ async fn select_merge_stacktraces(
         }
         q::ProfileFormat::Dot => Err(RpcError::new(Code::Unimplemented, "the DOT format is not supported by kiln yet")),
         q::ProfileFormat::Tree => {
-            let t = merged_tree(call.core, sel).await?;
+            let t = merged_tree(call.core, sel, &site).await?;
             Ok(q::SelectMergeStacktracesResponse { tree: t.tree_bytes(max), ..Default::default() })
         }
         q::ProfileFormat::Unspecified | q::ProfileFormat::Flamegraph => {
-            let t = merged_tree(call.core, sel).await?;
+            let t = merged_tree(call.core, sel, &site).await?;
             Ok(q::SelectMergeStacktracesResponse { flamegraph: Some(t.flamegraph(max)), ..Default::default() })
         }
     }
 }
 
 async fn select_merge_profile(call: &Call<'_>, r: q::SelectMergeProfileRequest) -> Result<Profile, RpcError> {
+    no_span_selectors(&r.profile_id_selector, &r.trace_id_selector, &[])?;
+    let site = call_site(r.stack_trace_selector.as_ref())?;
     let tenants = tenants(call.core, call.headers)?;
     let sel = selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
-    merge_profile(call, sel, &r.profile_type_id, r.end).await
+    merge_profile(call, sel, &r.profile_type_id, r.end, &site).await
 }
 
 async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::SelectSeriesResponse, RpcError> {
+    if r.stack_trace_selector.is_some() {
+        return Err(RpcError::new(
+            Code::Unimplemented,
+            "stack trace selectors on SelectSeries are not supported by kiln yet",
+        ));
+    }
     if r.step < 0.001 {
         return Err(RpcError::invalid("step must be >= 1ms"));
     }
@@ -226,8 +262,8 @@ async fn diff(call: &Call<'_>, r: q::DiffRequest) -> Result<q::DiffResponse, Rpc
     let (ls, tenant) = stacktraces_selection(call, &left)?;
     let (rs, _) = stacktraces_selection(call, &right)?;
     let max = max_nodes(call.core, &tenant, requested)?;
-    let lt = merged_tree(call.core, ls).await?;
-    let rt = merged_tree(call.core, rs).await?;
+    let lt = merged_tree(call.core, ls, &call_site(left.stack_trace_selector.as_ref())?).await?;
+    let rt = merged_tree(call.core, rs, &call_site(right.stack_trace_selector.as_ref())?).await?;
     let fg = tree::diff(&lt, &rt, max).map_err(RpcError::invalid)?;
     Ok(q::DiffResponse { flamegraph: Some(fg) })
 }

@@ -157,6 +157,61 @@ impl Tree {
         self.nodes[n as usize].self_ += value;
     }
 
+    /// Keeps only the stacks that start (root first) with `call_site`, as Pyroscope's
+    /// `StackTraceSelector.call_site` asks: the path itself without its self values, except
+    /// the last frame's, and everything under it. Call before `finish`.
+    pub fn restrict_to_call_site(&mut self, call_site: &[String]) {
+        if call_site.is_empty() {
+            return;
+        }
+        // Find the path: nodes are in parent-before-child order.
+        let mut path = vec![0u32];
+        for name in call_site {
+            let parent = *path.last().unwrap();
+            let Some(&nid) = self.name_ids.get(name.as_str()) else {
+                self.clear();
+                return;
+            };
+            match (1..self.nodes.len()).find(|&i| self.nodes[i].parent == parent && self.nodes[i].name == nid) {
+                Some(i) => path.push(i as u32),
+                None => {
+                    self.clear();
+                    return;
+                }
+            }
+        }
+        let last = *path.last().unwrap();
+        let mut keep = vec![false; self.nodes.len()];
+        for &p in &path {
+            keep[p as usize] = true;
+        }
+        for i in (last as usize + 1)..self.nodes.len() {
+            if keep[self.nodes[i].parent as usize] && !path.contains(&self.nodes[i].parent)
+                || self.nodes[i].parent == last
+            {
+                keep[i] = true;
+            }
+        }
+        let mut map = vec![0u32; self.nodes.len()];
+        let mut nodes = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            map[i] = nodes.len() as u32;
+            let self_ = if path.contains(&(i as u32)) && i as u32 != last { 0 } else { n.self_ };
+            nodes.push(Node { parent: map[n.parent as usize], name: n.name, self_, total: 0 });
+        }
+        self.nodes = nodes;
+        self.index = None;
+    }
+
+    fn clear(&mut self) {
+        self.nodes.truncate(1);
+        self.nodes[0].self_ = 0;
+        self.index = None;
+    }
+
     /// Computes totals and lists children sorted by name; call once after the last merge.
     pub fn finish(&mut self) {
         for n in &mut self.nodes {
@@ -569,6 +624,21 @@ mod tests {
             ]
         );
         assert_eq!((d.total, d.max_self, d.left_ticks, d.right_ticks), (15, 8, 3, 12));
+    }
+
+    #[test]
+    fn call_site_keeps_the_stacks_under_it() {
+        let mut t = Tree::default();
+        for (s, v) in [("a;b;c", 1), ("a;b", 2), ("a;b;d", 4), ("a", 8), ("x;b;c", 16)] {
+            t.insert_stack(&s.split(';').collect::<Vec<_>>(), v);
+        }
+        t.restrict_to_call_site(&["a".into(), "b".into()]);
+        t.finish();
+        assert_eq!(t.total(), 7);
+        let mut none = t.clone();
+        none.restrict_to_call_site(&["nope".into()]);
+        none.finish();
+        assert_eq!(none.total(), 0);
     }
 
     #[test]
