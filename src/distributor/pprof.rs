@@ -152,6 +152,29 @@ pub fn decode_and_normalize(bytes: &[u8], limits: PprofLimits) -> Result<Decoded
     }
 }
 
+/// One pprof mapping checked in Pyroscope's order (`nstr`: entries in the string table) and
+/// as kiln stores it. Shared by the prost path and the fast reader.
+pub(crate) fn dense_mapping(m: &kiln_proto::google::v1::Mapping, nstr: i64) -> Result<Mapping, &'static str> {
+    let in_range = |i: i64| i >= 0 && i < nstr;
+    if !in_range(m.filename) {
+        return Err("mapping file name string index out of range");
+    }
+    if !in_range(m.build_id) {
+        return Err("mapping build id string index out of range");
+    }
+    Ok(Mapping {
+        memory_start: m.memory_start,
+        memory_limit: m.memory_limit,
+        file_offset: m.file_offset,
+        filename: m.filename as u32,
+        build_id: m.build_id as u32,
+        has_functions: m.has_functions,
+        has_filenames: m.has_filenames,
+        has_line_numbers: m.has_line_numbers,
+        has_inline_frames: m.has_inline_frames,
+    })
+}
+
 /// One pprof function checked in Pyroscope's order (`nstr`: entries in the original string
 /// table) and as kiln stores it; a Go name loses its type parameters, the cleaned name being
 /// appended to `strings`. Shared by the prost path and the fast reader.
@@ -241,24 +264,9 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
     let mut mapping_index: FxHashMap<u64, u32> = FxHashMap::default();
     let mut mappings = Vec::with_capacity(p.mapping.len());
     for m in &p.mapping {
-        if !in_range(m.filename) {
-            return Err(invalid("mapping file name string index out of range"));
-        }
-        if !in_range(m.build_id) {
-            return Err(invalid("mapping build id string index out of range"));
-        }
+        let mapping = dense_mapping(m, nstr).map_err(invalid)?;
         mapping_index.insert(m.id, mappings.len() as u32);
-        mappings.push(Mapping {
-            memory_start: m.memory_start,
-            memory_limit: m.memory_limit,
-            file_offset: m.file_offset,
-            filename: m.filename as u32,
-            build_id: m.build_id as u32,
-            has_functions: m.has_functions,
-            has_filenames: m.has_filenames,
-            has_line_numbers: m.has_line_numbers,
-            has_inline_frames: m.has_inline_frames,
-        });
+        mappings.push(mapping);
     }
 
     let mut function_index: FxHashMap<u64, u32> = FxHashMap::default();

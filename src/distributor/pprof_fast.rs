@@ -39,7 +39,7 @@ use crate::distributor::pprof::{
     NON_SERIES_SAMPLE_LABELS,
 };
 use kiln_shards::labels::Labels;
-use kiln_shards::profile::{Line, Location, Mapping, Profile, Sample, ValueType};
+use kiln_shards::profile::{Line, Location, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
 
 /// Why the fast path gave a profile back to the reference path.
@@ -270,20 +270,6 @@ struct RawValueType {
 }
 
 #[derive(Default)]
-struct RawMapping {
-    id: u64,
-    memory_start: u64,
-    memory_limit: u64,
-    file_offset: u64,
-    filename: i64,
-    build_id: i64,
-    has_functions: bool,
-    has_filenames: bool,
-    has_line_numbers: bool,
-    has_inline_frames: bool,
-}
-
-#[derive(Default)]
 struct RawFunction {
     id: u64,
     name: i64,
@@ -312,7 +298,7 @@ struct Top<'a> {
     sample_types: Vec<RawValueType>,
     period_type: Option<RawValueType>,
     samples: Vec<&'a [u8]>,
-    mappings: Vec<RawMapping>,
+    mappings: Vec<kiln_proto::google::v1::Mapping>,
     functions: Vec<RawFunction>,
     locations: Vec<&'a [u8]>,
     /// The strings as kept (suffixes of long ones), up to the first one that is not UTF-8
@@ -342,8 +328,8 @@ fn value_type(b: &[u8], vt: &mut RawValueType) -> Res<()> {
     Ok(())
 }
 
-fn mapping(b: &[u8]) -> Res<RawMapping> {
-    let mut m = RawMapping::default();
+fn mapping(b: &[u8]) -> Res<kiln_proto::google::v1::Mapping> {
+    let mut m = kiln_proto::google::v1::Mapping::default();
     let mut c = Cursor::new(b);
     while c.more() {
         match c.key()? {
@@ -574,24 +560,12 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
     let mut mapping_index = IdIndex::new(top.mappings.len());
     let mut mappings = Vec::with_capacity(top.mappings.len());
     for m in &top.mappings {
-        if !in_range(m.filename) {
-            return invalid("mapping file name string index out of range");
-        }
-        if !in_range(m.build_id) {
-            return invalid("mapping build id string index out of range");
-        }
+        let mapping = match super::dense_mapping(m, nstr) {
+            Ok(mapping) => mapping,
+            Err(msg) => return invalid(msg),
+        };
         mapping_index.insert(m.id, mappings.len() as u32);
-        mappings.push(Mapping {
-            memory_start: m.memory_start,
-            memory_limit: m.memory_limit,
-            file_offset: m.file_offset,
-            filename: m.filename as u32,
-            build_id: m.build_id as u32,
-            has_functions: m.has_functions,
-            has_filenames: m.has_filenames,
-            has_line_numbers: m.has_line_numbers,
-            has_inline_frames: m.has_inline_frames,
-        });
+        mappings.push(mapping);
     }
 
     let mut function_index = IdIndex::new(top.functions.len());
