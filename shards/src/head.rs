@@ -411,7 +411,7 @@ impl NameMap {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::profile::{Function, Line, Location, Sample, ValueType};
     use crate::selector::parse_selector;
@@ -444,7 +444,7 @@ mod tests {
         p
     }
 
-    fn group(p: &Profile, labels: &[(&str, &str)]) -> Vec<SampleGroup> {
+    pub(crate) fn group(p: &Profile, labels: &[(&str, &str)]) -> Vec<SampleGroup> {
         vec![SampleGroup {
             labels: Labels::from_pairs(labels.iter().copied()),
             samples: (0..p.samples.len() as u32).collect(),

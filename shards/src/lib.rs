@@ -4,6 +4,7 @@
 //! `head` (profiles as columns, `symbols` per tenant). Other cores talk to it through the
 //! `runtime::Mesh`. Ingest hands over a normalised `profile::Profile`; queries send a
 //! `query::QueryRequest` and merge the partial `QueryResult`s.
+pub mod block;
 pub mod childindex;
 pub mod head;
 pub mod labels;

@@ -24,6 +24,13 @@ impl Strings {
         s.intern("");
         s
     }
+    /// A table that answers `get`/`len` for `list` as it is (decoded blocks). The lookup map
+    /// stays empty: interning into it is memory-safe but does not find the listed strings.
+    fn from_list(list: Vec<String>) -> Self {
+        let bytes = list.iter().map(String::len).sum();
+        Strings { ids: FxHashMap::default(), list: list.into_iter().map(Rc::from).collect(), bytes }
+    }
+
     pub fn intern(&mut self, v: &str) -> u32 {
         if let Some(id) = self.ids.get(v) {
             return *id;
@@ -117,6 +124,47 @@ impl Symbols {
             line_scratch: Vec::new(),
             parent: vec![ROOT],
             location: vec![u32::MAX],
+            children: FxHashMap::default(),
+            stack_index: FxHashMap::default(),
+        }
+    }
+
+    /// A read-only table built from decoded parts (a block's symbols.symdb), for queries: they
+    /// read `strings.get`, `functions`, `mappings`, `locations`, `parent`, `location` and
+    /// `stack_count()`, all answered as given.
+    ///
+    /// The interning maps (strings, functions, mappings, locations, children, whole stacks)
+    /// are left empty: building them would cost a hash of every entry for tables that are only
+    /// read. Interning into such a table is memory-safe but does not deduplicate against the
+    /// loaded entries.
+    ///
+    /// The caller guarantees the cross-references are in range (`block::symdb::decode` checks
+    /// them all): function strings → `strings`, line functions → `functions`, location
+    /// mappings → `mappings`, `parent[n] < n` for n > 0, `parent[0] == 0` and
+    /// `location[n] < locations.len()` for n > 0, `parent.len() == location.len() >= 1`.
+    pub fn from_parts(
+        strings: Vec<String>,
+        functions: Vec<Function>,
+        mappings: Vec<Mapping>,
+        locations: Vec<LocationRec>,
+        parent: Vec<u32>,
+        location: Vec<u32>,
+    ) -> Symbols {
+        debug_assert_eq!(parent.len(), location.len());
+        Symbols {
+            strings: Strings::from_list(strings),
+            functions,
+            function_ids: FxHashMap::default(),
+            mappings,
+            mapping_ids: FxHashMap::default(),
+            // No chains: every loaded location ends its own (empty) chain, so a later intern
+            // that walks `location_next` stays in bounds.
+            location_next: vec![UNSET; locations.len()],
+            locations,
+            location_ids: FxHashMap::default(),
+            line_scratch: Vec::new(),
+            parent,
+            location,
             children: FxHashMap::default(),
             stack_index: FxHashMap::default(),
         }

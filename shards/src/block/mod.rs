@@ -1,0 +1,261 @@
+//! Blocks: one tenant's head frozen into four files under `<tenant>/<ulid>/`:
+//!
+//! - `meta.json` ([`meta`]): id, time range, counts, sizes of the other files;
+//! - `index.tsdb` ([`index`]): the series (labels, profile type) and their rows;
+//! - `profiles.parquet` ([`profiles`]): one row per profile, its samples as stack ids and values;
+//! - `symbols.symdb` ([`symdb`]): strings, functions, mappings, locations and the stack tree.
+//!
+//! Stack ids in profiles.parquet are the head's own stack node ids, so the decoded symbols
+//! resolve them without any remapping. Series are ordered by (profile type, labels), rows by
+//! series then time; docs/FORMAT.md ("Blocks") has every byte.
+//!
+//! Encoding is pure (bytes in memory, no I/O): the caller decides where the files go.
+//! Decoding checks everything it reads, so a damaged file is a [`FormatError`], never a panic
+//! or an out-of-range index later.
+mod codec;
+pub mod index;
+pub mod meta;
+pub mod profiles;
+pub mod symdb;
+
+use crate::head::{Series, TenantHead};
+use bytes::Bytes;
+use std::ops::Range;
+
+pub const META: &str = "meta.json";
+pub const INDEX: &str = "index.tsdb";
+pub const PROFILES: &str = "profiles.parquet";
+pub const SYMBOLS: &str = "symbols.symdb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// Bytes that do not decode as the format says, at an offset of the file (or of a
+    /// decompressed section, which `what` then names).
+    #[error("{file}: {what} (at byte {offset})")]
+    Corrupt { file: &'static str, offset: u64, what: String },
+    #[error("{file}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is damaged")]
+    Checksum { file: &'static str, stored: u32, computed: u32 },
+    #[error("{file}: format version {found} is not supported (this build reads version {supported})")]
+    Version { file: &'static str, found: u32, supported: u32 },
+    /// meta.json is not valid JSON of the expected shape, or breaks a rule.
+    #[error("meta.json: {0}")]
+    Meta(String),
+    /// The parquet footer is longer than the tail given: fetch this many bytes from the end
+    /// of profiles.parquet and call `ProfilesFile::from_tail` again.
+    #[error("profiles.parquet: the footer needs the last {0} bytes of the file")]
+    NeedTail(u64),
+    /// A range `ProfilesFile::plan` asked for was not among the fetched ones.
+    #[error("profiles.parquet: bytes {}..{} are needed but were not fetched", .0.start, .0.end)]
+    NotFetched(Range<u64>),
+    /// Column data of profiles.parquet that does not decode, with its row group and column.
+    #[error("profiles.parquet: {0}")]
+    Profiles(String),
+    /// index.tsdb and profiles.parquet disagree (e.g. a row of a series the index does not
+    /// place there).
+    #[error("{INDEX} and {PROFILES} disagree: {0}")]
+    Mismatch(String),
+    /// The caller asked for something the block cannot answer (rows or series out of range,
+    /// fetched bytes that do not match their range).
+    #[error("bad block request: {0}")]
+    Request(String),
+    /// The head or the options cannot be encoded (invalid block id, empty head, bad options).
+    #[error("cannot encode block: {0}")]
+    Encode(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    /// Rows (profiles) per parquet row group at most: the unit a query fetches.
+    pub row_group_rows: usize,
+    /// zstd level of the parquet pages and the symdb sections.
+    pub zstd_level: i32,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions { row_group_rows: 16384, zstd_level: 3 }
+    }
+}
+
+/// The four files of a block, in memory, and the meta they were described with.
+#[derive(Debug, Clone)]
+pub struct EncodedBlock {
+    pub meta: meta::BlockMeta,
+    pub meta_json: Vec<u8>,
+    pub index: Vec<u8>,
+    pub profiles: Vec<u8>,
+    pub symbols: Vec<u8>,
+}
+
+/// Encodes a whole head. `ulid` is the block id string (26 chars Crockford base32, given by the caller).
+///
+/// A head without profiles is refused (`FormatError::Encode`): a block has a time range.
+pub fn encode(head: &TenantHead, ulid: &str, opts: &EncodeOptions) -> Result<EncodedBlock, FormatError> {
+    if !meta::valid_ulid(ulid) {
+        return Err(FormatError::Encode(format!("block id {ulid:?} is not a ULID")));
+    }
+    // Series in (profile type, labels) order: one profile type's rows are adjacent.
+    let mut order: Vec<usize> = (0..head.series.len()).filter(|&i| !head.series[i].timestamps.is_empty()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&head.series[a], &head.series[b]);
+        (&a.profile_type, &a.labels).cmp(&(&b.profile_type, &b.labels))
+    });
+    if order.is_empty() {
+        return Err(FormatError::Encode("the head holds no profiles".into()));
+    }
+    let mut rows: Vec<profiles::ProfileRow<'_>> = Vec::with_capacity(head.profiles as usize);
+    let mut series = Vec::with_capacity(order.len());
+    let mut samples = 0u64;
+    let mut by_time: Vec<usize> = Vec::new();
+    for (si, &h) in order.iter().enumerate() {
+        let s = &head.series[h];
+        // Profiles usually arrive in time order; a stable sort keeps equal times as appended.
+        by_time.clear();
+        by_time.extend(0..s.timestamps.len());
+        by_time.sort_by_key(|&i| s.timestamps[i]);
+        let first_row = rows.len() as u64;
+        for &i in &by_time {
+            let (a, b) = (s.offsets[i] as usize, s.offsets[i + 1] as usize);
+            samples += (b - a) as u64;
+            rows.push(profiles::ProfileRow {
+                series: si as u32,
+                time_nanos: s.timestamps[i],
+                total: s.totals[i],
+                stacks: &s.stacks[a..b],
+                values: &s.values[a..b],
+            });
+        }
+        let n = u32::try_from(by_time.len())
+            .map_err(|_| FormatError::Encode(format!("series {} has more than 2^32 profiles", s.labels)))?;
+        series.push(index::IndexSeries {
+            labels: s.labels.clone(),
+            profile_type: s.profile_type.clone(),
+            first_row,
+            rows: n,
+            min_ns: s.timestamps[by_time[0]],
+            max_ns: s.timestamps[*by_time.last().expect("non-empty")],
+        });
+    }
+    let (min_ns, max_ns) = series.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.min_ns), hi.max(s.max_ns)));
+    let idx = index::BlockIndex::new(series)?;
+    let index_bytes = index::encode(&idx);
+    let profiles_bytes = profiles::write(&rows, opts)?;
+    let symbols_bytes = symdb::encode_with(&head.symbols, opts.zstd_level);
+    let file = |rel_path: &str, b: &[u8]| meta::FileMeta { rel_path: rel_path.into(), size_bytes: b.len() as u64 };
+    let m = meta::BlockMeta {
+        ulid: ulid.to_string(),
+        min_time: min_ns.div_euclid(1_000_000),
+        max_time: max_ns.div_euclid(1_000_000),
+        stats: meta::BlockStats {
+            num_series: idx.series.len() as u64,
+            num_profiles: rows.len() as u64,
+            num_samples: samples,
+            num_stacks: head.symbols.stack_count() as u64 - 1,
+        },
+        compaction: meta::Compaction { level: 1, sources: vec![ulid.to_string()] },
+        version: meta::VERSION,
+        files: vec![file(INDEX, &index_bytes), file(PROFILES, &profiles_bytes), file(SYMBOLS, &symbols_bytes)],
+    };
+    Ok(EncodedBlock {
+        meta_json: meta::encode(&m),
+        meta: m,
+        index: index_bytes,
+        profiles: profiles_bytes,
+        symbols: symbols_bytes,
+    })
+}
+
+/// The row ranges of the selected series (indices into `index.series`), sorted and merged.
+/// Indices out of range are left out (`load_series` refuses them).
+pub fn rows_of(index: &index::BlockIndex, selected: &[u32]) -> Vec<Range<u64>> {
+    let ranges: Vec<Range<u64>> =
+        selected.iter().filter_map(|&i| index.series.get(i as usize)).map(index::IndexSeries::row_range).collect();
+    profiles::normalize(&ranges)
+}
+
+/// For each selected series index (in the same order), a `head::Series` with its labels and
+/// profile type from the index and its profiles in [min_ns, max_ns] from the rows fetched for
+/// `file.plan(&rows_of(index, selected), with_samples)`. Without samples, `stacks`/`values`
+/// are empty and every `offsets` entry is 0. A series selected twice comes back twice.
+pub fn load_series(
+    index: &index::BlockIndex,
+    selected: &[u32],
+    file: &profiles::ProfilesFile,
+    fetched: &[(Range<u64>, Bytes)],
+    with_samples: bool,
+    min_ns: i64,
+    max_ns: i64,
+) -> Result<Vec<Series>, FormatError> {
+    // Output slot of each series index (u32::MAX: not selected); a duplicate is copied later.
+    let mut slot = vec![u32::MAX; index.series.len()];
+    let mut out: Vec<Series> = Vec::with_capacity(selected.len());
+    for (k, &i) in selected.iter().enumerate() {
+        let Some(s) = index.series.get(i as usize) else {
+            return Err(FormatError::Request(format!("series {i} selected, the index has {}", index.series.len())));
+        };
+        if slot[i as usize] == u32::MAX {
+            slot[i as usize] = k as u32;
+        }
+        out.push(Series {
+            labels: s.labels.clone(),
+            profile_type: s.profile_type.clone(),
+            timestamps: Vec::new(),
+            totals: Vec::new(),
+            offsets: vec![0],
+            stacks: Vec::new(),
+            values: Vec::new(),
+        });
+    }
+    let mut err: Option<FormatError> = None;
+    file.read_rows(
+        fetched,
+        &rows_of(index, selected),
+        with_samples,
+        min_ns,
+        max_ns,
+        |row, si, t, total, stacks, values| {
+            if err.is_some() {
+                return;
+            }
+            // The row must lie where the index puts series `si`: anything else is damage.
+            let k = match (slot.get(si as usize), index.series.get(si as usize)) {
+                (Some(&k), Some(s)) if k != u32::MAX && s.row_range().contains(&row) => k,
+                _ => {
+                    err = Some(FormatError::Mismatch(format!(
+                        "row {row} says series {si}, the index does not place it there"
+                    )));
+                    return;
+                }
+            };
+            let s = &mut out[k as usize];
+            s.timestamps.push(t);
+            s.totals.push(total);
+            s.stacks.extend_from_slice(stacks);
+            s.values.extend_from_slice(values);
+            match u32::try_from(s.stacks.len()) {
+                Ok(n) => s.offsets.push(n),
+                Err(_) => err = Some(FormatError::Mismatch(format!("series {si} has more than 2^32 samples"))),
+            }
+        },
+    )?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    for (k, &i) in selected.iter().enumerate() {
+        let first = slot[i as usize] as usize;
+        if first != k {
+            let (a, b) = out.split_at_mut(k);
+            let src = &a[first];
+            let dst = &mut b[0];
+            dst.timestamps.clone_from(&src.timestamps);
+            dst.totals.clone_from(&src.totals);
+            dst.offsets.clone_from(&src.offsets);
+            dst.stacks.clone_from(&src.stacks);
+            dst.values.clone_from(&src.values);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
