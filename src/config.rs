@@ -49,6 +49,96 @@ impl Default for Limits {
     }
 }
 
+/// A credential: shown as `********` by `/config` (as Pyroscope shows its secrets) and in
+/// `Debug`, so neither a page nor a log line leaks it. An empty one shows as empty.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn masked(&self) -> &'static str {
+        if self.0.is_empty() {
+            ""
+        } else {
+            "********"
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.masked())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.masked())
+    }
+}
+
+/// Object storage for blocks, with Pyroscope's `storage.*` names (YAML keys as `/config`
+/// shows them).
+#[derive(Debug, Clone, Serialize)]
+pub struct Storage {
+    /// filesystem, s3, gcs or azure.
+    pub backend: String,
+    pub filesystem: FilesystemStorage,
+    pub s3: S3Storage,
+    pub gcs: GcsStorage,
+    pub azure: AzureStorage,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FilesystemStorage {
+    /// Empty: `<storage_path>/blocks`.
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct S3Storage {
+    /// A host (`minio:9000`) or a URL; empty: AWS for `region`.
+    pub endpoint: String,
+    pub bucket_name: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// http instead of https for an endpoint given without a scheme.
+    pub insecure: bool,
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcsStorage {
+    pub bucket_name: String,
+    /// A service account key file, or the key's JSON itself; secret either way.
+    pub service_account: Secret,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AzureStorage {
+    pub account_name: String,
+    pub account_key: Secret,
+    pub container_name: String,
+    /// e.g. `blob.core.windows.net`, or a whole URL; empty: Azure's public cloud.
+    pub endpoint_suffix: String,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            backend: "filesystem".into(),
+            filesystem: Default::default(),
+            s3: Default::default(),
+            gcs: Default::default(),
+            azure: Default::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub target: String,
@@ -68,6 +158,7 @@ pub struct Config {
     /// Head bytes a core may hold before pushes are refused with 429; 0 = no limit. Unset:
     /// half of the machine's memory, split over the cores.
     pub max_head_bytes_per_core: Option<u64>,
+    pub storage: Storage,
     pub multitenancy_enabled: bool,
     pub log_level: String,
     pub limits: Limits,
@@ -89,6 +180,7 @@ impl Default for Config {
             wal_segment_size_bytes: 128 * 1024 * 1024,
             wal_sync_policy: "fsync".into(),
             max_head_bytes_per_core: None,
+            storage: Storage::default(),
             multitenancy_enabled: false,
             log_level: "info".into(),
             limits: Limits::default(),
@@ -107,6 +199,68 @@ impl Config {
             std::path::Path::new(&self.storage_path).join("wal")
         } else {
             self.wal_dir.clone().into()
+        }
+    }
+
+    /// The directory of the filesystem backend.
+    pub fn blocks_dir(&self) -> std::path::PathBuf {
+        if self.storage.filesystem.dir.is_empty() {
+            std::path::Path::new(&self.storage_path).join("blocks")
+        } else {
+            self.storage.filesystem.dir.clone().into()
+        }
+    }
+
+    /// The object storage backend the flags describe, or what is missing for it.
+    pub fn store_backend(&self) -> Result<kiln_io::store::Backend, String> {
+        use kiln_io::store::Backend;
+        let st = &self.storage;
+        let need = |v: &str, flag: &str| {
+            if v.trim().is_empty() {
+                Err(format!("-storage.backend={} needs -{flag}", st.backend))
+            } else {
+                Ok(())
+            }
+        };
+        match st.backend.as_str() {
+            "filesystem" => Ok(Backend::Filesystem { dir: self.blocks_dir() }),
+            "s3" => {
+                let s3 = &st.s3;
+                need(&s3.bucket_name, "storage.s3.bucket-name")?;
+                if s3.access_key_id.is_empty() != s3.secret_access_key.expose().is_empty() {
+                    return Err("-storage.s3.access-key-id and -storage.s3.secret-access-key go together: \
+                                give both, or neither to use the environment's credentials"
+                        .into());
+                }
+                Ok(Backend::S3 {
+                    endpoint: s3.endpoint.clone(),
+                    bucket: s3.bucket_name.clone(),
+                    region: s3.region.clone(),
+                    access_key_id: s3.access_key_id.clone(),
+                    secret_access_key: s3.secret_access_key.expose().to_string(),
+                    insecure: s3.insecure,
+                    force_path_style: s3.force_path_style,
+                })
+            }
+            "gcs" => {
+                need(&st.gcs.bucket_name, "storage.gcs.bucket-name")?;
+                Ok(Backend::Gcs {
+                    bucket: st.gcs.bucket_name.clone(),
+                    service_account_path: st.gcs.service_account.expose().to_string(),
+                })
+            }
+            "azure" => {
+                let az = &st.azure;
+                need(&az.account_name, "storage.azure.account-name")?;
+                need(&az.container_name, "storage.azure.container-name")?;
+                Ok(Backend::Azure {
+                    account_name: az.account_name.clone(),
+                    account_key: az.account_key.expose().to_string(),
+                    container: az.container_name.clone(),
+                    endpoint: az.endpoint_suffix.clone(),
+                })
+            }
+            other => Err(format!("-storage.backend: unknown backend {other:?} (known: filesystem, s3, gcs, azure)")),
         }
     }
 
@@ -197,6 +351,24 @@ impl Config {
                 "fsync" | "write" => self.wal_sync_policy = v.into(),
                 _ => return Err(bad("expected fsync or write".into())),
             },
+            "storage.backend" => match v {
+                "filesystem" | "s3" | "gcs" | "azure" => self.storage.backend = v.into(),
+                _ => return Err(bad("expected filesystem, s3, gcs or azure".into())),
+            },
+            "storage.filesystem.dir" => self.storage.filesystem.dir = v.into(),
+            "storage.s3.endpoint" => self.storage.s3.endpoint = v.into(),
+            "storage.s3.bucket-name" => self.storage.s3.bucket_name = v.into(),
+            "storage.s3.region" => self.storage.s3.region = v.into(),
+            "storage.s3.access-key-id" => self.storage.s3.access_key_id = v.into(),
+            "storage.s3.secret-access-key" => self.storage.s3.secret_access_key = Secret(v.into()),
+            "storage.s3.insecure" => self.storage.s3.insecure = parse_bool(v).map_err(bad)?,
+            "storage.s3.force-path-style" => self.storage.s3.force_path_style = parse_bool(v).map_err(bad)?,
+            "storage.gcs.bucket-name" => self.storage.gcs.bucket_name = v.into(),
+            "storage.gcs.service-account" => self.storage.gcs.service_account = Secret(v.into()),
+            "storage.azure.account-name" => self.storage.azure.account_name = v.into(),
+            "storage.azure.account-key" => self.storage.azure.account_key = Secret(v.into()),
+            "storage.azure.container-name" => self.storage.azure.container_name = v.into(),
+            "storage.azure.endpoint-suffix" => self.storage.azure.endpoint_suffix = v.into(),
             "auth.multitenancy-enabled" => self.multitenancy_enabled = parse_bool(v).map_err(bad)?,
             "log.level" => self.log_level = v.into(),
             "validation.reject-older-than" => l.reject_older_than = parse_duration(v).map_err(bad)?,
@@ -247,6 +419,21 @@ impl Config {
             (&["server", "http_listen_port"], "server.http-listen-port"),
             (&["server", "http_listen_address"], "server.http-listen-address"),
             (&["storage", "path"], "storage.path"),
+            (&["storage", "backend"], "storage.backend"),
+            (&["storage", "filesystem", "dir"], "storage.filesystem.dir"),
+            (&["storage", "s3", "endpoint"], "storage.s3.endpoint"),
+            (&["storage", "s3", "bucket_name"], "storage.s3.bucket-name"),
+            (&["storage", "s3", "region"], "storage.s3.region"),
+            (&["storage", "s3", "access_key_id"], "storage.s3.access-key-id"),
+            (&["storage", "s3", "secret_access_key"], "storage.s3.secret-access-key"),
+            (&["storage", "s3", "insecure"], "storage.s3.insecure"),
+            (&["storage", "s3", "force_path_style"], "storage.s3.force-path-style"),
+            (&["storage", "gcs", "bucket_name"], "storage.gcs.bucket-name"),
+            (&["storage", "gcs", "service_account"], "storage.gcs.service-account"),
+            (&["storage", "azure", "account_name"], "storage.azure.account-name"),
+            (&["storage", "azure", "account_key"], "storage.azure.account-key"),
+            (&["storage", "azure", "container_name"], "storage.azure.container-name"),
+            (&["storage", "azure", "endpoint_suffix"], "storage.azure.endpoint-suffix"),
             (&["ingester", "wal_dir"], "ingester.wal-dir"),
             (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes"),
             (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy"),
@@ -339,7 +526,13 @@ fn split_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
 }
 
 fn is_bool_flag(name: &str) -> bool {
-    matches!(name, "auth.multitenancy-enabled" | "self-profiling.disable-push")
+    matches!(
+        name,
+        "auth.multitenancy-enabled"
+            | "self-profiling.disable-push"
+            | "storage.s3.insecure"
+            | "storage.s3.force-path-style"
+    )
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -459,6 +652,113 @@ mod tests {
         assert_eq!(c.limits_for("t1").max_profile_size_bytes, 100);
         assert_eq!(c.limits_for("t2").ingestion_rate_mb, 4.0);
         assert!(c.to_yaml().contains("reject_older_than: 2h"));
+    }
+
+    #[test]
+    fn storage_flags() {
+        use kiln_io::store::Backend;
+        let c = Config::from_args(&args(&["-storage.path=/var/kiln"])).unwrap();
+        assert_eq!(c.storage.backend, "filesystem");
+        match c.store_backend().unwrap() {
+            Backend::Filesystem { dir } => assert_eq!(dir, std::path::Path::new("/var/kiln/blocks")),
+            b => panic!("{b:?}"),
+        }
+        let c = Config::from_args(&args(&["-storage.filesystem.dir", "/blocks"])).unwrap();
+        assert!(
+            matches!(c.store_backend().unwrap(), Backend::Filesystem { dir } if dir == std::path::Path::new("/blocks"))
+        );
+
+        let c = Config::from_args(&args(&[
+            "-storage.backend=s3",
+            "-storage.s3.endpoint=minio:9000",
+            "-storage.s3.bucket-name=profiles",
+            "-storage.s3.region=eu-west-1",
+            "-storage.s3.access-key-id=AKID",
+            "-storage.s3.secret-access-key=s3cr3t-value",
+            "-storage.s3.insecure",
+            "-storage.s3.force-path-style=true",
+        ]))
+        .unwrap();
+        match c.store_backend().unwrap() {
+            Backend::S3 { endpoint, bucket, region, access_key_id, secret_access_key, insecure, force_path_style } => {
+                assert_eq!(
+                    (endpoint.as_str(), bucket.as_str(), region.as_str(), access_key_id.as_str()),
+                    ("minio:9000", "profiles", "eu-west-1", "AKID")
+                );
+                assert_eq!(secret_access_key, "s3cr3t-value");
+                assert!(insecure && force_path_style);
+            }
+            b => panic!("{b:?}"),
+        }
+        // /config and Debug never show a secret.
+        let yaml = c.to_yaml();
+        assert!(!yaml.contains("s3cr3t-value"), "{yaml}");
+        assert!(yaml.contains("secret_access_key: '********'"), "{yaml}");
+        assert!(yaml.contains("bucket_name: profiles"), "{yaml}");
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+
+        // Missing pieces are named.
+        let e = Config::from_args(&args(&["-storage.backend=s3"])).unwrap().store_backend().unwrap_err();
+        assert!(e.contains("-storage.s3.bucket-name"), "{e}");
+        let e = Config::from_args(&args(&[
+            "-storage.backend=s3",
+            "-storage.s3.bucket-name=b",
+            "-storage.s3.access-key-id=k",
+        ]))
+        .unwrap()
+        .store_backend()
+        .unwrap_err();
+        assert!(e.contains("secret-access-key"), "{e}");
+        let e = Config::from_args(&args(&["-storage.backend=gcs"])).unwrap().store_backend().unwrap_err();
+        assert!(e.contains("-storage.gcs.bucket-name"), "{e}");
+        let e = Config::from_args(&args(&["-storage.backend=azure", "-storage.azure.account-name=a"]))
+            .unwrap()
+            .store_backend()
+            .unwrap_err();
+        assert!(e.contains("-storage.azure.container-name"), "{e}");
+        assert!(Config::from_args(&args(&["-storage.backend=swift"])).is_err());
+        assert!(Config::from_args(&args(&["-storage.s3.insecure=maybe"])).is_err());
+
+        let c = Config::from_args(&args(&[
+            "-storage.backend=gcs",
+            "-storage.gcs.bucket-name=g",
+            "-storage.gcs.service-account=/etc/sa.json",
+        ]))
+        .unwrap();
+        assert!(matches!(c.store_backend().unwrap(), Backend::Gcs { bucket, service_account_path }
+            if bucket == "g" && service_account_path == "/etc/sa.json"));
+        assert!(!c.to_yaml().contains("/etc/sa.json"));
+    }
+
+    #[test]
+    fn storage_yaml() {
+        let dir = std::env::temp_dir().join(format!("kiln-cfg-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.yaml");
+        std::fs::write(
+            &f,
+            "storage:\n  backend: azure\n  azure:\n    account_name: acct\n    account_key: azure-key-value\n    \
+             container_name: blocks\n    endpoint_suffix: blob.core.chinacloudapi.cn\n  s3:\n    insecure: true\n",
+        )
+        .unwrap();
+        let c = Config::from_args(&args(&[&format!("-config.file={}", f.display())])).unwrap();
+        assert!(c.storage.s3.insecure);
+        match c.store_backend().unwrap() {
+            kiln_io::store::Backend::Azure { account_name, account_key, container, endpoint } => {
+                assert_eq!(account_name, "acct");
+                assert_eq!(account_key, "azure-key-value");
+                assert_eq!(container, "blocks");
+                assert_eq!(endpoint, "blob.core.chinacloudapi.cn");
+            }
+            b => panic!("{b:?}"),
+        }
+        let yaml = c.to_yaml();
+        assert!(!yaml.contains("azure-key-value") && yaml.contains("account_key: '********'"), "{yaml}");
+        // A flag wins over the file.
+        let c = Config::from_args(&args(&[&format!("-config.file={}", f.display()), "-storage.backend=filesystem"]))
+            .unwrap();
+        assert_eq!(c.storage.backend, "filesystem");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

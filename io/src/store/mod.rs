@@ -1,0 +1,647 @@
+//! Object storage: block files and the per-tenant bucket index, in a directory or a bucket.
+//!
+//! **Ownership.** The cores run monoio executors, but `object_store`'s cloud clients need a
+//! tokio runtime. So one dedicated OS thread, `kiln-store`, runs a current-thread tokio
+//! runtime and alone owns the `Arc<dyn ObjectStore>` (and with it the HTTP client, its
+//! connection pool and credentials). Everyone else holds a [`Store`]: a cheap, cloneable
+//! handle that sends [`Job`]s over a bounded flume channel, each with a one-shot flume reply
+//! channel. flume's `send_async`/`recv_async` are executor-agnostic, so a core awaits a
+//! reply without blocking its executor, and the main thread uses the `blocking_*` calls.
+//!
+//! **Concurrency.** Every job runs as its own task on the store thread, so a slow `get` never
+//! holds up an upload. The exception is the bucket index, a read-modify-write of one JSON
+//! object: each tenant has one updater task that applies that tenant's updates in arrival
+//! order, so no update is lost to a concurrent one. Updates that queue up while one rewrite
+//! is in flight are applied together in the next rewrite (one `get` and one `put` for all).
+//! This assumes a single kiln writes a tenant's index (the monolithic mode); two processes
+//! updating the same tenant could still lose each other's updates.
+//!
+//! **Paths.** Plain strings joined with `/`: `<tenant>/<block-ulid>/<file>` for block files
+//! and `<tenant>/bucket-index.json` for the index. Readers find blocks through the index and
+//! never list the bucket, except [`Store::tenants`] at start (one listing of the top level).
+pub mod bucket_index;
+
+use bucket_index::{BlockRef, BucketIndex};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Where the objects live. Secrets are masked in `Debug`.
+#[derive(Clone)]
+pub enum Backend {
+    /// A local directory (created at start); objects are files, written atomically (a
+    /// temporary file renamed into place) and fsynced.
+    Filesystem { dir: std::path::PathBuf },
+    /// S3 or an S3-compatible server. `endpoint` is a host (`minio:9000`,
+    /// `s3.eu-west-1.amazonaws.com`) or a URL; empty means AWS for `region`. Without a scheme,
+    /// `insecure` picks `http://` over `https://`. Requests are path style (`<endpoint>/<bucket>`)
+    /// when `force_path_style` is set or the endpoint is not AWS's, virtual-hosted style
+    /// otherwise. Empty credentials fall back to the `AWS_*` environment and instance roles.
+    S3 {
+        endpoint: String,
+        bucket: String,
+        region: String,
+        access_key_id: String,
+        secret_access_key: String,
+        insecure: bool,
+        force_path_style: bool,
+    },
+    /// Google Cloud Storage. `service_account_path` is a service account key file, or the
+    /// key's JSON itself (as Pyroscope's `-storage.gcs.service-account` takes it); empty means
+    /// application default credentials.
+    Gcs { bucket: String, service_account_path: String },
+    /// Azure Blob Storage. `endpoint` is a URL, or an endpoint suffix such as
+    /// `blob.core.windows.net` (the account name is put in front); empty means Azure's public
+    /// cloud.
+    Azure { account_name: String, account_key: String, container: String, endpoint: String },
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mask = |s: &str| if s.is_empty() { "" } else { "<hidden>" };
+        match self {
+            Backend::Filesystem { dir } => f.debug_struct("Filesystem").field("dir", dir).finish(),
+            Backend::S3 { endpoint, bucket, region, access_key_id, secret_access_key, insecure, force_path_style } => f
+                .debug_struct("S3")
+                .field("endpoint", endpoint)
+                .field("bucket", bucket)
+                .field("region", region)
+                .field("access_key_id", access_key_id)
+                .field("secret_access_key", &mask(secret_access_key))
+                .field("insecure", insecure)
+                .field("force_path_style", force_path_style)
+                .finish(),
+            Backend::Gcs { bucket, service_account_path } => {
+                // The value may be the key itself rather than a path.
+                let sa = if service_account_path.trim_start().starts_with('{') {
+                    "<hidden>"
+                } else {
+                    service_account_path.as_str()
+                };
+                f.debug_struct("Gcs").field("bucket", bucket).field("service_account_path", &sa).finish()
+            }
+            Backend::Azure { account_name, account_key, container, endpoint } => f
+                .debug_struct("Azure")
+                .field("account_name", account_name)
+                .field("account_key", &mask(account_key))
+                .field("container", container)
+                .field("endpoint", endpoint)
+                .finish(),
+        }
+    }
+}
+
+impl Backend {
+    /// A one-line description for logs and errors, without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Filesystem { dir } => format!("filesystem {}", dir.display()),
+            Backend::S3 { endpoint, bucket, region, .. } if endpoint.is_empty() => {
+                format!("s3 bucket {bucket} in AWS region {}", if region.is_empty() { "us-east-1" } else { region })
+            }
+            Backend::S3 { bucket, .. } => format!("s3 bucket {bucket} at {}", self.s3_endpoint_url()),
+            Backend::Gcs { bucket, .. } => format!("gcs bucket {bucket}"),
+            Backend::Azure { account_name, container, .. } => {
+                format!("azure container {container} at {}", self.azure_account_url(account_name))
+            }
+        }
+    }
+
+    /// The S3 endpoint as a URL, without the bucket.
+    fn s3_endpoint_url(&self) -> String {
+        let Backend::S3 { endpoint, insecure, .. } = self else { return String::new() };
+        let e = endpoint.trim_end_matches('/');
+        if e.contains("://") {
+            e.to_string()
+        } else {
+            format!("{}://{e}", if *insecure { "http" } else { "https" })
+        }
+    }
+
+    fn azure_account_url(&self, account: &str) -> String {
+        let Backend::Azure { endpoint, .. } = self else { return String::new() };
+        let e = endpoint.trim_end_matches('/');
+        if e.is_empty() {
+            format!("https://{account}.blob.core.windows.net")
+        } else if e.contains("://") {
+            e.to_string()
+        } else {
+            format!("https://{account}.{e}")
+        }
+    }
+
+    /// Builds the client. Runs on the store thread, inside its runtime, as some clients
+    /// expect one at construction.
+    fn build(&self) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError::Config(format!("{}: {e}", self.describe()));
+        let need = |v: &str, what: &str| {
+            if v.trim().is_empty() {
+                Err(StoreError::Config(format!("{} needs {what}", self.describe())))
+            } else {
+                Ok(())
+            }
+        };
+        Ok(match self {
+            Backend::Filesystem { dir } => {
+                need(&dir.to_string_lossy(), "a directory")?;
+                std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+                // fsync: a block counts as stored once `put` returns (the WAL it came from may
+                // then be deleted), as it would on S3. Cleanup: deleting a block's last file
+                // removes its directory, so no empty block directories pile up.
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| fail(&e))?
+                    .with_fsync(true)
+                    .with_automatic_cleanup(true);
+                Arc::new(fs)
+            }
+            Backend::S3 { endpoint, bucket, region, access_key_id, secret_access_key, insecure, force_path_style } => {
+                need(bucket, "a bucket name (-storage.s3.bucket-name)")?;
+                if access_key_id.is_empty() != secret_access_key.is_empty() {
+                    return Err(StoreError::Config(format!(
+                        "{} needs both an access key id and a secret access key, or neither",
+                        self.describe()
+                    )));
+                }
+                // Explicit keys: nothing from the environment (a stray AWS_SESSION_TOKEN
+                // would spoil their signatures). No keys: the AWS_* environment, web identity
+                // or the instance role, as Pyroscope's client falls back to them.
+                let b = if access_key_id.is_empty() {
+                    object_store::aws::AmazonS3Builder::from_env()
+                } else {
+                    object_store::aws::AmazonS3Builder::new()
+                        .with_access_key_id(access_key_id)
+                        .with_secret_access_key(secret_access_key)
+                };
+                let mut b = b.with_bucket_name(bucket).with_allow_http(*insecure || endpoint.starts_with("http://"));
+                // Unset: AWS_REGION from the environment where read, else us-east-1.
+                if !region.is_empty() {
+                    b = b.with_region(region);
+                }
+                if endpoint.is_empty() {
+                    b = b.with_virtual_hosted_style_request(!force_path_style);
+                } else {
+                    let url = self.s3_endpoint_url();
+                    // Like Pyroscope's client: virtual-hosted style only for AWS's own
+                    // endpoints; MinIO and the like are addressed path style.
+                    let virtual_hosted = !force_path_style && url.contains(".amazonaws.com");
+                    let url = if virtual_hosted {
+                        let (scheme, host) = url.split_once("://").unwrap_or(("https", &url));
+                        format!("{scheme}://{bucket}.{host}")
+                    } else {
+                        url
+                    };
+                    b = b.with_endpoint(url).with_virtual_hosted_style_request(virtual_hosted);
+                }
+                Arc::new(b.build().map_err(|e| fail(&e))?)
+            }
+            Backend::Gcs { bucket, service_account_path } => {
+                need(bucket, "a bucket name (-storage.gcs.bucket-name)")?;
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                let sa = service_account_path.trim();
+                if sa.starts_with('{') {
+                    b = b.with_service_account_key(sa);
+                } else if !sa.is_empty() {
+                    b = b.with_service_account_path(sa);
+                }
+                Arc::new(b.build().map_err(|e| fail(&e))?)
+            }
+            Backend::Azure { account_name, account_key, container, endpoint } => {
+                need(account_name, "an account name (-storage.azure.account-name)")?;
+                need(container, "a container name (-storage.azure.container-name)")?;
+                // As for S3: an explicit key alone, or else the AZURE_* environment.
+                let b = if account_key.is_empty() {
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                } else {
+                    object_store::azure::MicrosoftAzureBuilder::new().with_access_key(account_key)
+                };
+                let mut b = b.with_account(account_name).with_container_name(container);
+                if !endpoint.is_empty() {
+                    let url = self.azure_account_url(account_name);
+                    b = b.with_allow_http(url.starts_with("http://")).with_endpoint(url);
+                }
+                Arc::new(b.build().map_err(|e| fail(&e))?)
+            }
+        })
+    }
+}
+
+/// Errors name the object path and the backend, so a log line alone says what failed where.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist. The text is `<path> in <backend>`.
+    #[error("object not found: {0}")]
+    NotFound(String),
+    /// The backend could not be set up (missing bucket, bad credentials file, ...).
+    #[error("object storage configuration: {0}")]
+    Config(String),
+    /// Anything else: network, permissions, an invalid path, a corrupt bucket index, or the
+    /// store thread gone.
+    #[error("object storage: {0}")]
+    Other(String),
+}
+
+/// A job for the store thread.
+enum Job {
+    /// Runs as its own task; the closure owns its reply sender and answers through it.
+    Op(Box<dyn FnOnce(Ctx) -> BoxFuture + Send>),
+    /// Goes to the tenant's index updater, which applies a tenant's updates one at a time.
+    Index { tenant: String, update: IndexUpdate, reply: flume::Sender<Result<(), StoreError>> },
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+enum IndexUpdate {
+    Add(BlockRef),
+    Remove(String),
+}
+
+/// What a job's task gets: the client and the backend's description for error messages.
+#[derive(Clone)]
+struct Ctx {
+    store: Arc<dyn ObjectStore>,
+    describe: Arc<str>,
+}
+
+impl Ctx {
+    fn err(&self, op: &str, path: &str, e: object_store::Error) -> StoreError {
+        match e {
+            object_store::Error::NotFound { .. } => StoreError::NotFound(format!("{path} in {}", self.describe)),
+            e => StoreError::Other(format!("{op} {path} in {}: {e}", self.describe)),
+        }
+    }
+
+    fn path(&self, path: &str) -> Result<ObjectPath, StoreError> {
+        if path.is_empty() {
+            return Err(StoreError::Other(format!("empty object path in {}", self.describe)));
+        }
+        ObjectPath::parse(path)
+            .map_err(|e| StoreError::Other(format!("invalid object path {path:?} in {}: {e}", self.describe)))
+    }
+
+    async fn get(&self, path: &str) -> Result<bytes::Bytes, StoreError> {
+        let p = self.path(path)?;
+        let r = self.store.get(&p).await.map_err(|e| self.err("get", path, e))?;
+        r.bytes().await.map_err(|e| self.err("get", path, e))
+    }
+
+    async fn put(&self, path: &str, data: bytes::Bytes) -> Result<(), StoreError> {
+        let p = self.path(path)?;
+        self.store.put(&p, PutPayload::from_bytes(data)).await.map_err(|e| self.err("put", path, e))?;
+        Ok(())
+    }
+
+    /// The index, or an empty one where the tenant has none yet.
+    async fn read_index(&self, tenant: &str) -> Result<BucketIndex, StoreError> {
+        let path = BucketIndex::path(tenant);
+        match self.get(&path).await {
+            Ok(bytes) => BucketIndex::from_json(&bytes)
+                .map_err(|e| StoreError::Other(format!("{path} in {}: {e}", self.describe))),
+            Err(StoreError::NotFound(_)) => Ok(BucketIndex::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks that every range lies inside the object, so readers always get exactly the
+    /// bytes they asked for (object stores return a shorter tail instead of failing).
+    fn check_ranges(&self, path: &str, ranges: &[Range<u64>], got: &[bytes::Bytes]) -> Result<(), StoreError> {
+        if got.len() != ranges.len() {
+            return Err(StoreError::Other(format!(
+                "get_range {path} in {}: {} ranges asked, {} answered",
+                self.describe,
+                ranges.len(),
+                got.len()
+            )));
+        }
+        for (r, b) in ranges.iter().zip(got) {
+            if b.len() as u64 != r.end - r.start {
+                return Err(StoreError::Other(format!(
+                    "get_range {path} in {}: range {}..{} runs past the end of the object ({} bytes returned)",
+                    self.describe,
+                    r.start,
+                    r.end,
+                    b.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Other("the store job ended without an answer (store thread stopped, or the job panicked)".into())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A tenant id becomes one path segment: it must not be empty, contain `/` or be `.`/`..`.
+fn check_segment(what: &str, s: &str) -> Result<(), StoreError> {
+    if s.is_empty() || s.contains('/') || s == "." || s == ".." || s.chars().any(|c| c.is_ascii_control()) {
+        return Err(StoreError::Other(format!("invalid {what} {s:?} for an object path")));
+    }
+    Ok(())
+}
+
+/// Jobs waiting for the store thread; a full queue makes senders wait (back-pressure on the
+/// cores rather than unbounded memory).
+const QUEUE: usize = 1024;
+
+/// A handle to the store thread. Cheap to clone; `Send + Sync`. The thread stops once every
+/// handle is dropped (nothing can be waiting on it then: a waiting call holds a handle).
+#[derive(Clone)]
+pub struct Store {
+    tx: flume::Sender<Job>,
+    describe: Arc<str>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.describe)
+    }
+}
+
+impl Store {
+    /// Starts the store thread and builds the client on it; returns once the client is
+    /// built, or with the reason it could not be (missing bucket, unreadable credentials, a
+    /// directory that cannot be created). No request is made to the backend here.
+    pub fn start(backend: Backend) -> Result<Store, StoreError> {
+        let describe: Arc<str> = backend.describe().into();
+        let (tx, rx) = flume::bounded::<Job>(QUEUE);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
+        let d = describe.clone();
+        std::thread::Builder::new()
+            .name("kiln-store".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Config(format!("{d}: starting the runtime: {e}"))));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let store = match backend.build() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    serve(rx, Ctx { store, describe: d }).await;
+                });
+            })
+            .map_err(|e| StoreError::Config(format!("{describe}: spawning the store thread: {e}")))?;
+        ready_rx.recv().map_err(|_| StoreError::Config(format!("{describe}: the store thread died at start")))??;
+        tracing::info!(backend = %describe, "object storage ready");
+        Ok(Store { tx, describe })
+    }
+
+    /// e.g. `filesystem ./data/blocks`, `s3 bucket x at http://minio:9000`.
+    pub fn describe(&self) -> String {
+        self.describe.to_string()
+    }
+
+    /// A job that runs `f` on the store thread and answers through the returned receiver.
+    fn job<T, F, Fut>(f: F) -> (Job, flume::Receiver<Result<T, StoreError>>)
+    where
+        T: Send + 'static,
+        F: FnOnce(Ctx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (reply, rx) = flume::bounded(1);
+        let job = Job::Op(Box::new(move |ctx| {
+            Box::pin(async move {
+                let _ = reply.send(f(ctx).await);
+            })
+        }));
+        (job, rx)
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        (job, rx): (Job, flume::Receiver<Result<T, StoreError>>),
+    ) -> Result<T, StoreError> {
+        self.tx.send_async(job).await.map_err(|_| stopped())?;
+        rx.recv_async().await.map_err(|_| stopped())?
+    }
+
+    /// For threads that are not executors (the main thread at start). Never call it on the
+    /// store thread itself: it would wait for itself.
+    fn blocking_call<T: Send + 'static>(
+        &self,
+        (job, rx): (Job, flume::Receiver<Result<T, StoreError>>),
+    ) -> Result<T, StoreError> {
+        self.tx.send(job).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?
+    }
+
+    /// Writes the whole object, replacing any previous one atomically: readers see the old
+    /// object or the new one, never a part.
+    pub async fn put(&self, path: String, data: bytes::Bytes) -> Result<(), StoreError> {
+        self.call(Self::job(move |ctx| async move { ctx.put(&path, data).await })).await
+    }
+
+    pub async fn get(&self, path: String) -> Result<bytes::Bytes, StoreError> {
+        self.call(Self::job(move |ctx| async move { ctx.get(&path).await })).await
+    }
+
+    /// Exactly the bytes of `range`; a range reaching past the end of the object is an error.
+    pub async fn get_range(&self, path: String, range: std::ops::Range<u64>) -> Result<bytes::Bytes, StoreError> {
+        let mut v = self.get_ranges(path, vec![range]).await?;
+        Ok(v.pop().unwrap_or_default())
+    }
+
+    /// Several ranges of one object, answered in the order asked; nearby ranges are fetched
+    /// in one request where the backend can. Each answer is exactly its range.
+    pub async fn get_ranges(
+        &self,
+        path: String,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> Result<Vec<bytes::Bytes>, StoreError> {
+        self.call(Self::job(move |ctx| async move {
+            if let Some(r) = ranges.iter().find(|r| r.start > r.end) {
+                return Err(StoreError::Other(format!(
+                    "get_range {path} in {}: invalid range {}..{}",
+                    ctx.describe, r.start, r.end
+                )));
+            }
+            let p = ctx.path(&path)?;
+            // Empty ranges are answered here: some backends refuse them.
+            let asked: Vec<Range<u64>> = ranges.iter().filter(|r| r.start < r.end).cloned().collect();
+            let got = if asked.is_empty() {
+                Vec::new()
+            } else {
+                ctx.store.get_ranges(&p, &asked).await.map_err(|e| ctx.err("get_range", &path, e))?
+            };
+            ctx.check_ranges(&path, &asked, &got)?;
+            let mut got = got.into_iter();
+            Ok(ranges
+                .iter()
+                .map(|r| if r.start < r.end { got.next().unwrap_or_default() } else { Default::default() })
+                .collect())
+        }))
+        .await
+    }
+
+    /// The object's size in bytes (a `head`).
+    pub async fn size(&self, path: String) -> Result<u64, StoreError> {
+        self.call(Self::job(move |ctx| async move {
+            let p = ctx.path(&path)?;
+            Ok(ctx.store.head(&p).await.map_err(|e| ctx.err("head", &path, e))?.size)
+        }))
+        .await
+    }
+
+    /// Deletes the object. Deleting a missing object succeeds on every backend (S3 cannot
+    /// tell the two apart), so a retried cleanup is harmless.
+    pub async fn delete(&self, path: String) -> Result<(), StoreError> {
+        self.call(Self::job(move |ctx| async move {
+            let p = ctx.path(&path)?;
+            match ctx.store.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(ctx.err("delete", &path, e)),
+            }
+        }))
+        .await
+    }
+
+    async fn index_update(&self, tenant: String, update: IndexUpdate) -> Result<(), StoreError> {
+        check_segment("tenant id", &tenant)?;
+        let (reply, rx) = flume::bounded(1);
+        self.tx.send_async(Job::Index { tenant, update, reply }).await.map_err(|_| stopped())?;
+        rx.recv_async().await.map_err(|_| stopped())?
+    }
+
+    /// Adds `block` to `<tenant>/bucket-index.json`, or replaces the block with the same id.
+    /// Updates of one tenant are serialized on the store thread; the index object is
+    /// rewritten whole (one atomic `put`). Returns once the new index is stored. An
+    /// `uploaded_at` of 0 is set to now. A corrupt index is an error, never overwritten.
+    pub async fn add_block(&self, tenant: String, mut block: BlockRef) -> Result<(), StoreError> {
+        check_segment("block id", &block.block_id)?;
+        if block.uploaded_at == 0 {
+            block.uploaded_at = unix_now();
+        }
+        self.index_update(tenant, IndexUpdate::Add(block)).await
+    }
+
+    /// Removes a block (and its deletion mark) from the tenant's index; a block not listed
+    /// is no error. Serialized with `add_block`.
+    pub async fn remove_block(&self, tenant: String, block_id: String) -> Result<(), StoreError> {
+        self.index_update(tenant, IndexUpdate::Remove(block_id)).await
+    }
+
+    /// The tenant's index; a tenant without one has an empty index.
+    pub async fn read_bucket_index(&self, tenant: String) -> Result<BucketIndex, StoreError> {
+        check_segment("tenant id", &tenant)?;
+        self.call(Self::job(move |ctx| async move { ctx.read_index(&tenant).await })).await
+    }
+
+    /// Tenants that have a bucket index, sorted. One listing of the bucket's top level plus
+    /// one `head` per top-level prefix: meant for start-up, not for queries.
+    pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.call(Self::job(tenants)).await
+    }
+
+    pub fn blocking_read_bucket_index(&self, tenant: &str) -> Result<BucketIndex, StoreError> {
+        check_segment("tenant id", tenant)?;
+        let tenant = tenant.to_string();
+        self.blocking_call(Self::job(move |ctx| async move { ctx.read_index(&tenant).await }))
+    }
+
+    pub fn blocking_tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking_call(Self::job(tenants))
+    }
+}
+
+async fn tenants(ctx: Ctx) -> Result<Vec<String>, StoreError> {
+    let top = ctx.store.list_with_delimiter(None).await.map_err(|e| ctx.err("list", "/", e))?;
+    // The heads run concurrently: on a bucket with many tenants, one round trip in all
+    // rather than one per tenant.
+    let mut checks = Vec::with_capacity(top.common_prefixes.len());
+    for prefix in top.common_prefixes {
+        let Some(tenant) = prefix.filename().map(str::to_string) else { continue };
+        let ctx = ctx.clone();
+        checks.push(tokio::spawn(async move {
+            let path = BucketIndex::path(&tenant);
+            match ctx.store.head(&ctx.path(&path)?).await {
+                Ok(_) => Ok(Some(tenant)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(ctx.err("head", &path, e)),
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for c in checks {
+        if let Some(t) = c.await.map_err(|e| StoreError::Other(format!("listing tenants: {e}")))?? {
+            out.push(t);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The store thread's loop: spawns a task per job, and hands index updates to their
+/// tenant's updater. Ends when every [`Store`] handle is gone.
+async fn serve(rx: flume::Receiver<Job>, ctx: Ctx) {
+    // Owned by this loop alone: one updater per tenant, created on the tenant's first
+    // update and kept for the life of the thread (tenants are few; an idle updater is a
+    // parked task).
+    let mut updaters: HashMap<String, flume::Sender<IndexJob>> = HashMap::new();
+    while let Ok(job) = rx.recv_async().await {
+        match job {
+            Job::Op(f) => {
+                tokio::spawn(f(ctx.clone()));
+            }
+            Job::Index { tenant, update, reply } => {
+                let tx = updaters.entry(tenant).or_insert_with_key(|tenant| {
+                    let (tx, rx) = flume::unbounded();
+                    tokio::spawn(index_updater(ctx.clone(), tenant.clone(), rx));
+                    tx
+                });
+                // The updater lives as long as its sender here, so this cannot fail.
+                let _ = tx.send(IndexJob { update, reply });
+            }
+        }
+    }
+}
+
+struct IndexJob {
+    update: IndexUpdate,
+    reply: flume::Sender<Result<(), StoreError>>,
+}
+
+/// The only writer of `<tenant>/bucket-index.json`. Takes every update queued so far, applies
+/// them in arrival order to the stored index, writes it once and answers them all with the
+/// outcome of that write.
+async fn index_updater(ctx: Ctx, tenant: String, rx: flume::Receiver<IndexJob>) {
+    while let Ok(first) = rx.recv_async().await {
+        let mut batch = vec![first];
+        batch.extend(rx.drain());
+        let result = async {
+            let mut idx = ctx.read_index(&tenant).await?;
+            for job in &batch {
+                match &job.update {
+                    IndexUpdate::Add(b) => idx.add(b.clone()),
+                    IndexUpdate::Remove(id) => {
+                        idx.remove(id);
+                    }
+                }
+            }
+            idx.updated_at = unix_now();
+            ctx.put(&BucketIndex::path(&tenant), idx.to_json().into()).await
+        }
+        .await;
+        if let Err(e) = &result {
+            tracing::warn!(tenant, error = %e, "bucket index update failed");
+        }
+        for job in batch {
+            let _ = job.reply.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The filesystem backend in a temporary directory, driven from monoio executors.
+mod common;
+
+use bytes::Bytes;
+use kiln_io::store::{Backend, Store, StoreError};
+use std::path::PathBuf;
+
+/// A fresh directory, removed on drop (also when the test panics).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("kiln-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(dir: &TempDir) -> Store {
+    // The directory does not exist yet: start creates it.
+    let store = Store::start(Backend::Filesystem { dir: dir.0.join("blocks") }).unwrap();
+    assert!(dir.0.join("blocks").is_dir());
+    assert_eq!(store.describe(), format!("filesystem {}", dir.0.join("blocks").display()));
+    store
+}
+
+#[test]
+fn objects() {
+    let dir = TempDir::new("objects");
+    let store = start(&dir);
+    common::objects(&store);
+    // Objects are plain files under the directory; deleting the last file of a block
+    // removes the block's directory.
+    common::block_on(store.put("t/01JX/a".into(), Bytes::from_static(b"abc"))).unwrap();
+    assert_eq!(std::fs::read(dir.0.join("blocks/t/01JX/a")).unwrap(), b"abc");
+    common::block_on(store.delete("t/01JX/a".into())).unwrap();
+    assert!(!dir.0.join("blocks/t/01JX").exists());
+}
+
+#[test]
+fn concurrent_index_updates() {
+    let dir = TempDir::new("concurrent");
+    let store = start(&dir);
+    common::concurrent_index_updates(&store, "busy", 4, 50);
+}
+
+#[test]
+fn index_and_tenants() {
+    let dir = TempDir::new("tenants");
+    let store = start(&dir);
+    assert!(store.blocking_tenants().unwrap().is_empty());
+    assert!(store.blocking_read_bucket_index("nobody").unwrap().blocks.is_empty());
+    common::index_and_tenants(&store);
+    assert_eq!(store.blocking_tenants().unwrap(), ["tenant-a", "tenant-c"]);
+}
+
+#[test]
+fn corrupt_index_is_an_error_and_kept() {
+    let dir = TempDir::new("corrupt");
+    let store = start(&dir);
+    common::block_on(async {
+        store.put("t/bucket-index.json".into(), Bytes::from_static(b"{not json")).await.unwrap();
+        let e = store.read_bucket_index("t".into()).await.unwrap_err();
+        assert!(e.to_string().contains("t/bucket-index.json"), "{e}");
+        assert!(store.add_block("t".into(), common::block("01JA", 0, 1)).await.is_err());
+        // Not overwritten: an operator can still look at it.
+        assert_eq!(store.get("t/bucket-index.json".into()).await.unwrap(), Bytes::from_static(b"{not json"));
+    });
+}
+
+#[test]
+fn handles_are_shared_across_threads() {
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    send_sync_clone::<Store>();
+    let dir = TempDir::new("handles");
+    let store = start(&dir);
+    // The blocking calls work from a plain thread; the async ones from any executor.
+    let s2 = store.clone();
+    std::thread::spawn(move || s2.blocking_tenants().unwrap()).join().unwrap();
+    drop(store);
+}
+
+#[test]
+fn bad_config_fails_at_start() {
+    let dir = TempDir::new("badcfg");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join("file"), b"x").unwrap();
+    let e = Store::start(Backend::Filesystem { dir: dir.0.join("file/blocks") }).unwrap_err();
+    assert!(matches!(e, StoreError::Config(_)), "{e:?}");
+    assert!(e.to_string().contains("file/blocks"), "{e}");
+
+    let s3 = |bucket: &str, key: &str, secret: &str| Backend::S3 {
+        endpoint: "http://127.0.0.1:1".into(),
+        bucket: bucket.into(),
+        region: String::new(),
+        access_key_id: key.into(),
+        secret_access_key: secret.into(),
+        insecure: true,
+        force_path_style: true,
+    };
+    let e = Store::start(s3("", "k", "s")).unwrap_err();
+    assert!(e.to_string().contains("bucket"), "{e}");
+    let e = Store::start(s3("b", "k", "")).unwrap_err();
+    assert!(e.to_string().contains("secret access key"), "{e}");
+    // Secrets never show in Debug or in the description.
+    let b = s3("b", "key-id", "very-secret");
+    assert!(!format!("{b:?}").contains("very-secret"));
+    assert!(!b.describe().contains("very-secret"));
+    assert_eq!(b.describe(), "s3 bucket b at http://127.0.0.1:1");
+    // A well-formed S3 config starts without contacting the server.
+    let store = Store::start(s3("b", "k", "s")).unwrap();
+    assert_eq!(store.describe(), "s3 bucket b at http://127.0.0.1:1");
+
+    let e = Store::start(Backend::Gcs { bucket: String::new(), service_account_path: String::new() }).unwrap_err();
+    assert!(e.to_string().contains("bucket"), "{e}");
+    let e = Store::start(Backend::Azure {
+        account_name: "acct".into(),
+        account_key: String::new(),
+        container: String::new(),
+        endpoint: String::new(),
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("container"), "{e}");
+}
