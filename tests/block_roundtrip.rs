@@ -44,8 +44,11 @@ fn frames(s: &Symbols, mut id: u32) -> Vec<String> {
     out
 }
 
-/// (time, total, samples) of every profile, stably sorted by time.
-fn profiles(s: &Series) -> Vec<(i64, i64, Vec<(u32, i64)>)> {
+/// (time, total, samples) of one profile.
+type Prof = (i64, i64, Vec<(u32, i64)>);
+
+/// Every profile of a series, stably sorted by time.
+fn profiles(s: &Series) -> Vec<Prof> {
     let mut v: Vec<_> = (0..s.timestamps.len())
         .map(|i| {
             let (a, b) = (s.offsets[i] as usize, s.offsets[i + 1] as usize);

@@ -87,6 +87,14 @@ pub struct EncodedBlock {
     pub symbols: Vec<u8>,
 }
 
+impl EncodedBlock {
+    /// The four files as (name in the block folder, bytes); meta.json last, so a writer that
+    /// goes in this order publishes the meta only once the files it describes exist.
+    pub fn files(&self) -> [(&'static str, &[u8]); 4] {
+        [(INDEX, &self.index), (PROFILES, &self.profiles), (SYMBOLS, &self.symbols), (META, &self.meta_json)]
+    }
+}
+
 /// Encodes a whole head. `ulid` is the block id string (26 chars Crockford base32, given by the caller).
 ///
 /// A head without profiles is refused (`FormatError::Encode`): a block has a time range.

@@ -72,10 +72,24 @@ fn encode_err(e: parquet::errors::ParquetError) -> FormatError {
     FormatError::Encode(format!("writing {PROFILES}: {e}"))
 }
 
-/// Writes `rows` (already in file order: by series, then time) as a parquet file.
+/// Writes `rows` as a parquet file. They must already be in file order (by series, then
+/// time) with equally long `stacks` and `values`: the index relies on the order, so a
+/// violation is refused rather than written.
 pub fn write(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<Vec<u8>, FormatError> {
     if opts.row_group_rows == 0 {
         return Err(FormatError::Encode("row_group_rows must be at least 1".into()));
+    }
+    for (i, r) in rows.iter().enumerate() {
+        if r.stacks.len() != r.values.len() {
+            return Err(FormatError::Encode(format!(
+                "row {i}: {} stacks but {} values",
+                r.stacks.len(),
+                r.values.len()
+            )));
+        }
+        if i > 0 && (rows[i - 1].series, rows[i - 1].time_nanos) > (r.series, r.time_nanos) {
+            return Err(FormatError::Encode(format!("row {i} is not in (series, time) order")));
+        }
     }
     let level = ZstdLevel::try_new(opts.zstd_level)
         .map_err(|e| FormatError::Encode(format!("zstd level {}: {e}", opts.zstd_level)))?;
@@ -90,13 +104,13 @@ pub fn write(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<Vec<u8>, F
         // Times ascend within a series: deltas beat a dictionary of mostly unique values.
         .set_column_dictionary_enabled(col("time_nanos"), false)
         .set_column_encoding(col("time_nanos"), Encoding::DELTA_BINARY_PACKED)
-        // A profile's stack ids ascend: deltas again. Measured on the fixtures (see
-        // tests/block_roundtrip.rs) this column shrinks by 40% against a dictionary.
+        // A profile's stack ids ascend: deltas again. On the fixtures of
+        // tests/block_roundtrip.rs the whole file shrinks from 367 kB to 211 kB with this.
         .set_column_dictionary_enabled(col("stacktrace_id"), false)
         .set_column_encoding(col("stacktrace_id"), Encoding::DELTA_BINARY_PACKED)
-        // Values are mostly distinct: a dictionary only adds indirection before zstd.
-        // (BYTE_STREAM_SPLIT would save ~6% more but is young in the spec; PLAIN and the
-        // delta encoding are read by every parquet reader.)
+        // Values are mostly distinct: a dictionary only adds indirection before zstd (211 kB
+        // → 172 kB without it). BYTE_STREAM_SPLIT would save ~6% more but is young in the
+        // spec; PLAIN and the delta encoding are read by every parquet reader.
         .set_column_dictionary_enabled(col("value"), false)
         .build();
     let mut w = SerializedFileWriter::new(Vec::new(), schema(), Arc::new(props)).map_err(encode_err)?;
@@ -149,7 +163,6 @@ impl WriteColumns {
         self.def.clear();
         self.rep.clear();
         for r in group {
-            debug_assert_eq!(r.stacks.len(), r.values.len());
             // Series indices and stack ids are u32s stored as their i32 bits.
             self.series.push(r.series as i32);
             self.time.push(r.time_nanos);
@@ -235,7 +248,10 @@ impl ProfilesFile {
         for (g, rg) in meta.row_groups().iter().enumerate() {
             let rows = u64::try_from(rg.num_rows())
                 .map_err(|_| corrupt(footer_at, format!("row group {g} has {} rows", rg.num_rows())))?;
-            group_start.push(group_start[g] + rows);
+            let end = group_start[g]
+                .checked_add(rows)
+                .ok_or_else(|| corrupt(footer_at, format!("row group {g}: row count overflows")))?;
+            group_start.push(end);
             chunks.push(
                 chunk_ranges(rg, footer_at).map_err(|what| corrupt(footer_at, format!("row group {g}: {what}")))?,
             );
@@ -822,5 +838,27 @@ mod tests {
         }
         assert!(caught > 150, "{caught}");
         assert!(decoded < 400, "{decoded}");
+    }
+
+    proptest::proptest! {
+        /// Garbage footers (and damaged real ones) are errors, not panics.
+        #[test]
+        fn footers_never_panic(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut f = b"PAR1".to_vec();
+            f.extend_from_slice(&garbage);
+            f.extend_from_slice(&(garbage.len() as u32).to_le_bytes());
+            f.extend_from_slice(b"PAR1");
+            let _ = ProfilesFile::from_tail(f.len() as u64, &f);
+
+            let (_, mut bytes) = rows(50, 3);
+            let footer = ProfilesFile::from_tail(bytes.len() as u64, &bytes).unwrap().footer_len() as usize;
+            let n = bytes.len();
+            bytes[n - footer + at.index(footer - 8)] ^= 1 << bit;
+            let _ = ProfilesFile::from_tail(n as u64, &bytes);
+        }
     }
 }
