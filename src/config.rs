@@ -158,6 +158,15 @@ pub struct Config {
     /// Head bytes a core may hold before pushes are refused with 429; 0 = no limit. Unset:
     /// half of the machine's memory, split over the cores.
     pub max_head_bytes_per_core: Option<u64>,
+    /// A head is cut into a block this long after its first profile.
+    #[serde(with = "go_duration")]
+    pub max_block_duration: Duration,
+    /// A core's head is cut into blocks once it holds this many bytes. Unset: a quarter of
+    /// the head limit.
+    pub max_block_bytes: Option<u64>,
+    /// Bytes of opened blocks (index, symbols, footers) a core keeps cached; 0 = no limit.
+    /// Unset: an eighth of the head limit.
+    pub block_cache_bytes_per_core: Option<u64>,
     pub storage: Storage,
     pub multitenancy_enabled: bool,
     pub log_level: String,
@@ -180,6 +189,9 @@ impl Default for Config {
             wal_segment_size_bytes: 128 * 1024 * 1024,
             wal_sync_policy: "fsync".into(),
             max_head_bytes_per_core: None,
+            max_block_duration: Duration::from_secs(3600),
+            max_block_bytes: None,
+            block_cache_bytes_per_core: None,
             storage: Storage::default(),
             multitenancy_enabled: false,
             log_level: "info".into(),
@@ -280,6 +292,14 @@ impl Config {
         total / 2 / self.effective_shards().max(1) as u64
     }
 
+    pub fn effective_max_block_bytes(&self) -> u64 {
+        self.max_block_bytes.unwrap_or(self.effective_max_head_bytes() / 4)
+    }
+
+    pub fn effective_block_cache_bytes(&self) -> u64 {
+        self.block_cache_bytes_per_core.unwrap_or(self.effective_max_head_bytes() / 8)
+    }
+
     pub fn effective_shards(&self) -> usize {
         if self.shards > 0 {
             self.shards
@@ -346,6 +366,11 @@ impl Config {
             }
             "ingester.wal-segment-size-bytes" => {
                 self.wal_segment_size_bytes = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "ingester.max-block-duration" => self.max_block_duration = parse_duration(v).map_err(bad)?,
+            "ingester.max-block-bytes" => self.max_block_bytes = Some(parse_num(v).map_err(bad)? as u64),
+            "store-gateway.cache-bytes-per-core" => {
+                self.block_cache_bytes_per_core = Some(parse_num(v).map_err(bad)? as u64)
             }
             "ingester.wal-sync-policy" => match v {
                 "fsync" | "write" => self.wal_sync_policy = v.into(),
@@ -438,6 +463,9 @@ impl Config {
             (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes"),
             (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy"),
             (&["ingester", "max_head_bytes_per_core"], "ingester.max-head-bytes-per-core"),
+            (&["ingester", "max_block_duration"], "ingester.max-block-duration"),
+            (&["ingester", "max_block_bytes"], "ingester.max-block-bytes"),
+            (&["store_gateway", "cache_bytes_per_core"], "store-gateway.cache-bytes-per-core"),
             (&["shards"], "shards"),
             (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
             (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),

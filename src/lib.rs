@@ -36,17 +36,28 @@ pub fn run(cfg: config::Config) {
     let signals = block_termination_signals();
     let mut cfg = cfg;
     cfg.max_head_bytes_per_core = Some(cfg.effective_max_head_bytes());
+    let backend = cfg.store_backend().unwrap_or_else(|e| fail(e));
+    let store = kiln_io::store::Store::start(backend).unwrap_or_else(|e| fail(format!("opening block storage: {e}")));
+    let blocks = kiln_shards::flush::BlockConfig {
+        store: store.clone(),
+        max_block_duration: cfg.max_block_duration,
+        max_block_bytes: cfg.effective_max_block_bytes() as usize,
+        cache_bytes: cfg.effective_block_cache_bytes() as usize,
+        encode: Default::default(),
+    };
     let shard_cfg = kiln_shards::runtime::ShardConfig {
         wal: Some(wal),
         max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
+        blocks: Some(blocks),
     };
     let shared = server::Shared::new(cfg);
     tracing::info!(cores, port = shared.cfg.http_listen_port, wal = %wal_dir.display(), "kiln starting");
     let s = shared.clone();
     let started =
         kiln_shards::runtime::start(cores, tokens, true, shard_cfg, move |ctx| server::serve(ctx, Arc::clone(&s)));
+    let indexed = open_blocks(&store, &started.mesh).unwrap_or_else(|e| fail(e));
     if let Some((_, source)) = &gens.source {
-        if let Err(e) = replay::replay(source, &started.mesh) {
+        if let Err(e) = replay::replay(source, &started.mesh, &indexed) {
             fail(e);
         }
     }
@@ -72,6 +83,42 @@ pub fn run(cfg: config::Config) {
     }
     tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");
     std::process::exit(if clean { 0 } else { 1 });
+}
+
+/// Reads every tenant's bucket index and hands each block to the core the ring gives it.
+/// Returns every indexed (tenant, block id), for replay to skip what blocks hold.
+fn open_blocks(store: &kiln_io::store::Store, mesh: &kiln_shards::runtime::Mesh) -> Result<replay::Indexed, String> {
+    use kiln_shards::shard::{BlockEntry, Msg};
+    let mut indexed = replay::Indexed::new();
+    let mut per_core: Vec<Vec<BlockEntry>> = vec![Vec::new(); mesh.cores()];
+    let tenants = store.blocking_tenants().map_err(|e| format!("listing tenants in {}: {e}", store.describe()))?;
+    for tenant in tenants {
+        let idx = store
+            .blocking_read_bucket_index(&tenant)
+            .map_err(|e| format!("reading the bucket index of tenant {tenant}: {e}"))?;
+        let deleted: std::collections::HashSet<&str> =
+            idx.block_deletion_marks.iter().map(|m| m.block_id.as_str()).collect();
+        for b in &idx.blocks {
+            // A block marked for deletion still holds what its WAL records held.
+            indexed.insert((tenant.clone(), b.block_id.clone()));
+            if deleted.contains(b.block_id.as_str()) {
+                continue;
+            }
+            let core = kiln_shards::storegateway::owner(&mesh.ring, &b.block_id) as usize;
+            per_core[core].push(BlockEntry {
+                tenant: tenant.clone(),
+                id: b.block_id.clone(),
+                min_ms: b.min_time,
+                max_ms: b.max_time,
+                profiles_bytes: b.file_size(kiln_shards::block::PROFILES).unwrap_or(0),
+            });
+        }
+    }
+    tracing::info!(blocks = indexed.len(), storage = %store.describe(), "blocks opened");
+    for (core, blocks) in per_core.into_iter().enumerate() {
+        mesh.send_blocking(core, Msg::AddBlocks { blocks }).map_err(|e| e.to_string())?;
+    }
+    Ok(indexed)
 }
 
 fn block_termination_signals() -> libc::sigset_t {

@@ -30,12 +30,23 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
     match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
         Ok(stats) => {
             type Gauge = (&'static str, &'static str, &'static str, fn(&kiln_shards::shard::ShardStats) -> f64);
-            let rows: [Gauge; 5] = [
+            let rows: [Gauge; 10] = [
                 ("kiln_head_series", "gauge", "Series in the head.", |s| s.series as f64),
                 ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.profiles as f64),
                 ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.samples as f64),
                 ("kiln_head_stacktraces", "gauge", "Distinct stack trace nodes in the head.", |s| s.stacks as f64),
                 ("kiln_head_bytes", "gauge", "Approximate heap bytes held by the head.", |s| s.head_bytes as f64),
+                ("kiln_head_frozen", "gauge", "Heads cut and waiting for their block upload.", |s| {
+                    s.frozen_heads as f64
+                }),
+                ("kiln_blocks_owned", "gauge", "Blocks this core serves queries from.", |s| s.blocks as f64),
+                ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
+                    s.block_cache_bytes as f64
+                }),
+                ("kiln_blocks_written_total", "counter", "Blocks written by this core.", |s| s.blocks_written as f64),
+                ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
+                    s.bytes_uploaded as f64
+                }),
             ];
             for (name, kind, help, f) in rows {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -51,6 +62,22 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
     let _ = writeln!(out, "kiln_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
+}
+
+/// Pyroscope's `/ingester/flush`: cuts every core's head into blocks now and answers once
+/// they are uploaded and in the bucket index.
+pub async fn flush(core: &Rc<Core>) -> Response {
+    if !core.shared.ready() {
+        return text(503, "text/plain; charset=utf-8", "not ready: cores are still starting");
+    }
+    loop {
+        match core.mesh.broadcast(|reply| Msg::Cut { reply }).await {
+            Ok(done) if done.iter().all(|d| *d) => return text(204, "text/plain; charset=utf-8", ""),
+            // A core was finishing an earlier cut: ask again once it had time to.
+            Ok(_) => monoio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(e) => return text(503, "text/plain; charset=utf-8", e.to_string()),
+        }
+    }
 }
 
 pub fn config(core: &Core) -> Response {

@@ -7,6 +7,7 @@ use kiln_io::wal::{self, segment};
 use kiln_shards::runtime::Mesh;
 use kiln_shards::shard::Msg;
 use kiln_shards::walcodec;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +16,8 @@ use std::time::Instant;
 pub struct ReplayStats {
     pub segments: usize,
     pub records: u64,
+    /// Records skipped because a block in the bucket index holds them.
+    pub in_blocks: u64,
     pub bytes: u64,
     pub dropped_tails: usize,
 }
@@ -22,11 +25,39 @@ pub struct ReplayStats {
 /// At most this many replayed records await their owners' WAL sync at once.
 const IN_FLIGHT: usize = 4096;
 
-/// Replays `source` through `mesh`. Damage other than a torn tail of a core's last segment
-/// is an error: acknowledged data is never skipped silently.
-pub fn replay(source: &Path, mesh: &Mesh) -> Result<ReplayStats, String> {
+/// Blocks in the bucket indexes: (tenant, block id).
+pub type Indexed = HashSet<(String, String)>;
+
+/// (core, tenant) → position (segment, record) of the tenant's last cut marker in that core's
+/// WAL whose block is indexed: the tenant's records before it are in the block.
+type Cuts = HashMap<(u32, String), (u64, usize)>;
+
+fn committed_cuts(segs: &[wal::SegmentFile], indexed: &Indexed) -> Cuts {
+    let mut cuts = HashMap::new();
+    if indexed.is_empty() {
+        return cuts;
+    }
+    for seg in segs {
+        // Damage is reported by the replay pass proper; here only whole records count.
+        let Ok((records, _)) = segment::read_segment(&seg.path) else { continue };
+        for (i, rec) in records.iter().enumerate() {
+            if let Ok(walcodec::Entry::Cut { tenant, block }) = walcodec::decode_entry(rec) {
+                if indexed.contains(&(tenant.clone(), block)) {
+                    cuts.insert((seg.core, tenant), (seg.seq, i));
+                }
+            }
+        }
+    }
+    cuts
+}
+
+/// Replays `source` through `mesh`, skipping what indexed blocks already hold. Damage other
+/// than a torn tail of a core's last segment is an error: acknowledged data is never skipped
+/// silently.
+pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplayStats, String> {
     let started = Instant::now();
     let segs = wal::segments(source).map_err(|e| format!("listing {}: {e}", source.display()))?;
+    let cuts = committed_cuts(&segs, indexed);
     let mut st = ReplayStats::default();
     let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>> =
         Vec::new();
@@ -45,11 +76,16 @@ pub fn replay(source: &Path, mesh: &Mesh) -> Result<ReplayStats, String> {
             st.dropped_tails += 1;
         }
         st.segments += 1;
-        for rec in records {
+        for (i, rec) in records.into_iter().enumerate() {
             st.bytes += rec.len() as u64;
-            let (tenant, profile, groups) = walcodec::decode(&rec).map_err(|e| {
+            let entry = walcodec::decode_entry(&rec).map_err(|e| {
                 format!("WAL segment {}: a record with a valid checksum does not decode: {e}", seg.path.display())
             })?;
+            let walcodec::Entry::Ingest { tenant, profile, groups } = entry else { continue };
+            if cuts.get(&(seg.core, tenant.clone())).is_some_and(|&at| (seg.seq, i) < at) {
+                st.in_blocks += 1;
+                continue;
+            }
             let tenant: Arc<str> = Arc::from(tenant);
             let profile = Arc::new(profile);
             let mut per_core: Vec<Vec<_>> = vec![Vec::new(); mesh.cores()];
@@ -76,6 +112,7 @@ pub fn replay(source: &Path, mesh: &Mesh) -> Result<ReplayStats, String> {
     tracing::info!(
         segments = st.segments,
         records = st.records,
+        in_blocks = st.in_blocks,
         bytes = st.bytes,
         seconds = started.elapsed().as_secs_f64(),
         "WAL replayed"

@@ -166,18 +166,56 @@ impl TenantHead {
         r
     }
 
+    /// The read side of this head, shared with blocks loaded for a query.
+    pub fn view(&self) -> HeadView<'_> {
+        HeadView { symbols: &self.symbols, series: &self.series, by_profile_type: Some(&self.by_profile_type) }
+    }
+
+    pub fn query(&self, q: &QueryRequest) -> QueryResult {
+        self.view().query(q)
+    }
+
+    /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.
+    pub fn approx_bytes(&self) -> usize {
+        self.symbols.approx_bytes() + self.samples as usize * 12 + self.profiles as usize * 24 + self.series.len() * 256
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.symbols.heap_bytes()
+            + self
+                .series
+                .iter()
+                .map(|s| s.timestamps.len() * 20 + s.stacks.len() * 12 + 128 + s.labels.len() * 64)
+                .sum::<usize>()
+    }
+}
+
+/// What a query reads: a symbol table and series columns. A live head lends its own; a block
+/// loaded for a query builds one over its cached symbols and the rows it read, so heads and
+/// blocks answer every query with the same code.
+pub struct HeadView<'a> {
+    pub symbols: &'a Symbols,
+    pub series: &'a [Series],
+    /// Series by profile type; `None` when `series` holds only selected series already.
+    pub by_profile_type: Option<&'a FxHashMap<String, Vec<u32>>>,
+}
+
+impl<'a> HeadView<'a> {
     /// Series that match the selection's profile type and matchers and have a profile in range.
-    fn selected<'a>(&'a self, sel: &'a Selection) -> impl Iterator<Item = &'a Series> + 'a {
-        let refs: Box<dyn Iterator<Item = u32> + 'a> = match &sel.profile_type {
-            Some(pt) => Box::new(self.by_profile_type.get(pt).into_iter().flatten().copied()),
-            None => Box::new(0..self.series.len() as u32),
+    fn selected(&self, sel: &'a Selection) -> impl Iterator<Item = &'a Series> + 'a {
+        let series = self.series;
+        let refs: Box<dyn Iterator<Item = u32> + 'a> = match (&sel.profile_type, self.by_profile_type) {
+            (Some(pt), Some(by)) => Box::new(by.get(pt).into_iter().flatten().copied()),
+            _ => Box::new(0..series.len() as u32),
         };
-        refs.map(|r| &self.series[r as usize])
+        let pt = sel.profile_type.as_deref();
+        refs.map(move |r| &series[r as usize])
+            .filter(move |s| pt.is_none_or(|pt| s.profile_type == pt))
             .filter(|s| matches_all(&sel.matchers, &s.labels))
             .filter(|s| s.timestamps.iter().any(|t| sel.contains_ns(*t)))
     }
 
-    fn in_range<'a>(s: &'a Series, sel: &'a Selection) -> impl Iterator<Item = usize> + 'a {
+    fn in_range<'b>(s: &'b Series, sel: &'b Selection) -> impl Iterator<Item = usize> + 'b {
         (0..s.profiles()).filter(move |i| sel.contains_ns(s.timestamps[*i]))
     }
 
@@ -292,7 +330,7 @@ impl TenantHead {
         // Root-first: the outermost caller (last line) comes first.
         for line in l.lines.iter().rev() {
             let f = &self.symbols.functions[line.function as usize];
-            out.push(tree_names.symbol(f.name, &self.symbols));
+            out.push(tree_names.symbol(f.name, self.symbols));
         }
     }
 
@@ -360,20 +398,6 @@ impl TenantHead {
             out.samples.push((locs, v));
         }
         out
-    }
-
-    /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.
-    pub fn approx_bytes(&self) -> usize {
-        self.symbols.approx_bytes() + self.samples as usize * 12 + self.profiles as usize * 24 + self.series.len() * 256
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.symbols.heap_bytes()
-            + self
-                .series
-                .iter()
-                .map(|s| s.timestamps.len() * 20 + s.stacks.len() * 12 + 128 + s.labels.len() * 64)
-                .sum::<usize>()
     }
 }
 

@@ -6,6 +6,7 @@
 //! `query::QueryRequest` and merge the partial `QueryResult`s.
 pub mod block;
 pub mod childindex;
+pub mod flush;
 pub mod head;
 pub mod labels;
 pub mod profile;
@@ -14,5 +15,6 @@ pub mod ring;
 pub mod runtime;
 pub mod selector;
 pub mod shard;
+pub mod storegateway;
 pub mod symbols;
 pub mod walcodec;

@@ -39,6 +39,22 @@ pub enum QueryRequest {
     Analyze(Selection),
 }
 
+impl QueryRequest {
+    pub fn selection(&self) -> &Selection {
+        match self {
+            QueryRequest::ProfileTypes(s)
+            | QueryRequest::LabelNames(s)
+            | QueryRequest::LabelValues(s, _)
+            | QueryRequest::Series(s, _)
+            | QueryRequest::MergeTree(s)
+            | QueryRequest::MergeProfile(s)
+            | QueryRequest::Stats(s)
+            | QueryRequest::Analyze(s) => s,
+            QueryRequest::SelectSeries { sel, .. } => sel,
+        }
+    }
+}
+
 /// A flame tree over function names: node 0 is the root, every parent index is smaller than
 /// its children's, `names[0]` is unused.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -76,11 +76,28 @@ pub struct WalConfig {
 }
 
 /// What each core's shard is started with.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ShardConfig {
     pub wal: Option<WalConfig>,
     /// Head bytes per core before pushes are refused (0 = no limit).
     pub max_head_bytes: usize,
+    /// Block cutting and the store-gateway's reads; `None`: heads only.
+    pub blocks: Option<crate::flush::BlockConfig>,
+}
+
+/// Asks the core, a few times per block duration, whether its head is due for a cut. Starts
+/// once the gate opens: a block cut during replay, before the new WAL generation is
+/// committed, would be indexed while the old generation still holds its records.
+async fn cut_ticker(mesh: Mesh, core: usize, max_block_duration: std::time::Duration, gate: flume::Receiver<()>) {
+    let _ = gate.recv_async().await;
+    let every =
+        (max_block_duration / 8).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(15));
+    loop {
+        monoio::time::sleep(every).await;
+        if mesh.send(core, Msg::MaybeCut).await.is_err() {
+            return;
+        }
+    }
 }
 
 pub struct Started {
@@ -118,6 +135,7 @@ where
             let gate = gate_rx.clone();
             let wal = shard_cfg.wal.clone();
             let max_head = shard_cfg.max_head_bytes;
+            let blocks = shard_cfg.blocks.clone();
             std::thread::Builder::new()
                 .name(format!("kiln-core-{core}"))
                 .spawn(move || {
@@ -145,7 +163,12 @@ where
                                 shard
                             }
                         };
-                        monoio::spawn(shard.with_head_limit(max_head).run(inbox));
+                        let mut shard = shard.with_head_limit(max_head);
+                        if let Some(b) = blocks {
+                            monoio::spawn(cut_ticker(mesh.clone(), core, b.max_block_duration, gate.clone()));
+                            shard = shard.with_blocks(b, mesh.ring.clone());
+                        }
+                        monoio::spawn(shard.run(inbox));
                         serve(CoreContext { core: core as u32, mesh, gate }).await;
                     });
                 })

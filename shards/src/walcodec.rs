@@ -5,6 +5,8 @@ use crate::labels::Labels;
 use crate::profile::{Function, Line, Location, Mapping, Profile, Sample, SampleGroup, ValueType};
 
 const VERSION: u8 = 1;
+/// First byte of a cut marker record (see `encode_cut`).
+const CUT: u8 = 2;
 
 struct W(Vec<u8>);
 
@@ -144,6 +146,39 @@ pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
 }
 
 /// Decodes a record; every index is checked so a decoded record is safe to append.
+/// A cut marker: the core froze `tenant`'s head here to become block `block`. Once that
+/// block is in the tenant's bucket index, every earlier record of the tenant in this core's
+/// WAL is in the block, and replay skips them.
+pub fn encode_cut(tenant: &str, block: &str) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(tenant.len() + block.len() + 4));
+    w.0.push(CUT);
+    w.s(tenant);
+    w.s(block);
+    w.0
+}
+
+/// One WAL record.
+#[derive(Debug)]
+pub enum Entry {
+    Ingest { tenant: String, profile: Profile, groups: Vec<SampleGroup> },
+    Cut { tenant: String, block: String },
+}
+
+pub fn decode_entry(b: &[u8]) -> Res<Entry> {
+    if b.first() == Some(&CUT) {
+        let mut r = R { b, at: 1 };
+        let tenant = r.s()?;
+        let block = r.s()?;
+        if r.at != b.len() {
+            return Err("trailing bytes after a cut record".into());
+        }
+        return Ok(Entry::Cut { tenant, block });
+    }
+    let (tenant, profile, groups) = decode(b)?;
+    Ok(Entry::Ingest { tenant, profile, groups })
+}
+
+/// Decodes an ingest record (a cut marker is an error here).
 pub fn decode(b: &[u8]) -> Res<(String, Profile, Vec<SampleGroup>)> {
     if b.first() != Some(&VERSION) {
         return Err(format!("unknown WAL record version {:?}", b.first()));
@@ -313,6 +348,23 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
+            let _ = decode_entry(&bytes);
+        }
+
+        #[test]
+        fn cut_roundtrip(tenant in "[a-z0-9-]{0,20}", block in "[0-9A-Z]{26}", (p, groups) in arb_profile()) {
+            let b = encode_cut(&tenant, &block);
+            match decode_entry(&b).unwrap() {
+                Entry::Cut { tenant: t, block: u } => { prop_assert_eq!(&t, &tenant); prop_assert_eq!(&u, &block); }
+                other => prop_assert!(false, "decoded {other:?}"),
+            }
+            prop_assert!(decode(&b).is_err());
+            for cut in 0..b.len() {
+                prop_assert!(decode_entry(&b[..cut]).is_err());
+            }
+            let ingest = encode(&tenant, &p, &groups);
+            let is_ingest = matches!(decode_entry(&ingest).unwrap(), Entry::Ingest { .. });
+            prop_assert!(is_ingest);
         }
 
         #[test]

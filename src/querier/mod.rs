@@ -75,7 +75,11 @@ pub async fn fan_out(core: &Rc<Core>, req: QueryRequest) -> Result<Vec<QueryResu
         .broadcast(|reply| Msg::Query { req: req.clone(), reply })
         .await
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
-    Ok(parts.into_iter().flatten().collect())
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p.map_err(|e| RpcError::new(Code::Internal, e))?);
+    }
+    Ok(out)
 }
 
 pub fn merge_strings(parts: Vec<QueryResult>) -> Vec<String> {

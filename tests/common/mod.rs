@@ -271,7 +271,10 @@ pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collecti
             let mut frames = vec![names[name].clone()];
             let mut px = x;
             for up in (1..d).rev() {
-                let p = abs[up].iter().find(|(xx, t, _, _)| *xx <= px && px < xx + t.max(&1)).expect("parent");
+                // Spans in a level are disjoint and sorted by x: binary search.
+                let row = &abs[up];
+                let i = row.partition_point(|(xx, t, _, _)| xx + t.max(&1) <= px);
+                let p = row.get(i).filter(|(xx, _, _, _)| *xx <= px).expect("parent");
                 frames.push(names[p.3].clone());
                 px = p.0;
             }

@@ -58,6 +58,18 @@ impl SegmentWriter {
         (Ok(sync), buf)
     }
 
+    /// Closes the current segment (synced) and opens the next, even if the current one has
+    /// room: a block cut starts a fresh segment so that the segments before it can be
+    /// deleted once the block is uploaded. Returns the new segment's sequence number.
+    pub async fn cut(&mut self) -> std::io::Result<u64> {
+        self.rotate().await?;
+        Ok(self.seq)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     async fn rotate(&mut self) -> std::io::Result<()> {
         // The old segment is made whole before the next one exists, so only the last
         // segment of a core can ever have a torn tail.
@@ -74,6 +86,27 @@ impl SegmentWriter {
     pub async fn sync(&self) -> std::io::Result<()> {
         self.file.sync_all().await
     }
+}
+
+/// Deletes a core's segments numbered below `seq` (they are covered by uploaded blocks).
+/// Returns how many were removed.
+pub fn delete_before(dir: &Path, seq: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(s) = name.to_str().and_then(|f| f.strip_suffix(".seg")).and_then(|f| f.parse::<u64>().ok()) else {
+            continue;
+        };
+        if s < seq {
+            std::fs::remove_file(e.path())?;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        super::sync_dir(dir)?;
+    }
+    Ok(n)
 }
 
 /// fsync of a directory through the runtime (io_uring), not a blocking call on the core.

@@ -1,0 +1,205 @@
+//! The store-gateway side of a core: the blocks this core owns, opened lazily, and queries
+//! over them.
+//!
+//! Ownership: a block belongs to the (instance, core) that the ring gives its id
+//! (`block_key`); only that core opens it, caches its index, symbols and parquet footer, and
+//! answers queries from it. A core cutting its head picks an id it owns itself, so a new
+//! block never changes hands while the process runs, and the head it replaces and the block
+//! swap in one step on one core (no query counts both or neither). The `BlockSet` lives on
+//! its core behind an `Rc<RefCell<…>>` shared with that core's tasks only; a borrow is never
+//! held across an await.
+use crate::block::{self, index::BlockIndex, profiles::ProfilesFile};
+use crate::head::HeadView;
+use crate::query::{QueryRequest, QueryResult, Selection};
+use crate::ring::Ring;
+use crate::selector::matches_all;
+use crate::shard::BlockEntry;
+use crate::symbols::Symbols;
+use kiln_io::store::Store;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// The ring key of a block id.
+pub fn block_key(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), 0x6b69_6c6e)
+}
+
+/// The core that owns block `id` in a single-instance ring.
+pub fn owner(ring: &Ring, id: &str) -> u32 {
+    ring.owner(block_key(id)).core
+}
+
+/// Object path of one of a block's files.
+pub fn object_path(tenant: &str, id: &str, file: &str) -> String {
+    format!("{tenant}/{id}/{file}")
+}
+
+/// What a core knows of a block before opening it: enough to skip it for a time range.
+pub struct OwnedBlock {
+    pub tenant: String,
+    pub id: String,
+    pub min_ms: i64,
+    pub max_ms: i64,
+    profiles_bytes: u64,
+    opened: RefCell<Option<Rc<Opened>>>,
+    last_used: Cell<u64>,
+}
+
+/// A block's parts kept in memory between queries: its index, its symbols and its parquet
+/// footer. Profile rows are read per query, only the row groups and columns it needs.
+pub struct Opened {
+    pub index: BlockIndex,
+    pub symbols: Symbols,
+    pub profiles: ProfilesFile,
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+pub struct BlockSet {
+    blocks: Vec<Rc<OwnedBlock>>,
+    /// Bytes of opened parts this core may keep cached (0 = no limit).
+    pub cache_limit: usize,
+    clock: u64,
+}
+
+impl BlockSet {
+    pub fn new(cache_limit: usize) -> Self {
+        BlockSet { cache_limit, ..Default::default() }
+    }
+
+    pub fn add(&mut self, e: BlockEntry) {
+        if self.blocks.iter().any(|b| b.id == e.id && b.tenant == e.tenant) {
+            return;
+        }
+        self.blocks.push(Rc::new(OwnedBlock {
+            tenant: e.tenant,
+            id: e.id,
+            min_ms: e.min_ms,
+            max_ms: e.max_ms,
+            profiles_bytes: e.profiles_bytes,
+            opened: RefCell::new(None),
+            last_used: Cell::new(0),
+        }));
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    pub fn cached_bytes(&self) -> usize {
+        self.blocks.iter().filter_map(|b| b.opened.borrow().as_ref().map(|o| o.bytes)).sum()
+    }
+
+    /// Blocks of the selection's tenants whose time range overlaps the selection's.
+    pub fn matching(&mut self, sel: &Selection) -> Vec<Rc<OwnedBlock>> {
+        self.clock += 1;
+        let now = self.clock;
+        self.blocks
+            .iter()
+            .filter(|b| {
+                sel.tenants.iter().any(|t| *t == b.tenant) && b.max_ms >= sel.start_ms && b.min_ms <= sel.end_ms
+            })
+            .inspect(|b| b.last_used.set(now))
+            .cloned()
+            .collect()
+    }
+
+    /// Drops the least recently used opened parts until the cache fits its limit.
+    fn evict(&self) {
+        if self.cache_limit == 0 {
+            return;
+        }
+        let mut total = self.cached_bytes();
+        if total <= self.cache_limit {
+            return;
+        }
+        let mut open: Vec<&Rc<OwnedBlock>> = self.blocks.iter().filter(|b| b.opened.borrow().is_some()).collect();
+        open.sort_by_key(|b| b.last_used.get());
+        for b in open {
+            if total <= self.cache_limit {
+                break;
+            }
+            if let Some(o) = b.opened.borrow_mut().take() {
+                total -= o.bytes;
+            }
+        }
+    }
+}
+
+/// Opens a block (index, symbols, parquet footer), from the cache when it is there.
+async fn open(set: &RefCell<BlockSet>, store: &Store, b: &OwnedBlock) -> Result<Rc<Opened>, String> {
+    if let Some(o) = b.opened.borrow().as_ref() {
+        return Ok(o.clone());
+    }
+    let path = |f: &str| object_path(&b.tenant, &b.id, f);
+    let what = |f: &str, e: &dyn std::fmt::Display| format!("block {}/{}: {f}: {e}", b.tenant, b.id);
+    let index_bytes = store.get(path(block::INDEX)).await.map_err(|e| what(block::INDEX, &e))?;
+    let index = block::index::decode(&index_bytes).map_err(|e| what(block::INDEX, &e))?;
+    let sym_bytes = store.get(path(block::SYMBOLS)).await.map_err(|e| what(block::SYMBOLS, &e))?;
+    let symbols = block::symdb::decode(&sym_bytes).map_err(|e| what(block::SYMBOLS, &e))?;
+    let ppath = path(block::PROFILES);
+    let len = match b.profiles_bytes {
+        0 => store.size(ppath.clone()).await.map_err(|e| what(block::PROFILES, &e))?,
+        n => n,
+    };
+    let mut want = ProfilesFile::TAIL_GUESS.min(len);
+    let profiles = loop {
+        let tail = store.get_range(ppath.clone(), len - want..len).await.map_err(|e| what(block::PROFILES, &e))?;
+        match ProfilesFile::from_tail(len, &tail) {
+            Ok(f) => break f,
+            Err(block::FormatError::NeedTail(n)) if n > want && n <= len => want = n,
+            Err(e) => return Err(what(block::PROFILES, &e)),
+        }
+    };
+    // The cache's accounting: what was read, plus the decoded symbol tables' own estimate.
+    let bytes = index_bytes.len() * 3 + symbols.heap_bytes() + want as usize;
+    let o = Rc::new(Opened { index, symbols, profiles, bytes });
+    *b.opened.borrow_mut() = Some(o.clone());
+    set.borrow().evict();
+    Ok(o)
+}
+
+/// Answers one query from one block: the series the index selects, then only the row
+/// groups and columns of those series' rows, read into columns and queried exactly as a
+/// head is.
+pub async fn query(
+    set: &RefCell<BlockSet>,
+    store: &Store,
+    b: &OwnedBlock,
+    req: &QueryRequest,
+) -> Result<QueryResult, String> {
+    let o = open(set, store, b).await?;
+    let sel = req.selection();
+    let (min_ns, max_ns) =
+        (sel.start_ms.saturating_mul(1_000_000), sel.end_ms.saturating_mul(1_000_000).saturating_add(999_999));
+    let candidates: Vec<u32> = match &sel.profile_type {
+        Some(pt) => o.index.by_profile_type(pt).to_vec(),
+        None => (0..o.index.series.len() as u32).collect(),
+    };
+    let selected: Vec<u32> = candidates
+        .into_iter()
+        .filter(|&i| {
+            let s = &o.index.series[i as usize];
+            s.max_ns >= min_ns && s.min_ns <= max_ns && matches_all(&sel.matchers, &s.labels)
+        })
+        .collect();
+    let with_samples =
+        matches!(req, QueryRequest::MergeTree(_) | QueryRequest::MergeProfile(_) | QueryRequest::Analyze(_));
+    let rows = block::rows_of(&o.index, &selected);
+    let ranges = o.profiles.plan(&rows, with_samples);
+    let ppath = object_path(&b.tenant, &b.id, block::PROFILES);
+    let fetched = if ranges.is_empty() {
+        Vec::new()
+    } else {
+        let parts = store.get_ranges(ppath, ranges.clone()).await.map_err(|e| format!("block {}: {e}", b.id))?;
+        ranges.into_iter().zip(parts).collect()
+    };
+    let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, with_samples, min_ns, max_ns)
+        .map_err(|e| format!("block {}/{}: {e}", b.tenant, b.id))?;
+    let view = HeadView { symbols: &o.symbols, series: &series, by_profile_type: None };
+    Ok(view.query(req))
+}
