@@ -2,35 +2,14 @@
 //! did, survive restarts (with another number of cores) without being counted twice, and a
 //! `kill -9` in the middle of block cuts loses nothing that was acknowledged.
 mod common;
+#[path = "../io/tests/common/moto.rs"]
+mod moto;
 
 use common::*;
 use kiln_proto::push::v1::{PushRequest, PushResponse, RawProfileSeries, RawSample};
 use kiln_proto::querier::v1 as q;
 use kiln_proto::types::v1 as t;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
-fn pprofs() -> Vec<std::path::PathBuf> {
-    // Files the testdata README marks as invalid, or repairable only through /ingest.
-    let skip = ["invalid_utf8.pb.gz", "dotnet-pprof-3.pb.gz", "dotnet-pprof-73.pb.gz"];
-    let mut out = Vec::new();
-    let mut dirs = vec![testdata("pprof")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if !(name.ends_with(".txt") || name.ends_with(".json") || skip.contains(&name.as_str())) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
+use std::collections::BTreeMap;
 
 fn push(port: u16, service: &str, raw: Vec<u8>) {
     let req = PushRequest {
@@ -63,7 +42,7 @@ fn snapshot(port: u16) -> BTreeMap<String, String> {
     )
     .unwrap();
     let ids: Vec<String> = types.profile_types.iter().map(|p| p.id.clone()).collect();
-    assert!(ids.len() > 10, "too few profile types: {ids:?}");
+    assert!(!ids.is_empty(), "no profile types");
     out.insert("types".into(), format!("{ids:?}"));
     let names: t::LabelNamesResponse = connect(
         port,
@@ -148,28 +127,12 @@ fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, when:
     }
 }
 
-fn wal_segments(data: &Path) -> usize {
-    let mut n = 0;
-    let mut dirs = vec![data.join("wal")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "seg") {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 #[test]
 fn every_fixture_reads_back_the_same_from_blocks_and_after_restarts() {
     let mut flags = FIXTURE_FLAGS.to_vec();
     flags.push("-shards=2");
     let k = Kiln::start(&flags);
-    for (i, path) in pprofs().iter().enumerate() {
+    for (i, path) in golden_pprofs().iter().enumerate() {
         push(k.port, &format!("svc-{i}"), std::fs::read(path).unwrap());
     }
     let head = snapshot(k.port);
@@ -204,79 +167,60 @@ fn every_fixture_reads_back_the_same_from_blocks_and_after_restarts() {
     flush(k.port);
     assert_same(&mixed, &snapshot(k.port), "head and blocks, then blocks only");
     let data = k.kill();
-    assert!(wal_segments(&data) <= 3 * 2, "WAL segments covered by blocks were not deleted");
-}
-
-fn push_seq(port: u16, i: u64) -> bool {
-    let r = std::panic::catch_unwind(|| {
-        post(
-            port,
-            &format!("/ingest?name=cut.cpu%7Bseq%3D{i}%7D&format=folded&sampleRate=0"),
-            &[],
-            format!("main;f{} {}\n", i % 7, i + 1).into_bytes(),
-        )
-    });
-    matches!(r, Ok(r) if r.status == 200)
-}
-
-fn found(port: u16) -> (BTreeSet<u64>, i64) {
-    let range =
-        serde_json::json!({"start": (now_ms() - 3_600_000).to_string(), "end": (now_ms() + 60_000).to_string()});
-    let mut body = range.clone();
-    body["name"] = "seq".into();
-    let r = connect_json(port, "/querier.v1.QuerierService/LabelValues", &[], body);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let seqs = r.json()["names"]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect())
-        .unwrap_or_default();
-    let mut body = range;
-    body["profileTypeID"] = "process_cpu:samples:count::".into();
-    body["labelSelector"] = "{service_name=\"cut\"}".into();
-    let r = connect_json(port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], body);
-    assert_eq!(r.status, 200, "{}", r.text());
-    (seqs, r.json()["flamegraph"]["total"].as_str().map(|s| s.parse().unwrap()).unwrap_or(0))
+    assert!(segment_files(&data).len() <= 3 * 2, "WAL segments covered by blocks were not deleted");
 }
 
 #[test]
 fn kill_9_during_block_cuts_loses_nothing_and_counts_nothing_twice() {
     // Heads are cut every ~100 ms, so the kill lands among cuts, uploads and WAL deletions.
     let k = Kiln::start(&["-ingester.max-block-duration=100ms", "-shards=2"]);
-    let port = k.port;
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let pushers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut i = t;
-                while !stop.load(Ordering::Relaxed) && i < 100_000 {
-                    if push_seq(port, i) {
-                        acked.lock().unwrap().push(i);
-                    }
-                    i += 4;
-                }
-            })
-        })
-        .collect();
-    while acked.lock().unwrap().len() < 600 || metric(port, "kiln_blocks_written_total") < 3.0 {
+    let pushers = Pushers::start(k.port, "cut");
+    while pushers.acked() < 600 || metric(k.port, "kiln_blocks_written_total") < 3.0 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let data = k.kill();
-    stop.store(true, Ordering::Relaxed);
-    for p in pushers {
-        p.join().unwrap();
-    }
-    let acked: BTreeSet<u64> = acked.lock().unwrap().iter().copied().collect();
+    let acked = pushers.stop();
     assert!(data.join("blocks/anonymous/bucket-index.json").exists());
 
     for cores in ["-shards=3", "-shards=2"] {
         let k = Kiln::start_in(data.clone(), &["-ingester.max-block-duration=1h", cores]);
-        let (seqs, total) = found(k.port);
+        let (seqs, total) = seqs_and_total(k.port, "cut");
         assert!(acked.is_subset(&seqs), "lost {} acknowledged pushes", acked.difference(&seqs).count());
         // Each push that made it is counted once: in a block or in the head, not both.
         let want: i64 = seqs.iter().map(|i| *i as i64 + 1).sum();
         assert_eq!(total, want, "profiles counted twice or partly lost");
         let _ = k.kill();
     }
+}
+
+#[test]
+fn blocks_on_s3_survive_a_restart() {
+    let moto = moto::Moto::with_bucket("kiln-blocks");
+    let endpoint = format!("-storage.s3.endpoint=127.0.0.1:{}", moto.port);
+    let mut flags = FIXTURE_FLAGS.to_vec();
+    flags.extend([
+        "-storage.backend=s3",
+        &endpoint,
+        "-storage.s3.bucket-name=kiln-blocks",
+        "-storage.s3.access-key-id=test",
+        "-storage.s3.secret-access-key=test",
+        "-storage.s3.insecure=true",
+    ]);
+    let k = Kiln::start(&flags);
+    for (i, rel) in
+        ["pprof/google-pprof/sample.cpu", "pprof/pyroscope/pkg-pprof/heap", "pprof/pyroscope/pkg-pprof/profile_java"]
+            .iter()
+            .enumerate()
+    {
+        push(k.port, &format!("s3-{i}"), std::fs::read(testdata(rel)).unwrap());
+    }
+    let head = snapshot(k.port);
+    flush(k.port);
+    assert!(metric(k.port, "kiln_blocks_owned") >= 1.0);
+    assert_same(&head, &snapshot(k.port), "read from blocks on S3");
+    assert!(!k.data.join("blocks").exists(), "S3 blocks were written to the local filesystem");
+    let data = k.kill();
+    let k = Kiln::start_in(data, &flags);
+    assert_same(&head, &snapshot(k.port), "after a restart, from S3");
+    assert_eq!(metric(k.port, "kiln_head_profiles"), 0.0);
 }

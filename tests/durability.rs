@@ -4,93 +4,25 @@ mod common;
 
 use common::*;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 fn push_seq(port: u16, i: u64) -> bool {
-    let r = std::panic::catch_unwind(|| {
-        post(
-            port,
-            &format!("/ingest?name=dur.cpu%7Bseq%3D{i}%7D&format=folded&sampleRate=0"),
-            &[],
-            format!("main;f{} {}\n", i % 7, i + 1).into_bytes(),
-        )
-    });
-    matches!(r, Ok(r) if r.status == 200)
+    common::push_seq(port, "dur", i)
 }
 
 fn seqs(port: u16) -> BTreeSet<u64> {
-    let r = connect_json(
-        port,
-        "/querier.v1.QuerierService/LabelValues",
-        &[],
-        serde_json::json!({"name": "seq", "start": (now_ms() - 3_600_000).to_string(), "end": (now_ms() + 60_000).to_string()}),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["names"]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect())
-        .unwrap_or_default()
-}
-
-fn total(port: u16) -> i64 {
-    let r = connect_json(
-        port,
-        "/querier.v1.QuerierService/SelectMergeStacktraces",
-        &[],
-        serde_json::json!({"profileTypeID": "process_cpu:samples:count::", "labelSelector": "{service_name=\"dur\"}", "start": (now_ms() - 3_600_000).to_string(), "end": (now_ms() + 60_000).to_string()}),
-    );
-    r.json()["flamegraph"]["total"].as_str().map(|s| s.parse().unwrap()).unwrap_or(0)
-}
-
-fn segment_files(data: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![data.join("wal")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "seg") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    seqs_and_total(port, "dur").0
 }
 
 #[test]
 fn acknowledged_pushes_survive_kill_9_and_a_reshard() {
     let k = Kiln::start(&[]);
-    let port = k.port;
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let pushers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut i = t;
-                while !stop.load(Ordering::Relaxed) && i < 100_000 {
-                    if push_seq(port, i) {
-                        acked.lock().unwrap().push(i);
-                    }
-                    i += 4;
-                }
-            })
-        })
-        .collect();
-    while acked.lock().unwrap().len() < 300 {
+    let pushers = Pushers::start(k.port, "dur");
+    while pushers.acked() < 300 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     // Crash while pushes are in flight.
     let data = k.kill();
-    stop.store(true, Ordering::Relaxed);
-    for p in pushers {
-        p.join().unwrap();
-    }
-    let acked: BTreeSet<u64> = acked.lock().unwrap().iter().copied().collect();
+    let acked = pushers.stop();
     let want: i64 = acked.iter().map(|i| *i as i64 + 1).sum();
 
     // Restart with a different number of cores: replay routes by the new ring.
@@ -98,7 +30,7 @@ fn acknowledged_pushes_survive_kill_9_and_a_reshard() {
     let got = seqs(k.port);
     assert!(acked.is_subset(&got), "lost {} acknowledged pushes", acked.difference(&got).count());
     // Unacknowledged pushes may or may not have made it; acknowledged ones all did.
-    assert!(total(k.port) >= want);
+    assert!(seqs_and_total(k.port, "dur").1 >= want);
     let data = k.kill();
     // And once more: the replayed generation was itself made durable.
     let k = Kiln::start_in(data, &[]);

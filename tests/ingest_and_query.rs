@@ -10,31 +10,6 @@ use kiln_proto::types::v1 as t;
 use prost::Message;
 use std::collections::BTreeMap;
 
-/// Well-formed pprofs of the fixtures, with files the testdata README marks as invalid or
-/// repairable only through /ingest left out.
-fn golden_pprofs() -> Vec<std::path::PathBuf> {
-    let skip = ["invalid_utf8.pb.gz", "dotnet-pprof-3.pb.gz", "dotnet-pprof-73.pb.gz"];
-    let mut out = Vec::new();
-    let mut dirs = vec![testdata("pprof")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-                continue;
-            }
-            let name = p.file_name().unwrap().to_str().unwrap();
-            if name.ends_with(".txt") || name.ends_with(".json") || skip.contains(&name) {
-                continue;
-            }
-            out.push(p);
-        }
-    }
-    out.sort();
-    assert!(out.len() >= 25, "found only {} fixtures", out.len());
-    out
-}
-
 struct Expect {
     /// (sample type, unit, sum of values)
     types: Vec<(String, String, i64)>,

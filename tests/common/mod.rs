@@ -284,3 +284,126 @@ pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collecti
     }
     out
 }
+
+/// Well-formed pprofs of the fixtures, with files the testdata README marks as invalid or
+/// repairable only through /ingest left out.
+pub fn golden_pprofs() -> Vec<PathBuf> {
+    let skip = ["invalid_utf8.pb.gz", "dotnet-pprof-3.pb.gz", "dotnet-pprof-73.pb.gz"];
+    let mut out = Vec::new();
+    let mut dirs = vec![testdata("pprof")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap().to_str().unwrap();
+            if name.ends_with(".txt") || name.ends_with(".json") || skip.contains(&name) {
+                continue;
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    assert!(out.len() >= 25, "found only {} fixtures", out.len());
+    out
+}
+
+/// Pushes profile number `i` of a numbered stream: service `service`, label `seq=i`, one
+/// stack with value `i + 1`. True when kiln acknowledged it.
+pub fn push_seq(port: u16, service: &str, i: u64) -> bool {
+    let r = std::panic::catch_unwind(|| {
+        post(
+            port,
+            &format!("/ingest?name={service}.cpu%7Bseq%3D{i}%7D&format=folded&sampleRate=0"),
+            &[],
+            format!("main;f{} {}\n", i % 7, i + 1).into_bytes(),
+        )
+    });
+    matches!(r, Ok(r) if r.status == 200)
+}
+
+/// The `seq` values of a numbered stream kiln returns, and the flame graph total of the
+/// stream (each push counted once adds `seq + 1`).
+pub fn seqs_and_total(port: u16, service: &str) -> (std::collections::BTreeSet<u64>, i64) {
+    let range =
+        serde_json::json!({"start": (now_ms() - 3_600_000).to_string(), "end": (now_ms() + 60_000).to_string()});
+    let mut body = range.clone();
+    body["name"] = "seq".into();
+    body["matchers"] = serde_json::json!([format!("{{service_name=\"{service}\"}}")]);
+    let r = connect_json(port, "/querier.v1.QuerierService/LabelValues", &[], body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seqs = r.json()["names"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect())
+        .unwrap_or_default();
+    let mut body = range;
+    body["profileTypeID"] = "process_cpu:samples:count::".into();
+    body["labelSelector"] = format!("{{service_name=\"{service}\"}}").into();
+    let r = connect_json(port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    (seqs, r.json()["flamegraph"]["total"].as_str().map(|s| s.parse().unwrap()).unwrap_or(0))
+}
+
+/// Four threads pushing a numbered stream back to back until stopped, recording what kiln
+/// acknowledged.
+pub struct Pushers {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pushers {
+    pub fn start(port: u16, service: &'static str) -> Pushers {
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..4u64)
+            .map(|t| {
+                let (acked, stop) = (acked.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = t;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 100_000 {
+                        if push_seq(port, service, i) {
+                            acked.lock().unwrap().push(i);
+                        }
+                        i += 4;
+                    }
+                })
+            })
+            .collect();
+        Pushers { acked, stop, threads }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the threads (call after killing kiln) and returns every acknowledged `seq`.
+    pub fn stop(self) -> std::collections::BTreeSet<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let acked = self.acked.lock().unwrap();
+        acked.iter().copied().collect()
+    }
+}
+
+/// Every WAL segment file under a data directory, in path order.
+pub fn segment_files(data: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![data.join("wal")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "seg") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -225,16 +225,6 @@ mod tests {
         })
     }
 
-    /// Re-seals a damaged file with a valid checksum, so the parser behind it is exercised.
-    fn reseal(mut b: Vec<u8>) -> Vec<u8> {
-        if b.len() >= 4 {
-            let end = b.len() - 4;
-            let crc = crc32c::crc32c(&b[..end]);
-            b[end..].copy_from_slice(&crc.to_le_bytes());
-        }
-        b
-    }
-
     #[test]
     fn lookup_by_profile_type() {
         let s = |pt: &str, svc: &str, first_row, rows| IndexSeries {
@@ -273,8 +263,8 @@ mod tests {
             prop_assert!(decode(&flipped).is_err());
             prop_assert!(decode(&bytes[..cut.index(bytes.len())]).is_err());
             // Past the checksum, the parser itself must stay panic-free.
-            let _ = decode(&reseal(flipped));
-            let _ = decode(&reseal(bytes[..cut.index(bytes.len())].to_vec()));
+            let _ = decode(&crate::block::codec::reseal(flipped));
+            let _ = decode(&crate::block::codec::reseal(bytes[..cut.index(bytes.len())].to_vec()));
         }
 
         #[test]
@@ -283,7 +273,7 @@ mod tests {
             let mut framed = b"KIDX\x01".to_vec();
             framed.extend_from_slice(&bytes);
             framed.extend_from_slice(&[0; 4]);
-            let _ = decode(&reseal(framed));
+            let _ = decode(&crate::block::codec::reseal(framed));
         }
     }
 }

@@ -434,15 +434,6 @@ pub(crate) mod tests {
         })
     }
 
-    fn reseal(mut b: Vec<u8>) -> Vec<u8> {
-        if b.len() >= 4 {
-            let end = b.len() - 4;
-            let crc = crc32c::crc32c(&b[..end]);
-            b[end..].copy_from_slice(&crc.to_le_bytes());
-        }
-        b
-    }
-
     #[test]
     fn empty_table_round_trips() {
         let s = Symbols::new();
@@ -484,13 +475,13 @@ pub(crate) mod tests {
             prop_assert!(decode(&flipped).is_err());
             prop_assert!(decode(&bytes[..cut.index(bytes.len())]).is_err());
             // Behind a valid checksum, the parser and the reference checks must hold up.
-            if let Ok(d) = decode(&reseal(flipped)) {
+            if let Ok(d) = decode(&crate::block::codec::reseal(flipped)) {
                 for n in 1..d.stack_count() {
                     prop_assert!(d.parent[n] < n as u32);
                     prop_assert!((d.location[n] as usize) < d.locations.len());
                 }
             }
-            let _ = decode(&reseal(bytes[..cut.index(bytes.len())].to_vec()));
+            let _ = decode(&crate::block::codec::reseal(bytes[..cut.index(bytes.len())].to_vec()));
         }
 
         #[test]
@@ -499,7 +490,7 @@ pub(crate) mod tests {
             let mut framed = b"KSYM\x01".to_vec();
             framed.extend_from_slice(&bytes);
             framed.extend_from_slice(&[0; 4]);
-            let _ = decode(&reseal(framed));
+            let _ = decode(&crate::block::codec::reseal(framed));
         }
     }
 }
