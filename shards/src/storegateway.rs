@@ -15,8 +15,10 @@ use crate::ring::Ring;
 use crate::selector::matches_all;
 use crate::shard::BlockEntry;
 use crate::symbols::Symbols;
+use bytes::Bytes;
 use kiln_io::store::Store;
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::rc::Rc;
 
 /// The ring key of a block id.
@@ -130,6 +132,37 @@ impl BlockSet {
     }
 }
 
+/// Reads byte ranges of one block file: with the core's own io_uring when the file is local
+/// (filesystem backend), else through the store thread. `None` reads the whole file.
+async fn read_ranges(store: &Store, path: String, ranges: Option<Vec<Range<u64>>>) -> Result<Vec<Bytes>, String> {
+    let Some(local) = store.local_path(&path) else {
+        return match ranges {
+            None => store.get(path).await.map(|b| vec![b]),
+            Some(r) => store.get_ranges(path, r).await,
+        }
+        .map_err(|e| e.to_string());
+    };
+    let io = |e: std::io::Error| format!("reading {}: {e}", local.display());
+    let file = monoio::fs::File::open(&local).await.map_err(io)?;
+    let ranges = match ranges {
+        Some(r) => r,
+        // A stat is cheap enough to make on the core; only opening a block reads whole files.
+        None => std::iter::once(0..std::fs::metadata(&local).map_err(io)?.len()).collect(),
+    };
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (res, buf) = file.read_exact_at(vec![0u8; (r.end - r.start) as usize], r.start).await;
+        res.map_err(io)?;
+        out.push(Bytes::from(buf));
+    }
+    let _ = file.close().await;
+    Ok(out)
+}
+
+async fn read_file(store: &Store, path: String) -> Result<Bytes, String> {
+    Ok(read_ranges(store, path, None).await?.pop().unwrap_or_default())
+}
+
 /// Opens a block (index, symbols, parquet footer), from the cache when it is there.
 async fn open(set: &RefCell<BlockSet>, store: &Store, b: &OwnedBlock) -> Result<Rc<Opened>, String> {
     if let Some(o) = b.opened.borrow().as_ref() {
@@ -137,9 +170,9 @@ async fn open(set: &RefCell<BlockSet>, store: &Store, b: &OwnedBlock) -> Result<
     }
     let path = |f: &str| object_path(&b.tenant, &b.id, f);
     let what = |f: &str, e: &dyn std::fmt::Display| format!("block {}/{}: {f}: {e}", b.tenant, b.id);
-    let index_bytes = store.get(path(block::INDEX)).await.map_err(|e| what(block::INDEX, &e))?;
+    let index_bytes = read_file(store, path(block::INDEX)).await.map_err(|e| what(block::INDEX, &e))?;
     let index = block::index::decode(&index_bytes).map_err(|e| what(block::INDEX, &e))?;
-    let sym_bytes = store.get(path(block::SYMBOLS)).await.map_err(|e| what(block::SYMBOLS, &e))?;
+    let sym_bytes = read_file(store, path(block::SYMBOLS)).await.map_err(|e| what(block::SYMBOLS, &e))?;
     let symbols = block::symdb::decode(&sym_bytes).map_err(|e| what(block::SYMBOLS, &e))?;
     let ppath = path(block::PROFILES);
     let len = match b.profiles_bytes {
@@ -148,7 +181,11 @@ async fn open(set: &RefCell<BlockSet>, store: &Store, b: &OwnedBlock) -> Result<
     };
     let mut want = ProfilesFile::TAIL_GUESS.min(len);
     let profiles = loop {
-        let tail = store.get_range(ppath.clone(), len - want..len).await.map_err(|e| what(block::PROFILES, &e))?;
+        let tail = read_ranges(store, ppath.clone(), Some(std::iter::once(len - want..len).collect()))
+            .await
+            .map_err(|e| what(block::PROFILES, &e))?
+            .pop()
+            .unwrap_or_default();
         match ProfilesFile::from_tail(len, &tail) {
             Ok(f) => break f,
             Err(block::FormatError::NeedTail(n)) if n > want && n <= len => want = n,
@@ -195,7 +232,8 @@ pub async fn query(
     let fetched = if ranges.is_empty() {
         Vec::new()
     } else {
-        let parts = store.get_ranges(ppath, ranges.clone()).await.map_err(|e| format!("block {}: {e}", b.id))?;
+        let parts =
+            read_ranges(store, ppath, Some(ranges.clone())).await.map_err(|e| format!("block {}: {e}", b.id))?;
         ranges.into_iter().zip(parts).collect()
     };
     let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, with_samples, min_ns, max_ns)

@@ -67,13 +67,15 @@ pub enum FormatError {
 pub struct EncodeOptions {
     /// Rows (profiles) per parquet row group at most: the unit a query fetches.
     pub row_group_rows: usize,
+    /// Samples per row group at most (a single larger profile gets a group of its own).
+    pub row_group_samples: usize,
     /// zstd level of the parquet pages and the symdb sections.
     pub zstd_level: i32,
 }
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        EncodeOptions { row_group_rows: 16384, zstd_level: 3 }
+        EncodeOptions { row_group_rows: 16384, row_group_samples: 65536, zstd_level: 3 }
     }
 }
 

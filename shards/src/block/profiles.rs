@@ -75,9 +75,30 @@ fn encode_err(e: parquet::errors::ParquetError) -> FormatError {
 /// Writes `rows` as a parquet file. They must already be in file order (by series, then
 /// time) with equally long `stacks` and `values`: the index relies on the order, so a
 /// violation is refused rather than written.
+/// Splits rows into row groups of at most `row_group_rows` rows and, unless one profile
+/// alone is larger, `row_group_samples` samples. A query decodes whole column chunks of the
+/// groups it touches, so groups are bounded by what they cost to read (samples), not only
+/// by rows: profiles vary from one sample to tens of thousands.
+fn row_groups<'r, 'a>(rows: &'r [ProfileRow<'a>], opts: &EncodeOptions) -> Vec<&'r [ProfileRow<'a>]> {
+    let mut out = Vec::new();
+    let (mut start, mut samples) = (0, 0usize);
+    for (i, r) in rows.iter().enumerate() {
+        let n = r.stacks.len();
+        if i > start && (i - start >= opts.row_group_rows || samples + n > opts.row_group_samples) {
+            out.push(&rows[start..i]);
+            (start, samples) = (i, 0);
+        }
+        samples += n;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
 pub fn write(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<Vec<u8>, FormatError> {
-    if opts.row_group_rows == 0 {
-        return Err(FormatError::Encode("row_group_rows must be at least 1".into()));
+    if opts.row_group_rows == 0 || opts.row_group_samples == 0 {
+        return Err(FormatError::Encode("row_group_rows and row_group_samples must be at least 1".into()));
     }
     for (i, r) in rows.iter().enumerate() {
         if r.stacks.len() != r.values.len() {
@@ -115,7 +136,7 @@ pub fn write(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<Vec<u8>, F
         .build();
     let mut w = SerializedFileWriter::new(Vec::new(), schema(), Arc::new(props)).map_err(encode_err)?;
     let mut cols = WriteColumns::default();
-    for group in rows.chunks(opts.row_group_rows) {
+    for group in row_groups(rows, opts) {
         cols.fill(group);
         let mut rg = w.next_row_group().map_err(encode_err)?;
         write_column::<Int32Type>(&mut rg, &cols.series, None)?;
@@ -747,8 +768,24 @@ mod tests {
             .iter()
             .map(|(s, t, tot, st, v)| ProfileRow { series: *s, time_nanos: *t, total: *tot, stacks: st, values: v })
             .collect();
-        let bytes = write(&rows, &EncodeOptions { row_group_rows: 64, zstd_level: 3 }).unwrap();
+        let bytes = write(&rows, &EncodeOptions { row_group_rows: 64, zstd_level: 3, ..Default::default() }).unwrap();
         (data, bytes)
+    }
+
+    #[test]
+    fn row_groups_are_bounded_by_rows_and_samples() {
+        let sizes = [3usize, 3, 3, 10, 1, 1, 0, 2];
+        let data: Vec<(Vec<u32>, Vec<i64>)> = sizes.iter().map(|&n| (vec![1; n], vec![1; n])).collect();
+        let rows: Vec<ProfileRow<'_>> = data
+            .iter()
+            .enumerate()
+            .map(|(i, (st, v))| ProfileRow { series: 0, time_nanos: i as i64, total: 0, stacks: st, values: v })
+            .collect();
+        let opts = EncodeOptions { row_group_rows: 3, row_group_samples: 6, ..Default::default() };
+        let lens: Vec<usize> = row_groups(&rows, &opts).iter().map(|g| g.len()).collect();
+        // [3,3] hits 6 samples; [3] then the 10-sample profile alone; [1,1,0] hits 3 rows; [2].
+        assert_eq!(lens, [2, 1, 1, 3, 1]);
+        assert_eq!(lens.iter().sum::<usize>(), rows.len());
     }
 
     fn fetch(bytes: &[u8], plan: &[Range<u64>]) -> Vec<(Range<u64>, Bytes)> {

@@ -169,7 +169,7 @@ fn whole_block_round_trip() {
 #[test]
 fn plan_fetches_only_the_row_groups_needed() {
     let head = sample_head(200);
-    let b = encode(&head, ULID, &EncodeOptions { row_group_rows: 16, zstd_level: 3 }).unwrap();
+    let b = encode(&head, ULID, &EncodeOptions { row_group_rows: 16, zstd_level: 3, ..Default::default() }).unwrap();
     let o = open(&b);
     assert_eq!(o.file.num_row_groups(), 50);
     let (got, bytes) = o.load(&[2], true, i64::MIN, i64::MAX);
@@ -186,8 +186,8 @@ fn plan_fetches_only_the_row_groups_needed() {
 fn refuses_what_it_cannot_encode() {
     let head = sample_head(1);
     assert!(matches!(encode(&head, "nope", &EncodeOptions::default()), Err(FormatError::Encode(_))));
-    assert!(encode(&head, ULID, &EncodeOptions { row_group_rows: 0, zstd_level: 3 }).is_err());
-    assert!(encode(&head, ULID, &EncodeOptions { row_group_rows: 10, zstd_level: 99 }).is_err());
+    assert!(encode(&head, ULID, &EncodeOptions { row_group_rows: 0, zstd_level: 3, ..Default::default() }).is_err());
+    assert!(encode(&head, ULID, &EncodeOptions { row_group_rows: 10, zstd_level: 99, ..Default::default() }).is_err());
     assert!(encode(&TenantHead::default(), ULID, &EncodeOptions::default()).is_err());
 }
 
@@ -245,7 +245,7 @@ proptest! {
         span in 0i64..30,
         with_samples in any::<bool>(),
     ) {
-        let b = encode(&head, ULID, &EncodeOptions { row_group_rows: rg, zstd_level: 1 }).unwrap();
+        let b = encode(&head, ULID, &EncodeOptions { row_group_rows: rg, zstd_level: 1, ..Default::default() }).unwrap();
         let o = open(&b);
         symdb::tests::assert_same(&symdb::decode(&b.symbols).unwrap(), &head.symbols);
         let all: Vec<u32> = (0..o.index.series.len() as u32).collect();
