@@ -226,7 +226,7 @@ pub async fn query(
         .collect();
     let with_samples =
         matches!(req, QueryRequest::MergeTree(_) | QueryRequest::MergeProfile(_) | QueryRequest::Analyze(_));
-    let rows = block::rows_of(&o.index, &selected);
+    let rows = block::rows_to_read(&o.index, &selected, &o.profiles, min_ns, max_ns);
     let ranges = o.profiles.plan(&rows, with_samples);
     let ppath = object_path(&b.tenant, &b.id, block::PROFILES);
     let fetched = if ranges.is_empty() {

@@ -183,9 +183,22 @@ pub fn rows_of(index: &index::BlockIndex, selected: &[u32]) -> Vec<Range<u64>> {
     profiles::normalize(&ranges)
 }
 
+/// The rows a query of the selected series over [min_ns, max_ns] reads: their row ranges
+/// without the row groups whose times lie wholly outside the range. What `plan` is asked to
+/// fetch, and what `load_series` reads.
+pub fn rows_to_read(
+    index: &index::BlockIndex,
+    selected: &[u32],
+    file: &profiles::ProfilesFile,
+    min_ns: i64,
+    max_ns: i64,
+) -> Vec<Range<u64>> {
+    file.restrict_to_time(&rows_of(index, selected), min_ns, max_ns)
+}
+
 /// For each selected series index (in the same order), a `head::Series` with its labels and
 /// profile type from the index and its profiles in [min_ns, max_ns] from the rows fetched for
-/// `file.plan(&rows_of(index, selected), with_samples)`. Without samples, `stacks`/`values`
+/// `file.plan(&rows_to_read(index, selected, file, min_ns, max_ns), with_samples)`. Without samples, `stacks`/`values`
 /// are empty and every `offsets` entry is 0. A series selected twice comes back twice.
 pub fn load_series(
     index: &index::BlockIndex,
@@ -219,7 +232,7 @@ pub fn load_series(
     let mut err: Option<FormatError> = None;
     file.read_rows(
         fetched,
-        &rows_of(index, selected),
+        &rows_to_read(index, selected, file, min_ns, max_ns),
         with_samples,
         min_ns,
         max_ns,

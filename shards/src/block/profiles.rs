@@ -24,6 +24,7 @@ use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader, 
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
+use parquet::file::statistics::Statistics;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::{ColumnPath, Type};
 use std::ops::Range;
@@ -224,6 +225,9 @@ pub struct ProfilesFile {
     chunks: Vec<[Range<u64>; 5]>,
     /// CRC-32C of each column chunk, per row group (from [`CHUNK_CRC_KEY`]).
     crcs: Vec<[u32; 5]>,
+    /// Min and max `time_nanos` of each row group, from the chunk statistics (the whole
+    /// i64 range where a writer left them out).
+    times: Vec<(i64, i64)>,
     file_len: u64,
     footer_len: u64,
 }
@@ -278,6 +282,16 @@ impl ProfilesFile {
             );
         }
         let crcs = chunk_crcs(&meta).map_err(|what| corrupt(footer_at, what))?;
+        let times = meta
+            .row_groups()
+            .iter()
+            .map(|rg| match rg.column(1).statistics() {
+                Some(Statistics::Int64(st)) => {
+                    (st.min_opt().copied().unwrap_or(i64::MIN), st.max_opt().copied().unwrap_or(i64::MAX))
+                }
+                _ => (i64::MIN, i64::MAX),
+            })
+            .collect();
         let total = *group_start.last().expect("starts with 0");
         if meta.file_metadata().num_rows() != total as i64 {
             return Err(corrupt(
@@ -285,7 +299,7 @@ impl ProfilesFile {
                 format!("file says {} rows, its row groups hold {total}", meta.file_metadata().num_rows()),
             ));
         }
-        Ok(ProfilesFile { meta: Arc::new(meta), group_start, chunks, crcs, file_len, footer_len })
+        Ok(ProfilesFile { meta: Arc::new(meta), group_start, chunks, crcs, times, file_len, footer_len })
     }
 
     pub fn metadata(&self) -> &ParquetMetaData {
@@ -309,6 +323,23 @@ impl ProfilesFile {
     /// row numbers, as in `IndexSeries`): only the row groups that overlap them, and only the
     /// columns needed (`with_samples=false`: series_index, time_nanos, total_value; true: all
     /// five). Sorted, merged.
+    /// `rows` without the row groups whose `time_nanos` statistics lie wholly outside
+    /// [min_ns, max_ns]: their rows would all be skipped by `read`, so neither `plan` nor
+    /// `read` needs them. Sorted and merged.
+    pub fn restrict_to_time(&self, rows: &[Range<u64>], min_ns: i64, max_ns: i64) -> Vec<Range<u64>> {
+        let rows = normalize(rows);
+        let mut out = Vec::with_capacity(rows.len());
+        for (g, local) in self.groups(&rows) {
+            let (lo, hi) = self.times[g];
+            if hi < min_ns || lo > max_ns {
+                continue;
+            }
+            let a = self.group_start[g];
+            out.extend(local.into_iter().map(|r| r.start + a..r.end + a));
+        }
+        normalize(&out)
+    }
+
     pub fn plan(&self, rows: &[Range<u64>], with_samples: bool) -> Vec<Range<u64>> {
         let rows = normalize(rows);
         let ncols = if with_samples { COLUMNS.len() } else { HEAD_COLUMNS };

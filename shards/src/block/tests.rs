@@ -68,7 +68,7 @@ fn open(b: &EncodedBlock) -> Opened {
 impl Opened {
     /// Plans, "fetches" exactly the planned ranges, loads. Returns the series and the bytes fetched.
     fn load(&self, selected: &[u32], with_samples: bool, min_ns: i64, max_ns: i64) -> (Vec<Series>, u64) {
-        let plan = self.file.plan(&rows_of(&self.index, selected), with_samples);
+        let plan = self.file.plan(&rows_to_read(&self.index, selected, &self.file, min_ns, max_ns), with_samples);
         let fetched: Vec<(Range<u64>, Bytes)> = plan
             .iter()
             .map(|r| (r.clone(), Bytes::copy_from_slice(&self.profiles[r.start as usize..r.end as usize])))
@@ -256,4 +256,25 @@ proptest! {
         let (got, _) = o.load(&subset, with_samples, min, max);
         check(&head, &got, &subset, &o.index, with_samples, min, max);
     }
+}
+
+#[test]
+fn a_narrow_time_range_reads_only_the_row_groups_it_needs() {
+    // One series over 200 s, 8 profiles per row group: a 10 s range touches one or two groups.
+    let head = sample_head(200);
+    let opts = EncodeOptions { row_group_rows: 8, ..Default::default() };
+    let b = encode(&head, ULID, &opts).unwrap();
+    let o = open(&b);
+    let api = (0..o.index.series.len() as u32)
+        .find(|&i| {
+            let s = &o.index.series[i as usize];
+            s.labels.get("service_name") == Some("api") && s.profile_type.starts_with("process_cpu")
+        })
+        .unwrap();
+    let (min, max) = (100_000_000_000, 110_000_000_000);
+    let (_, all) = o.load(&[api], true, i64::MIN, i64::MAX);
+    let (got, narrow) = o.load(&[api], true, min, max);
+    check(&head, &got, &[api], &o.index, true, min, max);
+    assert_eq!(got[0].timestamps.len(), 10);
+    assert!(narrow * 5 < all, "a 10 s range fetched {narrow} of {all} bytes");
 }
