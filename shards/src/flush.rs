@@ -90,7 +90,7 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
     };
     for f in &frozen {
         let started = Instant::now();
-        let enc = match block::encode(&f.head, &f.id, &cfg.encode) {
+        let enc = match encode(f, &cfg.encode).await {
             Ok(e) => e,
             Err(e) => {
                 // Encoding is deterministic: a failure is a bug, not a transient error.
@@ -148,6 +148,31 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
         }
     }
     state.cutting.set(false);
+}
+
+/// Encodes a frozen head one row group at a time, letting the core serve its inbox (pushes,
+/// queries) between groups.
+async fn encode(f: &Frozen, opts: &EncodeOptions) -> Result<block::EncodedBlock, block::FormatError> {
+    let mut e = block::Encoder::new(&f.head, &f.id, opts)?;
+    while e.step()? {
+        YieldNow(false).await;
+    }
+    e.finish()
+}
+
+/// Gives the executor one turn: ready on the second poll, after re-queueing itself.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 async fn retry<F, Fut, T, E>(what: &str, mut f: F) -> T

@@ -101,78 +101,133 @@ impl EncodedBlock {
 ///
 /// A head without profiles is refused (`FormatError::Encode`): a block has a time range.
 pub fn encode(head: &TenantHead, ulid: &str, opts: &EncodeOptions) -> Result<EncodedBlock, FormatError> {
-    if !meta::valid_ulid(ulid) {
-        return Err(FormatError::Encode(format!("block id {ulid:?} is not a ULID")));
-    }
-    // Series in (profile type, labels) order: one profile type's rows are adjacent.
-    let mut order: Vec<usize> = (0..head.series.len()).filter(|&i| !head.series[i].timestamps.is_empty()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&head.series[a], &head.series[b]);
-        (&a.profile_type, &a.labels).cmp(&(&b.profile_type, &b.labels))
-    });
-    if order.is_empty() {
-        return Err(FormatError::Encode("the head holds no profiles".into()));
-    }
-    let mut rows: Vec<profiles::ProfileRow<'_>> = Vec::with_capacity(head.profiles as usize);
-    let mut series = Vec::with_capacity(order.len());
-    let mut samples = 0u64;
-    let mut by_time: Vec<usize> = Vec::new();
-    for (si, &h) in order.iter().enumerate() {
-        let s = &head.series[h];
-        // Profiles usually arrive in time order; a stable sort keeps equal times as appended.
-        by_time.clear();
-        by_time.extend(0..s.timestamps.len());
-        by_time.sort_by_key(|&i| s.timestamps[i]);
-        let first_row = rows.len() as u64;
-        for &i in &by_time {
-            let (a, b) = (s.offsets[i] as usize, s.offsets[i + 1] as usize);
-            samples += (b - a) as u64;
-            rows.push(profiles::ProfileRow {
-                series: si as u32,
-                time_nanos: s.timestamps[i],
-                total: s.totals[i],
-                stacks: &s.stacks[a..b],
-                values: &s.values[a..b],
+    let mut e = Encoder::new(head, ulid, opts)?;
+    while e.step()? {}
+    e.finish()
+}
+
+/// `encode` in steps of one parquet row group each, so that the core encoding a block can
+/// serve its inbox between steps instead of stalling for the whole block.
+pub struct Encoder<'h> {
+    head: &'h TenantHead,
+    ulid: String,
+    opts: EncodeOptions,
+    rows: Vec<profiles::ProfileRow<'h>>,
+    groups: Vec<Range<usize>>,
+    next: usize,
+    index: index::BlockIndex,
+    samples: u64,
+    min_ns: i64,
+    max_ns: i64,
+    writer: profiles::Writer,
+}
+
+impl<'h> Encoder<'h> {
+    pub fn new(head: &'h TenantHead, ulid: &str, opts: &EncodeOptions) -> Result<Self, FormatError> {
+        if !meta::valid_ulid(ulid) {
+            return Err(FormatError::Encode(format!("block id {ulid:?} is not a ULID")));
+        }
+        // Series in (profile type, labels) order: one profile type's rows are adjacent.
+        let mut order: Vec<usize> = (0..head.series.len()).filter(|&i| !head.series[i].timestamps.is_empty()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&head.series[a], &head.series[b]);
+            (&a.profile_type, &a.labels).cmp(&(&b.profile_type, &b.labels))
+        });
+        if order.is_empty() {
+            return Err(FormatError::Encode("the head holds no profiles".into()));
+        }
+        let mut rows: Vec<profiles::ProfileRow<'h>> = Vec::with_capacity(head.profiles as usize);
+        let mut series = Vec::with_capacity(order.len());
+        let mut samples = 0u64;
+        let mut by_time: Vec<usize> = Vec::new();
+        for (si, &h) in order.iter().enumerate() {
+            let s = &head.series[h];
+            // Profiles usually arrive in time order; a stable sort keeps equal times as appended.
+            by_time.clear();
+            by_time.extend(0..s.timestamps.len());
+            by_time.sort_by_key(|&i| s.timestamps[i]);
+            let first_row = rows.len() as u64;
+            for &i in &by_time {
+                let (a, b) = (s.offsets[i] as usize, s.offsets[i + 1] as usize);
+                samples += (b - a) as u64;
+                rows.push(profiles::ProfileRow {
+                    series: si as u32,
+                    time_nanos: s.timestamps[i],
+                    total: s.totals[i],
+                    stacks: &s.stacks[a..b],
+                    values: &s.values[a..b],
+                });
+            }
+            let n = u32::try_from(by_time.len())
+                .map_err(|_| FormatError::Encode(format!("series {} has more than 2^32 profiles", s.labels)))?;
+            series.push(index::IndexSeries {
+                labels: s.labels.clone(),
+                profile_type: s.profile_type.clone(),
+                first_row,
+                rows: n,
+                min_ns: s.timestamps[by_time[0]],
+                max_ns: s.timestamps[*by_time.last().expect("non-empty")],
             });
         }
-        let n = u32::try_from(by_time.len())
-            .map_err(|_| FormatError::Encode(format!("series {} has more than 2^32 profiles", s.labels)))?;
-        series.push(index::IndexSeries {
-            labels: s.labels.clone(),
-            profile_type: s.profile_type.clone(),
-            first_row,
-            rows: n,
-            min_ns: s.timestamps[by_time[0]],
-            max_ns: s.timestamps[*by_time.last().expect("non-empty")],
-        });
+        let (min_ns, max_ns) =
+            series.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.min_ns), hi.max(s.max_ns)));
+        let index = index::BlockIndex::new(series)?;
+        profiles::check(&rows, opts)?;
+        let groups = profiles::row_groups(&rows, opts);
+        let writer = profiles::Writer::new(opts)?;
+        Ok(Encoder {
+            head,
+            ulid: ulid.to_string(),
+            opts: opts.clone(),
+            rows,
+            groups,
+            next: 0,
+            index,
+            samples,
+            min_ns,
+            max_ns,
+            writer,
+        })
     }
-    let (min_ns, max_ns) = series.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.min_ns), hi.max(s.max_ns)));
-    let idx = index::BlockIndex::new(series)?;
-    let index_bytes = index::encode(&idx);
-    let profiles_bytes = profiles::write(&rows, opts)?;
-    let symbols_bytes = symdb::encode_with(&head.symbols, opts.zstd_level);
-    let file = |rel_path: &str, b: &[u8]| meta::FileMeta { rel_path: rel_path.into(), size_bytes: b.len() as u64 };
-    let m = meta::BlockMeta {
-        ulid: ulid.to_string(),
-        min_time: min_ns.div_euclid(1_000_000),
-        max_time: max_ns.div_euclid(1_000_000),
-        stats: meta::BlockStats {
-            num_series: idx.series.len() as u64,
-            num_profiles: rows.len() as u64,
-            num_samples: samples,
-            num_stacks: head.symbols.stack_count() as u64 - 1,
-        },
-        compaction: meta::Compaction { level: 1, sources: vec![ulid.to_string()] },
-        version: meta::VERSION,
-        files: vec![file(INDEX, &index_bytes), file(PROFILES, &profiles_bytes), file(SYMBOLS, &symbols_bytes)],
-    };
-    Ok(EncodedBlock {
-        meta_json: meta::encode(&m),
-        meta: m,
-        index: index_bytes,
-        profiles: profiles_bytes,
-        symbols: symbols_bytes,
-    })
+
+    /// Writes the next row group; `false` once every group is written.
+    pub fn step(&mut self) -> Result<bool, FormatError> {
+        if let Some(g) = self.groups.get(self.next) {
+            self.writer.write_group(&self.rows[g.clone()])?;
+            self.next += 1;
+        }
+        Ok(self.next < self.groups.len())
+    }
+
+    /// The index, the symbols and the meta, once every row group is written.
+    pub fn finish(mut self) -> Result<EncodedBlock, FormatError> {
+        while self.step()? {}
+        let profiles_bytes = self.writer.finish()?;
+        let index_bytes = index::encode(&self.index);
+        let symbols_bytes = symdb::encode_with(&self.head.symbols, self.opts.zstd_level);
+        let file = |rel_path: &str, b: &[u8]| meta::FileMeta { rel_path: rel_path.into(), size_bytes: b.len() as u64 };
+        let m = meta::BlockMeta {
+            ulid: self.ulid.clone(),
+            min_time: self.min_ns.div_euclid(1_000_000),
+            max_time: self.max_ns.div_euclid(1_000_000),
+            stats: meta::BlockStats {
+                num_series: self.index.series.len() as u64,
+                num_profiles: self.rows.len() as u64,
+                num_samples: self.samples,
+                num_stacks: self.head.symbols.stack_count() as u64 - 1,
+            },
+            compaction: meta::Compaction { level: 1, sources: vec![self.ulid.clone()] },
+            version: meta::VERSION,
+            files: vec![file(INDEX, &index_bytes), file(PROFILES, &profiles_bytes), file(SYMBOLS, &symbols_bytes)],
+        };
+        Ok(EncodedBlock {
+            meta_json: meta::encode(&m),
+            meta: m,
+            index: index_bytes,
+            profiles: profiles_bytes,
+            symbols: symbols_bytes,
+        })
+    }
 }
 
 /// The row ranges of the selected series (indices into `index.series`), sorted and merged.

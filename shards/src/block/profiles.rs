@@ -77,27 +77,29 @@ fn encode_err(e: parquet::errors::ParquetError) -> FormatError {
 /// time) with equally long `stacks` and `values`: the index relies on the order, so a
 /// violation is refused rather than written.
 /// Splits rows into row groups of at most `row_group_rows` rows and, unless one profile
-/// alone is larger, `row_group_samples` samples. A query decodes whole column chunks of the
-/// groups it touches, so groups are bounded by what they cost to read (samples), not only
-/// by rows: profiles vary from one sample to tens of thousands.
-fn row_groups<'r, 'a>(rows: &'r [ProfileRow<'a>], opts: &EncodeOptions) -> Vec<&'r [ProfileRow<'a>]> {
+/// alone is larger, `row_group_samples` samples: ranges of `rows`. A query decodes whole
+/// column chunks of the groups it touches, so groups are bounded by what they cost to read
+/// (samples), not only by rows: profiles vary from one sample to tens of thousands.
+pub fn row_groups(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut samples) = (0, 0usize);
     for (i, r) in rows.iter().enumerate() {
         let n = r.stacks.len();
         if i > start && (i - start >= opts.row_group_rows || samples + n > opts.row_group_samples) {
-            out.push(&rows[start..i]);
+            out.push(start..i);
             (start, samples) = (i, 0);
         }
         samples += n;
     }
     if start < rows.len() {
-        out.push(&rows[start..]);
+        out.push(start..rows.len());
     }
     out
 }
 
-pub fn write(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<Vec<u8>, FormatError> {
+/// Refuses options and rows the file cannot hold: lists of unequal length, rows out of
+/// (series, time) order.
+pub fn check(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<(), FormatError> {
     if opts.row_group_rows == 0 || opts.row_group_samples == 0 {
         return Err(FormatError::Encode("row_group_rows and row_group_samples must be at least 1".into()));
     }
@@ -113,52 +115,83 @@ pub fn write(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<Vec<u8>, F
             return Err(FormatError::Encode(format!("row {i} is not in (series, time) order")));
         }
     }
-    let level = ZstdLevel::try_new(opts.zstd_level)
-        .map_err(|e| FormatError::Encode(format!("zstd level {}: {e}", opts.zstd_level)))?;
-    let col = |name: &str| ColumnPath::from(name);
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        // Nothing reads page indexes: keep them (and their bytes) out.
-        .set_offset_index_disabled(true)
-        .set_max_row_group_row_count(Some(opts.row_group_rows))
-        .set_created_by(format!("kiln {}", env!("CARGO_PKG_VERSION")))
-        // Times ascend within a series: deltas beat a dictionary of mostly unique values.
-        .set_column_dictionary_enabled(col("time_nanos"), false)
-        .set_column_encoding(col("time_nanos"), Encoding::DELTA_BINARY_PACKED)
-        // A profile's stack ids ascend: deltas again. On the fixtures of
-        // tests/block_roundtrip.rs the whole file shrinks from 367 kB to 211 kB with this.
-        .set_column_dictionary_enabled(col("stacktrace_id"), false)
-        .set_column_encoding(col("stacktrace_id"), Encoding::DELTA_BINARY_PACKED)
-        // Values are mostly distinct: a dictionary only adds indirection before zstd (211 kB
-        // → 172 kB without it). BYTE_STREAM_SPLIT would save ~6% more but is young in the
-        // spec; PLAIN and the delta encoding are read by every parquet reader.
-        .set_column_dictionary_enabled(col("value"), false)
-        .build();
-    let mut w = SerializedFileWriter::new(Vec::new(), schema(), Arc::new(props)).map_err(encode_err)?;
-    let mut cols = WriteColumns::default();
-    for group in row_groups(rows, opts) {
+    Ok(())
+}
+
+/// Writes `profiles.parquet` one row group at a time, so that a caller can pause between
+/// groups (a core encoding a block keeps serving between them).
+pub struct Writer {
+    w: SerializedFileWriter<Vec<u8>>,
+    cols: WriteColumns,
+}
+
+impl Writer {
+    pub fn new(opts: &EncodeOptions) -> Result<Writer, FormatError> {
+        let level = ZstdLevel::try_new(opts.zstd_level)
+            .map_err(|e| FormatError::Encode(format!("zstd level {}: {e}", opts.zstd_level)))?;
+        let col = |name: &str| ColumnPath::from(name);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            // Nothing reads page indexes: keep them (and their bytes) out.
+            .set_offset_index_disabled(true)
+            .set_max_row_group_row_count(Some(opts.row_group_rows))
+            .set_created_by(format!("kiln {}", env!("CARGO_PKG_VERSION")))
+            // Times ascend within a series: deltas beat a dictionary of mostly unique values.
+            .set_column_dictionary_enabled(col("time_nanos"), false)
+            .set_column_encoding(col("time_nanos"), Encoding::DELTA_BINARY_PACKED)
+            // A profile's stack ids ascend: deltas again. On the fixtures of
+            // tests/block_roundtrip.rs the whole file shrinks from 367 kB to 211 kB with this.
+            .set_column_dictionary_enabled(col("stacktrace_id"), false)
+            .set_column_encoding(col("stacktrace_id"), Encoding::DELTA_BINARY_PACKED)
+            // Values are mostly distinct: a dictionary only adds indirection before zstd (211 kB
+            // → 172 kB without it). BYTE_STREAM_SPLIT would save ~6% more but is young in the
+            // spec; PLAIN and the delta encoding are read by every parquet reader.
+            .set_column_dictionary_enabled(col("value"), false)
+            .build();
+        let w = SerializedFileWriter::new(Vec::new(), schema(), Arc::new(props)).map_err(encode_err)?;
+        Ok(Writer { w, cols: WriteColumns::default() })
+    }
+
+    /// Appends one row group (rows already `check`ed, in order).
+    pub fn write_group(&mut self, group: &[ProfileRow<'_>]) -> Result<(), FormatError> {
+        let cols = &mut self.cols;
         cols.fill(group);
-        let mut rg = w.next_row_group().map_err(encode_err)?;
+        let mut rg = self.w.next_row_group().map_err(encode_err)?;
         write_column::<Int32Type>(&mut rg, &cols.series, None)?;
         write_column::<Int64Type>(&mut rg, &cols.time, None)?;
         write_column::<Int64Type>(&mut rg, &cols.total, None)?;
         write_column::<Int32Type>(&mut rg, &cols.stacks, Some((&cols.def, &cols.rep)))?;
         write_column::<Int64Type>(&mut rg, &cols.values, Some((&cols.def, &cols.rep)))?;
         rg.close().map_err(encode_err)?;
+        Ok(())
     }
-    // Every chunk is in the buffer once flushed; checksum them into the footer.
-    w.flush().map_err(|e| FormatError::Encode(format!("writing {PROFILES}: {e}")))?;
-    let mut crcs = String::with_capacity(w.flushed_row_groups().len() * 40);
-    for rg in w.flushed_row_groups() {
-        for c in rg.columns() {
-            let (start, len) = c.byte_range();
-            let crc = crc32c::crc32c(&w.inner()[start as usize..(start + len) as usize]);
-            crcs.push_str(&format!("{crc:08x}"));
+
+    /// The footer (with every chunk's checksum) and the whole file.
+    pub fn finish(mut self) -> Result<Vec<u8>, FormatError> {
+        let w = &mut self.w;
+        // Every chunk is in the buffer once flushed; checksum them into the footer.
+        w.flush().map_err(|e| FormatError::Encode(format!("writing {PROFILES}: {e}")))?;
+        let mut crcs = String::with_capacity(w.flushed_row_groups().len() * 40);
+        for rg in w.flushed_row_groups() {
+            for c in rg.columns() {
+                let (start, len) = c.byte_range();
+                let crc = crc32c::crc32c(&w.inner()[start as usize..(start + len) as usize]);
+                crcs.push_str(&format!("{crc:08x}"));
+            }
         }
+        w.append_key_value_metadata(KeyValue::new(CHUNK_CRC_KEY.to_string(), crcs));
+        self.w.into_inner().map_err(encode_err)
     }
-    w.append_key_value_metadata(KeyValue::new(CHUNK_CRC_KEY.to_string(), crcs));
-    w.into_inner().map_err(encode_err)
+}
+
+pub fn write(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<Vec<u8>, FormatError> {
+    check(rows, opts)?;
+    let mut w = Writer::new(opts)?;
+    for g in row_groups(rows, opts) {
+        w.write_group(&rows[g])?;
+    }
+    w.finish()
 }
 
 /// One row group's columns, reused between groups.
