@@ -241,3 +241,80 @@ pub async fn query(
     let view = HeadView { symbols: &o.symbols, series: &series, by_profile_type: None };
     Ok(view.query(req))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::tests::{folded, group};
+    use crate::head::TenantHead;
+
+    fn opened(profiles: usize) -> Rc<Opened> {
+        let mut h = TenantHead::default();
+        for i in 0..profiles {
+            let p = folded(&[("main;a", 1), ("main;b", 2)], i as i64 * 1_000_000_000);
+            h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "s")]));
+        }
+        let b = block::encode(&h, "01JCACHE000000000000000000", &Default::default()).unwrap();
+        let profiles = ProfilesFile::from_tail(b.profiles.len() as u64, &b.profiles).unwrap();
+        Rc::new(Opened {
+            index: block::index::decode(&b.index).unwrap(),
+            symbols: block::symdb::decode(&b.symbols).unwrap(),
+            profiles,
+            bytes: 100,
+        })
+    }
+
+    fn entry(id: &str) -> BlockEntry {
+        BlockEntry { tenant: "t".into(), id: id.into(), min_ms: 0, max_ms: 10_000, profiles_bytes: 0 }
+    }
+
+    fn sel(start_ms: i64, end_ms: i64) -> Selection {
+        Selection { tenants: vec!["t".into()], profile_type: None, matchers: vec![], start_ms, end_ms }
+    }
+
+    #[test]
+    fn cache_keeps_the_most_recently_used_blocks_within_its_limit() {
+        let mut set = BlockSet::new(250);
+        for id in ["a", "b", "c"] {
+            set.add(entry(id));
+        }
+        set.add(entry("a")); // a duplicate is ignored
+        assert_eq!(set.len(), 3);
+        let blocks = set.matching(&sel(0, 10_000));
+        assert_eq!(blocks.len(), 3);
+        let o = opened(3);
+        // a, then b, then c opened and used in that order: together 300 bytes, over the limit.
+        for b in &blocks {
+            set.clock += 1;
+            b.last_used.set(set.clock);
+            *b.opened.borrow_mut() = Some(o.clone());
+        }
+        set.evict();
+        assert_eq!(set.cached_bytes(), 200);
+        assert!(blocks[0].opened.borrow().is_none(), "the least recently used block is evicted");
+        assert!(blocks[2].opened.borrow().is_some());
+    }
+
+    #[test]
+    fn matching_filters_by_tenant_and_time() {
+        let mut set = BlockSet::new(0);
+        set.add(entry("a"));
+        set.add(BlockEntry { tenant: "other".into(), ..entry("b") });
+        assert_eq!(set.matching(&sel(5_000, 20_000)).len(), 1);
+        assert!(set.matching(&sel(10_001, 20_000)).is_empty());
+        assert!(set.matching(&sel(-5, -1)).is_empty());
+    }
+
+    #[test]
+    fn block_ids_map_to_cores_through_the_ring() {
+        let ring = Ring::single(4, 128);
+        let mut seen = [false; 4];
+        for i in 0..200 {
+            let id = format!("01JRING{i:019}");
+            let c = owner(&ring, &id);
+            assert_eq!(c, owner(&ring, &id));
+            seen[c as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "every core owns some blocks: {seen:?}");
+    }
+}

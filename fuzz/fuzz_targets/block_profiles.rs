@@ -1,0 +1,26 @@
+//! profiles.parquet: any bytes give an error or rows; reading every row of a footer that
+//! parses never panics (a panic inside the parquet decoder is caught and becomes an error).
+#![no_main]
+use bytes::Bytes;
+use kiln_shards::block::profiles::ProfilesFile;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(file) = ProfilesFile::from_tail(data.len() as u64, data) else { return };
+    let rows = [0..file.num_rows()];
+    let bytes = Bytes::copy_from_slice(data);
+    for with_samples in [false, true] {
+        let fetched: Vec<_> = file
+            .plan(&rows, with_samples)
+            .into_iter()
+            .filter(|r| r.end as usize <= data.len())
+            .map(|r| (r.clone(), bytes.slice(r.start as usize..r.end as usize)))
+            .collect();
+        let mut n = 0u64;
+        let _ = file.read(&fetched, &rows, with_samples, i64::MIN, i64::MAX, |_, _, _, st, v| {
+            assert_eq!(st.len(), v.len());
+            n += 1;
+        });
+        assert!(n <= file.num_rows());
+    }
+});
