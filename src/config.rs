@@ -86,6 +86,8 @@ impl Serialize for Secret {
 pub struct Storage {
     /// filesystem, s3, gcs or azure.
     pub backend: String,
+    /// Every object under `<prefix>/`; letters and digits only, as in Pyroscope.
+    pub prefix: String,
     pub filesystem: FilesystemStorage,
     pub s3: S3Storage,
     pub gcs: GcsStorage,
@@ -109,6 +111,12 @@ pub struct S3Storage {
     /// http instead of https for an endpoint given without a scheme.
     pub insecure: bool,
     pub force_path_style: bool,
+    /// auto, path-style or virtual-hosted-style (auto: path style except on AWS).
+    pub bucket_lookup_type: String,
+    /// Only v4 is supported.
+    pub signature_version: String,
+    /// Accepted for Pyroscope command lines: without keys, the AWS environment is used anyway.
+    pub native_aws_auth_enabled: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -131,8 +139,9 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             backend: "filesystem".into(),
+            prefix: String::new(),
             filesystem: Default::default(),
-            s3: Default::default(),
+            s3: S3Storage { bucket_lookup_type: "auto".into(), signature_version: "v4".into(), ..Default::default() },
             gcs: Default::default(),
             azure: Default::default(),
         }
@@ -234,11 +243,37 @@ impl Config {
                 Ok(())
             }
         };
+        if !st.prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "-storage.prefix {:?}: only letters and digits are allowed, as in Pyroscope",
+                st.prefix
+            ));
+        }
         match st.backend.as_str() {
             "filesystem" => Ok(Backend::Filesystem { dir: self.blocks_dir() }),
             "s3" => {
                 let s3 = &st.s3;
                 need(&s3.bucket_name, "storage.s3.bucket-name")?;
+                if s3.signature_version != "v4" {
+                    return Err(format!(
+                        "-storage.s3.signature-version={}: only v4 is supported",
+                        s3.signature_version
+                    ));
+                }
+                let path_style = match s3.bucket_lookup_type.as_str() {
+                    "auto" | "virtual-hosted-style" => s3.force_path_style,
+                    "path-style" => true,
+                    other => {
+                        return Err(format!(
+                            "-storage.s3.bucket-lookup-type={other}: use auto, path-style or virtual-hosted-style"
+                        ))
+                    }
+                };
+                if s3.force_path_style && s3.bucket_lookup_type == "virtual-hosted-style" {
+                    return Err("cannot use -storage.s3.force-path-style=true and \
+                                -storage.s3.bucket-lookup-type=virtual-hosted-style at the same time"
+                        .into());
+                }
                 if s3.access_key_id.is_empty() != s3.secret_access_key.expose().is_empty() {
                     return Err("-storage.s3.access-key-id and -storage.s3.secret-access-key go together: \
                                 give both, or neither to use the environment's credentials"
@@ -251,7 +286,7 @@ impl Config {
                     access_key_id: s3.access_key_id.clone(),
                     secret_access_key: s3.secret_access_key.expose().to_string(),
                     insecure: s3.insecure,
-                    force_path_style: s3.force_path_style,
+                    force_path_style: path_style,
                 })
             }
             "gcs" => {
@@ -381,6 +416,12 @@ impl Config {
                 _ => return Err(bad("expected filesystem, s3, gcs or azure".into())),
             },
             "storage.filesystem.dir" => self.storage.filesystem.dir = v.into(),
+            "storage.prefix" => self.storage.prefix = v.into(),
+            "storage.s3.bucket-lookup-type" => self.storage.s3.bucket_lookup_type = v.into(),
+            "storage.s3.signature-version" => self.storage.s3.signature_version = v.into(),
+            "storage.s3.native-aws-auth-enabled" => {
+                self.storage.s3.native_aws_auth_enabled = parse_bool(v).map_err(bad)?
+            }
             "storage.s3.endpoint" => self.storage.s3.endpoint = v.into(),
             "storage.s3.bucket-name" => self.storage.s3.bucket_name = v.into(),
             "storage.s3.region" => self.storage.s3.region = v.into(),
@@ -446,6 +487,10 @@ impl Config {
             (&["storage", "path"], "storage.path"),
             (&["storage", "backend"], "storage.backend"),
             (&["storage", "filesystem", "dir"], "storage.filesystem.dir"),
+            (&["storage", "prefix"], "storage.prefix"),
+            (&["storage", "s3", "bucket_lookup_type"], "storage.s3.bucket-lookup-type"),
+            (&["storage", "s3", "signature_version"], "storage.s3.signature-version"),
+            (&["storage", "s3", "native_aws_auth_enabled"], "storage.s3.native-aws-auth-enabled"),
             (&["storage", "s3", "endpoint"], "storage.s3.endpoint"),
             (&["storage", "s3", "bucket_name"], "storage.s3.bucket-name"),
             (&["storage", "s3", "region"], "storage.s3.region"),
@@ -560,6 +605,7 @@ fn is_bool_flag(name: &str) -> bool {
             | "self-profiling.disable-push"
             | "storage.s3.insecure"
             | "storage.s3.force-path-style"
+            | "storage.s3.native-aws-auth-enabled"
     )
 }
 
@@ -746,6 +792,23 @@ mod tests {
         assert!(e.contains("-storage.azure.container-name"), "{e}");
         assert!(Config::from_args(&args(&["-storage.backend=swift"])).is_err());
         assert!(Config::from_args(&args(&["-storage.s3.insecure=maybe"])).is_err());
+
+        // Pyroscope's other S3 flags: the lookup type picks path style; only v4 signs.
+        let s3 = |extra: &[&str]| {
+            let mut a = vec!["-storage.backend=s3", "-storage.s3.bucket-name=b", "-storage.s3.endpoint=minio:9000"];
+            a.extend_from_slice(extra);
+            Config::from_args(&args(&a)).unwrap().store_backend()
+        };
+        assert!(matches!(
+            s3(&["-storage.s3.bucket-lookup-type=path-style", "-storage.s3.native-aws-auth-enabled"]).unwrap(),
+            Backend::S3 { force_path_style: true, .. }
+        ));
+        assert!(matches!(s3(&[]).unwrap(), Backend::S3 { force_path_style: false, .. }));
+        assert!(s3(&["-storage.s3.signature-version=v2"]).unwrap_err().contains("only v4"));
+        assert!(s3(&["-storage.s3.bucket-lookup-type=sideways"]).is_err());
+        assert!(s3(&["-storage.s3.force-path-style", "-storage.s3.bucket-lookup-type=virtual-hosted-style"]).is_err());
+        assert!(s3(&["-storage.prefix=cluster1"]).is_ok());
+        assert!(s3(&["-storage.prefix=a/b"]).unwrap_err().contains("-storage.prefix"));
 
         let c = Config::from_args(&args(&[
             "-storage.backend=gcs",

@@ -37,7 +37,8 @@ pub fn run(cfg: config::Config) {
     let mut cfg = cfg;
     cfg.max_head_bytes_per_core = Some(cfg.effective_max_head_bytes());
     let backend = cfg.store_backend().unwrap_or_else(|e| fail(e));
-    let store = kiln_io::store::Store::start(backend).unwrap_or_else(|e| fail(format!("opening block storage: {e}")));
+    let store = kiln_io::store::Store::start_with_prefix(backend, &cfg.storage.prefix)
+        .unwrap_or_else(|e| fail(format!("opening block storage: {e}")));
     let blocks = kiln_shards::flush::BlockConfig {
         store: store.clone(),
         max_block_duration: cfg.max_block_duration,

@@ -205,6 +205,7 @@ fn blocks_on_s3_survive_a_restart() {
         "-storage.s3.access-key-id=test",
         "-storage.s3.secret-access-key=test",
         "-storage.s3.insecure=true",
+        "-storage.prefix=cluster1",
     ]);
     let k = Kiln::start(&flags);
     for (i, rel) in

@@ -128,3 +128,16 @@ fn bad_config_fails_at_start() {
     .unwrap_err();
     assert!(e.to_string().contains("container"), "{e}");
 }
+
+#[test]
+fn a_prefix_puts_every_object_under_it() {
+    let dir = std::env::temp_dir().join(format!("kiln-store-prefix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::start_with_prefix(Backend::Filesystem { dir: dir.clone() }, "cluster1").unwrap();
+    assert!(store.describe().ends_with("under cluster1/"), "{}", store.describe());
+    common::block_on(store.put("t/01ABC/meta.json".into(), Bytes::from_static(b"{}"))).unwrap();
+    assert!(dir.join("cluster1/t/01ABC/meta.json").exists());
+    assert_eq!(store.local_path("t/01ABC/meta.json").unwrap(), dir.join("cluster1/t/01ABC/meta.json"));
+    assert_eq!(&common::block_on(store.get("t/01ABC/meta.json".into())).unwrap()[..], b"{}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -372,9 +372,20 @@ impl Store {
     /// built, or with the reason it could not be (missing bucket, unreadable credentials, a
     /// directory that cannot be created). No request is made to the backend here.
     pub fn start(backend: Backend) -> Result<Store, StoreError> {
-        let describe: Arc<str> = backend.describe().into();
+        Store::start_with_prefix(backend, "")
+    }
+
+    /// `start`, with every object under `prefix/` (Pyroscope's `-storage.prefix`: several
+    /// clusters sharing one bucket). Empty: the bucket's root.
+    pub fn start_with_prefix(backend: Backend, prefix: &str) -> Result<Store, StoreError> {
+        let prefix = prefix.trim_matches('/').to_string();
+        let mut describe = backend.describe();
+        if !prefix.is_empty() {
+            describe = format!("{describe} under {prefix}/");
+        }
+        let describe: Arc<str> = describe.into();
         let local_dir = match &backend {
-            Backend::Filesystem { dir } => Some(Arc::from(dir.as_path())),
+            Backend::Filesystem { dir } => Some(Arc::from(dir.join(&prefix).as_path())),
             _ => None,
         };
         let (tx, rx) = flume::bounded::<Job>(QUEUE);
@@ -392,7 +403,8 @@ impl Store {
                 };
                 rt.block_on(async move {
                     let store = match backend.build() {
-                        Ok(s) => s,
+                        Ok(s) if prefix.is_empty() => s,
+                        Ok(s) => Arc::new(object_store::prefix::PrefixStore::new(s, prefix.as_str())),
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
