@@ -51,6 +51,11 @@ fn committed_cuts(segs: &[wal::SegmentFile], indexed: &Indexed) -> Cuts {
     cuts
 }
 
+/// Whether record `i` of `seg`, an ingest of `tenant`, is held by an indexed block.
+fn in_block(cuts: &Cuts, seg: &wal::SegmentFile, i: usize, tenant: &str) -> bool {
+    cuts.get(&(seg.core, tenant.to_string())).is_some_and(|&at| (seg.seq, i) < at)
+}
+
 /// Replays `source` through `mesh`, skipping what indexed blocks already hold. Damage other
 /// than a torn tail of a core's last segment is an error: acknowledged data is never skipped
 /// silently.
@@ -82,7 +87,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplaySta
                 format!("WAL segment {}: a record with a valid checksum does not decode: {e}", seg.path.display())
             })?;
             let walcodec::Entry::Ingest { tenant, profile, groups } = entry else { continue };
-            if cuts.get(&(seg.core, tenant.clone())).is_some_and(|&at| (seg.seq, i) < at) {
+            if in_block(&cuts, seg, i, &tenant) {
                 st.in_blocks += 1;
                 continue;
             }
@@ -127,4 +132,59 @@ fn drain(
         rx.recv().map_err(|_| "a core stopped during WAL replay".to_string())?.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_io::wal::record;
+    use kiln_shards::profile::Profile;
+
+    fn ingest(tenant: &str) -> Vec<u8> {
+        walcodec::encode(tenant, &Profile { strings: vec![String::new()], ..Default::default() }, &[])
+    }
+
+    #[test]
+    fn only_records_before_an_indexed_cut_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("kiln-replay-cuts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let core = dir.join("core-0");
+        std::fs::create_dir_all(&core).unwrap();
+        // Segment 1: a1 b1 cut(a→X) a2 | segment 2: cut(b→Y) b2 a3.
+        let segs = [
+            vec![ingest("a"), ingest("b"), walcodec::encode_cut("a", "X"), ingest("a")],
+            vec![walcodec::encode_cut("b", "Y"), ingest("b"), ingest("a")],
+        ];
+        for (n, recs) in segs.iter().enumerate() {
+            let mut buf = Vec::new();
+            for r in recs {
+                record::encode(r, &mut buf);
+            }
+            std::fs::write(core.join(format!("{:010}.seg", n + 1)), buf).unwrap();
+        }
+        let files = wal::segments(&dir).unwrap();
+        let skipped = |indexed: &[(&str, &str)]| {
+            let indexed: Indexed = indexed.iter().map(|(t, b)| (t.to_string(), b.to_string())).collect();
+            let cuts = committed_cuts(&files, &indexed);
+            let mut out = Vec::new();
+            for seg in &files {
+                let (records, _) = segment::read_segment(&seg.path).unwrap();
+                for (i, r) in records.iter().enumerate() {
+                    if let walcodec::Entry::Ingest { tenant, .. } = walcodec::decode_entry(r).unwrap() {
+                        if in_block(&cuts, seg, i, &tenant) {
+                            out.push(format!("{tenant}@{}.{i}", seg.seq));
+                        }
+                    }
+                }
+            }
+            out
+        };
+        // A marker whose block never reached the index skips nothing.
+        assert!(skipped(&[]).is_empty());
+        assert!(skipped(&[("a", "Z")]).is_empty());
+        assert_eq!(skipped(&[("a", "X")]), ["a@1.0"]);
+        assert_eq!(skipped(&[("b", "Y")]), ["b@1.1"]);
+        assert_eq!(skipped(&[("a", "X"), ("b", "Y")]), ["a@1.0", "b@1.1"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -176,7 +176,10 @@ impl Backend {
                         .with_access_key_id(access_key_id)
                         .with_secret_access_key(secret_access_key)
                 };
-                let mut b = b.with_bucket_name(bucket).with_allow_http(*insecure || endpoint.starts_with("http://"));
+                let mut b = b
+                    .with_bucket_name(bucket)
+                    .with_allow_http(*insecure || endpoint.starts_with("http://"))
+                    .with_retry(retry());
                 // Unset: AWS_REGION from the environment where read, else us-east-1.
                 if !region.is_empty() {
                     b = b.with_region(region);
@@ -200,7 +203,9 @@ impl Backend {
             }
             Backend::Gcs { bucket, service_account_path } => {
                 need(bucket, "a bucket name (-storage.gcs.bucket-name)")?;
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry());
                 let sa = service_account_path.trim();
                 if sa.starts_with('{') {
                     b = b.with_service_account_key(sa);
@@ -218,7 +223,7 @@ impl Backend {
                 } else {
                     object_store::azure::MicrosoftAzureBuilder::new().with_access_key(account_key)
                 };
-                let mut b = b.with_account(account_name).with_container_name(container);
+                let mut b = b.with_account(account_name).with_container_name(container).with_retry(retry());
                 if !endpoint.is_empty() {
                     let url = self.azure_account_url(account_name);
                     b = b.with_allow_http(url.starts_with("http://")).with_endpoint(url);
@@ -226,6 +231,17 @@ impl Backend {
                 Arc::new(b.build().map_err(|e| fail(&e))?)
             }
         })
+    }
+}
+
+/// Retries inside one request: bounded to 30 s (object_store's default is 3 min) so that a
+/// query against an unreachable bucket fails in reasonable time. Block uploads need no more:
+/// the cutting core retries them itself, without limit.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 5,
+        retry_timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
     }
 }
 
