@@ -102,6 +102,20 @@ fn snapshot(port: u16) -> BTreeMap<String, String> {
             })
             .collect();
         out.insert(format!("{pt} series"), format!("{pts:?}"));
+        let pprof: kiln_proto::google::v1::Profile = connect(
+            port,
+            "/querier.v1.QuerierService/SelectMergeProfile",
+            &[],
+            &q::SelectMergeProfileRequest {
+                profile_type_id: pt.clone(),
+                label_selector: "{}".into(),
+                start: START,
+                end: end(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        out.insert(format!("{pt} pprof"), format!("{:?}", pprof_stacks(&pprof, 0)));
     }
     out
 }

@@ -9,7 +9,7 @@ use crate::labels::{self, Labels};
 use crate::profile::{Profile, SampleGroup};
 use crate::query::{Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
 use crate::selector::matches_all;
-use crate::symbols::{Remap, Symbols, ROOT};
+use crate::symbols::{LocationRec, Remap, Symbols, ROOT};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
@@ -379,25 +379,68 @@ impl<'a> HeadView<'a> {
         FlameTree { names: names.names, nodes }
     }
 
+    /// The selected stacks with only the symbols they use, renumbered densely: a query over
+    /// one service of a large head or block copies that service's symbols, not the table.
+    /// The merger re-interns by content.
     fn pprof_part(&self, values: &FxHashMap<u32, i64>) -> PprofPart {
-        // Everything is copied with this table's ids; the merger re-interns by content.
-        let mut out = PprofPart {
-            strings: (0..self.symbols.strings.len() as u32).map(|i| self.symbols.strings.get(i).to_string()).collect(),
-            functions: self.symbols.functions.clone(),
-            mappings: self.symbols.mappings.clone(),
-            locations: self.symbols.locations.clone(),
+        const UNSET: u32 = u32::MAX;
+        let sym = self.symbols;
+        let mut p = PprofPart {
+            strings: vec![String::new()],
+            mappings: vec![Default::default()],
             samples: Vec::with_capacity(values.len()),
+            ..Default::default()
+        };
+        let mut strings = vec![UNSET; sym.strings.len()];
+        strings[0] = 0;
+        let mut functions = vec![UNSET; sym.functions.len()];
+        let mut mappings = vec![UNSET; sym.mappings.len()];
+        mappings[0] = 0;
+        let mut locations = vec![UNSET; sym.locations.len()];
+        let mut string = |id: u32, out: &mut Vec<String>| {
+            if strings[id as usize] == UNSET {
+                strings[id as usize] = out.len() as u32;
+                out.push(sym.strings.get(id).to_string());
+            }
+            strings[id as usize]
         };
         for (&id, &v) in values {
             let mut locs = Vec::new();
             let mut n = id;
             while n != ROOT {
-                locs.push(self.symbols.location[n as usize]);
-                n = self.symbols.parent[n as usize];
+                let l = sym.location[n as usize] as usize;
+                if locations[l] == UNSET {
+                    let rec = &sym.locations[l];
+                    let m = rec.mapping as usize;
+                    if mappings[m] == UNSET {
+                        let mut mapping = sym.mappings[m].clone();
+                        mapping.filename = string(mapping.filename, &mut p.strings);
+                        mapping.build_id = string(mapping.build_id, &mut p.strings);
+                        mappings[m] = p.mappings.len() as u32;
+                        p.mappings.push(mapping);
+                    }
+                    let mut lines = rec.lines.to_vec();
+                    for line in &mut lines {
+                        let f = line.function as usize;
+                        if functions[f] == UNSET {
+                            let mut func = sym.functions[f];
+                            func.name = string(func.name, &mut p.strings);
+                            func.system_name = string(func.system_name, &mut p.strings);
+                            func.filename = string(func.filename, &mut p.strings);
+                            functions[f] = p.functions.len() as u32;
+                            p.functions.push(func);
+                        }
+                        line.function = functions[f];
+                    }
+                    locations[l] = p.locations.len() as u32;
+                    p.locations.push(LocationRec { mapping: mappings[m], address: rec.address, lines: lines.into() });
+                }
+                locs.push(locations[l]);
+                n = sym.parent[n as usize];
             }
-            out.samples.push((locs, v));
+            p.samples.push((locs, v));
         }
-        out
+        p
     }
 }
 

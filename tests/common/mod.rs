@@ -407,3 +407,34 @@ pub fn segment_files(data: &std::path::Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A pprof's samples as root-first `;`-joined stacks (frames `function (file:line)`, or the
+/// mapping's file and the address when unsymbolised) with the summed value of sample type
+/// `idx`; zero sums dropped. Two pprofs with the same stacks compare equal whatever their ids.
+pub fn pprof_stacks(p: &kiln_proto::google::v1::Profile, idx: usize) -> std::collections::BTreeMap<String, i64> {
+    let locs: std::collections::HashMap<u64, &kiln_proto::google::v1::Location> =
+        p.location.iter().map(|l| (l.id, l)).collect();
+    let funcs: std::collections::HashMap<u64, &kiln_proto::google::v1::Function> =
+        p.function.iter().map(|f| (f.id, f)).collect();
+    let maps: std::collections::HashMap<u64, &kiln_proto::google::v1::Mapping> =
+        p.mapping.iter().map(|m| (m.id, m)).collect();
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let mut out = std::collections::BTreeMap::new();
+    for sample in &p.sample {
+        let mut frames = Vec::new();
+        for id in sample.location_id.iter().rev() {
+            let loc = locs[id];
+            if loc.line.is_empty() {
+                let file = maps.get(&loc.mapping_id).map_or("", |m| s(m.filename));
+                frames.push(format!("{file}+0x{:x}", loc.address));
+            }
+            for line in loc.line.iter().rev() {
+                let f = funcs[&line.function_id];
+                frames.push(format!("{} ({}:{})", s(f.name), s(f.filename), line.line));
+            }
+        }
+        *out.entry(frames.join(";")).or_insert(0) += sample.value[idx];
+    }
+    out.retain(|_, v| *v != 0);
+    out
+}
