@@ -72,9 +72,16 @@ pub async fn flush(core: &Rc<Core>) -> Response {
     }
     loop {
         match core.mesh.broadcast(|reply| Msg::Cut { reply }).await {
-            Ok(done) if done.iter().all(|d| *d) => return text(204, "text/plain; charset=utf-8", ""),
-            // A core was finishing an earlier cut: ask again once it had time to.
-            Ok(_) => monoio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Ok(done) => {
+                if let Some(Err(e)) = done.iter().find(|d| d.is_err()) {
+                    return text(500, "text/plain; charset=utf-8", e.clone());
+                }
+                if done.iter().all(|d| matches!(d, Ok(true))) {
+                    return text(204, "text/plain; charset=utf-8", "");
+                }
+                // A core was finishing an earlier cut: ask again once it had time to.
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
             Err(e) => return text(503, "text/plain; charset=utf-8", e.to_string()),
         }
     }

@@ -50,6 +50,9 @@ pub struct CutState {
     pub frozen: RefCell<Vec<Rc<Frozen>>>,
     pub blocks: RefCell<BlockSet>,
     pub cutting: Cell<bool>,
+    /// Set when a cut failed in a way that must not be retried blindly (see `write_blocks`):
+    /// no further cut starts.
+    pub suspended: Cell<bool>,
     /// Blocks written and bytes uploaded since start, for `/metrics`.
     pub blocks_written: Cell<u64>,
     pub bytes_uploaded: Cell<u64>,
@@ -61,6 +64,7 @@ impl CutState {
             frozen: RefCell::new(Vec::new()),
             blocks: RefCell::new(BlockSet::new(cache_bytes)),
             cutting: Cell::new(false),
+            suspended: Cell::new(false),
             blocks_written: Cell::new(0),
             bytes_uploaded: Cell::new(0),
         }
@@ -81,9 +85,11 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             // Without a durable marker the block must not be indexed; the frozen heads stay in
-            // memory (and in the WAL), answering queries.
-            tracing::error!(error = %e, "the WAL could not record a block cut; keeping the heads in memory");
-            state.cutting.set(false);
+            // memory (and in the WAL), answering queries. Cutting stays suspended: a later
+            // cut's indexed marker would make replay skip these heads' records too, which no
+            // block holds. The head limit then turns pushes away instead of losing data.
+            tracing::error!(error = %e, "the WAL could not record a block cut; keeping the heads in memory and suspending cuts");
+            state.suspended.set(true);
             return;
         }
         Err(_) => return,
@@ -93,9 +99,10 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
         let enc = match encode(f, &cfg.encode).await {
             Ok(e) => e,
             Err(e) => {
-                // Encoding is deterministic: a failure is a bug, not a transient error.
-                tracing::error!(tenant = %f.tenant, block = %f.id, error = %e, "encoding a block failed; keeping the head in memory");
-                state.cutting.set(false);
+                // Encoding is deterministic: a failure is a bug, not a transient error. Cuts
+                // stay suspended, for the reason above: the head's records must stay replayable.
+                tracing::error!(tenant = %f.tenant, block = %f.id, error = %e, "encoding a block failed; keeping the head in memory and suspending cuts");
+                state.suspended.set(true);
                 return;
             }
         };

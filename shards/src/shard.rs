@@ -54,10 +54,11 @@ pub enum Msg {
     },
     /// Cut the heads into blocks if they are old or large enough (sent by the core's ticker).
     MaybeCut,
-    /// Cut every non-empty head into blocks now; answered once they are uploaded: `true`,
-    /// or at once with `false` when an earlier cut is still in flight (ask again).
+    /// Cut every non-empty head into blocks now; answered once they are uploaded: `Ok(true)`,
+    /// or at once with `Ok(false)` when an earlier cut is still in flight (ask again), or an
+    /// error when cuts are suspended after a failure.
     Cut {
-        reply: flume::Sender<bool>,
+        reply: flume::Sender<Result<bool, String>>,
     },
     Stats {
         reply: flume::Sender<ShardStats>,
@@ -236,19 +237,23 @@ impl Shard {
 
     /// Freezes every non-empty tenant head and starts writing them as blocks (see `flush`).
     /// `done` is answered when the blocks are uploaded, or at once if nothing was cut.
-    fn cut(&mut self, done: Option<flume::Sender<bool>>) {
-        let reply = |v: bool| {
+    fn cut(&mut self, done: Option<flume::Sender<Result<bool, String>>>) {
+        let reply = |v: Result<bool, String>| {
             if let Some(d) = &done {
                 let _ = d.send(v);
             }
         };
         let Some(cfg) = self.blocks.clone() else {
-            reply(true);
+            reply(Ok(true));
             return;
         };
+        if self.cut_state.suspended.get() {
+            reply(Err(format!("block cuts on core {} are suspended after an error (see the log)", self.core)));
+            return;
+        }
         if self.cut_state.cutting.get() {
             // A cut in flight covers everything up to its markers; the next one cuts the rest.
-            reply(false);
+            reply(Ok(false));
             return;
         }
         let mut frozen = Vec::new();
@@ -263,7 +268,7 @@ impl Shard {
         }
         self.head_since = None;
         if frozen.is_empty() {
-            reply(true);
+            reply(Ok(true));
             return;
         }
         let (tx, rx) = flume::bounded(1);
@@ -285,9 +290,13 @@ impl Shard {
         self.cut_state.cutting.set(true);
         let state = self.cut_state.clone();
         monoio::spawn(async move {
-            flush::write_blocks(frozen, rx, cfg, state).await;
+            flush::write_blocks(frozen, rx, cfg, state.clone()).await;
             if let Some(d) = done {
-                let _ = d.send(true);
+                let _ = d.send(if state.suspended.get() {
+                    Err("the cut failed; block cuts are suspended (see the log)".to_string())
+                } else {
+                    Ok(true)
+                });
             }
         });
     }
