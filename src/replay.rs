@@ -58,16 +58,67 @@ fn in_block(cuts: &Cuts, seg: &wal::SegmentFile, i: usize, tenant: &str) -> bool
 
 /// Replays `source` through `mesh`, skipping what indexed blocks already hold. Damage other
 /// than a torn tail of a core's last segment is an error: acknowledged data is never skipped
-/// silently.
+/// silently. Each source core's WAL is an independent stream (its cut markers speak only of
+/// its own records), so the streams are read and decoded on parallel threads, as many as
+/// there are CPUs; the owning cores append what they are sent as at any time.
 pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplayStats, String> {
     let started = Instant::now();
     let segs = wal::segments(source).map_err(|e| format!("listing {}: {e}", source.display()))?;
     let cuts = committed_cuts(&segs, indexed);
+    let mut streams: Vec<&[wal::SegmentFile]> = segs.chunk_by(|a, b| a.core == b.core).collect();
+    streams.reverse();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queue = std::sync::Mutex::new(streams);
+    let workers = cpus.min(queue.lock().map_or(0, |q| q.len())).max(1);
+    let results: Vec<Result<ReplayStats, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut total = ReplayStats::default();
+                    loop {
+                        let next = queue.lock().map_err(|_| "a replay thread failed".to_string())?.pop();
+                        let Some(stream) = next else { return Ok(total) };
+                        let st = replay_stream(stream, mesh, &cuts)?;
+                        total.add(&st);
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a replay thread panicked".into()))).collect()
+    });
+    let mut st = ReplayStats::default();
+    for r in results {
+        st.add(&r?);
+    }
+    tracing::info!(
+        segments = st.segments,
+        records = st.records,
+        in_blocks = st.in_blocks,
+        bytes = st.bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        threads = workers,
+        "WAL replayed"
+    );
+    Ok(st)
+}
+
+impl ReplayStats {
+    fn add(&mut self, o: &ReplayStats) {
+        self.segments += o.segments;
+        self.records += o.records;
+        self.in_blocks += o.in_blocks;
+        self.bytes += o.bytes;
+        self.dropped_tails += o.dropped_tails;
+    }
+}
+
+/// Replays one source core's segments, in order.
+fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, cuts: &Cuts) -> Result<ReplayStats, String> {
     let mut st = ReplayStats::default();
     let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>> =
         Vec::new();
     for (i, seg) in segs.iter().enumerate() {
-        let last_of_core = segs.get(i + 1).is_none_or(|n| n.core != seg.core);
+        let last_of_core = i + 1 == segs.len();
         let (records, dropped) = segment::read_segment(&seg.path).map_err(|e| e.to_string())?;
         if let Some(d) = dropped {
             if !last_of_core {
@@ -87,7 +138,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplaySta
                 format!("WAL segment {}: a record with a valid checksum does not decode: {e}", seg.path.display())
             })?;
             let walcodec::Entry::Ingest { tenant, profile, groups } = entry else { continue };
-            if in_block(&cuts, seg, i, &tenant) {
+            if in_block(cuts, seg, i, &tenant) {
                 st.in_blocks += 1;
                 continue;
             }
@@ -114,14 +165,6 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplaySta
         }
     }
     drain(&mut waits)?;
-    tracing::info!(
-        segments = st.segments,
-        records = st.records,
-        in_blocks = st.in_blocks,
-        bytes = st.bytes,
-        seconds = started.elapsed().as_secs_f64(),
-        "WAL replayed"
-    );
     Ok(st)
 }
 
