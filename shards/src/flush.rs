@@ -92,11 +92,16 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
             state.suspended.set(true);
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            // The WAL flusher is gone: nothing can be made durable any more.
+            state.suspended.set(true);
+            return;
+        }
     };
-    for f in &frozen {
+    // By value: each frozen head is freed as soon as its block is registered.
+    for f in frozen {
         let started = Instant::now();
-        let enc = match encode(f, &cfg.encode).await {
+        let enc = match encode(&f, &cfg.encode).await {
             Ok(e) => e,
             Err(e) => {
                 // Encoding is deterministic: a failure is a bug, not a transient error. Cuts
@@ -141,14 +146,15 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
             max_ms: meta.max_time,
             profiles_bytes,
         });
-        state.frozen.borrow_mut().retain(|x| !Rc::ptr_eq(x, f));
+        state.frozen.borrow_mut().retain(|x| !Rc::ptr_eq(x, &f));
         state.blocks_written.set(state.blocks_written.get() + 1);
         state.bytes_uploaded.set(state.bytes_uploaded.get() + size);
     }
     if let Some((dir, seq)) = wal_cut {
         match kiln_io::wal::segment::delete_before(&dir, seq) {
             Ok(n) => tracing::debug!(dir = %dir.display(), segments = n, "WAL segments covered by blocks deleted"),
-            // Harmless: replay skips what the blocks hold; the next cut retries.
+            // Replay still skips what the blocks hold: the segment with the markers is
+            // deleted last. The next cut deletes the rest.
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "deleting WAL segments covered by blocks failed")
             }

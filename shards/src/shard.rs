@@ -104,8 +104,18 @@ pub struct ShardStats {
 pub struct WalPending {
     buf: Vec<u8>,
     waiters: Vec<(IngestReply, AppendStats)>,
-    /// A block cut asked for a new segment after this buffer, and to be told its number.
-    cut: Option<flume::Sender<flush::CutResult>>,
+    /// A block cut: everything appended before it, then its markers, to be written and
+    /// closed in the current segment before anything appended after it.
+    cut: Option<CutBatch>,
+}
+
+/// The WAL's side of a cut. Records appended after the cut go to `WalPending::buf` and so
+/// into the next segment: the segments deleted once the cut's blocks are indexed hold only
+/// what those blocks hold.
+struct CutBatch {
+    buf: Vec<u8>,
+    waiters: Vec<(IngestReply, AppendStats)>,
+    reply: flume::Sender<flush::CutResult>,
 }
 
 /// The shard's side of its WAL: where records go and how the flusher is woken.
@@ -278,10 +288,12 @@ impl Shard {
             }
             Some(wal) => {
                 let mut p = wal.pending.borrow_mut();
+                let mut buf = std::mem::take(&mut p.buf);
                 for f in &frozen {
-                    record::encode(&walcodec::encode_cut(&f.tenant, &f.id), &mut p.buf);
+                    record::encode(&walcodec::encode_cut(&f.tenant, &f.id), &mut buf);
                 }
-                p.cut = Some(tx);
+                let waiters = std::mem::take(&mut p.waiters);
+                p.cut = Some(CutBatch { buf, waiters, reply: tx });
                 let _ = wal.wake.try_send(());
             }
         }
@@ -339,12 +351,6 @@ impl Shard {
                     }
                 }
                 let st = self.append(&tenant, &profile, &groups);
-                // Never during replay: see `runtime::cut_ticker`.
-                if let (Some(cfg), false) = (&self.blocks, replay) {
-                    if cfg.max_block_bytes > 0 && self.live_head_bytes() >= cfg.max_block_bytes {
-                        self.cut(None);
-                    }
-                }
                 match &self.wal {
                     None => {
                         let _ = reply.send(Ok(st));
@@ -356,6 +362,13 @@ impl Shard {
                         p.waiters.push((reply, st));
                         // Full means a wake-up is already queued.
                         let _ = wal.wake.try_send(());
+                    }
+                }
+                // After the record is queued: a cut now puts it before the markers, with the
+                // head that holds it. Never during replay: see `runtime::cut_ticker`.
+                if let (Some(cfg), false) = (&self.blocks, replay) {
+                    if cfg.max_block_bytes > 0 && self.live_head_bytes() >= cfg.max_block_bytes {
+                        self.cut(None);
                     }
                 }
             }
@@ -404,30 +417,32 @@ async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>,
     let mut spare = Vec::new();
     while woken.recv_async().await.is_ok() {
         loop {
-            let (buf, waiters, cut) = {
-                let mut p = pending.borrow_mut();
-                if p.buf.is_empty() && p.waiters.is_empty() && p.cut.is_none() {
-                    break;
-                }
-                let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));
-                (buf, std::mem::take(&mut p.waiters), p.cut.take())
-            };
-            let (res, mut buf) = writer.write(buf).await;
-            buf.clear();
-            spare = buf;
+            let cut = pending.borrow_mut().cut.take();
             if let Some(cut) = cut {
-                // A block cut: its markers are in this write; closing the segment syncs it
-                // (and every earlier write), and the segments before the new one are what the
-                // cut's blocks will cover.
+                // A block cut first: what was appended before it and its markers go to the
+                // current segment, which closing syncs (with every earlier write); appends
+                // made since wait in `buf` for the next segment.
+                let (res, _) = writer.write(cut.buf).await;
                 let res = match res {
                     Ok(_) => writer.cut().await.map(|seq| (writer.dir().to_path_buf(), seq)),
                     Err(e) => Err(e),
                 };
                 let res = res.map_err(|e| e.to_string());
-                answer(waiters, res.as_ref().map(|_| ()).map_err(|e| IngestError::Wal(e.clone())));
-                let _ = cut.send(res.map(Some));
+                answer(cut.waiters, res.as_ref().map(|_| ()).map_err(|e| IngestError::Wal(e.clone())));
+                let _ = cut.reply.send(res.map(Some));
                 continue;
             }
+            let (buf, waiters) = {
+                let mut p = pending.borrow_mut();
+                if p.buf.is_empty() && p.waiters.is_empty() {
+                    break;
+                }
+                let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));
+                (buf, std::mem::take(&mut p.waiters))
+            };
+            let (res, mut buf) = writer.write(buf).await;
+            buf.clear();
+            spare = buf;
             match res {
                 Err(e) => answer(waiters, Err(IngestError::Wal(e.to_string()))),
                 Ok(None) => answer(waiters, Ok(())),

@@ -88,10 +88,12 @@ impl SegmentWriter {
     }
 }
 
-/// Deletes a core's segments numbered below `seq` (they are covered by uploaded blocks).
+/// Deletes a core's segments numbered below `seq` (they are covered by uploaded blocks),
+/// oldest first: the last one holds the cut markers that tell replay to skip the others, so
+/// it goes last and an interrupted deletion never leaves records without their marker.
 /// Returns how many were removed.
 pub fn delete_before(dir: &Path, seq: u64) -> std::io::Result<usize> {
-    let mut n = 0;
+    let mut old: Vec<(u64, PathBuf)> = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name();
@@ -99,14 +101,17 @@ pub fn delete_before(dir: &Path, seq: u64) -> std::io::Result<usize> {
             continue;
         };
         if s < seq {
-            std::fs::remove_file(e.path())?;
-            n += 1;
+            old.push((s, e.path()));
         }
     }
-    if n > 0 {
+    old.sort();
+    for (_, path) in &old {
+        std::fs::remove_file(path)?;
+    }
+    if !old.is_empty() {
         super::sync_dir(dir)?;
     }
-    Ok(n)
+    Ok(old.len())
 }
 
 /// fsync of a directory through the runtime (io_uring), not a blocking call on the core.
