@@ -18,6 +18,7 @@ pub fn run(cfg: config::Config) {
     let cores = cfg.effective_shards();
     let tokens = cfg.ring_tokens_per_core;
     let wal_dir = cfg.wal_dir();
+    let _wal_lock = kiln_io::wal::lock(&wal_dir).unwrap_or_else(|e| fail(format!("locking the WAL: {e}")));
     let gens = match kiln_io::wal::prepare(&wal_dir) {
         Ok(g) => g,
         Err(e) => fail(format!("preparing the WAL under {}: {e}", wal_dir.display())),

@@ -105,3 +105,19 @@ fn sigterm_exits_cleanly_and_loses_nothing() {
     let k = Kiln::start_in(data, &[]);
     assert_eq!(seqs(k.port), (0..50).collect());
 }
+
+#[test]
+fn a_second_kiln_on_the_same_data_directory_is_refused() {
+    let k = Kiln::start(&["-shards=1"]);
+    assert!(push_seq(k.port, 1));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg(format!("-server.http-listen-port={}", free_port()))
+        .arg(format!("-storage.path={}", k.data.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another kiln"), "{err}");
+    // The first one is untouched and still has its data.
+    assert_eq!(seqs(k.port), [1].into_iter().collect());
+}

@@ -33,6 +33,28 @@ fn gen_number(name: &str) -> Option<u64> {
     name.strip_prefix("gen-")?.parse().ok()
 }
 
+/// Takes the WAL directory for this process: an exclusive `flock` on `<wal-dir>/LOCK`, held
+/// as long as the returned file lives. A second kiln on the same directory would delete the
+/// first one's live generation at start; it is refused instead.
+pub fn lock(wal_dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(wal_dir)?;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(wal_dir.join("LOCK"))?;
+    // SAFETY: flock on a file descriptor this function owns for the call's duration.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(std::io::Error::other(format!(
+                "{} is in use by another kiln process (its LOCK file is held); stop it or choose another -storage.path / -ingester.wal-dir",
+                wal_dir.display()
+            )));
+        }
+        return Err(e);
+    }
+    Ok(f)
+}
+
 /// Finds the generation to replay, deletes leftovers (unready newer generations from an
 /// interrupted replay, older ones already replayed) and creates the directory of the next.
 pub fn prepare(wal_dir: &Path) -> std::io::Result<Generations> {
@@ -107,6 +129,19 @@ mod tests {
         let d = std::env::temp_dir().join(format!("kiln-wal-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn a_second_process_cannot_take_the_wal() {
+        let d = tmp("lock");
+        let held = lock(&d).unwrap();
+        // flock locks belong to the open file description: a second open conflicts, as a
+        // second process would.
+        let e = lock(&d).unwrap_err();
+        assert!(e.to_string().contains("in use by another kiln"), "{e}");
+        drop(held);
+        assert!(lock(&d).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
