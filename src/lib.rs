@@ -52,6 +52,11 @@ pub fn run(cfg: config::Config) {
         max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
         blocks: Some(blocks),
     };
+    if let Some(addr) = port_in_use(&cfg.http_listen_address, cfg.http_listen_port) {
+        fail(format!(
+            "{addr} is already served by another process; every core binds it with SO_REUSEPORT, which would silently share it"
+        ));
+    }
     let shared = server::Shared::new(cfg);
     tracing::info!(cores, port = shared.cfg.http_listen_port, wal = %wal_dir.display(), "kiln starting");
     let s = shared.clone();
@@ -121,6 +126,20 @@ fn open_blocks(store: &kiln_io::store::Store, mesh: &kiln_shards::runtime::Mesh)
         mesh.send_blocking(core, Msg::AddBlocks { blocks }).map_err(|e| e.to_string())?;
     }
     Ok(indexed)
+}
+
+/// The address when something already accepts connections on the port kiln is to serve.
+/// The cores bind with SO_REUSEPORT, which the kernel lets a second kiln (of the same user)
+/// share without an error: pushes would then be split between two servers.
+fn port_in_use(address: &str, port: u16) -> Option<std::net::SocketAddr> {
+    let host = match address {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        a => a.trim_start_matches('[').trim_end_matches(']'),
+    };
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    let addr = std::net::SocketAddr::new(ip, port);
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).ok().map(|_| addr)
 }
 
 fn block_termination_signals() -> libc::sigset_t {

@@ -121,3 +121,20 @@ fn a_second_kiln_on_the_same_data_directory_is_refused() {
     // The first one is untouched and still has its data.
     assert_eq!(seqs(k.port), [1].into_iter().collect());
 }
+
+#[test]
+fn a_second_kiln_on_a_port_in_use_is_refused() {
+    let k = Kiln::start(&["-shards=1"]);
+    let other = std::env::temp_dir().join(format!("kiln-test-port-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg(format!("-server.http-listen-port={}", k.port))
+        .arg("-server.http-listen-address=127.0.0.1")
+        .arg(format!("-storage.path={}", other.display()))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&other);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already served by another process"), "{err}");
+    assert!(push_seq(k.port, 7));
+}
