@@ -3,7 +3,7 @@
 //!
 //! Runs on the main thread before any core opens the port, so `/ready` stays unready and no
 //! client sees a partial head.
-use kiln_io::wal::{self, segment};
+use kiln_io::wal::{self, record, segment};
 use kiln_shards::runtime::Mesh;
 use kiln_shards::shard::Msg;
 use kiln_shards::walcodec;
@@ -28,22 +28,26 @@ const IN_FLIGHT: usize = 4096;
 /// Blocks in the bucket indexes: (tenant, block id).
 pub type Indexed = HashSet<(String, String)>;
 
-/// (core, tenant) → position (segment, record) of the tenant's last cut marker in that core's
-/// WAL whose block is indexed: the tenant's records before it are in the block.
-type Cuts = HashMap<(u32, String), (u64, usize)>;
+/// Tenant → position (segment, record) of the tenant's last cut marker in one core's WAL
+/// whose block is indexed: the tenant's records before it are in the block.
+type Cuts = HashMap<String, (u64, usize)>;
 
+/// The indexed cut markers of one core's segments. Only records that are markers are
+/// decoded; damage is reported by the replay pass proper, here only whole records count.
 fn committed_cuts(segs: &[wal::SegmentFile], indexed: &Indexed) -> Cuts {
     let mut cuts = HashMap::new();
     if indexed.is_empty() {
         return cuts;
     }
     for seg in segs {
-        // Damage is reported by the replay pass proper; here only whole records count.
-        let Ok((records, _)) = segment::read_segment(&seg.path) else { continue };
-        for (i, rec) in records.iter().enumerate() {
+        let Ok(data) = std::fs::read(&seg.path) else { continue };
+        for (i, rec) in record::decode_all(&data).0.into_iter().enumerate() {
+            if !walcodec::is_cut(rec) {
+                continue;
+            }
             if let Ok(walcodec::Entry::Cut { tenant, block }) = walcodec::decode_entry(rec) {
                 if indexed.contains(&(tenant.clone(), block)) {
-                    cuts.insert((seg.core, tenant), (seg.seq, i));
+                    cuts.insert(tenant, (seg.seq, i));
                 }
             }
         }
@@ -53,7 +57,7 @@ fn committed_cuts(segs: &[wal::SegmentFile], indexed: &Indexed) -> Cuts {
 
 /// Whether record `i` of `seg`, an ingest of `tenant`, is held by an indexed block.
 fn in_block(cuts: &Cuts, seg: &wal::SegmentFile, i: usize, tenant: &str) -> bool {
-    cuts.get(&(seg.core, tenant.to_string())).is_some_and(|&at| (seg.seq, i) < at)
+    cuts.get(tenant).is_some_and(|&at| (seg.seq, i) < at)
 }
 
 /// Replays `source` through `mesh`, skipping what indexed blocks already hold. Damage other
@@ -64,7 +68,6 @@ fn in_block(cuts: &Cuts, seg: &wal::SegmentFile, i: usize, tenant: &str) -> bool
 pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplayStats, String> {
     let started = Instant::now();
     let segs = wal::segments(source).map_err(|e| format!("listing {}: {e}", source.display()))?;
-    let cuts = committed_cuts(&segs, indexed);
     let mut streams: Vec<&[wal::SegmentFile]> = segs.chunk_by(|a, b| a.core == b.core).collect();
     streams.reverse();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -78,7 +81,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplaySta
                     loop {
                         let next = queue.lock().map_err(|_| "a replay thread failed".to_string())?.pop();
                         let Some(stream) = next else { return Ok(total) };
-                        let st = replay_stream(stream, mesh, &cuts)?;
+                        let st = replay_stream(stream, mesh, indexed)?;
                         total.add(&st);
                     }
                 })
@@ -113,7 +116,8 @@ impl ReplayStats {
 }
 
 /// Replays one source core's segments, in order.
-fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, cuts: &Cuts) -> Result<ReplayStats, String> {
+fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, indexed: &Indexed) -> Result<ReplayStats, String> {
+    let cuts = committed_cuts(segs, indexed);
     let mut st = ReplayStats::default();
     let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>> =
         Vec::new();
@@ -138,7 +142,7 @@ fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, cuts: &Cuts) -> Result<
                 format!("WAL segment {}: a record with a valid checksum does not decode: {e}", seg.path.display())
             })?;
             let walcodec::Entry::Ingest { tenant, profile, groups } = entry else { continue };
-            if in_block(cuts, seg, i, &tenant) {
+            if in_block(&cuts, seg, i, &tenant) {
                 st.in_blocks += 1;
                 continue;
             }
@@ -180,7 +184,6 @@ fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_io::wal::record;
     use kiln_shards::profile::Profile;
 
     fn ingest(tenant: &str) -> Vec<u8> {

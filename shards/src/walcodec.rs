@@ -157,6 +157,11 @@ pub fn encode_cut(tenant: &str, block: &str) -> Vec<u8> {
     w.0
 }
 
+/// Whether a record is a cut marker, from its first byte alone.
+pub fn is_cut(b: &[u8]) -> bool {
+    b.first() == Some(&CUT)
+}
+
 /// One WAL record.
 #[derive(Debug)]
 pub enum Entry {
@@ -165,7 +170,7 @@ pub enum Entry {
 }
 
 pub fn decode_entry(b: &[u8]) -> Res<Entry> {
-    if b.first() == Some(&CUT) {
+    if is_cut(b) {
         let mut r = R { b, at: 1 };
         let tenant = r.s()?;
         let block = r.s()?;
