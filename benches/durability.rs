@@ -58,7 +58,7 @@ fn wal(c: &mut Criterion) {
 }
 
 fn fixture(rel: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../shared/testdata/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!("{}/testdata/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// A head holding `copies` pushes of each fixture, at distinct times and services.

@@ -23,7 +23,7 @@ const FIXTURES: &[&str] = &[
 ];
 
 fn fixture(rel: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../shared/testdata/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!("{}/testdata/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn short(rel: &str) -> &str {

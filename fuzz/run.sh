@@ -16,7 +16,7 @@ cargo build --release --target "$TRIPLE" $(for t in $TARGETS; do printf -- '--bi
 for t in $TARGETS; do
   mkdir -p corpus/$t artifacts/$t
   seeds=()
-  [ "$t" = pprof ] && seeds=(../../shared/testdata/pprof/pyroscope/og-convert ../../shared/testdata/pprof/pyroscope/pkg-pprof)
+  [ "$t" = pprof ] && seeds=(../testdata/pprof/pyroscope/og-convert ../testdata/pprof/pyroscope/pkg-pprof)
   echo "== $t"
   ./target/"$TRIPLE"/release/$t -max_total_time="$SECS" -rss_limit_mb=2048 -artifact_prefix=artifacts/$t/ corpus/$t "${seeds[@]}"
 done

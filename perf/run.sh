@@ -29,7 +29,7 @@ field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip()
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 echo
 
-# 1. Peak: closed loop, real profiles from shared/testdata, WAL fsync before ack.
+# 1. Peak: closed loop, real profiles from testdata/pprof, WAL fsync before ack.
 start_kiln
 PEAK_JSON=$($LOAD --url $URL --duration ${SECS}s --connections 8 --threads 1 --json --quiet)
 PEAK=$(echo "$PEAK_JSON" | field throughput)

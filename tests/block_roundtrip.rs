@@ -1,4 +1,4 @@
-//! Every pprof fixture of shared/testdata through the real ingest decoder into a head, the
+//! Every pprof fixture of testdata/ through the real ingest decoder into a head, the
 //! head encoded as a block, and the block read back the way a querier reads it: each
 //! series' totals and samples must come back exactly, and every stack must resolve to the
 //! same frames through the decoded symbols.
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/pprof")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/pprof")
 }
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -1,4 +1,4 @@
-//! Whole-process tests: real pprofs from shared/testdata pushed through Push (Connect and
+//! Whole-process tests: real pprofs from testdata/ pushed through Push (Connect and
 //! gRPC) and /ingest, then read back through every query API.
 mod common;
 

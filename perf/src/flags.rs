@@ -143,14 +143,14 @@ impl Default for Config {
     }
 }
 
-/// `../shared/testdata/pprof` from the working directory (the repo root), else the same folder
-/// found from this crate's source location.
+/// The vendored `testdata/pprof` from the working directory (the repo root), else the same
+/// folder found from this crate's source location.
 pub fn default_source_dir() -> PathBuf {
-    let relative = PathBuf::from("../shared/testdata/pprof");
+    let relative = PathBuf::from("testdata/pprof");
     if relative.is_dir() {
         return relative;
     }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/pprof"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/pprof"))
 }
 
 /// The result of parsing: run, or print the help.
@@ -176,7 +176,7 @@ What to send
                             POST /ingest?format=pprof [push]
   --gzip true|false         gzip the raw pprof bodies [true]
   --source DIR|synthetic    pprof files (gzip or raw, sniffed) under DIR, or generated profiles
-                            [../shared/testdata/pprof]
+                            [testdata/pprof]
   --services N              services (service_name values) [10]
   --series-per-service N    series per service [10]
   --labels-per-series N     extra labels per series (label_0 makes series distinct) [3]

@@ -10,7 +10,7 @@
 //!           [--rate N | --connections N] [--duration 60s] [--threads N] [--json]
 //! ```
 //!
-//! * Sources: every file under `--source DIR` (default `../shared/testdata/pprof`) that
+//! * Sources: every file under `--source DIR` (default `testdata/pprof`) that
 //!   decodes as a pprof (gzip or raw, sniffed by `1f 8b`) and would pass a server's
 //!   validation; or `--source synthetic`, shaped by `--services`, `--series-per-service`,
 //!   `--labels-per-series`, `--stack-depth`, `--unique-stacks`, `--functions`,

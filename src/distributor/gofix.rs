@@ -438,7 +438,7 @@ mod tests {
     use kiln_proto::google::v1 as pb;
     use std::collections::BTreeMap;
 
-    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/pyroscope/pkg-pprof/");
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pprof/pyroscope/pkg-pprof/");
 
     /// Pyroscope's `.fixed` files were written by older code than it runs today: groups of a
     /// single stack lent no tokens, chains stopped after 16 links, and the fixture writer ran

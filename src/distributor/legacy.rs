@@ -438,7 +438,7 @@ mod tests {
 
     #[test]
     fn pprof_decoding_matches_the_prost_path() {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pprof/");
         let dotnet: serde_json::Value = serde_json::json!({"inuse-space": {"units": "bytes"}});
         // Its head, which names the profile, is cut by normalisation.
         let mut long_type = b"cpu".to_vec();

@@ -398,7 +398,7 @@ mod tests {
 
     #[test]
     fn go_type_parameters_fixture() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/pyroscope/pkg-pprof/");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pprof/pyroscope/pkg-pprof/");
         let input = std::fs::read_to_string(format!("{dir}go_type_parameters.txt")).unwrap();
         let expected = std::fs::read_to_string(format!("{dir}go_type_parameters.expected.txt")).unwrap();
         for (i, (a, b)) in input.lines().zip(expected.lines()).enumerate() {

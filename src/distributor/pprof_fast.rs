@@ -784,7 +784,7 @@ mod tests {
     /// same both ways, with and without a sample limit.
     #[test]
     fn fixtures_match_the_reference_path() {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pprof");
         let mut paths = Vec::new();
         files(std::path::Path::new(root), &mut paths);
         paths.sort();
@@ -811,7 +811,7 @@ mod tests {
 
     #[test]
     fn go_profiles_gofix_may_repair_take_the_reference_path() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/pprof/pyroscope/pkg-pprof/");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pprof/pyroscope/pkg-pprof/");
         for (name, way) in
             [("cpu_go_truncated_1.pb.gz", Way::GoFix), ("heap", Way::GoFix), ("go.cpu.labels.pprof", Way::Fast)]
         {

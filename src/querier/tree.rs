@@ -560,7 +560,7 @@ mod tests {
     }
 
     fn fixture(rel: &str) -> serde_json::Value {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/");
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/");
         serde_json::from_slice(&std::fs::read(format!("{p}{rel}")).unwrap()).unwrap()
     }
 
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn flamebearer_fixture_round_trips_and_truncates() {
-        let j = fixture("flamebearer/profile.json");
+        let j = fixture("flamebearer/pyroscope/profile.json");
         let fb = &j["flamebearer"];
         let names: Vec<String> = serde_json::from_value(fb["names"].clone()).unwrap();
         let levels: Vec<Vec<i64>> = serde_json::from_value(fb["levels"].clone()).unwrap();

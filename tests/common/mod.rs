@@ -32,7 +32,7 @@ pub fn free_port() -> u16 {
 }
 
 pub fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel)
 }
 
 /// Flags that let static fixtures (with old timestamps) be pushed and queried, as
@@ -286,9 +286,9 @@ pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collecti
 }
 
 /// Well-formed pprofs of the fixtures, with files the testdata README marks as invalid or
-/// repairable only through /ingest left out.
+/// repairable only through /ingest left out, and the folders' LICENSE and NOTICE files.
 pub fn golden_pprofs() -> Vec<PathBuf> {
-    let skip = ["invalid_utf8.pb.gz", "dotnet-pprof-3.pb.gz", "dotnet-pprof-73.pb.gz"];
+    let skip = ["invalid_utf8.pb.gz", "dotnet-pprof-3.pb.gz", "dotnet-pprof-73.pb.gz", "LICENSE", "NOTICE"];
     let mut out = Vec::new();
     let mut dirs = vec![testdata("pprof")];
     while let Some(d) = dirs.pop() {
