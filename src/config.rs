@@ -26,6 +26,10 @@ pub struct Limits {
     pub max_query_length: Duration,
     pub max_flamegraph_nodes_default: i64,
     pub max_flamegraph_nodes_max: i64,
+    /// Series per tenant in this process (Pyroscope: per ingester; 0 = no limit).
+    pub max_local_series_per_tenant: usize,
+    /// Series per tenant across the cluster (0 = no limit); on one node the same as local.
+    pub max_global_series_per_tenant: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +49,8 @@ impl Default for Limits {
             max_query_length: Duration::from_secs(86400),
             max_flamegraph_nodes_default: 8192,
             max_flamegraph_nodes_max: 1_048_576,
+            max_local_series_per_tenant: 0,
+            max_global_series_per_tenant: 5000,
         }
     }
 }
@@ -444,6 +450,8 @@ impl Config {
                 l.max_profile_stacktrace_samples = parse_num(v).map_err(bad)?
             }
             "validation.max-label-names-per-series" => l.max_label_names_per_series = parse_num(v).map_err(bad)?,
+            "ingester.max-local-series-per-tenant" => l.max_local_series_per_tenant = parse_num(v).map_err(bad)?,
+            "ingester.max-global-series-per-tenant" => l.max_global_series_per_tenant = parse_num(v).map_err(bad)?,
             "validation.max-length-label-name" => l.max_label_name_length = parse_num(v).map_err(bad)?,
             "validation.max-length-label-value" => l.max_label_value_length = parse_num(v).map_err(bad)?,
             "distributor.ingestion-rate-limit-mb" => {
@@ -540,6 +548,8 @@ const LIMIT_KEYS: &[(&str, &str)] = &[
     ("max_profile_size_bytes", "validation.max-profile-size-bytes"),
     ("max_profile_stacktrace_samples", "validation.max-profile-stacktrace-samples"),
     ("max_label_names_per_series", "validation.max-label-names-per-series"),
+    ("max_local_series_per_tenant", "ingester.max-local-series-per-tenant"),
+    ("max_global_series_per_tenant", "ingester.max-global-series-per-tenant"),
     ("max_label_name_length", "validation.max-length-label-name"),
     ("max_label_value_length", "validation.max-length-label-value"),
     ("ingestion_rate_mb", "distributor.ingestion-rate-limit-mb"),

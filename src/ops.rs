@@ -30,7 +30,7 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
     match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
         Ok(stats) => {
             type Gauge = (&'static str, &'static str, &'static str, fn(&kiln_shards::shard::ShardStats) -> f64);
-            let rows: [Gauge; 10] = [
+            let rows: [Gauge; 12] = [
                 ("kiln_head_series", "gauge", "Series in the head.", |s| s.series as f64),
                 ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.profiles as f64),
                 ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.samples as f64),
@@ -47,6 +47,15 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
                 ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
                     s.bytes_uploaded as f64
                 }),
+                ("kiln_pushes_pending", "gauge", "Pushes appended on this core whose outcome is not known yet.", |s| {
+                    s.pending_pushes as f64
+                }),
+                (
+                    "kiln_pushes_rolled_back_total",
+                    "counter",
+                    "Pushes taken out of this core's head again because they were refused (another core, the WAL).",
+                    |s| s.rolled_back as f64,
+                ),
             ];
             for (name, kind, help, f) in rows {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

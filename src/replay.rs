@@ -5,7 +5,7 @@
 //! client sees a partial head.
 use kiln_io::wal::{self, record, segment};
 use kiln_shards::runtime::Mesh;
-use kiln_shards::shard::Msg;
+use kiln_shards::shard::{IngestMode, Msg};
 use kiln_shards::walcodec;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -18,6 +18,8 @@ pub struct ReplayStats {
     pub records: u64,
     /// Records skipped because a block in the bucket index holds them.
     pub in_blocks: u64,
+    /// Records of pushes that were refused after the record was written.
+    pub aborted: u64,
     pub bytes: u64,
     pub dropped_tails: usize,
 }
@@ -32,17 +34,24 @@ pub type Indexed = HashSet<(String, String)>;
 /// whose block is indexed: the tenant's records before it are in the block.
 type Cuts = HashMap<String, (u64, usize)>;
 
-/// The indexed cut markers of one core's segments. Only records that are markers are
-/// decoded; damage is reported by the replay pass proper, here only whole records count.
-fn committed_cuts(segs: &[wal::SegmentFile], indexed: &Indexed) -> Cuts {
+/// Keys of pushes refused after their records were written (abort records): replay skips
+/// their records wherever they are in the stream.
+type Aborted = HashSet<u64>;
+
+/// The indexed cut markers and the aborted pushes of one core's segments. Only records that
+/// are markers or aborts are decoded; damage is reported by the replay pass proper, here
+/// only whole records count.
+fn scan_markers(segs: &[wal::SegmentFile], indexed: &Indexed) -> (Cuts, Aborted) {
     let mut cuts = HashMap::new();
-    if indexed.is_empty() {
-        return cuts;
-    }
+    let mut aborted = HashSet::new();
     for seg in segs {
         let Ok(data) = std::fs::read(&seg.path) else { continue };
         for (i, rec) in record::decode_all(&data).0.into_iter().enumerate() {
-            if !walcodec::is_cut(rec) {
+            if let Some(key) = walcodec::abort_key(rec) {
+                aborted.insert(key);
+                continue;
+            }
+            if indexed.is_empty() || !walcodec::is_cut(rec) {
                 continue;
             }
             if let Ok(walcodec::Entry::Cut { tenant, block }) = walcodec::decode_entry(rec) {
@@ -52,7 +61,7 @@ fn committed_cuts(segs: &[wal::SegmentFile], indexed: &Indexed) -> Cuts {
             }
         }
     }
-    cuts
+    (cuts, aborted)
 }
 
 /// Whether record `i` of `seg`, an ingest of `tenant`, is held by an indexed block.
@@ -97,6 +106,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplaySta
         segments = st.segments,
         records = st.records,
         in_blocks = st.in_blocks,
+        aborted = st.aborted,
         bytes = st.bytes,
         seconds = started.elapsed().as_secs_f64(),
         threads = workers,
@@ -110,6 +120,7 @@ impl ReplayStats {
         self.segments += o.segments;
         self.records += o.records;
         self.in_blocks += o.in_blocks;
+        self.aborted += o.aborted;
         self.bytes += o.bytes;
         self.dropped_tails += o.dropped_tails;
     }
@@ -117,7 +128,7 @@ impl ReplayStats {
 
 /// Replays one source core's segments, in order.
 fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, indexed: &Indexed) -> Result<ReplayStats, String> {
-    let cuts = committed_cuts(segs, indexed);
+    let (cuts, aborted) = scan_markers(segs, indexed);
     let mut st = ReplayStats::default();
     let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>> =
         Vec::new();
@@ -141,7 +152,11 @@ fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, indexed: &Indexed) -> R
             let entry = walcodec::decode_entry(&rec).map_err(|e| {
                 format!("WAL segment {}: a record with a valid checksum does not decode: {e}", seg.path.display())
             })?;
-            let walcodec::Entry::Ingest { tenant, profile, groups } = entry else { continue };
+            let walcodec::Entry::Ingest { key, tenant, profile, groups } = entry else { continue };
+            if key.is_some_and(|k| aborted.contains(&k)) {
+                st.aborted += 1;
+                continue;
+            }
             if in_block(&cuts, seg, i, &tenant) {
                 st.in_blocks += 1;
                 continue;
@@ -157,7 +172,14 @@ fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, indexed: &Indexed) -> R
                 let (tx, rx) = flume::bounded(1);
                 mesh.send_blocking(
                     c,
-                    Msg::Ingest { tenant: tenant.clone(), profile: profile.clone(), groups, reply: tx, replay: true },
+                    Msg::Ingest {
+                        tenant: tenant.clone(),
+                        profile: profile.clone(),
+                        groups,
+                        reply: tx,
+                        mode: IngestMode::Replay,
+                        max_series: 0,
+                    },
                 )
                 .map_err(|e| e.to_string())?;
                 waits.push(rx);
@@ -211,7 +233,7 @@ mod tests {
         let files = wal::segments(&dir).unwrap();
         let skipped = |indexed: &[(&str, &str)]| {
             let indexed: Indexed = indexed.iter().map(|(t, b)| (t.to_string(), b.to_string())).collect();
-            let cuts = committed_cuts(&files, &indexed);
+            let (cuts, _) = scan_markers(&files, &indexed);
             let mut out = Vec::new();
             for seg in &files {
                 let (records, _) = segment::read_segment(&seg.path).unwrap();
@@ -231,6 +253,28 @@ mod tests {
         assert_eq!(skipped(&[("a", "X")]), ["a@1.0"]);
         assert_eq!(skipped(&[("b", "Y")]), ["b@1.1"]);
         assert_eq!(skipped(&[("a", "X"), ("b", "Y")]), ["a@1.0", "b@1.1"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn aborted_pushes_are_found_wherever_their_abort_is() {
+        let dir = std::env::temp_dir().join(format!("kiln-replay-aborts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let core = dir.join("core-0");
+        std::fs::create_dir_all(&core).unwrap();
+        let keyed =
+            |k| walcodec::encode_keyed(k, "a", &Profile { strings: vec![String::new()], ..Default::default() }, &[]);
+        let segs = [vec![keyed(1), keyed(2), walcodec::encode_abort(2)], vec![keyed(3), walcodec::encode_abort(1)]];
+        for (n, recs) in segs.iter().enumerate() {
+            let mut buf = Vec::new();
+            for r in recs {
+                record::encode(r, &mut buf);
+            }
+            std::fs::write(core.join(format!("{:010}.seg", n + 1)), buf).unwrap();
+        }
+        let files = wal::segments(&dir).unwrap();
+        let (_, aborted) = scan_markers(&files, &Indexed::new());
+        assert_eq!(aborted, HashSet::from([1, 2]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -42,7 +42,26 @@ pub struct BlockConfig {
 pub struct Frozen {
     pub tenant: Arc<str>,
     pub id: String,
-    pub head: TenantHead,
+    /// Written only to take out the rows of a push refused after the cut froze it, and only
+    /// while `unsettled > 0`: encoding starts once it is 0, so no borrow held by the encoder
+    /// across an await ever meets a `borrow_mut`.
+    pub head: RefCell<TenantHead>,
+    /// Pushes with rows in this head whose outcome is not known yet (see `Shard::settle`).
+    pub unsettled: Cell<usize>,
+}
+
+impl Frozen {
+    pub fn new(tenant: Arc<str>, id: String, head: TenantHead) -> Self {
+        Frozen { tenant, id, head: RefCell::new(head), unsettled: Cell::new(0) }
+    }
+}
+
+/// Waits until every push with rows in `f` is settled (committed or taken out): a block
+/// holds only pushes that were acknowledged. Pushes settle within a request's lifetime.
+async fn settled(f: &Frozen) {
+    while f.unsettled.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// What the cut task shares with its core (same thread; borrows never cross an await).
@@ -100,6 +119,7 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
     };
     // By value: each frozen head is freed as soon as its block is registered.
     for f in frozen {
+        settled(&f).await;
         let started = Instant::now();
         let enc = match encode(&f, &cfg.encode).await {
             Ok(e) => e,
@@ -165,8 +185,13 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
 
 /// Encodes a frozen head one row group at a time, letting the core serve its inbox (pushes,
 /// queries) between groups.
+// The head is borrowed across the yields on purpose: it is only ever borrowed mutably to
+// take out an unsettled push, and encoding starts after the last one settled (`settled`);
+// no push gains rows in a frozen head after its cut.
+#[allow(clippy::await_holding_refcell_ref)]
 async fn encode(f: &Frozen, opts: &EncodeOptions) -> Result<block::EncodedBlock, block::FormatError> {
-    let mut e = block::Encoder::new(&f.head, &f.id, opts)?;
+    let head = f.head.borrow();
+    let mut e = block::Encoder::new(&head, &f.id, opts)?;
     while e.step()? {
         YieldNow(false).await;
     }

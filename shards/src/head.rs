@@ -57,6 +57,21 @@ pub struct TenantHead {
     pub max_ns: i64,
     pub profiles: u64,
     pub samples: u64,
+    /// What the series themselves cost (labels, type id, columns' fixed part), charged as
+    /// each series is created: a series with long labels costs what it holds, not a guess.
+    series_bytes: usize,
+    /// Series that hold at least one profile (rolled-back series are kept, empty).
+    pub live_series: usize,
+}
+
+/// One profile row a push appended: (series index, row index within the series).
+pub type RowRef = (u32, u32);
+
+/// Bytes a series costs before its first profile: its labels and type id, the `Series`
+/// struct and its index entries.
+fn series_cost(labels: &Labels, type_id: &str) -> usize {
+    const FIXED: usize = std::mem::size_of::<Series>() + 64;
+    FIXED + type_id.len() + labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
 }
 
 /// What one append added, for metrics and limits.
@@ -95,6 +110,19 @@ impl TenantHead {
     /// The one append path: every accepted profile enters the head here (and, once the WAL
     /// exists, is replayed through here).
     pub fn append(&mut self, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
+        self.append_tracked(tenant, p, groups, &mut Vec::new())
+    }
+
+    /// `append`, noting in `rows` every profile row it adds, so that a push refused after
+    /// its append (another owner failed, the WAL write failed) can be taken out again
+    /// (`remove_rows`).
+    pub fn append_tracked(
+        &mut self,
+        tenant: &str,
+        p: &Profile,
+        groups: &[SampleGroup],
+        rows: &mut Vec<RowRef>,
+    ) -> AppendStats {
         let mut stats = AppendStats::default();
         let mut remap = Remap::new(p);
         let mut pairs: Vec<(u32, usize)> = Vec::new();
@@ -137,6 +165,10 @@ impl TenantHead {
                 }
                 // A fully-zero profile still records its timestamp: Pyroscope keeps the row.
                 let n = (series.stacks.len() - start) as u64;
+                if series.timestamps.is_empty() {
+                    self.live_series += 1;
+                }
+                rows.push((sref, series.timestamps.len() as u32));
                 series.timestamps.push(p.time_nanos);
                 series.totals.push(total);
                 series.offsets.push(series.stacks.len() as u32);
@@ -154,12 +186,62 @@ impl TenantHead {
         stats
     }
 
+    /// Takes profile rows out again (a refused push's). `rows` may come in any order; the
+    /// caller fixes up its other row references with `shift_after_removal`. Interned
+    /// symbols stay (no query reaches them without a row); a series left empty stays too,
+    /// invisible to queries (they select series with a profile in range) and to blocks.
+    pub fn remove_rows(&mut self, rows: &mut [RowRef]) {
+        rows.sort_unstable_by(|a, b| b.cmp(a));
+        for &(sref, row) in rows.iter() {
+            let Some(s) = self.series.get_mut(sref as usize) else { continue };
+            let i = row as usize;
+            if i >= s.timestamps.len() {
+                continue;
+            }
+            let (a, b) = (s.offsets[i] as usize, s.offsets[i + 1] as usize);
+            s.stacks.drain(a..b);
+            s.values.drain(a..b);
+            s.timestamps.remove(i);
+            s.totals.remove(i);
+            s.offsets.remove(i + 1);
+            for o in &mut s.offsets[i + 1..] {
+                *o -= (b - a) as u32;
+            }
+            self.profiles = self.profiles.saturating_sub(1);
+            self.samples = self.samples.saturating_sub((b - a) as u64);
+            if s.timestamps.is_empty() {
+                self.live_series = self.live_series.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether appending `groups` would create more than `room` new series: the series
+    /// limit is checked before anything is appended.
+    pub fn new_series_exceed(&self, tenant: &str, p: &Profile, groups: &[SampleGroup], room: usize) -> bool {
+        if groups.len() * p.sample_types.len() <= room {
+            return false;
+        }
+        let mut new = rustc_hash::FxHashSet::default();
+        for g in groups {
+            for t in 0..p.sample_types.len() {
+                let (labels, _) = series_labels(&g.labels, p, t);
+                let fp = labels.fingerprint(tenant);
+                let empty = self.find(fp, &labels).is_none_or(|r| self.series[r as usize].timestamps.is_empty());
+                if empty && new.insert(fp) && new.len() > room {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     fn find(&self, fp: u64, labels: &Labels) -> Option<u32> {
         self.by_fingerprint.get(&fp)?.iter().copied().find(|r| self.series[*r as usize].labels == *labels)
     }
 
     fn insert_series(&mut self, fp: u64, labels: Labels, type_id: String) -> u32 {
         let r = self.series.len() as u32;
+        self.series_bytes += series_cost(&labels, &type_id);
         self.by_fingerprint.entry(fp).or_default().push(r);
         self.by_profile_type.entry(type_id.clone()).or_default().push(r);
         self.series.push(Series::new(labels, type_id));
@@ -177,16 +259,13 @@ impl TenantHead {
 
     /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.
     pub fn approx_bytes(&self) -> usize {
-        self.symbols.approx_bytes() + self.samples as usize * 12 + self.profiles as usize * 24 + self.series.len() * 256
+        self.symbols.approx_bytes() + self.samples as usize * 12 + self.profiles as usize * 24 + self.series_bytes
     }
 
     pub fn heap_bytes(&self) -> usize {
         self.symbols.heap_bytes()
-            + self
-                .series
-                .iter()
-                .map(|s| s.timestamps.len() * 20 + s.stacks.len() * 12 + 128 + s.labels.len() * 64)
-                .sum::<usize>()
+            + self.series.iter().map(|s| s.timestamps.len() * 20 + s.stacks.len() * 12).sum::<usize>()
+            + self.series_bytes
     }
 }
 

@@ -31,6 +31,11 @@ impl Mesh {
         self.inboxes[core].send_async(msg).await.map_err(|_| ShardGone)
     }
 
+    /// The inbox of `core`, for a task on that core that reports back to its own shard.
+    pub fn inbox(&self, core: usize) -> flume::Sender<Msg> {
+        self.inboxes[core].clone()
+    }
+
     /// Sends from a thread outside the cores (start-up replay), blocking while the inbox is full.
     pub fn send_blocking(&self, core: usize, msg: Msg) -> Result<(), ShardGone> {
         self.inboxes[core].send(msg).map_err(|_| ShardGone)
@@ -158,7 +163,7 @@ where
                                         std::process::exit(1);
                                     }
                                 };
-                                let (shard, flusher) = Shard::with_wal(core as u32, writer);
+                                let (shard, flusher) = Shard::with_wal(core as u32, writer, mesh.inbox(core));
                                 monoio::spawn(flusher);
                                 shard
                             }

@@ -4,7 +4,7 @@
 //! reach it only through `Msg`s on its inbox; replies go back on one-shot channels. Handling a
 //! message never awaits, so no other task on the core can observe a half-applied append.
 use crate::flush::{self, BlockConfig, CutState, Frozen};
-use crate::head::{AppendStats, TenantHead};
+use crate::head::{AppendStats, RowRef, TenantHead};
 use crate::profile::{Profile, SampleGroup};
 use crate::query::{QueryRequest, QueryResult};
 use crate::ring::Ring;
@@ -24,23 +24,58 @@ pub enum IngestError {
     /// The core's head holds its limit; nothing was appended.
     #[error("the head of core {core} is full ({bytes} of {limit} bytes; see -ingester.max-head-bytes-per-core)")]
     HeadFull { core: u32, bytes: usize, limit: usize },
-    /// Appended to the head, but the WAL write failed: not acknowledged.
+    /// The tenant holds its series limit on this core; nothing was appended.
+    #[error("the series limit of tenant {tenant} is reached ({limit} series per core; see -ingester.max-local-series-per-tenant and -ingester.max-global-series-per-tenant)")]
+    SeriesLimit { tenant: String, limit: usize },
+    /// The WAL write failed: what the push appended was taken out again; not acknowledged.
     #[error("writing the WAL failed: {0}")]
     Wal(String),
+}
+
+/// How an ingest is applied and when it counts as settled (see `Shard::settle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// A WAL record replayed at start: acknowledged before, never refused, never taken out.
+    Replay,
+    /// The whole of push `key`: settled when its WAL record is durable (kept) or its write
+    /// fails (taken out).
+    Whole(u64),
+    /// One part of push `key`, whose other parts are on other cores or in other messages:
+    /// kept or taken out when the distributor sends `Msg::Settle` with the push's outcome.
+    Part(u64),
 }
 
 /// The answer to an ingest: what was appended, once durable, or why not.
 pub type IngestReply = flume::Sender<Result<AppendStats, IngestError>>;
 
 pub enum Msg {
-    /// `replay` ingests (WAL records at start) were acknowledged before: they bypass the head
-    /// limit.
+    /// Replayed ingests (WAL records at start) were acknowledged before: they bypass the
+    /// head and series limits.
     Ingest {
         tenant: Arc<str>,
         profile: Arc<Profile>,
         groups: Vec<SampleGroup>,
         reply: IngestReply,
-        replay: bool,
+        mode: IngestMode,
+        /// The tenant's series limit on this core (0: none).
+        max_series: usize,
+    },
+    /// The outcome of a push sent in parts (`IngestMode::Part`): `commit` keeps what its
+    /// parts appended here, otherwise they are taken out and an abort record is written;
+    /// `reply` is answered once that is done (the abort record's write goes on behind).
+    Settle {
+        key: u64,
+        commit: bool,
+        reply: Option<flume::Sender<()>>,
+    },
+    /// From the core's own WAL writer: these whole pushes are durable (and answered).
+    Durable {
+        keys: Vec<u64>,
+    },
+    /// From the core's own WAL writer: the write (or sync) of these waiters' records failed.
+    WalFailed {
+        waiters: Vec<Waiter>,
+        error: String,
     },
     /// Answered from the live and frozen heads and the blocks this core owns; an error
     /// names a block that could not be read.
@@ -97,13 +132,27 @@ pub struct ShardStats {
     pub block_cache_bytes: usize,
     pub blocks_written: u64,
     pub bytes_uploaded: u64,
+    /// Pushes appended here and not settled yet.
+    pub pending_pushes: usize,
+    /// Pushes taken out again after their append (refused by another core or the WAL).
+    pub rolled_back: u64,
+}
+
+/// Who waits on a WAL write.
+pub enum Waiter {
+    /// A push's part: answered with what it appended once durable; a whole push settles.
+    Push { reply: IngestReply, stats: AppendStats, key: u64, whole: bool },
+    /// Answered once everything queued before it is durable (`Msg::Flush`).
+    Sync(IngestReply),
+    /// The abort record of `key`: written again if its write fails.
+    Abort(u64),
 }
 
 /// Appends framed and waiting for the core's WAL flusher, with the pushes waiting on them.
 #[derive(Default)]
 pub struct WalPending {
     buf: Vec<u8>,
-    waiters: Vec<(IngestReply, AppendStats)>,
+    waiters: Vec<Waiter>,
     /// A block cut: everything appended before it, then its markers, to be written and
     /// closed in the current segment before anything appended after it.
     cut: Option<CutBatch>,
@@ -114,7 +163,7 @@ pub struct WalPending {
 /// what those blocks hold.
 struct CutBatch {
     buf: Vec<u8>,
-    waiters: Vec<(IngestReply, AppendStats)>,
+    waiters: Vec<Waiter>,
     reply: flume::Sender<flush::CutResult>,
 }
 
@@ -124,9 +173,27 @@ pub struct WalHandle {
     wake: flume::Sender<()>,
 }
 
+/// Where a push's rows are: the tenant's live head, or a head a cut froze meanwhile.
+enum HeadAt {
+    Live,
+    Frozen(Rc<Frozen>),
+}
+
+/// What one message of an unsettled push appended on this core.
+struct PendingPart {
+    tenant: Arc<str>,
+    at: HeadAt,
+    rows: Vec<RowRef>,
+}
+
 pub struct Shard {
     pub core: u32,
     tenants: FxHashMap<Arc<str>, TenantHead>,
+    /// Pushes appended here whose outcome is not known yet, by key. Bounded by the pushes in
+    /// flight (each waits on its WAL write or on the distributor's `Settle`).
+    pending: FxHashMap<u64, Vec<PendingPart>>,
+    /// Pushes taken out again since start (refused after their append), for `/metrics`.
+    rolled_back: u64,
     appends: u64,
     wal: Option<WalHandle>,
     /// Bytes of head this core may hold (0 = no limit).
@@ -145,6 +212,8 @@ impl Shard {
         Shard {
             core,
             tenants: FxHashMap::default(),
+            pending: FxHashMap::default(),
+            rolled_back: 0,
             appends: 0,
             wal: None,
             max_head_bytes: 0,
@@ -170,7 +239,8 @@ impl Shard {
 
     /// Live and frozen heads: a frozen head holds its memory until its block is written.
     pub fn approx_head_bytes(&self) -> usize {
-        self.live_head_bytes() + self.cut_state.frozen.borrow().iter().map(|f| f.head.approx_bytes()).sum::<usize>()
+        self.live_head_bytes()
+            + self.cut_state.frozen.borrow().iter().map(|f| f.head.borrow().approx_bytes()).sum::<usize>()
     }
 
     fn live_head_bytes(&self) -> usize {
@@ -178,12 +248,17 @@ impl Shard {
     }
 
     /// A shard whose every ingest is acknowledged only once its WAL record is durable, and
-    /// the flusher task that makes it so (spawn it on the same core).
-    pub fn with_wal(core: u32, writer: SegmentWriter) -> (Self, impl std::future::Future<Output = ()>) {
+    /// the flusher task that makes it so (spawn it on the same core). `inbox` is this core's
+    /// own inbox: the flusher reports each write's outcome there (`Msg::WalDone`).
+    pub fn with_wal(
+        core: u32,
+        writer: SegmentWriter,
+        inbox: flume::Sender<Msg>,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
         let pending = Rc::new(RefCell::new(WalPending::default()));
         let (wake, woken) = flume::bounded(1);
         let shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(core) };
-        (shard, flush_loop(writer, pending, woken))
+        (shard, flush_loop(writer, pending, woken, inbox))
     }
 
     pub fn append(&mut self, tenant: &Arc<str>, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
@@ -192,12 +267,132 @@ impl Shard {
         self.tenants.entry(tenant.clone()).or_default().append(tenant, p, groups)
     }
 
+    /// Appends a push's part and remembers its rows under `key` until the push settles.
+    fn append_pending(&mut self, key: u64, tenant: &Arc<str>, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
+        self.appends += 1;
+        self.head_since.get_or_insert_with(Instant::now);
+        let mut rows = Vec::new();
+        let st = self.tenants.entry(tenant.clone()).or_default().append_tracked(tenant, p, groups, &mut rows);
+        self.pending.entry(key).or_default().push(PendingPart { tenant: tenant.clone(), at: HeadAt::Live, rows });
+        st
+    }
+
+    /// A push's outcome: kept (`commit`), or taken out of whichever heads hold its rows, with
+    /// an abort record queued so that replay skips its WAL records too. Returns whether
+    /// anything was taken out.
+    fn settle(&mut self, key: u64, commit: bool) -> bool {
+        let Some(parts) = self.pending.remove(&key) else { return false };
+        for part in &parts {
+            if let HeadAt::Frozen(f) = &part.at {
+                f.unsettled.set(f.unsettled.get() - 1);
+            }
+        }
+        if commit {
+            return false;
+        }
+        let mut parts = parts;
+
+        for i in 0..parts.len() {
+            let (done, rest) = parts.split_at_mut(i + 1);
+            let part = &mut done[i];
+            match &part.at {
+                HeadAt::Live => {
+                    if let Some(h) = self.tenants.get_mut(&part.tenant) {
+                        h.remove_rows(&mut part.rows);
+                    }
+                }
+                HeadAt::Frozen(f) => f.head.borrow_mut().remove_rows(&mut part.rows),
+            }
+            // Rows after a removed one moved up in its series: fix every other reference
+            // into the same head (this push's later parts, and other unsettled pushes).
+            for other in rest.iter_mut().chain(self.pending.values_mut().flatten()) {
+                let same = match (&part.at, &other.at) {
+                    (HeadAt::Live, HeadAt::Live) => other.tenant == part.tenant,
+                    (HeadAt::Frozen(a), HeadAt::Frozen(b)) => Rc::ptr_eq(a, b),
+                    _ => false,
+                };
+                if !same {
+                    continue;
+                }
+                for r in other.rows.iter_mut() {
+                    let below = part.rows.iter().filter(|(s, row)| *s == r.0 && *row < r.1).count();
+                    r.1 -= below as u32;
+                }
+            }
+        }
+        self.rolled_back += 1;
+        self.queue_abort(key);
+        true
+    }
+
+    /// The limits a live push must fit: the head's bytes, then the tenant's series.
+    fn admit(
+        &self,
+        tenant: &Arc<str>,
+        p: &Profile,
+        groups: &[SampleGroup],
+        max_series: usize,
+    ) -> Result<(), IngestError> {
+        if self.max_head_bytes > 0 {
+            let bytes = self.approx_head_bytes();
+            if bytes >= self.max_head_bytes {
+                return Err(IngestError::HeadFull { core: self.core, bytes, limit: self.max_head_bytes });
+            }
+        }
+        if max_series > 0 {
+            let (live, head) = match self.tenants.get(tenant) {
+                Some(h) => (h.live_series, Some(h)),
+                None => (0, None),
+            };
+            let room = max_series.saturating_sub(live);
+            let over = match head {
+                Some(h) => h.new_series_exceed(tenant, p, groups, room),
+                None => TenantHead::default().new_series_exceed(tenant, p, groups, room),
+            };
+            if over {
+                return Err(IngestError::SeriesLimit { tenant: tenant.to_string(), limit: max_series });
+            }
+        }
+        Ok(())
+    }
+
+    /// The WAL writer's report on a failed write: its pushes are taken out, then refused;
+    /// abort records that did not make it are queued again.
+    fn wal_failed(&mut self, waiters: Vec<Waiter>, e: String) {
+        tracing::error!(core = self.core, error = %e, "WAL write failed; the pushes waiting on it are taken out and refused");
+        for w in waiters {
+            match w {
+                Waiter::Push { reply, key, .. } => {
+                    // Taken out before the refusal is sent: a client that retries at once is
+                    // never counted twice.
+                    self.settle(key, false);
+                    let _ = reply.send(Err(IngestError::Wal(e.clone())));
+                }
+                Waiter::Sync(reply) => {
+                    let _ = reply.send(Err(IngestError::Wal(e.clone())));
+                }
+                Waiter::Abort(key) => self.queue_abort(key),
+            }
+        }
+    }
+
+    /// Queues the abort record of push `key` (see `walcodec::encode_abort`).
+    fn queue_abort(&self, key: u64) {
+        if let Some(wal) = &self.wal {
+            let mut p = wal.pending.borrow_mut();
+            record::encode(&walcodec::encode_abort(key), &mut p.buf);
+            p.waiters.push(Waiter::Abort(key));
+            let _ = wal.wake.try_send(());
+        }
+    }
+
     /// The heads' part of a query: live heads, then heads frozen by a cut in progress.
     pub fn query(&self, req: &QueryRequest) -> Vec<QueryResult> {
         let sel = req.selection();
         let frozen = self.cut_state.frozen.borrow();
         let live = sel.tenants.iter().filter_map(|t| self.tenants.get(t.as_str())).map(|h| h.query(req));
-        let cut = frozen.iter().filter(|f| sel.tenants.iter().any(|t| **t == *f.tenant)).map(|f| f.head.query(req));
+        let cut =
+            frozen.iter().filter(|f| sel.tenants.iter().any(|t| **t == *f.tenant)).map(|f| f.head.borrow().query(req));
         live.chain(cut).collect()
     }
 
@@ -274,7 +469,16 @@ impl Shard {
                 continue;
             }
             let id = self.new_block_id();
-            frozen.push(Rc::new(Frozen { tenant, id, head }));
+            let f = Rc::new(Frozen::new(tenant, id, head));
+            // Unsettled pushes' rows now live in the frozen head: a refusal takes them out
+            // there, and the block is encoded only once all of them are settled.
+            for part in self.pending.values_mut().flatten() {
+                if matches!(part.at, HeadAt::Live) && part.tenant == f.tenant {
+                    part.at = HeadAt::Frozen(f.clone());
+                    f.unsettled.set(f.unsettled.get() + 1);
+                }
+            }
+            frozen.push(f);
         }
         self.head_since = None;
         if frozen.is_empty() {
@@ -314,8 +518,14 @@ impl Shard {
     }
 
     pub fn stats(&self) -> ShardStats {
-        let mut s =
-            ShardStats { core: self.core, tenants: self.tenants.len(), appends: self.appends, ..Default::default() };
+        let mut s = ShardStats {
+            core: self.core,
+            tenants: self.tenants.len(),
+            appends: self.appends,
+            pending_pushes: self.pending.len(),
+            rolled_back: self.rolled_back,
+            ..Default::default()
+        };
         for h in self.tenants.values() {
             s.series += h.series.len();
             s.profiles += h.profiles;
@@ -325,7 +535,7 @@ impl Shard {
         }
         for f in self.cut_state.frozen.borrow().iter() {
             s.frozen_heads += 1;
-            s.head_bytes += f.head.heap_bytes();
+            s.head_bytes += f.head.borrow().heap_bytes();
         }
         let blocks = self.cut_state.blocks.borrow();
         s.blocks = blocks.len();
@@ -338,28 +548,40 @@ impl Shard {
     pub fn handle(&mut self, msg: Msg) {
         // A dropped reply receiver means the requester gave up; nothing to do.
         match msg {
-            Msg::Ingest { tenant, profile, groups, reply, replay } => {
-                if !replay && self.max_head_bytes > 0 {
-                    let bytes = self.approx_head_bytes();
-                    if bytes >= self.max_head_bytes {
-                        let _ = reply.send(Err(IngestError::HeadFull {
-                            core: self.core,
-                            bytes,
-                            limit: self.max_head_bytes,
-                        }));
+            Msg::Ingest { tenant, profile, groups, reply, mode, max_series } => {
+                let replay = mode == IngestMode::Replay;
+                if !replay {
+                    if let Err(e) = self.admit(&tenant, &profile, &groups, max_series) {
+                        let _ = reply.send(Err(e));
                         return;
                     }
                 }
-                let st = self.append(&tenant, &profile, &groups);
-                match &self.wal {
-                    None => {
+                let (st, key) = match mode {
+                    IngestMode::Replay => (self.append(&tenant, &profile, &groups), None),
+                    IngestMode::Whole(k) | IngestMode::Part(k) => {
+                        (self.append_pending(k, &tenant, &profile, &groups), Some(k))
+                    }
+                };
+                match (&self.wal, key) {
+                    (None, _) => {
+                        if let IngestMode::Whole(k) = mode {
+                            self.settle(k, true);
+                        }
                         let _ = reply.send(Ok(st));
                     }
-                    Some(wal) => {
+                    (Some(wal), None) => {
                         let payload = walcodec::encode(&tenant, &profile, &groups);
                         let mut p = wal.pending.borrow_mut();
                         record::encode(&payload, &mut p.buf);
-                        p.waiters.push((reply, st));
+                        p.waiters.push(Waiter::Push { reply, stats: st, key: 0, whole: false });
+                        let _ = wal.wake.try_send(());
+                    }
+                    (Some(wal), Some(k)) => {
+                        let payload = walcodec::encode_keyed(k, &tenant, &profile, &groups);
+                        let mut p = wal.pending.borrow_mut();
+                        record::encode(&payload, &mut p.buf);
+                        let whole = matches!(mode, IngestMode::Whole(_));
+                        p.waiters.push(Waiter::Push { reply, stats: st, key: k, whole });
                         // Full means a wake-up is already queued.
                         let _ = wal.wake.try_send(());
                     }
@@ -372,6 +594,18 @@ impl Shard {
                     }
                 }
             }
+            Msg::Settle { key, commit, reply } => {
+                self.settle(key, commit);
+                if let Some(r) = reply {
+                    let _ = r.send(());
+                }
+            }
+            Msg::Durable { keys } => {
+                for k in keys {
+                    self.settle(k, true);
+                }
+            }
+            Msg::WalFailed { waiters, error } => self.wal_failed(waiters, error),
             Msg::Query { req, reply } => self.answer_query(req, reply),
             Msg::AddBlocks { blocks } => {
                 let mut set = self.cut_state.blocks.borrow_mut();
@@ -393,7 +627,7 @@ impl Shard {
                     let _ = reply.send(Ok(AppendStats::default()));
                 }
                 Some(wal) => {
-                    wal.pending.borrow_mut().waiters.push((reply, AppendStats::default()));
+                    wal.pending.borrow_mut().waiters.push(Waiter::Sync(reply));
                     let _ = wal.wake.try_send(());
                 }
             },
@@ -412,11 +646,23 @@ impl Shard {
 /// next write; each write's sync is started as soon as the write (and so every earlier one)
 /// has completed, without waiting for the previous sync, and its pushes are answered when
 /// that sync completes. A slow fdatasync therefore delays the pushes it covers, not the
-/// ones queued behind it.
-async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>, woken: flume::Receiver<()>) {
+/// ones queued behind it. A failed write or sync is handed to the shard (`Msg::WalFailed`),
+/// which takes the pushes out before refusing them; the next write waits a little longer
+/// after each failure in a row (a full disk is not hammered).
+async fn flush_loop(
+    mut writer: SegmentWriter,
+    pending: Rc<RefCell<WalPending>>,
+    woken: flume::Receiver<()>,
+    inbox: flume::Sender<Msg>,
+) {
     let mut spare = Vec::new();
+    let failures = Rc::new(std::cell::Cell::new(0u32));
     while woken.recv_async().await.is_ok() {
         loop {
+            if failures.get() > 0 {
+                let ms = (25u64 << failures.get().min(7)).min(2000);
+                monoio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             let cut = pending.borrow_mut().cut.take();
             if let Some(cut) = cut {
                 // A block cut first: what was appended before it and its markers go to the
@@ -428,7 +674,7 @@ async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>,
                     Err(e) => Err(e),
                 };
                 let res = res.map_err(|e| e.to_string());
-                answer(cut.waiters, res.as_ref().map(|_| ()).map_err(|e| IngestError::Wal(e.clone())));
+                report(&inbox, &failures, cut.waiters, res.as_ref().err().cloned()).await;
                 let _ = cut.reply.send(res.map(Some));
                 continue;
             }
@@ -444,12 +690,13 @@ async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>,
             buf.clear();
             spare = buf;
             match res {
-                Err(e) => answer(waiters, Err(IngestError::Wal(e.to_string()))),
-                Ok(None) => answer(waiters, Ok(())),
+                Err(e) => report(&inbox, &failures, waiters, Some(e.to_string())).await,
+                Ok(None) => report(&inbox, &failures, waiters, None).await,
                 Ok(Some(file)) => {
+                    let (inbox, failures) = (inbox.clone(), failures.clone());
                     monoio::spawn(async move {
-                        let res = file.sync_data().await.map_err(|e| IngestError::Wal(e.to_string()));
-                        answer(waiters, res);
+                        let res = file.sync_data().await.err().map(|e| e.to_string());
+                        report(&inbox, &failures, waiters, res).await;
                     });
                 }
             }
@@ -457,11 +704,141 @@ async fn flush_loop(mut writer: SegmentWriter, pending: Rc<RefCell<WalPending>>,
     }
 }
 
-fn answer(waiters: Vec<(IngestReply, AppendStats)>, res: Result<(), IngestError>) {
-    if let Err(e) = &res {
-        tracing::error!(error = %e, "WAL write failed; the pushes waiting on it are refused");
+/// Answers the waiters of a durable write (a whole push settles on the shard afterwards), or
+/// hands those of a failed one to the shard.
+async fn report(
+    inbox: &flume::Sender<Msg>,
+    failures: &std::cell::Cell<u32>,
+    waiters: Vec<Waiter>,
+    error: Option<String>,
+) {
+    let Some(error) = error else {
+        failures.set(0);
+        let mut keys = Vec::new();
+        for w in waiters {
+            match w {
+                Waiter::Push { reply, stats, key, whole } => {
+                    if whole {
+                        keys.push(key);
+                    }
+                    let _ = reply.send(Ok(stats));
+                }
+                Waiter::Sync(reply) => {
+                    let _ = reply.send(Ok(AppendStats::default()));
+                }
+                Waiter::Abort(_) => {}
+            }
+        }
+        if !keys.is_empty() {
+            let _ = inbox.send_async(Msg::Durable { keys }).await;
+        }
+        return;
+    };
+    failures.set(failures.get().saturating_add(1));
+    let _ = inbox.send_async(Msg::WalFailed { waiters, error }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::tests::{folded, group};
+    use crate::query::Selection;
+
+    fn ingest(shard: &mut Shard, p: Profile, mode: IngestMode, max_series: usize) -> Result<AppendStats, IngestError> {
+        let groups = group(&p, &[("__name__", "x"), ("service_name", "svc")]);
+        let (tx, rx) = flume::bounded(1);
+        shard.handle(Msg::Ingest { tenant: Arc::from("t"), profile: Arc::new(p), groups, reply: tx, mode, max_series });
+        rx.try_recv().unwrap()
     }
-    for (tx, st) in waiters {
-        let _ = tx.send(res.clone().map(|_| st));
+
+    fn total(shard: &Shard) -> i64 {
+        let sel = Selection {
+            tenants: vec!["t".into()],
+            profile_type: Some("x:samples:count::".into()),
+            matchers: vec![],
+            start_ms: 0,
+            end_ms: i64::MAX / 2_000_000,
+        };
+        let mut sum = 0;
+        for r in shard.query(&QueryRequest::MergeTree(sel)) {
+            if let QueryResult::Tree(t) = r {
+                sum += t.nodes.iter().map(|n| n.2).sum::<i64>();
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn a_refused_part_is_taken_out_and_later_rows_keep_their_place() {
+        let mut shard = Shard::new(0);
+        // Three parts into the same series, interleaved: the middle one is refused.
+        for (key, v) in [(1, 1), (2, 10), (3, 100)] {
+            ingest(&mut shard, folded(&[("a;b", v)], key * 1_000_000_000), IngestMode::Part(key as u64), 0).unwrap();
+        }
+        assert_eq!(total(&shard), 111);
+        shard.handle(Msg::Settle { key: 2, commit: false, reply: None });
+        assert_eq!(total(&shard), 101);
+        // Key 3's row moved up; taking it out must remove the 100, not the 1.
+        shard.handle(Msg::Settle { key: 3, commit: false, reply: None });
+        assert_eq!(total(&shard), 1);
+        shard.handle(Msg::Settle { key: 1, commit: true, reply: None });
+        assert_eq!(total(&shard), 1);
+        assert!(shard.pending.is_empty());
+        assert_eq!(shard.stats().rolled_back, 2);
+        let h = &shard.tenants["t"];
+        assert_eq!((h.profiles, h.samples), (1, 1));
+    }
+
+    #[test]
+    fn a_push_with_several_parts_on_one_core_is_taken_out_whole() {
+        let mut shard = Shard::new(0);
+        for (key, v) in [(7, 1), (8, 10), (7, 100), (8, 1000), (7, 10000)] {
+            ingest(&mut shard, folded(&[("a;b", v)], v * 1_000_000), IngestMode::Part(key), 0).unwrap();
+        }
+        shard.handle(Msg::Settle { key: 7, commit: false, reply: None });
+        assert_eq!(total(&shard), 1010);
+        shard.handle(Msg::Settle { key: 8, commit: true, reply: None });
+        assert_eq!(total(&shard), 1010);
+        assert_eq!(shard.tenants["t"].series[0].totals, vec![10, 1000]);
+    }
+
+    #[test]
+    fn a_whole_push_settles_at_once_without_a_wal() {
+        let mut shard = Shard::new(0);
+        ingest(&mut shard, folded(&[("a", 5)], 1), IngestMode::Whole(9), 0).unwrap();
+        assert!(shard.pending.is_empty());
+        // A late abort of a settled push changes nothing.
+        shard.handle(Msg::Settle { key: 9, commit: false, reply: None });
+        assert_eq!(total(&shard), 5);
+    }
+
+    #[test]
+    fn series_limit_refuses_before_appending() {
+        let mut shard = Shard::new(0);
+        let p = |svc: &str| {
+            let p = folded(&[("a", 1)], 1);
+            let groups = group(&p, &[("__name__", "x"), ("service_name", svc)]);
+            (p, groups)
+        };
+        for (i, svc) in ["s1", "s2", "s1", "s3"].iter().enumerate() {
+            let (p, groups) = p(svc);
+            let (tx, rx) = flume::bounded(1);
+            shard.handle(Msg::Ingest {
+                tenant: Arc::from("t"),
+                profile: Arc::new(p),
+                groups,
+                reply: tx,
+                mode: IngestMode::Whole(i as u64),
+                max_series: 2,
+            });
+            let res = rx.try_recv().unwrap();
+            if *svc == "s3" {
+                assert!(matches!(res, Err(IngestError::SeriesLimit { limit: 2, .. })), "{res:?}");
+            } else {
+                assert!(res.is_ok(), "{svc}: {res:?}");
+            }
+        }
+        assert_eq!(shard.tenants["t"].live_series, 2);
+        assert_eq!(shard.tenants["t"].series.len(), 2);
     }
 }

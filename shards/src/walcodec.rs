@@ -7,6 +7,10 @@ use crate::profile::{Function, Line, Location, Mapping, Profile, Sample, SampleG
 const VERSION: u8 = 1;
 /// First byte of a cut marker record (see `encode_cut`).
 const CUT: u8 = 2;
+/// First byte of an ingest record that carries its push's key (see `encode_keyed`).
+const KEYED: u8 = 3;
+/// First byte of an abort record: the push with this key was refused (see `encode_abort`).
+const ABORT: u8 = 4;
 
 struct W(Vec<u8>);
 
@@ -69,9 +73,42 @@ impl R<'_> {
     }
 }
 
+/// An ingest record without a push key (what kiln wrote before keys; still read).
 pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
     let mut w = W(Vec::with_capacity(1024));
     w.0.push(VERSION);
+    encode_body(&mut w, tenant, p, groups);
+    w.0
+}
+
+/// An ingest record of the push `key`: an abort record with the same key, later in the same
+/// core's WAL, takes it back (the push was refused after this record was written).
+pub fn encode_keyed(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(1024));
+    w.0.push(KEYED);
+    w.u(key);
+    encode_body(&mut w, tenant, p, groups);
+    w.0
+}
+
+/// The push `key` was refused: replay skips its ingest records in this core's WAL.
+pub fn encode_abort(key: u64) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(11));
+    w.0.push(ABORT);
+    w.u(key);
+    w.0
+}
+
+/// The key of an abort record, from the raw record (no other record is decoded).
+pub fn abort_key(b: &[u8]) -> Option<u64> {
+    if b.first() != Some(&ABORT) {
+        return None;
+    }
+    let mut r = R { b, at: 1 };
+    r.u().ok().filter(|_| r.at == b.len())
+}
+
+fn encode_body(w: &mut W, tenant: &str, p: &Profile, groups: &[SampleGroup]) {
     w.s(tenant);
     w.u(p.strings.len() as u64);
     for s in &p.strings {
@@ -142,7 +179,6 @@ pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
             }
         }
     }
-    w.0
 }
 
 /// Decodes a record; every index is checked so a decoded record is safe to append.
@@ -165,8 +201,20 @@ pub fn is_cut(b: &[u8]) -> bool {
 /// One WAL record.
 #[derive(Debug)]
 pub enum Entry {
-    Ingest { tenant: String, profile: Profile, groups: Vec<SampleGroup> },
-    Cut { tenant: String, block: String },
+    /// `key`: the push's key (records written before keys have none).
+    Ingest {
+        key: Option<u64>,
+        tenant: String,
+        profile: Profile,
+        groups: Vec<SampleGroup>,
+    },
+    Cut {
+        tenant: String,
+        block: String,
+    },
+    Abort {
+        key: u64,
+    },
 }
 
 pub fn decode_entry(b: &[u8]) -> Res<Entry> {
@@ -179,16 +227,32 @@ pub fn decode_entry(b: &[u8]) -> Res<Entry> {
         }
         return Ok(Entry::Cut { tenant, block });
     }
-    let (tenant, profile, groups) = decode(b)?;
-    Ok(Entry::Ingest { tenant, profile, groups })
+    if b.first() == Some(&ABORT) {
+        return abort_key(b).map(|key| Entry::Abort { key }).ok_or_else(|| "malformed abort record".into());
+    }
+    let (key, tenant, profile, groups) = decode_keyed(b)?;
+    Ok(Entry::Ingest { key, tenant, profile, groups })
 }
 
 /// Decodes an ingest record (a cut marker is an error here).
 pub fn decode(b: &[u8]) -> Res<(String, Profile, Vec<SampleGroup>)> {
-    if b.first() != Some(&VERSION) {
-        return Err(format!("unknown WAL record version {:?}", b.first()));
-    }
+    decode_keyed(b).map(|(_, t, p, g)| (t, p, g))
+}
+
+/// Decodes an ingest record with its push key, if it has one.
+pub fn decode_keyed(b: &[u8]) -> Res<(Option<u64>, String, Profile, Vec<SampleGroup>)> {
     let mut r = R { b, at: 1 };
+    let key = match b.first() {
+        Some(&VERSION) => None,
+        Some(&KEYED) => Some(r.u()?),
+        other => return Err(format!("unknown WAL record version {other:?}")),
+    };
+    let (tenant, p, groups) = decode_body(r)?;
+    Ok((key, tenant, p, groups))
+}
+
+fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
+    let b = r.b;
     let tenant = r.s()?;
     let mut p = Profile::default();
     for _ in 0..r.len()? {
@@ -370,6 +434,31 @@ mod tests {
             let ingest = encode(&tenant, &p, &groups);
             let is_ingest = matches!(decode_entry(&ingest).unwrap(), Entry::Ingest { .. });
             prop_assert!(is_ingest);
+        }
+
+        #[test]
+        fn keyed_and_abort_roundtrip(key in any::<u64>(), (p, groups) in arb_profile()) {
+            let b = encode_keyed(key, "t", &p, &groups);
+            let (k, t, q, g) = decode_keyed(&b).unwrap();
+            prop_assert_eq!(k, Some(key));
+            prop_assert_eq!(t, "t");
+            prop_assert_eq!(&q.strings, &p.strings);
+            prop_assert_eq!(q.samples.len(), groups.iter().map(|g| g.samples.len()).sum::<usize>());
+            prop_assert_eq!(g.len(), groups.len());
+            prop_assert_eq!(abort_key(&b), None);
+            for cut in 0..b.len() {
+                prop_assert!(decode_entry(&b[..cut]).is_err());
+            }
+            let a = encode_abort(key);
+            prop_assert_eq!(abort_key(&a), Some(key));
+            let is_abort = matches!(decode_entry(&a).unwrap(), Entry::Abort { key: k } if k == key);
+            prop_assert!(is_abort);
+            prop_assert!(decode(&a).is_err());
+            for cut in 0..a.len() {
+                prop_assert!(decode_entry(&a[..cut]).is_err());
+            }
+            let unkeyed = matches!(decode_entry(&encode("t", &p, &groups)).unwrap(), Entry::Ingest { key: None, .. });
+            prop_assert!(unkeyed);
         }
 
         #[test]

@@ -13,7 +13,7 @@ use crate::server::rpc::{Code, RpcError};
 use crate::server::Core;
 use kiln_shards::labels::{self, Labels};
 use kiln_shards::profile::{Profile, SampleGroup};
-use kiln_shards::shard::{IngestError, Msg};
+use kiln_shards::shard::{IngestError, IngestMode, Msg};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -152,11 +152,77 @@ pub fn rate_limit(core: &Core, tenant: &str, bytes: usize, now_ns: i64) -> Resul
     Ok(())
 }
 
-/// Sends every group to its owning core and waits until each has applied its part.
+/// A fresh push key: unique within a WAL stream across restarts (a per-process seed from
+/// the clock and pid, the core's thread, a per-thread counter, mixed by xxh3).
+fn push_key() -> u64 {
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    thread_local!(static SEQ: Cell<u64> = const { Cell::new(0) });
+    let seed = *SEED.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        xxhash_rust::xxh3::xxh3_64(&[now.to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat())
+    });
+    let n = SEQ.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let tid = std::thread::current().id();
+    xxhash_rust::xxh3::xxh3_64(format!("{seed}:{tid:?}:{n}").as_bytes())
+}
+
+/// A push sent in parts: unless committed, its parts are taken out again, also when the
+/// request is dropped midway (the client went away): what a client was not told is stored
+/// is never kept half.
+struct PartedPush {
+    mesh: kiln_shards::runtime::Mesh,
+    key: u64,
+    cores: Vec<usize>,
+    settled: bool,
+}
+
+impl PartedPush {
+    /// Sends the outcome to every core that holds a part; an abort waits until each has
+    /// taken its part out, so a refusal is never followed by a query that sees it.
+    async fn settle(mut self, commit: bool) {
+        self.settled = true;
+        let mut waits = Vec::new();
+        for &c in &self.cores {
+            let (tx, rx) = flume::bounded(1);
+            let reply = (!commit).then_some(tx);
+            if self.mesh.send(c, Msg::Settle { key: self.key, commit, reply }).await.is_ok() && !commit {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.recv_async().await;
+        }
+    }
+}
+
+impl Drop for PartedPush {
+    fn drop(&mut self) {
+        if self.settled || self.cores.is_empty() {
+            return;
+        }
+        let (mesh, key, cores) = (self.mesh.clone(), self.key, std::mem::take(&mut self.cores));
+        monoio::spawn(async move {
+            for c in cores {
+                let _ = mesh.send(c, Msg::Settle { key, commit: false, reply: None }).await;
+            }
+        });
+    }
+}
+
+/// Sends every group to its owning core and waits until each has applied its part. All or
+/// nothing: a push refused by any owner (a full head, the series limit, a failed WAL write)
+/// is taken out of every other owner before the refusal is answered.
 pub async fn distribute(core: &Rc<Core>, tenant: &str, batch: Vec<Accepted>) -> Result<(), RpcError> {
     let mesh = &core.mesh;
     let tenant: Arc<str> = Arc::from(tenant);
-    let mut waits = Vec::new();
+    let limits = core.cfg().limits_for(&tenant);
+    let max_series = series_limit_per_core(limits, mesh.cores());
+    let mut messages: Vec<(usize, Arc<Profile>, Vec<SampleGroup>)> = Vec::new();
     let mut profiles = 0u64;
     for acc in batch {
         let profile = Arc::new(acc.profile);
@@ -167,30 +233,69 @@ pub async fn distribute(core: &Rc<Core>, tenant: &str, batch: Vec<Accepted>) -> 
             per_core[owner].push(g);
         }
         for (c, groups) in per_core.into_iter().enumerate() {
-            if groups.is_empty() {
-                continue;
+            if !groups.is_empty() {
+                messages.push((c, profile.clone(), groups));
             }
-            let (tx, rx) = flume::bounded(1);
-            let msg =
-                Msg::Ingest { tenant: tenant.clone(), profile: profile.clone(), groups, reply: tx, replay: false };
-            mesh.send(c, msg).await.map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
-            waits.push(rx);
         }
         profiles += 1;
     }
-    for rx in waits {
-        rx.recv_async()
-            .await
-            .map_err(|_| RpcError::new(Code::Unavailable, "a core stopped while applying a push"))?
-            .map_err(|e| match e {
-                IngestError::HeadFull { .. } => RpcError::new(Code::ResourceExhausted, e.to_string()),
-                IngestError::Wal(_) => {
-                    RpcError::new(Code::Unavailable, format!("the push could not be made durable: {e}"))
-                }
-            })?;
+    let key = push_key();
+    let whole = messages.len() == 1;
+    let mut cores: Vec<usize> = messages.iter().map(|m| m.0).collect();
+    cores.sort_unstable();
+    cores.dedup();
+    let parted = PartedPush { mesh: mesh.clone(), key, cores: if whole { Vec::new() } else { cores }, settled: whole };
+    let mode = if whole { IngestMode::Whole(key) } else { IngestMode::Part(key) };
+    let mut waits = Vec::with_capacity(messages.len());
+    for (c, profile, groups) in messages {
+        let (tx, rx) = flume::bounded(1);
+        let msg = Msg::Ingest { tenant: tenant.clone(), profile, groups, reply: tx, mode, max_series };
+        if let Err(e) = mesh.send(c, msg).await {
+            parted.settle(false).await;
+            return Err(RpcError::new(Code::Unavailable, e.to_string()));
+        }
+        waits.push(rx);
     }
+    let mut first_err = None;
+    for rx in waits {
+        let res = match rx.recv_async().await {
+            Err(_) => Err(RpcError::new(Code::Unavailable, "a core stopped while applying a push")),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e @ (IngestError::HeadFull { .. } | IngestError::SeriesLimit { .. }))) => {
+                Err(RpcError::new(Code::ResourceExhausted, e.to_string()))
+            }
+            Ok(Err(e @ IngestError::Wal(_))) => {
+                Err(RpcError::new(Code::Unavailable, format!("the push could not be made durable: {e}")))
+            }
+        };
+        if let (Err(e), None) = (res, &first_err) {
+            first_err = Some(e);
+        }
+    }
+    if let Some(e) = first_err {
+        parted.settle(false).await;
+        metrics::add(&core.metrics().rejected_profiles, profiles);
+        return Err(e);
+    }
+    parted.settle(true).await;
     metrics::add(&core.metrics().pushed_profiles, profiles);
     Ok(())
+}
+
+/// A tenant's series limit on one core: Pyroscope's local limit per ingester and global
+/// limit across the cluster, the smaller of the two, spread over the cores the way the ring
+/// spreads the tenant's series (evenly, by hash). 0: no limit.
+pub fn series_limit_per_core(limits: &Limits, cores: usize) -> usize {
+    let limit = match (limits.max_local_series_per_tenant, limits.max_global_series_per_tenant) {
+        (0, g) => g,
+        (l, 0) => l,
+        (l, g) => l.min(g),
+    };
+    if limit == 0 {
+        0
+    } else {
+        limit.div_ceil(cores.max(1))
+    }
 }
 
 #[cfg(test)]
