@@ -132,3 +132,109 @@ fn a_push_refused_by_one_core_is_stored_by_none() {
     let k = Kiln::start_in(data, &flags);
     check(k.port, &acked);
 }
+
+/// One push of one series with the given labels (one small profile); (status, body).
+fn push_series(port: u16, tenant: &str, labels: &[(&str, String)]) -> (u16, String) {
+    let req = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: labels.iter().map(|(n, v)| t::LabelPair { name: n.to_string(), value: v.clone() }).collect(),
+            samples: vec![RawSample { raw_profile: pprof(1, 0).into(), id: String::new() }],
+            annotations: vec![],
+        }],
+    };
+    let h = [("content-type", "application/proto"), ("connect-protocol-version", "1"), ("x-scope-orgid", tenant)];
+    let r = post(port, "/push.v1.PusherService/Push", &h, req.encode_to_vec());
+    (r.status, r.text())
+}
+
+fn series_count(port: u16, tenant: &str) -> usize {
+    let body = serde_json::json!({
+        "start": (now_ms() - 3_600_000).to_string(), "end": (now_ms() + 60_000).to_string(),
+        "matchers": ["{service_name=\"card\"}"],
+    });
+    let r = connect_json(port, "/querier.v1.QuerierService/Series", &[("x-scope-orgid", tenant)], body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["labelsSet"].as_array().map_or(0, |a| a.len())
+}
+
+#[test]
+fn a_tenants_cardinality_flood_is_refused_at_its_series_limit() {
+    let dir = std::env::temp_dir().join(format!("kiln-series-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("kiln.yaml");
+    std::fs::write(&cfg, "overrides:\n  big:\n    max_global_series_per_tenant: 200\n").unwrap();
+    let cfg_flag = format!("-config.file={}", cfg.display());
+    let k = Kiln::start(&[
+        "-auth.multitenancy-enabled=true",
+        "-ingester.max-global-series-per-tenant=40",
+        "-distributor.ingestion-rate-limit-mb=0",
+        &cfg_flag,
+    ]);
+    for (tenant, limit) in [("small", 40usize), ("big", 200)] {
+        let (mut ok, mut refused) = (0usize, 0usize);
+        for i in 0..400 {
+            let labels =
+                [("__name__", "process_cpu".to_string()), ("service_name", "card".into()), ("id", i.to_string())];
+            match push_series(k.port, tenant, &labels) {
+                (200, _) => ok += 1,
+                (429, body) => {
+                    assert!(body.contains("series limit"), "{body}");
+                    refused += 1;
+                }
+                (s, body) => panic!("{tenant} push {i}: {s} {body}"),
+            }
+        }
+        // Enforced per core as limit ÷ cores (2 here): never more than the limit, and
+        // refusals start close to it.
+        assert!(ok <= limit && ok >= limit * 3 / 4, "{tenant}: {ok} series taken, limit {limit}");
+        assert_eq!(ok + refused, 400);
+        // Refused series are not stored.
+        assert_eq!(series_count(k.port, tenant), ok, "{tenant}");
+        // Known series still take profiles.
+        let labels = [("__name__", "process_cpu".to_string()), ("service_name", "card".into()), ("id", "0".into())];
+        assert_eq!(push_series(k.port, tenant, &labels).0, 200);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn series_with_long_labels_are_charged_what_they_cost() {
+    // 2 cores × 8 MiB of head: series with 2 KiB labels must be refused long before they
+    // take many times that.
+    let limit: u64 = 8 << 20;
+    let k = Kiln::start(&[
+        &format!("-ingester.max-head-bytes-per-core={limit}"),
+        "-ingester.max-block-bytes=0",
+        "-ingester.max-global-series-per-tenant=0",
+        "-distributor.ingestion-rate-limit-mb=0",
+    ]);
+    let before = rss_kib(k.pid());
+    let long = "x".repeat(2000);
+    let mut refused = false;
+    for i in 0..20_000 {
+        let labels = [
+            ("__name__", "process_cpu".to_string()),
+            ("service_name", "long".into()),
+            ("a", format!("{i}{long}")),
+            ("b", format!("{long}{i}")),
+        ];
+        match push_series(k.port, "anonymous", &labels) {
+            (200, _) => {}
+            (429, _) => {
+                refused = true;
+                break;
+            }
+            (s, body) => panic!("push {i}: {s} {body}"),
+        }
+    }
+    assert!(refused, "20000 series of 4 KiB labels fit in 16 MiB of head");
+    let grown = (rss_kib(k.pid()) - before) * 1024;
+    eprintln!("RSS grew {grown} bytes for a head limit of 2 x {limit} bytes");
+    assert!(grown < 3 * 2 * limit, "the head grew {grown} bytes for a limit of 2 × {limit}");
+}
