@@ -173,24 +173,29 @@ fn push_key() -> u64 {
 
 /// A push sent in parts: unless committed, its parts are taken out again, also when the
 /// request is dropped midway (the client went away): what a client was not told is stored
-/// is never kept half.
+/// is never kept half. Once decided, the outcome reaches every core even if the request is
+/// dropped while it is being sent.
 struct PartedPush {
     mesh: kiln_shards::runtime::Mesh,
     key: u64,
+    /// Cores holding a part that have not been told the outcome yet.
     cores: Vec<usize>,
-    settled: bool,
+    /// The outcome, once decided.
+    commit: Option<bool>,
 }
 
 impl PartedPush {
     /// Sends the outcome to every core that holds a part; an abort waits until each has
     /// taken its part out, so a refusal is never followed by a query that sees it.
     async fn settle(mut self, commit: bool) {
-        self.settled = true;
+        self.commit = Some(commit);
         let mut waits = Vec::new();
-        for &c in &self.cores {
+        while let Some(&c) = self.cores.last() {
             let (tx, rx) = flume::bounded(1);
             let reply = (!commit).then_some(tx);
-            if self.mesh.send(c, Msg::Settle { key: self.key, commit, reply }).await.is_ok() && !commit {
+            let sent = self.mesh.send(c, Msg::Settle { key: self.key, commit, reply }).await.is_ok();
+            self.cores.pop();
+            if sent && !commit {
                 waits.push(rx);
             }
         }
@@ -202,13 +207,14 @@ impl PartedPush {
 
 impl Drop for PartedPush {
     fn drop(&mut self) {
-        if self.settled || self.cores.is_empty() {
+        if self.cores.is_empty() {
             return;
         }
         let (mesh, key, cores) = (self.mesh.clone(), self.key, std::mem::take(&mut self.cores));
+        let commit = self.commit.unwrap_or(false);
         monoio::spawn(async move {
             for c in cores {
-                let _ = mesh.send(c, Msg::Settle { key, commit: false, reply: None }).await;
+                let _ = mesh.send(c, Msg::Settle { key, commit, reply: None }).await;
             }
         });
     }
@@ -244,7 +250,7 @@ pub async fn distribute(core: &Rc<Core>, tenant: &str, batch: Vec<Accepted>) -> 
     let mut cores: Vec<usize> = messages.iter().map(|m| m.0).collect();
     cores.sort_unstable();
     cores.dedup();
-    let parted = PartedPush { mesh: mesh.clone(), key, cores: if whole { Vec::new() } else { cores }, settled: whole };
+    let parted = PartedPush { mesh: mesh.clone(), key, cores: if whole { Vec::new() } else { cores }, commit: None };
     let mode = if whole { IngestMode::Whole(key) } else { IngestMode::Part(key) };
     let mut waits = Vec::with_capacity(messages.len());
     for (c, profile, groups) in messages {
