@@ -19,7 +19,8 @@ pub fn run(cfg: config::Config) {
     let tokens = cfg.ring_tokens_per_core;
     let wal_dir = cfg.wal_dir();
     let _wal_lock = kiln_io::wal::lock(&wal_dir).unwrap_or_else(|e| fail(format!("locking the WAL: {e}")));
-    let gens = match kiln_io::wal::prepare(&wal_dir) {
+    let ring = ring_id(cores, tokens);
+    let gens = match kiln_io::wal::prepare(&wal_dir, &ring) {
         Ok(g) => g,
         Err(e) => fail(format!("preparing the WAL under {}: {e}", wal_dir.display())),
     };
@@ -31,6 +32,7 @@ pub fn run(cfg: config::Config) {
         } else {
             kiln_io::wal::segment::SyncPolicy::Fsync
         },
+        resume: gens.adopt,
     };
     // Termination signals are taken by the main thread alone (sigwait below); every core
     // thread inherits the blocked mask.
@@ -64,12 +66,15 @@ pub fn run(cfg: config::Config) {
         kiln_shards::runtime::start(cores, tokens, true, shard_cfg, move |ctx| server::serve(ctx, Arc::clone(&s)));
     let indexed = open_blocks(&store, &started.mesh).unwrap_or_else(|e| fail(e));
     if let Some((_, source)) = &gens.source {
-        if let Err(e) = replay::replay(source, &started.mesh, &indexed) {
-            fail(e);
+        if let Err(e) = replay::replay(source, &started.mesh, &indexed, gens.adopt) {
+            fail(if gens.adopt { e } else { rewrite_failed(&gens, &wal_dir, &ring, e) });
         }
     }
-    if let Err(e) = kiln_io::wal::commit(&gens.next.1, gens.source.as_ref().map(|s| s.1.as_path())) {
-        fail(format!("committing the WAL generation {}: {e}", gens.next.1.display()));
+    // An adopted generation is the ready one already.
+    if !gens.adopt {
+        if let Err(e) = kiln_io::wal::commit(&gens.next.1, gens.source.as_ref().map(|s| s.1.as_path())) {
+            fail(format!("committing the WAL generation {}: {e}", gens.next.1.display()));
+        }
     }
     drop(started.gate);
     let sig = wait_for_signal(&signals);
@@ -90,6 +95,33 @@ pub fn run(cfg: config::Config) {
     }
     tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");
     std::process::exit(if clean { 0 } else { 1 });
+}
+
+/// What a WAL generation records of the ring it was written with: a generation of the same
+/// ring is adopted in place at start, another one is rewritten (see `kiln_io::wal`).
+fn ring_id(cores: usize, tokens: u32) -> String {
+    let ring = kiln_shards::ring::Ring::single(cores as u32, tokens);
+    format!(
+        "cores={cores} tokens-per-core={tokens} routing={} digest={:016x}\n",
+        kiln_shards::ring::ROUTING_VERSION,
+        ring.digest()
+    )
+}
+
+/// The error of a failed rewrite of the WAL into a new generation (the ring changed), with
+/// the space it takes. The partial new generation is removed; the source is left whole.
+fn rewrite_failed(gens: &kiln_io::wal::Generations, wal_dir: &std::path::Path, ring: &str, err: String) -> String {
+    let Some((_, source)) = &gens.source else { return err };
+    if let Err(e) = std::fs::remove_dir_all(&gens.next.1) {
+        tracing::warn!(dir = %gens.next.1.display(), error = %e, "removing the unfinished WAL generation failed; the next start removes it");
+    }
+    // Only a failed write is about space; damage is reported as it is.
+    let wal_write = kiln_shards::shard::IngestError::Wal(String::new()).to_string();
+    if !err.starts_with(wal_write.as_str()) {
+        return err;
+    }
+    let note = kiln_io::wal::rewrite_note(source, gens.source_ring.as_deref(), ring, wal_dir);
+    format!("rewriting the WAL failed: {err}. {note}")
 }
 
 /// Reads every tenant's bucket index and hands each block to the core the ring gives it.

@@ -1,7 +1,7 @@
 //! Operational endpoints: readiness, metrics, config, build info, version, health, the ring
 //! and a small web page.
 use crate::server::body::{RespBody, Response};
-use crate::server::{metrics, Core};
+use crate::server::{metrics, Core, Req};
 use kiln_proto::grpc::health::v1::{health_check_response::ServingStatus, HealthCheckResponse};
 use kiln_proto::version::v1::VersionResponse;
 use kiln_shards::shard::Msg;
@@ -30,7 +30,7 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
     match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
         Ok(stats) => {
             type Gauge = (&'static str, &'static str, &'static str, fn(&kiln_shards::shard::ShardStats) -> f64);
-            let rows: [Gauge; 12] = [
+            let rows: [Gauge; 14] = [
                 ("kiln_head_series", "gauge", "Series in the head.", |s| s.series as f64),
                 ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.profiles as f64),
                 ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.samples as f64),
@@ -56,6 +56,15 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
                     "Pushes taken out of this core's head again because they were refused (another core, the WAL).",
                     |s| s.rolled_back as f64,
                 ),
+                (
+                    "kiln_block_cuts_suspended",
+                    "gauge",
+                    "1 while this core's last block cut failed and waits for its retry.",
+                    |s| u8::from(s.cuts_suspended) as f64,
+                ),
+                ("kiln_block_cut_retries_total", "counter", "Retries of failed block cuts by this core.", |s| {
+                    s.cut_retries as f64
+                }),
             ];
             for (name, kind, help, f) in rows {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -73,27 +82,75 @@ pub async fn metrics(core: &Rc<Core>) -> Response {
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
 }
 
-/// Pyroscope's `/ingester/flush`: cuts every core's head into blocks now and answers once
-/// they are uploaded and in the bucket index.
-pub async fn flush(core: &Rc<Core>) -> Response {
+/// How long `/ingester/flush` waits for the blocks unless `?timeout=` says otherwise.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Pyroscope's `/ingester/flush`: cuts every core's head into blocks now and answers 204 once
+/// they are uploaded and in the bucket index. Within a deadline (`?timeout=`, a Go
+/// duration, 30 s by default): past it, or when a cut failed, 503 says what is still
+/// pending, and the uploads and cut retries go on in the background.
+pub async fn flush(core: &Rc<Core>, r: &Req) -> Response {
     if !core.shared.ready() {
         return text(503, "text/plain; charset=utf-8", "not ready: cores are still starting");
     }
-    loop {
-        match core.mesh.broadcast(|reply| Msg::Cut { reply }).await {
-            Ok(done) => {
-                if let Some(Err(e)) = done.iter().find(|d| d.is_err()) {
-                    return text(500, "text/plain; charset=utf-8", e.clone());
-                }
-                if done.iter().all(|d| matches!(d, Ok(true))) {
-                    return text(204, "text/plain; charset=utf-8", "");
-                }
-                // A core was finishing an earlier cut: ask again once it had time to.
-                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => return text(503, "text/plain; charset=utf-8", e.to_string()),
-        }
+    let timeout = match r.param("timeout").map(|v| crate::config::parse_duration(&v)) {
+        None => FLUSH_TIMEOUT,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => return text(400, "text/plain; charset=utf-8", "timeout must be positive"),
+        Some(Err(e)) => return text(400, "text/plain; charset=utf-8", format!("invalid timeout: {e}")),
+    };
+    match monoio::time::timeout(timeout, cut_all(core)).await {
+        Ok(Ok(())) => text(204, "text/plain; charset=utf-8", ""),
+        Ok(Err(e)) => text(503, "text/plain; charset=utf-8", e),
+        Err(_) => match pending(core).await {
+            Some(p) => text(
+                503,
+                "text/plain; charset=utf-8",
+                format!(
+                    "flush not finished within {timeout:?}; still pending: {p}; uploads and retries go on in the background"
+                ),
+            ),
+            None => text(204, "text/plain; charset=utf-8", ""),
+        },
     }
+}
+
+/// Asks every core to cut until each answers that its blocks are in the bucket index.
+async fn cut_all(core: &Rc<Core>) -> Result<(), String> {
+    loop {
+        let done = core.mesh.broadcast(|reply| Msg::Cut { reply }).await.map_err(|e| e.to_string())?;
+        if let Some(Err(e)) = done.iter().find(|d| d.is_err()) {
+            return Err(e.clone());
+        }
+        if done.iter().all(|d| matches!(d, Ok(true))) {
+            return Ok(());
+        }
+        // A core was finishing an earlier cut: ask again once it had time to.
+        monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// What the cores have not written as blocks yet, or `None` when nothing is pending.
+async fn pending(core: &Rc<Core>) -> Option<String> {
+    let stats = match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
+        Ok(s) => s,
+        Err(e) => return Some(e.to_string()),
+    };
+    let parts: Vec<String> = stats
+        .iter()
+        .filter(|s| s.frozen_heads > 0 || s.cuts_suspended)
+        .map(|s| {
+            let mut p = format!("core {}: {} head(s) waiting to be written as blocks", s.core, s.frozen_heads);
+            if s.cuts_suspended {
+                p.push_str(", its cut failed and waits for a retry");
+            }
+            if let Some(e) = &s.cut_error {
+                let _ = write!(p, " (last error: {e})");
+            }
+            p
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 pub fn config(core: &Core) -> Response {

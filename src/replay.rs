@@ -1,9 +1,11 @@
-//! Start-up: prepare the WAL generations, replay the last durable one into the cores'
-//! heads (routed by the current ring) and into the new generation, then commit it.
+//! Start-up: replay the last durable WAL generation into the cores' heads: in place when it
+//! was written with the current ring (each record goes back to the core whose WAL holds it,
+//! and is not written again), else routed by the current ring and written again into the
+//! new generation, which `lib.rs` then commits.
 //!
 //! Runs on the main thread before any core opens the port, so `/ready` stays unready and no
 //! client sees a partial head.
-use kiln_io::wal::{self, record, segment};
+use kiln_io::wal::{self, record};
 use kiln_shards::runtime::Mesh;
 use kiln_shards::shard::{IngestMode, Msg};
 use kiln_shards::walcodec;
@@ -45,7 +47,7 @@ fn scan_markers(segs: &[wal::SegmentFile], indexed: &Indexed) -> (Cuts, Aborted)
     let mut cuts = HashMap::new();
     let mut aborted = HashSet::new();
     for seg in segs {
-        let Ok(data) = std::fs::read(&seg.path) else { continue };
+        let Ok(data) = seg.bytes() else { continue };
         for (i, rec) in record::decode_all(&data).0.into_iter().enumerate() {
             if let Some(key) = walcodec::abort_key(rec) {
                 aborted.insert(key);
@@ -73,8 +75,9 @@ fn in_block(cuts: &Cuts, seg: &wal::SegmentFile, i: usize, tenant: &str) -> bool
 /// than a torn tail of a core's last segment is an error: acknowledged data is never skipped
 /// silently. Each source core's WAL is an independent stream (its cut markers speak only of
 /// its own records), so the streams are read and decoded on parallel threads, as many as
-/// there are CPUs; the owning cores append what they are sent as at any time.
-pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplayStats, String> {
+/// there are CPUs; the owning cores append what they are sent as at any time. `in_place`:
+/// the generation is adopted (see `kiln_io::wal`): records are only appended to the heads.
+pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed, in_place: bool) -> Result<ReplayStats, String> {
     let started = Instant::now();
     let segs = wal::segments(source).map_err(|e| format!("listing {}: {e}", source.display()))?;
     let mut streams: Vec<&[wal::SegmentFile]> = segs.chunk_by(|a, b| a.core == b.core).collect();
@@ -90,7 +93,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplaySta
                     loop {
                         let next = queue.lock().map_err(|_| "a replay thread failed".to_string())?.pop();
                         let Some(stream) = next else { return Ok(total) };
-                        let st = replay_stream(stream, mesh, indexed)?;
+                        let st = replay_stream(stream, mesh, indexed, in_place)?;
                         total.add(&st);
                     }
                 })
@@ -110,6 +113,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed) -> Result<ReplaySta
         bytes = st.bytes,
         seconds = started.elapsed().as_secs_f64(),
         threads = workers,
+        in_place,
         "WAL replayed"
     );
     Ok(st)
@@ -127,14 +131,19 @@ impl ReplayStats {
 }
 
 /// Replays one source core's segments, in order.
-fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, indexed: &Indexed) -> Result<ReplayStats, String> {
+fn replay_stream(
+    segs: &[wal::SegmentFile],
+    mesh: &Mesh,
+    indexed: &Indexed,
+    in_place: bool,
+) -> Result<ReplayStats, String> {
     let (cuts, aborted) = scan_markers(segs, indexed);
     let mut st = ReplayStats::default();
     let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>> =
         Vec::new();
     for (i, seg) in segs.iter().enumerate() {
         let last_of_core = i + 1 == segs.len();
-        let (records, dropped) = segment::read_segment(&seg.path).map_err(|e| e.to_string())?;
+        let (records, dropped) = seg.read().map_err(|e| e.to_string())?;
         if let Some(d) = dropped {
             if !last_of_core {
                 return Err(format!(
@@ -170,18 +179,13 @@ fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, indexed: &Indexed) -> R
             }
             for (c, groups) in per_core.into_iter().enumerate().filter(|(_, g)| !g.is_empty()) {
                 let (tx, rx) = flume::bounded(1);
-                mesh.send_blocking(
-                    c,
-                    Msg::Ingest {
-                        tenant: tenant.clone(),
-                        profile: profile.clone(),
-                        groups,
-                        reply: tx,
-                        mode: IngestMode::Replay,
-                        max_series: 0,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
+                let (tenant, profile) = (tenant.clone(), profile.clone());
+                let msg = if in_place {
+                    restore_msg(seg, c, tenant, profile, groups, tx)?
+                } else {
+                    Msg::Ingest { tenant, profile, groups, reply: tx, mode: IngestMode::Replay, max_series: 0 }
+                };
+                mesh.send_blocking(c, msg).map_err(|e| e.to_string())?;
                 waits.push(rx);
             }
             st.records += 1;
@@ -192,6 +196,28 @@ fn replay_stream(segs: &[wal::SegmentFile], mesh: &Mesh, indexed: &Indexed) -> R
     }
     drain(&mut waits)?;
     Ok(st)
+}
+
+/// The message that puts a record of an adopted generation back into the head of `core`,
+/// which must be the core whose WAL holds it: the same ring routes it there.
+fn restore_msg(
+    seg: &wal::SegmentFile,
+    core: usize,
+    tenant: Arc<str>,
+    profile: Arc<kiln_shards::profile::Profile>,
+    groups: Vec<kiln_shards::profile::SampleGroup>,
+    reply: kiln_shards::shard::IngestReply,
+) -> Result<Msg, String> {
+    if core != seg.core as usize {
+        let gen = seg.path.parent().and_then(Path::parent).unwrap_or(&seg.path);
+        return Err(format!(
+            "WAL segment {} holds a series that the current ring gives core {core}, not core {}: the ring recorded in {} does not match how this kiln routes series; move that file away to have the WAL rewritten instead",
+            seg.path.display(),
+            seg.core,
+            gen.join(wal::RING_FILE).display()
+        ));
+    }
+    Ok(Msg::Restore { tenant, profile, groups, reply })
 }
 
 fn drain(
@@ -236,7 +262,7 @@ mod tests {
             let (cuts, _) = scan_markers(&files, &indexed);
             let mut out = Vec::new();
             for seg in &files {
-                let (records, _) = segment::read_segment(&seg.path).unwrap();
+                let (records, _) = seg.read().unwrap();
                 for (i, r) in records.iter().enumerate() {
                     if let walcodec::Entry::Ingest { tenant, .. } = walcodec::decode_entry(r).unwrap() {
                         if in_block(&cuts, seg, i, &tenant) {

@@ -75,6 +75,26 @@ fn corrupt_index_is_an_error_and_kept() {
 }
 
 #[test]
+fn several_blocks_are_indexed_together_or_not_at_all() {
+    let dir = TempDir::new("add-blocks");
+    let store = start(&dir);
+    common::block_on(async {
+        store.add_block("t".into(), common::block("01JA", 0, 1)).await.unwrap();
+        // One bad id refuses the whole update: the other block is not listed either.
+        let bad = store.add_blocks("t".into(), vec![common::block("01JB", 1, 2), common::block("../x", 1, 2)]).await;
+        assert!(bad.is_err());
+        let ids = |idx: kiln_io::store::bucket_index::BucketIndex| {
+            idx.blocks.iter().map(|b| b.block_id.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(store.read_bucket_index("t".into()).await.unwrap()), ["01JA"]);
+        store.add_blocks("t".into(), vec![common::block("01JB", 1, 2), common::block("01JC", 2, 3)]).await.unwrap();
+        let mut got = ids(store.read_bucket_index("t".into()).await.unwrap());
+        got.sort();
+        assert_eq!(got, ["01JA", "01JB", "01JC"]);
+    });
+}
+
+#[test]
 fn handles_are_shared_across_threads() {
     fn send_sync_clone<T: Send + Sync + Clone>() {}
     send_sync_clone::<Store>();

@@ -8,11 +8,20 @@
 //!    marker is: replay skips a tenant's records before a marker only when the marker's
 //!    block is in the bucket index, so data is never counted twice nor lost.
 //! 3. Each block is encoded and its files uploaded (`meta.json` last), then added to the
-//!    tenant's `bucket-index.json`. Failures are retried until they succeed; nothing is
-//!    dropped meanwhile.
-//! 4. In one step on the core, the block joins the core's `BlockSet` and its frozen head is
-//!    dropped. Once every block of the cut is indexed, the WAL segments before the cut are
-//!    deleted.
+//!    tenant's `bucket-index.json`, all of a tenant's blocks of the cut in one index write.
+//!    Upload and index failures are retried until they succeed; nothing is dropped meanwhile.
+//! 4. In one step on the core, the tenant's blocks join the core's `BlockSet` and their
+//!    frozen heads are dropped. Once every block of the cut is indexed, the WAL segments
+//!    before the cut are deleted.
+//!
+//! A cut that fails before its blocks are indexed (its markers could not be made durable, or
+//! encoding failed) leaves its heads frozen and suspends cutting: an ordinary later cut's
+//! indexed marker would make replay skip the failed heads' records too, which no block
+//! holds. The core retries, with backoff (`CutState::retry_due`), with a cut that takes the
+//! failed frozen heads along with the live ones: it writes a marker for every one of them
+//! after everything they hold, and indexes each tenant's blocks (failed and new) in one
+//! write, so whichever marker replay finds indexed, every record before it is in an indexed
+//! block.
 use crate::block::{self, EncodeOptions};
 use crate::head::TenantHead;
 use crate::shard::BlockEntry;
@@ -69,13 +78,26 @@ pub struct CutState {
     pub frozen: RefCell<Vec<Rc<Frozen>>>,
     pub blocks: RefCell<BlockSet>,
     pub cutting: Cell<bool>,
-    /// Set when a cut failed in a way that must not be retried blindly (see `write_blocks`):
-    /// no further cut starts.
+    /// Set when a cut failed before its blocks were indexed (see the module doc): its heads
+    /// stay in `frozen`, and the next cut is a retry that takes them along.
     pub suspended: Cell<bool>,
+    /// When a suspended core retries next (`None`: at once).
+    retry_at: Cell<Option<Instant>>,
+    /// The wait before the last retry; doubled after each failure.
+    retry_wait: Cell<Duration>,
+    /// Retries of failed cuts since start, for `/metrics`.
+    pub retries: Cell<u64>,
+    /// What went wrong last in a cut still unfinished (a failure, or an upload being
+    /// retried), for `/ingester/flush` and `/metrics`.
+    pub last_error: RefCell<Option<String>>,
     /// Blocks written and bytes uploaded since start, for `/metrics`.
     pub blocks_written: Cell<u64>,
     pub bytes_uploaded: Cell<u64>,
 }
+
+/// The first wait before retrying a failed cut, and the longest.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl CutState {
     pub fn new(cache_bytes: usize) -> Self {
@@ -84,9 +106,41 @@ impl CutState {
             blocks: RefCell::new(BlockSet::new(cache_bytes)),
             cutting: Cell::new(false),
             suspended: Cell::new(false),
+            retry_at: Cell::new(None),
+            retry_wait: Cell::new(Duration::ZERO),
+            retries: Cell::new(0),
+            last_error: RefCell::new(None),
             blocks_written: Cell::new(0),
             bytes_uploaded: Cell::new(0),
         }
+    }
+
+    /// Whether a suspended core's backoff has run out.
+    pub fn retry_due(&self) -> bool {
+        self.suspended.get() && self.retry_at.get().is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// A cut failed: its unindexed heads stay frozen; the next retry waits twice as long as
+    /// the last one did.
+    fn fail(&self, why: String) {
+        let wait = (self.retry_wait.get() * 2).clamp(RETRY_FIRST, RETRY_MAX);
+        tracing::error!(error = %why, retry_in_s = wait.as_secs_f64(), "a block cut failed; its heads stay in memory and the cut is retried");
+        self.retry_wait.set(wait);
+        self.retry_at.set(Some(Instant::now() + wait));
+        self.suspended.set(true);
+        self.cutting.set(false);
+        *self.last_error.borrow_mut() = Some(why);
+    }
+
+    fn succeed(&self) {
+        if self.suspended.get() {
+            tracing::info!("the retried block cut succeeded; cuts resume");
+        }
+        self.suspended.set(false);
+        self.retry_wait.set(Duration::ZERO);
+        self.retry_at.set(None);
+        self.cutting.set(false);
+        *self.last_error.borrow_mut() = None;
     }
 }
 
@@ -98,77 +152,35 @@ pub type CutDurable = flume::Receiver<CutResult>;
 /// without a WAL.
 pub type CutResult = Result<Option<(PathBuf, u64)>, String>;
 
-/// Step 2–4 of a cut (see the module doc), run as a task on the cutting core.
+/// Step 2–4 of a cut (see the module doc), run as a task on the cutting core. `frozen` is
+/// ordered by tenant.
 pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: BlockConfig, state: Rc<CutState>) {
     let wal_cut = match durable.recv_async().await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             // Without a durable marker the block must not be indexed; the frozen heads stay in
-            // memory (and in the WAL), answering queries. Cutting stays suspended: a later
-            // cut's indexed marker would make replay skip these heads' records too, which no
-            // block holds. The head limit then turns pushes away instead of losing data.
-            tracing::error!(error = %e, "the WAL could not record a block cut; keeping the heads in memory and suspending cuts");
-            state.suspended.set(true);
+            // memory (and in the WAL), answering queries, until a retry writes their markers.
+            // The head limit turns pushes away meanwhile instead of losing data.
+            state.fail(format!("the WAL could not record the block cut: {e}"));
             return;
         }
         Err(_) => {
             // The WAL flusher is gone: nothing can be made durable any more.
-            state.suspended.set(true);
+            state.fail("the WAL flusher stopped".to_string());
             return;
         }
     };
-    // By value: each frozen head is freed as soon as its block is registered.
-    for f in frozen {
-        settled(&f).await;
-        let started = Instant::now();
-        let enc = match encode(&f, &cfg.encode).await {
-            Ok(e) => e,
-            Err(e) => {
-                // Encoding is deterministic: a failure is a bug, not a transient error. Cuts
-                // stay suspended, for the reason above: the head's records must stay replayable.
-                tracing::error!(tenant = %f.tenant, block = %f.id, error = %e, "encoding a block failed; keeping the head in memory and suspending cuts");
-                state.suspended.set(true);
-                return;
-            }
-        };
-        let encode_s = started.elapsed().as_secs_f64();
-        let files = [
-            (block::INDEX, bytes::Bytes::from(enc.index)),
-            (block::SYMBOLS, bytes::Bytes::from(enc.symbols)),
-            (block::PROFILES, bytes::Bytes::from(enc.profiles)),
-            (block::META, bytes::Bytes::from(enc.meta_json)),
-        ];
-        let size: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
-        for (name, data) in &files {
-            let path = object_path(&f.tenant, &f.id, name);
-            retry(&format!("uploading {path}"), || cfg.store.put(path.clone(), data.clone())).await;
+    // By value: each tenant's frozen heads are freed as soon as their blocks are registered.
+    let mut frozen = frozen.into_iter().peekable();
+    while let Some(first) = frozen.next() {
+        let mut group = vec![first];
+        while let Some(f) = frozen.next_if(|f| f.tenant == group[0].tenant) {
+            group.push(f);
         }
-        let meta = &enc.meta;
-        let r = BlockRef {
-            block_id: f.id.clone(),
-            min_time: meta.min_time,
-            max_time: meta.max_time,
-            uploaded_at: now_s(),
-            compaction_level: meta.compaction.level,
-            size_bytes: size,
-            files: files.iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect(),
-        };
-        retry(&format!("adding block {} to the bucket index of {}", f.id, f.tenant), || {
-            cfg.store.add_block(f.tenant.to_string(), r.clone())
-        })
-        .await;
-        tracing::info!(tenant = %f.tenant, block = %f.id, profiles = meta.stats.num_profiles, samples = meta.stats.num_samples, bytes = size, encode_s, total_s = started.elapsed().as_secs_f64(), "block written");
-        let profiles_bytes = r.file_size(block::PROFILES).unwrap_or(0);
-        state.blocks.borrow_mut().add(BlockEntry {
-            tenant: f.tenant.to_string(),
-            id: f.id.clone(),
-            min_ms: meta.min_time,
-            max_ms: meta.max_time,
-            profiles_bytes,
-        });
-        state.frozen.borrow_mut().retain(|x| !Rc::ptr_eq(x, &f));
-        state.blocks_written.set(state.blocks_written.get() + 1);
-        state.bytes_uploaded.set(state.bytes_uploaded.get() + size);
+        if let Err(e) = write_tenant(&group, &cfg, &state).await {
+            state.fail(e);
+            return;
+        }
     }
     if let Some((dir, seq)) = wal_cut {
         match kiln_io::wal::segment::delete_before(&dir, seq) {
@@ -180,7 +192,69 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
             }
         }
     }
-    state.cutting.set(false);
+    state.succeed();
+}
+
+/// Writes one tenant's frozen heads of a cut as blocks and indexes them in one write.
+async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState) -> Result<(), String> {
+    let tenant = group[0].tenant.clone();
+    let mut refs = Vec::with_capacity(group.len());
+    let mut entries = Vec::with_capacity(group.len());
+    for f in group {
+        settled(f).await;
+        let started = Instant::now();
+        // Encoding is deterministic: a failure is a bug, not a transient error; the retry
+        // will most likely fail the same way, but the head's records stay replayable.
+        let enc =
+            encode(f, &cfg.encode).await.map_err(|e| format!("encoding block {} of tenant {}: {e}", f.id, f.tenant))?;
+        let encode_s = started.elapsed().as_secs_f64();
+        let files = [
+            (block::INDEX, bytes::Bytes::from(enc.index)),
+            (block::SYMBOLS, bytes::Bytes::from(enc.symbols)),
+            (block::PROFILES, bytes::Bytes::from(enc.profiles)),
+            (block::META, bytes::Bytes::from(enc.meta_json)),
+        ];
+        let size: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+        for (name, data) in &files {
+            let path = object_path(&f.tenant, &f.id, name);
+            retry(state, &format!("uploading {path}"), || cfg.store.put(path.clone(), data.clone())).await;
+        }
+        let meta = &enc.meta;
+        let r = BlockRef {
+            block_id: f.id.clone(),
+            min_time: meta.min_time,
+            max_time: meta.max_time,
+            uploaded_at: now_s(),
+            compaction_level: meta.compaction.level,
+            size_bytes: size,
+            files: files.iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect(),
+        };
+        tracing::info!(tenant = %f.tenant, block = %f.id, profiles = meta.stats.num_profiles, samples = meta.stats.num_samples, bytes = size, encode_s, total_s = started.elapsed().as_secs_f64(), "block uploaded");
+        entries.push(BlockEntry {
+            tenant: f.tenant.to_string(),
+            id: f.id.clone(),
+            min_ms: meta.min_time,
+            max_ms: meta.max_time,
+            profiles_bytes: r.file_size(block::PROFILES).unwrap_or(0),
+        });
+        refs.push(r);
+    }
+    let size: u64 = refs.iter().map(|r| r.size_bytes).sum();
+    retry(state, &format!("adding {} block(s) to the bucket index of {tenant}", refs.len()), || {
+        cfg.store.add_blocks(tenant.to_string(), refs.clone())
+    })
+    .await;
+    // One step: the blocks join the set and their heads leave it.
+    {
+        let mut set = state.blocks.borrow_mut();
+        for e in entries {
+            set.add(e);
+        }
+    }
+    state.frozen.borrow_mut().retain(|x| !group.iter().any(|g| Rc::ptr_eq(x, g)));
+    state.blocks_written.set(state.blocks_written.get() + refs.len() as u64);
+    state.bytes_uploaded.set(state.bytes_uploaded.get() + size);
+    Ok(())
 }
 
 /// Encodes a frozen head one row group at a time, letting the core serve its inbox (pushes,
@@ -213,7 +287,8 @@ impl std::future::Future for YieldNow {
     }
 }
 
-async fn retry<F, Fut, T, E>(what: &str, mut f: F) -> T
+/// Runs `f` until it succeeds, with backoff; the last error is shown in `state.last_error`.
+async fn retry<F, Fut, T, E>(state: &CutState, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -222,9 +297,13 @@ where
     let mut wait = Duration::from_millis(100);
     loop {
         match f().await {
-            Ok(v) => return v,
+            Ok(v) => {
+                state.last_error.borrow_mut().take();
+                return v;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "{what} failed");
+                *state.last_error.borrow_mut() = Some(format!("{what}: {e}"));
                 monoio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }

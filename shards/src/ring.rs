@@ -8,6 +8,10 @@
 //! even as `-shards` changes.
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+/// Changes whenever the core a series is routed to could change for the same ring: how a
+/// series is fingerprinted or looked up. A WAL generation records it (see `digest`).
+pub const ROUTING_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
     pub instance: u32,
@@ -40,6 +44,17 @@ impl Ring {
     pub fn single(cores: u32, tokens_per_core: u32) -> Self {
         let members: Vec<Member> = (0..cores).map(|core| Member { instance: 0, core }).collect();
         Ring::new(&members, tokens_per_core)
+    }
+
+    /// A digest of every token and its member: rings with equal digests own every key alike.
+    pub fn digest(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(self.tokens.len() * 12);
+        for (t, m) in &self.tokens {
+            bytes.extend_from_slice(&t.to_le_bytes());
+            bytes.extend_from_slice(&m.instance.to_le_bytes());
+            bytes.extend_from_slice(&m.core.to_le_bytes());
+        }
+        xxh3_64_with_seed(&bytes, ROUTING_VERSION as u64)
     }
 
     pub fn owner(&self, key: u64) -> Member {

@@ -78,6 +78,9 @@ pub struct WalConfig {
     pub dir: std::path::PathBuf,
     pub segment_bytes: u64,
     pub policy: kiln_io::wal::segment::SyncPolicy,
+    /// The generation is adopted: each core continues after its last segment instead of
+    /// starting a new directory.
+    pub resume: bool,
 }
 
 /// What each core's shard is started with.
@@ -156,7 +159,14 @@ where
                             None => Shard::new(core as u32),
                             Some(w) => {
                                 let dir = w.dir.join(format!("core-{core}"));
-                                let writer = match SegmentWriter::create(dir.clone(), w.segment_bytes, w.policy).await {
+                                let writer = if w.resume {
+                                    kiln_io::wal::segment::last_seq(&dir).and_then(|last| {
+                                        SegmentWriter::resume(dir.clone(), last, w.segment_bytes, w.policy)
+                                    })
+                                } else {
+                                    SegmentWriter::create(dir.clone(), w.segment_bytes, w.policy).await
+                                };
+                                let writer = match writer {
                                     Ok(wr) => wr,
                                     Err(e) => {
                                         tracing::error!(dir = %dir.display(), error = %e, "cannot create the WAL");

@@ -77,6 +77,14 @@ pub enum Msg {
         waiters: Vec<Waiter>,
         error: String,
     },
+    /// A WAL record replayed in place at start (the WAL generation is adopted, not
+    /// rewritten): appended to the head only, as it is durable where it is.
+    Restore {
+        tenant: Arc<str>,
+        profile: Arc<Profile>,
+        groups: Vec<SampleGroup>,
+        reply: IngestReply,
+    },
     /// Answered from the live and frozen heads and the blocks this core owns; an error
     /// names a block that could not be read.
     Query {
@@ -87,11 +95,13 @@ pub enum Msg {
     AddBlocks {
         blocks: Vec<BlockEntry>,
     },
-    /// Cut the heads into blocks if they are old or large enough (sent by the core's ticker).
+    /// Cut the heads into blocks if they are old or large enough, or retry a failed cut once
+    /// its backoff ran out (sent by the core's ticker).
     MaybeCut,
-    /// Cut every non-empty head into blocks now; answered once they are uploaded: `Ok(true)`,
-    /// or at once with `Ok(false)` when an earlier cut is still in flight (ask again), or an
-    /// error when cuts are suspended after a failure.
+    /// Cut every non-empty head into blocks now (a core whose last cut failed retries it
+    /// now); answered once they are uploaded: `Ok(true)`, or at once with `Ok(false)` when an
+    /// earlier cut is still in flight (ask again), or an error when the cut failed (it is
+    /// retried with backoff).
     Cut {
         reply: flume::Sender<Result<bool, String>>,
     },
@@ -136,6 +146,11 @@ pub struct ShardStats {
     pub pending_pushes: usize,
     /// Pushes taken out again after their append (refused by another core or the WAL).
     pub rolled_back: u64,
+    /// The last cut failed and waits for its retry.
+    pub cuts_suspended: bool,
+    pub cut_retries: u64,
+    /// What an unfinished cut last failed at, if anything.
+    pub cut_error: Option<String>,
 }
 
 /// Who waits on a WAL write.
@@ -441,7 +456,9 @@ impl Shard {
     }
 
     /// Freezes every non-empty tenant head and starts writing them as blocks (see `flush`).
-    /// `done` is answered when the blocks are uploaded, or at once if nothing was cut.
+    /// `done` is answered when the blocks are uploaded, or at once if nothing was cut. After
+    /// a failed cut this is its retry (see `flush`): when asked (`done`), or once the
+    /// backoff ran out.
     fn cut(&mut self, done: Option<flume::Sender<Result<bool, String>>>) {
         let reply = |v: Result<bool, String>| {
             if let Some(d) = &done {
@@ -452,16 +469,22 @@ impl Shard {
             reply(Ok(true));
             return;
         };
-        if self.cut_state.suspended.get() {
-            reply(Err(format!("block cuts on core {} are suspended after an error (see the log)", self.core)));
-            return;
-        }
         if self.cut_state.cutting.get() {
             // A cut in flight covers everything up to its markers; the next one cuts the rest.
             reply(Ok(false));
             return;
         }
-        let mut frozen = Vec::new();
+        // The heads of a failed cut, frozen since: this cut writes their markers again.
+        let mut frozen: Vec<Rc<Frozen>> = Vec::new();
+        if self.cut_state.suspended.get() {
+            if done.is_none() && !self.cut_state.retry_due() {
+                return;
+            }
+            frozen = self.cut_state.frozen.borrow().clone();
+            self.cut_state.retries.set(self.cut_state.retries.get() + 1);
+            tracing::info!(core = self.core, heads = frozen.len(), "retrying a failed block cut");
+        }
+        let mut fresh = Vec::new();
         let mut heads: Vec<(Arc<str>, TenantHead)> = self.tenants.drain().collect();
         heads.sort_by(|a, b| a.0.cmp(&b.0));
         for (tenant, head) in heads {
@@ -478,9 +501,13 @@ impl Shard {
                     f.unsettled.set(f.unsettled.get() + 1);
                 }
             }
-            frozen.push(f);
+            fresh.push(f);
         }
         self.head_since = None;
+        frozen.extend(fresh.iter().cloned());
+        // Stable: a tenant's failed heads, then its new one; `write_blocks` indexes them
+        // together.
+        frozen.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         if frozen.is_empty() {
             reply(Ok(true));
             return;
@@ -502,14 +529,15 @@ impl Shard {
             }
         }
         tracing::info!(core = self.core, heads = frozen.len(), "cutting heads into blocks");
-        self.cut_state.frozen.borrow_mut().extend(frozen.iter().cloned());
+        self.cut_state.frozen.borrow_mut().extend(fresh);
         self.cut_state.cutting.set(true);
         let state = self.cut_state.clone();
         monoio::spawn(async move {
             flush::write_blocks(frozen, rx, cfg, state.clone()).await;
             if let Some(d) = done {
                 let _ = d.send(if state.suspended.get() {
-                    Err("the cut failed; block cuts are suspended (see the log)".to_string())
+                    let why = state.last_error.borrow().clone().unwrap_or_default();
+                    Err(format!("the block cut failed ({why}); it is retried with backoff"))
                 } else {
                     Ok(true)
                 });
@@ -542,6 +570,9 @@ impl Shard {
         s.block_cache_bytes = blocks.cached_bytes();
         s.blocks_written = self.cut_state.blocks_written.get();
         s.bytes_uploaded = self.cut_state.bytes_uploaded.get();
+        s.cuts_suspended = self.cut_state.suspended.get();
+        s.cut_retries = self.cut_state.retries.get();
+        s.cut_error = self.cut_state.last_error.borrow().clone();
         s
     }
 
@@ -606,6 +637,10 @@ impl Shard {
                 }
             }
             Msg::WalFailed { waiters, error } => self.wal_failed(waiters, error),
+            Msg::Restore { tenant, profile, groups, reply } => {
+                let st = self.append(&tenant, &profile, &groups);
+                let _ = reply.send(Ok(st));
+            }
             Msg::Query { req, reply } => self.answer_query(req, reply),
             Msg::AddBlocks { blocks } => {
                 let mut set = self.cut_state.blocks.borrow_mut();
@@ -614,7 +649,7 @@ impl Shard {
                 }
             }
             Msg::MaybeCut => {
-                if self.blocks.as_ref().is_some_and(|c| self.should_cut(c)) {
+                if self.blocks.as_ref().is_some_and(|c| self.cut_state.suspended.get() || self.should_cut(c)) {
                     self.cut(None);
                 }
             }
@@ -840,5 +875,124 @@ mod tests {
         }
         assert_eq!(shard.tenants["t"].live_series, 2);
         assert_eq!(shard.tenants["t"].series.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::tests::{folded, group};
+    use kiln_io::store::{Backend, Store};
+
+    /// Answers every write queued so far as the WAL flusher would after a good write.
+    fn ack(pending: &RefCell<WalPending>) {
+        let mut p = pending.borrow_mut();
+        p.buf.clear();
+        for (tx, st) in p.waiters.drain(..) {
+            let _ = tx.send(Ok(st));
+        }
+    }
+
+    /// The (tenant, block) of each cut marker in a cut's WAL batch.
+    fn markers(buf: &[u8]) -> Vec<(String, String)> {
+        record::decode_all(buf)
+            .0
+            .into_iter()
+            .filter(|r| walcodec::is_cut(r))
+            .map(|r| match walcodec::decode_entry(r).unwrap() {
+                walcodec::Entry::Cut { tenant, block } => (tenant, block),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_cut_is_retried_with_its_heads_and_the_live_ones_indexed_together() {
+        let dir = std::env::temp_dir().join(format!("kiln-cut-retry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::start(Backend::Filesystem { dir: dir.clone() }).unwrap();
+        let cfg = BlockConfig {
+            store: store.clone(),
+            max_block_duration: std::time::Duration::from_secs(3600),
+            max_block_bytes: 0,
+            cache_bytes: 1 << 20,
+            encode: Default::default(),
+        };
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        rt.block_on(async move {
+            // The test plays the WAL flusher: it sees what the shard queues and answers.
+            let pending = Rc::new(RefCell::new(WalPending::default()));
+            let (wake, _woken) = flume::bounded(1);
+            let mut shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(0) }
+                .with_blocks(cfg, Arc::new(Ring::single(1, 4)));
+            let tenant: Arc<str> = Arc::from("t");
+            let ingest = |shard: &mut Shard, v: i64| {
+                let p = folded(&[("main;f", v)], v * 1_000_000_000);
+                let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
+                let (tx, rx) = flume::bounded(1);
+                shard.handle(Msg::Ingest {
+                    tenant: tenant.clone(),
+                    profile: Arc::new(p),
+                    groups,
+                    reply: tx,
+                    replay: false,
+                });
+                rx
+            };
+            assert!(ingest(&mut shard, 1).is_empty());
+            ack(&pending);
+
+            // A cut whose markers the WAL cannot write (a full disk).
+            let (tx, done) = flume::bounded(1);
+            shard.handle(Msg::Cut { reply: tx });
+            let cut = pending.borrow_mut().cut.take().expect("the cut reached the WAL");
+            let first = markers(&cut.buf);
+            assert_eq!(first.len(), 1);
+            let _ = cut.reply.send(Err("No space left on device".into()));
+            let err = done.recv_async().await.unwrap().unwrap_err();
+            assert!(err.contains("No space left on device"), "{err}");
+            let st = shard.stats();
+            assert!(st.cuts_suspended);
+            assert_eq!((st.frozen_heads, st.blocks, st.cut_retries), (1, 0, 0));
+
+            // Pushes go on into a live head.
+            assert!(ingest(&mut shard, 2).is_empty());
+            ack(&pending);
+            // The ticker's retry waits for the backoff; a flush asks for it now.
+            shard.handle(Msg::MaybeCut);
+            assert!(pending.borrow().cut.is_none(), "retried before the backoff ran out");
+            let (tx, done) = flume::bounded(1);
+            shard.handle(Msg::Cut { reply: tx });
+            let cut = pending.borrow_mut().cut.take().expect("the retry reached the WAL");
+            // The failed head's marker again (same block), then the live head's: both after
+            // every record either holds.
+            let retry = markers(&cut.buf);
+            assert_eq!(retry.len(), 2);
+            assert_eq!(retry[0], first[0]);
+            assert_eq!(retry[1].0, "t");
+            assert_ne!(retry[1].1, first[0].1);
+            let _ = cut.reply.send(Ok(None));
+            assert_eq!(done.recv_async().await.unwrap(), Ok(true));
+            let st = shard.stats();
+            assert!(!st.cuts_suspended && st.cut_error.is_none());
+            assert_eq!((st.frozen_heads, st.blocks, st.cut_retries, st.blocks_written), (0, 2, 1, 2));
+            let idx = store.read_bucket_index("t".into()).await.unwrap();
+            let mut ids: Vec<&str> = idx.blocks.iter().map(|b| b.block_id.as_str()).collect();
+            ids.sort();
+            let mut want = vec![retry[0].1.as_str(), retry[1].1.as_str()];
+            want.sort();
+            assert_eq!(ids, want);
+            // Cuts work as before.
+            assert!(ingest(&mut shard, 3).is_empty());
+            ack(&pending);
+            let (tx, done) = flume::bounded(1);
+            shard.handle(Msg::Cut { reply: tx });
+            let cut = pending.borrow_mut().cut.take().unwrap();
+            assert_eq!(markers(&cut.buf).len(), 1);
+            let _ = cut.reply.send(Ok(None));
+            assert_eq!(done.recv_async().await.unwrap(), Ok(true));
+            assert_eq!(shard.stats().blocks, 3);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -342,7 +342,7 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
         }
         (Method::GET, "/" | "/explore" | "/comparison" | "/comparison-diff") => ops::ui(),
         (Method::GET, "/ring") => ops::ring(core),
-        (Method::GET | Method::POST, "/ingester/flush") => ops::flush(core).await,
+        (Method::GET | Method::POST, "/ingester/flush") => ops::flush(core, &r).await,
         _ => rpc::http_error(StatusCode::NOT_FOUND, &format!("no route for {} {}", r.method, r.path)),
     }
 }

@@ -222,6 +222,16 @@ pub fn grpc<Req: Message, Resp2: Message + Default>(
     Ok(Resp2::decode(&r.body[5..5 + len]).expect("decode gRPC response"))
 }
 
+/// The sum over every core of a metric on `/metrics`.
+pub fn metric(port: u16, name: &str) -> f64 {
+    get(port, "/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// Encodes a multipart/form-data body; returns (content type, body).
 pub fn multipart(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "kiln-test-boundary-0123456789";

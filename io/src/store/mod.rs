@@ -271,7 +271,8 @@ enum Job {
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 enum IndexUpdate {
-    Add(BlockRef),
+    /// Added in one index write: all or none.
+    Add(Vec<BlockRef>),
     Remove(String),
 }
 
@@ -570,12 +571,21 @@ impl Store {
     /// Updates of one tenant are serialized on the store thread; the index object is
     /// rewritten whole (one atomic `put`). Returns once the new index is stored. An
     /// `uploaded_at` of 0 is set to now. A corrupt index is an error, never overwritten.
-    pub async fn add_block(&self, tenant: String, mut block: BlockRef) -> Result<(), StoreError> {
-        check_segment("block id", &block.block_id)?;
-        if block.uploaded_at == 0 {
-            block.uploaded_at = unix_now();
+    pub async fn add_block(&self, tenant: String, block: BlockRef) -> Result<(), StoreError> {
+        self.add_blocks(tenant, vec![block]).await
+    }
+
+    /// `add_block` of several blocks in one index write: once it returns, every one of them
+    /// is listed, and before, none is (a block cut retried after a failure indexes the
+    /// tenant's blocks of both cuts together; see `kiln_shards::flush`).
+    pub async fn add_blocks(&self, tenant: String, mut blocks: Vec<BlockRef>) -> Result<(), StoreError> {
+        for b in &mut blocks {
+            check_segment("block id", &b.block_id)?;
+            if b.uploaded_at == 0 {
+                b.uploaded_at = unix_now();
+            }
         }
-        self.index_update(tenant, IndexUpdate::Add(block)).await
+        self.index_update(tenant, IndexUpdate::Add(blocks)).await
     }
 
     /// Removes a block (and its deletion mark) from the tenant's index; a block not listed
@@ -675,7 +685,11 @@ async fn index_updater(ctx: Ctx, tenant: String, rx: flume::Receiver<IndexJob>) 
             let mut idx = ctx.read_index(&tenant).await?;
             for job in &batch {
                 match &job.update {
-                    IndexUpdate::Add(b) => idx.add(b.clone()),
+                    IndexUpdate::Add(blocks) => {
+                        for b in blocks {
+                            idx.add(b.clone());
+                        }
+                    }
                     IndexUpdate::Remove(id) => {
                         idx.remove(id);
                     }
