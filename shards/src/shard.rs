@@ -879,18 +879,28 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tests {
+mod cut_retry_tests {
     use super::*;
     use crate::head::tests::{folded, group};
     use kiln_io::store::{Backend, Store};
 
-    /// Answers every write queued so far as the WAL flusher would after a good write.
-    fn ack(pending: &RefCell<WalPending>) {
-        let mut p = pending.borrow_mut();
-        p.buf.clear();
-        for (tx, st) in p.waiters.drain(..) {
-            let _ = tx.send(Ok(st));
+    /// Answers every write queued so far as the WAL flusher would after a good write, and
+    /// settles the whole pushes among them (`Msg::Durable`).
+    fn ack(shard: &mut Shard, pending: &RefCell<WalPending>) {
+        let mut keys = Vec::new();
+        {
+            let mut p = pending.borrow_mut();
+            p.buf.clear();
+            for w in p.waiters.drain(..) {
+                if let Waiter::Push { reply, stats, key, whole } = w {
+                    let _ = reply.send(Ok(stats));
+                    if whole {
+                        keys.push(key);
+                    }
+                }
+            }
         }
+        shard.handle(Msg::Durable { keys });
     }
 
     /// The (tenant, block) of each cut marker in a cut's WAL batch.
@@ -935,12 +945,13 @@ mod tests {
                     profile: Arc::new(p),
                     groups,
                     reply: tx,
-                    replay: false,
+                    mode: IngestMode::Whole(v as u64),
+                    max_series: 0,
                 });
                 rx
             };
             assert!(ingest(&mut shard, 1).is_empty());
-            ack(&pending);
+            ack(&mut shard, &pending);
 
             // A cut whose markers the WAL cannot write (a full disk).
             let (tx, done) = flume::bounded(1);
@@ -957,7 +968,7 @@ mod tests {
 
             // Pushes go on into a live head.
             assert!(ingest(&mut shard, 2).is_empty());
-            ack(&pending);
+            ack(&mut shard, &pending);
             // The ticker's retry waits for the backoff; a flush asks for it now.
             shard.handle(Msg::MaybeCut);
             assert!(pending.borrow().cut.is_none(), "retried before the backoff ran out");
@@ -984,7 +995,7 @@ mod tests {
             assert_eq!(ids, want);
             // Cuts work as before.
             assert!(ingest(&mut shard, 3).is_empty());
-            ack(&pending);
+            ack(&mut shard, &pending);
             let (tx, done) = flume::bounded(1);
             shard.handle(Msg::Cut { reply: tx });
             let cut = pending.borrow_mut().cut.take().unwrap();
