@@ -220,10 +220,10 @@ fn connections_past_the_cap_are_refused_until_one_closes() {
     assert!(n >= 1.0, "{refused}");
 }
 
-/// kiln with 64 descriptors in all, and many more connections than that.
+/// kiln with 64 descriptors in all (soft and hard), and many more connections than that.
 fn exhaust_descriptors(args: &[&str]) -> (Kiln, std::path::PathBuf, Vec<TcpStream>) {
     let log = std::env::temp_dir().join(format!("kiln-test-nofile-{}-{}.log", std::process::id(), args.len()));
-    let k = Kiln::start_with(args, &Spawn { stderr: Some(log.clone()), nofile: Some(64) });
+    let k = Kiln::start_with(args, &Spawn { stderr: Some(log.clone()), nofile: Some((64, 64)) });
     let conns: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(("127.0.0.1", k.port)).ok()).collect();
     assert!(conns.len() > 64, "the kernel's backlog took only {} connections", conns.len());
     (k, log, conns)
@@ -280,6 +280,17 @@ fn the_default_connection_cap_keeps_descriptors_for_the_rest() {
     // About 20 descriptors are kiln's own: with the cap, accept never ran out.
     assert_eq!(metric(k.port, "kiln_http_accept_errors_total"), 0.0);
     assert!(log_lines(&log) < 30, "{}", std::fs::read_to_string(&log).unwrap());
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let log = std::env::temp_dir().join(format!("kiln-test-nofile-raise-{}.log", std::process::id()));
+    let k = Kiln::start_with(&[], &Spawn { stderr: Some(log.clone()), nofile: Some((64, 1024)) });
+    // The default cap is computed from the raised limit: 1024 less 256 + 64 per core.
+    assert_eq!(metric(k.port, "kiln_http_connection_limit"), 1024.0 - 384.0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("raised the open-file limit to the hard limit from=64 to=1024"), "{text}");
     let _ = std::fs::remove_file(&log);
 }
 

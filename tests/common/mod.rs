@@ -21,8 +21,8 @@ pub struct Kiln {
 pub struct Spawn {
     /// Where kiln's log (stderr) goes; discarded when `None`.
     pub stderr: Option<PathBuf>,
-    /// RLIMIT_NOFILE for the process, soft and hard (so kiln cannot raise it).
-    pub nofile: Option<u64>,
+    /// RLIMIT_NOFILE for the process, (soft, hard): kiln raises the soft one to the hard.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// A free port, held: the socket is bound with SO_REUSEPORT but never listens, so kiln (which
@@ -111,12 +111,12 @@ impl Kiln {
                 Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
                 None => Stdio::null(),
             });
-        if let Some(n) = spawn.nofile {
+        if let Some((soft, hard)) = spawn.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
