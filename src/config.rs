@@ -161,6 +161,24 @@ pub struct Config {
     pub config_file: String,
     pub http_listen_address: String,
     pub http_listen_port: u16,
+    /// Time to read a request, head and body, from its first byte (for a new connection: from
+    /// the accept); 0 = no limit.
+    #[serde(with = "go_duration")]
+    pub http_server_read_timeout: Duration,
+    /// Time to hand a response over once it is ready, and the longest a connection's writes
+    /// may make no progress; 0 = no limit.
+    #[serde(with = "go_duration")]
+    pub http_server_write_timeout: Duration,
+    /// An HTTP/1.1 keep-alive connection, or an HTTP/2 one, with no request open for this
+    /// long is closed; 0 = no limit.
+    #[serde(with = "go_duration")]
+    pub http_server_idle_timeout: Duration,
+    /// Open client connections, over every core; past it a new one is closed at once; 0 = no
+    /// limit. Unset: the open-file limit less a reserve (`effective_http_conn_limit`).
+    pub http_conn_limit: Option<usize>,
+    /// Request body bytes being read or handled at once, over every core; a body that does
+    /// not fit is refused with 429. 0 = no limit. Unset: a quarter of the total head limit.
+    pub max_inflight_body_bytes: Option<u64>,
     pub storage_path: String,
     /// 0 = one per available core.
     pub shards: usize,
@@ -197,6 +215,11 @@ impl Default for Config {
             config_file: String::new(),
             http_listen_address: "0.0.0.0".into(),
             http_listen_port: 4040,
+            http_server_read_timeout: Duration::from_secs(30),
+            http_server_write_timeout: Duration::from_secs(30),
+            http_server_idle_timeout: Duration::from_secs(120),
+            http_conn_limit: None,
+            max_inflight_body_bytes: None,
             storage_path: "./data".into(),
             shards: 0,
             ring_tokens_per_core: 128,
@@ -322,15 +345,36 @@ impl Config {
         if let Some(v) = self.max_head_bytes_per_core {
             return v;
         }
-        let total = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024);
-        total / 2 / self.effective_shards().max(1) as u64
+        mem_total() / 2 / self.effective_shards().max(1) as u64
+    }
+
+    /// The cap on open connections for a process allowed `nofile` descriptors: the flag, or
+    /// `nofile` less what kiln needs besides connections (per core an io_uring, a listener,
+    /// WAL segments and block files being read; the store thread's files and sockets), never
+    /// less than half of `nofile` for connections.
+    pub fn effective_http_conn_limit(&self, nofile: u64) -> usize {
+        if let Some(v) = self.http_conn_limit {
+            return v;
+        }
+        let reserve = (256 + 64 * self.effective_shards() as u64).min(nofile / 2);
+        nofile.saturating_sub(reserve).max(1) as usize
+    }
+
+    /// The in-flight request body budget: the flag, or a quarter of the head limit of every
+    /// core together (an eighth of memory by default; bodies are compressed, what they expand
+    /// to is bounded per profile by the validation limits). Without a head limit, an eighth of
+    /// memory; without a known memory size, 1 GiB.
+    pub fn effective_max_inflight_body_bytes(&self) -> u64 {
+        if let Some(v) = self.max_inflight_body_bytes {
+            return v;
+        }
+        let heads = self.effective_max_head_bytes().saturating_mul(self.effective_shards().max(1) as u64);
+        let v = if heads > 0 { heads / 4 } else { mem_total() / 8 };
+        if v == 0 {
+            1 << 30
+        } else {
+            v
+        }
     }
 
     pub fn effective_max_block_bytes(&self) -> u64 {
@@ -398,6 +442,13 @@ impl Config {
             "target" => self.target = v.into(),
             "server.http-listen-port" => self.http_listen_port = v.parse().map_err(|e| bad(format!("{e}")))?,
             "server.http-listen-address" => self.http_listen_address = v.into(),
+            "server.http-server-read-timeout" => self.http_server_read_timeout = parse_duration(v).map_err(bad)?,
+            "server.http-server-write-timeout" => self.http_server_write_timeout = parse_duration(v).map_err(bad)?,
+            "server.http-server-idle-timeout" => self.http_server_idle_timeout = parse_duration(v).map_err(bad)?,
+            "server.http-conn-limit" => self.http_conn_limit = Some(parse_num(v).map_err(bad)?),
+            "server.max-inflight-body-bytes" => {
+                self.max_inflight_body_bytes = Some(v.parse().map_err(|e| bad(format!("{e}")))?)
+            }
             "storage.path" => self.storage_path = v.into(),
             "shards" => self.shards = v.parse().map_err(|e| bad(format!("{e}")))?,
             "ring.tokens-per-core" => self.ring_tokens_per_core = v.parse().map_err(|e| bad(format!("{e}")))?,
@@ -492,6 +543,11 @@ impl Config {
             (&["target"], "target"),
             (&["server", "http_listen_port"], "server.http-listen-port"),
             (&["server", "http_listen_address"], "server.http-listen-address"),
+            (&["server", "http_server_read_timeout"], "server.http-server-read-timeout"),
+            (&["server", "http_server_write_timeout"], "server.http-server-write-timeout"),
+            (&["server", "http_server_idle_timeout"], "server.http-server-idle-timeout"),
+            (&["server", "http_conn_limit"], "server.http-conn-limit"),
+            (&["server", "max_inflight_body_bytes"], "server.max-inflight-body-bytes"),
             (&["storage", "path"], "storage.path"),
             (&["storage", "backend"], "storage.backend"),
             (&["storage", "filesystem", "dir"], "storage.filesystem.dir"),
@@ -625,6 +681,18 @@ fn parse_bool(v: &str) -> Result<bool, String> {
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         _ => Err("not a boolean".into()),
     }
+}
+
+/// Physical memory in bytes, 0 when unknown.
+fn mem_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn parse_num(v: &str) -> Result<usize, String> {
@@ -860,6 +928,52 @@ mod tests {
             .unwrap();
         assert_eq!(c.storage.backend, "filesystem");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn connection_flags() {
+        let c = Config::default();
+        assert_eq!(
+            (c.http_server_read_timeout, c.http_server_write_timeout, c.http_server_idle_timeout),
+            (Duration::from_secs(30), Duration::from_secs(30), Duration::from_secs(120))
+        );
+        // Unset: derived from the descriptors, leaving a reserve, never below half of them.
+        let c = Config::from_args(&args(&["-shards=2"])).unwrap();
+        assert_eq!(c.effective_http_conn_limit(1_048_576), 1_048_576 - 384);
+        assert_eq!(c.effective_http_conn_limit(64), 32);
+        assert!(c.effective_max_inflight_body_bytes() > 0);
+        let c = Config::from_args(&args(&["-shards=2", "-ingester.max-head-bytes-per-core=1000"])).unwrap();
+        assert_eq!(c.effective_max_inflight_body_bytes(), 500);
+
+        let dir = std::env::temp_dir().join(format!("kiln-cfg-conn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.yaml");
+        std::fs::write(
+            &f,
+            "server:\n  http_server_read_timeout: 5s\n  http_server_idle_timeout: 1m\n  http_conn_limit: 100\n  \
+             max_inflight_body_bytes: 1048576\n",
+        )
+        .unwrap();
+        let c = Config::from_args(&args(&[
+            &format!("-config.file={}", f.display()),
+            "-server.http-server-write-timeout=1500ms",
+            "-server.http-conn-limit=0",
+        ]))
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(c.http_server_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.http_server_write_timeout, Duration::from_millis(1500));
+        assert_eq!(c.http_server_idle_timeout, Duration::from_secs(60));
+        // An explicit 0 is "no limit", as in dskit, and wins over the derived default.
+        assert_eq!(c.effective_http_conn_limit(64), 0);
+        assert_eq!(c.effective_max_inflight_body_bytes(), 1_048_576);
+        let yaml = c.to_yaml();
+        assert!(yaml.contains("http_server_read_timeout: 5s"), "{yaml}");
+        assert!(yaml.contains("http_server_write_timeout: 1.5s"), "{yaml}");
+        assert!(yaml.contains("http_server_idle_timeout: 1m"), "{yaml}");
+        assert!(yaml.contains("http_conn_limit: 0"), "{yaml}");
+        assert!(Config::from_args(&args(&["-server.http-server-idle-timeout=soon"])).is_err());
+        assert!(Config::from_args(&args(&["-server.http-conn-limit=-1"])).is_err());
     }
 
     #[test]

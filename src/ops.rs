@@ -27,6 +27,8 @@ pub fn ready(core: &Core) -> Response {
 pub async fn metrics(core: &Rc<Core>) -> Response {
     let mut out = String::new();
     metrics::render(&core.shared.metrics, &mut out);
+    core.shared.conns.render(&mut out);
+    core.shared.bodies.render(&mut out);
     match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
         Ok(stats) => {
             type Gauge = (&'static str, &'static str, &'static str, fn(&kiln_shards::shard::ShardStats) -> f64);

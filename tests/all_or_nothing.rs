@@ -82,15 +82,6 @@ fn stored(port: u16) -> (BTreeMap<u64, u64>, i64) {
     (parts, r.json()["flamegraph"]["total"].as_str().map(|s| s.parse().unwrap()).unwrap_or(0))
 }
 
-fn metric(port: u16, name: &str) -> f64 {
-    get(port, "/metrics")
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn check(port: u16, acked: &[u64]) {
     let (parts, total) = stored(port);
     let found: Vec<u64> = parts.keys().copied().collect();
@@ -124,8 +115,8 @@ fn a_push_refused_by_one_core_is_stored_by_none() {
     }
     assert!(!acked.is_empty() && refused >= 20, "acked {} refused {refused}", acked.len());
     // The case under test happened: some refused pushes had parts applied and taken out.
-    assert!(metric(k.port, "kiln_pushes_rolled_back_total") >= 1.0, "no push was taken out again");
-    assert_eq!(metric(k.port, "kiln_pushes_pending"), 0.0);
+    assert!(metric_sum(k.port, "kiln_pushes_rolled_back_total") >= 1.0, "no push was taken out again");
+    assert_eq!(metric_sum(k.port, "kiln_pushes_pending"), 0.0);
     check(k.port, &acked);
     // And after a crash: the WAL's abort records keep the refused parts out.
     let data = k.kill();

@@ -141,11 +141,11 @@ fn every_fixture_reads_back_the_same_from_blocks_and_after_restarts() {
         push(k.port, &format!("svc-{i}"), std::fs::read(path).unwrap());
     }
     let head = snapshot(k.port);
-    assert_eq!(metric(k.port, "kiln_blocks_owned"), 0.0);
+    assert_eq!(metric_sum(k.port, "kiln_blocks_owned"), 0.0);
 
     flush(k.port);
-    assert_eq!(metric(k.port, "kiln_head_profiles"), 0.0, "the head still holds profiles after a flush");
-    assert!(metric(k.port, "kiln_blocks_owned") >= 1.0);
+    assert_eq!(metric_sum(k.port, "kiln_head_profiles"), 0.0, "the head still holds profiles after a flush");
+    assert!(metric_sum(k.port, "kiln_blocks_owned") >= 1.0);
     assert_same(&head, &snapshot(k.port), "read from blocks");
     let index = k.data.join("blocks/anonymous/bucket-index.json");
     let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
@@ -163,7 +163,7 @@ fn every_fixture_reads_back_the_same_from_blocks_and_after_restarts() {
     let data = k.kill();
     let k = Kiln::start_in(data, &[&flags[..flags.len() - 1], &["-shards=3"]].concat());
     assert_same(&head, &snapshot(k.port), "after kill -9 and a restart with 3 cores");
-    assert_eq!(metric(k.port, "kiln_head_profiles"), 0.0, "replay put block data back into the head");
+    assert_eq!(metric_sum(k.port, "kiln_head_profiles"), 0.0, "replay put block data back into the head");
 
     // New data lands in the head next to the blocks; both count.
     push(k.port, "svc-new", std::fs::read(testdata("pprof/google-pprof/sample.cpu")).unwrap());
@@ -182,7 +182,7 @@ fn every_fixture_reads_back_the_same_from_blocks_and_after_restarts() {
 fn cuts_under_load(stop: impl FnOnce(Kiln) -> std::path::PathBuf) {
     let k = Kiln::start(&["-ingester.max-block-duration=100ms", "-shards=2"]);
     let pushers = Pushers::start(k.port, "cut");
-    while pushers.acked() < 600 || metric(k.port, "kiln_blocks_written_total") < 3.0 {
+    while pushers.acked() < 600 || metric_sum(k.port, "kiln_blocks_written_total") < 3.0 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let data = stop(k);
@@ -243,11 +243,11 @@ fn blocks_on_s3_survive_a_restart() {
     }
     let head = snapshot(k.port);
     flush(k.port);
-    assert!(metric(k.port, "kiln_blocks_owned") >= 1.0);
+    assert!(metric_sum(k.port, "kiln_blocks_owned") >= 1.0);
     assert_same(&head, &snapshot(k.port), "read from blocks on S3");
     assert!(!k.data.join("blocks").exists(), "S3 blocks were written to the local filesystem");
     let data = k.kill();
     let k = Kiln::start_in(data, &flags);
     assert_same(&head, &snapshot(k.port), "after a restart, from S3");
-    assert_eq!(metric(k.port, "kiln_head_profiles"), 0.0);
+    assert_eq!(metric_sum(k.port, "kiln_head_profiles"), 0.0);
 }

@@ -199,17 +199,19 @@ fn a_full_disk_needs_no_manual_repair() {
     let r = post(k.port, "/ingester/flush?timeout=10s", &[], Vec::new());
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("No space left on device"), "{}", r.text());
-    assert_eq!(metric(k.port, "kiln_block_cuts_suspended"), 1.0);
+    assert_eq!(metric_sum(k.port, "kiln_block_cuts_suspended"), 1.0);
     assert_eq!(s.push(k.port, 0), 503, "a push was acknowledged on a full disk");
     std::fs::remove_file(&filler).unwrap();
     // The core retries by itself (its cut ticker, after the backoff).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(k.port, "kiln_block_cuts_suspended") != 0.0 || metric(k.port, "kiln_blocks_written_total") < 1.0 {
+    while metric_sum(k.port, "kiln_block_cuts_suspended") != 0.0
+        || metric_sum(k.port, "kiln_blocks_written_total") < 1.0
+    {
         assert!(Instant::now() < deadline, "the failed cut was not retried within 60 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(metric(k.port, "kiln_block_cut_retries_total") >= 1.0);
-    assert_eq!(metric(k.port, "kiln_head_frozen"), 0.0);
+    assert!(metric_sum(k.port, "kiln_block_cut_retries_total") >= 1.0);
+    assert_eq!(metric_sum(k.port, "kiln_head_frozen"), 0.0);
     for _ in 0..10 {
         s.push_ok(k.port, MEDIUM);
     }

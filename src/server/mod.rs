@@ -1,6 +1,8 @@
 //! The HTTP server each core runs: HTTP/1.1 and cleartext HTTP/2 on one SO_REUSEPORT port,
 //! and the router that sends each request to its handler.
 pub mod body;
+pub mod conn;
+pub mod inflight;
 pub mod metrics;
 pub mod ratelimit;
 pub mod rpc;
@@ -10,7 +12,6 @@ use crate::{distributor, ops, querier};
 use body::{RespBody, Response};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use kiln_shards::runtime::{CoreContext, Mesh};
 use metrics::{CoreMetrics, Route};
@@ -24,19 +25,33 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What every core shares, read-only or atomic: config, per-core metric slots, readiness.
+/// What every core shares, read-only or atomic: config, per-core metric slots, readiness,
+/// the connection count and the in-flight body budget.
 pub struct Shared {
     pub cfg: Config,
     pub metrics: Vec<CoreMetrics>,
+    pub conns: Arc<conn::Conns>,
+    pub bodies: inflight::BodyBudget,
+    pub timeouts: conn::Timeouts,
     pub cores_listening: AtomicUsize,
     pub shutting_down: AtomicBool,
     pub started: Instant,
 }
 
 impl Shared {
+    /// `cfg.http_conn_limit` and `cfg.max_inflight_body_bytes` are resolved by then (see
+    /// `run`); unset they mean no limit here.
     pub fn new(cfg: Config) -> Arc<Self> {
         let n = cfg.effective_shards();
+        let timeouts = conn::Timeouts::new(
+            cfg.http_server_read_timeout,
+            cfg.http_server_write_timeout,
+            cfg.http_server_idle_timeout,
+        );
         Arc::new(Shared {
+            conns: conn::Conns::new(cfg.http_conn_limit.unwrap_or(0)),
+            bodies: inflight::BodyBudget::new(cfg.max_inflight_body_bytes.unwrap_or(0)),
+            timeouts,
             cfg,
             metrics: (0..n).map(|_| CoreMetrics::default()).collect(),
             cores_listening: AtomicUsize::new(0),
@@ -105,17 +120,37 @@ pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     builder.http2().max_concurrent_streams(1024);
     let builder = Rc::new(builder);
+    let mut backoff = conn::AcceptBackoff::default();
     loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(s) => s,
+        let stream = match listener.accept().await {
+            Ok((s, _peer)) => {
+                backoff.reset();
+                s
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // Out of descriptors (EMFILE/ENFILE) or memory the error repeats until
+                // something is closed: wait instead of spinning, and log once a second.
+                if let Some(suppressed) = shared.conns.accept_failed(Instant::now()) {
+                    tracing::warn!(error = %e, suppressed, "accept failed; backing off");
+                }
+                let wait = backoff.next(&e);
+                if !wait.is_zero() {
+                    monoio::time::sleep(wait).await;
+                }
                 continue;
             }
         };
+        // Over the cap the connection is accepted and reset at once: the client learns
+        // now rather than after a timeout, the backlog does not fill with connections
+        // nobody will serve, and no descriptor is held.
+        let Some(slot) = shared.conns.try_open() else {
+            conn::refuse(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let io = match stream.try_into_poll_io() {
-            Ok(io) => hyper_util::rt::TokioIo::new(io),
+            Ok(io) => io,
             Err((e, _)) => {
                 tracing::warn!(error = %e, "cannot serve connection");
                 continue;
@@ -124,12 +159,29 @@ pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
         let core = core.clone();
         let builder = builder.clone();
         monoio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            // Declared first, dropped last: the slot is given back once the socket is closed.
+            let _slot = slot;
+            let watch = conn::ConnWatch::new(core.shared.timeouts);
+            let this_core = core.clone();
+            let io = hyper_util::rt::TokioIo::new(conn::WatchedIo::new(io, watch.clone()));
+            let w = watch.clone();
+            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 let core = core.clone();
-                async move { Ok::<_, Infallible>(handle(req, core).await) }
+                let (guard, deadline) = conn::RequestGuard::begin(&w);
+                req.extensions_mut().insert(deadline);
+                async move {
+                    let resp = handle(req, core).await;
+                    Ok::<_, Infallible>(resp.map(|b| conn::GuardedBody::new(b, guard.responding())))
+                }
             });
-            if let Err(e) = builder.serve_connection(io, svc).await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let conn = builder.serve_connection(io, svc);
+            match conn::supervise(conn, watch, |c| c.graceful_shutdown()).await {
+                conn::Ended::Finished(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                conn::Ended::Finished(Ok(())) => {}
+                conn::Ended::TimedOut(reason) => {
+                    tracing::debug!(?reason, "connection closed: timeout");
+                    this_core.shared.conns.timed_out(reason);
+                }
             }
         });
     }
@@ -289,19 +341,23 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
     } else {
         16 * 1024 * 1024
     };
-    let body = match http_body_util::Limited::new(body, limit.max(1)).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                let msg = format!("request body too large: the limit is {limit} bytes");
-                return match proto {
-                    Some(p) if path.contains(".v1.") => {
-                        rpc::respond_error(p, &RpcError::new(Code::ResourceExhausted, msg))
-                    }
-                    _ => rpc::http_error(StatusCode::PAYLOAD_TOO_LARGE, &msg),
-                };
-            }
-            return rpc::http_error(StatusCode::REQUEST_TIMEOUT, &format!("reading request body: {e}"));
+    // Held until the request is answered (or abandoned): the body's bytes stay counted in
+    // the process's in-flight budget while the handler works on them.
+    let mut reservation = core.shared.bodies.reservation();
+    let read = inflight::read_body(body, limit.max(1), &mut reservation);
+    let read = match parts.extensions.get::<conn::BodyDeadline>().and_then(|d| d.0) {
+        Some(at) => monoio::time::timeout_at(monoio::time::Instant::from_std(at), read).await.ok(),
+        None => Some(read.await),
+    };
+    let body = match read {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return body_error(proto.filter(|_| path.contains(".v1.")), e),
+        None => {
+            let msg = "reading the request body took longer than the read timeout (-server.http-server-read-timeout)";
+            return match proto {
+                Some(p) if path.contains(".v1.") => rpc::respond_error(p, &RpcError::new(Code::DeadlineExceeded, msg)),
+                _ => rpc::http_error(StatusCode::REQUEST_TIMEOUT, msg),
+            };
         }
     };
     let r = Req {
@@ -344,6 +400,41 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
         (Method::GET, "/ring") => ops::ring(core),
         (Method::GET | Method::POST, "/ingester/flush") => ops::flush(core, &r).await,
         _ => rpc::http_error(StatusCode::NOT_FOUND, &format!("no route for {} {}", r.method, r.path)),
+    }
+}
+
+/// The answer to a body that was not read: in the RPC's protocol for RPC paths (`rpc`),
+/// else a plain HTTP error. Nothing more of the body is read: hyper closes an HTTP/1
+/// connection whose request body was left unread once the answer is written.
+fn body_error(rpc: Option<Protocol>, e: inflight::BodyError) -> Response {
+    use inflight::BodyError;
+    let (status, code, msg) = match e {
+        BodyError::TooLarge { limit } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            format!("request body too large: the limit is {limit} bytes"),
+        ),
+        BodyError::OverBudget { bytes, budget } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            format!(
+                "request body too large: {bytes} bytes is more than the {budget} bytes of request bodies kiln reads at once (-server.max-inflight-body-bytes)"
+            ),
+        ),
+        BodyError::Busy { in_flight, budget } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::ResourceExhausted,
+            format!(
+                "too many request body bytes in flight: {in_flight} of {budget} bytes (-server.max-inflight-body-bytes) are being read or handled; retry later"
+            ),
+        ),
+        BodyError::Read(e) => {
+            return rpc::http_error(StatusCode::REQUEST_TIMEOUT, &format!("reading request body: {e}"));
+        }
+    };
+    match rpc {
+        Some(p) => rpc::respond_error(p, &RpcError::new(code, msg)),
+        None => rpc::http_error(status, &msg),
     }
 }
 

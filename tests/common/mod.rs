@@ -13,15 +13,27 @@ pub struct Kiln {
     child: Child,
     pub port: u16,
     pub data: PathBuf,
-    _port_hold: socket2::Socket,
+    port_hold: Option<socket2::Socket>,
+}
+
+/// How to start kiln, besides its flags.
+#[derive(Debug, Default, Clone)]
+pub struct Spawn {
+    /// Where kiln's log (stderr) goes; discarded when `None`.
+    pub stderr: Option<PathBuf>,
+    /// RLIMIT_NOFILE for the process, (soft, hard): kiln raises the soft one to the hard.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// A free port, held: the socket is bound with SO_REUSEPORT but never listens, so kiln (which
 /// binds with SO_REUSEPORT too) can share it while no other test is handed the same port.
+/// SO_REUSEADDR lets kiln's start-up probe (SO_REUSEADDR alone) bind beside it, as it binds
+/// beside anything that does not listen.
 pub fn hold_port() -> (u16, socket2::Socket) {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     s.set_reuse_port(true).unwrap();
+    s.set_reuse_address(true).unwrap();
     s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
     let port = s.local_addr().unwrap().as_socket().unwrap().port();
     (port, s)
@@ -47,26 +59,35 @@ pub const FIXTURE_FLAGS: &[&str] = &[
 
 impl Kiln {
     pub fn start(args: &[&str]) -> Kiln {
+        Kiln::start_with(args, &Spawn::default())
+    }
+
+    /// Starts kiln on a new data directory, as `spawn` says.
+    pub fn start_with(args: &[&str], spawn: &Spawn) -> Kiln {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data = std::env::temp_dir().join(format!("kiln-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
-        Kiln::start_in(data, args)
+        Kiln::start_at(data, hold_port(), args, spawn)
     }
 
     /// Starts kiln on an existing data directory (a restart); removed when dropped.
     pub fn start_in(data: PathBuf, args: &[&str]) -> Kiln {
-        let (port, hold) = hold_port();
-        let child = Kiln::spawn(&data, port, args);
-        let mut k = Kiln { child, port, data, _port_hold: hold };
+        Kiln::start_at(data, hold_port(), args, &Spawn::default())
+    }
+
+    /// Starts kiln on a data directory and a held port, and waits until it is ready.
+    pub fn start_at(data: PathBuf, (port, hold): (u16, socket2::Socket), args: &[&str], spawn: &Spawn) -> Kiln {
+        let child = Kiln::spawn_with(&data, port, args, spawn);
+        let mut k = Kiln { child, port, data, port_hold: Some(hold) };
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", k.port)).is_ok() && get(k.port, "/ready").status == 200 {
-                break;
-            }
+        // Raw requests that fail softly: right after a kill the old process's listener may
+        // still take (and then reset) connections.
+        while raw_get(k.port, "/ready").map(|r| r.0) != Some(200) {
             if let Ok(Some(status)) = k.child.try_wait() {
-                panic!("kiln exited during start: {status}");
+                let log = spawn.stderr.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+                panic!("kiln exited during start: {status}\n{log}");
             }
             assert!(Instant::now() < deadline, "kiln did not become ready");
             std::thread::sleep(Duration::from_millis(20));
@@ -75,16 +96,35 @@ impl Kiln {
     }
 
     pub fn spawn(data: &std::path::Path, port: u16, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg(format!("-server.http-listen-port={port}"))
+        Kiln::spawn_with(data, port, args, &Spawn::default())
+    }
+
+    pub fn spawn_with(data: &std::path::Path, port: u16, args: &[&str], spawn: &Spawn) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.arg(format!("-server.http-listen-port={port}"))
             .arg("-server.http-listen-address=127.0.0.1")
             .arg(format!("-storage.path={}", data.display()))
             .arg("-shards=2")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kiln")
+            .stderr(match &spawn.stderr {
+                Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+                None => Stdio::null(),
+            });
+        if let Some((soft, hard)) = spawn.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn().expect("start kiln")
     }
 
     pub fn pid(&self) -> u32 {
@@ -103,6 +143,14 @@ impl Kiln {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::mem::take(&mut self.data)
+    }
+
+    /// SIGKILL; returns the data directory and the held port, for a restart on that port.
+    pub fn kill_keeping_port(mut self) -> (PathBuf, (u16, socket2::Socket)) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let hold = self.port_hold.take().expect("port held");
+        (std::mem::take(&mut self.data), (self.port, hold))
     }
 }
 
@@ -135,6 +183,57 @@ impl Resp {
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Writes `bytes` on a new connection to kiln and reads until the server closes it or
+/// `wait` passes without a byte (then what was read so far). Err when the connection could
+/// not be made or was reset before anything was read.
+pub fn raw_exchange(port: u16, bytes: &[u8], wait: Duration) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(wait))?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Ok(out)
+            }
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => return Ok(out),
+        }
+    }
+}
+
+/// The status and body of a raw HTTP/1.1 answer; `None` when it is not one.
+pub fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Some((status, body))
+}
+
+/// `GET path` on a new HTTP/1.1 connection, failing softly: `None` when the connection is
+/// refused, reset or not answered.
+pub fn raw_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    parse_response(&raw_exchange(port, req.as_bytes(), Duration::from_secs(10)).ok()?)
+}
+
+/// The value of one series (`name` or `name{labels}`) on /metrics.
+pub fn metric(port: u16, series: &str) -> f64 {
+    let (status, body) = raw_get(port, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} not on /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// One HTTP request; `h2` selects prior-knowledge HTTP/2 (h2c).
@@ -222,8 +321,8 @@ pub fn grpc<Req: Message, Resp2: Message + Default>(
     Ok(Resp2::decode(&r.body[5..5 + len]).expect("decode gRPC response"))
 }
 
-/// The sum over every core of a metric on `/metrics`.
-pub fn metric(port: u16, name: &str) -> f64 {
+/// The sum over every core of a per-core metric (`name{core="…"}`) on `/metrics`.
+pub fn metric_sum(port: u16, name: &str) -> f64 {
     get(port, "/metrics")
         .text()
         .lines()
