@@ -149,7 +149,11 @@ impl PyroscopeStacks {
     fn new(p: &ProfileInput, strings: &[String]) -> Self {
         let mut stacks: Vec<Vec<u64>> = Vec::with_capacity(p.sample.len());
         let mut stack_of = Vec::with_capacity(p.sample.len());
-        let Some(new_id) = merged_location_ids(p, strings) else {
+        // Every string as Pyroscope's merge sees it, made once: functions and sample labels
+        // refer to the same few strings many times over, and a copy per reference would
+        // grow with the profile's references instead of its strings.
+        let cleaned: Vec<Cow<'_, str>> = strings.iter().map(|s| pyroscope_drop_type_params(s)).collect();
+        let Some(new_id) = merged_location_ids(p, strings, &cleaned) else {
             for s in &p.sample {
                 stack_of.push(Some(stacks.len()));
                 stacks.push(s.location_id.clone());
@@ -165,11 +169,8 @@ impl PyroscopeStacks {
                 pprof_id.entry(id).or_insert(l.id);
             }
         }
-        let text = |i: i64| {
-            let s = usize::try_from(i).ok().and_then(|i| strings.get(i)).map_or("", String::as_str);
-            pyroscope_drop_type_params(s)
-        };
-        type SampleKey<'a> = (Vec<u64>, Vec<(Cow<'a, str>, Cow<'a, str>)>);
+        let text = |i: i64| usize::try_from(i).ok().and_then(|i| cleaned.get(i)).map_or("", |s| &**s);
+        type SampleKey<'a> = (Vec<u64>, Vec<(&'a str, &'a str)>);
         let mut seen: FxHashMap<SampleKey<'_>, usize> = FxHashMap::default();
         for s in &p.sample {
             let stack: Option<Vec<u64>> = s.location_id.iter().map(|id| new_id.get(id).copied()).collect();
@@ -264,18 +265,19 @@ fn pyroscope_drop_type_params(s: &str) -> Cow<'_, str> {
 /// locations that became equal (same address, mapping and lines) into the first of them.
 /// Returns that renumbering (pprof id → new id), or `None` if the ids stay as they are.
 /// Locations without address and lines are dropped by that merge (absent from the map).
-fn merged_location_ids(p: &ProfileInput, strings: &[String]) -> Option<FxHashMap<u64, u64>> {
-    if !strings.iter().any(|s| pyroscope_drop_type_params(s) != s.as_str()) {
+/// `cleaned` is the string table `strings` as that merge sees it
+/// ([`pyroscope_drop_type_params`]).
+fn merged_location_ids<'a>(
+    p: &ProfileInput,
+    strings: &[String],
+    cleaned: &'a [Cow<'a, str>],
+) -> Option<FxHashMap<u64, u64>> {
+    if strings.iter().zip(cleaned).all(|(s, c)| s.as_str() == &**c) {
         return None;
     }
-    let text = |i: i64| -> Cow<'_, str> {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| strings.get(i))
-            .map_or(Cow::Borrowed(""), |s| pyroscope_drop_type_params(s))
-    };
-    type FunctionKey<'a> = (u32, Cow<'a, str>, Cow<'a, str>, Cow<'a, str>);
-    type MappingKey<'a> = (u64, u64, Cow<'a, str>);
+    let text = |i: i64| -> &'a str { usize::try_from(i).ok().and_then(|i| cleaned.get(i)).map_or("", |s| &**s) };
+    type FunctionKey<'a> = (u32, &'a str, &'a str, &'a str);
+    type MappingKey<'a> = (u64, u64, &'a str);
     let mut functions: FxHashMap<u64, FunctionKey<'_>> = FxHashMap::default();
     for f in &p.function {
         let key = (f.start_line as u32, text(f.name), text(f.system_name), text(f.filename));
@@ -289,7 +291,7 @@ fn merged_location_ids(p: &ProfileInput, strings: &[String]) -> Option<FxHashMap
         let name = if build_id.is_empty() { text(m.filename) } else { build_id };
         mappings.insert(m.id, (size - size % 0x1000, m.file_offset, name));
     }
-    let stub: MappingKey<'_> = (0, 0, Cow::Borrowed(""));
+    let stub: MappingKey<'_> = (0, 0, "");
     type LocationKey<'a, 'b> = (u64, Option<&'b MappingKey<'a>>, Vec<(Option<&'b FunctionKey<'a>>, u32)>);
     let mut first: FxHashMap<LocationKey<'_, '_>, u64> = FxHashMap::default();
     let mut new_id = FxHashMap::default();
@@ -537,7 +539,9 @@ mod tests {
         repair_as(&mut p, FIXTURE_ERA);
         // The fixture was also written while Pyroscope's self-merge (after dropping type
         // parameters) counted the first of equal samples twice.
-        let new_id = merged_location_ids(&raw, &strings(&raw)).expect("type parameters");
+        let strings = strings(&raw);
+        let cleaned: Vec<Cow<'_, str>> = strings.iter().map(|s| pyroscope_drop_type_params(s)).collect();
+        let new_id = merged_location_ids(&raw, &strings, &cleaned).expect("type parameters");
         let mut seen = std::collections::HashSet::new();
         for (s, r) in p.sample.iter_mut().zip(&raw.sample) {
             let mut labels: Vec<(i64, i64)> = r.label.iter().map(|l| (l.key, l.str)).collect();
