@@ -4,8 +4,8 @@
 //! the configured limits: a request of a few hundred KiB must not be able to take gigabytes.
 //! [`DECODERS`] lists each decoder a client (or the WAL) feeds, run as kiln runs it with the
 //! limits below, and the [`Budget`] it must hold to for any input; [`CountingAlloc`], a
-//! global allocator that counts, measures one run. The fuzz targets (`fuzz/`, target
-//! `budget`) and `tests/alloc_budget.rs` both install it and call [`check`]: the fuzzer
+//! global allocator that counts, measures one run. The fuzz targets of these decoders
+//! (`fuzz/`) and `tests/alloc_budget.rs` both install it and call [`check`]: the fuzzer
 //! looks for inputs that break a budget, the test replays hostile inputs built to come
 //! close, so CI catches a regression without a fuzzer. kiln itself never installs it.
 //!
@@ -294,4 +294,11 @@ pub fn check(d: &Decoder, data: &[u8]) -> Result<Usage, String> {
 /// The decoder named `name`.
 pub fn decoder(name: &str) -> &'static Decoder {
     DECODERS.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("no decoder {name}"))
+}
+
+/// Panics (for a fuzz target) when `decoder` breaks its budget on `data`.
+pub fn assert_within(decoder_name: &str, data: &[u8]) {
+    if let Err(e) = check(decoder(decoder_name), data) {
+        panic!("{e}");
+    }
 }

@@ -75,6 +75,13 @@ fn pprofs() {
         ("one Go generic name shared by 40000 functions", go_generic_profile(40_000, 60_000)),
         ("a pyspy profile without its spy", spy_profile(40_000, 60_000)),
     ];
+    // The Go stack repair appends 440 frames to each of these samples (as Pyroscope does).
+    let chain = go_repair_chain_profile(15_900);
+    let limits = kiln::distributor::pprof::PprofLimits { max_samples: budget::limits::SAMPLES };
+    let repaired = kiln::distributor::pprof::decode_and_normalize(&chain, limits).unwrap();
+    let deepest = repaired.profile.samples.iter().map(|s| s.locations.len()).max().unwrap();
+    assert!(deepest >= 464, "the repair appended nothing: deepest stack {deepest}");
+    inputs.push(("Go stacks the repair extends", chain));
     let fixtures = fixtures();
     inputs.extend(fixtures.iter().map(|(n, b)| (n.as_str(), b.clone())));
     holds("pprof", &inputs);

@@ -25,6 +25,10 @@
 //!   and that group's root-most `sum` frames (taken from its first stack in sort order) are
 //!   appended to every stack of the group. A chain of 56 links (deep recursion, or a cycle
 //!   of links) stops the repair there, leaving the groups not yet handled as they are.
+//! * kiln alone: the repair also stops there once it would have appended more than twice
+//!   the profile's own frames (plus 65536). Real profiles never come near (a truncated stack
+//!   gains its missing root part, rarely longer than itself); a crafted one of many short
+//!   stacks chained to a deep one would otherwise grow a hundred times its size.
 //!
 //! Repaired stacks may equal other stacks; they are not merged here (the head sums equal
 //! stacks anyway).
@@ -51,6 +55,8 @@ const TOKEN_LEN: usize = 16;
 const TOKENS: usize = 8;
 /// Stacks shorter than this are neither repaired nor used to repair others.
 const SUFFIX_LEN: usize = TOKENS + TOKEN_LEN;
+/// Frames the repair may append beyond twice those of the profile (see `repair_stacks`).
+const MAX_APPENDED_SLACK: usize = 1 << 16;
 
 const GO_HEAP_TYPES: &[&str] = &["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"];
 const GO_SHAPE: &str = "[go.shape.";
@@ -401,6 +407,11 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
         .collect();
     drop(owners);
 
+    // What the repair may add: a stack gains up to 56 links of 8 frames, so a profile of
+    // many short stacks chained to one deep one would grow a hundredfold. Real truncated
+    // profiles gain less than their own frames; past twice that, the repair stops.
+    let max_appended = 2 * stacks.iter().map(Vec::len).sum::<usize>() + MAX_APPENDED_SLACK;
+    let mut appended = 0usize;
     for (g, &start) in starts.iter().enumerate() {
         let mut link = links[g];
         let mut missing = 0usize;
@@ -425,8 +436,14 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
         if missing >= reference.len() {
             continue;
         }
+        let members = &order[start..end_of(g).max(start)];
+        appended += missing * members.len();
+        if appended > max_appended {
+            // Past the budget: stop here, as at the chain limit.
+            return sorted;
+        }
         let tail = reference[reference.len() - missing..].to_vec();
-        for &i in &order[start..end_of(g).max(start)] {
+        for &i in members {
             stacks[i].extend_from_slice(&tail);
         }
     }
@@ -518,6 +535,37 @@ mod tests {
         let mut stacks = PyroscopeStacks::new(p, &strings(p));
         stacks.repair(params);
         stacks.apply(p);
+    }
+
+    /// 55 groups of 24-frame stacks, each lacking 8 frames of the one before it, down to a
+    /// 480-frame stack, then `n` stacks of the last group (each would gain 440 frames).
+    fn chained_stacks(n: usize) -> Vec<Vec<u64>> {
+        let root: Vec<u64> = (1..=480).collect();
+        let mut stacks = vec![root.clone()];
+        let mut prev = root[456..].to_vec();
+        let mut id = 1000;
+        for _ in 0..55 {
+            let s: Vec<u64> = (0..8).map(|k| id + k).chain(prev[..16].iter().copied()).collect();
+            id += 8;
+            stacks.push(s.clone());
+            prev = s;
+        }
+        stacks.push((0..24).map(|k| 0xff + (k << 12)).collect()); // sorts last (the quirk)
+        stacks.extend(std::iter::repeat_n(prev, n));
+        stacks
+    }
+
+    #[test]
+    fn the_repair_stops_before_it_grows_a_profile_beyond_its_budget() {
+        for (n, repaired) in [(10, true), (20_000, false)] {
+            let mut stacks = chained_stacks(n);
+            repair_stacks(&mut stacks, PYROSCOPE);
+            let last = stacks.last().unwrap().len();
+            assert_eq!(last > 24, repaired, "{n} stacks: the last has {last} frames");
+            if repaired {
+                assert_eq!(last, 24 + 440);
+            }
+        }
     }
 
     #[test]

@@ -235,6 +235,16 @@ mod tests {
     }
 
     #[test]
+    fn json_costs_bound_what_serde_makes() {
+        let empty = format!("{{\"series\":[{}{{}}]}}", "{},".repeat(10_000));
+        let c = json_cost(empty.as_bytes(), RAW_PROFILE_SERIES_SIZE);
+        assert!(c >= 10_001 * RAW_PROFILE_SERIES_SIZE, "{c}");
+        let req: push::PushRequest = serde_json::from_str(&empty).unwrap();
+        assert_eq!(req.series.len(), 10_001);
+        assert!(json_cost(b"{}", 72) < 200);
+    }
+
+    #[test]
     fn packed_and_unpacked_scalars() {
         let s = kiln_proto::google::v1::Sample { location_id: vec![1, 2, 300], value: vec![5], label: vec![] };
         let p = kiln_proto::kiln::v1::ProfileInput { sample: vec![s], ..Default::default() };

@@ -87,3 +87,54 @@ pub fn empty_records(field: u8, n: usize) -> Vec<u8> {
 pub fn profile_of_empty_records(field: u8, n: usize) -> Vec<u8> {
     [profile_sharing_names(&[], 1, 0, 0), empty_records(field, n)].concat()
 }
+
+/// A Go CPU profile whose truncated-stack repair (gofix, as Pyroscope's) appends the most
+/// frames: 55 groups of 24-frame stacks, each lacking 8 frames of the one before it, down to
+/// a 480-frame stack; then `n` samples of the last group, each of which gets 440 frames.
+pub fn go_repair_chain_profile(n: usize) -> Vec<u8> {
+    let mut next_id = 0u64;
+    let mut fresh = || {
+        next_id += 1;
+        // Low byte 0xff is kept for the stack that must sort last.
+        if next_id & 0xff == 0xff {
+            next_id += 1;
+        }
+        next_id
+    };
+    let root: Vec<u64> = (0..480).map(|_| fresh()).collect();
+    let mut stacks = vec![root.clone()];
+    let mut prev: Vec<u64> = root[root.len() - 24..].to_vec();
+    for _ in 0..55 {
+        let s: Vec<u64> = (0..8).map(|_| fresh()).chain(prev[..16].iter().copied()).collect();
+        stacks.push(s.clone());
+        prev = s;
+    }
+    // Pyroscope's quirk leaves the last group in sort order unrepaired: a stack to sort last.
+    let last: Vec<u64> = std::iter::once(0x7ff).chain((0..23).map(|_| fresh())).collect();
+    stacks.push(last);
+    stacks.extend(std::iter::repeat_n(prev, n));
+    let max_id = stacks.iter().flatten().copied().max().unwrap();
+    ProfileInput {
+        sample_type: vec![pb::ValueType { r#type: 1, unit: 2 }],
+        sample: stacks
+            .into_iter()
+            .map(|location_id| pb::Sample { location_id, value: vec![1], label: vec![] })
+            .collect(),
+        location: (1..=max_id)
+            .map(|id| pb::Location { id, line: vec![pb::Line { function_id: 1, line: 1 }], ..Default::default() })
+            .collect(),
+        function: vec![pb::Function { id: 1, name: 3, system_name: 3, filename: 4, start_line: 0 }],
+        string_table: vec![
+            b"".to_vec(),
+            b"cpu".to_vec(),
+            b"nanoseconds".to_vec(),
+            b"main.f".to_vec(),
+            b"main.go".to_vec(),
+        ],
+        time_nanos: now_ns(),
+        period_type: Some(pb::ValueType { r#type: 1, unit: 2 }),
+        period: 10_000_000,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
