@@ -18,5 +18,7 @@ for t in $TARGETS; do
   seeds=()
   [ "$t" = pprof ] && seeds=(../testdata/pprof/pyroscope/og-convert ../testdata/pprof/pyroscope/pkg-pprof)
   echo "== $t"
-  ./target/"$TRIPLE"/release/$t -max_total_time="$SECS" -rss_limit_mb=2048 -artifact_prefix=artifacts/$t/ corpus/$t "${seeds[@]}"
+  # -timeout: a generous wall budget per input (the memory and allocation budgets are
+  # asserted by the targets themselves, see kiln::budget).
+  ./target/"$TRIPLE"/release/$t -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -artifact_prefix=artifacts/$t/ corpus/$t "${seeds[@]}"
 done

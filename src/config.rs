@@ -30,6 +30,10 @@ pub struct Limits {
     pub max_local_series_per_tenant: usize,
     /// Series per tenant across the cluster (0 = no limit); on one node the same as local.
     pub max_global_series_per_tenant: usize,
+    /// Series (or `groupBy` groups) one time-series answer may hold (0: no limit).
+    pub max_query_series: usize,
+    /// Points one time-series answer may hold, over all its series (0: no limit).
+    pub max_query_points: usize,
 }
 
 impl Default for Limits {
@@ -51,7 +55,17 @@ impl Default for Limits {
             max_flamegraph_nodes_max: 1_048_576,
             max_local_series_per_tenant: 0,
             max_global_series_per_tenant: 5000,
+            max_query_series: 10_000,
+            max_query_points: 2_000_000,
         }
+    }
+}
+
+impl Limits {
+    /// `-distributor.ingestion-body-limit-mb` in bytes (0: no limit): a write request's body,
+    /// and its uncompressed budget.
+    pub fn body_limit_bytes(&self) -> usize {
+        (self.ingestion_body_limit_mb * 1024.0 * 1024.0) as usize
     }
 }
 
@@ -522,6 +536,8 @@ impl Config {
             "querier.max-flamegraph-nodes-max" => {
                 l.max_flamegraph_nodes_max = v.parse().map_err(|e| bad(format!("{e}")))?
             }
+            "querier.max-query-series" => l.max_query_series = parse_num(v).map_err(bad)?,
+            "querier.max-query-points" => l.max_query_points = parse_num(v).map_err(bad)?,
             // Accepted for compatibility with Pyroscope command lines; kiln does not push
             // profiles of itself.
             "self-profiling.disable-push" | "self-profiling.tenant-id" => {}
@@ -615,6 +631,8 @@ const LIMIT_KEYS: &[(&str, &str)] = &[
     ("max_query_length", "querier.max-query-length"),
     ("max_flamegraph_nodes_default", "querier.max-flamegraph-nodes-default"),
     ("max_flamegraph_nodes_max", "querier.max-flamegraph-nodes-max"),
+    ("max_query_series", "querier.max-query-series"),
+    ("max_query_points", "querier.max-query-points"),
 ];
 
 fn apply_limits_yaml(limits: &mut Limits, v: &serde_yaml::Value) -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! `server` runs HTTP/1.1 and h2c on every core and frames RPCs; `distributor` validates and
 //! routes pushes to the cores that own their series; `querier` fans queries out to every core
 //! and merges the answers. The per-core data lives in the `kiln-shards` crate.
+pub mod budget;
 pub mod config;
 pub mod distributor;
 pub mod ops;

@@ -1,62 +1,78 @@
 //! Pyroscope's time parameter grammar, used by `/ingest` (`from`, `until`) and
 //! `/pyroscope/render`: digits by length (13 ms, 16 µs, 19 ns, else seconds; 8 digits that
 //! form a date are `YYYYMMDD`), or `now` with an optional `+`/`-` offset such as `now-1h30m`.
-//! Anything unparseable is `now`, as in Pyroscope.
+//! Anything unparseable is `now`, as in Pyroscope; a time that parses but does not fit in
+//! i64 nanoseconds (before 1677 or after 2262) is an error, not a silent `now` or a clamp.
 
-/// Parses `s` to Unix nanoseconds, given the current time in nanoseconds.
-pub fn parse_time_ns(s: &str, now_ns: i64) -> i64 {
+/// Parses `s` to Unix nanoseconds, given the current time in nanoseconds. `Err` (a message
+/// for a 400) when the time it names is out of range.
+pub fn parse_time_ns(s: &str, now_ns: i64) -> Result<i64, String> {
+    let out_of_range =
+        || format!("time {s:?} is out of range: times must lie between the years 1677 and 2262 (64-bit nanoseconds)");
     let cleaned: String = s.trim().chars().filter(|c| !matches!(c, '_' | ',' | ' ')).collect();
     if cleaned.is_empty() {
-        return now_ns;
+        return Ok(now_ns);
     }
     if cleaned.bytes().all(|b| b.is_ascii_digit()) {
         if cleaned.len() == 8 {
-            if let Some(ns) = yyyymmdd(&cleaned) {
-                return ns;
+            if let Some(days) = yyyymmdd(&cleaned) {
+                return days.checked_mul(86_400_000_000_000).ok_or_else(out_of_range);
             }
         }
-        let Ok(v) = cleaned.parse::<i64>() else {
-            return now_ns;
+        // All digits: a parse error is an overflow.
+        let v = cleaned.parse::<i64>().map_err(|_| out_of_range())?;
+        let scaled = match cleaned.len() {
+            13 => v.checked_mul(1_000_000),
+            16 => v.checked_mul(1_000),
+            19 => Some(v),
+            _ => v.checked_mul(1_000_000_000),
         };
-        return match cleaned.len() {
-            13 => v.saturating_mul(1_000_000),
-            16 => v.saturating_mul(1_000),
-            19 => v,
-            _ => v.saturating_mul(1_000_000_000),
-        };
+        return scaled.ok_or_else(out_of_range);
     }
     let Some(rest) = cleaned.strip_prefix("now") else {
-        return now_ns;
+        return Ok(now_ns);
     };
     if rest.is_empty() {
-        return now_ns;
+        return Ok(now_ns);
     }
     let (sign, rest) = match rest.as_bytes()[0] {
         b'-' => (-1, &rest[1..]),
         b'+' => (1, &rest[1..]),
-        _ => return now_ns,
+        _ => return Ok(now_ns),
     };
     match parse_offset_ns(rest) {
-        Some(off) => now_ns.saturating_add(sign * off),
-        None => now_ns,
+        Offset::Ns(off) => now_ns.checked_add(sign * off).ok_or_else(out_of_range),
+        Offset::Unparseable => Ok(now_ns),
+        Offset::Overflow => Err(out_of_range()),
     }
 }
 
+enum Offset {
+    Ns(i64),
+    Unparseable,
+    Overflow,
+}
+
 /// `1h30m`, `15min`, `2d`, `1mon`…: groups of an integer and a unit chosen by prefix.
-fn parse_offset_ns(s: &str) -> Option<i64> {
+fn parse_offset_ns(s: &str) -> Offset {
     const S: i64 = 1_000_000_000;
     let b = s.as_bytes();
     let mut i = 0;
     let mut total: i64 = 0;
     if b.is_empty() {
-        return None;
+        return Offset::Unparseable;
     }
     while i < b.len() {
         let start = i;
         while i < b.len() && b[i].is_ascii_digit() {
             i += 1;
         }
-        let n: i64 = s[start..i].parse().ok()?;
+        if start == i {
+            return Offset::Unparseable;
+        }
+        let Ok(n) = s[start..i].parse::<i64>() else {
+            return Offset::Overflow; // digits only: too many of them
+        };
         let ustart = i;
         while i < b.len() && b[i].is_ascii_alphabetic() {
             i += 1;
@@ -77,13 +93,17 @@ fn parse_offset_ns(s: &str) -> Option<i64> {
         } else if unit.starts_with('y') {
             365 * 86400 * S
         } else {
-            return None;
+            return Offset::Unparseable;
         };
-        total = total.checked_add(n.checked_mul(mult)?)?;
+        match n.checked_mul(mult).and_then(|v| total.checked_add(v)) {
+            Some(t) => total = t,
+            None => return Offset::Overflow,
+        }
     }
-    Some(total)
+    Offset::Ns(total)
 }
 
+/// Days since the epoch of a valid `YYYYMMDD` date.
 fn yyyymmdd(s: &str) -> Option<i64> {
     let y: i64 = s[0..4].parse().ok()?;
     let m: i64 = s[4..6].parse().ok()?;
@@ -108,8 +128,7 @@ fn yyyymmdd(s: &str) -> Option<i64> {
     if d > days_in[(m - 1) as usize] {
         return None;
     }
-    // Years far from the epoch do not fit in i64 nanoseconds: clamp rather than overflow.
-    Some(days_from_civil(y, m, d).saturating_mul(86_400_000_000_000))
+    Some(days_from_civil(y, m, d))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -134,26 +153,47 @@ mod tests {
 
     #[test]
     fn digits_by_length() {
-        assert_eq!(parse_time_ns("1700000000", NOW), NOW);
-        assert_eq!(parse_time_ns("1700000000000", NOW), NOW);
-        assert_eq!(parse_time_ns("1700000000000000", NOW), NOW);
-        assert_eq!(parse_time_ns("1700000000000000000", NOW), NOW);
-        assert_eq!(parse_time_ns("1_700_000_000", NOW), NOW);
-        assert_eq!(parse_time_ns("20231114", NOW), 1_699_920_000_000_000_000);
-        // Found by fuzzing: a date far before the epoch overflowed.
-        assert_eq!(parse_time_ns("11111111", NOW), i64::MIN);
+        let p = |s: &str| parse_time_ns(s, NOW).unwrap();
+        assert_eq!(p("1700000000"), NOW);
+        assert_eq!(p("1700000000000"), NOW);
+        assert_eq!(p("1700000000000000"), NOW);
+        assert_eq!(p("1700000000000000000"), NOW);
+        assert_eq!(p("1_700_000_000"), NOW);
+        assert_eq!(p("20231114"), 1_699_920_000_000_000_000);
+    }
+
+    #[test]
+    fn out_of_range_times_are_errors() {
+        // Found by fuzzing: a date far before the epoch overflowed (it was then clamped).
+        for s in [
+            "11111111",
+            "99991231",
+            "now-10000000y",
+            "now+300y",
+            "now-99999999999999999999s",
+            "99999999999",
+            "99999999999999999999999",
+        ] {
+            let e = parse_time_ns(s, NOW).unwrap_err();
+            assert!(e.contains("out of range"), "{s}: {e}");
+        }
+        assert_eq!(parse_time_ns("now-200y", NOW).unwrap(), NOW - 200 * 365 * 86_400_000_000_000);
     }
 
     #[test]
     fn relative() {
         let h = 3_600_000_000_000;
-        assert_eq!(parse_time_ns("now", NOW), NOW);
-        assert_eq!(parse_time_ns("now-1h", NOW), NOW - h);
-        assert_eq!(parse_time_ns("now-1h30m", NOW), NOW - h - h / 2);
-        assert_eq!(parse_time_ns("now+15min", NOW), NOW + h / 4);
-        assert_eq!(parse_time_ns("now-7d", NOW), NOW - 7 * 24 * h);
-        assert_eq!(parse_time_ns("now-1mon", NOW), NOW - 30 * 24 * h);
-        assert_eq!(parse_time_ns("garbage", NOW), NOW);
-        assert_eq!(parse_time_ns("now-1x", NOW), NOW);
+        let p = |s: &str| parse_time_ns(s, NOW).unwrap();
+        assert_eq!(p("now"), NOW);
+        assert_eq!(p("now-1h"), NOW - h);
+        assert_eq!(p("now-1h30m"), NOW - h - h / 2);
+        assert_eq!(p("now+15min"), NOW + h / 4);
+        assert_eq!(p("now-7d"), NOW - 7 * 24 * h);
+        assert_eq!(p("now-1mon"), NOW - 30 * 24 * h);
+        // Unparseable is now, as in Pyroscope.
+        assert_eq!(p("garbage"), NOW);
+        assert_eq!(p("now-1x"), NOW);
+        assert_eq!(p("now-h"), NOW);
+        assert_eq!(p("now-"), NOW);
     }
 }

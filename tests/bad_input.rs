@@ -174,6 +174,21 @@ fn bad_ingest_requests() {
     assert_eq!(post(k.port, "/ingest?name=app", &[("content-type", &ct)], body).status, 422);
     let r = post(k.port, "/ingest?name=app", &[("content-type", "multipart/form-data; boundary=x")], b"junk".to_vec());
     assert_eq!(r.status, 400);
+    // RFC 2046: a boundary has at most 70 characters.
+    let ct = format!("multipart/form-data; boundary={}", "b".repeat(71));
+    let r = post(k.port, "/ingest?name=app", &[("content-type", ct.as_str())], b"--".to_vec());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("RFC 2046"), "{}", r.text());
+    let config = vec![b' '; 65 * 1024];
+    let (ct, body) = multipart(&[("profile", &cpu), ("sample_type_config", &config)]);
+    let r = post(k.port, "/ingest?name=app", &[("content-type", &ct)], body);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("sample_type_config"), "{}", r.text());
+    // A folded body of short distinct frames would build to a hundred times its size.
+    let frames: String = (0..50_000).map(|i| format!("{i:x};")).collect::<String>() + " 1\n";
+    let r = post(k.port, "/ingest?name=app.cpu&format=folded", &[], frames.into_bytes());
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("too many distinct frames"), "{}", r.text());
     assert_eq!(get(k.port, "/ready").status, 200);
 }
 
@@ -229,6 +244,26 @@ fn bad_queries() {
     )
     .unwrap_err();
     assert!(e.2.contains("step"));
+    // NaN, infinities and steps whose points' times would overflow: refused, not wrapped.
+    for (step, needle) in
+        [(f64::NAN, "finite"), (f64::INFINITY, "finite"), (-1.0, "0.001"), (1e300, "too large"), (9.3e15, "too large")]
+    {
+        let e = connect::<_, q::SelectSeriesResponse>(
+            k.port,
+            "/querier.v1.QuerierService/SelectSeries",
+            &[],
+            &q::SelectSeriesRequest {
+                profile_type_id: pt.into(),
+                start: now - 1000,
+                end: now,
+                step,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "invalid_argument"), "step {step}: {e:?}");
+        assert!(e.2.contains(needle), "step {step}: {e:?}");
+    }
     let e = sms(pt, "{}", now - 1000, now);
     assert!(e.is_ok());
     let mut req = q::SelectMergeStacktracesRequest {
@@ -246,6 +281,32 @@ fn bad_queries() {
     )
     .unwrap_err();
     assert!(e.2.contains("max flamegraph nodes"), "{e:?}");
+    // Negative: no limit, which only an unlimited maximum grants (Pyroscope's message).
+    req.max_nodes = Some(-1);
+    let e = connect::<_, q::SelectMergeStacktracesResponse>(
+        k.port,
+        "/querier.v1.QuerierService/SelectMergeStacktraces",
+        &[],
+        &req,
+    )
+    .unwrap_err();
+    assert_eq!(e.2, "max flamegraph nodes limit must be set (max allowed 1048576)", "{e:?}");
+
+    // Times that do not fit in 64-bit nanoseconds are a 400, not a silent `now`.
+    let q = "process_cpu:cpu:nanoseconds:cpu:nanoseconds%7B%7D";
+    for path in [
+        format!("/pyroscope/render?query={q}&from=now-10000000y&until=now"),
+        format!("/pyroscope/render?query={q}&from=now-1h&until=99999999999"),
+        format!("/pyroscope/render-diff?leftQuery={q}&rightQuery={q}&leftFrom=now-10000000y&rightFrom=now-1h"),
+        "/pyroscope/label-values?label=__name__&from=11111111".to_string(),
+    ] {
+        let r = get(k.port, &path);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains("out of range"), "{path}: {}", r.text());
+    }
+    let r = post(k.port, "/ingest?name=a.cpu&from=now-10000000y", &[], b"main 1\n".to_vec());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("out of range"), "{}", r.text());
 
     let r = get(k.port, "/pyroscope/render?query=%7Bservice_name%3D%22a%22%7D");
     assert_eq!(r.status, 400);

@@ -1,10 +1,18 @@
 //! The text parsers of the ingest and query APIs: selectors, /ingest names, times, folded and
 //! lines bodies, multipart bodies.
+//! Folded, lines and multipart bodies hold to their memory and allocation budgets.
 #![no_main]
 use kiln::distributor::{folded, legacy, multipart};
 use libfuzzer_sys::fuzz_target;
 
+// Counts allocations so that each input is checked against its decoder's memory and
+// allocation budget (kiln::budget).
+#[global_allocator]
+static ALLOC: kiln::budget::CountingAlloc<std::alloc::System> = kiln::budget::CountingAlloc(std::alloc::System);
+
 fuzz_target!(|data: &[u8]| {
+    kiln::budget::assert_within("folded", data);
+    kiln::budget::assert_within("multipart", data);
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = kiln_shards::selector::parse_selector(s);
         let _ = legacy::parse_name(s);

@@ -20,14 +20,42 @@ pub fn is_gzip(data: &[u8]) -> bool {
 }
 
 /// Inflates a gzip stream (one or more members), failing as soon as the output would pass
-/// `limit` bytes.
+/// `limit` bytes. The output buffer grows geometrically but never past `limit` (a byte read
+/// beyond it on the stack proves the limit passed), so a bomb costs at most its limit however
+/// far it would inflate: `read_to_end` would double past it.
 pub fn gunzip_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
-    let mut out = Vec::with_capacity(data.len().saturating_mul(3).min(limit));
-    let mut decoder = MultiGzDecoder::new(data).take(limit as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(|e| InflateError::Corrupt(e.to_string()))?;
-    if out.len() > limit {
-        return Err(InflateError::TooLarge { limit });
+    let mut out: Vec<u8> = Vec::new();
+    out.reserve_exact(data.len().saturating_mul(3).max(64).min(limit));
+    let mut decoder = MultiGzDecoder::new(data);
+    let mut filled = 0;
+    let corrupt = |e: std::io::Error| InflateError::Corrupt(e.to_string());
+    loop {
+        if filled == out.len() {
+            if filled == limit {
+                // Full: one more byte means too large.
+                let mut probe = [0u8; 1];
+                loop {
+                    match decoder.read(&mut probe) {
+                        Ok(0) => break,
+                        Ok(_) => return Err(InflateError::TooLarge { limit }),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(corrupt(e)),
+                    }
+                }
+                break;
+            }
+            let grow = filled.max(8192).min(limit - filled);
+            out.reserve_exact(grow);
+            out.resize(filled + grow, 0);
+        }
+        match decoder.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(corrupt(e)),
+        }
     }
+    out.truncate(filled);
     Ok(out)
 }
 
@@ -69,6 +97,18 @@ mod tests {
         let n = z.len();
         z.truncate(n - 6);
         assert!(matches!(gunzip_bounded(&z, 1000), Err(InflateError::Corrupt(_))));
+    }
+
+    #[test]
+    fn never_holds_more_than_the_limit() {
+        // A 64 MiB bomb against a 100 KiB limit: refused, and the buffer never grew past it.
+        let z = gzip(&vec![0u8; 64 << 20]);
+        assert_eq!(gunzip_bounded(&z, 100_000), Err(InflateError::TooLarge { limit: 100_000 }));
+        let out = gunzip_bounded(&gzip(&vec![7u8; 100_000]), 100_000).unwrap();
+        assert_eq!(out.len(), 100_000);
+        assert!(out.capacity() <= 100_000, "capacity {}", out.capacity());
+        assert_eq!(gunzip_bounded(&gzip(b""), 0).unwrap(), b"");
+        assert_eq!(gunzip_bounded(&gzip(b"x"), 0), Err(InflateError::TooLarge { limit: 0 }));
     }
 
     #[test]

@@ -345,9 +345,12 @@ impl<'a> HeadView<'a> {
                     let g = groups.entry(key).or_default();
                     for i in Self::in_range(s, sel) {
                         let ts_ms = s.timestamps[i].div_euclid(1_000_000);
-                        // The first step boundary at or after the profile's time.
-                        let k = (ts_ms - sel.start_ms + step - 1).div_euclid(step);
-                        let t = sel.start_ms + k * step;
+                        // The first step boundary at or after the profile's time, in i128: any
+                        // start and step a query may bring cannot overflow it. The querier
+                        // refuses steps whose boundaries (at most end + step) pass i64.
+                        let (ts, start, step) = (i128::from(ts_ms), i128::from(sel.start_ms), i128::from(step));
+                        let k = (ts - start + step - 1).div_euclid(step);
+                        let t = i64::try_from(start + k * step).unwrap_or(i64::MAX);
                         let b = g.entry(t).or_default();
                         b.sum += s.totals[i] as f64;
                         b.count += 1;

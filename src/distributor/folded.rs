@@ -42,22 +42,23 @@ pub fn parse_folded(body: &str) -> Result<Vec<(&str, i64)>, String> {
     Ok(out)
 }
 
-/// Parses the `lines` format: identical stacks are counted; empty lines are ignored.
+/// Parses the `lines` format: identical stacks are counted; empty lines are ignored. Each
+/// distinct line costs one entry of the answer and one of the index into it.
 pub fn parse_lines(body: &str) -> Vec<(&str, i64)> {
-    let mut counts: FxHashMap<&str, i64> = FxHashMap::default();
-    let mut order = Vec::new();
+    let mut index: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut out: Vec<(&str, i64)> = Vec::new();
     for line in body.lines() {
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             continue;
         }
-        let e = counts.entry(line).or_insert_with(|| {
-            order.push(line);
-            0
+        let i = *index.entry(line).or_insert_with(|| {
+            out.push((line, 0));
+            out.len() as u32 - 1
         });
-        *e += 1;
+        out[i as usize].1 += 1;
     }
-    order.into_iter().map(|l| (l, counts[l])).collect()
+    out
 }
 
 /// The sample type, and period, that a suffix and sample rate give a folded profile.
@@ -85,9 +86,39 @@ pub fn folded_type(suffix: &str, sample_rate: i64) -> Option<FoldedType> {
     Some(FoldedType { name, sample_type: st, unit: unit.into(), period_type: None, multiplier: 1 })
 }
 
+/// How many times its text a folded or lines profile may take once built (plus
+/// [`crate::distributor::pprof::DECODED_SLACK`]): real ones take a few times, frames being
+/// names of tens of bytes.
+pub const MAX_BUILT_RATIO: usize = 16;
+
+/// What a folded or lines body of `text_len` bytes may cost built: up to the profile size
+/// limit whatever its shape (real profiles of short, unsymbolised frames such as `[unknown]`
+/// or hex addresses take over a hundred times their text, and must not be refused), and past
+/// it at most [`MAX_BUILT_RATIO`] times the text. 0 (no profile size limit): no bound.
+pub fn built_limit(text_len: usize, max_profile_size: usize) -> usize {
+    if max_profile_size == 0 {
+        return 0;
+    }
+    text_len.saturating_mul(MAX_BUILT_RATIO).saturating_add(max_profile_size.max(super::pprof::DECODED_SLACK))
+}
+
+/// About what a distinct frame costs once built: its string, function, location and line,
+/// and its entry in the frame index (each with room for growth).
+const FRAME_COST: usize = 256;
+/// About what a sample costs besides its frames (4 bytes each): the struct, its values.
+const SAMPLE_COST: usize = 128;
+
 /// Builds a one-sample-type profile from root-first `;`-joined stacks: one mapping, each
-/// distinct frame one function and one location.
-pub fn build_profile(stacks: &[(&str, i64)], t: &FoldedType, time_nanos: i64) -> Profile {
+/// distinct frame one function and one location. `max_bytes` (0: no limit) bounds what the
+/// profile may cost, estimated as it is built: a frame name of a byte or two is a whole
+/// function and location, so a body of short distinct frames would take a hundred times its
+/// size; it is refused instead.
+pub fn build_profile(
+    stacks: &[(&str, i64)],
+    t: &FoldedType,
+    time_nanos: i64,
+    max_bytes: usize,
+) -> Result<Profile, String> {
     let mut p = Profile {
         strings: vec![String::new(), t.sample_type.clone(), t.unit.clone()],
         sample_types: vec![ValueType { r#type: 1, unit: 2 }],
@@ -102,6 +133,7 @@ pub fn build_profile(stacks: &[(&str, i64)], t: &FoldedType, time_nanos: i64) ->
         p.period = t.multiplier;
     }
     let mut frames: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut cost = 0usize;
     for (stack, v) in stacks {
         let value = v.saturating_mul(t.multiplier);
         if value == 0 || stack.is_empty() {
@@ -110,7 +142,9 @@ pub fn build_profile(stacks: &[(&str, i64)], t: &FoldedType, time_nanos: i64) ->
         let mut locs: Vec<u32> = stack
             .split(';')
             .map(|f| {
+                cost += 4;
                 *frames.entry(f).or_insert_with(|| {
+                    cost += FRAME_COST + f.len();
                     p.strings.push(f.to_string());
                     let s = p.strings.len() as u32 - 1;
                     p.functions.push(Function { name: s, system_name: s, ..Default::default() });
@@ -125,8 +159,14 @@ pub fn build_profile(stacks: &[(&str, i64)], t: &FoldedType, time_nanos: i64) ->
             .collect();
         locs.reverse();
         p.samples.push(Sample { locations: locs, values: vec![value] });
+        cost += SAMPLE_COST;
+        if max_bytes > 0 && cost > max_bytes {
+            return Err(format!(
+                "the profile would take more than {max_bytes} bytes of memory built: too many distinct frames or stacks for its size"
+            ));
+        }
     }
-    p
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -146,6 +186,16 @@ mod tests {
     }
 
     #[test]
+    fn short_distinct_frames_are_refused_past_the_budget() {
+        let t = folded_type("cpu", 0).unwrap();
+        let text: String = (0..10_000).map(|i| format!("{i:x};")).collect::<String>() + " 1";
+        let stacks = parse_folded(&text).unwrap();
+        let e = build_profile(&stacks, &t, 5, 16 * text.len()).unwrap_err();
+        assert!(e.contains("too many distinct frames"), "{e}");
+        assert_eq!(build_profile(&stacks, &t, 5, 0).unwrap().functions.len(), 10_001);
+    }
+
+    #[test]
     fn cpu_at_a_rate_becomes_nanoseconds() {
         let t = folded_type("cpu", 100).unwrap();
         assert_eq!((t.sample_type.as_str(), t.unit.as_str(), t.multiplier), ("cpu", "nanoseconds", 10_000_000));
@@ -159,7 +209,7 @@ mod tests {
     #[test]
     fn builds_root_first_stacks() {
         let t = folded_type("cpu", 0).unwrap();
-        let p = build_profile(&[("main;f", 2), ("main;g", 0)], &t, 5);
+        let p = build_profile(&[("main;f", 2), ("main;g", 0)], &t, 5, 0).unwrap();
         assert_eq!(p.samples.len(), 1);
         let leaf = p.samples[0].locations[0] as usize;
         let f = p.locations[leaf].lines[0].function as usize;

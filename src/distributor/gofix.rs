@@ -25,6 +25,10 @@
 //!   and that group's root-most `sum` frames (taken from its first stack in sort order) are
 //!   appended to every stack of the group. A chain of 56 links (deep recursion, or a cycle
 //!   of links) stops the repair there, leaving the groups not yet handled as they are.
+//! * kiln alone: the repair also stops there once it would have appended more than twice
+//!   the profile's own frames (plus 65536). Real profiles never come near (a truncated stack
+//!   gains its missing root part, rarely longer than itself); a crafted one of many short
+//!   stacks chained to a deep one would otherwise grow a hundred times its size.
 //!
 //! Repaired stacks may equal other stacks; they are not merged here (the head sums equal
 //! stacks anyway).
@@ -51,6 +55,8 @@ const TOKEN_LEN: usize = 16;
 const TOKENS: usize = 8;
 /// Stacks shorter than this are neither repaired nor used to repair others.
 const SUFFIX_LEN: usize = TOKENS + TOKEN_LEN;
+/// Frames the repair may append beyond twice those of the profile (see `repair_stacks`).
+const MAX_APPENDED_SLACK: usize = 1 << 16;
 
 const GO_HEAP_TYPES: &[&str] = &["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"];
 const GO_SHAPE: &str = "[go.shape.";
@@ -149,7 +155,11 @@ impl PyroscopeStacks {
     fn new(p: &ProfileInput, strings: &[String]) -> Self {
         let mut stacks: Vec<Vec<u64>> = Vec::with_capacity(p.sample.len());
         let mut stack_of = Vec::with_capacity(p.sample.len());
-        let Some(new_id) = merged_location_ids(p, strings) else {
+        // Every string as Pyroscope's merge sees it, made once: functions and sample labels
+        // refer to the same few strings many times over, and a copy per reference would
+        // grow with the profile's references instead of its strings.
+        let cleaned: Vec<Cow<'_, str>> = strings.iter().map(|s| pyroscope_drop_type_params(s)).collect();
+        let Some(new_id) = merged_location_ids(p, strings, &cleaned) else {
             for s in &p.sample {
                 stack_of.push(Some(stacks.len()));
                 stacks.push(s.location_id.clone());
@@ -165,11 +175,8 @@ impl PyroscopeStacks {
                 pprof_id.entry(id).or_insert(l.id);
             }
         }
-        let text = |i: i64| {
-            let s = usize::try_from(i).ok().and_then(|i| strings.get(i)).map_or("", String::as_str);
-            pyroscope_drop_type_params(s)
-        };
-        type SampleKey<'a> = (Vec<u64>, Vec<(Cow<'a, str>, Cow<'a, str>)>);
+        let text = |i: i64| usize::try_from(i).ok().and_then(|i| cleaned.get(i)).map_or("", |s| &**s);
+        type SampleKey<'a> = (Vec<u64>, Vec<(&'a str, &'a str)>);
         let mut seen: FxHashMap<SampleKey<'_>, usize> = FxHashMap::default();
         for s in &p.sample {
             let stack: Option<Vec<u64>> = s.location_id.iter().map(|id| new_id.get(id).copied()).collect();
@@ -264,18 +271,19 @@ fn pyroscope_drop_type_params(s: &str) -> Cow<'_, str> {
 /// locations that became equal (same address, mapping and lines) into the first of them.
 /// Returns that renumbering (pprof id → new id), or `None` if the ids stay as they are.
 /// Locations without address and lines are dropped by that merge (absent from the map).
-fn merged_location_ids(p: &ProfileInput, strings: &[String]) -> Option<FxHashMap<u64, u64>> {
-    if !strings.iter().any(|s| pyroscope_drop_type_params(s) != s.as_str()) {
+/// `cleaned` is the string table `strings` as that merge sees it
+/// ([`pyroscope_drop_type_params`]).
+fn merged_location_ids<'a>(
+    p: &ProfileInput,
+    strings: &[String],
+    cleaned: &'a [Cow<'a, str>],
+) -> Option<FxHashMap<u64, u64>> {
+    if strings.iter().zip(cleaned).all(|(s, c)| s.as_str() == &**c) {
         return None;
     }
-    let text = |i: i64| -> Cow<'_, str> {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| strings.get(i))
-            .map_or(Cow::Borrowed(""), |s| pyroscope_drop_type_params(s))
-    };
-    type FunctionKey<'a> = (u32, Cow<'a, str>, Cow<'a, str>, Cow<'a, str>);
-    type MappingKey<'a> = (u64, u64, Cow<'a, str>);
+    let text = |i: i64| -> &'a str { usize::try_from(i).ok().and_then(|i| cleaned.get(i)).map_or("", |s| &**s) };
+    type FunctionKey<'a> = (u32, &'a str, &'a str, &'a str);
+    type MappingKey<'a> = (u64, u64, &'a str);
     let mut functions: FxHashMap<u64, FunctionKey<'_>> = FxHashMap::default();
     for f in &p.function {
         let key = (f.start_line as u32, text(f.name), text(f.system_name), text(f.filename));
@@ -289,7 +297,7 @@ fn merged_location_ids(p: &ProfileInput, strings: &[String]) -> Option<FxHashMap
         let name = if build_id.is_empty() { text(m.filename) } else { build_id };
         mappings.insert(m.id, (size - size % 0x1000, m.file_offset, name));
     }
-    let stub: MappingKey<'_> = (0, 0, Cow::Borrowed(""));
+    let stub: MappingKey<'_> = (0, 0, "");
     type LocationKey<'a, 'b> = (u64, Option<&'b MappingKey<'a>>, Vec<(Option<&'b FunctionKey<'a>>, u32)>);
     let mut first: FxHashMap<LocationKey<'_, '_>, u64> = FxHashMap::default();
     let mut new_id = FxHashMap::default();
@@ -399,6 +407,11 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
         .collect();
     drop(owners);
 
+    // What the repair may add: a stack gains up to 56 links of 8 frames, so a profile of
+    // many short stacks chained to one deep one would grow a hundredfold. Real truncated
+    // profiles gain less than their own frames; past twice that, the repair stops.
+    let max_appended = 2 * stacks.iter().map(Vec::len).sum::<usize>() + MAX_APPENDED_SLACK;
+    let mut appended = 0usize;
     for (g, &start) in starts.iter().enumerate() {
         let mut link = links[g];
         let mut missing = 0usize;
@@ -423,8 +436,14 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
         if missing >= reference.len() {
             continue;
         }
+        let members = &order[start..end_of(g).max(start)];
+        appended += missing * members.len();
+        if appended > max_appended {
+            // Past the budget: stop here, as at the chain limit.
+            return sorted;
+        }
         let tail = reference[reference.len() - missing..].to_vec();
-        for &i in &order[start..end_of(g).max(start)] {
+        for &i in members {
             stacks[i].extend_from_slice(&tail);
         }
     }
@@ -518,6 +537,37 @@ mod tests {
         stacks.apply(p);
     }
 
+    /// 55 groups of 24-frame stacks, each lacking 8 frames of the one before it, down to a
+    /// 480-frame stack, then `n` stacks of the last group (each would gain 440 frames).
+    fn chained_stacks(n: usize) -> Vec<Vec<u64>> {
+        let root: Vec<u64> = (1..=480).collect();
+        let mut stacks = vec![root.clone()];
+        let mut prev = root[456..].to_vec();
+        let mut id = 1000;
+        for _ in 0..55 {
+            let s: Vec<u64> = (0..8).map(|k| id + k).chain(prev[..16].iter().copied()).collect();
+            id += 8;
+            stacks.push(s.clone());
+            prev = s;
+        }
+        stacks.push((0..24).map(|k| 0xff + (k << 12)).collect()); // sorts last (the quirk)
+        stacks.extend(std::iter::repeat_n(prev, n));
+        stacks
+    }
+
+    #[test]
+    fn the_repair_stops_before_it_grows_a_profile_beyond_its_budget() {
+        for (n, repaired) in [(10, true), (20_000, false)] {
+            let mut stacks = chained_stacks(n);
+            repair_stacks(&mut stacks, PYROSCOPE);
+            let last = stacks.last().unwrap().len();
+            assert_eq!(last > 24, repaired, "{n} stacks: the last has {last} frames");
+            if repaired {
+                assert_eq!(last, 24 + 440);
+            }
+        }
+    }
+
     #[test]
     fn cpu_fixture_matches_pyroscope() {
         let name = "cpu_go_truncated_1.pb.gz";
@@ -537,7 +587,9 @@ mod tests {
         repair_as(&mut p, FIXTURE_ERA);
         // The fixture was also written while Pyroscope's self-merge (after dropping type
         // parameters) counted the first of equal samples twice.
-        let new_id = merged_location_ids(&raw, &strings(&raw)).expect("type parameters");
+        let strings = strings(&raw);
+        let cleaned: Vec<Cow<'_, str>> = strings.iter().map(|s| pyroscope_drop_type_params(s)).collect();
+        let new_id = merged_location_ids(&raw, &strings, &cleaned).expect("type parameters");
         let mut seen = std::collections::HashSet::new();
         for (s, r) in p.sample.iter_mut().zip(&raw.sample) {
             let mut labels: Vec<(i64, i64)> = r.label.iter().map(|l| (l.key, l.str)).collect();

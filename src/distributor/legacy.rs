@@ -10,6 +10,7 @@ use http::StatusCode;
 use kiln_io::compress;
 use kiln_proto::kiln::v1::ProfileInput;
 use kiln_shards::labels::{self, Labels};
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 /// A parsed `name` parameter: `app.name{k=v,...}`.
@@ -86,8 +87,11 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let now = now_ns();
-    let from = get("from").map_or(now, |v| parse_time_ns(v, now));
-    let until = get("until").map_or(now, |v| parse_time_ns(v, now));
+    let time = |k: &str| get(k).map_or(Ok(now), |v| parse_time_ns(v, now).map_err(|e| format!("{k}: {e}")));
+    let (from, until) = match (time("from"), time("until")) {
+        (Ok(from), Ok(until)) => (from, until),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
     if from > until {
         return error(StatusCode::BAD_REQUEST, format!("from ({from}) is after until ({until})"));
     }
@@ -103,8 +107,7 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
     let body: bytes::Bytes = if gzipped && compress::is_gzip(&r.body) {
-        let limit = (core.cfg().limits.ingestion_body_limit_mb * 1024.0 * 1024.0) as usize;
-        match compress::gunzip_bounded(&r.body, limit.max(1)) {
+        match compress::gunzip_bounded(&r.body, inflated_body_limit(core.cfg().limits_for(&tenant))) {
             Ok(b) => b.into(),
             Err(compress::InflateError::TooLarge { limit }) => {
                 return error(
@@ -129,7 +132,7 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
             ingest_multipart(core, &tenant, &name, spy, from, content_type, &body).await
         }
         "" | "folded" | "collapsed" | "groups" | "lines" => {
-            ingest_text(core, &tenant, &name, spy, from, sample_rate, format == "lines", &r.body).await
+            ingest_text(core, &tenant, &name, spy, from, sample_rate, format == "lines", &body).await
         }
         other => {
             return error(
@@ -149,6 +152,26 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
 
 type IngestResult = Result<(), (StatusCode, String)>;
 
+/// The largest `sample_type_config` part taken. SDKs send a few hundred bytes; a JSON value
+/// costs up to some 30 times its text in memory, so this bounds what parsing it can cost.
+pub const MAX_SAMPLE_TYPE_CONFIG_BYTES: usize = 64 * 1024;
+
+/// Room for a multipart body's headers and boundaries beside its parts.
+const MULTIPART_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// What a whole-body `Content-Encoding: gzip` may inflate to. An /ingest body carries one
+/// profile (at most the profile size limit) and, in a multipart body, a small config: a body
+/// that inflates past that could only be refused later, so it is refused before it is
+/// inflated further. Without a profile size limit, the body limit bounds it.
+fn inflated_body_limit(limits: &crate::config::Limits) -> usize {
+    let body = if limits.body_limit_bytes() > 0 { limits.body_limit_bytes() } else { usize::MAX / 2 };
+    if limits.max_profile_size_bytes == 0 {
+        return body;
+    }
+    let one_profile = limits.max_profile_size_bytes + MAX_SAMPLE_TYPE_CONFIG_BYTES + MULTIPART_ENVELOPE_BYTES;
+    one_profile.min(body).max(1)
+}
+
 async fn ingest_multipart(
     core: &Rc<Core>,
     tenant: &str,
@@ -160,6 +183,13 @@ async fn ingest_multipart(
 ) -> IngestResult {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let boundary = multipart::boundary(content_type).ok_or_else(|| bad("multipart body without a boundary".into()))?;
+    if boundary.len() > multipart::MAX_BOUNDARY_LEN {
+        return Err(bad(format!(
+            "the multipart boundary is {} characters long; RFC 2046 allows at most {}",
+            boundary.len(),
+            multipart::MAX_BOUNDARY_LEN
+        )));
+    }
     let parts = multipart::parse(body, &boundary).map_err(|e| bad(format!("malformed multipart body: {e}")))?;
     if parts.iter().any(|p| p.name == "prev_profile") {
         return Err((
@@ -173,6 +203,15 @@ async fn ingest_multipart(
         .ok_or_else(|| bad("multipart body has no \"profile\" part".into()))?;
     let config =
         match parts.iter().find(|p| p.name == "sample_type_config") {
+            Some(p) if p.data.len() > MAX_SAMPLE_TYPE_CONFIG_BYTES => {
+                return Err((
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "sample_type_config is {} bytes; kiln takes at most {MAX_SAMPLE_TYPE_CONFIG_BYTES}",
+                        p.data.len()
+                    ),
+                ))
+            }
             Some(p) => Some(serde_json::from_slice::<serde_json::Value>(p.data).map_err(|e| {
                 (StatusCode::UNPROCESSABLE_ENTITY, format!("sample_type_config is not valid JSON: {e}"))
             })?),
@@ -237,20 +276,44 @@ fn spy_fixes_apply(spy: &str, config: Option<&serde_json::Value>) -> bool {
 }
 
 /// Spy-specific repairs Pyroscope applies to /ingest pprofs before validation.
-fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::Value>) {
+///
+/// The pyspy/rbspy rewrite names each function `file function`. Those derived strings are
+/// made once per distinct (file, function) pair and only as far as normalisation keeps them
+/// (its last `MAX_STRING_LEN` bytes), and what they add is charged against
+/// `derived_budget` (what the profile size limit leaves): many functions sharing one long
+/// file and function name used to cost a copy each, far more than the request.
+fn apply_spy_fixes(
+    p: &mut ProfileInput,
+    spy: &str,
+    config: Option<&serde_json::Value>,
+    derived_budget: usize,
+) -> Result<(), String> {
     match spy {
         "pyspy" | "rbspy" | "scripting" => {
+            let mut made: FxHashMap<(i64, i64), i64> = FxHashMap::default();
+            let mut derived = 0usize;
             for f in &mut p.function {
-                let file = p.string_table.get(f.filename as usize).cloned().unwrap_or_default();
-                let func = p.string_table.get(f.name as usize).cloned().unwrap_or_default();
+                if let Some(&name) = made.get(&(f.filename, f.name)) {
+                    f.name = name;
+                    continue;
+                }
+                let text = |i: i64| usize::try_from(i).ok().and_then(|i| p.string_table.get(i)).map_or(&[][..], |s| s);
+                let (file, func) = (text(f.filename), text(f.name));
                 if file.is_empty() || (spy == "pyspy" && file.starts_with(b"/")) {
                     continue;
                 }
-                let mut n = file;
-                n.push(b' ');
-                n.extend_from_slice(&func);
+                let n = pprof::concat_kept(&[file, b" ", func]);
+                derived += n.len();
+                if derived > derived_budget {
+                    return Err(format!(
+                        "the profile exceeds the size limit with the function names derived for {spy} \
+                         (max_profile_size_bytes: {derived} more bytes than the {derived_budget} left by the limit)"
+                    ));
+                }
                 p.string_table.push(n);
-                f.name = p.string_table.len() as i64 - 1;
+                let name = p.string_table.len() as i64 - 1;
+                made.insert((f.filename, f.name), name);
+                f.name = name;
             }
         }
         _ => {}
@@ -271,6 +334,7 @@ fn apply_spy_fixes(p: &mut ProfileInput, spy: &str, config: Option<&serde_json::
             }
         }
     }
+    Ok(())
 }
 
 /// The pprof's sample type names as sent (lossily decoded).
@@ -282,19 +346,21 @@ fn sample_type_names(p: &ProfileInput) -> Vec<String> {
 }
 
 /// Decodes, fixes and normalises an /ingest pprof: the profile and its `__name__`.
-fn decode_pprof(
+/// `derived_budget`: how many bytes the spy fixes may add (see [`apply_spy_fixes`]).
+pub fn decode_ingest_pprof(
     bytes: &[u8],
     spy: &str,
     config: Option<&serde_json::Value>,
     from: i64,
     limits: pprof::PprofLimits,
+    derived_budget: usize,
 ) -> Result<(pprof::Decoded, String), String> {
     // A zero or 1970 profile time becomes the request's `from`.
     let time_is_bogus = |t: i64| t == 0 || t < 365 * 86400 * 1_000_000_000;
     if spy_fixes_apply(spy, config) {
         // The spy fixes edit the pprof as decoded: the prost path.
         let mut input = pprof::decode(bytes).map_err(|e| e.to_string())?;
-        apply_spy_fixes(&mut input, spy, config);
+        apply_spy_fixes(&mut input, spy, config, derived_budget)?;
         let profile_name = derive_profile_name(&sample_type_names(&input), config);
         if time_is_bogus(input.time_nanos) {
             input.time_nanos = from;
@@ -331,7 +397,13 @@ async fn ingest_pprof(
     let bytes = compress::maybe_gunzip(raw, max).map_err(|e| unproc(format!("profile: {e}")))?;
     metrics::add(&core.metrics().decompressed_bytes, bytes.len() as u64);
     let pprof_limits = pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples };
-    let (decoded, profile_name) = decode_pprof(&bytes, spy, config, from, pprof_limits).map_err(unproc)?;
+    // Strings the spy fixes derive count against the profile size limit (or, with that limit
+    // off, the body limit) as if they had been sent.
+    let size_limit =
+        if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { limits.body_limit_bytes() };
+    let derived_budget = if size_limit > 0 { size_limit.saturating_sub(bytes.len()) } else { usize::MAX };
+    let (decoded, profile_name) =
+        decode_ingest_pprof(&bytes, spy, config, from, pprof_limits, derived_budget).map_err(unproc)?;
     let mut base = Labels::from_pairs(name.labels.iter().cloned());
     base.set(labels::NAME, profile_name);
     base.set("pyroscope_spy", if spy.is_empty() { "unknown" } else { spy });
@@ -376,7 +448,9 @@ async fn ingest_text(
     } else {
         parse_folded(text).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?
     };
-    let profile = build_profile(&stacks, &t, from);
+    // As a pprof's: the built profile may take some times the text, no more.
+    let max_bytes = super::folded::built_limit(bytes.len(), limits.max_profile_size_bytes);
+    let profile = build_profile(&stacks, &t, from, max_bytes).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let mut base = Labels::from_pairs(name.labels.iter().cloned());
     base.set(labels::NAME, t.name);
     if !spy.is_empty() {
@@ -428,7 +502,7 @@ mod tests {
         limits: pprof::PprofLimits,
     ) -> Result<(pprof::Decoded, String), String> {
         let mut input = pprof::decode(bytes).map_err(|e| e.to_string())?;
-        apply_spy_fixes(&mut input, spy, config);
+        apply_spy_fixes(&mut input, spy, config, usize::MAX)?;
         let profile_name = derive_profile_name(&sample_type_names(&input), config);
         if input.time_nanos == 0 || input.time_nanos < 365 * 86400 * 1_000_000_000 {
             input.time_nanos = from;
@@ -470,11 +544,11 @@ mod tests {
             extra.push((name.to_string(), bytes));
         }
         let limits = pprof::PprofLimits { max_samples: 0 };
-        assert_eq!(decode_pprof(&extra[0].1, "", None, 7, limits).unwrap().1, "process_cpu");
+        assert_eq!(decode_ingest_pprof(&extra[0].1, "", None, 7, limits, usize::MAX).unwrap().1, "process_cpu");
         for (name, bytes) in &extra {
             for spy in ["", "unknown", "gospy", "pyspy", "rbspy", "scripting", "dotnetspy"] {
                 for config in [None, Some(&dotnet)] {
-                    let got = decode_pprof(bytes, spy, config, 7, limits);
+                    let got = decode_ingest_pprof(bytes, spy, config, 7, limits, usize::MAX);
                     let want = decode_pprof_reference(bytes, spy, config, 7, limits);
                     match (got, want) {
                         (Ok((a, an)), Ok((b, bn))) => {

@@ -6,6 +6,7 @@ pub mod legacy;
 pub mod multipart;
 pub mod pprof;
 pub mod push;
+pub mod wirecost;
 
 use crate::config::Limits;
 use crate::server::metrics;

@@ -20,18 +20,32 @@ pub fn boundary(content_type: &str) -> Option<String> {
     .filter(|b| !b.is_empty())
 }
 
+/// RFC 2046 §5.1.1: a boundary is 1 to 70 characters.
+pub const MAX_BOUNDARY_LEN: usize = 70;
+
+/// Linear in `hay` whatever the needle (a naive window scan is quadratic in the boundary).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
+    if needle.is_empty() {
         return None;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
+/// Splits `body` at `boundary`. One pass: every search starts where the previous part ended
+/// and what it scans is consumed, so the work is linear in the body.
 pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String> {
+    if boundary.is_empty() || boundary.len() > MAX_BOUNDARY_LEN {
+        return Err(format!(
+            "the multipart boundary is {} characters long; RFC 2046 allows 1 to {MAX_BOUNDARY_LEN}",
+            boundary.len()
+        ));
+    }
     let delim = format!("--{boundary}");
     let mut parts = Vec::new();
     let start = find(body, delim.as_bytes()).ok_or("multipart body has no boundary")?;
     let mut rest = &body[start + delim.len()..];
+    let mut end_delim = b"\r\n".to_vec();
+    end_delim.extend_from_slice(delim.as_bytes());
     loop {
         if rest.starts_with(b"--") {
             return Ok(parts);
@@ -56,15 +70,10 @@ pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String
             })
             .ok_or("multipart part without a name")?;
         let content = &rest[head_end + sep..];
-        let mut end_delim = b"\r\n".to_vec();
-        end_delim.extend_from_slice(delim.as_bytes());
         let (end, dlen) = match find(content, &end_delim) {
             Some(i) => (i, end_delim.len()),
-            None => {
-                let mut nl = b"\n".to_vec();
-                nl.extend_from_slice(delim.as_bytes());
-                (find(content, &nl).ok_or("multipart part is not terminated")?, nl.len())
-            }
+            // The same delimiter after a bare LF.
+            None => (find(content, &end_delim[1..]).ok_or("multipart part is not terminated")?, end_delim.len() - 1),
         };
         parts.push(Part { name, data: &content[..end] });
         rest = &content[end + dlen..];
@@ -91,5 +100,23 @@ mod tests {
         assert!(parse(b"nothing here", "b").is_err());
         assert!(parse(b"--b\r\nno headers end", "b").is_err());
         assert_eq!(boundary("application/json"), None);
+    }
+
+    #[test]
+    fn boundaries_follow_rfc_2046() {
+        let b70 = "b".repeat(70);
+        let body = format!("--{b70}\r\nContent-Disposition: form-data; name=\"p\"\r\n\r\nx\r\n--{b70}--\r\n");
+        assert_eq!(parse(body.as_bytes(), &b70).unwrap()[0].data, b"x");
+        let b71 = "b".repeat(71);
+        let body = format!("--{b71}\r\nContent-Disposition: form-data; name=\"p\"\r\n\r\nx\r\n--{b71}--\r\n");
+        let e = parse(body.as_bytes(), &b71).unwrap_err();
+        assert!(e.contains("71 characters") && e.contains("RFC 2046"), "{e}");
+        assert!(parse(b"--\r\n", "").is_err());
+    }
+
+    #[test]
+    fn bare_newlines_end_parts() {
+        let body = b"--b\nContent-Disposition: form-data; name=\"p\"\n\nxy\n--b--\n";
+        assert_eq!(parse(body, "b").unwrap()[0].data, b"xy");
     }
 }

@@ -126,6 +126,35 @@ pub(crate) fn kept_suffix(s: &[u8]) -> &[u8] {
     &s[cut..]
 }
 
+/// `kept_suffix` of the concatenation of `parts`, built without the part that would be cut:
+/// a string derived from others (the spy fixes' `file function`) costs at most
+/// `MAX_STRING_LEN` bytes however long its sources.
+pub(crate) fn concat_kept(parts: &[&[u8]]) -> Vec<u8> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let at = |mut i: usize| {
+        for p in parts {
+            if i < p.len() {
+                return p[i];
+            }
+            i -= p.len();
+        }
+        unreachable!("index within the total length")
+    };
+    let mut cut = total.saturating_sub(MAX_STRING_LEN);
+    // As `kept_suffix`: never split a UTF-8 sequence.
+    while cut > 0 && cut < total && (at(cut) & 0xC0) == 0x80 {
+        cut += 1;
+    }
+    let mut out = Vec::with_capacity(total - cut);
+    let mut skip = cut;
+    for p in parts {
+        let from = skip.min(p.len());
+        out.extend_from_slice(&p[from..]);
+        skip -= from;
+    }
+    out
+}
+
 fn truncate_suffix(s: &mut Vec<u8>) {
     let cut = s.len() - kept_suffix(s).len();
     s.drain(..cut);
@@ -139,6 +168,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 /// point. Exactly `normalize(decode(bytes)?, limits)`, through the fast reader
 /// ([`fast::decode`]); the cases it leaves to that reference path are all decided here.
 pub fn decode_and_normalize(bytes: &[u8], limits: PprofLimits) -> Result<Decoded, PprofError> {
+    check_decoded_size(bytes)?;
     match fast::decode(bytes, limits) {
         Ok(decoded) => Ok(decoded),
         // prost decodes the whole message before `normalize` checks anything: a validation
@@ -175,9 +205,17 @@ pub(crate) fn dense_mapping(m: &kiln_proto::google::v1::Mapping, nstr: i64) -> R
     })
 }
 
+/// Go names cleaned of their type parameters, one per distinct name: string index → index
+/// of the cleaned copy appended to the string table. Many functions share one name (every
+/// instantiation of a generic function, or a hostile profile pointing all of them at one
+/// long name), so without it each would append a copy: with it, the cleaned strings, each
+/// shorter than its source, add less than the string table itself.
+pub(crate) type CleanedNames = FxHashMap<u32, u32>;
+
 /// One pprof function checked in Pyroscope's order (`nstr`: entries in the original string
 /// table) and as kiln stores it; a Go name loses its type parameters, the cleaned name being
-/// appended to `strings`. Shared by the prost path and the fast reader.
+/// appended to `strings` once (`cleaned` remembers it). Shared by the prost path and the
+/// fast reader.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn dense_function(
     id: u64,
@@ -188,6 +226,7 @@ pub(crate) fn dense_function(
     nstr: i64,
     go: bool,
     strings: &mut Vec<String>,
+    cleaned: &mut CleanedNames,
 ) -> Result<Function, &'static str> {
     let in_range = |i: i64| i >= 0 && i < nstr;
     if id == 0 {
@@ -204,16 +243,42 @@ pub(crate) fn dense_function(
     }
     let mut n = name as u32;
     if go {
-        if let Some(clean) = drop_go_type_parameters(&strings[name as usize]) {
+        if let Some(&c) = cleaned.get(&n) {
+            n = c;
+        } else if let Some(clean) = drop_go_type_parameters(&strings[name as usize]) {
             strings.push(clean);
-            n = strings.len() as u32 - 1;
+            let c = strings.len() as u32 - 1;
+            cleaned.insert(n, c);
+            n = c;
         }
     }
     Ok(Function { name: n, system_name: system_name as u32, filename: filename as u32, start_line })
 }
 
+/// How many times its size a pprof may take once decoded (plus [`DECODED_SLACK`]), as
+/// [`wirecost`](super::wirecost) bounds it. Real profiles take a few times their size (the
+/// fixtures at most 16, a .NET profile whose samples carry labels: see the test); one made
+/// of empty records (a 2-byte sample is a 72-byte struct) takes 70 and more, and is refused
+/// before it is decoded, by either path.
+pub const MAX_DECODED_RATIO: usize = 40;
+pub const DECODED_SLACK: usize = 64 * 1024;
+
+/// Refuses a pprof whose decoded form would pass [`MAX_DECODED_RATIO`], from a walk of its
+/// bytes ([`wirecost`](super::wirecost)).
+fn check_decoded_size(bytes: &[u8]) -> Result<(), PprofError> {
+    let cost = super::wirecost::cost(bytes, &super::wirecost::shapes::PROFILE);
+    if cost > bytes.len().saturating_mul(MAX_DECODED_RATIO) + DECODED_SLACK {
+        return Err(invalid(format!(
+            "the profile would take {cost} bytes of memory decoded, more than {MAX_DECODED_RATIO} times its {} bytes: it holds too many empty records",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes raw (already inflated) pprof bytes.
 pub fn decode(bytes: &[u8]) -> Result<ProfileInput, PprofError> {
+    check_decoded_size(bytes)?;
     ProfileInput::decode(bytes).map_err(|e| PprofError::Decode(e.to_string()))
 }
 
@@ -271,9 +336,11 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
 
     let mut function_index: FxHashMap<u64, u32> = FxHashMap::default();
     let mut functions = Vec::with_capacity(p.function.len());
+    let mut cleaned = CleanedNames::default();
     for f in &p.function {
-        let function = dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, &mut strings)
-            .map_err(invalid)?;
+        let function =
+            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, &mut strings, &mut cleaned)
+                .map_err(invalid)?;
         function_index.insert(f.id, functions.len() as u32);
         functions.push(function);
     }
@@ -404,6 +471,26 @@ mod tests {
         for (i, (a, b)) in input.lines().zip(expected.lines()).enumerate() {
             let got = drop_go_type_parameters(a).unwrap_or_else(|| a.to_string());
             assert_eq!(got, b, "line {}", i + 1);
+        }
+    }
+
+    #[test]
+    fn derived_strings_keep_the_suffix_of_their_concatenation() {
+        let long = "é".repeat(MAX_STRING_LEN);
+        for parts in [
+            vec![&b"file.py"[..], b" ", b"main"],
+            vec![long.as_bytes(), b" ", b"main"],
+            vec![b"f", b" ", long.as_bytes()],
+            vec![&long.as_bytes()[1..], b"", b"x"],
+            vec![],
+        ] {
+            let full = parts.concat();
+            assert_eq!(
+                concat_kept(&parts),
+                kept_suffix(&full),
+                "{:?}",
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>()
+            );
         }
     }
 

@@ -552,8 +552,9 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
             return Err(Fallback::GoFix);
         }
     }
-    let go_names = if go { top.functions.len() } else { 0 };
-    let mut strings: Vec<String> = Vec::with_capacity(top.strings.len() + go_names);
+    // Cleaned Go names are appended as they are made (one per distinct name): reserving one
+    // per function would cost 24 bytes for each 2-byte function of a hostile profile.
+    let mut strings: Vec<String> = Vec::with_capacity(top.strings.len());
     strings.extend(top.strings.iter().map(|&s| s.to_owned()));
     let non_series = top.non_series;
 
@@ -570,6 +571,7 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
 
     let mut function_index = IdIndex::new(top.functions.len());
     let mut functions = Vec::with_capacity(top.functions.len());
+    let mut cleaned = super::CleanedNames::default();
     for f in &top.functions {
         let function = match super::dense_function(
             f.id,
@@ -580,6 +582,7 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
             nstr,
             go,
             &mut strings,
+            &mut cleaned,
         ) {
             Ok(function) => function,
             Err(msg) => return invalid(msg),
@@ -807,6 +810,29 @@ mod tests {
             }
         }
         assert!(fast >= 20, "only {fast} fixtures took the fast path");
+    }
+
+    #[test]
+    fn fixtures_decode_well_within_the_size_ratio() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pprof");
+        let mut paths = Vec::new();
+        files(std::path::Path::new(root), &mut paths);
+        let mut worst = (0.0f64, String::new());
+        for path in &paths {
+            let raw = std::fs::read(path).unwrap();
+            let bytes = kiln_io::compress::maybe_gunzip(&raw, 1 << 30).map_or(raw.clone(), |b| b.into_owned());
+            if bytes.len() < 1000 || pprof::decode(&bytes).is_err() {
+                continue;
+            }
+            let c = crate::distributor::wirecost::cost(&bytes, &crate::distributor::wirecost::shapes::PROFILE);
+            let ratio = c as f64 / bytes.len() as f64;
+            if ratio > worst.0 {
+                worst = (ratio, path.display().to_string());
+            }
+        }
+        eprintln!("largest decoded/encoded ratio: {:.2} ({})", worst.0, worst.1);
+        // Real profiles stay far from the ratio that refuses a profile.
+        assert!(worst.0 < pprof::MAX_DECODED_RATIO as f64 / 2.0, "{worst:?}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `push.v1.PusherService/Push`: every raw profile of every series is inflated, decoded and
 //! validated first; only a request that is valid as a whole is distributed (Pyroscope's
 //! distributor is all-or-nothing too).
-use super::{accept, distribute, normalize_series_labels, pprof, rate_limit, Accepted};
+use super::{accept, distribute, normalize_series_labels, pprof, rate_limit, wirecost, Accepted};
 use crate::config::Limits;
-use crate::server::rpc::RpcError;
+use crate::server::rpc::{self, Protocol, RpcError};
 use crate::server::{metrics, write_tenant, Core};
 use crate::timeparse::now_ns;
 use bytes::Bytes;
@@ -21,6 +21,11 @@ pub async fn push(core: &Rc<Core>, headers: &HeaderMap, req: PushRequest) -> Res
         return Err(RpcError::invalid("no profiles received"));
     }
     // Pyroscope's order: sizes, then the rate limit on uncompressed bytes, then validation.
+    // The body limit is the request's uncompressed budget: each profile is inflated against
+    // what is left of it (and its own size limit), so however many small gzip bombs a push
+    // carries, it never holds more than the budget.
+    let body_limit = limits.body_limit_bytes();
+    let budget = if body_limit > 0 { body_limit } else { usize::MAX / 2 };
     let mut inflated = Vec::new();
     let mut total_bytes = 0usize;
     for series in req.series {
@@ -28,14 +33,23 @@ pub async fn push(core: &Rc<Core>, headers: &HeaderMap, req: PushRequest) -> Res
         let label_bytes: usize = base.iter().map(|(k, v)| k.len() + v.len()).sum();
         for sample in series.samples {
             metrics::add(&core.metrics().received_bytes, sample.raw_profile.len() as u64);
-            let bytes = inflate(&sample.raw_profile, &limits)
-                .inspect_err(|_| metrics::add(&core.metrics().rejected_profiles, 1))?;
+            let left = budget.saturating_sub(total_bytes.saturating_add(label_bytes));
+            let bytes = inflate(&sample.raw_profile, &limits, left).map_err(|e| {
+                metrics::add(&core.metrics().rejected_profiles, 1);
+                match e {
+                    InflateRefusal::Request(e) => e,
+                    InflateRefusal::Budget => RpcError::invalid(format!(
+                        "uncompressed batch size exceeds the body limit of {body_limit} bytes \
+                         (-distributor.ingestion-body-limit-mb): {total_bytes} bytes before profile {}",
+                        inflated.len() + 1
+                    )),
+                }
+            })?;
             total_bytes += bytes.len() + label_bytes;
             inflated.push((base.clone(), bytes));
         }
     }
     metrics::add(&core.metrics().decompressed_bytes, total_bytes as u64);
-    let body_limit = (limits.ingestion_body_limit_mb * 1024.0 * 1024.0) as usize;
     if body_limit > 0 && total_bytes > body_limit {
         return Err(RpcError::invalid(format!(
             "uncompressed batch size {total_bytes} exceeds the body limit of {body_limit} bytes"
@@ -51,16 +65,45 @@ pub async fn push(core: &Rc<Core>, headers: &HeaderMap, req: PushRequest) -> Res
     Ok(PushResponse {})
 }
 
-/// Inflates a raw profile when it is gzipped, bounded by the profile size limit.
-pub fn inflate(raw: &Bytes, limits: &Limits) -> Result<Bytes, RpcError> {
-    let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
-    match compress::maybe_gunzip(raw, max) {
+/// Decodes a push message, refusing first one whose decoded form would pass `budget` bytes
+/// (the body limit; 0: none). prost makes a struct of every series, label and sample: a
+/// message of empty ones decodes to tens of times its size.
+pub fn decode_request(proto: Protocol, msg: &Bytes, budget: usize) -> Result<PushRequest, RpcError> {
+    let cost = match proto {
+        Protocol::ConnectJson => wirecost::json_cost(msg, wirecost::shapes::RAW_PROFILE_SERIES.size),
+        _ => wirecost::cost(msg, &wirecost::shapes::PUSH_REQUEST),
+    };
+    if budget > 0 && cost > budget {
+        return Err(RpcError::invalid(format!(
+            "the push request would take {cost} bytes of memory decoded, more than the body limit of {budget} bytes \
+             (-distributor.ingestion-body-limit-mb): it holds too many series, labels or samples for its size"
+        )));
+    }
+    rpc::decode(proto, msg)
+}
+
+/// Why a raw profile was not inflated.
+pub enum InflateRefusal {
+    /// The profile itself is refused (too large on its own, or corrupt).
+    Request(RpcError),
+    /// It would pass what is left of the request's uncompressed budget.
+    Budget,
+}
+
+/// Inflates a raw profile when it is gzipped, bounded by the profile size limit and by
+/// `left`, what remains of the request's uncompressed budget.
+pub fn inflate(raw: &Bytes, limits: &Limits, left: usize) -> Result<Bytes, InflateRefusal> {
+    let own = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
+    match compress::maybe_gunzip(raw, own.min(left)) {
         Ok(std::borrow::Cow::Borrowed(_)) => Ok(raw.clone()),
         Ok(std::borrow::Cow::Owned(v)) => Ok(Bytes::from(v)),
-        Err(compress::InflateError::TooLarge { limit }) => {
-            Err(RpcError::invalid(format!("uncompressed profile payload size exceeds limit of {limit} bytes")))
+        Err(compress::InflateError::TooLarge { .. }) if left < own => Err(InflateRefusal::Budget),
+        Err(compress::InflateError::TooLarge { limit }) => Err(InflateRefusal::Request(RpcError::invalid(format!(
+            "uncompressed profile payload size exceeds limit of {limit} bytes"
+        )))),
+        Err(compress::InflateError::Corrupt(m)) => {
+            Err(InflateRefusal::Request(RpcError::invalid(format!("failed to decompress profile: {m}"))))
         }
-        Err(compress::InflateError::Corrupt(m)) => Err(RpcError::invalid(format!("failed to decompress profile: {m}"))),
     }
 }
 

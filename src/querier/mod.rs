@@ -46,10 +46,11 @@ pub fn selection(
         start = start.max(oldest);
     }
     let max_len = limits.max_query_length.as_millis() as i64;
-    if max_len > 0 && end - start > max_len {
+    // Any two i64 times: the length saturates instead of wrapping to a negative one.
+    if max_len > 0 && end.saturating_sub(start) > max_len {
         return Err(RpcError::invalid(format!(
             "the query time range exceeds the limit (query length: {}, limit: {}; see -querier.max-query-length)",
-            fmt_ms(end - start),
+            fmt_ms(end.saturating_sub(start)),
             fmt_ms(max_len)
         )));
     }
@@ -116,25 +117,67 @@ pub async fn merged_tree(
     Ok(t)
 }
 
-/// Per group: time (ms) → bucket, merged over cores and tenants.
+/// How many series and points one time-series answer may hold
+/// (`-querier.max-query-series`, `-querier.max-query-points`; 0: no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesCaps {
+    pub series: usize,
+    pub points: usize,
+}
+
+impl SeriesCaps {
+    pub fn for_tenant(core: &Core, tenant: &str) -> Self {
+        let l = core.cfg().limits_for(tenant);
+        SeriesCaps { series: l.max_query_series, points: l.max_query_points }
+    }
+
+    /// Refuses an answer of `series` series holding `points` points in all, saying which
+    /// limit it passes and how to narrow the query.
+    pub fn check(&self, series: usize, points: usize, narrow: &str) -> Result<(), RpcError> {
+        if self.series > 0 && series > self.series {
+            return Err(RpcError::invalid(format!(
+                "the query selects more than {} series, the limit (-querier.max-query-series); {narrow}",
+                self.series
+            )));
+        }
+        if self.points > 0 && points > self.points {
+            return Err(RpcError::invalid(format!(
+                "the query's answer would hold {points} points, more than the limit of {} (-querier.max-query-points); {narrow}",
+                self.points
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per group: time (ms) → bucket, merged over cores and tenants. Refused as soon as the
+/// merge passes `caps`, before anything else is built from it (`narrow`: how to narrow the
+/// query, for the message).
 pub async fn merged_series(
     core: &Rc<Core>,
     sel: Option<Selection>,
     step_ms: i64,
     group_by: Vec<String>,
+    caps: SeriesCaps,
+    narrow: &str,
 ) -> Result<BTreeMap<Labels, BTreeMap<i64, Bucket>>, RpcError> {
     let mut out: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
     let Some(sel) = sel else { return Ok(out) };
+    let mut points = 0usize;
     for p in fan_out(core, QueryRequest::SelectSeries { sel, step_ms, group_by }).await? {
         if let QueryResult::Series(groups) = p {
-            for (labels, points) in groups {
+            for (labels, part) in groups {
                 let g = out.entry(labels).or_default();
-                for (t, b) in points {
-                    let e = g.entry(t).or_default();
+                for (t, b) in part {
+                    let e = g.entry(t).or_insert_with(|| {
+                        points += 1;
+                        Bucket::default()
+                    });
                     e.sum += b.sum;
                     e.count += b.count;
                 }
             }
+            caps.check(out.len(), points, narrow)?;
         }
     }
     Ok(out)
@@ -147,9 +190,17 @@ pub fn max_nodes(core: &Core, tenant: &str, requested: Option<i64>) -> Result<i6
         None | Some(0) => l.max_flamegraph_nodes_default,
         Some(n) => n,
     };
-    if l.max_flamegraph_nodes_max > 0 && (n > l.max_flamegraph_nodes_max || n < 0) {
+    // Pyroscope's `ValidateMaxNodes`: a negative value asks for no limit, which only an
+    // unlimited maximum grants.
+    if l.max_flamegraph_nodes_max > 0 && n > l.max_flamegraph_nodes_max {
         return Err(RpcError::invalid(format!(
             "max flamegraph nodes limit {n} is greater than allowed {}",
+            l.max_flamegraph_nodes_max
+        )));
+    }
+    if l.max_flamegraph_nodes_max > 0 && n < 0 {
+        return Err(RpcError::invalid(format!(
+            "max flamegraph nodes limit must be set (max allowed {})",
             l.max_flamegraph_nodes_max
         )));
     }

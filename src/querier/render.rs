@@ -1,6 +1,6 @@
 //! Pyroscope's legacy render API: `/pyroscope/render` (flamebearer JSON with a timeline),
 //! `/pyroscope/render-diff` and `/pyroscope/label-values`.
-use super::{fan_out, max_nodes, merge_strings, merged_series, merged_tree, selection, tree};
+use super::{fan_out, max_nodes, merge_strings, merged_series, merged_tree, selection, tree, SeriesCaps};
 use crate::server::body::{RespBody, Response};
 use crate::server::rpc::{self, RpcError};
 use crate::server::{tenants, Core, Req};
@@ -16,7 +16,7 @@ fn fail(e: RpcError) -> Response {
     rpc::http_error(e.code.http_status(), &e.message)
 }
 
-fn json_response(r: &Req, v: &Value) -> Response {
+fn json_response(r: &Req, v: &impl serde::Serialize) -> Response {
     let mut body = serde_json::to_vec(v).expect("json");
     let gzip = r.headers.get("accept-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("gzip"));
     let mut b = http::Response::builder().status(200).header("content-type", "application/json");
@@ -113,15 +113,34 @@ struct Range {
     until_ms: i64,
 }
 
-fn range(r: &Req, from_key: &str, until_key: &str) -> Range {
+fn range(r: &Req, from_key: &str, until_key: &str) -> Result<Range, RpcError> {
     let now = now_ns();
-    let from = r.param(from_key).map_or(now, |v| parse_time_ns(&v, now));
-    let until = r.param(until_key).map_or(now, |v| parse_time_ns(&v, now));
-    Range { from_ms: from / 1_000_000, until_ms: until / 1_000_000 }
+    let time = |k: &str| {
+        r.param(k).map_or(Ok(now), |v| parse_time_ns(&v, now).map_err(|e| RpcError::invalid(format!("{k}: {e}"))))
+    };
+    Ok(Range { from_ms: time(from_key)? / 1_000_000, until_ms: time(until_key)? / 1_000_000 })
 }
 
 fn requested_max_nodes(r: &Req) -> Option<i64> {
     r.param("maxNodes").or_else(|| r.param("max-nodes")).and_then(|v| v.parse().ok())
+}
+
+/// A render timeline: one value per step of the range, zeros included.
+#[derive(serde::Serialize)]
+struct Timeline {
+    #[serde(rename = "startTime")]
+    start_time: i64,
+    samples: Vec<u64>,
+    #[serde(rename = "durationDelta")]
+    duration_delta: i64,
+    watermarks: Option<()>,
+}
+
+/// The first step of a range's timeline and how many steps it has.
+fn timeline_steps(rg: &Range, step: i64) -> (i64, usize) {
+    let start = rg.from_ms.div_euclid(step) * step;
+    let end = rg.until_ms.div_euclid(step) * step;
+    (start, ((end - start) / step).max(0) as usize)
 }
 
 fn timeline(
@@ -129,10 +148,8 @@ fn timeline(
     rg: &Range,
     step: i64,
     avg: bool,
-) -> Value {
-    let start = rg.from_ms.div_euclid(step) * step;
-    let end = rg.until_ms.div_euclid(step) * step;
-    let n = ((end - start) / step).max(0) as usize;
+) -> Timeline {
+    let (start, n) = timeline_steps(rg, step);
     let mut samples = vec![0u64; n];
     for (t, b) in points {
         let i = (t - start).div_euclid(step);
@@ -141,7 +158,19 @@ fn timeline(
             samples[i as usize] += v.max(0.0) as u64;
         }
     }
-    json!({ "startTime": start / 1000, "samples": samples, "durationDelta": step / 1000, "watermarks": null })
+    Timeline { start_time: start / 1000, samples, duration_delta: step / 1000, watermarks: None }
+}
+
+/// `/pyroscope/render`'s answer. Typed rather than a `serde_json::Value`: a timeline is a
+/// plain `Vec<u64>` (8 bytes a point) instead of a `Value` per point (32 and more).
+#[derive(serde::Serialize)]
+struct RenderAnswer {
+    version: u32,
+    flamebearer: Value,
+    metadata: Value,
+    timeline: Timeline,
+    groups: Option<std::collections::BTreeMap<String, Timeline>>,
+    heatmap: Option<()>,
 }
 
 pub async fn render(core: &Rc<Core>, r: &Req) -> Response {
@@ -151,42 +180,49 @@ pub async fn render(core: &Rc<Core>, r: &Req) -> Response {
     }
 }
 
-async fn render_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> {
+async fn render_inner(core: &Rc<Core>, r: &Req) -> Result<RenderAnswer, RpcError> {
     let query = r.param("query").ok_or_else(|| RpcError::invalid("\"query\" is required"))?;
     let (pt, pt_id, sel_str) = split_query(&query)?;
     if r.param("format").as_deref() == Some("dot") {
         return Err(RpcError::invalid("format=dot is not supported by kiln yet"));
     }
     let tenants = tenants(core, &r.headers)?;
-    let rg = range(r, "from", "until");
+    let rg = range(r, "from", "until")?;
     let max = max_nodes(core, &tenants[0], requested_max_nodes(r))?;
+    let caps = SeriesCaps::for_tenant(core, &tenants[0]);
     let sel = selection(core, tenants, Some(&pt_id), &sel_str, rg.from_ms, rg.until_ms)?;
-    let t = merged_tree(core, sel.clone(), &[]).await?;
-    let fg = t.flamegraph(max);
     let step = point_interval_ms(rg.from_ms, rg.until_ms);
     let avg = r.param("aggregation").as_deref() == Some("avg");
     let group_by: Vec<String> =
         r.params().into_iter().filter(|(k, _)| k == "groupBy").map(|(_, v)| v).take(1).collect();
-    let series = merged_series(core, sel, step, group_by.clone()).await?;
+    // The series first: a query that passes a cap is refused before its tree is merged.
+    let series = merged_series(core, sel.clone(), step, group_by.clone(), caps, NARROW_RENDER).await?;
+    // Each group becomes a dense timeline, zeros included: that is what the answer holds.
+    let (_, steps) = timeline_steps(&rg, step);
+    let timelines = if group_by.is_empty() { 1 } else { series.len() + 1 };
+    caps.check(series.len(), timelines.saturating_mul(steps), NARROW_RENDER)?;
+    let t = merged_tree(core, sel, &[]).await?;
+    let fg = t.flamegraph(max);
     let main = if series.len() == 1 { series.values().next().cloned().unwrap_or_default() } else { Default::default() };
-    let groups = if let Some(g) = group_by.first() {
-        let mut m = serde_json::Map::new();
-        for (labels, points) in &series {
-            m.insert(labels.get(g).unwrap_or("*").to_string(), timeline(points, &rg, step, avg));
-        }
-        Value::Object(m)
-    } else {
-        Value::Null
-    };
-    Ok(json!({
-        "version": 1,
-        "flamebearer": flamebearer(&fg),
-        "metadata": metadata(&pt, "single"),
-        "timeline": timeline(&main, &rg, step, avg),
-        "groups": groups,
-        "heatmap": null,
-    }))
+    let groups = group_by.first().map(|g| {
+        series
+            .iter()
+            .map(|(labels, points)| (labels.get(g).unwrap_or("*").to_string(), timeline(points, &rg, step, avg)))
+            .collect()
+    });
+    Ok(RenderAnswer {
+        version: 1,
+        flamebearer: flamebearer(&fg),
+        metadata: metadata(&pt, "single"),
+        timeline: timeline(&main, &rg, step, avg),
+        groups,
+        heatmap: None,
+    })
 }
+
+/// How to narrow a render query that passes a cap.
+const NARROW_RENDER: &str =
+    "narrow the query's label selector, group by a label with fewer values, or render a shorter range (fewer points per timeline)";
 
 pub async fn render_diff(core: &Rc<Core>, r: &Req) -> Response {
     match render_diff_inner(core, r).await {
@@ -223,8 +259,8 @@ async fn render_diff_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> 
     }
     let tenants = tenants(core, &r.headers)?;
     let max = max_nodes(core, &tenants[0], requested_max_nodes(r))?;
-    let lr = range(r, "leftFrom", "leftUntil");
-    let rr = range(r, "rightFrom", "rightUntil");
+    let lr = range(r, "leftFrom", "leftUntil")?;
+    let rr = range(r, "rightFrom", "rightUntil")?;
     let ls = selection(core, tenants.clone(), Some(&lid), &lsel, lr.from_ms, lr.until_ms)?;
     let rs = selection(core, tenants, Some(&rid), &rsel, rr.from_ms, rr.until_ms)?;
     let lt = merged_tree(core, ls, &[]).await?;
@@ -241,7 +277,7 @@ pub async fn label_values(core: &Rc<Core>, r: &Req) -> Response {
     };
     let result = async {
         let tenants = tenants(core, &r.headers)?;
-        let rg = range(r, "from", "until");
+        let rg = range(r, "from", "until")?;
         let (start, end) =
             if r.param("from").is_none() && r.param("until").is_none() { (0, 0) } else { (rg.from_ms, rg.until_ms) };
         let sel = selection(core, tenants, None, &r.param("query").unwrap_or_default(), start, end)?;

@@ -1,6 +1,8 @@
 //! `querier.v1.QuerierService` over Connect and gRPC.
 use super::pprof_merge::PprofMerger;
-use super::{fan_out, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection, tree};
+use super::{
+    fan_out, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection, tree, SeriesCaps,
+};
 use crate::server::body::Response;
 use crate::server::rpc::{Code, RpcError};
 use crate::server::{tenants, Call};
@@ -217,13 +219,19 @@ async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::
             "stack trace selectors on SelectSeries are not supported by kiln yet",
         ));
     }
-    if r.step < 0.001 {
-        return Err(RpcError::invalid("step must be >= 1ms"));
+    // NaN compares false with everything: it passed a plain `step < 0.001`.
+    if !r.step.is_finite() || r.step < 0.001 {
+        return Err(RpcError::invalid(format!(
+            "step must be a finite number of seconds >= 0.001 (1ms), got {}",
+            r.step
+        )));
     }
     let tenants = tenants(call.core, call.headers)?;
+    let caps = SeriesCaps::for_tenant(call.core, &tenants[0]);
     let sel = selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
+    let step_ms = step_ms(r.step, sel.as_ref().map_or(r.end, |s| s.end_ms))?;
     let avg = r.aggregation == Some(t::TimeSeriesAggregationType::Average as i32);
-    let groups = merged_series(call.core, sel, (r.step * 1000.0).round() as i64, r.group_by.clone()).await?;
+    let groups = merged_series(call.core, sel, step_ms, r.group_by.clone(), caps, NARROW_SELECT_SERIES).await?;
     let mut series: Vec<(f64, t::Series)> = groups
         .into_iter()
         .map(|(labels, points)| {
@@ -247,6 +255,23 @@ async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::
         });
     }
     Ok(q::SelectSeriesResponse { series: series.into_iter().map(|(_, s)| s).collect() })
+}
+
+/// How to narrow a SelectSeries query that passes a cap.
+const NARROW_SELECT_SERIES: &str =
+    "narrow the label selector, group by fewer labels or by one with fewer values, or use a larger step or a shorter range";
+
+/// A valid step (seconds) in milliseconds. A point's time is the first step boundary at or
+/// after its profiles, at most `end_ms + step`: that must be a time, not an overflow.
+fn step_ms(step: f64, end_ms: i64) -> Result<i64, RpcError> {
+    let ms = (step * 1000.0).round();
+    // `as` saturates: anything at or past i64::MAX is out of range below.
+    match (ms as i64).checked_add(end_ms) {
+        Some(_) if ms < i64::MAX as f64 => Ok(ms as i64),
+        _ => Err(RpcError::invalid(format!(
+            "step {step}s is too large: the points' times would not fit in 64-bit milliseconds after end {end_ms}"
+        ))),
+    }
 }
 
 async fn diff(call: &Call<'_>, r: q::DiffRequest) -> Result<q::DiffResponse, RpcError> {
@@ -310,4 +335,22 @@ async fn analyze_query(call: &Call<'_>, r: q::AnalyzeQueryRequest) -> Result<q::
         deduplication_needed: false,
     };
     Ok(q::AnalyzeQueryResponse { query_scopes: vec![scope], query_impact: Some(impact) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_whose_points_would_overflow_are_refused() {
+        let now = 1_700_000_000_000;
+        assert_eq!(step_ms(15.0, now).unwrap(), 15_000);
+        assert_eq!(step_ms(0.0015, now).unwrap(), 2);
+        for step in [1e300, f64::MAX, 9.3e15] {
+            let e = step_ms(step, now).unwrap_err();
+            assert!(e.message.contains("too large"), "{step}: {e}");
+        }
+        assert!(step_ms(9.2e15, now).is_ok());
+        assert!(step_ms(1e9, i64::MAX).is_err());
+    }
 }

@@ -187,6 +187,11 @@ pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
     }
 }
 
+/// The body of any request but a write, and the inflated message of any RPC but a push.
+/// Queries are a few KiB (selectors, names); prost decodes a message of empty repeated
+/// strings to up to 50 times its size, so this bounds what decoding a query can take.
+pub const QUERY_BODY_LIMIT: usize = 1 << 20;
+
 /// A request with its body read in full (bounded).
 pub struct Req {
     pub method: Method,
@@ -335,11 +340,11 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Core>) -> Response {
     let path = parts.uri.path().to_string();
     let proto = rpc::detect(&parts.headers);
 
-    // Body limit: the ingestion body limit for writes, a smaller fixed one for everything else.
+    // Body limit: the ingestion body limit for writes, a small fixed one for everything else.
     let limit = if route_of(&path) == Route::Push || route_of(&path) == Route::Ingest {
-        (core.cfg().limits.ingestion_body_limit_mb * 1024.0 * 1024.0) as usize
+        core.cfg().limits.body_limit_bytes()
     } else {
-        16 * 1024 * 1024
+        QUERY_BODY_LIMIT
     };
     // Held until the request is answered (or abandoned): the body's bytes stay counted in
     // the process's in-flight budget while the handler works on them.
@@ -439,11 +444,7 @@ fn body_error(rpc: Option<Protocol>, e: inflight::BodyError) -> Response {
 }
 
 async fn rpc_call(core: &Rc<Core>, proto: Protocol, r: &Req) -> Response {
-    let limit = if r.path.starts_with("/push.v1.") {
-        (core.cfg().limits.ingestion_body_limit_mb * 1024.0 * 1024.0) as usize
-    } else {
-        64 * 1024 * 1024
-    };
+    let limit = if r.path.starts_with("/push.v1.") { core.cfg().limits.body_limit_bytes() } else { QUERY_BODY_LIMIT };
     let msg = match rpc::request_bytes(proto, &r.headers, r.body.clone(), limit.max(1)) {
         Ok(m) => m,
         Err(e) => return rpc::respond_error(proto, &e),
@@ -451,9 +452,16 @@ async fn rpc_call(core: &Rc<Core>, proto: Protocol, r: &Req) -> Response {
     let call = Call { core, proto, headers: &r.headers, msg: &msg };
     let method = r.path.as_str();
     if let Some(m) = method.strip_prefix("/push.v1.PusherService/") {
-        return match m {
-            "Push" => call.unary(|c, req| distributor::push::push(c.core, c.headers, req)).await,
-            _ => call.unimplemented(),
+        if m != "Push" {
+            return call.unimplemented();
+        }
+        let result = match distributor::push::decode_request(proto, &msg, limit) {
+            Ok(req) => distributor::push::push(core, &r.headers, req).await,
+            Err(e) => Err(e),
+        };
+        return match result {
+            Ok(resp) => rpc::respond(proto, &r.headers, &resp),
+            Err(e) => rpc::respond_error(proto, &e),
         };
     }
     if let Some(m) = method.strip_prefix("/querier.v1.QuerierService/") {

@@ -174,8 +174,9 @@ pub fn request_bytes(proto: Protocol, headers: &HeaderMap, body: Bytes, limit: u
     }
 }
 
-/// Decodes a request message in the protocol's codec.
-pub fn decode<M>(proto: Protocol, bytes: &[u8]) -> Result<M, RpcError>
+/// Decodes a request message in the protocol's codec. Taking `Bytes` lets prost slice `bytes`
+/// fields (a push's raw profiles) out of the message instead of copying them.
+pub fn decode<M>(proto: Protocol, bytes: &Bytes) -> Result<M, RpcError>
 where
     M: prost::Message + Default + serde::de::DeserializeOwned,
 {
@@ -186,7 +187,7 @@ where
             }
             serde_json::from_slice(bytes).map_err(|e| RpcError::invalid(format!("invalid JSON request: {e}")))
         }
-        _ => M::decode(bytes).map_err(|e| RpcError::invalid(format!("invalid protobuf request: {e}"))),
+        _ => M::decode(bytes.clone()).map_err(|e| RpcError::invalid(format!("invalid protobuf request: {e}"))),
     }
 }
 

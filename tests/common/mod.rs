@@ -1,6 +1,7 @@
 //! Test harness: starts the real `kiln` binary on a free port and talks to it over HTTP/1.1
 //! and h2c, as clients do.
 #![allow(dead_code)]
+pub mod hostile;
 use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
@@ -546,4 +547,24 @@ pub fn pprof_stacks(p: &kiln_proto::google::v1::Profile, idx: usize) -> std::col
     }
     out.retain(|_, v| *v != 0);
     out
+}
+
+/// A `Vm*` field of `/proc/<pid>/status`, in KiB.
+pub fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Runs `f` against the process `pid` and returns by how many bytes its peak RSS rose above
+/// the RSS it had before: the peak (VmHWM) is reset first (`/proc/<pid>/clear_refs`, 5).
+pub fn peak_rss_rise<R>(pid: u32, f: impl FnOnce() -> R) -> (R, u64) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("resetting the peak RSS");
+    let before = vm_kib(pid, "VmRSS");
+    let r = f();
+    let peak = vm_kib(pid, "VmHWM");
+    (r, peak.saturating_sub(before) * 1024)
 }
