@@ -249,13 +249,7 @@ mod tests {
             vec![ingest("a"), ingest("b"), walcodec::encode_cut("a", "X"), ingest("a")],
             vec![walcodec::encode_cut("b", "Y"), ingest("b"), ingest("a")],
         ];
-        for (n, recs) in segs.iter().enumerate() {
-            let mut buf = Vec::new();
-            for r in recs {
-                record::encode(r, &mut buf);
-            }
-            std::fs::write(core.join(format!("{:010}.seg", n + 1)), buf).unwrap();
-        }
+        write_segments(&core, &segs);
         let files = wal::segments(&dir).unwrap();
         let skipped = |indexed: &[(&str, &str)]| {
             let indexed: Indexed = indexed.iter().map(|(t, b)| (t.to_string(), b.to_string())).collect();
@@ -282,6 +276,17 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Writes each list of records as the next segment of a core's directory.
+    fn write_segments(core: &Path, segs: &[Vec<Vec<u8>>]) {
+        for (n, recs) in segs.iter().enumerate() {
+            let mut buf = Vec::new();
+            for r in recs {
+                record::encode(r, &mut buf);
+            }
+            std::fs::write(core.join(format!("{:010}.seg", n + 1)), buf).unwrap();
+        }
+    }
+
     #[test]
     fn aborted_pushes_are_found_wherever_their_abort_is() {
         let dir = std::env::temp_dir().join(format!("kiln-replay-aborts-{}", std::process::id()));
@@ -291,13 +296,7 @@ mod tests {
         let keyed =
             |k| walcodec::encode_keyed(k, "a", &Profile { strings: vec![String::new()], ..Default::default() }, &[]);
         let segs = [vec![keyed(1), keyed(2), walcodec::encode_abort(2)], vec![keyed(3), walcodec::encode_abort(1)]];
-        for (n, recs) in segs.iter().enumerate() {
-            let mut buf = Vec::new();
-            for r in recs {
-                record::encode(r, &mut buf);
-            }
-            std::fs::write(core.join(format!("{:010}.seg", n + 1)), buf).unwrap();
-        }
+        write_segments(&core, &segs);
         let files = wal::segments(&dir).unwrap();
         let (_, aborted) = scan_markers(&files, &Indexed::new());
         assert_eq!(aborted, HashSet::from([1, 2]));

@@ -32,21 +32,14 @@ fn holds(decoder: &str, inputs: &[(&str, Vec<u8>)]) {
 }
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![testdata("pprof")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                let raw = std::fs::read(&p).unwrap();
-                let bytes = kiln_io::compress::maybe_gunzip(&raw, 1 << 30).map_or(raw.clone(), |b| b.into_owned());
-                out.push((p.display().to_string(), bytes));
-            }
-        }
-    }
-    out
+    files_under("pprof")
+        .into_iter()
+        .map(|p| {
+            let raw = std::fs::read(&p).unwrap();
+            let bytes = kiln_io::compress::maybe_gunzip(&raw, 1 << 30).map_or(raw.clone(), |b| b.into_owned());
+            (p.display().to_string(), bytes)
+        })
+        .collect()
 }
 
 #[test]

@@ -230,24 +230,16 @@ fn bad_queries() {
     )
     .unwrap_err();
     assert!(e.2.contains("name is required"));
-    let e = connect::<_, q::SelectSeriesResponse>(
-        k.port,
-        "/querier.v1.QuerierService/SelectSeries",
-        &[],
-        &q::SelectSeriesRequest {
-            profile_type_id: pt.into(),
-            start: now - 1000,
-            end: now,
-            step: 0.0,
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
-    assert!(e.2.contains("step"));
-    // NaN, infinities and steps whose points' times would overflow: refused, not wrapped.
-    for (step, needle) in
-        [(f64::NAN, "finite"), (f64::INFINITY, "finite"), (-1.0, "0.001"), (1e300, "too large"), (9.3e15, "too large")]
-    {
+    // No step, NaN, infinities and steps whose points' times would overflow: refused, not
+    // wrapped.
+    for (step, needle) in [
+        (0.0, "step"),
+        (f64::NAN, "finite"),
+        (f64::INFINITY, "finite"),
+        (-1.0, "0.001"),
+        (1e300, "too large"),
+        (9.3e15, "too large"),
+    ] {
         let e = connect::<_, q::SelectSeriesResponse>(
             k.port,
             "/querier.v1.QuerierService/SelectSeries",
@@ -272,24 +264,20 @@ fn bad_queries() {
         end: now,
         ..Default::default()
     };
-    req.max_nodes = Some(10_000_000);
-    let e = connect::<_, q::SelectMergeStacktracesResponse>(
-        k.port,
-        "/querier.v1.QuerierService/SelectMergeStacktraces",
-        &[],
-        &req,
-    )
-    .unwrap_err();
+    let mut merge_error = |max_nodes: i64| {
+        req.max_nodes = Some(max_nodes);
+        connect::<_, q::SelectMergeStacktracesResponse>(
+            k.port,
+            "/querier.v1.QuerierService/SelectMergeStacktraces",
+            &[],
+            &req,
+        )
+        .unwrap_err()
+    };
+    let e = merge_error(10_000_000);
     assert!(e.2.contains("max flamegraph nodes"), "{e:?}");
     // Negative: no limit, which only an unlimited maximum grants (Pyroscope's message).
-    req.max_nodes = Some(-1);
-    let e = connect::<_, q::SelectMergeStacktracesResponse>(
-        k.port,
-        "/querier.v1.QuerierService/SelectMergeStacktraces",
-        &[],
-        &req,
-    )
-    .unwrap_err();
+    let e = merge_error(-1);
     assert_eq!(e.2, "max flamegraph nodes limit must be set (max allowed 1048576)", "{e:?}");
 
     // Times that do not fit in 64-bit nanoseconds are a 400, not a silent `now`.

@@ -399,24 +399,32 @@ pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collecti
 /// repairable only through /ingest left out, and the folders' LICENSE and NOTICE files.
 pub fn golden_pprofs() -> Vec<PathBuf> {
     let skip = ["invalid_utf8.pb.gz", "dotnet-pprof-3.pb.gz", "dotnet-pprof-73.pb.gz", "LICENSE", "NOTICE"];
+    let out: Vec<PathBuf> = files_under("pprof")
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            !(name.ends_with(".txt") || name.ends_with(".json") || skip.contains(&name))
+        })
+        .collect();
+    assert!(out.len() >= 25, "found only {} fixtures", out.len());
+    out
+}
+
+/// Every file below `testdata/<rel>`, sorted.
+pub fn files_under(rel: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut dirs = vec![testdata("pprof")];
+    let mut dirs = vec![testdata(rel)];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 dirs.push(p);
-                continue;
+            } else {
+                out.push(p);
             }
-            let name = p.file_name().unwrap().to_str().unwrap();
-            if name.ends_with(".txt") || name.ends_with(".json") || skip.contains(&name) {
-                continue;
-            }
-            out.push(p);
         }
     }
     out.sort();
-    assert!(out.len() >= 25, "found only {} fixtures", out.len());
     out
 }
 
