@@ -446,7 +446,29 @@ impl Config {
                 return Err(format!("-target={}: only the monolithic -target=all runs in this version", cfg.target));
             }
         }
+        cfg.check_relations()?;
         Ok(cfg)
+    }
+
+    /// Limits that only make sense together, checked once at start with a clear error.
+    fn check_relations(&self) -> Result<(), String> {
+        let head = self.effective_max_head_bytes();
+        if let Some(block) = self.max_block_bytes.filter(|&b| b > 0 && head > 0 && b >= head) {
+            return Err(format!(
+                "-ingester.max-block-bytes={block} must be below -ingester.max-head-bytes-per-core={head}: the head would refuse pushes before it is ever large enough to be cut"
+            ));
+        }
+        let lims = std::iter::once(("", &self.limits)).chain(self.overrides.iter().map(|(t, l)| (t.as_str(), l)));
+        for (tenant, l) in lims {
+            let of = if tenant.is_empty() { String::new() } else { format!(" (overrides of tenant {tenant:?})") };
+            if l.max_flamegraph_nodes_max > 0 && l.max_flamegraph_nodes_default > l.max_flamegraph_nodes_max {
+                return Err(format!(
+                    "-querier.max-flamegraph-nodes-default={} is above -querier.max-flamegraph-nodes-max={}{of}",
+                    l.max_flamegraph_nodes_default, l.max_flamegraph_nodes_max
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn set_flag(&mut self, k: &str, v: &str) -> Result<(), String> {
@@ -1000,5 +1022,23 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn limits_that_contradict_each_other_are_refused_at_start() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = Config::from_args(&args(&["-ingester.max-head-bytes-per-core=1000", "-ingester.max-block-bytes=1000"]))
+            .unwrap_err();
+        assert!(e.contains("must be below"), "{e}");
+        assert!(Config::from_args(&args(&["-ingester.max-head-bytes-per-core=1000", "-ingester.max-block-bytes=999"]))
+            .is_ok());
+        assert!(Config::from_args(&args(&["-ingester.max-head-bytes-per-core=1000", "-ingester.max-block-bytes=0"]))
+            .is_ok());
+        let e = Config::from_args(&args(&[
+            "-querier.max-flamegraph-nodes-default=10",
+            "-querier.max-flamegraph-nodes-max=5",
+        ]))
+        .unwrap_err();
+        assert!(e.contains("above"), "{e}");
     }
 }
