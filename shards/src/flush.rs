@@ -202,6 +202,11 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
     let mut entries = Vec::with_capacity(group.len());
     for f in group {
         settled(f).await;
+        if f.head.borrow().profiles == 0 {
+            // Every push it held was refused after the cut froze it: no block (its marker,
+            // never indexed, is ignored by replay); the head leaves with the group below.
+            continue;
+        }
         let started = Instant::now();
         // Encoding is deterministic: a failure is a bug, not a transient error; the retry
         // will most likely fail the same way, but the head's records stay replayable.
@@ -240,10 +245,12 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
         refs.push(r);
     }
     let size: u64 = refs.iter().map(|r| r.size_bytes).sum();
-    retry(state, &format!("adding {} block(s) to the bucket index of {tenant}", refs.len()), || {
-        cfg.store.add_blocks(tenant.to_string(), refs.clone())
-    })
-    .await;
+    if !refs.is_empty() {
+        retry(state, &format!("adding {} block(s) to the bucket index of {tenant}", refs.len()), || {
+            cfg.store.add_blocks(tenant.to_string(), refs.clone())
+        })
+        .await;
+    }
     // One step: the blocks join the set and their heads leave it.
     {
         let mut set = state.blocks.borrow_mut();

@@ -73,9 +73,12 @@ pub enum Msg {
         keys: Vec<u64>,
     },
     /// From the core's own WAL writer: the write (or sync) of these waiters' records failed.
+    /// `written`: the bytes may be in the file anyway (a failed sync or segment close); a
+    /// failed write is cut off by the writer, so its records are gone.
     WalFailed {
         waiters: Vec<Waiter>,
         error: String,
+        written: bool,
     },
     /// A WAL record replayed in place at start (the WAL generation is adopted, not
     /// rewritten): appended to the head only, as it is durable where it is.
@@ -159,8 +162,31 @@ pub enum Waiter {
     Push { reply: IngestReply, stats: AppendStats, key: u64, whole: bool },
     /// Answered once everything queued before it is durable (`Msg::Flush`).
     Sync(IngestReply),
-    /// The abort record of `key`: written again if its write fails.
-    Abort(u64),
+    /// The abort record of `key`: `reply` is answered once it is written (or its write
+    /// failed); it is written again, without the reply, if its write fails.
+    Abort { key: u64, reply: Option<AbortReply> },
+}
+
+/// Who waits for an abort record: the answer they are owed once it is durable, so that a
+/// refusal is never followed by a restart that brings the refused push back.
+pub enum AbortReply {
+    /// The distributor's `Settle { commit: false }`.
+    Settled(flume::Sender<()>),
+    /// A push part whose own record may be in the file (its sync failed).
+    Refused(IngestReply, IngestError),
+}
+
+impl AbortReply {
+    fn send(self) {
+        match self {
+            AbortReply::Settled(tx) => {
+                let _ = tx.send(());
+            }
+            AbortReply::Refused(tx, e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
 }
 
 /// Appends framed and waiting for the core's WAL flusher, with the pushes waiting on them.
@@ -292,18 +318,24 @@ impl Shard {
         st
     }
 
-    /// A push's outcome: kept (`commit`), or taken out of whichever heads hold its rows, with
-    /// an abort record queued so that replay skips its WAL records too. Returns whether
-    /// anything was taken out.
-    fn settle(&mut self, key: u64, commit: bool) -> bool {
-        let Some(parts) = self.pending.remove(&key) else { return false };
+    /// A push's outcome: kept (`commit`), or taken out of whichever heads hold its rows.
+    /// `abort`: whether its records may be in the WAL, so an abort record must follow them
+    /// (`Some`, with who waits for that record), or are known gone (`None`). Whoever waits is
+    /// answered at once when nothing of the push is here.
+    fn settle(&mut self, key: u64, commit: bool, abort: Option<Option<AbortReply>>) {
+        let Some(parts) = self.pending.remove(&key) else {
+            if let Some(Some(r)) = abort {
+                r.send();
+            }
+            return;
+        };
         for part in &parts {
             if let HeadAt::Frozen(f) = &part.at {
                 f.unsettled.set(f.unsettled.get() - 1);
             }
         }
         if commit {
-            return false;
+            return;
         }
         let mut parts = parts;
 
@@ -320,6 +352,13 @@ impl Shard {
             }
             // Rows after a removed one moved up in its series: fix every other reference
             // into the same head (this push's later parts, and other unsettled pushes).
+            let mut removed: FxHashMap<u32, Vec<u32>> = FxHashMap::default();
+            for &(series, row) in &part.rows {
+                removed.entry(series).or_default().push(row);
+            }
+            for rows in removed.values_mut() {
+                rows.sort_unstable();
+            }
             for other in rest.iter_mut().chain(self.pending.values_mut().flatten()) {
                 let same = match (&part.at, &other.at) {
                     (HeadAt::Live, HeadAt::Live) => other.tenant == part.tenant,
@@ -330,14 +369,16 @@ impl Shard {
                     continue;
                 }
                 for r in other.rows.iter_mut() {
-                    let below = part.rows.iter().filter(|(s, row)| *s == r.0 && *row < r.1).count();
-                    r.1 -= below as u32;
+                    if let Some(gone) = removed.get(&r.0) {
+                        r.1 -= gone.partition_point(|&x| x < r.1) as u32;
+                    }
                 }
             }
         }
         self.rolled_back += 1;
-        self.queue_abort(key);
-        true
+        if let Some(reply) = abort {
+            self.queue_abort(key, reply);
+        }
     }
 
     /// The limits a live push must fit: the head's bytes, then the tenant's series.
@@ -371,34 +412,52 @@ impl Shard {
         Ok(())
     }
 
-    /// The WAL writer's report on a failed write: its pushes are taken out, then refused;
-    /// abort records that did not make it are queued again.
-    fn wal_failed(&mut self, waiters: Vec<Waiter>, e: String) {
-        tracing::error!(core = self.core, error = %e, "WAL write failed; the pushes waiting on it are taken out and refused");
+    /// The WAL writer's report on a failed write or sync: its pushes are taken out, then
+    /// refused. Where their records may be in the file anyway (`written`), the refusal waits
+    /// for their abort records; abort records that did not make it are queued again.
+    fn wal_failed(&mut self, waiters: Vec<Waiter>, e: String, written: bool) {
+        tracing::error!(core = self.core, error = %e, written, "WAL write failed; the pushes waiting on it are taken out and refused");
         for w in waiters {
             match w {
                 Waiter::Push { reply, key, .. } => {
                     // Taken out before the refusal is sent: a client that retries at once is
                     // never counted twice.
-                    self.settle(key, false);
-                    let _ = reply.send(Err(IngestError::Wal(e.clone())));
+                    let err = IngestError::Wal(e.clone());
+                    if written {
+                        self.settle(key, false, Some(Some(AbortReply::Refused(reply, err))));
+                    } else {
+                        self.settle(key, false, None);
+                        let _ = reply.send(Err(err));
+                    }
                 }
                 Waiter::Sync(reply) => {
                     let _ = reply.send(Err(IngestError::Wal(e.clone())));
                 }
-                Waiter::Abort(key) => self.queue_abort(key),
+                Waiter::Abort { key, reply } => {
+                    // Whoever waited is answered after one try: a full disk must not hang a
+                    // request. The record is tried again with the next write.
+                    if let Some(r) = reply {
+                        r.send();
+                    }
+                    self.queue_abort(key, None);
+                }
             }
         }
     }
 
-    /// Queues the abort record of push `key` (see `walcodec::encode_abort`).
-    fn queue_abort(&self, key: u64) {
-        if let Some(wal) = &self.wal {
-            let mut p = wal.pending.borrow_mut();
-            record::encode(&walcodec::encode_abort(key), &mut p.buf);
-            p.waiters.push(Waiter::Abort(key));
-            let _ = wal.wake.try_send(());
-        }
+    /// Queues the abort record of push `key` (see `walcodec::encode_abort`); without a WAL,
+    /// whoever waits is answered at once.
+    fn queue_abort(&self, key: u64, reply: Option<AbortReply>) {
+        let Some(wal) = &self.wal else {
+            if let Some(r) = reply {
+                r.send();
+            }
+            return;
+        };
+        let mut p = wal.pending.borrow_mut();
+        record::encode(&walcodec::encode_abort(key), &mut p.buf);
+        p.waiters.push(Waiter::Abort { key, reply });
+        let _ = wal.wake.try_send(());
     }
 
     /// The heads' part of a query: live heads, then heads frozen by a cut in progress.
@@ -596,7 +655,7 @@ impl Shard {
                 match (&self.wal, key) {
                     (None, _) => {
                         if let IngestMode::Whole(k) = mode {
-                            self.settle(k, true);
+                            self.settle(k, true, None);
                         }
                         let _ = reply.send(Ok(st));
                     }
@@ -626,17 +685,23 @@ impl Shard {
                 }
             }
             Msg::Settle { key, commit, reply } => {
-                self.settle(key, commit);
-                if let Some(r) = reply {
-                    let _ = r.send(());
+                let reply = reply.map(AbortReply::Settled);
+                if commit {
+                    self.settle(key, true, None);
+                    if let Some(r) = reply {
+                        r.send();
+                    }
+                } else {
+                    // Answered once the abort record is durable (or its write failed).
+                    self.settle(key, false, Some(reply));
                 }
             }
             Msg::Durable { keys } => {
                 for k in keys {
-                    self.settle(k, true);
+                    self.settle(k, true, None);
                 }
             }
-            Msg::WalFailed { waiters, error } => self.wal_failed(waiters, error),
+            Msg::WalFailed { waiters, error, written } => self.wal_failed(waiters, error, written),
             Msg::Restore { tenant, profile, groups, reply } => {
                 let st = self.append(&tenant, &profile, &groups);
                 let _ = reply.send(Ok(st));
@@ -704,12 +769,14 @@ async fn flush_loop(
                 // current segment, which closing syncs (with every earlier write); appends
                 // made since wait in `buf` for the next segment.
                 let (res, _) = writer.write(cut.buf).await;
+                // A failed write is cut off by the writer; a failed close may leave it whole.
                 let res = match res {
-                    Ok(_) => writer.cut().await.map(|seq| (writer.dir().to_path_buf(), seq)),
-                    Err(e) => Err(e),
+                    Ok(_) => writer.cut().await.map(|seq| (writer.dir().to_path_buf(), seq)).map_err(|e| (e, true)),
+                    Err(e) => Err((e, false)),
                 };
-                let res = res.map_err(|e| e.to_string());
+                let res = res.map_err(|(e, written)| (e.to_string(), written));
                 report(&inbox, &failures, cut.waiters, res.as_ref().err().cloned()).await;
+                let res = res.map_err(|(e, _)| e);
                 let _ = cut.reply.send(res.map(Some));
                 continue;
             }
@@ -725,12 +792,12 @@ async fn flush_loop(
             buf.clear();
             spare = buf;
             match res {
-                Err(e) => report(&inbox, &failures, waiters, Some(e.to_string())).await,
+                Err(e) => report(&inbox, &failures, waiters, Some((e.to_string(), false))).await,
                 Ok(None) => report(&inbox, &failures, waiters, None).await,
                 Ok(Some(file)) => {
                     let (inbox, failures) = (inbox.clone(), failures.clone());
                     monoio::spawn(async move {
-                        let res = file.sync_data().await.err().map(|e| e.to_string());
+                        let res = file.sync_data().await.err().map(|e| (e.to_string(), true));
                         report(&inbox, &failures, waiters, res).await;
                     });
                 }
@@ -745,7 +812,7 @@ async fn report(
     inbox: &flume::Sender<Msg>,
     failures: &std::cell::Cell<u32>,
     waiters: Vec<Waiter>,
-    error: Option<String>,
+    error: Option<(String, bool)>,
 ) {
     let Some(error) = error else {
         failures.set(0);
@@ -761,7 +828,11 @@ async fn report(
                 Waiter::Sync(reply) => {
                     let _ = reply.send(Ok(AppendStats::default()));
                 }
-                Waiter::Abort(_) => {}
+                Waiter::Abort { reply, .. } => {
+                    if let Some(r) = reply {
+                        r.send();
+                    }
+                }
             }
         }
         if !keys.is_empty() {
@@ -770,7 +841,7 @@ async fn report(
         return;
     };
     failures.set(failures.get().saturating_add(1));
-    let _ = inbox.send_async(Msg::WalFailed { waiters, error }).await;
+    let _ = inbox.send_async(Msg::WalFailed { waiters, error: error.0, written: error.1 }).await;
 }
 
 #[cfg(test)]
@@ -892,11 +963,15 @@ mod cut_retry_tests {
             let mut p = pending.borrow_mut();
             p.buf.clear();
             for w in p.waiters.drain(..) {
-                if let Waiter::Push { reply, stats, key, whole } = w {
-                    let _ = reply.send(Ok(stats));
-                    if whole {
-                        keys.push(key);
+                match w {
+                    Waiter::Push { reply, stats, key, whole } => {
+                        let _ = reply.send(Ok(stats));
+                        if whole {
+                            keys.push(key);
+                        }
                     }
+                    Waiter::Abort { reply: Some(r), .. } => r.send(),
+                    _ => {}
                 }
             }
         }
@@ -1003,6 +1078,55 @@ mod cut_retry_tests {
             let _ = cut.reply.send(Ok(None));
             assert_eq!(done.recv_async().await.unwrap(), Ok(true));
             assert_eq!(shard.stats().blocks, 3);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_frozen_head_emptied_by_refusals_writes_no_block_and_cuts_go_on() {
+        let dir = std::env::temp_dir().join(format!("kiln-cut-empty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::start(Backend::Filesystem { dir: dir.clone() }).unwrap();
+        let cfg = BlockConfig {
+            store: store.clone(),
+            max_block_duration: std::time::Duration::from_secs(3600),
+            max_block_bytes: 0,
+            cache_bytes: 1 << 20,
+            encode: Default::default(),
+        };
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        rt.block_on(async move {
+            let pending = Rc::new(RefCell::new(WalPending::default()));
+            let (wake, _woken) = flume::bounded(1);
+            let mut shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(0) }
+                .with_blocks(cfg, Arc::new(Ring::single(1, 4)));
+            // One part of a push whose other owner has not answered yet.
+            let p = folded(&[("main;f", 1)], 1_000_000_000);
+            let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
+            let (tx, _rx) = flume::bounded(1);
+            shard.handle(Msg::Ingest {
+                tenant: Arc::from("t"),
+                profile: Arc::new(p),
+                groups,
+                reply: tx,
+                mode: IngestMode::Part(7),
+                max_series: 0,
+            });
+            // A cut freezes the head that holds it; its markers are durable.
+            let (tx, done) = flume::bounded(1);
+            shard.handle(Msg::Cut { reply: tx });
+            let cut = pending.borrow_mut().cut.take().expect("the cut reached the WAL");
+            let _ = cut.reply.send(Ok(None));
+            // The push is refused after all: its rows leave the frozen head, which is empty.
+            let (tx, settled) = flume::bounded(1);
+            shard.handle(Msg::Settle { key: 7, commit: false, reply: Some(tx) });
+            assert!(settled.is_empty(), "answered before the abort record was written");
+            ack(&mut shard, &pending);
+            assert_eq!(settled.recv_async().await, Ok(()));
+            assert_eq!(done.recv_async().await.unwrap(), Ok(true));
+            let st = shard.stats();
+            assert!(!st.cuts_suspended, "{:?}", st.cut_error);
+            assert_eq!((st.frozen_heads, st.blocks, st.blocks_written), (0, 0, 0));
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
