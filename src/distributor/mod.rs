@@ -153,23 +153,19 @@ pub fn rate_limit(core: &Core, tenant: &str, bytes: usize, now_ns: i64) -> Resul
     Ok(())
 }
 
-/// A fresh push key: unique within a WAL stream across restarts (a per-process seed from
-/// the clock and pid, the core's thread, a per-thread counter, mixed by xxh3).
+/// A fresh push key: never repeated within a process (a process-wide counter), and apart
+/// from every other process's keys (a per-process start drawn from the clock and pid, mixed
+/// by xxh3: two runs' ranges of keys overlap with odds of about keys² / 2⁶⁴).
 fn push_key() -> u64 {
-    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static SEED: OnceLock<u64> = OnceLock::new();
-    thread_local!(static SEQ: Cell<u64> = const { Cell::new(0) });
-    let seed = *SEED.get_or_init(|| {
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         xxhash_rust::xxh3::xxh3_64(&[now.to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat())
     });
-    let n = SEQ.with(|c| {
-        c.set(c.get() + 1);
-        c.get()
-    });
-    let tid = std::thread::current().id();
-    xxhash_rust::xxh3::xxh3_64(format!("{seed}:{tid:?}:{n}").as_bytes())
+    start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A push sent in parts: unless committed, its parts are taken out again, also when the
