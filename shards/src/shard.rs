@@ -978,6 +978,31 @@ mod cut_retry_tests {
         shard.handle(Msg::Durable { keys });
     }
 
+    /// A filesystem store in a fresh temporary directory, and blocks cut only when asked.
+    fn test_store(name: &str) -> (std::path::PathBuf, Store, BlockConfig) {
+        let dir = std::env::temp_dir().join(format!("kiln-cut-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::start(Backend::Filesystem { dir: dir.clone() }).unwrap();
+        let cfg = BlockConfig {
+            store: store.clone(),
+            max_block_duration: std::time::Duration::from_secs(3600),
+            max_block_bytes: 0,
+            cache_bytes: 1 << 20,
+            encode: Default::default(),
+        };
+        (dir, store, cfg)
+    }
+
+    /// A one-core shard cutting into `cfg` whose WAL flusher the test plays: it sees what the
+    /// shard queues (`pending`) and answers for the WAL.
+    fn shard_with_test_wal(cfg: BlockConfig) -> (Shard, Rc<RefCell<WalPending>>) {
+        let pending = Rc::new(RefCell::new(WalPending::default()));
+        let (wake, _woken) = flume::bounded(1);
+        let shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(0) }
+            .with_blocks(cfg, Arc::new(Ring::single(1, 4)));
+        (shard, pending)
+    }
+
     /// The (tenant, block) of each cut marker in a cut's WAL batch.
     fn markers(buf: &[u8]) -> Vec<(String, String)> {
         record::decode_all(buf)
@@ -993,23 +1018,10 @@ mod cut_retry_tests {
 
     #[test]
     fn a_failed_cut_is_retried_with_its_heads_and_the_live_ones_indexed_together() {
-        let dir = std::env::temp_dir().join(format!("kiln-cut-retry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::start(Backend::Filesystem { dir: dir.clone() }).unwrap();
-        let cfg = BlockConfig {
-            store: store.clone(),
-            max_block_duration: std::time::Duration::from_secs(3600),
-            max_block_bytes: 0,
-            cache_bytes: 1 << 20,
-            encode: Default::default(),
-        };
+        let (dir, store, cfg) = test_store("retry");
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         rt.block_on(async move {
-            // The test plays the WAL flusher: it sees what the shard queues and answers.
-            let pending = Rc::new(RefCell::new(WalPending::default()));
-            let (wake, _woken) = flume::bounded(1);
-            let mut shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(0) }
-                .with_blocks(cfg, Arc::new(Ring::single(1, 4)));
+            let (mut shard, pending) = shard_with_test_wal(cfg);
             let tenant: Arc<str> = Arc::from("t");
             let ingest = |shard: &mut Shard, v: i64| {
                 let p = folded(&[("main;f", v)], v * 1_000_000_000);
@@ -1084,22 +1096,10 @@ mod cut_retry_tests {
 
     #[test]
     fn a_frozen_head_emptied_by_refusals_writes_no_block_and_cuts_go_on() {
-        let dir = std::env::temp_dir().join(format!("kiln-cut-empty-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::start(Backend::Filesystem { dir: dir.clone() }).unwrap();
-        let cfg = BlockConfig {
-            store: store.clone(),
-            max_block_duration: std::time::Duration::from_secs(3600),
-            max_block_bytes: 0,
-            cache_bytes: 1 << 20,
-            encode: Default::default(),
-        };
+        let (dir, _store, cfg) = test_store("empty");
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         rt.block_on(async move {
-            let pending = Rc::new(RefCell::new(WalPending::default()));
-            let (wake, _woken) = flume::bounded(1);
-            let mut shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(0) }
-                .with_blocks(cfg, Arc::new(Ring::single(1, 4)));
+            let (mut shard, pending) = shard_with_test_wal(cfg);
             // One part of a push whose other owner has not answered yet.
             let p = folded(&[("main;f", 1)], 1_000_000_000);
             let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
