@@ -9,9 +9,9 @@ use kiln::distributor::pprof;
 use kiln_io::wal::record;
 use kiln_io::wal::segment::{SegmentWriter, SyncPolicy};
 use kiln_shards::block::{self, EncodeOptions};
-use kiln_shards::head::TenantHead;
-use kiln_shards::labels::Labels;
-use kiln_shards::profile::SampleGroup;
+use kiln_shards::ingester::head::TenantHead;
+use kiln_shards::model::labels::Labels;
+use kiln_shards::model::profile::SampleGroup;
 use std::time::{Duration, Instant};
 
 /// A WAL record of a typical size (a small Go CPU profile re-encoded is ~4 KiB).

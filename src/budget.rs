@@ -207,7 +207,8 @@ fn run_folded(data: &[u8]) {
 }
 
 fn run_rpc(data: &[u8]) {
-    use crate::server::rpc::{request_bytes, Protocol};
+    use crate::api::rpc::request_bytes;
+    use crate::service::codec::Protocol;
     let mut h = http::HeaderMap::new();
     h.insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
     let bytes = bytes::Bytes::copy_from_slice(data);
@@ -217,10 +218,10 @@ fn run_rpc(data: &[u8]) {
 }
 
 fn run_wal_payload(data: &[u8]) {
-    if let Ok(kiln_shards::walcodec::Entry::Ingest { tenant, profile, groups, .. }) =
-        kiln_shards::walcodec::decode_entry(data)
+    if let Ok(kiln_shards::ingester::walcodec::Entry::Ingest { tenant, profile, groups, .. }) =
+        kiln_shards::ingester::walcodec::decode_entry(data)
     {
-        let mut head = kiln_shards::head::TenantHead::default();
+        let mut head = kiln_shards::ingester::head::TenantHead::default();
         head.append(&tenant, &profile, &groups);
     }
 }

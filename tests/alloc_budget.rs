@@ -165,12 +165,12 @@ fn wal_payloads() {
         ) else {
             continue;
         };
-        let groups: Vec<kiln_shards::profile::SampleGroup> = d
+        let groups: Vec<kiln_shards::model::profile::SampleGroup> = d
             .groups
             .into_iter()
-            .map(|(labels, samples)| kiln_shards::profile::SampleGroup { labels, samples })
+            .map(|(labels, samples)| kiln_shards::model::profile::SampleGroup { labels, samples })
             .collect();
-        let entry = kiln_shards::walcodec::encode("t", &d.profile, &groups);
+        let entry = kiln_shards::ingester::walcodec::encode("t", &d.profile, &groups);
         inputs.push((format!("{name} truncated"), entry[..entry.len() / 2].to_vec()));
         inputs.push((name, entry));
     }

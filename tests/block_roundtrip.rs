@@ -5,10 +5,11 @@
 use bytes::Bytes;
 use kiln::distributor::pprof::{decode_and_normalize, PprofLimits};
 use kiln_shards::block::{self, profiles::ProfilesFile, EncodeOptions};
-use kiln_shards::head::{Series, TenantHead};
-use kiln_shards::labels::Labels;
-use kiln_shards::profile::SampleGroup;
-use kiln_shards::symbols::{Symbols, ROOT};
+use kiln_shards::eval::Series;
+use kiln_shards::ingester::head::TenantHead;
+use kiln_shards::model::labels::Labels;
+use kiln_shards::model::profile::SampleGroup;
+use kiln_shards::model::symbols::{Symbols, ROOT};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -191,7 +191,8 @@ fn a_full_disk_needs_no_manual_repair() {
 
     // 2. A block cut whose markers cannot be written: the end of the segment is at a page
     // boundary (or the markers cross one) and the disk is full.
-    let marker = 8 + kiln_shards::walcodec::encode_cut("anonymous", "01ARZ3NDEKTSV4RRFFQ69G5FAV").len() as u64;
+    let marker =
+        8 + kiln_shards::ingester::walcodec::encode_cut("anonymous", "01ARZ3NDEKTSV4RRFFQ69G5FAV").len() as u64;
     while !matches!(current_segment(&k.data).1 % 4096, 0) && current_segment(&k.data).1 % 4096 <= 4096 - marker {
         s.push_ok(k.port, 0);
     }

@@ -4,7 +4,7 @@
 //! exercised.
 #![no_main]
 use kiln_shards::block::symdb;
-use kiln_shards::symbols::ROOT;
+use kiln_shards::model::symbols::ROOT;
 use libfuzzer_sys::fuzz_target;
 
 fn check(data: &[u8]) {

@@ -1,7 +1,8 @@
 //! gRPC/Connect request framing: frames, compressed flags and gzip, bounded.
 //! The push message is decoded too, and all of it holds to its budget.
 #![no_main]
-use kiln::server::rpc::{request_bytes, Protocol};
+use kiln::api::rpc::request_bytes;
+use kiln::service::codec::Protocol;
 use libfuzzer_sys::fuzz_target;
 
 // Counts allocations so that each input is checked against its decoder's memory and

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     kiln::budget::assert_within("folded", data);
     kiln::budget::assert_within("multipart", data);
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = kiln_shards::selector::parse_selector(s);
+        let _ = kiln_shards::model::selector::parse_selector(s);
         let _ = legacy::parse_name(s);
         let _ = kiln::timeparse::parse_time_ns(s, 1_700_000_000_000_000_000);
         let _ = folded::parse_folded(s);

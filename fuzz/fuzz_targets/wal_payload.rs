@@ -11,10 +11,10 @@ static ALLOC: kiln::budget::CountingAlloc<std::alloc::System> = kiln::budget::Co
 
 fuzz_target!(|data: &[u8]| {
     kiln::budget::assert_within("wal_payload", data);
-    if let Ok(kiln_shards::walcodec::Entry::Ingest { tenant, profile, groups, .. }) =
-        kiln_shards::walcodec::decode_entry(data)
+    if let Ok(kiln_shards::ingester::walcodec::Entry::Ingest { tenant, profile, groups, .. }) =
+        kiln_shards::ingester::walcodec::decode_entry(data)
     {
-        let mut head = kiln_shards::head::TenantHead::default();
+        let mut head = kiln_shards::ingester::head::TenantHead::default();
         head.append(&tenant, &profile, &groups);
     }
 });

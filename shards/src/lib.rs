@@ -1,20 +1,20 @@
-//! kiln's per-core runtime and the data each core owns.
+//! kiln's per-core runtime and the data each core owns, one folder per part:
 //!
-//! A series is owned by one core (chosen by `ring`); that core's `Shard` holds the series'
-//! `head` (profiles as columns, `symbols` per tenant). Other cores talk to it through the
-//! `runtime::Mesh`. Ingest hands over a normalised `profile::Profile`; queries send a
-//! `query::QueryRequest` and merge the partial `QueryResult`s.
+//! - `runtime`: the pinned executors, the mesh of bounded inboxes between cores, and each
+//!   core's inbox loop (`runtime::core`).
+//! - `ingester`: what a core keeps as an ingester: the per-tenant heads, the WAL writer and
+//!   payload, and the cut of heads into blocks.
+//! - `store_gateway`: the blocks a core owns and serves, with their cache.
+//! - `model`: what the others speak in: labels, selectors, normalised profiles, symbols.
+//! - `eval`: query evaluation over series columns, the same for heads and blocks.
+//! - `query`: query requests and the partial results every core answers with.
+//! - `ring`: which core owns a series or a block.
+//! - `block`: a block's files, written and read back.
 pub mod block;
-pub mod childindex;
-pub mod flush;
-pub mod head;
-pub mod labels;
-pub mod profile;
+pub mod eval;
+pub mod ingester;
+pub mod model;
 pub mod query;
 pub mod ring;
 pub mod runtime;
-pub mod selector;
-pub mod shard;
-pub mod storegateway;
-pub mod symbols;
-pub mod walcodec;
+pub mod store_gateway;

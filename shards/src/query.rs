@@ -1,7 +1,7 @@
 //! What a core is asked to evaluate over its heads, and the partial results it sends back.
 //! The accepting core merges the partials of every core (see the server's `query` module).
-use crate::labels::Labels;
-use crate::selector::Matcher;
+use crate::model::labels::Labels;
+use crate::model::selector::Matcher;
 
 /// Which profiles a query reads: one profile type (or any), label matchers, and an inclusive
 /// time range in milliseconds.
@@ -74,9 +74,9 @@ pub struct Bucket {
 #[derive(Debug, Clone, Default)]
 pub struct PprofPart {
     pub strings: Vec<String>,
-    pub functions: Vec<crate::profile::Function>,
-    pub mappings: Vec<crate::profile::Mapping>,
-    pub locations: Vec<crate::symbols::LocationRec>,
+    pub functions: Vec<crate::model::profile::Function>,
+    pub mappings: Vec<crate::model::profile::Mapping>,
+    pub locations: Vec<crate::model::symbols::LocationRec>,
     /// Stacks as location indices, leaf first, with their summed value.
     pub samples: Vec<(Vec<u32>, i64)>,
 }

@@ -57,12 +57,23 @@ impl Ring {
         xxh3_64_with_seed(&bytes, ROUTING_VERSION as u64)
     }
 
+    /// The core that owns block `id` (its store-gateway serves it; an ingester cutting a
+    /// head draws ids until one is its own).
+    pub fn block_owner(&self, id: &str) -> u32 {
+        self.owner(block_key(id)).core
+    }
+
     pub fn owner(&self, key: u64) -> Member {
         // Fold the 64-bit key into the 32-bit token space, as Pyroscope's rings use u32 tokens.
         let k = (key ^ (key >> 32)) as u32;
         let i = self.tokens.partition_point(|(t, _)| *t < k);
         self.tokens[if i == self.tokens.len() { 0 } else { i }].1
     }
+}
+
+/// The ring key of a block id.
+pub fn block_key(id: &str) -> u64 {
+    xxh3_64_with_seed(id.as_bytes(), 0x6b69_6c6e)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Text stack formats of `/ingest`: folded (`a;b;c 12`) and lines (one stack per line), and
 //! the profile types their app-name suffix selects (Pyroscope's table, shared/api.md §2.2).
-use kiln_shards::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use kiln_shards::model::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
 
 /// (`__name__`, sample type, unit) for an app-name suffix; `None` for an unknown suffix.

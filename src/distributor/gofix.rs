@@ -44,7 +44,7 @@
 //! cuts stacks to their 1000 root-most frames before the repair, kiln after it; the Go
 //! runtime never records stacks that deep.
 use kiln_proto::kiln::v1::ProfileInput;
-use kiln_shards::profile::Profile;
+use kiln_shards::model::profile::Profile;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::borrow::Cow;
 

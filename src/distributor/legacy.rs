@@ -1,15 +1,14 @@
 //! `POST /ingest` (alias `/pyroscope/ingest`): Pyroscope's legacy ingest API, as the Go, Ruby,
 //! Python, .NET and older Node SDKs and many scripts use it. See shared/api.md §2.2.
 use super::folded::{build_profile, folded_type, parse_folded, parse_lines};
-use super::{accept, distribute, multipart, pprof, rate_limit, Accepted};
-use crate::server::body::{RespBody, Response};
-use crate::server::rpc::{self, Code, RpcError};
-use crate::server::{metrics, write_tenant, Core, Req};
+use super::{accept, metrics, multipart, pprof, Accepted, Distributor};
+use crate::service::body::{http_error, RespBody, Response};
+use crate::service::{Code, Req, RpcError};
 use crate::timeparse::{now_ns, parse_time_ns};
 use http::StatusCode;
 use kiln_io::compress;
 use kiln_proto::kiln::v1::ProfileInput;
-use kiln_shards::labels::{self, Labels};
+use kiln_shards::model::labels::{self, Labels};
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
@@ -60,7 +59,7 @@ pub fn parse_name(name: &str) -> Result<AppName, String> {
 }
 
 fn error(status: StatusCode, msg: impl AsRef<str>) -> Response {
-    rpc::http_error(status, msg.as_ref())
+    http_error(status, msg.as_ref())
 }
 
 fn rpc_status(e: &RpcError, validation_status: StatusCode) -> StatusCode {
@@ -71,12 +70,12 @@ fn rpc_status(e: &RpcError, validation_status: StatusCode) -> StatusCode {
     }
 }
 
-pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
-    let tenant = match write_tenant(core, &r.headers) {
+pub async fn handle(dist: &Rc<Distributor>, r: &Req) -> Response {
+    let tenant = match dist.write_tenant(&r.headers) {
         Ok(t) => t,
         Err(e) => return error(e.code.http_status(), e.message),
     };
-    metrics::add(&core.metrics().received_bytes, r.body.len() as u64);
+    metrics::add(&dist.metrics().received_bytes, r.body.len() as u64);
     let params = r.params();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(name) = get("name") else {
@@ -107,7 +106,7 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
     let body: bytes::Bytes = if gzipped && compress::is_gzip(&r.body) {
-        match compress::gunzip_bounded(&r.body, inflated_body_limit(core.cfg().limits_for(&tenant))) {
+        match compress::gunzip_bounded(&r.body, inflated_body_limit(dist.limits_for(&tenant))) {
             Ok(b) => b.into(),
             Err(compress::InflateError::TooLarge { limit }) => {
                 return error(
@@ -121,7 +120,7 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
         r.body.clone()
     };
     let result = match format {
-        "pprof" => ingest_pprof(core, &tenant, &name, spy, from, &body, None).await,
+        "pprof" => ingest_pprof(dist, &tenant, &name, spy, from, &body, None).await,
         "trie" | "tree" | "jfr" | "speedscope" => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -129,10 +128,10 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
             )
         }
         "" if content_type.to_ascii_lowercase().contains("multipart/form-data") => {
-            ingest_multipart(core, &tenant, &name, spy, from, content_type, &body).await
+            ingest_multipart(dist, &tenant, &name, spy, from, content_type, &body).await
         }
         "" | "folded" | "collapsed" | "groups" | "lines" => {
-            ingest_text(core, &tenant, &name, spy, from, sample_rate, format == "lines", &body).await
+            ingest_text(dist, &tenant, &name, spy, from, sample_rate, format == "lines", &body).await
         }
         other => {
             return error(
@@ -144,7 +143,7 @@ pub async fn handle(core: &Rc<Core>, r: &Req) -> Response {
     match result {
         Ok(()) => http::Response::builder().status(200).body(RespBody::empty()).expect("valid response"),
         Err((status, msg)) => {
-            metrics::add(&core.metrics().rejected_profiles, 1);
+            metrics::add(&dist.metrics().rejected_profiles, 1);
             error(status, msg)
         }
     }
@@ -173,7 +172,7 @@ fn inflated_body_limit(limits: &crate::config::Limits) -> usize {
 }
 
 async fn ingest_multipart(
-    core: &Rc<Core>,
+    dist: &Rc<Distributor>,
     tenant: &str,
     name: &AppName,
     spy: &str,
@@ -217,7 +216,7 @@ async fn ingest_multipart(
             })?),
             None => None,
         };
-    ingest_pprof(core, tenant, name, spy, from, profile.data, config.as_ref()).await
+    ingest_pprof(dist, tenant, name, spy, from, profile.data, config.as_ref()).await
 }
 
 /// Built-in display names Pyroscope applies when the SDK sends no `sample_type_config`.
@@ -383,7 +382,7 @@ pub fn decode_ingest_pprof(
 }
 
 async fn ingest_pprof(
-    core: &Rc<Core>,
+    dist: &Rc<Distributor>,
     tenant: &str,
     name: &AppName,
     spy: &str,
@@ -391,11 +390,11 @@ async fn ingest_pprof(
     raw: &[u8],
     config: Option<&serde_json::Value>,
 ) -> IngestResult {
-    let limits = core.cfg().limits_for(tenant).clone();
+    let limits = dist.limits_for(tenant).clone();
     let unproc = |m: String| (StatusCode::UNPROCESSABLE_ENTITY, m);
     let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
     let bytes = compress::maybe_gunzip(raw, max).map_err(|e| unproc(format!("profile: {e}")))?;
-    metrics::add(&core.metrics().decompressed_bytes, bytes.len() as u64);
+    metrics::add(&dist.metrics().decompressed_bytes, bytes.len() as u64);
     let pprof_limits = pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples };
     // Strings the spy fixes derive count against the profile size limit (or, with that limit
     // off, the body limit) as if they had been sent.
@@ -412,12 +411,12 @@ async fn ingest_pprof(
     }
     let acc = accept(&base, decoded, &limits, now_ns())
         .map_err(|e| (rpc_status(&e, StatusCode::UNPROCESSABLE_ENTITY), e.message))?;
-    push_one(core, tenant, bytes.len(), acc, StatusCode::UNPROCESSABLE_ENTITY).await
+    push_one(dist, tenant, bytes.len(), acc, StatusCode::UNPROCESSABLE_ENTITY).await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn ingest_text(
-    core: &Rc<Core>,
+    dist: &Rc<Distributor>,
     tenant: &str,
     name: &AppName,
     spy: &str,
@@ -426,7 +425,7 @@ async fn ingest_text(
     lines: bool,
     body: &[u8],
 ) -> IngestResult {
-    let limits = core.cfg().limits_for(tenant).clone();
+    let limits = dist.limits_for(tenant).clone();
     if name.labels.iter().any(|(k, v)| k == "profile_id" && !v.is_empty()) {
         // Pyroscope silently drops span-profile uploads of text formats.
         return Ok(());
@@ -465,12 +464,18 @@ async fn ingest_text(
     let decoded = pprof::Decoded { profile, groups: vec![(Labels::default(), (0..n).collect())] };
     let acc =
         accept(&base, decoded, &limits, now_ns()).map_err(|e| (rpc_status(&e, StatusCode::BAD_REQUEST), e.message))?;
-    push_one(core, tenant, bytes.len(), acc, StatusCode::BAD_REQUEST).await
+    push_one(dist, tenant, bytes.len(), acc, StatusCode::BAD_REQUEST).await
 }
 
-async fn push_one(core: &Rc<Core>, tenant: &str, bytes: usize, acc: Accepted, validation: StatusCode) -> IngestResult {
-    rate_limit(core, tenant, bytes, now_ns()).map_err(|e| (rpc_status(&e, validation), e.message))?;
-    distribute(core, tenant, vec![acc]).await.map_err(|e| (rpc_status(&e, validation), e.message))
+async fn push_one(
+    dist: &Rc<Distributor>,
+    tenant: &str,
+    bytes: usize,
+    acc: Accepted,
+    validation: StatusCode,
+) -> IngestResult {
+    dist.rate_limit(tenant, bytes, now_ns()).map_err(|e| (rpc_status(&e, validation), e.message))?;
+    dist.distribute(tenant, vec![acc]).await.map_err(|e| (rpc_status(&e, validation), e.message))
 }
 
 #[cfg(test)]

@@ -1,22 +1,132 @@
-//! The distributor: validates a push, normalises its labels, and hands each series group to
-//! the core that owns it (by the core-aware ring), acknowledging once every owner applied it.
+//! The distributor: validates a push, normalises its labels, and hands it to the ingesters
+//! (`ingester::client`), acknowledging once every owner applied it. Its routes: Push
+//! (`push.rs`) and the legacy `/ingest` (`legacy.rs`).
 pub mod folded;
 pub mod gofix;
 pub mod legacy;
+pub mod metrics;
 pub mod multipart;
 pub mod pprof;
 pub mod push;
+pub mod ratelimit;
 pub mod wirecost;
 
-use crate::config::Limits;
-use crate::server::metrics;
-use crate::server::rpc::{Code, RpcError};
-use crate::server::Core;
-use kiln_shards::labels::{self, Labels};
-use kiln_shards::profile::{Profile, SampleGroup};
-use kiln_shards::shard::{IngestError, IngestMode, Msg};
+use crate::config::{Limits, TenantLimits};
+use crate::ingester::client::{IngesterClient, WriteError};
+use crate::service::call::{self, Call, Reply};
+use crate::service::codec;
+use crate::service::routes::{Class, HttpRoute, RpcService};
+use crate::service::{tenant, Code, Req, Response, RpcError};
+use http::{HeaderMap, Method};
+use kiln_shards::model::labels::{self, Labels};
+use kiln_shards::model::profile::{Profile, SampleGroup};
+use metrics::DistributorMetrics;
+use ratelimit::RateLimiter;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// The distributor's HTTP routes.
+pub enum Endpoint {
+    Ingest,
+}
+
+pub static HTTP: &[HttpRoute<Endpoint>] = &[HttpRoute {
+    methods: &[Method::POST],
+    paths: &["/ingest", "/pyroscope/ingest"],
+    class: Class::Ingest,
+    endpoint: Endpoint::Ingest,
+}];
+
+pub static RPC: &[RpcService] = &[RpcService { name: "push.v1.PusherService", class: Class::Push }];
+
+/// The distributor on one core. Lives on its core (`Rc`), never crosses threads.
+pub struct Distributor {
+    core: u32,
+    /// Where every write goes.
+    ingesters: IngesterClient,
+    limits: Arc<TenantLimits>,
+    multitenancy: bool,
+    limiter: RefCell<RateLimiter>,
+    /// Every core's counters; this core writes `metrics[core]` only.
+    metrics: Arc<[DistributorMetrics]>,
+}
+
+impl Distributor {
+    /// `cores`: how many cores share the tenants' ingestion rate limits.
+    pub fn new(
+        core: u32,
+        cores: usize,
+        ingesters: IngesterClient,
+        limits: Arc<TenantLimits>,
+        multitenancy: bool,
+        metrics: Arc<[DistributorMetrics]>,
+    ) -> Self {
+        Distributor { core, ingesters, limits, multitenancy, limiter: RefCell::new(RateLimiter::new(cores)), metrics }
+    }
+
+    fn metrics(&self) -> &DistributorMetrics {
+        &self.metrics[self.core as usize]
+    }
+
+    fn limits_for(&self, tenant: &str) -> &Limits {
+        self.limits.for_tenant(tenant)
+    }
+
+    fn write_tenant(&self, headers: &HeaderMap) -> Result<String, RpcError> {
+        tenant::write_tenant(self.multitenancy, headers)
+    }
+
+    pub async fn serve_http(self: &Rc<Self>, endpoint: &Endpoint, r: &Req) -> Response {
+        match endpoint {
+            Endpoint::Ingest => legacy::handle(self, r).await,
+        }
+    }
+
+    /// `push.v1.PusherService`: only Push.
+    pub async fn serve_rpc(self: &Rc<Self>, call: &Call<'_>, method: &str) -> Reply {
+        if method != "Push" {
+            return call::unimplemented();
+        }
+        let req = push::decode_request(call.proto, call.msg, self.limits.default().body_limit_bytes())?;
+        let resp = push::push(self, call.headers, req).await?;
+        Ok(codec::encode(call.proto, &resp))
+    }
+
+    /// Applies the ingestion rate limit to `bytes` of uncompressed payload.
+    fn rate_limit(&self, tenant: &str, bytes: usize, now_ns: i64) -> Result<(), RpcError> {
+        let l = self.limits_for(tenant);
+        if !self.limiter.borrow_mut().allow(tenant, l.ingestion_rate_mb, l.ingestion_burst_size_mb, bytes, now_ns) {
+            return Err(RpcError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "push rate limit ({} MiB/s, burst {} MiB) exceeded while adding {bytes} bytes for tenant {tenant}",
+                    l.ingestion_rate_mb, l.ingestion_burst_size_mb
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands accepted profiles to the ingesters: all or nothing (see `IngesterClient::push`).
+    async fn distribute(&self, tenant: &str, batch: Vec<Accepted>) -> Result<(), RpcError> {
+        let profiles = batch.len() as u64;
+        let batch = batch.into_iter().map(|a| (a.profile, a.groups)).collect();
+        match self.ingesters.push(tenant, batch, self.limits_for(tenant)).await {
+            Ok(()) => {
+                metrics::add(&self.metrics().pushed_profiles, profiles);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::add(&self.metrics().rejected_profiles, profiles);
+                Err(match e {
+                    WriteError::Full(m) => RpcError::new(Code::ResourceExhausted, m),
+                    WriteError::Unavailable(m) => RpcError::new(Code::Unavailable, m),
+                })
+            }
+        }
+    }
+}
 
 /// Labels a client may not set: the server derives them per sample type, or they are
 /// write-path hints that are never stored.
@@ -136,169 +246,6 @@ fn fmt_ns(ns: i64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Applies the ingestion rate limit to `bytes` of uncompressed payload.
-pub fn rate_limit(core: &Core, tenant: &str, bytes: usize, now_ns: i64) -> Result<(), RpcError> {
-    let l = core.cfg().limits_for(tenant);
-    if !core.limiter.borrow_mut().allow(tenant, l.ingestion_rate_mb, l.ingestion_burst_size_mb, bytes, now_ns) {
-        return Err(RpcError::new(
-            Code::ResourceExhausted,
-            format!(
-                "push rate limit ({} MiB/s, burst {} MiB) exceeded while adding {bytes} bytes for tenant {tenant}",
-                l.ingestion_rate_mb, l.ingestion_burst_size_mb
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A fresh push key: never repeated within a process (a process-wide counter), and apart
-/// from every other process's keys (a per-process start drawn from the clock and pid, mixed
-/// by xxh3: two runs' ranges of keys overlap with odds of about keys² / 2⁶⁴).
-fn push_key() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static START: OnceLock<u64> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let start = *START.get_or_init(|| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        xxhash_rust::xxh3::xxh3_64(&[now.to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat())
-    });
-    start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A push sent in parts: unless committed, its parts are taken out again, also when the
-/// request is dropped midway (the client went away): what a client was not told is stored
-/// is never kept half. Once decided, the outcome reaches every core even if the request is
-/// dropped while it is being sent.
-struct PartedPush {
-    mesh: kiln_shards::runtime::Mesh,
-    key: u64,
-    /// Cores holding a part that have not been told the outcome yet.
-    cores: Vec<usize>,
-    /// The outcome, once decided.
-    commit: Option<bool>,
-}
-
-impl PartedPush {
-    /// Sends the outcome to every core that holds a part; an abort waits until each has
-    /// taken its part out, so a refusal is never followed by a query that sees it.
-    async fn settle(mut self, commit: bool) {
-        self.commit = Some(commit);
-        let mut waits = Vec::new();
-        while let Some(&c) = self.cores.last() {
-            let (tx, rx) = flume::bounded(1);
-            let reply = (!commit).then_some(tx);
-            let sent = self.mesh.send(c, Msg::Settle { key: self.key, commit, reply }).await.is_ok();
-            self.cores.pop();
-            if sent && !commit {
-                waits.push(rx);
-            }
-        }
-        for rx in waits {
-            let _ = rx.recv_async().await;
-        }
-    }
-}
-
-impl Drop for PartedPush {
-    fn drop(&mut self) {
-        if self.cores.is_empty() {
-            return;
-        }
-        let (mesh, key, cores) = (self.mesh.clone(), self.key, std::mem::take(&mut self.cores));
-        let commit = self.commit.unwrap_or(false);
-        monoio::spawn(async move {
-            for c in cores {
-                let _ = mesh.send(c, Msg::Settle { key, commit, reply: None }).await;
-            }
-        });
-    }
-}
-
-/// Sends every group to its owning core and waits until each has applied its part. All or
-/// nothing: a push refused by any owner (a full head, the series limit, a failed WAL write)
-/// is taken out of every other owner before the refusal is answered.
-pub async fn distribute(core: &Rc<Core>, tenant: &str, batch: Vec<Accepted>) -> Result<(), RpcError> {
-    let mesh = &core.mesh;
-    let tenant: Arc<str> = Arc::from(tenant);
-    let limits = core.cfg().limits_for(&tenant);
-    let max_series = series_limit_per_core(limits, mesh.cores());
-    let mut messages: Vec<(usize, Arc<Profile>, Vec<SampleGroup>)> = Vec::new();
-    let mut profiles = 0u64;
-    for acc in batch {
-        let profile = Arc::new(acc.profile);
-        let mut per_core: Vec<Vec<SampleGroup>> = vec![Vec::new(); mesh.cores()];
-        for g in acc.groups {
-            // All sample types of a group share one owner, so its stacks are interned once.
-            let owner = mesh.ring.owner(g.labels.fingerprint(&tenant)).core as usize;
-            per_core[owner].push(g);
-        }
-        for (c, groups) in per_core.into_iter().enumerate() {
-            if !groups.is_empty() {
-                messages.push((c, profile.clone(), groups));
-            }
-        }
-        profiles += 1;
-    }
-    let key = push_key();
-    let whole = messages.len() == 1;
-    let mut cores: Vec<usize> = messages.iter().map(|m| m.0).collect();
-    cores.sort_unstable();
-    cores.dedup();
-    let parted = PartedPush { mesh: mesh.clone(), key, cores: if whole { Vec::new() } else { cores }, commit: None };
-    let mode = if whole { IngestMode::Whole(key) } else { IngestMode::Part(key) };
-    let mut waits = Vec::with_capacity(messages.len());
-    for (c, profile, groups) in messages {
-        let (tx, rx) = flume::bounded(1);
-        let msg = Msg::Ingest { tenant: tenant.clone(), profile, groups, reply: tx, mode, max_series };
-        if let Err(e) = mesh.send(c, msg).await {
-            parted.settle(false).await;
-            return Err(RpcError::new(Code::Unavailable, e.to_string()));
-        }
-        waits.push(rx);
-    }
-    let mut first_err = None;
-    for rx in waits {
-        let res = match rx.recv_async().await {
-            Err(_) => Err(RpcError::new(Code::Unavailable, "a core stopped while applying a push")),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e @ (IngestError::HeadFull { .. } | IngestError::SeriesLimit { .. }))) => {
-                Err(RpcError::new(Code::ResourceExhausted, e.to_string()))
-            }
-            Ok(Err(e @ IngestError::Wal(_))) => {
-                Err(RpcError::new(Code::Unavailable, format!("the push could not be made durable: {e}")))
-            }
-        };
-        if let (Err(e), None) = (res, &first_err) {
-            first_err = Some(e);
-        }
-    }
-    if let Some(e) = first_err {
-        parted.settle(false).await;
-        metrics::add(&core.metrics().rejected_profiles, profiles);
-        return Err(e);
-    }
-    parted.settle(true).await;
-    metrics::add(&core.metrics().pushed_profiles, profiles);
-    Ok(())
-}
-
-/// A tenant's series limit on one core: Pyroscope's local limit per ingester and global
-/// limit across the cluster, the smaller of the two, spread over the cores the way the ring
-/// spreads the tenant's series (evenly, by hash). 0: no limit.
-pub fn series_limit_per_core(limits: &Limits, cores: usize) -> usize {
-    let limit = match (limits.max_local_series_per_tenant, limits.max_global_series_per_tenant) {
-        (0, g) => g,
-        (l, 0) => l,
-        (l, g) => l.min(g),
-    };
-    if limit == 0 {
-        0
-    } else {
-        limit.div_ceil(cores.max(1))
-    }
 }
 
 #[cfg(test)]

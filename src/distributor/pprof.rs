@@ -4,8 +4,8 @@
 //! Validation follows Pyroscope's distributor (messages and limits alike, see shared/api.md
 //! §2.1): any failure here is the client's fault and becomes HTTP 400 / `invalid_argument`.
 use kiln_proto::kiln::v1::ProfileInput;
-use kiln_shards::labels::Labels;
-use kiln_shards::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use kiln_shards::model::labels::Labels;
+use kiln_shards::model::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
 use prost::Message;
 use rustc_hash::FxHashMap;
 

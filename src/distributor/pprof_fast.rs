@@ -38,8 +38,8 @@ use crate::distributor::pprof::{
     detect_language, hex, kept_suffix, Decoded, Language, PprofLimits, MAX_SAMPLE_LABELS, MAX_STACK_DEPTH,
     NON_SERIES_SAMPLE_LABELS,
 };
-use kiln_shards::labels::Labels;
-use kiln_shards::profile::{Line, Location, Profile, Sample, ValueType};
+use kiln_shards::model::labels::Labels;
+use kiln_shards::model::profile::{Line, Location, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
 
 /// Why the fast path gave a profile back to the reference path.

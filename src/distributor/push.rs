@@ -1,21 +1,22 @@
 //! `push.v1.PusherService/Push`: every raw profile of every series is inflated, decoded and
 //! validated first; only a request that is valid as a whole is distributed (Pyroscope's
 //! distributor is all-or-nothing too).
-use super::{accept, distribute, normalize_series_labels, pprof, rate_limit, wirecost, Accepted};
+use super::metrics;
+use super::{accept, normalize_series_labels, pprof, wirecost, Accepted, Distributor};
 use crate::config::Limits;
-use crate::server::rpc::{self, Protocol, RpcError};
-use crate::server::{metrics, write_tenant, Core};
+use crate::service::codec::{self, Protocol};
+use crate::service::RpcError;
 use crate::timeparse::now_ns;
 use bytes::Bytes;
 use http::HeaderMap;
 use kiln_io::compress;
 use kiln_proto::push::v1::{PushRequest, PushResponse};
-use kiln_shards::labels::Labels;
+use kiln_shards::model::labels::Labels;
 use std::rc::Rc;
 
-pub async fn push(core: &Rc<Core>, headers: &HeaderMap, req: PushRequest) -> Result<PushResponse, RpcError> {
-    let tenant = write_tenant(core, headers)?;
-    let limits = core.cfg().limits_for(&tenant).clone();
+pub async fn push(dist: &Rc<Distributor>, headers: &HeaderMap, req: PushRequest) -> Result<PushResponse, RpcError> {
+    let tenant = dist.write_tenant(headers)?;
+    let limits = dist.limits_for(&tenant).clone();
     let now = now_ns();
     if req.series.iter().all(|s| s.samples.is_empty()) {
         return Err(RpcError::invalid("no profiles received"));
@@ -32,10 +33,10 @@ pub async fn push(core: &Rc<Core>, headers: &HeaderMap, req: PushRequest) -> Res
         let base = normalize_series_labels(Labels::from_pairs(series.labels.into_iter().map(|l| (l.name, l.value))));
         let label_bytes: usize = base.iter().map(|(k, v)| k.len() + v.len()).sum();
         for sample in series.samples {
-            metrics::add(&core.metrics().received_bytes, sample.raw_profile.len() as u64);
+            metrics::add(&dist.metrics().received_bytes, sample.raw_profile.len() as u64);
             let left = budget.saturating_sub(total_bytes.saturating_add(label_bytes));
             let bytes = inflate(&sample.raw_profile, &limits, left).map_err(|e| {
-                metrics::add(&core.metrics().rejected_profiles, 1);
+                metrics::add(&dist.metrics().rejected_profiles, 1);
                 match e {
                     InflateRefusal::Request(e) => e,
                     InflateRefusal::Budget => RpcError::invalid(format!(
@@ -49,19 +50,19 @@ pub async fn push(core: &Rc<Core>, headers: &HeaderMap, req: PushRequest) -> Res
             inflated.push((base.clone(), bytes));
         }
     }
-    metrics::add(&core.metrics().decompressed_bytes, total_bytes as u64);
+    metrics::add(&dist.metrics().decompressed_bytes, total_bytes as u64);
     if body_limit > 0 && total_bytes > body_limit {
         return Err(RpcError::invalid(format!(
             "uncompressed batch size {total_bytes} exceeds the body limit of {body_limit} bytes"
         )));
     }
-    rate_limit(core, &tenant, total_bytes, now)?;
+    dist.rate_limit(&tenant, total_bytes, now)?;
     let mut batch: Vec<Accepted> = Vec::with_capacity(inflated.len());
     for (base, bytes) in inflated {
         let result = decode(&bytes, &limits).and_then(|decoded| accept(&base, decoded, &limits, now));
-        batch.push(result.inspect_err(|_| metrics::add(&core.metrics().rejected_profiles, 1))?);
+        batch.push(result.inspect_err(|_| metrics::add(&dist.metrics().rejected_profiles, 1))?);
     }
-    distribute(core, &tenant, batch).await?;
+    dist.distribute(&tenant, batch).await?;
     Ok(PushResponse {})
 }
 
@@ -79,7 +80,7 @@ pub fn decode_request(proto: Protocol, msg: &Bytes, budget: usize) -> Result<Pus
              (-distributor.ingestion-body-limit-mb): it holds too many series, labels or samples for its size"
         )));
     }
-    rpc::decode(proto, msg)
+    codec::decode(proto, msg)
 }
 
 /// Why a raw profile was not inflated.

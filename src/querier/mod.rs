@@ -5,21 +5,95 @@ pub mod render;
 pub mod rpc;
 pub mod tree;
 
-use crate::server::rpc::{Code, RpcError};
-use crate::server::Core;
+use crate::config::{Limits, TenantLimits};
+use crate::service::call::{Call, Reply};
+use crate::service::routes::{Class, HttpRoute, RpcService};
+use crate::service::{tenant, Code, Req, Response, RpcError};
 use crate::timeparse::now_ns;
-use kiln_shards::labels::{Labels, ProfileType};
+use http::{HeaderMap, Method};
+use kiln_shards::model::labels::{Labels, ProfileType};
+use kiln_shards::model::selector::parse_selector;
 use kiln_shards::query::{Bucket, QueryRequest, QueryResult, Selection};
-use kiln_shards::selector::parse_selector;
-use kiln_shards::shard::Msg;
+use kiln_shards::runtime::{Mesh, Msg};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+/// The querier's HTTP routes: Pyroscope's legacy render API.
+pub enum Endpoint {
+    Render,
+    RenderDiff,
+    LabelValues,
+}
+
+pub static HTTP: &[HttpRoute<Endpoint>] = &[
+    HttpRoute {
+        methods: &[Method::GET],
+        paths: &["/pyroscope/render"],
+        class: Class::Render,
+        endpoint: Endpoint::Render,
+    },
+    HttpRoute {
+        methods: &[Method::GET],
+        paths: &["/pyroscope/render-diff"],
+        class: Class::Render,
+        endpoint: Endpoint::RenderDiff,
+    },
+    HttpRoute {
+        methods: &[Method::GET],
+        paths: &["/pyroscope/label-values"],
+        class: Class::Render,
+        endpoint: Endpoint::LabelValues,
+    },
+];
+
+pub static RPC: &[RpcService] = &[RpcService { name: "querier.v1.QuerierService", class: Class::Query }];
+
+/// The querier on one core. Lives on its core (`Rc`), never crosses threads.
+pub struct Querier {
+    /// The cores every query fans out to (each answers from its heads and blocks).
+    mesh: Mesh,
+    limits: Arc<TenantLimits>,
+    multitenancy: bool,
+}
+
+impl Querier {
+    pub fn new(mesh: Mesh, limits: Arc<TenantLimits>, multitenancy: bool) -> Self {
+        Querier { mesh, limits, multitenancy }
+    }
+
+    fn limits_for(&self, tenant: &str) -> &Limits {
+        self.limits.for_tenant(tenant)
+    }
+
+    /// The tenants a read is for (several as `a|b`).
+    fn tenants(&self, headers: &HeaderMap) -> Result<Vec<String>, RpcError> {
+        tenant::tenants(self.multitenancy, headers)
+    }
+
+    /// How many cores answer each query.
+    fn cores(&self) -> usize {
+        self.mesh.cores()
+    }
+
+    pub async fn serve_http(self: &Rc<Self>, endpoint: &Endpoint, r: &Req) -> Response {
+        match endpoint {
+            Endpoint::Render => render::render(self, r).await,
+            Endpoint::RenderDiff => render::render_diff(self, r).await,
+            Endpoint::LabelValues => render::label_values(self, r).await,
+        }
+    }
+
+    /// `querier.v1.QuerierService`.
+    pub async fn serve_rpc(self: &Rc<Self>, call: &Call<'_>, method: &str) -> Reply {
+        rpc::dispatch(self, call, method).await
+    }
+}
+
 /// Validates a query's range and selector into a `Selection`; `Ok(None)` when the range lies
 /// wholly beyond the lookback limit (the answer is empty, as in Pyroscope).
 pub fn selection(
-    core: &Core,
+    querier: &Querier,
     tenants: Vec<String>,
     profile_type: Option<&str>,
     selector: &str,
@@ -36,7 +110,7 @@ pub fn selection(
     if start > end {
         return Err(RpcError::invalid(format!("invalid time range: start ({start}) is after end ({end})")));
     }
-    let limits = core.cfg().limits_for(tenants.first().map(String::as_str).unwrap_or(""));
+    let limits = querier.limits_for(tenants.first().map(String::as_str).unwrap_or(""));
     let lookback = limits.max_query_lookback.as_millis() as i64;
     if lookback > 0 {
         let oldest = now_ms - lookback;
@@ -69,9 +143,9 @@ fn fmt_ms(ms: i64) -> String {
 }
 
 /// Sends a request to every core and returns all partial results.
-pub async fn fan_out(core: &Rc<Core>, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
+pub async fn fan_out(querier: &Rc<Querier>, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
     let req = Arc::new(req);
-    let parts = core
+    let parts = querier
         .mesh
         .broadcast(|reply| Msg::Query { req: req.clone(), reply })
         .await
@@ -100,13 +174,13 @@ pub fn merge_label_sets(parts: Vec<QueryResult>) -> Vec<Labels> {
 }
 
 pub async fn merged_tree(
-    core: &Rc<Core>,
+    querier: &Rc<Querier>,
     sel: Option<Selection>,
     call_site: &[String],
 ) -> Result<tree::Tree, RpcError> {
     let mut t = tree::Tree::default();
     if let Some(sel) = sel {
-        for p in fan_out(core, QueryRequest::MergeTree(sel)).await? {
+        for p in fan_out(querier, QueryRequest::MergeTree(sel)).await? {
             if let QueryResult::Tree(part) = p {
                 t.merge(&part);
             }
@@ -126,8 +200,8 @@ pub struct SeriesCaps {
 }
 
 impl SeriesCaps {
-    pub fn for_tenant(core: &Core, tenant: &str) -> Self {
-        let l = core.cfg().limits_for(tenant);
+    pub fn for_tenant(querier: &Querier, tenant: &str) -> Self {
+        let l = querier.limits_for(tenant);
         SeriesCaps { series: l.max_query_series, points: l.max_query_points }
     }
 
@@ -154,7 +228,7 @@ impl SeriesCaps {
 /// merge passes `caps`, before anything else is built from it (`narrow`: how to narrow the
 /// query, for the message).
 pub async fn merged_series(
-    core: &Rc<Core>,
+    querier: &Rc<Querier>,
     sel: Option<Selection>,
     step_ms: i64,
     group_by: Vec<String>,
@@ -164,7 +238,7 @@ pub async fn merged_series(
     let mut out: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
     let Some(sel) = sel else { return Ok(out) };
     let mut points = 0usize;
-    for p in fan_out(core, QueryRequest::SelectSeries { sel, step_ms, group_by }).await? {
+    for p in fan_out(querier, QueryRequest::SelectSeries { sel, step_ms, group_by }).await? {
         if let QueryResult::Series(groups) = p {
             for (labels, part) in groups {
                 let g = out.entry(labels).or_default();
@@ -184,8 +258,8 @@ pub async fn merged_series(
 }
 
 /// The effective `max_nodes` of a flame graph request.
-pub fn max_nodes(core: &Core, tenant: &str, requested: Option<i64>) -> Result<i64, RpcError> {
-    let l = core.cfg().limits_for(tenant);
+pub fn max_nodes(querier: &Querier, tenant: &str, requested: Option<i64>) -> Result<i64, RpcError> {
+    let l = querier.limits_for(tenant);
     let n = match requested {
         None | Some(0) => l.max_flamegraph_nodes_default,
         Some(n) => n,

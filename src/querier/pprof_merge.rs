@@ -1,10 +1,10 @@
 //! Merges the per-core pprof parts of a SelectMergeProfile into one `google.v1.Profile`,
 //! re-interning symbols by content (each core numbers its own).
 use kiln_proto::google::v1 as pb;
-use kiln_shards::labels::ProfileType;
-use kiln_shards::profile::{Function, Mapping};
+use kiln_shards::model::labels::ProfileType;
+use kiln_shards::model::profile::{Function, Mapping};
+use kiln_shards::model::symbols::LocationRec;
 use kiln_shards::query::PprofPart;
-use kiln_shards::symbols::LocationRec;
 use rustc_hash::FxHashMap;
 
 /// (mapping id, address, lines as (function id, line)).

@@ -1,19 +1,18 @@
 //! Pyroscope's legacy render API: `/pyroscope/render` (flamebearer JSON with a timeline),
 //! `/pyroscope/render-diff` and `/pyroscope/label-values`.
-use super::{fan_out, max_nodes, merge_strings, merged_series, merged_tree, selection, tree, SeriesCaps};
-use crate::server::body::{RespBody, Response};
-use crate::server::rpc::{self, RpcError};
-use crate::server::{tenants, Core, Req};
+use super::{fan_out, max_nodes, merge_strings, merged_series, merged_tree, selection, tree, Querier, SeriesCaps};
+use crate::service::body::{http_error, RespBody, Response};
+use crate::service::{Req, RpcError};
 use crate::timeparse::{now_ns, parse_time_ns};
 use http::StatusCode;
 use kiln_proto::querier::v1::{FlameGraph, FlameGraphDiff};
-use kiln_shards::labels::ProfileType;
+use kiln_shards::model::labels::ProfileType;
 use kiln_shards::query::QueryRequest;
 use serde_json::{json, Value};
 use std::rc::Rc;
 
 fn fail(e: RpcError) -> Response {
-    rpc::http_error(e.code.http_status(), &e.message)
+    http_error(e.code.http_status(), &e.message)
 }
 
 fn json_response(r: &Req, v: &impl serde::Serialize) -> Response {
@@ -173,35 +172,35 @@ struct RenderAnswer {
     heatmap: Option<()>,
 }
 
-pub async fn render(core: &Rc<Core>, r: &Req) -> Response {
-    match render_inner(core, r).await {
+pub async fn render(querier: &Rc<Querier>, r: &Req) -> Response {
+    match render_inner(querier, r).await {
         Ok(v) => json_response(r, &v),
         Err(e) => fail(e),
     }
 }
 
-async fn render_inner(core: &Rc<Core>, r: &Req) -> Result<RenderAnswer, RpcError> {
+async fn render_inner(querier: &Rc<Querier>, r: &Req) -> Result<RenderAnswer, RpcError> {
     let query = r.param("query").ok_or_else(|| RpcError::invalid("\"query\" is required"))?;
     let (pt, pt_id, sel_str) = split_query(&query)?;
     if r.param("format").as_deref() == Some("dot") {
         return Err(RpcError::invalid("format=dot is not supported by kiln yet"));
     }
-    let tenants = tenants(core, &r.headers)?;
+    let tenants = querier.tenants(&r.headers)?;
     let rg = range(r, "from", "until")?;
-    let max = max_nodes(core, &tenants[0], requested_max_nodes(r))?;
-    let caps = SeriesCaps::for_tenant(core, &tenants[0]);
-    let sel = selection(core, tenants, Some(&pt_id), &sel_str, rg.from_ms, rg.until_ms)?;
+    let max = max_nodes(querier, &tenants[0], requested_max_nodes(r))?;
+    let caps = SeriesCaps::for_tenant(querier, &tenants[0]);
+    let sel = selection(querier, tenants, Some(&pt_id), &sel_str, rg.from_ms, rg.until_ms)?;
     let step = point_interval_ms(rg.from_ms, rg.until_ms);
     let avg = r.param("aggregation").as_deref() == Some("avg");
     let group_by: Vec<String> =
         r.params().into_iter().filter(|(k, _)| k == "groupBy").map(|(_, v)| v).take(1).collect();
     // The series first: a query that passes a cap is refused before its tree is merged.
-    let series = merged_series(core, sel.clone(), step, group_by.clone(), caps, NARROW_RENDER).await?;
+    let series = merged_series(querier, sel.clone(), step, group_by.clone(), caps, NARROW_RENDER).await?;
     // Each group becomes a dense timeline, zeros included: that is what the answer holds.
     let (_, steps) = timeline_steps(&rg, step);
     let timelines = if group_by.is_empty() { 1 } else { series.len() + 1 };
     caps.check(series.len(), timelines.saturating_mul(steps), NARROW_RENDER)?;
-    let t = merged_tree(core, sel, &[]).await?;
+    let t = merged_tree(querier, sel, &[]).await?;
     let fg = t.flamegraph(max);
     let main = if series.len() == 1 { series.values().next().cloned().unwrap_or_default() } else { Default::default() };
     let groups = group_by.first().map(|g| {
@@ -224,8 +223,8 @@ async fn render_inner(core: &Rc<Core>, r: &Req) -> Result<RenderAnswer, RpcError
 const NARROW_RENDER: &str =
     "narrow the query's label selector, group by a label with fewer values, or render a shorter range (fewer points per timeline)";
 
-pub async fn render_diff(core: &Rc<Core>, r: &Req) -> Response {
-    match render_diff_inner(core, r).await {
+pub async fn render_diff(querier: &Rc<Querier>, r: &Req) -> Response {
+    match render_diff_inner(querier, r).await {
         Ok(v) => json_response(r, &v),
         Err(e) => fail(e),
     }
@@ -249,7 +248,7 @@ fn diff_json(fg: &FlameGraphDiff, pt: &ProfileType) -> Value {
     })
 }
 
-async fn render_diff_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> {
+async fn render_diff_inner(querier: &Rc<Querier>, r: &Req) -> Result<Value, RpcError> {
     let lq = r.param("leftQuery").ok_or_else(|| RpcError::invalid("\"leftQuery\" is required"))?;
     let rq = r.param("rightQuery").ok_or_else(|| RpcError::invalid("\"rightQuery\" is required"))?;
     let (lpt, lid, lsel) = split_query(&lq)?;
@@ -257,30 +256,30 @@ async fn render_diff_inner(core: &Rc<Core>, r: &Req) -> Result<Value, RpcError> 
     if lid != rid {
         return Err(RpcError::invalid("profile types must match"));
     }
-    let tenants = tenants(core, &r.headers)?;
-    let max = max_nodes(core, &tenants[0], requested_max_nodes(r))?;
+    let tenants = querier.tenants(&r.headers)?;
+    let max = max_nodes(querier, &tenants[0], requested_max_nodes(r))?;
     let lr = range(r, "leftFrom", "leftUntil")?;
     let rr = range(r, "rightFrom", "rightUntil")?;
-    let ls = selection(core, tenants.clone(), Some(&lid), &lsel, lr.from_ms, lr.until_ms)?;
-    let rs = selection(core, tenants, Some(&rid), &rsel, rr.from_ms, rr.until_ms)?;
-    let lt = merged_tree(core, ls, &[]).await?;
-    let rt = merged_tree(core, rs, &[]).await?;
+    let ls = selection(querier, tenants.clone(), Some(&lid), &lsel, lr.from_ms, lr.until_ms)?;
+    let rs = selection(querier, tenants, Some(&rid), &rsel, rr.from_ms, rr.until_ms)?;
+    let lt = merged_tree(querier, ls, &[]).await?;
+    let rt = merged_tree(querier, rs, &[]).await?;
     let fg = tree::diff(&lt, &rt, max).map_err(RpcError::invalid)?;
     Ok(diff_json(&fg, &lpt))
 }
 
 /// `label=__name__` lists profile type IDs, as Pyroscope does. For any other label Pyroscope
 /// drops the name and answers nothing useful; kiln answers that label's values.
-pub async fn label_values(core: &Rc<Core>, r: &Req) -> Response {
+pub async fn label_values(querier: &Rc<Querier>, r: &Req) -> Response {
     let Some(label) = r.param("label").filter(|l| !l.is_empty()) else {
-        return rpc::http_error(StatusCode::BAD_REQUEST, "\"label\" is required");
+        return http_error(StatusCode::BAD_REQUEST, "\"label\" is required");
     };
     let result = async {
-        let tenants = tenants(core, &r.headers)?;
+        let tenants = querier.tenants(&r.headers)?;
         let rg = range(r, "from", "until")?;
         let (start, end) =
             if r.param("from").is_none() && r.param("until").is_none() { (0, 0) } else { (rg.from_ms, rg.until_ms) };
-        let sel = selection(core, tenants, None, &r.param("query").unwrap_or_default(), start, end)?;
+        let sel = selection(querier, tenants, None, &r.param("query").unwrap_or_default(), start, end)?;
         let Some(sel) = sel else {
             return Ok(Vec::new());
         };
@@ -289,7 +288,7 @@ pub async fn label_values(core: &Rc<Core>, r: &Req) -> Response {
         } else {
             QueryRequest::LabelValues(sel, label.clone())
         };
-        Ok::<_, RpcError>(merge_strings(fan_out(core, req).await?))
+        Ok::<_, RpcError>(merge_strings(fan_out(querier, req).await?))
     }
     .await;
     match result {

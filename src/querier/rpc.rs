@@ -1,31 +1,41 @@
 //! `querier.v1.QuerierService` over Connect and gRPC.
 use super::pprof_merge::PprofMerger;
+use super::Querier;
 use super::{
     fan_out, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection, tree, SeriesCaps,
 };
-use crate::server::body::Response;
-use crate::server::rpc::{Code, RpcError};
-use crate::server::{tenants, Call};
+use crate::service::{self, Code, Reply, RpcError};
+use http::HeaderMap;
 use kiln_proto::google::v1::Profile;
 use kiln_proto::querier::v1 as q;
 use kiln_proto::types::v1 as t;
-use kiln_shards::labels::{Labels, ProfileType};
+use kiln_shards::model::labels::{Labels, ProfileType};
 use kiln_shards::query::{QueryRequest, QueryResult, Selection};
+use std::rc::Rc;
 
-pub async fn dispatch(call: &Call<'_>, method: &str) -> Response {
+/// What a QuerierService handler works with: the querier of its core and the request's
+/// headers (tenants, `Accept`).
+pub struct Call<'a> {
+    pub querier: &'a Rc<Querier>,
+    pub headers: &'a HeaderMap,
+}
+
+pub async fn dispatch(querier: &Rc<Querier>, rpc: &service::Call<'_>, method: &str) -> Reply {
+    let call = Call { querier, headers: rpc.headers };
+    let c = &call;
     match method {
-        "ProfileTypes" => call.unary(profile_types).await,
-        "LabelNames" => call.unary(label_names).await,
-        "LabelValues" => call.unary(label_values).await,
-        "Series" => call.unary(series).await,
-        "SelectMergeStacktraces" => call.unary(select_merge_stacktraces).await,
-        "SelectMergeProfile" => call.unary(select_merge_profile).await,
-        "SelectSeries" => call.unary(select_series).await,
-        "Diff" => call.unary(diff).await,
-        "GetProfileStats" => call.unary(profile_stats).await,
-        "AnalyzeQuery" => call.unary(analyze_query).await,
+        "ProfileTypes" => rpc.unary(|r| profile_types(c, r)).await,
+        "LabelNames" => rpc.unary(|r| label_names(c, r)).await,
+        "LabelValues" => rpc.unary(|r| label_values(c, r)).await,
+        "Series" => rpc.unary(|r| series(c, r)).await,
+        "SelectMergeStacktraces" => rpc.unary(|r| select_merge_stacktraces(c, r)).await,
+        "SelectMergeProfile" => rpc.unary(|r| select_merge_profile(c, r)).await,
+        "SelectSeries" => rpc.unary(|r| select_series(c, r)).await,
+        "Diff" => rpc.unary(|r| diff(c, r)).await,
+        "GetProfileStats" => rpc.unary(|r| profile_stats(c, r)).await,
+        "AnalyzeQuery" => rpc.unary(|r| analyze_query(c, r)).await,
         "SelectMergeSpanProfile" => {
-            call.unary(|_, _: q::SelectMergeSpanProfileRequest| async {
+            rpc.unary(|_: q::SelectMergeSpanProfileRequest| async {
                 Err::<q::SelectMergeSpanProfileResponse, _>(RpcError::new(
                     Code::Unimplemented,
                     "span profiles are not stored by kiln yet",
@@ -33,7 +43,7 @@ pub async fn dispatch(call: &Call<'_>, method: &str) -> Response {
             })
             .await
         }
-        _ => call.unimplemented(),
+        _ => service::call::unimplemented(),
     }
 }
 
@@ -55,11 +65,11 @@ pub fn profile_type_pb(id: &str) -> Option<t::ProfileType> {
 
 /// A selection per `matchers` entry (their union is the answer), or one for all series.
 fn selections(call: &Call<'_>, matchers: &[String], start: i64, end: i64) -> Result<Vec<Selection>, RpcError> {
-    let tenants = tenants(call.core, call.headers)?;
+    let tenants = call.querier.tenants(call.headers)?;
     let list: Vec<&str> = if matchers.is_empty() { vec!["{}"] } else { matchers.iter().map(String::as_str).collect() };
     let mut out = Vec::new();
     for m in list {
-        if let Some(s) = selection(call.core, tenants.clone(), None, m, start, end)? {
+        if let Some(s) = selection(call.querier, tenants.clone(), None, m, start, end)? {
             out.push(s);
         }
     }
@@ -73,7 +83,7 @@ async fn collect(
 ) -> Result<Vec<QueryResult>, RpcError> {
     let mut all = Vec::new();
     for s in sels {
-        all.extend(fan_out(call.core, make(s)).await?);
+        all.extend(fan_out(call.querier, make(s)).await?);
     }
     Ok(all)
 }
@@ -131,9 +141,9 @@ fn stacktraces_selection(
     if !r.span_selector.is_empty() && !r.trace_id_selector.is_empty() {
         return Err(RpcError::invalid("span_selector and trace_id_selector cannot be used together"));
     }
-    let tenants = tenants(call.core, call.headers)?;
+    let tenants = call.querier.tenants(call.headers)?;
     let first = tenants[0].clone();
-    Ok((selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?, first))
+    Ok((selection(call.querier, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?, first))
 }
 
 async fn merge_profile(
@@ -146,7 +156,7 @@ async fn merge_profile(
     let pt = ProfileType::parse(pt).map_err(RpcError::invalid)?;
     let mut m = PprofMerger::new();
     if let Some(sel) = sel {
-        for p in fan_out(call.core, QueryRequest::MergeProfile(sel)).await? {
+        for p in fan_out(call.querier, QueryRequest::MergeProfile(sel)).await? {
             if let QueryResult::Pprof(part) = p {
                 m.add(&part);
             }
@@ -182,7 +192,7 @@ async fn select_merge_stacktraces(
     no_span_selectors(&r.profile_id_selector, &r.trace_id_selector, &r.span_selector)?;
     let site = call_site(r.stack_trace_selector.as_ref())?;
     let (sel, tenant) = stacktraces_selection(call, &r)?;
-    let max = max_nodes(call.core, &tenant, r.max_nodes)?;
+    let max = max_nodes(call.querier, &tenant, r.max_nodes)?;
     let format = q::ProfileFormat::try_from(r.format).unwrap_or(q::ProfileFormat::Unspecified);
     match format {
         q::ProfileFormat::Pprof => {
@@ -194,11 +204,11 @@ async fn select_merge_stacktraces(
         }
         q::ProfileFormat::Dot => Err(RpcError::new(Code::Unimplemented, "the DOT format is not supported by kiln yet")),
         q::ProfileFormat::Tree => {
-            let t = merged_tree(call.core, sel, &site).await?;
+            let t = merged_tree(call.querier, sel, &site).await?;
             Ok(q::SelectMergeStacktracesResponse { tree: t.tree_bytes(max), ..Default::default() })
         }
         q::ProfileFormat::Unspecified | q::ProfileFormat::Flamegraph => {
-            let t = merged_tree(call.core, sel, &site).await?;
+            let t = merged_tree(call.querier, sel, &site).await?;
             Ok(q::SelectMergeStacktracesResponse { flamegraph: Some(t.flamegraph(max)), ..Default::default() })
         }
     }
@@ -207,8 +217,8 @@ async fn select_merge_stacktraces(
 async fn select_merge_profile(call: &Call<'_>, r: q::SelectMergeProfileRequest) -> Result<Profile, RpcError> {
     no_span_selectors(&r.profile_id_selector, &r.trace_id_selector, &[])?;
     let site = call_site(r.stack_trace_selector.as_ref())?;
-    let tenants = tenants(call.core, call.headers)?;
-    let sel = selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
+    let tenants = call.querier.tenants(call.headers)?;
+    let sel = selection(call.querier, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
     merge_profile(call, sel, &r.profile_type_id, r.end, &site).await
 }
 
@@ -226,12 +236,12 @@ async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::
             r.step
         )));
     }
-    let tenants = tenants(call.core, call.headers)?;
-    let caps = SeriesCaps::for_tenant(call.core, &tenants[0]);
-    let sel = selection(call.core, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
+    let tenants = call.querier.tenants(call.headers)?;
+    let caps = SeriesCaps::for_tenant(call.querier, &tenants[0]);
+    let sel = selection(call.querier, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
     let step_ms = step_ms(r.step, sel.as_ref().map_or(r.end, |s| s.end_ms))?;
     let avg = r.aggregation == Some(t::TimeSeriesAggregationType::Average as i32);
-    let groups = merged_series(call.core, sel, step_ms, r.group_by.clone(), caps, NARROW_SELECT_SERIES).await?;
+    let groups = merged_series(call.querier, sel, step_ms, r.group_by.clone(), caps, NARROW_SELECT_SERIES).await?;
     let mut series: Vec<(f64, t::Series)> = groups
         .into_iter()
         .map(|(labels, points)| {
@@ -286,19 +296,19 @@ async fn diff(call: &Call<'_>, r: q::DiffRequest) -> Result<q::DiffResponse, Rpc
     };
     let (ls, tenant) = stacktraces_selection(call, &left)?;
     let (rs, _) = stacktraces_selection(call, &right)?;
-    let max = max_nodes(call.core, &tenant, requested)?;
-    let lt = merged_tree(call.core, ls, &call_site(left.stack_trace_selector.as_ref())?).await?;
-    let rt = merged_tree(call.core, rs, &call_site(right.stack_trace_selector.as_ref())?).await?;
+    let max = max_nodes(call.querier, &tenant, requested)?;
+    let lt = merged_tree(call.querier, ls, &call_site(left.stack_trace_selector.as_ref())?).await?;
+    let rt = merged_tree(call.querier, rs, &call_site(right.stack_trace_selector.as_ref())?).await?;
     let fg = tree::diff(&lt, &rt, max).map_err(RpcError::invalid)?;
     Ok(q::DiffResponse { flamegraph: Some(fg) })
 }
 
 async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result<t::GetProfileStatsResponse, RpcError> {
-    let tenants = tenants(call.core, call.headers)?;
+    let tenants = call.querier.tenants(call.headers)?;
     let sel =
         Selection { tenants, profile_type: None, matchers: Vec::new(), start_ms: i64::MIN / 2, end_ms: i64::MAX / 2 };
     let mut out = t::GetProfileStatsResponse::default();
-    for p in fan_out(call.core, QueryRequest::Stats(sel)).await? {
+    for p in fan_out(call.querier, QueryRequest::Stats(sel)).await? {
         if let QueryResult::Stats { oldest_ms, newest_ms, ingested: true } = p {
             out.oldest_profile_time =
                 if out.data_ingested { out.oldest_profile_time.min(oldest_ms) } else { oldest_ms };
@@ -312,15 +322,15 @@ async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result
 /// What a query would read, so Grafana can show its cost before running it.
 async fn analyze_query(call: &Call<'_>, r: q::AnalyzeQueryRequest) -> Result<q::AnalyzeQueryResponse, RpcError> {
     let (_, pt, selector) = super::render::split_query(&r.query)?;
-    let tenants = tenants(call.core, call.headers)?;
-    let sel = selection(call.core, tenants, Some(&pt), &selector, r.start, r.end)?;
+    let tenants = call.querier.tenants(call.headers)?;
+    let sel = selection(call.querier, tenants, Some(&pt), &selector, r.start, r.end)?;
     let mut scope = q::QueryScope {
         component_type: "Head".into(),
-        component_count: call.core.mesh.cores() as u64,
+        component_count: call.querier.cores() as u64,
         ..Default::default()
     };
     if let Some(sel) = sel {
-        for p in fan_out(call.core, QueryRequest::Analyze(sel)).await? {
+        for p in fan_out(call.querier, QueryRequest::Analyze(sel)).await? {
             if let QueryResult::Analyze { series, profiles, samples, bytes } = p {
                 scope.series_count += series;
                 scope.profile_count += profiles;

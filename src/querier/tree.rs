@@ -1,7 +1,7 @@
 //! The merged flame tree of a query, and its encodings: Pyroscope's FlameGraph levels (with
 //! `max_nodes` truncation into "other" nodes), the diff of two trees, and TREE bytes.
 use kiln_proto::querier::v1::{FlameGraph, FlameGraphDiff, Level};
-use kiln_shards::childindex::ChildIndex;
+use kiln_shards::model::childindex::ChildIndex;
 use kiln_shards::query::FlameTree;
 use rustc_hash::FxHashMap;
 

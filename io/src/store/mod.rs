@@ -577,7 +577,7 @@ impl Store {
 
     /// `add_block` of several blocks in one index write: once it returns, every one of them
     /// is listed, and before, none is (a block cut retried after a failure indexes the
-    /// tenant's blocks of both cuts together; see `kiln_shards::flush`).
+    /// tenant's blocks of both cuts together; see `kiln_shards::ingester::cut`).
     pub async fn add_blocks(&self, tenant: String, mut blocks: Vec<BlockRef>) -> Result<(), StoreError> {
         for b in &mut blocks {
             check_segment("block id", &b.block_id)?;

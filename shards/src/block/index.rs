@@ -7,7 +7,7 @@
 //! The byte layout is in docs/FORMAT.md ("index.tsdb").
 use super::codec::{self, Dec, Enc};
 use super::FormatError;
-use crate::labels::Labels;
+use crate::model::labels::Labels;
 use std::collections::BTreeMap;
 use std::ops::Range;
 

@@ -18,13 +18,19 @@ pub mod meta;
 pub mod profiles;
 pub mod symdb;
 
-use crate::head::{Series, TenantHead};
+use crate::eval::Series;
+use crate::ingester::head::TenantHead;
 use bytes::Bytes;
 use std::ops::Range;
 
 pub const META: &str = "meta.json";
 pub const INDEX: &str = "index.tsdb";
 pub const PROFILES: &str = "profiles.parquet";
+
+/// Object path of one of a block's files.
+pub fn object_path(tenant: &str, id: &str, file: &str) -> String {
+    format!("{tenant}/{id}/{file}")
+}
 pub const SYMBOLS: &str = "symbols.symdb";
 
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,8 @@
 //! ("symbols.symdb").
 use super::codec::{self, Dec, Enc};
 use super::FormatError;
-use crate::profile::{Function, Line, Mapping};
-use crate::symbols::{LocationRec, Symbols, ROOT};
+use crate::model::profile::{Function, Line, Mapping};
+use crate::model::symbols::{LocationRec, Symbols, ROOT};
 use std::io::Read;
 
 const MAGIC: &[u8; 4] = b"KSYM";
@@ -378,8 +378,8 @@ fn read_stacks(d: &mut Dec<'_>, locations: usize) -> Result<(Vec<u32>, Vec<u32>)
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::profile::{Location, Profile};
-    use crate::symbols::Remap;
+    use crate::model::profile::{Location, Profile};
+    use crate::model::symbols::Remap;
     use proptest::prelude::*;
 
     /// Every observable part of two tables is equal.

@@ -1,7 +1,7 @@
 //! Whole-block round trips: a head encoded, then read back the way a querier does (meta,
 //! index, symbols, parquet footer from a tail, plan, fetch the planned ranges, load series).
 use super::*;
-use crate::head::tests::{folded, group};
+use crate::ingester::head::tests::{folded, group};
 use proptest::prelude::*;
 
 const ULID: &str = "01HD3X85G9BGAG4S3TKPNMFG4Z";
@@ -11,7 +11,7 @@ type Prof = (i64, i64, Vec<(u32, i64)>);
 
 /// The head's profiles of each series, keyed by labels, stable-sorted by time: what the block
 /// must give back.
-fn expected(head: &TenantHead) -> std::collections::BTreeMap<crate::labels::Labels, Vec<Prof>> {
+fn expected(head: &TenantHead) -> std::collections::BTreeMap<crate::model::labels::Labels, Vec<Prof>> {
     head.series
         .iter()
         .map(|s| {

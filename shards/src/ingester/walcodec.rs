@@ -1,8 +1,8 @@
 //! The WAL payload of one ingest: tenant, normalised profile and the sample groups a core
 //! owns, in a compact varint encoding (version byte first). Samples are written inside
 //! their groups, so a record holds only what its core owns; the symbol tables are whole.
-use crate::labels::Labels;
-use crate::profile::{Function, Line, Location, Mapping, Profile, Sample, SampleGroup, ValueType};
+use crate::model::labels::Labels;
+use crate::model::profile::{Function, Line, Location, Mapping, Profile, Sample, SampleGroup, ValueType};
 
 const VERSION: u8 = 1;
 /// First byte of a cut marker record (see `encode_cut`).

@@ -1,6 +1,6 @@
 //! Prometheus label selectors (`{a="b", c!="d", e=~"re.*", f!~"x"}`), as Pyroscope accepts them
 //! in `label_selector`, `matchers` and render `query` strings.
-use crate::labels::{Labels, NAME};
+use crate::model::labels::{Labels, NAME};
 use regex::Regex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

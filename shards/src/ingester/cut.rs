@@ -1,7 +1,7 @@
 //! Turning a core's frozen heads into blocks in object storage.
 //!
 //! Order, and why it is safe to crash anywhere:
-//! 1. The core freezes every tenant head at once (`Shard::cut`) and queues one cut marker
+//! 1. The core freezes every tenant head at once (`Ingester::cut`) and queues one cut marker
 //!    per tenant into its WAL, then the WAL starts a new segment. Until step 4 the frozen
 //!    heads still answer queries.
 //! 2. This task waits until the markers are durable. A block is never indexed before its
@@ -22,10 +22,9 @@
 //! after everything they hold, and indexes each tenant's blocks (failed and new) in one
 //! write, so whichever marker replay finds indexed, every record before it is in an indexed
 //! block.
-use crate::block::{self, EncodeOptions};
-use crate::head::TenantHead;
-use crate::shard::BlockEntry;
-use crate::storegateway::{object_path, BlockSet};
+use super::head::TenantHead;
+use crate::block::{self, object_path, EncodeOptions};
+use crate::store_gateway::{BlockEntry, BlockSet};
 use kiln_io::store::{bucket_index::BlockRef, Store};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -55,7 +54,7 @@ pub struct Frozen {
     /// while `unsettled > 0`: encoding starts once it is 0, so no borrow held by the encoder
     /// across an await ever meets a `borrow_mut`.
     pub head: RefCell<TenantHead>,
-    /// Pushes with rows in this head whose outcome is not known yet (see `Shard::settle`).
+    /// Pushes with rows in this head whose outcome is not known yet (see `Ingester::settle`).
     pub unsettled: Cell<usize>,
 }
 
@@ -76,7 +75,7 @@ async fn settled(f: &Frozen) {
 /// What the cut task shares with its core (same thread; borrows never cross an await).
 pub struct CutState {
     pub frozen: RefCell<Vec<Rc<Frozen>>>,
-    pub blocks: RefCell<BlockSet>,
+    pub blocks: Rc<RefCell<BlockSet>>,
     pub cutting: Cell<bool>,
     /// Set when a cut failed before its blocks were indexed (see the module doc): its heads
     /// stay in `frozen`, and the next cut is a retry that takes them along.
@@ -100,10 +99,11 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl CutState {
-    pub fn new(cache_bytes: usize) -> Self {
+    /// `blocks`: the core's store-gateway block set, which a cut's blocks join.
+    pub fn new(blocks: Rc<RefCell<BlockSet>>) -> Self {
         CutState {
             frozen: RefCell::new(Vec::new()),
-            blocks: RefCell::new(BlockSet::new(cache_bytes)),
+            blocks,
             cutting: Cell::new(false),
             suspended: Cell::new(false),
             retry_at: Cell::new(None),
@@ -144,6 +144,24 @@ impl CutState {
     }
 }
 
+/// Asks the core, a few times per block duration, whether its head is due for a cut. Starts
+/// once the gate opens: a block cut during replay, before the new WAL generation is
+/// committed, would be indexed while the old generation still holds its records.
+pub async fn ticker<M: From<super::Msg>>(
+    inbox: flume::Sender<M>,
+    max_block_duration: Duration,
+    gate: flume::Receiver<()>,
+) {
+    let _ = gate.recv_async().await;
+    let every = (max_block_duration / 8).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    loop {
+        monoio::time::sleep(every).await;
+        if inbox.send_async(super::Msg::MaybeCut.into()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// What the WAL says once the cut markers are durable: the first segment after the cut, or
 /// `None` without a WAL.
 pub type CutDurable = flume::Receiver<CutResult>;
@@ -165,8 +183,8 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
             return;
         }
         Err(_) => {
-            // The WAL flusher is gone: nothing can be made durable any more.
-            state.fail("the WAL flusher stopped".to_string());
+            // The WAL writer is gone: nothing can be made durable any more.
+            state.fail("the WAL writer stopped".to_string());
             return;
         }
     };

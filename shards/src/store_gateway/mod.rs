@@ -2,38 +2,115 @@
 //! over them.
 //!
 //! Ownership: a block belongs to the (instance, core) that the ring gives its id
-//! (`block_key`); only that core opens it, caches its index, symbols and parquet footer, and
+//! (`Ring::block_owner`); only that core opens it, caches its index, symbols and parquet footer, and
 //! answers queries from it. A core cutting its head picks an id it owns itself, so a new
 //! block never changes hands while the process runs, and the head it replaces and the block
 //! swap in one step on one core (no query counts both or neither). The `BlockSet` lives on
 //! its core behind an `Rc<RefCell<…>>` shared with that core's tasks only; a borrow is never
 //! held across an await.
-use crate::block::{self, index::BlockIndex, profiles::ProfilesFile};
-use crate::head::HeadView;
+use crate::block::{self, index::BlockIndex, object_path, profiles::ProfilesFile};
+use crate::eval::HeadView;
+use crate::model::selector::matches_all;
+use crate::model::symbols::Symbols;
 use crate::query::{QueryRequest, QueryResult, Selection};
-use crate::ring::Ring;
-use crate::selector::matches_all;
-use crate::shard::BlockEntry;
-use crate::symbols::Symbols;
 use bytes::Bytes;
 use kiln_io::store::Store;
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 
-/// The ring key of a block id.
-pub fn block_key(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), 0x6b69_6c6e)
+/// A block a core owns, as the bucket index describes it.
+#[derive(Debug, Clone)]
+pub struct BlockEntry {
+    pub tenant: String,
+    pub id: String,
+    /// Time range of its profiles (ms, inclusive).
+    pub min_ms: i64,
+    pub max_ms: i64,
+    /// Size of its `profiles.parquet` (0: unknown, asked of the bucket when opened).
+    pub profiles_bytes: u64,
 }
 
-/// The core that owns block `id` in a single-instance ring.
-pub fn owner(ring: &Ring, id: &str) -> u32 {
-    ring.owner(block_key(id)).core
+/// A snapshot of the store-gateway's blocks on one core, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreGatewayStats {
+    pub blocks: usize,
+    pub block_cache_bytes: usize,
 }
 
-/// Object path of one of a block's files.
-pub fn object_path(tenant: &str, id: &str, file: &str) -> String {
-    format!("{tenant}/{id}/{file}")
+/// What the store-gateway on a core is asked to do (through the core's inbox).
+pub enum Msg {
+    /// Blocks found in the bucket indexes at start that the ring gives this core.
+    AddBlocks { blocks: Vec<BlockEntry> },
+}
+
+/// The store-gateway's part of one core: its blocks and where to read them.
+pub struct StoreGateway {
+    /// Shared with the core's ingester, whose cut adds its blocks here in the same step as
+    /// it drops their frozen heads.
+    pub blocks: Rc<RefCell<BlockSet>>,
+    /// `None`: kiln without block storage (tests); no block is ever added.
+    store: Option<Store>,
+}
+
+impl StoreGateway {
+    /// A store-gateway caching up to `cache_bytes` of opened blocks, reading from `store`.
+    pub fn new(cache_bytes: usize, store: Option<Store>) -> Self {
+        StoreGateway { blocks: Rc::new(RefCell::new(BlockSet::new(cache_bytes))), store }
+    }
+
+    pub fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::AddBlocks { blocks } => {
+                let mut set = self.blocks.borrow_mut();
+                for b in blocks {
+                    set.add(b);
+                }
+            }
+        }
+    }
+
+    /// The blocks a query must read, taken now (see `runtime::core` for why the heads and
+    /// this list are taken in one step).
+    pub fn matching(&self, sel: &Selection) -> Vec<Rc<OwnedBlock>> {
+        self.blocks.borrow_mut().matching(sel)
+    }
+
+    /// Adds the answers of `blocks` to `out` in a task on this core, then replies; an error
+    /// names a block that could not be read.
+    pub fn answer(
+        &self,
+        blocks: Vec<Rc<OwnedBlock>>,
+        mut out: Vec<QueryResult>,
+        req: Arc<QueryRequest>,
+        reply: flume::Sender<Result<Vec<QueryResult>, String>>,
+    ) {
+        let (Some(store), false) = (self.store.clone(), blocks.is_empty()) else {
+            let _ = reply.send(Ok(out));
+            return;
+        };
+        let set = self.blocks.clone();
+        monoio::spawn(async move {
+            for b in blocks {
+                match query(&set, &store, &b, &req).await {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading a block for a query failed");
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let _ = reply.send(Ok(out));
+        });
+    }
+
+    /// The store-gateway's figures for `/metrics`.
+    pub fn stats(&self) -> StoreGatewayStats {
+        let blocks = self.blocks.borrow();
+        StoreGatewayStats { blocks: blocks.len(), block_cache_bytes: blocks.cached_bytes() }
+    }
 }
 
 /// What a core knows of a block before opening it: enough to skip it for a time range.
@@ -245,8 +322,8 @@ pub async fn query(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::tests::{folded, group};
-    use crate::head::TenantHead;
+    use crate::ingester::head::tests::{folded, group};
+    use crate::ingester::head::TenantHead;
 
     fn opened(profiles: usize) -> Rc<Opened> {
         let mut h = TenantHead::default();
@@ -307,12 +384,12 @@ mod tests {
 
     #[test]
     fn block_ids_map_to_cores_through_the_ring() {
-        let ring = Ring::single(4, 128);
+        let ring = crate::ring::Ring::single(4, 128);
         let mut seen = [false; 4];
         for i in 0..200 {
             let id = format!("01JRING{i:019}");
-            let c = owner(&ring, &id);
-            assert_eq!(c, owner(&ring, &id));
+            let c = ring.block_owner(&id);
+            assert_eq!(c, ring.block_owner(&id));
             seen[c as usize] = true;
         }
         assert!(seen.iter().all(|s| *s), "every core owns some blocks: {seen:?}");

@@ -4,7 +4,7 @@
 //! read-only (`Arc`) with every owning core, which interns the symbols it needs into its own
 //! tables. Indices are dense: `Location::mapping` is an index into `mappings` plus one (0 =
 //! none), `Line::function` an index into `functions`, every string an index into `strings`.
-use crate::labels::Labels;
+use crate::model::labels::Labels;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {

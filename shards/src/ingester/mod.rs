@@ -1,15 +1,24 @@
-//! A core's shard: every tenant head this core owns, and the loop that serves its inbox.
+//! The ingester on one core: every tenant head this core owns, the pushes appended here
+//! and not settled yet, the WAL writer, and the cut of heads into blocks.
 //!
-//! Ownership: the `Shard` is created on its core's thread and never leaves it. Other cores
-//! reach it only through `Msg`s on its inbox; replies go back on one-shot channels. Handling a
-//! message never awaits, so no other task on the core can observe a half-applied append.
-use crate::flush::{self, BlockConfig, CutState, Frozen};
-use crate::head::{AppendStats, RowRef, TenantHead};
-use crate::profile::{Profile, SampleGroup};
+//! Ownership: the `Ingester` is created on its core's thread and never leaves it; the core's
+//! inbox loop (`runtime::core`) hands it its messages (`Msg`). Other cores reach it only
+//! through those; replies go back on one-shot channels. Handling a message never awaits, so
+//! no other task on the core can observe a half-applied append.
+//!
+//! `head` holds the columns, `wal` the writer task and what waits on it, `walcodec` the
+//! payload of a WAL record, `cut` the freezing of heads into blocks.
+pub mod cut;
+pub mod head;
+pub mod wal;
+pub mod walcodec;
+
+use crate::model::profile::{Profile, SampleGroup};
 use crate::query::{QueryRequest, QueryResult};
 use crate::ring::Ring;
-use crate::storegateway;
-use crate::walcodec;
+use crate::store_gateway::BlockSet;
+use cut::{BlockConfig, CutState, Frozen};
+use head::{AppendStats, RowRef, TenantHead};
 use kiln_io::wal::record;
 use kiln_io::wal::segment::SegmentWriter;
 use rustc_hash::FxHashMap;
@@ -17,6 +26,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
+use wal::{AbortReply, CutBatch, Waiter, WalHandle, WalPending};
 
 /// Why an ingest was not applied or not made durable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +42,7 @@ pub enum IngestError {
     Wal(String),
 }
 
-/// How an ingest is applied and when it counts as settled (see `Shard::settle`).
+/// How an ingest is applied and when it counts as settled (see `Ingester::settle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestMode {
     /// A WAL record replayed at start: acknowledged before, never refused, never taken out.
@@ -48,6 +58,85 @@ pub enum IngestMode {
 /// The answer to an ingest: what was appended, once durable, or why not.
 pub type IngestReply = flume::Sender<Result<AppendStats, IngestError>>;
 
+/// Where each core writes its WAL.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// The generation directory; core C writes `core-C/` inside it.
+    pub dir: std::path::PathBuf,
+    pub segment_bytes: u64,
+    pub policy: kiln_io::wal::segment::SyncPolicy,
+    /// The generation is adopted: each core continues after its last segment instead of
+    /// starting a new directory.
+    pub resume: bool,
+}
+
+/// Starts the ingester of `core` on its thread: opens its WAL (a new segment, or after the
+/// last one of an adopted generation) and spawns its WAL writer, and with `blocks` its cut
+/// ticker. `inbox` is the core's own; `gate` closes once the process may serve. A WAL that
+/// cannot be opened ends the process: nothing could be acknowledged.
+pub async fn start<M: From<Msg> + 'static>(
+    core: u32,
+    wal: Option<&WalConfig>,
+    max_head_bytes: usize,
+    blocks: Option<(BlockConfig, Arc<Ring>, Rc<RefCell<BlockSet>>)>,
+    inbox: flume::Sender<M>,
+    gate: flume::Receiver<()>,
+) -> Ingester {
+    let ingester = match wal {
+        None => Ingester::new(core),
+        Some(w) => {
+            let dir = w.dir.join(format!("core-{core}"));
+            let writer = if w.resume {
+                kiln_io::wal::segment::last_seq(&dir)
+                    .and_then(|last| SegmentWriter::resume(dir.clone(), last, w.segment_bytes, w.policy))
+            } else {
+                SegmentWriter::create(dir.clone(), w.segment_bytes, w.policy).await
+            };
+            let writer = match writer {
+                Ok(wr) => wr,
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot create the WAL");
+                    std::process::exit(1);
+                }
+            };
+            let (ingester, writer) = Ingester::with_wal(core, writer, inbox.clone());
+            monoio::spawn(writer);
+            ingester
+        }
+    };
+    let mut ingester = ingester.with_head_limit(max_head_bytes);
+    if let Some((cfg, ring, set)) = blocks {
+        monoio::spawn(cut::ticker(inbox, cfg.max_block_duration, gate));
+        ingester = ingester.with_blocks(cfg, ring, set);
+    }
+    ingester
+}
+
+/// A snapshot of the ingester's size on one core, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct IngesterStats {
+    pub tenants: usize,
+    pub series: usize,
+    pub profiles: u64,
+    pub samples: u64,
+    pub stacks: usize,
+    pub head_bytes: usize,
+    pub appends: u64,
+    pub frozen_heads: usize,
+    pub blocks_written: u64,
+    pub bytes_uploaded: u64,
+    /// Pushes appended here and not settled yet.
+    pub pending_pushes: usize,
+    /// Pushes taken out again after their append (refused by another core or the WAL).
+    pub rolled_back: u64,
+    /// The last cut failed and waits for its retry.
+    pub cuts_suspended: bool,
+    pub cut_retries: u64,
+    /// What an unfinished cut last failed at, if anything.
+    pub cut_error: Option<String>,
+}
+
+/// What the ingester on a core is asked to do (through the core's inbox).
 pub enum Msg {
     /// Replayed ingests (WAL records at start) were acknowledged before: they bypass the
     /// head and series limits.
@@ -63,41 +152,16 @@ pub enum Msg {
     /// The outcome of a push sent in parts (`IngestMode::Part`): `commit` keeps what its
     /// parts appended here, otherwise they are taken out and an abort record is written;
     /// `reply` is answered once that is done (the abort record's write goes on behind).
-    Settle {
-        key: u64,
-        commit: bool,
-        reply: Option<flume::Sender<()>>,
-    },
+    Settle { key: u64, commit: bool, reply: Option<flume::Sender<()>> },
     /// From the core's own WAL writer: these whole pushes are durable (and answered).
-    Durable {
-        keys: Vec<u64>,
-    },
+    Durable { keys: Vec<u64> },
     /// From the core's own WAL writer: the write (or sync) of these waiters' records failed.
     /// `written`: the bytes may be in the file anyway (a failed sync or segment close); a
     /// failed write is cut off by the writer, so its records are gone.
-    WalFailed {
-        waiters: Vec<Waiter>,
-        error: String,
-        written: bool,
-    },
+    WalFailed { waiters: Vec<Waiter>, error: String, written: bool },
     /// A WAL record replayed in place at start (the WAL generation is adopted, not
     /// rewritten): appended to the head only, as it is durable where it is.
-    Restore {
-        tenant: Arc<str>,
-        profile: Arc<Profile>,
-        groups: Vec<SampleGroup>,
-        reply: IngestReply,
-    },
-    /// Answered from the live and frozen heads and the blocks this core owns; an error
-    /// names a block that could not be read.
-    Query {
-        req: Arc<QueryRequest>,
-        reply: flume::Sender<Result<Vec<QueryResult>, String>>,
-    },
-    /// Blocks found in the bucket indexes at start that the ring gives this core.
-    AddBlocks {
-        blocks: Vec<BlockEntry>,
-    },
+    Restore { tenant: Arc<str>, profile: Arc<Profile>, groups: Vec<SampleGroup>, reply: IngestReply },
     /// Cut the heads into blocks if they are old or large enough, or retry a failed cut once
     /// its backoff ran out (sent by the core's ticker).
     MaybeCut,
@@ -105,113 +169,9 @@ pub enum Msg {
     /// now); answered once they are uploaded: `Ok(true)`, or at once with `Ok(false)` when an
     /// earlier cut is still in flight (ask again), or an error when the cut failed (it is
     /// retried with backoff).
-    Cut {
-        reply: flume::Sender<Result<bool, String>>,
-    },
-    Stats {
-        reply: flume::Sender<ShardStats>,
-    },
+    Cut { reply: flume::Sender<Result<bool, String>> },
     /// Answered once everything appended before it is durable (used at shutdown).
-    Flush {
-        reply: IngestReply,
-    },
-}
-
-/// A block a core owns, as the bucket index describes it.
-#[derive(Debug, Clone)]
-pub struct BlockEntry {
-    pub tenant: String,
-    pub id: String,
-    /// Time range of its profiles (ms, inclusive).
-    pub min_ms: i64,
-    pub max_ms: i64,
-    /// Size of its `profiles.parquet` (0: unknown, asked of the bucket when opened).
-    pub profiles_bytes: u64,
-}
-
-/// A snapshot of a shard's size, for `/metrics`.
-#[derive(Debug, Clone, Default)]
-pub struct ShardStats {
-    pub core: u32,
-    pub tenants: usize,
-    pub series: usize,
-    pub profiles: u64,
-    pub samples: u64,
-    pub stacks: usize,
-    pub head_bytes: usize,
-    pub appends: u64,
-    pub frozen_heads: usize,
-    pub blocks: usize,
-    pub block_cache_bytes: usize,
-    pub blocks_written: u64,
-    pub bytes_uploaded: u64,
-    /// Pushes appended here and not settled yet.
-    pub pending_pushes: usize,
-    /// Pushes taken out again after their append (refused by another core or the WAL).
-    pub rolled_back: u64,
-    /// The last cut failed and waits for its retry.
-    pub cuts_suspended: bool,
-    pub cut_retries: u64,
-    /// What an unfinished cut last failed at, if anything.
-    pub cut_error: Option<String>,
-}
-
-/// Who waits on a WAL write.
-pub enum Waiter {
-    /// A push's part: answered with what it appended once durable; a whole push settles.
-    Push { reply: IngestReply, stats: AppendStats, key: u64, whole: bool },
-    /// Answered once everything queued before it is durable (`Msg::Flush`).
-    Sync(IngestReply),
-    /// The abort record of `key`: `reply` is answered once it is written (or its write
-    /// failed); it is written again, without the reply, if its write fails.
-    Abort { key: u64, reply: Option<AbortReply> },
-}
-
-/// Who waits for an abort record: the answer they are owed once it is durable, so that a
-/// refusal is never followed by a restart that brings the refused push back.
-pub enum AbortReply {
-    /// The distributor's `Settle { commit: false }`.
-    Settled(flume::Sender<()>),
-    /// A push part whose own record may be in the file (its sync failed).
-    Refused(IngestReply, IngestError),
-}
-
-impl AbortReply {
-    fn send(self) {
-        match self {
-            AbortReply::Settled(tx) => {
-                let _ = tx.send(());
-            }
-            AbortReply::Refused(tx, e) => {
-                let _ = tx.send(Err(e));
-            }
-        }
-    }
-}
-
-/// Appends framed and waiting for the core's WAL flusher, with the pushes waiting on them.
-#[derive(Default)]
-pub struct WalPending {
-    buf: Vec<u8>,
-    waiters: Vec<Waiter>,
-    /// A block cut: everything appended before it, then its markers, to be written and
-    /// closed in the current segment before anything appended after it.
-    cut: Option<CutBatch>,
-}
-
-/// The WAL's side of a cut. Records appended after the cut go to `WalPending::buf` and so
-/// into the next segment: the segments deleted once the cut's blocks are indexed hold only
-/// what those blocks hold.
-struct CutBatch {
-    buf: Vec<u8>,
-    waiters: Vec<Waiter>,
-    reply: flume::Sender<flush::CutResult>,
-}
-
-/// The shard's side of its WAL: where records go and how the flusher is woken.
-pub struct WalHandle {
-    pending: Rc<RefCell<WalPending>>,
-    wake: flume::Sender<()>,
+    Sync { reply: IngestReply },
 }
 
 /// Where a push's rows are: the tenant's live head, or a head a cut froze meanwhile.
@@ -227,7 +187,8 @@ struct PendingPart {
     rows: Vec<RowRef>,
 }
 
-pub struct Shard {
+/// The ingester's part of one core (see the module doc).
+pub struct Ingester {
     pub core: u32,
     tenants: FxHashMap<Arc<str>, TenantHead>,
     /// Pushes appended here whose outcome is not known yet, by key. Bounded by the pushes in
@@ -247,10 +208,10 @@ pub struct Shard {
     head_since: Option<Instant>,
 }
 
-impl Shard {
-    /// A shard without a WAL: acknowledges as soon as the head holds the data.
+impl Ingester {
+    /// An ingester without a WAL: acknowledges as soon as the head holds the data.
     pub fn new(core: u32) -> Self {
-        Shard {
+        Ingester {
             core,
             tenants: FxHashMap::default(),
             pending: FxHashMap::default(),
@@ -259,15 +220,17 @@ impl Shard {
             wal: None,
             max_head_bytes: 0,
             blocks: None,
-            cut_state: Rc::new(CutState::new(0)),
+            cut_state: Rc::new(CutState::new(Rc::new(RefCell::new(BlockSet::new(0))))),
             ring: Arc::new(Ring::single(core + 1, 1)),
             head_since: None,
         }
     }
 
-    /// Cuts heads into blocks written to `cfg.store`; `ring` says which blocks this core owns.
-    pub fn with_blocks(mut self, cfg: BlockConfig, ring: Arc<Ring>) -> Self {
-        self.cut_state = Rc::new(CutState::new(cfg.cache_bytes));
+    /// Cuts heads into blocks written to `cfg.store`; `ring` says which blocks this core
+    /// owns. A cut hands its blocks to the core's store-gateway `blocks` in the same step as
+    /// it drops their frozen heads, so a query counts each profile once.
+    pub fn with_blocks(mut self, cfg: BlockConfig, ring: Arc<Ring>, blocks: Rc<RefCell<BlockSet>>) -> Self {
+        self.cut_state = Rc::new(CutState::new(blocks));
         self.blocks = Some(cfg);
         self.ring = ring;
         self
@@ -288,18 +251,19 @@ impl Shard {
         self.tenants.values().map(TenantHead::approx_bytes).sum()
     }
 
-    /// A shard whose every ingest is acknowledged only once its WAL record is durable, and
-    /// the flusher task that makes it so (spawn it on the same core). `inbox` is this core's
-    /// own inbox: the flusher reports each write's outcome there (`Msg::WalDone`).
-    pub fn with_wal(
+    /// An ingester whose every ingest is acknowledged only once its WAL record is durable,
+    /// and the WAL writer task that makes it so (spawn it on the same core). `inbox` is this
+    /// core's own inbox: the writer reports each write's outcome there (`Msg::Durable`,
+    /// `Msg::WalFailed`).
+    pub fn with_wal<M: From<Msg> + 'static>(
         core: u32,
         writer: SegmentWriter,
-        inbox: flume::Sender<Msg>,
+        inbox: flume::Sender<M>,
     ) -> (Self, impl std::future::Future<Output = ()>) {
         let pending = Rc::new(RefCell::new(WalPending::default()));
         let (wake, woken) = flume::bounded(1);
-        let shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(core) };
-        (shard, flush_loop(writer, pending, woken, inbox))
+        let ingester = Ingester { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Ingester::new(core) };
+        (ingester, wal::write_loop(writer, pending, woken, inbox))
     }
 
     pub fn append(&mut self, tenant: &Arc<str>, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
@@ -470,39 +434,12 @@ impl Shard {
         live.chain(cut).collect()
     }
 
-    /// Answers a query: heads now, blocks (which may need reads) in a task on this core. The
-    /// heads and the block list are taken in the same step, so a cut finishing meanwhile
-    /// cannot make the query count a head and its block both, or neither.
-    fn answer_query(&self, req: Arc<QueryRequest>, reply: flume::Sender<Result<Vec<QueryResult>, String>>) {
-        let mut out = self.query(&req);
-        let blocks = self.cut_state.blocks.borrow_mut().matching(req.selection());
-        let (Some(cfg), false) = (&self.blocks, blocks.is_empty()) else {
-            let _ = reply.send(Ok(out));
-            return;
-        };
-        let store = cfg.store.clone();
-        let state = self.cut_state.clone();
-        monoio::spawn(async move {
-            for b in blocks {
-                match storegateway::query(&state.blocks, &store, &b, &req).await {
-                    Ok(r) => out.push(r),
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading a block for a query failed");
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                }
-            }
-            let _ = reply.send(Ok(out));
-        });
-    }
-
-    /// A new block id that the ring gives this core (see `storegateway`): ULIDs are drawn
-    /// until one lands here, about `cores` draws.
+    /// A new block id that the ring gives this core (see `Ring::block_owner`): ULIDs are
+    /// drawn until one lands here, about `cores` draws.
     fn new_block_id(&self) -> String {
         loop {
             let id = ulid::Ulid::new().to_string();
-            if storegateway::owner(&self.ring, &id) == self.core {
+            if self.ring.block_owner(&id) == self.core {
                 return id;
             }
         }
@@ -514,9 +451,9 @@ impl Shard {
             || (cfg.max_block_bytes > 0 && self.live_head_bytes() >= cfg.max_block_bytes)
     }
 
-    /// Freezes every non-empty tenant head and starts writing them as blocks (see `flush`).
+    /// Freezes every non-empty tenant head and starts writing them as blocks (see `cut`).
     /// `done` is answered when the blocks are uploaded, or at once if nothing was cut. After
-    /// a failed cut this is its retry (see `flush`): when asked (`done`), or once the
+    /// a failed cut this is its retry (see `cut`): when asked (`done`), or once the
     /// backoff ran out.
     fn cut(&mut self, done: Option<flume::Sender<Result<bool, String>>>) {
         let reply = |v: Result<bool, String>| {
@@ -592,7 +529,7 @@ impl Shard {
         self.cut_state.cutting.set(true);
         let state = self.cut_state.clone();
         monoio::spawn(async move {
-            flush::write_blocks(frozen, rx, cfg, state.clone()).await;
+            cut::write_blocks(frozen, rx, cfg, state.clone()).await;
             if let Some(d) = done {
                 let _ = d.send(if state.suspended.get() {
                     let why = state.last_error.borrow().clone().unwrap_or_default();
@@ -604,9 +541,9 @@ impl Shard {
         });
     }
 
-    pub fn stats(&self) -> ShardStats {
-        let mut s = ShardStats {
-            core: self.core,
+    /// The ingester's figures for `/metrics`.
+    pub fn stats(&self) -> IngesterStats {
+        let mut s = IngesterStats {
             tenants: self.tenants.len(),
             appends: self.appends,
             pending_pushes: self.pending.len(),
@@ -624,9 +561,6 @@ impl Shard {
             s.frozen_heads += 1;
             s.head_bytes += f.head.borrow().heap_bytes();
         }
-        let blocks = self.cut_state.blocks.borrow();
-        s.blocks = blocks.len();
-        s.block_cache_bytes = blocks.cached_bytes();
         s.blocks_written = self.cut_state.blocks_written.get();
         s.bytes_uploaded = self.cut_state.bytes_uploaded.get();
         s.cuts_suspended = self.cut_state.suspended.get();
@@ -635,6 +569,7 @@ impl Shard {
         s
     }
 
+    /// Applies one message of the core's inbox (see `runtime::core`).
     pub fn handle(&mut self, msg: Msg) {
         // A dropped reply receiver means the requester gave up; nothing to do.
         match msg {
@@ -677,7 +612,7 @@ impl Shard {
                     }
                 }
                 // After the record is queued: a cut now puts it before the markers, with the
-                // head that holds it. Never during replay: see `runtime::cut_ticker`.
+                // head that holds it. Never during replay: see `cut::ticker`.
                 if let (Some(cfg), false) = (&self.blocks, replay) {
                     if cfg.max_block_bytes > 0 && self.live_head_bytes() >= cfg.max_block_bytes {
                         self.cut(None);
@@ -706,23 +641,13 @@ impl Shard {
                 let st = self.append(&tenant, &profile, &groups);
                 let _ = reply.send(Ok(st));
             }
-            Msg::Query { req, reply } => self.answer_query(req, reply),
-            Msg::AddBlocks { blocks } => {
-                let mut set = self.cut_state.blocks.borrow_mut();
-                for b in blocks {
-                    set.add(b);
-                }
-            }
             Msg::MaybeCut => {
                 if self.blocks.as_ref().is_some_and(|c| self.cut_state.suspended.get() || self.should_cut(c)) {
                     self.cut(None);
                 }
             }
             Msg::Cut { reply } => self.cut(Some(reply)),
-            Msg::Stats { reply } => {
-                let _ = reply.send(self.stats());
-            }
-            Msg::Flush { reply } => match &self.wal {
+            Msg::Sync { reply } => match &self.wal {
                 None => {
                     let _ = reply.send(Ok(AppendStats::default()));
                 }
@@ -733,131 +658,32 @@ impl Shard {
             },
         }
     }
-
-    /// Serves the inbox until every sender is gone.
-    pub async fn run(mut self, inbox: flume::Receiver<Msg>) {
-        while let Ok(msg) = inbox.recv_async().await {
-            self.handle(msg);
-        }
-    }
-}
-
-/// Group commit, pipelined: every append queued while a write is in flight goes out in the
-/// next write; each write's sync is started as soon as the write (and so every earlier one)
-/// has completed, without waiting for the previous sync, and its pushes are answered when
-/// that sync completes. A slow fdatasync therefore delays the pushes it covers, not the
-/// ones queued behind it. A failed write or sync is handed to the shard (`Msg::WalFailed`),
-/// which takes the pushes out before refusing them; the next write waits a little longer
-/// after each failure in a row (a full disk is not hammered).
-async fn flush_loop(
-    mut writer: SegmentWriter,
-    pending: Rc<RefCell<WalPending>>,
-    woken: flume::Receiver<()>,
-    inbox: flume::Sender<Msg>,
-) {
-    let mut spare = Vec::new();
-    let failures = Rc::new(std::cell::Cell::new(0u32));
-    while woken.recv_async().await.is_ok() {
-        loop {
-            if failures.get() > 0 {
-                let ms = (25u64 << failures.get().min(7)).min(2000);
-                monoio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            }
-            let cut = pending.borrow_mut().cut.take();
-            if let Some(cut) = cut {
-                // A block cut first: what was appended before it and its markers go to the
-                // current segment, which closing syncs (with every earlier write); appends
-                // made since wait in `buf` for the next segment.
-                let (res, _) = writer.write(cut.buf).await;
-                // A failed write is cut off by the writer; a failed close may leave it whole.
-                let res = match res {
-                    Ok(_) => writer.cut().await.map(|seq| (writer.dir().to_path_buf(), seq)).map_err(|e| (e, true)),
-                    Err(e) => Err((e, false)),
-                };
-                let res = res.map_err(|(e, written)| (e.to_string(), written));
-                report(&inbox, &failures, cut.waiters, res.as_ref().err().cloned()).await;
-                let res = res.map_err(|(e, _)| e);
-                let _ = cut.reply.send(res.map(Some));
-                continue;
-            }
-            let (buf, waiters) = {
-                let mut p = pending.borrow_mut();
-                if p.buf.is_empty() && p.waiters.is_empty() {
-                    break;
-                }
-                let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));
-                (buf, std::mem::take(&mut p.waiters))
-            };
-            let (res, mut buf) = writer.write(buf).await;
-            buf.clear();
-            spare = buf;
-            match res {
-                Err(e) => report(&inbox, &failures, waiters, Some((e.to_string(), false))).await,
-                Ok(None) => report(&inbox, &failures, waiters, None).await,
-                Ok(Some(file)) => {
-                    let (inbox, failures) = (inbox.clone(), failures.clone());
-                    monoio::spawn(async move {
-                        let res = file.sync_data().await.err().map(|e| (e.to_string(), true));
-                        report(&inbox, &failures, waiters, res).await;
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Answers the waiters of a durable write (a whole push settles on the shard afterwards), or
-/// hands those of a failed one to the shard.
-async fn report(
-    inbox: &flume::Sender<Msg>,
-    failures: &std::cell::Cell<u32>,
-    waiters: Vec<Waiter>,
-    error: Option<(String, bool)>,
-) {
-    let Some(error) = error else {
-        failures.set(0);
-        let mut keys = Vec::new();
-        for w in waiters {
-            match w {
-                Waiter::Push { reply, stats, key, whole } => {
-                    if whole {
-                        keys.push(key);
-                    }
-                    let _ = reply.send(Ok(stats));
-                }
-                Waiter::Sync(reply) => {
-                    let _ = reply.send(Ok(AppendStats::default()));
-                }
-                Waiter::Abort { reply, .. } => {
-                    if let Some(r) = reply {
-                        r.send();
-                    }
-                }
-            }
-        }
-        if !keys.is_empty() {
-            let _ = inbox.send_async(Msg::Durable { keys }).await;
-        }
-        return;
-    };
-    failures.set(failures.get().saturating_add(1));
-    let _ = inbox.send_async(Msg::WalFailed { waiters, error: error.0, written: error.1 }).await;
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::head::tests::{folded, group};
+    use crate::ingester::head::tests::{folded, group};
     use crate::query::Selection;
 
-    fn ingest(shard: &mut Shard, p: Profile, mode: IngestMode, max_series: usize) -> Result<AppendStats, IngestError> {
+    fn ingest(
+        shard: &mut Ingester,
+        p: Profile,
+        mode: IngestMode,
+        max_series: usize,
+    ) -> Result<AppendStats, IngestError> {
         let groups = group(&p, &[("__name__", "x"), ("service_name", "svc")]);
         let (tx, rx) = flume::bounded(1);
         shard.handle(Msg::Ingest { tenant: Arc::from("t"), profile: Arc::new(p), groups, reply: tx, mode, max_series });
         rx.try_recv().unwrap()
     }
 
-    fn total(shard: &Shard) -> i64 {
+    /// The core's figures as `/metrics` shows them, with the blocks the cuts handed over.
+    pub(super) fn stats(shard: &Ingester) -> (IngesterStats, usize) {
+        (shard.stats(), shard.cut_state.blocks.borrow().len())
+    }
+
+    fn total(shard: &Ingester) -> i64 {
         let sel = Selection {
             tenants: vec!["t".into()],
             profile_type: Some("x:samples:count::".into()),
@@ -876,7 +702,7 @@ mod tests {
 
     #[test]
     fn a_refused_part_is_taken_out_and_later_rows_keep_their_place() {
-        let mut shard = Shard::new(0);
+        let mut shard = Ingester::new(0);
         // Three parts into the same series, interleaved: the middle one is refused.
         for (key, v) in [(1, 1), (2, 10), (3, 100)] {
             ingest(&mut shard, folded(&[("a;b", v)], key * 1_000_000_000), IngestMode::Part(key as u64), 0).unwrap();
@@ -890,14 +716,14 @@ mod tests {
         shard.handle(Msg::Settle { key: 1, commit: true, reply: None });
         assert_eq!(total(&shard), 1);
         assert!(shard.pending.is_empty());
-        assert_eq!(shard.stats().rolled_back, 2);
+        assert_eq!(stats(&shard).0.rolled_back, 2);
         let h = &shard.tenants["t"];
         assert_eq!((h.profiles, h.samples), (1, 1));
     }
 
     #[test]
     fn a_push_with_several_parts_on_one_core_is_taken_out_whole() {
-        let mut shard = Shard::new(0);
+        let mut shard = Ingester::new(0);
         for (key, v) in [(7, 1), (8, 10), (7, 100), (8, 1000), (7, 10000)] {
             ingest(&mut shard, folded(&[("a;b", v)], v * 1_000_000), IngestMode::Part(key), 0).unwrap();
         }
@@ -910,7 +736,7 @@ mod tests {
 
     #[test]
     fn a_whole_push_settles_at_once_without_a_wal() {
-        let mut shard = Shard::new(0);
+        let mut shard = Ingester::new(0);
         ingest(&mut shard, folded(&[("a", 5)], 1), IngestMode::Whole(9), 0).unwrap();
         assert!(shard.pending.is_empty());
         // A late abort of a settled push changes nothing.
@@ -920,7 +746,7 @@ mod tests {
 
     #[test]
     fn series_limit_refuses_before_appending() {
-        let mut shard = Shard::new(0);
+        let mut shard = Ingester::new(0);
         let p = |svc: &str| {
             let p = folded(&[("a", 1)], 1);
             let groups = group(&p, &[("__name__", "x"), ("service_name", svc)]);
@@ -951,13 +777,14 @@ mod tests {
 
 #[cfg(test)]
 mod cut_retry_tests {
+    use super::tests::stats;
     use super::*;
-    use crate::head::tests::{folded, group};
+    use crate::ingester::head::tests::{folded, group};
     use kiln_io::store::{Backend, Store};
 
-    /// Answers every write queued so far as the WAL flusher would after a good write, and
+    /// Answers every write queued so far as the WAL writer would after a good write, and
     /// settles the whole pushes among them (`Msg::Durable`).
-    fn ack(shard: &mut Shard, pending: &RefCell<WalPending>) {
+    fn ack(shard: &mut Ingester, pending: &RefCell<WalPending>) {
         let mut keys = Vec::new();
         {
             let mut p = pending.borrow_mut();
@@ -993,13 +820,14 @@ mod cut_retry_tests {
         (dir, store, cfg)
     }
 
-    /// A one-core shard cutting into `cfg` whose WAL flusher the test plays: it sees what the
-    /// shard queues (`pending`) and answers for the WAL.
-    fn shard_with_test_wal(cfg: BlockConfig) -> (Shard, Rc<RefCell<WalPending>>) {
+    /// A one-core ingester cutting into `cfg` whose WAL writer the test plays: it sees what the
+    /// ingester queues (`pending`) and answers for the WAL.
+    fn shard_with_test_wal(cfg: BlockConfig) -> (Ingester, Rc<RefCell<WalPending>>) {
         let pending = Rc::new(RefCell::new(WalPending::default()));
         let (wake, _woken) = flume::bounded(1);
-        let shard = Shard { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Shard::new(0) }
-            .with_blocks(cfg, Arc::new(Ring::single(1, 4)));
+        let set = Rc::new(RefCell::new(BlockSet::new(cfg.cache_bytes)));
+        let shard = Ingester { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Ingester::new(0) }
+            .with_blocks(cfg, Arc::new(Ring::single(1, 4)), set);
         (shard, pending)
     }
 
@@ -1023,7 +851,7 @@ mod cut_retry_tests {
         rt.block_on(async move {
             let (mut shard, pending) = shard_with_test_wal(cfg);
             let tenant: Arc<str> = Arc::from("t");
-            let ingest = |shard: &mut Shard, v: i64| {
+            let ingest = |shard: &mut Ingester, v: i64| {
                 let p = folded(&[("main;f", v)], v * 1_000_000_000);
                 let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
                 let (tx, rx) = flume::bounded(1);
@@ -1049,14 +877,14 @@ mod cut_retry_tests {
             let _ = cut.reply.send(Err("No space left on device".into()));
             let err = done.recv_async().await.unwrap().unwrap_err();
             assert!(err.contains("No space left on device"), "{err}");
-            let st = shard.stats();
+            let (st, blocks) = stats(&shard);
             assert!(st.cuts_suspended);
-            assert_eq!((st.frozen_heads, st.blocks, st.cut_retries), (1, 0, 0));
+            assert_eq!((st.frozen_heads, blocks, st.cut_retries), (1, 0, 0));
 
             // Pushes go on into a live head.
             assert!(ingest(&mut shard, 2).is_empty());
             ack(&mut shard, &pending);
-            // The ticker's retry waits for the backoff; a flush asks for it now.
+            // The ticker's retry waits for the backoff; a cut asked for (`/ingester/flush`) is retried now.
             shard.handle(Msg::MaybeCut);
             assert!(pending.borrow().cut.is_none(), "retried before the backoff ran out");
             let (tx, done) = flume::bounded(1);
@@ -1071,9 +899,9 @@ mod cut_retry_tests {
             assert_ne!(retry[1].1, first[0].1);
             let _ = cut.reply.send(Ok(None));
             assert_eq!(done.recv_async().await.unwrap(), Ok(true));
-            let st = shard.stats();
+            let (st, blocks) = stats(&shard);
             assert!(!st.cuts_suspended && st.cut_error.is_none());
-            assert_eq!((st.frozen_heads, st.blocks, st.cut_retries, st.blocks_written), (0, 2, 1, 2));
+            assert_eq!((st.frozen_heads, blocks, st.cut_retries, st.blocks_written), (0, 2, 1, 2));
             let idx = store.read_bucket_index("t".into()).await.unwrap();
             let mut ids: Vec<&str> = idx.blocks.iter().map(|b| b.block_id.as_str()).collect();
             ids.sort();
@@ -1089,7 +917,7 @@ mod cut_retry_tests {
             assert_eq!(markers(&cut.buf).len(), 1);
             let _ = cut.reply.send(Ok(None));
             assert_eq!(done.recv_async().await.unwrap(), Ok(true));
-            assert_eq!(shard.stats().blocks, 3);
+            assert_eq!(stats(&shard).1, 3);
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1124,9 +952,9 @@ mod cut_retry_tests {
             ack(&mut shard, &pending);
             assert_eq!(settled.recv_async().await, Ok(()));
             assert_eq!(done.recv_async().await.unwrap(), Ok(true));
-            let st = shard.stats();
+            let (st, blocks) = stats(&shard);
             assert!(!st.cuts_suspended, "{:?}", st.cut_error);
-            assert_eq!((st.frozen_heads, st.blocks, st.blocks_written), (0, 0, 0));
+            assert_eq!((st.frozen_heads, blocks, st.blocks_written), (0, 0, 0));
         });
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -253,9 +253,33 @@ impl Default for Config {
     }
 }
 
+/// Every tenant's limits: the defaults and the per-tenant overrides, shared read-only by the
+/// components that enforce them.
+#[derive(Debug, Clone, Default)]
+pub struct TenantLimits {
+    default: Limits,
+    overrides: std::collections::BTreeMap<String, Limits>,
+}
+
+impl TenantLimits {
+    pub fn for_tenant(&self, tenant: &str) -> &Limits {
+        self.overrides.get(tenant).unwrap_or(&self.default)
+    }
+
+    /// The limits of tenants without overrides.
+    pub fn default(&self) -> &Limits {
+        &self.default
+    }
+}
+
 impl Config {
     pub fn limits_for(&self, tenant: &str) -> &Limits {
         self.overrides.get(tenant).unwrap_or(&self.limits)
+    }
+
+    /// The tenants' limits, for the components that enforce them.
+    pub fn tenant_limits(&self) -> TenantLimits {
+        TenantLimits { default: self.limits.clone(), overrides: self.overrides.clone() }
     }
 
     pub fn wal_dir(&self) -> std::path::PathBuf {
@@ -426,26 +450,7 @@ impl Config {
             }
             cfg.set_flag(k, v)?;
         }
-        if !matches!(cfg.target.as_str(), "all" | "distributor,ingester,querier" | "") {
-            let known = [
-                "all",
-                "distributor",
-                "ingester",
-                "querier",
-                "query-frontend",
-                "query-scheduler",
-                "store-gateway",
-                "compactor",
-            ];
-            for t in cfg.target.split(',') {
-                if !known.contains(&t.trim()) {
-                    return Err(format!("-target: unknown component {t:?} (known: {})", known.join(", ")));
-                }
-            }
-            if cfg.target != "all" {
-                return Err(format!("-target={}: only the monolithic -target=all runs in this version", cfg.target));
-            }
-        }
+        crate::target::Target::parse(&cfg.target)?;
         cfg.check_relations()?;
         Ok(cfg)
     }

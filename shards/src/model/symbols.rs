@@ -4,7 +4,7 @@
 //! Ownership: a `Symbols` lives inside a `TenantHead`, which belongs to exactly one core; it is
 //! never shared or locked. Ids are stable for the life of the head, so profiles refer to a
 //! whole stack by one `u32` and shared prefixes are stored once.
-use crate::profile::{Function, Line, Mapping, Profile};
+use crate::model::profile::{Function, Line, Mapping, Profile};
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
@@ -327,7 +327,7 @@ impl Symbols {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Location;
+    use crate::model::profile::Location;
 
     fn profile() -> Profile {
         Profile {

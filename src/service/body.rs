@@ -1,7 +1,8 @@
 //! The response body every handler returns: a whole buffer, optionally followed by HTTP/2
-//! trailers (what gRPC needs for `grpc-status`).
+//! trailers (what gRPC needs for `grpc-status`); and the JSON error body of plain HTTP routes.
+use super::status::Code;
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -53,3 +54,29 @@ impl Body for RespBody {
 }
 
 pub type Response = http::Response<RespBody>;
+
+/// A response of `status` with a body of content type `ct`.
+pub fn text(status: u16, ct: &str, body: impl Into<Bytes>) -> Response {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", ct)
+        .body(RespBody::full(body))
+        .expect("valid response")
+}
+
+/// `{"code": "...", "message": "..."}` with the given status: Connect's error body, and the
+/// one Pyroscope's legacy routes use too.
+pub fn json_error(status: StatusCode, code: Code, message: &str) -> Response {
+    let body = serde_json::json!({ "code": code.as_str(), "message": message });
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-content-type-options", "nosniff")
+        .body(RespBody::full(serde_json::to_vec(&body).expect("json")))
+        .expect("valid response")
+}
+
+/// A legacy-route error: the code is derived from the status, as Pyroscope does.
+pub fn http_error(status: StatusCode, message: &str) -> Response {
+    json_error(status, Code::from_http_status(status), message)
+}

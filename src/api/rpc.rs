@@ -1,120 +1,13 @@
 //! Unary RPC framing over plain HTTP, shared by every service: Connect (proto and JSON),
-//! gRPC and gRPC-Web. A handler sees decoded messages and returns a message or an `RpcError`;
-//! this module owns content types, compression, frames, trailers and status mapping.
-use super::body::{RespBody, Response};
+//! gRPC and gRPC-Web. A component's handler sees decoded messages and returns an encoded
+//! message or an `RpcError` (`service::call`); this module owns content types,
+//! compression, frames, trailers and status mapping.
+use crate::service::body::{json_error, RespBody, Response};
+use crate::service::codec::Protocol;
+use crate::service::status::{Code, RpcError};
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue};
 use kiln_io::compress;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    ConnectProto,
-    ConnectJson,
-    Grpc,
-    GrpcWeb,
-}
-
-/// Connect/gRPC status codes, with their gRPC numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    Canceled = 1,
-    Unknown = 2,
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    NotFound = 5,
-    AlreadyExists = 6,
-    PermissionDenied = 7,
-    ResourceExhausted = 8,
-    FailedPrecondition = 9,
-    Aborted = 10,
-    OutOfRange = 11,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-    DataLoss = 15,
-    Unauthenticated = 16,
-}
-
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::Canceled => "canceled",
-            Code::Unknown => "unknown",
-            Code::InvalidArgument => "invalid_argument",
-            Code::DeadlineExceeded => "deadline_exceeded",
-            Code::NotFound => "not_found",
-            Code::AlreadyExists => "already_exists",
-            Code::PermissionDenied => "permission_denied",
-            Code::ResourceExhausted => "resource_exhausted",
-            Code::FailedPrecondition => "failed_precondition",
-            Code::Aborted => "aborted",
-            Code::OutOfRange => "out_of_range",
-            Code::Unimplemented => "unimplemented",
-            Code::Internal => "internal",
-            Code::Unavailable => "unavailable",
-            Code::DataLoss => "data_loss",
-            Code::Unauthenticated => "unauthenticated",
-        }
-    }
-
-    /// The HTTP status Connect (and Pyroscope's legacy routes) use for a code.
-    pub fn http_status(self) -> StatusCode {
-        let s = match self {
-            Code::Canceled => 499,
-            Code::Unknown | Code::Internal | Code::DataLoss => 500,
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::DeadlineExceeded => 504,
-            Code::NotFound | Code::Unimplemented => 404,
-            Code::AlreadyExists | Code::Aborted => 409,
-            Code::PermissionDenied => 403,
-            Code::ResourceExhausted => 429,
-            Code::FailedPrecondition => 412,
-            Code::Unavailable => 503,
-            Code::Unauthenticated => 401,
-        };
-        StatusCode::from_u16(s).expect("valid status")
-    }
-
-    /// The reverse mapping Pyroscope uses to put a code in legacy error bodies.
-    pub fn from_http_status(s: StatusCode) -> Code {
-        match s.as_u16() {
-            400 | 413 => Code::InvalidArgument,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            404 => Code::Unimplemented,
-            412 => Code::FailedPrecondition,
-            429 | 431 => Code::ResourceExhausted,
-            499 => Code::Canceled,
-            502 | 503 => Code::Unavailable,
-            504 => Code::DeadlineExceeded,
-            _ => Code::Unknown,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RpcError {
-    pub code: Code,
-    pub message: String,
-}
-
-impl RpcError {
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
-    }
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(Code::InvalidArgument, message)
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(Code::Internal, message)
-    }
-}
-
-impl std::fmt::Display for RpcError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code.as_str(), self.message)
-    }
-}
 
 /// Which RPC protocol a request speaks, from its content type; `None` for anything else.
 pub fn detect(headers: &HeaderMap) -> Option<Protocol> {
@@ -174,23 +67,6 @@ pub fn request_bytes(proto: Protocol, headers: &HeaderMap, body: Bytes, limit: u
     }
 }
 
-/// Decodes a request message in the protocol's codec. Taking `Bytes` lets prost slice `bytes`
-/// fields (a push's raw profiles) out of the message instead of copying them.
-pub fn decode<M>(proto: Protocol, bytes: &Bytes) -> Result<M, RpcError>
-where
-    M: prost::Message + Default + serde::de::DeserializeOwned,
-{
-    match proto {
-        Protocol::ConnectJson => {
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Ok(M::default());
-            }
-            serde_json::from_slice(bytes).map_err(|e| RpcError::invalid(format!("invalid JSON request: {e}")))
-        }
-        _ => M::decode(bytes.clone()).map_err(|e| RpcError::invalid(format!("invalid protobuf request: {e}"))),
-    }
-}
-
 fn grpc_frame(flag: u8, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(5 + payload.len());
     b.put_u8(flag);
@@ -212,19 +88,13 @@ fn grpc_message(msg: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("error"))
 }
 
-/// Encodes a successful response in the request's protocol.
-pub fn respond<M>(proto: Protocol, req_headers: &HeaderMap, msg: &M) -> Response
-where
-    M: prost::Message + serde::Serialize,
-{
+/// Frames a successful response, `payload` being the message in the protocol's codec
+/// (`service::codec::encode`).
+pub fn respond(proto: Protocol, req_headers: &HeaderMap, mut payload: Vec<u8>) -> Response {
     let gzip_ok = header_is(req_headers, "accept-encoding", "gzip");
     match proto {
         Protocol::ConnectProto | Protocol::ConnectJson => {
-            let (ct, mut payload) = if proto == Protocol::ConnectJson {
-                ("application/json", serde_json::to_vec(msg).expect("messages serialize"))
-            } else {
-                ("application/proto", msg.encode_to_vec())
-            };
+            let ct = if proto == Protocol::ConnectJson { "application/json" } else { "application/proto" };
             let mut b = http::Response::builder().status(200).header("content-type", ct);
             if gzip_ok && payload.len() > 1024 {
                 payload = compress::gzip(&payload);
@@ -233,7 +103,6 @@ where
             b.body(RespBody::full(payload)).expect("valid response")
         }
         Protocol::Grpc => {
-            let payload = msg.encode_to_vec();
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             http::Response::builder()
@@ -243,7 +112,6 @@ where
                 .expect("valid response")
         }
         Protocol::GrpcWeb => {
-            let payload = msg.encode_to_vec();
             let mut body = BytesMut::new();
             body.extend_from_slice(&grpc_frame(0, &payload));
             body.extend_from_slice(&grpc_frame(0x80, b"grpc-status: 0\r\n"));
@@ -285,23 +153,6 @@ pub fn respond_error(proto: Protocol, err: &RpcError) -> Response {
     }
 }
 
-/// `{"code": "...", "message": "..."}` with the given status: Connect's error body, and the
-/// one Pyroscope's legacy routes use too.
-pub fn json_error(status: StatusCode, code: Code, message: &str) -> Response {
-    let body = serde_json::json!({ "code": code.as_str(), "message": message });
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("x-content-type-options", "nosniff")
-        .body(RespBody::full(serde_json::to_vec(&body).expect("json")))
-        .expect("valid response")
-}
-
-/// A legacy-route error: the code is derived from the status, as Pyroscope does.
-pub fn http_error(status: StatusCode, message: &str) -> Response {
-    json_error(status, Code::from_http_status(status), message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,13 +174,6 @@ mod tests {
         let h = HeaderMap::new();
         let e = request_bytes(Protocol::Grpc, &h, Bytes::from_static(&[0, 0, 0, 0, 9, 1]), 100).unwrap_err();
         assert_eq!(e.code, Code::InvalidArgument);
-    }
-
-    #[test]
-    fn status_tables() {
-        assert_eq!(Code::ResourceExhausted.http_status(), 429);
-        assert_eq!(Code::from_http_status(StatusCode::from_u16(422).unwrap()), Code::Unknown);
-        assert_eq!(Code::from_http_status(StatusCode::PAYLOAD_TOO_LARGE), Code::InvalidArgument);
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! Runs on the main thread before any core opens the port, so `/ready` stays unready and no
 //! client sees a partial head.
 use kiln_io::wal::{self, record};
+use kiln_shards::ingester::walcodec;
+use kiln_shards::ingester::{IngestMode, Msg};
 use kiln_shards::runtime::Mesh;
-use kiln_shards::shard::{IngestMode, Msg};
-use kiln_shards::walcodec;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -139,8 +139,9 @@ fn replay_stream(
 ) -> Result<ReplayStats, String> {
     let (cuts, aborted) = scan_markers(segs, indexed);
     let mut st = ReplayStats::default();
-    let mut waits: Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>> =
-        Vec::new();
+    let mut waits: Vec<
+        flume::Receiver<Result<kiln_shards::ingester::head::AppendStats, kiln_shards::ingester::IngestError>>,
+    > = Vec::new();
     for (i, seg) in segs.iter().enumerate() {
         let last_of_core = i + 1 == segs.len();
         let (records, dropped) = seg.read().map_err(|e| e.to_string())?;
@@ -204,9 +205,9 @@ fn restore_msg(
     seg: &wal::SegmentFile,
     core: usize,
     tenant: Arc<str>,
-    profile: Arc<kiln_shards::profile::Profile>,
-    groups: Vec<kiln_shards::profile::SampleGroup>,
-    reply: kiln_shards::shard::IngestReply,
+    profile: Arc<kiln_shards::model::profile::Profile>,
+    groups: Vec<kiln_shards::model::profile::SampleGroup>,
+    reply: kiln_shards::ingester::IngestReply,
 ) -> Result<Msg, String> {
     if core != seg.core as usize {
         let gen = seg.path.parent().and_then(Path::parent).unwrap_or(&seg.path);
@@ -221,7 +222,9 @@ fn restore_msg(
 }
 
 fn drain(
-    waits: &mut Vec<flume::Receiver<Result<kiln_shards::head::AppendStats, kiln_shards::shard::IngestError>>>,
+    waits: &mut Vec<
+        flume::Receiver<Result<kiln_shards::ingester::head::AppendStats, kiln_shards::ingester::IngestError>>,
+    >,
 ) -> Result<(), String> {
     for rx in waits.drain(..) {
         rx.recv().map_err(|_| "a core stopped during WAL replay".to_string())?.map_err(|e| e.to_string())?;
@@ -232,7 +235,7 @@ fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_shards::profile::Profile;
+    use kiln_shards::model::profile::Profile;
 
     fn ingest(tenant: &str) -> Vec<u8> {
         walcodec::encode(tenant, &Profile { strings: vec![String::new()], ..Default::default() }, &[])

@@ -1,0 +1,335 @@
+//! Query evaluation over series columns: heads and blocks answer every query with the same
+//! code. A `Series` is one series' profiles as columns; a `HeadView` is what a query reads (a
+//! symbol table and series): a live head lends its own, a block loaded for a query builds one
+//! over its cached symbols and the rows it read.
+use crate::model::childindex::ChildIndex;
+use crate::model::labels::Labels;
+use crate::model::selector::matches_all;
+use crate::model::symbols::{LocationRec, Symbols, ROOT};
+use crate::query::{Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+pub struct Series {
+    pub labels: Labels,
+    pub profile_type: String,
+    pub timestamps: Vec<i64>,
+    pub totals: Vec<i64>,
+    pub offsets: Vec<u32>,
+    pub stacks: Vec<u32>,
+    pub values: Vec<i64>,
+}
+
+impl Series {
+    pub(crate) fn new(labels: Labels, profile_type: String) -> Self {
+        Series {
+            labels,
+            profile_type,
+            timestamps: Vec::new(),
+            totals: Vec::new(),
+            offsets: vec![0],
+            stacks: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    pub(crate) fn profiles(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    pub(crate) fn samples(&self, i: usize) -> impl Iterator<Item = (u32, i64)> + '_ {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        self.stacks[a..b].iter().copied().zip(self.values[a..b].iter().copied())
+    }
+}
+
+/// What a query reads: a symbol table and series columns. A live head lends its own; a block
+/// loaded for a query builds one over its cached symbols and the rows it read, so heads and
+/// blocks answer every query with the same code.
+pub struct HeadView<'a> {
+    pub symbols: &'a Symbols,
+    pub series: &'a [Series],
+    /// Series by profile type; `None` when `series` holds only selected series already.
+    pub by_profile_type: Option<&'a FxHashMap<String, Vec<u32>>>,
+}
+
+impl<'a> HeadView<'a> {
+    /// Series that match the selection's profile type and matchers and have a profile in range.
+    fn selected(&self, sel: &'a Selection) -> impl Iterator<Item = &'a Series> + 'a {
+        let series = self.series;
+        let refs: Box<dyn Iterator<Item = u32> + 'a> = match (&sel.profile_type, self.by_profile_type) {
+            (Some(pt), Some(by)) => Box::new(by.get(pt).into_iter().flatten().copied()),
+            _ => Box::new(0..series.len() as u32),
+        };
+        let pt = sel.profile_type.as_deref();
+        refs.map(move |r| &series[r as usize])
+            .filter(move |s| pt.is_none_or(|pt| s.profile_type == pt))
+            .filter(|s| matches_all(&sel.matchers, &s.labels))
+            .filter(|s| s.timestamps.iter().any(|t| sel.contains_ns(*t)))
+    }
+
+    fn in_range<'b>(s: &'b Series, sel: &'b Selection) -> impl Iterator<Item = usize> + 'b {
+        (0..s.profiles()).filter(move |i| sel.contains_ns(s.timestamps[*i]))
+    }
+
+    pub fn query(&self, q: &QueryRequest) -> QueryResult {
+        match q {
+            QueryRequest::ProfileTypes(sel) => {
+                let mut v: Vec<String> = self.selected(sel).map(|s| s.profile_type.clone()).collect();
+                v.sort();
+                v.dedup();
+                QueryResult::Strings(v)
+            }
+            QueryRequest::LabelNames(sel) => {
+                let mut v: Vec<String> =
+                    self.selected(sel).flat_map(|s| s.labels.iter().map(|(k, _)| k.to_string())).collect();
+                v.sort();
+                v.dedup();
+                QueryResult::Strings(v)
+            }
+            QueryRequest::LabelValues(sel, name) => {
+                let mut v: Vec<String> =
+                    self.selected(sel).filter_map(|s| s.labels.get(name).map(str::to_string)).collect();
+                v.sort();
+                v.dedup();
+                QueryResult::Strings(v)
+            }
+            QueryRequest::Series(sel, names) => {
+                let mut v: Vec<Labels> = self
+                    .selected(sel)
+                    .map(|s| {
+                        if names.is_empty() {
+                            s.labels.clone()
+                        } else {
+                            Labels::from_pairs(s.labels.iter().filter(|(k, _)| names.iter().any(|n| n == k)))
+                        }
+                    })
+                    .collect();
+                v.sort();
+                v.dedup();
+                QueryResult::LabelSets(v)
+            }
+            QueryRequest::MergeTree(sel) => QueryResult::Tree(self.flame_tree(&self.stack_values(sel))),
+            QueryRequest::MergeProfile(sel) => QueryResult::Pprof(self.pprof_part(&self.stack_values(sel))),
+            QueryRequest::SelectSeries { sel, step_ms, group_by } => {
+                let mut groups: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
+                let step = (*step_ms).max(1);
+                for s in self.selected(sel) {
+                    let key = Labels::from_pairs(s.labels.iter().filter(|(k, _)| group_by.iter().any(|g| g == k)));
+                    let g = groups.entry(key).or_default();
+                    for i in Self::in_range(s, sel) {
+                        let ts_ms = s.timestamps[i].div_euclid(1_000_000);
+                        // The first step boundary at or after the profile's time, in i128: any
+                        // start and step a query may bring cannot overflow it. The querier
+                        // refuses steps whose boundaries (at most end + step) pass i64.
+                        let (ts, start, step) = (i128::from(ts_ms), i128::from(sel.start_ms), i128::from(step));
+                        let k = (ts - start + step - 1).div_euclid(step);
+                        let t = i64::try_from(start + k * step).unwrap_or(i64::MAX);
+                        let b = g.entry(t).or_default();
+                        b.sum += s.totals[i] as f64;
+                        b.count += 1;
+                    }
+                }
+                QueryResult::Series(groups.into_iter().map(|(l, b)| (l, b.into_iter().collect())).collect())
+            }
+            QueryRequest::Stats(sel) => {
+                let mut any = false;
+                let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+                for s in self.selected(sel) {
+                    for i in Self::in_range(s, sel) {
+                        any = true;
+                        lo = lo.min(s.timestamps[i]);
+                        hi = hi.max(s.timestamps[i]);
+                    }
+                }
+                if !any {
+                    return QueryResult::Stats { oldest_ms: 0, newest_ms: 0, ingested: false };
+                }
+                QueryResult::Stats { oldest_ms: lo / 1_000_000, newest_ms: hi / 1_000_000, ingested: true }
+            }
+            QueryRequest::Analyze(sel) => {
+                let (mut series, mut profiles, mut samples) = (0u64, 0u64, 0u64);
+                for s in self.selected(sel) {
+                    series += 1;
+                    for i in Self::in_range(s, sel) {
+                        profiles += 1;
+                        samples += (s.offsets[i + 1] - s.offsets[i]) as u64;
+                    }
+                }
+                // Column bytes read: (stack id, value) per sample, (time, total, offset) per profile.
+                QueryResult::Analyze { series, profiles, samples, bytes: samples * 12 + profiles * 20 }
+            }
+        }
+    }
+
+    /// Summed value per stack node over the selected profiles.
+    fn stack_values(&self, sel: &Selection) -> FxHashMap<u32, i64> {
+        let mut acc: FxHashMap<u32, i64> = FxHashMap::default();
+        for s in self.selected(sel) {
+            for i in Self::in_range(s, sel) {
+                for (id, v) in s.samples(i) {
+                    let e = acc.entry(id).or_insert(0);
+                    *e = e.saturating_add(v);
+                }
+            }
+        }
+        acc
+    }
+
+    /// The function name of a location frame, or its address when it has no symbols.
+    fn frame_names(&self, loc: u32, out: &mut Vec<u32>, tree_names: &mut NameMap) {
+        let l = &self.symbols.locations[loc as usize];
+        if l.lines.is_empty() {
+            out.push(tree_names.literal(format!("0x{:x}", l.address)));
+            return;
+        }
+        // Root-first: the outermost caller (last line) comes first.
+        for line in l.lines.iter().rev() {
+            let f = &self.symbols.functions[line.function as usize];
+            out.push(tree_names.symbol(f.name, self.symbols));
+        }
+    }
+
+    fn flame_tree(&self, values: &FxHashMap<u32, i64>) -> FlameTree {
+        const UNSET: u32 = u32::MAX;
+        const NEEDED: u32 = u32::MAX - 1;
+        let sym = &self.symbols;
+        let mut names = NameMap::new(sym.strings.len());
+        let mut nodes: Vec<(u32, u32, i64)> = vec![(0, 0, 0)];
+        let mut children = ChildIndex::default();
+        // Tree node of each stack node this query needs. A parent's id is smaller than its
+        // children's, so one ascending pass resolves every needed node after its parent.
+        let mut tnode = vec![UNSET; sym.stack_count()];
+        tnode[ROOT as usize] = 0;
+        let (mut lo, mut hi) = (usize::MAX, 0usize);
+        for &id in values.keys() {
+            let mut n = id as usize;
+            while tnode[n] == UNSET {
+                tnode[n] = NEEDED;
+                lo = lo.min(n);
+                hi = hi.max(n);
+                n = sym.parent[n] as usize;
+            }
+        }
+        let mut frames: Vec<u32> = Vec::new();
+        for n in lo..=hi.min(tnode.len().saturating_sub(1)) {
+            if tnode[n] != NEEDED {
+                continue;
+            }
+            let mut t = tnode[sym.parent[n] as usize];
+            frames.clear();
+            self.frame_names(sym.location[n], &mut frames, &mut names);
+            for &name in &frames {
+                let (c, created) = children.child(t, name);
+                if created {
+                    nodes.push((t, name, 0));
+                }
+                t = c;
+            }
+            tnode[n] = t;
+        }
+        for (&id, &v) in values {
+            let t = tnode[id as usize] as usize;
+            nodes[t].2 = nodes[t].2.saturating_add(v);
+        }
+        FlameTree { names: names.names, nodes }
+    }
+
+    /// The selected stacks with only the symbols they use, renumbered densely: a query over
+    /// one service of a large head or block copies that service's symbols, not the table.
+    /// The merger re-interns by content.
+    fn pprof_part(&self, values: &FxHashMap<u32, i64>) -> PprofPart {
+        const UNSET: u32 = u32::MAX;
+        let sym = self.symbols;
+        let mut p = PprofPart {
+            strings: vec![String::new()],
+            mappings: vec![Default::default()],
+            samples: Vec::with_capacity(values.len()),
+            ..Default::default()
+        };
+        let mut strings = vec![UNSET; sym.strings.len()];
+        strings[0] = 0;
+        let mut functions = vec![UNSET; sym.functions.len()];
+        let mut mappings = vec![UNSET; sym.mappings.len()];
+        mappings[0] = 0;
+        let mut locations = vec![UNSET; sym.locations.len()];
+        let mut string = |id: u32, out: &mut Vec<String>| {
+            if strings[id as usize] == UNSET {
+                strings[id as usize] = out.len() as u32;
+                out.push(sym.strings.get(id).to_string());
+            }
+            strings[id as usize]
+        };
+        for (&id, &v) in values {
+            let mut locs = Vec::new();
+            let mut n = id;
+            while n != ROOT {
+                let l = sym.location[n as usize] as usize;
+                if locations[l] == UNSET {
+                    let rec = &sym.locations[l];
+                    let m = rec.mapping as usize;
+                    if mappings[m] == UNSET {
+                        let mut mapping = sym.mappings[m].clone();
+                        mapping.filename = string(mapping.filename, &mut p.strings);
+                        mapping.build_id = string(mapping.build_id, &mut p.strings);
+                        mappings[m] = p.mappings.len() as u32;
+                        p.mappings.push(mapping);
+                    }
+                    let mut lines = rec.lines.to_vec();
+                    for line in &mut lines {
+                        let f = line.function as usize;
+                        if functions[f] == UNSET {
+                            let mut func = sym.functions[f];
+                            func.name = string(func.name, &mut p.strings);
+                            func.system_name = string(func.system_name, &mut p.strings);
+                            func.filename = string(func.filename, &mut p.strings);
+                            functions[f] = p.functions.len() as u32;
+                            p.functions.push(func);
+                        }
+                        line.function = functions[f];
+                    }
+                    locations[l] = p.locations.len() as u32;
+                    p.locations.push(LocationRec { mapping: mappings[m], address: rec.address, lines: lines.into() });
+                }
+                locs.push(locations[l]);
+                n = sym.parent[n as usize];
+            }
+            p.samples.push((locs, v));
+        }
+        p
+    }
+}
+
+/// Names of one query's flame tree, keyed by symbol string id (or literal for addresses).
+#[derive(Default)]
+struct NameMap {
+    names: Vec<String>,
+    /// Name index per symbol string id (u32::MAX: not named yet).
+    by_symbol: Vec<u32>,
+    by_literal: FxHashMap<String, u32>,
+}
+
+impl NameMap {
+    fn new(strings: usize) -> Self {
+        NameMap { names: vec![String::new()], by_symbol: vec![u32::MAX; strings], by_literal: FxHashMap::default() }
+    }
+    fn symbol(&mut self, s: u32, symbols: &Symbols) -> u32 {
+        let i = self.by_symbol[s as usize];
+        if i != u32::MAX {
+            return i;
+        }
+        let i = self.literal(symbols.strings.get(s).to_string());
+        self.by_symbol[s as usize] = i;
+        i
+    }
+    fn literal(&mut self, v: String) -> u32 {
+        if let Some(i) = self.by_literal.get(&v) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.by_literal.insert(v.clone(), i);
+        self.names.push(v);
+        i
+    }
+}

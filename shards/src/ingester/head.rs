@@ -1,0 +1,340 @@
+//! The head: a core's in-memory profiles for one tenant.
+//!
+//! Ownership: a `TenantHead` is owned by one core's `Ingester` and touched only by that core;
+//! other cores reach it by sending messages. Profiles are kept as columns per series: for
+//! profile i, its samples are `stacks[offsets[i]..offsets[i+1]]` with the matching `values`,
+//! sorted by stack id with no duplicates and no zeros.
+use crate::eval::{HeadView, Series};
+use crate::model::labels::{self, Labels};
+use crate::model::profile::{Profile, SampleGroup};
+use crate::model::symbols::{Remap, Symbols};
+use crate::query::{QueryRequest, QueryResult};
+use rustc_hash::FxHashMap;
+
+#[derive(Debug, Default)]
+pub struct TenantHead {
+    pub symbols: Symbols,
+    pub series: Vec<Series>,
+    by_fingerprint: FxHashMap<u64, Vec<u32>>,
+    by_profile_type: FxHashMap<String, Vec<u32>>,
+    pub min_ns: i64,
+    pub max_ns: i64,
+    pub profiles: u64,
+    pub samples: u64,
+    /// What the series themselves cost (labels, type id, columns' fixed part), charged as
+    /// each series is created: a series with long labels costs what it holds, not a guess.
+    series_bytes: usize,
+    /// Series that hold at least one profile (rolled-back series are kept, empty).
+    pub live_series: usize,
+}
+
+/// One profile row a push appended: (series index, row index within the series).
+pub type RowRef = (u32, u32);
+
+/// Bytes a series costs before its first profile: its labels and type id, the `Series`
+/// struct and its index entries.
+fn series_cost(labels: &Labels, type_id: &str) -> usize {
+    const FIXED: usize = std::mem::size_of::<Series>() + 64;
+    FIXED + type_id.len() + labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+}
+
+/// What one append added, for metrics and limits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AppendStats {
+    pub profiles: u64,
+    pub samples: u64,
+    pub new_series: u64,
+}
+
+/// The labels every sample type adds to a group's labels.
+pub fn series_labels(base: &Labels, p: &Profile, type_index: usize) -> (Labels, String) {
+    let st = p.sample_types[type_index];
+    let mut l = base.clone();
+    let name = base.get(labels::NAME).unwrap_or("").to_string();
+    let (pt, pu) = match p.period_type {
+        Some(v) => (p.string(v.r#type).to_string(), p.string(v.unit).to_string()),
+        None => (String::new(), String::new()),
+    };
+    let id = format!("{}:{}:{}:{}:{}", name, p.string(st.r#type), p.string(st.unit), pt, pu);
+    l.set(labels::TYPE, p.string(st.r#type));
+    l.set(labels::UNIT, p.string(st.unit));
+    if p.period_type.is_some() {
+        l.set(labels::PERIOD_TYPE, pt);
+        l.set(labels::PERIOD_UNIT, pu);
+    }
+    if let Some(s) = base.get(labels::SERVICE_NAME) {
+        let s = s.to_string();
+        l.set(labels::SERVICE_NAME_PRIVATE, s);
+    }
+    l.set(labels::PROFILE_TYPE, id.clone());
+    (l, id)
+}
+
+impl TenantHead {
+    /// The one append path: every accepted profile enters the head here (and, once the WAL
+    /// exists, is replayed through here).
+    pub fn append(&mut self, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
+        self.append_tracked(tenant, p, groups, &mut Vec::new())
+    }
+
+    /// `append`, noting in `rows` every profile row it adds, so that a push refused after
+    /// its append (another owner failed, the WAL write failed) can be taken out again
+    /// (`remove_rows`).
+    pub fn append_tracked(
+        &mut self,
+        tenant: &str,
+        p: &Profile,
+        groups: &[SampleGroup],
+        rows: &mut Vec<RowRef>,
+    ) -> AppendStats {
+        let mut stats = AppendStats::default();
+        let mut remap = Remap::new(p);
+        let mut pairs: Vec<(u32, usize)> = Vec::new();
+        let mut scratch: Vec<u8> = Vec::new();
+        for g in groups {
+            // Intern each stack once for all sample types.
+            pairs.clear();
+            for &si in &g.samples {
+                let s = &p.samples[si as usize];
+                let id = self.symbols.intern_stack_indexed(p, &mut remap, &s.locations, &mut scratch);
+                pairs.push((id, si as usize));
+            }
+            pairs.sort_unstable_by_key(|(id, _)| *id);
+            for t in 0..p.sample_types.len() {
+                let (labels, type_id) = series_labels(&g.labels, p, t);
+                let fp = labels.fingerprint(tenant);
+                let sref = match self.find(fp, &labels) {
+                    Some(r) => r,
+                    None => {
+                        stats.new_series += 1;
+                        self.insert_series(fp, labels, type_id)
+                    }
+                };
+                let series = &mut self.series[sref as usize];
+                let mut total = 0i64;
+                let start = series.stacks.len();
+                for &(id, si) in &pairs {
+                    let v = p.samples[si].values[t];
+                    if v == 0 {
+                        continue;
+                    }
+                    total = total.saturating_add(v);
+                    if series.stacks.len() > start && *series.stacks.last().unwrap() == id {
+                        let last = series.values.last_mut().unwrap();
+                        *last = last.saturating_add(v);
+                    } else {
+                        series.stacks.push(id);
+                        series.values.push(v);
+                    }
+                }
+                // A fully-zero profile still records its timestamp: Pyroscope keeps the row.
+                let n = (series.stacks.len() - start) as u64;
+                if series.timestamps.is_empty() {
+                    self.live_series += 1;
+                }
+                rows.push((sref, series.timestamps.len() as u32));
+                series.timestamps.push(p.time_nanos);
+                series.totals.push(total);
+                series.offsets.push(series.stacks.len() as u32);
+                stats.profiles += 1;
+                stats.samples += n;
+            }
+        }
+        if self.profiles == 0 {
+            (self.min_ns, self.max_ns) = (p.time_nanos, p.time_nanos);
+        }
+        self.min_ns = self.min_ns.min(p.time_nanos);
+        self.max_ns = self.max_ns.max(p.time_nanos);
+        self.profiles += stats.profiles;
+        self.samples += stats.samples;
+        stats
+    }
+
+    /// Takes profile rows out again (a refused push's). `rows` may come in any order; the
+    /// caller fixes up its other row references with `shift_after_removal`. Interned
+    /// symbols stay (no query reaches them without a row); a series left empty stays too,
+    /// invisible to queries (they select series with a profile in range) and to blocks.
+    pub fn remove_rows(&mut self, rows: &mut [RowRef]) {
+        rows.sort_unstable_by(|a, b| b.cmp(a));
+        for &(sref, row) in rows.iter() {
+            let Some(s) = self.series.get_mut(sref as usize) else { continue };
+            let i = row as usize;
+            if i >= s.timestamps.len() {
+                continue;
+            }
+            let (a, b) = (s.offsets[i] as usize, s.offsets[i + 1] as usize);
+            s.stacks.drain(a..b);
+            s.values.drain(a..b);
+            s.timestamps.remove(i);
+            s.totals.remove(i);
+            s.offsets.remove(i + 1);
+            for o in &mut s.offsets[i + 1..] {
+                *o -= (b - a) as u32;
+            }
+            self.profiles = self.profiles.saturating_sub(1);
+            self.samples = self.samples.saturating_sub((b - a) as u64);
+            if s.timestamps.is_empty() {
+                self.live_series = self.live_series.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether appending `groups` would create more than `room` new series: the series
+    /// limit is checked before anything is appended.
+    pub fn new_series_exceed(&self, tenant: &str, p: &Profile, groups: &[SampleGroup], room: usize) -> bool {
+        if groups.len() * p.sample_types.len() <= room {
+            return false;
+        }
+        let mut new = rustc_hash::FxHashSet::default();
+        for g in groups {
+            for t in 0..p.sample_types.len() {
+                let (labels, _) = series_labels(&g.labels, p, t);
+                let fp = labels.fingerprint(tenant);
+                let empty = self.find(fp, &labels).is_none_or(|r| self.series[r as usize].timestamps.is_empty());
+                if empty && new.insert(fp) && new.len() > room {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn find(&self, fp: u64, labels: &Labels) -> Option<u32> {
+        self.by_fingerprint.get(&fp)?.iter().copied().find(|r| self.series[*r as usize].labels == *labels)
+    }
+
+    fn insert_series(&mut self, fp: u64, labels: Labels, type_id: String) -> u32 {
+        let r = self.series.len() as u32;
+        self.series_bytes += series_cost(&labels, &type_id);
+        self.by_fingerprint.entry(fp).or_default().push(r);
+        self.by_profile_type.entry(type_id.clone()).or_default().push(r);
+        self.series.push(Series::new(labels, type_id));
+        r
+    }
+
+    /// The read side of this head, shared with blocks loaded for a query.
+    pub fn view(&self) -> HeadView<'_> {
+        HeadView { symbols: &self.symbols, series: &self.series, by_profile_type: Some(&self.by_profile_type) }
+    }
+
+    pub fn query(&self, q: &QueryRequest) -> QueryResult {
+        self.view().query(q)
+    }
+
+    /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.
+    pub fn approx_bytes(&self) -> usize {
+        self.symbols.approx_bytes() + self.samples as usize * 12 + self.profiles as usize * 24 + self.series_bytes
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.symbols.heap_bytes()
+            + self.series.iter().map(|s| s.timestamps.len() * 20 + s.stacks.len() * 12).sum::<usize>()
+            + self.series_bytes
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::profile::{Function, Line, Location, Sample, ValueType};
+    use crate::model::selector::parse_selector;
+    use crate::query::Selection;
+
+    pub(crate) fn folded(stacks: &[(&str, i64)], ts: i64) -> Profile {
+        let mut p = Profile {
+            strings: vec!["".into(), "samples".into(), "count".into()],
+            sample_types: vec![ValueType { r#type: 1, unit: 2 }],
+            time_nanos: ts,
+            ..Default::default()
+        };
+        let mut fn_ids: FxHashMap<String, u32> = FxHashMap::default();
+        for (stack, v) in stacks {
+            let mut locs = Vec::new();
+            for frame in stack.split(';') {
+                let id = *fn_ids.entry(frame.to_string()).or_insert_with(|| {
+                    p.strings.push(frame.to_string());
+                    p.functions.push(Function { name: p.strings.len() as u32 - 1, ..Default::default() });
+                    p.locations.push(Location {
+                        lines: vec![Line { function: p.functions.len() as u32 - 1, line: 0 }],
+                        ..Default::default()
+                    });
+                    p.locations.len() as u32 - 1
+                });
+                locs.push(id);
+            }
+            locs.reverse();
+            p.samples.push(Sample { locations: locs, values: vec![*v] });
+        }
+        p
+    }
+
+    pub(crate) fn group(p: &Profile, labels: &[(&str, &str)]) -> Vec<SampleGroup> {
+        vec![SampleGroup {
+            labels: Labels::from_pairs(labels.iter().copied()),
+            samples: (0..p.samples.len() as u32).collect(),
+        }]
+    }
+
+    fn sel(pt: &str, selector: &str) -> Selection {
+        Selection {
+            tenants: vec!["t".into()],
+            profile_type: Some(pt.into()),
+            matchers: parse_selector(selector).unwrap(),
+            start_ms: 0,
+            end_ms: i64::MAX / 2_000_000,
+        }
+    }
+
+    #[test]
+    fn merges_duplicate_stacks_and_drops_zeros() {
+        let p = folded(&[("a;b", 1), ("a;b", 2), ("a;c", 0)], 1_000_000_000);
+        let mut h = TenantHead::default();
+        let st = h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
+        assert_eq!(st.samples, 1);
+        assert_eq!(h.series.len(), 1);
+        assert_eq!(h.series[0].totals, vec![3]);
+        assert_eq!(h.series[0].labels.get("__profile_type__"), Some("x:samples:count::"));
+        assert_eq!(h.series[0].labels.get("__service_name__"), Some("svc"));
+    }
+
+    #[test]
+    fn flame_tree_sums_values() {
+        let p = folded(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1)], 5_000_000);
+        let mut h = TenantHead::default();
+        h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
+        let QueryResult::Tree(t) =
+            h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"svc\"}")))
+        else {
+            panic!()
+        };
+        let total: i64 = t.nodes.iter().map(|n| n.2).sum();
+        assert_eq!(total, 4);
+        for (i, n) in t.nodes.iter().enumerate().skip(1) {
+            assert!((n.0 as usize) < i);
+        }
+        let QueryResult::Tree(empty) =
+            h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"other\"}")))
+        else {
+            panic!()
+        };
+        assert_eq!(empty.nodes.len(), 1);
+    }
+
+    #[test]
+    fn select_series_buckets() {
+        let mut h = TenantHead::default();
+        for (ts_s, v) in [(1, 1), (10, 2), (11, 4), (30, 8)] {
+            let p = folded(&[("a", v)], ts_s * 1_000_000_000);
+            h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "s")]));
+        }
+        let mut s = sel("x:samples:count::", "{}");
+        s.start_ms = 0;
+        s.end_ms = 40_000;
+        let QueryResult::Series(v) = h.query(&QueryRequest::SelectSeries { sel: s, step_ms: 10_000, group_by: vec![] })
+        else {
+            panic!()
+        };
+        let pts: Vec<(i64, f64)> = v[0].1.iter().map(|(t, b)| (*t, b.sum)).collect();
+        assert_eq!(pts, vec![(10_000, 3.0), (20_000, 4.0), (30_000, 8.0)]);
+    }
+}

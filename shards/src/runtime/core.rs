@@ -1,0 +1,86 @@
+//! One core's inbox loop: what the core owns, as ingester and as store-gateway, and the
+//! messages that reach it from the other cores.
+//!
+//! Ownership: the `Core` is created on its core's thread and never leaves it; other cores
+//! reach it only through `Msg`s on its bounded inbox (the `Mesh`), and replies go back on
+//! one-shot channels. Handling a message never awaits.
+use crate::ingester::{self, Ingester, IngesterStats};
+use crate::query::{QueryRequest, QueryResult};
+use crate::store_gateway::{self, StoreGateway, StoreGatewayStats};
+use std::sync::Arc;
+
+/// What the mesh carries to a core.
+pub enum Msg {
+    Ingester(ingester::Msg),
+    StoreGateway(store_gateway::Msg),
+    /// Answered from the live and frozen heads and the blocks this core owns; an error
+    /// names a block that could not be read.
+    Query {
+        req: Arc<QueryRequest>,
+        reply: flume::Sender<Result<Vec<QueryResult>, String>>,
+    },
+    Stats {
+        reply: flume::Sender<CoreStats>,
+    },
+}
+
+impl From<ingester::Msg> for Msg {
+    fn from(m: ingester::Msg) -> Self {
+        Msg::Ingester(m)
+    }
+}
+
+impl From<store_gateway::Msg> for Msg {
+    fn from(m: store_gateway::Msg) -> Self {
+        Msg::StoreGateway(m)
+    }
+}
+
+/// A snapshot of a core's size, for `/metrics`: each part filled in by its owner.
+#[derive(Debug, Clone, Default)]
+pub struct CoreStats {
+    pub core: u32,
+    pub ingester: IngesterStats,
+    pub store_gateway: StoreGatewayStats,
+}
+
+/// Everything one core owns.
+pub struct Core {
+    pub id: u32,
+    pub ingester: Ingester,
+    pub store_gateway: StoreGateway,
+}
+
+impl Core {
+    pub fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Ingester(m) => self.ingester.handle(m),
+            Msg::StoreGateway(m) => self.store_gateway.handle(m),
+            Msg::Query { req, reply } => self.answer_query(req, reply),
+            Msg::Stats { reply } => {
+                // A dropped reply receiver means the requester gave up; nothing to do.
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    /// Answers a query: heads now, blocks (which may need reads) in a task on this core. The
+    /// heads and the block list are taken in the same step, so a cut finishing meanwhile
+    /// cannot make the query count a head and its block both, or neither.
+    fn answer_query(&self, req: Arc<QueryRequest>, reply: flume::Sender<Result<Vec<QueryResult>, String>>) {
+        let heads = self.ingester.query(&req);
+        let blocks = self.store_gateway.matching(req.selection());
+        self.store_gateway.answer(blocks, heads, req, reply);
+    }
+
+    pub fn stats(&self) -> CoreStats {
+        CoreStats { core: self.id, ingester: self.ingester.stats(), store_gateway: self.store_gateway.stats() }
+    }
+
+    /// Serves the inbox until every sender is gone.
+    pub async fn run(mut self, inbox: flume::Receiver<Msg>) {
+        while let Ok(msg) = inbox.recv_async().await {
+            self.handle(msg);
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The edge: the HTTP server each core runs (HTTP/1.1 and cleartext HTTP/2 on one
+//! SO_REUSEPORT port, `conn.rs` for each connection's deadlines and the connection cap,
+//! `inflight.rs` for the bounded body read), the router built from the components' route
+//! tables (`router.rs`), RPC framing (`rpc.rs`), request metrics (`metrics.rs`) and the
+//! operational pages (`ops.rs`). The edge imports the components; none imports the edge.
+pub mod conn;
+pub mod inflight;
+pub mod metrics;
+pub mod ops;
+pub mod router;
+pub mod rpc;
+
+use crate::config::{Config, TenantLimits};
+use crate::distributor::metrics::DistributorMetrics;
+use crate::distributor::Distributor;
+use crate::ingester::client::IngesterClient;
+use crate::ingester::Ingester;
+use crate::querier::Querier;
+use crate::service::readiness::Readiness;
+use hyper::body::Incoming;
+use kiln_shards::runtime::{CoreContext, Mesh};
+use metrics::CoreMetrics;
+use std::convert::Infallible;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every core shares, read-only or atomic: config, per-core metric slots, readiness,
+/// the connection count and the in-flight body budget.
+pub struct Shared {
+    pub cfg: Config,
+    pub limits: Arc<TenantLimits>,
+    pub metrics: Vec<CoreMetrics>,
+    pub distributor_metrics: Arc<[DistributorMetrics]>,
+    pub conns: Arc<conn::Conns>,
+    pub bodies: inflight::BodyBudget,
+    pub timeouts: conn::Timeouts,
+    pub readiness: Arc<Readiness>,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// `cfg.http_conn_limit` and `cfg.max_inflight_body_bytes` are resolved by then (see
+    /// `target::run`); unset they mean no limit here.
+    pub fn new(cfg: Config) -> Arc<Self> {
+        let n = cfg.effective_shards();
+        let timeouts = conn::Timeouts::new(
+            cfg.http_server_read_timeout,
+            cfg.http_server_write_timeout,
+            cfg.http_server_idle_timeout,
+        );
+        Arc::new(Shared {
+            conns: conn::Conns::new(cfg.http_conn_limit.unwrap_or(0)),
+            bodies: inflight::BodyBudget::new(cfg.max_inflight_body_bytes.unwrap_or(0)),
+            timeouts,
+            limits: Arc::new(cfg.tenant_limits()),
+            cfg,
+            metrics: (0..n).map(|_| CoreMetrics::default()).collect(),
+            distributor_metrics: (0..n).map(|_| DistributorMetrics::default()).collect(),
+            readiness: Arc::new(Readiness::new(n)),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        self.readiness.ready()
+    }
+}
+
+/// One core's edge: the components it routes to, each built with what it needs. Lives on
+/// its core (`Rc`), never crosses threads.
+pub struct Edge {
+    pub id: u32,
+    pub shared: Arc<Shared>,
+    /// The cores, for the operational pages (`/metrics`, `/ring`).
+    pub mesh: Mesh,
+    pub distributor: Rc<Distributor>,
+    pub querier: Rc<Querier>,
+    pub ingester: Ingester,
+}
+
+impl Edge {
+    fn new(id: u32, mesh: Mesh, shared: Arc<Shared>) -> Self {
+        let cfg = &shared.cfg;
+        let ingesters = IngesterClient::local(mesh.clone());
+        let distributor = Rc::new(Distributor::new(
+            id,
+            mesh.cores(),
+            ingesters.clone(),
+            shared.limits.clone(),
+            cfg.multitenancy_enabled,
+            shared.distributor_metrics.clone(),
+        ));
+        let querier = Rc::new(Querier::new(mesh.clone(), shared.limits.clone(), cfg.multitenancy_enabled));
+        let ingester = Ingester::new(ingesters, shared.readiness.clone());
+        Edge { id, mesh, distributor, querier, ingester, shared }
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics[self.id as usize]
+    }
+}
+
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        monoio::spawn(fut);
+    }
+}
+
+/// Accepts and serves connections on this core until the process exits.
+pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
+    // The port opens only once the WAL has been replayed into the heads.
+    let _ = ctx.gate.recv_async().await;
+    let core = Rc::new(Edge::new(ctx.core, ctx.mesh, shared.clone()));
+    let addr = format!("{}:{}", shared.cfg.http_listen_address, shared.cfg.http_listen_port);
+    let opts = monoio::net::ListenerOpts::new().reuse_port(true).reuse_addr(true);
+    let listener = match monoio::net::TcpListener::bind_with_config(addr.as_str(), &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(core = ctx.core, %addr, error = %e, "cannot listen");
+            std::process::exit(1);
+        }
+    };
+    shared.readiness.core_listening();
+    tracing::debug!(core = ctx.core, %addr, "listening");
+    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    builder.http2().max_concurrent_streams(1024);
+    let builder = Rc::new(builder);
+    let mut backoff = conn::AcceptBackoff::default();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _peer)) => {
+                backoff.reset();
+                s
+            }
+            Err(e) => {
+                // Out of descriptors (EMFILE/ENFILE) or memory the error repeats until
+                // something is closed: wait instead of spinning, and log once a second.
+                if let Some(suppressed) = shared.conns.accept_failed(Instant::now()) {
+                    tracing::warn!(error = %e, suppressed, "accept failed; backing off");
+                }
+                let wait = backoff.next(&e);
+                if !wait.is_zero() {
+                    monoio::time::sleep(wait).await;
+                }
+                continue;
+            }
+        };
+        // Over the cap the connection is accepted and reset at once: the client learns
+        // now rather than after a timeout, the backlog does not fill with connections
+        // nobody will serve, and no descriptor is held.
+        let Some(slot) = shared.conns.try_open() else {
+            conn::refuse(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = match stream.try_into_poll_io() {
+            Ok(io) => io,
+            Err((e, _)) => {
+                tracing::warn!(error = %e, "cannot serve connection");
+                continue;
+            }
+        };
+        let core = core.clone();
+        let builder = builder.clone();
+        monoio::spawn(async move {
+            // Declared first, dropped last: the slot is given back once the socket is closed.
+            let _slot = slot;
+            let watch = conn::ConnWatch::new(core.shared.timeouts);
+            let this_core = core.clone();
+            let io = hyper_util::rt::TokioIo::new(conn::WatchedIo::new(io, watch.clone()));
+            let w = watch.clone();
+            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                let core = core.clone();
+                let (guard, deadline) = conn::RequestGuard::begin(&w);
+                req.extensions_mut().insert(deadline);
+                async move {
+                    let resp = router::handle(req, core).await;
+                    Ok::<_, Infallible>(resp.map(|b| conn::GuardedBody::new(b, guard.responding())))
+                }
+            });
+            let conn = builder.serve_connection(io, svc);
+            match conn::supervise(conn, watch, |c| c.graceful_shutdown()).await {
+                conn::Ended::Finished(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                conn::Ended::Finished(Ok(())) => {}
+                conn::Ended::TimedOut(reason) => {
+                    tracing::debug!(?reason, "connection closed: timeout");
+                    this_core.shared.conns.timed_out(reason);
+                }
+            }
+        });
+    }
+}

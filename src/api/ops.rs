@@ -1,0 +1,201 @@
+//! Operational endpoints: readiness, metrics, config, build info, version, health, the ring
+//! and a small web page. They are the process's, not a component's: served by the edge.
+use super::{metrics, Edge};
+use crate::service::body::{text, RespBody, Response};
+use crate::service::call::{self, Call, Reply};
+use crate::service::routes::{Class, HttpRoute, RpcService};
+use crate::service::Req;
+use http::Method;
+use kiln_proto::grpc::health::v1::{health_check_response::ServingStatus, HealthCheckResponse};
+use kiln_proto::version::v1::VersionResponse;
+use kiln_shards::runtime::{CoreStats, Msg};
+use std::fmt::Write;
+use std::rc::Rc;
+
+/// The operational routes.
+pub enum Endpoint {
+    Ready,
+    Metrics,
+    Config,
+    BuildInfo,
+    UiRedirect,
+    Ui,
+    Ring,
+}
+
+const GET: &[Method] = &[Method::GET];
+
+pub static HTTP: &[HttpRoute<Endpoint>] = &[
+    HttpRoute { methods: GET, paths: &["/ready"], class: Class::Other, endpoint: Endpoint::Ready },
+    HttpRoute { methods: GET, paths: &["/metrics"], class: Class::Other, endpoint: Endpoint::Metrics },
+    HttpRoute {
+        methods: GET,
+        paths: &["/config", "/api/v1/status/config"],
+        class: Class::Other,
+        endpoint: Endpoint::Config,
+    },
+    HttpRoute {
+        methods: GET,
+        paths: &["/api/v1/status/buildinfo"],
+        class: Class::Other,
+        endpoint: Endpoint::BuildInfo,
+    },
+    HttpRoute { methods: GET, paths: &["/ui"], class: Class::Other, endpoint: Endpoint::UiRedirect },
+    HttpRoute {
+        methods: GET,
+        paths: &["/", "/explore", "/comparison", "/comparison-diff"],
+        class: Class::Other,
+        endpoint: Endpoint::Ui,
+    },
+    HttpRoute { methods: GET, paths: &["/ring"], class: Class::Other, endpoint: Endpoint::Ring },
+];
+
+pub static RPC: &[RpcService] = &[
+    RpcService { name: "version.v1.Version", class: Class::Other },
+    RpcService { name: "grpc.health.v1.Health", class: Class::Other },
+];
+
+pub async fn serve_http(core: &Rc<Edge>, endpoint: &Endpoint, _r: &Req) -> Response {
+    match endpoint {
+        Endpoint::Ready => ready(core),
+        Endpoint::Metrics => metrics(core).await,
+        Endpoint::Config => config(core),
+        Endpoint::BuildInfo => buildinfo(),
+        Endpoint::UiRedirect => {
+            http::Response::builder().status(302).header("location", "/").body(RespBody::empty()).unwrap()
+        }
+        Endpoint::Ui => ui(),
+        Endpoint::Ring => ring(core),
+    }
+}
+
+pub async fn serve_rpc(core: &Rc<Edge>, rpc: &Call<'_>, service: &str, method: &str) -> Reply {
+    match (service, method) {
+        ("version.v1.Version", "Version") => {
+            rpc.unary(|_: kiln_proto::version::v1::VersionRequest| async move { Ok(version()) }).await
+        }
+        ("grpc.health.v1.Health", "Check") => {
+            rpc.unary(|_: kiln_proto::grpc::health::v1::HealthCheckRequest| async move { Ok(health(core)) }).await
+        }
+        _ => call::unimplemented(),
+    }
+}
+
+pub fn ready(core: &Edge) -> Response {
+    if core.shared.ready() {
+        text(200, "text/plain; charset=utf-8", "ready")
+    } else {
+        text(503, "text/plain; charset=utf-8", "not ready: cores are still starting")
+    }
+}
+
+pub async fn metrics(core: &Rc<Edge>) -> Response {
+    let mut out = String::new();
+    crate::distributor::metrics::render(&core.shared.distributor_metrics, &mut out);
+    metrics::render(&core.shared.metrics, &mut out);
+    core.shared.conns.render(&mut out);
+    core.shared.bodies.render(&mut out);
+    match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
+        Ok(stats) => {
+            type Gauge = (&'static str, &'static str, &'static str, fn(&CoreStats) -> f64);
+            let rows: [Gauge; 14] = [
+                ("kiln_head_series", "gauge", "Series in the head.", |s| s.ingester.series as f64),
+                ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.ingester.profiles as f64),
+                ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.ingester.samples as f64),
+                ("kiln_head_stacktraces", "gauge", "Distinct stack trace nodes in the head.", |s| {
+                    s.ingester.stacks as f64
+                }),
+                ("kiln_head_bytes", "gauge", "Approximate heap bytes held by the head.", |s| {
+                    s.ingester.head_bytes as f64
+                }),
+                ("kiln_head_frozen", "gauge", "Heads cut and waiting for their block upload.", |s| {
+                    s.ingester.frozen_heads as f64
+                }),
+                ("kiln_blocks_owned", "gauge", "Blocks this core serves queries from.", |s| {
+                    s.store_gateway.blocks as f64
+                }),
+                ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
+                    s.store_gateway.block_cache_bytes as f64
+                }),
+                ("kiln_blocks_written_total", "counter", "Blocks written by this core.", |s| {
+                    s.ingester.blocks_written as f64
+                }),
+                ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
+                    s.ingester.bytes_uploaded as f64
+                }),
+                ("kiln_pushes_pending", "gauge", "Pushes appended on this core whose outcome is not known yet.", |s| {
+                    s.ingester.pending_pushes as f64
+                }),
+                (
+                    "kiln_pushes_rolled_back_total",
+                    "counter",
+                    "Pushes taken out of this core's head again because they were refused (another core, the WAL).",
+                    |s| s.ingester.rolled_back as f64,
+                ),
+                (
+                    "kiln_block_cuts_suspended",
+                    "gauge",
+                    "1 while this core's last block cut failed and waits for its retry.",
+                    |s| u8::from(s.ingester.cuts_suspended) as f64,
+                ),
+                ("kiln_block_cut_retries_total", "counter", "Retries of failed block cuts by this core.", |s| {
+                    s.ingester.cut_retries as f64
+                }),
+            ];
+            for (name, kind, help, f) in rows {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for s in &stats {
+                    let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", s.core, f(s));
+                }
+            }
+        }
+        Err(e) => {
+            return text(503, "text/plain", e.to_string());
+        }
+    }
+    let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
+    let _ = writeln!(out, "kiln_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    text(200, "text/plain; version=0.0.4; charset=utf-8", out)
+}
+
+pub fn config(core: &Edge) -> Response {
+    text(200, "text/plain; charset=utf-8", core.cfg().to_yaml())
+}
+
+pub fn buildinfo() -> Response {
+    let body = serde_json::json!({
+        "status": "success",
+        "data": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "revision": option_env!("KILN_REVISION").unwrap_or(""),
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "",
+        }
+    });
+    text(200, "application/json", serde_json::to_vec(&body).expect("json"))
+}
+
+pub fn version() -> VersionResponse {
+    VersionResponse { querier_api: 1 }
+}
+
+pub fn health(core: &Edge) -> HealthCheckResponse {
+    let status = if core.shared.ready() { ServingStatus::Serving } else { ServingStatus::NotServing };
+    HealthCheckResponse { status: status as i32 }
+}
+
+pub fn ring(core: &Edge) -> Response {
+    let n = core.mesh.cores();
+    let mut out = String::from("<!doctype html><title>kiln ring</title><h1>Ingester ring</h1><table border=1><tr><th>instance</th><th>core</th><th>state</th></tr>");
+    for c in 0..n {
+        let _ = write!(out, "<tr><td>local</td><td>{c}</td><td>ACTIVE</td></tr>");
+    }
+    out.push_str("</table>");
+    text(200, "text/html; charset=utf-8", out)
+}
+
+pub fn ui() -> Response {
+    text(200, "text/html; charset=utf-8", include_str!("ui.html"))
+}

@@ -1,0 +1,254 @@
+//! The router: finds the component whose route table holds a request's path, reads the body
+//! within that route's limit, and hands the request over; RPCs are unframed here and their
+//! answers framed in the caller's protocol (`rpc.rs`).
+use super::{conn, inflight, ops, rpc, Edge};
+use crate::service::body::{http_error, Response};
+use crate::service::call::{self, Call};
+use crate::service::codec::Protocol;
+use crate::service::routes::{self, Class, HttpRoute, RpcService, QUERY_BODY_LIMIT};
+use crate::service::{Code, Req, RpcError};
+use crate::{distributor, ingester, querier};
+use http::{HeaderMap, Method, StatusCode};
+use hyper::body::Incoming;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// The component an HTTP route belongs to, with the route.
+enum HttpDest {
+    Distributor(&'static HttpRoute<distributor::Endpoint>),
+    Querier(&'static HttpRoute<querier::Endpoint>),
+    Ingester(&'static HttpRoute<ingester::Endpoint>),
+    Ops(&'static HttpRoute<ops::Endpoint>),
+}
+
+impl HttpDest {
+    fn find(path: &str) -> Option<HttpDest> {
+        routes::find(distributor::HTTP, path)
+            .map(HttpDest::Distributor)
+            .or_else(|| routes::find(querier::HTTP, path).map(HttpDest::Querier))
+            .or_else(|| routes::find(ingester::HTTP, path).map(HttpDest::Ingester))
+            .or_else(|| routes::find(ops::HTTP, path).map(HttpDest::Ops))
+    }
+
+    fn methods_and_class(&self) -> (&'static [Method], Class) {
+        match self {
+            HttpDest::Distributor(r) => (r.methods, r.class),
+            HttpDest::Querier(r) => (r.methods, r.class),
+            HttpDest::Ingester(r) => (r.methods, r.class),
+            HttpDest::Ops(r) => (r.methods, r.class),
+        }
+    }
+}
+
+/// The component an RPC service belongs to.
+#[derive(Clone, Copy)]
+enum RpcOwner {
+    Distributor,
+    Querier,
+    Ops,
+}
+
+/// The owner and service of an RPC path (`/<service>/<Method>`), with the method.
+fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService, &str)> {
+    let tables: [(RpcOwner, &'static [RpcService]); 3] =
+        [(RpcOwner::Distributor, distributor::RPC), (RpcOwner::Querier, querier::RPC), (RpcOwner::Ops, ops::RPC)];
+    tables.into_iter().find_map(|(owner, table)| routes::find_rpc(table, path).map(|(s, m)| (owner, s, m)))
+}
+
+/// The class of a path: its RPC service's or HTTP route's, `Other` for anything unknown.
+fn class_of(path: &str) -> Class {
+    if let Some((_, s, _)) = find_rpc(path) {
+        return s.class;
+    }
+    HttpDest::find(path).map_or(Class::Other, |d| d.methods_and_class().1)
+}
+
+/// Whether a path has an RPC's shape, `/<package>.<Service>/<Method>`.
+fn is_rpc_path(path: &str) -> bool {
+    path.matches('/').count() == 2 && path[1..].contains('.') && path.split('/').nth(1).is_some_and(|s| s.contains('.'))
+}
+
+/// Pyroscope fails any request whose `Accept` header is not a list of media types.
+fn accept_header_ok(h: &HeaderMap) -> Result<(), String> {
+    for v in h.get_all(http::header::ACCEPT) {
+        let s = v.to_str().map_err(|_| "Invalid header format: Accept is not ASCII".to_string())?;
+        for item in s.split(',') {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let mut parts = item.split(';');
+            let mt = parts.next().unwrap_or("").trim();
+            let valid_mt = mt == "*"
+                || mt.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'));
+            if !valid_mt {
+                return Err(format!("Invalid header format: mime: expected slash after first token in {item:?}"));
+            }
+            for p in parts {
+                if !p.trim().is_empty() && !p.contains('=') {
+                    return Err(format!("Invalid header format: mime: invalid media parameter in {item:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn handle(req: http::Request<Incoming>, core: Rc<Edge>) -> Response {
+    let started = Instant::now();
+    let class = class_of(req.uri().path());
+    let resp = dispatch(req, &core, class).await;
+    let err = resp.status().as_u16() >= 400 || resp.headers().get("grpc-status").is_some_and(|v| v != "0");
+    core.metrics().observe(class, started.elapsed().as_secs_f64(), err);
+    resp
+}
+
+async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, class: Class) -> Response {
+    if let Err(msg) = accept_header_ok(req.headers()) {
+        return http_error(StatusCode::BAD_REQUEST, &msg);
+    }
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let proto = rpc::detect(&parts.headers);
+
+    // Body limit: the ingestion body limit for writes, a small fixed one for everything else.
+    let limit = if class.is_write() { core.cfg().limits.body_limit_bytes() } else { QUERY_BODY_LIMIT };
+    // Held until the request is answered (or abandoned): the body's bytes stay counted in
+    // the process's in-flight budget while the handler works on them.
+    let mut reservation = core.shared.bodies.reservation();
+    let read = inflight::read_body(body, limit.max(1), &mut reservation);
+    let read = match parts.extensions.get::<conn::BodyDeadline>().and_then(|d| d.0) {
+        Some(at) => monoio::time::timeout_at(monoio::time::Instant::from_std(at), read).await.ok(),
+        None => Some(read.await),
+    };
+    let body = match read {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return body_error(proto.filter(|_| path.contains(".v1.")), e),
+        None => {
+            let msg = "reading the request body took longer than the read timeout (-server.http-server-read-timeout)";
+            return match proto {
+                Some(p) if path.contains(".v1.") => rpc::respond_error(p, &RpcError::new(Code::DeadlineExceeded, msg)),
+                _ => http_error(StatusCode::REQUEST_TIMEOUT, msg),
+            };
+        }
+    };
+    let r = Req {
+        method: parts.method,
+        path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts.headers,
+        body,
+    };
+
+    if is_rpc_path(&r.path) {
+        let Some(proto) = proto else {
+            return http_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported content type: RPCs take application/proto, application/json or application/grpc",
+            );
+        };
+        if r.method != Method::POST {
+            return rpc::respond_error(proto, &RpcError::new(Code::Unimplemented, "RPCs are served on POST only"));
+        }
+        return rpc_call(core, proto, &r, limit).await;
+    }
+    let Some(dest) = HttpDest::find(&r.path).filter(|d| d.methods_and_class().0.contains(&r.method)) else {
+        return http_error(StatusCode::NOT_FOUND, &format!("no route for {} {}", r.method, r.path));
+    };
+    match dest {
+        HttpDest::Distributor(route) => core.distributor.serve_http(&route.endpoint, &r).await,
+        HttpDest::Querier(route) => core.querier.serve_http(&route.endpoint, &r).await,
+        HttpDest::Ingester(route) => core.ingester.serve_http(&route.endpoint, &r).await,
+        HttpDest::Ops(route) => ops::serve_http(core, &route.endpoint, &r).await,
+    }
+}
+
+/// The answer to a body that was not read: in the RPC's protocol for RPC paths (`rpc`),
+/// else a plain HTTP error. Nothing more of the body is read: hyper closes an HTTP/1
+/// connection whose request body was left unread once the answer is written.
+fn body_error(rpc: Option<Protocol>, e: inflight::BodyError) -> Response {
+    use inflight::BodyError;
+    let (status, code, msg) = match e {
+        BodyError::TooLarge { limit } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            format!("request body too large: the limit is {limit} bytes"),
+        ),
+        BodyError::OverBudget { bytes, budget } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            format!(
+                "request body too large: {bytes} bytes is more than the {budget} bytes of request bodies kiln reads at once (-server.max-inflight-body-bytes)"
+            ),
+        ),
+        BodyError::Busy { in_flight, budget } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::ResourceExhausted,
+            format!(
+                "too many request body bytes in flight: {in_flight} of {budget} bytes (-server.max-inflight-body-bytes) are being read or handled; retry later"
+            ),
+        ),
+        BodyError::Read(e) => {
+            return http_error(StatusCode::REQUEST_TIMEOUT, &format!("reading request body: {e}"));
+        }
+    };
+    match rpc {
+        Some(p) => rpc::respond_error(p, &RpcError::new(code, msg)),
+        None => http_error(status, &msg),
+    }
+}
+
+/// Unframes an RPC's message (inflated within `limit`), hands it to the service's component
+/// and frames the answer in the caller's protocol.
+async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize) -> Response {
+    let msg = match rpc::request_bytes(proto, &r.headers, r.body.clone(), limit.max(1)) {
+        Ok(m) => m,
+        Err(e) => return rpc::respond_error(proto, &e),
+    };
+    let call = Call { proto, headers: &r.headers, msg: &msg };
+    let reply = match find_rpc(&r.path) {
+        Some((RpcOwner::Distributor, _, m)) => core.distributor.serve_rpc(&call, m).await,
+        Some((RpcOwner::Querier, _, m)) => core.querier.serve_rpc(&call, m).await,
+        Some((RpcOwner::Ops, s, m)) => ops::serve_rpc(core, &call, s.name, m).await,
+        None => call::unimplemented(),
+    };
+    match reply {
+        Ok(payload) => rpc::respond(proto, &r.headers, payload),
+        Err(e) => rpc::respond_error(proto, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("accept", "application/json, text/plain; q=0.9, */*; allow-utf8-labelnames=true".parse().unwrap());
+        assert!(accept_header_ok(&h).is_ok());
+        h.insert("accept", "garbage".parse().unwrap());
+        assert!(accept_header_ok(&h).is_err());
+    }
+
+    #[test]
+    fn every_route_has_one_owner() {
+        let mut paths: Vec<&str> = distributor::HTTP
+            .iter()
+            .chain([].iter())
+            .flat_map(|r| r.paths.iter().copied())
+            .chain(querier::HTTP.iter().flat_map(|r| r.paths.iter().copied()))
+            .chain(ingester::HTTP.iter().flat_map(|r| r.paths.iter().copied()))
+            .chain(ops::HTTP.iter().flat_map(|r| r.paths.iter().copied()))
+            .collect();
+        let n = paths.len();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), n, "a path is registered twice");
+        assert_eq!(class_of("/push.v1.PusherService/Push"), Class::Push);
+        assert_eq!(class_of("/ingest"), Class::Ingest);
+        assert_eq!(class_of("/querier.v1.QuerierService/Diff"), Class::Query);
+        assert_eq!(class_of("/pyroscope/render-diff"), Class::Render);
+        assert_eq!(class_of("/nope"), Class::Other);
+    }
+}

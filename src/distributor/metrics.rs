@@ -1,0 +1,42 @@
+//! The distributor's counters, one slot per core: each core writes only its own (relaxed
+//! atomics, cache-line aligned so cores never contend); `/metrics` reads every slot.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[repr(align(128))]
+#[derive(Default)]
+pub struct DistributorMetrics {
+    pub pushed_profiles: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub decompressed_bytes: AtomicU64,
+    pub rejected_profiles: AtomicU64,
+}
+
+pub fn add(c: &AtomicU64, v: u64) {
+    c.fetch_add(v, Relaxed);
+}
+
+/// Renders every core's counters in Prometheus text format.
+pub fn render(cores: &[DistributorMetrics], out: &mut String) {
+    use std::fmt::Write;
+    type Counter = (&'static str, &'static str, fn(&DistributorMetrics) -> &AtomicU64);
+    let counters: [Counter; 4] = [
+        ("kiln_distributor_received_profiles_total", "Profiles accepted by push and ingest.", |c| &c.pushed_profiles),
+        (
+            "kiln_distributor_received_compressed_bytes_total",
+            "Request body bytes of push and ingest, as received.",
+            |c| &c.received_bytes,
+        ),
+        ("kiln_distributor_received_decompressed_bytes_total", "Profile bytes after decompression.", |c| {
+            &c.decompressed_bytes
+        }),
+        ("kiln_distributor_rejected_profiles_total", "Profiles rejected by validation or limits.", |c| {
+            &c.rejected_profiles
+        }),
+    ];
+    for (name, help, f) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (i, c) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", f(c).load(Relaxed));
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! A request as components see it: method, path, query string, headers and the whole body
+//! (read, bounded, by the edge).
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+
+/// A request with its body read in full (bounded).
+pub struct Req {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Req {
+    pub fn params(&self) -> Vec<(String, String)> {
+        form_urlencoded(&self.query)
+    }
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.params().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// Decodes an `application/x-www-form-urlencoded` string.
+pub fn form_urlencoded(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urlencoded() {
+        let p = form_urlencoded("name=app.cpu%7Bk%3Dv%7D&from=1&x=a+b&bad=%zz&end=%4");
+        assert_eq!(p[0], ("name".into(), "app.cpu{k=v}".into()));
+        assert_eq!(p[2].1, "a b");
+        assert_eq!(p[3].1, "%zz");
+        assert_eq!(p[4].1, "%4");
+    }
+}

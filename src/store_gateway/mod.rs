@@ -1,0 +1,45 @@
+//! The store-gateway as the network sees it. At start it reads every tenant's bucket index
+//! and hands each block to the core that owns it; what each core keeps of its blocks (the
+//! block set and its cache) is `kiln_shards::store_gateway`.
+use kiln_io::store::Store;
+use kiln_shards::runtime::Mesh;
+use kiln_shards::store_gateway::{BlockEntry, Msg};
+
+/// Every (tenant, block id) in the bucket indexes, marked for deletion or not: what replay
+/// must not apply again.
+pub type Indexed = std::collections::HashSet<(String, String)>;
+
+/// Reads every tenant's bucket index and hands each block to the core the ring gives it.
+/// Returns every indexed (tenant, block id), for replay to skip what blocks hold.
+pub fn open_blocks(store: &Store, mesh: &Mesh) -> Result<Indexed, String> {
+    let mut indexed = Indexed::new();
+    let mut per_core: Vec<Vec<BlockEntry>> = vec![Vec::new(); mesh.cores()];
+    let tenants = store.blocking_tenants().map_err(|e| format!("listing tenants in {}: {e}", store.describe()))?;
+    for tenant in tenants {
+        let idx = store
+            .blocking_read_bucket_index(&tenant)
+            .map_err(|e| format!("reading the bucket index of tenant {tenant}: {e}"))?;
+        let deleted: std::collections::HashSet<&str> =
+            idx.block_deletion_marks.iter().map(|m| m.block_id.as_str()).collect();
+        for b in &idx.blocks {
+            // A block marked for deletion still holds what its WAL records held.
+            indexed.insert((tenant.clone(), b.block_id.clone()));
+            if deleted.contains(b.block_id.as_str()) {
+                continue;
+            }
+            let core = mesh.ring.block_owner(&b.block_id) as usize;
+            per_core[core].push(BlockEntry {
+                tenant: tenant.clone(),
+                id: b.block_id.clone(),
+                min_ms: b.min_time,
+                max_ms: b.max_time,
+                profiles_bytes: b.file_size(kiln_shards::block::PROFILES).unwrap_or(0),
+            });
+        }
+    }
+    tracing::info!(blocks = indexed.len(), storage = %store.describe(), "blocks opened");
+    for (core, blocks) in per_core.into_iter().enumerate() {
+        mesh.send_blocking(core, Msg::AddBlocks { blocks }).map_err(|e| e.to_string())?;
+    }
+    Ok(indexed)
+}

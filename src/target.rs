@@ -1,0 +1,257 @@
+//! `-target`: which components a process runs, and the order they start in.
+//!
+//! Pyroscope's targets are `all` and one component each (`distributor`, `ingester`,
+//! `querier`, `query-frontend`, `query-scheduler`, `store-gateway`, `compactor`). This
+//! version runs the monolithic `all`: its components, in start order, are
+//!
+//! 1. the store-gateway: every block in the bucket indexes is handed to the core that owns
+//!    it, so replay knows which WAL records blocks already hold;
+//! 2. the ingester: each core's WAL writer, then the replay of the WAL into the heads (the
+//!    port is still closed);
+//! 3. the distributor and the querier, behind the edge: every core opens the port.
+//!
+//! Stopping is the reverse: the edge refuses new work, then every core's WAL is synced.
+use crate::api;
+use crate::config::Config;
+use crate::process::{block_termination_signals, fail, probe_port, raise_nofile_limit, wait_for_signal};
+use crate::{ingester, store_gateway};
+use std::sync::Arc;
+
+/// One of Pyroscope's components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    StoreGateway,
+    Ingester,
+    Distributor,
+    Querier,
+    QueryFrontend,
+    QueryScheduler,
+    Compactor,
+}
+
+impl Component {
+    pub const ALL: [Component; 7] = [
+        Component::StoreGateway,
+        Component::Ingester,
+        Component::Distributor,
+        Component::Querier,
+        Component::QueryFrontend,
+        Component::QueryScheduler,
+        Component::Compactor,
+    ];
+
+    /// The `-target` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::StoreGateway => "store-gateway",
+            Component::Ingester => "ingester",
+            Component::Distributor => "distributor",
+            Component::Querier => "querier",
+            Component::QueryFrontend => "query-frontend",
+            Component::QueryScheduler => "query-scheduler",
+            Component::Compactor => "compactor",
+        }
+    }
+}
+
+/// What `-target` asks a process to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `all` (or its spelled-out equivalent): every component this version has, in one
+    /// process.
+    All,
+}
+
+impl Target {
+    /// The components `all` starts, in start order (see the module doc).
+    pub const MONOLITH: [Component; 4] =
+        [Component::StoreGateway, Component::Ingester, Component::Distributor, Component::Querier];
+
+    /// Parses `-target`: `all`, or a comma-separated list of component names. Only what
+    /// this version runs is accepted; any other known name is refused with why.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "all" {
+            return Ok(Target::All);
+        }
+        let mut asked = Vec::new();
+        for name in s.split(',').map(str::trim) {
+            match Component::ALL.iter().find(|c| c.name() == name) {
+                Some(c) => asked.push(*c),
+                None => {
+                    let known: Vec<&str> =
+                        std::iter::once("all").chain(Component::ALL.iter().map(|c| c.name())).collect();
+                    return Err(format!("-target: unknown component {name:?} (known: {})", known.join(", ")));
+                }
+            }
+        }
+        asked.sort();
+        asked.dedup();
+        // The monolith's components, with or without the store-gateway (which `all` runs
+        // in any case: the ingesters' blocks are served from where they are cut).
+        let mut monolith = Target::MONOLITH.to_vec();
+        monolith.sort();
+        let without_sg: Vec<Component> = monolith.iter().copied().filter(|c| *c != Component::StoreGateway).collect();
+        if asked == monolith || asked == without_sg {
+            return Ok(Target::All);
+        }
+        Err(format!("-target={s}: only the monolithic -target=all runs in this version"))
+    }
+
+    /// The components this target starts, in start order.
+    pub fn components(&self) -> &'static [Component] {
+        match self {
+            Target::All => &Target::MONOLITH,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.components().iter().map(|c| c.name()).collect();
+        write!(f, "{}", names.join(","))
+    }
+}
+
+/// Starts the components of `cfg.target` in their order (see the module doc), and blocks
+/// until a termination signal; then syncs every core's WAL and exits.
+pub fn run(cfg: Config) {
+    let target = Target::parse(&cfg.target).unwrap_or_else(|e| fail(e));
+    tracing::info!(components = %target, "starting");
+    let nofile = raise_nofile_limit();
+    let cores = cfg.effective_shards();
+    let tokens = cfg.ring_tokens_per_core;
+    let wal_dir = cfg.wal_dir();
+    let _wal_lock = kiln_io::wal::lock(&wal_dir).unwrap_or_else(|e| fail(format!("locking the WAL: {e}")));
+    let ring = ring_id(cores, tokens);
+    let gens = match kiln_io::wal::prepare(&wal_dir, &ring) {
+        Ok(g) => g,
+        Err(e) => fail(format!("preparing the WAL under {}: {e}", wal_dir.display())),
+    };
+    let wal = kiln_shards::ingester::WalConfig {
+        dir: gens.next.1.clone(),
+        segment_bytes: cfg.wal_segment_size_bytes,
+        policy: if cfg.wal_sync_policy == "write" {
+            kiln_io::wal::segment::SyncPolicy::Write
+        } else {
+            kiln_io::wal::segment::SyncPolicy::Fsync
+        },
+        resume: gens.adopt,
+    };
+    // Termination signals are taken by the main thread alone (sigwait below); every core
+    // thread inherits the blocked mask.
+    let signals = block_termination_signals();
+    let mut cfg = cfg;
+    cfg.max_head_bytes_per_core = Some(cfg.effective_max_head_bytes());
+    cfg.http_conn_limit = Some(cfg.effective_http_conn_limit(nofile));
+    cfg.max_inflight_body_bytes = Some(cfg.effective_max_inflight_body_bytes());
+    let backend = cfg.store_backend().unwrap_or_else(|e| fail(e));
+    let store = kiln_io::store::Store::start_with_prefix(backend, &cfg.storage.prefix)
+        .unwrap_or_else(|e| fail(format!("opening block storage: {e}")));
+    let blocks = kiln_shards::ingester::cut::BlockConfig {
+        store: store.clone(),
+        max_block_duration: cfg.max_block_duration,
+        max_block_bytes: cfg.effective_max_block_bytes() as usize,
+        cache_bytes: cfg.effective_block_cache_bytes() as usize,
+        encode: Default::default(),
+    };
+    let core_cfg = kiln_shards::runtime::CoreConfig {
+        wal: Some(wal),
+        max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
+        blocks: Some(blocks),
+    };
+    if let Err(e) = probe_port(&cfg.http_listen_address, cfg.http_listen_port) {
+        fail(e);
+    }
+    let shared = api::Shared::new(cfg);
+    tracing::info!(
+        cores,
+        port = shared.cfg.http_listen_port,
+        wal = %wal_dir.display(),
+        conn_limit = shared.conns.limit(),
+        inflight_body_bytes = shared.bodies.limit(),
+        "kiln starting"
+    );
+    let s = shared.clone();
+    let started =
+        kiln_shards::runtime::start(cores, tokens, true, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
+    // 1. store-gateway: every indexed block to the core that owns it.
+    let indexed = store_gateway::open_blocks(&store, &started.mesh).unwrap_or_else(|e| fail(e));
+    if let Some((_, source)) = &gens.source {
+        // 2. ingester: the WAL records no indexed block holds, into the heads.
+        if let Err(e) = ingester::replay::replay(source, &started.mesh, &indexed, gens.adopt) {
+            fail(if gens.adopt { e } else { rewrite_failed(&gens, &wal_dir, &ring, e) });
+        }
+    }
+    // An adopted generation is the ready one already.
+    if !gens.adopt {
+        if let Err(e) = kiln_io::wal::commit(&gens.next.1, gens.source.as_ref().map(|s| s.1.as_path())) {
+            fail(format!("committing the WAL generation {}: {e}", gens.next.1.display()));
+        }
+    }
+    // 3. distributor, querier and the edge: the port opens on every core.
+    drop(started.gate);
+    let sig = wait_for_signal(&signals);
+    tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
+    shared.readiness.shut_down();
+    let mut waits = Vec::new();
+    for c in 0..started.mesh.cores() {
+        let (tx, rx) = flume::bounded(1);
+        if started.mesh.send_blocking(c, kiln_shards::ingester::Msg::Sync { reply: tx }).is_ok() {
+            waits.push(rx);
+        }
+    }
+    let mut clean = true;
+    for rx in waits {
+        if !matches!(rx.recv(), Ok(Ok(_))) {
+            clean = false;
+        }
+    }
+    tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");
+    std::process::exit(if clean { 0 } else { 1 });
+}
+
+/// What a WAL generation records of the ring it was written with: a generation of the same
+/// ring is adopted in place at start, another one is rewritten (see `kiln_io::wal`).
+fn ring_id(cores: usize, tokens: u32) -> String {
+    let ring = kiln_shards::ring::Ring::single(cores as u32, tokens);
+    format!(
+        "cores={cores} tokens-per-core={tokens} routing={} digest={:016x}\n",
+        kiln_shards::ring::ROUTING_VERSION,
+        ring.digest()
+    )
+}
+
+/// The error of a failed rewrite of the WAL into a new generation (the ring changed), with
+/// the space it takes. The partial new generation is removed; the source is left whole.
+fn rewrite_failed(gens: &kiln_io::wal::Generations, wal_dir: &std::path::Path, ring: &str, err: String) -> String {
+    let Some((_, source)) = &gens.source else { return err };
+    if let Err(e) = std::fs::remove_dir_all(&gens.next.1) {
+        tracing::warn!(dir = %gens.next.1.display(), error = %e, "removing the unfinished WAL generation failed; the next start removes it");
+    }
+    // Only a failed write is about space; damage is reported as it is.
+    let wal_write = kiln_shards::ingester::IngestError::Wal(String::new()).to_string();
+    if !err.starts_with(wal_write.as_str()) {
+        return err;
+    }
+    let note = kiln_io::wal::rewrite_note(source, gens.source_ring.as_deref(), ring, wal_dir);
+    format!("rewriting the WAL failed: {err}. {note}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(Target::parse("all"), Ok(Target::All));
+        assert_eq!(Target::parse(""), Ok(Target::All));
+        assert_eq!(Target::parse("querier, distributor,ingester,store-gateway"), Ok(Target::All));
+        assert_eq!(Target::parse("distributor,ingester,querier"), Ok(Target::All));
+        let e = Target::parse("ingester").unwrap_err();
+        assert!(e.contains("only the monolithic"), "{e}");
+        let e = Target::parse("ingestor").unwrap_err();
+        assert!(e.contains("unknown component") && e.contains("store-gateway"), "{e}");
+        assert_eq!(Target::All.to_string(), "store-gateway,ingester,distributor,querier");
+    }
+}
