@@ -16,12 +16,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let level = match cfg.log_level.as_str() {
-        "debug" => tracing::Level::DEBUG,
-        "warn" => tracing::Level::WARN,
-        "error" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    };
+    let level = tracing::Level::from(cfg.log_level);
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)

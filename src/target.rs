@@ -1,4 +1,5 @@
-//! `-target`: which components a process runs, and the order they start in.
+//! `-target` (parsed into `config::Target`): which components a process runs, and the
+//! order they start in.
 //!
 //! Pyroscope's targets are `all` and one component each (`distributor`, `ingester`,
 //! `querier`, `query-frontend`, `query-scheduler`, `store-gateway`, `compactor`). This
@@ -17,107 +18,10 @@ use crate::process::{block_termination_signals, fail, probe_port, raise_nofile_l
 use crate::{ingester, store_gateway};
 use std::sync::Arc;
 
-/// One of Pyroscope's components.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Component {
-    StoreGateway,
-    Ingester,
-    Distributor,
-    Querier,
-    QueryFrontend,
-    QueryScheduler,
-    Compactor,
-}
-
-impl Component {
-    pub const ALL: [Component; 7] = [
-        Component::StoreGateway,
-        Component::Ingester,
-        Component::Distributor,
-        Component::Querier,
-        Component::QueryFrontend,
-        Component::QueryScheduler,
-        Component::Compactor,
-    ];
-
-    /// The `-target` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::StoreGateway => "store-gateway",
-            Component::Ingester => "ingester",
-            Component::Distributor => "distributor",
-            Component::Querier => "querier",
-            Component::QueryFrontend => "query-frontend",
-            Component::QueryScheduler => "query-scheduler",
-            Component::Compactor => "compactor",
-        }
-    }
-}
-
-/// What `-target` asks a process to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// `all` (or its spelled-out equivalent): every component this version has, in one
-    /// process.
-    All,
-}
-
-impl Target {
-    /// The components `all` starts, in start order (see the module doc).
-    pub const MONOLITH: [Component; 4] =
-        [Component::StoreGateway, Component::Ingester, Component::Distributor, Component::Querier];
-
-    /// Parses `-target`: `all`, or a comma-separated list of component names. Only what
-    /// this version runs is accepted; any other known name is refused with why.
-    pub fn parse(s: &str) -> Result<Target, String> {
-        let s = s.trim();
-        if s.is_empty() || s == "all" {
-            return Ok(Target::All);
-        }
-        let mut asked = Vec::new();
-        for name in s.split(',').map(str::trim) {
-            match Component::ALL.iter().find(|c| c.name() == name) {
-                Some(c) => asked.push(*c),
-                None => {
-                    let known: Vec<&str> =
-                        std::iter::once("all").chain(Component::ALL.iter().map(|c| c.name())).collect();
-                    return Err(format!("-target: unknown component {name:?} (known: {})", known.join(", ")));
-                }
-            }
-        }
-        asked.sort();
-        asked.dedup();
-        // The monolith's components, with or without the store-gateway (which `all` runs
-        // in any case: the ingesters' blocks are served from where they are cut).
-        let mut monolith = Target::MONOLITH.to_vec();
-        monolith.sort();
-        let without_sg: Vec<Component> = monolith.iter().copied().filter(|c| *c != Component::StoreGateway).collect();
-        if asked == monolith || asked == without_sg {
-            return Ok(Target::All);
-        }
-        Err(format!("-target={s}: only the monolithic -target=all runs in this version"))
-    }
-
-    /// The components this target starts, in start order.
-    pub fn components(&self) -> &'static [Component] {
-        match self {
-            Target::All => &Target::MONOLITH,
-        }
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.components().iter().map(|c| c.name()).collect();
-        write!(f, "{}", names.join(","))
-    }
-}
-
 /// Starts the components of `cfg.target` in their order (see the module doc), and blocks
 /// until a termination signal; then syncs every core's WAL and exits.
 pub fn run(cfg: Config) {
-    let target = Target::parse(&cfg.target).unwrap_or_else(|e| fail(e));
-    tracing::info!(components = %target, "starting");
+    tracing::info!(components = %cfg.target, "starting");
     let nofile = raise_nofile_limit();
     let cores = cfg.effective_shards();
     let tokens = cfg.ring_tokens_per_core;
@@ -131,11 +35,7 @@ pub fn run(cfg: Config) {
     let wal = kiln_shards::ingester::WalConfig {
         dir: gens.next.1.clone(),
         segment_bytes: cfg.wal_segment_size_bytes,
-        policy: if cfg.wal_sync_policy == "write" {
-            kiln_io::wal::segment::SyncPolicy::Write
-        } else {
-            kiln_io::wal::segment::SyncPolicy::Fsync
-        },
+        policy: cfg.wal_sync_policy.into(),
         resume: gens.adopt,
     };
     // Termination signals are taken by the main thread alone (sigwait below); every core
@@ -236,22 +136,4 @@ fn rewrite_failed(gens: &kiln_io::wal::Generations, wal_dir: &std::path::Path, r
     }
     let note = kiln_io::wal::rewrite_note(source, gens.source_ring.as_deref(), ring, wal_dir);
     format!("rewriting the WAL failed: {err}. {note}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets() {
-        assert_eq!(Target::parse("all"), Ok(Target::All));
-        assert_eq!(Target::parse(""), Ok(Target::All));
-        assert_eq!(Target::parse("querier, distributor,ingester,store-gateway"), Ok(Target::All));
-        assert_eq!(Target::parse("distributor,ingester,querier"), Ok(Target::All));
-        let e = Target::parse("ingester").unwrap_err();
-        assert!(e.contains("only the monolithic"), "{e}");
-        let e = Target::parse("ingestor").unwrap_err();
-        assert!(e.contains("unknown component") && e.contains("store-gateway"), "{e}");
-        assert_eq!(Target::All.to_string(), "store-gateway,ingester,distributor,querier");
-    }
 }

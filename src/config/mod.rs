@@ -3,6 +3,9 @@
 //! Precedence: defaults, then `-config.file` YAML (Pyroscope's keys), then flags. Flags are
 //! Go style: `-name=value`, `--name=value`, `-name value`, and a bare `-bool-flag` for true.
 //! Where Pyroscope reads 0 as "no limit", so does kiln.
+pub mod modes;
+
+pub use modes::{BackendKind, Component, LogLevel, Target, WalSyncPolicy};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -104,8 +107,7 @@ impl Serialize for Secret {
 /// shows them).
 #[derive(Debug, Clone, Serialize)]
 pub struct Storage {
-    /// filesystem, s3, gcs or azure.
-    pub backend: String,
+    pub backend: BackendKind,
     /// Every object under `<prefix>/`; letters and digits only, as in Pyroscope.
     pub prefix: String,
     pub filesystem: FilesystemStorage,
@@ -158,7 +160,7 @@ pub struct AzureStorage {
 impl Default for Storage {
     fn default() -> Self {
         Storage {
-            backend: "filesystem".into(),
+            backend: BackendKind::Filesystem,
             prefix: String::new(),
             filesystem: Default::default(),
             s3: S3Storage { bucket_lookup_type: "auto".into(), signature_version: "v4".into(), ..Default::default() },
@@ -170,7 +172,7 @@ impl Default for Storage {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    pub target: String,
+    pub target: Target,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub config_file: String,
     pub http_listen_address: String,
@@ -201,7 +203,7 @@ pub struct Config {
     pub wal_dir: String,
     pub wal_segment_size_bytes: u64,
     /// `fsync` (durable before ack) or `write` (ack once in the page cache).
-    pub wal_sync_policy: String,
+    pub wal_sync_policy: WalSyncPolicy,
     /// Head bytes a core may hold before pushes are refused with 429; 0 = no limit. Unset:
     /// half of the machine's memory, split over the cores.
     pub max_head_bytes_per_core: Option<u64>,
@@ -216,7 +218,7 @@ pub struct Config {
     pub block_cache_bytes_per_core: Option<u64>,
     pub storage: Storage,
     pub multitenancy_enabled: bool,
-    pub log_level: String,
+    pub log_level: LogLevel,
     pub limits: Limits,
     /// Per-tenant overrides of `limits`.
     pub overrides: std::collections::BTreeMap<String, Limits>,
@@ -225,7 +227,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            target: "all".into(),
+            target: Target::All,
             config_file: String::new(),
             http_listen_address: "0.0.0.0".into(),
             http_listen_port: 4040,
@@ -239,14 +241,14 @@ impl Default for Config {
             ring_tokens_per_core: 128,
             wal_dir: String::new(),
             wal_segment_size_bytes: 128 * 1024 * 1024,
-            wal_sync_policy: "fsync".into(),
+            wal_sync_policy: WalSyncPolicy::Fsync,
             max_head_bytes_per_core: None,
             max_block_duration: Duration::from_secs(3600),
             max_block_bytes: None,
             block_cache_bytes_per_core: None,
             storage: Storage::default(),
             multitenancy_enabled: false,
-            log_level: "info".into(),
+            log_level: LogLevel::Info,
             limits: Limits::default(),
             overrides: Default::default(),
         }
@@ -316,9 +318,9 @@ impl Config {
                 st.prefix
             ));
         }
-        match st.backend.as_str() {
-            "filesystem" => Ok(Backend::Filesystem { dir: self.blocks_dir() }),
-            "s3" => {
+        match st.backend {
+            BackendKind::Filesystem => Ok(Backend::Filesystem { dir: self.blocks_dir() }),
+            BackendKind::S3 => {
                 let s3 = &st.s3;
                 need(&s3.bucket_name, "storage.s3.bucket-name")?;
                 if s3.signature_version != "v4" {
@@ -356,14 +358,14 @@ impl Config {
                     force_path_style: path_style,
                 })
             }
-            "gcs" => {
+            BackendKind::Gcs => {
                 need(&st.gcs.bucket_name, "storage.gcs.bucket-name")?;
                 Ok(Backend::Gcs {
                     bucket: st.gcs.bucket_name.clone(),
                     service_account_path: st.gcs.service_account.expose().to_string(),
                 })
             }
-            "azure" => {
+            BackendKind::Azure => {
                 let az = &st.azure;
                 need(&az.account_name, "storage.azure.account-name")?;
                 need(&az.container_name, "storage.azure.container-name")?;
@@ -374,7 +376,6 @@ impl Config {
                     endpoint: az.endpoint_suffix.clone(),
                 })
             }
-            other => Err(format!("-storage.backend: unknown backend {other:?} (known: filesystem, s3, gcs, azure)")),
         }
     }
 
@@ -450,7 +451,6 @@ impl Config {
             }
             cfg.set_flag(k, v)?;
         }
-        crate::target::Target::parse(&cfg.target)?;
         cfg.check_relations()?;
         Ok(cfg)
     }
@@ -480,7 +480,7 @@ impl Config {
         let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
         let l = &mut self.limits;
         match k {
-            "target" => self.target = v.into(),
+            "target" => self.target = v.parse()?,
             "server.http-listen-port" => self.http_listen_port = v.parse().map_err(|e| bad(format!("{e}")))?,
             "server.http-listen-address" => self.http_listen_address = v.into(),
             "server.http-server-read-timeout" => self.http_server_read_timeout = parse_duration(v).map_err(bad)?,
@@ -505,14 +505,8 @@ impl Config {
             "store-gateway.cache-bytes-per-core" => {
                 self.block_cache_bytes_per_core = Some(parse_num(v).map_err(bad)? as u64)
             }
-            "ingester.wal-sync-policy" => match v {
-                "fsync" | "write" => self.wal_sync_policy = v.into(),
-                _ => return Err(bad("expected fsync or write".into())),
-            },
-            "storage.backend" => match v {
-                "filesystem" | "s3" | "gcs" | "azure" => self.storage.backend = v.into(),
-                _ => return Err(bad("expected filesystem, s3, gcs or azure".into())),
-            },
+            "ingester.wal-sync-policy" => self.wal_sync_policy = v.parse().map_err(bad)?,
+            "storage.backend" => self.storage.backend = v.parse().map_err(bad)?,
             "storage.filesystem.dir" => self.storage.filesystem.dir = v.into(),
             "storage.prefix" => self.storage.prefix = v.into(),
             "storage.s3.bucket-lookup-type" => self.storage.s3.bucket_lookup_type = v.into(),
@@ -534,7 +528,7 @@ impl Config {
             "storage.azure.container-name" => self.storage.azure.container_name = v.into(),
             "storage.azure.endpoint-suffix" => self.storage.azure.endpoint_suffix = v.into(),
             "auth.multitenancy-enabled" => self.multitenancy_enabled = parse_bool(v).map_err(bad)?,
-            "log.level" => self.log_level = v.into(),
+            "log.level" => self.log_level = v.parse().map_err(bad)?,
             "validation.reject-older-than" => l.reject_older_than = parse_duration(v).map_err(bad)?,
             "validation.reject-newer-than" => l.reject_newer_than = parse_duration(v).map_err(bad)?,
             "validation.max-profile-size-bytes" => l.max_profile_size_bytes = parse_num(v).map_err(bad)?,
@@ -855,7 +849,7 @@ mod tests {
     fn storage_flags() {
         use kiln_io::store::Backend;
         let c = Config::from_args(&args(&["-storage.path=/var/kiln"])).unwrap();
-        assert_eq!(c.storage.backend, "filesystem");
+        assert_eq!(c.storage.backend, BackendKind::Filesystem);
         match c.store_backend().unwrap() {
             Backend::Filesystem { dir } => assert_eq!(dir, std::path::Path::new("/var/kiln/blocks")),
             b => panic!("{b:?}"),
@@ -971,7 +965,7 @@ mod tests {
         // A flag wins over the file.
         let c = Config::from_args(&args(&[&format!("-config.file={}", f.display()), "-storage.backend=filesystem"]))
             .unwrap();
-        assert_eq!(c.storage.backend, "filesystem");
+        assert_eq!(c.storage.backend, BackendKind::Filesystem);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
