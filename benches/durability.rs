@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 const RECORD: usize = 4096;
 
 /// Appends `pushes` records, `group` per write+fdatasync: `group = 1` is one fsync per push,
-/// larger groups are what the core's flusher does when pushes queue behind a sync.
+/// larger groups are what the core's WAL writer does when pushes queue behind a sync.
 fn wal_appends(dir: &std::path::Path, pushes: usize, group: usize) -> Duration {
     let _ = std::fs::remove_dir_all(dir);
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().build().unwrap();

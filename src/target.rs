@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub fn run(cfg: Config) {
     tracing::info!(components = %cfg.target, "starting");
     let nofile = raise_nofile_limit();
-    let cores = cfg.effective_shards();
+    let cores = cfg.effective_cores();
     let tokens = cfg.ring_tokens_per_core;
     let wal_dir = cfg.wal_dir();
     let _wal_lock = kiln_io::wal::lock(&wal_dir).unwrap_or_else(|e| fail(format!("locking the WAL: {e}")));

@@ -44,7 +44,7 @@ impl Shared {
     /// `cfg.http_conn_limit` and `cfg.max_inflight_body_bytes` are resolved by then (see
     /// `target::run`); unset they mean no limit here.
     pub fn new(cfg: Config) -> Arc<Self> {
-        let n = cfg.effective_shards();
+        let n = cfg.effective_cores();
         let timeouts = conn::Timeouts::new(
             cfg.http_server_read_timeout,
             cfg.http_server_write_timeout,

@@ -196,8 +196,10 @@ pub struct Config {
     /// not fit is refused with 429. 0 = no limit. Unset: a quarter of the total head limit.
     pub max_inflight_body_bytes: Option<u64>,
     pub storage_path: String,
-    /// 0 = one per available core.
-    pub shards: usize,
+    /// Cores (executors) to run, each owning its shard of the series (`-shards`, the flag's
+    /// name since the first version). 0 = one per available core.
+    #[serde(rename = "shards")]
+    pub cores: usize,
     pub ring_tokens_per_core: u32,
     /// Empty: `<storage_path>/wal`.
     pub wal_dir: String,
@@ -237,7 +239,7 @@ impl Default for Config {
             http_conn_limit: None,
             max_inflight_body_bytes: None,
             storage_path: "./data".into(),
-            shards: 0,
+            cores: 0,
             ring_tokens_per_core: 128,
             wal_dir: String::new(),
             wal_segment_size_bytes: 128 * 1024 * 1024,
@@ -384,7 +386,7 @@ impl Config {
         if let Some(v) = self.max_head_bytes_per_core {
             return v;
         }
-        mem_total() / 2 / self.effective_shards().max(1) as u64
+        mem_total() / 2 / self.effective_cores().max(1) as u64
     }
 
     /// The cap on open connections for a process allowed `nofile` descriptors: the flag, or
@@ -395,7 +397,7 @@ impl Config {
         if let Some(v) = self.http_conn_limit {
             return v;
         }
-        let reserve = (256 + 64 * self.effective_shards() as u64).min(nofile / 2);
+        let reserve = (256 + 64 * self.effective_cores() as u64).min(nofile / 2);
         nofile.saturating_sub(reserve).max(1) as usize
     }
 
@@ -407,7 +409,7 @@ impl Config {
         if let Some(v) = self.max_inflight_body_bytes {
             return v;
         }
-        let heads = self.effective_max_head_bytes().saturating_mul(self.effective_shards().max(1) as u64);
+        let heads = self.effective_max_head_bytes().saturating_mul(self.effective_cores().max(1) as u64);
         let v = if heads > 0 { heads / 4 } else { mem_total() / 8 };
         if v == 0 {
             1 << 30
@@ -424,9 +426,9 @@ impl Config {
         self.block_cache_bytes_per_core.unwrap_or(self.effective_max_head_bytes() / 8)
     }
 
-    pub fn effective_shards(&self) -> usize {
-        if self.shards > 0 {
-            self.shards
+    pub fn effective_cores(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
         } else {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         }
@@ -491,7 +493,7 @@ impl Config {
                 self.max_inflight_body_bytes = Some(v.parse().map_err(|e| bad(format!("{e}")))?)
             }
             "storage.path" => self.storage_path = v.into(),
-            "shards" => self.shards = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "shards" => self.cores = v.parse().map_err(|e| bad(format!("{e}")))?,
             "ring.tokens-per-core" => self.ring_tokens_per_core = v.parse().map_err(|e| bad(format!("{e}")))?,
             "ingester.wal-dir" => self.wal_dir = v.into(),
             "ingester.max-head-bytes-per-core" => {
@@ -816,7 +818,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.http_listen_port, 5050);
-        assert_eq!(c.shards, 3);
+        assert_eq!(c.cores, 3);
         assert!(c.multitenancy_enabled);
         assert_eq!(c.limits.reject_older_than, Duration::ZERO);
         assert_eq!(c.limits.max_query_lookback, Duration::from_secs(7 * 86400));

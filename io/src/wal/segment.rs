@@ -15,7 +15,7 @@ pub enum SyncPolicy {
     Write,
 }
 
-/// A core's segment writer. Owned by the core's WAL flusher task alone.
+/// A core's segment writer. Owned by the core's WAL writer task alone.
 ///
 /// Failures leave it usable: a failed write is cut off the file again (`ftruncate` back to
 /// the end of the last good record) before anything else is written, so no garbage ever

@@ -12,7 +12,7 @@ use std::rc::Rc;
 pub enum Waiter {
     /// A push's part: answered with what it appended once durable; a whole push settles.
     Push { reply: IngestReply, stats: AppendStats, key: u64, whole: bool },
-    /// Answered once everything queued before it is durable (`Msg::Flush`).
+    /// Answered once everything queued before it is durable (`Msg::Sync`).
     Sync(IngestReply),
     /// The abort record of `key`: `reply` is answered once it is written (or its write
     /// failed); it is written again, without the reply, if its write fails.
