@@ -59,7 +59,7 @@ impl<'a> HeadView<'a> {
     fn selected(&self, sel: &'a Selection) -> impl Iterator<Item = &'a Series> + 'a {
         let series = self.series;
         let refs: Box<dyn Iterator<Item = u32> + 'a> = match (&sel.profile_type, self.by_profile_type) {
-            (Some(pt), Some(by)) => Box::new(by.get(pt).into_iter().flatten().copied()),
+            (Some(pt), Some(by)) => Box::new(by.get(pt.as_str()).into_iter().flatten().copied()),
             _ => Box::new(0..series.len() as u32),
         };
         let pt = sel.profile_type.as_deref();

@@ -1,5 +1,6 @@
 //! What a core is asked to evaluate over its heads, and the partial results it sends back.
-//! The accepting core merges the partials of every core (see the server's `query` module).
+//! The accepting core merges the partials of every core (see `querier` in the kiln crate).
+use crate::model::ids::{ProfileTypeId, TenantId};
 use crate::model::labels::Labels;
 use crate::model::selector::Matcher;
 
@@ -7,8 +8,8 @@ use crate::model::selector::Matcher;
 /// time range in milliseconds.
 #[derive(Debug, Clone)]
 pub struct Selection {
-    pub tenants: Vec<String>,
-    pub profile_type: Option<String>,
+    pub tenants: Vec<TenantId>,
+    pub profile_type: Option<ProfileTypeId>,
     pub matchers: Vec<Matcher>,
     pub start_ms: i64,
     pub end_ms: i64,

@@ -8,6 +8,7 @@ use crate::timeparse::{now_ns, parse_time_ns};
 use http::StatusCode;
 use kiln_io::compress;
 use kiln_proto::kiln::v1::ProfileInput;
+use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{self, Labels};
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
@@ -173,7 +174,7 @@ fn inflated_body_limit(limits: &crate::config::Limits) -> usize {
 
 async fn ingest_multipart(
     dist: &Rc<Distributor>,
-    tenant: &str,
+    tenant: &TenantId,
     name: &AppName,
     spy: &str,
     from: i64,
@@ -383,7 +384,7 @@ pub fn decode_ingest_pprof(
 
 async fn ingest_pprof(
     dist: &Rc<Distributor>,
-    tenant: &str,
+    tenant: &TenantId,
     name: &AppName,
     spy: &str,
     from: i64,
@@ -417,7 +418,7 @@ async fn ingest_pprof(
 #[allow(clippy::too_many_arguments)]
 async fn ingest_text(
     dist: &Rc<Distributor>,
-    tenant: &str,
+    tenant: &TenantId,
     name: &AppName,
     spy: &str,
     from: i64,
@@ -469,7 +470,7 @@ async fn ingest_text(
 
 async fn push_one(
     dist: &Rc<Distributor>,
-    tenant: &str,
+    tenant: &TenantId,
     bytes: usize,
     acc: Accepted,
     validation: StatusCode,

@@ -18,6 +18,7 @@ use crate::service::codec;
 use crate::service::routes::{Class, HttpRoute, RpcService};
 use crate::service::{tenant, Code, Req, Response, RpcError};
 use http::{HeaderMap, Method};
+use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{self, Labels};
 use kiln_shards::model::profile::{Profile, SampleGroup};
 use metrics::DistributorMetrics;
@@ -73,7 +74,7 @@ impl Distributor {
         self.limits.for_tenant(tenant)
     }
 
-    fn write_tenant(&self, headers: &HeaderMap) -> Result<String, RpcError> {
+    fn write_tenant(&self, headers: &HeaderMap) -> Result<TenantId, RpcError> {
         tenant::write_tenant(self.multitenancy, headers)
     }
 
@@ -109,7 +110,7 @@ impl Distributor {
     }
 
     /// Hands accepted profiles to the ingesters: all or nothing (see `IngesterClient::push`).
-    async fn distribute(&self, tenant: &str, batch: Vec<Accepted>) -> Result<(), RpcError> {
+    async fn distribute(&self, tenant: &TenantId, batch: Vec<Accepted>) -> Result<(), RpcError> {
         let profiles = batch.len() as u64;
         let batch = batch.into_iter().map(|a| (a.profile, a.groups)).collect();
         match self.ingesters.push(tenant, batch, self.limits_for(tenant)).await {

@@ -3,6 +3,7 @@
 //! cluster issue points it at remote ingesters too (a pooled client per instance).
 use crate::config::Limits;
 use kiln_shards::ingester::{IngestError, IngestMode, Msg};
+use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::profile::{Profile, SampleGroup};
 use kiln_shards::runtime::{Mesh, Msg as CoreMsg};
 use std::fmt::Write;
@@ -47,12 +48,12 @@ impl IngesterClient {
     /// tenant's (its series limits are spread over the cores).
     pub async fn push(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         batch: Vec<(Profile, Vec<SampleGroup>)>,
         limits: &Limits,
     ) -> Result<(), WriteError> {
         let mesh = &self.mesh;
-        let tenant: Arc<str> = Arc::from(tenant);
+        let tenant = tenant.to_arc();
         let max_series = series_limit_per_core(limits, mesh.cores());
         let mut messages: Vec<(usize, Arc<Profile>, Vec<SampleGroup>)> = Vec::new();
         for (profile, groups) in batch {

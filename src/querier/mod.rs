@@ -11,7 +11,8 @@ use crate::service::routes::{Class, HttpRoute, RpcService};
 use crate::service::{tenant, Code, Req, Response, RpcError};
 use crate::timeparse::now_ns;
 use http::{HeaderMap, Method};
-use kiln_shards::model::labels::{Labels, ProfileType};
+use kiln_shards::model::ids::{ProfileTypeId, TenantId};
+use kiln_shards::model::labels::Labels;
 use kiln_shards::model::selector::parse_selector;
 use kiln_shards::query::{Bucket, QueryRequest, QueryResult, Selection};
 use kiln_shards::runtime::{Mesh, Msg};
@@ -67,7 +68,7 @@ impl Querier {
     }
 
     /// The tenants a read is for (several as `a|b`).
-    fn tenants(&self, headers: &HeaderMap) -> Result<Vec<String>, RpcError> {
+    fn tenants(&self, headers: &HeaderMap) -> Result<Vec<TenantId>, RpcError> {
         tenant::tenants(self.multitenancy, headers)
     }
 
@@ -94,15 +95,14 @@ impl Querier {
 /// wholly beyond the lookback limit (the answer is empty, as in Pyroscope).
 pub fn selection(
     querier: &Querier,
-    tenants: Vec<String>,
+    tenants: Vec<TenantId>,
     profile_type: Option<&str>,
     selector: &str,
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Option<Selection>, RpcError> {
-    if let Some(pt) = profile_type {
-        ProfileType::parse(pt).map_err(RpcError::invalid)?;
-    }
+    let profile_type =
+        profile_type.map(ProfileTypeId::parse).transpose().map_err(|e| RpcError::invalid(e.to_string()))?;
     let matchers =
         parse_selector(selector).map_err(|e| RpcError::invalid(format!("invalid label selector {selector:?}: {e}")))?;
     let now_ms = now_ns() / 1_000_000;
@@ -110,7 +110,7 @@ pub fn selection(
     if start > end {
         return Err(RpcError::invalid(format!("invalid time range: start ({start}) is after end ({end})")));
     }
-    let limits = querier.limits_for(tenants.first().map(String::as_str).unwrap_or(""));
+    let limits = querier.limits_for(tenants.first().map(TenantId::as_str).unwrap_or(""));
     let lookback = limits.max_query_lookback.as_millis() as i64;
     if lookback > 0 {
         let oldest = now_ms - lookback;
@@ -128,13 +128,7 @@ pub fn selection(
             fmt_ms(max_len)
         )));
     }
-    Ok(Some(Selection {
-        tenants,
-        profile_type: profile_type.map(str::to_string),
-        matchers,
-        start_ms: start,
-        end_ms: end,
-    }))
+    Ok(Some(Selection { tenants, profile_type, matchers, start_ms: start, end_ms: end }))
 }
 
 fn fmt_ms(ms: i64) -> String {

@@ -9,6 +9,7 @@ use http::HeaderMap;
 use kiln_proto::google::v1::Profile;
 use kiln_proto::querier::v1 as q;
 use kiln_proto::types::v1 as t;
+use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{Labels, ProfileType};
 use kiln_shards::query::{QueryRequest, QueryResult, Selection};
 use std::rc::Rc;
@@ -137,7 +138,7 @@ async fn series(call: &Call<'_>, r: q::SeriesRequest) -> Result<q::SeriesRespons
 fn stacktraces_selection(
     call: &Call<'_>,
     r: &q::SelectMergeStacktracesRequest,
-) -> Result<(Option<Selection>, String), RpcError> {
+) -> Result<(Option<Selection>, TenantId), RpcError> {
     if !r.span_selector.is_empty() && !r.trace_id_selector.is_empty() {
         return Err(RpcError::invalid("span_selector and trace_id_selector cannot be used together"));
     }
