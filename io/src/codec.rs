@@ -362,7 +362,10 @@ mod tests {
         let overflow = |b: &[u8]| Reader::new(b).u().unwrap_err().kind;
         assert_eq!(overflow(&[0xff; 11]), ErrorKind::VarintOverflow);
         assert_eq!(overflow(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]), ErrorKind::VarintOverflow);
-        assert_eq!(overflow(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]), ErrorKind::VarintOverflow);
+        assert_eq!(
+            overflow(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]),
+            ErrorKind::VarintOverflow
+        );
         // Padded but within 64 bits: read as Go and protobuf read it.
         assert_eq!(Reader::new(&[0x80, 0x00]).u().unwrap(), 0);
     }
