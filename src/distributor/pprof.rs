@@ -528,17 +528,42 @@ fn owned_strings(table: Vec<Vec<u8>>) -> Result<Vec<String>, PprofError> {
     Ok(strings)
 }
 
+/// Where pprof ids point in the dense tables kiln builds. An id given twice points at the
+/// later entry, as a map insert does.
+pub(crate) trait IdTable {
+    fn for_entries(n: usize) -> Self;
+    fn set(&mut self, id: u64, index: u32);
+}
+
 type IdMap = FxHashMap<u64, u32>;
 
-fn index_mappings(raw: &[kiln_proto::google::v1::Mapping], nstr: i64) -> Result<(Vec<Mapping>, IdMap), PprofError> {
-    let mut index = IdMap::default();
-    let mut mappings = Vec::with_capacity(raw.len());
-    for m in raw {
-        let mapping = dense_mapping(m, nstr).map_err(invalid)?;
-        index.insert(m.id, mappings.len() as u32);
-        mappings.push(mapping);
+impl IdTable for IdMap {
+    fn for_entries(_: usize) -> Self {
+        IdMap::default()
     }
-    Ok((mappings, index))
+    fn set(&mut self, id: u64, index: u32) {
+        self.insert(id, index);
+    }
+}
+
+/// Each raw symbol's dense form, in order, and the table of their pprof ids: `dense` gives
+/// a symbol's id and dense form, or why it is refused.
+pub(crate) fn dense_by_id<R, T, E, I: IdTable>(
+    raw: &[R],
+    mut dense: impl FnMut(&R) -> Result<(u64, T), E>,
+) -> Result<(Vec<T>, I), E> {
+    let mut index = I::for_entries(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        let (id, t) = dense(r)?;
+        index.set(id, out.len() as u32);
+        out.push(t);
+    }
+    Ok((out, index))
+}
+
+fn index_mappings(raw: &[kiln_proto::google::v1::Mapping], nstr: i64) -> Result<(Vec<Mapping>, IdMap), PprofError> {
+    dense_by_id(raw, |m| Ok((m.id, dense_mapping(m, nstr).map_err(invalid)?)))
 }
 
 fn index_functions(
@@ -547,17 +572,12 @@ fn index_functions(
     go: bool,
     strings: &mut Vec<String>,
 ) -> Result<(Vec<Function>, IdMap), PprofError> {
-    let mut index = IdMap::default();
-    let mut functions = Vec::with_capacity(raw.len());
     let mut cleaned = CleanedNames::default();
-    for f in raw {
+    dense_by_id(raw, |f| {
         let function =
-            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, strings, &mut cleaned)
-                .map_err(invalid)?;
-        index.insert(f.id, functions.len() as u32);
-        functions.push(function);
-    }
-    Ok((functions, index))
+            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, strings, &mut cleaned);
+        Ok((f.id, function.map_err(invalid)?))
+    })
 }
 
 fn index_locations(
@@ -565,22 +585,18 @@ fn index_locations(
     mapping_index: &IdMap,
     function_index: &IdMap,
 ) -> Result<(Vec<Location>, IdMap), PprofError> {
-    let mut index = IdMap::default();
-    let mut locations = Vec::with_capacity(raw.len());
-    for l in raw {
+    dense_by_id(raw, |l| {
+        let lines = l.line.iter().map(|ln| (ln.function_id, ln.line));
         let location = dense_location(
             l.id,
             l.mapping_id,
             l.address,
-            l.line.iter().map(|ln| (ln.function_id, ln.line)),
+            lines,
             |m| mapping_index.get(&m).copied(),
             |f| function_index.get(&f).copied(),
-        )
-        .map_err(invalid)?;
-        index.insert(l.id, locations.len() as u32);
-        locations.push(location);
-    }
-    Ok((locations, index))
+        );
+        Ok((l.id, location.map_err(invalid)?))
+    })
 }
 
 /// The samples that have a value, as kiln stores them, grouped by series labels. `nstr`

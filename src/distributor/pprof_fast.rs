@@ -35,9 +35,9 @@
 //!   symbol or sample is built, so such a profile costs little more than the prost path.
 use crate::distributor::gofix;
 use crate::distributor::pprof::{
-    check_header, check_sample, check_sample_type_names, dense_function, dense_location, dense_mapping, dense_stack,
-    dense_value_types, detect_language, hex, kept_suffix, series_key, CleanedNames, Decoded, DenseSamples, Language,
-    PprofLimits, SeriesGroups, NON_SERIES_SAMPLE_LABELS,
+    check_header, check_sample, check_sample_type_names, dense_by_id, dense_function, dense_location, dense_mapping,
+    dense_stack, dense_value_types, detect_language, hex, kept_suffix, series_key, CleanedNames, Decoded, DenseSamples,
+    IdTable, Language, PprofLimits, SeriesGroups, NON_SERIES_SAMPLE_LABELS,
 };
 use kiln_shards::profile::{Function, Location, Mapping, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
@@ -236,12 +236,12 @@ struct IdIndex {
 
 const ABSENT: u32 = u32::MAX;
 
-impl IdIndex {
-    fn new(entries: usize) -> Self {
+impl IdTable for IdIndex {
+    fn for_entries(entries: usize) -> Self {
         IdIndex { limit: 2 * entries as u64 + 64, dense: Vec::new(), sparse: FxHashMap::default() }
     }
 
-    fn insert(&mut self, id: u64, index: u32) {
+    fn set(&mut self, id: u64, index: u32) {
         if id < self.limit {
             let i = id as usize;
             if i >= self.dense.len() {
@@ -252,7 +252,9 @@ impl IdIndex {
             self.sparse.insert(id, index);
         }
     }
+}
 
+impl IdIndex {
     #[inline(always)]
     fn get(&self, id: u64) -> Option<u32> {
         if id < self.limit {
@@ -560,14 +562,7 @@ fn may_be_truncated(top: &Top<'_>, sample_types: &[ValueType]) -> Res<bool> {
 }
 
 fn index_mappings(raw: &[kiln_proto::google::v1::Mapping], nstr: i64) -> Res<(Vec<Mapping>, IdIndex)> {
-    let mut index = IdIndex::new(raw.len());
-    let mut mappings = Vec::with_capacity(raw.len());
-    for m in raw {
-        let mapping = dense_mapping(m, nstr).or_else(invalid)?;
-        index.insert(m.id, mappings.len() as u32);
-        mappings.push(mapping);
-    }
-    Ok((mappings, index))
+    dense_by_id(raw, |m| Ok((m.id, dense_mapping(m, nstr).or_else(invalid)?)))
 }
 
 fn index_functions(
@@ -576,24 +571,18 @@ fn index_functions(
     go: bool,
     strings: &mut Vec<String>,
 ) -> Res<(Vec<Function>, IdIndex)> {
-    let mut index = IdIndex::new(raw.len());
-    let mut functions = Vec::with_capacity(raw.len());
     let mut cleaned = CleanedNames::default();
-    for f in raw {
+    dense_by_id(raw, |f| {
         let function =
-            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, strings, &mut cleaned)
-                .or_else(invalid)?;
-        index.insert(f.id, functions.len() as u32);
-        functions.push(function);
-    }
-    Ok((functions, index))
+            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, strings, &mut cleaned);
+        Ok((f.id, function.or_else(invalid)?))
+    })
 }
 
+/// The locations, decoded here (the top-level pass only kept their bytes).
 fn index_locations(raw: &[&[u8]], mapping_index: &IdIndex, function_index: &IdIndex) -> Res<(Vec<Location>, IdIndex)> {
-    let mut index = IdIndex::new(raw.len());
-    let mut locations = Vec::with_capacity(raw.len());
     let mut lines = Vec::new();
-    for b in raw {
+    dense_by_id(raw, |b| {
         let l = location(b, &mut lines)?;
         let location = dense_location(
             l.id,
@@ -602,12 +591,9 @@ fn index_locations(raw: &[&[u8]], mapping_index: &IdIndex, function_index: &IdIn
             lines.iter().copied(),
             |m| mapping_index.get(m),
             |f| function_index.get(f),
-        )
-        .or_else(invalid)?;
-        index.insert(l.id, locations.len() as u32);
-        locations.push(location);
-    }
-    Ok((locations, index))
+        );
+        Ok((l.id, location.or_else(invalid)?))
+    })
 }
 
 /// The samples that have a value, parsed into reused scratch buffers and written straight
