@@ -196,42 +196,67 @@ fn bad_ingest_requests() {
 fn bad_queries() {
     let k = Kiln::start(&[]);
     let now = now_ms();
-    let sms = |pt: &str, sel: &str, start: i64, end: i64| {
-        connect::<_, q::SelectMergeStacktracesResponse>(
-            k.port,
-            "/querier.v1.QuerierService/SelectMergeStacktraces",
-            &[],
-            &q::SelectMergeStacktracesRequest {
-                profile_type_id: pt.into(),
-                label_selector: sel.into(),
-                start,
-                end,
-                ..Default::default()
-            },
-        )
-    };
-    let pt = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+    bad_selections_are_invalid_arguments(k.port, now);
+    bad_steps_are_refused(k.port, now);
+    max_nodes_beyond_the_limit_are_refused(k.port, now);
+    times_beyond_64_bit_nanoseconds_are_refused(k.port);
+    bad_paths_methods_and_headers(k.port);
+}
+
+const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+
+fn select_merge_stacktraces(
+    port: u16,
+    req: &q::SelectMergeStacktracesRequest,
+) -> Result<q::SelectMergeStacktracesResponse, (u16, String, String)> {
+    connect(port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], req)
+}
+
+fn sms(
+    port: u16,
+    pt: &str,
+    sel: &str,
+    start: i64,
+    end: i64,
+) -> Result<q::SelectMergeStacktracesResponse, (u16, String, String)> {
+    select_merge_stacktraces(
+        port,
+        &q::SelectMergeStacktracesRequest {
+            profile_type_id: pt.into(),
+            label_selector: sel.into(),
+            start,
+            end,
+            ..Default::default()
+        },
+    )
+}
+
+fn bad_selections_are_invalid_arguments(port: u16, now: i64) {
+    let pt = CPU;
     for (what, r) in [
-        ("malformed selector", sms(pt, "{a=b}", now - 1000, now)),
-        ("unterminated selector", sms(pt, "{a=\"b\"", now - 1000, now)),
-        ("bad regex", sms(pt, "{a=~\"(\"}", now - 1000, now)),
-        ("bad profile type", sms("cpu", "{}", now - 1000, now)),
-        ("start after end", sms(pt, "{}", now, now - 1000)),
-        ("longer than max-query-length", sms(pt, "{}", now - 3 * 86_400_000, now)),
+        ("malformed selector", sms(port, pt, "{a=b}", now - 1000, now)),
+        ("unterminated selector", sms(port, pt, "{a=\"b\"", now - 1000, now)),
+        ("bad regex", sms(port, pt, "{a=~\"(\"}", now - 1000, now)),
+        ("bad profile type", sms(port, "cpu", "{}", now - 1000, now)),
+        ("start after end", sms(port, pt, "{}", now, now - 1000)),
+        ("longer than max-query-length", sms(port, pt, "{}", now - 3 * 86_400_000, now)),
     ] {
         let e = r.expect_err(what);
         assert_eq!((e.0, e.1.as_str()), (400, "invalid_argument"), "{what}: {e:?}");
     }
     let e = connect::<_, t::LabelValuesResponse>(
-        k.port,
+        port,
         "/querier.v1.QuerierService/LabelValues",
         &[],
         &t::LabelValuesRequest::default(),
     )
     .unwrap_err();
     assert!(e.2.contains("name is required"));
-    // No step, NaN, infinities and steps whose points' times would overflow: refused, not
-    // wrapped.
+}
+
+/// No step, NaN, infinities and steps whose points' times would overflow: refused, not
+/// wrapped.
+fn bad_steps_are_refused(port: u16, now: i64) {
     for (step, needle) in [
         (0.0, "step"),
         (f64::NAN, "finite"),
@@ -241,11 +266,11 @@ fn bad_queries() {
         (9.3e15, "too large"),
     ] {
         let e = connect::<_, q::SelectSeriesResponse>(
-            k.port,
+            port,
             "/querier.v1.QuerierService/SelectSeries",
             &[],
             &q::SelectSeriesRequest {
-                profile_type_id: pt.into(),
+                profile_type_id: CPU.into(),
                 start: now - 1000,
                 end: now,
                 step,
@@ -256,31 +281,30 @@ fn bad_queries() {
         assert_eq!((e.0, e.1.as_str()), (400, "invalid_argument"), "step {step}: {e:?}");
         assert!(e.2.contains(needle), "step {step}: {e:?}");
     }
-    let e = sms(pt, "{}", now - 1000, now);
+}
+
+fn max_nodes_beyond_the_limit_are_refused(port: u16, now: i64) {
+    let e = sms(port, CPU, "{}", now - 1000, now);
     assert!(e.is_ok());
     let mut req = q::SelectMergeStacktracesRequest {
-        profile_type_id: pt.into(),
+        profile_type_id: CPU.into(),
         start: now - 1000,
         end: now,
         ..Default::default()
     };
     let mut merge_error = |max_nodes: i64| {
         req.max_nodes = Some(max_nodes);
-        connect::<_, q::SelectMergeStacktracesResponse>(
-            k.port,
-            "/querier.v1.QuerierService/SelectMergeStacktraces",
-            &[],
-            &req,
-        )
-        .unwrap_err()
+        select_merge_stacktraces(port, &req).unwrap_err()
     };
     let e = merge_error(10_000_000);
     assert!(e.2.contains("max flamegraph nodes"), "{e:?}");
     // Negative: no limit, which only an unlimited maximum grants (Pyroscope's message).
     let e = merge_error(-1);
     assert_eq!(e.2, "max flamegraph nodes limit must be set (max allowed 1048576)", "{e:?}");
+}
 
-    // Times that do not fit in 64-bit nanoseconds are a 400, not a silent `now`.
+/// Times that do not fit in 64-bit nanoseconds are a 400, not a silent `now`.
+fn times_beyond_64_bit_nanoseconds_are_refused(port: u16) {
     let q = "process_cpu:cpu:nanoseconds:cpu:nanoseconds%7B%7D";
     for path in [
         format!("/pyroscope/render?query={q}&from=now-10000000y&until=now"),
@@ -288,27 +312,25 @@ fn bad_queries() {
         format!("/pyroscope/render-diff?leftQuery={q}&rightQuery={q}&leftFrom=now-10000000y&rightFrom=now-1h"),
         "/pyroscope/label-values?label=__name__&from=11111111".to_string(),
     ] {
-        let r = get(k.port, &path);
+        let r = get(port, &path);
         assert_eq!(r.status, 400, "{path}: {}", r.text());
         assert!(r.text().contains("out of range"), "{path}: {}", r.text());
     }
-    let r = post(k.port, "/ingest?name=a.cpu&from=now-10000000y", &[], b"main 1\n".to_vec());
+    let r = post(port, "/ingest?name=a.cpu&from=now-10000000y", &[], b"main 1\n".to_vec());
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("out of range"), "{}", r.text());
+}
 
-    let r = get(k.port, "/pyroscope/render?query=%7Bservice_name%3D%22a%22%7D");
+fn bad_paths_methods_and_headers(port: u16) {
+    let r = get(port, "/pyroscope/render?query=%7Bservice_name%3D%22a%22%7D");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("profile-type selection"));
-    assert_eq!(get(k.port, "/pyroscope/label-values").status, 400);
-    let r = request(k.port, "GET", "/ready", &[("accept", "garbage")], vec![], false);
+    assert_eq!(get(port, "/pyroscope/label-values").status, 400);
+    let r = request(port, "GET", "/ready", &[("accept", "garbage")], vec![], false);
     assert_eq!(r.status, 400);
-    assert_eq!(get(k.port, "/no/such/path").status, 404);
-    let r = post(
-        k.port,
-        "/querier.v1.QuerierService/NoSuchMethod",
-        &[("content-type", "application/json")],
-        b"{}".to_vec(),
-    );
+    assert_eq!(get(port, "/no/such/path").status, 404);
+    let r =
+        post(port, "/querier.v1.QuerierService/NoSuchMethod", &[("content-type", "application/json")], b"{}".to_vec());
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["code"], "unimplemented");
 }

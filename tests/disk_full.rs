@@ -149,15 +149,8 @@ fn current_segment(data: &Path) -> (PathBuf, u64) {
     (seg, len)
 }
 
-#[test]
-fn a_full_disk_needs_no_manual_repair() {
-    let fs = Tmpfs::mount("8m");
-    let data = fs.dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut s = Stream { next: 0, sent: BTreeMap::new(), acked: BTreeSet::new() };
-    // One core, so that the test knows which WAL each push lands in.
-    let k = start(data, "-shards=1");
-
+/// Step 1 of `a_full_disk_needs_no_manual_repair`.
+fn a_failed_write_is_cut_off(fs: &Tmpfs, k: &Kiln, s: &mut Stream) {
     // 1. A write that fails part-way, then a shorter one at the same offset, then a
     // rotation: the failed write's tail used to stay behind the shorter one and make the
     // segment "damaged but not its core's last" at the next start.
@@ -166,8 +159,8 @@ fn a_full_disk_needs_no_manual_repair() {
         s.push_ok(k.port, pad);
         current_segment(&k.data).1 - before
     };
-    let big = size_of(&mut s, BIG);
-    let medium = size_of(&mut s, MEDIUM);
+    let big = size_of(s, BIG);
+    let medium = size_of(s, MEDIUM);
     // Land the end of the segment where a big write still fits, but a medium one then a
     // big one does not: the big one after them rotates.
     while current_segment(&k.data).1 + 2 * big <= SEGMENT {
@@ -188,7 +181,10 @@ fn a_full_disk_needs_no_manual_repair() {
     for _ in 0..20 {
         s.push_ok(k.port, 0);
     }
+}
 
+/// Step 2 of `a_full_disk_needs_no_manual_repair`.
+fn a_cut_that_cannot_write_its_markers_is_retried(fs: &Tmpfs, k: &Kiln, s: &mut Stream) {
     // 2. A block cut whose markers cannot be written: the end of the segment is at a page
     // boundary (or the markers cross one) and the disk is full.
     let marker =
@@ -219,6 +215,19 @@ fn a_full_disk_needs_no_manual_repair() {
     s.check(k.port, "after the retried cut");
     let r = post(k.port, "/ingester/flush", &[], Vec::new());
     assert_eq!(r.status, 204, "{}", r.text());
+}
+
+#[test]
+fn a_full_disk_needs_no_manual_repair() {
+    let fs = Tmpfs::mount("8m");
+    let data = fs.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut s = Stream { next: 0, sent: BTreeMap::new(), acked: BTreeSet::new() };
+    // One core, so that the test knows which WAL each push lands in.
+    let k = start(data, "-shards=1");
+
+    a_failed_write_is_cut_off(&fs, &k, &mut s);
+    a_cut_that_cannot_write_its_markers_is_retried(&fs, &k, &mut s);
 
     // 3. kill -9 and restart, no manual repair.
     for _ in 0..30 {

@@ -1,10 +1,12 @@
 //! kiln's bytes on the wire, on disk and in buckets.
 //!
-//! `compress` holds the bounded gzip handling every ingest and RPC path shares: a body is
-//! never inflated past the limit the caller names, so a zip bomb costs at most that many
-//! bytes of memory on the core that received it. `store` reaches object storage (a
+//! `codec` holds the varints, strings and bounded reader that the WAL payload, the block
+//! files and TREE bytes are written with. `compress` holds the bounded gzip handling every
+//! ingest and RPC path shares: a body is never inflated past the limit the caller names, so a
+//! zip bomb costs at most that many bytes of memory on the core that received it. `store` reaches object storage (a
 //! directory, S3, GCS, Azure) through one dedicated store thread, and keeps each tenant's
 //! bucket index.
+pub mod codec;
 pub mod compress;
 pub mod store;
 pub mod wal;

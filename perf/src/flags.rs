@@ -236,27 +236,19 @@ const VALUE_FLAGS: &[&str] = &[
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> {
     let mut config = Config::default();
-    let mut rate: Option<f64> = None;
-    let mut connections: Option<usize> = None;
+    let mut load = LoadFlags::default();
     let mut it = args.into_iter().peekable();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" || arg == "-help" {
             return Ok(Parsed::Help);
         }
-        let body = arg
-            .strip_prefix("--")
-            .or_else(|| arg.strip_prefix('-'))
-            .ok_or_else(|| format!("unexpected argument {arg:?} (flags start with --)"))?;
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (body, None),
-        };
+        let (name, inline) = split_flag(&arg)?;
         if BOOL_FLAGS.contains(&name) {
             let value = match inline {
                 Some(v) => parse_bool(name, &v)?,
-                None => match it.peek().map(String::as_str) {
-                    Some("true") | Some("false") => parse_bool(name, &it.next().unwrap())?,
-                    _ => true,
+                None => match it.next_if(|v| v == "true" || v == "false") {
+                    Some(v) => parse_bool(name, &v)?,
+                    None => true,
                 },
             };
             match name {
@@ -273,60 +265,86 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             Some(v) => v,
             None => it.next().ok_or_else(|| format!("flag --{name} needs a value"))?,
         };
-        match name {
-            "url" => config.url = value,
-            "mode" => {
-                config.mode = match value.as_str() {
-                    "push" => Mode::Push,
-                    "query" => Mode::Query,
-                    _ => return Err(format!("--mode must be push or query, not {value:?}")),
-                }
-            }
-            "api" => {
-                config.api = match value.as_str() {
-                    "push" | "connect" => Api::Push,
-                    "grpc" => Api::Grpc,
-                    "ingest" => Api::Ingest,
-                    _ => return Err(format!("--api must be push, grpc or ingest, not {value:?}")),
-                }
-            }
-            "encoding" => {
-                config.encoding = match value.as_str() {
-                    "proto" => Encoding::Proto,
-                    "json" => Encoding::Json,
-                    _ => return Err(format!("--encoding must be proto or json, not {value:?}")),
-                }
-            }
-            "source" => {
-                config.source = if value == "synthetic" { Source::Synthetic } else { Source::Dir(PathBuf::from(value)) }
-            }
-            "profile-types" => config.shape.profile_types = parse_profile_types(&value)?,
-            "services" => config.shape.services = parse_count(name, &value, 1)?,
-            "series-per-service" => config.shape.series_per_service = parse_count(name, &value, 1)?,
-            "labels-per-series" => config.shape.labels_per_series = parse_count(name, &value, 0)?,
-            "stack-depth" => config.shape.stack_depth = parse_count(name, &value, 1)?,
-            "unique-stacks" => config.shape.unique_stacks = parse_count(name, &value, 1)?,
-            "functions" => config.shape.functions = parse_count(name, &value, 1)?,
-            "samples-per-profile" => config.shape.samples_per_profile = parse_count(name, &value, 1)?,
-            "tenants" => config.tenants = parse_count(name, &value, 0)?,
-            "rate" => {
-                let r: f64 = value.parse().map_err(|_| format!("--rate needs a number, not {value:?}"))?;
-                if !(r > 0.0 && r.is_finite()) {
-                    return Err(format!("--rate must be > 0, not {value:?}"));
-                }
-                rate = Some(r);
-            }
-            "connections" => connections = Some(parse_count(name, &value, 1)?),
-            "max-in-flight" => config.max_in_flight = parse_count(name, &value, 1)?,
-            "threads" => config.threads = parse_count(name, &value, 1)?,
-            "duration" => config.duration = parse_duration(&value)?,
-            "timeout" => config.timeout = parse_duration(&value)?,
-            "range" => config.range = parse_duration(&value)?,
-            "seed" => config.seed = value.parse().map_err(|_| format!("--seed needs an integer, not {value:?}"))?,
-            _ => return Err(format!("unknown flag --{name} (see --help)")),
-        }
+        set_value(&mut config, &mut load, name, value)?;
     }
-    config.load = match (rate, connections) {
+    finish(config, load).map(|c| Parsed::Run(Box::new(c)))
+}
+
+/// The flags that choose the load model, decided once all flags are read.
+#[derive(Default)]
+struct LoadFlags {
+    rate: Option<f64>,
+    connections: Option<usize>,
+}
+
+/// A flag's name (after `--` or `-`) and its value if given inline (`--name=value`).
+fn split_flag(arg: &str) -> Result<(&str, Option<String>), String> {
+    let body = arg
+        .strip_prefix("--")
+        .or_else(|| arg.strip_prefix('-'))
+        .ok_or_else(|| format!("unexpected argument {arg:?} (flags start with --)"))?;
+    Ok(match body.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (body, None),
+    })
+}
+
+/// Applies one flag of `VALUE_FLAGS`.
+fn set_value(config: &mut Config, load: &mut LoadFlags, name: &str, value: String) -> Result<(), String> {
+    match name {
+        "url" => config.url = value,
+        "mode" | "api" | "encoding" => set_choice(config, name, &value)?,
+        "source" => {
+            config.source = if value == "synthetic" { Source::Synthetic } else { Source::Dir(PathBuf::from(value)) }
+        }
+        "profile-types" => config.shape.profile_types = parse_profile_types(&value)?,
+        "services" => config.shape.services = parse_count(name, &value, 1)?,
+        "series-per-service" => config.shape.series_per_service = parse_count(name, &value, 1)?,
+        "labels-per-series" => config.shape.labels_per_series = parse_count(name, &value, 0)?,
+        "stack-depth" => config.shape.stack_depth = parse_count(name, &value, 1)?,
+        "unique-stacks" => config.shape.unique_stacks = parse_count(name, &value, 1)?,
+        "functions" => config.shape.functions = parse_count(name, &value, 1)?,
+        "samples-per-profile" => config.shape.samples_per_profile = parse_count(name, &value, 1)?,
+        "tenants" => config.tenants = parse_count(name, &value, 0)?,
+        "rate" => {
+            let r: f64 = value.parse().map_err(|_| format!("--rate needs a number, not {value:?}"))?;
+            if !(r > 0.0 && r.is_finite()) {
+                return Err(format!("--rate must be > 0, not {value:?}"));
+            }
+            load.rate = Some(r);
+        }
+        "connections" => load.connections = Some(parse_count(name, &value, 1)?),
+        "max-in-flight" => config.max_in_flight = parse_count(name, &value, 1)?,
+        "threads" => config.threads = parse_count(name, &value, 1)?,
+        "duration" => config.duration = parse_duration(&value)?,
+        "timeout" => config.timeout = parse_duration(&value)?,
+        "range" => config.range = parse_duration(&value)?,
+        "seed" => config.seed = value.parse().map_err(|_| format!("--seed needs an integer, not {value:?}"))?,
+        _ => return Err(format!("unknown flag --{name} (see --help)")),
+    }
+    Ok(())
+}
+
+/// The flags that pick one of a few words: --mode, --api, --encoding.
+fn set_choice(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
+    match (name, value) {
+        ("mode", "push") => config.mode = Mode::Push,
+        ("mode", "query") => config.mode = Mode::Query,
+        ("mode", _) => return Err(format!("--mode must be push or query, not {value:?}")),
+        ("api", "push" | "connect") => config.api = Api::Push,
+        ("api", "grpc") => config.api = Api::Grpc,
+        ("api", "ingest") => config.api = Api::Ingest,
+        ("api", _) => return Err(format!("--api must be push, grpc or ingest, not {value:?}")),
+        ("encoding", "proto") => config.encoding = Encoding::Proto,
+        ("encoding", "json") => config.encoding = Encoding::Json,
+        _ => return Err(format!("--encoding must be proto or json, not {value:?}")),
+    }
+    Ok(())
+}
+
+/// The load model and the checks that need every flag.
+fn finish(mut config: Config, load: LoadFlags) -> Result<Config, String> {
+    config.load = match (load.rate, load.connections) {
         (Some(_), Some(_)) => return Err("use either --rate (open loop) or --connections (closed loop)".into()),
         (Some(r), None) => Load::Rate(r),
         (None, Some(c)) => Load::Connections(c),
@@ -342,7 +360,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     if config.range.as_millis() < 1 {
         return Err("--range must be at least 1ms".into());
     }
-    Ok(Parsed::Run(Box::new(config)))
+    Ok(config)
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, String> {

@@ -322,7 +322,8 @@ struct Link {
 }
 
 /// The repair proper, on stacks of location ids (leaf first) in Pyroscope's sample order.
-/// Appends the missing root frames to the stacks it repairs.
+/// Appends the missing root frames to the stacks it repairs; returns the stacks' order
+/// sorted by suffix.
 ///
 /// Pyroscope's quirks are kept, as they decide which stacks change: the samples are sorted
 /// with Go's unstable sort and an inconsistent comparison (every stack shorter than the
@@ -330,8 +331,30 @@ struct Link {
 /// number of groups rather than of stacks, which usually leaves the last group (in sort
 /// order) with no stacks: it lends no tokens and is not repaired.
 fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
-    // Suffixes as Pyroscope compares them: byte strings of little-endian ids.
-    let keys: Vec<Option<[u64; SUFFIX_LEN]>> = stacks
+    // 1. The stacks sorted by suffix, the short ones first.
+    let keys = suffix_keys(stacks);
+    let (sorted, long) = sort_by_suffix(&keys);
+    let order = &sorted[long..];
+    if order.iter().any(|&i| keys[i].is_none()) {
+        // The sort did not put the short stacks first: Pyroscope would crash here.
+        return sorted;
+    }
+    // 2. The long stacks grouped by suffix.
+    let groups = SuffixGroups::new(order, &keys);
+    // 3. Which group each group's root-most frames continue in.
+    let links = group_links(stacks, &groups, params);
+    // 4. The frames each group lacks, appended.
+    append_missing(stacks, &groups, &links, params);
+    sorted
+}
+
+type SuffixKey = [u64; SUFFIX_LEN];
+type Token = [u64; TOKEN_LEN];
+
+/// Each stack's suffix as Pyroscope compares them (byte strings of little-endian ids), or
+/// `None` for a stack shorter than the suffix.
+fn suffix_keys(stacks: &[Vec<u64>]) -> Vec<Option<SuffixKey>> {
+    stacks
         .iter()
         .map(|s| {
             let suffix = s.get(s.len().checked_sub(SUFFIX_LEN)?..)?;
@@ -341,8 +364,12 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
             }
             Some(key)
         })
-        .collect();
-    let mut order: Vec<usize> = (0..stacks.len()).collect();
+        .collect()
+}
+
+/// The stacks' indices sorted by suffix, and where the long stacks start among them.
+fn sort_by_suffix(keys: &[Option<SuffixKey>]) -> (Vec<usize>, usize) {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
     // Short stacks first, then by suffix; equal suffixes keep the profile's sample order
     // (a stable sort: Pyroscope's unstable one may pick another stack of a group to lend
     // frames beyond the shared suffix).
@@ -357,97 +384,127 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
             hi = mid;
         }
     }
-    let sorted = order;
-    let order = &sorted[lo..];
-    if order.iter().any(|&i| keys[i].is_none()) {
-        // The sort did not put the short stacks first: Pyroscope would crash here.
-        return sorted;
-    }
-    let suffix = |i: usize| keys[order[i]].as_ref().expect("long stack");
-    // Start of each group of stacks sharing one suffix (indices into `order`).
-    let mut starts: Vec<usize> = Vec::new();
-    for i in 0..order.len() {
-        if i == 0 || suffix(i) != suffix(i - 1) {
-            starts.push(i);
-        }
-    }
-    let ngroups = starts.len();
-    let end_of = |g: usize| starts.get(g + 1).copied().unwrap_or(ngroups);
-    let last16 = |s: &[u64]| -> [u64; TOKEN_LEN] {
-        let mut t = [0u64; TOKEN_LEN];
-        t.copy_from_slice(&s[s.len() - TOKEN_LEN..]);
-        t
-    };
+    (order, lo)
+}
 
+/// Runs of `order` (stacks sorted by suffix, all long) that share one suffix.
+struct SuffixGroups<'o> {
+    order: &'o [usize],
+    /// Start of each group (indices into `order`).
+    starts: Vec<usize>,
+}
+
+impl<'o> SuffixGroups<'o> {
+    fn new(order: &'o [usize], keys: &[Option<SuffixKey>]) -> Self {
+        let starts = (0..order.len()).filter(|&i| i == 0 || keys[order[i]] != keys[order[i - 1]]).collect();
+        SuffixGroups { order, starts }
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Where group `g` ends in `order`: Pyroscope's quirk takes the end of the last group to
+    /// be the number of groups.
+    fn end_of(&self, g: usize) -> usize {
+        self.starts.get(g + 1).copied().unwrap_or(self.starts.len())
+    }
+
+    /// The stacks of group `g` (none where the quirk ends it before its start).
+    fn members(&self, g: usize) -> &'o [usize] {
+        let start = self.starts[g];
+        &self.order[start..self.end_of(g).max(start)]
+    }
+
+    /// The group's first stack, which speaks for it.
+    fn first(&self, g: usize) -> usize {
+        self.order[self.starts[g]]
+    }
+}
+
+fn last_token(s: &[u64]) -> Token {
+    let mut t = [0u64; TOKEN_LEN];
+    t.copy_from_slice(&s[s.len() - TOKEN_LEN..]);
+    t
+}
+
+/// Each group's link: the group where its root-most token sits furthest from the root,
+/// if another group.
+fn group_links(stacks: &[Vec<u64>], groups: &SuffixGroups<'_>, params: Params) -> Vec<Link> {
     // Token → the group where it sits furthest from the root.
-    let mut owners: FxHashMap<[u64; TOKEN_LEN], Link> =
-        FxHashMap::with_capacity_and_hasher(starts.len() * TOKENS, Default::default());
-    for (g, &start) in starts.iter().enumerate() {
-        if (end_of(g) as isize - start as isize) < params.min_group {
+    let mut owners: FxHashMap<Token, Link> =
+        FxHashMap::with_capacity_and_hasher(groups.len() * TOKENS, Default::default());
+    for (g, &start) in groups.starts.iter().enumerate() {
+        if (groups.end_of(g) as isize - start as isize) < params.min_group {
             continue;
         }
-        let s = &stacks[order[start]];
+        let s = &stacks[groups.first(g)];
         let s = &s[s.len() - SUFFIX_LEN..];
         for off in 1..=TOKENS {
-            let token = last16(&s[..SUFFIX_LEN - off]);
-            let owner = owners.entry(token).or_default();
+            let owner = owners.entry(last_token(&s[..SUFFIX_LEN - off])).or_default();
             if owner.group == 0 || off as u32 > owner.offset {
                 *owner = Link { group: g as u32 + 1, offset: off as u32 };
             }
         }
     }
-    // Each group's link: the owner of its root-most token, if another group.
-    let links: Vec<Link> = starts
-        .iter()
-        .enumerate()
-        .map(|(g, &start)| match owners.get(&last16(&stacks[order[start]])) {
+    (0..groups.len())
+        .map(|g| match owners.get(&last_token(&stacks[groups.first(g)])) {
             Some(l) if l.group as usize != g + 1 => *l,
             _ => Link::default(),
         })
-        .collect();
-    drop(owners);
+        .collect()
+}
 
+/// Appends to each group's stacks the frames its chain of links says they lack, taken from
+/// the group the chain ends in. Stops (keeping what it appended) at a chain of
+/// `params.max_chain` links (deep recursion, or a cycle) or past the budget below.
+fn append_missing(stacks: &mut [Vec<u64>], groups: &SuffixGroups<'_>, links: &[Link], params: Params) {
     // What the repair may add: a stack gains up to 56 links of 8 frames, so a profile of
     // many short stacks chained to one deep one would grow a hundredfold. Real truncated
     // profiles gain less than their own frames; past twice that, the repair stops.
     let max_appended = 2 * stacks.iter().map(Vec::len).sum::<usize>() + MAX_APPENDED_SLACK;
     let mut appended = 0usize;
-    for (g, &start) in starts.iter().enumerate() {
-        let mut link = links[g];
-        let mut missing = 0usize;
-        let mut hops = 0;
-        while link.group > 0 {
-            missing += link.offset as usize;
-            let next = links[link.group as usize - 1];
-            if next.group == 0 {
-                break;
-            }
-            link = next;
-            hops += 1;
-            if hops == params.max_chain {
-                // Deep recursion, or a cycle of links.
-                return sorted;
-            }
-        }
+    for (g, &first_link) in links.iter().enumerate() {
+        let Some((missing, end)) = follow_chain(links, first_link, params) else {
+            return;
+        };
         if missing == 0 {
             continue;
         }
-        let reference = &stacks[order[starts[link.group as usize - 1]]];
+        let reference = &stacks[groups.first(end)];
         if missing >= reference.len() {
             continue;
         }
-        let members = &order[start..end_of(g).max(start)];
+        let members = groups.members(g);
         appended += missing * members.len();
         if appended > max_appended {
-            // Past the budget: stop here, as at the chain limit.
-            return sorted;
+            return;
         }
         let tail = reference[reference.len() - missing..].to_vec();
         for &i in members {
             stacks[i].extend_from_slice(&tail);
         }
     }
-    sorted
+}
+
+/// Follows a group's chain of links from `link`: the frames it lacks (the offsets added up)
+/// and the group the chain ends in; `None` at `params.max_chain` links.
+fn follow_chain(links: &[Link], mut link: Link, params: Params) -> Option<(usize, usize)> {
+    let mut missing = 0usize;
+    let mut hops = 0;
+    while link.group > 0 {
+        missing += link.offset as usize;
+        let next = links[link.group as usize - 1];
+        if next.group == 0 {
+            break;
+        }
+        link = next;
+        hops += 1;
+        if hops == params.max_chain {
+            return None;
+        }
+    }
+    Some((missing, (link.group as usize).saturating_sub(1)))
 }
 
 #[cfg(test)]

@@ -255,6 +255,196 @@ pub(crate) fn dense_function(
     Ok(Function { name: n, system_name: system_name as u32, filename: filename as u32, start_line })
 }
 
+/// `normalize`'s first checks, on what both paths know before looking at any symbol:
+/// sample types, string 0, the number of samples.
+pub(crate) fn check_header(
+    sample_types: usize,
+    string0_empty: bool,
+    samples: usize,
+    limits: PprofLimits,
+) -> Result<(), String> {
+    if sample_types == 0 {
+        return Err("empty profile".into());
+    }
+    if !string0_empty {
+        return Err("string 0 should be empty string".into());
+    }
+    if limits.max_samples > 0 && samples > limits.max_samples {
+        return Err(format!(
+            "profile has {samples} samples, which is more than the limit of {} (-validation.max-profile-stacktrace-samples)",
+            limits.max_samples
+        ));
+    }
+    Ok(())
+}
+
+/// The sample types and the period type, given as (type, unit) string indices, checked
+/// against the `nstr` strings. A period type of (0, 0) is no period type.
+pub(crate) fn dense_value_types(
+    sample_types: impl ExactSizeIterator<Item = (i64, i64)>,
+    period_type: Option<(i64, i64)>,
+    nstr: i64,
+) -> Result<(Vec<ValueType>, Option<ValueType>), &'static str> {
+    let dense = |(t, u): (i64, i64)| {
+        let in_range = |i: i64| i >= 0 && i < nstr;
+        (in_range(t) && in_range(u)).then_some(ValueType { r#type: t as u32, unit: u as u32 })
+    };
+    let mut types = Vec::with_capacity(sample_types.len());
+    for st in sample_types {
+        types.push(dense(st).ok_or("sample type type string index out of range")?);
+    }
+    let period = match period_type {
+        Some(pt) if pt != (0, 0) => Some(dense(pt).ok_or("period type string index out of range")?),
+        _ => None,
+    };
+    Ok((types, period))
+}
+
+/// One pprof location as kiln stores it, its mapping and the functions of its lines
+/// (function id, line) looked up by id. Shared by the prost path and the fast reader.
+pub(crate) fn dense_location(
+    id: u64,
+    mapping_id: u64,
+    address: u64,
+    lines: impl ExactSizeIterator<Item = (u64, i64)>,
+    mapping_of: impl Fn(u64) -> Option<u32>,
+    function_of: impl Fn(u64) -> Option<u32>,
+) -> Result<Location, String> {
+    if id == 0 {
+        return Err("location id is 0".into());
+    }
+    let mapping = match mapping_id {
+        0 => 0,
+        m => mapping_of(m).ok_or_else(|| format!("location {id} references unknown mapping id {m}"))? + 1,
+    };
+    let mut dense = Vec::with_capacity(lines.len());
+    for (function_id, line) in lines {
+        let function = function_of(function_id)
+            .ok_or_else(|| format!("location {id} references unknown function id {function_id}"))?;
+        dense.push(Line { function, line });
+    }
+    // Symbolized frames need no address: clearing it lets equal frames dedup.
+    let address = if dense.is_empty() { address } else { 0 };
+    Ok(Location { mapping, address, lines: dense })
+}
+
+/// Checked after the symbols, as Pyroscope does: a broken .NET profile reports its zero
+/// function ids first.
+pub(crate) fn check_sample_type_names(sample_types: &[ValueType], strings: &[String]) -> Result<(), &'static str> {
+    if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
+        return Err("sample type contains -");
+    }
+    Ok(())
+}
+
+/// A sample's shape: one value per sample type, at most [`MAX_SAMPLE_LABELS`] labels.
+#[inline]
+pub(crate) fn check_sample(values: usize, sample_types: usize, labels: usize) -> Result<(), String> {
+    if values != sample_types {
+        return Err("sample value length mismatch".into());
+    }
+    if labels > MAX_SAMPLE_LABELS {
+        return Err(format!("sample has {labels} labels, which is more than the limit of {MAX_SAMPLE_LABELS}"));
+    }
+    Ok(())
+}
+
+/// The series labels of a sample into `key`, from its labels as (key, str, num_unit) string
+/// indices: numeric labels (str 0) and those `non_series` names (called on a key in range)
+/// are left out; sorted by key, and of a key given twice the smallest value is kept.
+#[inline]
+pub(crate) fn series_key(
+    labels: impl Iterator<Item = (i64, i64, i64)>,
+    nstr: i64,
+    non_series: impl Fn(i64) -> bool,
+    key: &mut Vec<(u32, u32)>,
+) -> Result<(), &'static str> {
+    let in_range = |i: i64| i >= 0 && i < nstr;
+    key.clear();
+    for (k, v, unit) in labels {
+        if !in_range(k) || !in_range(v) || !in_range(unit) {
+            return Err("sample label string index out of range");
+        }
+        if v == 0 || non_series(k) {
+            continue;
+        }
+        key.push((k as u32, v as u32));
+    }
+    if !key.is_sorted() {
+        key.sort_unstable();
+    }
+    key.dedup_by_key(|(k, _)| *k);
+    Ok(())
+}
+
+/// A sample's stack as location indices, the root-most [`MAX_STACK_DEPTH`] frames of it
+/// (pprof lists the leaf first).
+#[inline]
+pub(crate) fn dense_stack(ids: &[u64], location_of: impl Fn(u64) -> Option<u32>) -> Result<Vec<u32>, String> {
+    let kept = &ids[ids.len().saturating_sub(MAX_STACK_DEPTH)..];
+    let mut locs = Vec::with_capacity(kept.len());
+    for &id in kept {
+        locs.push(location_of(id).ok_or_else(|| format!("sample references unknown location id {id}"))?);
+    }
+    Ok(locs)
+}
+
+/// Samples as kiln stores them, and their indices grouped by series labels (as in
+/// [`Decoded::groups`]).
+pub(crate) type DenseSamples = (Vec<Sample>, Vec<(Labels, Vec<u32>)>);
+
+/// Samples grouped by their series labels, groups in the order they first appear.
+#[derive(Default)]
+pub(crate) struct SeriesGroups {
+    groups: Vec<(Labels, Vec<u32>)>,
+    index: FxHashMap<Vec<(u32, u32)>, usize>,
+    /// Most samples have no series labels, or those of the sample before them: both groups
+    /// are remembered so that they need no lookup.
+    unlabelled: Option<usize>,
+    last: Option<usize>,
+    last_key: Vec<(u32, u32)>,
+}
+
+impl SeriesGroups {
+    /// Adds sample `sample` to the group of `key` (from [`series_key`]).
+    #[inline]
+    pub(crate) fn add(&mut self, key: &[(u32, u32)], strings: &[String], sample: u32) {
+        let g = match (self.unlabelled, self.last) {
+            (Some(g), _) if key.is_empty() => g,
+            (_, Some(g)) if !key.is_empty() && key == self.last_key => g,
+            _ => self.find(key, strings),
+        };
+        self.groups[g].1.push(sample);
+    }
+
+    /// The group of `key`, made if it is new, remembered as the last one.
+    fn find(&mut self, key: &[(u32, u32)], strings: &[String]) -> usize {
+        let g = match self.index.get(key) {
+            Some(&g) => g,
+            None => {
+                let labels = Labels::from_pairs(
+                    key.iter().map(|&(k, v)| (strings[k as usize].clone(), strings[v as usize].clone())),
+                );
+                self.groups.push((labels, Vec::new()));
+                self.index.insert(key.to_vec(), self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        if key.is_empty() {
+            self.unlabelled = Some(g);
+        } else {
+            self.last = Some(g);
+            self.last_key.clear();
+            self.last_key.extend_from_slice(key);
+        }
+        g
+    }
+
+    pub(crate) fn into_groups(self) -> Vec<(Labels, Vec<u32>)> {
+        self.groups
+    }
+}
+
 /// How many times its size a pprof may take once decoded (plus [`DECODED_SLACK`]), as
 /// [`wirecost`](super::wirecost) bounds it. Real profiles take a few times their size (the
 /// fixtures at most 16, a .NET profile whose samples carry labels: see the test); one made
@@ -284,164 +474,30 @@ pub fn decode(bytes: &[u8]) -> Result<ProfileInput, PprofError> {
 
 /// Validates and normalises a decoded pprof. `now_ns` replaces a zero `time_nanos`.
 pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, PprofError> {
-    if p.sample_type.is_empty() {
-        return Err(invalid("empty profile"));
-    }
-    if p.string_table.first().is_none_or(|s| !s.is_empty()) {
-        return Err(invalid("string 0 should be empty string"));
-    }
-    if limits.max_samples > 0 && p.sample.len() > limits.max_samples {
-        return Err(invalid(format!(
-            "profile has {} samples, which is more than the limit of {} (-validation.max-profile-stacktrace-samples)",
-            p.sample.len(),
-            limits.max_samples
-        )));
-    }
+    // 1. What is known before the symbols: header, strings, value types.
+    let string0_empty = p.string_table.first().is_some_and(|s| s.is_empty());
+    check_header(p.sample_type.len(), string0_empty, p.sample.len(), limits).map_err(invalid)?;
     let nstr = p.string_table.len() as i64;
-    let in_range = |i: i64| i >= 0 && i < nstr;
-    let mut strings = Vec::with_capacity(p.string_table.len());
-    for mut s in std::mem::take(&mut p.string_table) {
-        truncate_suffix(&mut s);
-        match String::from_utf8(s) {
-            Ok(s) => strings.push(s),
-            Err(e) => return Err(invalid(format!("invalid utf8 string hex: {}", hex(e.as_bytes())))),
-        }
-    }
-    let mut sample_types = Vec::with_capacity(p.sample_type.len());
-    for st in &p.sample_type {
-        if !in_range(st.r#type) || !in_range(st.unit) {
-            return Err(invalid("sample type type string index out of range"));
-        }
-        sample_types.push(ValueType { r#type: st.r#type as u32, unit: st.unit as u32 });
-    }
-    let period_type = match &p.period_type {
-        Some(pt) if pt.r#type != 0 || pt.unit != 0 => {
-            if !in_range(pt.r#type) || !in_range(pt.unit) {
-                return Err(invalid("period type string index out of range"));
-            }
-            Some(ValueType { r#type: pt.r#type as u32, unit: pt.unit as u32 })
-        }
-        _ => None,
-    };
-
+    let mut strings = owned_strings(std::mem::take(&mut p.string_table))?;
+    let (sample_types, period_type) = dense_value_types(
+        p.sample_type.iter().map(|st| (st.r#type, st.unit)),
+        p.period_type.as_ref().map(|pt| (pt.r#type, pt.unit)),
+        nstr,
+    )
+    .map_err(invalid)?;
     let go = detect_language(&strings) == Language::Go;
-
-    let mut mapping_index: FxHashMap<u64, u32> = FxHashMap::default();
-    let mut mappings = Vec::with_capacity(p.mapping.len());
-    for m in &p.mapping {
-        let mapping = dense_mapping(m, nstr).map_err(invalid)?;
-        mapping_index.insert(m.id, mappings.len() as u32);
-        mappings.push(mapping);
-    }
-
-    let mut function_index: FxHashMap<u64, u32> = FxHashMap::default();
-    let mut functions = Vec::with_capacity(p.function.len());
-    let mut cleaned = CleanedNames::default();
-    for f in &p.function {
-        let function =
-            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, &mut strings, &mut cleaned)
-                .map_err(invalid)?;
-        function_index.insert(f.id, functions.len() as u32);
-        functions.push(function);
-    }
-
-    let mut location_index: FxHashMap<u64, u32> = FxHashMap::default();
-    let mut locations = Vec::with_capacity(p.location.len());
-    for l in &p.location {
-        if l.id == 0 {
-            return Err(invalid("location id is 0"));
-        }
-        let mapping = if l.mapping_id == 0 {
-            0
-        } else {
-            match mapping_index.get(&l.mapping_id) {
-                Some(i) => i + 1,
-                None => {
-                    return Err(invalid(format!("location {} references unknown mapping id {}", l.id, l.mapping_id)))
-                }
-            }
-        };
-        let mut lines = Vec::with_capacity(l.line.len());
-        for ln in &l.line {
-            let Some(&function) = function_index.get(&ln.function_id) else {
-                return Err(invalid(format!("location {} references unknown function id {}", l.id, ln.function_id)));
-            };
-            lines.push(Line { function, line: ln.line });
-        }
-        // Symbolized frames need no address: clearing it lets equal frames dedup.
-        let address = if lines.is_empty() { l.address } else { 0 };
-        location_index.insert(l.id, locations.len() as u32);
-        locations.push(Location { mapping, address, lines });
-    }
-
-    // Checked after the symbols, as Pyroscope does: a broken .NET profile reports its zero
-    // function ids first.
-    if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
-        return Err(invalid("sample type contains -"));
-    }
+    // 2. The symbols, each indexed by its pprof id.
+    let (mappings, mapping_index) = index_mappings(&p.mapping, nstr)?;
+    let (functions, function_index) = index_functions(&p.function, nstr, go, &mut strings)?;
+    let (locations, location_index) = index_locations(&p.location, &mapping_index, &function_index)?;
+    check_sample_type_names(&sample_types, &strings).map_err(invalid)?;
+    // 3. The samples, repaired first where Go truncated them.
     if go {
         // On the pprof as sent (its ids, sample order, all-zero samples): see gofix.
         super::gofix::repair_pprof(&mut p, &strings);
     }
-
-    let ntypes = sample_types.len();
-    let mut samples = Vec::with_capacity(p.sample.len());
-    let mut group_of: FxHashMap<Vec<(u32, u32)>, usize> = FxHashMap::default();
-    let mut groups: Vec<(Labels, Vec<u32>)> = Vec::new();
-    let mut key: Vec<(u32, u32)> = Vec::new();
-    for s in std::mem::take(&mut p.sample) {
-        if s.value.len() != ntypes {
-            return Err(invalid("sample value length mismatch"));
-        }
-        if s.label.len() > MAX_SAMPLE_LABELS {
-            return Err(invalid(format!(
-                "sample has {} labels, which is more than the limit of {MAX_SAMPLE_LABELS}",
-                s.label.len()
-            )));
-        }
-        if s.value.iter().all(|v| *v == 0) {
-            continue;
-        }
-        key.clear();
-        for l in &s.label {
-            if !in_range(l.key) || !in_range(l.str) || !in_range(l.num_unit) {
-                return Err(invalid("sample label string index out of range"));
-            }
-            if l.str == 0 {
-                continue; // numeric label: not part of series identity
-            }
-            if NON_SERIES_SAMPLE_LABELS.contains(&strings[l.key as usize].as_str()) {
-                continue;
-            }
-            key.push((l.key as u32, l.str as u32));
-        }
-        key.sort_unstable();
-        key.dedup_by_key(|(k, _)| *k);
-        let mut locs = Vec::with_capacity(s.location_id.len().min(MAX_STACK_DEPTH));
-        // Keep the root-most frames: pprof lists the leaf first.
-        let skip = s.location_id.len().saturating_sub(MAX_STACK_DEPTH);
-        for id in &s.location_id[skip..] {
-            match location_index.get(id) {
-                Some(i) => locs.push(*i),
-                None => return Err(invalid(format!("sample references unknown location id {id}"))),
-            }
-        }
-        let idx = samples.len() as u32;
-        samples.push(Sample { locations: locs, values: s.value });
-        let g = match group_of.get(&key) {
-            Some(g) => *g,
-            None => {
-                let labels = Labels::from_pairs(
-                    key.iter().map(|(k, v)| (strings[*k as usize].clone(), strings[*v as usize].clone())),
-                );
-                groups.push((labels, Vec::new()));
-                group_of.insert(key.clone(), groups.len() - 1);
-                groups.len() - 1
-            }
-        };
-        groups[g].1.push(idx);
-    }
-
+    let raw_samples = std::mem::take(&mut p.sample);
+    let (samples, groups) = dense_samples(raw_samples, sample_types.len(), nstr, &strings, &location_index)?;
     Ok(Decoded {
         profile: Profile {
             strings,
@@ -457,6 +513,117 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
         },
         groups,
     })
+}
+
+/// The string table as kept (long strings cut to their suffix); not UTF-8 is invalid.
+fn owned_strings(table: Vec<Vec<u8>>) -> Result<Vec<String>, PprofError> {
+    let mut strings = Vec::with_capacity(table.len());
+    for mut s in table {
+        truncate_suffix(&mut s);
+        match String::from_utf8(s) {
+            Ok(s) => strings.push(s),
+            Err(e) => return Err(invalid(format!("invalid utf8 string hex: {}", hex(e.as_bytes())))),
+        }
+    }
+    Ok(strings)
+}
+
+/// Where pprof ids point in the dense tables kiln builds. An id given twice points at the
+/// later entry, as a map insert does.
+pub(crate) trait IdTable {
+    fn for_entries(n: usize) -> Self;
+    fn set(&mut self, id: u64, index: u32);
+}
+
+type IdMap = FxHashMap<u64, u32>;
+
+impl IdTable for IdMap {
+    fn for_entries(_: usize) -> Self {
+        IdMap::default()
+    }
+    fn set(&mut self, id: u64, index: u32) {
+        self.insert(id, index);
+    }
+}
+
+/// Each raw symbol's dense form, in order, and the table of their pprof ids: `dense` gives
+/// a symbol's id and dense form, or why it is refused.
+pub(crate) fn dense_by_id<R, T, E, I: IdTable>(
+    raw: &[R],
+    mut dense: impl FnMut(&R) -> Result<(u64, T), E>,
+) -> Result<(Vec<T>, I), E> {
+    let mut index = I::for_entries(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        let (id, t) = dense(r)?;
+        index.set(id, out.len() as u32);
+        out.push(t);
+    }
+    Ok((out, index))
+}
+
+fn index_mappings(raw: &[kiln_proto::google::v1::Mapping], nstr: i64) -> Result<(Vec<Mapping>, IdMap), PprofError> {
+    dense_by_id(raw, |m| Ok((m.id, dense_mapping(m, nstr).map_err(invalid)?)))
+}
+
+fn index_functions(
+    raw: &[kiln_proto::google::v1::Function],
+    nstr: i64,
+    go: bool,
+    strings: &mut Vec<String>,
+) -> Result<(Vec<Function>, IdMap), PprofError> {
+    let mut cleaned = CleanedNames::default();
+    dense_by_id(raw, |f| {
+        let function =
+            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, strings, &mut cleaned);
+        Ok((f.id, function.map_err(invalid)?))
+    })
+}
+
+fn index_locations(
+    raw: &[kiln_proto::google::v1::Location],
+    mapping_index: &IdMap,
+    function_index: &IdMap,
+) -> Result<(Vec<Location>, IdMap), PprofError> {
+    dense_by_id(raw, |l| {
+        let lines = l.line.iter().map(|ln| (ln.function_id, ln.line));
+        let location = dense_location(
+            l.id,
+            l.mapping_id,
+            l.address,
+            lines,
+            |m| mapping_index.get(&m).copied(),
+            |f| function_index.get(&f).copied(),
+        );
+        Ok((l.id, location.map_err(invalid)?))
+    })
+}
+
+/// The samples that have a value, as kiln stores them, grouped by series labels. `nstr`
+/// is the size of the string table as sent: `strings` may have grown since (cleaned Go
+/// names), and labels may not point there.
+fn dense_samples(
+    raw: Vec<kiln_proto::google::v1::Sample>,
+    ntypes: usize,
+    nstr: i64,
+    strings: &[String],
+    location_index: &IdMap,
+) -> Result<DenseSamples, PprofError> {
+    let non_series = |k: i64| NON_SERIES_SAMPLE_LABELS.contains(&strings[k as usize].as_str());
+    let mut samples = Vec::with_capacity(raw.len());
+    let mut groups = SeriesGroups::default();
+    let mut key = Vec::new();
+    for s in raw {
+        check_sample(s.value.len(), ntypes, s.label.len()).map_err(invalid)?;
+        if s.value.iter().all(|v| *v == 0) {
+            continue;
+        }
+        series_key(s.label.iter().map(|l| (l.key, l.str, l.num_unit)), nstr, non_series, &mut key).map_err(invalid)?;
+        let locations = dense_stack(&s.location_id, |id| location_index.get(&id).copied()).map_err(invalid)?;
+        groups.add(&key, strings, samples.len() as u32);
+        samples.push(Sample { locations, values: s.value });
+    }
+    Ok((samples, groups.into_groups()))
 }
 
 #[cfg(test)]

@@ -35,11 +35,11 @@
 //!   symbol or sample is built, so such a profile costs little more than the prost path.
 use crate::distributor::gofix;
 use crate::distributor::pprof::{
-    detect_language, hex, kept_suffix, Decoded, Language, PprofLimits, MAX_SAMPLE_LABELS, MAX_STACK_DEPTH,
-    NON_SERIES_SAMPLE_LABELS,
+    check_header, check_sample, check_sample_type_names, dense_by_id, dense_function, dense_location, dense_mapping,
+    dense_stack, dense_value_types, detect_language, hex, kept_suffix, series_key, CleanedNames, Decoded, DenseSamples,
+    IdTable, Language, PprofLimits, SeriesGroups, NON_SERIES_SAMPLE_LABELS,
 };
-use kiln_shards::model::labels::Labels;
-use kiln_shards::model::profile::{Line, Location, Profile, Sample, ValueType};
+use kiln_shards::model::profile::{Function, Location, Mapping, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
 
 /// Why the fast path gave a profile back to the reference path.
@@ -236,12 +236,12 @@ struct IdIndex {
 
 const ABSENT: u32 = u32::MAX;
 
-impl IdIndex {
-    fn new(entries: usize) -> Self {
+impl IdTable for IdIndex {
+    fn for_entries(entries: usize) -> Self {
         IdIndex { limit: 2 * entries as u64 + 64, dense: Vec::new(), sparse: FxHashMap::default() }
     }
 
-    fn insert(&mut self, id: u64, index: u32) {
+    fn set(&mut self, id: u64, index: u32) {
         if id < self.limit {
             let i = id as usize;
             if i >= self.dense.len() {
@@ -252,7 +252,9 @@ impl IdIndex {
             self.sparse.insert(id, index);
         }
     }
+}
 
+impl IdIndex {
     #[inline(always)]
     fn get(&self, id: u64) -> Option<u32> {
         if id < self.limit {
@@ -501,203 +503,38 @@ fn scan(bytes: &[u8]) -> Res<Top<'_>> {
 }
 
 /// Decodes, validates and normalises raw pprof bytes as `normalize(decode(bytes)?, limits)`
-/// does, or says why it leaves them to that path.
+/// does, or says why it leaves them to that path. The steps are the module's passes.
 pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
+    // 1. The top-level fields; from here on, `normalize`'s checks in its order.
     let top = scan(bytes)?;
-    // From here on, `normalize`'s checks in its order.
-    if top.sample_types.is_empty() {
-        return invalid("empty profile");
-    }
-    if top.nstr == 0 || !top.first_string_empty {
-        return invalid("string 0 should be empty string");
-    }
-    if limits.max_samples > 0 && top.samples.len() > limits.max_samples {
-        return invalid(format!(
-            "profile has {} samples, which is more than the limit of {} (-validation.max-profile-stacktrace-samples)",
-            top.samples.len(),
-            limits.max_samples
-        ));
-    }
-    if let Some(e) = top.utf8_error {
-        return Err(Fallback::Invalid(e));
+    check_header(top.sample_types.len(), top.nstr > 0 && top.first_string_empty, top.samples.len(), limits)
+        .or_else(invalid)?;
+    if let Some(e) = &top.utf8_error {
+        return invalid(e.as_str());
     }
     let nstr = top.nstr as i64;
-    let in_range = |i: i64| i >= 0 && i < nstr;
-
-    let mut sample_types = Vec::with_capacity(top.sample_types.len());
-    for st in &top.sample_types {
-        if !in_range(st.r#type) || !in_range(st.unit) {
-            return invalid("sample type type string index out of range");
-        }
-        sample_types.push(ValueType { r#type: st.r#type as u32, unit: st.unit as u32 });
-    }
-    let period_type = match top.period_type {
-        Some(pt) if pt.r#type != 0 || pt.unit != 0 => {
-            if !in_range(pt.r#type) || !in_range(pt.unit) {
-                return invalid("period type string index out of range");
-            }
-            Some(ValueType { r#type: pt.r#type as u32, unit: pt.unit as u32 })
-        }
-        _ => None,
-    };
-
+    let (sample_types, period_type) = dense_value_types(
+        top.sample_types.iter().map(|st| (st.r#type, st.unit)),
+        top.period_type.map(|pt| (pt.r#type, pt.unit)),
+        nstr,
+    )
+    .or_else(invalid)?;
+    // 2. A Go profile `gofix` may repair goes to the reference path.
     let go = detect_language(&top.strings) == Language::Go;
-    if go {
-        // What `gofix::repair_pprof` decides on: the sample types and the depth of every
-        // sample as sent, all-zero ones included. Decided before anything is built, so that
-        // a profile it may repair costs little more than the prost path alone.
-        let depths = top.samples.iter().map(|s| sample_depth(s)).collect::<Res<Vec<usize>>>()?;
-        let types = sample_types.iter().map(|st| top.strings[st.r#type as usize]);
-        if gofix::may_be_truncated(types, depths.into_iter()) {
-            return Err(Fallback::GoFix);
-        }
+    if go && may_be_truncated(&top, &sample_types)? {
+        return Err(Fallback::GoFix);
     }
+    // 3. The strings and the symbols, each symbol indexed by its pprof id.
     // Cleaned Go names are appended as they are made (one per distinct name): reserving one
     // per function would cost 24 bytes for each 2-byte function of a hostile profile.
     let mut strings: Vec<String> = Vec::with_capacity(top.strings.len());
     strings.extend(top.strings.iter().map(|&s| s.to_owned()));
-    let non_series = top.non_series;
-
-    let mut mapping_index = IdIndex::new(top.mappings.len());
-    let mut mappings = Vec::with_capacity(top.mappings.len());
-    for m in &top.mappings {
-        let mapping = match super::dense_mapping(m, nstr) {
-            Ok(mapping) => mapping,
-            Err(msg) => return invalid(msg),
-        };
-        mapping_index.insert(m.id, mappings.len() as u32);
-        mappings.push(mapping);
-    }
-
-    let mut function_index = IdIndex::new(top.functions.len());
-    let mut functions = Vec::with_capacity(top.functions.len());
-    let mut cleaned = super::CleanedNames::default();
-    for f in &top.functions {
-        let function = match super::dense_function(
-            f.id,
-            f.name,
-            f.system_name,
-            f.filename,
-            f.start_line,
-            nstr,
-            go,
-            &mut strings,
-            &mut cleaned,
-        ) {
-            Ok(function) => function,
-            Err(msg) => return invalid(msg),
-        };
-        function_index.insert(f.id, functions.len() as u32);
-        functions.push(function);
-    }
-
-    let mut location_index = IdIndex::new(top.locations.len());
-    let mut locations = Vec::with_capacity(top.locations.len());
-    let mut raw_lines = Vec::new();
-    for b in &top.locations {
-        let l = location(b, &mut raw_lines)?;
-        if l.id == 0 {
-            return invalid("location id is 0");
-        }
-        let mapping = if l.mapping_id == 0 {
-            0
-        } else {
-            match mapping_index.get(l.mapping_id) {
-                Some(i) => i + 1,
-                None => return invalid(format!("location {} references unknown mapping id {}", l.id, l.mapping_id)),
-            }
-        };
-        let mut lines = Vec::with_capacity(raw_lines.len());
-        for &(function_id, line) in &raw_lines {
-            let Some(function) = function_index.get(function_id) else {
-                return invalid(format!("location {} references unknown function id {}", l.id, function_id));
-            };
-            lines.push(Line { function, line });
-        }
-        let address = if lines.is_empty() { l.address } else { 0 };
-        location_index.insert(l.id, locations.len() as u32);
-        locations.push(Location { mapping, address, lines });
-    }
-
-    if sample_types.iter().any(|st| strings[st.r#type as usize].contains('-')) {
-        return invalid("sample type contains -");
-    }
-
-    let ntypes = sample_types.len();
-    let mut samples = Vec::with_capacity(top.samples.len());
-    let mut groups: Vec<(Labels, Vec<u32>)> = Vec::new();
-    let mut group_of: FxHashMap<Vec<(u32, u32)>, usize> = FxHashMap::default();
-    // Most samples have no series labels, or those of the sample before them.
-    let mut unlabelled: Option<usize> = None;
-    let mut last: Option<usize> = None;
-    let mut key: Vec<(u32, u32)> = Vec::new();
-    let mut last_key: Vec<(u32, u32)> = Vec::new();
-    let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-    for b in &top.samples {
-        sample(b, &mut ids, &mut values, &mut labels)?;
-        if values.len() != ntypes {
-            return invalid("sample value length mismatch");
-        }
-        if labels.len() > MAX_SAMPLE_LABELS {
-            return invalid(format!(
-                "sample has {} labels, which is more than the limit of {MAX_SAMPLE_LABELS}",
-                labels.len()
-            ));
-        }
-        if values.iter().all(|v| *v == 0) {
-            continue;
-        }
-        key.clear();
-        for l in &labels {
-            if !in_range(l.key) || !in_range(l.str) || !in_range(l.num_unit) {
-                return invalid("sample label string index out of range");
-            }
-            if l.str == 0 || non_series.iter().any(|&k| i64::from(k) == l.key) {
-                continue; // numeric, or never a series label
-            }
-            key.push((l.key as u32, l.str as u32));
-        }
-        if !key.is_sorted() {
-            key.sort_unstable();
-        }
-        key.dedup_by_key(|(k, _)| *k);
-        // Keep the root-most frames: pprof lists the leaf first.
-        let kept = &ids[ids.len().saturating_sub(MAX_STACK_DEPTH)..];
-        let mut locs = Vec::with_capacity(kept.len());
-        for &id in kept {
-            match location_index.get(id) {
-                Some(i) => locs.push(i),
-                None => return invalid(format!("sample references unknown location id {id}")),
-            }
-        }
-        let idx = samples.len() as u32;
-        samples.push(Sample { locations: locs, values: values.clone() });
-        let g = match (unlabelled, last) {
-            (Some(g), _) if key.is_empty() => g,
-            (_, Some(g)) if !key.is_empty() && key == last_key => g,
-            _ => {
-                let g = match group_of.get(key.as_slice()) {
-                    Some(&g) => g,
-                    None => {
-                        let labels = Labels::from_pairs(
-                            key.iter().map(|&(k, v)| (strings[k as usize].clone(), strings[v as usize].clone())),
-                        );
-                        groups.push((labels, Vec::new()));
-                        group_of.insert(key.clone(), groups.len() - 1);
-                        groups.len() - 1
-                    }
-                };
-                if key.is_empty() {
-                    unlabelled = Some(g);
-                } else {
-                    last = Some(g);
-                    last_key.clone_from(&key);
-                }
-                g
-            }
-        };
-        groups[g].1.push(idx);
-    }
+    let (mappings, mapping_index) = index_mappings(&top.mappings, nstr)?;
+    let (functions, function_index) = index_functions(&top.functions, nstr, go, &mut strings)?;
+    let (locations, location_index) = index_locations(&top.locations, &mapping_index, &function_index)?;
+    check_sample_type_names(&sample_types, &strings).or_else(invalid)?;
+    // 4. The samples.
+    let (samples, groups) = dense_samples(&top, sample_types.len(), &strings, &location_index)?;
     Ok(Decoded {
         profile: Profile {
             strings,
@@ -713,6 +550,74 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
         },
         groups,
     })
+}
+
+/// What `gofix::repair_pprof` decides on: the sample types and the depth of every sample as
+/// sent, all-zero ones included. Decided before anything is built, so that a profile it may
+/// repair costs little more than the prost path alone.
+fn may_be_truncated(top: &Top<'_>, sample_types: &[ValueType]) -> Res<bool> {
+    let depths = top.samples.iter().map(|s| sample_depth(s)).collect::<Res<Vec<usize>>>()?;
+    let types = sample_types.iter().map(|st| top.strings[st.r#type as usize]);
+    Ok(gofix::may_be_truncated(types, depths.into_iter()))
+}
+
+fn index_mappings(raw: &[kiln_proto::google::v1::Mapping], nstr: i64) -> Res<(Vec<Mapping>, IdIndex)> {
+    dense_by_id(raw, |m| Ok((m.id, dense_mapping(m, nstr).or_else(invalid)?)))
+}
+
+fn index_functions(
+    raw: &[RawFunction],
+    nstr: i64,
+    go: bool,
+    strings: &mut Vec<String>,
+) -> Res<(Vec<Function>, IdIndex)> {
+    let mut cleaned = CleanedNames::default();
+    dense_by_id(raw, |f| {
+        let function =
+            dense_function(f.id, f.name, f.system_name, f.filename, f.start_line, nstr, go, strings, &mut cleaned);
+        Ok((f.id, function.or_else(invalid)?))
+    })
+}
+
+/// The locations, decoded here (the top-level pass only kept their bytes).
+fn index_locations(raw: &[&[u8]], mapping_index: &IdIndex, function_index: &IdIndex) -> Res<(Vec<Location>, IdIndex)> {
+    let mut lines = Vec::new();
+    dense_by_id(raw, |b| {
+        let l = location(b, &mut lines)?;
+        let location = dense_location(
+            l.id,
+            l.mapping_id,
+            l.address,
+            lines.iter().copied(),
+            |m| mapping_index.get(m),
+            |f| function_index.get(f),
+        );
+        Ok((l.id, location.or_else(invalid)?))
+    })
+}
+
+/// The samples that have a value, parsed into reused scratch buffers and written straight
+/// into kiln's `Sample`s and their groups.
+fn dense_samples(top: &Top<'_>, ntypes: usize, strings: &[String], location_index: &IdIndex) -> Res<DenseSamples> {
+    // `top.nstr`, not `strings.len()`: labels may not point at cleaned Go names.
+    let nstr = top.nstr as i64;
+    let non_series = |k: i64| top.non_series.iter().any(|&n| i64::from(n) == k);
+    let mut samples = Vec::with_capacity(top.samples.len());
+    let mut groups = SeriesGroups::default();
+    let mut key = Vec::new();
+    let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for b in &top.samples {
+        sample(b, &mut ids, &mut values, &mut labels)?;
+        check_sample(values.len(), ntypes, labels.len()).or_else(invalid)?;
+        if values.iter().all(|v| *v == 0) {
+            continue;
+        }
+        series_key(labels.iter().map(|l| (l.key, l.str, l.num_unit)), nstr, non_series, &mut key).or_else(invalid)?;
+        let locations = dense_stack(&ids, |id| location_index.get(id)).or_else(invalid)?;
+        groups.add(&key, strings, samples.len() as u32);
+        samples.push(Sample { locations, values: values.clone() });
+    }
+    Ok((samples, groups.into_groups()))
 }
 
 #[cfg(test)]

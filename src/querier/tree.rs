@@ -1,9 +1,16 @@
 //! The merged flame tree of a query, and its encodings: Pyroscope's FlameGraph levels (with
 //! `max_nodes` truncation into "other" nodes), the diff of two trees, and TREE bytes.
+//!
+//! All three are drawn by one walk (`walk`) with one truncation threshold (`min_value`) and
+//! one level encoding (`draw`), over what a node carries: one span (total, self) for a flame
+//! graph or TREE bytes, one per side for a diff (drawn over the union of the two trees).
+use kiln_io::codec::Writer;
 use kiln_proto::querier::v1::{FlameGraph, FlameGraphDiff, Level};
 use kiln_shards::model::childindex::ChildIndex;
 use kiln_shards::query::FlameTree;
 use rustc_hash::FxHashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
 
 pub const OTHER: &str = "other";
 
@@ -254,261 +261,317 @@ impl Tree {
         self.nodes[0].total
     }
 
-    /// The smallest total a node may have and still be drawn with `max_nodes`.
-    fn min_value(&self, max_nodes: i64) -> i64 {
-        let count = self.nodes.len() as i64 - 1;
-        if max_nodes < 1 || count <= max_nodes {
-            return 0;
-        }
-        // The max_nodes-th largest total. A child's total never exceeds its parent's, so a
-        // subtree whose root cannot enter the top max_nodes is skipped whole.
-        let k = max_nodes as usize;
-        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<i64>> =
-            std::collections::BinaryHeap::with_capacity(k + 1);
-        let mut stack: Vec<u32> = self.children(0).to_vec();
-        while let Some(n) = stack.pop() {
-            let t = self.nodes[n as usize].total;
-            if heap.len() >= k {
-                if t <= heap.peek().map_or(i64::MIN, |r| r.0) {
-                    continue;
-                }
-                heap.pop();
-            }
-            heap.push(std::cmp::Reverse(t));
-            stack.extend_from_slice(self.children(n));
-        }
-        if heap.len() < k {
-            return 0;
-        }
-        heap.peek().map_or(0, |r| r.0)
-    }
-
-    /// Walks the truncated tree depth first, popping the last child first (Pyroscope's order),
-    /// calling `visit(level, x, name, self, total, children_kept)` where x is the node's
-    /// absolute offset (a node's children are laid out after its self).
-    fn walk(&self, max_nodes: i64, mut visit: impl FnMut(usize, i64, &str, i64, i64, usize)) {
-        enum Item {
-            Node(u32),
-            Other(i64),
-        }
-        let min = self.min_value(max_nodes);
-        let keep = |c: u32| {
-            let cn = &self.nodes[c as usize];
-            cn.total >= min && self.names[cn.name as usize] != OTHER
-        };
-        let mut stack = vec![(Item::Node(0), 0usize, 0i64)];
-        let mut buf = Vec::new();
-        while let Some((item, level, x)) = stack.pop() {
-            match item {
-                Item::Other(v) => visit(level, x, OTHER, v, v, 0),
-                Item::Node(i) => {
-                    let n = &self.nodes[i as usize];
-                    let name = if i == 0 { "total" } else { self.names[n.name as usize].as_str() };
-                    let kids = self.sorted_children(i, &mut buf);
-                    let other: i64 = kids.iter().filter(|c| !keep(**c)).map(|c| self.nodes[*c as usize].total).sum();
-                    let kept = kids.iter().filter(|c| keep(**c)).count();
-                    visit(level, x, name, n.self_, n.total, kept + usize::from(other != 0));
-                    let mut cx = x + n.self_;
-                    for &c in kids {
-                        if keep(c) {
-                            stack.push((Item::Node(c), level + 1, cx));
-                            cx += self.nodes[c as usize].total;
-                        }
-                    }
-                    if other != 0 {
-                        stack.push((Item::Other(other), level + 1, cx));
-                    }
-                }
-            }
-        }
-    }
-
     pub fn flamegraph(&self, max_nodes: i64) -> FlameGraph {
-        let mut names: Vec<String> = Vec::new();
-        let mut name_idx: FxHashMap<String, i64> = FxHashMap::default();
-        // Per level, in visit order (right to left): [x, total, self, name index].
-        let mut levels: Vec<Vec<[i64; 4]>> = Vec::new();
-        let mut max_self = 0i64;
-        self.walk(max_nodes, |level, x, name, self_, total, _| {
-            max_self = max_self.max(self_);
-            let idx = *name_idx.entry(name.to_string()).or_insert_with(|| {
-                names.push(name.to_string());
-                names.len() as i64 - 1
-            });
-            if levels.len() <= level {
-                levels.push(Vec::new());
-            }
-            levels[level].push([x, total, self_, idx]);
-        });
-        FlameGraph {
-            names,
-            levels: levels
-                .into_iter()
-                .map(|lv| {
-                    let mut values = Vec::with_capacity(lv.len() * 4);
-                    let mut prev_end = 0i64;
-                    for [x, total, self_, idx] in lv.into_iter().rev() {
-                        values.extend_from_slice(&[x - prev_end, total, self_, idx]);
-                        prev_end = x + total;
-                    }
-                    Level { values }
-                })
-                .collect(),
-            total: self.total(),
-            max_self,
-        }
+        let drawn = draw(self, max_nodes);
+        FlameGraph { names: drawn.names, levels: drawn.levels, total: self.total(), max_self: drawn.max_self }
     }
 
     /// Pyroscope's TREE encoding: pre-order, each node as uvarint(name length), name,
     /// uvarint(self), uvarint(children), children last-first; the root has an empty name.
     pub fn tree_bytes(&self, max_nodes: i64) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.walk(max_nodes, |level, _x, name, self_, _total, kept| {
-            let name = if level == 0 { "" } else { name };
-            put_uvarint(&mut out, name.len() as u64);
-            out.extend_from_slice(name.as_bytes());
-            put_uvarint(&mut out, if level == 0 { 0 } else { self_.max(0) as u64 });
-            put_uvarint(&mut out, kept as u64);
+        let mut out = Writer::default();
+        walk(self, max_nodes, |node: Drawn<'_, 1>| {
+            let root = node.level == 0;
+            out.str(if root { "" } else { node.name });
+            out.u(if root { 0 } else { node.spans[0].self_.max(0) as u64 });
+            out.u(node.children as u64);
         });
-        out
+        out.0
     }
 }
 
-pub fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// One side of a drawn node: its total and its self value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    total: i64,
+    self_: i64,
 }
 
-struct DiffNode {
-    name: String,
-    left: (i64, i64),
-    right: (i64, i64),
-    children: Vec<usize>,
+/// A tree the flame graph walk can draw: node 0 is the root, and each node carries `S` spans
+/// (one for a flame graph; left and right for a diff). The threshold's pruning relies on a
+/// child never weighing more than its parent, which holds for non-negative values (a diff
+/// refuses negative ones).
+trait Drawable<const S: usize> {
+    /// Nodes, the root included.
+    fn node_count(&self) -> usize;
+    /// The name drawn for node `n` ("total" for the root).
+    fn node_name(&self, n: u32) -> &str;
+    fn spans(&self, n: u32) -> [Span; S];
+    /// The children of `n` in any order.
+    fn children_of(&self, n: u32) -> &[u32];
+    /// The children of `n` sorted by name bytes (the order they are drawn in), sorted into
+    /// `buf` where they are not kept in that order.
+    fn children_by_name<'s>(&'s self, n: u32, buf: &'s mut Vec<u32>) -> &'s [u32];
+}
+
+impl Drawable<1> for Tree {
+    fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+    fn node_name(&self, n: u32) -> &str {
+        if n == 0 {
+            "total"
+        } else {
+            &self.names[self.nodes[n as usize].name as usize]
+        }
+    }
+    fn spans(&self, n: u32) -> [Span; 1] {
+        let n = &self.nodes[n as usize];
+        [Span { total: n.total, self_: n.self_ }]
+    }
+    fn children_of(&self, n: u32) -> &[u32] {
+        self.children(n)
+    }
+    fn children_by_name<'s>(&'s self, n: u32, buf: &'s mut Vec<u32>) -> &'s [u32] {
+        self.sorted_children(n, buf)
+    }
+}
+
+/// What decides whether a node is drawn or folded into "other": its largest total over the
+/// sides, so that a diff keeps a node that is large on either side.
+fn weight<const S: usize>(spans: &[Span; S]) -> i64 {
+    spans.iter().map(|s| s.total).max().unwrap_or(0)
+}
+
+/// Pyroscope's `minValue`: the `max_nodes`-th largest weight among the nodes below the root,
+/// or 0 when they all fit (or `max_nodes` < 1). Nodes weighing less are folded into "other";
+/// every node tied with it is drawn, so ties never depend on the order nodes are met in.
+fn min_value<const S: usize>(t: &impl Drawable<S>, max_nodes: i64) -> i64 {
+    let count = t.node_count() as i64 - 1;
+    if max_nodes < 1 || count <= max_nodes {
+        return 0;
+    }
+    // The k largest weights seen so far. A child never weighs more than its parent, so a
+    // subtree whose root cannot enter them is skipped whole: the k-th largest stays exact.
+    let k = max_nodes as usize;
+    let mut heap: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(k + 1);
+    let mut stack: Vec<u32> = t.children_of(0).to_vec();
+    while let Some(n) = stack.pop() {
+        let w = weight(&t.spans(n));
+        if heap.len() >= k {
+            if w <= heap.peek().map_or(i64::MIN, |r| r.0) {
+                continue;
+            }
+            heap.pop();
+        }
+        heap.push(Reverse(w));
+        stack.extend_from_slice(t.children_of(n));
+    }
+    if heap.len() < k {
+        return 0;
+    }
+    heap.peek().map_or(0, |r| r.0)
+}
+
+/// A node as the walk draws it: `x` is its absolute offset per side (a node's children are
+/// laid out after its self), `children` how many of its children are drawn ("other"
+/// included).
+struct Drawn<'t, const S: usize> {
+    level: usize,
+    x: [i64; S],
+    name: &'t str,
+    spans: [Span; S],
+    children: usize,
+}
+
+/// Walks the tree truncated at `max_nodes` depth first, popping the last child first
+/// (Pyroscope's order), and hands each drawn node to `visit`. The children of a node that
+/// are not drawn (below the threshold, or named "other") make one "other" child after the
+/// drawn ones, whose total and self are their totals added up, per side.
+fn walk<'t, const S: usize, T: Drawable<S>>(t: &'t T, max_nodes: i64, mut visit: impl FnMut(Drawn<'t, S>)) {
+    enum Item<const S: usize> {
+        Node(u32),
+        Other([i64; S]),
+    }
+    let min = min_value(t, max_nodes);
+    let mut stack = vec![(Item::Node(0), 0usize, [0i64; S])];
+    let mut buf = Vec::new();
+    while let Some((item, level, x)) = stack.pop() {
+        let i = match item {
+            Item::Node(i) => i,
+            Item::Other(v) => {
+                let spans = v.map(|v| Span { total: v, self_: v });
+                visit(Drawn { level, x, name: OTHER, spans, children: 0 });
+                continue;
+            }
+        };
+        let spans = t.spans(i);
+        let mut cx: [i64; S] = std::array::from_fn(|s| x[s] + spans[s].self_);
+        let mut other = [0i64; S];
+        let mut children = 0;
+        for &c in t.children_by_name(i, &mut buf) {
+            let cs = t.spans(c);
+            if weight(&cs) >= min && t.node_name(c) != OTHER {
+                stack.push((Item::Node(c), level + 1, cx));
+                children += 1;
+                add_totals(&mut cx, &cs);
+            } else {
+                add_totals(&mut other, &cs);
+            }
+        }
+        if other.iter().any(|v| *v != 0) {
+            stack.push((Item::Other(other), level + 1, cx));
+            children += 1;
+        }
+        visit(Drawn { level, x, name: t.node_name(i), spans, children });
+    }
+}
+
+fn add_totals<const S: usize>(sums: &mut [i64; S], spans: &[Span; S]) {
+    for (sum, span) in sums.iter_mut().zip(spans) {
+        *sum += span.total;
+    }
+}
+
+/// The names and levels of a flame graph (S = 1) or a diff (S = 2).
+struct Levels {
+    names: Vec<String>,
+    levels: Vec<Level>,
+    max_self: i64,
+}
+
+/// Draws `t` truncated at `max_nodes` as Pyroscope's levels: each node as, per side,
+/// `[x, total, self]` with x relative to the end of the previous node of its level on that
+/// side, then its name's index (names in the order they are first drawn).
+fn draw<const S: usize>(t: &impl Drawable<S>, max_nodes: i64) -> Levels {
+    let mut names: Vec<String> = Vec::new();
+    let mut name_idx: FxHashMap<&str, i64> = FxHashMap::default();
+    // Per level, in visit order (right to left).
+    let mut rows: Vec<Vec<Placed<S>>> = Vec::new();
+    let mut max_self = 0i64;
+    walk(t, max_nodes, |node| {
+        max_self = node.spans.iter().fold(max_self, |m, s| m.max(s.self_));
+        let idx = *name_idx.entry(node.name).or_insert_with(|| {
+            names.push(node.name.to_string());
+            names.len() as i64 - 1
+        });
+        if rows.len() <= node.level {
+            rows.push(Vec::new());
+        }
+        rows[node.level].push((node.x, node.spans, idx));
+    });
+    Levels { names, levels: rows.into_iter().map(encode_level).collect(), max_self }
+}
+
+/// A drawn node on its level: absolute x per side, spans, name index.
+type Placed<const S: usize> = ([i64; S], [Span; S], i64);
+
+/// One level's nodes, given right to left, as delta-encoded tuples left to right.
+fn encode_level<const S: usize>(row: Vec<Placed<S>>) -> Level {
+    let mut values = Vec::with_capacity(row.len() * (3 * S + 1));
+    let mut prev_end = [0i64; S];
+    for (x, spans, idx) in row.into_iter().rev() {
+        for s in 0..S {
+            values.extend_from_slice(&[x[s] - prev_end[s], spans[s].total, spans[s].self_]);
+            prev_end[s] = x[s] + spans[s].total;
+        }
+        values.push(idx);
+    }
+    Level { values }
+}
+
+/// The union of two finished trees, nodes matched by their path of names: what a diff
+/// draws, with the left tree's spans first. Node 0 is the root; children are kept in name
+/// byte order.
+struct Union<'t> {
+    names: Vec<&'t str>,
+    spans: Vec<[Span; 2]>,
+    children: Vec<Vec<u32>>,
+}
+
+impl Drawable<2> for Union<'_> {
+    fn node_count(&self) -> usize {
+        self.names.len()
+    }
+    fn node_name(&self, n: u32) -> &str {
+        self.names[n as usize]
+    }
+    fn spans(&self, n: u32) -> [Span; 2] {
+        self.spans[n as usize]
+    }
+    fn children_of(&self, n: u32) -> &[u32] {
+        &self.children[n as usize]
+    }
+    fn children_by_name<'s>(&'s self, n: u32, _buf: &'s mut Vec<u32>) -> &'s [u32] {
+        &self.children[n as usize]
+    }
+}
+
+/// A node of the union: the node of each side it stands for, if that side has it.
+type Pair = (Option<u32>, Option<u32>);
+
+impl<'t> Union<'t> {
+    fn of(left: &'t Tree, right: &'t Tree) -> Self {
+        let mut u = Union { names: Vec::new(), spans: Vec::new(), children: Vec::new() };
+        let root = (Some(0), Some(0));
+        u.push("total", root, left, right);
+        let mut stack: Vec<(Pair, u32)> = vec![(root, 0)];
+        let mut pairs = Vec::new();
+        while let Some(((l, r), id)) = stack.pop() {
+            pair_children(left, l, right, r, &mut pairs);
+            for &(pair, name) in &pairs {
+                let child = u.push(name, pair, left, right);
+                u.children[id as usize].push(child);
+                stack.push((pair, child));
+            }
+        }
+        u
+    }
+
+    /// Adds the node standing for `pair`, without children yet, and returns its id.
+    fn push(&mut self, name: &'t str, (l, r): Pair, left: &Tree, right: &Tree) -> u32 {
+        let side = |t: &Tree, n: Option<u32>| n.map_or(Span::default(), |n| t.spans(n)[0]);
+        self.names.push(name);
+        self.spans.push([side(left, l), side(right, r)]);
+        self.children.push(Vec::new());
+        self.names.len() as u32 - 1
+    }
+}
+
+/// The children of `l` in `left` and of `r` in `right`, matched by name, into `out` in name
+/// byte order (both lists are sorted that way, so one merge pass pairs them).
+fn pair_children<'t>(left: &'t Tree, l: Option<u32>, right: &'t Tree, r: Option<u32>, out: &mut Vec<(Pair, &'t str)>) {
+    out.clear();
+    let (mut lb, mut rb) = (Vec::new(), Vec::new());
+    let lc: &[u32] = l.map_or(&[], |l| left.sorted_children(l, &mut lb));
+    let rc: &[u32] = r.map_or(&[], |r| right.sorted_children(r, &mut rb));
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let next = match (lc.get(i).copied(), rc.get(j).copied()) {
+            (None, None) => return,
+            (Some(a), None) => ((Some(a), None), left.node_name(a)),
+            (None, Some(b)) => ((None, Some(b)), right.node_name(b)),
+            (Some(a), Some(b)) => {
+                let (x, y) = (left.node_name(a), right.node_name(b));
+                match x.as_bytes().cmp(y.as_bytes()) {
+                    Ordering::Less => ((Some(a), None), x),
+                    Ordering::Equal => ((Some(a), Some(b)), x),
+                    Ordering::Greater => ((None, Some(b)), y),
+                }
+            }
+        };
+        let ((a, b), _) = next;
+        i += usize::from(a.is_some());
+        j += usize::from(b.is_some());
+        out.push(next);
+    }
 }
 
 /// The diff flame graph of two finished trees over their union: 7-tuples
-/// `[xL, totalL, selfL, xR, totalR, selfR, name]` (x delta-encoded per side). A node is kept
-/// when either side reaches the `max_nodes` threshold, computed over both sides.
+/// `[xL, totalL, selfL, xR, totalR, selfR, name]` (x delta-encoded per side). Truncation is
+/// the flame graph's: a node is kept when either side reaches the `max_nodes` threshold,
+/// computed over both sides.
 pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff, String> {
     if left.nodes.iter().chain(right.nodes.iter()).any(|n| n.self_ < 0) {
         return Err("diff of trees with negative values".into());
     }
-    let mut nodes = vec![DiffNode { name: "total".into(), left: (0, 0), right: (0, 0), children: Vec::new() }];
-    let mut stack: Vec<(Option<u32>, Option<u32>, usize)> = vec![(Some(0), Some(0), 0)];
-    while let Some((l, r, d)) = stack.pop() {
-        if let Some(l) = l {
-            let n = &left.nodes[l as usize];
-            nodes[d].left = (n.total, n.self_);
-        }
-        if let Some(r) = r {
-            let n = &right.nodes[r as usize];
-            nodes[d].right = (n.total, n.self_);
-        }
-        let (mut lb, mut rb) = (Vec::new(), Vec::new());
-        let lc: &[u32] = l.map_or(&[], |l| left.sorted_children(l, &mut lb));
-        let rc: &[u32] = r.map_or(&[], |r| right.sorted_children(r, &mut rb));
-        let (mut i, mut j) = (0, 0);
-        while i < lc.len() || j < rc.len() {
-            let ln = lc.get(i).map(|c| left.names[left.nodes[*c as usize].name as usize].as_str());
-            let rn = rc.get(j).map(|c| right.names[right.nodes[*c as usize].name as usize].as_str());
-            let (a, b, name) = match (ln, rn) {
-                (Some(x), Some(y)) if x == y => {
-                    i += 1;
-                    j += 1;
-                    (Some(lc[i - 1]), Some(rc[j - 1]), x)
-                }
-                (Some(x), Some(y)) if x.as_bytes() < y.as_bytes() => {
-                    i += 1;
-                    (Some(lc[i - 1]), None, x)
-                }
-                (Some(x), None) => {
-                    i += 1;
-                    (Some(lc[i - 1]), None, x)
-                }
-                (_, Some(y)) => {
-                    j += 1;
-                    (None, Some(rc[j - 1]), y)
-                }
-                (None, None) => unreachable!(),
-            };
-            let id = nodes.len();
-            nodes.push(DiffNode { name: name.to_string(), left: (0, 0), right: (0, 0), children: Vec::new() });
-            nodes[d].children.push(id);
-            stack.push((a, b, id));
-        }
-    }
-    let min = if max_nodes < 1 || (nodes.len() as i64 - 1) <= max_nodes {
-        0
-    } else {
-        let mut totals: Vec<i64> = nodes[1..].iter().map(|n| n.left.0.max(n.right.0)).collect();
-        let k = max_nodes as usize - 1;
-        totals.select_nth_unstable_by(k, |a, b| b.cmp(a));
-        totals[k]
-    };
-    let mut names: Vec<String> = Vec::new();
-    let mut name_idx: FxHashMap<String, i64> = FxHashMap::default();
-    let mut levels: Vec<Vec<[i64; 7]>> = Vec::new();
-    let mut max_self = 0i64;
-    // (node or synthetic other, level, xl, xr)
-    enum Item {
-        Node(usize),
-        Other((i64, i64)),
-    }
-    let mut st = vec![(Item::Node(0), 0usize, 0i64, 0i64)];
-    while let Some((item, level, xl, xr)) = st.pop() {
-        let (name, l, r, kids): (&str, (i64, i64), (i64, i64), &[usize]) = match &item {
-            Item::Node(i) => (&nodes[*i].name, nodes[*i].left, nodes[*i].right, &nodes[*i].children),
-            Item::Other((a, b)) => (OTHER, (*a, *a), (*b, *b), &[]),
-        };
-        max_self = max_self.max(l.1).max(r.1);
-        let idx = *name_idx.entry(name.to_string()).or_insert_with(|| {
-            names.push(name.to_string());
-            names.len() as i64 - 1
-        });
-        if levels.len() <= level {
-            levels.push(Vec::new());
-        }
-        levels[level].push([xl, l.0, l.1, xr, r.0, r.1, idx]);
-        let (mut cl, mut cr) = (xl + l.1, xr + r.1);
-        let mut other = (0i64, 0i64);
-        let mut pushes = Vec::new();
-        for &c in kids {
-            let n = &nodes[c];
-            if n.left.0.max(n.right.0) >= min && n.name != OTHER {
-                pushes.push((Item::Node(c), level + 1, cl, cr));
-                cl += n.left.0;
-                cr += n.right.0;
-            } else {
-                other.0 += n.left.0;
-                other.1 += n.right.0;
-            }
-        }
-        st.extend(pushes);
-        if other != (0, 0) {
-            st.push((Item::Other(other), level + 1, cl, cr));
-        }
-    }
-    let (lt, rt) = (nodes[0].left.0, nodes[0].right.0);
+    let drawn = draw(&Union::of(left, right), max_nodes);
+    let (lt, rt) = (left.total(), right.total());
     Ok(FlameGraphDiff {
-        names,
-        levels: levels
-            .into_iter()
-            .map(|lv| {
-                let mut values = Vec::with_capacity(lv.len() * 7);
-                let (mut pl, mut pr) = (0i64, 0i64);
-                for [xl, tl, sl, xr, tr, sr, idx] in lv.into_iter().rev() {
-                    values.extend_from_slice(&[xl - pl, tl, sl, xr - pr, tr, sr, idx]);
-                    pl = xl + tl;
-                    pr = xr + tr;
-                }
-                Level { values }
-            })
-            .collect(),
+        names: drawn.names,
+        levels: drawn.levels,
         total: lt + rt,
-        max_self,
+        max_self: drawn.max_self,
         left_ticks: lt,
         right_ticks: rt,
     })
@@ -624,6 +687,82 @@ mod tests {
             ]
         );
         assert_eq!((d.total, d.max_self, d.left_ticks, d.right_ticks), (15, 8, 3, 12));
+    }
+
+    /// One side of a diff's levels as flame graph 4-tuples.
+    fn side(l: &[Level], s: usize) -> Vec<Vec<i64>> {
+        l.iter()
+            .map(|l| l.values.chunks(7).flat_map(|c| [c[3 * s], c[3 * s + 1], c[3 * s + 2], c[6]]).collect())
+            .collect()
+    }
+
+    /// Totals tied at the threshold (c, d and x weigh 2 when the 3rd largest is 2): a diff
+    /// of a tree with itself, or with an empty tree, truncates exactly as its flame graph.
+    #[test]
+    fn diffs_and_flame_graphs_truncate_ties_alike() {
+        let t = tree(&[("a;b", 3), ("a;c", 2), ("a;d", 2), ("a;e", 1), ("x", 2), ("y;z", 1), ("y;w", 1)]);
+        let empty = tree(&[]);
+        for max_nodes in 0..=10 {
+            let fg = t.flamegraph(max_nodes);
+            let want = levels(&fg.levels);
+            for (l, r, s) in [(&t, &t, 0), (&t, &t, 1), (&t, &empty, 0), (&empty, &t, 1)] {
+                let d = diff(l, r, max_nodes).unwrap();
+                assert_eq!(d.names, fg.names, "max_nodes {max_nodes}");
+                assert_eq!(side(&d.levels, s), want, "max_nodes {max_nodes}, side {s}");
+            }
+        }
+        // The threshold is 2 at 3 nodes: all three nodes tied at 2 are drawn, e and the
+        // children of y are folded.
+        let names = t.flamegraph(3).names;
+        for n in ["c", "d", "x", OTHER] {
+            assert!(names.contains(&n.to_string()), "{n} in {names:?}");
+        }
+        assert!(!names.contains(&"e".to_string()) && !names.contains(&"z".to_string()));
+    }
+
+    proptest::proptest! {
+        /// On any tree (tied totals are common with values this small) a diff draws each of
+        /// its sides as the flame graph of that side would be drawn.
+        #[test]
+        fn diffs_of_a_tree_with_itself_draw_its_flame_graph(
+            stacks in proptest::collection::vec(("[a-d](;[a-d]){0,3}", 0i64..4), 0..24),
+            max_nodes in 0i64..24,
+        ) {
+            let stacks: Vec<(&str, i64)> = stacks.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+            let t = tree(&stacks);
+            let fg = t.flamegraph(max_nodes);
+            let d = diff(&t, &t, max_nodes).unwrap();
+            proptest::prop_assert_eq!(&d.names, &fg.names);
+            proptest::prop_assert_eq!(side(&d.levels, 0), levels(&fg.levels));
+            proptest::prop_assert_eq!(side(&d.levels, 1), levels(&fg.levels));
+        }
+    }
+
+    /// TREE bytes read back (with the shared reader) into the flame graph's tree.
+    #[test]
+    fn tree_bytes_decode_to_the_flame_graph() {
+        fn read(r: &mut kiln_io::codec::Reader<'_>, path: &mut Vec<String>, t: &mut Tree) {
+            let name = r.str().unwrap().to_string();
+            let self_ = r.u().unwrap() as i64;
+            let children = r.u().unwrap();
+            path.push(name);
+            let frames: Vec<&str> = path[1..].iter().map(String::as_str).collect();
+            t.insert_stack(&frames, self_);
+            for _ in 0..children {
+                read(r, path, t);
+            }
+            path.pop();
+        }
+        let t = tree(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1), ("a;f", 1), ("g", 3)]);
+        for max_nodes in [0, 3, 5] {
+            let bytes = t.tree_bytes(max_nodes);
+            let mut r = kiln_io::codec::Reader::new(&bytes);
+            let mut back = Tree::default();
+            read(&mut r, &mut Vec::new(), &mut back);
+            r.finish().unwrap();
+            back.finish();
+            assert_eq!(levels(&back.flamegraph(0).levels), levels(&t.flamegraph(max_nodes).levels), "{max_nodes}");
+        }
     }
 
     #[test]

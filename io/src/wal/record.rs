@@ -4,6 +4,7 @@
 //! Reading distinguishes a torn tail (the last write of a crashed process: dropped and
 //! reported) from corruption in the middle (a valid record follows the bad bytes: an error
 //! naming the offset, never a silent skip of acknowledged data).
+use crate::codec::Reader;
 
 pub const HEADER: usize = 8;
 /// No record is larger than this; a larger length field is damage.
@@ -23,13 +24,13 @@ pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
 
 /// A whole record at `at`, if one is there.
 fn record_at(data: &[u8], at: usize) -> Option<&[u8]> {
-    let h = data.get(at..at + HEADER)?;
-    let len = u32::from_le_bytes(h[0..4].try_into().unwrap());
-    let crc = u32::from_le_bytes(h[4..8].try_into().unwrap());
+    let mut r = Reader::new(data.get(at..)?);
+    let len = r.u32_le().ok()?;
+    let crc = r.u32_le().ok()?;
     if len as usize > MAX_RECORD {
         return None;
     }
-    let payload = data.get(at + HEADER..at + HEADER + len as usize)?;
+    let payload = r.take(len as usize).ok()?;
     (checksum(len, payload) == crc).then_some(payload)
 }
 

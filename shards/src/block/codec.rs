@@ -1,41 +1,19 @@
-//! Byte-level helpers shared by `index.tsdb` and `symbols.symdb`: LEB128 varints, the framing
-//! (magic, version, body, CRC-32C) and a bounds-checked reader whose errors name the file and
-//! the byte offset.
+//! Byte-level helpers shared by `index.tsdb` and `symbols.symdb`: the framing (magic,
+//! version, body, CRC-32C) and the shared bounded reader (`kiln_io::codec`, which also writes
+//! their varints) with errors that name the file and the byte offset.
 //!
 //! Every length or count read from a file is checked against the bytes that remain before
 //! anything is allocated for it, so a damaged or hostile file costs at most its own size in
 //! memory and never panics.
 use super::FormatError;
+use kiln_io::codec::{CodecError, ErrorKind, Reader};
+
+/// The block files' encoder is the shared one: the same varints as the WAL payload.
+pub(super) use kiln_io::codec::Writer as Enc;
 
 /// Bytes of the frame around a body: magic (4), version (1) before it, CRC-32C (4) after.
 pub(super) const FRAME_HEAD: usize = 5;
 pub(super) const FRAME_TAIL: usize = 4;
-
-/// An append-only encoder.
-#[derive(Default)]
-pub(super) struct Enc(pub Vec<u8>);
-
-impl Enc {
-    /// Unsigned LEB128: 7 bits a byte, low groups first, high bit = more bytes follow.
-    pub fn u(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    /// Signed: zigzag (0, -1, 1, -2, … → 0, 1, 2, 3, …), then `u`.
-    pub fn i(&mut self, v: i64) {
-        self.u(((v << 1) ^ (v >> 63)) as u64);
-    }
-    pub fn bytes(&mut self, b: &[u8]) {
-        self.0.extend_from_slice(b);
-    }
-    pub fn str(&mut self, s: &str) {
-        self.u(s.len() as u64);
-        self.bytes(s.as_bytes());
-    }
-}
 
 /// Wraps `body` into `magic | version | body | crc32c(magic..body) LE`.
 pub(super) fn seal(magic: &[u8; 4], version: u8, body: &[u8]) -> Vec<u8> {
@@ -78,24 +56,24 @@ pub(super) fn open<'a>(
     Ok(&bytes[FRAME_HEAD..end])
 }
 
-/// A bounds-checked reader over one body or section. `base` is the offset of `buf[0]` in the
-/// file (or in the decompressed section, which `ctx` then says), for error messages.
+/// The shared bounded reader over one body or section, with errors that name the file and
+/// the offset. `base` is the offset of the buffer's first byte in the file (or in the
+/// decompressed section, which `ctx` then says).
 pub(super) struct Dec<'a> {
     pub file: &'static str,
     pub ctx: &'static str,
-    buf: &'a [u8],
-    pos: usize,
+    r: Reader<'a>,
     base: usize,
 }
 
 impl<'a> Dec<'a> {
     pub fn new(file: &'static str, ctx: &'static str, buf: &'a [u8], base: usize) -> Self {
-        Dec { file, ctx, buf, pos: 0, base }
+        Dec { file, ctx, r: Reader::new(buf), base }
     }
 
     /// An error at the current position.
     pub fn err(&self, what: impl std::fmt::Display) -> FormatError {
-        self.err_at(self.pos, what)
+        self.err_at(self.r.position(), what)
     }
 
     fn err_at(&self, pos: usize, what: impl std::fmt::Display) -> FormatError {
@@ -103,84 +81,64 @@ impl<'a> Dec<'a> {
         FormatError::Corrupt { file: self.file, offset: (self.base + pos) as u64, what }
     }
 
+    /// A failed read, at the start of the item it was reading.
+    fn corrupt(&self, e: CodecError) -> FormatError {
+        self.err_at(e.offset, e.kind)
+    }
+
+    /// A failed read of the field `what`.
+    fn corrupt_field(&self, what: &str, e: CodecError) -> FormatError {
+        self.err_at(e.offset, format!("{what} {}", e.kind))
+    }
+
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.r.remaining()
     }
 
     pub fn u(&mut self) -> Result<u64, FormatError> {
-        let start = self.pos;
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(self.err_at(start, "varint runs past the end"));
-            };
-            self.pos += 1;
-            // The tenth byte may carry only the top bit of a u64.
-            if shift == 63 && b > 1 {
-                return Err(self.err_at(start, "varint overflows 64 bits"));
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(self.err_at(start, "varint longer than 10 bytes"))
+        self.r.u().map_err(|e| self.corrupt(e))
     }
 
     pub fn i(&mut self) -> Result<i64, FormatError> {
-        let v = self.u()?;
-        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+        self.r.i().map_err(|e| self.corrupt(e))
     }
 
     /// A varint that must fit in u32 (`what` names the field for the message).
     pub fn u32(&mut self, what: &str) -> Result<u32, FormatError> {
-        let start = self.pos;
-        let v = self.u()?;
-        u32::try_from(v).map_err(|_| self.err_at(start, format!("{what} {v} does not fit in 32 bits")))
+        self.r.u32().map_err(|e| match e.kind {
+            ErrorKind::TooLarge(_) => self.corrupt_field(what, e),
+            _ => self.corrupt(e),
+        })
     }
 
     /// A count of items that each take at least `min_bytes` more bytes: a count the rest of
     /// the buffer cannot hold is damage, caught before anything is allocated for it.
     pub fn count(&mut self, what: &str, min_bytes: usize) -> Result<usize, FormatError> {
-        let start = self.pos;
-        let v = self.u()?;
-        let max = self.remaining() / min_bytes.max(1);
-        if v > max as u64 {
-            return Err(self.err_at(
-                start,
-                format!("{what} count {v} exceeds what the remaining {} bytes can hold", self.remaining()),
-            ));
-        }
-        Ok(v as usize)
+        self.r.count(min_bytes).map_err(|e| match e.kind {
+            ErrorKind::Count { .. } => self.corrupt_field(what, e),
+            _ => self.corrupt(e),
+        })
     }
 
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        if n > self.remaining() {
-            return Err(self.err(format!("{n} bytes wanted, {} left", self.remaining())));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+        self.r.take(n).map_err(|e| self.corrupt(e))
     }
 
     pub fn byte(&mut self) -> Result<u8, FormatError> {
-        Ok(self.take(1)?[0])
+        self.r.byte().map_err(|e| self.corrupt(e))
     }
 
     /// A length-prefixed UTF-8 string.
     pub fn str(&mut self) -> Result<&'a str, FormatError> {
-        let start = self.pos;
-        let n = self.count("string length", 1)?;
-        let b = self.take(n)?;
-        std::str::from_utf8(b).map_err(|e| self.err_at(start, format!("string is not UTF-8: {e}")))
+        self.r.str().map_err(|e| match e.kind {
+            ErrorKind::Count { .. } => self.corrupt_field("string length", e),
+            _ => self.corrupt(e),
+        })
     }
 
     /// Every byte must have been read: trailing bytes mean the writer and reader disagree.
     pub fn finish(&self) -> Result<(), FormatError> {
-        if self.remaining() != 0 {
-            return Err(self.err(format!("{} unexpected trailing bytes", self.remaining())));
-        }
-        Ok(())
+        self.r.finish().map_err(|e| self.corrupt(e))
     }
 }
 

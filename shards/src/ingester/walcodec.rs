@@ -3,6 +3,7 @@
 //! their groups, so a record holds only what its core owns; the symbol tables are whole.
 use crate::model::labels::Labels;
 use crate::model::profile::{Function, Line, Location, Mapping, Profile, Sample, SampleGroup, ValueType};
+use kiln_io::codec::{Reader, Writer};
 
 const VERSION: u8 = 1;
 /// First byte of a cut marker record (see `encode_cut`).
@@ -12,71 +13,45 @@ const KEYED: u8 = 3;
 /// First byte of an abort record: the push with this key was refused (see `encode_abort`).
 const ABORT: u8 = 4;
 
-struct W(Vec<u8>);
-
-impl W {
-    fn u(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    fn i(&mut self, v: i64) {
-        self.u(((v << 1) ^ (v >> 63)) as u64);
-    }
-    fn s(&mut self, v: &str) {
-        self.u(v.len() as u64);
-        self.0.extend_from_slice(v.as_bytes());
-    }
-}
-
-struct R<'a> {
-    b: &'a [u8],
-    at: usize,
-}
+/// The shared bounded reader, with the WAL's errors (strings, for now) and owned strings.
+struct R<'a>(Reader<'a>);
 
 type Res<T> = Result<T, String>;
 
 impl R<'_> {
+    /// A reader of the record `b` past its first (kind) byte, which the caller has looked
+    /// at; offsets in errors count from the record's start.
+    fn after_kind(b: &[u8]) -> R<'_> {
+        let mut r = Reader::new(b);
+        // An empty record has no kind byte: every later read then fails.
+        r.byte().ok();
+        R(r)
+    }
     fn u(&mut self) -> Res<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.at).ok_or("record ends inside a varint")?;
-            self.at += 1;
-            v |= ((byte & 0x7f) as u64) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("varint too long".into())
+        self.0.u().map_err(|e| e.to_string())
     }
     fn u32(&mut self) -> Res<u32> {
-        u32::try_from(self.u()?).map_err(|_| "value out of range".to_string())
+        self.0.u32().map_err(|e| e.to_string())
     }
     fn i(&mut self) -> Res<i64> {
-        let v = self.u()?;
-        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+        self.0.i().map_err(|e| e.to_string())
     }
+    /// A count of items: each takes at least one byte of the record.
     fn len(&mut self) -> Res<usize> {
-        let n = self.u()? as usize;
-        if n > self.b.len() - self.at.min(self.b.len()) + (1 << 20) {
-            return Err("length larger than the record".into());
-        }
-        Ok(n)
+        self.0.count(1).map_err(|e| e.to_string())
     }
     fn s(&mut self) -> Res<String> {
-        let n = self.len()?;
-        let bytes = self.b.get(self.at..self.at + n).ok_or("record ends inside a string")?;
-        self.at += n;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "string is not UTF-8".into())
+        self.0.str().map(str::to_string).map_err(|e| e.to_string())
+    }
+    fn at_end(&self) -> bool {
+        self.0.remaining() == 0
     }
 }
 
 /// An ingest record without a push key (what kiln wrote before keys; still read).
 pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
-    let mut w = W(Vec::with_capacity(1024));
-    w.0.push(VERSION);
+    let mut w = Writer::with_capacity(1024);
+    w.byte(VERSION);
     encode_body(&mut w, tenant, p, groups);
     w.0
 }
@@ -84,8 +59,8 @@ pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
 /// An ingest record of the push `key`: an abort record with the same key, later in the same
 /// core's WAL, takes it back (the push was refused after this record was written).
 pub fn encode_keyed(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
-    let mut w = W(Vec::with_capacity(1024));
-    w.0.push(KEYED);
+    let mut w = Writer::with_capacity(1024);
+    w.byte(KEYED);
     w.u(key);
     encode_body(&mut w, tenant, p, groups);
     w.0
@@ -93,8 +68,8 @@ pub fn encode_keyed(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup])
 
 /// The push `key` was refused: replay skips its ingest records in this core's WAL.
 pub fn encode_abort(key: u64) -> Vec<u8> {
-    let mut w = W(Vec::with_capacity(11));
-    w.0.push(ABORT);
+    let mut w = Writer::with_capacity(11);
+    w.byte(ABORT);
     w.u(key);
     w.0
 }
@@ -104,15 +79,15 @@ pub fn abort_key(b: &[u8]) -> Option<u64> {
     if b.first() != Some(&ABORT) {
         return None;
     }
-    let mut r = R { b, at: 1 };
-    r.u().ok().filter(|_| r.at == b.len())
+    let mut r = R::after_kind(b);
+    r.u().ok().filter(|_| r.at_end())
 }
 
-fn encode_body(w: &mut W, tenant: &str, p: &Profile, groups: &[SampleGroup]) {
-    w.s(tenant);
+fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup]) {
+    w.str(tenant);
     w.u(p.strings.len() as u64);
     for s in &p.strings {
-        w.s(s);
+        w.str(s);
     }
     w.u(p.sample_types.len() as u64);
     for st in &p.sample_types {
@@ -164,8 +139,8 @@ fn encode_body(w: &mut W, tenant: &str, p: &Profile, groups: &[SampleGroup]) {
     for g in groups {
         w.u(g.labels.len() as u64);
         for (k, v) in g.labels.iter() {
-            w.s(k);
-            w.s(v);
+            w.str(k);
+            w.str(v);
         }
         w.u(g.samples.len() as u64);
         for &si in &g.samples {
@@ -186,10 +161,10 @@ fn encode_body(w: &mut W, tenant: &str, p: &Profile, groups: &[SampleGroup]) {
 /// block is in the tenant's bucket index, every earlier record of the tenant in this core's
 /// WAL is in the block, and replay skips them.
 pub fn encode_cut(tenant: &str, block: &str) -> Vec<u8> {
-    let mut w = W(Vec::with_capacity(tenant.len() + block.len() + 4));
-    w.0.push(CUT);
-    w.s(tenant);
-    w.s(block);
+    let mut w = Writer::with_capacity(tenant.len() + block.len() + 4);
+    w.byte(CUT);
+    w.str(tenant);
+    w.str(block);
     w.0
 }
 
@@ -219,10 +194,10 @@ pub enum Entry {
 
 pub fn decode_entry(b: &[u8]) -> Res<Entry> {
     if is_cut(b) {
-        let mut r = R { b, at: 1 };
+        let mut r = R::after_kind(b);
         let tenant = r.s()?;
         let block = r.s()?;
-        if r.at != b.len() {
+        if !r.at_end() {
             return Err("trailing bytes after a cut record".into());
         }
         return Ok(Entry::Cut { tenant, block });
@@ -241,7 +216,7 @@ pub fn decode(b: &[u8]) -> Res<(String, Profile, Vec<SampleGroup>)> {
 
 /// Decodes an ingest record with its push key, if it has one.
 pub fn decode_keyed(b: &[u8]) -> Res<(Option<u64>, String, Profile, Vec<SampleGroup>)> {
-    let mut r = R { b, at: 1 };
+    let mut r = R::after_kind(b);
     let key = match b.first() {
         Some(&VERSION) => None,
         Some(&KEYED) => Some(r.u()?),
@@ -252,7 +227,6 @@ pub fn decode_keyed(b: &[u8]) -> Res<(Option<u64>, String, Profile, Vec<SampleGr
 }
 
 fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
-    let b = r.b;
     let tenant = r.s()?;
     let mut p = Profile::default();
     for _ in 0..r.len()? {
@@ -338,7 +312,7 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
         }
         groups.push(SampleGroup { labels: Labels::from_pairs(pairs), samples });
     }
-    if r.at != b.len() {
+    if !r.at_end() {
         return Err("trailing bytes after the record".into());
     }
     Ok((tenant, p, groups))
