@@ -76,11 +76,11 @@ pub fn run(cfg: Config) {
     let started =
         kiln_shards::runtime::start(cores, tokens, true, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
     // 1. store-gateway: every indexed block to the core that owns it.
-    let indexed = store_gateway::open_blocks(&store, &started.mesh).unwrap_or_else(|e| fail(e));
+    let indexed = store_gateway::open_blocks(&store, &started.mesh).unwrap_or_else(|e| fail(e.to_string()));
     if let Some((_, source)) = &gens.source {
         // 2. ingester: the WAL records no indexed block holds, into the heads.
         if let Err(e) = ingester::replay::replay(source, &started.mesh, &indexed, gens.adopt) {
-            fail(if gens.adopt { e } else { rewrite_failed(&gens, &wal_dir, &ring, e) });
+            fail(if gens.adopt { e.to_string() } else { rewrite_failed(&gens, &wal_dir, &ring, e) });
         }
     }
     // An adopted generation is the ready one already.
@@ -124,15 +124,19 @@ fn ring_id(cores: usize, tokens: u32) -> String {
 
 /// The error of a failed rewrite of the WAL into a new generation (the ring changed), with
 /// the space it takes. The partial new generation is removed; the source is left whole.
-fn rewrite_failed(gens: &kiln_io::wal::Generations, wal_dir: &std::path::Path, ring: &str, err: String) -> String {
-    let Some((_, source)) = &gens.source else { return err };
+fn rewrite_failed(
+    gens: &kiln_io::wal::Generations,
+    wal_dir: &std::path::Path,
+    ring: &str,
+    err: ingester::replay::ReplayError,
+) -> String {
+    let Some((_, source)) = &gens.source else { return err.to_string() };
     if let Err(e) = std::fs::remove_dir_all(&gens.next.1) {
         tracing::warn!(dir = %gens.next.1.display(), error = %e, "removing the unfinished WAL generation failed; the next start removes it");
     }
     // Only a failed write is about space; damage is reported as it is.
-    let wal_write = kiln_shards::ingester::IngestError::Wal(String::new()).to_string();
-    if !err.starts_with(wal_write.as_str()) {
-        return err;
+    if !err.is_wal_write() {
+        return err.to_string();
     }
     let note = kiln_io::wal::rewrite_note(source, gens.source_ring.as_deref(), ring, wal_dir);
     format!("rewriting the WAL failed: {err}. {note}")

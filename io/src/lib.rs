@@ -6,7 +6,14 @@
 //! zip bomb costs at most that many bytes of memory on the core that received it. `store` reaches object storage (a
 //! directory, S3, GCS, Azure) through one dedicated store thread, and keeps each tenant's
 //! bucket index.
+//!
+//! Beside them, three small pieces every crate above shares: `error` (what a caller can do
+//! about an error), `invariant` (ARCHITECTURE.md's invariants, checked where they can break)
+//! and `bound` (a fixed number of slots bounding a set of tasks).
+pub mod bound;
 pub mod codec;
 pub mod compress;
+pub mod error;
+pub mod invariant;
 pub mod store;
 pub mod wal;

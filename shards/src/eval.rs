@@ -7,6 +7,7 @@ use crate::model::labels::Labels;
 use crate::model::selector::matches_all;
 use crate::model::symbols::{LocationRec, Symbols, ROOT};
 use crate::query::{Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
+use kiln_io::invariant::{check, Invariant};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
@@ -218,6 +219,11 @@ impl<'a> HeadView<'a> {
                 continue;
             }
             let mut t = tnode[sym.parent[n] as usize];
+            // I7: parents before children, so the parent's tree node is known by now. A
+            // violation drops the stack (its value below) rather than the query.
+            if !check(Invariant::StackOrder, t < NEEDED, || format!("stack node {n} resolved before its parent")) {
+                continue;
+            }
             frames.clear();
             self.frame_names(sym.location[n], &mut frames, &mut names);
             for &name in &frames {
@@ -230,8 +236,9 @@ impl<'a> HeadView<'a> {
             tnode[n] = t;
         }
         for (&id, &v) in values {
-            let t = tnode[id as usize] as usize;
-            nodes[t].2 = nodes[t].2.saturating_add(v);
+            if let Some(node) = nodes.get_mut(tnode[id as usize] as usize) {
+                node.2 = node.2.saturating_add(v);
+            }
         }
         FlameTree { names: names.names, nodes }
     }

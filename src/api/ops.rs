@@ -96,66 +96,126 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     core.shared.conns.render(&mut out);
     core.shared.bodies.render(&mut out);
     match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
-        Ok(stats) => {
-            type Gauge = (&'static str, &'static str, &'static str, fn(&CoreStats) -> f64);
-            let rows: [Gauge; 14] = [
-                ("kiln_head_series", "gauge", "Series in the head.", |s| s.ingester.series as f64),
-                ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.ingester.profiles as f64),
-                ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.ingester.samples as f64),
-                ("kiln_head_stacktraces", "gauge", "Distinct stack trace nodes in the head.", |s| {
-                    s.ingester.stacks as f64
-                }),
-                ("kiln_head_bytes", "gauge", "Approximate heap bytes held by the head.", |s| {
-                    s.ingester.head_bytes as f64
-                }),
-                ("kiln_head_frozen", "gauge", "Heads cut and waiting for their block upload.", |s| {
-                    s.ingester.frozen_heads as f64
-                }),
-                ("kiln_blocks_owned", "gauge", "Blocks this core serves queries from.", |s| {
-                    s.store_gateway.blocks as f64
-                }),
-                ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
-                    s.store_gateway.block_cache_bytes as f64
-                }),
-                ("kiln_blocks_written_total", "counter", "Blocks written by this core.", |s| {
-                    s.ingester.blocks_written as f64
-                }),
-                ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
-                    s.ingester.bytes_uploaded as f64
-                }),
-                ("kiln_pushes_pending", "gauge", "Pushes appended on this core whose outcome is not known yet.", |s| {
-                    s.ingester.pending_pushes as f64
-                }),
-                (
-                    "kiln_pushes_rolled_back_total",
-                    "counter",
-                    "Pushes taken out of this core's head again because they were refused (another core, the WAL).",
-                    |s| s.ingester.rolled_back as f64,
-                ),
-                (
-                    "kiln_block_cuts_suspended",
-                    "gauge",
-                    "1 while this core's last block cut failed and waits for its retry.",
-                    |s| u8::from(s.ingester.cuts_suspended) as f64,
-                ),
-                ("kiln_block_cut_retries_total", "counter", "Retries of failed block cuts by this core.", |s| {
-                    s.ingester.cut_retries as f64
-                }),
-            ];
-            for (name, kind, help, f) in rows {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for s in &stats {
-                    let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", s.core, f(s));
-                }
-            }
-        }
+        Ok(stats) => render_core_stats(&stats, &mut out),
         Err(e) => {
             return text(503, "text/plain", e.to_string());
         }
     }
+    render_bounds(&mut out);
+    kiln_io::store::render_metrics(&mut out);
+    kiln_io::invariant::render(&mut out);
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
     let _ = writeln!(out, "kiln_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
+}
+
+/// Every core's figures (`CoreStats`), one Prometheus series per core.
+fn render_core_stats(stats: &[CoreStats], out: &mut String) {
+    type Gauge = (&'static str, &'static str, &'static str, fn(&CoreStats) -> f64);
+    let rows: [Gauge; 22] = [
+        ("kiln_head_series", "gauge", "Series in the head.", |s| s.ingester.series as f64),
+        ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.ingester.profiles as f64),
+        ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.ingester.samples as f64),
+        ("kiln_head_stacktraces", "gauge", "Distinct stack trace nodes in the head.", |s| s.ingester.stacks as f64),
+        ("kiln_head_bytes", "gauge", "Approximate heap bytes held by the head.", |s| s.ingester.head_bytes as f64),
+        ("kiln_head_frozen", "gauge", "Heads cut and waiting for their block upload.", |s| {
+            s.ingester.frozen_heads as f64
+        }),
+        ("kiln_blocks_owned", "gauge", "Blocks this core serves queries from.", |s| s.store_gateway.blocks as f64),
+        ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
+            s.store_gateway.block_cache_bytes as f64
+        }),
+        ("kiln_blocks_written_total", "counter", "Blocks written by this core.", |s| s.ingester.blocks_written as f64),
+        ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
+            s.ingester.bytes_uploaded as f64
+        }),
+        ("kiln_pushes_pending", "gauge", "Pushes appended on this core whose outcome is not known yet.", |s| {
+            s.ingester.pending_pushes as f64
+        }),
+        (
+            "kiln_pushes_rolled_back_total",
+            "counter",
+            "Pushes taken out of this core's head again because they were refused (another core, the WAL).",
+            |s| s.ingester.rolled_back as f64,
+        ),
+        (
+            "kiln_block_cuts_suspended",
+            "gauge",
+            "1 while this core's last block cut failed and waits for its retry.",
+            |s| u8::from(s.ingester.cuts_suspended) as f64,
+        ),
+        ("kiln_block_cut_retries_total", "counter", "Retries of failed block cuts by this core.", |s| {
+            s.ingester.cut_retries as f64
+        }),
+        (
+            "kiln_block_upload_retries_total",
+            "counter",
+            "Failed block uploads and bucket index writes retried by this core (retried until they succeed).",
+            |s| s.ingester.upload_retries as f64,
+        ),
+        ("kiln_wal_pending_bytes", "gauge", "Bytes of WAL records waiting for this core's WAL writer.", |s| {
+            s.ingester.wal_pending_bytes as f64
+        }),
+        ("kiln_wal_pending_writes", "gauge", "Pushes, syncs and aborts waiting for this core's WAL writer.", |s| {
+            s.ingester.wal_pending_waiters as f64
+        }),
+        (
+            "kiln_wal_busy_refusals_total",
+            "counter",
+            "Pushes refused (503) because this core's WAL had its most bytes or writes waiting.",
+            |s| s.ingester.wal_busy_refused as f64,
+        ),
+        ("kiln_wal_syncs_in_flight", "gauge", "WAL syncs this core has in flight.", |s| {
+            s.ingester.wal_syncs_in_flight as f64
+        }),
+        (
+            "kiln_wal_abort_retries_total",
+            "counter",
+            "Abort records queued again after their WAL write failed (retried until written).",
+            |s| s.ingester.abort_retries as f64,
+        ),
+        ("kiln_block_queries_in_flight", "gauge", "Block queries this core is running.", |s| {
+            s.store_gateway.block_queries as f64
+        }),
+        (
+            "kiln_block_queries_refused_total",
+            "counter",
+            "Block queries refused (503) because this core ran its most at once.",
+            |s| s.store_gateway.block_queries_refused as f64,
+        ),
+    ];
+    for (name, kind, help, f) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in stats {
+            let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", s.core, f(s));
+        }
+    }
+}
+
+/// The bounds of the per-core queues and task sets, the same on every core.
+fn render_bounds(out: &mut String) {
+    use kiln_shards::ingester::wal;
+    let rows: [(&str, &str, usize); 4] = [
+        (
+            "kiln_wal_pending_bytes_limit",
+            "Bytes of WAL records a core queues before refusing pushes.",
+            wal::MAX_PENDING_BYTES,
+        ),
+        (
+            "kiln_wal_pending_writes_limit",
+            "Writes a core's WAL queues before refusing pushes.",
+            wal::MAX_PENDING_WAITERS,
+        ),
+        ("kiln_wal_syncs_in_flight_limit", "WAL syncs a core runs at once.", wal::MAX_SYNCS_IN_FLIGHT),
+        (
+            "kiln_block_queries_in_flight_limit",
+            "Block queries a core runs at once.",
+            kiln_shards::store_gateway::MAX_BLOCK_QUERIES,
+        ),
+    ];
+    for (name, help, v) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
 }
 
 pub fn config(core: &Edge) -> Response {

@@ -457,13 +457,34 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Limits that only make sense together, checked once at start with a clear error.
+    /// Limits that only make sense together, checked once at start with a clear error that
+    /// names the flags involved.
+    ///
+    /// Relations considered and left out on purpose:
+    /// - WAL segment size against the largest record: a record larger than a segment is
+    ///   written alone into a fresh one (`SegmentWriter::prepare` rotates only a segment
+    ///   that holds something), so any segment size works; the hard bound is the record's
+    ///   own (below).
+    /// - the in-flight body budget against the body limit: a budget below it is a supported
+    ///   setting (a body larger than the whole budget is refused with 413 naming the flag),
+    ///   and the default budget derives from the head limit, which tests set small.
+    /// - the block cache against the head: separate memory, and a store-gateway-heavy setup
+    ///   may want a cache larger than its heads.
     fn check_relations(&self) -> Result<(), String> {
         let head = self.effective_max_head_bytes();
         if let Some(block) = self.max_block_bytes.filter(|&b| b > 0 && head > 0 && b >= head) {
             return Err(format!(
                 "-ingester.max-block-bytes={block} must be below -ingester.max-head-bytes-per-core={head}: the head would refuse pushes before it is ever large enough to be cut"
             ));
+        }
+        if self.max_block_duration.is_zero() {
+            return Err(
+                "-ingester.max-block-duration=0: it must be positive (every head would be cut as soon as it holds a profile)"
+                    .into(),
+            );
+        }
+        if self.ring_tokens_per_core == 0 {
+            return Err("-ring.tokens-per-core=0: every core needs at least one token to own series".into());
         }
         let lims = std::iter::once(("", &self.limits)).chain(self.overrides.iter().map(|(t, l)| (t.as_str(), l)));
         for (tenant, l) in lims {
@@ -472,6 +493,19 @@ impl Config {
                 return Err(format!(
                     "-querier.max-flamegraph-nodes-default={} is above -querier.max-flamegraph-nodes-max={}{of}",
                     l.max_flamegraph_nodes_default, l.max_flamegraph_nodes_max
+                ));
+            }
+            // A profile becomes one WAL record per owning core (its symbols, stacks and group
+            // labels); the distributor bounds a profile by -validation.max-profile-size-bytes
+            // and by the request's uncompressed budget, the body limit. The smaller of the
+            // two must fit a WAL record, or every profile near it would be refused. (Both 0,
+            // no limit: a record over the limit is refused when it is made.)
+            let record = kiln_io::wal::record::MAX_RECORD;
+            let bound = [l.max_profile_size_bytes, l.body_limit_bytes()].into_iter().filter(|&b| b > 0).min();
+            if let Some(bound) = bound.filter(|&b| b > record) {
+                return Err(format!(
+                    "-validation.max-profile-size-bytes={} and -distributor.ingestion-body-limit-mb={} let a profile of {bound} bytes in, above the largest WAL record ({record} bytes){of}: lower one of them",
+                    l.max_profile_size_bytes, l.ingestion_body_limit_mb
                 ));
             }
         }
@@ -1041,5 +1075,56 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.contains("above"), "{e}");
+    }
+
+    #[test]
+    fn a_block_duration_of_zero_is_refused_at_start() {
+        let e = Config::from_args(&args(&["-ingester.max-block-duration=0s"])).unwrap_err();
+        assert!(e.contains("-ingester.max-block-duration=0") && e.contains("positive"), "{e}");
+        assert!(Config::from_args(&args(&["-ingester.max-block-duration=100ms"])).is_ok());
+    }
+
+    #[test]
+    fn a_ring_without_tokens_is_refused_at_start() {
+        let e = Config::from_args(&args(&["-ring.tokens-per-core=0"])).unwrap_err();
+        assert!(e.contains("-ring.tokens-per-core=0"), "{e}");
+        assert!(Config::from_args(&args(&["-ring.tokens-per-core=1"])).is_ok());
+    }
+
+    #[test]
+    fn a_profile_limit_above_the_wal_record_limit_is_refused_at_start() {
+        let both = |e: &str| {
+            e.contains("-validation.max-profile-size-bytes") && e.contains("-distributor.ingestion-body-limit-mb")
+        };
+        // No per-profile limit: the body limit (2 GiB uncompressed) bounds a profile.
+        let e = Config::from_args(&args(&[
+            "-validation.max-profile-size-bytes=0",
+            "-distributor.ingestion-body-limit-mb=2048",
+        ]))
+        .unwrap_err();
+        assert!(both(&e) && e.contains("largest WAL record"), "{e}");
+        // The smaller of the two bounds a profile: either may keep it below a record.
+        assert!(Config::from_args(&args(&[
+            "-validation.max-profile-size-bytes=4194304",
+            "-distributor.ingestion-body-limit-mb=2048",
+        ]))
+        .is_ok());
+        assert!(Config::from_args(&args(&[
+            "-validation.max-profile-size-bytes=0",
+            "-distributor.ingestion-body-limit-mb=256",
+        ]))
+        .is_ok());
+        let e = Config::from_args(&args(&["-validation.max-profile-size-bytes=2147483648"]));
+        assert!(e.is_ok(), "the body limit (256 MiB by default) still bounds it: {e:?}");
+        // A tenant's overrides are checked too, and named.
+        let dir = std::env::temp_dir().join(format!("kiln-cfg-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kiln.yaml");
+        std::fs::write(&file, "overrides:\n  big:\n    max_profile_size_bytes: 0\n    ingestion_body_limit_mb: 4096\n")
+            .unwrap();
+        let r = Config::from_args(&args(&[&format!("-config.file={}", file.display())]));
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = r.unwrap_err();
+        assert!(both(&e) && e.contains("tenant \"big\""), "{e}");
     }
 }

@@ -2,6 +2,7 @@
 //! ingesters' cuts are asked for. Today it reaches this process's cores over the mesh; the
 //! cluster issue points it at remote ingesters too (a pooled client per instance).
 use crate::config::Limits;
+use kiln_shards::ingester::cut::CutError;
 use kiln_shards::ingester::{IngestError, IngestMode, Msg};
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::profile::{Profile, SampleGroup};
@@ -93,12 +94,15 @@ impl IngesterClient {
             let res = match rx.recv_async().await {
                 Err(_) => Err(WriteError::Unavailable("a core stopped while applying a push".into())),
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e @ (IngestError::HeadFull { .. } | IngestError::SeriesLimit { .. }))) => {
-                    Err(WriteError::Full(e.to_string()))
-                }
+                Ok(Err(
+                    e @ (IngestError::HeadFull { .. }
+                    | IngestError::SeriesLimit { .. }
+                    | IngestError::RecordTooLarge { .. }),
+                )) => Err(WriteError::Full(e.to_string())),
                 Ok(Err(e @ IngestError::Wal(_))) => {
                     Err(WriteError::Unavailable(format!("the push could not be made durable: {e}")))
                 }
+                Ok(Err(e @ IngestError::WalBusy { .. })) => Err(WriteError::Unavailable(e.to_string())),
             };
             if let (Err(e), None) = (res, &first_err) {
                 first_err = Some(e);
@@ -113,9 +117,9 @@ impl IngesterClient {
     }
 
     /// Asks every core to cut until each answers that its blocks are in the bucket index.
-    pub async fn cut_all(&self) -> Result<(), String> {
+    pub async fn cut_all(&self) -> Result<(), CutError> {
         loop {
-            let done = self.mesh.broadcast(|reply| Msg::Cut { reply }).await.map_err(|e| e.to_string())?;
+            let done = self.mesh.broadcast(|reply| Msg::Cut { reply }).await.map_err(|_| CutError::CoreGone)?;
             if let Some(Err(e)) = done.iter().find(|d| d.is_err()) {
                 return Err(e.clone());
             }

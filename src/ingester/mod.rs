@@ -57,7 +57,7 @@ impl Ingester {
         };
         match monoio::time::timeout(timeout, self.cores.cut_all()).await {
             Ok(Ok(())) => text(204, "text/plain; charset=utf-8", ""),
-            Ok(Err(e)) => text(503, "text/plain; charset=utf-8", e),
+            Ok(Err(e)) => text(503, "text/plain; charset=utf-8", e.to_string()),
             Err(_) => match self.cores.pending().await {
                 Some(p) => text(
                     503,

@@ -5,14 +5,65 @@
 //!
 //! Runs on the main thread before any core opens the port, so `/ready` stays unready and no
 //! client sees a partial head.
+use kiln_io::error::ErrorKind;
 use kiln_io::wal::{self, record};
+use kiln_shards::ingester::head::AppendStats;
 use kiln_shards::ingester::walcodec;
-use kiln_shards::ingester::{IngestMode, Msg};
-use kiln_shards::runtime::Mesh;
+use kiln_shards::ingester::{IngestError, IngestMode, Msg};
+use kiln_shards::runtime::{CoreGone, Mesh};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Why a replay stopped. Nothing acknowledged is ever skipped: the start fails instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("listing {}: {source}", path.display())]
+    List { path: PathBuf, source: std::io::Error },
+    /// A segment could not be read, or is corrupt in the middle.
+    #[error(transparent)]
+    Read(#[from] wal::segment::ReadError),
+    #[error("WAL segment {} is damaged at byte offset {offset} but is not its core's last segment; refusing to skip acknowledged data", path.display())]
+    Damaged { path: PathBuf, offset: usize },
+    #[error("WAL segment {}: a record with a valid checksum does not decode: {error}", path.display())]
+    Undecodable { path: PathBuf, error: String },
+    #[error("WAL segment {} holds a series that the current ring gives core {core}, not core {seg_core}: the ring recorded in {} does not match how this kiln routes series; move that file away to have the WAL rewritten instead", path.display(), ring_file.display())]
+    RingMismatch { path: PathBuf, core: usize, seg_core: u32, ring_file: PathBuf },
+    /// An owning core refused a replayed record: its WAL write failed (a rewrite on a full
+    /// disk).
+    #[error(transparent)]
+    Refused(#[from] IngestError),
+    #[error(transparent)]
+    CoreGone(#[from] CoreGone),
+    #[error("a core stopped during WAL replay")]
+    CoreStopped,
+    /// A replay thread failed or panicked.
+    #[error("{0}")]
+    Thread(&'static str),
+}
+
+impl ReplayError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReplayError::List { source, .. } => ErrorKind::of_io(source),
+            ReplayError::Read(wal::segment::ReadError::Io { source, .. }) => ErrorKind::of_io(source),
+            ReplayError::Read(wal::segment::ReadError::Corrupt { .. })
+            | ReplayError::Damaged { .. }
+            | ReplayError::Undecodable { .. }
+            | ReplayError::RingMismatch { .. } => ErrorKind::Invalid,
+            ReplayError::Refused(IngestError::Wal(_)) => ErrorKind::Retryable,
+            ReplayError::Refused(_) | ReplayError::CoreGone(_) | ReplayError::CoreStopped | ReplayError::Thread(_) => {
+                ErrorKind::Fatal
+            }
+        }
+    }
+
+    /// Whether an owning core's WAL write failed (a rewrite on a full disk).
+    pub fn is_wal_write(&self) -> bool {
+        matches!(self, ReplayError::Refused(IngestError::Wal(_)))
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct ReplayStats {
@@ -77,21 +128,21 @@ fn in_block(cuts: &Cuts, seg: &wal::SegmentFile, i: usize, tenant: &str) -> bool
 /// its own records), so the streams are read and decoded on parallel threads, as many as
 /// there are CPUs; the owning cores append what they are sent as at any time. `in_place`:
 /// the generation is adopted (see `kiln_io::wal`): records are only appended to the heads.
-pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed, in_place: bool) -> Result<ReplayStats, String> {
+pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed, in_place: bool) -> Result<ReplayStats, ReplayError> {
     let started = Instant::now();
-    let segs = wal::segments(source).map_err(|e| format!("listing {}: {e}", source.display()))?;
+    let segs = wal::segments(source).map_err(|e| ReplayError::List { path: source.to_path_buf(), source: e })?;
     let mut streams: Vec<&[wal::SegmentFile]> = segs.chunk_by(|a, b| a.core == b.core).collect();
     streams.reverse();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let queue = std::sync::Mutex::new(streams);
     let workers = cpus.min(queue.lock().map_or(0, |q| q.len())).max(1);
-    let results: Vec<Result<ReplayStats, String>> = std::thread::scope(|scope| {
+    let results: Vec<Result<ReplayStats, ReplayError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
                     let mut total = ReplayStats::default();
                     loop {
-                        let next = queue.lock().map_err(|_| "a replay thread failed".to_string())?.pop();
+                        let next = queue.lock().map_err(|_| ReplayError::Thread("a replay thread failed"))?.pop();
                         let Some(stream) = next else { return Ok(total) };
                         let st = replay_stream(stream, mesh, indexed, in_place)?;
                         total.add(&st);
@@ -99,7 +150,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed, in_place: bool) -> 
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a replay thread panicked".into()))).collect()
+        handles.into_iter().map(|h| h.join().unwrap_or(Err(ReplayError::Thread("a replay thread panicked")))).collect()
     });
     let mut st = ReplayStats::default();
     for r in results {
@@ -136,22 +187,16 @@ fn replay_stream(
     mesh: &Mesh,
     indexed: &Indexed,
     in_place: bool,
-) -> Result<ReplayStats, String> {
+) -> Result<ReplayStats, ReplayError> {
     let (cuts, aborted) = scan_markers(segs, indexed);
     let mut st = ReplayStats::default();
-    let mut waits: Vec<
-        flume::Receiver<Result<kiln_shards::ingester::head::AppendStats, kiln_shards::ingester::IngestError>>,
-    > = Vec::new();
+    let mut waits: Vec<flume::Receiver<Result<AppendStats, IngestError>>> = Vec::new();
     for (i, seg) in segs.iter().enumerate() {
         let last_of_core = i + 1 == segs.len();
-        let (records, dropped) = seg.read().map_err(|e| e.to_string())?;
+        let (records, dropped) = seg.read()?;
         if let Some(d) = dropped {
             if !last_of_core {
-                return Err(format!(
-                    "WAL segment {} is damaged at byte offset {} but is not its core's last segment; refusing to skip acknowledged data",
-                    d.path.display(),
-                    d.offset
-                ));
+                return Err(ReplayError::Damaged { path: d.path, offset: d.offset });
             }
             tracing::warn!(file = %d.path.display(), offset = d.offset, bytes = d.bytes, "dropping the torn tail of the WAL (an interrupted, unacknowledged write)");
             st.dropped_tails += 1;
@@ -159,9 +204,8 @@ fn replay_stream(
         st.segments += 1;
         for (i, rec) in records.into_iter().enumerate() {
             st.bytes += rec.len() as u64;
-            let entry = walcodec::decode_entry(&rec).map_err(|e| {
-                format!("WAL segment {}: a record with a valid checksum does not decode: {e}", seg.path.display())
-            })?;
+            let entry = walcodec::decode_entry(&rec)
+                .map_err(|e| ReplayError::Undecodable { path: seg.path.clone(), error: e.to_string() })?;
             let walcodec::Entry::Ingest { key, tenant, profile, groups } = entry else { continue };
             if key.is_some_and(|k| aborted.contains(&k)) {
                 st.aborted += 1;
@@ -186,7 +230,7 @@ fn replay_stream(
                 } else {
                     Msg::Ingest { tenant, profile, groups, reply: tx, mode: IngestMode::Replay, max_series: 0 }
                 };
-                mesh.send_blocking(c, msg).map_err(|e| e.to_string())?;
+                mesh.send_blocking(c, msg)?;
                 waits.push(rx);
             }
             st.records += 1;
@@ -208,26 +252,22 @@ fn restore_msg(
     profile: Arc<kiln_shards::model::profile::Profile>,
     groups: Vec<kiln_shards::model::profile::SampleGroup>,
     reply: kiln_shards::ingester::IngestReply,
-) -> Result<Msg, String> {
+) -> Result<Msg, ReplayError> {
     if core != seg.core as usize {
         let gen = seg.path.parent().and_then(Path::parent).unwrap_or(&seg.path);
-        return Err(format!(
-            "WAL segment {} holds a series that the current ring gives core {core}, not core {}: the ring recorded in {} does not match how this kiln routes series; move that file away to have the WAL rewritten instead",
-            seg.path.display(),
-            seg.core,
-            gen.join(wal::RING_FILE).display()
-        ));
+        return Err(ReplayError::RingMismatch {
+            path: seg.path.clone(),
+            core,
+            seg_core: seg.core,
+            ring_file: gen.join(wal::RING_FILE),
+        });
     }
     Ok(Msg::Restore { tenant, profile, groups, reply })
 }
 
-fn drain(
-    waits: &mut Vec<
-        flume::Receiver<Result<kiln_shards::ingester::head::AppendStats, kiln_shards::ingester::IngestError>>,
-    >,
-) -> Result<(), String> {
+fn drain(waits: &mut Vec<flume::Receiver<Result<AppendStats, IngestError>>>) -> Result<(), ReplayError> {
     for rx in waits.drain(..) {
-        rx.recv().map_err(|_| "a core stopped during WAL replay".to_string())?.map_err(|e| e.to_string())?;
+        rx.recv().map_err(|_| ReplayError::CoreStopped)??;
     }
     Ok(())
 }

@@ -146,7 +146,11 @@ pub async fn fan_out(querier: &Rc<Querier>, req: QueryRequest) -> Result<Vec<Que
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
     let mut out = Vec::new();
     for p in parts {
-        out.extend(p.map_err(|e| RpcError::new(Code::Internal, e))?);
+        // A core too busy, or a block read that may succeed later: the client retries.
+        out.extend(p.map_err(|e| {
+            let code = if e.kind().retryable() { Code::Unavailable } else { Code::Internal };
+            RpcError::new(code, e.to_string())
+        })?);
     }
     Ok(out)
 }

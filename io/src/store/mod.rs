@@ -21,6 +21,8 @@
 //! never list the bucket, except [`Store::tenants`] at start (one listing of the top level).
 pub mod bucket_index;
 
+use crate::bound::{Slot, Slots};
+use crate::error::ErrorKind;
 use bucket_index::{BlockRef, BucketIndex};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -246,6 +248,7 @@ fn retry() -> object_store::RetryConfig {
 }
 
 /// Errors name the object path and the backend, so a log line alone says what failed where.
+/// `kind()` says what a caller can do about one.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The object does not exist. The text is `<path> in <backend>`.
@@ -254,10 +257,31 @@ pub enum StoreError {
     /// The backend could not be set up (missing bucket, bad credentials file, ...).
     #[error("object storage configuration: {0}")]
     Config(String),
-    /// Anything else: network, permissions, an invalid path, a corrupt bucket index, or the
-    /// store thread gone.
+    /// The request or the stored data is invalid: a path that cannot name an object, a range
+    /// past the end of one, a corrupt bucket index, an operation the backend refuses.
     #[error("object storage: {0}")]
     Other(String),
+    /// The backend failed or could not be reached (network, throttling, a server error), or
+    /// the store thread is too busy to take the job: a retry may succeed.
+    #[error("object storage: {0}")]
+    Unavailable(String),
+    /// The backend refused the credentials or the permission.
+    #[error("object storage: {0}")]
+    Denied(String),
+    /// The store thread is gone (or the job panicked): nothing more can be stored.
+    #[error("object storage: {0}")]
+    Stopped(String),
+}
+
+impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Other(_) => ErrorKind::Invalid,
+            StoreError::Unavailable(_) => ErrorKind::Retryable,
+            StoreError::Config(_) | StoreError::Denied(_) | StoreError::Stopped(_) => ErrorKind::Fatal,
+        }
+    }
 }
 
 /// A job for the store thread.
@@ -285,9 +309,31 @@ struct Ctx {
 
 impl Ctx {
     fn err(&self, op: &str, path: &str, e: object_store::Error) -> StoreError {
+        use object_store::Error as E;
+        let text = |e: E| format!("{op} {path} in {}: {e}", self.describe);
         match e {
-            object_store::Error::NotFound { .. } => StoreError::NotFound(format!("{path} in {}", self.describe)),
-            e => StoreError::Other(format!("{op} {path} in {}: {e}", self.describe)),
+            E::NotFound { .. } => StoreError::NotFound(format!("{path} in {}", self.describe)),
+            e @ (E::PermissionDenied { .. } | E::Unauthenticated { .. }) => StoreError::Denied(text(e)),
+            e @ (E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::AlreadyExists { .. }
+            | E::Precondition { .. }
+            | E::NotModified { .. }) => StoreError::Other(text(e)),
+            // The local filesystem's own errors: an I/O error (a full disk) may pass, a range
+            // past the end of a file will not.
+            E::Generic { store: "LocalFileSystem", source } => {
+                let retryable = io_source(source.as_ref()).is_some_and(|io| ErrorKind::of_io(io).retryable());
+                let e = E::Generic { store: "LocalFileSystem", source };
+                if retryable {
+                    StoreError::Unavailable(text(e))
+                } else {
+                    StoreError::Other(text(e))
+                }
+            }
+            // `Generic` (the network, a server error, throttling after the client's own
+            // retries) and whatever later versions add.
+            e => StoreError::Unavailable(text(e)),
         }
     }
 
@@ -348,8 +394,20 @@ impl Ctx {
     }
 }
 
+/// The I/O error an error was caused by, if any.
+fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 fn stopped() -> StoreError {
-    StoreError::Other("the store job ended without an answer (store thread stopped, or the job panicked)".into())
+    StoreError::Stopped("the store job ended without an answer (store thread stopped, or the job panicked)".into())
 }
 
 fn unix_now() -> i64 {
@@ -619,51 +677,159 @@ impl Store {
 
 async fn tenants(ctx: Ctx) -> Result<Vec<String>, StoreError> {
     let top = ctx.store.list_with_delimiter(None).await.map_err(|e| ctx.err("list", "/", e))?;
-    // The heads run concurrently: on a bucket with many tenants, one round trip in all
-    // rather than one per tenant.
-    let mut checks = Vec::with_capacity(top.common_prefixes.len());
-    for prefix in top.common_prefixes {
-        let Some(tenant) = prefix.filename().map(str::to_string) else { continue };
-        let ctx = ctx.clone();
-        checks.push(tokio::spawn(async move {
-            let path = BucketIndex::path(&tenant);
-            match ctx.store.head(&ctx.path(&path)?).await {
-                Ok(_) => Ok(Some(tenant)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(ctx.err("head", &path, e)),
-            }
-        }));
-    }
+    // The heads run concurrently, `TENANT_PROBES` at a time: on a bucket with many tenants,
+    // a few round trips in all rather than one per tenant, and never one request per tenant
+    // at once.
+    let tenants: Vec<String> = top.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
     let mut out = Vec::new();
-    for c in checks {
-        if let Some(t) = c.await.map_err(|e| StoreError::Other(format!("listing tenants: {e}")))?? {
-            out.push(t);
+    for chunk in tenants.chunks(TENANT_PROBES) {
+        let mut checks = Vec::with_capacity(chunk.len());
+        for tenant in chunk {
+            let (ctx, tenant) = (ctx.clone(), tenant.clone());
+            checks.push(tokio::spawn(async move {
+                let path = BucketIndex::path(&tenant);
+                match ctx.store.head(&ctx.path(&path)?).await {
+                    Ok(_) => Ok(Some(tenant)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(ctx.err("head", &path, e)),
+                }
+            }));
+        }
+        for c in checks {
+            if let Some(t) = c.await.map_err(|e| StoreError::Unavailable(format!("listing tenants: {e}")))?? {
+                out.push(t);
+            }
         }
     }
     out.sort();
     Ok(out)
 }
 
-/// The store thread's loop: spawns a task per job, and hands index updates to their
-/// tenant's updater. Ends when every [`Store`] handle is gone.
+/// Bucket-index `head`s in flight at once while listing tenants at start.
+const TENANT_PROBES: usize = 64;
+
+/// Jobs (`Job::Op`) running at once on the store thread. Each is one request to the backend
+/// (or a few, for ranges), holding its connection and buffers; more at once than the HTTP
+/// client's pool keeps busy only adds memory and latency. Their callers are bounded too (a
+/// core runs at most one cut and `store_gateway::MAX_BLOCK_QUERIES` block queries, each
+/// waiting on one job at a time), but a job whose caller gave up still runs to its end; this
+/// bounds them all. Past it the loop waits, `QUEUE` fills and senders wait: back-pressure.
+pub const MAX_JOBS_IN_FLIGHT: usize = 256;
+
+/// Index updates waiting for one tenant's updater. A cut sends one update per tenant and
+/// waits for it, so the cores alone never queue more than one each; this is far above any
+/// core count. A full queue refuses the update as `Unavailable` (the cut retries it) rather
+/// than making the store thread's loop, and with it every other job, wait for one tenant.
+pub const MAX_INDEX_UPDATES_QUEUED: usize = 1024;
+
+/// The store thread's figures for `/metrics`. Process-wide statics: kiln runs one store
+/// thread, and its loop has no core to report through.
+mod stats {
+    use std::sync::atomic::AtomicU64;
+    pub static JOBS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+    pub static INDEX_UPDATES_QUEUED: AtomicU64 = AtomicU64::new(0);
+    pub static INDEX_UPDATES_REFUSED: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Prometheus text for `/metrics`: the store thread's queues and their bounds.
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let rows: [(&str, &str, &str, u64); 4] = [
+        (
+            "kiln_store_jobs_in_flight",
+            "gauge",
+            "Object storage jobs running on the store thread.",
+            stats::JOBS_IN_FLIGHT.load(Relaxed),
+        ),
+        (
+            "kiln_store_jobs_in_flight_limit",
+            "gauge",
+            "Most object storage jobs the store thread runs at once.",
+            MAX_JOBS_IN_FLIGHT as u64,
+        ),
+        (
+            "kiln_store_index_updates_queued",
+            "gauge",
+            "Bucket index updates waiting for their tenant's updater.",
+            stats::INDEX_UPDATES_QUEUED.load(Relaxed),
+        ),
+        (
+            "kiln_store_index_updates_refused_total",
+            "counter",
+            "Bucket index updates refused because their tenant's queue was full (retried by the caller).",
+            stats::INDEX_UPDATES_REFUSED.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
+/// A running job: its slot and its count in `kiln_store_jobs_in_flight`, both given back
+/// when the job's task ends.
+struct Running {
+    _slot: Slot,
+}
+
+impl Running {
+    fn new(slot: Slot) -> Self {
+        stats::JOBS_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Running { _slot: slot }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        stats::JOBS_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The store thread's loop: spawns a task per job (at most `MAX_JOBS_IN_FLIGHT` at once),
+/// and hands index updates to their tenant's updater. Ends when every [`Store`] handle is
+/// gone.
 async fn serve(rx: flume::Receiver<Job>, ctx: Ctx) {
-    // Owned by this loop alone: one updater per tenant, created on the tenant's first
-    // update and kept for the life of the thread (tenants are few; an idle updater is a
-    // parked task).
+    // Owned by this loop alone: one updater per tenant with updates queued or in flight. An
+    // updater ends once its queue is empty; its entry is dropped with the next new one.
     let mut updaters: HashMap<String, flume::Sender<IndexJob>> = HashMap::new();
+    let slots = Slots::new(MAX_JOBS_IN_FLIGHT);
     while let Ok(job) = rx.recv_async().await {
         match job {
             Job::Op(f) => {
-                tokio::spawn(f(ctx.clone()));
+                let running = Running::new(slots.take().await);
+                let task = f(ctx.clone());
+                tokio::spawn(async move {
+                    task.await;
+                    drop(running);
+                });
             }
             Job::Index { tenant, update, reply } => {
-                let tx = updaters.entry(tenant).or_insert_with_key(|tenant| {
-                    let (tx, rx) = flume::unbounded();
-                    tokio::spawn(index_updater(ctx.clone(), tenant.clone(), rx));
-                    tx
-                });
-                // The updater lives as long as its sender here, so this cannot fail.
-                let _ = tx.send(IndexJob { update, reply });
+                let job = IndexJob { update, reply };
+                let sent = match updaters.get(&tenant) {
+                    Some(tx) => tx.try_send(job),
+                    None => Err(flume::TrySendError::Disconnected(job)),
+                };
+                let job = match sent {
+                    Ok(()) => {
+                        stats::INDEX_UPDATES_QUEUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(flume::TrySendError::Full(job)) => {
+                        stats::INDEX_UPDATES_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = job.reply.send(Err(StoreError::Unavailable(format!(
+                            "{MAX_INDEX_UPDATES_QUEUED} bucket index updates of tenant {tenant} are queued already; retry"
+                        ))));
+                        continue;
+                    }
+                    // No updater, or it ended (nothing was queued): a new one takes over.
+                    Err(flume::TrySendError::Disconnected(job)) => job,
+                };
+                updaters.retain(|_, tx| !tx.is_disconnected());
+                let (tx, rx) = flume::bounded(MAX_INDEX_UPDATES_QUEUED);
+                let _ = tx.try_send(job);
+                stats::INDEX_UPDATES_QUEUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(index_updater(ctx.clone(), tenant.clone(), rx));
+                updaters.insert(tenant, tx);
             }
         }
     }
@@ -676,11 +842,14 @@ struct IndexJob {
 
 /// The only writer of `<tenant>/bucket-index.json`. Takes every update queued so far, applies
 /// them in arrival order to the stored index, writes it once and answers them all with the
-/// outcome of that write.
+/// outcome of that write. Ends once nothing is queued: the store thread's loop starts a new
+/// updater for the tenant's next update (it runs on the same thread, so it never finds this
+/// one's queue empty and then sends to it after it ended).
 async fn index_updater(ctx: Ctx, tenant: String, rx: flume::Receiver<IndexJob>) {
-    while let Ok(first) = rx.recv_async().await {
+    while let Ok(first) = rx.try_recv() {
         let mut batch = vec![first];
         batch.extend(rx.drain());
+        stats::INDEX_UPDATES_QUEUED.fetch_sub(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let result = async {
             let mut idx = ctx.read_index(&tenant).await?;
             for job in &batch {

@@ -261,7 +261,27 @@ pub fn commit(next: &Path, replaced: Option<&Path>) -> std::io::Result<()> {
             sync_dir(parent)?;
         }
     }
+    // I9: the committed generation is now the only ready one. (A listing that fails
+    // checks nothing: the commit itself succeeded.)
+    let wal_dir = next.parent().unwrap_or(next);
+    if let Ok(ready) = ready_generations(wal_dir) {
+        crate::invariant::check(crate::invariant::Invariant::ReadyGeneration, ready == 1, || {
+            format!("{ready} ready WAL generations under {} after a commit", wal_dir.display())
+        });
+    }
     Ok(())
+}
+
+/// How many generations under `wal_dir` carry a ready marker.
+fn ready_generations(wal_dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(wal_dir)? {
+        let e = e?;
+        if gen_number(&e.file_name().to_string_lossy()).is_some() && e.path().join(READY_MARKER).exists() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {

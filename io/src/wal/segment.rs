@@ -104,6 +104,11 @@ impl SegmentWriter {
         let Some(file) = self.file.clone() else {
             return (Err(std::io::Error::other("no WAL segment is open")), buf);
         };
+        // I16: a failed write's tail is gone (`prepare` repaired it or failed) before anything
+        // is written after it.
+        crate::invariant::check(crate::invariant::Invariant::WalWrite, !self.dirty, || {
+            format!("writing WAL segment {} before a failed write was cut off", self.seq)
+        });
         let (res, buf) = self.write_at(&file, buf).await;
         if let Err(e) = res {
             self.discard_failed_write(&file);

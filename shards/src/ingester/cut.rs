@@ -25,6 +25,8 @@
 use super::head::TenantHead;
 use crate::block::{self, object_path, EncodeOptions};
 use crate::store_gateway::{BlockEntry, BlockSet};
+use kiln_io::error::ErrorKind;
+use kiln_io::invariant::{check, Invariant};
 use kiln_io::store::{bucket_index::BlockRef, Store};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -56,11 +58,47 @@ pub struct Frozen {
     pub head: RefCell<TenantHead>,
     /// Pushes with rows in this head whose outcome is not known yet (see `Ingester::settle`).
     pub unsettled: Cell<usize>,
+    /// Profiles the head held when it was cut: it may lose rows (refused pushes), never gain
+    /// any (I5).
+    profiles_at_cut: u64,
 }
 
 impl Frozen {
     pub fn new(tenant: Arc<str>, id: String, head: TenantHead) -> Self {
-        Frozen { tenant, id, head: RefCell::new(head), unsettled: Cell::new(0) }
+        let profiles_at_cut = head.profiles;
+        Frozen { tenant, id, head: RefCell::new(head), unsettled: Cell::new(0), profiles_at_cut }
+    }
+}
+
+/// Why a block cut failed. The cut itself is retried with backoff; this is what the core
+/// logs, shows on `/metrics` and answers `/ingester/flush` with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CutError {
+    /// Writing or syncing the cut's markers in the WAL failed (a full disk, say): the I/O
+    /// error.
+    #[error("the WAL could not record the block cut: {0}")]
+    Wal(String),
+    /// The WAL writer is gone: nothing can be made durable any more.
+    #[error("the WAL writer stopped")]
+    WalStopped,
+    /// Encoding a block failed. Encoding is deterministic: a bug, not a transient error.
+    #[error("encoding block {block} of tenant {tenant}: {error}")]
+    Encode { tenant: String, block: String, error: String },
+    /// What `Msg::Cut` answers for a cut that failed (why, as `/metrics` shows it): its
+    /// heads stay frozen and it is retried with backoff.
+    #[error("the block cut failed ({0}); it is retried with backoff")]
+    Failed(String),
+    /// A core stopped serving its inbox before it answered.
+    #[error("a core stopped serving its inbox")]
+    CoreGone,
+}
+
+impl CutError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CutError::Wal(_) | CutError::Failed(_) => ErrorKind::Retryable,
+            CutError::WalStopped | CutError::Encode { .. } | CutError::CoreGone => ErrorKind::Fatal,
+        }
     }
 }
 
@@ -92,6 +130,13 @@ pub struct CutState {
     /// Blocks written and bytes uploaded since start, for `/metrics`.
     pub blocks_written: Cell<u64>,
     pub bytes_uploaded: Cell<u64>,
+    /// Failed uploads and index writes retried since start, for `/metrics` (see `retry`).
+    pub upload_retries: Cell<u64>,
+    /// Cuts between their start and their end (I14: at most one).
+    in_flight: Cell<u32>,
+    /// Set once the running cut's markers are durable: only then may its blocks be indexed
+    /// (I13).
+    markers_durable: Cell<bool>,
 }
 
 /// The first wait before retrying a failed cut, and the longest.
@@ -112,6 +157,9 @@ impl CutState {
             last_error: RefCell::new(None),
             blocks_written: Cell::new(0),
             bytes_uploaded: Cell::new(0),
+            upload_retries: Cell::new(0),
+            in_flight: Cell::new(0),
+            markers_durable: Cell::new(false),
         }
     }
 
@@ -122,14 +170,22 @@ impl CutState {
 
     /// A cut failed: its unindexed heads stay frozen; the next retry waits twice as long as
     /// the last one did.
-    fn fail(&self, why: String) {
+    fn fail(&self, why: CutError) {
+        let why = why.to_string();
         let wait = (self.retry_wait.get() * 2).clamp(RETRY_FIRST, RETRY_MAX);
         tracing::error!(error = %why, retry_in_s = wait.as_secs_f64(), "a block cut failed; its heads stay in memory and the cut is retried");
         self.retry_wait.set(wait);
         self.retry_at.set(Some(Instant::now() + wait));
         self.suspended.set(true);
-        self.cutting.set(false);
+        self.end();
         *self.last_error.borrow_mut() = Some(why);
+    }
+
+    /// The running cut ends, failed or not.
+    fn end(&self) {
+        self.cutting.set(false);
+        self.markers_durable.set(false);
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
     }
 
     fn succeed(&self) {
@@ -139,7 +195,7 @@ impl CutState {
         self.suspended.set(false);
         self.retry_wait.set(Duration::ZERO);
         self.retry_at.set(None);
-        self.cutting.set(false);
+        self.end();
         *self.last_error.borrow_mut() = None;
     }
 }
@@ -167,27 +223,33 @@ pub async fn ticker<M: From<super::Msg>>(
 pub type CutDurable = flume::Receiver<CutResult>;
 
 /// The WAL directory of the cutting core and its first segment after the cut, or `None`
-/// without a WAL.
-pub type CutResult = Result<Option<(PathBuf, u64)>, String>;
+/// without a WAL; an error is `CutError::Wal`.
+pub type CutResult = Result<Option<(PathBuf, u64)>, CutError>;
 
 /// Step 2–4 of a cut (see the module doc), run as a task on the cutting core. `frozen` is
 /// ordered by tenant.
 pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: BlockConfig, state: Rc<CutState>) {
+    state.in_flight.set(state.in_flight.get() + 1);
+    check(Invariant::OneCut, state.in_flight.get() == 1, || {
+        format!("{} block cuts in flight on one core", state.in_flight.get())
+    });
     let wal_cut = match durable.recv_async().await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             // Without a durable marker the block must not be indexed; the frozen heads stay in
             // memory (and in the WAL), answering queries, until a retry writes their markers.
             // The head limit turns pushes away meanwhile instead of losing data.
-            state.fail(format!("the WAL could not record the block cut: {e}"));
+            state.fail(e);
             return;
         }
         Err(_) => {
-            // The WAL writer is gone: nothing can be made durable any more.
-            state.fail("the WAL writer stopped".to_string());
+            state.fail(CutError::WalStopped);
             return;
         }
     };
+    state.markers_durable.set(true);
+    // The cut's block ids, for I13 below (ids, not `Rc`s, which would keep the heads alive).
+    let cut: Vec<String> = frozen.iter().map(|f| f.id.clone()).collect();
     // By value: each tenant's frozen heads are freed as soon as their blocks are registered.
     let mut frozen = frozen.into_iter().peekable();
     while let Some(first) = frozen.next() {
@@ -201,6 +263,12 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
         }
     }
     if let Some((dir, seq)) = wal_cut {
+        // I13: every block of the cut is indexed (its frozen head left with it) before the
+        // segments that hold their records go.
+        let left = state.frozen.borrow().iter().filter(|f| cut.contains(&f.id)).count();
+        check(Invariant::IndexAfterMarkers, left == 0, || {
+            format!("deleting WAL segments before {seq} with {left} head(s) of their cut not indexed")
+        });
         match kiln_io::wal::segment::delete_before(&dir, seq) {
             Ok(n) => tracing::debug!(dir = %dir.display(), segments = n, "WAL segments covered by blocks deleted"),
             // Replay still skips what the blocks hold: the segment with the markers is
@@ -214,13 +282,24 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
 }
 
 /// Writes one tenant's frozen heads of a cut as blocks and indexes them in one write.
-async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState) -> Result<(), String> {
+async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState) -> Result<(), CutError> {
     let tenant = group[0].tenant.clone();
     let mut refs = Vec::with_capacity(group.len());
     let mut entries = Vec::with_capacity(group.len());
     for f in group {
         settled(f).await;
-        if f.head.borrow().profiles == 0 {
+        // I5: encoded only once settled, and never grown since the cut.
+        let profiles = f.head.borrow().profiles;
+        check(Invariant::FrozenHead, f.unsettled.get() == 0 && profiles <= f.profiles_at_cut, || {
+            format!(
+                "encoding block {} of tenant {} with {} unsettled push(es) and {profiles} profiles ({} at the cut)",
+                f.id,
+                f.tenant,
+                f.unsettled.get(),
+                f.profiles_at_cut
+            )
+        });
+        if profiles == 0 {
             // Every push it held was refused after the cut froze it: no block (its marker,
             // never indexed, is ignored by replay); the head leaves with the group below.
             continue;
@@ -228,8 +307,11 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
         let started = Instant::now();
         // Encoding is deterministic: a failure is a bug, not a transient error; the retry
         // will most likely fail the same way, but the head's records stay replayable.
-        let enc =
-            encode(f, &cfg.encode).await.map_err(|e| format!("encoding block {} of tenant {}: {e}", f.id, f.tenant))?;
+        let enc = encode(f, &cfg.encode).await.map_err(|e| CutError::Encode {
+            tenant: f.tenant.to_string(),
+            block: f.id.clone(),
+            error: e.to_string(),
+        })?;
         let encode_s = started.elapsed().as_secs_f64();
         let files = [
             (block::INDEX, bytes::Bytes::from(enc.index)),
@@ -263,6 +345,9 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
         refs.push(r);
     }
     let size: u64 = refs.iter().map(|r| r.size_bytes).sum();
+    check(Invariant::IndexAfterMarkers, refs.is_empty() || state.markers_durable.get(), || {
+        format!("indexing {} block(s) of tenant {tenant} before their cut markers are durable", refs.len())
+    });
     if !refs.is_empty() {
         retry(state, &format!("adding {} block(s) to the bucket index of {tenant}", refs.len()), || {
             cfg.store.add_blocks(tenant.to_string(), refs.clone())
@@ -312,7 +397,14 @@ impl std::future::Future for YieldNow {
     }
 }
 
-/// Runs `f` until it succeeds, with backoff; the last error is shown in `state.last_error`.
+/// Runs `f` until it succeeds, with backoff; the last error is shown in `state.last_error`,
+/// and every retry is counted (`kiln_block_upload_retries_total`).
+///
+/// Without a deadline, on purpose: what is uploaded is acknowledged data whose only other
+/// copy is the WAL, which is deleted once the blocks are indexed; giving up would mean
+/// dropping it. Meanwhile the frozen heads keep answering queries and count against the
+/// head limit, so a bucket that stays away turns pushes away (429) instead of filling
+/// memory; `/ingester/flush` answers within its own deadline and says what is pending.
 async fn retry<F, Fut, T, E>(state: &CutState, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
@@ -329,6 +421,7 @@ where
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "{what} failed");
                 *state.last_error.borrow_mut() = Some(format!("{what}: {e}"));
+                state.upload_retries.set(state.upload_retries.get() + 1);
                 monoio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }

@@ -17,8 +17,9 @@ use crate::model::profile::{Profile, SampleGroup};
 use crate::query::{QueryRequest, QueryResult};
 use crate::ring::Ring;
 use crate::store_gateway::BlockSet;
-use cut::{BlockConfig, CutState, Frozen};
+use cut::{BlockConfig, CutError, CutState, Frozen};
 use head::{AppendStats, RowRef, TenantHead};
+use kiln_io::invariant::{check, Invariant};
 use kiln_io::wal::record;
 use kiln_io::wal::segment::SegmentWriter;
 use rustc_hash::FxHashMap;
@@ -40,6 +41,17 @@ pub enum IngestError {
     /// The WAL write failed: what the push appended was taken out again; not acknowledged.
     #[error("writing the WAL failed: {0}")]
     Wal(String),
+    /// The core's WAL has its most bytes or pushes waiting for the disk
+    /// (`wal::MAX_PENDING_BYTES`, `wal::MAX_PENDING_WAITERS`); nothing was appended. A retry
+    /// a moment later may succeed.
+    #[error("the WAL of core {core} is behind: {bytes} bytes and {waiters} writes wait for the disk (at most {max_bytes} bytes or {max_waiters} writes); retry later")]
+    WalBusy { core: u32, bytes: usize, waiters: usize, max_bytes: usize, max_waiters: usize },
+    /// The push's part on this core would make a WAL record larger than a record may be
+    /// (`kiln_io::wal::record::MAX_RECORD`); it was taken out again.
+    #[error(
+        "the push's part on core {core} would make a WAL record of {bytes} bytes, above the limit of {limit} bytes"
+    )]
+    RecordTooLarge { core: u32, bytes: usize, limit: usize },
 }
 
 /// How an ingest is applied and when it counts as settled (see `Ingester::settle`).
@@ -134,6 +146,19 @@ pub struct IngesterStats {
     pub cut_retries: u64,
     /// What an unfinished cut last failed at, if anything.
     pub cut_error: Option<String>,
+    /// Failed block uploads and index writes retried (without a deadline: see `cut::retry`).
+    pub upload_retries: u64,
+    /// Bytes and writes waiting for the WAL writer (bounded by `wal::MAX_PENDING_BYTES` and
+    /// `wal::MAX_PENDING_WAITERS`).
+    pub wal_pending_bytes: usize,
+    pub wal_pending_waiters: usize,
+    /// Live pushes refused because the WAL's pending buffer was full.
+    pub wal_busy_refused: u64,
+    /// WAL syncs in flight (bounded by `wal::MAX_SYNCS_IN_FLIGHT`).
+    pub wal_syncs_in_flight: usize,
+    /// Abort records whose write failed and was queued again (without a limit: a refused
+    /// push's abort record must reach the WAL, or a restart would bring the push back).
+    pub abort_retries: u64,
 }
 
 /// What the ingester on a core is asked to do (through the core's inbox).
@@ -169,7 +194,7 @@ pub enum Msg {
     /// now); answered once they are uploaded: `Ok(true)`, or at once with `Ok(false)` when an
     /// earlier cut is still in flight (ask again), or an error when the cut failed (it is
     /// retried with backoff).
-    Cut { reply: flume::Sender<Result<bool, String>> },
+    Cut { reply: flume::Sender<Result<bool, CutError>> },
     /// Answered once everything appended before it is durable (used at shutdown).
     Sync { reply: IngestReply },
 }
@@ -196,6 +221,10 @@ pub struct Ingester {
     pending: FxHashMap<u64, Vec<PendingPart>>,
     /// Pushes taken out again since start (refused after their append), for `/metrics`.
     rolled_back: u64,
+    /// Live pushes refused because the WAL's pending buffer was full, for `/metrics`.
+    wal_busy_refused: u64,
+    /// Abort records queued again after a failed write, for `/metrics`.
+    abort_retries: u64,
     appends: u64,
     wal: Option<WalHandle>,
     /// Bytes of head this core may hold (0 = no limit).
@@ -216,6 +245,8 @@ impl Ingester {
             tenants: FxHashMap::default(),
             pending: FxHashMap::default(),
             rolled_back: 0,
+            wal_busy_refused: 0,
+            abort_retries: 0,
             appends: 0,
             wal: None,
             max_head_bytes: 0,
@@ -272,8 +303,16 @@ impl Ingester {
         self.tenants.entry(tenant.clone()).or_default().append(tenant, p, groups)
     }
 
-    /// Appends a push's part and remembers its rows under `key` until the push settles.
+    /// Appends a push's part and remembers its rows under `key` until the push settles. Only
+    /// live pushes come here, each after `admit`.
     fn append_pending(&mut self, key: u64, tenant: &Arc<str>, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
+        // I3: a live push finds the head below its limit.
+        if self.max_head_bytes > 0 {
+            let bytes = self.approx_head_bytes();
+            check(Invariant::HeadLimit, bytes < self.max_head_bytes, || {
+                format!("a live push appended to core {} with {bytes} of {} head bytes", self.core, self.max_head_bytes)
+            });
+        }
         self.appends += 1;
         self.head_since.get_or_insert_with(Instant::now);
         let mut rows = Vec::new();
@@ -295,7 +334,11 @@ impl Ingester {
         };
         for part in &parts {
             if let HeadAt::Frozen(f) = &part.at {
-                f.unsettled.set(f.unsettled.get() - 1);
+                // I4: every part moved into a frozen head counted itself there once.
+                check(Invariant::Settle, f.unsettled.get() > 0, || {
+                    format!("push {key} settled in frozen head {} whose unsettled count is 0", f.id)
+                });
+                f.unsettled.set(f.unsettled.get().saturating_sub(1));
             }
         }
         if commit {
@@ -345,7 +388,8 @@ impl Ingester {
         }
     }
 
-    /// The limits a live push must fit: the head's bytes, then the tenant's series.
+    /// The limits a live push must fit: the head's bytes, then the tenant's series, then the
+    /// WAL's pending buffer.
     fn admit(
         &self,
         tenant: &Arc<str>,
@@ -371,6 +415,18 @@ impl Ingester {
             };
             if over {
                 return Err(IngestError::SeriesLimit { tenant: tenant.to_string(), limit: max_series });
+            }
+        }
+        if let Some(wal) = &self.wal {
+            let p = wal.pending.borrow();
+            if p.full() {
+                return Err(IngestError::WalBusy {
+                    core: self.core,
+                    bytes: p.buf.len(),
+                    waiters: p.waiters.len(),
+                    max_bytes: wal::MAX_PENDING_BYTES,
+                    max_waiters: wal::MAX_PENDING_WAITERS,
+                });
             }
         }
         Ok(())
@@ -403,6 +459,7 @@ impl Ingester {
                     if let Some(r) = reply {
                         r.send();
                     }
+                    self.abort_retries += 1;
                     self.queue_abort(key, None);
                 }
             }
@@ -455,8 +512,8 @@ impl Ingester {
     /// `done` is answered when the blocks are uploaded, or at once if nothing was cut. After
     /// a failed cut this is its retry (see `cut`): when asked (`done`), or once the
     /// backoff ran out.
-    fn cut(&mut self, done: Option<flume::Sender<Result<bool, String>>>) {
-        let reply = |v: Result<bool, String>| {
+    fn cut(&mut self, done: Option<flume::Sender<Result<bool, CutError>>>) {
+        let reply = |v: Result<bool, CutError>| {
             if let Some(d) = &done {
                 let _ = d.send(v);
             }
@@ -533,7 +590,7 @@ impl Ingester {
             if let Some(d) = done {
                 let _ = d.send(if state.suspended.get() {
                     let why = state.last_error.borrow().clone().unwrap_or_default();
-                    Err(format!("the block cut failed ({why}); it is retried with backoff"))
+                    Err(CutError::Failed(why))
                 } else {
                     Ok(true)
                 });
@@ -566,7 +623,101 @@ impl Ingester {
         s.cuts_suspended = self.cut_state.suspended.get();
         s.cut_retries = self.cut_state.retries.get();
         s.cut_error = self.cut_state.last_error.borrow().clone();
+        s.upload_retries = self.cut_state.upload_retries.get();
+        s.wal_busy_refused = self.wal_busy_refused;
+        s.abort_retries = self.abort_retries;
+        if let Some(wal) = &self.wal {
+            let p = wal.pending.borrow();
+            s.wal_pending_bytes = p.buf.len();
+            s.wal_pending_waiters = p.waiters.len();
+            s.wal_syncs_in_flight = p.syncs.in_use();
+        }
         s
+    }
+
+    /// The ids of the heads frozen by a cut and not yet replaced by their blocks.
+    pub fn frozen_ids(&self) -> Vec<String> {
+        self.cut_state.frozen.borrow().iter().map(|f| f.id.clone()).collect()
+    }
+
+    /// A push's part (or a replayed record): admitted against the limits, appended, and its
+    /// WAL record queued; answered once durable (see `wal`), or refused with nothing kept.
+    fn ingest(
+        &mut self,
+        tenant: Arc<str>,
+        profile: Arc<Profile>,
+        groups: Vec<SampleGroup>,
+        reply: IngestReply,
+        mode: IngestMode,
+        max_series: usize,
+    ) {
+        let replay = mode == IngestMode::Replay;
+        if !replay {
+            if let Err(e) = self.admit(&tenant, &profile, &groups, max_series) {
+                if matches!(e, IngestError::WalBusy { .. }) {
+                    self.wal_busy_refused += 1;
+                }
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        let series_before = self.tenants.get(&tenant).map_or(0, |h| h.live_series);
+        let (st, key) = match mode {
+            IngestMode::Replay => (self.append(&tenant, &profile, &groups), None),
+            IngestMode::Whole(k) | IngestMode::Part(k) => (self.append_pending(k, &tenant, &profile, &groups), Some(k)),
+        };
+        // I3: a live push never takes the tenant past its series cap on this core (replay
+        // may have: then it adds none).
+        if max_series > 0 && !replay {
+            let live = self.tenants.get(&tenant).map_or(0, |h| h.live_series);
+            check(Invariant::HeadLimit, live <= max_series.max(series_before), || {
+                format!("tenant {tenant} holds {live} series on core {}, above its cap of {max_series}", self.core)
+            });
+        }
+        match (&self.wal, key) {
+            (None, _) => {
+                if let IngestMode::Whole(k) = mode {
+                    self.settle(k, true, None);
+                }
+                let _ = reply.send(Ok(st));
+            }
+            (Some(wal), None) => {
+                let payload = walcodec::encode(&tenant, &profile, &groups);
+                let mut p = wal.pending.borrow_mut();
+                record::encode(&payload, &mut p.buf);
+                p.waiters.push(Waiter::Push { reply, stats: st, key: 0, whole: false });
+                let _ = wal.wake.try_send(());
+            }
+            (Some(wal), Some(k)) => {
+                let payload = walcodec::encode_keyed(k, &tenant, &profile, &groups);
+                if payload.len() > record::MAX_RECORD {
+                    // Taken out again and refused, rather than a record the WAL
+                    // cannot frame; an abort record follows any earlier part of the
+                    // push queued here.
+                    let e = IngestError::RecordTooLarge {
+                        core: self.core,
+                        bytes: payload.len(),
+                        limit: record::MAX_RECORD,
+                    };
+                    self.settle(k, false, Some(None));
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let mut p = wal.pending.borrow_mut();
+                record::encode(&payload, &mut p.buf);
+                let whole = matches!(mode, IngestMode::Whole(_));
+                p.waiters.push(Waiter::Push { reply, stats: st, key: k, whole });
+                // Full means a wake-up is already queued.
+                let _ = wal.wake.try_send(());
+            }
+        }
+        // After the record is queued: a cut now puts it before the markers, with the
+        // head that holds it. Never during replay: see `cut::ticker`.
+        if let (Some(cfg), false) = (&self.blocks, replay) {
+            if cfg.max_block_bytes > 0 && self.live_head_bytes() >= cfg.max_block_bytes {
+                self.cut(None);
+            }
+        }
     }
 
     /// Applies one message of the core's inbox (see `runtime::core`).
@@ -574,50 +725,7 @@ impl Ingester {
         // A dropped reply receiver means the requester gave up; nothing to do.
         match msg {
             Msg::Ingest { tenant, profile, groups, reply, mode, max_series } => {
-                let replay = mode == IngestMode::Replay;
-                if !replay {
-                    if let Err(e) = self.admit(&tenant, &profile, &groups, max_series) {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                }
-                let (st, key) = match mode {
-                    IngestMode::Replay => (self.append(&tenant, &profile, &groups), None),
-                    IngestMode::Whole(k) | IngestMode::Part(k) => {
-                        (self.append_pending(k, &tenant, &profile, &groups), Some(k))
-                    }
-                };
-                match (&self.wal, key) {
-                    (None, _) => {
-                        if let IngestMode::Whole(k) = mode {
-                            self.settle(k, true, None);
-                        }
-                        let _ = reply.send(Ok(st));
-                    }
-                    (Some(wal), None) => {
-                        let payload = walcodec::encode(&tenant, &profile, &groups);
-                        let mut p = wal.pending.borrow_mut();
-                        record::encode(&payload, &mut p.buf);
-                        p.waiters.push(Waiter::Push { reply, stats: st, key: 0, whole: false });
-                        let _ = wal.wake.try_send(());
-                    }
-                    (Some(wal), Some(k)) => {
-                        let payload = walcodec::encode_keyed(k, &tenant, &profile, &groups);
-                        let mut p = wal.pending.borrow_mut();
-                        record::encode(&payload, &mut p.buf);
-                        let whole = matches!(mode, IngestMode::Whole(_));
-                        p.waiters.push(Waiter::Push { reply, stats: st, key: k, whole });
-                        // Full means a wake-up is already queued.
-                        let _ = wal.wake.try_send(());
-                    }
-                }
-                // After the record is queued: a cut now puts it before the markers, with the
-                // head that holds it. Never during replay: see `cut::ticker`.
-                if let (Some(cfg), false) = (&self.blocks, replay) {
-                    if cfg.max_block_bytes > 0 && self.live_head_bytes() >= cfg.max_block_bytes {
-                        self.cut(None);
-                    }
-                }
+                self.ingest(tenant, profile, groups, reply, mode, max_series)
             }
             Msg::Settle { key, commit, reply } => {
                 let reply = reply.map(AbortReply::Settled);
@@ -672,10 +780,28 @@ pub(super) mod tests {
         mode: IngestMode,
         max_series: usize,
     ) -> Result<AppendStats, IngestError> {
+        send_ingest(shard, p, mode, max_series).try_recv().unwrap()
+    }
+
+    /// Hands `p` to the ingester as one push of tenant `t`; the answer comes on the receiver.
+    pub(super) fn send_ingest(
+        shard: &mut Ingester,
+        p: Profile,
+        mode: IngestMode,
+        max_series: usize,
+    ) -> flume::Receiver<Result<AppendStats, IngestError>> {
         let groups = group(&p, &[("__name__", "x"), ("service_name", "svc")]);
         let (tx, rx) = flume::bounded(1);
         shard.handle(Msg::Ingest { tenant: Arc::from("t"), profile: Arc::new(p), groups, reply: tx, mode, max_series });
-        rx.try_recv().unwrap()
+        rx
+    }
+
+    /// A one-core ingester whose WAL writer the test plays: it sees what the ingester queues
+    /// (`pending`) and answers for the WAL.
+    pub(super) fn with_test_wal() -> (Ingester, Rc<RefCell<WalPending>>) {
+        let pending = Rc::new(RefCell::new(WalPending::default()));
+        let (wake, _woken) = flume::bounded(1);
+        (Ingester { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Ingester::new(0) }, pending)
     }
 
     /// The core's figures as `/metrics` shows them, with the blocks the cuts handed over.
@@ -776,6 +902,52 @@ pub(super) mod tests {
 }
 
 #[cfg(test)]
+mod wal_bound_tests {
+    use super::tests::{send_ingest, stats, with_test_wal};
+    use super::*;
+    use crate::ingester::head::tests::folded;
+
+    fn push(shard: &mut Ingester, mode: IngestMode) -> flume::Receiver<Result<AppendStats, IngestError>> {
+        send_ingest(shard, folded(&[("main;f", 1)], 1_000_000_000), mode, 0)
+    }
+
+    #[test]
+    fn a_full_wal_queue_refuses_live_pushes_before_appending_and_takes_them_again_once_drained() {
+        let (mut shard, pending) = with_test_wal();
+        // The writer is far behind: its queue holds its most bytes.
+        pending.borrow_mut().buf.resize(wal::MAX_PENDING_BYTES, 0);
+        for mode in [IngestMode::Whole(1), IngestMode::Part(2)] {
+            let res = push(&mut shard, mode).try_recv().unwrap();
+            assert!(matches!(res, Err(IngestError::WalBusy { core: 0, .. })), "{res:?}");
+        }
+        // Refused before anything was appended: nothing to take out, nothing queued.
+        let (st, _) = stats(&shard);
+        assert_eq!((st.profiles, st.pending_pushes, st.rolled_back, st.wal_busy_refused), (0, 0, 0, 2));
+        assert_eq!((st.wal_pending_bytes, st.wal_pending_waiters), (wal::MAX_PENDING_BYTES, 0));
+        // Replayed records are never refused: they were acknowledged before.
+        assert!(push(&mut shard, IngestMode::Replay).is_empty());
+        assert_eq!(stats(&shard).0.profiles, 1);
+
+        // Too many writes waiting is refused the same way, whatever their bytes.
+        pending.borrow_mut().buf.clear();
+        let waiters = wal::MAX_PENDING_WAITERS - pending.borrow().waiters.len();
+        for _ in 0..waiters {
+            let (tx, _rx) = flume::bounded(1);
+            pending.borrow_mut().waiters.push(Waiter::Sync(tx));
+        }
+        let res = push(&mut shard, IngestMode::Whole(3)).try_recv().unwrap();
+        assert!(matches!(res, Err(IngestError::WalBusy { .. })), "{res:?}");
+
+        // Once the writer caught up, the same push is queued (and answered once durable).
+        pending.borrow_mut().waiters.clear();
+        let rx = push(&mut shard, IngestMode::Whole(3));
+        assert!(rx.is_empty());
+        assert_eq!(pending.borrow().waiters.len(), 1);
+        assert_eq!(stats(&shard).0.wal_busy_refused, 3);
+    }
+}
+
+#[cfg(test)]
 mod cut_retry_tests {
     use super::tests::stats;
     use super::*;
@@ -823,12 +995,9 @@ mod cut_retry_tests {
     /// A one-core ingester cutting into `cfg` whose WAL writer the test plays: it sees what the
     /// ingester queues (`pending`) and answers for the WAL.
     fn shard_with_test_wal(cfg: BlockConfig) -> (Ingester, Rc<RefCell<WalPending>>) {
-        let pending = Rc::new(RefCell::new(WalPending::default()));
-        let (wake, _woken) = flume::bounded(1);
         let set = Rc::new(RefCell::new(BlockSet::new(cfg.cache_bytes)));
-        let shard = Ingester { wal: Some(WalHandle { pending: pending.clone(), wake }), ..Ingester::new(0) }
-            .with_blocks(cfg, Arc::new(Ring::single(1, 4)), set);
-        (shard, pending)
+        let (shard, pending) = super::tests::with_test_wal();
+        (shard.with_blocks(cfg, Arc::new(Ring::single(1, 4)), set), pending)
     }
 
     /// The (tenant, block) of each cut marker in a cut's WAL batch.
@@ -874,8 +1043,8 @@ mod cut_retry_tests {
             let cut = pending.borrow_mut().cut.take().expect("the cut reached the WAL");
             let first = markers(&cut.buf);
             assert_eq!(first.len(), 1);
-            let _ = cut.reply.send(Err("No space left on device".into()));
-            let err = done.recv_async().await.unwrap().unwrap_err();
+            let _ = cut.reply.send(Err(CutError::Wal("No space left on device".into())));
+            let err = done.recv_async().await.unwrap().unwrap_err().to_string();
             assert!(err.contains("No space left on device"), "{err}");
             let (st, blocks) = stats(&shard);
             assert!(st.cuts_suspended);

@@ -1,12 +1,35 @@
 //! The ingester's WAL writer on one core: appends are framed into a pending buffer by the
 //! core's inbox loop and written by one task per core (group commit), which reports each
 //! write's outcome back through the core's own inbox.
-use super::cut::CutResult;
+use super::cut::{CutError, CutResult};
 use super::head::AppendStats;
 use super::{IngestError, IngestReply, Msg};
+use kiln_io::bound::Slots;
+use kiln_io::invariant::{check, Invariant};
 use kiln_io::wal::segment::SegmentWriter;
 use std::cell::RefCell;
 use std::rc::Rc;
+
+/// Bytes of framed records a core's WAL may hold waiting for its writer before live pushes
+/// are refused (`IngestError::WalBusy`, answered 503: retry). Everything pending goes out in
+/// the next write, so this is the most one group-commit write carries: at a disk's few
+/// hundred MB/s, a few hundred milliseconds of writing. A backlog beyond that means the
+/// disk does not keep up with the pushes; waiting longer only adds latency and memory (the
+/// records are a second copy of what the head holds). One push is never refused for its
+/// own size: the check is made before its record is added.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Pushes (and syncs, aborts) a core's WAL may hold waiting for its writer before live
+/// pushes are refused, for pushes too small for `MAX_PENDING_BYTES` to bound: each waiter is
+/// an open request, and one write answering more than this many is seconds behind.
+pub const MAX_PENDING_WAITERS: usize = 16 * 1024;
+
+/// `fdatasync`s in flight per core. Each write's sync is started as soon as the write
+/// completed (pipelined group commit); a sync covers every earlier write, so a few in
+/// flight keep the disk busy and more only queue in the kernel behind one another. At the
+/// bound the writer waits for one to finish before its next write, and meanwhile the
+/// pending buffer grows into a larger write (and, at its own bound, refuses pushes).
+pub const MAX_SYNCS_IN_FLIGHT: usize = 4;
 
 /// Who waits on a WAL write.
 pub enum Waiter {
@@ -42,13 +65,29 @@ impl AbortReply {
 }
 
 /// Appends framed and waiting for the core's WAL writer, with the pushes waiting on them.
-#[derive(Default)]
+/// Bounded: a live push that finds `full()` is refused (replayed records and abort records
+/// never are; see `MAX_PENDING_BYTES`).
 pub struct WalPending {
     pub(super) buf: Vec<u8>,
     pub(super) waiters: Vec<Waiter>,
     /// A block cut: everything appended before it, then its markers, to be written and
     /// closed in the current segment before anything appended after it.
     pub(super) cut: Option<CutBatch>,
+    /// The writer's syncs in flight (`MAX_SYNCS_IN_FLIGHT`).
+    pub(super) syncs: Slots,
+}
+
+impl Default for WalPending {
+    fn default() -> Self {
+        WalPending { buf: Vec::new(), waiters: Vec::new(), cut: None, syncs: Slots::new(MAX_SYNCS_IN_FLIGHT) }
+    }
+}
+
+impl WalPending {
+    /// Whether a live push must be refused rather than queued.
+    pub(super) fn full(&self) -> bool {
+        self.buf.len() >= MAX_PENDING_BYTES || self.waiters.len() >= MAX_PENDING_WAITERS
+    }
 }
 
 /// The WAL's side of a cut. Records appended after the cut go to `WalPending::buf` and so
@@ -81,6 +120,9 @@ pub(super) async fn write_loop<M: From<Msg> + 'static>(
 ) {
     let mut spare = Vec::new();
     let failures = Rc::new(std::cell::Cell::new(0u32));
+    let syncs = pending.borrow().syncs.clone();
+    // Writes started and completed, for I16.
+    let (mut started, mut completed) = (0u64, 0u64);
     while woken.recv_async().await.is_ok() {
         loop {
             if failures.get() > 0 {
@@ -100,7 +142,7 @@ pub(super) async fn write_loop<M: From<Msg> + 'static>(
                 };
                 let res = res.map_err(|(e, written)| (e.to_string(), written));
                 report(&inbox, &failures, cut.waiters, res.as_ref().err().cloned()).await;
-                let res = res.map_err(|(e, _)| e);
+                let res = res.map_err(|(e, _)| CutError::Wal(e));
                 let _ = cut.reply.send(res.map(Some));
                 continue;
             }
@@ -112,16 +154,24 @@ pub(super) async fn write_loop<M: From<Msg> + 'static>(
                 let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));
                 (buf, std::mem::take(&mut p.waiters))
             };
+            started += 1;
             let (res, mut buf) = writer.write(buf).await;
+            completed += 1;
             buf.clear();
             spare = buf;
             match res {
                 Err(e) => report(&inbox, &failures, waiters, Some((e.to_string(), false))).await,
                 Ok(None) => report(&inbox, &failures, waiters, None).await,
                 Ok(Some(file)) => {
+                    // At `MAX_SYNCS_IN_FLIGHT`, the next write waits for a sync to end.
+                    let slot = syncs.take().await;
+                    check(Invariant::WalWrite, started == completed, || {
+                        format!("a WAL sync started with {} write(s) not completed", started - completed)
+                    });
                     let (inbox, failures) = (inbox.clone(), failures.clone());
                     monoio::spawn(async move {
                         let res = file.sync_data().await.err().map(|e| (e.to_string(), true));
+                        drop(slot);
                         report(&inbox, &failures, waiters, res).await;
                     });
                 }

@@ -291,6 +291,10 @@ impl Symbols {
         let next = self.parent.len() as u32;
         let id = *self.children.entry((parent, loc)).or_insert(next);
         if id == next {
+            // I7: a node's parent exists before it, so its id is smaller.
+            kiln_io::invariant::check(kiln_io::invariant::Invariant::StackOrder, parent < next, || {
+                format!("stack node {next} would get parent {parent}")
+            });
             self.parent.push(parent);
             self.location.push(loc);
         }

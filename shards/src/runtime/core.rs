@@ -5,8 +5,9 @@
 //! reach it only through `Msg`s on its bounded inbox (the `Mesh`), and replies go back on
 //! one-shot channels. Handling a message never awaits.
 use crate::ingester::{self, Ingester, IngesterStats};
-use crate::query::{QueryRequest, QueryResult};
-use crate::store_gateway::{self, StoreGateway, StoreGatewayStats};
+use crate::query::QueryRequest;
+use crate::store_gateway::{self, QueryReply, StoreGateway, StoreGatewayStats};
+use kiln_io::invariant::{check, Invariant};
 use std::sync::Arc;
 
 /// What the mesh carries to a core.
@@ -17,7 +18,7 @@ pub enum Msg {
     /// names a block that could not be read.
     Query {
         req: Arc<QueryRequest>,
-        reply: flume::Sender<Result<Vec<QueryResult>, String>>,
+        reply: QueryReply,
     },
     Stats {
         reply: flume::Sender<CoreStats>,
@@ -67,9 +68,17 @@ impl Core {
     /// Answers a query: heads now, blocks (which may need reads) in a task on this core. The
     /// heads and the block list are taken in the same step, so a cut finishing meanwhile
     /// cannot make the query count a head and its block both, or neither.
-    fn answer_query(&self, req: Arc<QueryRequest>, reply: flume::Sender<Result<Vec<QueryResult>, String>>) {
+    fn answer_query(&self, req: Arc<QueryRequest>, reply: QueryReply) {
         let heads = self.ingester.query(&req);
         let blocks = self.store_gateway.matching(req.selection());
+        // I11: a frozen head and the block that replaces it never answer the same query.
+        if !blocks.is_empty() {
+            let frozen = self.ingester.frozen_ids();
+            let both = blocks.iter().filter(|b| frozen.contains(&b.id)).count();
+            check(Invariant::BlockSwap, both == 0, || {
+                format!("core {}: {both} block(s) still frozen as heads answer the same query", self.id)
+            });
+        }
         self.store_gateway.answer(blocks, heads, req, reply);
     }
 

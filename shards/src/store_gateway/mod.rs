@@ -14,11 +14,70 @@ use crate::model::selector::matches_all;
 use crate::model::symbols::Symbols;
 use crate::query::{QueryRequest, QueryResult, Selection};
 use bytes::Bytes;
-use kiln_io::store::Store;
+use kiln_io::bound::Slots;
+use kiln_io::error::ErrorKind;
+use kiln_io::store::{Store, StoreError};
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// Block queries a core runs at once (one task per query that reads blocks). Each holds
+/// what it fetched of its blocks (row groups, columns) until it answers, so the bound is on
+/// memory as much as on tasks; a query over blocks is broadcast to every core, so this is
+/// also the number of such queries the process runs at once. Enough for many users' panels
+/// at a time; past it a core answers `QueryError::Busy` (503: retry) at once rather than
+/// queueing work that would only finish later.
+pub const MAX_BLOCK_QUERIES: usize = 64;
+
+/// Why reading a block file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Through the store thread.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// From the local filesystem (the filesystem backend), with the core's own io_uring.
+    #[error("reading {}: {source}", path.display())]
+    Local { path: PathBuf, source: std::io::Error },
+}
+
+impl ReadError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReadError::Store(e) => e.kind(),
+            ReadError::Local { source, .. } => ErrorKind::of_io(source),
+        }
+    }
+}
+
+/// Why a core could not answer its part of a query. `at` names the block (and the file,
+/// when opening it) as `<tenant>/<block>: <file>` or `<block>`.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The core runs `MAX_BLOCK_QUERIES` block queries already.
+    #[error("this core runs {limit} block queries already, the most it runs at once; retry the query")]
+    Busy { limit: usize },
+    /// A block file could not be read.
+    #[error("block {at}: {source}")]
+    Read { at: String, source: ReadError },
+    /// A block's bytes do not decode (corrupt, or a format this kiln does not read).
+    #[error("block {at}: {source}")]
+    Format { at: String, source: block::FormatError },
+}
+
+impl QueryError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            QueryError::Busy { .. } => ErrorKind::Retryable,
+            QueryError::Read { source, .. } => source.kind(),
+            QueryError::Format { .. } => ErrorKind::Invalid,
+        }
+    }
+}
+
+/// The answer of a core to a query: its partial results, or why not.
+pub type QueryReply = flume::Sender<Result<Vec<QueryResult>, QueryError>>;
 
 /// A block a core owns, as the bucket index describes it.
 #[derive(Debug, Clone)]
@@ -37,6 +96,10 @@ pub struct BlockEntry {
 pub struct StoreGatewayStats {
     pub blocks: usize,
     pub block_cache_bytes: usize,
+    /// Block queries running (bounded by `MAX_BLOCK_QUERIES`).
+    pub block_queries: usize,
+    /// Block queries refused because `MAX_BLOCK_QUERIES` were running.
+    pub block_queries_refused: u64,
 }
 
 /// What the store-gateway on a core is asked to do (through the core's inbox).
@@ -52,12 +115,20 @@ pub struct StoreGateway {
     pub blocks: Rc<RefCell<BlockSet>>,
     /// `None`: kiln without block storage (tests); no block is ever added.
     store: Option<Store>,
+    /// One slot per running block query (`MAX_BLOCK_QUERIES`).
+    queries: Slots,
+    refused: Cell<u64>,
 }
 
 impl StoreGateway {
     /// A store-gateway caching up to `cache_bytes` of opened blocks, reading from `store`.
     pub fn new(cache_bytes: usize, store: Option<Store>) -> Self {
-        StoreGateway { blocks: Rc::new(RefCell::new(BlockSet::new(cache_bytes))), store }
+        StoreGateway {
+            blocks: Rc::new(RefCell::new(BlockSet::new(cache_bytes))),
+            store,
+            queries: Slots::new(MAX_BLOCK_QUERIES),
+            refused: Cell::new(0),
+        }
     }
 
     pub fn handle(&mut self, msg: Msg) {
@@ -78,20 +149,28 @@ impl StoreGateway {
     }
 
     /// Adds the answers of `blocks` to `out` in a task on this core, then replies; an error
-    /// names a block that could not be read.
+    /// names a block that could not be read. With `MAX_BLOCK_QUERIES` such tasks running,
+    /// refuses at once (`QueryError::Busy`).
     pub fn answer(
         &self,
         blocks: Vec<Rc<OwnedBlock>>,
         mut out: Vec<QueryResult>,
         req: Arc<QueryRequest>,
-        reply: flume::Sender<Result<Vec<QueryResult>, String>>,
+        reply: QueryReply,
     ) {
         let (Some(store), false) = (self.store.clone(), blocks.is_empty()) else {
             let _ = reply.send(Ok(out));
             return;
         };
+        let Some(slot) = self.queries.try_take() else {
+            self.refused.set(self.refused.get() + 1);
+            tracing::warn!(limit = MAX_BLOCK_QUERIES, "a block query was refused: the core runs its most already");
+            let _ = reply.send(Err(QueryError::Busy { limit: MAX_BLOCK_QUERIES }));
+            return;
+        };
         let set = self.blocks.clone();
         monoio::spawn(async move {
+            let _slot = slot;
             for b in blocks {
                 match query(&set, &store, &b, &req).await {
                     Ok(r) => out.push(r),
@@ -109,7 +188,12 @@ impl StoreGateway {
     /// The store-gateway's figures for `/metrics`.
     pub fn stats(&self) -> StoreGatewayStats {
         let blocks = self.blocks.borrow();
-        StoreGatewayStats { blocks: blocks.len(), block_cache_bytes: blocks.cached_bytes() }
+        StoreGatewayStats {
+            blocks: blocks.len(),
+            block_cache_bytes: blocks.cached_bytes(),
+            block_queries: self.queries.in_use(),
+            block_queries_refused: self.refused.get(),
+        }
     }
 }
 
@@ -211,15 +295,14 @@ impl BlockSet {
 
 /// Reads byte ranges of one block file: with the core's own io_uring when the file is local
 /// (filesystem backend), else through the store thread. `None` reads the whole file.
-async fn read_ranges(store: &Store, path: String, ranges: Option<Vec<Range<u64>>>) -> Result<Vec<Bytes>, String> {
+async fn read_ranges(store: &Store, path: String, ranges: Option<Vec<Range<u64>>>) -> Result<Vec<Bytes>, ReadError> {
     let Some(local) = store.local_path(&path) else {
-        return match ranges {
+        return Ok(match ranges {
             None => store.get(path).await.map(|b| vec![b]),
             Some(r) => store.get_ranges(path, r).await,
-        }
-        .map_err(|e| e.to_string());
+        }?);
     };
-    let io = |e: std::io::Error| format!("reading {}: {e}", local.display());
+    let io = |e: std::io::Error| ReadError::Local { path: local.clone(), source: e };
     let file = monoio::fs::File::open(&local).await.map_err(io)?;
     let ranges = match ranges {
         Some(r) => r,
@@ -236,37 +319,39 @@ async fn read_ranges(store: &Store, path: String, ranges: Option<Vec<Range<u64>>
     Ok(out)
 }
 
-async fn read_file(store: &Store, path: String) -> Result<Bytes, String> {
+async fn read_file(store: &Store, path: String) -> Result<Bytes, ReadError> {
     Ok(read_ranges(store, path, None).await?.pop().unwrap_or_default())
 }
 
 /// Opens a block (index, symbols, parquet footer), from the cache when it is there.
-async fn open(set: &RefCell<BlockSet>, store: &Store, b: &OwnedBlock) -> Result<Rc<Opened>, String> {
+async fn open(set: &RefCell<BlockSet>, store: &Store, b: &OwnedBlock) -> Result<Rc<Opened>, QueryError> {
     if let Some(o) = b.opened.borrow().as_ref() {
         return Ok(o.clone());
     }
     let path = |f: &str| object_path(&b.tenant, &b.id, f);
-    let what = |f: &str, e: &dyn std::fmt::Display| format!("block {}/{}: {f}: {e}", b.tenant, b.id);
-    let index_bytes = read_file(store, path(block::INDEX)).await.map_err(|e| what(block::INDEX, &e))?;
-    let index = block::index::decode(&index_bytes).map_err(|e| what(block::INDEX, &e))?;
-    let sym_bytes = read_file(store, path(block::SYMBOLS)).await.map_err(|e| what(block::SYMBOLS, &e))?;
-    let symbols = block::symdb::decode(&sym_bytes).map_err(|e| what(block::SYMBOLS, &e))?;
+    let at = |f: &str| format!("{}/{}: {f}", b.tenant, b.id);
+    let read = |f: &'static str| move |e: ReadError| QueryError::Read { at: at(f), source: e };
+    let format = |f: &'static str| move |e: block::FormatError| QueryError::Format { at: at(f), source: e };
+    let index_bytes = read_file(store, path(block::INDEX)).await.map_err(read(block::INDEX))?;
+    let index = block::index::decode(&index_bytes).map_err(format(block::INDEX))?;
+    let sym_bytes = read_file(store, path(block::SYMBOLS)).await.map_err(read(block::SYMBOLS))?;
+    let symbols = block::symdb::decode(&sym_bytes).map_err(format(block::SYMBOLS))?;
     let ppath = path(block::PROFILES);
     let len = match b.profiles_bytes {
-        0 => store.size(ppath.clone()).await.map_err(|e| what(block::PROFILES, &e))?,
+        0 => store.size(ppath.clone()).await.map_err(|e| read(block::PROFILES)(e.into()))?,
         n => n,
     };
     let mut want = ProfilesFile::TAIL_GUESS.min(len);
     let profiles = loop {
         let tail = read_ranges(store, ppath.clone(), Some(std::iter::once(len - want..len).collect()))
             .await
-            .map_err(|e| what(block::PROFILES, &e))?
+            .map_err(read(block::PROFILES))?
             .pop()
             .unwrap_or_default();
         match ProfilesFile::from_tail(len, &tail) {
             Ok(f) => break f,
             Err(block::FormatError::NeedTail(n)) if n > want && n <= len => want = n,
-            Err(e) => return Err(what(block::PROFILES, &e)),
+            Err(e) => return Err(format(block::PROFILES)(e)),
         }
     };
     // The cache's accounting: what was read, plus the decoded symbol tables' own estimate.
@@ -285,7 +370,7 @@ pub async fn query(
     store: &Store,
     b: &OwnedBlock,
     req: &QueryRequest,
-) -> Result<QueryResult, String> {
+) -> Result<QueryResult, QueryError> {
     let o = open(set, store, b).await?;
     let sel = req.selection();
     let (min_ns, max_ns) =
@@ -309,12 +394,13 @@ pub async fn query(
     let fetched = if ranges.is_empty() {
         Vec::new()
     } else {
-        let parts =
-            read_ranges(store, ppath, Some(ranges.clone())).await.map_err(|e| format!("block {}: {e}", b.id))?;
+        let parts = read_ranges(store, ppath, Some(ranges.clone()))
+            .await
+            .map_err(|e| QueryError::Read { at: b.id.clone(), source: e })?;
         ranges.into_iter().zip(parts).collect()
     };
     let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, with_samples, min_ns, max_ns)
-        .map_err(|e| format!("block {}/{}: {e}", b.tenant, b.id))?;
+        .map_err(|e| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e })?;
     let view = HeadView { symbols: &o.symbols, series: &series, by_profile_type: None };
     Ok(view.query(req))
 }
@@ -380,6 +466,43 @@ mod tests {
         assert_eq!(set.matching(&sel(5_000, 20_000)).len(), 1);
         assert!(set.matching(&sel(10_001, 20_000)).is_empty());
         assert!(set.matching(&sel(-5, -1)).is_empty());
+    }
+
+    #[test]
+    fn block_queries_past_the_bound_are_refused_at_once_and_slots_come_back() {
+        let dir = std::env::temp_dir().join(format!("kiln-sg-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::start(kiln_io::store::Backend::Filesystem { dir: dir.clone() }).unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        rt.block_on(async move {
+            let mut sg = StoreGateway::new(0, Some(store));
+            // A block the index lists but the bucket does not hold.
+            sg.handle(Msg::AddBlocks { blocks: vec![entry("01JBOUND00000000000000000")] });
+            let req = Arc::new(QueryRequest::MergeTree(sel(0, 10_000)));
+            let ask = |sg: &StoreGateway| {
+                let (tx, rx) = flume::bounded(1);
+                sg.answer(sg.matching(req.selection()), Vec::new(), req.clone(), tx);
+                rx
+            };
+            // Every slot is taken by queries still running.
+            let running: Vec<_> = (0..MAX_BLOCK_QUERIES).map(|_| sg.queries.try_take().unwrap()).collect();
+            assert_eq!(sg.stats().block_queries, MAX_BLOCK_QUERIES);
+            let refused = ask(&sg).try_recv().expect("refused at once, without a task").unwrap_err();
+            assert!(matches!(refused, QueryError::Busy { limit: MAX_BLOCK_QUERIES }), "{refused}");
+            assert!(refused.kind().retryable());
+            assert_eq!(sg.stats().block_queries_refused, 1);
+            // A query without blocks to read needs no slot.
+            let (tx, rx) = flume::bounded(1);
+            sg.answer(Vec::new(), Vec::new(), req.clone(), tx);
+            assert!(rx.try_recv().unwrap().is_ok());
+            // Once one ends, the next query runs: here it finds the block missing.
+            drop(running);
+            let e = ask(&sg).recv_async().await.unwrap().unwrap_err();
+            assert!(matches!(e, QueryError::Read { .. }) && e.kind() == ErrorKind::NotFound, "{e:?}");
+            assert!(e.to_string().starts_with("block t/01JBOUND00000000000000000: index.tsdb: "), "{e}");
+            assert_eq!(sg.stats().block_queries, 0, "the slot is given back when the task ends");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
