@@ -2,9 +2,11 @@
 //! and hands each block to the core that owns it; what each core keeps of its blocks (the
 //! block set and its cache) is `kiln_shards::store_gateway`.
 use kiln_io::error::ErrorKind;
+use kiln_io::store::bucket_index::BlockRef;
 use kiln_io::store::{Store, StoreError};
+use kiln_shards::model::ids::TenantId;
 use kiln_shards::runtime::{CoreGone, Mesh};
-use kiln_shards::store_gateway::{BlockEntry, Msg};
+use kiln_shards::store_gateway::Msg;
 
 /// Every (tenant, block id) in the bucket indexes, marked for deletion or not: what replay
 /// must not apply again.
@@ -34,7 +36,7 @@ impl OpenError {
 /// Returns every indexed (tenant, block id), for replay to skip what blocks hold.
 pub fn open_blocks(store: &Store, mesh: &Mesh) -> Result<Indexed, OpenError> {
     let mut indexed = Indexed::new();
-    let mut per_core: Vec<Vec<BlockEntry>> = vec![Vec::new(); mesh.cores()];
+    let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
     let tenants = store.blocking_tenants().map_err(|e| OpenError::Tenants { store: store.describe(), source: e })?;
     for tenant in tenants {
         let idx = store
@@ -49,13 +51,7 @@ pub fn open_blocks(store: &Store, mesh: &Mesh) -> Result<Indexed, OpenError> {
                 continue;
             }
             let core = mesh.ring.block_owner(&b.block_id) as usize;
-            per_core[core].push(BlockEntry {
-                tenant: tenant.clone(),
-                id: b.block_id.clone(),
-                min_ms: b.min_time,
-                max_ms: b.max_time,
-                profiles_bytes: b.file_size(kiln_shards::block::PROFILES).unwrap_or(0),
-            });
+            per_core[core].push((TenantId::known(tenant.as_str()), b.clone()));
         }
     }
     tracing::info!(blocks = indexed.len(), storage = %store.describe(), "blocks opened");

@@ -24,7 +24,8 @@
 //! block.
 use super::head::TenantHead;
 use crate::block::{self, object_path, EncodeOptions};
-use crate::store_gateway::{BlockEntry, BlockSet};
+use crate::model::ids::{BlockId, TenantId};
+use crate::store_gateway::BlockSet;
 use kiln_io::error::ErrorKind;
 use kiln_io::invariant::{check, Invariant};
 use kiln_io::store::{bucket_index::BlockRef, Store};
@@ -51,7 +52,7 @@ pub struct BlockConfig {
 /// is in the bucket index and this core's `BlockSet`.
 pub struct Frozen {
     pub tenant: Arc<str>,
-    pub id: String,
+    pub id: BlockId,
     /// Written only to take out the rows of a push refused after the cut froze it, and only
     /// while `unsettled > 0`: encoding starts once it is 0, so no borrow held by the encoder
     /// across an await ever meets a `borrow_mut`.
@@ -64,7 +65,7 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    pub fn new(tenant: Arc<str>, id: String, head: TenantHead) -> Self {
+    pub fn new(tenant: Arc<str>, id: BlockId, head: TenantHead) -> Self {
         let profiles_at_cut = head.profiles;
         Frozen { tenant, id, head: RefCell::new(head), unsettled: Cell::new(0), profiles_at_cut }
     }
@@ -249,7 +250,7 @@ pub async fn write_blocks(frozen: Vec<Rc<Frozen>>, durable: CutDurable, cfg: Blo
     };
     state.markers_durable.set(true);
     // The cut's block ids, for I13 below (ids, not `Rc`s, which would keep the heads alive).
-    let cut: Vec<String> = frozen.iter().map(|f| f.id.clone()).collect();
+    let cut: Vec<BlockId> = frozen.iter().map(|f| f.id.clone()).collect();
     // By value: each tenant's frozen heads are freed as soon as their blocks are registered.
     let mut frozen = frozen.into_iter().peekable();
     while let Some(first) = frozen.next() {
@@ -309,7 +310,7 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
         // will most likely fail the same way, but the head's records stay replayable.
         let enc = encode(f, &cfg.encode).await.map_err(|e| CutError::Encode {
             tenant: f.tenant.to_string(),
-            block: f.id.clone(),
+            block: f.id.to_string(),
             error: e.to_string(),
         })?;
         let encode_s = started.elapsed().as_secs_f64();
@@ -326,7 +327,7 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
         }
         let meta = &enc.meta;
         let r = BlockRef {
-            block_id: f.id.clone(),
+            block_id: f.id.to_string(),
             min_time: meta.min_time,
             max_time: meta.max_time,
             uploaded_at: now_s(),
@@ -335,13 +336,7 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
             files: files.iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect(),
         };
         tracing::info!(tenant = %f.tenant, block = %f.id, profiles = meta.stats.num_profiles, samples = meta.stats.num_samples, bytes = size, encode_s, total_s = started.elapsed().as_secs_f64(), "block uploaded");
-        entries.push(BlockEntry {
-            tenant: f.tenant.to_string(),
-            id: f.id.clone(),
-            min_ms: meta.min_time,
-            max_ms: meta.max_time,
-            profiles_bytes: r.file_size(block::PROFILES).unwrap_or(0),
-        });
+        entries.push((TenantId::known(f.tenant.clone()), r.clone()));
         refs.push(r);
     }
     let size: u64 = refs.iter().map(|r| r.size_bytes).sum();
@@ -357,8 +352,8 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
     // One step: the blocks join the set and their heads leave it.
     {
         let mut set = state.blocks.borrow_mut();
-        for e in entries {
-            set.add(e);
+        for (tenant, r) in entries {
+            set.add(tenant, &r);
         }
     }
     state.frozen.borrow_mut().retain(|x| !group.iter().any(|g| Rc::ptr_eq(x, g)));

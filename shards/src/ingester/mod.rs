@@ -13,6 +13,7 @@ pub mod head;
 pub mod wal;
 pub mod walcodec;
 
+use crate::model::ids::BlockId;
 use crate::model::profile::{Profile, SampleGroup};
 use crate::query::{QueryRequest, QueryResult};
 use crate::ring::Ring;
@@ -493,9 +494,9 @@ impl Ingester {
 
     /// A new block id that the ring gives this core (see `Ring::block_owner`): ULIDs are
     /// drawn until one lands here, about `cores` draws.
-    fn new_block_id(&self) -> String {
+    fn new_block_id(&self) -> BlockId {
         loop {
-            let id = ulid::Ulid::new().to_string();
+            let id = BlockId::new_random();
             if self.ring.block_owner(&id) == self.core {
                 return id;
             }
@@ -636,7 +637,7 @@ impl Ingester {
     }
 
     /// The ids of the heads frozen by a cut and not yet replaced by their blocks.
-    pub fn frozen_ids(&self) -> Vec<String> {
+    pub fn frozen_ids(&self) -> Vec<BlockId> {
         self.cut_state.frozen.borrow().iter().map(|f| f.id.clone()).collect()
     }
 

@@ -10,12 +10,14 @@
 //! held across an await.
 use crate::block::{self, index::BlockIndex, object_path, profiles::ProfilesFile};
 use crate::eval::HeadView;
+use crate::model::ids::{BlockId, TenantId};
 use crate::model::selector::matches_all;
 use crate::model::symbols::Symbols;
 use crate::query::{QueryRequest, QueryResult, Selection};
 use bytes::Bytes;
 use kiln_io::bound::Slots;
 use kiln_io::error::ErrorKind;
+use kiln_io::store::bucket_index::BlockRef;
 use kiln_io::store::{Store, StoreError};
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
@@ -79,18 +81,6 @@ impl QueryError {
 /// The answer of a core to a query: its partial results, or why not.
 pub type QueryReply = flume::Sender<Result<Vec<QueryResult>, QueryError>>;
 
-/// A block a core owns, as the bucket index describes it.
-#[derive(Debug, Clone)]
-pub struct BlockEntry {
-    pub tenant: String,
-    pub id: String,
-    /// Time range of its profiles (ms, inclusive).
-    pub min_ms: i64,
-    pub max_ms: i64,
-    /// Size of its `profiles.parquet` (0: unknown, asked of the bucket when opened).
-    pub profiles_bytes: u64,
-}
-
 /// A snapshot of the store-gateway's blocks on one core, for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct StoreGatewayStats {
@@ -104,8 +94,9 @@ pub struct StoreGatewayStats {
 
 /// What the store-gateway on a core is asked to do (through the core's inbox).
 pub enum Msg {
-    /// Blocks found in the bucket indexes at start that the ring gives this core.
-    AddBlocks { blocks: Vec<BlockEntry> },
+    /// Blocks found in the bucket indexes at start that the ring gives this core, each as
+    /// its tenant's index lists it.
+    AddBlocks { blocks: Vec<(TenantId, BlockRef)> },
 }
 
 /// The store-gateway's part of one core: its blocks and where to read them.
@@ -135,8 +126,8 @@ impl StoreGateway {
         match msg {
             Msg::AddBlocks { blocks } => {
                 let mut set = self.blocks.borrow_mut();
-                for b in blocks {
-                    set.add(b);
+                for (tenant, b) in blocks {
+                    set.add(tenant, &b);
                 }
             }
         }
@@ -199,8 +190,8 @@ impl StoreGateway {
 
 /// What a core knows of a block before opening it: enough to skip it for a time range.
 pub struct OwnedBlock {
-    pub tenant: String,
-    pub id: String,
+    pub tenant: TenantId,
+    pub id: BlockId,
     pub min_ms: i64,
     pub max_ms: i64,
     profiles_bytes: u64,
@@ -230,16 +221,26 @@ impl BlockSet {
         BlockSet { cache_limit, ..Default::default() }
     }
 
-    pub fn add(&mut self, e: BlockEntry) {
-        if self.blocks.iter().any(|b| b.id == e.id && b.tenant == e.tenant) {
+    /// Adds a block of `tenant` as its bucket index lists it (once). An entry whose id is
+    /// not a block ID is skipped with a warning: it could name a path outside the tenant.
+    pub fn add(&mut self, tenant: TenantId, r: &BlockRef) {
+        let id = match BlockId::parse(&r.block_id) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "skipping a bucket index entry");
+                return;
+            }
+        };
+        if self.blocks.iter().any(|b| b.id == id && b.tenant == tenant) {
             return;
         }
         self.blocks.push(Rc::new(OwnedBlock {
-            tenant: e.tenant,
-            id: e.id,
-            min_ms: e.min_ms,
-            max_ms: e.max_ms,
-            profiles_bytes: e.profiles_bytes,
+            tenant,
+            id,
+            min_ms: r.min_time,
+            max_ms: r.max_time,
+            // 0: unknown, asked of the bucket when the block is opened.
+            profiles_bytes: r.file_size(block::PROFILES).unwrap_or(0),
             opened: RefCell::new(None),
             last_used: Cell::new(0),
         }));
@@ -396,7 +397,7 @@ pub async fn query(
     } else {
         let parts = read_ranges(store, ppath, Some(ranges.clone()))
             .await
-            .map_err(|e| QueryError::Read { at: b.id.clone(), source: e })?;
+            .map_err(|e| QueryError::Read { at: b.id.to_string(), source: e })?;
         ranges.into_iter().zip(parts).collect()
     };
     let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, with_samples, min_ns, max_ns)
@@ -427,8 +428,22 @@ mod tests {
         })
     }
 
-    fn entry(id: &str) -> BlockEntry {
-        BlockEntry { tenant: "t".into(), id: id.into(), min_ms: 0, max_ms: 10_000, profiles_bytes: 0 }
+    /// A bucket index entry of tenant `t` whose ULID starts with `id`.
+    fn entry(id: &str) -> (TenantId, BlockRef) {
+        let r = BlockRef {
+            block_id: format!("{:0<26}", id.to_uppercase()),
+            min_time: 0,
+            max_time: 10_000,
+            uploaded_at: 0,
+            compaction_level: 1,
+            size_bytes: 0,
+            files: Vec::new(),
+        };
+        ("t".into(), r)
+    }
+
+    fn add(set: &mut BlockSet, (tenant, r): (TenantId, BlockRef)) {
+        set.add(tenant, &r);
     }
 
     fn sel(start_ms: i64, end_ms: i64) -> Selection {
@@ -439,9 +454,9 @@ mod tests {
     fn cache_keeps_the_most_recently_used_blocks_within_its_limit() {
         let mut set = BlockSet::new(250);
         for id in ["a", "b", "c"] {
-            set.add(entry(id));
+            add(&mut set, entry(id));
         }
-        set.add(entry("a")); // a duplicate is ignored
+        add(&mut set, entry("a")); // a duplicate is ignored
         assert_eq!(set.len(), 3);
         let blocks = set.matching(&sel(0, 10_000));
         assert_eq!(blocks.len(), 3);
@@ -461,8 +476,11 @@ mod tests {
     #[test]
     fn matching_filters_by_tenant_and_time() {
         let mut set = BlockSet::new(0);
-        set.add(entry("a"));
-        set.add(BlockEntry { tenant: "other".into(), ..entry("b") });
+        add(&mut set, entry("a"));
+        add(&mut set, ("other".into(), entry("b").1));
+        // Not a block ID: it could name a path outside the tenant's folder.
+        add(&mut set, ("t".into(), BlockRef { block_id: "../x".into(), ..entry("c").1 }));
+        assert_eq!(set.len(), 2);
         assert_eq!(set.matching(&sel(5_000, 20_000)).len(), 1);
         assert!(set.matching(&sel(10_001, 20_000)).is_empty());
         assert!(set.matching(&sel(-5, -1)).is_empty());
@@ -477,7 +495,7 @@ mod tests {
         rt.block_on(async move {
             let mut sg = StoreGateway::new(0, Some(store));
             // A block the index lists but the bucket does not hold.
-            sg.handle(Msg::AddBlocks { blocks: vec![entry("01JBOUND00000000000000000")] });
+            sg.handle(Msg::AddBlocks { blocks: vec![entry("01JBOUND000000000000000000")] });
             let req = Arc::new(QueryRequest::MergeTree(sel(0, 10_000)));
             let ask = |sg: &StoreGateway| {
                 let (tx, rx) = flume::bounded(1);
@@ -499,7 +517,7 @@ mod tests {
             drop(running);
             let e = ask(&sg).recv_async().await.unwrap().unwrap_err();
             assert!(matches!(e, QueryError::Read { .. }) && e.kind() == ErrorKind::NotFound, "{e:?}");
-            assert!(e.to_string().starts_with("block t/01JBOUND00000000000000000: index.tsdb: "), "{e}");
+            assert!(e.to_string().starts_with("block t/01JBOUND000000000000000000: index.tsdb: "), "{e}");
             assert_eq!(sg.stats().block_queries, 0, "the slot is given back when the task ends");
         });
         let _ = std::fs::remove_dir_all(&dir);
