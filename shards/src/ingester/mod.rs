@@ -775,25 +775,20 @@ pub(super) mod tests {
     use crate::ingester::head::tests::{folded, group};
     use crate::query::Selection;
 
-    fn ingest(
-        shard: &mut Ingester,
-        p: Profile,
-        mode: IngestMode,
-        max_series: usize,
-    ) -> Result<AppendStats, IngestError> {
-        send_ingest(shard, p, mode, max_series).try_recv().unwrap()
+    fn ingest(ing: &mut Ingester, p: Profile, mode: IngestMode, max_series: usize) -> Result<AppendStats, IngestError> {
+        send_ingest(ing, p, mode, max_series).try_recv().unwrap()
     }
 
     /// Hands `p` to the ingester as one push of tenant `t`; the answer comes on the receiver.
     pub(super) fn send_ingest(
-        shard: &mut Ingester,
+        ing: &mut Ingester,
         p: Profile,
         mode: IngestMode,
         max_series: usize,
     ) -> flume::Receiver<Result<AppendStats, IngestError>> {
         let groups = group(&p, &[("__name__", "x"), ("service_name", "svc")]);
         let (tx, rx) = flume::bounded(1);
-        shard.handle(Msg::Ingest { tenant: Arc::from("t"), profile: Arc::new(p), groups, reply: tx, mode, max_series });
+        ing.handle(Msg::Ingest { tenant: Arc::from("t"), profile: Arc::new(p), groups, reply: tx, mode, max_series });
         rx
     }
 
@@ -806,11 +801,11 @@ pub(super) mod tests {
     }
 
     /// The core's figures as `/metrics` shows them, with the blocks the cuts handed over.
-    pub(super) fn stats(shard: &Ingester) -> (IngesterStats, usize) {
-        (shard.stats(), shard.cut_state.blocks.borrow().len())
+    pub(super) fn stats(ing: &Ingester) -> (IngesterStats, usize) {
+        (ing.stats(), ing.cut_state.blocks.borrow().len())
     }
 
-    fn total(shard: &Ingester) -> i64 {
+    fn total(ing: &Ingester) -> i64 {
         let sel = Selection {
             tenants: vec!["t".into()],
             profile_type: Some("x:samples:count::".into()),
@@ -819,7 +814,7 @@ pub(super) mod tests {
             end_ms: i64::MAX / 2_000_000,
         };
         let mut sum = 0;
-        for r in shard.query(&QueryRequest::MergeTree(sel)) {
+        for r in ing.query(&QueryRequest::MergeTree(sel)) {
             if let QueryResult::Tree(t) = r {
                 sum += t.nodes.iter().map(|n| n.2).sum::<i64>();
             }
@@ -829,51 +824,51 @@ pub(super) mod tests {
 
     #[test]
     fn a_refused_part_is_taken_out_and_later_rows_keep_their_place() {
-        let mut shard = Ingester::new(0);
+        let mut ing = Ingester::new(0);
         // Three parts into the same series, interleaved: the middle one is refused.
         for (key, v) in [(1, 1), (2, 10), (3, 100)] {
-            ingest(&mut shard, folded(&[("a;b", v)], key * 1_000_000_000), IngestMode::Part(key as u64), 0).unwrap();
+            ingest(&mut ing, folded(&[("a;b", v)], key * 1_000_000_000), IngestMode::Part(key as u64), 0).unwrap();
         }
-        assert_eq!(total(&shard), 111);
-        shard.handle(Msg::Settle { key: 2, commit: false, reply: None });
-        assert_eq!(total(&shard), 101);
+        assert_eq!(total(&ing), 111);
+        ing.handle(Msg::Settle { key: 2, commit: false, reply: None });
+        assert_eq!(total(&ing), 101);
         // Key 3's row moved up; taking it out must remove the 100, not the 1.
-        shard.handle(Msg::Settle { key: 3, commit: false, reply: None });
-        assert_eq!(total(&shard), 1);
-        shard.handle(Msg::Settle { key: 1, commit: true, reply: None });
-        assert_eq!(total(&shard), 1);
-        assert!(shard.pending.is_empty());
-        assert_eq!(stats(&shard).0.rolled_back, 2);
-        let h = &shard.tenants["t"];
+        ing.handle(Msg::Settle { key: 3, commit: false, reply: None });
+        assert_eq!(total(&ing), 1);
+        ing.handle(Msg::Settle { key: 1, commit: true, reply: None });
+        assert_eq!(total(&ing), 1);
+        assert!(ing.pending.is_empty());
+        assert_eq!(stats(&ing).0.rolled_back, 2);
+        let h = &ing.tenants["t"];
         assert_eq!((h.profiles, h.samples), (1, 1));
     }
 
     #[test]
     fn a_push_with_several_parts_on_one_core_is_taken_out_whole() {
-        let mut shard = Ingester::new(0);
+        let mut ing = Ingester::new(0);
         for (key, v) in [(7, 1), (8, 10), (7, 100), (8, 1000), (7, 10000)] {
-            ingest(&mut shard, folded(&[("a;b", v)], v * 1_000_000), IngestMode::Part(key), 0).unwrap();
+            ingest(&mut ing, folded(&[("a;b", v)], v * 1_000_000), IngestMode::Part(key), 0).unwrap();
         }
-        shard.handle(Msg::Settle { key: 7, commit: false, reply: None });
-        assert_eq!(total(&shard), 1010);
-        shard.handle(Msg::Settle { key: 8, commit: true, reply: None });
-        assert_eq!(total(&shard), 1010);
-        assert_eq!(shard.tenants["t"].series[0].totals, vec![10, 1000]);
+        ing.handle(Msg::Settle { key: 7, commit: false, reply: None });
+        assert_eq!(total(&ing), 1010);
+        ing.handle(Msg::Settle { key: 8, commit: true, reply: None });
+        assert_eq!(total(&ing), 1010);
+        assert_eq!(ing.tenants["t"].series[0].totals, vec![10, 1000]);
     }
 
     #[test]
     fn a_whole_push_settles_at_once_without_a_wal() {
-        let mut shard = Ingester::new(0);
-        ingest(&mut shard, folded(&[("a", 5)], 1), IngestMode::Whole(9), 0).unwrap();
-        assert!(shard.pending.is_empty());
+        let mut ing = Ingester::new(0);
+        ingest(&mut ing, folded(&[("a", 5)], 1), IngestMode::Whole(9), 0).unwrap();
+        assert!(ing.pending.is_empty());
         // A late abort of a settled push changes nothing.
-        shard.handle(Msg::Settle { key: 9, commit: false, reply: None });
-        assert_eq!(total(&shard), 5);
+        ing.handle(Msg::Settle { key: 9, commit: false, reply: None });
+        assert_eq!(total(&ing), 5);
     }
 
     #[test]
     fn series_limit_refuses_before_appending() {
-        let mut shard = Ingester::new(0);
+        let mut ing = Ingester::new(0);
         let p = |svc: &str| {
             let p = folded(&[("a", 1)], 1);
             let groups = group(&p, &[("__name__", "x"), ("service_name", svc)]);
@@ -882,7 +877,7 @@ pub(super) mod tests {
         for (i, svc) in ["s1", "s2", "s1", "s3"].iter().enumerate() {
             let (p, groups) = p(svc);
             let (tx, rx) = flume::bounded(1);
-            shard.handle(Msg::Ingest {
+            ing.handle(Msg::Ingest {
                 tenant: Arc::from("t"),
                 profile: Arc::new(p),
                 groups,
@@ -897,8 +892,8 @@ pub(super) mod tests {
                 assert!(res.is_ok(), "{svc}: {res:?}");
             }
         }
-        assert_eq!(shard.tenants["t"].live_series, 2);
-        assert_eq!(shard.tenants["t"].series.len(), 2);
+        assert_eq!(ing.tenants["t"].live_series, 2);
+        assert_eq!(ing.tenants["t"].series.len(), 2);
     }
 }
 
@@ -908,26 +903,26 @@ mod wal_bound_tests {
     use super::*;
     use crate::ingester::head::tests::folded;
 
-    fn push(shard: &mut Ingester, mode: IngestMode) -> flume::Receiver<Result<AppendStats, IngestError>> {
-        send_ingest(shard, folded(&[("main;f", 1)], 1_000_000_000), mode, 0)
+    fn push(ing: &mut Ingester, mode: IngestMode) -> flume::Receiver<Result<AppendStats, IngestError>> {
+        send_ingest(ing, folded(&[("main;f", 1)], 1_000_000_000), mode, 0)
     }
 
     #[test]
     fn a_full_wal_queue_refuses_live_pushes_before_appending_and_takes_them_again_once_drained() {
-        let (mut shard, pending) = with_test_wal();
+        let (mut ing, pending) = with_test_wal();
         // The writer is far behind: its queue holds its most bytes.
         pending.borrow_mut().buf.resize(wal::MAX_PENDING_BYTES, 0);
         for mode in [IngestMode::Whole(1), IngestMode::Part(2)] {
-            let res = push(&mut shard, mode).try_recv().unwrap();
+            let res = push(&mut ing, mode).try_recv().unwrap();
             assert!(matches!(res, Err(IngestError::WalBusy { core: 0, .. })), "{res:?}");
         }
         // Refused before anything was appended: nothing to take out, nothing queued.
-        let (st, _) = stats(&shard);
+        let (st, _) = stats(&ing);
         assert_eq!((st.profiles, st.pending_pushes, st.rolled_back, st.wal_busy_refused), (0, 0, 0, 2));
         assert_eq!((st.wal_pending_bytes, st.wal_pending_waiters), (wal::MAX_PENDING_BYTES, 0));
         // Replayed records are never refused: they were acknowledged before.
-        assert!(push(&mut shard, IngestMode::Replay).is_empty());
-        assert_eq!(stats(&shard).0.profiles, 1);
+        assert!(push(&mut ing, IngestMode::Replay).is_empty());
+        assert_eq!(stats(&ing).0.profiles, 1);
 
         // Too many writes waiting is refused the same way, whatever their bytes.
         pending.borrow_mut().buf.clear();
@@ -936,15 +931,15 @@ mod wal_bound_tests {
             let (tx, _rx) = flume::bounded(1);
             pending.borrow_mut().waiters.push(Waiter::Sync(tx));
         }
-        let res = push(&mut shard, IngestMode::Whole(3)).try_recv().unwrap();
+        let res = push(&mut ing, IngestMode::Whole(3)).try_recv().unwrap();
         assert!(matches!(res, Err(IngestError::WalBusy { .. })), "{res:?}");
 
         // Once the writer caught up, the same push is queued (and answered once durable).
         pending.borrow_mut().waiters.clear();
-        let rx = push(&mut shard, IngestMode::Whole(3));
+        let rx = push(&mut ing, IngestMode::Whole(3));
         assert!(rx.is_empty());
         assert_eq!(pending.borrow().waiters.len(), 1);
-        assert_eq!(stats(&shard).0.wal_busy_refused, 3);
+        assert_eq!(stats(&ing).0.wal_busy_refused, 3);
     }
 }
 
@@ -957,7 +952,7 @@ mod cut_retry_tests {
 
     /// Answers every write queued so far as the WAL writer would after a good write, and
     /// settles the whole pushes among them (`Msg::Durable`).
-    fn ack(shard: &mut Ingester, pending: &RefCell<WalPending>) {
+    fn ack(ing: &mut Ingester, pending: &RefCell<WalPending>) {
         let mut keys = Vec::new();
         {
             let mut p = pending.borrow_mut();
@@ -975,7 +970,7 @@ mod cut_retry_tests {
                 }
             }
         }
-        shard.handle(Msg::Durable { keys });
+        ing.handle(Msg::Durable { keys });
     }
 
     /// A filesystem store in a fresh temporary directory, and blocks cut only when asked.
@@ -995,10 +990,10 @@ mod cut_retry_tests {
 
     /// A one-core ingester cutting into `cfg` whose WAL writer the test plays: it sees what the
     /// ingester queues (`pending`) and answers for the WAL.
-    fn shard_with_test_wal(cfg: BlockConfig) -> (Ingester, Rc<RefCell<WalPending>>) {
+    fn ingester_with_test_wal(cfg: BlockConfig) -> (Ingester, Rc<RefCell<WalPending>>) {
         let set = Rc::new(RefCell::new(BlockSet::new(cfg.cache_bytes)));
-        let (shard, pending) = super::tests::with_test_wal();
-        (shard.with_blocks(cfg, Arc::new(Ring::single(1, 4)), set), pending)
+        let (ing, pending) = super::tests::with_test_wal();
+        (ing.with_blocks(cfg, Arc::new(Ring::single(1, 4)), set), pending)
     }
 
     /// The (tenant, block) of each cut marker in a cut's WAL batch.
@@ -1019,13 +1014,13 @@ mod cut_retry_tests {
         let (dir, store, cfg) = test_store("retry");
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         rt.block_on(async move {
-            let (mut shard, pending) = shard_with_test_wal(cfg);
+            let (mut ing, pending) = ingester_with_test_wal(cfg);
             let tenant: Arc<str> = Arc::from("t");
-            let ingest = |shard: &mut Ingester, v: i64| {
+            let ingest = |ing: &mut Ingester, v: i64| {
                 let p = folded(&[("main;f", v)], v * 1_000_000_000);
                 let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
                 let (tx, rx) = flume::bounded(1);
-                shard.handle(Msg::Ingest {
+                ing.handle(Msg::Ingest {
                     tenant: tenant.clone(),
                     profile: Arc::new(p),
                     groups,
@@ -1035,30 +1030,30 @@ mod cut_retry_tests {
                 });
                 rx
             };
-            assert!(ingest(&mut shard, 1).is_empty());
-            ack(&mut shard, &pending);
+            assert!(ingest(&mut ing, 1).is_empty());
+            ack(&mut ing, &pending);
 
             // A cut whose markers the WAL cannot write (a full disk).
             let (tx, done) = flume::bounded(1);
-            shard.handle(Msg::Cut { reply: tx });
+            ing.handle(Msg::Cut { reply: tx });
             let cut = pending.borrow_mut().cut.take().expect("the cut reached the WAL");
             let first = markers(&cut.buf);
             assert_eq!(first.len(), 1);
             let _ = cut.reply.send(Err(CutError::Wal("No space left on device".into())));
             let err = done.recv_async().await.unwrap().unwrap_err().to_string();
             assert!(err.contains("No space left on device"), "{err}");
-            let (st, blocks) = stats(&shard);
+            let (st, blocks) = stats(&ing);
             assert!(st.cuts_suspended);
             assert_eq!((st.frozen_heads, blocks, st.cut_retries), (1, 0, 0));
 
             // Pushes go on into a live head.
-            assert!(ingest(&mut shard, 2).is_empty());
-            ack(&mut shard, &pending);
+            assert!(ingest(&mut ing, 2).is_empty());
+            ack(&mut ing, &pending);
             // The ticker's retry waits for the backoff; a cut asked for (`/ingester/flush`) is retried now.
-            shard.handle(Msg::MaybeCut);
+            ing.handle(Msg::MaybeCut);
             assert!(pending.borrow().cut.is_none(), "retried before the backoff ran out");
             let (tx, done) = flume::bounded(1);
-            shard.handle(Msg::Cut { reply: tx });
+            ing.handle(Msg::Cut { reply: tx });
             let cut = pending.borrow_mut().cut.take().expect("the retry reached the WAL");
             // The failed head's marker again (same block), then the live head's: both after
             // every record either holds.
@@ -1069,7 +1064,7 @@ mod cut_retry_tests {
             assert_ne!(retry[1].1, first[0].1);
             let _ = cut.reply.send(Ok(None));
             assert_eq!(done.recv_async().await.unwrap(), Ok(true));
-            let (st, blocks) = stats(&shard);
+            let (st, blocks) = stats(&ing);
             assert!(!st.cuts_suspended && st.cut_error.is_none());
             assert_eq!((st.frozen_heads, blocks, st.cut_retries, st.blocks_written), (0, 2, 1, 2));
             let idx = store.read_bucket_index("t".into()).await.unwrap();
@@ -1079,15 +1074,15 @@ mod cut_retry_tests {
             want.sort();
             assert_eq!(ids, want);
             // Cuts work as before.
-            assert!(ingest(&mut shard, 3).is_empty());
-            ack(&mut shard, &pending);
+            assert!(ingest(&mut ing, 3).is_empty());
+            ack(&mut ing, &pending);
             let (tx, done) = flume::bounded(1);
-            shard.handle(Msg::Cut { reply: tx });
+            ing.handle(Msg::Cut { reply: tx });
             let cut = pending.borrow_mut().cut.take().unwrap();
             assert_eq!(markers(&cut.buf).len(), 1);
             let _ = cut.reply.send(Ok(None));
             assert_eq!(done.recv_async().await.unwrap(), Ok(true));
-            assert_eq!(stats(&shard).1, 3);
+            assert_eq!(stats(&ing).1, 3);
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1097,12 +1092,12 @@ mod cut_retry_tests {
         let (dir, _store, cfg) = test_store("empty");
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         rt.block_on(async move {
-            let (mut shard, pending) = shard_with_test_wal(cfg);
+            let (mut ing, pending) = ingester_with_test_wal(cfg);
             // One part of a push whose other owner has not answered yet.
             let p = folded(&[("main;f", 1)], 1_000_000_000);
             let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
             let (tx, _rx) = flume::bounded(1);
-            shard.handle(Msg::Ingest {
+            ing.handle(Msg::Ingest {
                 tenant: Arc::from("t"),
                 profile: Arc::new(p),
                 groups,
@@ -1112,17 +1107,17 @@ mod cut_retry_tests {
             });
             // A cut freezes the head that holds it; its markers are durable.
             let (tx, done) = flume::bounded(1);
-            shard.handle(Msg::Cut { reply: tx });
+            ing.handle(Msg::Cut { reply: tx });
             let cut = pending.borrow_mut().cut.take().expect("the cut reached the WAL");
             let _ = cut.reply.send(Ok(None));
             // The push is refused after all: its rows leave the frozen head, which is empty.
             let (tx, settled) = flume::bounded(1);
-            shard.handle(Msg::Settle { key: 7, commit: false, reply: Some(tx) });
+            ing.handle(Msg::Settle { key: 7, commit: false, reply: Some(tx) });
             assert!(settled.is_empty(), "answered before the abort record was written");
-            ack(&mut shard, &pending);
+            ack(&mut ing, &pending);
             assert_eq!(settled.recv_async().await, Ok(()));
             assert_eq!(done.recv_async().await.unwrap(), Ok(true));
-            let (st, blocks) = stats(&shard);
+            let (st, blocks) = stats(&ing);
             assert!(!st.cuts_suspended, "{:?}", st.cut_error);
             assert_eq!((st.frozen_heads, blocks, st.blocks_written), (0, 0, 0));
         });
