@@ -3,7 +3,7 @@
 //! cluster issue points it at remote ingesters too (a pooled client per instance).
 use crate::config::Limits;
 use kiln_shards::ingester::cut::CutError;
-use kiln_shards::ingester::{IngestError, IngestMode, Msg};
+use kiln_shards::ingester::{Ingest, IngestError, IngestMode, Msg};
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::profile::{Profile, SampleGroup};
 use kiln_shards::runtime::{Mesh, Msg as CoreMsg};
@@ -82,7 +82,7 @@ impl IngesterClient {
         let mut waits = Vec::with_capacity(messages.len());
         for (c, profile, groups) in messages {
             let (tx, rx) = flume::bounded(1);
-            let msg = Msg::Ingest { tenant: tenant.clone(), profile, groups, reply: tx, mode, max_series };
+            let msg = Msg::Ingest(Ingest { tenant: tenant.clone(), profile, groups, reply: tx, mode, max_series });
             if let Err(e) = mesh.send(c, msg).await {
                 parted.settle(false).await;
                 return Err(WriteError::Unavailable(e.to_string()));

@@ -9,7 +9,7 @@ use kiln_io::error::ErrorKind;
 use kiln_io::wal::{self, record};
 use kiln_shards::ingester::head::AppendStats;
 use kiln_shards::ingester::walcodec;
-use kiln_shards::ingester::{IngestError, IngestMode, Msg};
+use kiln_shards::ingester::{Ingest, IngestError, IngestMode, Msg};
 use kiln_shards::runtime::{CoreGone, Mesh};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -228,7 +228,7 @@ fn replay_stream(
                 let msg = if in_place {
                     restore_msg(seg, c, tenant, profile, groups, tx)?
                 } else {
-                    Msg::Ingest { tenant, profile, groups, reply: tx, mode: IngestMode::Replay, max_series: 0 }
+                    Msg::Ingest(Ingest { tenant, profile, groups, reply: tx, mode: IngestMode::Replay, max_series: 0 })
                 };
                 mesh.send_blocking(c, msg)?;
                 waits.push(rx);

@@ -162,19 +162,22 @@ pub struct IngesterStats {
     pub abort_retries: u64,
 }
 
+/// One push's part for this core (or one replayed record).
+pub struct Ingest {
+    pub tenant: Arc<str>,
+    pub profile: Arc<Profile>,
+    pub groups: Vec<SampleGroup>,
+    pub reply: IngestReply,
+    pub mode: IngestMode,
+    /// The tenant's series limit on this core (0: none).
+    pub max_series: usize,
+}
+
 /// What the ingester on a core is asked to do (through the core's inbox).
 pub enum Msg {
     /// Replayed ingests (WAL records at start) were acknowledged before: they bypass the
     /// head and series limits.
-    Ingest {
-        tenant: Arc<str>,
-        profile: Arc<Profile>,
-        groups: Vec<SampleGroup>,
-        reply: IngestReply,
-        mode: IngestMode,
-        /// The tenant's series limit on this core (0: none).
-        max_series: usize,
-    },
+    Ingest(Ingest),
     /// The outcome of a push sent in parts (`IngestMode::Part`): `commit` keeps what its
     /// parts appended here, otherwise they are taken out and an abort record is written;
     /// `reply` is answered once that is done (the abort record's write goes on behind).
@@ -643,15 +646,8 @@ impl Ingester {
 
     /// A push's part (or a replayed record): admitted against the limits, appended, and its
     /// WAL record queued; answered once durable (see `wal`), or refused with nothing kept.
-    fn ingest(
-        &mut self,
-        tenant: Arc<str>,
-        profile: Arc<Profile>,
-        groups: Vec<SampleGroup>,
-        reply: IngestReply,
-        mode: IngestMode,
-        max_series: usize,
-    ) {
+    fn ingest(&mut self, m: Ingest) {
+        let Ingest { tenant, profile, groups, reply, mode, max_series } = m;
         let replay = mode == IngestMode::Replay;
         if !replay {
             if let Err(e) = self.admit(&tenant, &profile, &groups, max_series) {
@@ -725,9 +721,7 @@ impl Ingester {
     pub fn handle(&mut self, msg: Msg) {
         // A dropped reply receiver means the requester gave up; nothing to do.
         match msg {
-            Msg::Ingest { tenant, profile, groups, reply, mode, max_series } => {
-                self.ingest(tenant, profile, groups, reply, mode, max_series)
-            }
+            Msg::Ingest(m) => self.ingest(m),
             Msg::Settle { key, commit, reply } => {
                 let reply = reply.map(AbortReply::Settled);
                 if commit {
@@ -788,7 +782,14 @@ pub(super) mod tests {
     ) -> flume::Receiver<Result<AppendStats, IngestError>> {
         let groups = group(&p, &[("__name__", "x"), ("service_name", "svc")]);
         let (tx, rx) = flume::bounded(1);
-        ing.handle(Msg::Ingest { tenant: Arc::from("t"), profile: Arc::new(p), groups, reply: tx, mode, max_series });
+        ing.handle(Msg::Ingest(Ingest {
+            tenant: Arc::from("t"),
+            profile: Arc::new(p),
+            groups,
+            reply: tx,
+            mode,
+            max_series,
+        }));
         rx
     }
 
@@ -877,14 +878,14 @@ pub(super) mod tests {
         for (i, svc) in ["s1", "s2", "s1", "s3"].iter().enumerate() {
             let (p, groups) = p(svc);
             let (tx, rx) = flume::bounded(1);
-            ing.handle(Msg::Ingest {
+            ing.handle(Msg::Ingest(Ingest {
                 tenant: Arc::from("t"),
                 profile: Arc::new(p),
                 groups,
                 reply: tx,
                 mode: IngestMode::Whole(i as u64),
                 max_series: 2,
-            });
+            }));
             let res = rx.try_recv().unwrap();
             if *svc == "s3" {
                 assert!(matches!(res, Err(IngestError::SeriesLimit { limit: 2, .. })), "{res:?}");
@@ -1020,14 +1021,14 @@ mod cut_retry_tests {
                 let p = folded(&[("main;f", v)], v * 1_000_000_000);
                 let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
                 let (tx, rx) = flume::bounded(1);
-                ing.handle(Msg::Ingest {
+                ing.handle(Msg::Ingest(Ingest {
                     tenant: tenant.clone(),
                     profile: Arc::new(p),
                     groups,
                     reply: tx,
                     mode: IngestMode::Whole(v as u64),
                     max_series: 0,
-                });
+                }));
                 rx
             };
             assert!(ingest(&mut ing, 1).is_empty());
@@ -1097,14 +1098,14 @@ mod cut_retry_tests {
             let p = folded(&[("main;f", 1)], 1_000_000_000);
             let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
             let (tx, _rx) = flume::bounded(1);
-            ing.handle(Msg::Ingest {
+            ing.handle(Msg::Ingest(Ingest {
                 tenant: Arc::from("t"),
                 profile: Arc::new(p),
                 groups,
                 reply: tx,
                 mode: IngestMode::Part(7),
                 max_series: 0,
-            });
+            }));
             // A cut freezes the head that holds it; its markers are durable.
             let (tx, done) = flume::bounded(1);
             ing.handle(Msg::Cut { reply: tx });
