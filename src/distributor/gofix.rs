@@ -45,9 +45,9 @@
 //! runtime never records stacks that deep.
 use kiln_proto::kiln::v1::ProfileInput;
 use kiln_shards::model::profile::Profile;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 use std::borrow::Cow;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 
 /// Frames per token (a run of frames that must match).
 const TOKEN_LEN: usize = 16;
@@ -378,7 +378,6 @@ fn repair_stacks<T: Frame>(stacks: &mut [Vec<T>], id: impl Fn(T) -> u64, params:
 }
 
 type SuffixKey = [u64; SUFFIX_LEN];
-type Token<T> = [T; TOKEN_LEN];
 
 /// Each stack's suffix as Pyroscope compares them (byte strings of little-endian ids), or
 /// `None` for a stack shorter than the suffix.
@@ -451,37 +450,60 @@ impl<'o> SuffixGroups<'o> {
     }
 }
 
-fn last_token<T: Frame>(s: &[T]) -> Token<T> {
-    let mut t = [T::default(); TOKEN_LEN];
-    t.copy_from_slice(&s[s.len() - TOKEN_LEN..]);
-    t
-}
-
 /// Each group's link: the group where its root-most token sits furthest from the root,
 /// if another group.
 fn group_links<T: Frame>(stacks: &[Vec<T>], groups: &SuffixGroups<'_>, params: Params) -> Vec<Link> {
+    // Tokens are keyed by a hash of their frames (a small table, where 16 frames per key
+    // would not stay in cache), each entry checked against the token it stands for; should
+    // two tokens share a hash, by their frames.
+    let hashed = |t: &[T]| {
+        let mut h = FxHasher::default();
+        t.hash(&mut h);
+        h.finish()
+    };
+    links_by(stacks, groups, params, hashed)
+        .or_else(|| links_by(stacks, groups, params, <[T]>::to_vec))
+        .expect("tokens keyed by their frames never collide")
+}
+
+/// [`group_links`] with tokens keyed by `key`; `None` if two tokens have one key.
+fn links_by<T: Frame, K: Hash + Eq>(
+    stacks: &[Vec<T>],
+    groups: &SuffixGroups<'_>,
+    params: Params,
+    key: impl Fn(&[T]) -> K,
+) -> Option<Vec<Link>> {
+    // Group `g`'s token `off` frames above its root.
+    let token = |g: usize, off: usize| {
+        let s = &stacks[groups.first(g)];
+        &s[s.len() - off - TOKEN_LEN..s.len() - off]
+    };
+    let owner_token = |l: &Link| token(l.group as usize - 1, l.offset as usize);
     // Token → the group where it sits furthest from the root.
-    let mut owners: FxHashMap<Token<T>, Link> =
-        FxHashMap::with_capacity_and_hasher(groups.len() * TOKENS, Default::default());
+    let mut owners: FxHashMap<K, Link> = FxHashMap::with_capacity_and_hasher(groups.len() * TOKENS, Default::default());
     for (g, &start) in groups.starts.iter().enumerate() {
         if (groups.end_of(g) as isize - start as isize) < params.min_group {
             continue;
         }
-        let s = &stacks[groups.first(g)];
-        let s = &s[s.len() - SUFFIX_LEN..];
         for off in 1..=TOKENS {
-            let owner = owners.entry(last_token(&s[..SUFFIX_LEN - off])).or_default();
+            let t = token(g, off);
+            let owner = owners.entry(key(t)).or_default();
+            if owner.group != 0 && owner_token(owner) != t {
+                return None;
+            }
             if owner.group == 0 || off as u32 > owner.offset {
                 *owner = Link { group: g as u32 + 1, offset: off as u32 };
             }
         }
     }
-    (0..groups.len())
-        .map(|g| match owners.get(&last_token(&stacks[groups.first(g)])) {
-            Some(l) if l.group as usize != g + 1 => *l,
+    let links = (0..groups.len()).map(|g| {
+        let t = token(g, 0);
+        match owners.get(&key(t)) {
+            Some(l) if l.group as usize != g + 1 && owner_token(l) == t => *l,
             _ => Link::default(),
-        })
-        .collect()
+        }
+    });
+    Some(links.collect())
 }
 
 /// Appends to each group's stacks the frames its chain of links says they lack, taken from
@@ -652,6 +674,19 @@ mod tests {
                 assert_eq!(last, 24 + 440);
             }
         }
+    }
+
+    #[test]
+    fn tokens_whose_keys_collide_are_keyed_by_their_frames() {
+        let stacks = chained_stacks(10);
+        let keys = suffix_keys(&stacks, |id| id);
+        let (sorted, long) = sort_by_suffix(&keys);
+        let groups = SuffixGroups::new(&sorted[long..], &keys);
+        let exact = links_by(&stacks, &groups, PYROSCOPE, <[u64]>::to_vec).unwrap();
+        assert!(links_by(&stacks, &groups, PYROSCOPE, |_| 0u8).is_none());
+        let pairs = |l: &[Link]| l.iter().map(|l| (l.group, l.offset)).collect::<Vec<_>>();
+        assert_eq!(pairs(&group_links(&stacks, &groups, PYROSCOPE)), pairs(&exact));
+        assert!(exact.iter().filter(|l| l.group != 0).count() > 50);
     }
 
     #[test]
