@@ -400,16 +400,22 @@ fn location(b: &[u8], lines: &mut Vec<(u64, i64)>) -> Res<RawLocation> {
     Ok(l)
 }
 
-/// A sample into scratch buffers: location ids, values, labels.
+/// A sample into scratch buffers: location ids (skipped where `ids` is `None`: read and
+/// checked before by [`sample_ids`]), values, labels.
 #[inline]
-fn sample(b: &[u8], ids: &mut Vec<u64>, values: &mut Vec<i64>, labels: &mut Vec<RawLabel>) -> Res<()> {
-    ids.clear();
+fn sample(b: &[u8], mut ids: Option<&mut Vec<u64>>, values: &mut Vec<i64>, labels: &mut Vec<RawLabel>) -> Res<()> {
+    if let Some(ids) = &mut ids {
+        ids.clear();
+    }
     values.clear();
     labels.clear();
     let mut c = Cursor::new(b);
     while c.more() {
         match c.key()? {
-            (1, w) => c.repeated(w, ids)?,
+            (1, w) => match &mut ids {
+                Some(ids) => c.repeated(w, ids)?,
+                None => c.skip(w)?,
+            },
             (2, w) => c.repeated(w, values)?,
             (3, w) => {
                 let mut lc = Cursor::new(c.message(w)?);
@@ -670,7 +676,7 @@ fn dense_samples(
     let mut key = Vec::new();
     let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     for (i, b) in top.samples.iter().enumerate() {
-        sample(b, &mut ids, &mut values, &mut labels)?;
+        sample(b, repaired.is_none().then_some(&mut ids), &mut values, &mut labels)?;
         check_sample(values.len(), ntypes, labels.len()).or_else(invalid)?;
         if values.iter().all(|v| *v == 0) {
             continue;
