@@ -15,11 +15,29 @@ use prost::Message;
 use std::hint::black_box;
 use std::time::Duration;
 
+/// The profiles `append` measures.
 const FIXTURES: &[&str] = &[
     "pprof/pyroscope/pkg-pprof/go.cpu.labels.pprof",
     "pprof/pyroscope/pkg-pprof/heap",
     "pprof/pyroscope/pkg-pprof/profile_java",
     "pprof/google-pprof/large.cpu",
+];
+
+/// One file per class of the test data for `decode`: Go CPU and heap (with and without
+/// the truncated-stack repair: `heap`, `large.cpu` and the `*_go_truncated_*` files go
+/// through it), Java, Python, Node, Rust, .NET.
+const DECODE_FIXTURES: &[&str] = &[
+    "pprof/pyroscope-og-v0.37.2/cpu-big.pprof",
+    "pprof/pyroscope/pkg-pprof/go.cpu.labels.pprof",
+    "pprof/pyroscope/pkg-pprof/cpu_go_truncated_1.pb.gz",
+    "pprof/pyroscope/pkg-pprof/heap",
+    "pprof/pyroscope/pkg-pprof/heap_go_truncated_4.pb.gz",
+    "pprof/google-pprof/large.cpu",
+    "pprof/pyroscope/pkg-pprof/profile_java",
+    "pprof/pyroscope/pkg-pprof/profile_python",
+    "pprof/pyroscope/pkg-pprof/profile_nodejs",
+    "pprof/pyroscope/pkg-pprof/profile_rust",
+    "pprof/pyroscope/pkg-pprof/dotnet.labels.pprof",
 ];
 
 fn fixture(rel: &str) -> Vec<u8> {
@@ -38,7 +56,7 @@ fn limits() -> pprof::PprofLimits {
 /// bound: inflate alone, and inflate plus a plain protobuf decode.
 fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
-    for rel in FIXTURES {
+    for rel in DECODE_FIXTURES {
         let gz = fixture(rel);
         g.throughput(Throughput::Bytes(gz.len() as u64));
         g.bench_with_input(BenchmarkId::new("inflate", short(rel)), &gz, |b, gz| {

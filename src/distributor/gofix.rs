@@ -45,8 +45,9 @@
 //! runtime never records stacks that deep.
 use kiln_proto::kiln::v1::ProfileInput;
 use kiln_shards::model::profile::Profile;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
 
 /// Frames per token (a run of frames that must match).
 const TOKEN_LEN: usize = 16;
@@ -130,13 +131,47 @@ pub fn repair_truncated_stacks(p: &mut Profile) {
     if !may_be_truncated(types, p.samples.iter().map(|s| s.locations.len())) {
         return;
     }
-    let mut stacks: Vec<Vec<u64>> =
-        p.samples.iter().map(|s| s.locations.iter().map(|&l| u64::from(l) + 1).collect()).collect();
+    let mut stacks: Vec<Vec<u32>> = p.samples.iter().map(|s| s.locations.clone()).collect();
     let lens: Vec<usize> = stacks.iter().map(Vec::len).collect();
-    repair_stacks(&mut stacks, PYROSCOPE);
+    repair_stacks(&mut stacks, |l| u64::from(l) + 1, PYROSCOPE);
     for ((s, stack), len) in p.samples.iter_mut().zip(&stacks).zip(lens) {
-        s.locations.extend(stack[len..].iter().map(|&id| (id - 1) as u32));
+        s.locations.extend_from_slice(&stack[len..]);
     }
+}
+
+/// Whether the repair sees `s` renamed (a Go type parameter list): then Pyroscope merges the
+/// profile with itself first and numbers its locations anew ([`repair_pprof`] follows it
+/// there; [`repair_dense`] does not).
+pub(crate) fn renamed_for_repair(s: &str) -> bool {
+    s.contains(GO_SHAPE)
+}
+
+/// [`repair_pprof`] on the stacks as the fast reader holds them: every sample of the pprof
+/// as sent, in its order (all-zero ones included), as dense location indices, each stack
+/// whole (not yet cut to its root-most frames); `ids[l]` is the pprof id of location `l`.
+/// The same repair exactly, for a profile whose sample types and depths
+/// [`may_be_truncated`] accepts, none of whose strings is [`renamed_for_repair`], and whose
+/// samples all refer to known locations: the suffixes are sorted by the same pprof ids, and
+/// equal indices are equal ids (an id given twice names its later location everywhere).
+pub(crate) fn repair_dense(stacks: &mut Vec<Vec<u32>>, ids: &[u64]) {
+    repair_passes(stacks, |l| ids[l as usize], PYROSCOPE);
+}
+
+/// The repair run `params.passes` times on `stacks` (in Pyroscope's sample order, which
+/// they keep), `id` giving each frame's pprof location id.
+fn repair_passes<T: Frame>(stacks: &mut Vec<Vec<T>>, id: impl Fn(T) -> u64 + Copy, params: Params) {
+    // Pyroscope sorts its samples in place: a further pass starts from that order.
+    let mut position: Vec<usize> = (0..stacks.len()).collect();
+    for _ in 0..params.passes {
+        let order = repair_stacks(stacks, id, params);
+        *stacks = order.iter().map(|&i| std::mem::take(&mut stacks[i])).collect();
+        position = order.iter().map(|&i| position[i]).collect();
+    }
+    let mut restored = vec![Vec::new(); stacks.len()];
+    for (stack, i) in std::mem::take(stacks).into_iter().zip(position) {
+        restored[i] = stack;
+    }
+    *stacks = restored;
 }
 
 /// The stacks of a pprof as Pyroscope's repair sees them.
@@ -198,18 +233,7 @@ impl PyroscopeStacks {
     }
 
     fn repair(&mut self, params: Params) {
-        // Pyroscope sorts its samples in place: a further pass starts from that order.
-        let mut position: Vec<usize> = (0..self.stacks.len()).collect();
-        for _ in 0..params.passes {
-            let order = repair_stacks(&mut self.stacks, params);
-            self.stacks = order.iter().map(|&i| std::mem::take(&mut self.stacks[i])).collect();
-            position = order.iter().map(|&i| position[i]).collect();
-        }
-        let mut stacks = vec![Vec::new(); self.stacks.len()];
-        for (stack, i) in std::mem::take(&mut self.stacks).into_iter().zip(position) {
-            stacks[i] = stack;
-        }
-        self.stacks = stacks;
+        repair_passes(&mut self.stacks, |id| id, params);
     }
 
     /// Appends the repaired part of each stack to the pprof's samples.
@@ -321,8 +345,13 @@ struct Link {
     offset: u32,
 }
 
-/// The repair proper, on stacks of location ids (leaf first) in Pyroscope's sample order.
-/// Appends the missing root frames to the stacks it repairs; returns the stacks' order
+/// A frame of a stack under repair: a pprof location id, or a dense location index.
+trait Frame: Copy + Eq + Hash + Default {}
+
+impl<T: Copy + Eq + Hash + Default> Frame for T {}
+
+/// The repair proper, on stacks of frames (leaf first) in Pyroscope's sample order, `id`
+/// giving a frame's pprof location id (the sort key). Appends the missing root frames to the stacks it repairs; returns the stacks' order
 /// sorted by suffix.
 ///
 /// Pyroscope's quirks are kept, as they decide which stacks change: the samples are sorted
@@ -330,9 +359,9 @@ struct Link {
 /// suffix is "less" than any other); and the end of the last group is taken to be the
 /// number of groups rather than of stacks, which usually leaves the last group (in sort
 /// order) with no stacks: it lends no tokens and is not repaired.
-fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
+fn repair_stacks<T: Frame>(stacks: &mut [Vec<T>], id: impl Fn(T) -> u64, params: Params) -> Vec<usize> {
     // 1. The stacks sorted by suffix, the short ones first.
-    let keys = suffix_keys(stacks);
+    let keys = suffix_keys(stacks, id);
     let (sorted, long) = sort_by_suffix(&keys);
     let order = &sorted[long..];
     if order.iter().any(|&i| keys[i].is_none()) {
@@ -349,18 +378,17 @@ fn repair_stacks(stacks: &mut [Vec<u64>], params: Params) -> Vec<usize> {
 }
 
 type SuffixKey = [u64; SUFFIX_LEN];
-type Token = [u64; TOKEN_LEN];
 
 /// Each stack's suffix as Pyroscope compares them (byte strings of little-endian ids), or
 /// `None` for a stack shorter than the suffix.
-fn suffix_keys(stacks: &[Vec<u64>]) -> Vec<Option<SuffixKey>> {
+fn suffix_keys<T: Frame>(stacks: &[Vec<T>], id: impl Fn(T) -> u64) -> Vec<Option<SuffixKey>> {
     stacks
         .iter()
         .map(|s| {
             let suffix = s.get(s.len().checked_sub(SUFFIX_LEN)?..)?;
             let mut key = [0u64; SUFFIX_LEN];
-            for (k, id) in key.iter_mut().zip(suffix) {
-                *k = u64::from_be_bytes(id.to_le_bytes());
+            for (k, &frame) in key.iter_mut().zip(suffix) {
+                *k = u64::from_be_bytes(id(frame).to_le_bytes());
             }
             Some(key)
         })
@@ -422,43 +450,66 @@ impl<'o> SuffixGroups<'o> {
     }
 }
 
-fn last_token(s: &[u64]) -> Token {
-    let mut t = [0u64; TOKEN_LEN];
-    t.copy_from_slice(&s[s.len() - TOKEN_LEN..]);
-    t
-}
-
 /// Each group's link: the group where its root-most token sits furthest from the root,
 /// if another group.
-fn group_links(stacks: &[Vec<u64>], groups: &SuffixGroups<'_>, params: Params) -> Vec<Link> {
+fn group_links<T: Frame>(stacks: &[Vec<T>], groups: &SuffixGroups<'_>, params: Params) -> Vec<Link> {
+    // Tokens are keyed by a hash of their frames (a small table, where 16 frames per key
+    // would not stay in cache), each entry checked against the token it stands for; should
+    // two tokens share a hash, by their frames.
+    let hashed = |t: &[T]| {
+        let mut h = FxHasher::default();
+        t.hash(&mut h);
+        h.finish()
+    };
+    links_by(stacks, groups, params, hashed)
+        .or_else(|| links_by(stacks, groups, params, <[T]>::to_vec))
+        .expect("tokens keyed by their frames never collide")
+}
+
+/// [`group_links`] with tokens keyed by `key`; `None` if two tokens have one key.
+fn links_by<T: Frame, K: Hash + Eq>(
+    stacks: &[Vec<T>],
+    groups: &SuffixGroups<'_>,
+    params: Params,
+    key: impl Fn(&[T]) -> K,
+) -> Option<Vec<Link>> {
+    // Group `g`'s token `off` frames above its root.
+    let token = |g: usize, off: usize| {
+        let s = &stacks[groups.first(g)];
+        &s[s.len() - off - TOKEN_LEN..s.len() - off]
+    };
+    let owner_token = |l: &Link| token(l.group as usize - 1, l.offset as usize);
     // Token → the group where it sits furthest from the root.
-    let mut owners: FxHashMap<Token, Link> =
-        FxHashMap::with_capacity_and_hasher(groups.len() * TOKENS, Default::default());
+    let mut owners: FxHashMap<K, Link> = FxHashMap::with_capacity_and_hasher(groups.len() * TOKENS, Default::default());
     for (g, &start) in groups.starts.iter().enumerate() {
         if (groups.end_of(g) as isize - start as isize) < params.min_group {
             continue;
         }
-        let s = &stacks[groups.first(g)];
-        let s = &s[s.len() - SUFFIX_LEN..];
         for off in 1..=TOKENS {
-            let owner = owners.entry(last_token(&s[..SUFFIX_LEN - off])).or_default();
+            let t = token(g, off);
+            let owner = owners.entry(key(t)).or_default();
+            if owner.group != 0 && owner_token(owner) != t {
+                return None;
+            }
             if owner.group == 0 || off as u32 > owner.offset {
                 *owner = Link { group: g as u32 + 1, offset: off as u32 };
             }
         }
     }
-    (0..groups.len())
-        .map(|g| match owners.get(&last_token(&stacks[groups.first(g)])) {
-            Some(l) if l.group as usize != g + 1 => *l,
+    let links = (0..groups.len()).map(|g| {
+        let t = token(g, 0);
+        match owners.get(&key(t)) {
+            Some(l) if l.group as usize != g + 1 && owner_token(l) == t => *l,
             _ => Link::default(),
-        })
-        .collect()
+        }
+    });
+    Some(links.collect())
 }
 
 /// Appends to each group's stacks the frames its chain of links says they lack, taken from
 /// the group the chain ends in. Stops (keeping what it appended) at a chain of
 /// `params.max_chain` links (deep recursion, or a cycle) or past the budget below.
-fn append_missing(stacks: &mut [Vec<u64>], groups: &SuffixGroups<'_>, links: &[Link], params: Params) {
+fn append_missing<T: Frame>(stacks: &mut [Vec<T>], groups: &SuffixGroups<'_>, links: &[Link], params: Params) {
     // What the repair may add: a stack gains up to 56 links of 8 frames, so a profile of
     // many short stacks chained to one deep one would grow a hundredfold. Real truncated
     // profiles gain less than their own frames; past twice that, the repair stops.
@@ -616,13 +667,26 @@ mod tests {
     fn the_repair_stops_before_it_grows_a_profile_beyond_its_budget() {
         for (n, repaired) in [(10, true), (20_000, false)] {
             let mut stacks = chained_stacks(n);
-            repair_stacks(&mut stacks, PYROSCOPE);
+            repair_stacks(&mut stacks, |id| id, PYROSCOPE);
             let last = stacks.last().unwrap().len();
             assert_eq!(last > 24, repaired, "{n} stacks: the last has {last} frames");
             if repaired {
                 assert_eq!(last, 24 + 440);
             }
         }
+    }
+
+    #[test]
+    fn tokens_whose_keys_collide_are_keyed_by_their_frames() {
+        let stacks = chained_stacks(10);
+        let keys = suffix_keys(&stacks, |id| id);
+        let (sorted, long) = sort_by_suffix(&keys);
+        let groups = SuffixGroups::new(&sorted[long..], &keys);
+        let exact = links_by(&stacks, &groups, PYROSCOPE, <[u64]>::to_vec).unwrap();
+        assert!(links_by(&stacks, &groups, PYROSCOPE, |_| 0u8).is_none());
+        let pairs = |l: &[Link]| l.iter().map(|l| (l.group, l.offset)).collect::<Vec<_>>();
+        assert_eq!(pairs(&group_links(&stacks, &groups, PYROSCOPE)), pairs(&exact));
+        assert!(exact.iter().filter(|l| l.group != 0).count() > 50);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!    locations and samples are kept for later (they refer to ids and strings that may come
 //!    after them).
 //! 2. For a Go profile only, [`sample_depth`] counts each sample's location ids (without
-//!    decoding them) for the `gofix` decision below.
+//!    decoding them) for the `gofix` decision below; where the repair applies, every
+//!    sample's stack is read into dense location indices and repaired before step 4.
 //! 3. The strings are copied into their `String`s; the symbols are validated and indexed in
 //!    `normalize`'s order: sample types, period type, mappings, functions (Go type
 //!    parameters dropped), locations.
@@ -31,13 +32,16 @@
 //!   before `normalize` checks anything; the rare error path asks prost.
 //! * [`Fallback::GoFix`]: a Go profile whose stacks may have been truncated by the Go runtime
 //!   (`gofix::may_be_truncated`, on the same sample types and depths `gofix::repair_pprof`
-//!   looks at): the repair works on the prost `ProfileInput`. Decided before any string,
-//!   symbol or sample is built, so such a profile costs little more than the prost path.
+//!   looks at) and which has Go type parameters: Pyroscope's repair then works on the
+//!   profile merged with itself, which only the prost path follows. Decided before any
+//!   string, symbol or sample is built, so such a profile costs little more than the prost
+//!   path alone. Without type parameters the repair runs here, on the dense stacks
+//!   ([`repaired_stacks`], `gofix::repair_dense`).
 use crate::distributor::gofix;
 use crate::distributor::pprof::{
     check_header, check_sample, check_sample_type_names, dense_by_id, dense_function, dense_location, dense_mapping,
     dense_stack, dense_value_types, detect_language, hex, kept_suffix, series_key, CleanedNames, Decoded, DenseSamples,
-    IdTable, Language, PprofLimits, SeriesGroups, NON_SERIES_SAMPLE_LABELS,
+    IdTable, Language, PprofLimits, SeriesGroups, MAX_STACK_DEPTH, NON_SERIES_SAMPLE_LABELS,
 };
 use kiln_shards::model::profile::{Function, Location, Mapping, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
@@ -49,7 +53,7 @@ pub enum Fallback {
     Malformed,
     /// This validation error, unless the message does not decode at all.
     Invalid(String),
-    /// A Go profile that `gofix` may repair.
+    /// A Go profile that `gofix` may repair, with Go type parameters.
     GoFix,
 }
 
@@ -396,16 +400,22 @@ fn location(b: &[u8], lines: &mut Vec<(u64, i64)>) -> Res<RawLocation> {
     Ok(l)
 }
 
-/// A sample into scratch buffers: location ids, values, labels.
+/// A sample into scratch buffers: location ids (skipped where `ids` is `None`: read and
+/// checked before by [`sample_ids`]), values, labels.
 #[inline]
-fn sample(b: &[u8], ids: &mut Vec<u64>, values: &mut Vec<i64>, labels: &mut Vec<RawLabel>) -> Res<()> {
-    ids.clear();
+fn sample(b: &[u8], mut ids: Option<&mut Vec<u64>>, values: &mut Vec<i64>, labels: &mut Vec<RawLabel>) -> Res<()> {
+    if let Some(ids) = &mut ids {
+        ids.clear();
+    }
     values.clear();
     labels.clear();
     let mut c = Cursor::new(b);
     while c.more() {
         match c.key()? {
-            (1, w) => c.repeated(w, ids)?,
+            (1, w) => match &mut ids {
+                Some(ids) => c.repeated(w, ids)?,
+                None => c.skip(w)?,
+            },
             (2, w) => c.repeated(w, values)?,
             (3, w) => {
                 let mut lc = Cursor::new(c.message(w)?);
@@ -425,6 +435,28 @@ fn sample(b: &[u8], ids: &mut Vec<u64>, values: &mut Vec<i64>, labels: &mut Vec<
         }
     }
     Ok(())
+}
+
+/// A sample's location ids into `ids`. Other fields are skipped unchecked: [`sample`] reads
+/// the sample again.
+fn sample_ids(b: &[u8], ids: &mut Vec<u64>) -> Res<()> {
+    ids.clear();
+    let mut c = Cursor::new(b);
+    while c.more() {
+        match c.key()? {
+            (1, w) => c.repeated(w, ids)?,
+            (_, w) => c.skip(w)?,
+        }
+    }
+    Ok(())
+}
+
+/// A whole stack cut to its root-most [`MAX_STACK_DEPTH`] frames, as `dense_stack` cuts.
+fn root_most(mut stack: Vec<u32>) -> Vec<u32> {
+    if stack.len() > MAX_STACK_DEPTH {
+        stack.drain(..stack.len() - MAX_STACK_DEPTH);
+    }
+    stack
 }
 
 /// How many location ids a sample has, without decoding them: each varint of a well-formed
@@ -519,9 +551,10 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
         nstr,
     )
     .or_else(invalid)?;
-    // 2. A Go profile `gofix` may repair goes to the reference path.
+    // 2. A Go profile `gofix` may repair is repaired below, unless it has type parameters.
     let go = detect_language(&top.strings) == Language::Go;
-    if go && may_be_truncated(&top, &sample_types)? {
+    let repair = go && may_be_truncated(&top, &sample_types)?;
+    if repair && top.strings.iter().any(|s| gofix::renamed_for_repair(s)) {
         return Err(Fallback::GoFix);
     }
     // 3. The strings and the symbols, each symbol indexed by its pprof id.
@@ -531,10 +564,11 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
     strings.extend(top.strings.iter().map(|&s| s.to_owned()));
     let (mappings, mapping_index) = index_mappings(&top.mappings, nstr)?;
     let (functions, function_index) = index_functions(&top.functions, nstr, go, &mut strings)?;
-    let (locations, location_index) = index_locations(&top.locations, &mapping_index, &function_index)?;
+    let (locations, location_index, location_ids) = index_locations(&top.locations, &mapping_index, &function_index)?;
     check_sample_type_names(&sample_types, &strings).or_else(invalid)?;
-    // 4. The samples.
-    let (samples, groups) = dense_samples(&top, sample_types.len(), &strings, &location_index)?;
+    // 4. The samples, repaired first where Go truncated them.
+    let repaired = if repair { repaired_stacks(&top, &location_index, &location_ids)? } else { None };
+    let (samples, groups) = dense_samples(&top, sample_types.len(), &strings, &location_index, repaired)?;
     Ok(Decoded {
         profile: Profile {
             strings,
@@ -579,10 +613,16 @@ fn index_functions(
     })
 }
 
-/// The locations, decoded here (the top-level pass only kept their bytes).
-fn index_locations(raw: &[&[u8]], mapping_index: &IdIndex, function_index: &IdIndex) -> Res<(Vec<Location>, IdIndex)> {
+/// The locations, decoded here (the top-level pass only kept their bytes), and the pprof id
+/// of each.
+fn index_locations(
+    raw: &[&[u8]],
+    mapping_index: &IdIndex,
+    function_index: &IdIndex,
+) -> Res<(Vec<Location>, IdIndex, Vec<u64>)> {
     let mut lines = Vec::new();
-    dense_by_id(raw, |b| {
+    let mut ids = Vec::with_capacity(raw.len());
+    let (locations, index) = dense_by_id(raw, |b| {
         let l = location(b, &mut lines)?;
         let location = dense_location(
             l.id,
@@ -592,13 +632,42 @@ fn index_locations(raw: &[&[u8]], mapping_index: &IdIndex, function_index: &IdIn
             |m| mapping_index.get(m),
             |f| function_index.get(f),
         );
+        ids.push(l.id);
         Ok((l.id, location.or_else(invalid)?))
-    })
+    })?;
+    Ok((locations, index, ids))
+}
+
+/// Every sample's stack (all-zero samples included, in the pprof's order), whole, as dense
+/// location indices, repaired as `gofix::repair_pprof` repairs the pprof; `None` where a
+/// sample refers to an unknown location (Pyroscope repairs only a valid profile: the
+/// samples then fail or pass validation as they are).
+fn repaired_stacks(top: &Top<'_>, location_index: &IdIndex, location_ids: &[u64]) -> Res<Option<Vec<Vec<u32>>>> {
+    let mut stacks = Vec::with_capacity(top.samples.len());
+    let mut ids = Vec::new();
+    for b in &top.samples {
+        sample_ids(b, &mut ids)?;
+        let mut stack = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let Some(l) = location_index.get(id) else { return Ok(None) };
+            stack.push(l);
+        }
+        stacks.push(stack);
+    }
+    gofix::repair_dense(&mut stacks, location_ids);
+    Ok(Some(stacks))
 }
 
 /// The samples that have a value, parsed into reused scratch buffers and written straight
 /// into kiln's `Sample`s and their groups.
-fn dense_samples(top: &Top<'_>, ntypes: usize, strings: &[String], location_index: &IdIndex) -> Res<DenseSamples> {
+/// `repaired`: every sample's stack from [`repaired_stacks`], if the profile was repaired.
+fn dense_samples(
+    top: &Top<'_>,
+    ntypes: usize,
+    strings: &[String],
+    location_index: &IdIndex,
+    mut repaired: Option<Vec<Vec<u32>>>,
+) -> Res<DenseSamples> {
     // `top.nstr`, not `strings.len()`: labels may not point at cleaned Go names.
     let nstr = top.nstr as i64;
     let non_series = |k: i64| top.non_series.iter().any(|&n| i64::from(n) == k);
@@ -606,14 +675,17 @@ fn dense_samples(top: &Top<'_>, ntypes: usize, strings: &[String], location_inde
     let mut groups = SeriesGroups::default();
     let mut key = Vec::new();
     let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-    for b in &top.samples {
-        sample(b, &mut ids, &mut values, &mut labels)?;
+    for (i, b) in top.samples.iter().enumerate() {
+        sample(b, repaired.is_none().then_some(&mut ids), &mut values, &mut labels)?;
         check_sample(values.len(), ntypes, labels.len()).or_else(invalid)?;
         if values.iter().all(|v| *v == 0) {
             continue;
         }
         series_key(labels.iter().map(|l| (l.key, l.str, l.num_unit)), nstr, non_series, &mut key).or_else(invalid)?;
-        let locations = dense_stack(&ids, |id| location_index.get(id)).or_else(invalid)?;
+        let locations = match &mut repaired {
+            Some(stacks) => root_most(std::mem::take(&mut stacks[i])),
+            None => dense_stack(&ids, |id| location_index.get(id)).or_else(invalid)?,
+        };
         groups.add(&key, strings, samples.len() as u32);
         samples.push(Sample { locations, values: values.clone() });
     }
@@ -741,11 +813,15 @@ mod tests {
     }
 
     #[test]
-    fn go_profiles_gofix_may_repair_take_the_reference_path() {
+    fn go_profiles_gofix_may_repair_are_repaired_here_unless_they_have_type_parameters() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pprof/pyroscope/pkg-pprof/");
-        for (name, way) in
-            [("cpu_go_truncated_1.pb.gz", Way::GoFix), ("heap", Way::GoFix), ("go.cpu.labels.pprof", Way::Fast)]
-        {
+        for (name, way) in [
+            ("cpu_go_truncated_1.pb.gz", Way::GoFix),
+            ("heap", Way::Fast),
+            ("heap_delta", Way::Fast),
+            ("heap_go_truncated_4.pb.gz", Way::GoFix),
+            ("go.cpu.labels.pprof", Way::Fast),
+        ] {
             let raw = std::fs::read(format!("{dir}{name}")).unwrap();
             let bytes = kiln_io::compress::maybe_gunzip(&raw, 1 << 30).unwrap();
             assert_eq!(check(&bytes, PprofLimits { max_samples: 0 }), Ok(way), "{name}");
@@ -1149,6 +1225,119 @@ mod tests {
         };
         assert_eq!(check(&encode_with(&go_cpu(60), &unpacked), no), Ok(Way::GoFix));
         assert_eq!(check(&encode_with(&go_cpu(59), &unpacked), no), Ok(Way::Fast));
+    }
+
+    prop_compose! {
+        /// A Go CPU or heap profile whose stacks are windows of a few deep call paths (all
+        /// sharing their root-most frames), cut leaf-most as the Go runtime cuts them: what
+        /// the truncated-stack repair works on. Location ids are spread out (sometimes past
+        /// the dense id table), one may be given twice, some samples are all zero or labelled.
+        fn arb_truncated_go()(
+            heap in any::<bool>(),
+            paths in proptest::collection::vec(prop_oneof![10 => 20usize..150, 1 => 1000usize..1200], 1..4),
+            cuts in proptest::collection::vec(
+                (any::<prop::sample::Index>(), any::<prop::sample::Index>(),
+                 prop_oneof![10 => 1usize..70, 1 => 900usize..1100], 0u8..6),
+                1..40,
+            ),
+            id_base in prop_oneof![3 => Just(1u64), 1 => Just(1u64 << 40)],
+            stride in 1u64..4,
+            duplicate in any::<bool>(),
+            shape in prop_oneof![10 => Just(false), 1 => Just(true)],
+        ) -> (ProfileInput, bool) {
+            const SHARED: usize = 10;
+            // Frame `j` of path `k`: the shared root part, then frames of its own.
+            let frame = |k: usize, j: usize| if j < SHARED { j } else { SHARED + k * 1200 + j };
+            let mut stacks: Vec<(Vec<usize>, u8)> = Vec::new();
+            for (path, leaf, depth, kind) in cuts {
+                let k = path.index(paths.len());
+                let leaf = leaf.index(paths[k]);
+                let depth = if heap { depth.min(32) } else { depth };
+                let lo = (leaf + 1).saturating_sub(depth);
+                stacks.push(((lo..=leaf).rev().map(|j| frame(k, j)).collect(), kind));
+            }
+            let mut used: Vec<usize> = stacks.iter().flat_map(|(s, _)| s.iter().copied()).collect();
+            used.sort_unstable();
+            used.dedup();
+            let id = |n: usize| id_base + n as u64 * stride;
+            let mut strings = vec![String::new(), if heap { "inuse_space" } else { "cpu" }.into(), "bytes".into(), "main.go".into(), "thread".into(), "worker".into()];
+            if shape {
+                strings.push("pkg.F[go.shape.int]".into());
+            }
+            let name0 = strings.len() as i64;
+            strings.extend(used.iter().map(|n| format!("f{n}")));
+            let mut location: Vec<pb::Location> = used
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| pb::Location {
+                    id: id(n),
+                    line: vec![pb::Line { function_id: i as u64 + 1, line: 1 }],
+                    ..Default::default()
+                })
+                .collect();
+            if duplicate {
+                // An earlier location with the id of the first: the later one wins.
+                location.insert(0, pb::Location { id: id(used[0]), address: 0x1000, ..Default::default() });
+            }
+            let p = ProfileInput {
+                sample_type: vec![pb::ValueType { r#type: 1, unit: 2 }],
+                sample: stacks
+                    .iter()
+                    .map(|(s, kind)| pb::Sample {
+                        location_id: s.iter().map(|&n| id(n)).collect(),
+                        value: vec![i64::from(*kind != 0)],
+                        label: if *kind == 1 { vec![pb::Label { key: 4, str: 5, ..Default::default() }] } else { vec![] },
+                    })
+                    .collect(),
+                function: (0..used.len())
+                    .map(|i| pb::Function { id: i as u64 + 1, name: name0 + i as i64, filename: 3, ..Default::default() })
+                    .collect(),
+                location,
+                string_table: strings.into_iter().map(String::into_bytes).collect(),
+                ..Default::default()
+            };
+            (p, shape)
+        }
+    }
+
+    /// Synthetic deep stacks cut as Go cuts them: the repair on the dense form (the fast
+    /// path) gives what the repair of the prost path gives.
+    #[test]
+    fn the_dense_repair_repairs_synthetic_stacks() {
+        // One call path f0 (root) … f73, seen whole near the root and cut 5 and 10 frames
+        // short of it (see gofix's `grafts_the_missing_root_part`).
+        let path = |hi: u32, lo: u32| (lo..=hi).rev().map(|n| u64::from(n) * 7 + 3).collect::<Vec<_>>();
+        let mut p = go_cpu(1);
+        p.string_table[3] = b"main.f".to_vec();
+        p.location = (0..74u64)
+            .map(|n| pb::Location {
+                id: n * 7 + 3,
+                line: vec![pb::Line { function_id: 1, line: n as i64 }],
+                ..Default::default()
+            })
+            .collect();
+        p.sample = [path(39, 0), path(68, 5), path(73, 10), path(3, 0)]
+            .into_iter()
+            .map(|location_id| pb::Sample { location_id, value: vec![1], label: vec![] })
+            .collect();
+        let bytes = p.encode_to_vec();
+        assert_eq!(check(&bytes, PprofLimits { max_samples: 0 }), Ok(Way::Fast));
+        let got = decode(&bytes, PprofLimits { max_samples: 0 }).unwrap().profile;
+        let depths: Vec<usize> = got.samples.iter().map(|s| s.locations.len()).collect();
+        assert_eq!(depths, [40, 69, 74, 4]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn truncated_go_profiles_match_the_reference_path(
+            (p, shape) in arb_truncated_go(),
+            layout in arb_layout(),
+        ) {
+            let way = check(&encode_with(&p, &layout), PprofLimits { max_samples: 0 }).map_err(TestCaseError::fail)?;
+            prop_assert!(way == Way::Fast || (shape && way == Way::GoFix), "{:?}", way);
+        }
     }
 
     proptest! {

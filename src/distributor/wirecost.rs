@@ -63,7 +63,20 @@ pub fn json_cost(bytes: &[u8], largest: usize) -> usize {
     objects * largest * GROWTH + strings * (HEADER * GROWTH + 16) + bytes.len()
 }
 
+/// The varint at `b[*pos..]`, `pos` moved past it. Most are one byte (keys, lengths of
+/// small records, ids), read inline.
+#[inline(always)]
 fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let x = *b.get(*pos)?;
+    if x < 0x80 {
+        *pos += 1;
+        return Some(u64::from(x));
+    }
+    varint_long(b, pos)
+}
+
+#[inline(never)]
+fn varint_long(b: &[u8], pos: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for i in 0..10 {
         let x = *b.get(*pos)?;
