@@ -48,19 +48,41 @@ enum RpcOwner {
     Ops,
 }
 
-/// The owner and service of an RPC path (`/<service>/<Method>`), with the method.
-fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService, &str)> {
+/// The owner and service of an RPC path (`/<service>/<Method>`).
+fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService)> {
     let tables: [(RpcOwner, &'static [RpcService]); 3] =
         [(RpcOwner::Distributor, distributor::RPC), (RpcOwner::Querier, querier::RPC), (RpcOwner::Ops, ops::RPC)];
-    tables.into_iter().find_map(|(owner, table)| routes::find_rpc(table, path).map(|(s, m)| (owner, s, m)))
+    tables.into_iter().find_map(|(owner, table)| routes::find_rpc(table, path).map(|(s, _)| (owner, s)))
 }
 
-/// The class of a path: its RPC service's or HTTP route's, `Other` for anything unknown.
-fn class_of(path: &str) -> Class {
-    if let Some((_, s, _)) = find_rpc(path) {
-        return s.class;
+/// Where a path goes, found once per request: an RPC service, an HTTP route, or nowhere.
+enum Dest {
+    Rpc(RpcOwner, &'static RpcService),
+    Http(HttpDest),
+    Unknown,
+}
+
+impl Dest {
+    fn resolve(path: &str) -> Dest {
+        if let Some((owner, s)) = find_rpc(path) {
+            return Dest::Rpc(owner, s);
+        }
+        HttpDest::find(path).map_or(Dest::Unknown, Dest::Http)
     }
-    HttpDest::find(path).map_or(Class::Other, |d| d.methods_and_class().1)
+
+    /// Its RPC service's or HTTP route's class, `Other` for anything unknown.
+    fn class(&self) -> Class {
+        match self {
+            Dest::Rpc(_, s) => s.class,
+            Dest::Http(d) => d.methods_and_class().1,
+            Dest::Unknown => Class::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+fn class_of(path: &str) -> Class {
+    Dest::resolve(path).class()
 }
 
 /// Whether a path has an RPC's shape, `/<package>.<Service>/<Method>`.
@@ -96,14 +118,15 @@ fn accept_header_ok(h: &HeaderMap) -> Result<(), String> {
 
 pub(super) async fn handle(req: http::Request<Incoming>, core: Rc<Edge>) -> Response {
     let started = Instant::now();
-    let class = class_of(req.uri().path());
-    let resp = dispatch(req, &core, class).await;
+    let dest = Dest::resolve(req.uri().path());
+    let class = dest.class();
+    let resp = dispatch(req, &core, dest, class).await;
     let err = resp.status().as_u16() >= 400 || resp.headers().get("grpc-status").is_some_and(|v| v != "0");
     core.metrics().observe(class, started.elapsed().as_secs_f64(), err);
     resp
 }
 
-async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, class: Class) -> Response {
+async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, dest: Dest, class: Class) -> Response {
     if let Err(msg) = accept_header_ok(req.headers()) {
         return http_error(StatusCode::BAD_REQUEST, &msg);
     }
@@ -150,10 +173,11 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, class: Class) -
         if r.method != Method::POST {
             return rpc::respond_error(proto, &RpcError::new(Code::Unimplemented, "RPCs are served on POST only"));
         }
-        return rpc_call(core, proto, &r, limit).await;
+        return rpc_call(core, proto, &r, limit, &dest).await;
     }
-    let Some(dest) = HttpDest::find(&r.path).filter(|d| d.methods_and_class().0.contains(&r.method)) else {
-        return http_error(StatusCode::NOT_FOUND, &format!("no route for {} {}", r.method, r.path));
+    let dest = match dest {
+        Dest::Http(d) if d.methods_and_class().0.contains(&r.method) => d,
+        _ => return http_error(StatusCode::NOT_FOUND, &format!("no route for {} {}", r.method, r.path)),
     };
     match dest {
         HttpDest::Distributor(route) => core.distributor.serve_http(&route.endpoint, &r).await,
@@ -200,17 +224,19 @@ fn body_error(rpc: Option<Protocol>, e: inflight::BodyError) -> Response {
 
 /// Unframes an RPC's message (inflated within `limit`), hands it to the service's component
 /// and frames the answer in the caller's protocol.
-async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize) -> Response {
+async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize, dest: &Dest) -> Response {
     let msg = match rpc::request_bytes(proto, &r.headers, r.body.clone(), limit.max(1)) {
         Ok(m) => m,
         Err(e) => return rpc::respond_error(proto, &e),
     };
     let call = Call { proto, headers: &r.headers, msg: &msg };
-    let reply = match find_rpc(&r.path) {
-        Some((RpcOwner::Distributor, _, m)) => core.distributor.serve_rpc(&call, m).await,
-        Some((RpcOwner::Querier, _, m)) => core.querier.serve_rpc(&call, m).await,
-        Some((RpcOwner::Ops, s, m)) => ops::serve_rpc(core, &call, s.name, m).await,
-        None => call::unimplemented(),
+    // An RPC path is `/<service>/<Method>`.
+    let method = r.path.rsplit_once('/').map_or("", |(_, m)| m);
+    let reply = match dest {
+        Dest::Rpc(RpcOwner::Distributor, _) => core.distributor.serve_rpc(&call, method).await,
+        Dest::Rpc(RpcOwner::Querier, _) => core.querier.serve_rpc(&call, method).await,
+        Dest::Rpc(RpcOwner::Ops, s) => ops::serve_rpc(core, &call, s.name, method).await,
+        Dest::Http(_) | Dest::Unknown => call::unimplemented(),
     };
     match reply {
         Ok(payload) => rpc::respond(proto, &r.headers, payload),

@@ -277,10 +277,6 @@ impl TenantLimits {
 }
 
 impl Config {
-    pub fn limits_for(&self, tenant: &str) -> &Limits {
-        self.overrides.get(tenant).unwrap_or(&self.limits)
-    }
-
     /// The tenants' limits, for the components that enforce them.
     pub fn tenant_limits(&self) -> TenantLimits {
         TenantLimits { default: self.limits.clone(), overrides: self.overrides.clone() }
@@ -875,9 +871,9 @@ mod tests {
         assert_eq!(c.http_listen_port, 7001);
         assert!(c.multitenancy_enabled);
         assert_eq!(c.limits.max_profile_size_bytes, 100);
-        assert_eq!(c.limits_for("t1").ingestion_rate_mb, 0.0);
-        assert_eq!(c.limits_for("t1").max_profile_size_bytes, 100);
-        assert_eq!(c.limits_for("t2").ingestion_rate_mb, 4.0);
+        assert_eq!(c.tenant_limits().for_tenant("t1").ingestion_rate_mb, 0.0);
+        assert_eq!(c.tenant_limits().for_tenant("t1").max_profile_size_bytes, 100);
+        assert_eq!(c.tenant_limits().for_tenant("t2").ingestion_rate_mb, 4.0);
         assert!(c.to_yaml().contains("reject_older_than: 2h"));
     }
 

@@ -780,7 +780,18 @@ pub(super) mod tests {
         mode: IngestMode,
         max_series: usize,
     ) -> flume::Receiver<Result<AppendStats, IngestError>> {
-        let groups = group(&p, &[("__name__", "x"), ("service_name", "svc")]);
+        send_ingest_to(ing, p, "svc", mode, max_series)
+    }
+
+    /// As `send_ingest`, into the series of service `service`.
+    pub(super) fn send_ingest_to(
+        ing: &mut Ingester,
+        p: Profile,
+        service: &str,
+        mode: IngestMode,
+        max_series: usize,
+    ) -> flume::Receiver<Result<AppendStats, IngestError>> {
+        let groups = group(&p, &[("__name__", "x"), ("service_name", service)]);
         let (tx, rx) = flume::bounded(1);
         ing.handle(Msg::Ingest(Ingest {
             tenant: Arc::from("t"),
@@ -870,22 +881,8 @@ pub(super) mod tests {
     #[test]
     fn series_limit_refuses_before_appending() {
         let mut ing = Ingester::new(0);
-        let p = |svc: &str| {
-            let p = folded(&[("a", 1)], 1);
-            let groups = group(&p, &[("__name__", "x"), ("service_name", svc)]);
-            (p, groups)
-        };
         for (i, svc) in ["s1", "s2", "s1", "s3"].iter().enumerate() {
-            let (p, groups) = p(svc);
-            let (tx, rx) = flume::bounded(1);
-            ing.handle(Msg::Ingest(Ingest {
-                tenant: Arc::from("t"),
-                profile: Arc::new(p),
-                groups,
-                reply: tx,
-                mode: IngestMode::Whole(i as u64),
-                max_series: 2,
-            }));
+            let rx = send_ingest_to(&mut ing, folded(&[("a", 1)], 1), svc, IngestMode::Whole(i as u64), 2);
             let res = rx.try_recv().unwrap();
             if *svc == "s3" {
                 assert!(matches!(res, Err(IngestError::SeriesLimit { limit: 2, .. })), "{res:?}");
@@ -946,9 +943,9 @@ mod wal_bound_tests {
 
 #[cfg(test)]
 mod cut_retry_tests {
-    use super::tests::stats;
+    use super::tests::{send_ingest_to, stats};
     use super::*;
-    use crate::ingester::head::tests::{folded, group};
+    use crate::ingester::head::tests::folded;
     use kiln_io::store::{Backend, Store};
 
     /// Answers every write queued so far as the WAL writer would after a good write, and
@@ -1016,20 +1013,9 @@ mod cut_retry_tests {
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         rt.block_on(async move {
             let (mut ing, pending) = ingester_with_test_wal(cfg);
-            let tenant: Arc<str> = Arc::from("t");
             let ingest = |ing: &mut Ingester, v: i64| {
                 let p = folded(&[("main;f", v)], v * 1_000_000_000);
-                let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
-                let (tx, rx) = flume::bounded(1);
-                ing.handle(Msg::Ingest(Ingest {
-                    tenant: tenant.clone(),
-                    profile: Arc::new(p),
-                    groups,
-                    reply: tx,
-                    mode: IngestMode::Whole(v as u64),
-                    max_series: 0,
-                }));
-                rx
+                send_ingest_to(ing, p, "s", IngestMode::Whole(v as u64), 0)
             };
             assert!(ingest(&mut ing, 1).is_empty());
             ack(&mut ing, &pending);
@@ -1095,17 +1081,7 @@ mod cut_retry_tests {
         rt.block_on(async move {
             let (mut ing, pending) = ingester_with_test_wal(cfg);
             // One part of a push whose other owner has not answered yet.
-            let p = folded(&[("main;f", 1)], 1_000_000_000);
-            let groups = group(&p, &[("__name__", "x"), ("service_name", "s")]);
-            let (tx, _rx) = flume::bounded(1);
-            ing.handle(Msg::Ingest(Ingest {
-                tenant: Arc::from("t"),
-                profile: Arc::new(p),
-                groups,
-                reply: tx,
-                mode: IngestMode::Part(7),
-                max_series: 0,
-            }));
+            let _rx = send_ingest_to(&mut ing, folded(&[("main;f", 1)], 1_000_000_000), "s", IngestMode::Part(7), 0);
             // A cut freezes the head that holds it; its markers are durable.
             let (tx, done) = flume::bounded(1);
             ing.handle(Msg::Cut { reply: tx });

@@ -90,8 +90,10 @@ impl TenantId {
         TenantId(s.into())
     }
 
+    /// Shared, not allocated per request: every request of a single-tenant kiln asks for it.
     pub fn anonymous() -> TenantId {
-        TenantId::known(Self::ANONYMOUS)
+        static ANONYMOUS: std::sync::OnceLock<TenantId> = std::sync::OnceLock::new();
+        ANONYMOUS.get_or_init(|| TenantId::known(Self::ANONYMOUS)).clone()
     }
 
     /// The shared string, for maps keyed by `Arc<str>`.
