@@ -202,9 +202,12 @@ fn flamegraph(c: &mut Criterion) {
                 matchers: vec![],
                 start_ms: 0,
                 end_ms: 10,
+                keys: None,
             };
             b.iter(|| {
-                let QueryResult::Tree(part) = h.query(&QueryRequest::MergeTree(sel.clone())) else { unreachable!() };
+                let QueryResult::Tree(part) = h.query("t", &QueryRequest::MergeTree(sel.clone())) else {
+                    unreachable!()
+                };
                 let mut t = Tree::default();
                 t.merge(&part);
                 t.finish();

@@ -63,7 +63,9 @@ pub fn run(cfg: Config) {
         max_block_bytes: cfg.effective_max_block_bytes() as usize,
         cache_bytes: cfg.effective_block_cache_bytes() as usize,
         encode: Default::default(),
+        instance: own.as_ref().map_or(String::new(), |o| o.id.clone()),
     };
+    let blocks_instance = blocks.instance.clone();
     let core_cfg = kiln_shards::runtime::CoreConfig {
         wal: Some(wal),
         max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
@@ -88,7 +90,8 @@ pub fn run(cfg: Config) {
     let started =
         kiln_shards::runtime::start(cores, local_ring, true, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
     // 1. store-gateway: every indexed block to the core that owns it.
-    let indexed = store_gateway::open_blocks(&store, &started.mesh).unwrap_or_else(|e| fail(e.to_string()));
+    let indexed =
+        store_gateway::open_blocks(&store, &started.mesh, &blocks_instance).unwrap_or_else(|e| fail(e.to_string()));
     if let Some((_, source)) = &gens.source {
         // 2. ingester: the WAL records no indexed block holds, into the heads.
         if let Err(e) = ingester::replay::replay(source, &started.mesh, &indexed, gens.adopt) {

@@ -1,12 +1,34 @@
 //! Cluster mode with real processes on 127.0.0.1: three `-target=all` instances joined by
 //! gossip, writes replicated to RF=3 with a quorum of 2.
 mod common;
+use common::snapshot::{assert_same, flush, push_fixture, snapshot};
 use common::*;
 use std::time::{Duration, Instant};
 
 /// A free UDP port on 127.0.0.1 for a member's gossip.
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Three members gossiping on loopback, sharing one blocks directory; `extra` flags for
+/// every member.
+fn start_cluster(blocks: &std::path::Path, extra: &[&str]) -> (Vec<Node>, u16) {
+    let seed = free_udp_port();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let gossip = if i == 0 { seed } else { free_udp_port() };
+        let data = std::env::temp_dir().join(format!("kiln-cluster-{}-{}-{i}", std::process::id(), seed));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut flags = member_flags(gossip, seed, blocks);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let k = start_member(data, hold_port(), &flags);
+        nodes.push(Node { port: k.port, kiln: Some(k), gossip });
+    }
+    for n in &nodes {
+        wait_until("every member sees three ACTIVE ingesters", || ring_states(n.port) == ["ACTIVE"; 3]);
+    }
+    (nodes, seed)
 }
 
 struct Node {
@@ -55,7 +77,7 @@ fn push(port: u16, svc: &str, n: u64) -> u16 {
     post(port, &path, &[], format!("main;work {n}").into_bytes()).status
 }
 
-/// The total of service `svc` on `port`'s own cores (numTicks of its flame graph).
+/// The total of service `svc` through `port` (numTicks of its flame graph).
 fn total(port: u16, svc: &str) -> u64 {
     let q = format!(
         "/pyroscope/render?query=process_cpu:cpu:nanoseconds:cpu:nanoseconds%7Bservice_name%3D%22{svc}%22%7D&from=now-1h&until=now%2B1h"
@@ -65,36 +87,78 @@ fn total(port: u16, svc: &str) -> u64 {
     r.json()["flamebearer"]["numTicks"].as_u64().unwrap_or(0)
 }
 
+/// A directory for a test's shared blocks, empty.
+fn blocks_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-cluster-blocks-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
 #[test]
-fn three_members_form_a_ring_replicate_writes_and_keep_taking_them_after_a_kill() {
-    let blocks = std::env::temp_dir().join(format!("kiln-cluster-blocks-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&blocks);
-    let seed = free_udp_port();
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..3 {
-        let gossip = if i == 0 { seed } else { free_udp_port() };
-        let data = std::env::temp_dir().join(format!("kiln-cluster-{}-{i}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(&data).unwrap();
-        let k = start_member(data, hold_port(), &member_flags(gossip, seed, &blocks));
-        nodes.push(Node { port: k.port, kiln: Some(k), gossip });
+fn every_fixture_reads_the_same_through_any_member_as_on_one_node_and_replicas_count_once() {
+    let single = Kiln::start(&[FIXTURE_FLAGS, &["-shards=1"]].concat());
+    let fixtures = golden_pprofs();
+    for (i, path) in fixtures.iter().enumerate() {
+        push_fixture(single.port, &format!("svc-{i}"), std::fs::read(path).unwrap());
+    }
+    let want = snapshot(single.port);
+    drop(single);
+
+    let blocks = blocks_dir("fixtures");
+    let (mut nodes, _) = start_cluster(&blocks, FIXTURE_FLAGS);
+    for (i, path) in fixtures.iter().enumerate() {
+        push_fixture(nodes[i % 3].port, &format!("svc-{i}"), std::fs::read(path).unwrap());
+    }
+    // Every member holds every series (RF=3 on three members): each answer comes from all
+    // three, each profile counted once. A replica not needed for the quorum may still be
+    // writing when the push is answered: the answers settle within moments.
+    for n in &nodes {
+        wait_until("the member answers as the single node", || snapshot(n.port) == want);
+    }
+    // Heads cut into blocks in the shared bucket, three copies of each profile: still once.
+    for n in &nodes {
+        flush(n.port);
     }
     for n in &nodes {
-        wait_until("every member sees three ACTIVE ingesters", || ring_states(n.port) == ["ACTIVE"; 3]);
+        assert_same(&want, &snapshot(n.port), "from the replicas' blocks");
     }
+    // A member killed: the two left are a quorum of every replica set, before and after it
+    // shows UNHEALTHY; restarted, it serves its own blocks again.
+    let (data, port) = nodes[1].kiln.take().unwrap().kill_keeping_port();
+    assert_same(&want, &snapshot(nodes[0].port), "one member of three killed");
+    wait_until("the killed member shows UNHEALTHY", || {
+        ring_states(nodes[2].port).iter().filter(|s| s.contains("UNHEALTHY")).count() == 1
+    });
+    assert_same(&want, &snapshot(nodes[2].port), "one member of three UNHEALTHY");
+    let mut flags = member_flags(nodes[1].gossip, nodes[0].gossip, &blocks);
+    flags.extend(FIXTURE_FLAGS.iter().map(|s| s.to_string()));
+    let k = start_member(data, port, &flags);
+    nodes[1].port = k.port;
+    nodes[1].kiln = Some(k);
+    wait_until("the restarted member is ACTIVE", || ring_states(nodes[0].port) == ["ACTIVE"; 3]);
+    assert_same(&want, &snapshot(nodes[1].port), "through the restarted member");
+    let _ = std::fs::remove_dir_all(&blocks);
+}
+
+#[test]
+fn three_members_form_a_ring_replicate_writes_and_keep_taking_them_after_a_kill() {
+    let blocks = blocks_dir("kill");
+    let (mut nodes, seed) = start_cluster(&blocks, &[]);
 
     // Every push through any member is acknowledged once two of its three replicas have it in
-    // their WAL; with RF=3 on three members, each member ends up holding every series.
+    // their WAL; each is counted once through any member.
     let mut pushed = 0;
     for i in 0..30u64 {
         let via = nodes[(i % 3) as usize].port;
         assert_eq!(push(via, "svc-a", 1 + i % 5), 200);
         pushed += 1 + i % 5;
     }
-    // A replica that was not needed for the quorum may still be writing: wait for it.
+    // These pushes share timestamps (one per second), so a (series, timestamp) holds several
+    // profiles, and a replica not needed for a push's quorum may still be writing it: the
+    // count settles once every replica has all of them.
     let ticks = pushed * 10_000_000;
     for n in &nodes {
-        wait_until("every replica holds every push", || total(n.port, "svc-a") == ticks);
+        wait_until("each push is counted once", || total(n.port, "svc-a") == ticks);
     }
 
     // kill -9 one member: writes go on with a quorum of the two left, at once and after the
@@ -114,7 +178,9 @@ fn three_members_form_a_ring_replicate_writes_and_keep_taking_them_after_a_kill(
         after += 2;
     }
     for n in &nodes[..2] {
-        wait_until("both live replicas hold the pushes", || total(n.port, "svc-b") == after * 10_000_000);
+        wait_until("each push is counted once by the two live members", || {
+            total(n.port, "svc-b") == after * 10_000_000
+        });
     }
 
     // Restarted on its data, it replays what it acknowledged before the kill and turns ACTIVE.

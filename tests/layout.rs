@@ -50,17 +50,19 @@ fn assert_no_refs(from: &str, forbidden: &[&str], base: &Path) {
 #[test]
 fn no_component_imports_the_edge() {
     let src = root().join("src");
-    for component in ["distributor", "ingester", "querier", "store_gateway", "service", "config"] {
+    for component in ["distributor", "ingester", "querier", "store_gateway", "service", "config", "cluster"] {
         assert_no_refs(component, &["api", "target", "process"], &src);
     }
     // The contract imports no component.
-    assert_no_refs("service", &["distributor", "ingester", "querier", "store_gateway"], &src);
+    assert_no_refs("service", &["distributor", "ingester", "querier", "store_gateway", "cluster"], &src);
+    // Membership knows no component: components read it, not the reverse.
+    assert_no_refs("cluster", &["distributor", "ingester", "querier", "store_gateway"], &src);
 }
 
 #[test]
 fn per_core_parts_do_not_reach_back_into_the_runtime() {
     let shards = root().join("shards").join("src");
-    for part in ["ingester", "store_gateway", "model", "eval.rs", "query.rs", "ring", "block"] {
+    for part in ["ingester", "store_gateway", "model", "eval.rs", "query", "ring", "block"] {
         assert_no_refs(part, &["runtime"], &shards);
     }
     // The store-gateway serves blocks; it knows nothing of heads being written.

@@ -6,7 +6,7 @@ use crate::model::childindex::ChildIndex;
 use crate::model::labels::Labels;
 use crate::model::selector::matches_all;
 use crate::model::symbols::{LocationRec, Symbols, ROOT};
-use crate::query::{Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
+use crate::query::{series_key, Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
 use kiln_io::invariant::{check, Invariant};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -49,6 +49,8 @@ impl Series {
 /// loaded for a query builds one over its cached symbols and the rows it read, so heads and
 /// blocks answer every query with the same code.
 pub struct HeadView<'a> {
+    /// The tenant whose series these are (a series' key includes it).
+    pub tenant: &'a str,
     pub symbols: &'a Symbols,
     pub series: &'a [Series],
     /// Series by profile type; `None` when `series` holds only selected series already.
@@ -70,8 +72,14 @@ impl<'a> HeadView<'a> {
             .filter(|s| s.timestamps.iter().any(|t| sel.contains_ns(*t)))
     }
 
-    fn in_range<'b>(s: &'b Series, sel: &'b Selection) -> impl Iterator<Item = usize> + 'b {
-        (0..s.profiles()).filter(move |i| sel.contains_ns(s.timestamps[*i]))
+    /// The profiles of `s` the selection counts: in its range and, in a cluster, those the
+    /// querier chose this replica for.
+    fn in_range<'b>(&self, s: &'b Series, sel: &'b Selection) -> impl Iterator<Item = usize> + 'b {
+        let keys = sel.keys.as_deref().map(|k| (k, series_key(self.tenant, &s.labels, &s.profile_type)));
+        (0..s.profiles()).filter(move |i| {
+            let ts = s.timestamps[*i];
+            sel.contains_ns(ts) && keys.is_none_or(|(k, key)| k.includes(key, ts))
+        })
     }
 
     pub fn query(&self, q: &QueryRequest) -> QueryResult {
@@ -119,7 +127,7 @@ impl<'a> HeadView<'a> {
                 for s in self.selected(sel) {
                     let key = Labels::from_pairs(s.labels.iter().filter(|(k, _)| group_by.iter().any(|g| g == k)));
                     let g = groups.entry(key).or_default();
-                    for i in Self::in_range(s, sel) {
+                    for i in self.in_range(s, sel) {
                         let ts_ms = s.timestamps[i].div_euclid(1_000_000);
                         // The first step boundary at or after the profile's time, in i128: any
                         // start and step a query may bring cannot overflow it. The querier
@@ -138,7 +146,7 @@ impl<'a> HeadView<'a> {
                 let mut any = false;
                 let (mut lo, mut hi) = (i64::MAX, i64::MIN);
                 for s in self.selected(sel) {
-                    for i in Self::in_range(s, sel) {
+                    for i in self.in_range(s, sel) {
                         any = true;
                         lo = lo.min(s.timestamps[i]);
                         hi = hi.max(s.timestamps[i]);
@@ -153,7 +161,7 @@ impl<'a> HeadView<'a> {
                 let (mut series, mut profiles, mut samples) = (0u64, 0u64, 0u64);
                 for s in self.selected(sel) {
                     series += 1;
-                    for i in Self::in_range(s, sel) {
+                    for i in self.in_range(s, sel) {
                         profiles += 1;
                         samples += (s.offsets[i + 1] - s.offsets[i]) as u64;
                     }
@@ -161,6 +169,14 @@ impl<'a> HeadView<'a> {
                 // Column bytes read: (stack id, value) per sample, (time, total, offset) per profile.
                 QueryResult::Analyze { series, profiles, samples, bytes: samples * 12 + profiles * 20 }
             }
+            QueryRequest::Keys(sel) => QueryResult::Keys(
+                self.selected(sel)
+                    .map(|s| {
+                        let ts = self.in_range(s, sel).map(|i| s.timestamps[i]).collect();
+                        (series_key(self.tenant, &s.labels, &s.profile_type), ts)
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -168,7 +184,7 @@ impl<'a> HeadView<'a> {
     fn stack_values(&self, sel: &Selection) -> FxHashMap<u32, i64> {
         let mut acc: FxHashMap<u32, i64> = FxHashMap::default();
         for s in self.selected(sel) {
-            for i in Self::in_range(s, sel) {
+            for i in self.in_range(s, sel) {
                 for (id, v) in s.samples(i) {
                     let e = acc.entry(id).or_insert(0);
                     *e = e.saturating_add(v);

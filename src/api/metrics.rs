@@ -18,7 +18,7 @@ pub struct Histogram {
 #[repr(align(128))]
 #[derive(Default)]
 pub struct CoreMetrics {
-    routes: [Histogram; 5],
+    routes: [Histogram; Class::ALL.len()],
 }
 
 impl CoreMetrics {

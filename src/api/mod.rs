@@ -85,13 +85,20 @@ pub struct Edge {
 impl Edge {
     fn new(id: u32, mesh: Mesh, shared: Arc<Shared>) -> Self {
         let cfg = &shared.cfg;
+        // In a cluster, one pool of connections to the other instances serves this core's
+        // replicated writes and replica queries alike.
+        let pool: Rc<crate::cluster::pool::Pool> = Rc::default();
         let ingesters = match &shared.cluster {
             Some(c) => IngesterClient::replicated(
                 mesh.clone(),
-                Rc::new(crate::ingester::replicate::Replicator { cluster: c.clone(), pool: Rc::default() }),
+                Rc::new(crate::ingester::replicate::Replicator { cluster: c.clone(), pool: pool.clone() }),
             ),
             None => IngesterClient::local(mesh.clone()),
         };
+        let replicas = shared
+            .cluster
+            .as_ref()
+            .map(|c| crate::querier::replicas::ReplicaReader { cluster: c.clone(), pool: pool.clone() });
         let distributor = Rc::new(Distributor::new(
             id,
             mesh.cores(),
@@ -100,7 +107,7 @@ impl Edge {
             cfg.multitenancy_enabled,
             shared.distributor_metrics.clone(),
         ));
-        let querier = Rc::new(Querier::new(mesh.clone(), shared.limits.clone(), cfg.multitenancy_enabled));
+        let querier = Rc::new(Querier::new(mesh.clone(), shared.limits.clone(), cfg.multitenancy_enabled, replicas));
         let ingester = Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone());
         Edge { id, mesh, distributor, querier, ingester, shared }
     }

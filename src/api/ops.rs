@@ -126,6 +126,9 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
         }
     }
     render_bounds(&mut out);
+    if let Some(c) = &core.shared.cluster {
+        c.render_metrics(&mut out);
+    }
     kiln_io::store::render_metrics(&mut out);
     kiln_io::invariant::render(&mut out);
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");

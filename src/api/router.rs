@@ -45,15 +45,17 @@ impl HttpDest {
 enum RpcOwner {
     Distributor,
     Querier,
+    Replica,
     Ingester,
     Ops,
 }
 
 /// The owner and service of an RPC path (`/<service>/<Method>`).
 fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService)> {
-    let tables: [(RpcOwner, &'static [RpcService]); 4] = [
+    let tables: [(RpcOwner, &'static [RpcService]); 5] = [
         (RpcOwner::Distributor, distributor::RPC),
         (RpcOwner::Querier, querier::RPC),
+        (RpcOwner::Replica, querier::replicas::RPC),
         (RpcOwner::Ingester, ingester::remote::RPC),
         (RpcOwner::Ops, ops::RPC),
     ];
@@ -240,6 +242,7 @@ async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize, dest:
     let reply = match dest {
         Dest::Rpc(RpcOwner::Distributor, _) => core.distributor.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Querier, _) => core.querier.serve_rpc(&call, method).await,
+        Dest::Rpc(RpcOwner::Replica, _) => core.querier.serve_replica_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Ingester, _) => core.ingester.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Ops, s) => ops::serve_rpc(core, &call, s.name, method).await,
         Dest::Http(_) | Dest::Unknown => call::unimplemented(),

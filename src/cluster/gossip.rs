@@ -18,6 +18,10 @@ use std::time::Duration;
 /// news reaches all N members in about log₃(N) rounds).
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The most members a snapshot holds (those with the lowest IDs are kept): a flood of
+/// strangers on the gossip port cannot make every core's ring grow without bound.
+pub const MAX_MEMBERS: usize = 4096;
+
 /// What the thread remembers of each member between rounds: the generation it follows and
 /// when (on this clock) that member's heartbeat last changed.
 struct Seen {
@@ -45,6 +49,8 @@ pub fn start(cfg: &Config, own: InstanceDesc) -> Result<Arc<Cluster>, String> {
         replication_factor: cfg.replication_factor,
         push_timeout: cfg.push_timeout,
         swaps: AtomicU64::new(0),
+        calls: Default::default(),
+        members_dropped: AtomicU64::new(0),
         heartbeats: ArcSwap::default(),
     });
     // A restart is a new generation: members drop the old one's entry for it.
@@ -153,6 +159,12 @@ async fn run(
                 collect(c, &own, self_gen, &mut seen, now)
             })
             .await;
+        let mut descs = descs;
+        if descs.len() > MAX_MEMBERS {
+            descs.sort_unstable_by(|a, b| (a.id != own.id, &a.id).cmp(&(b.id != own.id, &b.id)));
+            cluster.members_dropped.fetch_add((descs.len() - MAX_MEMBERS) as u64, std::sync::atomic::Ordering::Relaxed);
+            descs.truncate(MAX_MEMBERS);
+        }
         cluster.heartbeats.store(Arc::new(descs.iter().map(|d| (d.id.clone(), d.heartbeat_ms)).collect()));
         let shape = shape(&descs, now, &ring);
         if last_shape.as_ref() != Some(&shape) {

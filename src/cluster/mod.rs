@@ -41,6 +41,10 @@ pub struct Cluster {
     pub push_timeout: std::time::Duration,
     /// Snapshots swapped in since start (`kiln_ring_snapshots_total`).
     pub swaps: AtomicU64,
+    /// Calls to other members, by kind and outcome (`kiln_cluster_calls_total`).
+    pub calls: CallCounters,
+    /// Members left out because gossip knew more than `gossip::MAX_MEMBERS`.
+    pub members_dropped: AtomicU64,
     /// When each member's heartbeat was last seen to change (Unix ms, this clock), refreshed
     /// every gossip round: the pages show it live, while a snapshot is rebuilt only when the
     /// members' health changes.
@@ -77,6 +81,58 @@ impl Cluster {
     /// This instance's index in `snap`, if it is a member of it.
     pub fn self_index(&self, snap: &Snapshot) -> Option<u32> {
         snap.instances().iter().position(|i| i.id == self.self_id).map(|i| i as u32)
+    }
+}
+
+/// Internal calls to other members, by what they were and how they ended.
+#[derive(Default)]
+pub struct CallCounters {
+    pub push_ok: AtomicU64,
+    pub push_failed: AtomicU64,
+    pub query_ok: AtomicU64,
+    pub query_failed: AtomicU64,
+}
+
+impl Cluster {
+    /// The cluster's gauges and counters in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let snap = self.snapshot();
+        let _ = writeln!(out, "# HELP kiln_ring_members Members this instance knows, by state and health.");
+        let _ = writeln!(out, "# TYPE kiln_ring_members gauge");
+        let mut counts: std::collections::BTreeMap<(&str, bool), u64> = Default::default();
+        for (i, d) in snap.instances().iter().enumerate() {
+            *counts.entry((d.state.as_str(), snap.healthy(i as u32))).or_default() += 1;
+        }
+        for ((state, healthy), n) in counts {
+            let _ = writeln!(out, "kiln_ring_members{{state=\"{state}\",healthy=\"{healthy}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP kiln_ring_members_limit Members a snapshot holds at most.");
+        let _ = writeln!(out, "# TYPE kiln_ring_members_limit gauge\nkiln_ring_members_limit {}", gossip::MAX_MEMBERS);
+        let _ = writeln!(out, "# HELP kiln_ring_members_dropped_total Members left out of a snapshot past the limit.");
+        let _ = writeln!(
+            out,
+            "# TYPE kiln_ring_members_dropped_total counter\nkiln_ring_members_dropped_total {}",
+            self.members_dropped.load(Relaxed)
+        );
+        let _ = writeln!(out, "# HELP kiln_ring_snapshots_total Ring snapshots swapped in since start.");
+        let _ = writeln!(
+            out,
+            "# TYPE kiln_ring_snapshots_total counter\nkiln_ring_snapshots_total {}",
+            self.swaps.load(Relaxed)
+        );
+        let _ = writeln!(out, "# HELP kiln_cluster_calls_total Calls to other members, by kind and outcome.");
+        let _ = writeln!(out, "# TYPE kiln_cluster_calls_total counter");
+        let c = &self.calls;
+        for (kind, outcome, v) in [
+            ("push", "ok", &c.push_ok),
+            ("push", "failed", &c.push_failed),
+            ("query", "ok", &c.query_ok),
+            ("query", "failed", &c.query_failed),
+        ] {
+            let _ =
+                writeln!(out, "kiln_cluster_calls_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {}", v.load(Relaxed));
+        }
     }
 }
 

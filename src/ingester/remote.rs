@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub const SERVICE: &str = "kiln.ingester.v1.IngesterService";
 pub const PUSH_PATH: &str = "/kiln.ingester.v1.IngesterService/Push";
 
-pub static RPC: &[RpcService] = &[RpcService { name: SERVICE, class: Class::Ingest }];
+pub static RPC: &[RpcService] = &[RpcService { name: SERVICE, class: Class::Internal }];
 
 /// `PushRecords { repeated bytes records = 1; }`: WAL ingest records, one per profile, all of
 /// one tenant.

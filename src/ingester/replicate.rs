@@ -73,7 +73,7 @@ impl Replicator {
             } else {
                 let addr = snap.instances()[inst as usize].addr.clone();
                 let body = remote::encode(tenant.as_str(), &parts);
-                let (pool, timeout) = (self.pool.clone(), self.cluster.push_timeout);
+                let (pool, timeout, cluster) = (self.pool.clone(), self.cluster.push_timeout, self.cluster.clone());
                 monoio::spawn(async move {
                     let res =
                         pool.call(&addr, remote::PUSH_PATH, body, timeout).await.map(|_| ()).map_err(|e| match e {
@@ -84,6 +84,9 @@ impl Replicator {
                             }
                             e => WriteError::Unavailable(e.to_string()),
                         });
+                    let c = &cluster.calls;
+                    let counter = if res.is_ok() { &c.push_ok } else { &c.push_failed };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = tx.send((inst, res));
                 });
             }

@@ -2,6 +2,7 @@
 //! and merges the partial answers (trees, pprofs, series, label sets).
 pub mod pprof_merge;
 pub mod render;
+pub mod replicas;
 pub mod rpc;
 pub mod tree;
 
@@ -56,11 +57,23 @@ pub struct Querier {
     mesh: Mesh,
     limits: Arc<TenantLimits>,
     multitenancy: bool,
+    /// In a cluster: the replicas every query also goes to. `None`: this process alone.
+    replicas: Option<replicas::ReplicaReader>,
 }
 
 impl Querier {
-    pub fn new(mesh: Mesh, limits: Arc<TenantLimits>, multitenancy: bool) -> Self {
-        Querier { mesh, limits, multitenancy }
+    pub fn new(
+        mesh: Mesh,
+        limits: Arc<TenantLimits>,
+        multitenancy: bool,
+        replicas: Option<replicas::ReplicaReader>,
+    ) -> Self {
+        Querier { mesh, limits, multitenancy, replicas }
+    }
+
+    /// `kiln.querier.v1.ReplicaService`: another instance's query, answered from this one's cores.
+    pub async fn serve_replica_rpc(&self, call: &Call<'_>, method: &str) -> Reply {
+        replicas::serve(self, call, method).await
     }
 
     fn limits_for(&self, tenant: &str) -> &Limits {
@@ -128,7 +141,7 @@ pub fn selection(
             fmt_ms(max_len)
         )));
     }
-    Ok(Some(Selection { tenants, profile_type, matchers, start_ms: start, end_ms: end }))
+    Ok(Some(Selection { tenants, profile_type, matchers, start_ms: start, end_ms: end, keys: None }))
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -136,8 +149,17 @@ fn fmt_ms(ms: i64) -> String {
     format!("{}h{}m{}s", s / 3600, s % 3600 / 60, s % 60)
 }
 
-/// Sends a request to every core and returns all partial results.
+/// Sends a request to every core (in a cluster: to every replica, each profile counted once;
+/// see `replicas`) and returns all partial results.
 pub async fn fan_out(querier: &Rc<Querier>, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
+    match &querier.replicas {
+        Some(r) => r.fan_out(querier, req).await,
+        None => local_fan_out(querier, req).await,
+    }
+}
+
+/// Sends a request to every core of this process and returns their partial results.
+pub async fn local_fan_out(querier: &Querier, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
     let req = Arc::new(req);
     let parts = querier
         .mesh

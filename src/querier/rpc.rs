@@ -306,8 +306,14 @@ async fn diff(call: &Call<'_>, r: q::DiffRequest) -> Result<q::DiffResponse, Rpc
 
 async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result<t::GetProfileStatsResponse, RpcError> {
     let tenants = call.querier.tenants(call.headers)?;
-    let sel =
-        Selection { tenants, profile_type: None, matchers: Vec::new(), start_ms: i64::MIN / 2, end_ms: i64::MAX / 2 };
+    let sel = Selection {
+        tenants,
+        profile_type: None,
+        matchers: Vec::new(),
+        start_ms: i64::MIN / 2,
+        end_ms: i64::MAX / 2,
+        keys: None,
+    };
     let mut out = t::GetProfileStatsResponse::default();
     for p in fan_out(call.querier, QueryRequest::Stats(sel)).await? {
         if let QueryResult::Stats { oldest_ms, newest_ms, ingested: true } = p {

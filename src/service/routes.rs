@@ -11,21 +11,26 @@ pub enum Class {
     Ingest,
     Query,
     Render,
+    /// Calls between the instances of a cluster (replicated writes, replica queries): read up
+    /// to the ingestion body limit, as a write's.
+    Internal,
     Other,
 }
 
 impl Class {
-    pub const ALL: [(Class, &'static str); 5] = [
+    pub const ALL: [(Class, &'static str); 6] = [
         (Class::Push, "push"),
         (Class::Ingest, "ingest"),
         (Class::Query, "query"),
         (Class::Render, "render"),
+        (Class::Internal, "internal"),
         (Class::Other, "other"),
     ];
 
-    /// Whether the body is a write's.
+    /// Whether the body is read up to the ingestion body limit (a write's, or an internal
+    /// call's) rather than `QUERY_BODY_LIMIT`.
     pub fn is_write(self) -> bool {
-        matches!(self, Class::Push | Class::Ingest)
+        matches!(self, Class::Push | Class::Ingest | Class::Internal)
     }
 }
 

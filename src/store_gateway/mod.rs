@@ -34,7 +34,12 @@ impl OpenError {
 
 /// Reads every tenant's bucket index and hands each block to the core the ring gives it.
 /// Returns every indexed (tenant, block id), for replay to skip what blocks hold.
-pub fn open_blocks(store: &Store, mesh: &Mesh) -> Result<Indexed, OpenError> {
+///
+/// Alone (`instance` empty) an instance serves every block. In a cluster an instance serves the blocks its own ingester cut and
+/// those a single node cut, not the other replicas' copies: each instance then holds one copy
+/// of each of its series' profiles, which is what a querier's replica deduplication counts
+/// on (see `querier::replicas`). The other replicas' blocks are theirs to serve.
+pub fn open_blocks(store: &Store, mesh: &Mesh, instance: &str) -> Result<Indexed, OpenError> {
     let mut indexed = Indexed::new();
     let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
     let tenants = store.blocking_tenants().map_err(|e| OpenError::Tenants { store: store.describe(), source: e })?;
@@ -47,7 +52,8 @@ pub fn open_blocks(store: &Store, mesh: &Mesh) -> Result<Indexed, OpenError> {
         for b in &idx.blocks {
             // A block marked for deletion still holds what its WAL records held.
             indexed.insert((tenant.clone(), b.block_id.clone()));
-            if deleted.contains(b.block_id.as_str()) {
+            let another_replicas = !instance.is_empty() && !b.ingester.is_empty() && b.ingester != instance;
+            if deleted.contains(b.block_id.as_str()) || another_replicas {
                 continue;
             }
             let core = mesh.ring.block_owner(&b.block_id) as usize;

@@ -53,6 +53,11 @@ pub struct BlockRef {
     /// footer, say) without asking the bucket for the size first.
     #[serde(default, with = "files_json")]
     pub files: Vec<(String, u64)>,
+    /// In a cluster, the instance whose ingester cut the block: it serves it (each replica
+    /// serves its own copy of its series, so a querier counts each profile once); empty for a
+    /// single node's blocks, which every instance serves.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ingester: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +178,7 @@ mod tests {
             compaction_level: 1,
             size_bytes: 30,
             files: vec![("meta.json".into(), 10), ("profiles.bin".into(), 20)],
+            ingester: String::new(),
         }
     }
 

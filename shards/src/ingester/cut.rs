@@ -46,6 +46,8 @@ pub struct BlockConfig {
     /// Bytes of opened blocks a core keeps cached (`-store-gateway.cache-bytes-per-core`).
     pub cache_bytes: usize,
     pub encode: EncodeOptions,
+    /// This instance's ID in a cluster (recorded in each block's index entry); empty alone.
+    pub instance: String,
 }
 
 /// A tenant head cut from the live head: read-only, still answering queries until its block
@@ -334,6 +336,7 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
             compaction_level: meta.compaction.level,
             size_bytes: size,
             files: files.iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect(),
+            ingester: cfg.instance.clone(),
         };
         tracing::info!(tenant = %f.tenant, block = %f.id, profiles = meta.stats.num_profiles, samples = meta.stats.num_samples, bytes = size, encode_s, total_s = started.elapsed().as_secs_f64(), "block uploaded");
         entries.push((TenantId::known(f.tenant.clone()), r.clone()));

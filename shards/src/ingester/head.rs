@@ -213,12 +213,13 @@ impl TenantHead {
     }
 
     /// The read side of this head, shared with blocks loaded for a query.
-    pub fn view(&self) -> HeadView<'_> {
-        HeadView { symbols: &self.symbols, series: &self.series, by_profile_type: Some(&self.by_profile_type) }
+    /// The head as a query reads it; `tenant` is whose head it is.
+    pub fn view<'a>(&'a self, tenant: &'a str) -> HeadView<'a> {
+        HeadView { tenant, symbols: &self.symbols, series: &self.series, by_profile_type: Some(&self.by_profile_type) }
     }
 
-    pub fn query(&self, q: &QueryRequest) -> QueryResult {
-        self.view().query(q)
+    pub fn query(&self, tenant: &str, q: &QueryRequest) -> QueryResult {
+        self.view(tenant).query(q)
     }
 
     /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.
@@ -282,6 +283,7 @@ pub(crate) mod tests {
             matchers: parse_selector(selector).unwrap(),
             start_ms: 0,
             end_ms: i64::MAX / 2_000_000,
+            keys: None,
         }
     }
 
@@ -303,7 +305,7 @@ pub(crate) mod tests {
         let mut h = TenantHead::default();
         h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
         let QueryResult::Tree(t) =
-            h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"svc\"}")))
+            h.query("t", &QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"svc\"}")))
         else {
             panic!()
         };
@@ -313,7 +315,7 @@ pub(crate) mod tests {
             assert!((n.0 as usize) < i);
         }
         let QueryResult::Tree(empty) =
-            h.query(&QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"other\"}")))
+            h.query("t", &QueryRequest::MergeTree(sel("x:samples:count::", "{service_name=\"other\"}")))
         else {
             panic!()
         };
@@ -330,7 +332,8 @@ pub(crate) mod tests {
         let mut s = sel("x:samples:count::", "{}");
         s.start_ms = 0;
         s.end_ms = 40_000;
-        let QueryResult::Series(v) = h.query(&QueryRequest::SelectSeries { sel: s, step_ms: 10_000, group_by: vec![] })
+        let QueryResult::Series(v) =
+            h.query("t", &QueryRequest::SelectSeries { sel: s, step_ms: 10_000, group_by: vec![] })
         else {
             panic!()
         };

@@ -489,9 +489,11 @@ impl Ingester {
     pub fn query(&self, req: &QueryRequest) -> Vec<QueryResult> {
         let sel = req.selection();
         let frozen = self.cut_state.frozen.borrow();
-        let live = sel.tenants.iter().filter_map(|t| self.tenants.get(t.as_str())).map(|h| h.query(req));
-        let cut =
-            frozen.iter().filter(|f| sel.tenants.iter().any(|t| **t == *f.tenant)).map(|f| f.head.borrow().query(req));
+        let live = sel.tenants.iter().filter_map(|t| self.tenants.get(t.as_str()).map(|h| h.query(t.as_str(), req)));
+        let cut = frozen
+            .iter()
+            .filter(|f| sel.tenants.iter().any(|t| **t == *f.tenant))
+            .map(|f| f.head.borrow().query(&f.tenant, req));
         live.chain(cut).collect()
     }
 
@@ -824,6 +826,7 @@ pub(super) mod tests {
             matchers: vec![],
             start_ms: 0,
             end_ms: i64::MAX / 2_000_000,
+            keys: None,
         };
         let mut sum = 0;
         for r in ing.query(&QueryRequest::MergeTree(sel)) {
@@ -982,6 +985,7 @@ mod cut_retry_tests {
             max_block_bytes: 0,
             cache_bytes: 1 << 20,
             encode: Default::default(),
+            instance: String::new(),
         };
         (dir, store, cfg)
     }

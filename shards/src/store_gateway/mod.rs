@@ -402,7 +402,7 @@ pub async fn query(
     };
     let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, with_samples, min_ns, max_ns)
         .map_err(|e| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e })?;
-    let view = HeadView { symbols: &o.symbols, series: &series, by_profile_type: None };
+    let view = HeadView { tenant: b.tenant.as_str(), symbols: &o.symbols, series: &series, by_profile_type: None };
     Ok(view.query(req))
 }
 
@@ -438,6 +438,7 @@ mod tests {
             compaction_level: 1,
             size_bytes: 0,
             files: Vec::new(),
+            ingester: String::new(),
         };
         ("t".into(), r)
     }
@@ -447,7 +448,7 @@ mod tests {
     }
 
     fn sel(start_ms: i64, end_ms: i64) -> Selection {
-        Selection { tenants: vec!["t".into()], profile_type: None, matchers: vec![], start_ms, end_ms }
+        Selection { tenants: vec!["t".into()], profile_type: None, matchers: vec![], start_ms, end_ms, keys: None }
     }
 
     #[test]

@@ -1,8 +1,47 @@
 //! What a core is asked to evaluate over its heads, and the partial results it sends back.
-//! The accepting core merges the partials of every core (see `querier` in the kiln crate).
+//! The accepting core merges the partials of every core (see `querier` in the kiln crate);
+//! in a cluster, other instances' partials come over the wire (`wire`).
+pub mod wire;
+
 use crate::model::ids::{ProfileTypeId, TenantId};
 use crate::model::labels::Labels;
 use crate::model::selector::Matcher;
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+
+/// Which of a series' profiles a query may count, by series key (`series_key`): the
+/// querier's choice, in a cluster, of which replica counts each (series, timestamp), so a
+/// profile held by three replicas is counted once. A series absent from the filter counts
+/// none of its profiles.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct KeyFilter {
+    pub series: FxHashMap<u64, Include>,
+}
+
+/// Which of one series' profiles count.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Include {
+    All,
+    /// Only the profiles at these timestamps (ns), sorted and unique.
+    Only(Vec<i64>),
+}
+
+impl KeyFilter {
+    /// Whether the profile of series `key` at `ts_ns` counts.
+    pub fn includes(&self, key: u64, ts_ns: i64) -> bool {
+        match self.series.get(&key) {
+            None => false,
+            Some(Include::All) => true,
+            Some(Include::Only(ts)) => ts.binary_search(&ts_ns).is_ok(),
+        }
+    }
+}
+
+/// The key of a stored series, the same on every instance that holds a replica of it: its
+/// tenant, labels and profile type.
+pub fn series_key(tenant: &str, labels: &Labels, profile_type: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(profile_type.as_bytes(), labels.fingerprint(tenant))
+}
 
 /// Which profiles a query reads: one profile type (or any), label matchers, and an inclusive
 /// time range in milliseconds.
@@ -13,6 +52,8 @@ pub struct Selection {
     pub matchers: Vec<Matcher>,
     pub start_ms: i64,
     pub end_ms: i64,
+    /// In a cluster: which replica's profiles count (see `KeyFilter`); `None`: all.
+    pub keys: Option<Arc<KeyFilter>>,
 }
 
 impl Selection {
@@ -38,6 +79,8 @@ pub enum QueryRequest {
     Stats(Selection),
     /// How much data a query would read: series, profiles, samples, bytes.
     Analyze(Selection),
+    /// Every selected profile's (series key, timestamp): what a querier dedups replicas by.
+    Keys(Selection),
 }
 
 impl QueryRequest {
@@ -50,7 +93,8 @@ impl QueryRequest {
             | QueryRequest::MergeTree(s)
             | QueryRequest::MergeProfile(s)
             | QueryRequest::Stats(s)
-            | QueryRequest::Analyze(s) => s,
+            | QueryRequest::Analyze(s)
+            | QueryRequest::Keys(s) => s,
             QueryRequest::SelectSeries { sel, .. } => sel,
         }
     }
@@ -101,4 +145,6 @@ pub enum QueryResult {
         samples: u64,
         bytes: u64,
     },
+    /// (series key, the timestamps in ns of its selected profiles, one per profile).
+    Keys(Vec<(u64, Vec<i64>)>),
 }

@@ -1,0 +1,129 @@
+//! What every query API says about the data a test pushed, in one comparable map: for
+//! checking that blocks, restarts and clusters answer exactly as a single node's head does.
+use super::*;
+use kiln_proto::push::v1::{PushRequest, PushResponse, RawProfileSeries, RawSample};
+use kiln_proto::querier::v1 as q;
+use kiln_proto::types::v1 as t;
+use std::collections::BTreeMap;
+
+/// Pushes one fixture as service `service` (PusherService/Push, Connect).
+pub fn push_fixture(port: u16, service: &str, raw: Vec<u8>) {
+    let req = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: vec![
+                t::LabelPair { name: "__name__".into(), value: "fixture".into() },
+                t::LabelPair { name: "service_name".into(), value: service.into() },
+            ],
+            samples: vec![RawSample { raw_profile: raw.into(), id: String::new() }],
+            annotations: vec![],
+        }],
+    };
+    let _: PushResponse = connect(port, "/push.v1.PusherService/Push", &[], &req).unwrap();
+}
+
+pub const START: i64 = 1000;
+
+pub fn end() -> i64 {
+    now_ms() + 3_600_000
+}
+
+/// Everything the query APIs say about the data, in a comparable form.
+pub fn snapshot(port: u16) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let types: q::ProfileTypesResponse = connect(
+        port,
+        "/querier.v1.QuerierService/ProfileTypes",
+        &[],
+        &q::ProfileTypesRequest { start: START, end: end() },
+    )
+    .unwrap();
+    let ids: Vec<String> = types.profile_types.iter().map(|p| p.id.clone()).collect();
+    assert!(!ids.is_empty(), "no profile types");
+    out.insert("types".into(), format!("{ids:?}"));
+    let names: t::LabelNamesResponse = connect(
+        port,
+        "/querier.v1.QuerierService/LabelNames",
+        &[],
+        &t::LabelNamesRequest { start: START, end: end(), ..Default::default() },
+    )
+    .unwrap();
+    out.insert("label names".into(), format!("{:?}", names.names));
+    let values: t::LabelValuesResponse = connect(
+        port,
+        "/querier.v1.QuerierService/LabelValues",
+        &[],
+        &t::LabelValuesRequest { name: "service_name".into(), start: START, end: end(), ..Default::default() },
+    )
+    .unwrap();
+    out.insert("services".into(), format!("{:?}", values.names));
+    for pt in &ids {
+        let fg: q::SelectMergeStacktracesResponse = connect(
+            port,
+            "/querier.v1.QuerierService/SelectMergeStacktraces",
+            &[],
+            &q::SelectMergeStacktracesRequest {
+                profile_type_id: pt.clone(),
+                label_selector: "{}".into(),
+                start: START,
+                end: end(),
+                max_nodes: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let fg = fg.flamegraph.unwrap();
+        let levels: Vec<Vec<i64>> = fg.levels.iter().map(|l| l.values.clone()).collect();
+        out.insert(format!("{pt} total"), fg.total.to_string());
+        out.insert(format!("{pt} stacks"), format!("{:?}", flamegraph_stacks(&fg.names, &levels)));
+        let series: q::SelectSeriesResponse = connect(
+            port,
+            "/querier.v1.QuerierService/SelectSeries",
+            &[],
+            &q::SelectSeriesRequest {
+                profile_type_id: pt.clone(),
+                label_selector: "{}".into(),
+                start: START,
+                end: end(),
+                group_by: vec!["service_name".into()],
+                step: 3600.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let pts: Vec<String> = series
+            .series
+            .iter()
+            .map(|s| {
+                format!("{:?} {:?}", s.labels, s.points.iter().map(|p| (p.timestamp, p.value)).collect::<Vec<_>>())
+            })
+            .collect();
+        out.insert(format!("{pt} series"), format!("{pts:?}"));
+        let pprof: kiln_proto::google::v1::Profile = connect(
+            port,
+            "/querier.v1.QuerierService/SelectMergeProfile",
+            &[],
+            &q::SelectMergeProfileRequest {
+                profile_type_id: pt.clone(),
+                label_selector: "{}".into(),
+                start: START,
+                end: end(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        out.insert(format!("{pt} pprof"), format!("{:?}", pprof_stacks(&pprof, 0)));
+    }
+    out
+}
+
+pub fn flush(port: u16) {
+    let r = post(port, "/ingester/flush", &[], Vec::new());
+    assert_eq!(r.status, 204, "{}", r.text());
+}
+
+pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, when: &str) {
+    assert_eq!(a.len(), b.len(), "{when}: different keys");
+    for (k, v) in a {
+        assert_eq!(Some(v), b.get(k), "{when}: {k} differs");
+    }
+}
