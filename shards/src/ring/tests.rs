@@ -201,6 +201,31 @@ fn snapshot_sorts_drops_left_and_forgets() {
     assert_eq!((w.members.len(), w.quorum, w.unhealthy), (2, 2, 1));
 }
 
+#[test]
+fn rebuild_shares_rings_until_a_member_changes() {
+    let cfg = RingConfig { tokens_per_core: 16, heartbeat_timeout_ms: 1_000, forget_after_ms: 5_000 };
+    let descs = |hb: u64, b_state: State| vec![desc("a", State::Active, hb, 1), desc("b", b_state, hb, 2)];
+    let s1 = Snapshot::build(descs(10, State::Active), 10, &cfg);
+    // Heartbeats moved, and b went unhealthy: same token holders, same rings.
+    let s2 = s1.rebuild(descs(2_000, State::Active), 2_500, &cfg);
+    assert!(s2.shares_rings_with(&s1));
+    assert_eq!(
+        s2.ingester_ring().digest(),
+        Snapshot::build(descs(2_000, State::Active), 2_500, &cfg).ingester_ring().digest()
+    );
+    // b LEAVING still holds tokens; PENDING does not.
+    assert!(s1.rebuild(descs(10, State::Leaving), 10, &cfg).shares_rings_with(&s1));
+    let s3 = s1.rebuild(descs(10, State::Pending), 10, &cfg);
+    assert!(!s3.shares_rings_with(&s1));
+    assert_eq!(
+        s3.ingester_ring().digest(),
+        Snapshot::build(descs(10, State::Pending), 10, &cfg).ingester_ring().digest()
+    );
+    // Other tokens per core: not shared.
+    let cfg2 = RingConfig { tokens_per_core: 8, ..cfg };
+    assert!(!s1.rebuild(descs(10, State::Active), 10, &cfg2).shares_rings_with(&s1));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
