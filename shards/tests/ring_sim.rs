@@ -783,6 +783,14 @@ fn scale_report() {
     println!("  exact share per core (RF=3):    max/mean {emax:.3}, min/mean {emin:.3}");
     println!("  exact share per core (primary): max/mean {epmax:.3}, min/mean {epmin:.3}");
 
+    report_movement(&ring, &insts, t, &mut rng);
+    report_gossip(&mut rng);
+}
+
+/// Keys whose primary or replica set changes when one instance leaves (the last) or one joins.
+fn report_movement(ring: &Ring, insts: &[InstanceTokens], t: u32, rng: &mut Rng) {
+    let (n, cores, keys) = (insts.len() as u32, insts[0].cores, 1_000_000u64);
+    let key = |i: u64| kiln_shards::ring::block_key(&i.to_string());
     // Movement: one instance leaving (the last), one joining (a 101st).
     let moved = |a: &Ring, b: &Ring| {
         let (mut primary, mut sets) = (0u64, 0u64);
@@ -800,11 +808,11 @@ fn scale_report() {
         (primary as f64 / (keys / 4) as f64, sets as f64 / (keys / 4) as f64)
     };
     let without = Ring::of_instances(&insts[..n as usize - 1], t);
-    let mut more = insts.clone();
+    let mut more = insts.to_vec();
     more.push(InstanceTokens { instance: n, seed: rng.next(), cores });
     let with = Ring::of_instances(&more, t);
-    let (lp, ls) = moved(&ring, &without);
-    let (jp, js) = moved(&ring, &with);
+    let (lp, ls) = moved(ring, &without);
+    let (jp, js) = moved(ring, &with);
     println!(
         "  one leaves: {:.4} of keys change primary ({:.2}/N), {:.4} change replica set ({:.2}/N)",
         lp,
@@ -819,11 +827,13 @@ fn scale_report() {
         js,
         js * n as f64
     );
+}
 
-    // Gossip: rounds of 1 s, fanout 3, push-pull of whole views.
+/// Rounds of 1 s, fanout 3, push-pull of whole views, 100 nodes.
+fn report_gossip(rng: &mut Rng) {
     for (what, one) in [("one change", true), ("cold start", false)] {
         for loss in [0.0, 0.1, 0.3] {
-            let rounds: Vec<u64> = (0..50).map(|_| gossip_rounds(100, loss, one, &mut rng)).collect();
+            let rounds: Vec<u64> = (0..50).map(|_| gossip_rounds(100, loss, one, rng)).collect();
             let mean = rounds.iter().sum::<u64>() as f64 / rounds.len() as f64;
             println!(
                 "  gossip, 100 nodes, {what}, loss {loss}: mean {mean:.1} rounds, max {} (x 1 s)",
