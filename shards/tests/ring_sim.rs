@@ -83,6 +83,9 @@ struct Node {
     view: BTreeMap<String, Entry>,
     /// Durable (the WAL): (series fp, ts) → copies stored (a client retry stores another).
     store: BTreeMap<(u64, u64), u32>,
+    /// The last snapshot built, rebuilt from (as the membership thread does), so the runs
+    /// check `Snapshot::rebuild`'s sharing of rings too.
+    last: std::cell::RefCell<Option<Snapshot>>,
 }
 
 impl Node {
@@ -107,6 +110,7 @@ impl Node {
             restarted: false,
             view: BTreeMap::new(),
             store: BTreeMap::new(),
+            last: std::cell::RefCell::new(None),
         }
     }
 
@@ -148,7 +152,14 @@ impl Node {
     }
 
     fn snapshot(&self, now_ms: u64, cfg: &RingConfig) -> Snapshot {
-        Snapshot::build(self.view.values().map(|e| e.desc.clone()).collect(), now_ms, cfg)
+        let descs = self.view.values().map(|e| e.desc.clone()).collect();
+        let mut last = self.last.borrow_mut();
+        let snap = match last.as_ref() {
+            Some(prev) => prev.rebuild(descs, now_ms, cfg),
+            None => Snapshot::build(descs, now_ms, cfg),
+        };
+        *last = Some(snap.clone());
+        snap
     }
 }
 

@@ -335,4 +335,50 @@ proptest! {
         let failed: Vec<u32> = answered.iter().filter(|(i, ok)| !ok && tr.instances().any(|j| j == *i)).map(|(i, _)| *i).collect();
         prop_assert_eq!(tr.failed(), &failed[..]);
     }
+
+    /// A write's replicas, from any membership: live ones are ACTIVE, healthy ingesters; the
+    /// quorum is dskit's over what the walk took; `read_ingesters` is exactly the ACTIVE,
+    /// healthy ingesters; a rebuild from another snapshot routes like a fresh build.
+    #[test]
+    fn snapshot_write_replicas_respect_states(
+        members in proptest::collection::vec((0u8..5, 0u64..4_000, any::<u64>(), 1u32..4, any::<bool>()), 0..8),
+        keys in proptest::collection::vec(any::<u64>(), 1..8),
+        rf in 1usize..4,
+    ) {
+        let cfg = RingConfig { tokens_per_core: 4, heartbeat_timeout_ms: 1_000, forget_after_ms: 1_000 };
+        let now = 4_000;
+        let descs: Vec<InstanceDesc> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (st, hb, seed, cores, ingester))| InstanceDesc {
+                state: State::ALL[*st as usize],
+                cores: *cores,
+                components: Components(if *ingester { Components::INGESTER } else { Components::QUERIER }),
+                ..desc(&format!("i{i}"), State::Active, *hb, *seed)
+            })
+            .collect();
+        let s = Snapshot::build(descs.clone(), now, &cfg);
+        let other = Snapshot::build(descs[..descs.len() / 2].to_vec(), now, &cfg);
+        let rebuilt = other.rebuild(descs, now, &cfg);
+        prop_assert_eq!(rebuilt.ingester_ring().digest(), s.ingester_ring().digest());
+        prop_assert_eq!(rebuilt.digest(), s.digest());
+        let readable = |i: u32| {
+            let d = &s.instances()[i as usize];
+            d.state == State::Active && s.healthy(i) && d.components.has(Components::INGESTER)
+        };
+        prop_assert_eq!(s.read_ingesters(), (0..s.instances().len() as u32).filter(|i| readable(*i)).collect::<Vec<_>>());
+        for &k in &keys {
+            match s.write_replicas(k, rf) {
+                Ok(set) => {
+                    for m in &set.members {
+                        prop_assert!(readable(m.instance));
+                    }
+                    prop_assert_eq!(set.quorum, (set.members.len() + set.unhealthy).max(rf) / 2 + 1);
+                }
+                Err(RingError::Empty) => prop_assert!(s.ingester_ring().is_empty()),
+                Err(RingError::TooFewLive { needed, found }) => prop_assert!(found < needed),
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
+    }
 }
