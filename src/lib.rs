@@ -9,6 +9,7 @@
 //! components it starts and starts them in order; `config` parses flags and the YAML file.
 pub mod api;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod distributor;
 pub mod ingester;

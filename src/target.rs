@@ -15,7 +15,8 @@
 use crate::api;
 use crate::config::Config;
 use crate::process::{block_termination_signals, fail, probe_port, raise_nofile_limit, wait_for_signal};
-use crate::{ingester, store_gateway};
+use crate::{cluster, ingester, store_gateway};
+use kiln_shards::ring::member::{Components, InstanceDesc, State};
 use std::sync::Arc;
 
 /// Starts the components of `cfg.target` in their order (see the module doc), and blocks
@@ -27,7 +28,15 @@ pub fn run(cfg: Config) {
     let tokens = cfg.ring_tokens_per_core;
     let wal_dir = cfg.wal_dir();
     let _wal_lock = kiln_io::wal::lock(&wal_dir).unwrap_or_else(|e| fail(format!("locking the WAL: {e}")));
-    let ring = ring_id(cores, tokens);
+    // In a cluster, this instance's cores own its own tokens, drawn from its token seed: the
+    // core a distributor picks for a series is the one this ring picks (see `kiln_shards::ring`).
+    let own = cfg.cluster_mode().then(|| own_entry(&cfg, cores));
+    let seed = own.as_ref().map_or(0, |o| o.token_seed);
+    let local_ring = kiln_shards::ring::Ring::of_instances(
+        &[kiln_shards::ring::InstanceTokens { instance: 0, seed, cores: cores as u32 }],
+        tokens,
+    );
+    let ring = ring_id(cores, tokens, &local_ring);
     let gens = match kiln_io::wal::prepare(&wal_dir, &ring) {
         Ok(g) => g,
         Err(e) => fail(format!("preparing the WAL under {}: {e}", wal_dir.display())),
@@ -63,7 +72,10 @@ pub fn run(cfg: Config) {
     if let Err(e) = probe_port(&cfg.http_listen_address, cfg.http_listen_port) {
         fail(e);
     }
-    let shared = api::Shared::new(cfg);
+    // Gossip starts before the WAL replay: the others see this instance PENDING until its
+    // heads hold everything it acknowledged, then ACTIVE.
+    let cluster = own.map(|own| start_cluster(&cfg, own));
+    let shared = api::Shared::new(cfg, cluster.clone());
     tracing::info!(
         cores,
         port = shared.cfg.http_listen_port,
@@ -74,7 +86,7 @@ pub fn run(cfg: Config) {
     );
     let s = shared.clone();
     let started =
-        kiln_shards::runtime::start(cores, tokens, true, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
+        kiln_shards::runtime::start(cores, local_ring, true, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
     // 1. store-gateway: every indexed block to the core that owns it.
     let indexed = store_gateway::open_blocks(&store, &started.mesh).unwrap_or_else(|e| fail(e.to_string()));
     if let Some((_, source)) = &gens.source {
@@ -91,30 +103,67 @@ pub fn run(cfg: Config) {
     }
     // 3. distributor, querier and the edge: the port opens on every core.
     drop(started.gate);
+    if let Some(c) = &cluster {
+        c.set_state(State::Active);
+    }
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
-    shared.readiness.shut_down();
-    let mut waits = Vec::new();
-    for c in 0..started.mesh.cores() {
-        let (tx, rx) = flume::bounded(1);
-        if started.mesh.send_blocking(c, kiln_shards::ingester::Msg::Sync { reply: tx }).is_ok() {
-            waits.push(rx);
-        }
+    if let Some(c) = &cluster {
+        c.set_state(State::Leaving);
     }
-    let mut clean = true;
-    for rx in waits {
-        if !matches!(rx.recv(), Ok(Ok(_))) {
-            clean = false;
-        }
+    shared.readiness.shut_down();
+    let clean = sync_wals(&started.mesh);
+    if let Some(c) = &cluster {
+        cluster::gossip::leave(c);
     }
     tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");
     std::process::exit(if clean { 0 } else { 1 });
 }
 
+/// Syncs every core's WAL; whether every core did.
+fn sync_wals(mesh: &kiln_shards::runtime::Mesh) -> bool {
+    let mut waits = Vec::new();
+    for c in 0..mesh.cores() {
+        let (tx, rx) = flume::bounded(1);
+        if mesh.send_blocking(c, kiln_shards::ingester::Msg::Sync { reply: tx }).is_ok() {
+            waits.push(rx);
+        }
+    }
+    // Every core is waited for, even after one failed.
+    let synced: Vec<bool> = waits.into_iter().map(|rx| matches!(rx.recv(), Ok(Ok(_)))).collect();
+    synced.iter().all(|s| *s)
+}
+
+/// Starts gossip for this instance's entry.
+fn start_cluster(cfg: &Config, own: InstanceDesc) -> Arc<cluster::Cluster> {
+    let c = cluster::gossip::start(cfg, own).unwrap_or_else(|e| fail(e));
+    tracing::info!(
+        id = %c.self_id,
+        rf = cfg.replication_factor,
+        "cluster mode: every series goes to up to rf ingesters; with fewer members, to all there are"
+    );
+    c
+}
+
+/// This instance's ring entry as it starts: PENDING until its WAL is replayed.
+fn own_entry(cfg: &Config, cores: usize) -> InstanceDesc {
+    let id = cfg.instance_id();
+    let components: Vec<&str> = cfg.target.components().iter().map(|c| c.as_str()).collect();
+    InstanceDesc {
+        token_seed: cluster::entry::token_seed(&id),
+        id,
+        addr: cfg.advertised_http_addr(),
+        zone: cfg.ring.availability_zone.clone(),
+        components: components.join(",").parse::<Components>().unwrap_or_else(|e| fail(e.to_string())),
+        state: State::Pending,
+        cores: cores as u32,
+        heartbeat_ms: 0,
+    }
+}
+
 /// What a WAL generation records of the ring it was written with: a generation of the same
 /// ring is adopted in place at start, another one is rewritten (see `kiln_io::wal`).
-fn ring_id(cores: usize, tokens: u32) -> String {
-    let ring = kiln_shards::ring::Ring::single(cores as u32, tokens);
+fn ring_id(cores: usize, tokens: u32, ring: &kiln_shards::ring::Ring) -> String {
     format!(
         "cores={cores} tokens-per-core={tokens} routing={} digest={:016x}\n",
         kiln_shards::ring::ROUTING_VERSION,

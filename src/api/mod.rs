@@ -21,7 +21,6 @@ use hyper::body::Incoming;
 use kiln_shards::runtime::{CoreContext, Mesh};
 use metrics::CoreMetrics;
 use std::convert::Infallible;
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,12 +37,14 @@ pub struct Shared {
     pub timeouts: conn::Timeouts,
     pub readiness: Arc<Readiness>,
     pub started: Instant,
+    /// The cluster this process is a member of; `None` when it runs alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
     /// `cfg.http_conn_limit` and `cfg.max_inflight_body_bytes` are resolved by then (see
     /// `target::run`); unset they mean no limit here.
-    pub fn new(cfg: Config) -> Arc<Self> {
+    pub fn new(cfg: Config, cluster: Option<Arc<crate::cluster::Cluster>>) -> Arc<Self> {
         let n = cfg.effective_cores();
         let timeouts = conn::Timeouts::new(
             cfg.http_server_read_timeout,
@@ -60,6 +61,7 @@ impl Shared {
             distributor_metrics: (0..n).map(|_| DistributorMetrics::default()).collect(),
             readiness: Arc::new(Readiness::new(n)),
             started: Instant::now(),
+            cluster,
         })
     }
 
@@ -83,7 +85,13 @@ pub struct Edge {
 impl Edge {
     fn new(id: u32, mesh: Mesh, shared: Arc<Shared>) -> Self {
         let cfg = &shared.cfg;
-        let ingesters = IngesterClient::local(mesh.clone());
+        let ingesters = match &shared.cluster {
+            Some(c) => IngesterClient::replicated(
+                mesh.clone(),
+                Rc::new(crate::ingester::replicate::Replicator { cluster: c.clone(), pool: Rc::default() }),
+            ),
+            None => IngesterClient::local(mesh.clone()),
+        };
         let distributor = Rc::new(Distributor::new(
             id,
             mesh.cores(),
@@ -93,7 +101,7 @@ impl Edge {
             shared.distributor_metrics.clone(),
         ));
         let querier = Rc::new(Querier::new(mesh.clone(), shared.limits.clone(), cfg.multitenancy_enabled));
-        let ingester = Ingester::new(ingesters, shared.readiness.clone());
+        let ingester = Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone());
         Edge { id, mesh, distributor, querier, ingester, shared }
     }
 
@@ -103,18 +111,6 @@ impl Edge {
 
     pub fn metrics(&self) -> &CoreMetrics {
         &self.shared.metrics[self.id as usize]
-    }
-}
-
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        monoio::spawn(fut);
     }
 }
 
@@ -134,7 +130,7 @@ pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
     };
     shared.readiness.core_listening();
     tracing::debug!(core = ctx.core, %addr, "listening");
-    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(crate::cluster::pool::LocalExec);
     builder.http2().max_concurrent_streams(1024);
     let builder = Rc::new(builder);
     let mut backoff = conn::AcceptBackoff::default();

@@ -1,6 +1,8 @@
 //! Operational endpoints: readiness, metrics, config, build info, version, health, the ring
 //! and a small web page. They are the process's, not a component's: served by the edge.
 use super::{metrics, Edge};
+use crate::cluster::now_ms;
+use crate::cluster::pages::{self, Which};
 use crate::service::body::{text, RespBody, Response};
 use crate::service::call::{self, Call, Reply};
 use crate::service::routes::{Class, HttpRoute, RpcService};
@@ -8,6 +10,8 @@ use crate::service::Req;
 use http::Method;
 use kiln_proto::grpc::health::v1::{health_check_response::ServingStatus, HealthCheckResponse};
 use kiln_proto::version::v1::VersionResponse;
+use kiln_shards::ring::member::{Components, InstanceDesc, State};
+use kiln_shards::ring::snapshot::Snapshot;
 use kiln_shards::runtime::{CoreStats, Msg};
 use std::fmt::Write;
 use std::rc::Rc;
@@ -20,10 +24,12 @@ pub enum Endpoint {
     BuildInfo,
     UiRedirect,
     Ui,
-    Ring,
+    Ring(Which),
+    Memberlist,
 }
 
 const GET: &[Method] = &[Method::GET];
+const GET_POST: &[Method] = &[Method::GET, Method::POST];
 
 pub static HTTP: &[HttpRoute<Endpoint>] = &[
     HttpRoute { methods: GET, paths: &["/ready"], class: Class::Other, endpoint: Endpoint::Ready },
@@ -47,7 +53,20 @@ pub static HTTP: &[HttpRoute<Endpoint>] = &[
         class: Class::Other,
         endpoint: Endpoint::Ui,
     },
-    HttpRoute { methods: GET, paths: &["/ring"], class: Class::Other, endpoint: Endpoint::Ring },
+    HttpRoute { methods: GET_POST, paths: &["/ring"], class: Class::Other, endpoint: Endpoint::Ring(Which::Ingester) },
+    HttpRoute {
+        methods: GET_POST,
+        paths: &["/distributor/ring"],
+        class: Class::Other,
+        endpoint: Endpoint::Ring(Which::Distributor),
+    },
+    HttpRoute {
+        methods: GET_POST,
+        paths: &["/store-gateway/ring"],
+        class: Class::Other,
+        endpoint: Endpoint::Ring(Which::StoreGateway),
+    },
+    HttpRoute { methods: GET, paths: &["/memberlist"], class: Class::Other, endpoint: Endpoint::Memberlist },
 ];
 
 pub static RPC: &[RpcService] = &[
@@ -55,7 +74,7 @@ pub static RPC: &[RpcService] = &[
     RpcService { name: "grpc.health.v1.Health", class: Class::Other },
 ];
 
-pub async fn serve_http(core: &Rc<Edge>, endpoint: &Endpoint, _r: &Req) -> Response {
+pub async fn serve_http(core: &Rc<Edge>, endpoint: &Endpoint, r: &Req) -> Response {
     match endpoint {
         Endpoint::Ready => ready(core),
         Endpoint::Metrics => metrics(core).await,
@@ -65,7 +84,12 @@ pub async fn serve_http(core: &Rc<Edge>, endpoint: &Endpoint, _r: &Req) -> Respo
             http::Response::builder().status(302).header("location", "/").body(RespBody::empty()).unwrap()
         }
         Endpoint::Ui => ui(),
-        Endpoint::Ring => ring(core),
+        Endpoint::Ring(which) => ring(core, *which, r),
+        Endpoint::Memberlist => {
+            let (snap, self_id) = membership(core);
+            let page = pages::memberlist_page(&snap, now_ms(), &|d| heartbeat(core, d), &self_id);
+            text(200, "text/html; charset=utf-8", page)
+        }
     }
 }
 
@@ -246,14 +270,62 @@ pub fn health(core: &Edge) -> HealthCheckResponse {
     HealthCheckResponse { status: status as i32 }
 }
 
-pub fn ring(core: &Edge) -> Response {
-    let n = core.mesh.cores();
-    let mut out = String::from("<!doctype html><title>kiln ring</title><h1>Ingester ring</h1><table border=1><tr><th>instance</th><th>core</th><th>state</th></tr>");
-    for c in 0..n {
-        let _ = write!(out, "<tr><td>local</td><td>{c}</td><td>ACTIVE</td></tr>");
+/// A ring page; a POST with `forget=<id>` first asks every member to forget that one.
+pub fn ring(core: &Edge, which: Which, r: &Req) -> Response {
+    let mut note = String::new();
+    if r.method == Method::POST {
+        let Some(id) = pages::forget_id(&r.body) else {
+            return text(400, "text/plain; charset=utf-8", "a POST to a ring page takes forget=<instance id>");
+        };
+        match &core.shared.cluster {
+            Some(c) if id != c.self_id => {
+                c.forget(&id);
+                note =
+                    format!("<p>Forgetting {}: every member drops it within a few gossip rounds.</p>", pages::esc(&id));
+            }
+            Some(_) => {
+                return text(400, "text/plain; charset=utf-8", "an instance cannot forget itself: stop it instead")
+            }
+            None => {
+                return text(400, "text/plain; charset=utf-8", "this instance runs alone: there is no one to forget")
+            }
+        }
     }
-    out.push_str("</table>");
-    text(200, "text/html; charset=utf-8", out)
+    let (snap, _) = membership(core);
+    let tokens = core.cfg().ring_tokens_per_core;
+    let page = pages::ring_page(which, &snap, now_ms(), &|d| heartbeat(core, d), tokens, &note);
+    text(200, "text/html; charset=utf-8", page)
+}
+
+/// When `d`'s heartbeat was last seen, as of the last gossip round (this process alone: now).
+fn heartbeat(core: &Edge, d: &InstanceDesc) -> u64 {
+    match &core.shared.cluster {
+        Some(c) => c.last_heartbeat(&d.id).unwrap_or(d.heartbeat_ms),
+        None => now_ms(),
+    }
+}
+
+/// The membership this instance sees, and its own ID: the cluster's snapshot, or a snapshot of
+/// this process alone.
+fn membership(core: &Edge) -> (std::sync::Arc<Snapshot>, String) {
+    if let Some(c) = &core.shared.cluster {
+        return (c.snapshot(), c.self_id.clone());
+    }
+    let cfg = core.cfg();
+    let id = cfg.instance_id();
+    let me = InstanceDesc {
+        id: id.clone(),
+        addr: cfg.advertised_http_addr(),
+        zone: cfg.ring.availability_zone.clone(),
+        components: Components(
+            Components::DISTRIBUTOR | Components::INGESTER | Components::QUERIER | Components::STORE_GATEWAY,
+        ),
+        state: if core.shared.ready() { State::Active } else { State::Pending },
+        cores: core.mesh.cores() as u32,
+        token_seed: 0,
+        heartbeat_ms: now_ms(),
+    };
+    (std::sync::Arc::new(Snapshot::build(vec![me], now_ms(), &crate::cluster::ring_config(cfg))), id)
 }
 
 pub fn ui() -> Response {

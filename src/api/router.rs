@@ -45,13 +45,18 @@ impl HttpDest {
 enum RpcOwner {
     Distributor,
     Querier,
+    Ingester,
     Ops,
 }
 
 /// The owner and service of an RPC path (`/<service>/<Method>`).
 fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService)> {
-    let tables: [(RpcOwner, &'static [RpcService]); 3] =
-        [(RpcOwner::Distributor, distributor::RPC), (RpcOwner::Querier, querier::RPC), (RpcOwner::Ops, ops::RPC)];
+    let tables: [(RpcOwner, &'static [RpcService]); 4] = [
+        (RpcOwner::Distributor, distributor::RPC),
+        (RpcOwner::Querier, querier::RPC),
+        (RpcOwner::Ingester, ingester::remote::RPC),
+        (RpcOwner::Ops, ops::RPC),
+    ];
     tables.into_iter().find_map(|(owner, table)| routes::find_rpc(table, path).map(|(s, _)| (owner, s)))
 }
 
@@ -235,6 +240,7 @@ async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize, dest:
     let reply = match dest {
         Dest::Rpc(RpcOwner::Distributor, _) => core.distributor.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Querier, _) => core.querier.serve_rpc(&call, method).await,
+        Dest::Rpc(RpcOwner::Ingester, _) => core.ingester.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Ops, s) => ops::serve_rpc(core, &call, s.name, method).await,
         Dest::Http(_) | Dest::Unknown => call::unimplemented(),
     };

@@ -224,6 +224,82 @@ pub struct Config {
     pub limits: Limits,
     /// Per-tenant overrides of `limits`.
     pub overrides: std::collections::BTreeMap<String, Limits>,
+    /// Gossip membership (`-memberlist.*`): off unless a flag of it is given.
+    pub memberlist: Memberlist,
+    /// This instance on the rings, and the rings' timing.
+    pub ring: RingSettings,
+    /// Ingesters each series is written to (`-distributor.replication-factor`).
+    pub replication_factor: usize,
+    /// How long a push waits for its replicas' quorum (`-distributor.push.timeout`).
+    #[serde(with = "go_duration")]
+    pub push_timeout: Duration,
+    /// Queries for data older than this go to the store-gateways only
+    /// (`-querier.query-store-after`); 0: always ask the ingesters too.
+    #[serde(with = "go_duration")]
+    pub query_store_after: Duration,
+}
+
+/// `-memberlist.*`: how this process finds and gossips with the others.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memberlist {
+    /// Whether any `-memberlist.*` flag (or YAML key) was given: cluster mode.
+    #[serde(skip)]
+    pub enabled: bool,
+    pub bind_addr: String,
+    pub bind_port: u16,
+    /// `host:port`, `dns+host:port` or `dnssrv+_service._proto.name`, repeatable.
+    pub join: Vec<String>,
+    /// Empty: the HTTP listen address when it is not a wildcard, else the bind address
+    /// when it is not, else 127.0.0.1.
+    pub advertise_addr: String,
+    /// 0: the bind port.
+    pub advertise_port: u16,
+    /// Members gossip only with members of the same label.
+    pub cluster_label: String,
+}
+
+impl Default for Memberlist {
+    fn default() -> Self {
+        Memberlist {
+            enabled: false,
+            bind_addr: "0.0.0.0".into(),
+            bind_port: 7946,
+            join: Vec::new(),
+            advertise_addr: String::new(),
+            advertise_port: 0,
+            cluster_label: String::new(),
+        }
+    }
+}
+
+/// This instance on the rings, and the rings' timing.
+#[derive(Debug, Clone, Serialize)]
+pub struct RingSettings {
+    /// Empty: `<hostname>-<http port>` (unique per process on one machine).
+    pub instance_id: String,
+    pub availability_zone: String,
+    /// How often this instance publishes its heartbeat.
+    #[serde(with = "go_duration")]
+    pub heartbeat_period: Duration,
+    /// A member whose heartbeat is older than this is UNHEALTHY.
+    #[serde(with = "go_duration")]
+    pub heartbeat_timeout: Duration,
+    /// An UNHEALTHY member is forgotten once its heartbeat is this old (Pyroscope's
+    /// ingesters are never forgotten); 0: never.
+    #[serde(with = "go_duration")]
+    pub auto_forget_after: Duration,
+}
+
+impl Default for RingSettings {
+    fn default() -> Self {
+        RingSettings {
+            instance_id: String::new(),
+            availability_zone: String::new(),
+            heartbeat_period: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(60),
+            auto_forget_after: Duration::from_secs(600),
+        }
+    }
 }
 
 impl Default for Config {
@@ -253,6 +329,11 @@ impl Default for Config {
             log_level: LogLevel::Info,
             limits: Limits::default(),
             overrides: Default::default(),
+            memberlist: Memberlist::default(),
+            ring: RingSettings::default(),
+            replication_factor: 3,
+            push_timeout: Duration::from_secs(5),
+            query_store_after: Duration::from_secs(4 * 3600),
         }
     }
 }
@@ -422,6 +503,57 @@ impl Config {
         self.block_cache_bytes_per_core.unwrap_or(self.effective_max_head_bytes() / 8)
     }
 
+    /// The memberlist settings, marking cluster mode on: any `-memberlist.*` flag turns it on.
+    fn memberlist_mut(&mut self) -> &mut Memberlist {
+        self.memberlist.enabled = true;
+        &mut self.memberlist
+    }
+
+    /// Whether this process joins a cluster (gossip, rings, replication) or runs alone.
+    pub fn cluster_mode(&self) -> bool {
+        self.memberlist.enabled
+    }
+
+    /// This instance's ID on the rings: `-ring.instance-id`, else `<hostname>-<http port>`,
+    /// unique among processes on one machine that differ in their port.
+    pub fn instance_id(&self) -> String {
+        if !self.ring.instance_id.is_empty() {
+            return self.ring.instance_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "kiln".into());
+        format!("{host}-{}", self.http_listen_port)
+    }
+
+    /// The address other members reach this one's HTTP port at.
+    pub fn advertised_http_addr(&self) -> String {
+        format!("{}:{}", self.advertised_host(), self.http_listen_port)
+    }
+
+    /// The gossip address other members reach this one at.
+    pub fn advertised_gossip_addr(&self) -> String {
+        let port = if self.memberlist.advertise_port == 0 {
+            self.memberlist.bind_port
+        } else {
+            self.memberlist.advertise_port
+        };
+        format!("{}:{port}", self.advertised_host())
+    }
+
+    /// `-memberlist.advertise-addr`, else the HTTP listen address when it is not a wildcard,
+    /// else the gossip bind address when it is not, else 127.0.0.1.
+    fn advertised_host(&self) -> String {
+        let wildcard = |a: &str| a.is_empty() || a == "0.0.0.0" || a == "::" || a == "[::]";
+        [&self.memberlist.advertise_addr, &self.http_listen_address, &self.memberlist.bind_addr]
+            .into_iter()
+            .find(|a| !wildcard(a))
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1".into())
+    }
+
     pub fn effective_cores(&self) -> usize {
         if self.cores > 0 {
             self.cores
@@ -467,6 +599,24 @@ impl Config {
     /// - the block cache against the head: separate memory, and a store-gateway-heavy setup
     ///   may want a cache larger than its heads.
     fn check_relations(&self) -> Result<(), String> {
+        if self.replication_factor == 0 {
+            return Err("-distributor.replication-factor=0: every series needs at least one ingester".into());
+        }
+        if self.ring.heartbeat_period.is_zero() || self.ring.heartbeat_timeout <= self.ring.heartbeat_period {
+            return Err(format!(
+                "-ring.heartbeat-timeout={:?} must be above -ingester.heartbeat-period={:?} (and the period positive): every member would be UNHEALTHY between two heartbeats",
+                self.ring.heartbeat_timeout, self.ring.heartbeat_period
+            ));
+        }
+        if !self.ring.auto_forget_after.is_zero() && self.ring.auto_forget_after < self.ring.heartbeat_timeout {
+            return Err(format!(
+                "-ring.auto-forget-after={:?} is below -ring.heartbeat-timeout={:?}: a member would be forgotten before it is even UNHEALTHY",
+                self.ring.auto_forget_after, self.ring.heartbeat_timeout
+            ));
+        }
+        if self.push_timeout.is_zero() {
+            return Err("-distributor.push.timeout=0: it must be positive".into());
+        }
         let head = self.effective_max_head_bytes();
         if let Some(block) = self.max_block_bytes.filter(|&b| b > 0 && head > 0 && b >= head) {
             return Err(format!(
@@ -594,9 +744,39 @@ impl Config {
             // Accepted for compatibility with Pyroscope command lines; kiln does not push
             // profiles of itself.
             "self-profiling.disable-push" | "self-profiling.tenant-id" => {}
+            _ if self.set_cluster_flag(k, v)? => {}
             _ => return Err(format!("flag provided but not defined: -{k}")),
         }
         Ok(())
+    }
+
+    /// The cluster's flags (`-memberlist.*`, the rings, replication); `false`: not one of them.
+    fn set_cluster_flag(&mut self, k: &str, v: &str) -> Result<bool, String> {
+        let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
+        match k {
+            "memberlist.bind-addr" => self.memberlist_mut().bind_addr = v.into(),
+            "memberlist.bind-port" => self.memberlist_mut().bind_port = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "memberlist.join" => {
+                if !v.is_empty() {
+                    self.memberlist_mut().join.push(v.into());
+                }
+            }
+            "memberlist.advertise-addr" => self.memberlist_mut().advertise_addr = v.into(),
+            "memberlist.advertise-port" => {
+                self.memberlist_mut().advertise_port = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "memberlist.cluster-label" => self.memberlist_mut().cluster_label = v.into(),
+            "ring.instance-id" | "ingester.lifecycler.ID" => self.ring.instance_id = v.into(),
+            "ring.instance-availability-zone" | "ingester.availability-zone" => self.ring.availability_zone = v.into(),
+            "ingester.heartbeat-period" => self.ring.heartbeat_period = parse_duration(v).map_err(bad)?,
+            "ring.heartbeat-timeout" => self.ring.heartbeat_timeout = parse_duration(v).map_err(bad)?,
+            "ring.auto-forget-after" => self.ring.auto_forget_after = parse_duration(v).map_err(bad)?,
+            "distributor.replication-factor" => self.replication_factor = parse_num(v).map_err(bad)?,
+            "distributor.push.timeout" => self.push_timeout = parse_duration(v).map_err(bad)?,
+            "querier.query-store-after" => self.query_store_after = parse_duration(v).map_err(bad)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     fn apply_yaml(&mut self, text: &str) -> Result<(), String> {
@@ -645,12 +825,30 @@ impl Config {
             (&["ingester", "max_block_bytes"], "ingester.max-block-bytes"),
             (&["store_gateway", "cache_bytes_per_core"], "store-gateway.cache-bytes-per-core"),
             (&["shards"], "shards"),
+            (&["memberlist", "bind_addr"], "memberlist.bind-addr"),
+            (&["memberlist", "bind_port"], "memberlist.bind-port"),
+            (&["memberlist", "advertise_addr"], "memberlist.advertise-addr"),
+            (&["memberlist", "advertise_port"], "memberlist.advertise-port"),
+            (&["memberlist", "cluster_label"], "memberlist.cluster-label"),
+            (&["ring", "instance_id"], "ring.instance-id"),
+            (&["ring", "instance_availability_zone"], "ring.instance-availability-zone"),
+            (&["ring", "heartbeat_timeout"], "ring.heartbeat-timeout"),
+            (&["ring", "auto_forget_after"], "ring.auto-forget-after"),
+            (&["ingester", "heartbeat_period"], "ingester.heartbeat-period"),
+            (&["distributor", "replication_factor"], "distributor.replication-factor"),
+            (&["distributor", "push_timeout"], "distributor.push.timeout"),
+            (&["querier", "query_store_after"], "querier.query-store-after"),
             (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
             (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
         ];
         for (path, flag) in table {
             if let Some(v) = get(path) {
                 self.set_flag(flag, &v)?;
+            }
+        }
+        if let Some(serde_yaml::Value::Sequence(joins)) = doc.get("memberlist").and_then(|m| m.get("join_members")) {
+            for j in joins {
+                self.set_flag("memberlist.join", &yaml_scalar(j))?;
             }
         }
         if let Some(l) = doc.get("limits") {

@@ -12,7 +12,7 @@ pub mod ratelimit;
 pub mod wirecost;
 
 use crate::config::{Limits, TenantLimits};
-use crate::ingester::client::{IngesterClient, WriteError};
+use crate::ingester::client::IngesterClient;
 use crate::service::call::{self, Call, Reply};
 use crate::service::codec;
 use crate::service::routes::{Class, HttpRoute, RpcService};
@@ -112,7 +112,7 @@ impl Distributor {
     /// Hands accepted profiles to the ingesters: all or nothing (see `IngesterClient::push`).
     async fn distribute(&self, tenant: &TenantId, batch: Vec<Accepted>) -> Result<(), RpcError> {
         let profiles = batch.len() as u64;
-        let batch = batch.into_iter().map(|a| (a.profile, a.groups)).collect();
+        let batch = batch.into_iter().map(|a| (Arc::new(a.profile), a.groups)).collect();
         match self.ingesters.push(tenant, batch, self.limits_for(tenant)).await {
             Ok(()) => {
                 metrics::add(&self.metrics().pushed_profiles, profiles);
@@ -120,10 +120,7 @@ impl Distributor {
             }
             Err(e) => {
                 metrics::add(&self.metrics().rejected_profiles, profiles);
-                Err(match e {
-                    WriteError::Full(m) => RpcError::new(Code::ResourceExhausted, m),
-                    WriteError::Unavailable(m) => RpcError::new(Code::Unavailable, m),
-                })
+                Err(crate::ingester::remote::write_error(e))
             }
         }
     }

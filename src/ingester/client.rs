@@ -8,6 +8,7 @@ use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::profile::{Profile, SampleGroup};
 use kiln_shards::runtime::{Mesh, Msg as CoreMsg};
 use std::fmt::Write;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Why a write was not stored. Nothing of it is stored in either case.
@@ -35,22 +36,50 @@ impl WriteError {
 #[derive(Clone)]
 pub struct IngesterClient {
     mesh: Mesh,
+    /// In a cluster: the members a write is replicated to, and this core's connections to
+    /// them. `None`: this process's cores are every ingester there is.
+    cluster: Option<Rc<super::replicate::Replicator>>,
 }
 
 impl IngesterClient {
     /// The ingesters of this process: one per core, reached over the mesh.
     pub fn local(mesh: Mesh) -> Self {
-        IngesterClient { mesh }
+        IngesterClient { mesh, cluster: None }
+    }
+
+    /// The ingesters of a cluster: each write goes to its series' replicas, this process's
+    /// own cores among them reached over the mesh.
+    pub fn replicated(mesh: Mesh, cluster: Rc<super::replicate::Replicator>) -> Self {
+        IngesterClient { mesh, cluster: Some(cluster) }
+    }
+
+    /// The same ingesters without the cluster: this process's cores alone.
+    pub fn this_process(&self) -> Self {
+        IngesterClient::local(self.mesh.clone())
+    }
+
+    /// Writes a push: to its replicas in a cluster, else to this process's cores (see
+    /// `push_local`).
+    pub async fn push(
+        &self,
+        tenant: &TenantId,
+        batch: Vec<(Arc<Profile>, Vec<SampleGroup>)>,
+        limits: &Limits,
+    ) -> Result<(), WriteError> {
+        match &self.cluster {
+            Some(r) => r.push(&self.this_process(), tenant, batch, limits).await,
+            None => self.push_local(tenant, batch, limits).await,
+        }
     }
 
     /// Sends every group to its owning core and waits until each has applied its part. All or
     /// nothing: a push refused by any owner (a full head, the series limit, a failed WAL write)
     /// is taken out of every other owner before the refusal is answered. `limits` are the
     /// tenant's (its series limits are spread over the cores).
-    pub async fn push(
+    pub async fn push_local(
         &self,
         tenant: &TenantId,
-        batch: Vec<(Profile, Vec<SampleGroup>)>,
+        batch: Vec<(Arc<Profile>, Vec<SampleGroup>)>,
         limits: &Limits,
     ) -> Result<(), WriteError> {
         let mesh = &self.mesh;
@@ -58,7 +87,6 @@ impl IngesterClient {
         let max_series = series_limit_per_core(limits, mesh.cores());
         let mut messages: Vec<(usize, Arc<Profile>, Vec<SampleGroup>)> = Vec::new();
         for (profile, groups) in batch {
-            let profile = Arc::new(profile);
             let mut per_core: Vec<Vec<SampleGroup>> = vec![Vec::new(); mesh.cores()];
             for g in groups {
                 // All sample types of a group share one owner, so its stacks are interned once.

@@ -2,7 +2,9 @@
 //! write and cut goes through (`client`), and the replay of its WAL at start (`replay`).
 //! What it keeps on each core (heads, WAL writer, cuts) is `kiln_shards::ingester`.
 pub mod client;
+pub mod remote;
 pub mod replay;
+pub mod replicate;
 
 use crate::service::body::text;
 use crate::service::readiness::Readiness;
@@ -26,13 +28,20 @@ pub static HTTP: &[HttpRoute<Endpoint>] = &[HttpRoute {
 
 /// The ingester's routes on one core.
 pub struct Ingester {
+    /// This process's cores (never onward to other instances).
     cores: IngesterClient,
     ready: Arc<Readiness>,
+    limits: Arc<crate::config::TenantLimits>,
 }
 
 impl Ingester {
-    pub fn new(cores: IngesterClient, ready: Arc<Readiness>) -> Self {
-        Ingester { cores, ready }
+    pub fn new(cores: IngesterClient, ready: Arc<Readiness>, limits: Arc<crate::config::TenantLimits>) -> Self {
+        Ingester { cores: cores.this_process(), ready, limits }
+    }
+
+    /// The internal RPC (`remote`): a distributor's replicated writes.
+    pub async fn serve_rpc(&self, call: &crate::service::call::Call<'_>, method: &str) -> crate::service::call::Reply {
+        remote::serve(&self.cores, &self.limits, self.ready.ready(), call, method).await
     }
 
     pub async fn serve_http(&self, endpoint: &Endpoint, r: &Req) -> Response {

@@ -83,3 +83,55 @@ pub struct SampleGroup {
     /// Indices into `Profile::samples`.
     pub samples: Vec<u32>,
 }
+
+impl Profile {
+    /// Whether every index in the profile and in `groups` points inside its table, and every
+    /// sample has one value per sample type: what a core relies on when it interns a profile.
+    /// A profile built by kiln's own decoders always passes; one that arrives over the
+    /// internal RPC is checked before any core sees it (a hostile caller must not panic a core).
+    pub fn check(&self, groups: &[SampleGroup]) -> Result<(), String> {
+        let s = self.strings.len() as u32;
+        let str_ok = |i: u32, what: &str| if i < s { Ok(()) } else { Err(format!("{what}: string {i} of {s}")) };
+        if self.strings.first().is_some_and(|x| !x.is_empty()) {
+            return Err("strings[0] is not empty".into());
+        }
+        for vt in self.sample_types.iter().chain(self.period_type.iter()) {
+            str_ok(vt.r#type, "a value type")?;
+            str_ok(vt.unit, "a value type")?;
+        }
+        for m in &self.mappings {
+            str_ok(m.filename, "a mapping")?;
+            str_ok(m.build_id, "a mapping")?;
+        }
+        for f in &self.functions {
+            str_ok(f.name, "a function")?;
+            str_ok(f.system_name, "a function")?;
+            str_ok(f.filename, "a function")?;
+        }
+        let (nm, nf, nl) = (self.mappings.len(), self.functions.len(), self.locations.len());
+        for l in &self.locations {
+            if l.mapping as usize > nm {
+                return Err(format!("a location's mapping {} of {nm}", l.mapping));
+            }
+            if let Some(line) = l.lines.iter().find(|line| line.function as usize >= nf) {
+                return Err(format!("a line's function {} of {nf}", line.function));
+            }
+        }
+        let nt = self.sample_types.len();
+        for x in &self.samples {
+            if x.values.len() != nt {
+                return Err(format!("a sample with {} values for {nt} sample types", x.values.len()));
+            }
+            if let Some(l) = x.locations.iter().find(|l| **l as usize >= nl) {
+                return Err(format!("a sample's location {l} of {nl}"));
+            }
+        }
+        let ns = self.samples.len();
+        for g in groups {
+            if let Some(i) = g.samples.iter().find(|i| **i as usize >= ns) {
+                return Err(format!("a series' sample {i} of {ns}"));
+            }
+        }
+        Ok(())
+    }
+}

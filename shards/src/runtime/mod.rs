@@ -94,8 +94,10 @@ pub struct Started {
 
 /// Starts `cores` threads, each with its own monoio executor (io_uring, or epoll where the
 /// container forbids io_uring), pinned to one CPU when `pin`. Each runs its core's inbox
-/// loop and the future `serve` builds for it.
-pub fn start<F, Fut>(cores: usize, tokens_per_core: u32, pin: bool, cfg: CoreConfig, serve: F) -> Started
+/// loop and the future `serve` builds for it. `ring` routes each series to its core: this
+/// instance's own ring (`Ring::single`, or the instance's tokens in a cluster, so the core a
+/// distributor picks for a series is the one its local ring picks too).
+pub fn start<F, Fut>(cores: usize, ring: Ring, pin: bool, cfg: CoreConfig, serve: F) -> Started
 where
     F: Fn(CoreContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -107,7 +109,7 @@ where
         senders.push(tx);
         receivers.push(rx);
     }
-    let mesh = Mesh { inboxes: senders.into(), ring: Arc::new(Ring::single(cores as u32, tokens_per_core)) };
+    let mesh = Mesh { inboxes: senders.into(), ring: Arc::new(ring) };
     let serve = Arc::new(serve);
     let (gate_tx, gate_rx) = flume::bounded::<()>(0);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

@@ -1,0 +1,95 @@
+//! Cluster mode: membership over gossip and what the cores read of it.
+//!
+//! One small thread (`gossip`) runs chitchat on a current-thread tokio runtime, as the
+//! object-store thread does. It publishes this instance's own small entry (`entry`) and,
+//! whenever what it knows of the members changes, builds a new immutable
+//! [`Snapshot`](kiln_shards::ring::snapshot::Snapshot) of them and their rings and swaps it in
+//! whole. The cores only ever load the current snapshot (one atomic pointer read): they never
+//! wait on gossip, and no lock is on the data path.
+//!
+//! `-target=all` without any `-memberlist.*` flag runs no cluster at all: no gossip thread,
+//! no snapshot, every write and query stays in the process (the single-node fast path).
+pub mod entry;
+pub mod gossip;
+pub mod join;
+pub mod pages;
+pub mod pool;
+
+use arc_swap::ArcSwap;
+use kiln_shards::ring::member::State;
+use kiln_shards::ring::snapshot::{RingConfig, Snapshot};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// What the rest of the process asks of the gossip thread.
+#[derive(Debug)]
+pub enum Command {
+    /// This instance's ring state changes (after WAL replay: ACTIVE; on SIGTERM: LEAVING;
+    /// once the WAL is synced: LEFT).
+    SetState(State),
+    /// An operator's Forget: every member drops `id` (its current generation) from its rings.
+    Forget(String),
+}
+
+/// The cluster as this process sees it: shared by every core (`Arc`), read without locks.
+pub struct Cluster {
+    snapshot: ArcSwap<Snapshot>,
+    commands: std::sync::mpsc::Sender<Command>,
+    /// This instance's ID on the rings.
+    pub self_id: String,
+    pub replication_factor: usize,
+    pub push_timeout: std::time::Duration,
+    /// Snapshots swapped in since start (`kiln_ring_snapshots_total`).
+    pub swaps: AtomicU64,
+    /// When each member's heartbeat was last seen to change (Unix ms, this clock), refreshed
+    /// every gossip round: the pages show it live, while a snapshot is rebuilt only when the
+    /// members' health changes.
+    heartbeats: ArcSwap<rustc_hash::FxHashMap<String, u64>>,
+}
+
+impl Cluster {
+    /// The current membership and rings.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Swaps a newly built snapshot in (the gossip thread alone calls this).
+    fn publish(&self, s: Snapshot) {
+        self.snapshot.store(Arc::new(s));
+        self.swaps.fetch_add(1, Relaxed);
+    }
+
+    /// When `id`'s heartbeat was last seen to change, as of the last gossip round.
+    pub fn last_heartbeat(&self, id: &str) -> Option<u64> {
+        self.heartbeats.load().get(id).copied()
+    }
+
+    /// Asks the gossip thread to change this instance's state; it is published with the next
+    /// gossip round.
+    pub fn set_state(&self, s: State) {
+        let _ = self.commands.send(Command::SetState(s));
+    }
+
+    pub fn forget(&self, id: &str) {
+        let _ = self.commands.send(Command::Forget(id.to_string()));
+    }
+
+    /// This instance's index in `snap`, if it is a member of it.
+    pub fn self_index(&self, snap: &Snapshot) -> Option<u32> {
+        snap.instances().iter().position(|i| i.id == self.self_id).map(|i| i as u32)
+    }
+}
+
+/// The ring settings of `cfg`, as the pure ring code takes them.
+pub fn ring_config(cfg: &crate::config::Config) -> RingConfig {
+    RingConfig {
+        tokens_per_core: cfg.ring_tokens_per_core,
+        heartbeat_timeout_ms: cfg.ring.heartbeat_timeout.as_millis() as u64,
+        forget_after_ms: cfg.ring.auto_forget_after.as_millis() as u64,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

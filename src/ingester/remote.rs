@@ -1,0 +1,75 @@
+//! The ingester's internal RPC, `kiln.ingester.v1.IngesterService/Push`, both sides of it.
+//!
+//! A distributor in a cluster sends each ingester the normalised profiles whose series that
+//! ingester is a replica of, as WAL ingest records (`walcodec`): the ingester never decodes a
+//! pprof again, and what it receives is what it writes. It checks every record as hostile
+//! input (the port is the public one), applies them all or nothing through its local client,
+//! and answers once they are durable in its WAL.
+use super::client::{IngesterClient, WriteError};
+use crate::config::TenantLimits;
+use crate::service::call::{self, Call, Reply};
+use crate::service::routes::{Class, RpcService};
+use crate::service::{Code, RpcError};
+use bytes::Bytes;
+use kiln_shards::ingester::walcodec;
+use kiln_shards::model::ids::TenantId;
+use kiln_shards::model::profile::{Profile, SampleGroup};
+use std::sync::Arc;
+
+pub const SERVICE: &str = "kiln.ingester.v1.IngesterService";
+pub const PUSH_PATH: &str = "/kiln.ingester.v1.IngesterService/Push";
+
+pub static RPC: &[RpcService] = &[RpcService { name: SERVICE, class: Class::Ingest }];
+
+/// `PushRecords { repeated bytes records = 1; }`: WAL ingest records, one per profile, all of
+/// one tenant.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushRecords {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub records: Vec<Bytes>,
+}
+
+/// The request body of one replica's part of a push.
+pub fn encode(tenant: &str, parts: &[(Arc<Profile>, Vec<SampleGroup>)]) -> Bytes {
+    let records = parts.iter().map(|(p, g)| Bytes::from(walcodec::encode(tenant, p, g))).collect();
+    Bytes::from(prost::Message::encode_to_vec(&PushRecords { records }))
+}
+
+/// Serves `Push`: decodes and checks every record, then writes them through `local` (this
+/// process's cores, never onward to other instances).
+pub async fn serve(local: &IngesterClient, limits: &TenantLimits, ready: bool, c: &Call<'_>, method: &str) -> Reply {
+    if method != "Push" {
+        return call::unimplemented();
+    }
+    if !ready {
+        return Err(RpcError::new(Code::Unavailable, "ingester not ready: replaying its WAL or shutting down"));
+    }
+    let msg: PushRecords = prost::Message::decode(c.msg.clone())
+        .map_err(|e| RpcError::new(Code::InvalidArgument, format!("decoding PushRecords: {e}")))?;
+    let mut tenant: Option<String> = None;
+    let mut batch = Vec::with_capacity(msg.records.len());
+    for r in &msg.records {
+        let (t, profile, groups) =
+            walcodec::decode(r).map_err(|e| RpcError::new(Code::InvalidArgument, format!("a push record: {e}")))?;
+        profile.check(&groups).map_err(|e| RpcError::new(Code::InvalidArgument, format!("a push record: {e}")))?;
+        match &tenant {
+            Some(prev) if *prev != t => {
+                return Err(RpcError::new(Code::InvalidArgument, "a push's records must all be of one tenant"))
+            }
+            _ => tenant = Some(t),
+        }
+        batch.push((Arc::new(profile), groups));
+    }
+    let Some(tenant) = tenant else { return Ok(Vec::new()) };
+    let tenant = TenantId::parse(&tenant).map_err(|e| RpcError::new(Code::InvalidArgument, e.to_string()))?;
+    local.push(&tenant, batch, limits.for_tenant(tenant.as_str())).await.map_err(write_error)?;
+    Ok(Vec::new())
+}
+
+/// The RPC error of a refused write.
+pub fn write_error(e: WriteError) -> RpcError {
+    match e {
+        WriteError::Full(m) => RpcError::new(Code::ResourceExhausted, m),
+        WriteError::Unavailable(m) => RpcError::new(Code::Unavailable, m),
+    }
+}

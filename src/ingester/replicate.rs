@@ -1,0 +1,126 @@
+//! Replicated writes: each series of a push goes to `-distributor.replication-factor`
+//! distinct ACTIVE ingesters of the ring, this process's own cores through the mesh and the
+//! others over the internal RPC; the push succeeds once every series has a quorum
+//! (replicas/2 + 1) of acks, each ack meaning durable in that ingester's WAL.
+//!
+//! As in Pyroscope, replicas still being written when the push is decided are not cancelled
+//! (they carry on, bounded by `-distributor.push.timeout`): a slow replica still gets its
+//! copy. A failed push may have reached some replicas; a client retries it and readers
+//! count each (series, timestamp) once.
+use super::client::{IngesterClient, WriteError};
+use super::remote;
+use crate::cluster::pool::Pool;
+use crate::cluster::Cluster;
+use crate::config::Limits;
+use kiln_shards::model::ids::TenantId;
+use kiln_shards::model::profile::{Profile, SampleGroup};
+use kiln_shards::ring::quorum::{Outcome, QuorumTracker};
+use rustc_hash::FxHashMap;
+use std::fmt::Write;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// One core's view of the cluster for writes: the membership and its connections.
+pub struct Replicator {
+    pub cluster: Arc<Cluster>,
+    pub pool: Rc<Pool>,
+}
+
+/// One replica's part of a push: the profiles with the groups of theirs it holds a copy of.
+type Parts = Vec<(Arc<Profile>, Vec<SampleGroup>)>;
+
+impl Replicator {
+    pub async fn push(
+        &self,
+        local: &IngesterClient,
+        tenant: &TenantId,
+        batch: Vec<(Arc<Profile>, Vec<SampleGroup>)>,
+        limits: &Limits,
+    ) -> Result<(), WriteError> {
+        let snap = self.cluster.snapshot();
+        let me = self.cluster.self_index(&snap);
+        let rf = self.cluster.replication_factor;
+        let mut per_instance: FxHashMap<u32, Parts> = FxHashMap::default();
+        let mut sets = Vec::new();
+        for (profile, groups) in batch {
+            let mut mine: FxHashMap<u32, Vec<SampleGroup>> = FxHashMap::default();
+            for g in groups {
+                let set = snap
+                    .write_replicas(g.labels.fingerprint(tenant.as_str()), rf)
+                    .map_err(|e| WriteError::Unavailable(format!("no replicas for a series: {e}")))?;
+                for m in &set.members {
+                    mine.entry(m.instance).or_default().push(g.clone());
+                }
+                sets.push(set);
+            }
+            for (inst, groups) in mine {
+                per_instance.entry(inst).or_default().push((profile.clone(), groups));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let mut tracker = QuorumTracker::new(&sets);
+        let (tx, rx) = flume::unbounded();
+        for (inst, parts) in per_instance {
+            let tx = tx.clone();
+            if Some(inst) == me {
+                let (local, tenant, limits) = (local.clone(), tenant.clone(), limits.clone());
+                monoio::spawn(async move {
+                    let res = local.push_local(&tenant, parts, &limits).await;
+                    let _ = tx.send((inst, res));
+                });
+            } else {
+                let addr = snap.instances()[inst as usize].addr.clone();
+                let body = remote::encode(tenant.as_str(), &parts);
+                let (pool, timeout) = (self.pool.clone(), self.cluster.push_timeout);
+                monoio::spawn(async move {
+                    let res =
+                        pool.call(&addr, remote::PUSH_PATH, body, timeout).await.map(|_| ()).map_err(|e| match e {
+                            crate::cluster::pool::CallError::Answer { ref code, .. }
+                                if code == "resource_exhausted" =>
+                            {
+                                WriteError::Full(e.to_string())
+                            }
+                            e => WriteError::Unavailable(e.to_string()),
+                        });
+                    let _ = tx.send((inst, res));
+                });
+            }
+        }
+        drop(tx);
+        let mut errors: Vec<WriteError> = Vec::new();
+        let deadline = monoio::time::Instant::now() + self.cluster.push_timeout;
+        loop {
+            let (inst, res) = match monoio::time::timeout_at(deadline, rx.recv_async()).await {
+                Ok(Ok(r)) => r,
+                // Every replica answered (or its task ended) without a decision, or time ran out.
+                Ok(Err(_)) | Err(_) => return Err(failed(&errors, "not every series reached its quorum in time")),
+            };
+            let ok = res.is_ok();
+            if let Err(e) = res {
+                tracing::debug!(instance = inst, error = %e, "a replica refused a write");
+                errors.push(e);
+            }
+            match tracker.record(inst, ok) {
+                Outcome::Succeeded => return Ok(()),
+                Outcome::Failed => return Err(failed(&errors, "a series can no longer reach its quorum")),
+                Outcome::Pending => {}
+            }
+        }
+    }
+}
+
+/// The error of a push that missed its quorum: full when a replica was at a limit (the client
+/// should slow down), else unavailable; the message lists what the replicas said.
+fn failed(errors: &[WriteError], why: &str) -> WriteError {
+    let mut msg = format!("push failed: {why}");
+    for e in errors.iter().take(3) {
+        let _ = write!(msg, "; {e}");
+    }
+    if errors.iter().any(|e| !e.retryable()) {
+        WriteError::Full(msg)
+    } else {
+        WriteError::Unavailable(msg)
+    }
+}
