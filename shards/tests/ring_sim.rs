@@ -218,7 +218,7 @@ impl Sim {
         let loss = [0.0, 0.05, 0.2][rng.below(3)];
         let max_delay = rng.below(3) as u64;
         let series = (0..40).map(|_| rng.next()).collect();
-        let cfg = RingConfig { tokens_per_core: 8, heartbeat_timeout_ms: 3 * ROUND_MS, forget_after_ms: 8 * ROUND_MS };
+        let cfg = RingConfig { tokens_per_core: 8, heartbeat_timeout_ms: 3 * ROUND_MS, forget_after_ms: 11 * ROUND_MS };
         let mut sim = Sim {
             rng,
             cfg,
@@ -594,7 +594,7 @@ impl Sim {
         for &i in dead.iter().take(3usize.saturating_sub(live)) {
             self.restart(i);
         }
-        let bound = (self.cfg.heartbeat_timeout_ms + self.cfg.forget_after_ms) / ROUND_MS + 10;
+        let bound = self.cfg.forget_after_ms / ROUND_MS + 10;
         for r in 1..=bound {
             self.step(false);
             if let Some(digest) = self.converged() {

@@ -13,16 +13,17 @@ pub struct RingConfig {
     pub tokens_per_core: u32,
     /// A member whose heartbeat has not advanced for longer is UNHEALTHY (dskit: 1m).
     pub heartbeat_timeout_ms: u64,
-    /// A member unhealthy for longer (counted from when it became unhealthy) is left out of
-    /// the snapshot altogether, so a dead instance stops costing reads and writes without an
-    /// operator's "Forget". dskit's auto-forget counts 10 × timeout from the last heartbeat,
-    /// which is 9 × timeout here (the default).
+    /// A member whose heartbeat is older than this is left out of the snapshot altogether, so
+    /// a dead instance stops costing reads and writes without an operator's "Forget" (dskit's
+    /// auto-forget, counted from the last heartbeat like dskit's: 10 × timeout by default).
+    /// 0 never forgets. Set it above `heartbeat_timeout_ms`, or members are forgotten while
+    /// still healthy. (`cluster::gossip`'s change detection uses the same rule.)
     pub forget_after_ms: u64,
 }
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { tokens_per_core: 128, heartbeat_timeout_ms: 60_000, forget_after_ms: 540_000 }
+        RingConfig { tokens_per_core: 128, heartbeat_timeout_ms: 60_000, forget_after_ms: 600_000 }
     }
 }
 
@@ -56,8 +57,8 @@ impl SharedRing {
 impl Snapshot {
     /// Sorts by id (so every node that knows the same entries numbers them alike: ring token
     /// collisions then resolve to the lower id, as dskit's do), keeps the newest heartbeat of a
-    /// repeated id, drops LEFT tombstones and members unhealthy for longer than
-    /// `forget_after_ms`, then builds the rings.
+    /// repeated id, drops LEFT tombstones and members whose heartbeat is older than
+    /// `forget_after_ms` (when not 0), then builds the rings.
     pub fn build(descs: Vec<InstanceDesc>, now_ms: u64, cfg: &RingConfig) -> Snapshot {
         Snapshot::build_from(descs, now_ms, cfg, None)
     }
@@ -74,9 +75,8 @@ impl Snapshot {
         descs.sort_by(|a, b| a.id.cmp(&b.id).then(b.heartbeat_ms.cmp(&a.heartbeat_ms)));
         descs.dedup_by(|later, earlier| later.id == earlier.id);
         let age = |d: &InstanceDesc| now_ms.saturating_sub(d.heartbeat_ms);
-        descs.retain(|d| {
-            d.state != State::Left && age(d) <= cfg.heartbeat_timeout_ms.saturating_add(cfg.forget_after_ms)
-        });
+        let forgotten = |d: &InstanceDesc| cfg.forget_after_ms > 0 && age(d) > cfg.forget_after_ms;
+        descs.retain(|d| d.state != State::Left && !forgotten(d));
         let healthy = descs.iter().map(|d| age(d) <= cfg.heartbeat_timeout_ms).collect();
         let members_of = |bit: u8| {
             let members: Vec<InstanceTokens> = descs
