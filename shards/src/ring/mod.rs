@@ -183,6 +183,12 @@ impl Ring {
         }
     }
 
+    /// Every token with its member, ascending (the /ring page's `?tokens=true`). A member's
+    /// keys are those after the previous token up to and including its own.
+    pub fn tokens(&self) -> impl ExactSizeIterator<Item = (u32, Member)> + '_ {
+        self.tokens.iter().copied()
+    }
+
     /// The member owning `key`. Panics on an empty ring (check `is_empty`).
     pub fn owner(&self, key: u64) -> Member {
         assert!(!self.is_empty(), "owner() on an empty ring");

@@ -176,7 +176,8 @@ fn snapshot_sorts_drops_left_and_forgets() {
             desc("a", State::Active, now - 1_000, 1), // healthy: exactly at the timeout
             desc("e", State::Left, now, 5),
             desc("b", State::Active, now - 1_001, 2), // unhealthy, not forgotten
-            desc("d", State::Active, now - 6_001, 4), // forgotten: unhealthy for over 5s
+            desc("d", State::Active, now - 5_001, 4), // forgotten: no heartbeat for over 5s
+            desc("g", State::Active, now - 5_000, 7), // not yet
             desc("f", State::Pending, now, 6),
             desc("c", State::Active, now - 50_000, 3), // an older copy of c
         ],
@@ -184,21 +185,57 @@ fn snapshot_sorts_drops_left_and_forgets() {
         &cfg,
     );
     let ids: Vec<&str> = s.instances().iter().map(|d| d.id.as_str()).collect();
-    assert_eq!(ids, ["a", "b", "c", "f"]);
-    assert_eq!((0..4).map(|i| s.healthy(i)).collect::<Vec<_>>(), [true, false, true, true]);
+    assert_eq!(ids, ["a", "b", "c", "f", "g"]);
+    assert_eq!((0..5).map(|i| s.healthy(i)).collect::<Vec<_>>(), [true, false, true, true, false]);
+    // forget_after_ms 0 never forgets.
+    let keep = Snapshot::build(vec![desc("d", State::Active, 0, 4)], now, &RingConfig { forget_after_ms: 0, ..cfg });
+    assert_eq!(keep.instances().len(), 1);
     assert_eq!(s.index_of("c"), Some(2));
     // PENDING holds no tokens; b is ACTIVE though unhealthy, so it still does.
     let mut in_ring: Vec<u32> = s.ingester_ring().ownership().iter().map(|(m, _)| m.instance).collect();
     in_ring.dedup();
-    assert_eq!(in_ring, [0, 1, 2]);
+    assert_eq!(in_ring, [0, 1, 2, 4]);
     assert!(s.store_gateway_ring().is_empty());
     assert_eq!(s.read_ingesters(), [0, 2]);
     assert_eq!(s.healthy_count(Components::DISTRIBUTOR), 2);
-    // n = 3 holding tokens, RF 3: a read needs 3 − 1 = 2 healthy.
+    // n = 4 holding tokens, RF 3: a read needs 4 − 1 = 3 healthy, and has 2.
+    assert_eq!(s.read_set(3), Err(RingError::TooManyUnhealthy { needed: 3, healthy: 2 }));
+    // Unhealthy ACTIVE members are failures in a write's quorum: 3 taken, 2 needed.
+    for k in 0..64 {
+        match s.write_replicas(k, 3) {
+            Ok(w) => assert_eq!((w.members.len() + w.unhealthy, w.quorum), (3, 2)),
+            Err(e) => assert_eq!(e, RingError::TooFewLive { needed: 2, found: 1 }),
+        }
+    }
+    let s = Snapshot::build(s.instances()[..4].to_vec(), now, &cfg);
     assert_eq!(s.read_set(3), Ok(vec![0, 2]));
-    // The unhealthy ACTIVE member is a failure in a write's quorum: 2 live of 3 taken.
     let w = s.write_replicas(7, 3).unwrap();
     assert_eq!((w.members.len(), w.quorum, w.unhealthy), (2, 2, 1));
+}
+
+#[test]
+fn rebuild_shares_rings_until_a_member_changes() {
+    let cfg = RingConfig { tokens_per_core: 16, heartbeat_timeout_ms: 1_000, forget_after_ms: 5_000 };
+    let descs = |hb: u64, b_state: State| vec![desc("a", State::Active, hb, 1), desc("b", b_state, hb, 2)];
+    let s1 = Snapshot::build(descs(10, State::Active), 10, &cfg);
+    // Heartbeats moved, and b went unhealthy: same token holders, same rings.
+    let s2 = s1.rebuild(descs(2_000, State::Active), 2_500, &cfg);
+    assert!(s2.shares_rings_with(&s1));
+    assert_eq!(
+        s2.ingester_ring().digest(),
+        Snapshot::build(descs(2_000, State::Active), 2_500, &cfg).ingester_ring().digest()
+    );
+    // b LEAVING still holds tokens; PENDING does not.
+    assert!(s1.rebuild(descs(10, State::Leaving), 10, &cfg).shares_rings_with(&s1));
+    let s3 = s1.rebuild(descs(10, State::Pending), 10, &cfg);
+    assert!(!s3.shares_rings_with(&s1));
+    assert_eq!(
+        s3.ingester_ring().digest(),
+        Snapshot::build(descs(10, State::Pending), 10, &cfg).ingester_ring().digest()
+    );
+    // Other tokens per core: not shared.
+    let cfg2 = RingConfig { tokens_per_core: 8, ..cfg };
+    assert!(!s1.rebuild(descs(10, State::Active), 10, &cfg2).shares_rings_with(&s1));
 }
 
 proptest! {
@@ -309,5 +346,51 @@ proptest! {
         }
         let failed: Vec<u32> = answered.iter().filter(|(i, ok)| !ok && tr.instances().any(|j| j == *i)).map(|(i, _)| *i).collect();
         prop_assert_eq!(tr.failed(), &failed[..]);
+    }
+
+    /// A write's replicas, from any membership: live ones are ACTIVE, healthy ingesters; the
+    /// quorum is dskit's over what the walk took; `read_ingesters` is exactly the ACTIVE,
+    /// healthy ingesters; a rebuild from another snapshot routes like a fresh build.
+    #[test]
+    fn snapshot_write_replicas_respect_states(
+        members in proptest::collection::vec((0u8..5, 0u64..4_000, any::<u64>(), 1u32..4, any::<bool>()), 0..8),
+        keys in proptest::collection::vec(any::<u64>(), 1..8),
+        rf in 1usize..4,
+    ) {
+        let cfg = RingConfig { tokens_per_core: 4, heartbeat_timeout_ms: 1_000, forget_after_ms: 2_500 };
+        let now = 4_000;
+        let descs: Vec<InstanceDesc> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (st, hb, seed, cores, ingester))| InstanceDesc {
+                state: State::ALL[*st as usize],
+                cores: *cores,
+                components: Components(if *ingester { Components::INGESTER } else { Components::QUERIER }),
+                ..desc(&format!("i{i}"), State::Active, *hb, *seed)
+            })
+            .collect();
+        let s = Snapshot::build(descs.clone(), now, &cfg);
+        let other = Snapshot::build(descs[..descs.len() / 2].to_vec(), now, &cfg);
+        let rebuilt = other.rebuild(descs, now, &cfg);
+        prop_assert_eq!(rebuilt.ingester_ring().digest(), s.ingester_ring().digest());
+        prop_assert_eq!(rebuilt.digest(), s.digest());
+        let readable = |i: u32| {
+            let d = &s.instances()[i as usize];
+            d.state == State::Active && s.healthy(i) && d.components.has(Components::INGESTER)
+        };
+        prop_assert_eq!(s.read_ingesters(), (0..s.instances().len() as u32).filter(|i| readable(*i)).collect::<Vec<_>>());
+        for &k in &keys {
+            match s.write_replicas(k, rf) {
+                Ok(set) => {
+                    for m in &set.members {
+                        prop_assert!(readable(m.instance));
+                    }
+                    prop_assert_eq!(set.quorum, (set.members.len() + set.unhealthy).max(rf) / 2 + 1);
+                }
+                Err(RingError::Empty) => prop_assert!(s.ingester_ring().is_empty()),
+                Err(RingError::TooFewLive { needed, found }) => prop_assert!(found < needed),
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
     }
 }
