@@ -141,6 +141,22 @@ fn every_fixture_reads_the_same_through_any_member_as_on_one_node_and_replicas_c
 }
 
 #[test]
+fn a_lone_member_with_replication_factor_three_takes_writes_alone() {
+    let blocks = blocks_dir("lone");
+    let gossip = free_udp_port();
+    let k = start_member(
+        std::env::temp_dir().join(format!("kiln-lone-{}", std::process::id())),
+        hold_port(),
+        &member_flags(gossip, gossip, &blocks),
+    );
+    wait_until("the member is ACTIVE", || ring_states(k.port) == ["ACTIVE"]);
+    assert_eq!(push(k.port, "lone", 3), 200);
+    assert_eq!(total(k.port, "lone"), 30_000_000);
+    assert!(get(k.port, "/metrics").text().contains("kiln_ring_members{state=\"ACTIVE\",healthy=\"true\"} 1"));
+    let _ = std::fs::remove_dir_all(&blocks);
+}
+
+#[test]
 fn three_members_form_a_ring_replicate_writes_and_keep_taking_them_after_a_kill() {
     let blocks = blocks_dir("kill");
     let (mut nodes, seed) = start_cluster(&blocks, &[]);

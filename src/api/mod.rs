@@ -106,6 +106,7 @@ impl Edge {
             shared.limits.clone(),
             cfg.multitenancy_enabled,
             shared.distributor_metrics.clone(),
+            shared.cluster.clone(),
         ));
         let querier = Rc::new(Querier::new(mesh.clone(), shared.limits.clone(), cfg.multitenancy_enabled, replicas));
         let ingester = Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone());

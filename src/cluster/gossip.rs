@@ -169,7 +169,9 @@ async fn run(
         let shape = shape(&descs, now, &ring);
         if last_shape.as_ref() != Some(&shape) {
             last_shape = Some(shape);
-            cluster.publish(Snapshot::build(descs, now, &ring));
+            // Rings whose members did not change are shared with the last snapshot.
+            let next = cluster.snapshot().rebuild(descs, now, &ring);
+            cluster.publish(next);
         }
     }
 }

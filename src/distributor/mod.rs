@@ -21,6 +21,7 @@ use http::{HeaderMap, Method};
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{self, Labels};
 use kiln_shards::model::profile::{Profile, SampleGroup};
+use kiln_shards::ring::member::Components;
 use metrics::DistributorMetrics;
 use ratelimit::RateLimiter;
 use std::cell::RefCell;
@@ -51,6 +52,8 @@ pub struct Distributor {
     limiter: RefCell<RateLimiter>,
     /// Every core's counters; this core writes `metrics[core]` only.
     metrics: Arc<[DistributorMetrics]>,
+    /// In a cluster: the distributor ring, whose healthy members share each tenant's rate.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Distributor {
@@ -62,8 +65,16 @@ impl Distributor {
         limits: Arc<TenantLimits>,
         multitenancy: bool,
         metrics: Arc<[DistributorMetrics]>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Self {
-        Distributor { core, ingesters, limits, multitenancy, limiter: RefCell::new(RateLimiter::new(cores)), metrics }
+        let limiter = RefCell::new(RateLimiter::new(cores));
+        Distributor { core, ingesters, limits, multitenancy, limiter, metrics, cluster }
+    }
+
+    /// How many distributors share a tenant's rate limit: the healthy ACTIVE members of the
+    /// distributor ring, as Pyroscope's global rate strategy divides it (1 alone).
+    fn distributors(&self) -> usize {
+        self.cluster.as_ref().map_or(1, |c| c.snapshot().healthy_count(Components::DISTRIBUTOR).max(1))
     }
 
     fn metrics(&self) -> &DistributorMetrics {
@@ -97,7 +108,9 @@ impl Distributor {
     /// Applies the ingestion rate limit to `bytes` of uncompressed payload.
     fn rate_limit(&self, tenant: &str, bytes: usize, now_ns: i64) -> Result<(), RpcError> {
         let l = self.limits_for(tenant);
-        if !self.limiter.borrow_mut().allow(tenant, l.ingestion_rate_mb, l.ingestion_burst_size_mb, bytes, now_ns) {
+        // The rate is the tenant's across the cluster; the burst is each distributor's.
+        let rate = l.ingestion_rate_mb / self.distributors() as f64;
+        if !self.limiter.borrow_mut().allow(tenant, rate, l.ingestion_burst_size_mb, bytes, now_ns) {
             return Err(RpcError::new(
                 Code::ResourceExhausted,
                 format!(
