@@ -13,7 +13,7 @@
 //!
 //! Stopping is the reverse: the edge refuses new work, then every core's WAL is synced.
 use crate::api;
-use crate::config::Config;
+use crate::config::{Component, Config};
 use crate::process::{block_termination_signals, fail, probe_port, raise_nofile_limit, wait_for_signal};
 use crate::{cluster, ingester, store_gateway};
 use kiln_shards::ring::member::{Components, InstanceDesc, State};
@@ -26,8 +26,8 @@ pub fn run(cfg: Config) {
     let nofile = raise_nofile_limit();
     let cores = cfg.effective_cores();
     let tokens = cfg.ring_tokens_per_core;
-    let wal_dir = cfg.wal_dir();
-    let _wal_lock = kiln_io::wal::lock(&wal_dir).unwrap_or_else(|e| fail(format!("locking the WAL: {e}")));
+    let target = cfg.target;
+    let runs = |c: Component| target.runs(c);
     // In a cluster, this instance's cores own its own tokens, drawn from its token seed: the
     // core a distributor picks for a series is the one this ring picks (see `kiln_shards::ring`).
     let own = cfg.cluster_mode().then(|| own_entry(&cfg, cores));
@@ -36,17 +36,8 @@ pub fn run(cfg: Config) {
         &[kiln_shards::ring::InstanceTokens { instance: 0, seed, cores: cores as u32 }],
         tokens,
     );
-    let ring = ring_id(cores, tokens, &local_ring);
-    let gens = match kiln_io::wal::prepare(&wal_dir, &ring) {
-        Ok(g) => g,
-        Err(e) => fail(format!("preparing the WAL under {}: {e}", wal_dir.display())),
-    };
-    let wal = kiln_shards::ingester::WalConfig {
-        dir: gens.next.1.clone(),
-        segment_bytes: cfg.wal_segment_size_bytes,
-        policy: cfg.wal_sync_policy.into(),
-        resume: gens.adopt,
-    };
+    // Only an ingester keeps a WAL.
+    let wal = runs(Component::Ingester).then(|| WalSetup::prepare(&cfg, cores, &local_ring));
     // Termination signals are taken by the main thread alone (sigwait below); every core
     // thread inherits the blocked mask.
     let signals = block_termination_signals();
@@ -65,9 +56,10 @@ pub fn run(cfg: Config) {
         encode: Default::default(),
         instance: own.as_ref().map_or(String::new(), |o| o.id.clone()),
     };
+    let serves = BlocksServed { cut_here: runs(Component::Ingester), shared: runs(Component::StoreGateway) };
     let blocks_instance = blocks.instance.clone();
     let core_cfg = kiln_shards::runtime::CoreConfig {
-        wal: Some(wal),
+        wal: wal.as_ref().map(|w| w.config.clone()),
         max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
         blocks: Some(blocks),
     };
@@ -81,7 +73,7 @@ pub fn run(cfg: Config) {
     tracing::info!(
         cores,
         port = shared.cfg.http_listen_port,
-        wal = %wal_dir.display(),
+        wal = %wal.as_ref().map_or(String::from("none"), |w| w.dir.display().to_string()),
         conn_limit = shared.conns.limit(),
         inflight_body_bytes = shared.bodies.limit(),
         "kiln starting"
@@ -89,19 +81,14 @@ pub fn run(cfg: Config) {
     let s = shared.clone();
     let started =
         kiln_shards::runtime::start(cores, local_ring, true, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
-    // 1. store-gateway: every indexed block to the core that owns it.
-    let indexed =
-        store_gateway::open_blocks(&store, &started.mesh, &blocks_instance).unwrap_or_else(|e| fail(e.to_string()));
-    if let Some((_, source)) = &gens.source {
+    // 1. store-gateway: every block this instance serves to the core that owns it.
+    if serves.cut_here || serves.shared {
+        let instance = blocks_instance.as_str();
+        let serve = |b: &kiln_io::store::bucket_index::BlockRef| serves.serves(b, instance);
+        let indexed = store_gateway::open_blocks(&store, &started.mesh, &serve).unwrap_or_else(|e| fail(e.to_string()));
         // 2. ingester: the WAL records no indexed block holds, into the heads.
-        if let Err(e) = ingester::replay::replay(source, &started.mesh, &indexed, gens.adopt) {
-            fail(if gens.adopt { e.to_string() } else { rewrite_failed(&gens, &wal_dir, &ring, e) });
-        }
-    }
-    // An adopted generation is the ready one already.
-    if !gens.adopt {
-        if let Err(e) = kiln_io::wal::commit(&gens.next.1, gens.source.as_ref().map(|s| s.1.as_path())) {
-            fail(format!("committing the WAL generation {}: {e}", gens.next.1.display()));
+        if let Some(w) = &wal {
+            w.replay(&started.mesh, &indexed);
         }
     }
     // 3. distributor, querier and the edge: the port opens on every core.
@@ -115,12 +102,80 @@ pub fn run(cfg: Config) {
         c.set_state(State::Leaving);
     }
     shared.readiness.shut_down();
-    let clean = sync_wals(&started.mesh);
+    let clean = wal.is_none() || sync_wals(&started.mesh);
     if let Some(c) = &cluster {
         cluster::gossip::leave(c);
     }
     tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");
     std::process::exit(if clean { 0 } else { 1 });
+}
+
+/// Which blocks of the bucket an instance serves (invariant I18): an ingester those it cut
+/// itself, a store-gateway the shared ones (cut by a single node, or by no replica), `all`
+/// both. Alone, every block is this instance's.
+#[derive(Clone, Copy)]
+struct BlocksServed {
+    cut_here: bool,
+    shared: bool,
+}
+
+impl BlocksServed {
+    fn serves(self, b: &kiln_io::store::bucket_index::BlockRef, instance: &str) -> bool {
+        if instance.is_empty() {
+            return true;
+        }
+        if b.ingester.is_empty() {
+            self.shared
+        } else {
+            self.cut_here && b.ingester == instance
+        }
+    }
+}
+
+/// An ingester's WAL at start: locked, its generations prepared (see `kiln_io::wal`).
+struct WalSetup {
+    /// Held while the process runs: a second kiln on the same WAL exits at start.
+    _lock: std::fs::File,
+    dir: std::path::PathBuf,
+    ring: String,
+    gens: kiln_io::wal::Generations,
+    config: kiln_shards::ingester::WalConfig,
+}
+
+impl WalSetup {
+    fn prepare(cfg: &Config, cores: usize, local_ring: &kiln_shards::ring::Ring) -> WalSetup {
+        let dir = cfg.wal_dir();
+        let lock = kiln_io::wal::lock(&dir).unwrap_or_else(|e| fail(format!("locking the WAL: {e}")));
+        let ring = ring_id(cores, cfg.ring_tokens_per_core, local_ring);
+        let gens = match kiln_io::wal::prepare(&dir, &ring) {
+            Ok(g) => g,
+            Err(e) => fail(format!("preparing the WAL under {}: {e}", dir.display())),
+        };
+        let config = kiln_shards::ingester::WalConfig {
+            dir: gens.next.1.clone(),
+            segment_bytes: cfg.wal_segment_size_bytes,
+            policy: cfg.wal_sync_policy.into(),
+            resume: gens.adopt,
+        };
+        WalSetup { _lock: lock, dir, ring, gens, config }
+    }
+
+    /// Replays the last generation into the heads (skipping what `indexed` blocks hold) and
+    /// commits the new one.
+    fn replay(&self, mesh: &kiln_shards::runtime::Mesh, indexed: &store_gateway::Indexed) {
+        let gens = &self.gens;
+        if let Some((_, source)) = &gens.source {
+            if let Err(e) = ingester::replay::replay(source, mesh, indexed, gens.adopt) {
+                fail(if gens.adopt { e.to_string() } else { rewrite_failed(gens, &self.dir, &self.ring, e) });
+            }
+        }
+        // An adopted generation is the ready one already.
+        if !gens.adopt {
+            if let Err(e) = kiln_io::wal::commit(&gens.next.1, gens.source.as_ref().map(|s| s.1.as_path())) {
+                fail(format!("committing the WAL generation {}: {e}", gens.next.1.display()));
+            }
+        }
+    }
 }
 
 /// Syncs every core's WAL; whether every core did.

@@ -141,6 +141,64 @@ fn every_fixture_reads_the_same_through_any_member_as_on_one_node_and_replicas_c
 }
 
 #[test]
+fn microservices_answer_as_one_node_distributor_ingesters_querier_and_store_gateway_apart() {
+    // One node writes half the fixtures into blocks of a shared bucket and keeps the other
+    // half in its head: its answers are what the microservices must give.
+    let blocks = blocks_dir("micro");
+    let fixtures = golden_pprofs();
+    let (old, new) = fixtures.split_at(fixtures.len() / 2);
+    let single = Kiln::start(
+        &[FIXTURE_FLAGS, &["-shards=1", &format!("-storage.filesystem.dir={}", blocks.display())]].concat(),
+    );
+    for (i, path) in old.iter().enumerate() {
+        push_fixture(single.port, &format!("old-{i}"), std::fs::read(path).unwrap());
+    }
+    flush(single.port);
+    for (i, path) in new.iter().enumerate() {
+        push_fixture(single.port, &format!("new-{i}"), std::fs::read(path).unwrap());
+    }
+    let want = snapshot(single.port);
+    drop(single);
+
+    let seed = free_udp_port();
+    let mut procs = Vec::new();
+    for (i, target) in
+        ["ingester", "ingester", "ingester", "store-gateway", "distributor", "querier"].iter().enumerate()
+    {
+        let gossip = if i == 0 { seed } else { free_udp_port() };
+        let data = std::env::temp_dir().join(format!("kiln-micro-{}-{i}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut flags = member_flags(gossip, seed, &blocks);
+        flags.push(format!("-target={target}"));
+        flags.extend(FIXTURE_FLAGS.iter().map(|s| s.to_string()));
+        procs.push(start_member(data, hold_port(), &flags));
+    }
+    let (distributor, querier) = (procs[4].port, procs[5].port);
+    wait_until("three ACTIVE ingesters", || ring_states(querier) == ["ACTIVE"; 3]);
+    wait_until("an ACTIVE store-gateway", || {
+        get(querier, "/store-gateway/ring").text().matches("<td>ACTIVE</td>").count() == 1
+    });
+    wait_until("the distributor sees three ingesters", || ring_states(distributor) == ["ACTIVE"; 3]);
+    for (i, path) in new.iter().enumerate() {
+        push_fixture(distributor, &format!("new-{i}"), std::fs::read(path).unwrap());
+    }
+    wait_until("the querier answers as the single node", || snapshot(querier) == want);
+    // Each component serves its own routes only.
+    let r = get(distributor, "/pyroscope/label-values?label=service_name");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("-target=distributor"), "{}", r.text());
+    assert_eq!(post(querier, "/ingest?name=x&format=folded", &[], b"a 1".to_vec()).status, 404);
+    // The ingesters' heads cut into blocks: still the same answers.
+    for k in &procs[..3] {
+        flush(k.port);
+    }
+    assert_same(&want, &snapshot(querier), "after the ingesters cut their heads");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&blocks);
+}
+
+#[test]
 fn a_lone_member_with_replication_factor_three_takes_writes_alone() {
     let blocks = blocks_dir("lone");
     let gossip = free_udp_port();

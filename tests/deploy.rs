@@ -7,8 +7,6 @@
 //! command line, with the image's entrypoint before it and its config file found where it
 //! is mounted, accepted by kiln's own flag parser.
 //!
-//! Single-component targets (microservices mode) are not run by this version yet: their
-//! command lines are parsed with `-target` left to `all`, every other flag as written.
 //! `deploy_checks_catch_broken_files` breaks copies of the files and expects each break to
 //! be found, so the checks cannot silently pass everything.
 use kiln::config::Config;
@@ -852,19 +850,6 @@ fn assert_no_problems(s: &Survey) {
     assert!(s.problems.is_empty(), "deploy/ has problems:\n  {}", s.problems.join("\n  "));
 }
 
-/// With `-target` left to the image's `all` where a file names single components: this
-/// version runs `-target=all` only (each member of a cluster is one); the microservices
-/// files are checked in every other flag.
-fn monolithic(args: &[String]) -> Vec<String> {
-    args.iter()
-        .filter(|a| {
-            let name = a.trim_start_matches('-').split('=').next().unwrap_or("");
-            name != "target" || a.ends_with("=all")
-        })
-        .cloned()
-        .collect()
-}
-
 #[test]
 fn deploy_files_are_consistent() {
     let s = survey(&repo_root());
@@ -892,15 +877,14 @@ fn deploy_config_files_are_accepted() {
     }
 }
 
-/// Every command line parses (see `monolithic`), with its sizes checked against the
-/// container's memory limit.
+/// Every command line parses, with its sizes checked against the container's memory limit.
 #[test]
 fn deploy_kiln_args_parse() {
     let s = survey(&repo_root());
     assert!(!s.kilns.is_empty());
     for k in &s.kilns {
-        let args = monolithic(&k.args);
-        let cfg = Config::from_args(&args).unwrap_or_else(|e| panic!("{}: kiln refuses {args:?}: {e}", k.at));
+        let args = &k.args;
+        let cfg = Config::from_args(args).unwrap_or_else(|e| panic!("{}: kiln refuses {args:?}: {e}", k.at));
         cfg.store_backend().unwrap_or_else(|e| panic!("{}: {e}", k.at));
         if let Some(limit) = k.memory_limit {
             // Heads and block caches take at most three quarters of the limit; the rest is

@@ -2,6 +2,7 @@
 //! within that route's limit, and hands the request over; RPCs are unframed here and their
 //! answers framed in the caller's protocol (`rpc.rs`).
 use super::{conn, inflight, ops, rpc, Edge};
+use crate::config::{Component, Target};
 use crate::service::body::{http_error, Response};
 use crate::service::call::{self, Call};
 use crate::service::codec::Protocol;
@@ -77,6 +78,20 @@ impl Dest {
         HttpDest::find(path).map_or(Dest::Unknown, Dest::Http)
     }
 
+    /// Whether this process runs a component that serves it (the process's own pages and
+    /// unknown paths: always, the latter to be answered 404).
+    fn served_by(&self, target: Target) -> bool {
+        let runs = |c| target.runs(c);
+        match self {
+            Dest::Rpc(RpcOwner::Distributor, _) | Dest::Http(HttpDest::Distributor(_)) => runs(Component::Distributor),
+            Dest::Rpc(RpcOwner::Querier, _) | Dest::Http(HttpDest::Querier(_)) => runs(Component::Querier),
+            Dest::Rpc(RpcOwner::Ingester, _) | Dest::Http(HttpDest::Ingester(_)) => runs(Component::Ingester),
+            // Another querier's question to a replica: answered from this process's cores.
+            Dest::Rpc(RpcOwner::Replica, _) => runs(Component::Ingester) || runs(Component::StoreGateway),
+            Dest::Rpc(RpcOwner::Ops, _) | Dest::Http(HttpDest::Ops(_)) | Dest::Unknown => true,
+        }
+    }
+
     /// Its RPC service's or HTTP route's class, `Other` for anything unknown.
     fn class(&self) -> Class {
         match self {
@@ -136,6 +151,14 @@ pub(super) async fn handle(req: http::Request<Incoming>, core: Rc<Edge>) -> Resp
 async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, dest: Dest, class: Class) -> Response {
     if let Err(msg) = accept_header_ok(req.headers()) {
         return http_error(StatusCode::BAD_REQUEST, &msg);
+    }
+    let target = core.cfg().target;
+    if !dest.served_by(target) {
+        let msg = format!("{} is not served here: this instance runs -target={target}", req.uri().path());
+        return match (rpc::detect(req.headers()), &dest) {
+            (Some(p), Dest::Rpc(..)) => rpc::respond_error(p, &RpcError::new(Code::Unimplemented, msg)),
+            _ => http_error(StatusCode::NOT_FOUND, &msg),
+        };
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();

@@ -305,7 +305,7 @@ impl Default for RingSettings {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            target: Target::All,
+            target: Target::ALL,
             config_file: String::new(),
             http_listen_address: "0.0.0.0".into(),
             http_listen_port: 4040,
@@ -599,6 +599,12 @@ impl Config {
     /// - the block cache against the head: separate memory, and a store-gateway-heavy setup
     ///   may want a cache larger than its heads.
     fn check_relations(&self) -> Result<(), String> {
+        if !self.target.is_all() && !self.cluster_mode() {
+            return Err(format!(
+                "-target={}: a process that runs only some components is one part of a cluster; give it -memberlist.join (and -memberlist.bind-port) to find the others",
+                self.target
+            ));
+        }
         if self.replication_factor == 0 {
             return Err("-distributor.replication-factor=0: every series needs at least one ingester".into());
         }
@@ -1051,7 +1057,11 @@ mod tests {
         assert_eq!(c.limits.reject_older_than, Duration::ZERO);
         assert_eq!(c.limits.max_query_lookback, Duration::from_secs(7 * 86400));
         assert!(Config::from_args(&args(&["-nope=1"])).is_err());
-        assert!(Config::from_args(&args(&["-target=ingester"])).is_err());
+        let e = Config::from_args(&args(&["-target=ingester"])).unwrap_err();
+        assert!(e.contains("-memberlist.join"), "{e}");
+        let c = Config::from_args(&args(&["-target=ingester", "-memberlist.join=127.0.0.1:7946"])).unwrap();
+        assert!(c.cluster_mode() && !c.target.is_all());
+        assert!(Config::from_args(&args(&["-target=compactor", "-memberlist.join=127.0.0.1:7946"])).is_err());
     }
 
     #[test]

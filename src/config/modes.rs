@@ -120,12 +120,14 @@ modes!(
     }
 );
 
-/// What `-target` asks a process to run.
+/// What `-target` asks a process to run: `all` (every component this version has, in one
+/// process) or a set of components, each its own part of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// `all` (or the monolith's components spelled out): every component this version has,
-    /// in one process.
-    All,
+pub struct Target {
+    /// Bit `c as u8` for each component `c` the process runs.
+    bits: u16,
+    /// Spelled `all` (shown so in `/config`).
+    all: bool,
 }
 
 impl Target {
@@ -133,10 +135,29 @@ impl Target {
     pub const MONOLITH: [Component; 4] =
         [Component::StoreGateway, Component::Ingester, Component::Distributor, Component::Querier];
 
+    pub const ALL: Target = Target { bits: 0b1111, all: true };
+
+    /// Whether the process runs `c`.
+    pub fn runs(self, c: Component) -> bool {
+        self.bits & (1 << c as u16) != 0
+    }
+
+    /// Whether this is the monolith (every component of this version in one process).
+    pub fn is_all(self) -> bool {
+        self.bits == Target::ALL.bits
+    }
+
     /// The components this target starts, in start order.
-    pub fn components(self) -> &'static [Component] {
-        match self {
-            Target::All => &Target::MONOLITH,
+    pub fn components(self) -> Vec<Component> {
+        Component::ALL.iter().copied().filter(|c| self.runs(*c)).collect()
+    }
+
+    /// What each component not built yet is waiting for.
+    fn not_yet(c: Component) -> Option<&'static str> {
+        match c {
+            Component::QueryFrontend | Component::QueryScheduler => Some("the read path at scale"),
+            Component::Compactor => Some("the compactor"),
+            _ => None,
         }
     }
 }
@@ -144,17 +165,24 @@ impl Target {
 impl std::str::FromStr for Target {
     type Err = String;
 
-    /// `all`, or a comma-separated list of component names. Only what this version runs is
-    /// accepted; any other known name is refused with why.
+    /// `all`, or a comma-separated list of component names. A component this version does not
+    /// run yet is refused with the issue that builds it.
     fn from_str(s: &str) -> Result<Target, String> {
         let s = s.trim();
         if s.is_empty() || s == "all" {
-            return Ok(Target::All);
+            return Ok(Target::ALL);
         }
-        let mut asked = Vec::new();
+        let mut bits = 0u16;
         for name in s.split(',').map(str::trim) {
             match name.parse::<Component>() {
-                Ok(c) => asked.push(c as u8),
+                Ok(c) => {
+                    if let Some(issue) = Target::not_yet(c) {
+                        return Err(format!(
+                            "-target={s}: the {name} is not built yet (it comes with {issue}); run all, distributor, ingester, querier or store-gateway"
+                        ));
+                    }
+                    bits |= 1 << c as u16;
+                }
                 Err(_) => {
                     let known: Vec<&str> =
                         std::iter::once("all").chain(Component::ALL.iter().map(|c| c.as_str())).collect();
@@ -162,16 +190,7 @@ impl std::str::FromStr for Target {
                 }
             }
         }
-        asked.sort_unstable();
-        asked.dedup();
-        // The monolith's components, with or without the store-gateway (which `all` runs in
-        // any case: the ingesters' blocks are served where they are cut).
-        let monolith: Vec<u8> = Target::MONOLITH.iter().map(|c| *c as u8).collect();
-        let without_sg: Vec<u8> = monolith.iter().copied().filter(|c| *c != Component::StoreGateway as u8).collect();
-        if asked == monolith || asked == without_sg {
-            return Ok(Target::All);
-        }
-        Err(format!("-target={s}: only the monolithic -target=all runs in this version"))
+        Ok(Target { bits, all: false })
     }
 }
 
@@ -185,9 +204,11 @@ impl std::fmt::Display for Target {
 
 impl Serialize for Target {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match self {
-            Target::All => "all",
-        })
+        if self.all {
+            s.serialize_str("all")
+        } else {
+            s.serialize_str(&self.to_string())
+        }
     }
 }
 
@@ -197,15 +218,23 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!("all".parse(), Ok(Target::All));
-        assert_eq!("".parse(), Ok(Target::All));
-        assert_eq!("querier, distributor,ingester,store-gateway".parse(), Ok(Target::All));
-        assert_eq!("distributor,ingester,querier".parse(), Ok(Target::All));
-        let e = "ingester".parse::<Target>().unwrap_err();
-        assert!(e.contains("only the monolithic"), "{e}");
+        assert_eq!("all".parse(), Ok(Target::ALL));
+        assert_eq!("".parse(), Ok(Target::ALL));
+        let spelled: Target = "querier, distributor,ingester,store-gateway".parse().unwrap();
+        assert!(spelled.is_all() && spelled.components() == Target::MONOLITH);
+        let i: Target = "ingester".parse().unwrap();
+        assert!(i.runs(Component::Ingester) && !i.runs(Component::Distributor) && !i.is_all());
+        assert_eq!(i.to_string(), "ingester");
+        let dq: Target = "querier,distributor".parse().unwrap();
+        assert_eq!(dq.components(), [Component::Distributor, Component::Querier]);
+        let e = "compactor".parse::<Target>().unwrap_err();
+        assert!(e.contains("not built yet") && e.contains("the compactor"), "{e}");
+        let e = "ingester,query-frontend".parse::<Target>().unwrap_err();
+        assert!(e.contains("query-frontend is not built yet"), "{e}");
         let e = "ingestor".parse::<Target>().unwrap_err();
         assert!(e.contains("unknown component") && e.contains("store-gateway"), "{e}");
-        assert_eq!(Target::All.to_string(), "store-gateway,ingester,distributor,querier");
+        assert_eq!(Target::ALL.to_string(), "store-gateway,ingester,distributor,querier");
+        assert_eq!(serde_yaml::to_string(&Target::ALL).unwrap().trim(), "all");
     }
 
     #[test]

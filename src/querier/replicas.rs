@@ -12,8 +12,9 @@
 //! counted once. Pyroscope keeps the first (series, timestamp) seen in its replica streams;
 //! this also keeps two profiles a client sent with the same timestamp, as a single node does.
 //!
-//! A query succeeds while a quorum of each replica set answers: with RF replicas per series,
-//! up to RF − (RF/2 + 1) instances may fail the first step; any failure in the second fails
+//! A query succeeds while a quorum of each replica set answers: of `n` ingesters holding
+//! tokens, `n − RF/2` must be ACTIVE, healthy and answer the first step (dskit's read check),
+//! and a store-gateway must answer if there are any; any failure in the second step fails
 //! the query (its share is not counted elsewhere).
 use super::{local_fan_out, Querier};
 use crate::cluster::pool::Pool;
@@ -24,6 +25,8 @@ use crate::service::{Code, RpcError};
 use bytes::Bytes;
 use kiln_shards::query::wire::{decode_request, decode_results, encode_request, encode_results};
 use kiln_shards::query::{Include, KeyFilter, QueryRequest, QueryResult};
+use kiln_shards::ring::member::{Components, State};
+use kiln_shards::ring::snapshot::Snapshot;
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -68,25 +71,20 @@ impl ReplicaReader {
     /// Every replica's partial results for `req`, each profile counted once.
     pub async fn fan_out(&self, querier: &Querier, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
         let snap = self.cluster.snapshot();
-        let members = snap.read_ingesters();
-        if members.is_empty() {
-            return Err(RpcError::new(Code::Unavailable, "no ACTIVE ingester to query"));
-        }
+        let readers = Readers::of(&snap, self.cluster.replication_factor)?;
         let me = self.cluster.self_index(&snap);
-        let set = members.len().min(self.cluster.replication_factor);
-        let may_fail = set - (set / 2 + 1);
         let addrs: Vec<(u32, String)> =
-            members.iter().map(|&m| (m, snap.instances()[m as usize].addr.clone())).collect();
+            readers.all.iter().map(|&m| (m, snap.instances()[m as usize].addr.clone())).collect();
         if !adds_profiles(&req) {
             let answers = self.ask(querier, me, &addrs, |_| Some(req.clone())).await;
-            return union(answers, may_fail);
+            let (ok, failed) = split(answers);
+            readers.check(&ok, &failed)?;
+            return Ok(ok.into_iter().flat_map(|(_, p)| p).collect());
         }
         let keys = QueryRequest::Keys(req.selection().clone());
         let answers = self.ask(querier, me, &addrs, |_| Some(keys.clone())).await;
         let (held, failed) = split(answers);
-        if failed.len() > may_fail {
-            return Err(quorum_error(&failed, may_fail));
-        }
+        readers.check(&held, &failed)?;
         let shares = assign(&held);
         let answers = self
             .ask(querier, me, &addrs, |m| {
@@ -166,20 +164,76 @@ fn split(answers: Answers) -> (Held, Vec<(u32, RpcError)>) {
     (ok, failed)
 }
 
-fn union(answers: Answers, may_fail: usize) -> Result<Vec<QueryResult>, RpcError> {
-    let (ok, failed) = split(answers);
-    if failed.len() > may_fail {
-        return Err(quorum_error(&failed, may_fail));
-    }
-    Ok(ok.into_iter().flat_map(|(_, p)| p).collect())
+/// Who a query asks, and how many of them must answer.
+struct Readers {
+    /// Every ACTIVE, healthy instance holding data: ingesters and store-gateways.
+    all: Vec<u32>,
+    /// The ingesters among them.
+    ingesters: Vec<u32>,
+    /// The store-gateways that are not ingesters (each serves every shared block).
+    gateways: Vec<u32>,
+    /// Ingesters that must answer: with `n` holding tokens and a factor `rf` (at most `n`),
+    /// `n − rf/2` (dskit's read check), so no replica set loses its quorum.
+    needed: usize,
 }
 
-fn quorum_error(failed: &[(u32, RpcError)], may_fail: usize) -> RpcError {
-    let first = failed.first().map_or(String::new(), |(_, e)| e.message.clone());
-    RpcError::new(
-        Code::Unavailable,
-        format!("{} instances failed the query, {may_fail} may: a replica set lost its quorum ({first})", failed.len()),
-    )
+impl Readers {
+    fn of(snap: &Snapshot, rf: usize) -> Result<Readers, RpcError> {
+        let (mut all, mut ingesters, mut gateways) = (Vec::new(), Vec::new(), Vec::new());
+        let mut holders = 0;
+        for (i, d) in snap.instances().iter().enumerate() {
+            let ingester = d.components.has(Components::INGESTER);
+            if ingester && d.state.holds_tokens() {
+                holders += 1;
+            }
+            let gateway = d.components.has(Components::STORE_GATEWAY);
+            if !(ingester || gateway) || d.state != State::Active || !snap.healthy(i as u32) {
+                continue;
+            }
+            all.push(i as u32);
+            if ingester {
+                ingesters.push(i as u32);
+            } else {
+                gateways.push(i as u32);
+            }
+        }
+        let rf = rf.min(holders).max(1);
+        let needed = holders.saturating_sub(rf / 2);
+        if all.is_empty() {
+            return Err(RpcError::new(Code::Unavailable, "no ACTIVE ingester or store-gateway to query"));
+        }
+        if ingesters.len() < needed {
+            return Err(RpcError::new(
+                Code::Unavailable,
+                format!(
+                    "too many unhealthy ingesters: {needed} of {holders} must answer and {} are ACTIVE and healthy",
+                    ingesters.len()
+                ),
+            ));
+        }
+        Ok(Readers { all, ingesters, gateways, needed })
+    }
+
+    /// Whether enough of them answered: every replica set kept its quorum, and a store-gateway
+    /// answered if there are any.
+    fn check(&self, ok: &Held, failed: &[(u32, RpcError)]) -> Result<(), RpcError> {
+        let answered = |set: &[u32]| ok.iter().filter(|(m, _)| set.contains(m)).count();
+        let first = failed.first().map_or(String::new(), |(m, e)| format!(" (instance {m}: {})", e.message));
+        if answered(&self.ingesters) < self.needed {
+            return Err(RpcError::new(
+                Code::Unavailable,
+                format!(
+                    "{} ingesters answered, {} must: a replica set lost its quorum{first}",
+                    answered(&self.ingesters),
+                    self.needed
+                ),
+            ));
+        }
+        if !self.gateways.is_empty() && answered(&self.gateways) == 0 {
+            return Err(RpcError::new(Code::Unavailable, format!("no store-gateway answered{first}")));
+        }
+        Ok(())
+    }
 }
 
 /// `req` with its selection replaced.

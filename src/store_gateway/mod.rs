@@ -35,11 +35,11 @@ impl OpenError {
 /// Reads every tenant's bucket index and hands each block to the core the ring gives it.
 /// Returns every indexed (tenant, block id), for replay to skip what blocks hold.
 ///
-/// Alone (`instance` empty) an instance serves every block. In a cluster an instance serves the blocks its own ingester cut and
-/// those a single node cut, not the other replicas' copies: each instance then holds one copy
-/// of each of its series' profiles, which is what a querier's replica deduplication counts
-/// on (see `querier::replicas`). The other replicas' blocks are theirs to serve.
-pub fn open_blocks(store: &Store, mesh: &Mesh, instance: &str) -> Result<Indexed, OpenError> {
+/// `serve` says which blocks this instance serves (in a cluster, the blocks its own ingester
+/// cut and not the other replicas' copies: each instance then holds one copy of each of its
+/// series' profiles, which the querier's replica deduplication counts on; see
+/// `querier::replicas` and I18).
+pub fn open_blocks(store: &Store, mesh: &Mesh, serve: &dyn Fn(&BlockRef) -> bool) -> Result<Indexed, OpenError> {
     let mut indexed = Indexed::new();
     let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
     let tenants = store.blocking_tenants().map_err(|e| OpenError::Tenants { store: store.describe(), source: e })?;
@@ -52,8 +52,7 @@ pub fn open_blocks(store: &Store, mesh: &Mesh, instance: &str) -> Result<Indexed
         for b in &idx.blocks {
             // A block marked for deletion still holds what its WAL records held.
             indexed.insert((tenant.clone(), b.block_id.clone()));
-            let another_replicas = !instance.is_empty() && !b.ingester.is_empty() && b.ingester != instance;
-            if deleted.contains(b.block_id.as_str()) || another_replicas {
+            if deleted.contains(b.block_id.as_str()) || !serve(b) {
                 continue;
             }
             let core = mesh.ring.block_owner(&b.block_id) as usize;
