@@ -272,3 +272,70 @@ fn three_members_form_a_ring_replicate_writes_and_keep_taking_them_after_a_kill(
     assert_eq!(status, 503, "a push without a quorum fails");
     let _ = std::fs::remove_dir_all(&blocks);
 }
+
+/// Every acknowledged push of `acked` is read back through `port`, each push that made it
+/// counted once (each `seq` adds `seq + 1`).
+fn assert_each_acked_push_counted_once(port: u16, service: &str, acked: &std::collections::BTreeSet<u64>, when: &str) {
+    let (seqs, total) = seqs_and_total(port, service);
+    let lost: Vec<_> = acked.difference(&seqs).take(5).collect();
+    assert!(lost.is_empty(), "{when}: acknowledged pushes lost, e.g. {lost:?}");
+    let want: i64 = seqs.iter().map(|i| *i as i64 + 1).sum();
+    assert_eq!(total, want, "{when}: pushes counted twice or partly");
+}
+
+/// Waits until `pushers` has had `more` pushes acknowledged beyond what it had.
+fn wait_for_acks(pushers: &Pushers, more: usize, what: &str) {
+    let target = pushers.acked() + more;
+    wait_until(what, || pushers.acked() >= target);
+}
+
+#[test]
+fn kill_9_of_an_ingester_under_load_loses_no_acknowledged_push_and_counts_each_once() {
+    let blocks = blocks_dir("load-kill");
+    let (mut nodes, _) = start_cluster(&blocks, &[]);
+    let pushers = Pushers::start(nodes[0].port, "load");
+    wait_for_acks(&pushers, 200, "pushes are acknowledged");
+    let (data, port) = nodes[2].kiln.take().unwrap().kill_keeping_port();
+    wait_for_acks(&pushers, 200, "pushes go on with two of three replicas");
+    wait_until("the killed member shows UNHEALTHY", || {
+        ring_states(nodes[0].port).iter().filter(|s| s.contains("UNHEALTHY")).count() == 1
+    });
+    wait_for_acks(&pushers, 200, "pushes go on with the dead member UNHEALTHY");
+    let k = start_member(data, port, &member_flags(nodes[2].gossip, nodes[0].gossip, &blocks));
+    nodes[2].port = k.port;
+    nodes[2].kiln = Some(k);
+    wait_until("the restarted member is ACTIVE", || ring_states(nodes[0].port) == ["ACTIVE"; 3]);
+    wait_for_acks(&pushers, 200, "pushes go on with the member back");
+    let acked = pushers.stop();
+    for n in &nodes {
+        assert_each_acked_push_counted_once(n.port, "load", &acked, "after kill -9 and restart");
+    }
+    let _ = std::fs::remove_dir_all(&blocks);
+}
+
+#[test]
+fn a_rolling_restart_of_every_member_under_load_loses_no_acknowledged_push() {
+    let blocks = blocks_dir("rolling");
+    let (mut nodes, _) = start_cluster(&blocks, &[]);
+    // Two streams, through two members: while either is restarting, the other's go on.
+    let pushers = [Pushers::start(nodes[0].port, "roll-a"), Pushers::start(nodes[1].port, "roll-b")];
+    wait_for_acks(&pushers[0], 100, "pushes are acknowledged");
+    for i in [2, 0, 1] {
+        let (data, port, code) = nodes[i].kiln.take().unwrap().terminate_keeping_port();
+        assert_eq!(code, Some(0), "member {i} stopped cleanly");
+        let other = &pushers[if i == 0 { 1 } else { 0 }];
+        wait_for_acks(other, 50, "pushes go on while a member is down");
+        let k = start_member(data, port, &member_flags(nodes[i].gossip, nodes[(i + 1) % 3].gossip, &blocks));
+        nodes[i].port = k.port;
+        nodes[i].kiln = Some(k);
+        wait_until("the restarted member is ACTIVE", || ring_states(nodes[(i + 1) % 3].port) == ["ACTIVE"; 3]);
+        wait_for_acks(other, 50, "pushes go on with the member back");
+    }
+    let [a, b] = pushers;
+    let (acked_a, acked_b) = (a.stop(), b.stop());
+    for n in &nodes {
+        assert_each_acked_push_counted_once(n.port, "roll-a", &acked_a, "after a rolling restart");
+        assert_each_acked_push_counted_once(n.port, "roll-b", &acked_b, "after a rolling restart");
+    }
+    let _ = std::fs::remove_dir_all(&blocks);
+}

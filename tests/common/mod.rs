@@ -147,6 +147,16 @@ impl Kiln {
         std::mem::take(&mut self.data)
     }
 
+    /// SIGTERM, waiting for the process to exit; returns the data directory, the held port
+    /// (for a restart on it) and the exit code.
+    pub fn terminate_keeping_port(mut self) -> (PathBuf, (u16, socket2::Socket), Option<i32>) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let code = self.child.wait().unwrap().code();
+        let hold = self.port_hold.take().expect("port held");
+        (std::mem::take(&mut self.data), (self.port, hold), code)
+    }
+
     /// SIGKILL; returns the data directory and the held port, for a restart on that port.
     pub fn kill_keeping_port(mut self) -> (PathBuf, (u16, socket2::Socket)) {
         let _ = self.child.kill();
