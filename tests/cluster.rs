@@ -339,3 +339,33 @@ fn a_rolling_restart_of_every_member_under_load_loses_no_acknowledged_push() {
     }
     let _ = std::fs::remove_dir_all(&blocks);
 }
+
+#[test]
+fn a_dead_member_is_forgotten_by_the_forget_button_or_on_its_own() {
+    let blocks = blocks_dir("forget");
+    let (mut nodes, _) = start_cluster(&blocks, &["-ring.auto-forget-after=6s"]);
+    let _ = nodes[2].kiln.take().unwrap().kill();
+    let id = format!("{}-{}", std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), nodes[2].port);
+    let r = post(
+        nodes[0].port,
+        "/ring",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("forget={id}").into_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("Forgetting"), "{}", r.text());
+    // Every member drops it, well before it would be forgotten on its own.
+    for n in &nodes[..2] {
+        wait_until("the forgotten member is gone", || ring_states(n.port).len() == 2);
+    }
+    let self_forget =
+        format!("forget={}-{}", std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), nodes[0].port);
+    assert_eq!(post(nodes[0].port, "/ring", &[], self_forget.into_bytes()).status, 400);
+    // Nobody forgets this one: UNHEALTHY after 3 s, gone after 6 s of silence.
+    let _ = nodes[1].kiln.take().unwrap().kill();
+    wait_until("the dead member shows UNHEALTHY", || {
+        ring_states(nodes[0].port).iter().any(|s| s.contains("UNHEALTHY"))
+    });
+    wait_until("the dead member is forgotten on its own", || ring_states(nodes[0].port) == ["ACTIVE"]);
+    let _ = std::fs::remove_dir_all(&blocks);
+}
