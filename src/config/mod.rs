@@ -233,8 +233,8 @@ pub struct Config {
     /// How long a push waits for its replicas' quorum (`-distributor.push.timeout`).
     #[serde(with = "go_duration")]
     pub push_timeout: Duration,
-    /// Queries for data older than this go to the store-gateways only
-    /// (`-querier.query-store-after`); 0: always ask the ingesters too.
+    /// Pyroscope's `-querier.query-store-after`: accepted for compatibility, no effect (each
+    /// ingester answers for the blocks it cut as long as they exist; see README, Cluster mode).
     #[serde(with = "go_duration")]
     pub query_store_after: Duration,
 }
