@@ -5,6 +5,15 @@ use common::snapshot::{assert_same, flush, push_fixture, snapshot};
 use common::*;
 use std::time::{Duration, Instant};
 
+/// One cluster at a time: several clusters of debug builds at once on a 2-core machine could
+/// starve a member's gossip past its heartbeat timeout, and these tests are about the
+/// cluster, not about a starved machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A free UDP port on 127.0.0.1 for a member's gossip.
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -96,6 +105,7 @@ fn blocks_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn every_fixture_reads_the_same_through_any_member_as_on_one_node_and_replicas_count_once() {
+    let _serial = one_at_a_time();
     let single = Kiln::start(&[FIXTURE_FLAGS, &["-shards=1"]].concat());
     let fixtures = golden_pprofs();
     for (i, path) in fixtures.iter().enumerate() {
@@ -142,6 +152,7 @@ fn every_fixture_reads_the_same_through_any_member_as_on_one_node_and_replicas_c
 
 #[test]
 fn microservices_answer_as_one_node_distributor_ingesters_querier_and_store_gateway_apart() {
+    let _serial = one_at_a_time();
     // One node writes half the fixtures into blocks of a shared bucket and keeps the other
     // half in its head: its answers are what the microservices must give.
     let blocks = blocks_dir("micro");
@@ -200,6 +211,7 @@ fn microservices_answer_as_one_node_distributor_ingesters_querier_and_store_gate
 
 #[test]
 fn a_lone_member_with_replication_factor_three_takes_writes_alone() {
+    let _serial = one_at_a_time();
     let blocks = blocks_dir("lone");
     let gossip = free_udp_port();
     let k = start_member(
@@ -216,6 +228,7 @@ fn a_lone_member_with_replication_factor_three_takes_writes_alone() {
 
 #[test]
 fn three_members_form_a_ring_replicate_writes_and_keep_taking_them_after_a_kill() {
+    let _serial = one_at_a_time();
     let blocks = blocks_dir("kill");
     let (mut nodes, seed) = start_cluster(&blocks, &[]);
 
@@ -291,6 +304,7 @@ fn wait_for_acks(pushers: &Pushers, more: usize, what: &str) {
 
 #[test]
 fn kill_9_of_an_ingester_under_load_loses_no_acknowledged_push_and_counts_each_once() {
+    let _serial = one_at_a_time();
     let blocks = blocks_dir("load-kill");
     let (mut nodes, _) = start_cluster(&blocks, &[]);
     let pushers = Pushers::start(nodes[0].port, "load");
@@ -315,6 +329,7 @@ fn kill_9_of_an_ingester_under_load_loses_no_acknowledged_push_and_counts_each_o
 
 #[test]
 fn a_rolling_restart_of_every_member_under_load_loses_no_acknowledged_push() {
+    let _serial = one_at_a_time();
     let blocks = blocks_dir("rolling");
     let (mut nodes, _) = start_cluster(&blocks, &[]);
     // Two streams, through two members: while either is restarting, the other's go on.
@@ -342,6 +357,7 @@ fn a_rolling_restart_of_every_member_under_load_loses_no_acknowledged_push() {
 
 #[test]
 fn a_dead_member_is_forgotten_by_the_forget_button_or_on_its_own() {
+    let _serial = one_at_a_time();
     let blocks = blocks_dir("forget");
     let (mut nodes, _) = start_cluster(&blocks, &["-ring.auto-forget-after=6s"]);
     let _ = nodes[2].kiln.take().unwrap().kill();
