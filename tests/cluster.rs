@@ -222,7 +222,10 @@ fn a_lone_member_with_replication_factor_three_takes_writes_alone() {
     wait_until("the member is ACTIVE", || ring_states(k.port) == ["ACTIVE"]);
     assert_eq!(push(k.port, "lone", 3), 200);
     assert_eq!(total(k.port, "lone"), 30_000_000);
-    assert!(get(k.port, "/metrics").text().contains("kiln_ring_members{state=\"ACTIVE\",healthy=\"true\"} 1"));
+    let metrics = get(k.port, "/metrics").text();
+    assert!(metrics.contains("kiln_ring_members{state=\"ACTIVE\",healthy=\"true\"} 1"));
+    // Alone, it calls no one: no internal bytes.
+    assert!(metrics.contains("kiln_cluster_call_bytes_total{kind=\"push\"} 0"), "{metrics}");
     let _ = std::fs::remove_dir_all(&blocks);
 }
 
@@ -246,6 +249,11 @@ fn three_members_form_a_ring_replicate_writes_and_keep_taking_them_after_a_kill(
     let ticks = pushed * 10_000_000;
     for n in &nodes {
         wait_until("each push is counted once", || total(n.port, "svc-a") == ticks);
+    }
+    // Each member sent its pushes' copies to the other two: internal bytes on /metrics.
+    for n in &nodes {
+        let sent = metric(n.port, "kiln_cluster_call_bytes_total{kind=\"push\"}");
+        assert!(sent > 0.0, "member {} sent no push bytes", n.port);
     }
 
     // kill -9 one member: writes go on with a quorum of the two left, at once and after the

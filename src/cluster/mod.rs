@@ -91,6 +91,10 @@ pub struct CallCounters {
     pub push_failed: AtomicU64,
     pub query_ok: AtomicU64,
     pub query_failed: AtomicU64,
+    /// Request body bytes sent to other members, by kind (`kiln_cluster_call_bytes_total`),
+    /// counted as each call starts, whatever its outcome.
+    pub push_bytes: AtomicU64,
+    pub query_bytes: AtomicU64,
 }
 
 impl Cluster {
@@ -132,6 +136,12 @@ impl Cluster {
         ] {
             let _ =
                 writeln!(out, "kiln_cluster_calls_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {}", v.load(Relaxed));
+        }
+        let _ =
+            writeln!(out, "# HELP kiln_cluster_call_bytes_total Request body bytes sent to other members, by kind.");
+        let _ = writeln!(out, "# TYPE kiln_cluster_call_bytes_total counter");
+        for (kind, v) in [("push", &c.push_bytes), ("query", &c.query_bytes)] {
+            let _ = writeln!(out, "kiln_cluster_call_bytes_total{{kind=\"{kind}\"}} {}", v.load(Relaxed));
         }
     }
 }

@@ -81,6 +81,7 @@ impl Replicator {
             } else {
                 let addr = snap.instances()[inst as usize].addr.clone();
                 let body = remote::encode(tenant.as_str(), &parts);
+                self.cluster.calls.push_bytes.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let (pool, timeout, cluster) = (self.pool.clone(), self.cluster.push_timeout, self.cluster.clone());
                 monoio::spawn(async move {
                     let res =

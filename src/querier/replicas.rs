@@ -127,6 +127,7 @@ impl ReplicaReader {
             let (pool, addr, tx, m) = (self.pool.clone(), addr.clone(), tx.clone(), *m);
             let cluster = self.cluster.clone();
             let body = Bytes::from(encode_request(&req));
+            cluster.calls.query_bytes.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
             monoio::spawn(async move {
                 let res = match pool.call(&addr, QUERY_PATH, body, REPLICA_TIMEOUT).await {
                     Ok(b) => decode_results(&b).map_err(|e| RpcError::new(Code::Internal, format!("{addr}: {e}"))),
