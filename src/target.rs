@@ -79,8 +79,13 @@ pub fn run(cfg: Config) {
         "kiln starting"
     );
     let s = shared.clone();
+    // Each core is pinned to a CPU of its own only when the process takes every CPU: several
+    // processes of fewer cores on one machine (a cluster on one host, `-shards` below the
+    // CPU count) would otherwise all pin to the first CPUs and leave the others idle.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = cores >= cpus;
     let started =
-        kiln_shards::runtime::start(cores, local_ring, true, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
+        kiln_shards::runtime::start(cores, local_ring, pin, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
     // 1. store-gateway: every block this instance serves to the core that owns it.
     if serves.cut_here || serves.shared {
         let instance = blocks_instance.as_str();
