@@ -79,11 +79,12 @@ pub fn run(cfg: Config) {
         "kiln starting"
     );
     let s = shared.clone();
-    // Each core is pinned to a CPU of its own only when the process takes every CPU: several
-    // processes of fewer cores on one machine (a cluster on one host, `-shards` below the
-    // CPU count) would otherwise all pin to the first CPUs and leave the others idle.
+    // Core N is pinned to CPU N, except for a cluster member that takes fewer cores than the
+    // machine has CPUs: several members on one host would all pin to the first CPUs and leave
+    // the others idle (measured: perf/RESULTS.md, cluster section). A single node keeps its
+    // pinning, which is worth ≈18% of push throughput at `-shards=1` on two CPUs.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = cores >= cpus;
+    let pin = cores >= cpus || !shared.cfg.cluster_mode();
     let started =
         kiln_shards::runtime::start(cores, local_ring, pin, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
     // 1. store-gateway: every block this instance serves to the core that owns it.

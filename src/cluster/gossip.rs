@@ -255,7 +255,8 @@ fn collect(
         desc.heartbeat_ms = s.changed_ms;
         out.push(desc);
     }
-    seen.retain(|id, _| out.iter().any(|d| &d.id == id));
+    let present: rustc_hash::FxHashSet<&str> = out.iter().map(|d| d.id.as_str()).collect();
+    seen.retain(|id, _| present.contains(id.as_str()));
     out
 }
 

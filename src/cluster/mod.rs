@@ -80,7 +80,7 @@ impl Cluster {
 
     /// This instance's index in `snap`, if it is a member of it.
     pub fn self_index(&self, snap: &Snapshot) -> Option<u32> {
-        snap.instances().iter().position(|i| i.id == self.self_id).map(|i| i as u32)
+        snap.index_of(&self.self_id)
     }
 }
 
