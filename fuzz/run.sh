@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECS=${1:-60}
 shift || true
-TARGETS=${*:-pprof wal_record wal_payload text_inputs rpc_frame gzip block_index block_symdb block_meta block_profiles}
+TARGETS=${*:-pprof wal_record wal_payload text_inputs rpc_frame gzip block_index block_symdb block_meta block_profiles query_wire replica_push cluster_inputs}
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
@@ -17,6 +17,13 @@ for t in $TARGETS; do
   mkdir -p corpus/$t artifacts/$t
   seeds=()
   [ "$t" = pprof ] && seeds=(../testdata/pprof/pyroscope/og-convert ../testdata/pprof/pyroscope/pkg-pprof)
+  # The wire goldens (hex text) are the seeds of the cluster's decoders, as bytes.
+  golden=()
+  [ "$t" = query_wire ] && golden=(../testdata/golden/wire/query_*.hex)
+  [ "$t" = replica_push ] && golden=(../testdata/golden/wire/push_records.hex)
+  for f in "${golden[@]}"; do
+    printf '%b' "$(tr -d ' \n' < "$f" | sed 's/../\\x&/g')" > "corpus/$t/golden-$(basename "$f" .hex)"
+  done
   echo "== $t"
   # -timeout: a generous wall budget per input (the memory and allocation budgets are
   # asserted by the targets themselves, see kiln::budget).

@@ -226,6 +226,21 @@ fn run_wal_payload(data: &[u8]) {
     }
 }
 
+fn run_query_wire(data: &[u8]) {
+    // Both directions between instances: a request a querier sent, partials a replica sent.
+    use kiln_shards::query::wire;
+    let _ = wire::decode_request(data);
+    let _ = wire::decode_results(data);
+}
+
+fn run_replica_push(data: &[u8]) {
+    // The server side of a replica's push short of the cores: the message, each WAL record
+    // in it, and `Profile::check` on each.
+    let _ = crate::ingester::remote::decode_push(&bytes::Bytes::copy_from_slice(data));
+}
+
+use kiln_shards::model::selector::{MAX_REGEX_BYTES, MAX_REGEX_MATCHERS};
+
 /// Every decoder of untrusted bytes, with its budget. The per-byte factors are what the
 /// data structures cost per byte of their smallest encoding (a 2-byte protobuf record that
 /// becomes a 40-to-100-byte struct), with room for `Vec` growth; the fixed parts cover the
@@ -287,6 +302,26 @@ pub const DECODERS: &[Decoder] = &[
     Decoder {
         name: "wal_payload",
         run: run_wal_payload,
+        budget: Budget { fixed_bytes: 1 << 20, bytes_per_byte: 64, fixed_allocs: 256, allocs_per_byte: 2 },
+    },
+    Decoder {
+        name: "query_wire",
+        run: run_query_wire,
+        // The per-byte part is a result's size over its two smallest bytes (300,000 empty
+        // partials). The fixed part is the selection's regexes: each compiles (and may be
+        // refused) within `MAX_REGEX_BYTES`, which its builder can overshoot while it works
+        // (a pattern refused at 256 KiB peaked at 0.75 MiB and 21,000 allocations).
+        budget: Budget {
+            fixed_bytes: (1 << 20) + MAX_REGEX_MATCHERS * 4 * MAX_REGEX_BYTES,
+            bytes_per_byte: 64,
+            fixed_allocs: 256 + MAX_REGEX_MATCHERS as u64 * 32_768,
+            allocs_per_byte: 2,
+        },
+    },
+    Decoder {
+        name: "replica_push",
+        run: run_replica_push,
+        // As `wal_payload`: a one-byte sample becomes a 48-byte `Sample` and its 4-byte index.
         budget: Budget { fixed_bytes: 1 << 20, bytes_per_byte: 64, fixed_allocs: 256, allocs_per_byte: 2 },
     },
 ];

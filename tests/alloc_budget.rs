@@ -177,3 +177,325 @@ fn wal_payloads() {
     let inputs: Vec<(&str, Vec<u8>)> = inputs.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     holds("wal_payload", &inputs);
 }
+
+/// 300000 empty strings, counted.
+fn empty_strings(w: &mut kiln_io::codec::Writer) {
+    w.u(300_000);
+    (0..300_000).for_each(|_| w.str(""));
+}
+
+/// Query requests and partial results between instances (`kiln_shards::query::wire`): the
+/// shapes that cost most per byte, each as large as a message may reasonably be.
+#[test]
+fn query_wire_requests() {
+    use kiln_io::codec::Writer;
+    // A request of `kind`, its selection written by `sel`, then `rest`.
+    let request = |kind: u8, sel: &dyn Fn(&mut Writer), rest: &dyn Fn(&mut Writer)| {
+        let mut w = Writer::with_capacity(1 << 20);
+        w.byte(1);
+        w.byte(kind);
+        sel(&mut w);
+        rest(&mut w);
+        w.0
+    };
+    // A selection: tenants, profile type, matchers, range, then the key filter's bytes.
+    let selection = |tenants: usize, matchers: &[(u8, &str)], keys: &dyn Fn(&mut Writer)| {
+        let mut w = Writer::with_capacity(1 << 20);
+        w.u(tenants as u64);
+        (0..tenants).for_each(|_| w.str("a"));
+        w.str("");
+        w.u(matchers.len() as u64);
+        for (op, value) in matchers {
+            w.str("");
+            w.byte(*op);
+            w.str(value);
+        }
+        w.i(0);
+        w.i(1);
+        keys(&mut w);
+        w.0
+    };
+    let no_keys = |w: &mut Writer| w.byte(0);
+    let with = |bytes: Vec<u8>| move |w: &mut Writer| w.0.extend_from_slice(&bytes);
+    let nothing = |_: &mut Writer| {};
+    let many_keys = |w: &mut Writer| {
+        w.byte(1);
+        w.u(40_000);
+        for k in 0..40_000u64 {
+            w.u64_le(k);
+            w.byte(0);
+        }
+    };
+    let many_timestamps = |w: &mut Writer| {
+        w.byte(1);
+        w.u(1);
+        w.u64_le(7);
+        w.byte(1);
+        w.u(300_000);
+        (0..300_000).for_each(|_| w.i(1));
+    };
+    let equal = vec![(0u8, ""); 100_000];
+    let regexes = vec![(2u8, ""); 200];
+    // The longest `\w{k}` that still compiles within the size limit, as many times as a
+    // selector may hold regexes: the most a selection's patterns can cost.
+    let compiles = |k: usize| {
+        use kiln_shards::model::selector::{MatchOp, Matcher};
+        Matcher::new("", MatchOp::Regex, format!("\\w{{{k}}}")).is_ok()
+    };
+    // Bisected (a compile takes a while unoptimised): `lo` compiles, `hi` does not.
+    let (mut lo, mut hi) = (1, 1000);
+    assert!(compiles(lo) && !compiles(hi));
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        *(if compiles(mid) { &mut lo } else { &mut hi }) = mid;
+    }
+    let k = lo;
+    let largest = format!("\\w{{{k}}}");
+    let largest = vec![(2u8, largest.as_str()); kiln_shards::model::selector::MAX_REGEX_MATCHERS];
+    holds(
+        "query_wire",
+        &[
+            ("100000 tenants", request(0, &|w| w.0.extend(selection(100_000, &[], &no_keys)), &nothing)),
+            ("100000 empty equality matchers", request(0, &|w| w.0.extend(selection(0, &equal, &no_keys)), &nothing)),
+            ("200 empty regex matchers", request(4, &|w| w.0.extend(selection(0, &regexes, &no_keys)), &nothing)),
+            (
+                "as many regexes as may be, each as large as may be",
+                request(4, &|w| w.0.extend(selection(0, &largest, &no_keys)), &nothing),
+            ),
+            (
+                "a regex over the compiled size limit",
+                request(4, &|w| w.0.extend(selection(0, &[(2, r"(\w{100}){100}")], &no_keys)), &nothing),
+            ),
+            ("40000 series keys", request(4, &|w| w.0.extend(selection(0, &[], &many_keys)), &nothing)),
+            (
+                "300000 timestamps of one key",
+                request(4, &|w| w.0.extend(selection(0, &[], &many_timestamps)), &nothing),
+            ),
+            ("300000 label names", request(3, &|w| w.0.extend(selection(0, &[], &no_keys)), &empty_strings)),
+            (
+                "a count of 2^40 group-by names",
+                request(
+                    6,
+                    &|w| w.0.extend(selection(0, &[], &no_keys)),
+                    &with([0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20].to_vec()),
+                ),
+            ),
+        ],
+    );
+}
+
+/// Partials: `n` results, each written by `one`.
+fn results(n: usize, one: &dyn Fn(&mut kiln_io::codec::Writer)) -> Vec<u8> {
+    let mut w = kiln_io::codec::Writer::with_capacity(1 << 20);
+    w.byte(1);
+    w.u(n as u64);
+    (0..n).for_each(|_| one(&mut w));
+    w.0
+}
+
+/// Partial results between instances (`kiln_shards::query::wire::decode_results`), under the
+/// same budget as requests (one decoder runs both).
+#[test]
+fn query_wire_results() {
+    use kiln_io::codec::Writer;
+    let big = |tag: u8, count: usize, item: &dyn Fn(&mut Writer)| {
+        results(1, &|w| {
+            w.byte(tag);
+            w.u(count as u64);
+            (0..count).for_each(|_| item(w));
+        })
+    };
+    holds(
+        "query_wire",
+        &[
+            (
+                "300000 empty string partials",
+                results(300_000, &|w| {
+                    w.byte(0);
+                    w.u(0);
+                }),
+            ),
+            (
+                "300000 empty strings",
+                results(1, &|w| {
+                    w.byte(0);
+                    empty_strings(w);
+                }),
+            ),
+            ("300000 empty label sets", big(1, 300_000, &|w| w.u(0))),
+            (
+                "200000 flame tree nodes",
+                results(1, &|w| {
+                    w.byte(2);
+                    w.u(1);
+                    w.str("");
+                    w.u(200_000);
+                    (0..200_000).for_each(|_| {
+                        w.u(0);
+                        w.u(0);
+                        w.i(0);
+                    });
+                }),
+            ),
+            (
+                "200000 empty series",
+                big(4, 200_000, &|w| {
+                    w.u(0);
+                    w.u(0);
+                }),
+            ),
+            (
+                "100000 keys without timestamps",
+                big(7, 100_000, &|w| {
+                    w.u64_le(1);
+                    w.u(0);
+                }),
+            ),
+            (
+                "a pprof of 150000 empty samples",
+                results(1, &|w| {
+                    w.byte(3);
+                    (0..3).for_each(|_| w.u(0));
+                    w.u(1);
+                    w.u(0);
+                    w.u(0);
+                    w.u(0);
+                    w.u(150_000);
+                    (0..150_000).for_each(|_| {
+                        w.u(0);
+                        w.i(0);
+                    });
+                }),
+            ),
+            (
+                "a pprof of 100000 empty locations",
+                results(1, &|w| {
+                    w.byte(3);
+                    (0..2).for_each(|_| w.u(0));
+                    w.u(1);
+                    (0..5).for_each(|_| w.u(0));
+                    w.byte(0);
+                    w.u(100_000);
+                    (0..100_000).for_each(|_| {
+                        w.u(0);
+                        w.u(0);
+                        w.u(0);
+                    });
+                    w.u(0);
+                }),
+            ),
+            (
+                "100000 empty pprof partials",
+                results(100_000, &|w| {
+                    w.byte(3);
+                    (0..5).for_each(|_| w.u(0));
+                }),
+            ),
+        ],
+    );
+}
+
+/// A replica's push (`kiln::ingester::remote::decode_push`): the message, each WAL record and
+/// `Profile::check`, on pushes of many small things.
+#[test]
+fn replica_pushes() {
+    use kiln_io::codec::Writer;
+    use kiln_shards::ingester::walcodec;
+    use kiln_shards::model::profile::{Profile, Sample, SampleGroup};
+    let push = |records: Vec<Vec<u8>>| {
+        kiln::ingester::remote::PushRecords { records: records.into_iter().map(bytes::Bytes::from).collect() }
+            .encode_to_vec()
+    };
+    // A record's fixed part: tenant "t", no strings, `types` sample types of string 0, no
+    // period type, times, no mappings; then `rest` writes functions, locations and groups.
+    let record = |types: usize, rest: &dyn Fn(&mut Writer)| {
+        let mut w = Writer::with_capacity(1 << 20);
+        w.byte(1);
+        w.str("t");
+        w.u(1);
+        w.str("");
+        w.u(types as u64);
+        (0..types).for_each(|_| {
+            w.u(0);
+            w.u(0);
+        });
+        (0..4).for_each(|_| w.u(0));
+        w.u(0);
+        rest(&mut w);
+        w.0
+    };
+    let empty_profile = |w: &mut Writer| (0..3).for_each(|_| w.u(0));
+    // A count, then `n` items.
+    fn many(w: &mut Writer, n: usize, each: &dyn Fn(&mut Writer)) {
+        w.u(n as u64);
+        (0..n).for_each(|_| each(w));
+    }
+    let empty_groups = |w: &mut Writer| {
+        w.u(0);
+        w.u(0);
+        many(w, 300_000, &|w| {
+            w.u(0);
+            w.u(0);
+        });
+    };
+    let empty_samples = |w: &mut Writer| {
+        w.u(0);
+        w.u(0);
+        w.u(1);
+        w.u(0);
+        many(w, 300_000, &|w| w.u(0));
+    };
+    // One location, one group, one sample whose stack is that location 600000 times.
+    let deep_stack = |w: &mut Writer| {
+        w.u(0);
+        w.u(1);
+        (0..3).for_each(|_| w.u(0));
+        w.u(1);
+        w.u(0);
+        w.u(1);
+        many(w, 600_000, &|w| w.u(0));
+        w.i(5);
+    };
+    let empty_locations = |w: &mut Writer| {
+        w.u(0);
+        many(w, 200_000, &|w| (0..3).for_each(|_| w.u(0)));
+        w.u(0);
+    };
+    // A record kiln itself would send, for scale.
+    let real = {
+        let p = Profile {
+            strings: vec!["".into(), "cpu".into()],
+            sample_types: vec![Default::default()],
+            samples: vec![Sample { locations: vec![], values: vec![5] }],
+            ..Default::default()
+        };
+        let groups = vec![SampleGroup { labels: Default::default(), samples: vec![0] }];
+        walcodec::encode("t", &p, &groups)
+    };
+    holds(
+        "replica_push",
+        &[
+            ("300000 empty records", push(vec![Vec::new(); 300_000])),
+            ("50000 empty profiles", push(vec![record(0, &empty_profile); 50_000])),
+            ("30000 one-sample profiles", push(vec![real; 30_000])),
+            ("300000 empty groups", push(vec![record(0, &empty_groups)])),
+            ("300000 samples without locations or values", push(vec![record(0, &empty_samples)])),
+            (
+                "100000 samples with 8 values each",
+                push(vec![record(8, &|w| {
+                    w.u(0);
+                    w.u(0);
+                    w.u(1);
+                    w.u(0);
+                    many(w, 100_000, &|w| {
+                        w.u(0);
+                        (0..8).for_each(|_| w.i(0));
+                    });
+                })]),
+            ),
+            ("a stack of 600000 frames", push(vec![record(1, &deep_stack)])),
+            ("200000 empty locations", push(vec![record(0, &empty_locations)])),
+            ("a record count of 2^40", push(vec![vec![1, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20]])),
+        ],
+    );
+}

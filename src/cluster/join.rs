@@ -99,8 +99,9 @@ fn srv_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
     Ok(q)
 }
 
-/// The (target, port) of every SRV record in a DNS answer to query `id`.
-fn parse_srv_answer(b: &[u8], id: u16) -> Result<Vec<(String, u16)>, String> {
+/// The (target, port) of every SRV record in a DNS answer to query `id`. Public for the
+/// `cluster_inputs` fuzz target: the answer is untrusted bytes off the network.
+pub fn parse_srv_answer(b: &[u8], id: u16) -> Result<Vec<(String, u16)>, String> {
     let short = || "a DNS answer cut short".to_string();
     let u16_at = |i: usize| b.get(i..i + 2).map(|s| u16::from_be_bytes([s[0], s[1]])).ok_or_else(short);
     if u16_at(0)? != id {
@@ -154,6 +155,11 @@ fn read_name(b: &[u8], mut i: usize) -> Result<(String, usize), String> {
             continue;
         }
         let label = b.get(i + 1..i + 1 + len).ok_or("a DNS name cut short")?;
+        // RFC 1035 §2.3.4: a name is at most 255 bytes. Without the limit, many records
+        // whose names point back at one long name would each copy it: quadratic.
+        if name.len() + 1 + len > 255 {
+            return Err("a DNS name over 255 bytes".into());
+        }
         if !name.is_empty() {
             name.push('.');
         }
@@ -198,6 +204,13 @@ mod tests {
         looped[at] = 0xc0;
         looped[at + 1] = at as u8;
         assert!(parse_srv_answer(&looped, 7).is_err());
+        // A target name over 255 bytes (five labels of 63) is refused, not copied.
+        let long = [[&[63u8][..], &[b'a'; 63][..]].concat().repeat(5), vec![0]].concat();
+        let mut a_long = a[..a.len() - target.len()].to_vec();
+        let rdlen = a_long.len() - 8;
+        a_long[rdlen..rdlen + 2].copy_from_slice(&((6 + long.len()) as u16).to_be_bytes());
+        a_long.extend_from_slice(&long);
+        assert!(parse_srv_answer(&a_long, 7).unwrap_err().contains("255"));
         assert_eq!(nameserver("# x\nnameserver 10.0.0.2\n"), Some("10.0.0.2:53".parse().unwrap()));
     }
 }

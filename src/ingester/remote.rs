@@ -44,26 +44,38 @@ pub async fn serve(local: &IngesterClient, limits: &TenantLimits, ready: bool, c
     if !ready {
         return Err(RpcError::new(Code::Unavailable, "ingester not ready: replaying its WAL or shutting down"));
     }
-    let msg: PushRecords = prost::Message::decode(c.msg.clone())
-        .map_err(|e| RpcError::new(Code::InvalidArgument, format!("decoding PushRecords: {e}")))?;
-    let mut tenant: Option<String> = None;
+    let Some((tenant, batch)) = decode_push(c.msg)? else { return Ok(Vec::new()) };
+    local.push(&tenant, batch, limits.for_tenant(tenant.as_str())).await.map_err(write_error)?;
+    Ok(Vec::new())
+}
+
+/// The profiles of one push, with the sample groups of each.
+pub type Batch = Vec<(Arc<Profile>, Vec<SampleGroup>)>;
+
+/// A push's profiles, each decoded and checked as hostile input (`Profile::check`: every
+/// index a core follows is in range), all of one valid tenant; `None` for a push of no
+/// records. Pure, so that the fuzz target (`replica_push`) and the budget test run exactly
+/// what the server runs before any core sees the profiles.
+pub fn decode_push(body: &Bytes) -> Result<Option<(TenantId, Batch)>, RpcError> {
+    let invalid = |m: String| RpcError::new(Code::InvalidArgument, m);
+    let msg: PushRecords =
+        prost::Message::decode(body.clone()).map_err(|e| invalid(format!("decoding PushRecords: {e}")))?;
+    let mut tenant: Option<TenantId> = None;
     let mut batch = Vec::with_capacity(msg.records.len());
     for r in &msg.records {
-        let (t, profile, groups) =
-            walcodec::decode(r).map_err(|e| RpcError::new(Code::InvalidArgument, format!("a push record: {e}")))?;
-        profile.check(&groups).map_err(|e| RpcError::new(Code::InvalidArgument, format!("a push record: {e}")))?;
+        let (t, profile, groups) = walcodec::decode(r).map_err(|e| invalid(format!("a push record: {e}")))?;
+        profile.check(&groups).map_err(|e| invalid(format!("a push record: {e}")))?;
         match &tenant {
-            Some(prev) if *prev != t => {
-                return Err(RpcError::new(Code::InvalidArgument, "a push's records must all be of one tenant"))
+            Some(prev) if prev.as_str() != t => {
+                return Err(invalid("a push's records must all be of one tenant".into()))
             }
-            _ => tenant = Some(t),
+            Some(_) => {}
+            // Parsed at the first record, so a push of an invalid tenant stops there.
+            None => tenant = Some(TenantId::parse(&t).map_err(|e| invalid(e.to_string()))?),
         }
         batch.push((Arc::new(profile), groups));
     }
-    let Some(tenant) = tenant else { return Ok(Vec::new()) };
-    let tenant = TenantId::parse(&tenant).map_err(|e| RpcError::new(Code::InvalidArgument, e.to_string()))?;
-    local.push(&tenant, batch, limits.for_tenant(tenant.as_str())).await.map_err(write_error)?;
-    Ok(Vec::new())
+    Ok(tenant.map(|t| (t, batch)))
 }
 
 /// The RPC error of a refused write.

@@ -237,7 +237,7 @@ impl TenantHead {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::profile::{Function, Line, Location, Sample, ValueType};
+    use crate::model::profile::{Function, Line, Location, Mapping, Sample, ValueType};
     use crate::model::selector::parse_selector;
     use crate::query::Selection;
 
@@ -339,5 +339,162 @@ pub(crate) mod tests {
         };
         let pts: Vec<(i64, f64)> = v[0].1.iter().map(|(t, b)| (*t, b.sum)).collect();
         assert_eq!(pts, vec![(10_000, 3.0), (20_000, 4.0), (30_000, 8.0)]);
+    }
+
+    /// A deterministic source of small numbers (splitmix64), for profiles built at random.
+    struct Dice(u64);
+
+    impl Dice {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        /// An index into a table of `n`: one time in fifty just past its end (or far past
+        /// it), so that some profiles break `check` in every way it looks at.
+        fn index(&mut self, n: usize) -> u32 {
+            match self.below(100) {
+                0 => n as u32,
+                1 => u32::MAX,
+                _ => self.below(n as u64) as u32,
+            }
+        }
+        fn value(&mut self) -> i64 {
+            match self.below(6) {
+                0 => i64::MAX,
+                1 => i64::MIN,
+                2 => 0,
+                _ => self.below(100) as i64 - 20,
+            }
+        }
+    }
+
+    /// A profile and groups with every table and index drawn at random, most of them in range.
+    fn random_profile(d: &mut Dice) -> (Profile, Vec<SampleGroup>) {
+        let word = |d: &mut Dice| ["", "a", "cpu", "nanoseconds", "__name__", "service_name", "x"][d.below(7) as usize];
+        let ns = 1 + d.below(5) as usize;
+        let mut strings: Vec<String> = (0..ns).map(|_| word(d).to_string()).collect();
+        if d.below(8) != 0 {
+            strings[0].clear();
+        }
+        let nt = d.below(4) as usize;
+        let vt = |d: &mut Dice| ValueType { r#type: d.index(ns), unit: d.index(ns) };
+        let sample_types = (0..nt).map(|_| vt(d)).collect();
+        let period_type = (d.below(2) == 0).then(|| vt(d));
+        let nm = d.below(3) as usize;
+        let mappings = (0..nm)
+            .map(|_| Mapping {
+                filename: d.index(ns),
+                build_id: d.index(ns),
+                has_functions: true,
+                ..Default::default()
+            })
+            .collect();
+        let nf = d.below(4) as usize;
+        let functions = (0..nf)
+            .map(|_| Function {
+                name: d.index(ns),
+                system_name: d.index(ns),
+                filename: d.index(ns),
+                start_line: d.value(),
+            })
+            .collect();
+        // A location's mapping counts from one (0 is none): `nm` is the last valid one.
+        let nl = d.below(6) as usize;
+        let locations = (0..nl)
+            .map(|_| Location {
+                mapping: d.index(nm + 1),
+                address: d.next(),
+                lines: (0..d.below(3)).map(|_| Line { function: d.index(nf), line: d.value() }).collect(),
+            })
+            .collect();
+        let nsamples = d.below(8) as usize;
+        let samples = (0..nsamples)
+            .map(|_| {
+                // One value per sample type, but now and then one more or one fewer.
+                let nv = match d.below(64) {
+                    0 => nt + 1,
+                    1 => nt.saturating_sub(1),
+                    _ => nt,
+                };
+                Sample {
+                    locations: (0..d.below(5)).map(|_| d.index(nl)).collect(),
+                    values: (0..nv).map(|_| d.value()).collect(),
+                }
+            })
+            .collect();
+        let groups = (0..d.below(3))
+            .map(|_| SampleGroup {
+                labels: Labels::from_pairs((0..d.below(3)).map(|_| (word(d), word(d)))),
+                // Repeats allowed: the head must take a sample listed twice.
+                samples: (0..d.below(6)).map(|_| d.index(nsamples)).collect(),
+            })
+            .collect();
+        let p = Profile {
+            strings,
+            sample_types,
+            period_type,
+            period: d.value(),
+            time_nanos: d.value(),
+            duration_nanos: d.value(),
+            mappings,
+            functions,
+            locations,
+            samples,
+        };
+        (p, groups)
+    }
+
+    /// What a replica's push relies on (`kiln::ingester::remote`): a profile that passes
+    /// `Profile::check`, sent as a WAL record and decoded again, appends to a head, can be
+    /// taken out again and queried, without panicking. If `check` missed an index the head
+    /// follows, a hostile peer could stop a core; this is where it would show.
+    #[test]
+    fn checked_random_profiles_append_without_panicking() {
+        use crate::ingester::walcodec;
+        let mut d = Dice(0x6b69_6c6e);
+        let (mut passed, mut refused) = (0, 0);
+        let mut h = TenantHead::default();
+        for round in 0..10_000 {
+            let (p, groups) = random_profile(&mut d);
+            if p.check(&groups).is_err() {
+                refused += 1;
+                continue;
+            }
+            passed += 1;
+            // As the profile is, and as the WAL record a replica sends decodes.
+            TenantHead::default().append("t", &p, &groups);
+            let (t, q, g) = walcodec::decode(&walcodec::encode("t", &p, &groups)).expect("a checked profile's record");
+            q.check(&g).expect("a checked profile's record decodes to a checked profile");
+            let mut rows = Vec::new();
+            h.new_series_exceed(&t, &q, &g, 1);
+            h.append_tracked(&t, &q, &g, &mut rows);
+            // A refused push is taken out again; every other profile stays.
+            if round % 3 == 0 {
+                h.remove_rows(&mut rows);
+            }
+        }
+        // Neither all refused (the test would append nothing) nor all passed (`check` would
+        // be seen refusing nothing).
+        assert!(passed > 1000 && refused > 1000, "{passed} passed, {refused} refused");
+        assert!(h.profiles > 0);
+        let types: Vec<String> = h.by_profile_type.keys().cloned().collect();
+        for pt in types {
+            let mut s = sel(&pt, "{}");
+            s.start_ms = i64::MIN / 2_000_000;
+            for q in [
+                QueryRequest::MergeTree(s.clone()),
+                QueryRequest::MergeProfile(s.clone()),
+                QueryRequest::Series(s.clone(), vec![]),
+                QueryRequest::SelectSeries { sel: s.clone(), step_ms: 1000, group_by: vec!["a".into()] },
+            ] {
+                h.query("t", &q);
+            }
+        }
     }
 }

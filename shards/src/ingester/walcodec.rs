@@ -228,13 +228,20 @@ pub fn decode_keyed(b: &[u8]) -> Res<(Option<u64>, String, Profile, Vec<SampleGr
 
 fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
     let tenant = r.s()?;
+    // Every table is sized once from its count (at most the bytes left, each item taking at
+    // least one): growing by doubling would cost up to three times as much at the moment a
+    // table moves, and a record arrives from other instances too (`ingester::remote`).
     let mut p = Profile::default();
-    for _ in 0..r.len()? {
+    let n = r.len()?;
+    p.strings.reserve_exact(n);
+    for _ in 0..n {
         p.strings.push(r.s()?);
     }
     let ns = p.strings.len() as u32;
     let str_idx = |v: u32| if v < ns { Ok(v) } else { Err(format!("string index {v} out of range")) };
-    for _ in 0..r.len()? {
+    let n = r.len()?;
+    p.sample_types.reserve_exact(n);
+    for _ in 0..n {
         p.sample_types.push(ValueType { r#type: str_idx(r.u32()?)?, unit: str_idx(r.u32()?)? });
     }
     if r.u()? == 1 {
@@ -243,7 +250,9 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
     p.period = r.i()?;
     p.time_nanos = r.i()?;
     p.duration_nanos = r.i()?;
-    for _ in 0..r.len()? {
+    let n = r.len()?;
+    p.mappings.reserve_exact(n);
+    for _ in 0..n {
         let (memory_start, memory_limit, file_offset) = (r.u()?, r.u()?, r.u()?);
         let (filename, build_id) = (str_idx(r.u32()?)?, str_idx(r.u32()?)?);
         let flags = r.u()?;
@@ -259,7 +268,9 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
             has_inline_frames: flags & 8 != 0,
         });
     }
-    for _ in 0..r.len()? {
+    let n = r.len()?;
+    p.functions.reserve_exact(n);
+    for _ in 0..n {
         p.functions.push(Function {
             name: str_idx(r.u32()?)?,
             system_name: str_idx(r.u32()?)?,
@@ -269,14 +280,17 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
     }
     let nf = p.functions.len() as u32;
     let nm = p.mappings.len() as u32;
-    for _ in 0..r.len()? {
+    let n = r.len()?;
+    p.locations.reserve_exact(n);
+    for _ in 0..n {
         let mapping = r.u32()?;
         if mapping > nm {
             return Err(format!("mapping {mapping} out of range"));
         }
         let address = r.u()?;
-        let mut lines = Vec::new();
-        for _ in 0..r.len()? {
+        let n = r.len()?;
+        let mut lines = Vec::with_capacity(n);
+        for _ in 0..n {
             let function = r.u32()?;
             if function >= nf {
                 return Err(format!("function {function} out of range"));
@@ -285,18 +299,34 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
         }
         p.locations.push(Location { mapping, address, lines });
     }
+    let groups = decode_groups(&mut r, &mut p)?;
+    if !r.at_end() {
+        return Err("trailing bytes after the record".into());
+    }
+    Ok((tenant, p, groups))
+}
+
+/// The sample groups, each sample appended to `p.samples` (its locations checked against
+/// `p.locations`) and named in its group by index.
+fn decode_groups(r: &mut R<'_>, p: &mut Profile) -> Res<Vec<SampleGroup>> {
     let nl = p.locations.len() as u32;
     let nt = p.sample_types.len();
-    let mut groups = Vec::new();
-    for _ in 0..r.len()? {
-        let mut pairs = Vec::new();
-        for _ in 0..r.len()? {
+    let n = r.len()?;
+    let mut groups = Vec::with_capacity(n);
+    for _ in 0..n {
+        let n = r.len()?;
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
             pairs.push((r.s()?, r.s()?));
         }
-        let mut samples = Vec::new();
-        for _ in 0..r.len()? {
-            let mut locations = Vec::new();
-            for _ in 0..r.len()? {
+        let n = r.len()?;
+        let mut samples = Vec::with_capacity(n);
+        // `reserve`, not exact: the samples of many groups share this table.
+        p.samples.reserve(n);
+        for _ in 0..n {
+            let n = r.len()?;
+            let mut locations = Vec::with_capacity(n);
+            for _ in 0..n {
                 let l = r.u32()?;
                 if l >= nl {
                     return Err(format!("location {l} out of range"));
@@ -312,10 +342,7 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
         }
         groups.push(SampleGroup { labels: Labels::from_pairs(pairs), samples });
     }
-    if !r.at_end() {
-        return Err("trailing bytes after the record".into());
-    }
-    Ok((tenant, p, groups))
+    Ok(groups)
 }
 
 #[cfg(test)]

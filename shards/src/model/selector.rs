@@ -1,7 +1,18 @@
 //! Prometheus label selectors (`{a="b", c!="d", e=~"re.*", f!~"x"}`), as Pyroscope accepts them
 //! in `label_selector`, `matchers` and render `query` strings.
 use crate::model::labels::{Labels, NAME};
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// The most heap one compiled regular expression may take (the `regex` crate's own default,
+/// 10 MiB, let a 25-byte pattern such as `(\w{100}){100}` cost 17 MiB and 850,000
+/// allocations while it was refused). Selectors arrive from clients and, in a cluster, from
+/// other instances: a pattern must cost a bounded amount whoever sends it. A realistic
+/// selector regex (`app-.*`, `a|b|c`, `[a-z0-9-]+`) compiles to a few KiB.
+pub const MAX_REGEX_BYTES: usize = 256 << 10;
+
+/// The most regex matchers (`=~`, `!~`) one selector may hold: each is compiled, so a
+/// selector of many short patterns would otherwise cost thousands of bytes per byte of it.
+pub const MAX_REGEX_MATCHERS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchOp {
@@ -25,7 +36,9 @@ impl Matcher {
         let value = value.into();
         let re = match op {
             MatchOp::Regex | MatchOp::NotRegex => Some(
-                Regex::new(&format!("^(?s:{value})$"))
+                RegexBuilder::new(&format!("^(?s:{value})$"))
+                    .size_limit(MAX_REGEX_BYTES)
+                    .build()
                     .map_err(|e| format!("invalid regular expression {value:?}: {e}"))?,
             ),
             _ => None,
@@ -50,6 +63,16 @@ impl Matcher {
 
 pub fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
     matchers.iter().all(|m| m.matches(labels))
+}
+
+/// Refuses a selector of more than [`MAX_REGEX_MATCHERS`] regex matchers; called as each
+/// matcher is added, before the next one is compiled.
+pub fn check_regex_count(matchers: &[Matcher]) -> Result<(), String> {
+    let n = matchers.iter().filter(|m| m.re.is_some()).count();
+    if n > MAX_REGEX_MATCHERS {
+        return Err(format!("a selector of more than {MAX_REGEX_MATCHERS} regex matchers"));
+    }
+    Ok(())
 }
 
 /// Parses `name{...}`, `{...}` or an empty string (no matchers).
@@ -111,6 +134,7 @@ pub fn parse_selector(input: &str) -> Result<Vec<Matcher>, String> {
         p.ws();
         let value = p.string()?;
         out.push(Matcher::new(name, op, value)?);
+        check_regex_count(&out)?;
         p.ws();
         match p.peek() {
             Some(b',') => p.i += 1,
@@ -267,5 +291,23 @@ mod tests {
         for bad in ["{a=b}", "{a=\"b\"", "{a~\"b\"}", "{=\"b\"}", "{a=\"b\"} x", "{a=~\"(\"}", "{a=\"\\q\"}"] {
             assert!(parse_selector(bad).is_err(), "{bad} should fail");
         }
+    }
+
+    #[test]
+    fn regexes_are_bounded_in_number_and_size() {
+        let n = |k: usize| {
+            let m: Vec<String> = (0..k).map(|i| format!("l{i}=~\"a.*\"")).collect();
+            parse_selector(&format!("{{{}, x=\"1\"}}", m.join(", ")))
+        };
+        assert_eq!(n(MAX_REGEX_MATCHERS).unwrap().len(), MAX_REGEX_MATCHERS + 1);
+        assert!(n(MAX_REGEX_MATCHERS + 1).unwrap_err().contains("regex matchers"));
+        // Equality matchers compile nothing and are not counted.
+        let eq: Vec<String> = (0..100).map(|i| format!("l{i}=\"a\"")).collect();
+        assert_eq!(parse_selector(&format!("{{{}}}", eq.join(","))).unwrap().len(), 100);
+        // Realistic patterns compile; one that compiles to far more than the limit does not.
+        for ok in ["app-.*", "(a|b|c)", "[a-z0-9-]+", "\\w+", "(?i)Service.*Name", ".*\\d{3}.*"] {
+            Matcher::new("a", MatchOp::Regex, ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        assert!(Matcher::new("a", MatchOp::NotRegex, "(\\w{100}){100}").is_err());
     }
 }

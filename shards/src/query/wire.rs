@@ -88,7 +88,13 @@ fn strings(w: &mut Writer, v: &[String]) {
 
 fn read_strings(r: &mut Reader<'_>) -> Res<Vec<String>> {
     let n = r.count(1).map_err(e)?;
-    (0..n).map(|_| r.str().map(str::to_string).map_err(e)).collect()
+    // Sized once (the count is at most the bytes left): collecting from a fallible iterator
+    // would grow by doubling and, for a moment, hold both blocks.
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(r.str().map_err(e)?.to_string());
+    }
+    Ok(out)
 }
 
 fn selection(w: &mut Writer, s: &Selection) {
@@ -130,9 +136,12 @@ fn selection(w: &mut Writer, s: &Selection) {
 }
 
 fn read_selection(r: &mut Reader<'_>) -> Res<Selection> {
-    let n = r.count(1).map_err(e)?;
-    let tenants =
-        (0..n).map(|_| TenantId::parse(r.str().map_err(e)?).map_err(|x| x.to_string())).collect::<Res<Vec<_>>>()?;
+    // A tenant takes at least two bytes (its length and one character).
+    let n = r.count(2).map_err(e)?;
+    let mut tenants = Vec::with_capacity(n);
+    for _ in 0..n {
+        tenants.push(TenantId::parse(r.str().map_err(e)?).map_err(|x| x.to_string())?);
+    }
     let pt = r.str().map_err(e)?;
     let profile_type = if pt.is_empty() { None } else { Some(ProfileTypeId::parse(pt).map_err(|x| x.to_string())?) };
     let n = r.count(3).map_err(e)?;
@@ -147,6 +156,8 @@ fn read_selection(r: &mut Reader<'_>) -> Res<Selection> {
             o => return Err(format!("unknown matcher operator {o}")),
         };
         matchers.push(Matcher::new(name, op, r.str().map_err(e)?)?);
+        // Each regex is compiled as it is read: the selector's limit holds here too.
+        crate::model::selector::check_regex_count(&matchers)?;
     }
     let (start_ms, end_ms) = (r.i().map_err(e)?, r.i().map_err(e)?);
     let keys = match r.byte().map_err(e)? {
@@ -228,8 +239,12 @@ pub fn encode_results(parts: &[QueryResult]) -> Vec<u8> {
 pub fn decode_results(b: &[u8]) -> Res<Vec<QueryResult>> {
     let mut r = Reader::new(b);
     version(&mut r)?;
-    let n = r.count(1).map_err(e)?;
-    let out = (0..n).map(|_| read_result(&mut r)).collect::<Res<Vec<_>>>()?;
+    // Every kind of result takes at least two bytes (its tag and a count or value).
+    let n = r.count(2).map_err(e)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(read_result(&mut r)?);
+    }
     r.finish().map_err(e)?;
     Ok(out)
 }
@@ -300,7 +315,11 @@ fn read_result(r: &mut Reader<'_>) -> Res<QueryResult> {
         0 => QueryResult::Strings(read_strings(r)?),
         1 => {
             let n = r.count(1).map_err(e)?;
-            QueryResult::LabelSets((0..n).map(|_| read_labels(r)).collect::<Res<_>>()?)
+            let mut sets = Vec::with_capacity(n);
+            for _ in 0..n {
+                sets.push(read_labels(r)?);
+            }
+            QueryResult::LabelSets(sets)
         }
         2 => {
             let names = read_strings(r)?;
@@ -538,6 +557,14 @@ mod tests {
         w.str("");
         w.u(1 << 30);
         assert!(decode_request(&w.0).unwrap_err().contains("count"));
+        // A selection of more regexes than a selector may hold (a peer's own encoder would
+        // never send one): refused as the one too many is read.
+        let mut many = sel(None);
+        many.matchers = (0..=crate::model::selector::MAX_REGEX_MATCHERS)
+            .map(|i| Matcher::new(format!("l{i}"), MatchOp::Regex, "a.*").unwrap())
+            .collect();
+        let e = decode_request(&encode_request(&QueryRequest::MergeTree(many))).unwrap_err();
+        assert!(e.contains("regex matchers"), "{e}");
     }
 
     fn arb_results() -> impl Strategy<Value = Vec<QueryResult>> {
