@@ -310,11 +310,12 @@ pub const DECODERS: &[Decoder] = &[
         // The per-byte part is a result's size over its two smallest bytes (300,000 empty
         // partials). The fixed part is the selection's regexes: each compiles (and may be
         // refused) within `MAX_REGEX_BYTES`, which its builder can overshoot while it works
-        // (a pattern refused at 256 KiB peaked at 0.75 MiB and 21,000 allocations).
+        // (a pattern refused at 256 KiB peaked at 0.75 MiB and 21,000 allocations; the
+        // allocations scale with the limit, now 1 MiB).
         budget: Budget {
             fixed_bytes: (1 << 20) + MAX_REGEX_MATCHERS * 4 * MAX_REGEX_BYTES,
             bytes_per_byte: 64,
-            fixed_allocs: 256 + MAX_REGEX_MATCHERS as u64 * 32_768,
+            fixed_allocs: 256 + MAX_REGEX_MATCHERS as u64 * (MAX_REGEX_BYTES as u64 / 8),
             allocs_per_byte: 2,
         },
     },
