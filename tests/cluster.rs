@@ -57,12 +57,17 @@ fn member_flags(gossip: u16, seed: u16, blocks: &std::path::Path) -> Vec<String>
         "-ingester.heartbeat-period=500ms".into(),
         "-ring.heartbeat-timeout=3s".into(),
         format!("-storage.filesystem.dir={}", blocks.display()),
+        // The load tests write a new series per push: more than the default 5000 per tenant.
+        "-ingester.max-local-series-per-tenant=0".into(),
+        "-ingester.max-global-series-per-tenant=0".into(),
     ]
 }
 
 fn start_member(data: std::path::PathBuf, port: (u16, socket2::Socket), flags: &[String]) -> Kiln {
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    Kiln::start_at(data, port, &args, &Spawn::default())
+    // Each member's log, kept beside its data for a failed run to be read.
+    let log = std::env::temp_dir().join(format!("kiln-member-{}-{}.log", std::process::id(), port.0));
+    Kiln::start_at(data, port, &args, &Spawn { stderr: Some(log), ..Default::default() })
 }
 
 /// The states `/ring` on `port` shows, as "STATE" or "STATE (UNHEALTHY)", one per member.
