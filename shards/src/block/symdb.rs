@@ -22,11 +22,6 @@ const COMPRESS_FROM: usize = 64;
 /// No section of a sane head comes near this; a larger declared size is damage.
 const MAX_SECTION: u64 = 1 << 34;
 
-const HAS_FUNCTIONS: u64 = 1;
-const HAS_FILENAMES: u64 = 2;
-const HAS_LINE_NUMBERS: u64 = 4;
-const HAS_INLINE_FRAMES: u64 = 8;
-
 /// Encodes with zstd level 3.
 pub fn encode(s: &Symbols) -> Vec<u8> {
     encode_with(s, 3)
@@ -97,11 +92,7 @@ fn mappings_section(s: &Symbols) -> Vec<u8> {
         e.u(m.file_offset);
         e.u(u64::from(m.filename));
         e.u(u64::from(m.build_id));
-        let flag = |b: bool, f: u64| if b { f } else { 0 };
-        e.u(flag(m.has_functions, HAS_FUNCTIONS)
-            | flag(m.has_filenames, HAS_FILENAMES)
-            | flag(m.has_line_numbers, HAS_LINE_NUMBERS)
-            | flag(m.has_inline_frames, HAS_INLINE_FRAMES));
+        e.u(u64::from(m.flag_bits()));
     }
     e.0
 }
@@ -281,17 +272,9 @@ fn read_mappings(d: &mut Dec<'_>, strings: usize) -> Result<Vec<Mapping>, Format
         if flags > 15 {
             return Err(d.err(format!("mapping {i}: unknown flags {flags:#x}")));
         }
-        out.push(Mapping {
-            memory_start,
-            memory_limit,
-            file_offset,
-            filename,
-            build_id,
-            has_functions: flags & HAS_FUNCTIONS != 0,
-            has_filenames: flags & HAS_FILENAMES != 0,
-            has_line_numbers: flags & HAS_LINE_NUMBERS != 0,
-            has_inline_frames: flags & HAS_INLINE_FRAMES != 0,
-        });
+        let mut m = Mapping { memory_start, memory_limit, file_offset, filename, build_id, ..Default::default() };
+        m.set_flag_bits(flags);
+        out.push(m);
     }
     d.finish()?;
     Ok(out)

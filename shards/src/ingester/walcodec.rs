@@ -112,11 +112,7 @@ fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup]
         w.u(m.file_offset);
         w.u(m.filename as u64);
         w.u(m.build_id as u64);
-        let flags = m.has_functions as u64
-            | (m.has_filenames as u64) << 1
-            | (m.has_line_numbers as u64) << 2
-            | (m.has_inline_frames as u64) << 3;
-        w.u(flags);
+        w.u(u64::from(m.flag_bits()));
     }
     w.u(p.functions.len() as u64);
     for f in &p.functions {
@@ -256,17 +252,9 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
         let (memory_start, memory_limit, file_offset) = (r.u()?, r.u()?, r.u()?);
         let (filename, build_id) = (str_idx(r.u32()?)?, str_idx(r.u32()?)?);
         let flags = r.u()?;
-        p.mappings.push(Mapping {
-            memory_start,
-            memory_limit,
-            file_offset,
-            filename,
-            build_id,
-            has_functions: flags & 1 != 0,
-            has_filenames: flags & 2 != 0,
-            has_line_numbers: flags & 4 != 0,
-            has_inline_frames: flags & 8 != 0,
-        });
+        let mut m = Mapping { memory_start, memory_limit, file_offset, filename, build_id, ..Default::default() };
+        m.set_flag_bits(flags);
+        p.mappings.push(m);
     }
     let n = r.len()?;
     p.functions.reserve_exact(n);

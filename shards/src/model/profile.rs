@@ -40,6 +40,25 @@ pub struct Mapping {
     pub has_inline_frames: bool,
 }
 
+impl Mapping {
+    /// The four `has_*` flags as bits 0–3 (functions, filenames, line numbers, inline
+    /// frames): how the WAL, block symbols and the query wire all store them.
+    pub fn flag_bits(&self) -> u8 {
+        u8::from(self.has_functions)
+            | u8::from(self.has_filenames) << 1
+            | u8::from(self.has_line_numbers) << 2
+            | u8::from(self.has_inline_frames) << 3
+    }
+
+    /// Sets the `has_*` flags from `flag_bits`' bits (higher bits are the caller's to refuse).
+    pub fn set_flag_bits(&mut self, bits: u64) {
+        self.has_functions = bits & 1 != 0;
+        self.has_filenames = bits & 2 != 0;
+        self.has_line_numbers = bits & 4 != 0;
+        self.has_inline_frames = bits & 8 != 0;
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Function {
     pub name: u32,

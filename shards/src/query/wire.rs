@@ -392,11 +392,7 @@ fn pprof(w: &mut Writer, p: &PprofPart) {
         w.u(m.file_offset);
         w.u(u64::from(m.filename));
         w.u(u64::from(m.build_id));
-        let flags = u8::from(m.has_functions)
-            | u8::from(m.has_filenames) << 1
-            | u8::from(m.has_line_numbers) << 2
-            | u8::from(m.has_inline_frames) << 3;
-        w.byte(flags);
+        w.byte(m.flag_bits());
     }
     w.u(p.locations.len() as u64);
     for l in &p.locations {
@@ -438,18 +434,9 @@ fn read_pprof(r: &mut Reader<'_>) -> Res<PprofPart> {
     for _ in 0..n {
         let (memory_start, memory_limit, file_offset) = (r.u().map_err(e)?, r.u().map_err(e)?, r.u().map_err(e)?);
         let (filename, build_id) = (s(r.u32().map_err(e)?)?, s(r.u32().map_err(e)?)?);
-        let f = r.byte().map_err(e)?;
-        mappings.push(Mapping {
-            memory_start,
-            memory_limit,
-            file_offset,
-            filename,
-            build_id,
-            has_functions: f & 1 != 0,
-            has_filenames: f & 2 != 0,
-            has_line_numbers: f & 4 != 0,
-            has_inline_frames: f & 8 != 0,
-        });
+        let mut m = Mapping { memory_start, memory_limit, file_offset, filename, build_id, ..Default::default() };
+        m.set_flag_bits(u64::from(r.byte().map_err(e)?));
+        mappings.push(m);
     }
     let n = r.count(3).map_err(e)?;
     let mut locations = Vec::with_capacity(n);
