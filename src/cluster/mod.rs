@@ -157,5 +157,5 @@ pub fn ring_config(cfg: &crate::config::Config) -> RingConfig {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    (crate::timeparse::now_ns() / 1_000_000).max(0) as u64
 }

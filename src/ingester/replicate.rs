@@ -14,7 +14,6 @@ use crate::cluster::Cluster;
 use crate::config::Limits;
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::profile::{Profile, SampleGroup};
-use kiln_shards::ring::member::Components;
 use kiln_shards::ring::quorum::{Outcome, QuorumTracker};
 use rustc_hash::FxHashMap;
 use std::fmt::Write;
@@ -42,12 +41,7 @@ impl Replicator {
         let me = self.cluster.self_index(&snap);
         // With fewer ingesters than the factor, every one there is takes each series (a lone
         // member is its own quorum).
-        let ingesters = snap
-            .instances()
-            .iter()
-            .filter(|d| d.components.has(Components::INGESTER) && d.state.holds_tokens())
-            .count();
-        let rf = self.cluster.replication_factor.min(ingesters.max(1));
+        let rf = self.cluster.replication_factor.min(snap.token_holding_ingesters().max(1));
         let mut per_instance: FxHashMap<u32, Parts> = FxHashMap::default();
         let mut sets = Vec::new();
         for (profile, groups) in batch {

@@ -90,9 +90,9 @@ impl ReplicaReader {
         let answers = self
             .ask(querier, me, &addrs, |m| {
                 let share = shares.get(&m)?;
-                let mut sel = req.selection().clone();
-                sel.keys = Some(Arc::new(share.clone()));
-                Some(with_selection(&req, sel))
+                let mut part = req.clone();
+                part.selection_mut().keys = Some(Arc::new(share.clone()));
+                Some(part)
             })
             .await;
         let (parts, failed) = split(answers);
@@ -182,12 +182,8 @@ struct Readers {
 impl Readers {
     fn of(snap: &Snapshot, rf: usize) -> Result<Readers, RpcError> {
         let (mut all, mut ingesters, mut gateways) = (Vec::new(), Vec::new(), Vec::new());
-        let mut holders = 0;
         for (i, d) in snap.instances().iter().enumerate() {
             let ingester = d.components.has(Components::INGESTER);
-            if ingester && d.state.holds_tokens() {
-                holders += 1;
-            }
             let gateway = d.components.has(Components::STORE_GATEWAY);
             if !(ingester || gateway) || d.state != State::Active || !snap.healthy(i as u32) {
                 continue;
@@ -199,6 +195,7 @@ impl Readers {
                 gateways.push(i as u32);
             }
         }
+        let holders = snap.token_holding_ingesters();
         let rf = rf.min(holders).max(1);
         let needed = holders.saturating_sub(rf / 2);
         if all.is_empty() {
@@ -235,24 +232,6 @@ impl Readers {
             return Err(RpcError::new(Code::Unavailable, format!("no store-gateway answered{first}")));
         }
         Ok(())
-    }
-}
-
-/// `req` with its selection replaced.
-fn with_selection(req: &QueryRequest, sel: kiln_shards::query::Selection) -> QueryRequest {
-    match req {
-        QueryRequest::MergeTree(_) => QueryRequest::MergeTree(sel),
-        QueryRequest::MergeProfile(_) => QueryRequest::MergeProfile(sel),
-        QueryRequest::SelectSeries { step_ms, group_by, .. } => {
-            QueryRequest::SelectSeries { sel, step_ms: *step_ms, group_by: group_by.clone() }
-        }
-        QueryRequest::Analyze(_) => QueryRequest::Analyze(sel),
-        QueryRequest::ProfileTypes(_) => QueryRequest::ProfileTypes(sel),
-        QueryRequest::LabelNames(_) => QueryRequest::LabelNames(sel),
-        QueryRequest::LabelValues(_, n) => QueryRequest::LabelValues(sel, n.clone()),
-        QueryRequest::Series(_, n) => QueryRequest::Series(sel, n.clone()),
-        QueryRequest::Stats(_) => QueryRequest::Stats(sel),
-        QueryRequest::Keys(_) => QueryRequest::Keys(sel),
     }
 }
 

@@ -84,6 +84,21 @@ pub enum QueryRequest {
 }
 
 impl QueryRequest {
+    pub fn selection_mut(&mut self) -> &mut Selection {
+        match self {
+            QueryRequest::ProfileTypes(s)
+            | QueryRequest::LabelNames(s)
+            | QueryRequest::LabelValues(s, _)
+            | QueryRequest::Series(s, _)
+            | QueryRequest::MergeTree(s)
+            | QueryRequest::MergeProfile(s)
+            | QueryRequest::Stats(s)
+            | QueryRequest::Analyze(s)
+            | QueryRequest::Keys(s) => s,
+            QueryRequest::SelectSeries { sel, .. } => sel,
+        }
+    }
+
     pub fn selection(&self) -> &Selection {
         match self {
             QueryRequest::ProfileTypes(s)

@@ -151,12 +151,17 @@ impl Snapshot {
             .collect()
     }
 
+    /// Ingesters holding tokens (JOINING, ACTIVE, LEAVING; healthy or not): the `n` a write's
+    /// and a read's replica counts are taken against.
+    pub fn token_holding_ingesters(&self) -> usize {
+        self.instances.iter().filter(|d| d.components.has(Components::INGESTER) && d.state.holds_tokens()).count()
+    }
+
     /// dskit's whole-ring read check (`GetReplicationSetForOperation`, no zones): with `n`
     /// ingesters holding tokens, a read needs `max(n, rf) − rf/2` of them ACTIVE and healthy,
     /// else a replica's data may be missing from the answer. Returns `read_ingesters` when met.
     pub fn read_set(&self, rf: usize) -> Result<Vec<u32>, RingError> {
-        let n =
-            self.instances.iter().filter(|d| d.components.has(Components::INGESTER) && d.state.holds_tokens()).count();
+        let n = self.token_holding_ingesters();
         let live = self.read_ingesters();
         let needed = n.max(rf) - rf / 2;
         if live.len() < needed {
