@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECS=${1:-60}
 shift || true
-TARGETS=${*:-pprof wal_record wal_payload text_inputs rpc_frame gzip block_index block_symdb block_meta block_profiles query_wire replica_push cluster_inputs}
+TARGETS=${*:-pprof wal_record wal_payload text_inputs rpc_frame gzip block_index block_symdb block_meta block_profiles query_wire replica_push cluster_inputs read_path_wire}
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
@@ -21,6 +21,7 @@ for t in $TARGETS; do
   golden=()
   [ "$t" = query_wire ] && golden=(../testdata/golden/wire/query_*.hex)
   [ "$t" = replica_push ] && golden=(../testdata/golden/wire/push_records.hex)
+  [ "$t" = read_path_wire ] && golden=(../testdata/golden/wire/read_path_*.hex)
   for f in "${golden[@]}"; do
     printf '%b' "$(tr -d ' \n' < "$f" | sed 's/../\\x&/g')" > "corpus/$t/golden-$(basename "$f" .hex)"
   done

@@ -40,25 +40,11 @@ TICK=$(getconf CLK_TCK)
 TMP=$(mktemp -d /tmp/kiln-cluster-perf.XXXXXX)
 RUN=$TMP/run # each scenario's data, emptied before it starts
 RESULTS=$TMP/results.jsonl
-PIDS=()
-
 cargo build --release -q -p kiln -p kiln-load
 
-stop_all() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap 'stop_all; rm -rf "$TMP"' EXIT
-trap 'exit 130' INT TERM
-
-for i in 0 1 2; do
-  if curl -s -o /dev/null "http://127.0.0.1:$((HTTP + i))/"; then
-    echo "port $((HTTP + i)) is taken: set KILN_PERF_PORT" >&2
-    exit 1
-  fi
-done
+# shellcheck source=perf/processes.sh
+. perf/processes.sh
+ports_free "$HTTP" 3
 
 COMMON=(-server.http-listen-address=127.0.0.1 -validation.reject-older-than=0
   -distributor.ingestion-rate-limit-mb=0 -validation.max-profile-stacktrace-samples=0

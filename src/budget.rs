@@ -239,6 +239,17 @@ fn run_replica_push(data: &[u8]) {
     let _ = crate::ingester::remote::decode_push(&bytes::Bytes::copy_from_slice(data));
 }
 
+fn run_read_path_wire(data: &[u8]) {
+    // Every message of the read path's internal RPCs, as a scheduler, a querier and a
+    // frontend decode them (the job's query itself is `query_wire`'s).
+    use crate::query_scheduler::wire;
+    let b = bytes::Bytes::copy_from_slice(data);
+    let _ = wire::decode_job(&b);
+    let _ = wire::decode_next(&b);
+    let _ = wire::decode_who(data);
+    let _ = wire::decode_result(&b);
+}
+
 use kiln_shards::model::selector::{MAX_REGEX_BYTES, MAX_REGEX_MATCHERS};
 
 /// Every decoder of untrusted bytes, with its budget. The per-byte factors are what the
@@ -324,6 +335,13 @@ pub const DECODERS: &[Decoder] = &[
         run: run_replica_push,
         // As `wal_payload`: a one-byte sample becomes a 48-byte `Sample` and its 4-byte index.
         budget: Budget { fixed_bytes: 1 << 20, bytes_per_byte: 64, fixed_allocs: 256, allocs_per_byte: 2 },
+    },
+    Decoder {
+        name: "read_path_wire",
+        run: run_read_path_wire,
+        // A copy of the input, strings within their bounds, and a cancellation's IDs (8
+        // bytes each for one byte of varint).
+        budget: Budget { fixed_bytes: 16 << 10, bytes_per_byte: 12, fixed_allocs: 32, allocs_per_byte: 0 },
     },
 ];
 

@@ -1,7 +1,7 @@
 //! kiln: a thread-per-core continuous profiling database that speaks Grafana Pyroscope's APIs.
 //!
 //! One folder per component, named after its `-target` (`distributor`, `ingester`,
-//! `querier`, `store_gateway`): each is the component as the network sees it, its routes and
+//! `querier`, `query_frontend`, `query_scheduler`, `store_gateway`): each is the component as the network sees it, its routes and
 //! its client; what a component keeps on each core is in the `kiln-shards` crate, in the
 //! folder of the same name. `api` is the edge (listener, router, RPC framing, operational
 //! pages): it imports the components, and none imports it. `service` is the contract between
@@ -15,6 +15,8 @@ pub mod distributor;
 pub mod ingester;
 pub mod process;
 pub mod querier;
+pub mod query_frontend;
+pub mod query_scheduler;
 pub mod service;
 pub mod store_gateway;
 pub mod target;

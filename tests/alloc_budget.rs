@@ -499,3 +499,37 @@ fn replica_pushes() {
         ],
     );
 }
+
+/// The read path's internal messages (`kiln::query_scheduler::wire`): a cancellation of many
+/// IDs, a job or a result carrying a large query, strings at and past their bounds.
+#[test]
+fn read_path_messages() {
+    use kiln::query_scheduler::wire;
+    use kiln_io::codec::Writer;
+    let ids = |n: u64| {
+        let mut w = Writer::with_capacity(1 << 20);
+        w.byte(1);
+        w.str("querier-1");
+        w.u(n);
+        (0..n).for_each(|i| w.u(i));
+        w.0
+    };
+    let job = |request: usize, tenant: usize| {
+        wire::encode_job(&wire::Job {
+            query_id: 1,
+            frontend: "127.0.0.1:4040".into(),
+            tenant: "t".repeat(tenant),
+            request: bytes::Bytes::from(vec![0u8; request]),
+        })
+    };
+    holds(
+        "read_path_wire",
+        &[
+            ("65536 query IDs", ids(65_536)),
+            ("a count of 2^40 IDs", ids(0).into_iter().take(11).chain([0x80, 0x80, 0x80, 0x80, 0x80, 0x20]).collect()),
+            ("a job of a 1 MiB query", job(1 << 20, 1)),
+            ("a tenant past its bound", job(0, wire::MAX_TENANT_BYTES + 1)),
+            ("a result of 1 MiB", wire::encode_result(1, &Ok(vec![0u8; 1 << 20]))),
+        ],
+    );
+}

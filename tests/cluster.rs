@@ -1,9 +1,9 @@
 //! Cluster mode with real processes on 127.0.0.1: three `-target=all` instances joined by
 //! gossip, writes replicated to RF=3 with a quorum of 2.
 mod common;
-use common::snapshot::{assert_same, flush, push_fixture, snapshot};
+use common::members::*;
+use common::snapshot::{assert_same, flush, push_fixture, single_node_half_in_blocks, snapshot};
 use common::*;
-use std::time::{Duration, Instant};
 
 /// One cluster at a time: several clusters of debug builds at once on a 2-core machine could
 /// starve a member's gossip past its heartbeat timeout, and these tests are about the
@@ -12,11 +12,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A free UDP port on 127.0.0.1 for a member's gossip.
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Three members gossiping on loopback, sharing one blocks directory; `extra` flags for
@@ -46,44 +41,6 @@ struct Node {
     port: u16,
 }
 
-/// The flags of a member: gossip on `gossip`, joining `seed`, fast heartbeats so a kill shows
-/// within seconds.
-fn member_flags(gossip: u16, seed: u16, blocks: &std::path::Path) -> Vec<String> {
-    vec![
-        "-shards=1".into(),
-        "-memberlist.bind-addr=127.0.0.1".into(),
-        format!("-memberlist.bind-port={gossip}"),
-        format!("-memberlist.join=127.0.0.1:{seed}"),
-        "-ingester.heartbeat-period=500ms".into(),
-        "-ring.heartbeat-timeout=3s".into(),
-        format!("-storage.filesystem.dir={}", blocks.display()),
-        // The load tests write a new series per push: more than the default 5000 per tenant.
-        "-ingester.max-local-series-per-tenant=0".into(),
-        "-ingester.max-global-series-per-tenant=0".into(),
-    ]
-}
-
-fn start_member(data: std::path::PathBuf, port: (u16, socket2::Socket), flags: &[String]) -> Kiln {
-    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    // Each member's log, kept beside its data for a failed run to be read.
-    let log = std::env::temp_dir().join(format!("kiln-member-{}-{}.log", std::process::id(), port.0));
-    Kiln::start_at(data, port, &args, &Spawn { stderr: Some(log), ..Default::default() })
-}
-
-/// The states `/ring` on `port` shows, as "STATE" or "STATE (UNHEALTHY)", one per member.
-fn ring_states(port: u16) -> Vec<String> {
-    let page = get(port, "/ring").text();
-    page.split("<tr><td>").skip(1).filter_map(|row| row.split("</td><td>").nth(2).map(str::to_string)).collect()
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Pushes one profile of service `svc` through `port`: `main;work <n>` in folded form.
 fn push(port: u16, svc: &str, n: u64) -> u16 {
     let until = now_ms() / 1000;
@@ -99,13 +56,6 @@ fn total(port: u16, svc: &str) -> u64 {
     let r = get(port, &q);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["flamebearer"]["numTicks"].as_u64().unwrap_or(0)
-}
-
-/// A directory for a test's shared blocks, empty.
-fn blocks_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-cluster-blocks-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 #[test]
@@ -161,35 +111,13 @@ fn microservices_answer_as_one_node_distributor_ingesters_querier_and_store_gate
     // One node writes half the fixtures into blocks of a shared bucket and keeps the other
     // half in its head: its answers are what the microservices must give.
     let blocks = blocks_dir("micro");
-    let fixtures = golden_pprofs();
-    let (old, new) = fixtures.split_at(fixtures.len() / 2);
-    let single = Kiln::start(
-        &[FIXTURE_FLAGS, &["-shards=1", &format!("-storage.filesystem.dir={}", blocks.display())]].concat(),
-    );
-    for (i, path) in old.iter().enumerate() {
-        push_fixture(single.port, &format!("old-{i}"), std::fs::read(path).unwrap());
-    }
-    flush(single.port);
-    for (i, path) in new.iter().enumerate() {
-        push_fixture(single.port, &format!("new-{i}"), std::fs::read(path).unwrap());
-    }
+    let (single, new) = single_node_half_in_blocks(&blocks);
     let want = snapshot(single.port);
     drop(single);
 
-    let seed = free_udp_port();
-    let mut procs = Vec::new();
-    for (i, target) in
-        ["ingester", "ingester", "ingester", "store-gateway", "distributor", "querier"].iter().enumerate()
-    {
-        let gossip = if i == 0 { seed } else { free_udp_port() };
-        let data = std::env::temp_dir().join(format!("kiln-micro-{}-{i}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(&data).unwrap();
-        let mut flags = member_flags(gossip, seed, &blocks);
-        flags.push(format!("-target={target}"));
-        flags.extend(FIXTURE_FLAGS.iter().map(|s| s.to_string()));
-        procs.push(start_member(data, hold_port(), &flags));
-    }
+    let targets = ["ingester", "ingester", "ingester", "store-gateway", "distributor", "querier"];
+    let extra: Vec<String> = FIXTURE_FLAGS.iter().map(|s| s.to_string()).collect();
+    let procs = start_members("micro", &targets, &blocks, &extra);
     let (distributor, querier) = (procs[4].port, procs[5].port);
     wait_until("three ACTIVE ingesters", || ring_states(querier) == ["ACTIVE"; 3]);
     wait_until("an ACTIVE store-gateway", || {

@@ -1,5 +1,6 @@
 //! Golden files of the formats instances of a cluster send each other: query requests and
-//! partial results (`kiln_shards::query::wire`), a replica's push (`PushRecords` of WAL
+//! partial results (`kiln_shards::query::wire`), the read path's jobs, cancellations and
+//! results (`kiln::query_scheduler::wire`), a replica's push (`PushRecords` of WAL
 //! records, `kiln::ingester::remote`) and the gossiped entry keys (`kiln::cluster::entry`).
 //! Members of different builds meet during a rolling upgrade, so a change of these bytes
 //! is a change of the protocol: it must be deliberate (and, for the query wire, come with a
@@ -226,4 +227,31 @@ fn gossip_keys() {
     let parsed: std::collections::HashMap<&str, &str> = want.lines().filter_map(|l| l.split_once('=')).collect();
     let back = kiln::cluster::entry::decode(&d.id, |k| parsed.get(k).copied()).unwrap();
     assert_eq!(back, d);
+}
+
+#[test]
+fn read_path_messages() {
+    use kiln::query_scheduler::wire;
+    use kiln::service::{Code, RpcError};
+    let request = wire::encode_job(&wire::Job {
+        query_id: 0x0123_4567_89ab_cdef,
+        frontend: "127.0.0.1:4040".into(),
+        tenant: "team-a|team-b".into(),
+        request: bytes::Bytes::from(wire::encode_who("x", &[])),
+    });
+    let job = golden("read_path_job.hex", &request);
+    let back = wire::decode_job(&bytes::Bytes::from(job.clone())).unwrap();
+    assert_eq!(wire::encode_job(&back), job);
+    let next = golden("read_path_next.hex", &wire::encode_next(Some(&back)));
+    assert_eq!(wire::decode_next(&bytes::Bytes::from(next)).unwrap(), Some(back));
+    let who = golden("read_path_cancel.hex", &wire::encode_who("127.0.0.1:4040", &[1, 300, u64::MAX]));
+    assert_eq!(wire::decode_who(&who).unwrap(), ("127.0.0.1:4040".to_string(), vec![1, 300, u64::MAX]));
+    let ok = golden("read_path_result_ok.hex", &wire::encode_result(7, &Ok(vec![1, 2, 3])));
+    let (id, r) = wire::decode_result(&bytes::Bytes::from(ok)).unwrap();
+    assert_eq!((id, r.unwrap().to_vec()), (7, vec![1, 2, 3]));
+    let err = RpcError::new(Code::ResourceExhausted, "too many outstanding requests");
+    let failed = golden("read_path_result_error.hex", &wire::encode_result(8, &Err(err)));
+    let (id, r) = wire::decode_result(&bytes::Bytes::from(failed)).unwrap();
+    let e = r.unwrap_err();
+    assert_eq!((id, e.code, e.message.as_str()), (8, Code::ResourceExhausted, "too many outstanding requests"));
 }

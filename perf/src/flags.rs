@@ -106,6 +106,8 @@ pub struct Config {
     pub shape: Shape,
     pub gzip: bool,
     pub tenants: usize,
+    /// The first tenant's number: tenants are `tenant-<offset>..`.
+    pub tenant_offset: usize,
     pub load: Load,
     pub max_in_flight: usize,
     pub duration: Duration,
@@ -116,6 +118,26 @@ pub struct Config {
     pub range: Duration,
     pub encoding: Encoding,
     pub seed: u64,
+}
+
+/// Which tenants a run sends as (`--tenants`, `--tenant-offset`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tenants {
+    pub count: usize,
+    pub offset: usize,
+}
+
+impl Tenants {
+    /// The tenant of request `k`: `tenant-<offset + k mod count>`, none when `count` is 0.
+    pub fn nth(self, k: u64) -> Option<String> {
+        (self.count > 0).then(|| format!("tenant-{}", self.offset as u64 + k % self.count as u64))
+    }
+}
+
+impl Config {
+    pub fn tenants(&self) -> Tenants {
+        Tenants { count: self.tenants, offset: self.tenant_offset }
+    }
 }
 
 impl Default for Config {
@@ -129,6 +151,7 @@ impl Default for Config {
             shape: Shape::default(),
             gzip: true,
             tenants: 0,
+            tenant_offset: 0,
             load: Load::Connections(threads * 4),
             max_in_flight: 1024,
             duration: Duration::from_secs(60),
@@ -168,6 +191,7 @@ USAGE: kiln-load [FLAGS]    (flags as --name value or --name=value)
 Target
   --url URL                 server base URL, http only [http://127.0.0.1:4040]
   --tenants N               send X-Scope-OrgID tenant-0..tenant-N-1, rotating; 0 = none [0]
+  --tenant-offset K         number the tenants from K: tenant-K..tenant-(K+N-1) [0]
   --timeout DUR             per-request timeout [10s]
 
 What to send
@@ -223,6 +247,7 @@ const VALUE_FLAGS: &[&str] = &[
     "functions",
     "samples-per-profile",
     "tenants",
+    "tenant-offset",
     "rate",
     "connections",
     "max-in-flight",
@@ -306,6 +331,7 @@ fn set_value(config: &mut Config, load: &mut LoadFlags, name: &str, value: Strin
         "functions" => config.shape.functions = parse_count(name, &value, 1)?,
         "samples-per-profile" => config.shape.samples_per_profile = parse_count(name, &value, 1)?,
         "tenants" => config.tenants = parse_count(name, &value, 0)?,
+        "tenant-offset" => config.tenant_offset = parse_count(name, &value, 0)?,
         "rate" => {
             let r: f64 = value.parse().map_err(|_| format!("--rate needs a number, not {value:?}"))?;
             if !(r > 0.0 && r.is_finite()) {
@@ -464,6 +490,7 @@ mod tests {
         assert!(!c.gzip);
         assert_eq!(c.api, Api::Grpc);
         assert_eq!(c.tenants, 4);
+        assert_eq!(run(&["--tenants=2", "--tenant-offset=3"]).unwrap().tenant_offset, 3);
         let c = run(&["--gzip=true", "--json", "--mode", "query"]).unwrap();
         assert!(c.gzip);
         assert!(c.json);

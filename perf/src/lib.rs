@@ -24,7 +24,7 @@ pub fn run(config: &Config, progress: impl FnMut(&str), mut note: impl FnMut(&st
     let (factory, api): (engine::GeneratorFactory, String) = match config.mode {
         Mode::Push => (push_factory(config, &target, &mut note)?, api_name(config.api)),
         Mode::Query => {
-            let tenant = (config.tenants > 0).then(|| "tenant-0".to_string());
+            let tenant = config.tenants().nth(0);
             let plan = query::discover(&target, config.range, tenant, config.timeout)?;
             let shown: Vec<&str> = plan.profile_types.iter().take(4).map(String::as_str).collect();
             let more = if plan.profile_types.len() > shown.len() { ", ..." } else { "" };
@@ -36,7 +36,7 @@ pub fn run(config: &Config, progress: impl FnMut(&str), mut note: impl FnMut(&st
             ));
             let plan = Arc::new(plan);
             let (target, range, encoding) = (target.clone(), config.range, config.encoding);
-            let (tenants, seed) = (config.tenants, config.seed);
+            let (tenants, seed) = (config.tenants(), config.seed);
             let factory: engine::GeneratorFactory = Arc::new(move |thread| {
                 let seed = seed ^ (thread as u64).wrapping_mul(0x9E37_79B9);
                 let g = query::QueryGenerator::new(plan.clone(), target.clone(), range, encoding, tenants, seed);
@@ -121,7 +121,7 @@ fn push_factory(
         Arc::new(workload.profiles.iter().map(|p| gz::GzTemplate::new(&p.base, level)).collect::<Vec<_>>())
     });
     let workload = Arc::new(workload);
-    let (api, tenants, base_path) = (config.api, config.tenants, target.base_path.clone());
+    let (api, tenants, base_path) = (config.api, config.tenants(), target.base_path.clone());
     Ok(Arc::new(move |_thread| {
         let g = push::PushGenerator::new(workload.clone(), templates.clone(), api, tenants, base_path.clone());
         Box::new(g) as Box<dyn engine::Generator>

@@ -23,7 +23,7 @@ pub struct PushGenerator {
     /// One per profile when bodies are gzipped.
     templates: Option<Arc<Vec<GzTemplate>>>,
     api: Api,
-    tenants: usize,
+    tenants: crate::flags::Tenants,
     base_path: String,
 }
 
@@ -32,7 +32,7 @@ impl PushGenerator {
         workload: Arc<Workload>,
         templates: Option<Arc<Vec<GzTemplate>>>,
         api: Api,
-        tenants: usize,
+        tenants: crate::flags::Tenants,
         base_path: String,
     ) -> Self {
         if let Some(t) = &templates {
@@ -94,7 +94,7 @@ impl Generator for PushGenerator {
     fn prepare(&mut self, k: u64) -> Prepared {
         let (stream, index) = self.workload.pick(k);
         let (payload, raw_len) = self.payload(index, now_nanos());
-        let tenant = (self.tenants > 0).then(|| format!("tenant-{}", k % self.tenants as u64));
+        let tenant = self.tenants.nth(k);
         let push = |protocol, content_type, body: Vec<u8>| Prepared {
             method: Method::POST,
             path: format!("{}{PUSH_PATH}", self.base_path),
@@ -157,7 +157,8 @@ mod tests {
     fn test_push_request_carries_retimed_gzip_profile() {
         let w = workload();
         let t = templates(&w);
-        let mut g = PushGenerator::new(w, Some(t), Api::Push, 3, String::new());
+        let mut g =
+            PushGenerator::new(w, Some(t), Api::Push, crate::flags::Tenants { count: 3, offset: 0 }, String::new());
         let before = now_nanos();
         let req = g.prepare(4);
         assert_eq!(req.path, PUSH_PATH);
@@ -178,7 +179,7 @@ mod tests {
     #[test]
     fn test_grpc_and_ingest_requests() {
         let w = workload();
-        let mut g = PushGenerator::new(w.clone(), None, Api::Grpc, 0, "/base".into());
+        let mut g = PushGenerator::new(w.clone(), None, Api::Grpc, Default::default(), "/base".into());
         let req = g.prepare(0);
         assert_eq!(req.path, format!("/base{PUSH_PATH}"));
         assert_eq!(req.protocol, Protocol::Grpc);
@@ -189,7 +190,7 @@ mod tests {
         assert!(decode_pprof(&push.series[0].samples[0].raw_profile).is_ok());
         assert!(req.tenant.is_none());
 
-        let mut g = PushGenerator::new(w, None, Api::Ingest, 0, String::new());
+        let mut g = PushGenerator::new(w, None, Api::Ingest, Default::default(), String::new());
         let req = g.prepare(1);
         assert_eq!(
             req.path,

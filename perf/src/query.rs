@@ -179,7 +179,7 @@ pub struct QueryGenerator {
     target: Target,
     range_ms: i64,
     encoding: Encoding,
-    tenants: usize,
+    tenants: crate::flags::Tenants,
     seed: u64,
 }
 
@@ -189,7 +189,7 @@ impl QueryGenerator {
         target: Target,
         range: Duration,
         encoding: Encoding,
-        tenants: usize,
+        tenants: crate::flags::Tenants,
         seed: u64,
     ) -> Self {
         assert!(!plan.profile_types.is_empty());
@@ -214,7 +214,7 @@ impl Generator for QueryGenerator {
         let selector = self.selector(k);
         let end = now_ms();
         let start = end - self.range_ms;
-        let tenant = (self.tenants > 0).then(|| format!("tenant-{}", k % self.tenants as u64));
+        let tenant = self.tenants.nth(k);
         let body = match kind {
             QueryKind::SelectMergeProfile => encode(
                 &SelectMergeProfileRequest {
@@ -296,7 +296,7 @@ mod tests {
             services: vec!["a".into(), "b".into()],
         });
         let target = client::parse_target("http://127.0.0.1:4040").unwrap();
-        QueryGenerator::new(plan, target, Duration::from_secs(3600), encoding, 0, 1)
+        QueryGenerator::new(plan, target, Duration::from_secs(3600), encoding, Default::default(), 1)
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod ops;
 pub mod router;
 pub mod rpc;
 
-use crate::config::{Config, TenantLimits};
+use crate::config::{Component, Config, TenantLimits};
 use crate::distributor::metrics::DistributorMetrics;
 use crate::distributor::Distributor;
 use crate::ingester::client::IngesterClient;
@@ -39,6 +39,12 @@ pub struct Shared {
     pub started: Instant,
     /// The cluster this process is a member of; `None` when it runs alone.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The query-scheduler's queue, when this process runs it.
+    pub scheduler: Option<Arc<crate::query_scheduler::Scheduler>>,
+    /// The query-frontend's waiting parts and results cache, when this process runs it.
+    pub frontend: Option<Arc<crate::query_frontend::FrontendShared>>,
+    /// A querier's workers, when this process runs a querier in a cluster.
+    pub workers: Option<Arc<crate::querier::worker::Workers>>,
 }
 
 impl Shared {
@@ -51,11 +57,38 @@ impl Shared {
             cfg.http_server_write_timeout,
             cfg.http_server_idle_timeout,
         );
+        let limits = Arc::new(cfg.tenant_limits());
+        let rp = &cfg.read_path;
+        let runs = |c| cfg.target.runs(c) && cluster.is_some();
+        let scheduler = runs(Component::QueryScheduler).then(|| {
+            Arc::new(crate::query_scheduler::Scheduler::new(
+                rp.max_outstanding_requests_per_tenant,
+                limits.clone(),
+                cluster.clone(),
+            ))
+        });
+        let frontend = runs(Component::QueryFrontend).then(|| {
+            Arc::new(crate::query_frontend::FrontendShared::new(crate::query_frontend::Settings {
+                addr: cfg.advertised_http_addr(),
+                scheduler_address: rp.frontend_scheduler_address.clone(),
+                cache_bytes: rp.cache_results.then_some(rp.results_cache_max_bytes),
+                max_cache_freshness: rp.max_cache_freshness,
+            }))
+        });
+        let workers = runs(Component::Querier).then(|| {
+            Arc::new(crate::querier::worker::Workers::new(
+                rp.querier_max_concurrent,
+                rp.querier_scheduler_address.clone(),
+            ))
+        });
         Arc::new(Shared {
             conns: conn::Conns::new(cfg.http_conn_limit.unwrap_or(0)),
             bodies: inflight::BodyBudget::new(cfg.max_inflight_body_bytes.unwrap_or(0)),
             timeouts,
-            limits: Arc::new(cfg.tenant_limits()),
+            limits,
+            scheduler,
+            frontend,
+            workers,
             cfg,
             metrics: (0..n).map(|_| CoreMetrics::default()).collect(),
             distributor_metrics: (0..n).map(|_| DistributorMetrics::default()).collect(),
@@ -95,10 +128,12 @@ impl Edge {
             ),
             None => IngesterClient::local(mesh.clone()),
         };
-        let replicas = shared
-            .cluster
-            .as_ref()
-            .map(|c| crate::querier::replicas::ReplicaReader { cluster: c.clone(), pool: pool.clone() });
+        let replicas = || {
+            shared
+                .cluster
+                .as_ref()
+                .map(|c| crate::querier::replicas::ReplicaReader { cluster: c.clone(), pool: pool.clone() })
+        };
         let distributor = Rc::new(Distributor::new(
             id,
             mesh.cores(),
@@ -108,7 +143,27 @@ impl Edge {
             shared.distributor_metrics.clone(),
             shared.cluster.clone(),
         ));
-        let querier = Rc::new(Querier::new(mesh.clone(), shared.limits.clone(), cfg.multitenancy_enabled, replicas));
+        // The querier that evaluates: over this process's cores, or the cluster's replicas.
+        let direct =
+            Rc::new(Querier::new(mesh.clone(), shared.limits.clone(), cfg.multitenancy_enabled, replicas(), None));
+        if let (Some(w), Some(c)) = (&shared.workers, &shared.cluster) {
+            crate::querier::worker::start(id, mesh.cores() as u32, direct.clone(), c.clone(), pool.clone(), w.clone());
+        }
+        // A query-frontend answers the public API with the same querier code, evaluating
+        // through the schedulers.
+        let querier = match (&shared.frontend, &shared.cluster) {
+            (Some(f), Some(c)) => {
+                let f = crate::query_frontend::Frontend::new(f.clone(), c.clone(), pool.clone(), shared.limits.clone());
+                Rc::new(Querier::new(
+                    mesh.clone(),
+                    shared.limits.clone(),
+                    cfg.multitenancy_enabled,
+                    None,
+                    Some(Rc::new(f)),
+                ))
+            }
+            _ => direct,
+        };
         let ingester = Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone());
         Edge { id, mesh, distributor, querier, ingester, shared }
     }

@@ -106,11 +106,16 @@ pub async fn serve_rpc(core: &Rc<Edge>, rpc: &Call<'_>, service: &str, method: &
 }
 
 pub fn ready(core: &Edge) -> Response {
-    if core.shared.ready() {
-        text(200, "text/plain; charset=utf-8", "ready")
-    } else {
-        text(503, "text/plain; charset=utf-8", "not ready: cores are still starting")
+    if !core.shared.ready() {
+        return text(503, "text/plain; charset=utf-8", "not ready: cores are still starting");
     }
+    // A query-frontend can answer nothing until it has a scheduler to enqueue at.
+    if let (Some(_), Some(c)) = (&core.shared.frontend, &core.shared.cluster) {
+        if crate::query_frontend::schedulers(c, &core.cfg().read_path.frontend_scheduler_address).is_empty() {
+            return text(503, "text/plain; charset=utf-8", "not ready: no query-scheduler in the ring yet");
+        }
+    }
+    text(200, "text/plain; charset=utf-8", "ready")
 }
 
 pub async fn metrics(core: &Rc<Edge>) -> Response {
@@ -128,6 +133,15 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     render_bounds(&mut out);
     if let Some(c) = &core.shared.cluster {
         c.render_metrics(&mut out);
+    }
+    if let Some(s) = &core.shared.scheduler {
+        s.render_metrics(&mut out);
+    }
+    if let Some(f) = &core.shared.frontend {
+        f.render_metrics(&mut out);
+    }
+    if let Some(w) = &core.shared.workers {
+        w.render_metrics(&mut out);
     }
     kiln_io::store::render_metrics(&mut out);
     kiln_io::invariant::render(&mut out);

@@ -8,7 +8,7 @@ use crate::service::call::{self, Call};
 use crate::service::codec::Protocol;
 use crate::service::routes::{self, Class, HttpRoute, RpcService, QUERY_BODY_LIMIT};
 use crate::service::{Code, Req, RpcError};
-use crate::{distributor, ingester, querier};
+use crate::{distributor, ingester, querier, query_frontend, query_scheduler};
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use std::rc::Rc;
@@ -48,16 +48,20 @@ enum RpcOwner {
     Querier,
     Replica,
     Ingester,
+    Scheduler,
+    Frontend,
     Ops,
 }
 
 /// The owner and service of an RPC path (`/<service>/<Method>`).
 fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService)> {
-    let tables: [(RpcOwner, &'static [RpcService]); 5] = [
+    let tables: [(RpcOwner, &'static [RpcService]); 7] = [
         (RpcOwner::Distributor, distributor::RPC),
         (RpcOwner::Querier, querier::RPC),
         (RpcOwner::Replica, querier::replicas::RPC),
         (RpcOwner::Ingester, ingester::remote::RPC),
+        (RpcOwner::Scheduler, query_scheduler::RPC),
+        (RpcOwner::Frontend, query_frontend::RPC),
         (RpcOwner::Ops, ops::RPC),
     ];
     tables.into_iter().find_map(|(owner, table)| routes::find_rpc(table, path).map(|(s, _)| (owner, s)))
@@ -84,7 +88,12 @@ impl Dest {
         let runs = |c| target.runs(c);
         match self {
             Dest::Rpc(RpcOwner::Distributor, _) | Dest::Http(HttpDest::Distributor(_)) => runs(Component::Distributor),
-            Dest::Rpc(RpcOwner::Querier, _) | Dest::Http(HttpDest::Querier(_)) => runs(Component::Querier),
+            // A query-frontend serves the querier's public API (evaluated through the schedulers).
+            Dest::Rpc(RpcOwner::Querier, _) | Dest::Http(HttpDest::Querier(_)) => {
+                runs(Component::Querier) || runs(Component::QueryFrontend)
+            }
+            Dest::Rpc(RpcOwner::Scheduler, _) => runs(Component::QueryScheduler),
+            Dest::Rpc(RpcOwner::Frontend, _) => runs(Component::QueryFrontend),
             Dest::Rpc(RpcOwner::Ingester, _) | Dest::Http(HttpDest::Ingester(_)) => runs(Component::Ingester),
             // Another querier's question to a replica: answered from this process's cores.
             Dest::Rpc(RpcOwner::Replica, _) => runs(Component::Ingester) || runs(Component::StoreGateway),
@@ -267,6 +276,14 @@ async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize, dest:
         Dest::Rpc(RpcOwner::Querier, _) => core.querier.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Replica, _) => core.querier.serve_replica_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Ingester, _) => core.ingester.serve_rpc(&call, method).await,
+        Dest::Rpc(RpcOwner::Scheduler, _) => match &core.shared.scheduler {
+            Some(s) => s.serve_rpc(&call, method).await,
+            None => call::unimplemented(),
+        },
+        Dest::Rpc(RpcOwner::Frontend, _) => match &core.shared.frontend {
+            Some(f) => f.serve_rpc(&call, method),
+            None => call::unimplemented(),
+        },
         Dest::Rpc(RpcOwner::Ops, s) => ops::serve_rpc(core, &call, s.name, method).await,
         Dest::Http(_) | Dest::Unknown => call::unimplemented(),
     };

@@ -37,6 +37,13 @@ pub struct Limits {
     pub max_query_series: usize,
     /// Points one time-series answer may hold, over all its series (0: no limit).
     pub max_query_points: usize,
+    /// The query-frontend splits a query's range into parts of this length (0: no split).
+    #[serde(with = "go_duration")]
+    pub split_queries_by_interval: Duration,
+    /// Parts of one query the query-frontend runs at once (0: all).
+    pub max_query_parallelism: usize,
+    /// Queriers that serve one tenant's queries from the schedulers (0: all).
+    pub max_queriers_per_tenant: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +67,9 @@ impl Default for Limits {
             max_global_series_per_tenant: 5000,
             max_query_series: 10_000,
             max_query_points: 2_000_000,
+            split_queries_by_interval: Duration::ZERO,
+            max_query_parallelism: 32,
+            max_queriers_per_tenant: 0,
         }
     }
 }
@@ -237,6 +247,43 @@ pub struct Config {
     /// ingester answers for the blocks it cut as long as they exist; see README, Cluster mode).
     #[serde(with = "go_duration")]
     pub query_store_after: Duration,
+    /// The query-frontend, the query-scheduler and the querier's workers.
+    pub read_path: ReadPath,
+}
+
+/// The read path at scale: `-query-frontend.*`, `-query-scheduler.*` and the querier's
+/// workers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadPath {
+    /// Jobs one tenant may have queued at a scheduler; past it, 429.
+    pub max_outstanding_requests_per_tenant: usize,
+    /// Jobs a querier runs at once, over every scheduler.
+    pub querier_max_concurrent: usize,
+    /// Where a frontend enqueues (`host:port`); empty: the schedulers of the ring.
+    pub frontend_scheduler_address: String,
+    /// Where a querier pulls work from; empty: the schedulers of the ring.
+    pub querier_scheduler_address: String,
+    /// Whether the frontend keeps the results of past parts.
+    pub cache_results: bool,
+    /// The results cache's bound, in bytes.
+    pub results_cache_max_bytes: usize,
+    /// Parts ending later than this before now are not cached.
+    #[serde(with = "go_duration")]
+    pub max_cache_freshness: Duration,
+}
+
+impl Default for ReadPath {
+    fn default() -> Self {
+        ReadPath {
+            max_outstanding_requests_per_tenant: 100,
+            querier_max_concurrent: 4,
+            frontend_scheduler_address: String::new(),
+            querier_scheduler_address: String::new(),
+            cache_results: true,
+            results_cache_max_bytes: 256 << 20,
+            max_cache_freshness: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `-memberlist.*`: how this process finds and gossips with the others.
@@ -334,6 +381,7 @@ impl Default for Config {
             replication_factor: 3,
             push_timeout: Duration::from_secs(5),
             query_store_after: Duration::from_secs(4 * 3600),
+            read_path: ReadPath::default(),
         }
     }
 }
@@ -747,10 +795,14 @@ impl Config {
             }
             "querier.max-query-series" => l.max_query_series = parse_num(v).map_err(bad)?,
             "querier.max-query-points" => l.max_query_points = parse_num(v).map_err(bad)?,
+            "querier.split-queries-by-interval" => l.split_queries_by_interval = parse_duration(v).map_err(bad)?,
+            "querier.max-query-parallelism" => l.max_query_parallelism = parse_num(v).map_err(bad)?,
+            "query-frontend.max-queriers-per-tenant" => l.max_queriers_per_tenant = parse_num(v).map_err(bad)?,
             // Accepted for compatibility with Pyroscope command lines; kiln does not push
             // profiles of itself.
             "self-profiling.disable-push" | "self-profiling.tenant-id" => {}
             _ if self.set_cluster_flag(k, v)? => {}
+            _ if self.set_read_path_flag(k, v)? => {}
             _ => return Err(format!("flag provided but not defined: -{k}")),
         }
         Ok(())
@@ -780,6 +832,25 @@ impl Config {
             "distributor.replication-factor" => self.replication_factor = parse_num(v).map_err(bad)?,
             "distributor.push.timeout" => self.push_timeout = parse_duration(v).map_err(bad)?,
             "querier.query-store-after" => self.query_store_after = parse_duration(v).map_err(bad)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The read path's flags (frontend, scheduler, the querier's workers); `false`: not one.
+    fn set_read_path_flag(&mut self, k: &str, v: &str) -> Result<bool, String> {
+        let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
+        let r = &mut self.read_path;
+        match k {
+            "query-scheduler.max-outstanding-requests-per-tenant" => {
+                r.max_outstanding_requests_per_tenant = parse_num(v).map_err(bad)?
+            }
+            "querier.max-concurrent" => r.querier_max_concurrent = parse_num(v).map_err(bad)?,
+            "query-frontend.scheduler-address" => r.frontend_scheduler_address = v.into(),
+            "querier.scheduler-address" => r.querier_scheduler_address = v.into(),
+            "query-frontend.cache-results" => r.cache_results = parse_bool(v).map_err(bad)?,
+            "query-frontend.results-cache-max-bytes" => r.results_cache_max_bytes = parse_num(v).map_err(bad)?,
+            "query-frontend.max-cache-freshness" => r.max_cache_freshness = parse_duration(v).map_err(bad)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -844,6 +915,16 @@ impl Config {
             (&["distributor", "replication_factor"], "distributor.replication-factor"),
             (&["distributor", "push_timeout"], "distributor.push.timeout"),
             (&["querier", "query_store_after"], "querier.query-store-after"),
+            (&["querier", "max_concurrent"], "querier.max-concurrent"),
+            (
+                &["query_scheduler", "max_outstanding_requests_per_tenant"],
+                "query-scheduler.max-outstanding-requests-per-tenant",
+            ),
+            (&["frontend", "scheduler_address"], "query-frontend.scheduler-address"),
+            (&["frontend_worker", "scheduler_address"], "querier.scheduler-address"),
+            (&["frontend", "cache_results"], "query-frontend.cache-results"),
+            (&["frontend", "results_cache_max_bytes"], "query-frontend.results-cache-max-bytes"),
+            (&["frontend", "max_cache_freshness"], "query-frontend.max-cache-freshness"),
             (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
             (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
         ];
@@ -890,6 +971,9 @@ const LIMIT_KEYS: &[(&str, &str)] = &[
     ("max_flamegraph_nodes_max", "querier.max-flamegraph-nodes-max"),
     ("max_query_series", "querier.max-query-series"),
     ("max_query_points", "querier.max-query-points"),
+    ("split_queries_by_interval", "querier.split-queries-by-interval"),
+    ("max_query_parallelism", "querier.max-query-parallelism"),
+    ("max_queriers_per_tenant", "query-frontend.max-queriers-per-tenant"),
 ];
 
 fn apply_limits_yaml(limits: &mut Limits, v: &serde_yaml::Value) -> Result<(), String> {
@@ -947,6 +1031,7 @@ fn is_bool_flag(name: &str) -> bool {
             | "storage.s3.insecure"
             | "storage.s3.force-path-style"
             | "storage.s3.native-aws-auth-enabled"
+            | "query-frontend.cache-results"
     )
 }
 

@@ -155,7 +155,6 @@ impl Target {
     /// What each component not built yet is waiting for.
     fn not_yet(c: Component) -> Option<&'static str> {
         match c {
-            Component::QueryFrontend | Component::QueryScheduler => Some("the read path at scale"),
             Component::Compactor => Some("the compactor"),
             _ => None,
         }
@@ -178,7 +177,7 @@ impl std::str::FromStr for Target {
                 Ok(c) => {
                     if let Some(issue) = Target::not_yet(c) {
                         return Err(format!(
-                            "-target={s}: the {name} is not built yet (it comes with {issue}); run all, distributor, ingester, querier or store-gateway"
+                            "-target={s}: the {name} is not built yet (it comes with {issue}); run all, distributor, ingester, querier, store-gateway, query-frontend or query-scheduler"
                         ));
                     }
                     bits |= 1 << c as u16;
@@ -229,8 +228,8 @@ mod tests {
         assert_eq!(dq.components(), [Component::Distributor, Component::Querier]);
         let e = "compactor".parse::<Target>().unwrap_err();
         assert!(e.contains("not built yet") && e.contains("the compactor"), "{e}");
-        let e = "ingester,query-frontend".parse::<Target>().unwrap_err();
-        assert!(e.contains("query-frontend is not built yet"), "{e}");
+        let fs: Target = "query-frontend,query-scheduler".parse().unwrap();
+        assert!(fs.runs(Component::QueryFrontend) && fs.runs(Component::QueryScheduler) && !fs.is_all());
         let e = "ingestor".parse::<Target>().unwrap_err();
         assert!(e.contains("unknown component") && e.contains("store-gateway"), "{e}");
         assert_eq!(Target::ALL.to_string(), "store-gateway,ingester,distributor,querier");

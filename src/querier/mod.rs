@@ -5,6 +5,7 @@ pub mod render;
 pub mod replicas;
 pub mod rpc;
 pub mod tree;
+pub mod worker;
 
 use crate::config::{Limits, TenantLimits};
 use crate::service::call::{Call, Reply};
@@ -59,6 +60,8 @@ pub struct Querier {
     multitenancy: bool,
     /// In a cluster: the replicas every query also goes to. `None`: this process alone.
     replicas: Option<replicas::ReplicaReader>,
+    /// In a query-frontend: queries are evaluated by the queriers, through the schedulers.
+    frontend: Option<Rc<crate::query_frontend::Frontend>>,
 }
 
 impl Querier {
@@ -67,8 +70,9 @@ impl Querier {
         limits: Arc<TenantLimits>,
         multitenancy: bool,
         replicas: Option<replicas::ReplicaReader>,
+        frontend: Option<Rc<crate::query_frontend::Frontend>>,
     ) -> Self {
-        Querier { mesh, limits, multitenancy, replicas }
+        Querier { mesh, limits, multitenancy, replicas, frontend }
     }
 
     /// `kiln.querier.v1.ReplicaService`: another instance's query, answered from this one's cores.
@@ -150,8 +154,17 @@ fn fmt_ms(ms: i64) -> String {
 }
 
 /// Sends a request to every core (in a cluster: to every replica, each profile counted once;
-/// see `replicas`) and returns all partial results.
+/// see `replicas`; in a query-frontend: to the queriers, split, through the schedulers) and
+/// returns all partial results.
 pub async fn fan_out(querier: &Rc<Querier>, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
+    match &querier.frontend {
+        Some(f) => f.fan_out(req).await,
+        None => direct_fan_out(querier, req).await,
+    }
+}
+
+/// `fan_out` without the frontend: what a querier runs for a part it pulled from a scheduler.
+pub async fn direct_fan_out(querier: &Querier, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
     match &querier.replicas {
         Some(r) => r.fan_out(querier, req).await,
         None => local_fan_out(querier, req).await,

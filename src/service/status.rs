@@ -24,6 +24,35 @@ pub enum Code {
 }
 
 impl Code {
+    pub const ALL: [Code; 16] = [
+        Code::Canceled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The code of a gRPC number (1..=16).
+    pub fn from_number(n: u8) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| *c as u8 == n)
+    }
+
+    /// The code of its Connect name (`as_str`).
+    pub fn from_name(name: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Canceled => "canceled",

@@ -2,6 +2,7 @@
 //! and h2c, as clients do.
 #![allow(dead_code)]
 pub mod hostile;
+pub mod members;
 pub mod snapshot;
 use bytes::Bytes;
 use http::{HeaderMap, Request};

@@ -127,3 +127,23 @@ pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, w
         assert_eq!(Some(v), b.get(k), "{when}: {k} differs");
     }
 }
+
+/// A single node (`-shards=1`) holding half the golden fixtures in blocks of the bucket at
+/// `blocks` (services `old-N`) and the other half in its head (`new-N`): the answers a
+/// cluster given the same data must give. Returns the node and the `new` fixtures, which a
+/// test pushes to its cluster (the `old` ones are in the shared bucket already).
+pub fn single_node_half_in_blocks(blocks: &std::path::Path) -> (Kiln, Vec<PathBuf>) {
+    let fixtures = golden_pprofs();
+    let (old, new) = fixtures.split_at(fixtures.len() / 2);
+    let single = Kiln::start(
+        &[FIXTURE_FLAGS, &["-shards=1", &format!("-storage.filesystem.dir={}", blocks.display())]].concat(),
+    );
+    for (i, path) in old.iter().enumerate() {
+        push_fixture(single.port, &format!("old-{i}"), std::fs::read(path).unwrap());
+    }
+    flush(single.port);
+    for (i, path) in new.iter().enumerate() {
+        push_fixture(single.port, &format!("new-{i}"), std::fs::read(path).unwrap());
+    }
+    (single, new.to_vec())
+}

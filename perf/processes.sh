@@ -1,0 +1,24 @@
+# Sourced by the perf scripts that run several kiln processes: the processes started (PIDS),
+# stopping them all on exit along with the scratch directory TMP, and checking that the
+# ports a script will use are free. Needs TMP set before it is sourced.
+PIDS=()
+
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM
+
+# ports_free BASE COUNT: exits unless nothing answers HTTP on BASE..BASE+COUNT-1.
+ports_free() {
+  local i
+  for i in $(seq 0 $(($2 - 1))); do
+    if curl -s -o /dev/null "http://127.0.0.1:$(($1 + i))/"; then
+      echo "port $(($1 + i)) is taken: set KILN_PERF_PORT" >&2
+      exit 1
+    fi
+  done
+}
