@@ -23,5 +23,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for notice in cfg.notices() {
+        tracing::warn!("{notice}");
+    }
     kiln::run(cfg);
 }

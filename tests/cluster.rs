@@ -43,17 +43,27 @@ struct Node {
 
 /// Pushes one profile of service `svc` through `port`: `main;work <n>` in folded form.
 fn push(port: u16, svc: &str, n: u64) -> u16 {
+    push_as(port, &[], svc, n)
+}
+
+/// `push` with request headers (a tenant's `X-Scope-OrgID`).
+fn push_as(port: u16, headers: &[(&str, &str)], svc: &str, n: u64) -> u16 {
     let until = now_ms() / 1000;
     let path = format!("/ingest?name={svc}&from={}&until={until}&format=folded", until - 10);
-    post(port, &path, &[], format!("main;work {n}").into_bytes()).status
+    post(port, &path, headers, format!("main;work {n}").into_bytes()).status
 }
 
 /// The total of service `svc` through `port` (numTicks of its flame graph).
 fn total(port: u16, svc: &str) -> u64 {
+    total_as(port, &[], svc)
+}
+
+/// `total` with request headers (a tenant's `X-Scope-OrgID`).
+fn total_as(port: u16, headers: &[(&str, &str)], svc: &str) -> u64 {
     let q = format!(
         "/pyroscope/render?query=process_cpu:cpu:nanoseconds:cpu:nanoseconds%7Bservice_name%3D%22{svc}%22%7D&from=now-1h&until=now%2B1h"
     );
-    let r = get(port, &q);
+    let r = request(port, "GET", &q, headers, Vec::new(), false);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["flamebearer"]["numTicks"].as_u64().unwrap_or(0)
 }
@@ -116,8 +126,7 @@ fn microservices_answer_as_one_node_distributor_ingesters_querier_and_store_gate
     drop(single);
 
     let targets = ["ingester", "ingester", "ingester", "store-gateway", "distributor", "querier"];
-    let extra: Vec<String> = FIXTURE_FLAGS.iter().map(|s| s.to_string()).collect();
-    let procs = start_members("micro", &targets, &blocks, &extra);
+    let procs = start_members("micro", &targets, &blocks, FIXTURE_FLAGS);
     let (distributor, querier) = (procs[4].port, procs[5].port);
     wait_until("three ACTIVE ingesters", || ring_states(querier) == ["ACTIVE"; 3]);
     wait_until("an ACTIVE store-gateway", || {
@@ -324,5 +333,65 @@ fn a_dead_member_is_forgotten_by_the_forget_button_or_on_its_own() {
         ring_states(nodes[0].port).iter().any(|s| s.contains("UNHEALTHY"))
     });
     wait_until("the dead member is forgotten on its own", || ring_states(nodes[0].port) == ["ACTIVE"]);
+    let _ = std::fs::remove_dir_all(&blocks);
+}
+
+/// `tenant`'s head series on the ingester at `port` (`kiln_ingester_head_series`), `None`
+/// when it reports none for the tenant.
+fn head_series(port: u16, tenant: &str) -> Option<u64> {
+    let line = format!("kiln_ingester_head_series{{tenant=\"{tenant}\"}} ");
+    get(port, "/metrics").text().lines().find_map(|l| l.strip_prefix(&line).map(|v| v.trim().parse().unwrap()))
+}
+
+#[test]
+fn shuffle_sharding_puts_a_tenants_series_on_exactly_its_shard_size_of_ingesters() {
+    let _serial = one_at_a_time();
+    let blocks = blocks_dir("shuffle");
+    // Tenant "A" has a shard of 3 of the 5 ingesters (a per-tenant override); "B" has none.
+    let yaml = std::env::temp_dir().join(format!("kiln-shuffle-{}.yaml", std::process::id()));
+    std::fs::write(&yaml, "overrides:\n  A:\n    ingestion_tenant_shard_size: 3\n").unwrap();
+    let config = format!("-config.file={}", yaml.display());
+    let extra = [config.as_str(), "-auth.multitenancy-enabled", "-distributor.replication-factor=3"];
+    let targets = ["ingester", "ingester", "ingester", "ingester", "ingester", "distributor", "querier"];
+    let procs = start_members("shuffle", &targets, &blocks, &extra);
+    let (ingesters, distributor, querier) = (&procs[..5], procs[5].port, procs[6].port);
+    for port in [distributor, querier] {
+        wait_until("five ACTIVE ingesters", || ring_states(port) == ["ACTIVE"; 5]);
+    }
+    let (a, b) = ([("X-Scope-OrgID", "A")], [("X-Scope-OrgID", "B")]);
+    let series = 40u64;
+    for i in 0..series {
+        assert_eq!(push_as(distributor, &a, &format!("a-{i}"), 1 + i), 200);
+        assert_eq!(push_as(distributor, &b, &format!("b-{i}"), 1 + i), 200);
+    }
+    // RF=3 within a shard of 3: every series of A on each of its three ingesters, none
+    // elsewhere. A replica not needed for the quorum may still be writing: counts settle.
+    wait_until("A's series are on three ingesters, all of them on each", || {
+        let counts: Vec<Option<u64>> = ingesters.iter().map(|k| head_series(k.port, "A")).collect();
+        counts.iter().filter(|c| **c == Some(series)).count() == 3
+    });
+    let holders: Vec<u16> = ingesters.iter().filter(|k| head_series(k.port, "A").is_some()).map(|k| k.port).collect();
+    assert_eq!(holders.len(), 3, "A's series reached more than its shard: {holders:?}");
+    // B is not sharded: its series spread over all five, three copies each.
+    wait_until("B's series are on all five ingesters, three copies each", || {
+        let counts: Vec<u64> = ingesters.iter().map(|k| head_series(k.port, "B").unwrap_or(0)).collect();
+        counts.iter().sum::<u64>() == 3 * series
+    });
+    for k in ingesters {
+        assert!(head_series(k.port, "B").is_some_and(|n| n > 0), "ingester {} holds none of B", k.port);
+    }
+    // The distributor (one core) drew each tenant's shard once per snapshot, not per push.
+    let drawn = metric(distributor, "kiln_ring_tenant_shards_drawn_total");
+    let snapshots = metric(distributor, "kiln_ring_snapshots_total");
+    assert!(drawn >= 2.0 && drawn <= 2.0 * snapshots && drawn < (2 * series) as f64, "drawn {drawn}");
+    // Reads still ask every ingester: each tenant's answers through the querier are whole,
+    // each replica counted once, and one tenant never sees the other's.
+    for i in [0, 17, 39] {
+        assert_eq!(total_as(querier, &a, &format!("a-{i}")), (1 + i) * 10_000_000);
+        assert_eq!(total_as(querier, &b, &format!("b-{i}")), (1 + i) * 10_000_000);
+        assert_eq!(total_as(querier, &a, &format!("b-{i}")), 0);
+    }
+    drop(procs);
+    let _ = std::fs::remove_file(&yaml);
     let _ = std::fs::remove_dir_all(&blocks);
 }

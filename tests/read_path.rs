@@ -56,8 +56,7 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
         "querier",
         "querier",
     ];
-    let extra: Vec<String> = FIXTURE_FLAGS.iter().map(|s| s.to_string()).collect();
-    let mut procs = start_members("frontend", &targets, &blocks, &extra);
+    let mut procs = start_members("frontend", &targets, &blocks, FIXTURE_FLAGS);
     let (scheduler, distributor) = (procs[0].port, procs[6].port);
     let seed = gossip_port_of(&procs[0]);
     let start_frontend = |name: &str, flags: &[&str]| {
@@ -66,8 +65,7 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
         std::fs::create_dir_all(&data).unwrap();
         let mut all = member_flags(free_udp_port(), seed, &blocks);
         all.push("-target=query-frontend".into());
-        all.extend(extra.iter().cloned());
-        all.extend(flags.iter().map(|s| s.to_string()));
+        all.extend(FIXTURE_FLAGS.iter().chain(flags).map(|s| s.to_string()));
         start_member(data, hold_port(), &all)
     };
     // One frontend splits the fixtures' range (from 1970 to an hour from now) by the hour
@@ -147,7 +145,7 @@ fn a_tenant_flooding_the_scheduler_is_refused_past_its_limit_and_another_tenant_
     let _serial = one_at_a_time();
     let blocks = blocks_dir("flood");
     let targets = ["query-scheduler", "ingester", "distributor", "querier", "query-frontend"];
-    let extra: Vec<String> = [
+    let extra = [
         "-auth.multitenancy-enabled=true",
         "-distributor.replication-factor=1",
         "-querier.max-concurrent=1",
@@ -156,10 +154,7 @@ fn a_tenant_flooding_the_scheduler_is_refused_past_its_limit_and_another_tenant_
         "-querier.split-queries-by-interval=1m",
         "-query-frontend.cache-results=false",
         "-validation.reject-older-than=0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let procs = start_members("flood", &targets, &blocks, &extra);
     let (scheduler, distributor, frontend) = (procs[0].port, procs[2].port, procs[4].port);
     wait_until("an ACTIVE ingester", || ring_states(distributor) == ["ACTIVE"]);
@@ -217,7 +212,7 @@ fn a_client_that_goes_away_takes_its_queued_parts_off_the_scheduler() {
         "cancel",
         &["query-scheduler", "query-frontend"],
         &blocks,
-        &["-querier.split-queries-by-interval=1h".to_string(), "-querier.max-query-parallelism=3".to_string()],
+        &["-querier.split-queries-by-interval=1h", "-querier.max-query-parallelism=3"],
     );
     let (scheduler, frontend) = (procs[0].port, procs[1].port);
     wait_until("the frontend is ready", || get(frontend, "/ready").status == 200);

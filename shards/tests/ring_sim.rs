@@ -14,6 +14,9 @@
 //! - (b) a read counts each (series, ts) once, though client retries store duplicates and
 //!   every replica answers with its copy;
 //! - the core a distributor picks on an instance is the one that instance's own ring picks;
+//! - half the pushes are of a tenant with a shuffle shard of `TENANT_SHARD_SIZE` ingesters: their replicas
+//!   are within its shard of the distributor's view, and reads (which ask every ingester) still
+//!   find every point as above;
 //! - (c) once faults stop, every live node's view converges to one snapshot digest, and that
 //!   snapshot is the truth: exactly the live nodes, ACTIVE and healthy.
 //!
@@ -22,7 +25,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_shards::ring::{
-    Components, InstanceDesc, InstanceTokens, Member, Outcome, QuorumTracker, Ring, RingConfig, Snapshot, State, Usable,
+    Components, InstanceDesc, InstanceTokens, Member, Outcome, QuorumTracker, Ring, RingConfig, Snapshot, State,
+    TenantShard, Usable,
 };
 
 /// splitmix64: tiny, seedable, and the same on every platform.
@@ -30,11 +34,7 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        kiln_shards::ring::shuffle::splitmix64(&mut self.0)
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
@@ -53,6 +53,9 @@ impl Rng {
 }
 
 const RF: usize = 3;
+/// The shuffle shard size of the tenant whose series are the first half of `Sim::series`.
+const TENANT_SHARD_SIZE: usize = 3;
+const SHARDED_TENANT: &str = "sharded";
 const ROUND_MS: u64 = 1_000;
 const FANOUT: usize = 3;
 
@@ -417,11 +420,15 @@ impl Sim {
         self.log(format_args!("{} restarts", self.nodes[i].id));
     }
 
-    /// A client push of 1–4 series to a random live distributor; retried twice on failure
-    /// (the retries store duplicates on replicas that had acked the first try).
+    /// A client push of 1–4 series of one tenant to a random live distributor; retried twice on
+    /// failure (the retries store duplicates on replicas that had acked the first try). The
+    /// first half of the series are the sharded tenant's, the rest another's, unsharded.
     fn push(&mut self) {
         let k = 1 + self.rng.below(4);
-        let mut fps: Vec<u64> = (0..k).map(|_| self.series[self.rng.below(self.series.len())]).collect();
+        let sharded = self.rng.chance(0.5);
+        let half = self.series.len() / 2;
+        let first = if sharded { 0 } else { half };
+        let mut fps: Vec<u64> = (0..k).map(|_| self.series[first + self.rng.below(half)]).collect();
         fps.sort_unstable();
         fps.dedup();
         let ts = self.next_ts;
@@ -432,19 +439,29 @@ impl Sim {
                 .filter(|&i| self.nodes[i].alive && self.nodes[i].components.has(Components::DISTRIBUTOR))
                 .collect();
             let Some(d) = self.rng.pick(&live) else { return };
-            if self.try_push(d, &fps, ts) {
+            if self.try_push(d, &fps, ts, sharded) {
                 self.stats.acked += 1;
                 return;
             }
         }
     }
 
-    fn try_push(&mut self, d: usize, fps: &[u64], ts: u64) -> bool {
+    fn try_push(&mut self, d: usize, fps: &[u64], ts: u64, sharded: bool) -> bool {
         let snap = self.nodes[d].snapshot(self.now(), &self.cfg);
+        let shard = if sharded {
+            snap.ingester_tenant_shard(SHARDED_TENANT, TENANT_SHARD_SIZE)
+        } else {
+            TenantShard::whole(snap.ingester_ring())
+        };
+        // As `ingester::replicate` does: the factor is capped at the instances there are.
+        let rf = RF.min(shard.len().max(1));
         let mut sets = Vec::new();
         for &fp in fps {
-            match snap.write_replicas(fp, RF) {
-                Ok(set) => sets.push(set),
+            match snap.write_replicas_in(&shard, fp, rf) {
+                Ok(set) => {
+                    assert!(set.members.iter().all(|m| shard.contains(m.instance)), "a replica outside the shard");
+                    sets.push(set)
+                }
                 Err(_) => return false,
             }
         }
@@ -764,6 +781,21 @@ fn scale_report() {
     println!("  series per core (RF=3):    max/mean {cmax:.3}, min/mean {cmin:.3}");
     println!("  series per core (primary): max/mean {pmax:.3}, min/mean {pmin:.3}");
     println!("  series per instance (RF=3): max/mean {imax:.3}, min/mean {imin:.3}");
+    // A tenant's shuffle shard: drawn once per snapshot (cached per core), then each series
+    // walks the whole ring stepping over instances outside it.
+    let started = std::time::Instant::now();
+    let shard = kiln_shards::ring::shuffle::tenant_shard(&ring, |_| "", "tenant", RF);
+    let draw = started.elapsed();
+    let started = std::time::Instant::now();
+    for i in 0..keys {
+        let set = ring.replicas_in(&shard, key(i), RF, |_| Usable::Yes).unwrap();
+        assert_eq!(set.members.len(), RF);
+    }
+    println!(
+        "  tenant shard of {RF}: drawn in {:.1} us; {:.2} us per replica set within it",
+        draw.as_secs_f64() * 1e6,
+        started.elapsed().as_secs_f64() * 1e6 / keys as f64
+    );
     // What a million keys can show: placing 3M replicas on 1,600 cores uniformly at random
     // already gives this max/mean (1,875 per core, ±2.3%), so the sampled figures above
     // include that noise.

@@ -124,7 +124,7 @@ impl Edge {
         let ingesters = match &shared.cluster {
             Some(c) => IngesterClient::replicated(
                 mesh.clone(),
-                Rc::new(crate::ingester::replicate::Replicator { cluster: c.clone(), pool: pool.clone() }),
+                Rc::new(crate::ingester::replicate::Replicator::new(c.clone(), pool.clone())),
             ),
             None => IngesterClient::local(mesh.clone()),
         };

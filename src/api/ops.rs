@@ -125,7 +125,10 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     core.shared.conns.render(&mut out);
     core.shared.bodies.render(&mut out);
     match core.mesh.broadcast(|reply| Msg::Stats { reply }).await {
-        Ok(stats) => render_core_stats(&stats, &mut out),
+        Ok(stats) => {
+            render_core_stats(&stats, &mut out);
+            render_tenant_series(&stats, &mut out);
+        }
         Err(e) => {
             return text(503, "text/plain", e.to_string());
         }
@@ -230,6 +233,35 @@ fn render_core_stats(stats: &[CoreStats], out: &mut String) {
         for s in stats {
             let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", s.core, f(s));
         }
+    }
+}
+
+/// Tenants `kiln_ingester_head_series` names: those with the most series (ties by name); the
+/// others' series are summed under `tenant="#others"` (no tenant ID holds a `#`), so the label
+/// set stays bounded however many tenants write.
+pub const HEAD_SERIES_TENANTS: usize = 256;
+
+/// The head series of each tenant on this process, summed over its cores.
+fn render_tenant_series(stats: &[CoreStats], out: &mut String) {
+    let mut per: rustc_hash::FxHashMap<&str, usize> = Default::default();
+    for s in stats {
+        for (t, n) in &s.ingester.tenant_series {
+            *per.entry(t.as_ref()).or_default() += n;
+        }
+    }
+    let mut tenants: Vec<(&str, usize)> = per.into_iter().collect();
+    tenants.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let name = "kiln_ingester_head_series";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Series in this ingester's heads per tenant, over its cores (the {HEAD_SERIES_TENANTS} largest tenants; the rest as tenant=\"#others\").\n# TYPE {name} gauge"
+    );
+    for (t, n) in tenants.iter().take(HEAD_SERIES_TENANTS) {
+        let _ = writeln!(out, "{name}{{tenant=\"{t}\"}} {n}");
+    }
+    if tenants.len() > HEAD_SERIES_TENANTS {
+        let others: usize = tenants[HEAD_SERIES_TENANTS..].iter().map(|(_, n)| n).sum();
+        let _ = writeln!(out, "{name}{{tenant=\"#others\"}} {others}");
     }
 }
 
@@ -347,4 +379,51 @@ fn membership(core: &Edge) -> (std::sync::Arc<Snapshot>, String) {
 
 pub fn ui() -> Response {
     text(200, "text/html; charset=utf-8", include_str!("ui.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_shards::ingester::IngesterStats;
+    use kiln_shards::store_gateway::StoreGatewayStats;
+
+    fn core(core: u32, tenants: &[(&str, usize)]) -> CoreStats {
+        let tenant_series = tenants.iter().map(|(t, n)| (std::sync::Arc::from(*t), *n)).collect();
+        CoreStats {
+            core,
+            ingester: IngesterStats { tenant_series, ..Default::default() },
+            store_gateway: StoreGatewayStats::default(),
+        }
+    }
+
+    fn lines(out: &str) -> Vec<&str> {
+        out.lines().filter(|l| l.starts_with("kiln_ingester_head_series{")).collect()
+    }
+
+    #[test]
+    fn head_series_per_tenant_sum_over_cores_and_stay_bounded() {
+        let mut out = String::new();
+        render_tenant_series(&[core(0, &[("a", 3), ("b", 1)]), core(1, &[("a", 2)])], &mut out);
+        assert_eq!(
+            lines(&out),
+            ["kiln_ingester_head_series{tenant=\"a\"} 5", "kiln_ingester_head_series{tenant=\"b\"} 1"]
+        );
+
+        let many: Vec<(String, usize)> = (0..HEAD_SERIES_TENANTS + 10).map(|i| (format!("t{i:04}"), 1 + i)).collect();
+        let refs: Vec<(&str, usize)> = many.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        let mut out = String::new();
+        render_tenant_series(&[core(0, &refs)], &mut out);
+        let got = lines(&out);
+        assert_eq!(got.len(), HEAD_SERIES_TENANTS + 1);
+        // The largest are named; the ten smallest (1..=10 series) are summed.
+        assert_eq!(
+            got[0],
+            format!(
+                "kiln_ingester_head_series{{tenant=\"t{:04}\"}} {}",
+                HEAD_SERIES_TENANTS + 9,
+                HEAD_SERIES_TENANTS + 10
+            )
+        );
+        assert_eq!(*got.last().unwrap(), "kiln_ingester_head_series{tenant=\"#others\"} 55");
+    }
 }

@@ -50,6 +50,7 @@ pub fn start(cfg: &Config, own: InstanceDesc) -> Result<Arc<Cluster>, String> {
         push_timeout: cfg.push_timeout,
         swaps: AtomicU64::new(0),
         calls: Default::default(),
+        tenant_shards: Default::default(),
         members_dropped: AtomicU64::new(0),
         heartbeats: ArcSwap::default(),
     });

@@ -18,7 +18,7 @@ pub mod pool;
 use arc_swap::ArcSwap;
 use kiln_shards::ring::member::State;
 use kiln_shards::ring::snapshot::{RingConfig, Snapshot};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// What the rest of the process asks of the gossip thread.
@@ -43,6 +43,8 @@ pub struct Cluster {
     pub swaps: AtomicU64,
     /// Calls to other members, by kind and outcome (`kiln_cluster_calls_total`).
     pub calls: CallCounters,
+    /// Tenants' shuffle shards drawn and cached by the cores (`ring::TenantShardCache`).
+    pub tenant_shards: TenantShardCounters,
     /// Members left out because gossip knew more than `gossip::MAX_MEMBERS`.
     pub members_dropped: AtomicU64,
     /// When each member's heartbeat was last seen to change (Unix ms, this clock), refreshed
@@ -97,6 +99,16 @@ pub struct CallCounters {
     pub query_bytes: AtomicU64,
 }
 
+/// The cores' shuffle-shard caches, summed over the cores.
+#[derive(Default)]
+pub struct TenantShardCounters {
+    /// Shards drawn because no core's cache held them (`kiln_ring_tenant_shards_drawn_total`):
+    /// once per tenant, core and snapshot, more when a cache overflows.
+    pub drawn: AtomicU64,
+    /// Shards cached now, over every core (`kiln_ring_tenant_shards_cached`).
+    pub cached: AtomicI64,
+}
+
 impl Cluster {
     /// The cluster's gauges and counters in Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
@@ -137,6 +149,22 @@ impl Cluster {
             let _ =
                 writeln!(out, "kiln_cluster_calls_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {}", v.load(Relaxed));
         }
+        let s = &self.tenant_shards;
+        let _ = writeln!(
+            out,
+            "# HELP kiln_ring_tenant_shards_drawn_total Tenants' shuffle shards drawn (not found in a core's cache).\n# TYPE kiln_ring_tenant_shards_drawn_total counter\nkiln_ring_tenant_shards_drawn_total {}",
+            s.drawn.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kiln_ring_tenant_shards_cached Tenants' shuffle shards cached, over every core.\n# TYPE kiln_ring_tenant_shards_cached gauge\nkiln_ring_tenant_shards_cached {}",
+            s.cached.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kiln_ring_tenant_shards_cached_limit Shards a core caches before its cache starts over.\n# TYPE kiln_ring_tenant_shards_cached_limit gauge\nkiln_ring_tenant_shards_cached_limit {}",
+            kiln_shards::ring::shuffle::MAX_CACHED_TENANT_SHARDS
+        );
         let _ =
             writeln!(out, "# HELP kiln_cluster_call_bytes_total Request body bytes sent to other members, by kind.");
         let _ = writeln!(out, "# TYPE kiln_cluster_call_bytes_total counter");

@@ -42,8 +42,18 @@ pub struct Limits {
     pub split_queries_by_interval: Duration,
     /// Parts of one query the query-frontend runs at once (0: all).
     pub max_query_parallelism: usize,
-    /// Queriers that serve one tenant's queries from the schedulers (0: all).
+    /// Shuffle sharding (README, Shuffle sharding): the instances a tenant is given, drawn by
+    /// `kiln_shards::ring::shuffle` (0: all of them). The ingesters its series are written to
+    /// (`-distributor.ingestion-tenant-shard-size`; reads still ask every ingester).
+    pub ingestion_tenant_shard_size: usize,
+    /// The store-gateways that serve its blocks (`-store-gateway.tenant-shard-size`).
+    pub store_gateway_tenant_shard_size: usize,
+    /// The queriers that take its queries from the scheduler
+    /// (`-query-frontend.max-queriers-per-tenant`).
     pub max_queriers_per_tenant: usize,
+    /// The compactors that compact its blocks (`-compactor.compactor-tenant-shard-size`): takes
+    /// effect with the compactor; until then a start with it set says so (`Config::notices`).
+    pub compactor_tenant_shard_size: usize,
 }
 
 impl Default for Limits {
@@ -69,7 +79,10 @@ impl Default for Limits {
             max_query_points: 2_000_000,
             split_queries_by_interval: Duration::ZERO,
             max_query_parallelism: 32,
+            ingestion_tenant_shard_size: 0,
+            store_gateway_tenant_shard_size: 0,
             max_queriers_per_tenant: 0,
+            compactor_tenant_shard_size: 0,
         }
     }
 }
@@ -406,6 +419,29 @@ impl TenantLimits {
 }
 
 impl Config {
+    /// What a start should tell the operator about settings that take no effect yet (logged as
+    /// warnings by `main`).
+    pub fn notices(&self) -> Vec<String> {
+        self.every_limits()
+            .filter(|(_, l)| l.compactor_tenant_shard_size > 0)
+            .map(|(of, l)| {
+                format!(
+                    "-compactor.compactor-tenant-shard-size={}{of} takes effect with the compactor, which kiln does not run yet: no compactor shards a tenant's blocks today",
+                    l.compactor_tenant_shard_size
+                )
+            })
+            .collect()
+    }
+
+    /// The default limits and each tenant's overrides, each with what names it in a message
+    /// ("" for the defaults, " (overrides of tenant …)").
+    fn every_limits(&self) -> impl Iterator<Item = (String, &Limits)> {
+        let tenants = self.overrides.iter().map(|(t, l)| (format!(" (overrides of tenant {t:?})"), l));
+        std::iter::once((String::new(), &self.limits)).chain(tenants)
+    }
+}
+
+impl Config {
     /// The tenants' limits, for the components that enforce them.
     pub fn tenant_limits(&self) -> TenantLimits {
         TenantLimits { default: self.limits.clone(), overrides: self.overrides.clone() }
@@ -686,9 +722,7 @@ impl Config {
         if self.ring_tokens_per_core == 0 {
             return Err("-ring.tokens-per-core=0: every core needs at least one token to own series".into());
         }
-        let lims = std::iter::once(("", &self.limits)).chain(self.overrides.iter().map(|(t, l)| (t.as_str(), l)));
-        for (tenant, l) in lims {
-            let of = if tenant.is_empty() { String::new() } else { format!(" (overrides of tenant {tenant:?})") };
+        for (of, l) in self.every_limits() {
             if l.max_flamegraph_nodes_max > 0 && l.max_flamegraph_nodes_default > l.max_flamegraph_nodes_max {
                 return Err(format!(
                     "-querier.max-flamegraph-nodes-default={} is above -querier.max-flamegraph-nodes-max={}{of}",
@@ -797,7 +831,16 @@ impl Config {
             "querier.max-query-points" => l.max_query_points = parse_num(v).map_err(bad)?,
             "querier.split-queries-by-interval" => l.split_queries_by_interval = parse_duration(v).map_err(bad)?,
             "querier.max-query-parallelism" => l.max_query_parallelism = parse_num(v).map_err(bad)?,
-            "query-frontend.max-queriers-per-tenant" => l.max_queriers_per_tenant = parse_num(v).map_err(bad)?,
+            "distributor.ingestion-tenant-shard-size" => {
+                l.ingestion_tenant_shard_size = parse_shard_size(v).map_err(bad)?
+            }
+            "store-gateway.tenant-shard-size" => {
+                l.store_gateway_tenant_shard_size = parse_shard_size(v).map_err(bad)?
+            }
+            "query-frontend.max-queriers-per-tenant" => l.max_queriers_per_tenant = parse_shard_size(v).map_err(bad)?,
+            "compactor.compactor-tenant-shard-size" => {
+                l.compactor_tenant_shard_size = parse_shard_size(v).map_err(bad)?
+            }
             // Accepted for compatibility with Pyroscope command lines; kiln does not push
             // profiles of itself.
             "self-profiling.disable-push" | "self-profiling.tenant-id" => {}
@@ -973,8 +1016,16 @@ const LIMIT_KEYS: &[(&str, &str)] = &[
     ("max_query_points", "querier.max-query-points"),
     ("split_queries_by_interval", "querier.split-queries-by-interval"),
     ("max_query_parallelism", "querier.max-query-parallelism"),
+    ("ingestion_tenant_shard_size", "distributor.ingestion-tenant-shard-size"),
+    ("store_gateway_tenant_shard_size", "store-gateway.tenant-shard-size"),
     ("max_queriers_per_tenant", "query-frontend.max-queriers-per-tenant"),
+    ("compactor_tenant_shard_size", "compactor.compactor-tenant-shard-size"),
 ];
+
+/// A shuffle shard size: a whole number of instances, 0 for all of them.
+fn parse_shard_size(v: &str) -> Result<usize, String> {
+    v.trim().parse().map_err(|_| "a shard size is a whole number of instances, 0 for all of them".to_string())
+}
 
 fn apply_limits_yaml(limits: &mut Limits, v: &serde_yaml::Value) -> Result<(), String> {
     let mut tmp = Config { limits: limits.clone(), ..Config::default() };
@@ -1168,6 +1219,53 @@ mod tests {
         assert_eq!(c.tenant_limits().for_tenant("t1").max_profile_size_bytes, 100);
         assert_eq!(c.tenant_limits().for_tenant("t2").ingestion_rate_mb, 4.0);
         assert!(c.to_yaml().contains("reject_older_than: 2h"));
+    }
+
+    #[test]
+    fn shuffle_shard_sizes_by_flag_and_per_tenant() {
+        let c = Config::from_args(&args(&[])).unwrap();
+        let l = &c.limits;
+        let sizes = |l: &Limits| {
+            [
+                l.ingestion_tenant_shard_size,
+                l.store_gateway_tenant_shard_size,
+                l.max_queriers_per_tenant,
+                l.compactor_tenant_shard_size,
+            ]
+        };
+        assert_eq!(sizes(l), [0; 4], "off by default");
+        assert!(c.notices().is_empty());
+        let c = Config::from_args(&args(&[
+            "-distributor.ingestion-tenant-shard-size=3",
+            "-store-gateway.tenant-shard-size=2",
+            "-query-frontend.max-queriers-per-tenant=4",
+            "-compactor.compactor-tenant-shard-size=1",
+        ]))
+        .unwrap();
+        assert_eq!(sizes(&c.limits), [3, 2, 4, 1]);
+        assert_eq!(c.notices().len(), 1);
+        assert!(c.notices()[0].contains("compactor"), "{:?}", c.notices());
+        let e = Config::from_args(&args(&["-distributor.ingestion-tenant-shard-size=-1"])).unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
+
+        let yaml = "limits:\n  ingestion_tenant_shard_size: 2\noverrides:\n  big:\n    ingestion_tenant_shard_size: 5\n    store_gateway_tenant_shard_size: 3\n    max_queriers_per_tenant: 2\n    compactor_tenant_shard_size: 2\n";
+        let path = std::env::temp_dir().join(format!("kiln-cfg-shuffle-{}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).unwrap();
+        let c = Config::from_args(&args(&[&format!("-config.file={}", path.display())])).unwrap();
+        let t = c.tenant_limits();
+        assert_eq!(sizes(t.for_tenant("big")), [5, 3, 2, 2]);
+        assert_eq!(sizes(t.for_tenant("small")), [2, 0, 0, 0]);
+        let yaml = c.to_yaml();
+        for key in [
+            "ingestion_tenant_shard_size: 5",
+            "store_gateway_tenant_shard_size: 3",
+            "max_queriers_per_tenant: 2",
+            "compactor_tenant_shard_size: 2",
+        ] {
+            assert!(yaml.contains(key), "/config lacks {key}: {yaml}");
+        }
+        assert!(c.notices()[0].contains("tenant \"big\""), "{:?}", c.notices());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

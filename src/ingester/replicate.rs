@@ -7,6 +7,10 @@
 //! (they carry on, bounded by `-distributor.push.timeout`): a slow replica still gets its
 //! copy. A failed push may have reached some replicas; a client retries it and readers
 //! count each (series, timestamp) once.
+//!
+//! A tenant with `-distributor.ingestion-tenant-shard-size` writes only within its shuffle
+//! shard of the ingester ring (`ring::shuffle`): each series to RF of the shard's ingesters
+//! (the factor capped at the shard's size), the shard cached per core for each snapshot.
 use super::client::{IngesterClient, WriteError};
 use super::remote;
 use crate::cluster::pool::Pool;
@@ -15,7 +19,10 @@ use crate::config::Limits;
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::profile::{Profile, SampleGroup};
 use kiln_shards::ring::quorum::{Outcome, QuorumTracker};
+use kiln_shards::ring::snapshot::Snapshot;
+use kiln_shards::ring::{TenantShard, TenantShardCache};
 use rustc_hash::FxHashMap;
+use std::cell::RefCell;
 use std::fmt::Write;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,12 +31,32 @@ use std::sync::Arc;
 pub struct Replicator {
     pub cluster: Arc<Cluster>,
     pub pool: Rc<Pool>,
+    /// Tenants' ingester shards for the current snapshot (bounded: `shuffle::MAX_CACHED_TENANT_SHARDS`).
+    tenant_shards: RefCell<TenantShardCache>,
 }
 
 /// One replica's part of a push: the profiles with the groups of theirs it holds a copy of.
 type Parts = Vec<(Arc<Profile>, Vec<SampleGroup>)>;
 
 impl Replicator {
+    pub fn new(cluster: Arc<Cluster>, pool: Rc<Pool>) -> Replicator {
+        Replicator { cluster, pool, tenant_shards: RefCell::new(TenantShardCache::new(Snapshot::ingester_ring)) }
+    }
+
+    /// The ingesters `tenant`'s series may go to on `snap`: its shuffle shard of `size`, or the
+    /// whole ring (size 0).
+    fn tenant_shard(&self, snap: &Arc<Snapshot>, tenant: &str, size: usize) -> Arc<TenantShard> {
+        let mut cache = self.tenant_shards.borrow_mut();
+        let before = cache.len() as i64;
+        let (shard, drawn) = cache.get(snap, tenant, size);
+        let counters = &self.cluster.tenant_shards;
+        counters.cached.fetch_add(cache.len() as i64 - before, std::sync::atomic::Ordering::Relaxed);
+        if drawn {
+            counters.drawn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        shard
+    }
+
     pub async fn push(
         &self,
         local: &IngesterClient,
@@ -39,16 +66,17 @@ impl Replicator {
     ) -> Result<(), WriteError> {
         let snap = self.cluster.snapshot();
         let me = self.cluster.self_index(&snap);
-        // With fewer ingesters than the factor, every one there is takes each series (a lone
-        // member is its own quorum).
-        let rf = self.cluster.replication_factor.min(snap.token_holding_ingesters().max(1));
+        let shard = self.tenant_shard(&snap, tenant.as_str(), limits.ingestion_tenant_shard_size);
+        // With fewer ingesters than the factor (in the ring, or in the tenant's shard), every
+        // one there is takes each series (a lone member is its own quorum).
+        let rf = self.cluster.replication_factor.min(shard.len().max(1));
         let mut per_instance: FxHashMap<u32, Parts> = FxHashMap::default();
         let mut sets = Vec::new();
         for (profile, groups) in batch {
             let mut mine: FxHashMap<u32, Vec<SampleGroup>> = FxHashMap::default();
             for g in groups {
                 let set = snap
-                    .write_replicas(g.labels.fingerprint(tenant.as_str()), rf)
+                    .write_replicas_in(&shard, g.labels.fingerprint(tenant.as_str()), rf)
                     .map_err(|e| WriteError::Unavailable(format!("no replicas for a series: {e}")))?;
                 for m in &set.members {
                     mine.entry(m.instance).or_default().push(g.clone());

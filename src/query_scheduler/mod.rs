@@ -208,7 +208,7 @@ impl Scheduler {
             (l, q.in_flight(), q.connected(now), q.waiting())
         };
         let name = "kiln_query_scheduler_queue_length";
-        let _ = writeln!(out, "# HELP {name} Jobs queued per tenant (the first {MAX_TENANTS_SHOWN} tenants by name; the rest summed as tenant=\"_other\").\n# TYPE {name} gauge");
+        let _ = writeln!(out, "# HELP {name} Jobs queued per tenant (the first {MAX_TENANTS_SHOWN} tenants by name; the rest summed as tenant=\"#others\").\n# TYPE {name} gauge");
         let mut other = 0;
         for (i, (t, n)) in lengths.iter().enumerate() {
             if i < MAX_TENANTS_SHOWN {
@@ -218,7 +218,7 @@ impl Scheduler {
             }
         }
         if other > 0 {
-            let _ = writeln!(out, "{name}{{tenant=\"_other\"}} {other}");
+            let _ = writeln!(out, "{name}{{tenant=\"#others\"}} {other}");
         }
         let c = &self.counters;
         let gauges = [

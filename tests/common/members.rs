@@ -33,7 +33,7 @@ pub fn start_member(data: std::path::PathBuf, port: (u16, socket2::Socket), flag
 
 /// Starts one member per target (`-target=<t>`), all joining the first, each with `extra`
 /// flags and its own empty data directory; `name` tells this test's directories apart.
-pub fn start_members(name: &str, targets: &[&str], blocks: &std::path::Path, extra: &[String]) -> Vec<Kiln> {
+pub fn start_members(name: &str, targets: &[&str], blocks: &std::path::Path, extra: &[&str]) -> Vec<Kiln> {
     let seed = free_udp_port();
     let mut out = Vec::new();
     for (i, target) in targets.iter().enumerate() {
@@ -43,7 +43,7 @@ pub fn start_members(name: &str, targets: &[&str], blocks: &std::path::Path, ext
         std::fs::create_dir_all(&data).unwrap();
         let mut flags = member_flags(gossip, seed, blocks);
         flags.push(format!("-target={target}"));
-        flags.extend(extra.iter().cloned());
+        flags.extend(extra.iter().map(|s| s.to_string()));
         out.push(start_member(data, hold_port(), &flags));
     }
     out

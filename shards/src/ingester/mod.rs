@@ -130,6 +130,9 @@ pub async fn start<M: From<Msg> + 'static>(
 pub struct IngesterStats {
     pub tenants: usize,
     pub series: usize,
+    /// Series in each tenant's head (tenants with none left out), for
+    /// `kiln_ingester_head_series{tenant}`.
+    pub tenant_series: Vec<(Arc<str>, usize)>,
     pub profiles: u64,
     pub samples: u64,
     pub stacks: usize,
@@ -613,7 +616,10 @@ impl Ingester {
             rolled_back: self.rolled_back,
             ..Default::default()
         };
-        for h in self.tenants.values() {
+        for (t, h) in &self.tenants {
+            if !h.series.is_empty() {
+                s.tenant_series.push((t.clone(), h.series.len()));
+            }
             s.series += h.series.len();
             s.profiles += h.profiles;
             s.samples += h.samples;

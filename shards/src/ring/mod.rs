@@ -17,16 +17,19 @@
 //! own ring, without knowing the cluster's.
 //!
 //! Submodules: `member` (states, components, one instance's entry), `snapshot` (the immutable
-//! view a core routes with), `quorum` (a push's acks against its replica sets). Nothing here
-//! reads a clock or does IO: callers pass `now_ms`.
+//! view a core routes with), `quorum` (a push's acks against its replica sets), `shuffle` (a
+//! tenant's shuffle shard: the instances its series go to). Nothing here reads a clock or does
+//! IO: callers pass `now_ms`.
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub mod member;
 pub mod quorum;
+pub mod shuffle;
 pub mod snapshot;
 
 pub use member::{Components, InstanceDesc, State};
 pub use quorum::{Outcome, QuorumTracker};
+pub use shuffle::{TenantShard, TenantShardCache};
 pub use snapshot::{RingConfig, Snapshot};
 
 /// Changes whenever the core a series is routed to could change for the same ring: how a
@@ -94,8 +97,9 @@ pub struct Ring {
     /// lowest core keeps it, as today's single-instance ring did); entries of different
     /// instances may, and the lower instance index comes first, so every node orders them alike.
     tokens: Vec<(u32, Member)>,
-    /// Distinct instances among the members: a replica walk stops once it has seen them all.
-    instances: usize,
+    /// The distinct instances among the members, ascending: a replica walk stops once it has
+    /// seen them all, and a shuffle shard is drawn from them.
+    ids: Vec<u32>,
 }
 
 /// The tokens of the member whose token seed is `seed`: a pure function of (seed, count), which
@@ -140,11 +144,16 @@ impl Ring {
         let mut ids: Vec<u32> = tokens.iter().map(|(_, m)| m.instance).collect();
         ids.sort_unstable();
         ids.dedup();
-        Ring { tokens, instances: ids.len() }
+        Ring { tokens, ids }
     }
 
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+
+    /// The distinct instances of the members, ascending.
+    pub fn instance_ids(&self) -> &[u32] {
+        &self.ids
     }
 
     /// Entries in the ring (tokens of all members); memory is 12 bytes each.
@@ -174,7 +183,11 @@ impl Ring {
     /// The index of the first entry at or after the key's token, wrapping.
     fn start(&self, key: u64) -> usize {
         // Fold the 64-bit key into the 32-bit token space, as Pyroscope's rings use u32 tokens.
-        let k = (key ^ (key >> 32)) as u32;
+        self.start_token((key ^ (key >> 32)) as u32)
+    }
+
+    /// The index of the first entry at or after token `k`, wrapping (dskit's `searchToken`).
+    fn start_token(&self, k: u32) -> usize {
         let i = self.tokens.partition_point(|(t, _)| *t < k);
         if i == self.tokens.len() {
             0
@@ -230,6 +243,37 @@ impl Ring {
     /// Each member's core is the core of its instance's first token from the key, i.e. the
     /// core its local ring routes the key to (module docs).
     pub fn replicas(&self, key: u64, rf: usize, usable: impl Fn(u32) -> Usable) -> Result<ReplicaSet, RingError> {
+        self.walk(key, rf, self.ids.len(), |_| true, usable)
+    }
+
+    /// `replicas` within a tenant's shuffle shard: the walk steps over every instance outside
+    /// `shard` as if the ring held only the shard's instances (dskit's replica walk on the
+    /// sub-ring `ShuffleShard` returns). A whole-ring shard is `replicas` exactly.
+    pub fn replicas_in(
+        &self,
+        shard: &TenantShard,
+        key: u64,
+        rf: usize,
+        usable: impl Fn(u32) -> Usable,
+    ) -> Result<ReplicaSet, RingError> {
+        if shard.is_whole() {
+            return self.replicas(key, rf, usable);
+        }
+        if shard.is_empty() {
+            return Err(RingError::Empty);
+        }
+        self.walk(key, rf, shard.len(), |i| shard.contains(i), usable)
+    }
+
+    /// The replica walk over the instances `within` accepts, of which there are `instances`.
+    fn walk(
+        &self,
+        key: u64,
+        rf: usize,
+        instances: usize,
+        within: impl Fn(u32) -> bool,
+        usable: impl Fn(u32) -> Usable,
+    ) -> Result<ReplicaSet, RingError> {
         if self.is_empty() {
             return Err(RingError::Empty);
         }
@@ -239,11 +283,11 @@ impl Ring {
         let mut unhealthy = 0;
         let mut wanted = rf;
         for j in 0..self.tokens.len() {
-            if seen.len() >= wanted || seen.len() == self.instances {
+            if seen.len() >= wanted || seen.len() == instances {
                 break;
             }
             let m = self.tokens[(start + j) % self.tokens.len()].1;
-            if seen.contains(&m.instance) {
+            if !within(m.instance) || seen.contains(&m.instance) {
                 continue;
             }
             seen.push(m.instance);

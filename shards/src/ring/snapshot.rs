@@ -6,6 +6,7 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::member::{Components, InstanceDesc, State};
+use super::shuffle::{self, TenantShard};
 use super::{InstanceTokens, ReplicaSet, Ring, RingError, Usable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,23 @@ impl Snapshot {
         self.instances.binary_search_by(|d| d.id.as_str().cmp(id)).ok().map(|i| i as u32)
     }
 
+    /// The availability zone of instance `instance` ("" when it has none, or out of range).
+    pub fn zone(&self, instance: u32) -> &str {
+        self.instances.get(instance as usize).map_or("", |d| d.zone.as_str())
+    }
+
+    /// `tenant`'s shuffle shard of `size` ingesters (`-distributor.ingestion-tenant-shard-size`;
+    /// 0: all of them), drawn from the ingester ring with the instances' zones.
+    pub fn ingester_tenant_shard(&self, tenant: &str, size: usize) -> TenantShard {
+        shuffle::tenant_shard(self.ingester_ring(), |i| self.zone(i), tenant, size)
+    }
+
+    /// `tenant`'s shuffle shard of `size` store-gateways (`-store-gateway.tenant-shard-size`;
+    /// 0: all of them), drawn from the store-gateway ring with the instances' zones.
+    pub fn store_gateway_tenant_shard(&self, tenant: &str, size: usize) -> TenantShard {
+        shuffle::tenant_shard(self.store_gateway_ring(), |i| self.zone(i), tenant, size)
+    }
+
     /// Heartbeat fresh at build time; false for an index out of range.
     pub fn healthy(&self, instance: u32) -> bool {
         self.healthy.get(instance as usize).copied().unwrap_or(false)
@@ -128,15 +146,23 @@ impl Snapshot {
     /// state extends the walk (checked first, as dskit does, so a stale JOINING member still
     /// extends); ACTIVE with a stale heartbeat is taken and counts as a failure.
     pub fn write_replicas(&self, key: u64, rf: usize) -> Result<ReplicaSet, RingError> {
-        self.ingester_ring().replicas(key, rf, |i| {
-            if self.instances[i as usize].state != State::Active {
-                Usable::Extend
-            } else if !self.healthy(i) {
-                Usable::Unhealthy
-            } else {
-                Usable::Yes
-            }
-        })
+        self.ingester_ring().replicas(key, rf, |i| self.write_usable(i))
+    }
+
+    /// `write_replicas` within a tenant's shard of the ingester ring (`ingester_tenant_shard`): the
+    /// same walk, stepping over the ingesters outside it.
+    pub fn write_replicas_in(&self, shard: &TenantShard, key: u64, rf: usize) -> Result<ReplicaSet, RingError> {
+        self.ingester_ring().replicas_in(shard, key, rf, |i| self.write_usable(i))
+    }
+
+    fn write_usable(&self, i: u32) -> Usable {
+        if self.instances[i as usize].state != State::Active {
+            Usable::Extend
+        } else if !self.healthy(i) {
+            Usable::Unhealthy
+        } else {
+            Usable::Yes
+        }
     }
 
     /// The ingesters a querier asks: every ACTIVE, healthy ingester (Pyroscope's queriers read
