@@ -88,7 +88,7 @@ for tenant in tenant-0 tenant-1; do
       printf 'url = "http://127.0.0.1:%s/ingest?name=svc-%s.cpu&from=%s&until=%s&format=folded"\n' "$DIST" "$svc" "$t" "$((t + 10))"
     done
   done >"$TMP/curl-$tenant.cfg"
-  curl -sf -X POST -H "X-Scope-OrgID: $tenant" --data-binary @"$body" --parallel --parallel-max 8 \
+  curl -sf --no-progress-meter -X POST -H "X-Scope-OrgID: $tenant" --data-binary @"$body" --parallel --parallel-max 8 \
     -K "$TMP/curl-$tenant.cfg" -o /dev/null
 done
 curl -sf -X POST "http://127.0.0.1:$ING/ingester/flush" >/dev/null
@@ -125,7 +125,8 @@ python3 - "$TMP/heavy.json" <<'PY'
 import json, sys
 r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 print(json.dumps({"scenario": "heavy (tenant-0, 24h, split)", "queries_s": r["throughput"], "p50_ms": r["p50"],
-                  "p99_ms": r["p99"], "errors": r["error_count"], "ok": r["ok"], "error_kinds": r["errors"]}))
+                  "p99_ms": r["p99"], "errors": r["error_count"], "ok": r["ok"], "error_kinds": r["errors"],
+                  "error_messages": r.get("error_messages")}))
 PY
 echo "scheduler: $(curl -s "http://127.0.0.1:$SCHED/metrics" | grep -E '^kiln_query_scheduler_jobs_total' | tr '\n' ' ')"
 echo "cached frontend: $(curl -s "http://127.0.0.1:$CACHED/metrics" | grep -E '^kiln_query_frontend_results_cache_(hits|misses)_total' | tr '\n' ' ')"

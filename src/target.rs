@@ -11,6 +11,9 @@
 //!    port is still closed);
 //! 3. the distributor and the querier, behind the edge: every core opens the port.
 //!
+//! The query-frontend and the query-scheduler (cluster targets only) keep nothing on disk:
+//! they start with the edge at step 3, as does a querier's pull loop over the schedulers.
+//!
 //! Stopping is the reverse: the edge refuses new work, then every core's WAL is synced.
 use crate::api;
 use crate::config::{Component, Config};

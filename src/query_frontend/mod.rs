@@ -225,7 +225,13 @@ impl Frontend {
         let tenant: Vec<&str> = sel.tenants.iter().map(|t| t.as_str()).collect();
         let tenant = tenant.join("|");
         let limits = self.limits.for_tenant(sel.tenants.first().map_or("", |t| t.as_str()));
-        let parts = split::split(&req, limits.split_queries_by_interval.as_millis() as i64);
+        let mut parts = split::split(&req, limits.split_queries_by_interval.as_millis() as i64);
+        if self.shared.cache.is_some() {
+            // Parts that cannot be cached (the recent ones) run as one job: a query already
+            // runs on every core of every ingester and store-gateway, so separate recent
+            // parts would only read the same blocks and heads once each.
+            parts = split::coalesce(parts, |p| self.cacheable(p));
+        }
         let parallel = match limits.max_query_parallelism {
             0 => parts.len(),
             n => n,
@@ -242,15 +248,22 @@ impl Frontend {
     }
 
     /// One part: from the cache, or run by a querier.
-    async fn part(&self, tenant: &str, part: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
-        let request = encode_request(&part);
-        let cacheable = self.shared.cache.is_some() && split::splits(&part) && {
+    /// Whether a part's answer may be kept: a split kind, wholly before the freshness
+    /// window and before every one of its tenants' `-validation.reject-older-than`.
+    fn cacheable(&self, part: &QueryRequest) -> bool {
+        self.shared.cache.is_some() && split::splits(part) && {
             let sel = part.selection();
             let reject =
                 sel.tenants.iter().map(|t| self.limits.for_tenant(t.as_str()).reject_older_than.as_millis() as i64);
             let now = crate::timeparse::now_ns() / 1_000_000;
             cache::cacheable(sel.end_ms, now, self.shared.settings.max_cache_freshness.as_millis() as i64, reject)
-        };
+        }
+    }
+
+    /// One part: from the cache, or run by a querier.
+    async fn part(&self, tenant: &str, part: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
+        let request = encode_request(&part);
+        let cacheable = self.cacheable(&part);
         let cached = if cacheable { self.shared.cache().and_then(|mut c| c.get(&request)) } else { None };
         let bytes = match cached {
             Some(b) => b,
@@ -281,24 +294,24 @@ impl Frontend {
             }
             pending.insert(id, tx);
         }
-        let mut waiting = Outstanding { frontend: self, id, scheduler: None, answered: false };
+        let waiting = Outstanding { frontend: self, id, state: Rc::default() };
         let job =
             wire::Job { query_id: id, frontend: self.shared.settings.addr.clone(), tenant: tenant.into(), request };
         let body = Bytes::from(wire::encode_job(&job));
-        waiting.scheduler = Some(self.enqueue(id, &body, None).await?);
+        self.enqueue(id, &body, None, &waiting.state).await?;
         loop {
             match monoio::time::timeout(CHECK_EVERY, rx.recv_async()).await {
                 Ok(Ok(r)) => {
-                    waiting.answered = true;
+                    waiting.state.answered.set(true);
                     return r;
                 }
                 Ok(Err(_)) => return Err(RpcError::internal("the part's result channel closed")),
                 Err(_) => {
-                    let held_by = waiting.scheduler.clone().unwrap_or_default();
+                    let held_by = waiting.state.scheduler.borrow().clone().unwrap_or_default();
                     if !self.scheduler_alive(&held_by) {
                         tracing::warn!(scheduler = %held_by, "the query-scheduler holding a query part left; enqueuing it again");
                         self.shared.counters.reenqueued.fetch_add(1, Relaxed);
-                        waiting.scheduler = Some(self.enqueue(id, &body, Some(&held_by)).await?);
+                        self.enqueue(id, &body, Some(&held_by), &waiting.state).await?;
                     }
                 }
             }
@@ -316,8 +329,8 @@ impl Frontend {
     }
 
     /// Enqueues at one scheduler (spread by query ID; the next one when a scheduler cannot
-    /// be reached, `avoid` last); the scheduler that took it.
-    async fn enqueue(&self, id: u64, body: &Bytes, avoid: Option<&str>) -> Result<String, RpcError> {
+    /// be reached, `avoid` last), and records in `part` the scheduler that took it.
+    async fn enqueue(&self, id: u64, body: &Bytes, avoid: Option<&str>, part: &Rc<PartState>) -> Result<(), RpcError> {
         let mut all = self.schedulers();
         if all.is_empty() {
             return Err(RpcError::new(
@@ -335,16 +348,57 @@ impl Frontend {
         }
         let mut errors = Vec::new();
         for addr in all {
-            match self.pool.call(&addr, scheduler::ENQUEUE_PATH, body.clone(), SCHEDULER_CALL_TIMEOUT).await {
-                Ok(_) => return Ok(addr),
-                Err(CallError::Answer { code, msg, .. }) if code == Code::ResourceExhausted.as_str() => {
-                    self.shared.counters.refused.fetch_add(1, Relaxed);
-                    return Err(RpcError::new(Code::ResourceExhausted, msg));
+            // A connection that broke is dialled again once (the job may then be queued
+            // twice: the second result is dropped as late).
+            for attempt in 0..2 {
+                match self.enqueue_at(&addr, id, body.clone(), part).await {
+                    Ok(()) => return Ok(()),
+                    Err(CallError::Answer { code, msg, .. }) if code == Code::ResourceExhausted.as_str() => {
+                        self.shared.counters.refused.fetch_add(1, Relaxed);
+                        return Err(RpcError::new(Code::ResourceExhausted, msg));
+                    }
+                    Err(e @ CallError::Transport { .. }) if attempt == 0 => {
+                        tracing::debug!(error = %e, "enqueuing a query part; trying again");
+                    }
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        break;
+                    }
                 }
-                Err(e) => errors.push(e.to_string()),
             }
         }
         Err(RpcError::new(Code::Unavailable, format!("no query-scheduler took the query: {}", errors.join("; "))))
+    }
+
+    /// One `Enqueue` call, run as a task of its own: a part dropped while its call is in
+    /// flight (the query failed, or its client went away) lets the call finish instead of
+    /// resetting its stream — a burst of resets is what HTTP/2 servers close a connection
+    /// over, failing every other call on it — and the task then takes the job off again.
+    async fn enqueue_at(&self, addr: &str, id: u64, body: Bytes, part: &Rc<PartState>) -> Result<(), CallError> {
+        let (tx, rx) = flume::bounded(1);
+        let (pool, addr, part, shared) = (self.pool.clone(), addr.to_string(), part.clone(), self.shared.clone());
+        monoio::spawn(async move {
+            let r = pool.call(&addr, scheduler::ENQUEUE_PATH, body, SCHEDULER_CALL_TIMEOUT).await.map(|_| ());
+            if r.is_ok() {
+                *part.scheduler.borrow_mut() = Some(addr.clone());
+                if part.dropped.get() {
+                    cancel(&shared, &pool, addr, id).await;
+                }
+            }
+            let _ = tx.send(r);
+        });
+        rx.recv_async().await.unwrap_or_else(|_| {
+            Err(CallError::Transport { addr: String::new(), msg: "the enqueue task ended without an answer".into() })
+        })
+    }
+}
+
+/// Takes part `id` off the queue of the scheduler at `addr`.
+async fn cancel(shared: &FrontendShared, pool: &Pool, addr: String, id: u64) {
+    shared.counters.cancelled.fetch_add(1, Relaxed);
+    let body = Bytes::from(wire::encode_who(&shared.settings.addr, &[id]));
+    if let Err(e) = pool.call(&addr, scheduler::CANCEL_PATH, body, SCHEDULER_CALL_TIMEOUT).await {
+        tracing::debug!(error = %e, "cancelling a query part");
     }
 }
 
@@ -365,30 +419,35 @@ pub fn schedulers(cluster: &Cluster, configured: &str) -> Vec<String> {
         .collect()
 }
 
+/// What a part's waiting future and its enqueue task both know (one core, no lock).
+#[derive(Default)]
+struct PartState {
+    /// The scheduler that took the part, once one did.
+    scheduler: std::cell::RefCell<Option<String>>,
+    answered: std::cell::Cell<bool>,
+    /// The waiting future is gone: an enqueue that succeeds now takes the job off again.
+    dropped: std::cell::Cell<bool>,
+}
+
 /// A part waiting for its result. Dropped without its answer (the client went away, or
-/// another part failed the query): it stops waiting and is taken off its scheduler's queue.
+/// another part failed the query): it stops waiting and is taken off its scheduler's queue
+/// (by its enqueue task, when that is still in flight).
 struct Outstanding<'a> {
     frontend: &'a Frontend,
     id: u64,
-    scheduler: Option<String>,
-    answered: bool,
+    state: Rc<PartState>,
 }
 
 impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
         self.frontend.shared.pending().remove(&self.id);
-        if self.answered {
+        self.state.dropped.set(true);
+        if self.state.answered.get() {
             return;
         }
-        let Some(addr) = self.scheduler.take() else { return };
-        self.frontend.shared.counters.cancelled.fetch_add(1, Relaxed);
-        let pool = self.frontend.pool.clone();
-        let body = Bytes::from(wire::encode_who(&self.frontend.shared.settings.addr, &[self.id]));
-        monoio::spawn(async move {
-            if let Err(e) = pool.call(&addr, scheduler::CANCEL_PATH, body, SCHEDULER_CALL_TIMEOUT).await {
-                tracing::debug!(error = %e, "cancelling a query part");
-            }
-        });
+        let Some(addr) = self.state.scheduler.borrow_mut().take() else { return };
+        let (shared, pool, id) = (self.frontend.shared.clone(), self.frontend.pool.clone(), self.id);
+        monoio::spawn(async move { cancel(&shared, &pool, addr, id).await });
     }
 }
 
