@@ -488,6 +488,67 @@ mod tests {
         assert_eq!(after, c, "the retry counts what the failed reader would have, nothing twice");
     }
 
+    fn member(id: &str, components: &str, state: State, heartbeat_ms: u64) -> kiln_shards::ring::member::InstanceDesc {
+        kiln_shards::ring::member::InstanceDesc {
+            id: id.into(),
+            addr: format!("{id}:1"),
+            zone: String::new(),
+            components: components.parse().unwrap(),
+            state,
+            cores: 1,
+            token_seed: id.len() as u64 * 7919 + id.bytes().map(u64::from).sum::<u64>(),
+            heartbeat_ms,
+        }
+    }
+
+    #[test]
+    fn a_read_needs_a_quorum_per_replica_set_and_a_store_gateway_per_block_and_names_who_was_missing() {
+        let cfg = kiln_shards::ring::snapshot::RingConfig {
+            tokens_per_core: 4,
+            heartbeat_timeout_ms: 1_000,
+            forget_after_ms: 0,
+        };
+        // Three ingesters (RF 3), one of them stale; two store-gateways (RF 2).
+        let snap = Snapshot::build(
+            vec![
+                member("ing-a", "ingester", State::Active, 10_000),
+                member("ing-b", "ingester", State::Active, 10_000),
+                member("ing-c", "ingester", State::Active, 1),
+                member("sg-a", "store-gateway", State::Active, 10_000),
+                member("sg-b", "store-gateway", State::Active, 10_000),
+            ],
+            10_000,
+            &cfg,
+        );
+        let idx = |id: &str| snap.index_of(id).unwrap();
+        let r = Readers::of(&snap, 3, 2).unwrap();
+        assert_eq!(r.all.len(), 4, "the stale ingester is not asked");
+        let ok = |ids: &[&str]| -> Held { ids.iter().map(|id| (idx(id), Vec::new())).collect() };
+        let failed = |ids: &[&str]| -> Vec<(u32, RpcError)> {
+            ids.iter().map(|id| (idx(id), RpcError::new(Code::Unavailable, "refused"))).collect()
+        };
+        // One stale ingester and one failed store-gateway: within both factors.
+        r.check(&snap, &ok(&["ing-a", "ing-b", "sg-a"]), &failed(&["sg-b"])).unwrap();
+        // A second ingester fails: a replica set lost its quorum, and the error says who.
+        let e = r.check(&snap, &ok(&["ing-a", "sg-a", "sg-b"]), &failed(&["ing-b"])).unwrap_err();
+        assert!(e.message.contains("instance ing-b (refused)"), "{}", e.message);
+        // Both store-gateways fail: some block has none left.
+        let e = r.check(&snap, &ok(&["ing-a", "ing-b"]), &failed(&["sg-a", "sg-b"])).unwrap_err();
+        assert!(e.message.contains("instance sg-a (refused), instance sg-b (refused)"), "{}", e.message);
+        // Two stale ingesters of three: the read is refused before asking, naming them.
+        let snap = Snapshot::build(
+            vec![
+                member("ing-a", "ingester", State::Active, 10_000),
+                member("ing-b", "ingester", State::Active, 1),
+                member("ing-c", "ingester", State::Leaving, 10_000),
+            ],
+            10_000,
+            &cfg,
+        );
+        let e = Readers::of(&snap, 3, 1).err().unwrap();
+        assert!(e.message.contains("ing-b (UNHEALTHY), ing-c (LEAVING)"), "{}", e.message);
+    }
+
     /// What each (reader, source) holds: for one series key, a multiset of timestamps.
     fn arb_holdings() -> impl Strategy<Value = Vec<(u32, u8, u64, Vec<i64>)>> {
         prop::collection::vec((0u32..4, 0u8..3, 0u64..4, prop::collection::vec(0i64..6, 0..5)), 0..24)

@@ -42,38 +42,44 @@ pub struct Owners {
     pub digest: u64,
 }
 
+/// The owners in `snap` as (id, token seed, cores), sorted, with `own` (this instance)
+/// among them whatever its state; and a digest of them and `rf`, to notice a change.
+fn members<'a>(snap: &'a Snapshot, own: &'a InstanceDesc, rf: usize) -> (Vec<(&'a str, u64, u32)>, u64) {
+    let mut members: Vec<(&str, u64, u32)> = snap
+        .instances()
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| {
+            d.components.has(Components::STORE_GATEWAY)
+                && matches!(d.state, State::Joining | State::Active)
+                && snap.healthy(*i as u32)
+                && d.id != own.id
+        })
+        .map(|(_, d)| (d.id.as_str(), d.token_seed, d.cores))
+        .collect();
+    members.push((own.id.as_str(), own.token_seed, own.cores));
+    members.sort_unstable();
+    let mut bytes = Vec::new();
+    for (id, seed, cores) in &members {
+        bytes.extend_from_slice(id.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&seed.to_le_bytes());
+        bytes.extend_from_slice(&cores.to_le_bytes());
+    }
+    bytes.extend_from_slice(&(rf as u64).to_le_bytes());
+    (members, xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
 impl Owners {
     /// The owners in `snap`, with `own` (this instance) among them whatever its state.
     pub fn of(snap: &Snapshot, own: &InstanceDesc, tokens_per_core: u32, rf: usize) -> Owners {
-        let mut members: Vec<(&str, u64, u32)> = snap
-            .instances()
-            .iter()
-            .enumerate()
-            .filter(|(i, d)| {
-                d.components.has(Components::STORE_GATEWAY)
-                    && matches!(d.state, State::Joining | State::Active)
-                    && snap.healthy(*i as u32)
-                    && d.id != own.id
-            })
-            .map(|(_, d)| (d.id.as_str(), d.token_seed, d.cores))
-            .collect();
-        members.push((own.id.as_str(), own.token_seed, own.cores));
-        members.sort_unstable();
+        let (members, digest) = members(snap, own, rf);
         let me = members.iter().position(|m| m.0 == own.id).unwrap_or(0) as u32;
         let tokens: Vec<InstanceTokens> = members
             .iter()
             .enumerate()
             .map(|(i, (_, seed, cores))| InstanceTokens { instance: i as u32, seed: *seed, cores: *cores })
             .collect();
-        let mut bytes = Vec::new();
-        for (id, seed, cores) in &members {
-            bytes.extend_from_slice(id.as_bytes());
-            bytes.push(0);
-            bytes.extend_from_slice(&seed.to_le_bytes());
-            bytes.extend_from_slice(&cores.to_le_bytes());
-        }
-        bytes.extend_from_slice(&(rf as u64).to_le_bytes());
-        let digest = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, tokens_per_core as u64);
         Owners { ring: Ring::of_instances(&tokens, tokens_per_core), me, rf, digest }
     }
 
@@ -129,10 +135,13 @@ impl Syncer {
         let mut due = Instant::now() + self.interval;
         loop {
             std::thread::sleep(TICK);
-            let owners = self.owners();
-            if owners.digest == last && Instant::now() < due {
+            // The ring is built only for a sync; a tick compares the members' digest.
+            let snap = self.cluster.snapshot();
+            let rf = self.cluster.store_gateway_replication_factor;
+            if members(&snap, &self.own, rf).1 == last && Instant::now() < due {
                 continue;
             }
+            let owners = self.owners();
             let res = Bucket::read(&self.store)
                 .map_err(|e| e.to_string())
                 .and_then(|bucket| self.apply(&bucket, &owners).map_err(|e| e.to_string()));
