@@ -5,8 +5,10 @@
 //! `querier`, `query-frontend`, `query-scheduler`, `store-gateway`, `compactor`). This
 //! version runs the monolithic `all`: its components, in start order, are
 //!
-//! 1. the store-gateway: every block in the bucket indexes is handed to the core that owns
-//!    it, so replay knows which WAL records blocks already hold;
+//! 1. the store-gateway: the bucket indexes are read, so replay knows which WAL records
+//!    blocks already hold, and each block this instance serves is handed to the core that
+//!    owns it; in a cluster, a store-gateway then keeps its blocks in step with the bucket
+//!    (`store_gateway::sync`);
 //! 2. the ingester: each core's WAL writer, then the replay of the WAL into the heads (the
 //!    port is still closed);
 //! 3. the distributor and the querier, behind the edge: every core opens the port.
@@ -71,7 +73,7 @@ pub fn run(cfg: Config) {
     }
     // Gossip starts before the WAL replay: the others see this instance PENDING until its
     // heads hold everything it acknowledged, then ACTIVE.
-    let cluster = own.map(|own| start_cluster(&cfg, own));
+    let cluster = own.clone().map(|own| start_cluster(&cfg, own));
     let shared = api::Shared::new(cfg, cluster.clone());
     tracing::info!(
         cores,
@@ -93,11 +95,25 @@ pub fn run(cfg: Config) {
     // 1. store-gateway: every block this instance serves to the core that owns it.
     if serves.cut_here || serves.shared {
         let instance = blocks_instance.as_str();
-        let serve = |b: &kiln_io::store::bucket_index::BlockRef| serves.serves(b, instance);
-        let indexed = store_gateway::open_blocks(&store, &started.mesh, &serve).unwrap_or_else(|e| fail(e.to_string()));
+        let bucket = store_gateway::Bucket::read(&store).unwrap_or_else(|e| fail(e.to_string()));
+        let pinned = |b: &kiln_io::store::bucket_index::BlockRef| serves.pinned(b, instance);
+        let n = store_gateway::open_blocks(&bucket, &started.mesh, &pinned).unwrap_or_else(|e| fail(e.to_string()));
+        tracing::info!(blocks = n, storage = %store.describe(), "blocks opened");
+        // In a cluster, the store-gateway ring's share of every block in the bucket.
+        if let (Some(c), Some(own), true) = (&cluster, &own, serves.shared) {
+            let syncer = store_gateway::sync::Syncer {
+                store: store.clone(),
+                mesh: started.mesh.clone(),
+                cluster: c.clone(),
+                own: own.clone(),
+                tokens_per_core: tokens,
+                interval: shared.cfg.store_gateway_sync_interval,
+            };
+            syncer.start(&bucket).unwrap_or_else(|e| fail(e.to_string()));
+        }
         // 2. ingester: the WAL records no indexed block holds, into the heads.
         if let Some(w) = &wal {
-            w.replay(&started.mesh, &indexed);
+            w.replay(&started.mesh, &bucket.indexed());
         }
     }
     // 3. distributor, querier and the edge: the port opens on every core.
@@ -120,8 +136,9 @@ pub fn run(cfg: Config) {
 }
 
 /// Which blocks of the bucket an instance serves (invariant I18): an ingester those it cut
-/// itself, a store-gateway the shared ones (cut by a single node, or by no replica), `all`
-/// both. Alone, every block is this instance's.
+/// itself, for as long as it runs (*pinned*); in a cluster, a store-gateway those the
+/// store-gateway ring gives it, whoever cut them (`store_gateway::sync`); `all` both. Alone,
+/// every block is this instance's, pinned.
 #[derive(Clone, Copy)]
 struct BlocksServed {
     cut_here: bool,
@@ -129,15 +146,9 @@ struct BlocksServed {
 }
 
 impl BlocksServed {
-    fn serves(self, b: &kiln_io::store::bucket_index::BlockRef, instance: &str) -> bool {
-        if instance.is_empty() {
-            return true;
-        }
-        if b.ingester.is_empty() {
-            self.shared
-        } else {
-            self.cut_here && b.ingester == instance
-        }
+    /// Whether block `b` is pinned on this instance, whose cluster ID is `instance`.
+    fn pinned(self, b: &kiln_io::store::bucket_index::BlockRef, instance: &str) -> bool {
+        instance.is_empty() || (self.cut_here && b.ingester == instance)
     }
 }
 

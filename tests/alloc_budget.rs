@@ -184,6 +184,51 @@ fn empty_strings(w: &mut kiln_io::codec::Writer) {
     (0..300_000).for_each(|_| w.str(""));
 }
 
+/// The query wire's version byte: the messages below are built by hand, each behind it.
+const QUERY_WIRE_VERSION: u8 = kiln_shards::query::wire::VERSION;
+
+/// Key filters of a request's selection that cost most per byte: many series keys, many
+/// sources, many timestamps of one key.
+fn key_filters() -> Vec<(&'static str, Vec<u8>)> {
+    use kiln_io::codec::Writer;
+    // A key filter of one source, the empty name, and `count` series that `series` writes.
+    let one_source = |count: u64, series: &dyn Fn(&mut Writer)| {
+        let mut w = Writer::with_capacity(1 << 20);
+        w.0.extend_from_slice(&[1, 1, 0]);
+        w.u(count);
+        series(&mut w);
+        w.0
+    };
+    let mut sources = Writer::with_capacity(1 << 20);
+    sources.byte(1);
+    sources.u(60_000);
+    for i in 0..60_000u32 {
+        sources.str(&format!("{i:04x}"));
+        sources.u(0);
+    }
+    vec![
+        (
+            "40000 series keys",
+            one_source(40_000, &|w| {
+                (0..40_000u64).for_each(|k| {
+                    w.u64_le(k);
+                    w.byte(0);
+                })
+            }),
+        ),
+        ("60000 sources, each a distinct short name without series", sources.0),
+        (
+            "300000 timestamps of one key",
+            one_source(1, &|w| {
+                w.u64_le(7);
+                w.byte(1);
+                w.u(300_000);
+                (0..300_000).for_each(|_| w.i(1));
+            }),
+        ),
+    ]
+}
+
 /// Query requests and partial results between instances (`kiln_shards::query::wire`): the
 /// shapes that cost most per byte, each as large as a message may reasonably be.
 #[test]
@@ -192,7 +237,7 @@ fn query_wire_requests() {
     // A request of `kind`, its selection written by `sel`, then `rest`.
     let request = |kind: u8, sel: &dyn Fn(&mut Writer), rest: &dyn Fn(&mut Writer)| {
         let mut w = Writer::with_capacity(1 << 20);
-        w.byte(1);
+        w.byte(QUERY_WIRE_VERSION);
         w.byte(kind);
         sel(&mut w);
         rest(&mut w);
@@ -218,22 +263,6 @@ fn query_wire_requests() {
     let no_keys = |w: &mut Writer| w.byte(0);
     let with = |bytes: Vec<u8>| move |w: &mut Writer| w.0.extend_from_slice(&bytes);
     let nothing = |_: &mut Writer| {};
-    let many_keys = |w: &mut Writer| {
-        w.byte(1);
-        w.u(40_000);
-        for k in 0..40_000u64 {
-            w.u64_le(k);
-            w.byte(0);
-        }
-    };
-    let many_timestamps = |w: &mut Writer| {
-        w.byte(1);
-        w.u(1);
-        w.u64_le(7);
-        w.byte(1);
-        w.u(300_000);
-        (0..300_000).for_each(|_| w.i(1));
-    };
     let equal = vec![(0u8, ""); 100_000];
     let regexes = vec![(2u8, ""); 200];
     // The longest `\w{k}` that still compiles within the size limit, as many times as a
@@ -252,42 +281,38 @@ fn query_wire_requests() {
     let k = lo;
     let largest = format!("\\w{{{k}}}");
     let largest = vec![(2u8, largest.as_str()); kiln_shards::model::selector::MAX_REGEX_MATCHERS];
-    holds(
-        "query_wire",
-        &[
-            ("100000 tenants", request(0, &|w| w.0.extend(selection(100_000, &[], &no_keys)), &nothing)),
-            ("100000 empty equality matchers", request(0, &|w| w.0.extend(selection(0, &equal, &no_keys)), &nothing)),
-            ("200 empty regex matchers", request(4, &|w| w.0.extend(selection(0, &regexes, &no_keys)), &nothing)),
-            (
-                "as many regexes as may be, each as large as may be",
-                request(4, &|w| w.0.extend(selection(0, &largest, &no_keys)), &nothing),
+    let mut inputs = vec![
+        ("100000 tenants", request(0, &|w| w.0.extend(selection(100_000, &[], &no_keys)), &nothing)),
+        ("100000 empty equality matchers", request(0, &|w| w.0.extend(selection(0, &equal, &no_keys)), &nothing)),
+        ("200 empty regex matchers", request(4, &|w| w.0.extend(selection(0, &regexes, &no_keys)), &nothing)),
+        (
+            "as many regexes as may be, each as large as may be",
+            request(4, &|w| w.0.extend(selection(0, &largest, &no_keys)), &nothing),
+        ),
+        (
+            "a regex over the compiled size limit",
+            request(4, &|w| w.0.extend(selection(0, &[(2, r"(\w{100}){100}")], &no_keys)), &nothing),
+        ),
+        ("300000 label names", request(3, &|w| w.0.extend(selection(0, &[], &no_keys)), &empty_strings)),
+        (
+            "a count of 2^40 group-by names",
+            request(
+                6,
+                &|w| w.0.extend(selection(0, &[], &no_keys)),
+                &with([0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20].to_vec()),
             ),
-            (
-                "a regex over the compiled size limit",
-                request(4, &|w| w.0.extend(selection(0, &[(2, r"(\w{100}){100}")], &no_keys)), &nothing),
-            ),
-            ("40000 series keys", request(4, &|w| w.0.extend(selection(0, &[], &many_keys)), &nothing)),
-            (
-                "300000 timestamps of one key",
-                request(4, &|w| w.0.extend(selection(0, &[], &many_timestamps)), &nothing),
-            ),
-            ("300000 label names", request(3, &|w| w.0.extend(selection(0, &[], &no_keys)), &empty_strings)),
-            (
-                "a count of 2^40 group-by names",
-                request(
-                    6,
-                    &|w| w.0.extend(selection(0, &[], &no_keys)),
-                    &with([0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20].to_vec()),
-                ),
-            ),
-        ],
-    );
+        ),
+    ];
+    for (what, keys) in key_filters() {
+        inputs.push((what, request(4, &|w| w.0.extend(selection(0, &[], &with(keys.clone()))), &nothing)));
+    }
+    holds("query_wire", &inputs);
 }
 
 /// Partials: `n` results, each written by `one`.
 fn results(n: usize, one: &dyn Fn(&mut kiln_io::codec::Writer)) -> Vec<u8> {
     let mut w = kiln_io::codec::Writer::with_capacity(1 << 20);
-    w.byte(1);
+    w.byte(QUERY_WIRE_VERSION);
     w.u(n as u64);
     (0..n).for_each(|_| one(&mut w));
     w.0
@@ -298,9 +323,10 @@ fn results(n: usize, one: &dyn Fn(&mut kiln_io::codec::Writer)) -> Vec<u8> {
 #[test]
 fn query_wire_results() {
     use kiln_io::codec::Writer;
-    let big = |tag: u8, count: usize, item: &dyn Fn(&mut Writer)| {
+    // One result: its tag and what comes before its count (`head`), then `count` items.
+    let big = |head: &[u8], count: usize, item: &dyn Fn(&mut Writer)| {
         results(1, &|w| {
-            w.byte(tag);
+            w.0.extend_from_slice(head);
             w.u(count as u64);
             (0..count).for_each(|_| item(w));
         })
@@ -322,7 +348,7 @@ fn query_wire_results() {
                     empty_strings(w);
                 }),
             ),
-            ("300000 empty label sets", big(1, 300_000, &|w| w.u(0))),
+            ("300000 empty label sets", big(&[1], 300_000, &|w| w.u(0))),
             (
                 "200000 flame tree nodes",
                 results(1, &|w| {
@@ -339,14 +365,15 @@ fn query_wire_results() {
             ),
             (
                 "200000 empty series",
-                big(4, 200_000, &|w| {
+                big(&[4], 200_000, &|w| {
                     w.u(0);
                     w.u(0);
                 }),
             ),
             (
+                // Keys of one source whose name is empty (its length, 0).
                 "100000 keys without timestamps",
-                big(7, 100_000, &|w| {
+                big(&[7, 0], 100_000, &|w| {
                     w.u64_le(1);
                     w.u(0);
                 }),

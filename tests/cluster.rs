@@ -395,3 +395,116 @@ fn shuffle_sharding_puts_a_tenants_series_on_exactly_its_shard_size_of_ingesters
     let _ = std::fs::remove_file(&yaml);
     let _ = std::fs::remove_dir_all(&blocks);
 }
+
+/// Blocks listed live in every tenant's bucket index under `blocks` (none is marked for
+/// deletion in these tests).
+fn indexed_blocks(blocks: &std::path::Path) -> usize {
+    let mut n = 0;
+    for tenant in std::fs::read_dir(blocks).into_iter().flatten().flatten() {
+        if let Ok(idx) = std::fs::read(tenant.path().join("bucket-index.json")) {
+            let v: serde_json::Value = serde_json::from_slice(&idx).unwrap();
+            n += v["blocks"].as_array().map_or(0, |b| b.len());
+        }
+    }
+    n
+}
+
+#[test]
+fn store_gateways_own_every_block_through_their_ring_and_one_killed_mid_query_loses_no_answer() {
+    let _serial = one_at_a_time();
+    let fixtures = golden_pprofs();
+    let single = Kiln::start(&[FIXTURE_FLAGS, &["-shards=1"]].concat());
+    for (i, path) in fixtures.iter().enumerate() {
+        push_fixture(single.port, &format!("svc-{i}"), std::fs::read(path).unwrap());
+    }
+    let want = snapshot(single.port);
+    drop(single);
+
+    // Three ingesters (RF 3) and two store-gateways, each block on both (RF 2), syncing every
+    // second; two cores each, so blocks land on either core of a store-gateway.
+    let blocks = blocks_dir("sgring");
+    let targets = ["ingester", "ingester", "ingester", "store-gateway", "store-gateway", "distributor", "querier"];
+    let flags = [
+        FIXTURE_FLAGS,
+        &["-shards=2", "-store-gateway.sharding-ring.replication-factor=2", "-store-gateway.sync-interval=1s"],
+    ]
+    .concat();
+    let mut procs: Vec<Option<Kiln>> =
+        start_members("sgring", &targets, &blocks, &flags).into_iter().map(Some).collect();
+    let port = |i: usize| procs[i].as_ref().unwrap().port;
+    let (distributor, querier) = (port(5), port(6));
+    wait_until("three ACTIVE ingesters", || ring_states(querier) == ["ACTIVE"; 3]);
+    wait_until("two ACTIVE store-gateways", || {
+        get(querier, "/store-gateway/ring").text().matches("<td>ACTIVE</td>").count() == 2
+    });
+    wait_until("the distributor sees three ingesters", || ring_states(distributor) == ["ACTIVE"; 3]);
+    // With RF 2 on two store-gateways, each owns every block: the page says 100% for both.
+    let page = get(querier, "/store-gateway/ring").text();
+    assert_eq!(page.matches("<td>100.0%</td>").count(), 2, "{page}");
+    for (i, path) in fixtures.iter().enumerate() {
+        push_fixture(distributor, &format!("svc-{i}"), std::fs::read(path).unwrap());
+    }
+    wait_until("the querier answers as the single node", || snapshot(querier) == want);
+    // Every ingester cuts its heads: three copies of each profile in blocks, served by their
+    // ingesters and, once synced, by both store-gateways (every cutter's blocks on each).
+    for i in 0..3 {
+        flush(port(i));
+    }
+    let n = indexed_blocks(&blocks);
+    assert!(n >= 3, "each ingester cut blocks: {n}");
+    for sg in [3, 4] {
+        wait_until("the store-gateway synced every block", || {
+            metric(port(sg), "kiln_store_gateway_blocks_synced") == n as f64
+                && metric_sum(port(sg), "kiln_store_gateway_blocks_owned") == n as f64
+        });
+    }
+    assert_same(&want, &snapshot(querier), "ingesters and store-gateways holding each profile five times");
+    // The ingesters leave (their heads are empty, everything is in blocks): only the
+    // store-gateways hold the data now, each every cutter's copy of it.
+    for p in &mut procs[..3] {
+        let (_, _, code) = p.take().unwrap().terminate_keeping_port();
+        assert_eq!(code, Some(0));
+    }
+    wait_until("no ingester left on the ring", || ring_states(querier).is_empty());
+    assert_same(&want, &snapshot(querier), "from the store-gateways alone");
+    // One store-gateway killed while queries run: each answer is still whole, whether it
+    // died before a query's first step, between its steps or after.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let (stop, want) = (stop.clone(), want.clone());
+        std::thread::spawn(move || {
+            let mut asked = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || asked < 3 {
+                assert_same(&want, &snapshot(querier), "while a store-gateway is killed");
+                asked += 1;
+            }
+            asked
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = procs[3].take().unwrap().kill();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(asker.join().expect("every answer whole") >= 3);
+    wait_until("the killed store-gateway shows UNHEALTHY", || {
+        get(querier, "/store-gateway/ring").text().contains("(UNHEALTHY)")
+    });
+    assert_same(&want, &snapshot(querier), "one store-gateway of two UNHEALTHY");
+    // The other one killed too: no store-gateway holds the blocks, and the error says so.
+    let _ = procs[4].take().unwrap().kill();
+    let r = connect_json(
+        querier,
+        "/querier.v1.QuerierService/SelectMergeStacktraces",
+        &[],
+        serde_json::json!({
+            "profileTypeID": "process_cpu:cpu:nanoseconds:cpu:nanoseconds",
+            "labelSelector": "{}",
+            "start": 0,
+            "end": now_ms() + 3_600_000,
+        }),
+    );
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("store-gateways failed") && r.text().contains("missing: instance "), "{}", r.text());
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&blocks);
+}

@@ -59,8 +59,8 @@ fn golden(name: &str, encoded: &[u8]) -> Vec<u8> {
 }
 
 /// A selection using every part of one: two tenants, a profile type, every matcher operator,
-/// a range and, if given, a key filter of one series (a filter's map has no fixed order, so
-/// the goldens hold one key each).
+/// a range and, if given, a key filter of one source and one series (a filter's maps have no
+/// fixed order, so the goldens hold one of each).
 fn selection(keys: Option<(u64, Include)>) -> Selection {
     Selection {
         tenants: vec![TenantId::parse("tenant-a").unwrap(), TenantId::parse("b").unwrap()],
@@ -70,7 +70,7 @@ fn selection(keys: Option<(u64, Include)>) -> Selection {
         end_ms: 1_700_000_060_000,
         keys: keys.map(|(k, inc)| {
             let mut f = KeyFilter::default();
-            f.series.insert(k, inc);
+            f.sources.entry("ingester-1".into()).or_default().series.insert(k, inc);
             Arc::new(f)
         }),
     }
@@ -151,7 +151,13 @@ fn query_results() {
         ),
         ("stats", QueryResult::Stats { oldest_ms: -1, newest_ms: 1_700_000_000_000, ingested: true }),
         ("analyze", QueryResult::Analyze { series: 3, profiles: 300, samples: 1 << 40, bytes: u64::MAX }),
-        ("keys", QueryResult::Keys(vec![(7, vec![1_000, 2_000, 2_001]), (u64::MAX, vec![])])),
+        (
+            "keys",
+            QueryResult::Keys {
+                source: "ingester-1".into(),
+                keys: vec![(7, vec![1_000, 2_000, 2_001]), (u64::MAX, vec![])],
+            },
+        ),
     ];
     for (name, r) in results {
         let parts = [r];

@@ -51,6 +51,9 @@ impl Series {
 pub struct HeadView<'a> {
     /// The tenant whose series these are (a series' key includes it).
     pub tenant: &'a str,
+    /// What holds these profiles once (see `query::KeyFilter`): the ingester that cut the
+    /// block, or this instance for its heads.
+    pub source: &'a str,
     pub symbols: &'a Symbols,
     pub series: &'a [Series],
     /// Series by profile type; `None` when `series` holds only selected series already.
@@ -75,10 +78,11 @@ impl<'a> HeadView<'a> {
     /// The profiles of `s` the selection counts: in its range and, in a cluster, those the
     /// querier chose this replica for.
     fn in_range<'b>(&self, s: &'b Series, sel: &'b Selection) -> impl Iterator<Item = usize> + 'b {
-        let keys = sel.keys.as_deref().map(|k| (k, series_key(self.tenant, &s.labels, &s.profile_type)));
+        let keys =
+            sel.keys.as_deref().map(|k| (k.source(self.source), series_key(self.tenant, &s.labels, &s.profile_type)));
         (0..s.profiles()).filter(move |i| {
             let ts = s.timestamps[*i];
-            sel.contains_ns(ts) && keys.is_none_or(|(k, key)| k.includes(key, ts))
+            sel.contains_ns(ts) && keys.is_none_or(|(k, key)| k.is_some_and(|k| k.includes(key, ts)))
         })
     }
 
@@ -169,14 +173,16 @@ impl<'a> HeadView<'a> {
                 // Column bytes read: (stack id, value) per sample, (time, total, offset) per profile.
                 QueryResult::Analyze { series, profiles, samples, bytes: samples * 12 + profiles * 20 }
             }
-            QueryRequest::Keys(sel) => QueryResult::Keys(
-                self.selected(sel)
+            QueryRequest::Keys(sel) => QueryResult::Keys {
+                source: self.source.to_string(),
+                keys: self
+                    .selected(sel)
                     .map(|s| {
                         let ts = self.in_range(s, sel).map(|i| s.timestamps[i]).collect();
                         (series_key(self.tenant, &s.labels, &s.profile_type), ts)
                     })
                     .collect(),
-            ),
+            },
         }
     }
 

@@ -147,6 +147,9 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
         w.render_metrics(&mut out);
     }
     kiln_io::store::render_metrics(&mut out);
+    if core.shared.cluster.is_some() {
+        crate::store_gateway::sync::render_metrics(&mut out);
+    }
     kiln_io::invariant::render(&mut out);
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
     let _ = writeln!(out, "kiln_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -156,7 +159,7 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
 /// Every core's figures (`CoreStats`), one Prometheus series per core.
 fn render_core_stats(stats: &[CoreStats], out: &mut String) {
     type Gauge = (&'static str, &'static str, &'static str, fn(&CoreStats) -> f64);
-    let rows: [Gauge; 22] = [
+    let rows: [Gauge; 23] = [
         ("kiln_head_series", "gauge", "Series in the head.", |s| s.ingester.series as f64),
         ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.ingester.profiles as f64),
         ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.ingester.samples as f64),
@@ -166,6 +169,12 @@ fn render_core_stats(stats: &[CoreStats], out: &mut String) {
             s.ingester.frozen_heads as f64
         }),
         ("kiln_blocks_owned", "gauge", "Blocks this core serves queries from.", |s| s.store_gateway.blocks as f64),
+        (
+            "kiln_store_gateway_blocks_owned",
+            "gauge",
+            "Blocks the store-gateway ring gives this core (the last sync).",
+            |s| s.store_gateway.synced as f64,
+        ),
         ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
             s.store_gateway.block_cache_bytes as f64
         }),
@@ -342,7 +351,8 @@ pub fn ring(core: &Edge, which: Which, r: &Req) -> Response {
     }
     let (snap, _) = membership(core);
     let tokens = core.cfg().ring_tokens_per_core;
-    let page = pages::ring_page(which, &snap, now_ms(), &|d| heartbeat(core, d), tokens, &note);
+    let rf = if which == Which::StoreGateway { core.cfg().store_gateway_replication_factor } else { 1 };
+    let page = pages::ring_page(which, &snap, now_ms(), &|d| heartbeat(core, d), tokens, rf, &note);
     text(200, "text/html; charset=utf-8", page)
 }
 

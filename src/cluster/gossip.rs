@@ -47,6 +47,7 @@ pub fn start(cfg: &Config, own: InstanceDesc) -> Result<Arc<Cluster>, String> {
         commands: tx,
         self_id: own.id.clone(),
         replication_factor: cfg.replication_factor,
+        store_gateway_replication_factor: cfg.store_gateway_replication_factor,
         push_timeout: cfg.push_timeout,
         swaps: AtomicU64::new(0),
         calls: Default::default(),

@@ -38,6 +38,8 @@ pub struct Cluster {
     /// This instance's ID on the rings.
     pub self_id: String,
     pub replication_factor: usize,
+    /// Store-gateways each block is served by (`-store-gateway.sharding-ring.replication-factor`).
+    pub store_gateway_replication_factor: usize,
     pub push_timeout: std::time::Duration,
     /// Snapshots swapped in since start (`kiln_ring_snapshots_total`).
     pub swaps: AtomicU64,

@@ -59,21 +59,24 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A ring page of `snap` at `now_ms`, with `tokens_per_core`; `note` (already HTML) is shown
-/// above the table (e.g. "forgetting X").
+/// A ring page of `snap` at `now_ms`, with `tokens_per_core`; each member's ownership is the
+/// share of keys it is one of `rf` owners of (1 for the ingester ring, whose replica sets
+/// the page leaves out, as Pyroscope's does; the store-gateway ring's replication factor
+/// for its blocks); `note` (already HTML) is shown above the table (e.g. "forgetting X").
 pub fn ring_page(
     which: Which,
     snap: &Snapshot,
     now_ms: u64,
     heartbeat: &dyn Fn(&InstanceDesc) -> u64,
     tokens_per_core: u32,
+    rf: usize,
     note: &str,
 ) -> String {
     let mut share = vec![0f64; snap.instances().len()];
     let ring = which.ring(snap);
     if let Some(r) = ring {
-        for (m, s) in r.ownership() {
-            if let Some(x) = share.get_mut(m.instance as usize) {
+        for (m, s) in r.ownership_rf(rf) {
+            if let Some(x) = share.get_mut(m as usize) {
                 *x += s;
             }
         }

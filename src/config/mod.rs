@@ -260,6 +260,11 @@ pub struct Config {
     /// ingester answers for the blocks it cut as long as they exist; see README, Cluster mode).
     #[serde(with = "go_duration")]
     pub query_store_after: Duration,
+    /// Store-gateways each block is served by (`-store-gateway.sharding-ring.replication-factor`).
+    pub store_gateway_replication_factor: usize,
+    /// How often a store-gateway re-reads the bucket indexes (`-store-gateway.sync-interval`).
+    #[serde(with = "go_duration")]
+    pub store_gateway_sync_interval: Duration,
     /// The query-frontend, the query-scheduler and the querier's workers.
     pub read_path: ReadPath,
 }
@@ -395,6 +400,8 @@ impl Default for Config {
             push_timeout: Duration::from_secs(5),
             query_store_after: Duration::from_secs(4 * 3600),
             read_path: ReadPath::default(),
+            store_gateway_replication_factor: 1,
+            store_gateway_sync_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -692,6 +699,9 @@ impl Config {
         if self.replication_factor == 0 {
             return Err("-distributor.replication-factor=0: every series needs at least one ingester".into());
         }
+        if self.store_gateway_replication_factor == 0 || self.store_gateway_sync_interval.is_zero() {
+            return Err("-store-gateway.sharding-ring.replication-factor and -store-gateway.sync-interval must be above 0: every block needs a store-gateway, and each one re-reads the bucket indexes".into());
+        }
         if self.ring.heartbeat_period.is_zero() || self.ring.heartbeat_timeout <= self.ring.heartbeat_period {
             return Err(format!(
                 "-ring.heartbeat-timeout={:?} must be above -ingester.heartbeat-period={:?} (and the period positive): every member would be UNHEALTHY between two heartbeats",
@@ -875,6 +885,12 @@ impl Config {
             "distributor.replication-factor" => self.replication_factor = parse_num(v).map_err(bad)?,
             "distributor.push.timeout" => self.push_timeout = parse_duration(v).map_err(bad)?,
             "querier.query-store-after" => self.query_store_after = parse_duration(v).map_err(bad)?,
+            "store-gateway.sharding-ring.replication-factor" => {
+                self.store_gateway_replication_factor = parse_num(v).map_err(bad)?
+            }
+            "store-gateway.sync-interval" | "blocks-storage.bucket-store.sync-interval" => {
+                self.store_gateway_sync_interval = parse_duration(v).map_err(bad)?
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -968,6 +984,12 @@ impl Config {
             (&["frontend", "cache_results"], "query-frontend.cache-results"),
             (&["frontend", "results_cache_max_bytes"], "query-frontend.results-cache-max-bytes"),
             (&["frontend", "max_cache_freshness"], "query-frontend.max-cache-freshness"),
+            (
+                &["store_gateway", "sharding_ring", "replication_factor"],
+                "store-gateway.sharding-ring.replication-factor",
+            ),
+            (&["store_gateway", "sync_interval"], "store-gateway.sync-interval"),
+            (&["blocks_storage", "bucket_store", "sync_interval"], "store-gateway.sync-interval"),
             (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
             (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
         ];

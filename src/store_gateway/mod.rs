@@ -1,8 +1,11 @@
 //! The store-gateway as the network sees it. At start it reads every tenant's bucket index
-//! and hands each block to the core that owns it; what each core keeps of its blocks (the
-//! block set and its cache) is `kiln_shards::store_gateway`.
+//! and hands each block this instance serves to the core that owns it; in a cluster it then
+//! keeps the blocks the store-gateway ring gives it in step with the bucket (`sync`). What
+//! each core keeps of its blocks (the block set and its cache) is `kiln_shards::store_gateway`.
+pub mod sync;
+
 use kiln_io::error::ErrorKind;
-use kiln_io::store::bucket_index::BlockRef;
+use kiln_io::store::bucket_index::{BlockRef, BucketIndex};
 use kiln_io::store::{Store, StoreError};
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::runtime::{CoreGone, Mesh};
@@ -12,7 +15,7 @@ use kiln_shards::store_gateway::Msg;
 /// must not apply again.
 pub type Indexed = std::collections::HashSet<(String, String)>;
 
-/// Why the blocks could not be opened at start.
+/// Why the bucket indexes could not be read, or the blocks handed over.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("listing tenants in {store}: {source}")]
@@ -32,36 +35,84 @@ impl OpenError {
     }
 }
 
-/// Reads every tenant's bucket index and hands each block to the core the ring gives it.
-/// Returns every indexed (tenant, block id), for replay to skip what blocks hold.
-///
-/// `serve` says which blocks this instance serves (in a cluster, the blocks its own ingester
-/// cut and not the other replicas' copies: each instance then holds one copy of each of its
-/// series' profiles, which the querier's replica deduplication counts on; see
-/// `querier::replicas` and I18).
-pub fn open_blocks(store: &Store, mesh: &Mesh, serve: &dyn Fn(&BlockRef) -> bool) -> Result<Indexed, OpenError> {
-    let mut indexed = Indexed::new();
-    let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
-    let tenants = store.blocking_tenants().map_err(|e| OpenError::Tenants { store: store.describe(), source: e })?;
-    for tenant in tenants {
-        let idx = store
-            .blocking_read_bucket_index(&tenant)
-            .map_err(|e| OpenError::Index { tenant: tenant.clone(), source: e })?;
-        let deleted: std::collections::HashSet<&str> =
-            idx.block_deletion_marks.iter().map(|m| m.block_id.as_str()).collect();
-        for b in &idx.blocks {
-            // A block marked for deletion still holds what its WAL records held.
-            indexed.insert((tenant.clone(), b.block_id.clone()));
-            if deleted.contains(b.block_id.as_str()) || !serve(b) {
-                continue;
-            }
-            let core = mesh.ring.block_owner(&b.block_id) as usize;
-            per_core[core].push((TenantId::known(tenant.as_str()), b.clone()));
+/// Every tenant's bucket index, as read at one time.
+pub struct Bucket {
+    pub tenants: Vec<(String, BucketIndex)>,
+}
+
+impl Bucket {
+    /// Lists the tenants (the one listing of the bucket, I15) and reads each one's index,
+    /// through the store thread.
+    pub fn read(store: &Store) -> Result<Bucket, OpenError> {
+        let names = store.blocking_tenants().map_err(|e| OpenError::Tenants { store: store.describe(), source: e })?;
+        let mut tenants = Vec::with_capacity(names.len());
+        for tenant in names {
+            let idx = store
+                .blocking_read_bucket_index(&tenant)
+                .map_err(|e| OpenError::Index { tenant: tenant.clone(), source: e })?;
+            tenants.push((tenant, idx));
         }
+        Ok(Bucket { tenants })
     }
-    tracing::info!(blocks = indexed.len(), storage = %store.describe(), "blocks opened");
-    for (core, blocks) in per_core.into_iter().enumerate() {
-        mesh.send_blocking(core, Msg::AddBlocks { blocks })?;
+
+    /// Every indexed (tenant, block id): a block marked for deletion still holds what its
+    /// WAL records held.
+    pub fn indexed(&self) -> Indexed {
+        self.tenants
+            .iter()
+            .flat_map(|(t, idx)| idx.blocks.iter().map(move |b| (t.clone(), b.block_id.clone())))
+            .collect()
     }
-    Ok(indexed)
+
+    /// The blocks queries may read: every indexed block not marked for deletion.
+    fn live(&self) -> impl Iterator<Item = (&str, &BlockRef)> {
+        self.tenants.iter().flat_map(|(t, idx)| {
+            let deleted: std::collections::HashSet<&str> =
+                idx.block_deletion_marks.iter().map(|m| m.block_id.as_str()).collect();
+            idx.blocks.iter().filter(move |b| !deleted.contains(b.block_id.as_str())).map(move |b| (t.as_str(), b))
+        })
+    }
+
+    /// The live blocks `take` keeps, each with its tenant, by the core the instance's ring
+    /// gives its id.
+    fn per_core(&self, mesh: &Mesh, take: &dyn Fn(&BlockRef) -> bool) -> Vec<Vec<(TenantId, BlockRef)>> {
+        let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
+        for (tenant, b) in self.live() {
+            if take(b) {
+                let core = mesh.ring.block_owner(&b.block_id) as usize;
+                per_core[core].push((TenantId::known(tenant), b.clone()));
+            }
+        }
+        per_core
+    }
+}
+
+/// Hands each live block `pinned` keeps to the core the ring gives it, to keep while the
+/// process runs: in a cluster the blocks this instance's ingester cut, alone every block
+/// (see `target::BlocksServed`). Returns how many.
+pub fn open_blocks(bucket: &Bucket, mesh: &Mesh, pinned: &dyn Fn(&BlockRef) -> bool) -> Result<usize, CoreGone> {
+    hand_over(bucket, mesh, pinned, |blocks| Msg::AddBlocks { blocks })
+}
+
+/// Tells each core every live block the store-gateway ring gives it now (`owns`): the new
+/// ones are added, the ones no longer given leave (see `BlockSet::sync`). Returns how many
+/// blocks this instance owns.
+pub fn sync_blocks(bucket: &Bucket, mesh: &Mesh, owns: &dyn Fn(&BlockRef) -> bool) -> Result<usize, CoreGone> {
+    hand_over(bucket, mesh, owns, |blocks| Msg::Sync { blocks })
+}
+
+/// Sends each core the message `msg` makes of its blocks among those `take` keeps; returns
+/// how many blocks in all.
+fn hand_over(
+    bucket: &Bucket,
+    mesh: &Mesh,
+    take: &dyn Fn(&BlockRef) -> bool,
+    msg: fn(Vec<(TenantId, BlockRef)>) -> Msg,
+) -> Result<usize, CoreGone> {
+    let mut n = 0;
+    for (core, blocks) in bucket.per_core(mesh, take).into_iter().enumerate() {
+        n += blocks.len();
+        mesh.send_blocking(core, msg(blocks))?;
+    }
+    Ok(n)
 }

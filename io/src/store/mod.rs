@@ -659,7 +659,8 @@ impl Store {
     }
 
     /// Tenants that have a bucket index, sorted. One listing of the bucket's top level plus
-    /// one `head` per top-level prefix: meant for start-up, not for queries.
+    /// one `head` per top-level prefix: meant for a store-gateway's start and syncs, not for
+    /// queries.
     pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
         self.call(Self::job(tenants)).await
     }

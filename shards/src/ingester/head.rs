@@ -212,14 +212,20 @@ impl TenantHead {
         r
     }
 
-    /// The read side of this head, shared with blocks loaded for a query.
-    /// The head as a query reads it; `tenant` is whose head it is.
-    pub fn view<'a>(&'a self, tenant: &'a str) -> HeadView<'a> {
-        HeadView { tenant, symbols: &self.symbols, series: &self.series, by_profile_type: Some(&self.by_profile_type) }
+    /// The head as a query reads it; `tenant` is whose head it is, `source` the instance
+    /// holding it (see `query::KeyFilter`; empty alone).
+    pub fn view<'a>(&'a self, tenant: &'a str, source: &'a str) -> HeadView<'a> {
+        HeadView {
+            tenant,
+            source,
+            symbols: &self.symbols,
+            series: &self.series,
+            by_profile_type: Some(&self.by_profile_type),
+        }
     }
 
     pub fn query(&self, tenant: &str, q: &QueryRequest) -> QueryResult {
-        self.view(tenant).query(q)
+        self.view(tenant, "").query(q)
     }
 
     /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.

@@ -492,11 +492,15 @@ impl Ingester {
     pub fn query(&self, req: &QueryRequest) -> Vec<QueryResult> {
         let sel = req.selection();
         let frozen = self.cut_state.frozen.borrow();
-        let live = sel.tenants.iter().filter_map(|t| self.tenants.get(t.as_str()).map(|h| h.query(t.as_str(), req)));
+        let source = self.blocks.as_ref().map_or("", |c| c.instance.as_str());
+        let live = sel
+            .tenants
+            .iter()
+            .filter_map(|t| self.tenants.get(t.as_str()).map(|h| h.view(t.as_str(), source).query(req)));
         let cut = frozen
             .iter()
             .filter(|f| sel.tenants.iter().any(|t| **t == *f.tenant))
-            .map(|f| f.head.borrow().query(&f.tenant, req));
+            .map(|f| f.head.borrow().view(&f.tenant, source).query(req));
         live.chain(cut).collect()
     }
 

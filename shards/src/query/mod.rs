@@ -9,12 +9,20 @@ use crate::model::selector::Matcher;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-/// Which of a series' profiles a query may count, by series key (`series_key`): the
-/// querier's choice, in a cluster, of which replica counts each (series, timestamp), so a
-/// profile held by three replicas is counted once. A series absent from the filter counts
-/// none of its profiles.
+/// Which profiles a query may count, by source and series key (`series_key`): the querier's
+/// choice, in a cluster, of which (reader, source) counts each (series, timestamp), so a
+/// profile held by three replicas, or by several blocks on one store-gateway, is counted
+/// once. A *source* is what holds each profile at most once: the ingester that cut a block
+/// (`BlockRef::ingester`; empty for a single node's), or the instance itself for its heads.
+/// A source or series absent from the filter counts none of its profiles.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct KeyFilter {
+    pub sources: FxHashMap<String, SourceKeys>,
+}
+
+/// The series of one source a query counts.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SourceKeys {
     pub series: FxHashMap<u64, Include>,
 }
 
@@ -26,7 +34,7 @@ pub enum Include {
     Only(Vec<i64>),
 }
 
-impl KeyFilter {
+impl SourceKeys {
     /// Whether the profile of series `key` at `ts_ns` counts.
     pub fn includes(&self, key: u64, ts_ns: i64) -> bool {
         match self.series.get(&key) {
@@ -34,6 +42,18 @@ impl KeyFilter {
             Some(Include::All) => true,
             Some(Include::Only(ts)) => ts.binary_search(&ts_ns).is_ok(),
         }
+    }
+}
+
+impl KeyFilter {
+    /// What the filter counts of `source`.
+    pub fn source(&self, source: &str) -> Option<&SourceKeys> {
+        self.sources.get(source)
+    }
+
+    /// Whether the profile of series `key` at `ts_ns` held by `source` counts.
+    pub fn includes(&self, source: &str, key: u64, ts_ns: i64) -> bool {
+        self.source(source).is_some_and(|s| s.includes(key, ts_ns))
     }
 }
 
@@ -52,7 +72,7 @@ pub struct Selection {
     pub matchers: Vec<Matcher>,
     pub start_ms: i64,
     pub end_ms: i64,
-    /// In a cluster: which replica's profiles count (see `KeyFilter`); `None`: all.
+    /// In a cluster: which (reader, source)'s profiles count (see `KeyFilter`); `None`: all.
     pub keys: Option<Arc<KeyFilter>>,
 }
 
@@ -160,6 +180,10 @@ pub enum QueryResult {
         samples: u64,
         bytes: u64,
     },
-    /// (series key, the timestamps in ns of its selected profiles, one per profile).
-    Keys(Vec<(u64, Vec<i64>)>),
+    /// What one source (see `KeyFilter`) holds of the selection: (series key, the timestamps
+    /// in ns of its selected profiles, one per profile).
+    Keys {
+        source: String,
+        keys: Vec<(u64, Vec<i64>)>,
+    },
 }

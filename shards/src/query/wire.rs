@@ -3,7 +3,7 @@
 //! merges its own cores'. One varint codec (`kiln_io::codec`); every count is checked against
 //! the bytes left before anything is allocated for it, so a hostile message costs memory in
 //! proportion to its size, and every error says where it is.
-use super::{Bucket, FlameTree, Include, KeyFilter, PprofPart, QueryRequest, QueryResult, Selection};
+use super::{Bucket, FlameTree, Include, KeyFilter, PprofPart, QueryRequest, QueryResult, Selection, SourceKeys};
 use crate::model::ids::{ProfileTypeId, TenantId};
 use crate::model::labels::Labels;
 use crate::model::profile::{Function, Line, Mapping};
@@ -13,7 +13,7 @@ use kiln_io::codec::{Reader, Writer};
 use std::sync::Arc;
 
 /// Changes whenever the encoding does; a message of another version is refused.
-const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 type Res<T> = Result<T, String>;
 
@@ -120,14 +120,18 @@ fn selection(w: &mut Writer, s: &Selection) {
         None => w.byte(0),
         Some(k) => {
             w.byte(1);
-            w.u(k.series.len() as u64);
-            for (key, inc) in &k.series {
-                w.u64_le(*key);
-                match inc {
-                    Include::All => w.byte(0),
-                    Include::Only(ts) => {
-                        w.byte(1);
-                        timestamps(w, ts);
+            w.u(k.sources.len() as u64);
+            for (source, keys) in &k.sources {
+                w.str(source);
+                w.u(keys.series.len() as u64);
+                for (key, inc) in &keys.series {
+                    w.u64_le(*key);
+                    match inc {
+                        Include::All => w.byte(0),
+                        Include::Only(ts) => {
+                            w.byte(1);
+                            timestamps(w, ts);
+                        }
                     }
                 }
             }
@@ -163,23 +167,33 @@ fn read_selection(r: &mut Reader<'_>) -> Res<Selection> {
     let keys = match r.byte().map_err(e)? {
         0 => None,
         1 => {
-            let n = r.count(9).map_err(e)?;
+            // A source takes at least two bytes (its name's length and its count of series).
+            let sources = r.count(2).map_err(e)?;
+            // Not reserved: a filter holds a few sources, and a hostile count costs nothing.
             let mut k = KeyFilter::default();
-            k.series.reserve(n);
-            for _ in 0..n {
-                let key = r.u64_le().map_err(e)?;
-                let inc = match r.byte().map_err(e)? {
-                    0 => Include::All,
-                    1 => {
-                        let ts = read_timestamps(r)?;
-                        if ts.windows(2).any(|w| w[0] >= w[1]) {
-                            return Err("a key filter's timestamps must be sorted and unique".into());
+            for _ in 0..sources {
+                let source = r.str().map_err(e)?.to_string();
+                let n = r.count(9).map_err(e)?;
+                let mut keys = SourceKeys::default();
+                keys.series.reserve(n);
+                for _ in 0..n {
+                    let key = r.u64_le().map_err(e)?;
+                    let inc = match r.byte().map_err(e)? {
+                        0 => Include::All,
+                        1 => {
+                            let ts = read_timestamps(r)?;
+                            if ts.windows(2).any(|w| w[0] >= w[1]) {
+                                return Err("a key filter's timestamps must be sorted and unique".into());
+                            }
+                            Include::Only(ts)
                         }
-                        Include::Only(ts)
-                    }
-                    t => return Err(format!("unknown key filter kind {t}")),
-                };
-                k.series.insert(key, inc);
+                        t => return Err(format!("unknown key filter kind {t}")),
+                    };
+                    keys.series.insert(key, inc);
+                }
+                if k.sources.insert(source, keys).is_some() {
+                    return Err("a key filter names a source twice".into());
+                }
             }
             Some(Arc::new(k))
         }
@@ -299,8 +313,9 @@ fn result(w: &mut Writer, p: &QueryResult) {
                 w.u(*v);
             }
         }
-        QueryResult::Keys(keys) => {
+        QueryResult::Keys { source, keys } => {
             w.byte(7);
+            w.str(source);
             w.u(keys.len() as u64);
             for (k, ts) in keys {
                 w.u64_le(*k);
@@ -365,12 +380,13 @@ fn read_result(r: &mut Reader<'_>) -> Res<QueryResult> {
             bytes: r.u().map_err(e)?,
         },
         7 => {
+            let source = r.str().map_err(e)?.to_string();
             let n = r.count(9).map_err(e)?;
             let mut keys = Vec::with_capacity(n);
             for _ in 0..n {
                 keys.push((r.u64_le().map_err(e)?, read_timestamps(r)?));
             }
-            QueryResult::Keys(keys)
+            QueryResult::Keys { source, keys }
         }
         t => return Err(format!("unknown query result kind {t}")),
     })
@@ -507,8 +523,10 @@ mod tests {
     #[test]
     fn every_request_kind_roundtrips() {
         let mut k = KeyFilter::default();
-        k.series.insert(7, Include::All);
-        k.series.insert(u64::MAX, Include::Only(vec![-3, 0, 1_700_000_000_000_000_000]));
+        let a = k.sources.entry("ingester-a".into()).or_default();
+        a.series.insert(7, Include::All);
+        a.series.insert(u64::MAX, Include::Only(vec![-3, 0, 1_700_000_000_000_000_000]));
+        k.sources.entry(String::new()).or_default().series.insert(7, Include::Only(vec![5]));
         let reqs = [
             QueryRequest::ProfileTypes(sel(None)),
             QueryRequest::LabelNames(sel(None)),
@@ -556,8 +574,9 @@ mod tests {
 
     fn arb_results() -> impl Strategy<Value = Vec<QueryResult>> {
         let strings = prop::collection::vec("[a-z]{0,4}", 0..4);
-        let keys = prop::collection::vec((any::<u64>(), prop::collection::vec(any::<i64>(), 0..5)), 0..4)
-            .prop_map(QueryResult::Keys);
+        let keys =
+            ("[a-z]{0,4}", prop::collection::vec((any::<u64>(), prop::collection::vec(any::<i64>(), 0..5)), 0..4))
+                .prop_map(|(source, keys)| QueryResult::Keys { source, keys });
         let series = prop::collection::vec(
             (
                 prop::collection::vec(("[a-z]{1,3}", "[a-z]{0,3}"), 0..3),

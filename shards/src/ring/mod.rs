@@ -243,7 +243,7 @@ impl Ring {
     /// Each member's core is the core of its instance's first token from the key, i.e. the
     /// core its local ring routes the key to (module docs).
     pub fn replicas(&self, key: u64, rf: usize, usable: impl Fn(u32) -> Usable) -> Result<ReplicaSet, RingError> {
-        self.walk(key, rf, self.ids.len(), |_| true, usable)
+        self.walk(key, rf, |_| true, usable)
     }
 
     /// `replicas` within a tenant's shuffle shard: the walk steps over every instance outside
@@ -262,35 +262,28 @@ impl Ring {
         if shard.is_empty() {
             return Err(RingError::Empty);
         }
-        self.walk(key, rf, shard.len(), |i| shard.contains(i), usable)
+        self.walk(key, rf, |i| shard.contains(i), usable)
     }
 
-    /// The replica walk over the instances `within` accepts, of which there are `instances`.
+    /// The replica walk over the instances `within` accepts.
     fn walk(
         &self,
         key: u64,
         rf: usize,
-        instances: usize,
         within: impl Fn(u32) -> bool,
         usable: impl Fn(u32) -> Usable,
     ) -> Result<ReplicaSet, RingError> {
         if self.is_empty() {
             return Err(RingError::Empty);
         }
-        let start = self.start(key);
-        let mut seen: Vec<u32> = Vec::with_capacity(rf + 2);
+        let mut walk = self.distinct_from(self.start(key)).filter(|m| within(m.instance));
+        let mut taken = 0;
         let mut members = Vec::with_capacity(rf);
         let mut unhealthy = 0;
         let mut wanted = rf;
-        for j in 0..self.tokens.len() {
-            if seen.len() >= wanted || seen.len() == instances {
-                break;
-            }
-            let m = self.tokens[(start + j) % self.tokens.len()].1;
-            if !within(m.instance) || seen.contains(&m.instance) {
-                continue;
-            }
-            seen.push(m.instance);
+        while taken < wanted {
+            let Some(m) = walk.next() else { break };
+            taken += 1;
             match usable(m.instance) {
                 Usable::Yes => members.push(m),
                 Usable::Extend => {
@@ -300,11 +293,69 @@ impl Ring {
                 Usable::Unhealthy => unhealthy += 1,
             }
         }
-        let quorum = seen.len().max(rf) / 2 + 1;
+        let quorum = taken.max(rf) / 2 + 1;
         if members.len() < quorum {
             return Err(RingError::TooFewLive { needed: quorum, found: members.len() });
         }
         Ok(ReplicaSet { members, quorum, unhealthy })
+    }
+}
+
+impl Ring {
+    /// The first `rf` distinct instances clockwise from `key` that `eligible` takes, each with
+    /// the core of its first token from the key (the core its local ring routes the key to):
+    /// a block's store-gateways. Fewer when fewer are eligible.
+    pub fn owners(&self, key: u64, rf: usize, eligible: impl Fn(u32) -> bool) -> Vec<Member> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        self.distinct_from(self.start(key)).filter(|m| eligible(m.instance)).take(rf).collect()
+    }
+
+    /// The distinct instances clockwise from entry `start`, each with the core of its first
+    /// token from there: the walk every replica set and owner set takes.
+    fn distinct_from(&self, start: usize) -> impl Iterator<Item = Member> + '_ {
+        let mut seen: Vec<u32> = Vec::new();
+        let n = self.tokens.len();
+        (0..n)
+            .map(move |j| self.tokens[(start + j) % n].1)
+            .filter(move |m| {
+                let new = !seen.contains(&m.instance);
+                if new {
+                    seen.push(m.instance);
+                }
+                new
+            })
+            .take(self.ids.len())
+    }
+
+    /// Share of the key space each instance is one of `rf` owners of (`owners` with every
+    /// instance eligible), by instance index: the store-gateway ring page's ownership. With
+    /// `rf` 1 this is `ownership` summed per instance; shares sum to `min(rf, instances)`.
+    pub fn ownership_rf(&self, rf: usize) -> Vec<(u32, f64)> {
+        let mut out: Vec<(u32, f64)> = Vec::new();
+        let n = self.tokens.len();
+        for i in 0..n {
+            let (t, _) = self.tokens[i];
+            let arc = if i == 0 {
+                t as u64 + (1u64 << 32) - self.tokens[n - 1].0 as u64
+            } else {
+                (t - self.tokens[i - 1].0) as u64
+            };
+            if arc == 0 {
+                continue;
+            }
+            // The keys of this arc start their walk at token i.
+            for m in self.distinct_from(i).take(rf).map(|m| m.instance) {
+                let share = arc as f64 / (1u64 << 32) as f64;
+                match out.iter_mut().find(|(x, _)| *x == m) {
+                    Some((_, s)) => *s += share,
+                    None => out.push((m, share)),
+                }
+            }
+        }
+        out.sort_unstable_by_key(|(m, _)| *m);
+        out
     }
 }
 

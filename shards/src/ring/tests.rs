@@ -87,6 +87,41 @@ fn ownership_matches_sampled_keys() {
 }
 
 #[test]
+fn block_owners_are_the_replica_walk_and_their_shares_match_sampled_keys() {
+    let insts: Vec<InstanceTokens> =
+        (0..4).map(|i| InstanceTokens { instance: i, seed: 500 + i as u64, cores: 2 }).collect();
+    let r = Ring::of_instances(&insts, 8);
+    for k in 0..500u64 {
+        let k = key(k, 9);
+        // Every instance eligible: the same instances and cores as a write's replicas.
+        let owners = r.owners(k, 2, |_| true);
+        assert_eq!(owners, r.replicas(k, 2, |_| Usable::Yes).unwrap().members);
+        // One not eligible: the walk goes on past it, keeping the others' order and cores.
+        let skip = owners[0].instance;
+        let rest = r.owners(k, 2, |i| i != skip);
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0], owners[1]);
+        assert!(rest.iter().all(|m| m.instance != skip
+            && m.core == r.owners(k, 4, |_| true).iter().find(|o| o.instance == m.instance).unwrap().core));
+    }
+    assert!(r.owners(1, 3, |_| false).is_empty());
+    // RF 1: the per-instance sum of `ownership`; RF 2: each key counted for two instances.
+    let one = r.ownership_rf(1);
+    for (i, share) in &one {
+        let want: f64 = r.ownership().iter().filter(|(m, _)| m.instance == *i).map(|(_, s)| s).sum();
+        assert!((share - want).abs() < 1e-9);
+    }
+    let two = r.ownership_rf(2);
+    assert!((two.iter().map(|(_, s)| s).sum::<f64>() - 2.0).abs() < 1e-9);
+    let n = 100_000u64;
+    for (i, share) in two {
+        let got = (0..n).filter(|k| r.owners(key(*k, 5), 2, |_| true).iter().any(|m| m.instance == i)).count() as f64
+            / n as f64;
+        assert!((got - share).abs() < 0.01, "instance {i}: arcs {share}, sampled {got}");
+    }
+}
+
+#[test]
 fn dskit_quorum_cases() {
     // Tokens are hashed, so the cases are built from a walk's own answer with all usable.
     let insts: Vec<InstanceTokens> =

@@ -1,13 +1,16 @@
 //! The store-gateway side of a core: the blocks this core owns, opened lazily, and queries
 //! over them.
 //!
-//! Ownership: a block belongs to the (instance, core) that the ring gives its id
-//! (`Ring::block_owner`); only that core opens it, caches its index, symbols and parquet footer, and
-//! answers queries from it. A core cutting its head picks an id it owns itself, so a new
-//! block never changes hands while the process runs, and the head it replaces and the block
-//! swap in one step on one core (no query counts both or neither). The `BlockSet` lives on
-//! its core behind an `Rc<RefCell<…>>` shared with that core's tasks only; a borrow is never
-//! held across an await.
+//! Ownership: within an instance, a block belongs to the core that the instance's ring gives
+//! its id (`Ring::block_owner`); only that core opens it, caches its index, symbols and
+//! parquet footer, and answers queries from it. A core holds a block for one of two reasons,
+//! each kept on the block: its ingester cut it (*pinned*: a core cutting its head picks an id
+//! it owns itself, so the head it replaces and the block swap in one step on one core and no
+//! query counts both or neither; such a block stays while the process runs), or, in a
+//! cluster, the store-gateway ring gives it to this instance (*synced*: `Msg::Sync` says which,
+//! and a block not pinned that two syncs in a row left out leaves the set and its cache). The `BlockSet`
+//! lives on its core behind an `Rc<RefCell<…>>` shared with that core's tasks only; a borrow
+//! is never held across an await.
 use crate::block::{self, index::BlockIndex, object_path, profiles::ProfilesFile};
 use crate::eval::HeadView;
 use crate::model::ids::{BlockId, TenantId};
@@ -85,6 +88,8 @@ pub type QueryReply = flume::Sender<Result<Vec<QueryResult>, QueryError>>;
 #[derive(Debug, Clone, Default)]
 pub struct StoreGatewayStats {
     pub blocks: usize,
+    /// Blocks the store-gateway ring gives this core (the last `Msg::Sync`).
+    pub synced: usize,
     pub block_cache_bytes: usize,
     /// Block queries running (bounded by `MAX_BLOCK_QUERIES`).
     pub block_queries: usize,
@@ -94,9 +99,13 @@ pub struct StoreGatewayStats {
 
 /// What the store-gateway on a core is asked to do (through the core's inbox).
 pub enum Msg {
-    /// Blocks found in the bucket indexes at start that the ring gives this core, each as
-    /// its tenant's index lists it.
+    /// Blocks this instance cut (or, alone, every block), found in the bucket indexes at
+    /// start, that the ring gives this core, each as its tenant's index lists it: pinned.
     AddBlocks { blocks: Vec<(TenantId, BlockRef)> },
+    /// Every block the store-gateway ring gives this core now: the ones not held yet are
+    /// added, and the ones no sync listed twice in a row leave (unless pinned; see
+    /// `BlockSet::sync`).
+    Sync { blocks: Vec<(TenantId, BlockRef)> },
 }
 
 /// The store-gateway's part of one core: its blocks and where to read them.
@@ -130,6 +139,7 @@ impl StoreGateway {
                     set.add(tenant, &b);
                 }
             }
+            Msg::Sync { blocks } => self.blocks.borrow_mut().sync(blocks),
         }
     }
 
@@ -181,6 +191,7 @@ impl StoreGateway {
         let blocks = self.blocks.borrow();
         StoreGatewayStats {
             blocks: blocks.len(),
+            synced: blocks.blocks.iter().filter(|b| b.synced.get()).count(),
             block_cache_bytes: blocks.cached_bytes(),
             block_queries: self.queries.in_use(),
             block_queries_refused: self.refused.get(),
@@ -192,6 +203,14 @@ impl StoreGateway {
 pub struct OwnedBlock {
     pub tenant: TenantId,
     pub id: BlockId,
+    /// The ingester that cut it (`BlockRef::ingester`): what holds its profiles once.
+    pub source: String,
+    /// Cut by this instance (or found at start as such): kept while the process runs.
+    pinned: Cell<bool>,
+    /// Given to this instance by the store-gateway ring at the last sync.
+    synced: Cell<bool>,
+    /// Syncs since one last gave it to this instance.
+    unlisted: Cell<u8>,
     pub min_ms: i64,
     pub max_ms: i64,
     profiles_bytes: u64,
@@ -221,22 +240,34 @@ impl BlockSet {
         BlockSet { cache_limit, ..Default::default() }
     }
 
-    /// Adds a block of `tenant` as its bucket index lists it (once). An entry whose id is
-    /// not a block ID is skipped with a warning: it could name a path outside the tenant.
+    /// Adds a block of `tenant` as its bucket index lists it (once), pinned: one this
+    /// instance cut. An entry whose id is not a block ID is skipped with a warning: it could
+    /// name a path outside the tenant.
     pub fn add(&mut self, tenant: TenantId, r: &BlockRef) {
+        if let Some(b) = self.insert(tenant, r) {
+            b.pinned.set(true);
+        }
+    }
+
+    /// The block of `tenant` with `r`'s id, added if it is not held yet (`None`: not a block ID).
+    fn insert(&mut self, tenant: TenantId, r: &BlockRef) -> Option<&Rc<OwnedBlock>> {
         let id = match BlockId::parse(&r.block_id) {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(tenant = %tenant, error = %e, "skipping a bucket index entry");
-                return;
+                return None;
             }
         };
-        if self.blocks.iter().any(|b| b.id == id && b.tenant == tenant) {
-            return;
+        if let Some(i) = self.blocks.iter().position(|b| b.id == id && b.tenant == tenant) {
+            return Some(&self.blocks[i]);
         }
         self.blocks.push(Rc::new(OwnedBlock {
             tenant,
             id,
+            source: r.ingester.clone(),
+            pinned: Cell::new(false),
+            synced: Cell::new(false),
+            unlisted: Cell::new(0),
             min_ms: r.min_time,
             max_ms: r.max_time,
             // 0: unknown, asked of the bucket when the block is opened.
@@ -244,6 +275,28 @@ impl BlockSet {
             opened: RefCell::new(None),
             last_used: Cell::new(0),
         }));
+        self.blocks.last()
+    }
+
+    /// Makes `blocks` the ones the store-gateway ring gives this core: each is added (or
+    /// marked) synced, and a block that two syncs in a row did not list leaves the set, with
+    /// what the cache holds of it, unless this instance cut it. The sync in between is a
+    /// grace: a query that listed its profiles on this core before the ring moved still
+    /// finds them in its second step (a source counts a profile once however many readers
+    /// hold it, so holding a block a while longer costs memory, never an exact answer). A
+    /// query that took the block before keeps its `Rc` until it answers.
+    pub fn sync(&mut self, blocks: Vec<(TenantId, BlockRef)>) {
+        for b in &self.blocks {
+            b.synced.set(false);
+            b.unlisted.set(b.unlisted.get().saturating_add(1));
+        }
+        for (tenant, r) in blocks {
+            if let Some(b) = self.insert(tenant, &r) {
+                b.synced.set(true);
+                b.unlisted.set(0);
+            }
+        }
+        self.blocks.retain(|b| b.pinned.get() || b.unlisted.get() < 2);
     }
 
     pub fn len(&self) -> usize {
@@ -402,7 +455,13 @@ pub async fn query(
     };
     let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, with_samples, min_ns, max_ns)
         .map_err(|e| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e })?;
-    let view = HeadView { tenant: b.tenant.as_str(), symbols: &o.symbols, series: &series, by_profile_type: None };
+    let view = HeadView {
+        tenant: b.tenant.as_str(),
+        source: &b.source,
+        symbols: &o.symbols,
+        series: &series,
+        by_profile_type: None,
+    };
     Ok(view.query(req))
 }
 
@@ -472,6 +531,35 @@ mod tests {
         assert_eq!(set.cached_bytes(), 200);
         assert!(blocks[0].opened.borrow().is_none(), "the least recently used block is evicted");
         assert!(blocks[2].opened.borrow().is_some());
+    }
+
+    #[test]
+    fn a_sync_adds_new_blocks_drops_the_ones_no_longer_owned_and_keeps_pinned_ones() {
+        let mut set = BlockSet::new(0);
+        // Cut here: pinned.
+        add(&mut set, entry("a"));
+        let (t, mut b) = entry("b");
+        b.ingester = "ingester-2".into();
+        set.sync(vec![(t.clone(), b.clone()), entry("c"), entry("a")]);
+        assert_eq!(set.len(), 3);
+        let sources: Vec<(String, String)> = set.blocks.iter().map(|x| (x.id.to_string(), x.source.clone())).collect();
+        assert!(sources.iter().any(|(id, s)| id.starts_with('B') && s == "ingester-2"), "{sources:?}");
+        let held = set.matching(&sel(0, 10_000));
+        *held[2].opened.borrow_mut() = Some(opened(1));
+        assert!(set.cached_bytes() > 0);
+        // c is no longer owned: kept through one sync (a query between its steps still finds
+        // it), then it leaves with its cache; a, pinned, stays though not listed.
+        set.sync(vec![(t.clone(), b.clone())]);
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.blocks.iter().filter(|x| x.synced.get()).count(), 1);
+        set.sync(vec![(t, b)]);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.cached_bytes(), 0);
+        assert!(set.blocks.iter().all(|x| !x.id.to_string().starts_with('C')));
+        set.sync(Vec::new());
+        set.sync(Vec::new());
+        assert_eq!(set.len(), 1, "the pinned block stays");
+        assert_eq!(set.blocks[0].id.to_string(), format!("{:0<26}", "A"));
     }
 
     #[test]

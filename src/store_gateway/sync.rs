@@ -1,0 +1,245 @@
+//! The store-gateway ring across instances: which blocks this instance owns, and the thread
+//! that keeps its cores' blocks in step with the bucket.
+//!
+//! A block's owners are the first `-store-gateway.sharding-ring.replication-factor` distinct
+//! store-gateways clockwise from its id on the store-gateway ring (`Ring::owners`), taking
+//! those that are healthy and JOINING or ACTIVE, and this instance itself from its start
+//! (Cortex's `BlocksOwnerSync`, without LEAVING: a store-gateway that leaves hands its blocks
+//! over at once); within an owner, the core its own ring gives the id (the local-ring
+//! invariant). A store-gateway syncs at start (before it turns ACTIVE, so it holds its blocks
+//! once queriers ask it), every `-store-gateway.sync-interval`, and within a second of a
+//! change of the owners' set: it re-reads every tenant's bucket index and sends each core the
+//! blocks it owns now (`Msg::Sync`: new ones added, the ones no longer owned dropped with
+//! their cache).
+use super::{sync_blocks, Bucket};
+use crate::cluster::Cluster;
+use kiln_io::store::bucket_index::BlockRef;
+use kiln_io::store::Store;
+use kiln_shards::ring::member::{Components, InstanceDesc, State};
+use kiln_shards::ring::snapshot::Snapshot;
+use kiln_shards::ring::{block_key, InstanceTokens, Ring};
+use kiln_shards::runtime::Mesh;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Syncs since start, failed syncs, and the blocks the last one gave this instance.
+static SYNCS: AtomicU64 = AtomicU64::new(0);
+static SYNC_FAILURES: AtomicU64 = AtomicU64::new(0);
+static OWNED: AtomicU64 = AtomicU64::new(0);
+
+/// How often the thread looks at the owners' set; a failed sync is retried after `RETRY`.
+const TICK: Duration = Duration::from_secs(1);
+const RETRY: Duration = Duration::from_secs(10);
+
+/// The store-gateways owning blocks, as one instance sees them.
+pub struct Owners {
+    ring: Ring,
+    /// This instance's index in `ring`.
+    me: u32,
+    rf: usize,
+    /// What the owners' set is made of (ids, seeds, cores), to notice a change.
+    pub digest: u64,
+}
+
+/// The owners in `snap` as (id, token seed, cores), sorted, with `own` (this instance)
+/// among them whatever its state; and a digest of them and `rf`, to notice a change.
+fn members<'a>(snap: &'a Snapshot, own: &'a InstanceDesc, rf: usize) -> (Vec<(&'a str, u64, u32)>, u64) {
+    let mut members: Vec<(&str, u64, u32)> = snap
+        .instances()
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| {
+            d.components.has(Components::STORE_GATEWAY)
+                && matches!(d.state, State::Joining | State::Active)
+                && snap.healthy(*i as u32)
+                && d.id != own.id
+        })
+        .map(|(_, d)| (d.id.as_str(), d.token_seed, d.cores))
+        .collect();
+    members.push((own.id.as_str(), own.token_seed, own.cores));
+    members.sort_unstable();
+    let mut bytes = Vec::new();
+    for (id, seed, cores) in &members {
+        bytes.extend_from_slice(id.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&seed.to_le_bytes());
+        bytes.extend_from_slice(&cores.to_le_bytes());
+    }
+    bytes.extend_from_slice(&(rf as u64).to_le_bytes());
+    (members, xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
+impl Owners {
+    /// The owners in `snap`, with `own` (this instance) among them whatever its state.
+    pub fn of(snap: &Snapshot, own: &InstanceDesc, tokens_per_core: u32, rf: usize) -> Owners {
+        let (members, digest) = members(snap, own, rf);
+        let me = members.iter().position(|m| m.0 == own.id).unwrap_or(0) as u32;
+        let tokens: Vec<InstanceTokens> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (_, seed, cores))| InstanceTokens { instance: i as u32, seed: *seed, cores: *cores })
+            .collect();
+        Owners { ring: Ring::of_instances(&tokens, tokens_per_core), me, rf, digest }
+    }
+
+    /// Whether this instance is one of block `id`'s owners.
+    pub fn owns(&self, id: &str) -> bool {
+        self.ring.owners(block_key(id), self.rf, |_| true).iter().any(|m| m.instance == self.me)
+    }
+}
+
+/// What a sync needs, kept by its thread.
+pub struct Syncer {
+    pub store: Store,
+    pub mesh: Mesh,
+    pub cluster: Arc<Cluster>,
+    pub own: InstanceDesc,
+    pub tokens_per_core: u32,
+    pub interval: Duration,
+}
+
+impl Syncer {
+    fn owners(&self) -> Owners {
+        Owners::of(
+            &self.cluster.snapshot(),
+            &self.own,
+            self.tokens_per_core,
+            self.cluster.store_gateway_replication_factor,
+        )
+    }
+
+    /// One sync with `bucket` read already: each core gets the blocks `owners` gives it.
+    pub fn apply(&self, bucket: &Bucket, owners: &Owners) -> Result<usize, kiln_shards::runtime::CoreGone> {
+        let n = sync_blocks(bucket, &self.mesh, &|b: &BlockRef| owners.owns(&b.block_id))?;
+        SYNCS.fetch_add(1, Relaxed);
+        OWNED.store(n as u64, Relaxed);
+        tracing::info!(blocks = n, "store-gateway synced its blocks with the bucket");
+        Ok(n)
+    }
+
+    /// Syncs at start with `bucket` (read already for the start), then starts the thread
+    /// that syncs every interval and whenever the owners change.
+    pub fn start(self, bucket: &Bucket) -> Result<(), kiln_shards::runtime::CoreGone> {
+        let owners = self.owners();
+        self.apply(bucket, &owners)?;
+        let last = owners.digest;
+        std::thread::Builder::new()
+            .name("kiln-sg-sync".into())
+            .spawn(move || self.run(last))
+            .map_err(|_| kiln_shards::runtime::CoreGone)?;
+        Ok(())
+    }
+
+    fn run(self, mut last: u64) {
+        let mut due = Instant::now() + self.interval;
+        loop {
+            std::thread::sleep(TICK);
+            // The ring is built only for a sync; a tick compares the members' digest.
+            let snap = self.cluster.snapshot();
+            let rf = self.cluster.store_gateway_replication_factor;
+            if members(&snap, &self.own, rf).1 == last && Instant::now() < due {
+                continue;
+            }
+            let owners = self.owners();
+            let res = Bucket::read(&self.store)
+                .map_err(|e| e.to_string())
+                .and_then(|bucket| self.apply(&bucket, &owners).map_err(|e| e.to_string()));
+            match res {
+                Ok(_) => {
+                    last = owners.digest;
+                    due = Instant::now() + self.interval;
+                }
+                Err(e) => {
+                    SYNC_FAILURES.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, "a store-gateway sync failed; retrying");
+                    due = Instant::now() + RETRY.min(self.interval);
+                }
+            }
+        }
+    }
+}
+
+/// The syncs' counters in Prometheus text format.
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write;
+    for (name, kind, help, v) in [
+        ("kiln_store_gateway_syncs_total", "counter", "Store-gateway syncs with the bucket indexes.", &SYNCS),
+        ("kiln_store_gateway_sync_failures_total", "counter", "Store-gateway syncs that failed.", &SYNC_FAILURES),
+        (
+            "kiln_store_gateway_blocks_synced",
+            "gauge",
+            "Blocks the store-gateway ring gave this instance at the last sync.",
+            &OWNED,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(id: &str, state: State) -> InstanceDesc {
+        InstanceDesc {
+            id: id.into(),
+            addr: format!("{id}:1"),
+            zone: String::new(),
+            components: "store-gateway".parse().unwrap(),
+            state,
+            cores: 2,
+            token_seed: crate::cluster::entry::token_seed(id),
+            heartbeat_ms: 1_000,
+        }
+    }
+
+    fn snap(descs: Vec<InstanceDesc>) -> Snapshot {
+        Snapshot::build(
+            descs,
+            1_000,
+            &kiln_shards::ring::snapshot::RingConfig {
+                tokens_per_core: 16,
+                heartbeat_timeout_ms: 60_000,
+                forget_after_ms: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn each_block_has_rf_owners_and_every_instance_agrees() {
+        let all = ["sg-a", "sg-b", "sg-c"];
+        let s = snap(all.iter().map(|id| desc(id, State::Active)).collect());
+        let views: Vec<Owners> = all.iter().map(|id| Owners::of(&s, &desc(id, State::Active), 16, 2)).collect();
+        assert!(views.windows(2).all(|w| w[0].digest == w[1].digest));
+        let mut per_instance = [0; 3];
+        for i in 0..300 {
+            let id = format!("01JSYNC{i:019}");
+            let owners: Vec<usize> = (0..3).filter(|&k| views[k].owns(&id)).collect();
+            assert_eq!(owners.len(), 2, "{id}");
+            for o in owners {
+                per_instance[o] += 1;
+            }
+        }
+        assert!(per_instance.iter().all(|n| *n > 100), "{per_instance:?}");
+    }
+
+    #[test]
+    fn a_starting_instance_owns_as_if_active_and_a_leaving_one_owns_nothing_for_the_others() {
+        // sg-c is PENDING (starting): it counts itself, and once ACTIVE the others agree.
+        let s = snap(vec![desc("sg-a", State::Active), desc("sg-b", State::Active), desc("sg-c", State::Pending)]);
+        let starting = Owners::of(&s, &desc("sg-c", State::Pending), 16, 1);
+        let active = snap(["sg-a", "sg-b", "sg-c"].iter().map(|id| desc(id, State::Active)).collect());
+        let a_later = Owners::of(&active, &desc("sg-a", State::Active), 16, 1);
+        assert_eq!(starting.digest, a_later.digest);
+        // sg-b LEAVING: sg-a's view leaves it out, so sg-a and sg-c own every block between them.
+        let leaving =
+            snap(vec![desc("sg-a", State::Active), desc("sg-b", State::Leaving), desc("sg-c", State::Active)]);
+        let a = Owners::of(&leaving, &desc("sg-a", State::Active), 16, 1);
+        let c = Owners::of(&leaving, &desc("sg-c", State::Active), 16, 1);
+        for i in 0..200 {
+            let id = format!("01JLEAVE{i:018}");
+            assert!(a.owns(&id) ^ c.owns(&id), "{id}");
+        }
+    }
+}
