@@ -161,7 +161,12 @@ fn survey(root: &Path) -> Survey {
             match Value::deserialize(d) {
                 Ok(Value::Null) => {}
                 Ok(v) => docs.push(v),
-                Err(e) => s.problems.push(format!("{rel}: does not parse: {e}")),
+                // serde_yaml's document iterator yields the same error again and again
+                // after one: the rest of the file is not read.
+                Err(e) => {
+                    s.problems.push(format!("{rel}: does not parse: {e}"));
+                    break;
+                }
             }
         }
         let name = path.file_name().unwrap().to_str().unwrap();
@@ -968,6 +973,13 @@ fn deploy_checks_catch_broken_files() {
         ("kubernetes/monolithic/kiln-monolithic.yaml", "-shards=4\n", "-log.level=info\n", "-shards"),
         ("kubernetes/monolithic/00-namespace.yaml", "name: kiln-monolithic", "name: kiln-mono", "namespace"),
         ("kiln.yaml", "multitenancy_enabled:", "multitenancy:", "\"multitenancy\""),
+        // A line indented wrong: reported, not read forever.
+        (
+            "kubernetes/microservices/query-frontend.yaml",
+            "          env:\n",
+            "                env:\n",
+            "does not parse",
+        ),
     ];
     let src = repo_root().join("deploy");
     for (file, text, with, expect) in breaks {
