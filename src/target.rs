@@ -96,7 +96,7 @@ pub fn run(cfg: Config) {
     if serves.cut_here || serves.shared {
         let instance = blocks_instance.as_str();
         let bucket = store_gateway::Bucket::read(&store).unwrap_or_else(|e| fail(e.to_string()));
-        let pinned = |b: &kiln_io::store::bucket_index::BlockRef| serves.pinned(b, instance);
+        let pinned = |_: &str, b: &kiln_io::store::bucket_index::BlockRef| serves.pinned(b, instance);
         let n = store_gateway::open_blocks(&bucket, &started.mesh, &pinned).unwrap_or_else(|e| fail(e.to_string()));
         tracing::info!(blocks = n, storage = %store.describe(), "blocks opened");
         // In a cluster, the store-gateway ring's share of every block in the bucket.
@@ -108,6 +108,7 @@ pub fn run(cfg: Config) {
                 own: own.clone(),
                 tokens_per_core: tokens,
                 interval: shared.cfg.store_gateway_sync_interval,
+                limits: shared.limits.clone(),
             };
             syncer.start(&bucket).unwrap_or_else(|e| fail(e.to_string()));
         }

@@ -75,10 +75,10 @@ impl Bucket {
 
     /// The live blocks `take` keeps, each with its tenant, by the core the instance's ring
     /// gives its id.
-    fn per_core(&self, mesh: &Mesh, take: &dyn Fn(&BlockRef) -> bool) -> Vec<Vec<(TenantId, BlockRef)>> {
+    fn per_core(&self, mesh: &Mesh, take: &dyn Fn(&str, &BlockRef) -> bool) -> Vec<Vec<(TenantId, BlockRef)>> {
         let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
         for (tenant, b) in self.live() {
-            if take(b) {
+            if take(tenant, b) {
                 let core = mesh.ring.block_owner(&b.block_id) as usize;
                 per_core[core].push((TenantId::known(tenant), b.clone()));
             }
@@ -90,14 +90,14 @@ impl Bucket {
 /// Hands each live block `pinned` keeps to the core the ring gives it, to keep while the
 /// process runs: in a cluster the blocks this instance's ingester cut, alone every block
 /// (see `target::BlocksServed`). Returns how many.
-pub fn open_blocks(bucket: &Bucket, mesh: &Mesh, pinned: &dyn Fn(&BlockRef) -> bool) -> Result<usize, CoreGone> {
+pub fn open_blocks(bucket: &Bucket, mesh: &Mesh, pinned: &dyn Fn(&str, &BlockRef) -> bool) -> Result<usize, CoreGone> {
     hand_over(bucket, mesh, pinned, |blocks| Msg::AddBlocks { blocks })
 }
 
-/// Tells each core every live block the store-gateway ring gives it now (`owns`): the new
-/// ones are added, the ones no longer given leave (see `BlockSet::sync`). Returns how many
-/// blocks this instance owns.
-pub fn sync_blocks(bucket: &Bucket, mesh: &Mesh, owns: &dyn Fn(&BlockRef) -> bool) -> Result<usize, CoreGone> {
+/// Tells each core every live block the store-gateway ring gives it now (`owns`, by tenant
+/// and block): the new ones are added, the ones no longer given leave (see
+/// `BlockSet::sync`). Returns how many blocks this instance owns.
+pub fn sync_blocks(bucket: &Bucket, mesh: &Mesh, owns: &dyn Fn(&str, &BlockRef) -> bool) -> Result<usize, CoreGone> {
     hand_over(bucket, mesh, owns, |blocks| Msg::Sync { blocks })
 }
 
@@ -106,7 +106,7 @@ pub fn sync_blocks(bucket: &Bucket, mesh: &Mesh, owns: &dyn Fn(&BlockRef) -> boo
 fn hand_over(
     bucket: &Bucket,
     mesh: &Mesh,
-    take: &dyn Fn(&BlockRef) -> bool,
+    take: &dyn Fn(&str, &BlockRef) -> bool,
     msg: fn(Vec<(TenantId, BlockRef)>) -> Msg,
 ) -> Result<usize, CoreGone> {
     let mut n = 0;

@@ -11,11 +11,17 @@
 //! change of the owners' set: it re-reads every tenant's bucket index and sends each core the
 //! blocks it owns now (`Msg::Sync`: new ones added, the ones no longer owned dropped with
 //! their cache).
+//!
+//! With `-store-gateway.tenant-shard-size` a tenant's blocks go only to its tenant shard of
+//! the store-gateways (`ring::shuffle::tenant_shard`, drawn from the tenant): a block's owners
+//! are then the first ones clockwise within the shard.
 use super::{sync_blocks, Bucket};
 use crate::cluster::Cluster;
+use crate::config::TenantLimits;
 use kiln_io::store::bucket_index::BlockRef;
 use kiln_io::store::Store;
 use kiln_shards::ring::member::{Components, InstanceDesc, State};
+use kiln_shards::ring::shuffle::{tenant_shard, TenantShard};
 use kiln_shards::ring::snapshot::Snapshot;
 use kiln_shards::ring::{block_key, InstanceTokens, Ring};
 use kiln_shards::runtime::Mesh;
@@ -38,14 +44,18 @@ pub struct Owners {
     /// This instance's index in `ring`.
     me: u32,
     rf: usize,
-    /// What the owners' set is made of (ids, seeds, cores), to notice a change.
+    /// Each member's zone, by its index in `ring` (tenant shards draw per zone).
+    zones: Vec<String>,
+    /// What the owners' set is made of (ids, seeds, cores, zones), to notice a change.
     pub digest: u64,
 }
 
 /// The owners in `snap` as (id, token seed, cores), sorted, with `own` (this instance)
 /// among them whatever its state; and a digest of them and `rf`, to notice a change.
-fn members<'a>(snap: &'a Snapshot, own: &'a InstanceDesc, rf: usize) -> (Vec<(&'a str, u64, u32)>, u64) {
-    let mut members: Vec<(&str, u64, u32)> = snap
+type OwnerDesc<'a> = (&'a str, u64, u32, &'a str);
+
+fn members<'a>(snap: &'a Snapshot, own: &'a InstanceDesc, rf: usize) -> (Vec<OwnerDesc<'a>>, u64) {
+    let mut members: Vec<OwnerDesc<'a>> = snap
         .instances()
         .iter()
         .enumerate()
@@ -55,16 +65,18 @@ fn members<'a>(snap: &'a Snapshot, own: &'a InstanceDesc, rf: usize) -> (Vec<(&'
                 && snap.healthy(*i as u32)
                 && d.id != own.id
         })
-        .map(|(_, d)| (d.id.as_str(), d.token_seed, d.cores))
+        .map(|(_, d)| (d.id.as_str(), d.token_seed, d.cores, d.zone.as_str()))
         .collect();
-    members.push((own.id.as_str(), own.token_seed, own.cores));
+    members.push((own.id.as_str(), own.token_seed, own.cores, own.zone.as_str()));
     members.sort_unstable();
     let mut bytes = Vec::new();
-    for (id, seed, cores) in &members {
+    for (id, seed, cores, zone) in &members {
         bytes.extend_from_slice(id.as_bytes());
         bytes.push(0);
         bytes.extend_from_slice(&seed.to_le_bytes());
         bytes.extend_from_slice(&cores.to_le_bytes());
+        bytes.extend_from_slice(zone.as_bytes());
+        bytes.push(0);
     }
     bytes.extend_from_slice(&(rf as u64).to_le_bytes());
     (members, xxhash_rust::xxh3::xxh3_64(&bytes))
@@ -78,14 +90,26 @@ impl Owners {
         let tokens: Vec<InstanceTokens> = members
             .iter()
             .enumerate()
-            .map(|(i, (_, seed, cores))| InstanceTokens { instance: i as u32, seed: *seed, cores: *cores })
+            .map(|(i, (_, seed, cores, _))| InstanceTokens { instance: i as u32, seed: *seed, cores: *cores })
             .collect();
-        Owners { ring: Ring::of_instances(&tokens, tokens_per_core), me, rf, digest }
+        let zones = members.iter().map(|m| m.3.to_string()).collect();
+        Owners { ring: Ring::of_instances(&tokens, tokens_per_core), me, rf, zones, digest }
     }
 
-    /// Whether this instance is one of block `id`'s owners.
+    /// Whether this instance is one of block `id`'s owners (every store-gateway may own it).
     pub fn owns(&self, id: &str) -> bool {
-        self.ring.owners(block_key(id), self.rf, |_| true).iter().any(|m| m.instance == self.me)
+        self.owns_within(id, None)
+    }
+
+    /// `tenant`'s shard of `size` store-gateways (0: all of them).
+    pub fn shard(&self, tenant: &str, size: usize) -> TenantShard {
+        tenant_shard(&self.ring, |i| self.zones.get(i as usize).map_or("", String::as_str), tenant, size)
+    }
+
+    /// Whether this instance is one of block `id`'s owners within `shard` (`None`: all).
+    pub fn owns_within(&self, id: &str, shard: Option<&TenantShard>) -> bool {
+        let within = |i: u32| shard.is_none_or(|s| s.contains(i));
+        self.ring.owners(block_key(id), self.rf, within).iter().any(|m| m.instance == self.me)
     }
 }
 
@@ -97,6 +121,8 @@ pub struct Syncer {
     pub own: InstanceDesc,
     pub tokens_per_core: u32,
     pub interval: Duration,
+    /// For each tenant's `-store-gateway.tenant-shard-size`.
+    pub limits: Arc<TenantLimits>,
 }
 
 impl Syncer {
@@ -111,7 +137,18 @@ impl Syncer {
 
     /// One sync with `bucket` read already: each core gets the blocks `owners` gives it.
     pub fn apply(&self, bucket: &Bucket, owners: &Owners) -> Result<usize, kiln_shards::runtime::CoreGone> {
-        let n = sync_blocks(bucket, &self.mesh, &|b: &BlockRef| owners.owns(&b.block_id))?;
+        // Each tenant's shard drawn once per sync.
+        let shards: std::cell::RefCell<rustc_hash::FxHashMap<String, TenantShard>> = Default::default();
+        let owns = |tenant: &str, b: &BlockRef| {
+            let size = self.limits.for_tenant(tenant).store_gateway_tenant_shard_size;
+            if size == 0 {
+                return owners.owns(&b.block_id);
+            }
+            let mut shards = shards.borrow_mut();
+            let shard = shards.entry(tenant.to_string()).or_insert_with(|| owners.shard(tenant, size));
+            owners.owns_within(&b.block_id, Some(shard))
+        };
+        let n = sync_blocks(bucket, &self.mesh, &owns)?;
         SYNCS.fetch_add(1, Relaxed);
         OWNED.store(n as u64, Relaxed);
         tracing::info!(blocks = n, "store-gateway synced its blocks with the bucket");
@@ -204,6 +241,23 @@ mod tests {
                 forget_after_ms: 0,
             },
         )
+    }
+
+    #[test]
+    fn a_tenant_shard_keeps_a_tenants_blocks_on_its_store_gateways() {
+        let all = ["sg-a", "sg-b", "sg-c", "sg-d", "sg-e"];
+        let s = snap(all.iter().map(|id| desc(id, State::Active)).collect());
+        let views: Vec<Owners> = all.iter().map(|id| Owners::of(&s, &desc(id, State::Active), 16, 1)).collect();
+        // Every instance draws the same shard of 2 for the tenant.
+        let shards: Vec<TenantShard> = views.iter().map(|v| v.shard("tenant-a", 2)).collect();
+        let mut holders = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let id = format!("01JSHARD{i:018}");
+            let owners: Vec<usize> = (0..5).filter(|&k| views[k].owns_within(&id, Some(&shards[k]))).collect();
+            assert_eq!(owners.len(), 1, "{id}: one owner at factor 1");
+            holders.extend(owners);
+        }
+        assert_eq!(holders.len(), 2, "the tenant's blocks are on its shard of 2: {holders:?}");
     }
 
     #[test]
