@@ -57,13 +57,7 @@ start() {
   mkdir -p "$RUN/$name"
   $KILN "${COMMON[@]}" -server.http-listen-port="$port" -storage.path="$RUN/$name" "$@" >"$RUN/$name.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 300); do
-    curl -sf "http://127.0.0.1:$port/ready" >/dev/null && return
-    sleep 0.1
-  done
-  echo "kiln $name did not start:" >&2
-  tail -20 "$RUN/$name.log" >&2
-  exit 1
+  wait_ready "$port" "$RUN/$name.log" "kiln $name"
 }
 
 # start_cluster SHARDS: three members, each with SHARDS cores; waits until each sees three

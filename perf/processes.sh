@@ -12,6 +12,17 @@ stop_all() {
 trap 'stop_all; rm -rf "$TMP"' EXIT
 trap 'exit 130' INT TERM
 
+# wait_ready PORT LOG WHAT: waits up to 30 s for PORT's /ready; else shows LOG's tail and exits.
+wait_ready() {
+  for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$1/ready" >/dev/null && return
+    sleep 0.1
+  done
+  echo "$3 is not ready:" >&2
+  tail -20 "$2" >&2
+  exit 1
+}
+
 # ports_free BASE COUNT: exits unless nothing answers HTTP on BASE..BASE+COUNT-1.
 ports_free() {
   local i

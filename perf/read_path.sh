@@ -56,13 +56,7 @@ start() {
   $KILN "${COMMON[@]}" -target="$target" -server.http-listen-port="$port" \
     -memberlist.bind-port=$((GOSSIP + n)) -storage.path="$TMP/m$n" "$@" >"$TMP/m$n.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 300); do
-    curl -sf "http://127.0.0.1:$port/ready" >/dev/null && return
-    sleep 0.1
-  done
-  echo "member $n ($target) is not ready:" >&2
-  tail -20 "$TMP/m$n.log" >&2
-  exit 1
+  wait_ready "$port" "$TMP/m$n.log" "member $n ($target)"
 }
 
 SCHED=$HTTP ING=$((HTTP + 1)) DIST=$((HTTP + 2)) QUERIER=$((HTTP + 3))

@@ -5,15 +5,6 @@ use common::members::*;
 use common::snapshot::{assert_same, flush, push_fixture, single_node_half_in_blocks, snapshot};
 use common::*;
 
-/// One cluster at a time: several clusters of debug builds at once on a 2-core machine could
-/// starve a member's gossip past its heartbeat timeout, and these tests are about the
-/// cluster, not about a starved machine.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Three members gossiping on loopback, sharing one blocks directory; `extra` flags for
 /// every member.
 fn start_cluster(blocks: &std::path::Path, extra: &[&str]) -> (Vec<Node>, u16) {

@@ -3,16 +3,11 @@
 //! node does, with and without splitting, from the results cache, and while a querier dies.
 mod common;
 use common::members::*;
-use common::snapshot::{assert_same, flush, push_fixture, single_node_half_in_blocks, snapshot, START};
+use common::snapshot::{
+    assert_same, flush, profile_type_ids, push_fixture, single_node_half_in_blocks, snapshot, START,
+};
 use common::*;
 use std::collections::BTreeMap;
-
-/// One cluster at a time (see tests/cluster.rs).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `/pyroscope/render`'s flame graph of every profile type, as JSON text.
 fn renders(port: u16, types: &[String]) -> BTreeMap<String, String> {
@@ -28,11 +23,6 @@ fn renders(port: u16, types: &[String]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn profile_types(port: u16) -> Vec<String> {
-    let types = snapshot(port)["types"].clone();
-    types.trim_matches(|c| c == '[' || c == ']').split(", ").map(|s| s.trim_matches('"').to_string()).collect()
-}
-
 #[test]
 fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_querier_dies() {
     let _serial = one_at_a_time();
@@ -41,7 +31,7 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
     let blocks = blocks_dir("frontend");
     let (single, new) = single_node_half_in_blocks(&blocks);
     let want = snapshot(single.port);
-    let types = profile_types(single.port);
+    let types = profile_type_ids(single.port);
     let want_render = renders(single.port, &types);
     drop(single);
 

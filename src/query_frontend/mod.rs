@@ -225,12 +225,20 @@ impl Frontend {
         let tenant: Vec<&str> = sel.tenants.iter().map(|t| t.as_str()).collect();
         let tenant = tenant.join("|");
         let limits = self.limits.for_tenant(sel.tenants.first().map_or("", |t| t.as_str()));
-        let mut parts = split::split(&req, limits.split_queries_by_interval.as_millis() as i64);
+        let now_ms = crate::timeparse::now_ns() / 1_000_000;
+        let mut parts: Vec<(QueryRequest, bool)> =
+            split::split(&req, limits.split_queries_by_interval.as_millis() as i64)
+                .into_iter()
+                .map(|p| {
+                    let cacheable = self.cacheable(&p, now_ms);
+                    (p, cacheable)
+                })
+                .collect();
         if self.shared.cache.is_some() {
             // Parts that cannot be cached (the recent ones) run as one job: a query already
             // runs on every core of every ingester and store-gateway, so separate recent
             // parts would only read the same blocks and heads once each.
-            parts = split::coalesce(parts, |p| self.cacheable(p));
+            parts = split::coalesce(parts);
         }
         let parallel = match limits.max_query_parallelism {
             0 => parts.len(),
@@ -239,7 +247,7 @@ impl Frontend {
         self.shared.counters.queries.fetch_add(1, Relaxed);
         self.shared.counters.parts.fetch_add(parts.len() as u64, Relaxed);
         let futs: Vec<Fallible<'_, Vec<QueryResult>, RpcError>> =
-            parts.into_iter().map(|p| Box::pin(self.part(&tenant, p)) as Fallible<'_, _, _>).collect();
+            parts.into_iter().map(|(p, c)| Box::pin(self.part(&tenant, p, c)) as Fallible<'_, _, _>).collect();
         let mut out = Vec::new();
         for r in try_join_bounded(futs, parallel).await? {
             out.extend(r);
@@ -247,23 +255,20 @@ impl Frontend {
         Ok(out)
     }
 
-    /// One part: from the cache, or run by a querier.
     /// Whether a part's answer may be kept: a split kind, wholly before the freshness
-    /// window and before every one of its tenants' `-validation.reject-older-than`.
-    fn cacheable(&self, part: &QueryRequest) -> bool {
+    /// window and before every one of its tenants' `-validation.reject-older-than` at `now_ms`.
+    fn cacheable(&self, part: &QueryRequest, now_ms: i64) -> bool {
         self.shared.cache.is_some() && split::splits(part) && {
             let sel = part.selection();
             let reject =
                 sel.tenants.iter().map(|t| self.limits.for_tenant(t.as_str()).reject_older_than.as_millis() as i64);
-            let now = crate::timeparse::now_ns() / 1_000_000;
-            cache::cacheable(sel.end_ms, now, self.shared.settings.max_cache_freshness.as_millis() as i64, reject)
+            cache::cacheable(sel.end_ms, now_ms, self.shared.settings.max_cache_freshness.as_millis() as i64, reject)
         }
     }
 
-    /// One part: from the cache, or run by a querier.
-    async fn part(&self, tenant: &str, part: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
+    /// One part: from the cache when `cacheable` and asked before, else run by a querier.
+    async fn part(&self, tenant: &str, part: QueryRequest, cacheable: bool) -> Result<Vec<QueryResult>, RpcError> {
         let request = encode_request(&part);
-        let cacheable = self.cacheable(&part);
         let cached = if cacheable { self.shared.cache().and_then(|mut c| c.get(&request)) } else { None };
         let bytes = match cached {
             Some(b) => b,

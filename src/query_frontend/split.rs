@@ -69,19 +69,16 @@ pub fn split(req: &QueryRequest, interval_ms: i64) -> Vec<QueryRequest> {
     parts
 }
 
-/// `parts` (in time order) with every run of consecutive parts that `keep_apart` refuses
-/// joined into one part spanning them (a time series' joined part starts on its first part's
-/// start, so on the step grid).
-pub fn coalesce(parts: Vec<QueryRequest>, keep_apart: impl Fn(&QueryRequest) -> bool) -> Vec<QueryRequest> {
-    let mut out: Vec<QueryRequest> = Vec::with_capacity(parts.len());
-    let mut last_joinable = false;
-    for p in parts {
-        let joinable = !keep_apart(&p);
+/// `parts` (in time order, each with whether it is kept apart) with every run of
+/// consecutive parts not kept apart joined into one part spanning them (a time series'
+/// joined part starts on its first part's start, so on the step grid).
+pub fn coalesce(parts: Vec<(QueryRequest, bool)>) -> Vec<(QueryRequest, bool)> {
+    let mut out: Vec<(QueryRequest, bool)> = Vec::with_capacity(parts.len());
+    for (p, apart) in parts {
         match out.last_mut() {
-            Some(prev) if joinable && last_joinable => prev.selection_mut().end_ms = p.selection().end_ms,
-            _ => out.push(p),
+            Some((prev, false)) if !apart => prev.selection_mut().end_ms = p.selection().end_ms,
+            _ => out.push((p, apart)),
         }
-        last_joinable = joinable;
     }
     out
 }
@@ -122,12 +119,16 @@ mod tests {
     #[test]
     fn runs_of_parts_not_kept_apart_are_joined() {
         let parts = split(&QueryRequest::MergeTree(sel(0, 599)), 100);
+        let coalesce = |keep_apart: &dyn Fn(&QueryRequest) -> bool| -> Vec<QueryRequest> {
+            let marked = parts.iter().map(|p| (p.clone(), keep_apart(p))).collect();
+            super::coalesce(marked).into_iter().map(|(p, _)| p).collect()
+        };
         // Parts ending before 300 are kept apart (cacheable); the rest join into one.
-        let joined = coalesce(parts.clone(), |p| p.selection().end_ms < 300);
+        let joined = coalesce(&|p| p.selection().end_ms < 300);
         assert_eq!(ranges(&joined), [(0, 99), (100, 199), (200, 299), (300, 599)]);
-        assert_eq!(ranges(&coalesce(parts.clone(), |_| false)), [(0, 599)]);
+        assert_eq!(ranges(&coalesce(&|_| false)), [(0, 599)]);
         assert_eq!(
-            ranges(&coalesce(parts, |p| p.selection().start_ms != 200)),
+            ranges(&coalesce(&|p| p.selection().start_ms != 200)),
             [(0, 99), (100, 199), (200, 299), (300, 399), (400, 499), (500, 599)]
         );
     }

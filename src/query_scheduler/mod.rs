@@ -148,12 +148,12 @@ impl Scheduler {
         }
         // Taken off the waiters however the call ends; a job handed over a moment before a
         // call that went away goes back to the front of its queue.
-        let guard = Waiting { scheduler: self, id, rx: rx.clone() };
+        let waiting = Waiting { scheduler: self, id, rx: rx.clone() };
         let job = match monoio::time::timeout(NEXT_WAIT, rx.recv_async()).await {
             Ok(Ok(job)) => Some(job),
-            _ => guard.stop(),
+            _ => waiting.stop(),
         };
-        std::mem::forget(guard);
+        drop(waiting);
         if job.is_some() {
             // Handed straight from `Enqueue`: it did not wait in the queue.
             self.dispatched(Duration::ZERO);
@@ -192,11 +192,6 @@ impl Scheduler {
             tracing::warn!(jobs = n, "queriers holding jobs left the ring; their jobs are queued again");
             self.counters.requeued.fetch_add(n as u64, Relaxed);
         }
-    }
-
-    /// Whether this scheduler has seen a querier ask for work recently.
-    pub fn has_queriers(&self) -> bool {
-        self.queue().connected(Instant::now()) > 0
     }
 
     pub fn render_metrics(&self, out: &mut String) {

@@ -87,15 +87,6 @@ impl Queue {
         }
     }
 
-    /// Jobs queued, over every tenant.
-    pub fn len(&self) -> usize {
-        self.queued
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queued == 0
-    }
-
     /// Jobs queued per tenant (tenants with none are not listed).
     pub fn lengths(&self) -> impl Iterator<Item = (&str, usize)> {
         self.tenants.iter().map(|(t, q)| (t.as_ref(), q.len()))
@@ -299,6 +290,13 @@ mod tests {
 
     fn none(_: &str) -> usize {
         0
+    }
+
+    impl Queue {
+        /// Jobs queued, over every tenant.
+        fn len(&self) -> usize {
+            self.queued
+        }
     }
 
     #[test]

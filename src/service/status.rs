@@ -48,11 +48,6 @@ impl Code {
         Code::ALL.into_iter().find(|c| *c as u8 == n)
     }
 
-    /// The code of its Connect name (`as_str`).
-    pub fn from_name(name: &str) -> Option<Code> {
-        Code::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Canceled => "canceled",

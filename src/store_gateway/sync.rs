@@ -145,8 +145,10 @@ impl Syncer {
                 return owners.owns(&b.block_id);
             }
             let mut shards = shards.borrow_mut();
-            let shard = shards.entry(tenant.to_string()).or_insert_with(|| owners.shard(tenant, size));
-            owners.owns_within(&b.block_id, Some(shard))
+            if !shards.contains_key(tenant) {
+                shards.insert(tenant.to_string(), owners.shard(tenant, size));
+            }
+            owners.owns_within(&b.block_id, shards.get(tenant))
         };
         let n = sync_blocks(bucket, &self.mesh, &owns)?;
         SYNCS.fetch_add(1, Relaxed);

@@ -2,6 +2,15 @@
 //! takes, waiting for the ring to settle.
 use super::*;
 
+/// One cluster at a time within a test binary: several clusters of debug builds at once on a
+/// 2-core machine could starve a member's gossip past its heartbeat timeout, and these tests
+/// are about the cluster, not about a starved machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A free UDP port on 127.0.0.1 for a member's gossip.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -27,9 +27,8 @@ pub fn end() -> i64 {
     now_ms() + 3_600_000
 }
 
-/// Everything the query APIs say about the data, in a comparable form.
-pub fn snapshot(port: u16) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+/// The IDs of the profile types the data holds (ProfileTypes over the whole range).
+pub fn profile_type_ids(port: u16) -> Vec<String> {
     let types: q::ProfileTypesResponse = connect(
         port,
         "/querier.v1.QuerierService/ProfileTypes",
@@ -37,7 +36,13 @@ pub fn snapshot(port: u16) -> BTreeMap<String, String> {
         &q::ProfileTypesRequest { start: START, end: end() },
     )
     .unwrap();
-    let ids: Vec<String> = types.profile_types.iter().map(|p| p.id.clone()).collect();
+    types.profile_types.iter().map(|p| p.id.clone()).collect()
+}
+
+/// Everything the query APIs say about the data, in a comparable form.
+pub fn snapshot(port: u16) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let ids = profile_type_ids(port);
     assert!(!ids.is_empty(), "no profile types");
     out.insert("types".into(), format!("{ids:?}"));
     let names: t::LabelNamesResponse = connect(
