@@ -10,6 +10,7 @@
 pub mod api;
 pub mod budget;
 pub mod cluster;
+pub mod compactor;
 pub mod config;
 pub mod distributor;
 pub mod ingester;

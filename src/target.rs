@@ -122,6 +122,10 @@ pub fn run(cfg: Config) {
     if let Some(c) = &cluster {
         c.set_state(State::Active);
     }
+    // 4. the compactor, on threads of its own at a lower priority than the cores.
+    if runs(Component::Compactor) {
+        start_compactor(&shared, &store, &started.mesh);
+    }
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
     if let Some(c) = &cluster {
@@ -134,6 +138,23 @@ pub fn run(cfg: Config) {
     }
     tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");
     std::process::exit(if clean { 0 } else { 1 });
+}
+
+/// Starts the compactor of a single node, which swaps what it compacts into this process's
+/// cores. Not in a cluster yet: its ingesters pin the blocks they cut, which a compaction
+/// there would have to take from them (the cluster compaction issue).
+fn start_compactor(shared: &api::Shared, store: &kiln_io::store::Store, mesh: &kiln_shards::runtime::Mesh) {
+    if shared.cfg.cluster_mode() {
+        tracing::info!("the compactor does not run in a cluster yet: blocks are kept as cut");
+        return;
+    }
+    let compactor = crate::compactor::Compactor {
+        store: store.clone(),
+        settings: shared.cfg.compactor.clone(),
+        limits: shared.limits.clone(),
+        mesh: Some(mesh.clone()),
+    };
+    compactor.start().unwrap_or_else(|e| fail(format!("starting the compactor: {e}")));
 }
 
 /// Which blocks of the bucket an instance serves (invariant I18): an ingester those it cut

@@ -229,7 +229,7 @@ fn connections_past_the_cap_are_refused_until_one_closes() {
 /// kiln with 64 descriptors in all (soft and hard), and many more connections than that.
 fn exhaust_descriptors(args: &[&str]) -> (Kiln, std::path::PathBuf, Vec<TcpStream>) {
     let log = std::env::temp_dir().join(format!("kiln-test-nofile-{}-{}.log", std::process::id(), args.len()));
-    let k = Kiln::start_with(args, &Spawn { stderr: Some(log.clone()), nofile: Some((64, 64)) });
+    let k = Kiln::start_with(args, &Spawn { stderr: Some(log.clone()), nofile: Some((64, 64)), ..Default::default() });
     let conns: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(("127.0.0.1", k.port)).ok()).collect();
     assert!(conns.len() > 64, "the kernel's backlog took only {} connections", conns.len());
     (k, log, conns)
@@ -292,7 +292,7 @@ fn the_default_connection_cap_keeps_descriptors_for_the_rest() {
 #[test]
 fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     let log = std::env::temp_dir().join(format!("kiln-test-nofile-raise-{}.log", std::process::id()));
-    let k = Kiln::start_with(&[], &Spawn { stderr: Some(log.clone()), nofile: Some((64, 1024)) });
+    let k = Kiln::start_with(&[], &Spawn { stderr: Some(log.clone()), nofile: Some((64, 1024)), ..Default::default() });
     // The default cap is computed from the raised limit: 1024 less 256 + 64 per core.
     assert_eq!(metric(k.port, "kiln_http_connection_limit"), 1024.0 - 384.0);
     let text = std::fs::read_to_string(&log).unwrap();
@@ -384,7 +384,7 @@ fn a_restart_right_after_kill_9_on_the_same_port_succeeds_every_time() {
         let log = std::env::temp_dir().join(format!("kiln-test-restart-{}-{i}.log", std::process::id()));
         // Panics (with kiln's log) if kiln exits instead of serving: e.g. "already served
         // by another process" because the dead one's listener was still there.
-        k = Kiln::start_at(data, port, &[], &Spawn { stderr: Some(log.clone()), nofile: None });
+        k = Kiln::start_at(data, port, &[], &Spawn { stderr: Some(log.clone()), nofile: None, ..Default::default() });
         let _ = std::fs::remove_file(&log);
     }
     assert_eq!(raw_get(k.port, "/ready").map(|r| r.0), Some(200));

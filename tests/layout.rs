@@ -50,7 +50,18 @@ fn assert_no_refs(from: &str, forbidden: &[&str], base: &Path) {
 #[test]
 fn no_component_imports_the_edge() {
     let src = root().join("src");
-    for component in ["distributor", "ingester", "querier", "store_gateway", "service", "config", "cluster"] {
+    for component in [
+        "distributor",
+        "ingester",
+        "querier",
+        "store_gateway",
+        "query_frontend",
+        "query_scheduler",
+        "compactor",
+        "service",
+        "config",
+        "cluster",
+    ] {
         assert_no_refs(component, &["api", "target", "process"], &src);
     }
     // The contract imports no component.

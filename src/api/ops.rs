@@ -147,6 +147,9 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
         w.render_metrics(&mut out);
     }
     kiln_io::store::render_metrics(&mut out);
+    if core.shared.cfg.target.runs(crate::config::Component::Compactor) && core.shared.cluster.is_none() {
+        crate::compactor::render_metrics(&mut out);
+    }
     if core.shared.cluster.is_some() {
         crate::store_gateway::sync::render_metrics(&mut out);
     }

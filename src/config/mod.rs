@@ -52,8 +52,13 @@ pub struct Limits {
     /// (`-query-frontend.max-queriers-per-tenant`).
     pub max_queriers_per_tenant: usize,
     /// The compactors that compact its blocks (`-compactor.compactor-tenant-shard-size`): takes
-    /// effect with the compactor; until then a start with it set says so (`Config::notices`).
+    /// effect with compaction across a cluster; until then a start with it set says so
+    /// (`Config::notices`).
     pub compactor_tenant_shard_size: usize,
+    /// Blocks whose newest profile is older than this are marked for deletion by the
+    /// compactor (`-compactor.blocks-retention-period`; 0: kept forever).
+    #[serde(with = "go_duration")]
+    pub compactor_blocks_retention_period: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +88,7 @@ impl Default for Limits {
             store_gateway_tenant_shard_size: 0,
             max_queriers_per_tenant: 0,
             compactor_tenant_shard_size: 0,
+            compactor_blocks_retention_period: Duration::ZERO,
         }
     }
 }
@@ -267,6 +273,53 @@ pub struct Config {
     pub store_gateway_sync_interval: Duration,
     /// The query-frontend, the query-scheduler and the querier's workers.
     pub read_path: ReadPath,
+    /// `-compactor.*`.
+    pub compactor: CompactorSettings,
+}
+
+/// The compactor's flags (Pyroscope's names and defaults); per-tenant retention is a limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompactorSettings {
+    /// The ranges blocks are compacted into, ascending (`-compactor.block-ranges`).
+    #[serde(serialize_with = "go_durations")]
+    pub block_ranges: Vec<Duration>,
+    /// How often the compactor plans and runs jobs (and once at start).
+    #[serde(with = "go_duration")]
+    pub compaction_interval: Duration,
+    /// Level-1 blocks are compacted only once uploaded this long ago, so that every core's
+    /// and every replica's block of a range is there first.
+    #[serde(with = "go_duration")]
+    pub first_level_compaction_wait_period: Duration,
+    /// Jobs run at once.
+    pub compaction_concurrency: usize,
+    /// A block marked for deletion is deleted this long after its mark.
+    #[serde(with = "go_duration")]
+    pub deletion_delay: Duration,
+    /// How often the cleaner applies retention, deletes marked blocks and partial blocks.
+    #[serde(with = "go_duration")]
+    pub cleanup_interval: Duration,
+    /// A block folder not in the bucket index (an upload that never finished) is deleted
+    /// once its newest file is this old.
+    #[serde(with = "go_duration")]
+    pub partial_block_deletion_delay: Duration,
+}
+
+impl Default for CompactorSettings {
+    fn default() -> Self {
+        CompactorSettings {
+            block_ranges: [1, 2, 8].iter().map(|h| Duration::from_secs(h * 3600)).collect(),
+            compaction_interval: Duration::from_secs(30 * 60),
+            first_level_compaction_wait_period: Duration::from_secs(25 * 60),
+            compaction_concurrency: 1,
+            deletion_delay: Duration::from_secs(12 * 3600),
+            cleanup_interval: Duration::from_secs(15 * 60),
+            partial_block_deletion_delay: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+fn go_durations<S: serde::Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.iter().map(|d| format_duration(*d)).collect::<Vec<_>>().join(","))
 }
 
 /// The read path at scale: `-query-frontend.*`, `-query-scheduler.*` and the querier's
@@ -402,6 +455,7 @@ impl Default for Config {
             read_path: ReadPath::default(),
             store_gateway_replication_factor: 1,
             store_gateway_sync_interval: Duration::from_secs(15 * 60),
+            compactor: CompactorSettings::default(),
         }
     }
 }
@@ -433,7 +487,7 @@ impl Config {
             .filter(|(_, l)| l.compactor_tenant_shard_size > 0)
             .map(|(of, l)| {
                 format!(
-                    "-compactor.compactor-tenant-shard-size={}{of} takes effect with the compactor, which kiln does not run yet: no compactor shards a tenant's blocks today",
+                    "-compactor.compactor-tenant-shard-size={}{of} takes effect with compaction across a cluster, which kiln does not run yet: today one compactor, in -target=all, compacts every tenant",
                     l.compactor_tenant_shard_size
                 )
             })
@@ -848,14 +902,12 @@ impl Config {
                 l.store_gateway_tenant_shard_size = parse_shard_size(v).map_err(bad)?
             }
             "query-frontend.max-queriers-per-tenant" => l.max_queriers_per_tenant = parse_shard_size(v).map_err(bad)?,
-            "compactor.compactor-tenant-shard-size" => {
-                l.compactor_tenant_shard_size = parse_shard_size(v).map_err(bad)?
-            }
             // Accepted for compatibility with Pyroscope command lines; kiln does not push
             // profiles of itself.
             "self-profiling.disable-push" | "self-profiling.tenant-id" => {}
             _ if self.set_cluster_flag(k, v)? => {}
             _ if self.set_read_path_flag(k, v)? => {}
+            _ if self.set_compactor_flag(k, v)? => {}
             _ => return Err(format!("flag provided but not defined: -{k}")),
         }
         Ok(())
@@ -915,6 +967,51 @@ impl Config {
         Ok(true)
     }
 
+    /// `-compactor.*` (retention is a limit); `false`: not one.
+    fn set_compactor_flag(&mut self, k: &str, v: &str) -> Result<bool, String> {
+        let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
+        let c = &mut self.compactor;
+        match k {
+            "compactor.compactor-tenant-shard-size" => {
+                self.limits.compactor_tenant_shard_size = parse_shard_size(v).map_err(bad)?
+            }
+            "compactor.blocks-retention-period" => {
+                self.limits.compactor_blocks_retention_period = parse_duration(v).map_err(bad)?
+            }
+            "compactor.block-ranges" => {
+                let ranges =
+                    v.split(',').map(|r| parse_duration(r.trim())).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+                if ranges.is_empty() || ranges.iter().any(|r| r.is_zero()) || ranges.windows(2).any(|w| w[1] <= w[0]) {
+                    return Err(bad("the ranges must be longer than zero and ascending, e.g. 1h,2h,8h".into()));
+                }
+                if ranges.windows(2).any(|w| w[1].as_millis() % w[0].as_millis() != 0) {
+                    return Err(bad("each range must be a multiple of the one before, e.g. 1h,2h,8h".into()));
+                }
+                c.block_ranges = ranges;
+            }
+            "compactor.compaction-interval" => c.compaction_interval = parse_duration(v).map_err(bad)?,
+            "compactor.first-level-compaction-wait-period" => {
+                c.first_level_compaction_wait_period = parse_duration(v).map_err(bad)?
+            }
+            "compactor.compaction-concurrency" => {
+                c.compaction_concurrency = parse_num(v).map_err(bad)?;
+                if c.compaction_concurrency == 0 {
+                    return Err(bad("at least 1".into()));
+                }
+            }
+            "compactor.deletion-delay" => c.deletion_delay = parse_duration(v).map_err(bad)?,
+            "compactor.cleanup-interval" => c.cleanup_interval = parse_duration(v).map_err(bad)?,
+            "compactor.partial-block-deletion-delay" => {
+                c.partial_block_deletion_delay = parse_duration(v).map_err(bad)?
+            }
+            _ => return Ok(false),
+        }
+        if c.compaction_interval.is_zero() || c.cleanup_interval.is_zero() {
+            return Err(bad("the compactor's intervals must be longer than zero".into()));
+        }
+        Ok(true)
+    }
+
     fn apply_yaml(&mut self, text: &str) -> Result<(), String> {
         let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| format!("parsing config file: {e}"))?;
         let get = |path: &[&str]| -> Option<String> {
@@ -924,76 +1021,7 @@ impl Config {
             }
             Some(yaml_scalar(v))
         };
-        let table: &[(&[&str], &str)] = &[
-            (&["target"], "target"),
-            (&["server", "http_listen_port"], "server.http-listen-port"),
-            (&["server", "http_listen_address"], "server.http-listen-address"),
-            (&["server", "http_server_read_timeout"], "server.http-server-read-timeout"),
-            (&["server", "http_server_write_timeout"], "server.http-server-write-timeout"),
-            (&["server", "http_server_idle_timeout"], "server.http-server-idle-timeout"),
-            (&["server", "http_conn_limit"], "server.http-conn-limit"),
-            (&["server", "max_inflight_body_bytes"], "server.max-inflight-body-bytes"),
-            (&["storage", "path"], "storage.path"),
-            (&["storage", "backend"], "storage.backend"),
-            (&["storage", "filesystem", "dir"], "storage.filesystem.dir"),
-            (&["storage", "prefix"], "storage.prefix"),
-            (&["storage", "s3", "bucket_lookup_type"], "storage.s3.bucket-lookup-type"),
-            (&["storage", "s3", "signature_version"], "storage.s3.signature-version"),
-            (&["storage", "s3", "native_aws_auth_enabled"], "storage.s3.native-aws-auth-enabled"),
-            (&["storage", "s3", "endpoint"], "storage.s3.endpoint"),
-            (&["storage", "s3", "bucket_name"], "storage.s3.bucket-name"),
-            (&["storage", "s3", "region"], "storage.s3.region"),
-            (&["storage", "s3", "access_key_id"], "storage.s3.access-key-id"),
-            (&["storage", "s3", "secret_access_key"], "storage.s3.secret-access-key"),
-            (&["storage", "s3", "insecure"], "storage.s3.insecure"),
-            (&["storage", "s3", "force_path_style"], "storage.s3.force-path-style"),
-            (&["storage", "gcs", "bucket_name"], "storage.gcs.bucket-name"),
-            (&["storage", "gcs", "service_account"], "storage.gcs.service-account"),
-            (&["storage", "azure", "account_name"], "storage.azure.account-name"),
-            (&["storage", "azure", "account_key"], "storage.azure.account-key"),
-            (&["storage", "azure", "container_name"], "storage.azure.container-name"),
-            (&["storage", "azure", "endpoint_suffix"], "storage.azure.endpoint-suffix"),
-            (&["ingester", "wal_dir"], "ingester.wal-dir"),
-            (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes"),
-            (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy"),
-            (&["ingester", "max_head_bytes_per_core"], "ingester.max-head-bytes-per-core"),
-            (&["ingester", "max_block_duration"], "ingester.max-block-duration"),
-            (&["ingester", "max_block_bytes"], "ingester.max-block-bytes"),
-            (&["store_gateway", "cache_bytes_per_core"], "store-gateway.cache-bytes-per-core"),
-            (&["shards"], "shards"),
-            (&["memberlist", "bind_addr"], "memberlist.bind-addr"),
-            (&["memberlist", "bind_port"], "memberlist.bind-port"),
-            (&["memberlist", "advertise_addr"], "memberlist.advertise-addr"),
-            (&["memberlist", "advertise_port"], "memberlist.advertise-port"),
-            (&["memberlist", "cluster_label"], "memberlist.cluster-label"),
-            (&["ring", "instance_id"], "ring.instance-id"),
-            (&["ring", "instance_availability_zone"], "ring.instance-availability-zone"),
-            (&["ring", "heartbeat_timeout"], "ring.heartbeat-timeout"),
-            (&["ring", "auto_forget_after"], "ring.auto-forget-after"),
-            (&["ingester", "heartbeat_period"], "ingester.heartbeat-period"),
-            (&["distributor", "replication_factor"], "distributor.replication-factor"),
-            (&["distributor", "push_timeout"], "distributor.push.timeout"),
-            (&["querier", "query_store_after"], "querier.query-store-after"),
-            (&["querier", "max_concurrent"], "querier.max-concurrent"),
-            (
-                &["query_scheduler", "max_outstanding_requests_per_tenant"],
-                "query-scheduler.max-outstanding-requests-per-tenant",
-            ),
-            (&["frontend", "scheduler_address"], "query-frontend.scheduler-address"),
-            (&["frontend_worker", "scheduler_address"], "querier.scheduler-address"),
-            (&["frontend", "cache_results"], "query-frontend.cache-results"),
-            (&["frontend", "results_cache_max_bytes"], "query-frontend.results-cache-max-bytes"),
-            (&["frontend", "max_cache_freshness"], "query-frontend.max-cache-freshness"),
-            (
-                &["store_gateway", "sharding_ring", "replication_factor"],
-                "store-gateway.sharding-ring.replication-factor",
-            ),
-            (&["store_gateway", "sync_interval"], "store-gateway.sync-interval"),
-            (&["blocks_storage", "bucket_store", "sync_interval"], "store-gateway.sync-interval"),
-            (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
-            (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
-        ];
-        for (path, flag) in table {
+        for (path, flag) in YAML_KEYS {
             if let Some(v) = get(path) {
                 self.set_flag(flag, &v)?;
             }
@@ -1042,6 +1070,82 @@ const LIMIT_KEYS: &[(&str, &str)] = &[
     ("store_gateway_tenant_shard_size", "store-gateway.tenant-shard-size"),
     ("max_queriers_per_tenant", "query-frontend.max-queriers-per-tenant"),
     ("compactor_tenant_shard_size", "compactor.compactor-tenant-shard-size"),
+    ("compactor_blocks_retention_period", "compactor.blocks-retention-period"),
+];
+
+/// The YAML keys (Pyroscope's config file tree) and the flag each one sets.
+const YAML_KEYS: &[(&[&str], &str)] = &[
+    (&["target"], "target"),
+    (&["server", "http_listen_port"], "server.http-listen-port"),
+    (&["server", "http_listen_address"], "server.http-listen-address"),
+    (&["server", "http_server_read_timeout"], "server.http-server-read-timeout"),
+    (&["server", "http_server_write_timeout"], "server.http-server-write-timeout"),
+    (&["server", "http_server_idle_timeout"], "server.http-server-idle-timeout"),
+    (&["server", "http_conn_limit"], "server.http-conn-limit"),
+    (&["server", "max_inflight_body_bytes"], "server.max-inflight-body-bytes"),
+    (&["storage", "path"], "storage.path"),
+    (&["storage", "backend"], "storage.backend"),
+    (&["storage", "filesystem", "dir"], "storage.filesystem.dir"),
+    (&["storage", "prefix"], "storage.prefix"),
+    (&["storage", "s3", "bucket_lookup_type"], "storage.s3.bucket-lookup-type"),
+    (&["storage", "s3", "signature_version"], "storage.s3.signature-version"),
+    (&["storage", "s3", "native_aws_auth_enabled"], "storage.s3.native-aws-auth-enabled"),
+    (&["storage", "s3", "endpoint"], "storage.s3.endpoint"),
+    (&["storage", "s3", "bucket_name"], "storage.s3.bucket-name"),
+    (&["storage", "s3", "region"], "storage.s3.region"),
+    (&["storage", "s3", "access_key_id"], "storage.s3.access-key-id"),
+    (&["storage", "s3", "secret_access_key"], "storage.s3.secret-access-key"),
+    (&["storage", "s3", "insecure"], "storage.s3.insecure"),
+    (&["storage", "s3", "force_path_style"], "storage.s3.force-path-style"),
+    (&["storage", "gcs", "bucket_name"], "storage.gcs.bucket-name"),
+    (&["storage", "gcs", "service_account"], "storage.gcs.service-account"),
+    (&["storage", "azure", "account_name"], "storage.azure.account-name"),
+    (&["storage", "azure", "account_key"], "storage.azure.account-key"),
+    (&["storage", "azure", "container_name"], "storage.azure.container-name"),
+    (&["storage", "azure", "endpoint_suffix"], "storage.azure.endpoint-suffix"),
+    (&["ingester", "wal_dir"], "ingester.wal-dir"),
+    (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes"),
+    (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy"),
+    (&["ingester", "max_head_bytes_per_core"], "ingester.max-head-bytes-per-core"),
+    (&["ingester", "max_block_duration"], "ingester.max-block-duration"),
+    (&["ingester", "max_block_bytes"], "ingester.max-block-bytes"),
+    (&["store_gateway", "cache_bytes_per_core"], "store-gateway.cache-bytes-per-core"),
+    (&["shards"], "shards"),
+    (&["memberlist", "bind_addr"], "memberlist.bind-addr"),
+    (&["memberlist", "bind_port"], "memberlist.bind-port"),
+    (&["memberlist", "advertise_addr"], "memberlist.advertise-addr"),
+    (&["memberlist", "advertise_port"], "memberlist.advertise-port"),
+    (&["memberlist", "cluster_label"], "memberlist.cluster-label"),
+    (&["ring", "instance_id"], "ring.instance-id"),
+    (&["ring", "instance_availability_zone"], "ring.instance-availability-zone"),
+    (&["ring", "heartbeat_timeout"], "ring.heartbeat-timeout"),
+    (&["ring", "auto_forget_after"], "ring.auto-forget-after"),
+    (&["ingester", "heartbeat_period"], "ingester.heartbeat-period"),
+    (&["distributor", "replication_factor"], "distributor.replication-factor"),
+    (&["distributor", "push_timeout"], "distributor.push.timeout"),
+    (&["querier", "query_store_after"], "querier.query-store-after"),
+    (&["querier", "max_concurrent"], "querier.max-concurrent"),
+    (
+        &["query_scheduler", "max_outstanding_requests_per_tenant"],
+        "query-scheduler.max-outstanding-requests-per-tenant",
+    ),
+    (&["frontend", "scheduler_address"], "query-frontend.scheduler-address"),
+    (&["frontend_worker", "scheduler_address"], "querier.scheduler-address"),
+    (&["frontend", "cache_results"], "query-frontend.cache-results"),
+    (&["frontend", "results_cache_max_bytes"], "query-frontend.results-cache-max-bytes"),
+    (&["frontend", "max_cache_freshness"], "query-frontend.max-cache-freshness"),
+    (&["store_gateway", "sharding_ring", "replication_factor"], "store-gateway.sharding-ring.replication-factor"),
+    (&["store_gateway", "sync_interval"], "store-gateway.sync-interval"),
+    (&["blocks_storage", "bucket_store", "sync_interval"], "store-gateway.sync-interval"),
+    (&["compactor", "block_ranges"], "compactor.block-ranges"),
+    (&["compactor", "compaction_interval"], "compactor.compaction-interval"),
+    (&["compactor", "first_level_compaction_wait_period"], "compactor.first-level-compaction-wait-period"),
+    (&["compactor", "compaction_concurrency"], "compactor.compaction-concurrency"),
+    (&["compactor", "deletion_delay"], "compactor.deletion-delay"),
+    (&["compactor", "cleanup_interval"], "compactor.cleanup-interval"),
+    (&["compactor", "partial_block_deletion_delay"], "compactor.partial-block-deletion-delay"),
+    (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
+    (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
 ];
 
 /// A shuffle shard size: a whole number of instances, 0 for all of them.
@@ -1069,6 +1173,8 @@ fn yaml_scalar(v: &serde_yaml::Value) -> String {
         serde_yaml::Value::String(s) => s.clone(),
         serde_yaml::Value::Bool(b) => b.to_string(),
         serde_yaml::Value::Number(n) => n.to_string(),
+        // A list (`block_ranges: [1h, 2h, 8h]`) as the comma-separated flag value.
+        serde_yaml::Value::Sequence(items) => items.iter().map(yaml_scalar).collect::<Vec<_>>().join(","),
         other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
     }
 }
@@ -1171,22 +1277,26 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// A duration as Go writes the simple ones: `0s`, `2h`, `30m`, `1.5s`.
+fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 && d.subsec_nanos() == 0 {
+        "0s".to_string()
+    } else if secs % 3600 == 0 && d.subsec_nanos() == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 && d.subsec_nanos() == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
 mod go_duration {
     use serde::Serializer;
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        let secs = d.as_secs();
-        let text = if secs == 0 && d.subsec_nanos() == 0 {
-            "0s".to_string()
-        } else if secs % 3600 == 0 && d.subsec_nanos() == 0 {
-            format!("{}h", secs / 3600)
-        } else if secs % 60 == 0 && d.subsec_nanos() == 0 {
-            format!("{}m", secs / 60)
-        } else {
-            format!("{}s", d.as_secs_f64())
-        };
-        s.serialize_str(&text)
+        s.serialize_str(&super::format_duration(*d))
     }
 }
 

@@ -132,10 +132,15 @@ pub struct Target {
 
 impl Target {
     /// The components `all` starts, in start order (see `target`).
-    pub const MONOLITH: [Component; 4] =
-        [Component::StoreGateway, Component::Ingester, Component::Distributor, Component::Querier];
+    pub const MONOLITH: [Component; 5] = [
+        Component::StoreGateway,
+        Component::Ingester,
+        Component::Distributor,
+        Component::Querier,
+        Component::Compactor,
+    ];
 
-    pub const ALL: Target = Target { bits: 0b1111, all: true };
+    pub const ALL: Target = Target { bits: 0b100_1111, all: true };
 
     /// Whether the process runs `c`.
     pub fn runs(self, c: Component) -> bool {
@@ -152,10 +157,10 @@ impl Target {
         Component::ALL.iter().copied().filter(|c| self.runs(*c)).collect()
     }
 
-    /// What each component not built yet is waiting for.
+    /// What each component that cannot run alone yet is waiting for (it runs within `all`).
     fn not_yet(c: Component) -> Option<&'static str> {
         match c {
-            Component::Compactor => Some("the compactor"),
+            Component::Compactor => Some("compaction across a cluster; today the compactor runs within -target=all"),
             _ => None,
         }
     }
@@ -172,12 +177,17 @@ impl std::str::FromStr for Target {
             return Ok(Target::ALL);
         }
         let mut bits = 0u16;
-        for name in s.split(',').map(str::trim) {
+        let names: Vec<&str> = s.split(',').map(str::trim).collect();
+        // Every component of the monolith spelled out is `all`.
+        if Target::MONOLITH.iter().all(|c| names.contains(&c.as_str())) && names.len() == Target::MONOLITH.len() {
+            return Ok(Target { bits: Target::ALL.bits, all: false });
+        }
+        for name in names {
             match name.parse::<Component>() {
                 Ok(c) => {
                     if let Some(issue) = Target::not_yet(c) {
                         return Err(format!(
-                            "-target={s}: the {name} is not built yet (it comes with {issue}); run all, distributor, ingester, querier, store-gateway, query-frontend or query-scheduler"
+                            "-target={s}: the {name} does not run alone yet (it comes with {issue}); run all, distributor, ingester, querier, store-gateway, query-frontend or query-scheduler"
                         ));
                     }
                     bits |= 1 << c as u16;
@@ -219,7 +229,7 @@ mod tests {
     fn targets() {
         assert_eq!("all".parse(), Ok(Target::ALL));
         assert_eq!("".parse(), Ok(Target::ALL));
-        let spelled: Target = "querier, distributor,ingester,store-gateway".parse().unwrap();
+        let spelled: Target = "querier, distributor,ingester,store-gateway,compactor".parse().unwrap();
         assert!(spelled.is_all() && spelled.components() == Target::MONOLITH);
         let i: Target = "ingester".parse().unwrap();
         assert!(i.runs(Component::Ingester) && !i.runs(Component::Distributor) && !i.is_all());
@@ -227,12 +237,12 @@ mod tests {
         let dq: Target = "querier,distributor".parse().unwrap();
         assert_eq!(dq.components(), [Component::Distributor, Component::Querier]);
         let e = "compactor".parse::<Target>().unwrap_err();
-        assert!(e.contains("not built yet") && e.contains("the compactor"), "{e}");
+        assert!(e.contains("does not run alone yet") && e.contains("-target=all"), "{e}");
         let fs: Target = "query-frontend,query-scheduler".parse().unwrap();
         assert!(fs.runs(Component::QueryFrontend) && fs.runs(Component::QueryScheduler) && !fs.is_all());
         let e = "ingestor".parse::<Target>().unwrap_err();
         assert!(e.contains("unknown component") && e.contains("store-gateway"), "{e}");
-        assert_eq!(Target::ALL.to_string(), "store-gateway,ingester,distributor,querier");
+        assert_eq!(Target::ALL.to_string(), "store-gateway,ingester,distributor,querier,compactor");
         assert_eq!(serde_yaml::to_string(&Target::ALL).unwrap().trim(), "all");
     }
 

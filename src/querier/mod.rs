@@ -174,9 +174,10 @@ pub async fn direct_fan_out(querier: &Querier, req: QueryRequest) -> Result<Vec<
 /// Sends a request to every core of this process and returns their partial results.
 pub async fn local_fan_out(querier: &Querier, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
     let req = Arc::new(req);
+    let epoch = querier.mesh.epoch.load(std::sync::atomic::Ordering::Acquire);
     let parts = querier
         .mesh
-        .broadcast(|reply| Msg::Query { req: req.clone(), reply })
+        .broadcast(|reply| Msg::Query { req: req.clone(), epoch, reply })
         .await
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
     let mut out = Vec::new();

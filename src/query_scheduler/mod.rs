@@ -207,7 +207,7 @@ impl Scheduler {
         let mut other = 0;
         for (i, (t, n)) in lengths.iter().enumerate() {
             if i < MAX_TENANTS_SHOWN {
-                let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {n}", label_value(t));
+                let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {n}", crate::service::label_value(t));
             } else {
                 other += n;
             }
@@ -254,11 +254,6 @@ impl Scheduler {
 
 /// Tenants listed one by one on `/metrics`.
 const MAX_TENANTS_SHOWN: usize = 1000;
-
-/// A Prometheus label value: `\`, `"` and newlines escaped.
-pub fn label_value(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
 
 /// A querier's open `Next` call, waiting for a job.
 struct Waiting<'a> {

@@ -15,3 +15,24 @@ pub use body::{RespBody, Response};
 pub use call::{Call, Reply};
 pub use request::Req;
 pub use status::{Code, RpcError};
+
+/// A Prometheus label value: `\`, `"` and newlines escaped (every component's `/metrics`
+/// text that names a tenant).
+pub fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// For tests that kill kiln at a chosen step, deterministically: when the environment
+/// variable `KILN_CRASH_AT` names `step`, the process sends itself SIGKILL on the spot — a
+/// `kill -9` there: no destructor runs, nothing is synced or closed. Steps are named
+/// `<component>:<step>` where they are called.
+pub fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("KILN_CRASH_AT").ok()).as_deref() == Some(step) {
+        eprintln!("KILN_CRASH_AT={step}: killing the process here");
+        // SAFETY: kill(2) on this process's own id; SIGKILL cannot be caught.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

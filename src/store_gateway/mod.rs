@@ -55,22 +55,23 @@ impl Bucket {
         Ok(Bucket { tenants })
     }
 
-    /// Every indexed (tenant, block id): a block marked for deletion still holds what its
-    /// WAL records held.
+    /// Every indexed (tenant, block id), with the level-1 blocks each compacted block
+    /// holds: a block marked for deletion still holds what its WAL records held, and a
+    /// compacted block what its sources did, after they are deleted.
     pub fn indexed(&self) -> Indexed {
         self.tenants
             .iter()
-            .flat_map(|(t, idx)| idx.blocks.iter().map(move |b| (t.clone(), b.block_id.clone())))
+            .flat_map(|(t, idx)| {
+                idx.blocks.iter().flat_map(move |b| {
+                    std::iter::once(&b.block_id).chain(&b.sources).map(move |id| (t.clone(), id.clone()))
+                })
+            })
             .collect()
     }
 
     /// The blocks queries may read: every indexed block not marked for deletion.
     fn live(&self) -> impl Iterator<Item = (&str, &BlockRef)> {
-        self.tenants.iter().flat_map(|(t, idx)| {
-            let deleted: std::collections::HashSet<&str> =
-                idx.block_deletion_marks.iter().map(|m| m.block_id.as_str()).collect();
-            idx.blocks.iter().filter(move |b| !deleted.contains(b.block_id.as_str())).map(move |b| (t.as_str(), b))
-        })
+        self.tenants.iter().flat_map(|(t, idx)| idx.live().map(move |b| (t.as_str(), b)))
     }
 
     /// The live blocks `take` keeps, each with its tenant, by the core the instance's ring

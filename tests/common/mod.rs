@@ -26,6 +26,8 @@ pub struct Spawn {
     pub stderr: Option<PathBuf>,
     /// RLIMIT_NOFILE for the process, (soft, hard): kiln raises the soft one to the hard.
     pub nofile: Option<(u64, u64)>,
+    /// Environment variables set for the process (e.g. `KILN_CRASH_AT`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// A free port, held: the socket is bound with SO_REUSEPORT but never listens, so kiln (which
@@ -114,6 +116,7 @@ impl Kiln {
                 Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
                 None => Stdio::null(),
             });
+        cmd.envs(spawn.env.iter().map(|(k, v)| (*k, v.as_str())));
         if let Some((soft, hard)) = spawn.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.

@@ -58,6 +58,11 @@ pub struct BlockRef {
     /// single node's blocks, which every instance serves.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ingester: String,
+    /// For a compacted block, the level-1 blocks whose profiles it holds (its meta.json's
+    /// `compaction.sources`): a WAL cut marker naming one of them is as good as indexed,
+    /// even once that block itself is deleted (see `Bucket::indexed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +115,29 @@ impl BucketIndex {
         self.blocks.retain(|b| b.block_id != block_id);
         self.block_deletion_marks.retain(|m| m.block_id != block_id);
         before != self.blocks.len()
+    }
+
+    /// Marks a listed block for deletion at `at` (unix seconds); a block already marked keeps
+    /// its first mark (the deletion delay counts from it). Whether it is listed.
+    pub fn mark(&mut self, block_id: &str, at: i64) -> bool {
+        if self.block(block_id).is_none() {
+            return false;
+        }
+        if !self.is_marked(block_id) {
+            self.block_deletion_marks.push(DeletionMark { block_id: block_id.to_string(), deletion_time: at });
+        }
+        true
+    }
+
+    pub fn is_marked(&self, block_id: &str) -> bool {
+        self.block_deletion_marks.iter().any(|m| m.block_id == block_id)
+    }
+
+    /// The blocks not marked for deletion: what a reader that starts now reads.
+    pub fn live(&self) -> impl Iterator<Item = &BlockRef> {
+        let marked: std::collections::HashSet<&str> =
+            self.block_deletion_marks.iter().map(|m| m.block_id.as_str()).collect();
+        self.blocks.iter().filter(move |b| !marked.contains(b.block_id.as_str()))
     }
 
     pub fn block(&self, block_id: &str) -> Option<&BlockRef> {
@@ -178,7 +206,7 @@ mod tests {
             compaction_level: 1,
             size_bytes: 30,
             files: vec![("meta.json".into(), 10), ("profiles.bin".into(), 20)],
-            ingester: String::new(),
+            ..Default::default()
         }
     }
 

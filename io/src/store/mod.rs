@@ -297,7 +297,47 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 enum IndexUpdate {
     /// Added in one index write: all or none.
     Add(Vec<BlockRef>),
-    Remove(String),
+    Remove(Vec<String>),
+    /// A compaction's output added and its inputs marked for deletion (at, unix seconds) in
+    /// one write: a reader of the index sees the inputs or the output, never both.
+    Compacted {
+        output: BlockRef,
+        inputs: Vec<String>,
+        at: i64,
+    },
+    /// Blocks marked for deletion (retention) at unix seconds.
+    Mark {
+        blocks: Vec<String>,
+        at: i64,
+    },
+}
+
+impl IndexUpdate {
+    fn apply(&self, idx: &mut BucketIndex) {
+        match self {
+            IndexUpdate::Add(blocks) => {
+                for b in blocks {
+                    idx.add(b.clone());
+                }
+            }
+            IndexUpdate::Remove(ids) => {
+                for id in ids {
+                    idx.remove(id);
+                }
+            }
+            IndexUpdate::Compacted { output, inputs, at } => {
+                idx.add(output.clone());
+                for id in inputs {
+                    idx.mark(id, *at);
+                }
+            }
+            IndexUpdate::Mark { blocks, at } => {
+                for id in blocks {
+                    idx.mark(id, *at);
+                }
+            }
+        }
+    }
 }
 
 /// What a job's task gets: the client and the backend's description for error messages.
@@ -649,7 +689,53 @@ impl Store {
     /// Removes a block (and its deletion mark) from the tenant's index; a block not listed
     /// is no error. Serialized with `add_block`.
     pub async fn remove_block(&self, tenant: String, block_id: String) -> Result<(), StoreError> {
-        self.index_update(tenant, IndexUpdate::Remove(block_id)).await
+        self.index_update(tenant, IndexUpdate::Remove(vec![block_id])).await
+    }
+
+    /// Removes blocks (and their marks) in one index write: once their files are deleted.
+    pub async fn remove_blocks(&self, tenant: String, block_ids: Vec<String>) -> Result<(), StoreError> {
+        self.index_update(tenant, IndexUpdate::Remove(block_ids)).await
+    }
+
+    /// Adds a compaction's `output` (its `uploaded_at` set to now when 0) and marks its
+    /// `inputs` for deletion now, in one index write.
+    pub async fn add_compacted(
+        &self,
+        tenant: String,
+        mut output: BlockRef,
+        inputs: Vec<String>,
+    ) -> Result<(), StoreError> {
+        check_segment("block id", &output.block_id)?;
+        let at = unix_now();
+        if output.uploaded_at == 0 {
+            output.uploaded_at = at;
+        }
+        self.index_update(tenant, IndexUpdate::Compacted { output, inputs, at }).await
+    }
+
+    /// Marks blocks for deletion now, in one index write (a block marked already keeps its mark).
+    pub async fn mark_for_deletion(&self, tenant: String, blocks: Vec<String>) -> Result<(), StoreError> {
+        self.index_update(tenant, IndexUpdate::Mark { blocks, at: unix_now() }).await
+    }
+
+    /// Every object under `prefix` (a folder path, without the trailing `/`) as (path
+    /// relative to the prefix, size, last modified in unix seconds), in one listing: the
+    /// compactor's look for blocks whose upload never finished.
+    pub async fn list(&self, prefix: String) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        self.call(Self::job(move |ctx| async move {
+            use futures_util::TryStreamExt;
+            let p = ctx.path(&prefix)?;
+            let objects: Vec<object_store::ObjectMeta> =
+                ctx.store.list(Some(&p)).try_collect().await.map_err(|e| ctx.err("list", &prefix, e))?;
+            Ok(objects
+                .into_iter()
+                .filter_map(|o| {
+                    let rel = o.location.prefix_match(&p)?.map(|part| part.as_ref().to_string()).collect::<Vec<_>>();
+                    Some((rel.join("/"), o.size, o.last_modified.timestamp()))
+                })
+                .collect())
+        }))
+        .await
     }
 
     /// The tenant's index; a tenant without one has an empty index.
@@ -704,6 +790,27 @@ async fn tenants(ctx: Ctx) -> Result<Vec<String>, StoreError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Runs a `Store` call to its end on a thread that is not an executor (the compactor's):
+/// the calls only wait on channels to the store thread, which any waker can wake. Never on
+/// the store thread itself, nor on a core (it would block the core).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
 }
 
 /// Bucket-index `head`s in flight at once while listing tenants at start.
@@ -854,16 +961,7 @@ async fn index_updater(ctx: Ctx, tenant: String, rx: flume::Receiver<IndexJob>) 
         let result = async {
             let mut idx = ctx.read_index(&tenant).await?;
             for job in &batch {
-                match &job.update {
-                    IndexUpdate::Add(blocks) => {
-                        for b in blocks {
-                            idx.add(b.clone());
-                        }
-                    }
-                    IndexUpdate::Remove(id) => {
-                        idx.remove(id);
-                    }
-                }
+                job.update.apply(&mut idx);
             }
             idx.updated_at = unix_now();
             ctx.put(&BucketIndex::path(&tenant), idx.to_json().into()).await

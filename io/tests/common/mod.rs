@@ -25,7 +25,7 @@ pub fn block(id: &str, min: i64, max: i64) -> BlockRef {
         compaction_level: 1,
         size_bytes: 10,
         files: vec![("meta.json".into(), 10)],
-        ingester: String::new(),
+        ..Default::default()
     }
 }
 

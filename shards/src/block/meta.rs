@@ -46,6 +46,9 @@ pub struct Compaction {
     pub level: u32,
     /// The ids of the level-1 blocks whose data this block holds (itself, for a head cut).
     pub sources: Vec<String>,
+    /// The blocks merged into this one (none for a head cut).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,7 +100,11 @@ mod tests {
             min_time: 1,
             max_time: 20,
             stats: BlockStats { num_series: 2, num_profiles: 20, num_samples: 20, num_stacks: 7 },
-            compaction: Compaction { level: 1, sources: vec!["01HD3X85G9BGAG4S3TKPNMFG4Z".into()] },
+            compaction: Compaction {
+                level: 1,
+                sources: vec!["01HD3X85G9BGAG4S3TKPNMFG4Z".into()],
+                parents: Vec::new(),
+            },
             version: 1,
             files: vec![FileMeta { rel_path: "index.tsdb".into(), size_bytes: 10 }],
         }

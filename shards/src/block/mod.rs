@@ -14,6 +14,7 @@
 //! or an out-of-range index later.
 mod codec;
 pub mod index;
+pub mod merge;
 pub mod meta;
 pub mod profiles;
 pub mod symdb;
@@ -211,29 +212,46 @@ impl<'h> Encoder<'h> {
         let profiles_bytes = self.writer.finish()?;
         let index_bytes = index::encode(&self.index);
         let symbols_bytes = symdb::encode_with(&self.head.symbols, self.opts.zstd_level);
-        let file = |rel_path: &str, b: &[u8]| meta::FileMeta { rel_path: rel_path.into(), size_bytes: b.len() as u64 };
-        let m = meta::BlockMeta {
-            ulid: self.ulid.clone(),
-            min_time: self.min_ns.div_euclid(1_000_000),
-            max_time: self.max_ns.div_euclid(1_000_000),
-            stats: meta::BlockStats {
-                num_series: self.index.series.len() as u64,
-                num_profiles: self.rows.len() as u64,
-                num_samples: self.samples,
-                num_stacks: self.head.symbols.stack_count() as u64 - 1,
-            },
-            compaction: meta::Compaction { level: 1, sources: vec![self.ulid.clone()] },
-            version: meta::VERSION,
-            files: vec![file(INDEX, &index_bytes), file(PROFILES, &profiles_bytes), file(SYMBOLS, &symbols_bytes)],
+        let stats = meta::BlockStats {
+            num_series: self.index.series.len() as u64,
+            num_profiles: self.rows.len() as u64,
+            num_samples: self.samples,
+            num_stacks: self.head.symbols.stack_count() as u64 - 1,
         };
-        Ok(EncodedBlock {
-            meta_json: meta::encode(&m),
-            meta: m,
-            index: index_bytes,
-            profiles: profiles_bytes,
-            symbols: symbols_bytes,
-        })
+        let compaction = meta::Compaction { level: 1, sources: vec![self.ulid.clone()], parents: Vec::new() };
+        Ok(assemble(
+            &self.ulid,
+            (self.min_ns, self.max_ns),
+            stats,
+            compaction,
+            index_bytes,
+            profiles_bytes,
+            symbols_bytes,
+        ))
     }
+}
+
+/// A block's files and the meta.json that describes them (times in ns, inclusive).
+fn assemble(
+    ulid: &str,
+    (min_ns, max_ns): (i64, i64),
+    stats: meta::BlockStats,
+    compaction: meta::Compaction,
+    index: Vec<u8>,
+    profiles: Vec<u8>,
+    symbols: Vec<u8>,
+) -> EncodedBlock {
+    let file = |rel_path: &str, b: &[u8]| meta::FileMeta { rel_path: rel_path.into(), size_bytes: b.len() as u64 };
+    let m = meta::BlockMeta {
+        ulid: ulid.to_string(),
+        min_time: min_ns.div_euclid(1_000_000),
+        max_time: max_ns.div_euclid(1_000_000),
+        stats,
+        compaction,
+        version: meta::VERSION,
+        files: vec![file(INDEX, &index), file(PROFILES, &profiles), file(SYMBOLS, &symbols)],
+    };
+    EncodedBlock { meta_json: meta::encode(&m), meta: m, index, profiles, symbols }
 }
 
 /// The row ranges of the selected series (indices into `index.series`), sorted and merged.

@@ -347,6 +347,11 @@ impl ProfilesFile {
         self.chunks.len()
     }
 
+    /// The rows of row group `g` (absolute row numbers).
+    pub fn group_rows(&self, g: usize) -> Range<u64> {
+        self.group_start[g]..self.group_start[g + 1]
+    }
+
     /// Footer bytes at the end of the file (metadata, its length and the magic).
     pub fn footer_len(&self) -> u64 {
         self.footer_len

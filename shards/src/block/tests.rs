@@ -143,7 +143,7 @@ fn whole_block_round_trip() {
     assert_eq!(b.meta.stats.num_stacks, head.symbols.stack_count() as u64 - 1);
     assert_eq!(b.meta.min_time, 0);
     assert_eq!(b.meta.max_time, 10_000);
-    assert_eq!(b.meta.compaction, meta::Compaction { level: 1, sources: vec![ULID.into()] });
+    assert_eq!(b.meta.compaction, meta::Compaction { level: 1, sources: vec![ULID.into()], parents: Vec::new() });
     assert_eq!(b.files().map(|f| f.0), [INDEX, PROFILES, SYMBOLS, META]);
     symdb::tests::assert_same(&symdb::decode(&b.symbols).unwrap(), &head.symbols);
     // Sorted by (profile type, labels): memory before process_cpu.

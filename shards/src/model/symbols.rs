@@ -99,6 +99,35 @@ pub struct Remap {
 
 const UNSET: u32 = u32::MAX;
 
+/// Maps another table's ids (a block's decoded symbols) to this table's, filled lazily
+/// (`UNSET` = not yet): what `Symbols::import_stack` keeps per source table.
+pub struct Import {
+    strings: Vec<u32>,
+    functions: Vec<u32>,
+    mappings: Vec<u32>,
+    locations: Vec<u32>,
+    stacks: Vec<u32>,
+    path: Vec<u32>,
+}
+
+impl Import {
+    pub fn new(src: &Symbols) -> Self {
+        Import {
+            strings: vec![UNSET; src.strings.len()],
+            functions: vec![UNSET; src.functions.len()],
+            mappings: vec![UNSET; src.mappings.len()],
+            locations: vec![UNSET; src.locations.len()],
+            stacks: vec![UNSET; src.parent.len()],
+            path: Vec::new(),
+        }
+    }
+
+    /// Heap bytes held: four bytes per entry of the source table.
+    pub fn heap_bytes(&self) -> usize {
+        4 * (self.strings.len() + self.functions.len() + self.mappings.len() + self.locations.len() + self.stacks.len())
+    }
+}
+
 impl Remap {
     pub fn new(p: &Profile) -> Self {
         Remap {
@@ -189,12 +218,18 @@ impl Symbols {
             filename: self.string(p, r, f.filename),
             start_line: f.start_line,
         };
+        let id = self.intern_function(rec);
+        r.functions[i as usize] = id;
+        id
+    }
+
+    /// A function whose strings are this table's already.
+    fn intern_function(&mut self, rec: Function) -> u32 {
         let next = self.functions.len() as u32;
         let id = *self.function_ids.entry(rec).or_insert(next);
         if id == next {
             self.functions.push(rec);
         }
-        r.functions[i as usize] = id;
         id
     }
 
@@ -205,12 +240,18 @@ impl Symbols {
         let m = &p.mappings[i as usize];
         let rec =
             Mapping { filename: self.string(p, r, m.filename), build_id: self.string(p, r, m.build_id), ..m.clone() };
+        let id = self.intern_mapping(rec);
+        r.mappings[i as usize] = id;
+        id
+    }
+
+    /// A mapping whose strings are this table's already.
+    fn intern_mapping(&mut self, rec: Mapping) -> u32 {
         let next = self.mappings.len() as u32;
         let id = *self.mapping_ids.entry(rec.clone()).or_insert(next);
         if id == next {
             self.mappings.push(rec);
         }
-        r.mappings[i as usize] = id;
         id
     }
 
@@ -225,16 +266,24 @@ impl Symbols {
         for ln in &l.lines {
             lines.push(Line { function: self.function(p, r, ln.function), line: ln.line });
         }
+        let id = self.intern_location(mapping, l.address, &lines);
+        self.line_scratch = lines;
+        r.locations[i as usize] = id;
+        id
+    }
+
+    /// A location whose mapping and functions are this table's already; stored once.
+    fn intern_location(&mut self, mapping: u32, address: u64, lines: &[Line]) -> u32 {
         let key = {
             use std::hash::{Hash, Hasher};
             let mut h = rustc_hash::FxHasher::default();
-            (mapping, l.address, &lines[..]).hash(&mut h);
+            (mapping, address, lines).hash(&mut h);
             h.finish()
         };
         let mut id = self.location_ids.get(&key).copied().unwrap_or(UNSET);
         while id != UNSET {
             let rec = &self.locations[id as usize];
-            if rec.mapping == mapping && rec.address == l.address && *rec.lines == lines[..] {
+            if rec.mapping == mapping && rec.address == address && *rec.lines == *lines {
                 break;
             }
             id = self.location_next[id as usize];
@@ -243,10 +292,86 @@ impl Symbols {
             id = self.locations.len() as u32;
             let first = self.location_ids.insert(key, id).unwrap_or(UNSET);
             self.location_next.push(first);
-            self.locations.push(LocationRec { mapping, address: l.address, lines: lines[..].into() });
+            self.locations.push(LocationRec { mapping, address, lines: lines.into() });
         }
+        id
+    }
+
+    /// The node of `src`'s stack node `node` in this table, interning the stack (and its
+    /// locations, functions, mappings and strings) on first use; `imp` remembers what is
+    /// mapped already, so each source entry is looked at once. How a compaction rewrites
+    /// every input block's stack ids into its output's one table.
+    pub fn import_stack(&mut self, src: &Symbols, imp: &mut Import, node: u32) -> u32 {
+        // The unmapped ancestors, leaf first: ids ascend from the root (I7), and a mapped
+        // ancestor ends the walk, so a stack shared with earlier ones costs one lookup.
+        let mut path = std::mem::take(&mut imp.path);
+        path.clear();
+        let mut n = node;
+        while n != ROOT && imp.stacks[n as usize] == UNSET {
+            path.push(n);
+            n = src.parent[n as usize];
+        }
+        let mut out = if n == ROOT { ROOT } else { imp.stacks[n as usize] };
+        for &n in path.iter().rev() {
+            let loc = self.import_location(src, imp, src.location[n as usize]);
+            out = self.child(out, loc);
+            imp.stacks[n as usize] = out;
+        }
+        imp.path = path;
+        out
+    }
+
+    fn import_string(&mut self, src: &Symbols, imp: &mut Import, i: u32) -> u32 {
+        let slot = &mut imp.strings[i as usize];
+        if *slot == UNSET {
+            *slot = self.strings.intern(src.strings.get(i));
+        }
+        *slot
+    }
+
+    fn import_function(&mut self, src: &Symbols, imp: &mut Import, i: u32) -> u32 {
+        if imp.functions[i as usize] == UNSET {
+            let f = src.functions[i as usize];
+            let rec = Function {
+                name: self.import_string(src, imp, f.name),
+                system_name: self.import_string(src, imp, f.system_name),
+                filename: self.import_string(src, imp, f.filename),
+                start_line: f.start_line,
+            };
+            imp.functions[i as usize] = self.intern_function(rec);
+        }
+        imp.functions[i as usize]
+    }
+
+    fn import_location(&mut self, src: &Symbols, imp: &mut Import, i: u32) -> u32 {
+        if imp.locations[i as usize] != UNSET {
+            return imp.locations[i as usize];
+        }
+        let l = &src.locations[i as usize];
+        // Mapping 0 is "no mapping" in both tables.
+        let mapping = match l.mapping {
+            0 => 0,
+            m if imp.mappings[m as usize] != UNSET => imp.mappings[m as usize],
+            m => {
+                let rec = &src.mappings[m as usize];
+                let rec = Mapping {
+                    filename: self.import_string(src, imp, rec.filename),
+                    build_id: self.import_string(src, imp, rec.build_id),
+                    ..rec.clone()
+                };
+                let id = self.intern_mapping(rec);
+                imp.mappings[m as usize] = id;
+                id
+            }
+        };
+        let mut lines = std::mem::take(&mut self.line_scratch);
+        lines.clear();
+        for ln in l.lines.iter() {
+            lines.push(Line { function: self.import_function(src, imp, ln.function), line: ln.line });
+        }
+        let id = self.intern_location(mapping, l.address, &lines);
         self.line_scratch = lines;
-        r.locations[i as usize] = id;
+        imp.locations[i as usize] = id;
         id
     }
 

@@ -18,6 +18,9 @@ pub enum Msg {
     /// names a block that could not be read.
     Query {
         req: Arc<QueryRequest>,
+        /// The mesh's block epoch when the query was sent (`Mesh::epoch`), the same for
+        /// every core: which blocks a compaction's swap lets it read.
+        epoch: u64,
         reply: QueryReply,
     },
     Stats {
@@ -57,7 +60,7 @@ impl Core {
         match msg {
             Msg::Ingester(m) => self.ingester.handle(m),
             Msg::StoreGateway(m) => self.store_gateway.handle(m),
-            Msg::Query { req, reply } => self.answer_query(req, reply),
+            Msg::Query { req, epoch, reply } => self.answer_query(req, epoch, reply),
             Msg::Stats { reply } => {
                 // A dropped reply receiver means the requester gave up; nothing to do.
                 let _ = reply.send(self.stats());
@@ -68,9 +71,9 @@ impl Core {
     /// Answers a query: heads now, blocks (which may need reads) in a task on this core. The
     /// heads and the block list are taken in the same step, so a cut finishing meanwhile
     /// cannot make the query count a head and its block both, or neither.
-    fn answer_query(&self, req: Arc<QueryRequest>, reply: QueryReply) {
+    fn answer_query(&self, req: Arc<QueryRequest>, epoch: u64, reply: QueryReply) {
         let heads = self.ingester.query(&req);
-        let blocks = self.store_gateway.matching(req.selection());
+        let blocks = self.store_gateway.matching(req.selection(), epoch);
         // I11: a frozen head and the block that replaces it never answer the same query.
         if !blocks.is_empty() {
             let frozen = self.ingester.frozen_ids();

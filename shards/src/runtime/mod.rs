@@ -22,6 +22,12 @@ pub const INBOX_CAPACITY: usize = 1024;
 pub struct Mesh {
     inboxes: Arc<[flume::Sender<Msg>]>,
     pub ring: Arc<Ring>,
+    /// The block epoch: a query reads the blocks visible at the epoch it was sent with
+    /// (`Msg::Query::epoch`), read once for all cores. Only a compaction's swap moves it, by
+    /// one, after every core took its part (`store_gateway::Msg::Swap`), and swaps run one
+    /// at a time (`swap_lock`), so a query sees every core before a swap or every core after.
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
+    pub swap_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl Mesh {
@@ -109,7 +115,12 @@ where
         senders.push(tx);
         receivers.push(rx);
     }
-    let mesh = Mesh { inboxes: senders.into(), ring: Arc::new(ring) };
+    let mesh = Mesh {
+        inboxes: senders.into(),
+        ring: Arc::new(ring),
+        epoch: Default::default(),
+        swap_lock: Default::default(),
+    };
     let serve = Arc::new(serve);
     let (gate_tx, gate_rx) = flume::bounded::<()>(0);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

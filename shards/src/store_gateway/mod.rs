@@ -106,6 +106,15 @@ pub enum Msg {
     /// added, and the ones no sync listed twice in a row leave (unless pinned; see
     /// `BlockSet::sync`).
     Sync { blocks: Vec<(TenantId, BlockRef)> },
+    /// A compaction's swap, one step of it per core: `add` (a compaction's output, pinned)
+    /// is read by queries of `epoch` and later, `retire` (its inputs, or blocks past
+    /// retention) only by earlier ones. The compactor sends every core its part, waits for
+    /// every `done`, then moves the mesh's epoch to `epoch`: each query, stamped with the
+    /// epoch once for all cores, reads the inputs or the output on every core, never both
+    /// and never neither (see `runtime::Mesh::epoch`).
+    Swap { add: Vec<(TenantId, BlockRef)>, retire: Vec<(TenantId, String)>, epoch: u64, done: flume::Sender<()> },
+    /// Blocks whose files were deleted (long after they were retired) leave the set.
+    Forget { blocks: Vec<(TenantId, String)> },
 }
 
 /// The store-gateway's part of one core: its blocks and where to read them.
@@ -140,13 +149,18 @@ impl StoreGateway {
                 }
             }
             Msg::Sync { blocks } => self.blocks.borrow_mut().sync(blocks),
+            Msg::Swap { add, retire, epoch, done } => {
+                self.blocks.borrow_mut().swap(add, &retire, epoch);
+                let _ = done.send(());
+            }
+            Msg::Forget { blocks } => self.blocks.borrow_mut().forget(&blocks),
         }
     }
 
-    /// The blocks a query must read, taken now (see `runtime::core` for why the heads and
-    /// this list are taken in one step).
-    pub fn matching(&self, sel: &Selection) -> Vec<Rc<OwnedBlock>> {
-        self.blocks.borrow_mut().matching(sel)
+    /// The blocks a query of `epoch` must read, taken now (see `runtime::core` for why the
+    /// heads and this list are taken in one step).
+    pub fn matching(&self, sel: &Selection, epoch: u64) -> Vec<Rc<OwnedBlock>> {
+        self.blocks.borrow_mut().matching(sel, epoch)
     }
 
     /// Adds the answers of `blocks` to `out` in a task on this core, then replies; an error
@@ -211,6 +225,9 @@ pub struct OwnedBlock {
     synced: Cell<bool>,
     /// Syncs since one last gave it to this instance.
     unlisted: Cell<u8>,
+    /// Queries of epochs in `[visible_from, visible_until)` read it (see `Msg::Swap`).
+    visible_from: Cell<u64>,
+    visible_until: Cell<u64>,
     pub min_ms: i64,
     pub max_ms: i64,
     profiles_bytes: u64,
@@ -268,6 +285,8 @@ impl BlockSet {
             pinned: Cell::new(false),
             synced: Cell::new(false),
             unlisted: Cell::new(0),
+            visible_from: Cell::new(0),
+            visible_until: Cell::new(u64::MAX),
             min_ms: r.min_time,
             max_ms: r.max_time,
             // 0: unknown, asked of the bucket when the block is opened.
@@ -312,13 +331,40 @@ impl BlockSet {
     }
 
     /// Blocks of the selection's tenants whose time range overlaps the selection's.
-    pub fn matching(&mut self, sel: &Selection) -> Vec<Rc<OwnedBlock>> {
+    /// A compaction's swap on this core (`Msg::Swap`). An added block already held (a swap
+    /// sent again) keeps its first visibility.
+    pub fn swap(&mut self, add: Vec<(TenantId, BlockRef)>, retire: &[(TenantId, String)], epoch: u64) {
+        for (tenant, r) in add {
+            let fresh = !self.blocks.iter().any(|b| b.tenant == tenant && *b.id == *r.block_id);
+            if let Some(b) = self.insert(tenant, &r) {
+                b.pinned.set(true);
+                if fresh {
+                    b.visible_from.set(epoch);
+                }
+            }
+        }
+        for (tenant, id) in retire {
+            if let Some(b) = self.blocks.iter().find(|b| b.tenant == *tenant && *b.id == **id) {
+                b.visible_until.set(b.visible_until.get().min(epoch));
+            }
+        }
+    }
+
+    /// Drops blocks whose files are gone; their cache goes with them.
+    pub fn forget(&mut self, blocks: &[(TenantId, String)]) {
+        self.blocks.retain(|b| !blocks.iter().any(|(t, id)| b.tenant == *t && *b.id == **id));
+    }
+
+    pub fn matching(&mut self, sel: &Selection, epoch: u64) -> Vec<Rc<OwnedBlock>> {
         self.clock += 1;
         let now = self.clock;
         self.blocks
             .iter()
             .filter(|b| {
-                sel.tenants.iter().any(|t| *t == b.tenant) && b.max_ms >= sel.start_ms && b.min_ms <= sel.end_ms
+                sel.tenants.iter().any(|t| *t == b.tenant)
+                    && b.max_ms >= sel.start_ms
+                    && b.min_ms <= sel.end_ms
+                    && (b.visible_from.get()..b.visible_until.get()).contains(&epoch)
             })
             .inspect(|b| b.last_used.set(now))
             .cloned()
@@ -497,7 +543,7 @@ mod tests {
             compaction_level: 1,
             size_bytes: 0,
             files: Vec::new(),
-            ingester: String::new(),
+            ..Default::default()
         };
         ("t".into(), r)
     }
@@ -518,7 +564,7 @@ mod tests {
         }
         add(&mut set, entry("a")); // a duplicate is ignored
         assert_eq!(set.len(), 3);
-        let blocks = set.matching(&sel(0, 10_000));
+        let blocks = set.matching(&sel(0, 10_000), 0);
         assert_eq!(blocks.len(), 3);
         let o = opened(3);
         // a, then b, then c opened and used in that order: together 300 bytes, over the limit.
@@ -544,7 +590,7 @@ mod tests {
         assert_eq!(set.len(), 3);
         let sources: Vec<(String, String)> = set.blocks.iter().map(|x| (x.id.to_string(), x.source.clone())).collect();
         assert!(sources.iter().any(|(id, s)| id.starts_with('B') && s == "ingester-2"), "{sources:?}");
-        let held = set.matching(&sel(0, 10_000));
+        let held = set.matching(&sel(0, 10_000), 0);
         *held[2].opened.borrow_mut() = Some(opened(1));
         assert!(set.cached_bytes() > 0);
         // c is no longer owned: kept through one sync (a query between its steps still finds
@@ -570,9 +616,9 @@ mod tests {
         // Not a block ID: it could name a path outside the tenant's folder.
         add(&mut set, ("t".into(), BlockRef { block_id: "../x".into(), ..entry("c").1 }));
         assert_eq!(set.len(), 2);
-        assert_eq!(set.matching(&sel(5_000, 20_000)).len(), 1);
-        assert!(set.matching(&sel(10_001, 20_000)).is_empty());
-        assert!(set.matching(&sel(-5, -1)).is_empty());
+        assert_eq!(set.matching(&sel(5_000, 20_000), 0).len(), 1);
+        assert!(set.matching(&sel(10_001, 20_000), 0).is_empty());
+        assert!(set.matching(&sel(-5, -1), 0).is_empty());
     }
 
     #[test]
@@ -588,7 +634,7 @@ mod tests {
             let req = Arc::new(QueryRequest::MergeTree(sel(0, 10_000)));
             let ask = |sg: &StoreGateway| {
                 let (tx, rx) = flume::bounded(1);
-                sg.answer(sg.matching(req.selection()), Vec::new(), req.clone(), tx);
+                sg.answer(sg.matching(req.selection(), 0), Vec::new(), req.clone(), tx);
                 rx
             };
             // Every slot is taken by queries still running.

@@ -1,0 +1,420 @@
+//! The compactor (`-target=all` on a single node): merges each tenant's blocks as
+//! `plan` says, applies retention and deletes what is marked (`clean`).
+//!
+//! It runs on threads of its own at a lower CPU priority than the cores (nice 10): the
+//! kernel gives a core's thread the CPU whenever it has work, so ingest and queries on the
+//! same CPUs come first, and compaction takes what they leave. Its I/O goes through the store
+//! thread; it holds at most one job's inputs per thread (`block::merge` streams them).
+//!
+//! A job: open the inputs (meta, index, symbols, the parquet footer), merge them into one
+//! block (`kiln_shards::block::merge`: replica copies dropped, stack ids rewritten), upload
+//! its files (meta.json last), then one bucket index write adds the output and marks the
+//! inputs for deletion. Then the swap: every core takes the output and retires the inputs
+//! at one block epoch (`store_gateway::Msg::Swap`), so each query reads the inputs or the
+//! output, on every core, never both and never neither. A crash before the index write
+//! leaves files no index lists (deleted by the cleaner after
+//! `-compactor.partial-block-deletion-delay`) and the job is planned again; a crash after it
+//! leaves the index right, and a start reads it (the marked inputs are not opened).
+pub mod clean;
+pub mod plan;
+
+use crate::config::{CompactorSettings, TenantLimits};
+use kiln_io::store::bucket_index::{BlockRef, BucketIndex};
+use kiln_io::store::{block_on, Store, StoreError};
+use kiln_shards::block::merge::{self, Fetch, Input, MergeStats};
+use kiln_shards::block::{self, index::BlockIndex, meta::BlockMeta, object_path, profiles::ProfilesFile};
+use kiln_shards::model::ids::{BlockId, TenantId};
+use kiln_shards::model::symbols::Symbols;
+use kiln_shards::runtime::Mesh;
+use kiln_shards::store_gateway::Msg;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the compactor needs.
+pub struct Compactor {
+    pub store: Store,
+    pub settings: CompactorSettings,
+    pub limits: Arc<TenantLimits>,
+    /// This process's cores, to swap compacted blocks in (`None`: no core reads blocks here).
+    pub mesh: Option<Mesh>,
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("block {block}: {source}")]
+    Store { block: String, source: StoreError },
+    #[error("block {block}: {source}")]
+    Format { block: String, source: block::FormatError },
+    #[error(transparent)]
+    Merge(#[from] merge::MergeError),
+    #[error("writing the output: {0}")]
+    Upload(StoreError),
+    #[error("indexing the output: {0}")]
+    Index(StoreError),
+}
+
+impl Compactor {
+    /// Starts the compactor's thread: a cleanup and a compaction round at once, then each on
+    /// its interval. The thread runs for the life of the process.
+    pub fn start(self) -> std::io::Result<()> {
+        std::thread::Builder::new().name("kiln-compactor".into()).spawn(move || {
+            lower_priority();
+            self.run();
+        })?;
+        Ok(())
+    }
+
+    fn run(self) {
+        let (mut next_compaction, mut next_cleanup) = (Instant::now(), Instant::now());
+        loop {
+            let now = Instant::now();
+            if now >= next_cleanup {
+                self.cleanup_round();
+                next_cleanup = Instant::now() + self.settings.cleanup_interval;
+            }
+            if now >= next_compaction {
+                self.compaction_round();
+                next_compaction = Instant::now() + self.settings.compaction_interval;
+            }
+            std::thread::sleep(next_compaction.min(next_cleanup).saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// Plans every tenant's jobs and runs them, `-compactor.compaction-concurrency` at a time.
+    pub fn compaction_round(&self) {
+        stats::ROUNDS.fetch_add(1, Relaxed);
+        let tenants = match block_on(self.store.tenants()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "compactor: listing tenants failed; retrying next round");
+                return;
+            }
+        };
+        let ranges: Vec<i64> = self.settings.block_ranges.iter().map(|d| d.as_millis() as i64).collect();
+        let wait = self.settings.first_level_compaction_wait_period.as_millis() as i64;
+        let mut jobs: Vec<(String, plan::Job)> = Vec::new();
+        let mut oldest = Vec::new();
+        for tenant in tenants {
+            let idx = match block_on(self.store.read_bucket_index(tenant.clone())) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "compactor: reading the bucket index failed");
+                    continue;
+                }
+            };
+            oldest.push((tenant.clone(), oldest_uncompacted(&idx)));
+            jobs.extend(plan::plan(&idx, &ranges, wait, now_ms()).into_iter().map(|j| (tenant.clone(), j)));
+        }
+        stats::set_oldest(oldest);
+        let queue = std::sync::Mutex::new(jobs.into_iter());
+        std::thread::scope(|s| {
+            for _ in 0..self.settings.compaction_concurrency.max(1) {
+                s.spawn(|| {
+                    lower_priority();
+                    while let Some((tenant, job)) = queue.lock().map(|mut q| q.next()).unwrap_or(None) {
+                        self.run_logged(&tenant, &job);
+                    }
+                });
+            }
+        });
+    }
+
+    fn run_logged(&self, tenant: &str, job: &plan::Job) {
+        let started = Instant::now();
+        match self.run_job(tenant, job) {
+            Ok((out, st, bytes_in)) => {
+                let secs = started.elapsed().as_secs_f64();
+                stats::job_done(true, secs, bytes_in, &out, &st);
+                tracing::info!(
+                    tenant,
+                    job = %job.key(tenant),
+                    inputs = job.blocks.len(),
+                    output = %out.block_id,
+                    level = out.compaction_level,
+                    rows_in = st.rows_in,
+                    rows_out = st.rows_out,
+                    copies_dropped = st.copies_dropped,
+                    bytes_in,
+                    bytes_out = out.size_bytes,
+                    seconds = secs,
+                    "compaction done"
+                );
+            }
+            Err(e) => {
+                stats::job_done(
+                    false,
+                    started.elapsed().as_secs_f64(),
+                    0,
+                    &BlockRef::default(),
+                    &MergeStats::default(),
+                );
+                tracing::warn!(tenant, job = %job.key(tenant), error = %e, "compaction failed; planned again next round");
+            }
+        }
+    }
+
+    /// Runs one job: returns the output's index entry, the merge's figures and the bytes read.
+    fn run_job(&self, tenant: &str, job: &plan::Job) -> Result<(BlockRef, MergeStats, u64), JobError> {
+        let mut opened = Vec::with_capacity(job.blocks.len());
+        let mut bytes_in = 0;
+        for b in &job.blocks {
+            let (o, n) = self.open(tenant, b)?;
+            opened.push(o);
+            bytes_in += n;
+        }
+        // One source for all: the output keeps it (a single node's blocks, or one
+        // ingester's); several: the output is a source of its own, holding each profile once.
+        let id = BlockId::new_random();
+        let common = job.blocks.iter().all(|b| b.ingester == job.blocks[0].ingester);
+        let source = if common { job.blocks[0].ingester.clone() } else { id.to_string() };
+        let inputs: Vec<Input<'_>> = opened
+            .iter()
+            .zip(&job.blocks)
+            .map(|(o, b)| Input {
+                id: &b.block_id,
+                meta: &o.meta,
+                index: &o.index,
+                symbols: &o.symbols,
+                profiles: &o.profiles,
+                source: &b.ingester,
+            })
+            .collect();
+        let mut fetch = StoreFetch {
+            store: &self.store,
+            paths: job.blocks.iter().map(|b| object_path(tenant, &b.block_id, block::PROFILES)).collect(),
+        };
+        let (out, st) = merge::merge(&inputs, &mut fetch, &id, &Default::default())?;
+        bytes_in += st.bytes_fetched;
+        for (name, bytes) in out.files() {
+            block_on(self.store.put(object_path(tenant, &id, name), bytes::Bytes::copy_from_slice(bytes)))
+                .map_err(JobError::Upload)?;
+            crate::service::crash_point("compactor:uploading");
+        }
+        let files: Vec<(String, u64)> = out.files().iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect();
+        let r = BlockRef {
+            block_id: id.to_string(),
+            min_time: out.meta.min_time,
+            max_time: out.meta.max_time,
+            uploaded_at: 0,
+            compaction_level: out.meta.compaction.level,
+            size_bytes: files.iter().map(|f| f.1).sum(),
+            files,
+            ingester: source,
+            sources: out.meta.compaction.sources.clone(),
+        };
+        let inputs: Vec<String> = job.blocks.iter().map(|b| b.block_id.clone()).collect();
+        crate::service::crash_point("compactor:uploaded");
+        block_on(self.store.add_compacted(tenant.to_string(), r.clone(), inputs.clone())).map_err(JobError::Index)?;
+        crate::service::crash_point("compactor:indexed");
+        self.swap(tenant, std::slice::from_ref(&r), &inputs);
+        Ok((r, st, bytes_in))
+    }
+
+    /// Reads what a merge needs of a block; also the bytes read.
+    fn open(&self, tenant: &str, b: &BlockRef) -> Result<(Opened, u64), JobError> {
+        let id = &b.block_id;
+        let store_err = |source| JobError::Store { block: id.clone(), source };
+        let format = |source| JobError::Format { block: id.clone(), source };
+        let get = |file: &str| block_on(self.store.get(object_path(tenant, id, file))).map_err(store_err);
+        let meta = get(block::META)?;
+        let index = get(block::INDEX)?;
+        let symbols = get(block::SYMBOLS)?;
+        let ppath = object_path(tenant, id, block::PROFILES);
+        let len = match b.file_size(block::PROFILES) {
+            Some(n) => n,
+            None => block_on(self.store.size(ppath.clone())).map_err(store_err)?,
+        };
+        let mut want = ProfilesFile::TAIL_GUESS.min(len);
+        let profiles = loop {
+            let tail = block_on(self.store.get_range(ppath.clone(), len - want..len)).map_err(store_err)?;
+            match ProfilesFile::from_tail(len, &tail) {
+                Ok(f) => break f,
+                Err(block::FormatError::NeedTail(n)) if n > want && n <= len => want = n,
+                Err(e) => return Err(format(e)),
+            }
+        };
+        let read = (meta.len() + index.len() + symbols.len()) as u64 + want;
+        let o = Opened {
+            meta: block::meta::decode(&meta).map_err(format)?,
+            index: block::index::decode(&index).map_err(format)?,
+            symbols: block::symdb::decode(&symbols).map_err(format)?,
+            profiles,
+        };
+        Ok((o, read))
+    }
+
+    /// Moves this process's cores from `retire` to `add` at one block epoch (see the module
+    /// comment); without cores, nothing to do. Swaps run one at a time.
+    pub fn swap(&self, tenant: &str, add: &[BlockRef], retire: &[String]) {
+        let Some(mesh) = &self.mesh else { return };
+        let _one = mesh.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = mesh.epoch.load(std::sync::atomic::Ordering::Acquire) + 1;
+        let t = TenantId::known(tenant);
+        let mut waits = Vec::with_capacity(mesh.cores());
+        for core in 0..mesh.cores() {
+            let owned = |id: &str| mesh.ring.block_owner(id) as usize == core;
+            let add: Vec<(TenantId, BlockRef)> =
+                add.iter().filter(|b| owned(&b.block_id)).map(|b| (t.clone(), b.clone())).collect();
+            let retire: Vec<(TenantId, String)> =
+                retire.iter().filter(|id| owned(id)).map(|id| (t.clone(), id.clone())).collect();
+            let (done, wait) = flume::bounded(1);
+            if mesh.send_blocking(core, Msg::Swap { add, retire, epoch, done }).is_ok() {
+                waits.push(wait);
+            }
+        }
+        // A core that is gone cannot answer queries either: nothing to wait for there.
+        for w in waits {
+            let _ = w.recv();
+        }
+        mesh.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Tells the cores that these blocks' files are gone.
+    fn forget(&self, tenant: &str, ids: &[String]) {
+        let Some(mesh) = &self.mesh else { return };
+        let t = TenantId::known(tenant);
+        for core in 0..mesh.cores() {
+            let blocks: Vec<(TenantId, String)> = ids
+                .iter()
+                .filter(|id| mesh.ring.block_owner(id) as usize == core)
+                .map(|id| (t.clone(), id.clone()))
+                .collect();
+            if !blocks.is_empty() {
+                let _ = mesh.send_blocking(core, Msg::Forget { blocks });
+            }
+        }
+    }
+}
+
+/// A block opened for a merge.
+struct Opened {
+    meta: BlockMeta,
+    index: BlockIndex,
+    symbols: Symbols,
+    profiles: ProfilesFile,
+}
+
+/// Row groups of the inputs, through the store thread.
+struct StoreFetch<'a> {
+    store: &'a Store,
+    paths: Vec<String>,
+}
+
+impl Fetch for StoreFetch<'_> {
+    fn fetch(&mut self, input: usize, ranges: &[Range<u64>]) -> Result<Vec<bytes::Bytes>, String> {
+        block_on(self.store.get_ranges(self.paths[input].clone(), ranges.to_vec())).map_err(|e| e.to_string())
+    }
+}
+
+/// The age of the tenant's oldest level-1 block not marked for deletion, in seconds (0:
+/// none): how far compaction lags.
+fn oldest_uncompacted(idx: &BucketIndex) -> u64 {
+    let now = now_ms();
+    idx.live().filter(|b| b.compaction_level <= 1).map(|b| (now - b.max_time).max(0) as u64 / 1000).max().unwrap_or(0)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Nice 10 for the calling thread (Linux sets niceness per thread): the cores' threads, at
+/// 0, get the CPU first. Failing to lower it only costs priority, never correctness.
+fn lower_priority() {
+    // SAFETY: setpriority with PRIO_PROCESS and a thread id changes only that thread's nice
+    // value; gettid has no preconditions.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "compactor: could not lower the thread's priority");
+    }
+}
+
+/// The compactor's counters for `/metrics`: process-wide (one compactor per process).
+mod stats {
+    use super::*;
+    pub static ROUNDS: AtomicU64 = AtomicU64::new(0);
+    pub static JOBS_OK: AtomicU64 = AtomicU64::new(0);
+    pub static JOBS_FAILED: AtomicU64 = AtomicU64::new(0);
+    pub static JOB_MICROS: AtomicU64 = AtomicU64::new(0);
+    pub static BYTES_IN: AtomicU64 = AtomicU64::new(0);
+    pub static BYTES_OUT: AtomicU64 = AtomicU64::new(0);
+    pub static ROWS_IN: AtomicU64 = AtomicU64::new(0);
+    pub static ROWS_OUT: AtomicU64 = AtomicU64::new(0);
+    pub static COPIES_DROPPED: AtomicU64 = AtomicU64::new(0);
+    pub static MARKED: AtomicU64 = AtomicU64::new(0);
+    pub static DELETED: AtomicU64 = AtomicU64::new(0);
+    pub static PARTIAL_DELETED: AtomicU64 = AtomicU64::new(0);
+    pub static CLEANUP_FAILURES: AtomicU64 = AtomicU64::new(0);
+    /// (tenant, seconds) from the last round, at most `OLDEST_TENANTS` named.
+    pub static OLDEST: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+    pub fn job_done(ok: bool, secs: f64, bytes_in: u64, out: &BlockRef, st: &MergeStats) {
+        (if ok { &JOBS_OK } else { &JOBS_FAILED }).fetch_add(1, Relaxed);
+        JOB_MICROS.fetch_add((secs * 1e6) as u64, Relaxed);
+        BYTES_IN.fetch_add(bytes_in, Relaxed);
+        BYTES_OUT.fetch_add(out.size_bytes, Relaxed);
+        ROWS_IN.fetch_add(st.rows_in, Relaxed);
+        ROWS_OUT.fetch_add(st.rows_out, Relaxed);
+        COPIES_DROPPED.fetch_add(st.copies_dropped, Relaxed);
+    }
+
+    pub fn set_oldest(mut v: Vec<(String, u64)>) {
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(OLDEST_TENANTS);
+        *OLDEST.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
+/// Tenants named by `kiln_compactor_oldest_uncompacted_block_age_seconds` (the laggiest).
+pub const OLDEST_TENANTS: usize = 256;
+
+/// Prometheus text for `/metrics`.
+pub fn render_metrics(out: &mut String) {
+    use stats::*;
+    use std::fmt::Write;
+    let counters: [(&str, &str, &AtomicU64); 10] = [
+        ("kiln_compactor_runs_total", "Compaction rounds started.", &ROUNDS),
+        ("kiln_compactor_bytes_read_total", "Bytes of input blocks read by compaction jobs.", &BYTES_IN),
+        ("kiln_compactor_bytes_written_total", "Bytes of output blocks written by compaction jobs.", &BYTES_OUT),
+        ("kiln_compactor_rows_read_total", "Profiles read by compaction jobs.", &ROWS_IN),
+        ("kiln_compactor_rows_written_total", "Profiles written by compaction jobs.", &ROWS_OUT),
+        (
+            "kiln_compactor_replica_copies_dropped_total",
+            "Profiles dropped by compaction as another replica's copy.",
+            &COPIES_DROPPED,
+        ),
+        (
+            "kiln_compactor_blocks_marked_for_deletion_total",
+            "Blocks marked for deletion (compacted or past retention).",
+            &MARKED,
+        ),
+        ("kiln_compactor_blocks_deleted_total", "Marked blocks deleted after the deletion delay.", &DELETED),
+        ("kiln_compactor_partial_blocks_deleted_total", "Block folders no index listed, deleted.", &PARTIAL_DELETED),
+        ("kiln_compactor_cleanup_failures_total", "Cleanup steps that failed (retried next round).", &CLEANUP_FAILURES),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+    }
+    let name = "kiln_compactor_job_duration_seconds_total";
+    let secs = JOB_MICROS.load(Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "# HELP {name} Seconds spent in compaction jobs.\n# TYPE {name} counter\n{name} {secs}");
+    let name = "kiln_compactor_jobs_total";
+    let (ok, failed) = (JOBS_OK.load(Relaxed), JOBS_FAILED.load(Relaxed));
+    let _ = writeln!(out, "# HELP {name} Compaction jobs run, by result.\n# TYPE {name} counter");
+    let _ = writeln!(out, "{name}{{result=\"success\"}} {ok}\n{name}{{result=\"failure\"}} {failed}");
+    let name = "kiln_compactor_oldest_uncompacted_block_age_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Age of the tenant's newest profile in its oldest level-1 block, at the last round (the laggiest {OLDEST_TENANTS} tenants).\n# TYPE {name} gauge"
+    );
+    for (tenant, secs) in OLDEST.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {secs}", crate::service::label_value(tenant));
+    }
+}
+
+/// A duration as whole milliseconds, for the planner and the cleaner.
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
