@@ -9,11 +9,14 @@
 //!
 //! Beside them, three small pieces every crate above shares: `error` (what a caller can do
 //! about an error), `invariant` (ARCHITECTURE.md's invariants, checked where they can break)
-//! and `bound` (a fixed number of slots bounding a set of tasks).
+//! and `bound` (a fixed number of slots bounding a set of tasks); and `lock_file`, the
+//! `flock` that keeps two processes out of one WAL directory or one local bucket index
+//! rewrite.
 pub mod bound;
 pub mod codec;
 pub mod compress;
 pub mod error;
 pub mod invariant;
+pub mod lock_file;
 pub mod store;
 pub mod wal;

@@ -51,6 +51,23 @@ fn concurrent_index_updates() {
 }
 
 #[test]
+fn concurrent_writers_from_several_processes() {
+    // Four stores on one directory: four kiln processes sharing it, as the cluster tests run.
+    let dir = TempDir::new("writers");
+    let stores: Vec<Store> = (0..4).map(|_| start(&dir)).collect();
+    common::concurrent_writers(&stores, "shared", 40);
+    // The lock file beside the index is no object anyone takes for a block or an index: a
+    // tenant whose first index write never happened (only its lock file exists) is no
+    // tenant, and the blocks are exactly those indexed.
+    let lock = dir.0.join("blocks/shared").join(kiln_io::store::index_write::LOCK_FILE);
+    assert!(lock.exists());
+    std::fs::create_dir_all(dir.0.join("blocks/ghost")).unwrap();
+    std::fs::write(dir.0.join("blocks/ghost").join(kiln_io::store::index_write::LOCK_FILE), b"").unwrap();
+    assert_eq!(stores[0].blocking_tenants().unwrap(), ["shared"]);
+    assert_eq!(stores[1].blocking_read_bucket_index("ghost").unwrap().blocks.len(), 0);
+}
+
+#[test]
 fn index_and_tenants() {
     let dir = TempDir::new("tenants");
     let store = start(&dir);

@@ -7,9 +7,10 @@
 //! optional on read, and unknown fields are ignored, so an index written by an older or newer
 //! kiln still loads.
 //!
-//! Invariant: block ids are unique within `blocks` (`add` replaces by id). Only the store
-//! thread's per-tenant updater rewrites the object, one read-modify-write at a time, so no
-//! update is lost to a concurrent one.
+//! Invariant: block ids are unique within `blocks` (`add` replaces by id). In a process only
+//! the store thread's per-tenant updater rewrites the object, one read-modify-write at a
+//! time; against other processes each rewrite is a conditional write retried on a conflict,
+//! or holds a lock file (`super::index_write`), so no update is lost to a concurrent one.
 use serde::{Deserialize, Serialize};
 
 /// The object name, under the tenant's prefix.

@@ -11,15 +11,18 @@
 //! **Concurrency.** Every job runs as its own task on the store thread, so a slow `get` never
 //! holds up an upload. The exception is the bucket index, a read-modify-write of one JSON
 //! object: each tenant has one updater task that applies that tenant's updates in arrival
-//! order, so no update is lost to a concurrent one. Updates that queue up while one rewrite
-//! is in flight are applied together in the next rewrite (one `get` and one `put` for all).
-//! This assumes a single kiln writes a tenant's index (the monolithic mode); two processes
-//! updating the same tenant could still lose each other's updates.
+//! order. Updates that queue up while one rewrite is in flight are applied together in the
+//! next rewrite (one `get` and one `put` for all, when no other process interferes).
+//! Other processes write the same index too (every ingester of a cluster, a compactor): each
+//! rewrite is a conditional write retried from a fresh read on a conflict (S3, GCS, Azure),
+//! or holds a lock file beside the index (the filesystem), so no update is lost to another
+//! writer either; see [`index_write`].
 //!
 //! **Paths.** Plain strings joined with `/`: `<tenant>/<block-ulid>/<file>` for block files
 //! and `<tenant>/bucket-index.json` for the index. Readers find blocks through the index and
 //! never list the bucket, except [`Store::tenants`] at start (one listing of the top level).
 pub mod bucket_index;
+pub mod index_write;
 
 use crate::bound::{Slot, Slots};
 use crate::error::ErrorKind;
@@ -178,7 +181,11 @@ impl Backend {
                         .with_access_key_id(access_key_id)
                         .with_secret_access_key(secret_access_key)
                 };
+                // Conditional puts (If-Match / If-None-Match) keep concurrent bucket index
+                // writers from losing each other's updates; set here so that no
+                // AWS_CONDITIONAL_PUT in the environment turns them off.
                 let mut b = b
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
                     .with_bucket_name(bucket)
                     .with_allow_http(*insecure || endpoint.starts_with("http://"))
                     .with_retry(retry());
@@ -294,6 +301,8 @@ enum Job {
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// An edit of a tenant's index: data, not a closure, since a rewrite that lost to another
+/// writer applies it again to a fresh read (see [`apply`] and [`index_write`]).
 enum IndexUpdate {
     /// Added in one index write: all or none.
     Add(Vec<BlockRef>),
@@ -313,6 +322,9 @@ enum IndexUpdate {
 }
 
 impl IndexUpdate {
+    /// Applies the update to an index. Runs again on a fresh read when a conditional write
+    /// lost to another writer, so it depends only on `idx` and the update (a mark's time
+    /// is the update's, fixed when it was made).
     fn apply(&self, idx: &mut BucketIndex) {
         match self {
             IndexUpdate::Add(blocks) => {
@@ -340,11 +352,13 @@ impl IndexUpdate {
     }
 }
 
-/// What a job's task gets: the client and the backend's description for error messages.
+/// What a job's task gets: the client, the backend's description for error messages, and
+/// the filesystem backend's directory (where bucket index rewrites take a lock file).
 #[derive(Clone)]
 struct Ctx {
     store: Arc<dyn ObjectStore>,
     describe: Arc<str>,
+    local_dir: Option<Arc<std::path::Path>>,
 }
 
 impl Ctx {
@@ -386,9 +400,15 @@ impl Ctx {
     }
 
     async fn get(&self, path: &str) -> Result<bytes::Bytes, StoreError> {
+        Ok(self.get_with_meta(path).await?.0)
+    }
+
+    /// The object and its metadata (its ETag and version, for a conditional write).
+    async fn get_with_meta(&self, path: &str) -> Result<(bytes::Bytes, object_store::ObjectMeta), StoreError> {
         let p = self.path(path)?;
         let r = self.store.get(&p).await.map_err(|e| self.err("get", path, e))?;
-        r.bytes().await.map_err(|e| self.err("get", path, e))
+        let meta = r.meta.clone();
+        Ok((r.bytes().await.map_err(|e| self.err("get", path, e))?, meta))
     }
 
     async fn put(&self, path: &str, data: bytes::Bytes) -> Result<(), StoreError> {
@@ -399,13 +419,7 @@ impl Ctx {
 
     /// The index, or an empty one where the tenant has none yet.
     async fn read_index(&self, tenant: &str) -> Result<BucketIndex, StoreError> {
-        let path = BucketIndex::path(tenant);
-        match self.get(&path).await {
-            Ok(bytes) => BucketIndex::from_json(&bytes)
-                .map_err(|e| StoreError::Other(format!("{path} in {}: {e}", self.describe))),
-            Err(StoreError::NotFound(_)) => Ok(BucketIndex::default()),
-            Err(e) => Err(e),
-        }
+        Ok(self.read_index_versioned(tenant).await?.0)
     }
 
     /// Checks that every range lies inside the object, so readers always get exactly the
@@ -506,6 +520,7 @@ impl Store {
         let (tx, rx) = flume::bounded::<Job>(QUEUE);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
         let d = describe.clone();
+        let ctx_dir = local_dir.clone();
         std::thread::Builder::new()
             .name("kiln-store".into())
             .spawn(move || {
@@ -526,7 +541,7 @@ impl Store {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    serve(rx, Ctx { store, describe: d }).await;
+                    serve(rx, Ctx { store, describe: d, local_dir: ctx_dir }).await;
                 });
             })
             .map_err(|e| StoreError::Config(format!("{describe}: spawning the store thread: {e}")))?;
@@ -666,7 +681,8 @@ impl Store {
     }
 
     /// Adds `block` to `<tenant>/bucket-index.json`, or replaces the block with the same id.
-    /// Updates of one tenant are serialized on the store thread; the index object is
+    /// Updates of one tenant are serialized on the store thread, and safe against other
+    /// processes writing the same index (see [`index_write`]); the index object is
     /// rewritten whole (one atomic `put`). Returns once the new index is stored. An
     /// `uploaded_at` of 0 is set to now. A corrupt index is an error, never overwritten.
     pub async fn add_block(&self, tenant: String, block: BlockRef) -> Result<(), StoreError> {
@@ -837,13 +853,14 @@ mod stats {
     pub static JOBS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
     pub static INDEX_UPDATES_QUEUED: AtomicU64 = AtomicU64::new(0);
     pub static INDEX_UPDATES_REFUSED: AtomicU64 = AtomicU64::new(0);
+    pub static INDEX_CONFLICTS: AtomicU64 = AtomicU64::new(0);
 }
 
 /// Prometheus text for `/metrics`: the store thread's queues and their bounds.
 pub fn render_metrics(out: &mut String) {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let rows: [(&str, &str, &str, u64); 4] = [
+    let rows: [(&str, &str, &str, u64); 5] = [
         (
             "kiln_store_jobs_in_flight",
             "gauge",
@@ -867,6 +884,12 @@ pub fn render_metrics(out: &mut String) {
             "counter",
             "Bucket index updates refused because their tenant's queue was full (retried by the caller).",
             stats::INDEX_UPDATES_REFUSED.load(Relaxed),
+        ),
+        (
+            "kiln_store_index_conflicts_total",
+            "counter",
+            "Bucket index writes refused because another writer changed the index since it was read (each read again and retried).",
+            stats::INDEX_CONFLICTS.load(Relaxed),
         ),
     ];
     for (name, kind, help, v) in rows {
@@ -948,25 +971,24 @@ struct IndexJob {
     reply: flume::Sender<Result<(), StoreError>>,
 }
 
-/// The only writer of `<tenant>/bucket-index.json`. Takes every update queued so far, applies
-/// them in arrival order to the stored index, writes it once and answers them all with the
-/// outcome of that write. Ends once nothing is queued: the store thread's loop starts a new
-/// updater for the tenant's next update (it runs on the same thread, so it never finds this
-/// one's queue empty and then sends to it after it ended).
+/// This process's only writer of `<tenant>/bucket-index.json`. Takes every update queued so
+/// far, applies them in arrival order to the stored index, writes it once (read, applied and
+/// written again should another process have changed it meanwhile: `Ctx::update_index`) and
+/// answers them all with the outcome of that write. Ends once nothing is queued: the store
+/// thread's loop starts a new updater for the tenant's next update (it runs on the same
+/// thread, so it never finds this one's queue empty and then sends to it after it ended).
 async fn index_updater(ctx: Ctx, tenant: String, rx: flume::Receiver<IndexJob>) {
     while let Ok(first) = rx.try_recv() {
         let mut batch = vec![first];
         batch.extend(rx.drain());
         stats::INDEX_UPDATES_QUEUED.fetch_sub(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let result = async {
-            let mut idx = ctx.read_index(&tenant).await?;
-            for job in &batch {
-                job.update.apply(&mut idx);
-            }
-            idx.updated_at = unix_now();
-            ctx.put(&BucketIndex::path(&tenant), idx.to_json().into()).await
-        }
-        .await;
+        let result = ctx
+            .update_index(&tenant, |idx| {
+                for job in &batch {
+                    job.update.apply(idx);
+                }
+            })
+            .await;
         if let Err(e) = &result {
             tracing::warn!(tenant, error = %e, "bucket index update failed");
         }
@@ -975,3 +997,4 @@ async fn index_updater(ctx: Ctx, tenant: String, rx: flume::Receiver<IndexJob>) 
         }
     }
 }
+

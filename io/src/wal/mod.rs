@@ -65,22 +65,16 @@ fn gen_number(name: &str) -> Option<u64> {
 /// as long as the returned file lives. A second kiln on the same directory would delete the
 /// first one's live generation at start; it is refused instead.
 pub fn lock(wal_dir: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(wal_dir)?;
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(wal_dir.join("LOCK"))?;
-    // SAFETY: flock on a file descriptor this function owns for the call's duration.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(std::io::Error::other(format!(
+    crate::lock_file::lock(&wal_dir.join("LOCK"), crate::lock_file::Wait::No).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            std::io::Error::other(format!(
                 "{} is in use by another kiln process (its LOCK file is held); stop it or choose another -storage.path / -ingester.wal-dir",
                 wal_dir.display()
-            )));
+            ))
+        } else {
+            e
         }
-        return Err(e);
-    }
-    Ok(f)
+    })
 }
 
 /// Finds the generation to replay and deletes leftovers (unready newer generations from an

@@ -151,3 +151,43 @@ pub fn index_and_tenants(store: &Store) {
     });
     assert_eq!(store.blocking_tenants().unwrap(), block_on(store.tenants()).unwrap());
 }
+
+/// Several independent writers of one tenant's index, as the ingesters of a cluster are:
+/// each `Store` has its own store thread and client (its own process, in production). In
+/// each round every writer adds a block of its own at about the same moment (replicas cut
+/// their heads together); afterwards every block of every round must be listed. Without a
+/// guard against concurrent read-modify-writes, one writer's update overwrites another's.
+pub fn concurrent_writers(stores: &[Store], tenant: &str, rounds: usize) {
+    let id = |w: usize, r: usize| format!("01W{w:03}{r:020}");
+    let barrier = std::sync::Barrier::new(stores.len());
+    std::thread::scope(|s| {
+        for (w, store) in stores.iter().enumerate() {
+            let barrier = &barrier;
+            s.spawn(move || {
+                block_on(async move {
+                    for r in 0..rounds {
+                        // Blocking the executor is fine: this thread runs nothing else.
+                        barrier.wait();
+                        let n = (r * 1000 + w) as i64;
+                        store.add_block(tenant.to_string(), block(&id(w, r), n * 1000, n * 1000 + 999)).await.unwrap();
+                    }
+                })
+            });
+        }
+    });
+    for store in stores {
+        let idx = block_on(store.read_bucket_index(tenant.to_string())).unwrap();
+        let missing: Vec<String> = (0..rounds)
+            .flat_map(|r| (0..stores.len()).map(move |w| id(w, r)))
+            .filter(|b| idx.block(b).is_none())
+            .collect();
+        let total = rounds * stores.len();
+        assert!(
+            missing.is_empty(),
+            "{} of {total} blocks lost to concurrent writers, as {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        assert_eq!(idx.blocks.len(), rounds * stores.len());
+    }
+}
