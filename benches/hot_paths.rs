@@ -203,6 +203,7 @@ fn flamegraph(c: &mut Criterion) {
                 start_ms: 0,
                 end_ms: 10,
                 keys: None,
+                epoch: None,
             };
             b.iter(|| {
                 let QueryResult::Tree(part) = h.query("t", &QueryRequest::MergeTree(sel.clone())) else {

@@ -97,10 +97,12 @@ pub fn run(cfg: Config) {
         let instance = blocks_instance.as_str();
         let bucket = store_gateway::Bucket::read(&store).unwrap_or_else(|e| fail(e.to_string()));
         let pinned = |_: &str, b: &kiln_io::store::bucket_index::BlockRef| serves.pinned(b, instance);
-        let n = store_gateway::open_blocks(&bucket, &started.mesh, &pinned).unwrap_or_else(|e| fail(e.to_string()));
+        let n = store_gateway::open_blocks(&bucket, &started.mesh, marked_since(&shared.cfg), &pinned)
+            .unwrap_or_else(|e| fail(e.to_string()));
         tracing::info!(blocks = n, storage = %store.describe(), "blocks opened");
-        // In a cluster, the store-gateway ring's share of every block in the bucket.
-        if let (Some(c), Some(own), true) = (&cluster, &own, serves.shared) {
+        // In a cluster, the store-gateway ring's share of every block in the bucket, and
+        // (store-gateway or ingester) letting go of the blocks a compaction replaced.
+        if let (Some(c), Some(own)) = (&cluster, &own) {
             let syncer = store_gateway::sync::Syncer {
                 store: store.clone(),
                 mesh: started.mesh.clone(),
@@ -109,6 +111,7 @@ pub fn run(cfg: Config) {
                 tokens_per_core: tokens,
                 interval: shared.cfg.store_gateway_sync_interval,
                 limits: shared.limits.clone(),
+                share: serves.shared,
             };
             syncer.start(&bucket).unwrap_or_else(|e| fail(e.to_string()));
         }
@@ -124,7 +127,7 @@ pub fn run(cfg: Config) {
     }
     // 4. the compactor, on threads of its own at a lower priority than the cores.
     if runs(Component::Compactor) {
-        start_compactor(&shared, &store, &started.mesh);
+        start_compactor(&shared, &store, &started.mesh, cluster.clone());
     }
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
@@ -140,19 +143,32 @@ pub fn run(cfg: Config) {
     std::process::exit(if clean { 0 } else { 1 });
 }
 
-/// Starts the compactor of a single node, which swaps what it compacts into this process's
-/// cores. Not in a cluster yet: its ingesters pin the blocks they cut, which a compaction
-/// there would have to take from them (the cluster compaction issue).
-fn start_compactor(shared: &api::Shared, store: &kiln_io::store::Store, mesh: &kiln_shards::runtime::Mesh) {
-    if shared.cfg.cluster_mode() {
-        tracing::info!("the compactor does not run in a cluster yet: blocks are kept as cut");
-        return;
+/// The blocks marked for deletion since when a start still opens: in a cluster, those a
+/// compaction marked a moment ago (until every store-gateway serves its output); alone, none
+/// (the compactor swaps them out itself).
+fn marked_since(cfg: &Config) -> i64 {
+    if !cfg.cluster_mode() {
+        return i64::MAX;
     }
+    let grace = crate::config::retire_after(cfg.store_gateway_sync_interval);
+    store_gateway::sync::unix_now() - grace.as_secs() as i64
+}
+
+/// Starts the compactor. Alone, it swaps what it compacts into this process's cores; in a
+/// cluster, readers follow the bucket index (`store_gateway::sync`) and the compactor ring
+/// splits the work.
+fn start_compactor(
+    shared: &api::Shared,
+    store: &kiln_io::store::Store,
+    mesh: &kiln_shards::runtime::Mesh,
+    cluster: Option<Arc<cluster::Cluster>>,
+) {
     let compactor = crate::compactor::Compactor {
         store: store.clone(),
         settings: shared.cfg.compactor.clone(),
         limits: shared.limits.clone(),
-        mesh: Some(mesh.clone()),
+        mesh: cluster.is_none().then(|| mesh.clone()),
+        cluster,
     };
     compactor.start().unwrap_or_else(|e| fail(format!("starting the compactor: {e}")));
 }

@@ -4,6 +4,7 @@
 //! exactly the blocks past it, after the deletion delay; folders no index lists go.
 mod common;
 
+use common::members::{blocks_dir, one_at_a_time, ring_states, start_members, wait_until};
 use common::snapshot::{assert_same, flush, snapshot};
 use common::*;
 use std::collections::BTreeMap;
@@ -50,8 +51,9 @@ fn ingest(port: u16, name: &str, t: i64, body: &str) {
 
 /// Six rounds 40 minutes apart over four hours from `base`, each its own cut (a block per
 /// core), three hosts of two services, and one profile pushed twice at one time (two
-/// profiles of one source: both count before and after). Returns the flame graph total.
-fn write_rounds(port: u16, base: i64) -> i64 {
+/// profiles of one source: both count before and after), each round followed by `cut`.
+/// Returns the flame graph total.
+fn write_rounds_cut(port: u16, base: i64, cut: &dyn Fn()) -> i64 {
     let stacks = ["main;a;b 3\nmain;a;c 1\n", "main;x 5\nmain;a;b 2\n", "other;q 1\nother;q;r 2\n"];
     let mut total = 0;
     for round in 0..6 {
@@ -67,40 +69,56 @@ fn write_rounds(port: u16, base: i64) -> i64 {
             ingest(port, "api.cpu%7Bhost%3Dh0%7D", base, "main;twice 7\n");
             total += 7;
         }
-        flush(port);
+        cut();
     }
     total
 }
 
-fn index(data: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(data.join("blocks/anonymous/bucket-index.json")).unwrap()).unwrap()
+fn write_rounds(port: u16, base: i64) -> i64 {
+    write_rounds_cut(port, base, &|| flush(port))
 }
 
-/// (live blocks, marks) of the index: live as (level, min_time, max_time) sorted.
-fn blocks(data: &Path) -> (Vec<(u64, i64, i64)>, usize) {
-    let idx = index(data);
+/// A live block of the index: (level, min_time, max_time, profiles from its meta.json).
+type Live = (u64, i64, i64, u64);
+
+/// (live blocks sorted, marks) of tenant `anonymous` in the bucket directory `dir`.
+fn bucket(dir: &Path) -> (Vec<Live>, usize) {
+    let tenant = dir.join("anonymous");
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tenant.join("bucket-index.json")).unwrap()).unwrap();
     let marked: Vec<&str> =
         idx["block_deletion_marks"].as_array().unwrap().iter().map(|m| m["block_id"].as_str().unwrap()).collect();
-    let mut live: Vec<(u64, i64, i64)> = idx["blocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| !marked.contains(&b["block_id"].as_str().unwrap()))
-        .map(|b| {
-            (
-                b["compaction_level"].as_u64().unwrap_or(1),
-                b["min_time"].as_i64().unwrap(),
-                b["max_time"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let mut live: Vec<Live> = Vec::new();
+    for b in idx["blocks"].as_array().unwrap() {
+        let id = b["block_id"].as_str().unwrap();
+        if marked.contains(&id) {
+            continue;
+        }
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tenant.join(id).join("meta.json")).unwrap()).unwrap();
+        live.push((
+            b["compaction_level"].as_u64().unwrap_or(1),
+            b["min_time"].as_i64().unwrap(),
+            b["max_time"].as_i64().unwrap(),
+            meta["stats"]["numProfiles"].as_u64().unwrap(),
+        ));
+    }
     live.sort();
     (live, marked.len())
 }
 
-/// Block folders in the bucket.
+/// `bucket` of a single node's data directory.
+fn blocks(data: &Path) -> (Vec<Live>, usize) {
+    bucket(&data.join("blocks"))
+}
+
+/// Block folders of tenant `anonymous` in the bucket directory `dir`.
+fn bucket_folders(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("anonymous")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count()
+}
+
 fn folders(data: &Path) -> usize {
-    std::fs::read_dir(data.join("blocks/anonymous")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count()
+    bucket_folders(&data.join("blocks"))
 }
 
 /// The flame graph total of everything, by SelectMergeStacktraces.
@@ -122,23 +140,42 @@ fn total(port: u16) -> i64 {
     fg.flamegraph.map_or(0, |f| f.total)
 }
 
-/// Waits until the bucket holds one live block in the old range (the 8h window) and no
-/// marks, with nothing left to delete.
-fn wait_compacted(data: &Path, base: i64, why: &str) {
+/// Waits until the bucket directory `dir` holds one live block in the old range (the 8h
+/// window) and no marks, with nothing left to delete.
+fn wait_bucket_compacted(dir: &Path, base: i64, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (live, marks) = blocks(data);
-        let old: Vec<_> = live.iter().filter(|b| b.2 < (base + 8 * HOUR) * 1000).collect();
-        if old.len() == 1 && marks == 0 && folders(data) == live.len() {
+        let (live, marks) = bucket(dir);
+        let old = live.iter().filter(|b| b.2 < (base + 8 * HOUR) * 1000).count();
+        let folders = bucket_folders(dir);
+        if old == 1 && marks == 0 && folders == live.len() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{why}: not compacted: live {live:?}, {marks} marks, {} folders",
-            folders(data)
-        );
+        assert!(Instant::now() < deadline, "{why}: not compacted: live {live:?}, {marks} marks, {folders} folders");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn wait_compacted(data: &Path, base: i64, why: &str) {
+    wait_bucket_compacted(&data.join("blocks"), base, why);
+}
+
+type Reader = (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<usize>);
+
+/// A reader that checks the total through `port` until its flag is set; joined, it says
+/// how many reads it made.
+fn check_total_until_stopped(port: u16, want: i64) -> Reader {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            assert_eq!(total(port), want, "a query during compaction counted a profile twice or missed one");
+            n += 1;
+        }
+        n
+    });
+    (stop, reader)
 }
 
 #[test]
@@ -157,19 +194,7 @@ fn compaction_merges_level_by_level_and_every_answer_stays_the_same_throughout()
 
     // Compaction on: a reader checks the total all along.
     let k = Kiln::start_in(data, &flags(FAST));
-    let port = k.port;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                assert_eq!(total(port), want + 11, "a query during compaction counted a profile twice or missed one");
-                n += 1;
-            }
-            n
-        })
-    };
+    let (stop, reader) = check_total_until_stopped(k.port, want + 11);
     wait_compacted(&k.data, base, "compaction");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = reader.join().unwrap();
@@ -275,4 +300,59 @@ fn retention_deletes_exactly_the_blocks_past_it_after_the_deletion_delay() {
     assert_eq!(metric(k.port, "kiln_compactor_partial_blocks_deleted_total"), 1.0);
     let names: BTreeMap<String, String> = snapshot(k.port);
     assert!(names["services"].contains("api"));
+}
+
+#[test]
+fn a_cluster_compacts_every_replicas_blocks_into_one_copy_and_answers_the_same_throughout() {
+    let _one = one_at_a_time();
+    let dir = blocks_dir("compactor");
+    let start = |name: &str, compaction: &[&str]| {
+        let extra: Vec<&str> =
+            FIXTURE_FLAGS.iter().chain(&["-store-gateway.sync-interval=1s"]).chain(compaction).copied().collect();
+        let members = start_members(name, &["all", "all", "all"], &dir, &extra);
+        for m in &members {
+            wait_until("three ACTIVE members", || ring_states(m.port) == ["ACTIVE"; 3]);
+        }
+        members
+    };
+    // Three replicas of every profile, in the blocks of every member's cuts.
+    let members = start("compactor-write", IDLE);
+    let base = base_s();
+    let ports: Vec<u16> = members.iter().map(|m| m.port).collect();
+    let want = write_rounds_cut(ports[0], base, &|| ports.iter().for_each(|p| flush(*p)));
+    let before = snapshot(ports[1]);
+    assert_eq!(total(ports[2]), want);
+    let (l1, _) = bucket(&dir);
+    let rows_before: u64 = l1.iter().map(|b| b.3).sum();
+    assert!(l1.len() >= 18, "six cuts on three members: {l1:?}");
+    drop(members);
+
+    // New members (new instance ids: no ingester pins these blocks now, the store-gateways
+    // serve them), compaction on; a reader checks the total through one of them.
+    let members = start(
+        "compactor-run",
+        &[
+            "-compactor.compaction-interval=1s",
+            "-compactor.cleanup-interval=1s",
+            "-compactor.first-level-compaction-wait-period=0s",
+            "-compactor.deletion-delay=10s",
+        ],
+    );
+    let (stop, reader) = check_total_until_stopped(members[1].port, want);
+    wait_bucket_compacted(&dir, base, "cluster compaction");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    for m in &members {
+        assert_same(&before, &snapshot(m.port), "after compaction, through every member");
+    }
+    let (live, _) = bucket(&dir);
+    let rows_after: u64 = live.iter().map(|b| b.3).sum();
+    assert_eq!(rows_after * 3, rows_before, "the replica copies are gone: {live:?}");
+    let dropped: f64 = members.iter().map(|m| metric(m.port, "kiln_compactor_replica_copies_dropped_total")).sum();
+    assert_eq!(dropped as u64, rows_before - rows_after);
+    let jobs: Vec<f64> =
+        members.iter().map(|m| metric(m.port, "kiln_compactor_jobs_total{result=\"success\"}")).collect();
+    assert!(jobs.iter().sum::<f64>() >= 3.0, "{jobs:?}");
+    let page = get(members[0].port, "/compactor/ring").text();
+    assert_eq!(page.matches("ACTIVE").count(), 3, "{page}");
 }

@@ -187,6 +187,7 @@ fn survey(root: &Path) -> Survey {
                 "storage",
                 "ingester",
                 "store_gateway",
+                "compactor",
                 "shards",
                 "multitenancy_enabled",
                 "auth",

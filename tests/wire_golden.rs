@@ -73,6 +73,7 @@ fn selection(keys: Option<(u64, Include)>) -> Selection {
             f.sources.entry("ingester-1".into()).or_default().series.insert(k, inc);
             Arc::new(f)
         }),
+        epoch: Some(42),
     }
 }
 
@@ -156,6 +157,7 @@ fn query_results() {
             QueryResult::Keys {
                 source: "ingester-1".into(),
                 keys: vec![(7, vec![1_000, 2_000, 2_001]), (u64::MAX, vec![])],
+                epoch: 9,
             },
         ),
     ];

@@ -182,6 +182,7 @@ impl<'a> HeadView<'a> {
                         (series_key(self.tenant, &s.labels, &s.profile_type), ts)
                     })
                     .collect(),
+                epoch: 0,
             },
         }
     }

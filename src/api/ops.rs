@@ -66,6 +66,12 @@ pub static HTTP: &[HttpRoute<Endpoint>] = &[
         class: Class::Other,
         endpoint: Endpoint::Ring(Which::StoreGateway),
     },
+    HttpRoute {
+        methods: GET_POST,
+        paths: &["/compactor/ring"],
+        class: Class::Other,
+        endpoint: Endpoint::Ring(Which::Compactor),
+    },
     HttpRoute { methods: GET, paths: &["/memberlist"], class: Class::Other, endpoint: Endpoint::Memberlist },
 ];
 
@@ -147,7 +153,7 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
         w.render_metrics(&mut out);
     }
     kiln_io::store::render_metrics(&mut out);
-    if core.shared.cfg.target.runs(crate::config::Component::Compactor) && core.shared.cluster.is_none() {
+    if core.shared.cfg.target.runs(crate::config::Component::Compactor) {
         crate::compactor::render_metrics(&mut out);
     }
     if core.shared.cluster.is_some() {

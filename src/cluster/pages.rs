@@ -1,5 +1,5 @@
 //! The ring and membership pages, as Pyroscope shows them: `/ring` (ingesters),
-//! `/distributor/ring`, `/store-gateway/ring` list each member's ID, zone, state, address,
+//! `/distributor/ring`, `/store-gateway/ring`, `/compactor/ring` list each member's ID, zone, state, address,
 //! last heartbeat, tokens and share of the ring, with a Forget button; `/memberlist` lists
 //! what gossip knows. Plain HTML from one snapshot; every member-supplied string is escaped.
 use kiln_shards::ring::member::{Components, InstanceDesc};
@@ -13,6 +13,7 @@ pub enum Which {
     Ingester,
     Distributor,
     StoreGateway,
+    Compactor,
 }
 
 impl Which {
@@ -21,6 +22,7 @@ impl Which {
             Which::Ingester => "Ingester ring",
             Which::Distributor => "Distributor ring",
             Which::StoreGateway => "Store-gateway ring",
+            Which::Compactor => "Compactor ring",
         }
     }
 
@@ -29,6 +31,7 @@ impl Which {
             Which::Ingester => Components::INGESTER,
             Which::Distributor => Components::DISTRIBUTOR,
             Which::StoreGateway => Components::STORE_GATEWAY,
+            Which::Compactor => Components::COMPACTOR,
         }
     }
 
@@ -38,6 +41,7 @@ impl Which {
         match self {
             Which::Ingester => Some(snap.ingester_ring()),
             Which::StoreGateway => Some(snap.store_gateway_ring()),
+            Which::Compactor => Some(snap.compactor_ring()),
             Which::Distributor => None,
         }
     }

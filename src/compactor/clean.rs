@@ -88,6 +88,9 @@ impl Compactor {
             }
         };
         for tenant in tenants {
+            if !self.runs_here(&tenant, &tenant) {
+                continue;
+            }
             if let Err(e) = self.clean_tenant(&tenant) {
                 stats::CLEANUP_FAILURES.fetch_add(1, Relaxed);
                 tracing::warn!(tenant, error = %e, "compactor cleanup failed; retried next round");

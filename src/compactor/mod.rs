@@ -1,5 +1,5 @@
-//! The compactor (`-target=all` on a single node): merges each tenant's blocks as
-//! `plan` says, applies retention and deletes what is marked (`clean`).
+//! The compactor (`-target=compactor`, and within `-target=all`): merges each tenant's
+//! blocks as `plan` says, applies retention and deletes what is marked (`clean`).
 //!
 //! It runs on threads of its own at a lower CPU priority than the cores (nice 10): the
 //! kernel gives a core's thread the CPU whenever it has work, so ingest and queries on the
@@ -15,9 +15,21 @@
 //! leaves files no index lists (deleted by the cleaner after
 //! `-compactor.partial-block-deletion-delay`) and the job is planned again; a crash after it
 //! leaves the index right, and a start reads it (the marked inputs are not opened).
+//!
+//! In a cluster every compactor plans every tenant and runs the jobs (and the cleanups)
+//! whose key the compactor ring gives it (`Snapshot::compactor_owner`, within the tenant's
+//! `-compactor.compactor-tenant-shard-size`). A job there merges the blocks of every
+//! ingester and core (vertically), keeping each replicated profile once; its output is a
+//! source of its own (its id in `BlockRef::ingester`), pinned by no ingester and served by
+//! the store-gateways. Readers follow the index instead of a swap: a store-gateway takes the
+//! output at its next sync, and every reader lets go of the inputs two sync intervals after
+//! their mark (`store_gateway::sync`), so there is no moment without one of them; until
+//! then a query may read both, and the querier counts each (series, time) once across
+//! sources (I18).
 pub mod clean;
 pub mod plan;
 
+use crate::cluster::Cluster;
 use crate::config::{CompactorSettings, TenantLimits};
 use kiln_io::store::bucket_index::{BlockRef, BucketIndex};
 use kiln_io::store::{block_on, Store, StoreError};
@@ -37,8 +49,11 @@ pub struct Compactor {
     pub store: Store,
     pub settings: CompactorSettings,
     pub limits: Arc<TenantLimits>,
-    /// This process's cores, to swap compacted blocks in (`None`: no core reads blocks here).
+    /// This process's cores, to swap compacted blocks in: a single node's. `None` in a
+    /// cluster, whose readers follow the bucket index (see `Cluster compaction` below).
     pub mesh: Option<Mesh>,
+    /// In a cluster: the compactor ring, by which the compactors split the work.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Why a job failed.
@@ -93,8 +108,11 @@ impl Compactor {
                 return;
             }
         };
-        let ranges: Vec<i64> = self.settings.block_ranges.iter().map(|d| d.as_millis() as i64).collect();
-        let wait = self.settings.first_level_compaction_wait_period.as_millis() as i64;
+        let planning = plan::Planning {
+            ranges_ms: self.settings.block_ranges.iter().map(|d| ms(*d)).collect(),
+            wait_ms: ms(self.settings.first_level_compaction_wait_period),
+            max_memory_bytes: self.settings.max_memory_bytes,
+        };
         let mut jobs: Vec<(String, plan::Job)> = Vec::new();
         let mut oldest = Vec::new();
         for tenant in tenants {
@@ -106,9 +124,17 @@ impl Compactor {
                 }
             };
             oldest.push((tenant.clone(), oldest_uncompacted(&idx)));
-            jobs.extend(plan::plan(&idx, &ranges, wait, now_ms()).into_iter().map(|j| (tenant.clone(), j)));
+            jobs.extend(plan::plan(&idx, &planning, now_ms()).into_iter().map(|j| (tenant.clone(), j)));
         }
         stats::set_oldest(oldest);
+        jobs.retain(|(tenant, job)| self.runs_here(&job.key(tenant), tenant));
+        if !jobs.is_empty() && !self.readers_follow() {
+            tracing::warn!(
+                jobs = jobs.len(),
+                "compactor: no healthy ACTIVE store-gateway in the ring to serve compacted blocks; not compacting"
+            );
+            return;
+        }
         let queue = std::sync::Mutex::new(jobs.into_iter());
         std::thread::scope(|s| {
             for _ in 0..self.settings.compaction_concurrency.max(1) {
@@ -156,6 +182,32 @@ impl Compactor {
         }
     }
 
+    /// Whether the work keyed `key` of `tenant` runs on this instance: always alone; in a
+    /// cluster, on its owner on the compactor ring within the tenant's shard
+    /// (`-compactor.compactor-tenant-shard-size`). Two compactors that both believe they own
+    /// a job (a ring still settling) each write an output of their own, each its own source:
+    /// readers count every profile once across them, and the next round merges them.
+    fn runs_here(&self, key: &str, tenant: &str) -> bool {
+        let Some(c) = &self.cluster else { return true };
+        let snap = c.snapshot();
+        let size = self.limits.for_tenant(tenant).compactor_tenant_shard_size;
+        let shard = (size > 0).then(|| snap.compactor_tenant_shard(tenant, size));
+        snap.compactor_owner(key, shard.as_ref()).is_some_and(|o| Some(o) == snap.index_of(&c.self_id))
+    }
+
+    /// Whether a compacted block will be read: alone, by this process's cores; in a
+    /// cluster, a compacted block is no ingester's (it is not pinned) and only
+    /// store-gateways serve it, so one must be there.
+    fn readers_follow(&self) -> bool {
+        let Some(c) = &self.cluster else { return true };
+        let snap = c.snapshot();
+        snap.instances().iter().enumerate().any(|(i, d)| {
+            d.components.has(kiln_shards::ring::member::Components::STORE_GATEWAY)
+                && d.state == kiln_shards::ring::member::State::Active
+                && snap.healthy(i as u32)
+        })
+    }
+
     /// Runs one job: returns the output's index entry, the merge's figures and the bytes read.
     fn run_job(&self, tenant: &str, job: &plan::Job) -> Result<(BlockRef, MergeStats, u64), JobError> {
         let mut opened = Vec::with_capacity(job.blocks.len());
@@ -165,11 +217,12 @@ impl Compactor {
             opened.push(o);
             bytes_in += n;
         }
-        // One source for all: the output keeps it (a single node's blocks, or one
-        // ingester's); several: the output is a source of its own, holding each profile once.
+        // Alone, every block is one source (""), and so is the output. In a cluster the
+        // output is a source of its own (its id), holding each profile once, even when its
+        // inputs share one: readers hold inputs and output side by side for a while, and a
+        // source must hold each profile once (I18).
         let id = BlockId::new_random();
-        let common = job.blocks.iter().all(|b| b.ingester == job.blocks[0].ingester);
-        let source = if common { job.blocks[0].ingester.clone() } else { id.to_string() };
+        let source = if self.cluster.is_some() { id.to_string() } else { String::new() };
         let inputs: Vec<Input<'_>> = opened
             .iter()
             .zip(&job.blocks)

@@ -156,42 +156,21 @@ impl Target {
     pub fn components(self) -> Vec<Component> {
         Component::ALL.iter().copied().filter(|c| self.runs(*c)).collect()
     }
-
-    /// What each component that cannot run alone yet is waiting for (it runs within `all`).
-    fn not_yet(c: Component) -> Option<&'static str> {
-        match c {
-            Component::Compactor => Some("compaction across a cluster; today the compactor runs within -target=all"),
-            _ => None,
-        }
-    }
 }
 
 impl std::str::FromStr for Target {
     type Err = String;
 
-    /// `all`, or a comma-separated list of component names. A component this version does not
-    /// run yet is refused with the issue that builds it.
+    /// `all`, or a comma-separated list of component names.
     fn from_str(s: &str) -> Result<Target, String> {
         let s = s.trim();
         if s.is_empty() || s == "all" {
             return Ok(Target::ALL);
         }
         let mut bits = 0u16;
-        let names: Vec<&str> = s.split(',').map(str::trim).collect();
-        // Every component of the monolith spelled out is `all`.
-        if Target::MONOLITH.iter().all(|c| names.contains(&c.as_str())) && names.len() == Target::MONOLITH.len() {
-            return Ok(Target { bits: Target::ALL.bits, all: false });
-        }
-        for name in names {
+        for name in s.split(',').map(str::trim) {
             match name.parse::<Component>() {
-                Ok(c) => {
-                    if let Some(issue) = Target::not_yet(c) {
-                        return Err(format!(
-                            "-target={s}: the {name} does not run alone yet (it comes with {issue}); run all, distributor, ingester, querier, store-gateway, query-frontend or query-scheduler"
-                        ));
-                    }
-                    bits |= 1 << c as u16;
-                }
+                Ok(c) => bits |= 1 << c as u16,
                 Err(_) => {
                     let known: Vec<&str> =
                         std::iter::once("all").chain(Component::ALL.iter().map(|c| c.as_str())).collect();
@@ -236,8 +215,8 @@ mod tests {
         assert_eq!(i.to_string(), "ingester");
         let dq: Target = "querier,distributor".parse().unwrap();
         assert_eq!(dq.components(), [Component::Distributor, Component::Querier]);
-        let e = "compactor".parse::<Target>().unwrap_err();
-        assert!(e.contains("does not run alone yet") && e.contains("-target=all"), "{e}");
+        let c: Target = "compactor".parse().unwrap();
+        assert!(c.runs(Component::Compactor) && !c.runs(Component::Ingester));
         let fs: Target = "query-frontend,query-scheduler".parse().unwrap();
         assert!(fs.runs(Component::QueryFrontend) && fs.runs(Component::QueryScheduler) && !fs.is_all());
         let e = "ingestor".parse::<Target>().unwrap_err();

@@ -145,7 +145,7 @@ pub fn selection(
             fmt_ms(max_len)
         )));
     }
-    Ok(Some(Selection { tenants, profile_type, matchers, start_ms: start, end_ms: end, keys: None }))
+    Ok(Some(Selection { tenants, profile_type, matchers, start_ms: start, end_ms: end, keys: None, epoch: None }))
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -173,8 +173,10 @@ pub async fn direct_fan_out(querier: &Querier, req: QueryRequest) -> Result<Vec<
 
 /// Sends a request to every core of this process and returns their partial results.
 pub async fn local_fan_out(querier: &Querier, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
+    // The epoch a first step listed at, for its second step; else the current one.
+    let epoch = req.selection().epoch.unwrap_or_else(|| querier.mesh.epoch.load(std::sync::atomic::Ordering::Acquire));
+    let keys = matches!(req, QueryRequest::Keys(_));
     let req = Arc::new(req);
-    let epoch = querier.mesh.epoch.load(std::sync::atomic::Ordering::Acquire);
     let parts = querier
         .mesh
         .broadcast(|reply| Msg::Query { req: req.clone(), epoch, reply })
@@ -187,6 +189,13 @@ pub async fn local_fan_out(querier: &Querier, req: QueryRequest) -> Result<Vec<Q
             let code = if e.kind().retryable() { Code::Unavailable } else { Code::Internal };
             RpcError::new(code, e.to_string())
         })?);
+    }
+    if keys {
+        for p in &mut out {
+            if let QueryResult::Keys { epoch: e, .. } = p {
+                *e = epoch;
+            }
+        }
     }
     Ok(out)
 }

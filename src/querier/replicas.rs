@@ -91,13 +91,17 @@ impl ReplicaReader {
         let answers = self.ask(querier, me, &addrs, |_| Some(keys.clone())).await;
         let (held, failed) = split(answers);
         readers.check(&snap, &held, &failed)?;
+        // Each reader answers its share at the block epoch of its first answer: from the
+        // blocks it listed, whatever its syncs changed in between.
+        let epochs = epochs(&held);
         let with_share = |shares: &FxHashMap<u32, KeyFilter>| {
-            let req = &req;
+            let (req, epochs) = (&req, &epochs);
             let shares = shares.clone();
             move |m: u32| {
                 let share = shares.get(&m)?;
                 let mut part = req.clone();
                 part.selection_mut().keys = Some(Arc::new(share.clone()));
+                part.selection_mut().epoch = epochs.get(&m).copied();
                 Some(part)
             }
         };
@@ -182,6 +186,19 @@ type Answers = Vec<(u32, Result<Vec<QueryResult>, RpcError>)>;
 /// Each answering instance's partial results.
 type Held = Vec<(u32, Vec<QueryResult>)>;
 
+/// Each reader's block epoch, from its first-step answer.
+fn epochs(held: &Held) -> FxHashMap<u32, u64> {
+    let mut out = FxHashMap::default();
+    for (m, parts) in held {
+        for p in parts {
+            if let QueryResult::Keys { epoch, .. } = p {
+                out.insert(*m, *epoch);
+            }
+        }
+    }
+    out
+}
+
 fn split(answers: Answers) -> (Held, Vec<(u32, RpcError)>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
@@ -209,7 +226,7 @@ fn id(snap: &Snapshot, m: u32) -> &str {
 /// Every (source, series key, timestamp) of a reader's first-step answer, one per profile.
 fn keys_of(parts: &[QueryResult]) -> impl Iterator<Item = (&str, u64, i64)> {
     parts.iter().flat_map(|p| match p {
-        QueryResult::Keys { source, keys } => {
+        QueryResult::Keys { source, keys, .. } => {
             keys.iter().flat_map(move |(k, ts)| ts.iter().map(move |t| (source.as_str(), *k, *t))).collect::<Vec<_>>()
         }
         _ => Vec::new(),
@@ -335,7 +352,7 @@ pub fn assign(held: &[(u32, Vec<QueryResult>)], wanted: &dyn Fn(u64, i64) -> boo
     let mut by_series: FxHashMap<u64, Vec<Holding<'_>>> = FxHashMap::default();
     for (m, parts) in held {
         for p in parts {
-            let QueryResult::Keys { source, keys } = p else { continue };
+            let QueryResult::Keys { source, keys, .. } = p else { continue };
             for (key, ts) in keys {
                 let holder = (*m, source.as_str());
                 let holders = by_series.entry(*key).or_default();
@@ -410,6 +427,7 @@ mod tests {
             .map(|(s, series)| QueryResult::Keys {
                 source: s.to_string(),
                 keys: series.iter().map(|(k, t)| (*k, t.to_vec())).collect(),
+                epoch: 0,
             })
             .collect();
         (m, parts)
@@ -562,7 +580,7 @@ mod tests {
         fn each_profile_is_counted_once_from_one_holder(h in arb_holdings()) {
             let mut held: Held = Vec::new();
             for (m, s, k, ts) in &h {
-                let part = QueryResult::Keys { source: format!("i{s}"), keys: vec![(*k, ts.clone())] };
+                let part = QueryResult::Keys { source: format!("i{s}"), keys: vec![(*k, ts.clone())], epoch: 0 };
                 match held.iter_mut().find(|(r, _)| r == m) {
                     Some((_, p)) => p.push(part),
                     None => held.push((*m, vec![part])),

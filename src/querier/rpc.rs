@@ -313,6 +313,7 @@ async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result
         start_ms: i64::MIN / 2,
         end_ms: i64::MAX / 2,
         keys: None,
+        epoch: None,
     };
     let mut out = t::GetProfileStatsResponse::default();
     for p in fan_out(call.querier, QueryRequest::Stats(sel)).await? {

@@ -89,7 +89,15 @@ mod tests {
     use kiln_shards::query::Selection;
 
     fn sel(start: i64, end: i64) -> Selection {
-        Selection { tenants: vec![], profile_type: None, matchers: vec![], start_ms: start, end_ms: end, keys: None }
+        Selection {
+            tenants: vec![],
+            profile_type: None,
+            matchers: vec![],
+            start_ms: start,
+            end_ms: end,
+            keys: None,
+            epoch: None,
+        }
     }
 
     fn ranges(parts: &[QueryRequest]) -> Vec<(i64, i64)> {

@@ -11,6 +11,9 @@ use kiln_shards::model::ids::TenantId;
 use kiln_shards::runtime::{CoreGone, Mesh};
 use kiln_shards::store_gateway::Msg;
 
+/// Which blocks of a tenant an instance takes (tenant, block).
+pub type Take<'a> = &'a dyn Fn(&str, &BlockRef) -> bool;
+
 /// Every (tenant, block id) in the bucket indexes, marked for deletion or not: what replay
 /// must not apply again.
 pub type Indexed = std::collections::HashSet<(String, String)>;
@@ -69,16 +72,49 @@ impl Bucket {
             .collect()
     }
 
-    /// The blocks queries may read: every indexed block not marked for deletion.
-    fn live(&self) -> impl Iterator<Item = (&str, &BlockRef)> {
-        self.tenants.iter().flat_map(|(t, idx)| idx.live().map(move |b| (t.as_str(), b)))
+    /// Every block marked for deletion at or before `before` (unix seconds), with its tenant.
+    pub fn marked_before(&self, before: i64) -> Vec<(TenantId, String)> {
+        self.tenants
+            .iter()
+            .flat_map(|(t, idx)| {
+                idx.block_deletion_marks
+                    .iter()
+                    .filter(move |m| m.deletion_time <= before)
+                    .map(move |m| (TenantId::known(t.as_str()), m.block_id.clone()))
+            })
+            .collect()
+    }
+
+    /// The live blocks and those marked for deletion at or after `marked_since` (unix
+    /// seconds): what a cluster's readers keep reading for a while after a compaction, until
+    /// every store-gateway serves its output (see `sync::retire_after`).
+    fn readable(&self, marked_since: i64) -> impl Iterator<Item = (&str, &BlockRef)> {
+        self.tenants.iter().flat_map(move |(t, idx)| {
+            let recent: std::collections::HashSet<&str> = idx
+                .block_deletion_marks
+                .iter()
+                .filter(|m| m.deletion_time >= marked_since)
+                .map(|m| m.block_id.as_str())
+                .collect();
+            let marked: std::collections::HashSet<&str> =
+                idx.block_deletion_marks.iter().map(|m| m.block_id.as_str()).collect();
+            idx.blocks
+                .iter()
+                .filter(move |b| !marked.contains(b.block_id.as_str()) || recent.contains(b.block_id.as_str()))
+                .map(move |b| (t.as_str(), b))
+        })
     }
 
     /// The live blocks `take` keeps, each with its tenant, by the core the instance's ring
     /// gives its id.
-    fn per_core(&self, mesh: &Mesh, take: &dyn Fn(&str, &BlockRef) -> bool) -> Vec<Vec<(TenantId, BlockRef)>> {
+    fn per_core(
+        &self,
+        mesh: &Mesh,
+        marked_since: i64,
+        take: &dyn Fn(&str, &BlockRef) -> bool,
+    ) -> Vec<Vec<(TenantId, BlockRef)>> {
         let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
-        for (tenant, b) in self.live() {
+        for (tenant, b) in self.readable(marked_since) {
             if take(tenant, b) {
                 let core = mesh.ring.block_owner(&b.block_id) as usize;
                 per_core[core].push((TenantId::known(tenant), b.clone()));
@@ -91,15 +127,52 @@ impl Bucket {
 /// Hands each live block `pinned` keeps to the core the ring gives it, to keep while the
 /// process runs: in a cluster the blocks this instance's ingester cut, alone every block
 /// (see `target::BlocksServed`). Returns how many.
-pub fn open_blocks(bucket: &Bucket, mesh: &Mesh, pinned: &dyn Fn(&str, &BlockRef) -> bool) -> Result<usize, CoreGone> {
-    hand_over(bucket, mesh, pinned, |blocks| Msg::AddBlocks { blocks })
+/// `marked_since`: blocks marked for deletion at or after it (unix seconds) are kept too
+/// (`i64::MAX` on a single node, whose compactor swaps blocks out itself).
+pub fn open_blocks(
+    bucket: &Bucket,
+    mesh: &Mesh,
+    marked_since: i64,
+    pinned: &dyn Fn(&str, &BlockRef) -> bool,
+) -> Result<usize, CoreGone> {
+    hand_over(bucket, mesh, marked_since, pinned, |blocks| Msg::AddBlocks { blocks })
 }
 
-/// Tells each core every live block the store-gateway ring gives it now (`owns`, by tenant
-/// and block): the new ones are added, the ones no longer given leave (see
-/// `BlockSet::sync`). Returns how many blocks this instance owns.
-pub fn sync_blocks(bucket: &Bucket, mesh: &Mesh, owns: &dyn Fn(&str, &BlockRef) -> bool) -> Result<usize, CoreGone> {
-    hand_over(bucket, mesh, owns, |blocks| Msg::Sync { blocks })
+/// A cluster's sync at a new block epoch: each core is told every block the store-gateway
+/// ring gives it now among the readable ones (`owns`; `None`: an ingester alone, which takes
+/// no share) and the blocks to `retire` (a compaction's inputs a while after their mark),
+/// then the mesh's epoch moves on once every core applied it (see `BlockSet::sync`), under
+/// the swap lock. Returns how many blocks this instance owns.
+pub fn sync_blocks(
+    bucket: &Bucket,
+    mesh: &Mesh,
+    marked_since: i64,
+    owns: Option<Take<'_>>,
+    retire: &[(TenantId, String)],
+) -> Result<usize, CoreGone> {
+    let shares = match owns {
+        Some(owns) => bucket.per_core(mesh, marked_since, owns),
+        None => vec![Vec::new(); mesh.cores()],
+    };
+    let mut retired: Vec<Vec<(TenantId, String)>> = vec![Vec::new(); mesh.cores()];
+    for (t, id) in retire {
+        retired[mesh.ring.block_owner(id) as usize].push((t.clone(), id.clone()));
+    }
+    let _one = mesh.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let epoch = mesh.epoch.load(std::sync::atomic::Ordering::Acquire) + 1;
+    let mut n = 0;
+    let mut waits = Vec::with_capacity(mesh.cores());
+    for (core, (blocks, retire)) in shares.into_iter().zip(retired).enumerate() {
+        n += blocks.len();
+        let (done, wait) = flume::bounded(1);
+        mesh.send_blocking(core, Msg::Sync { blocks, retire, epoch, done })?;
+        waits.push(wait);
+    }
+    for w in waits {
+        w.recv().map_err(|_| CoreGone)?;
+    }
+    mesh.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+    Ok(n)
 }
 
 /// Sends each core the message `msg` makes of its blocks among those `take` keeps; returns
@@ -107,11 +180,12 @@ pub fn sync_blocks(bucket: &Bucket, mesh: &Mesh, owns: &dyn Fn(&str, &BlockRef) 
 fn hand_over(
     bucket: &Bucket,
     mesh: &Mesh,
+    marked_since: i64,
     take: &dyn Fn(&str, &BlockRef) -> bool,
     msg: fn(Vec<(TenantId, BlockRef)>) -> Msg,
 ) -> Result<usize, CoreGone> {
     let mut n = 0;
-    for (core, blocks) in bucket.per_core(mesh, take).into_iter().enumerate() {
+    for (core, blocks) in bucket.per_core(mesh, marked_since, take).into_iter().enumerate() {
         n += blocks.len();
         mesh.send_blocking(core, msg(blocks))?;
     }

@@ -38,6 +38,10 @@ static OWNED: AtomicU64 = AtomicU64::new(0);
 const TICK: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(10);
 
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The store-gateways owning blocks, as one instance sees them.
 pub struct Owners {
     ring: Ring,
@@ -123,6 +127,9 @@ pub struct Syncer {
     pub interval: Duration,
     /// For each tenant's `-store-gateway.tenant-shard-size`.
     pub limits: Arc<TenantLimits>,
+    /// Whether this instance takes the store-gateway ring's share of the blocks (a
+    /// store-gateway); an ingester alone only lets go of its compacted blocks.
+    pub share: bool,
 }
 
 impl Syncer {
@@ -135,8 +142,12 @@ impl Syncer {
         )
     }
 
-    /// One sync with `bucket` read already: each core gets the blocks `owners` gives it.
+    /// One sync with `bucket` read already: each core gets the blocks `owners` gives it
+    /// (a store-gateway), then lets go of the blocks a compaction marked for deletion more
+    /// than `retire_after` ago (those this instance's ingester cut stay pinned until then).
     pub fn apply(&self, bucket: &Bucket, owners: &Owners) -> Result<usize, kiln_shards::runtime::CoreGone> {
+        let since = unix_now() - crate::config::retire_after(self.interval).as_secs() as i64;
+        let retire = bucket.marked_before(since - 1);
         // Each tenant's shard drawn once per sync.
         let shards: std::cell::RefCell<rustc_hash::FxHashMap<String, TenantShard>> = Default::default();
         let owns = |tenant: &str, b: &BlockRef| {
@@ -150,10 +161,13 @@ impl Syncer {
             }
             owners.owns_within(&b.block_id, shards.get(tenant))
         };
-        let n = sync_blocks(bucket, &self.mesh, &owns)?;
-        SYNCS.fetch_add(1, Relaxed);
-        OWNED.store(n as u64, Relaxed);
-        tracing::info!(blocks = n, "store-gateway synced its blocks with the bucket");
+        let owns: Option<super::Take<'_>> = if self.share { Some(&owns) } else { None };
+        let n = sync_blocks(bucket, &self.mesh, since, owns, &retire)?;
+        if self.share {
+            SYNCS.fetch_add(1, Relaxed);
+            OWNED.store(n as u64, Relaxed);
+            tracing::info!(blocks = n, "store-gateway synced its blocks with the bucket");
+        }
         Ok(n)
     }
 

@@ -290,6 +290,7 @@ pub(crate) mod tests {
             start_ms: 0,
             end_ms: i64::MAX / 2_000_000,
             keys: None,
+            epoch: None,
         }
     }
 

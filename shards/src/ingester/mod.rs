@@ -837,6 +837,7 @@ pub(super) mod tests {
             start_ms: 0,
             end_ms: i64::MAX / 2_000_000,
             keys: None,
+            epoch: None,
         };
         let mut sum = 0;
         for r in ing.query(&QueryRequest::MergeTree(sel)) {

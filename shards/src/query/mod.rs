@@ -74,6 +74,10 @@ pub struct Selection {
     pub end_ms: i64,
     /// In a cluster: which (reader, source)'s profiles count (see `KeyFilter`); `None`: all.
     pub keys: Option<Arc<KeyFilter>>,
+    /// The block epoch (`runtime::Mesh::epoch`) a reader answers at: in a cluster, the second
+    /// step of a query reads the blocks its first step listed (`QueryResult::Keys::epoch`),
+    /// whatever a sync changed since. `None`: the reader's current epoch.
+    pub epoch: Option<u64>,
 }
 
 impl Selection {
@@ -185,5 +189,8 @@ pub enum QueryResult {
     Keys {
         source: String,
         keys: Vec<(u64, Vec<i64>)>,
+        /// The reader's block epoch the answer was taken at (set by the reader for its
+        /// cores; 0 from a single head or block).
+        epoch: u64,
     },
 }

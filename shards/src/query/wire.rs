@@ -13,7 +13,7 @@ use kiln_io::codec::{Reader, Writer};
 use std::sync::Arc;
 
 /// Changes whenever the encoding does; a message of another version is refused.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 type Res<T> = Result<T, String>;
 
@@ -137,6 +137,13 @@ fn selection(w: &mut Writer, s: &Selection) {
             }
         }
     }
+    match s.epoch {
+        None => w.byte(0),
+        Some(epoch) => {
+            w.byte(1);
+            w.u(epoch);
+        }
+    }
 }
 
 fn read_selection(r: &mut Reader<'_>) -> Res<Selection> {
@@ -199,7 +206,12 @@ fn read_selection(r: &mut Reader<'_>) -> Res<Selection> {
         }
         t => return Err(format!("unknown key filter presence {t}")),
     };
-    Ok(Selection { tenants, profile_type, matchers, start_ms, end_ms, keys })
+    let epoch = match r.byte().map_err(e)? {
+        0 => None,
+        1 => Some(r.u().map_err(e)?),
+        b => return Err(format!("unknown epoch flag {b}")),
+    };
+    Ok(Selection { tenants, profile_type, matchers, start_ms, end_ms, keys, epoch })
 }
 
 /// Timestamps as a count and zig-zag deltas (sorted ones take a byte or two each).
@@ -313,8 +325,9 @@ fn result(w: &mut Writer, p: &QueryResult) {
                 w.u(*v);
             }
         }
-        QueryResult::Keys { source, keys } => {
+        QueryResult::Keys { source, keys, epoch } => {
             w.byte(7);
+            w.u(*epoch);
             w.str(source);
             w.u(keys.len() as u64);
             for (k, ts) in keys {
@@ -380,13 +393,14 @@ fn read_result(r: &mut Reader<'_>) -> Res<QueryResult> {
             bytes: r.u().map_err(e)?,
         },
         7 => {
+            let epoch = r.u().map_err(e)?;
             let source = r.str().map_err(e)?.to_string();
             let n = r.count(9).map_err(e)?;
             let mut keys = Vec::with_capacity(n);
             for _ in 0..n {
                 keys.push((r.u64_le().map_err(e)?, read_timestamps(r)?));
             }
-            QueryResult::Keys { source, keys }
+            QueryResult::Keys { source, keys, epoch }
         }
         t => return Err(format!("unknown query result kind {t}")),
     })
@@ -504,6 +518,7 @@ mod tests {
             start_ms: -5,
             end_ms: 1_700_000_000_000,
             keys: keys.map(Arc::new),
+            epoch: Some(3),
         }
     }
 
@@ -576,7 +591,7 @@ mod tests {
         let strings = prop::collection::vec("[a-z]{0,4}", 0..4);
         let keys =
             ("[a-z]{0,4}", prop::collection::vec((any::<u64>(), prop::collection::vec(any::<i64>(), 0..5)), 0..4))
-                .prop_map(|(source, keys)| QueryResult::Keys { source, keys });
+                .prop_map(|(source, keys)| QueryResult::Keys { source, keys, epoch: 7 });
         let series = prop::collection::vec(
             (
                 prop::collection::vec(("[a-z]{1,3}", "[a-z]{0,3}"), 0..3),

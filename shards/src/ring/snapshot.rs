@@ -38,6 +38,7 @@ pub struct Snapshot {
     /// (the usual case: only heartbeats moved) shares them instead of sorting every token again.
     ingester_ring: SharedRing,
     store_gateway_ring: SharedRing,
+    compactor_ring: SharedRing,
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +92,8 @@ impl Snapshot {
         let ingester_ring = SharedRing::new(members_of(Components::INGESTER), prev.map(|p| &p.ingester_ring));
         let store_gateway_ring =
             SharedRing::new(members_of(Components::STORE_GATEWAY), prev.map(|p| &p.store_gateway_ring));
-        Snapshot { instances: descs, healthy, ingester_ring, store_gateway_ring }
+        let compactor_ring = SharedRing::new(members_of(Components::COMPACTOR), prev.map(|p| &p.compactor_ring));
+        Snapshot { instances: descs, healthy, ingester_ring, store_gateway_ring, compactor_ring }
     }
 
     pub fn instances(&self) -> &[InstanceDesc] {
@@ -135,11 +137,35 @@ impl Snapshot {
         &self.store_gateway_ring.ring
     }
 
+    /// The same for the compactor component.
+    pub fn compactor_ring(&self) -> &Ring {
+        &self.compactor_ring.ring
+    }
+
+    /// `tenant`'s shuffle shard of `size` compactors (`-compactor.compactor-tenant-shard-size`;
+    /// 0: all of them).
+    pub fn compactor_tenant_shard(&self, tenant: &str, size: usize) -> TenantShard {
+        shuffle::tenant_shard(self.compactor_ring(), |i| self.zone(i), tenant, size)
+    }
+
+    /// The compactor that runs the work keyed `key` (a compaction job, or a tenant's cleanup):
+    /// the first healthy ACTIVE compactor clockwise from the key's hash on the compactor ring,
+    /// within `shard` (a tenant's shard; `None`: all). `None` when there is none.
+    pub fn compactor_owner(&self, key: &str, shard: Option<&TenantShard>) -> Option<u32> {
+        let usable = |i: u32| {
+            self.healthy(i)
+                && self.instances.get(i as usize).is_some_and(|d| d.state == State::Active)
+                && shard.is_none_or(|s| s.contains(i))
+        };
+        self.compactor_ring().owners(super::block_key(key), 1, usable).first().map(|m| m.instance)
+    }
+
     /// Whether `other` uses the very same ring allocations (a `rebuild` that changed no
     /// member).
     pub fn shares_rings_with(&self, other: &Snapshot) -> bool {
         Arc::ptr_eq(&self.ingester_ring.ring, &other.ingester_ring.ring)
             && Arc::ptr_eq(&self.store_gateway_ring.ring, &other.store_gateway_ring.ring)
+            && Arc::ptr_eq(&self.compactor_ring.ring, &other.compactor_ring.ring)
     }
 
     /// dskit's `Write` op on the ingester ring: ACTIVE and healthy is a replica; any other

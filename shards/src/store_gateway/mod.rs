@@ -102,10 +102,13 @@ pub enum Msg {
     /// Blocks this instance cut (or, alone, every block), found in the bucket indexes at
     /// start, that the ring gives this core, each as its tenant's index lists it: pinned.
     AddBlocks { blocks: Vec<(TenantId, BlockRef)> },
-    /// Every block the store-gateway ring gives this core now: the ones not held yet are
-    /// added, and the ones no sync listed twice in a row leave (unless pinned; see
-    /// `BlockSet::sync`).
-    Sync { blocks: Vec<(TenantId, BlockRef)> },
+    /// In a cluster, a sync with the bucket at block epoch `epoch`: every block the
+    /// store-gateway ring gives this core now (none on an ingester alone) — the ones not held
+    /// yet are added, read from `epoch`, and the ones no sync listed twice in a row are
+    /// retired (unless pinned) — and `retire`, a compaction's inputs a while after their
+    /// mark, unpinned and retired (see `BlockSet::sync`). `done` once applied: the syncing
+    /// thread then moves the mesh's epoch to `epoch`.
+    Sync { blocks: Vec<(TenantId, BlockRef)>, retire: Vec<(TenantId, String)>, epoch: u64, done: flume::Sender<()> },
     /// A compaction's swap, one step of it per core: `add` (a compaction's output, pinned)
     /// is read by queries of `epoch` and later, `retire` (its inputs, or blocks past
     /// retention) only by earlier ones. The compactor sends every core its part, waits for
@@ -116,6 +119,12 @@ pub enum Msg {
     /// Blocks whose files were deleted (long after they were retired) leave the set.
     Forget { blocks: Vec<(TenantId, String)> },
 }
+
+/// How long a block retired from a cluster reader's set (no longer given by the ring, or
+/// replaced by a compaction) stays for queries of earlier epochs: longer than both steps of a
+/// query (`querier::replicas`, each within 60 s), so a query whose first step listed the
+/// block's profiles on this core still reads them in its second.
+pub const RETIRED_KEPT: std::time::Duration = std::time::Duration::from_secs(150);
 
 /// The store-gateway's part of one core: its blocks and where to read them.
 pub struct StoreGateway {
@@ -148,7 +157,10 @@ impl StoreGateway {
                     set.add(tenant, &b);
                 }
             }
-            Msg::Sync { blocks } => self.blocks.borrow_mut().sync(blocks),
+            Msg::Sync { blocks, retire, epoch, done } => {
+                self.blocks.borrow_mut().sync(blocks, &retire, epoch, std::time::Instant::now());
+                let _ = done.send(());
+            }
             Msg::Swap { add, retire, epoch, done } => {
                 self.blocks.borrow_mut().swap(add, &retire, epoch);
                 let _ = done.send(());
@@ -228,6 +240,9 @@ pub struct OwnedBlock {
     /// Queries of epochs in `[visible_from, visible_until)` read it (see `Msg::Swap`).
     visible_from: Cell<u64>,
     visible_until: Cell<u64>,
+    /// In a cluster: when it was retired (`BlockSet::sync`): it leaves the set
+    /// `RETIRED_KEPT` later.
+    retired_at: Cell<Option<std::time::Instant>>,
     pub min_ms: i64,
     pub max_ms: i64,
     profiles_bytes: u64,
@@ -237,6 +252,13 @@ pub struct OwnedBlock {
 
 /// A block's parts kept in memory between queries: its index, its symbols and its parquet
 /// footer. Profile rows are read per query, only the row groups and columns it needs.
+impl OwnedBlock {
+    /// Whether a query of block epoch `epoch` reads it.
+    fn visible(&self, epoch: u64) -> bool {
+        (self.visible_from.get()..self.visible_until.get()).contains(&epoch)
+    }
+}
+
 pub struct Opened {
     pub index: BlockIndex,
     pub symbols: Symbols,
@@ -287,6 +309,7 @@ impl BlockSet {
             unlisted: Cell::new(0),
             visible_from: Cell::new(0),
             visible_until: Cell::new(u64::MAX),
+            retired_at: Cell::new(None),
             min_ms: r.min_time,
             max_ms: r.max_time,
             // 0: unknown, asked of the bucket when the block is opened.
@@ -297,25 +320,56 @@ impl BlockSet {
         self.blocks.last()
     }
 
-    /// Makes `blocks` the ones the store-gateway ring gives this core: each is added (or
-    /// marked) synced, and a block that two syncs in a row did not list leaves the set, with
-    /// what the cache holds of it, unless this instance cut it. The sync in between is a
-    /// grace: a query that listed its profiles on this core before the ring moved still
-    /// finds them in its second step (a source counts a profile once however many readers
-    /// hold it, so holding a block a while longer costs memory, never an exact answer). A
-    /// query that took the block before keeps its `Rc` until it answers.
-    pub fn sync(&mut self, blocks: Vec<(TenantId, BlockRef)>) {
+    /// Makes `blocks` the ones the store-gateway ring gives this core, at block epoch
+    /// `epoch`: each is added (read from `epoch`) or kept, marked synced; a block that two
+    /// syncs in a row did not list is retired (unless this instance cut it), as is each of
+    /// `retire` (unpinned first): queries of `epoch` and later no longer read it, earlier ones
+    /// still do — the second step of a query whose first listed its profiles on this core
+    /// before (a source counts a profile once however many readers hold it, so holding a
+    /// block a while longer costs memory, never an exact answer) — and it leaves the set,
+    /// with what the cache holds of it, `RETIRED_KEPT` later. A block listed again before it
+    /// left is read again from `epoch`.
+    pub fn sync(
+        &mut self,
+        blocks: Vec<(TenantId, BlockRef)>,
+        retire: &[(TenantId, String)],
+        epoch: u64,
+        now: std::time::Instant,
+    ) {
         for b in &self.blocks {
             b.synced.set(false);
             b.unlisted.set(b.unlisted.get().saturating_add(1));
         }
         for (tenant, r) in blocks {
+            let fresh = !self.blocks.iter().any(|b| b.tenant == tenant && *b.id == *r.block_id);
             if let Some(b) = self.insert(tenant, &r) {
                 b.synced.set(true);
                 b.unlisted.set(0);
+                if fresh {
+                    b.visible_from.set(epoch);
+                } else if b.retired_at.get().is_some() && !b.pinned.get() {
+                    b.retired_at.set(None);
+                    b.visible_from.set(epoch);
+                    b.visible_until.set(u64::MAX);
+                }
             }
         }
-        self.blocks.retain(|b| b.pinned.get() || b.unlisted.get() < 2);
+        for b in &self.blocks {
+            let listed_out = retire.iter().any(|(t, id)| b.tenant == *t && *b.id == **id);
+            if listed_out {
+                b.pinned.set(false);
+            }
+            if (listed_out || (!b.pinned.get() && b.unlisted.get() >= 2)) && b.retired_at.get().is_none() {
+                b.retired_at.set(Some(now));
+                b.visible_until.set(b.visible_until.get().min(epoch));
+            }
+        }
+        self.sweep(now);
+    }
+
+    /// Drops the blocks retired `RETIRED_KEPT` ago.
+    fn sweep(&mut self, now: std::time::Instant) {
+        self.blocks.retain(|b| b.retired_at.get().is_none_or(|at| now.duration_since(at) < RETIRED_KEPT));
     }
 
     pub fn len(&self) -> usize {
@@ -364,7 +418,7 @@ impl BlockSet {
                 sel.tenants.iter().any(|t| *t == b.tenant)
                     && b.max_ms >= sel.start_ms
                     && b.min_ms <= sel.end_ms
-                    && (b.visible_from.get()..b.visible_until.get()).contains(&epoch)
+                    && b.visible(epoch)
             })
             .inspect(|b| b.last_used.set(now))
             .cloned()
@@ -553,7 +607,15 @@ mod tests {
     }
 
     fn sel(start_ms: i64, end_ms: i64) -> Selection {
-        Selection { tenants: vec!["t".into()], profile_type: None, matchers: vec![], start_ms, end_ms, keys: None }
+        Selection {
+            tenants: vec!["t".into()],
+            profile_type: None,
+            matchers: vec![],
+            start_ms,
+            end_ms,
+            keys: None,
+            epoch: None,
+        }
     }
 
     #[test]
@@ -580,32 +642,58 @@ mod tests {
     }
 
     #[test]
-    fn a_sync_adds_new_blocks_drops_the_ones_no_longer_owned_and_keeps_pinned_ones() {
+    fn a_sync_adds_new_blocks_retires_the_ones_no_longer_owned_and_keeps_pinned_ones() {
         let mut set = BlockSet::new(0);
+        let t0 = std::time::Instant::now();
+        let ids = |v: Vec<Rc<OwnedBlock>>| v.iter().map(|x| x.id.to_string()[..1].to_string()).collect::<Vec<_>>();
         // Cut here: pinned.
         add(&mut set, entry("a"));
         let (t, mut b) = entry("b");
         b.ingester = "ingester-2".into();
-        set.sync(vec![(t.clone(), b.clone()), entry("c"), entry("a")]);
+        set.sync(vec![(t.clone(), b.clone()), entry("c"), entry("a")], &[], 1, t0);
         assert_eq!(set.len(), 3);
         let sources: Vec<(String, String)> = set.blocks.iter().map(|x| (x.id.to_string(), x.source.clone())).collect();
         assert!(sources.iter().any(|(id, s)| id.starts_with('B') && s == "ingester-2"), "{sources:?}");
-        let held = set.matching(&sel(0, 10_000), 0);
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 0)), ["A"], "synced blocks are read from the sync's epoch");
+        let held = set.matching(&sel(0, 10_000), 1);
+        assert_eq!(ids(held.clone()), ["A", "B", "C"]);
         *held[2].opened.borrow_mut() = Some(opened(1));
         assert!(set.cached_bytes() > 0);
-        // c is no longer owned: kept through one sync (a query between its steps still finds
-        // it), then it leaves with its cache; a, pinned, stays though not listed.
-        set.sync(vec![(t.clone(), b.clone())]);
-        assert_eq!(set.len(), 3);
+        // c is no longer owned: read as before through one sync, then retired at the epoch of
+        // the second: queries of that epoch skip it, earlier ones (a second step) still read
+        // it, until it leaves with its cache RETIRED_KEPT later; a, pinned, stays.
+        set.sync(vec![(t.clone(), b.clone())], &[], 2, t0);
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 2)), ["A", "B", "C"]);
         assert_eq!(set.blocks.iter().filter(|x| x.synced.get()).count(), 1);
-        set.sync(vec![(t, b)]);
+        set.sync(vec![(t.clone(), b.clone())], &[], 3, t0);
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 3)), ["A", "B"]);
+        assert_eq!(
+            ids(set.matching(&sel(0, 10_000), 2)),
+            ["A", "B", "C"],
+            "a query of the epoch before still reads it"
+        );
+        set.sync(vec![(t.clone(), b.clone())], &[], 4, t0 + RETIRED_KEPT);
         assert_eq!(set.len(), 2);
         assert_eq!(set.cached_bytes(), 0);
-        assert!(set.blocks.iter().all(|x| !x.id.to_string().starts_with('C')));
-        set.sync(Vec::new());
-        set.sync(Vec::new());
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 2)), ["A", "B"]);
+        // Listed again before it left: read again from that sync's epoch.
+        set.sync(vec![entry("d")], &[], 5, t0);
+        set.sync(vec![entry("d")], &[], 6, t0);
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 6)), ["A", "D"]);
+        set.sync(vec![entry("d"), (t.clone(), b.clone())], &[], 7, t0);
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 7)), ["A", "B", "D"]);
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 6)), ["A", "D"]);
+        // A compaction's inputs: unpinned and retired.
+        set.sync(vec![entry("d"), (t.clone(), b.clone())], &[("t".into(), format!("{:0<26}", "A"))], 8, t0);
+        assert_eq!(ids(set.matching(&sel(0, 10_000), 8)), ["B", "D"]);
+        set.sync(Vec::new(), &[], 9, t0 + RETIRED_KEPT);
+        set.sync(Vec::new(), &[], 10, t0 + RETIRED_KEPT);
+        set.sync(Vec::new(), &[], 11, t0 + RETIRED_KEPT * 3);
+        assert_eq!(set.len(), 0);
+        add(&mut set, entry("a"));
+        set.sync(Vec::new(), &[], 12, t0);
+        set.sync(Vec::new(), &[], 13, t0 + RETIRED_KEPT * 3);
         assert_eq!(set.len(), 1, "the pinned block stays");
-        assert_eq!(set.blocks[0].id.to_string(), format!("{:0<26}", "A"));
     }
 
     #[test]
