@@ -28,6 +28,7 @@ use std::sync::Arc;
 /// until a termination signal; then syncs every core's WAL and exits.
 pub fn run(cfg: Config) {
     tracing::info!(components = %cfg.target, "starting");
+    let started_at_s = store_gateway::sync::unix_now();
     let nofile = raise_nofile_limit();
     let cores = cfg.effective_cores();
     let tokens = cfg.ring_tokens_per_core;
@@ -127,7 +128,7 @@ pub fn run(cfg: Config) {
     }
     // 4. the compactor, on threads of its own at a lower priority than the cores.
     if runs(Component::Compactor) {
-        start_compactor(&shared, &store, &started.mesh, cluster.clone());
+        start_compactor(&shared, &store, &started.mesh, cluster.clone(), started_at_s);
     }
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
@@ -162,6 +163,7 @@ fn start_compactor(
     store: &kiln_io::store::Store,
     mesh: &kiln_shards::runtime::Mesh,
     cluster: Option<Arc<cluster::Cluster>>,
+    started_at_s: i64,
 ) {
     let compactor = crate::compactor::Compactor {
         store: store.clone(),
@@ -169,6 +171,7 @@ fn start_compactor(
         limits: shared.limits.clone(),
         mesh: cluster.is_none().then(|| mesh.clone()),
         cluster,
+        started_at_s,
     };
     compactor.start().unwrap_or_else(|e| fail(format!("starting the compactor: {e}")));
 }

@@ -100,6 +100,9 @@ impl Compactor {
 
     fn clean_tenant(&self, tenant: &str) -> Result<(), kiln_io::store::StoreError> {
         let s = &self.settings;
+        // The listing before the index: a block indexed between the two is then in the index
+        // read, never taken for a partial one.
+        let listing = block_on(self.store.list(tenant.to_string()))?;
         let idx = block_on(self.store.read_bucket_index(tenant.to_string()))?;
         let retention = self.limits.for_tenant(tenant).compactor_blocks_retention_period;
         let todo = plan(&idx, now_ms(), retention, s.deletion_delay);
@@ -110,7 +113,6 @@ impl Compactor {
             stats::MARKED.fetch_add(todo.expired.len() as u64, Relaxed);
             tracing::info!(tenant, blocks = todo.expired.len(), retention = ?retention, "blocks past retention marked for deletion");
         }
-        let listing = block_on(self.store.list(tenant.to_string()))?;
         let blocks = by_block(&listing);
         let delete = |id: &str| -> Result<(), kiln_io::store::StoreError> {
             let mut files: Vec<&str> = blocks.get(id).map(|f| f.iter().map(|f| f.0).collect()).unwrap_or_default();
@@ -134,12 +136,43 @@ impl Compactor {
         }
         if !s.partial_block_deletion_delay.is_zero() {
             for id in partial(&idx, &blocks, now_ms(), s.partial_block_deletion_delay) {
+                if self.cut_complete(tenant, id, &blocks) {
+                    continue;
+                }
                 delete(id)?;
                 stats::PARTIAL_DELETED.fetch_add(1, Relaxed);
                 tracing::info!(tenant, block = id, "partial block deleted (no index lists it)");
             }
         }
         Ok(())
+    }
+
+    /// Whether an unindexed folder is a whole block cut from a head (meta.json, level 1)
+    /// whose ingester may still be retrying its index write, whatever the delay: the cleaner
+    /// leaves it (logged). On a single node that is only while the process that cut it runs
+    /// (a later start replays the block's WAL records instead, and never indexes it): a cut
+    /// block written before this process started is a partial block. So is a compaction's
+    /// output (level 2 and up, written by a job that indexes it at once or died) and a folder
+    /// without meta.json.
+    fn cut_complete(&self, tenant: &str, id: &str, blocks: &BTreeMap<&str, Vec<(&str, i64)>>) -> bool {
+        let files = blocks.get(id).map_or(&[][..], Vec::as_slice);
+        if !files.iter().any(|f| f.0.ends_with(kiln_shards::block::META)) {
+            return false;
+        }
+        let newest = files.iter().map(|f| f.1).max().unwrap_or(0);
+        if self.mesh.is_some() && newest < self.started_at_s {
+            return false;
+        }
+        let path = kiln_shards::block::object_path(tenant, id, kiln_shards::block::META);
+        let level = block_on(self.store.get(path))
+            .ok()
+            .and_then(|b| kiln_shards::block::meta::decode(&b).ok())
+            .map(|m| m.compaction.level);
+        if level == Some(1) {
+            tracing::warn!(tenant, block = id, "a whole cut block no index lists: left for its ingester to index");
+            return true;
+        }
+        false
     }
 }
 

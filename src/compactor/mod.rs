@@ -54,6 +54,8 @@ pub struct Compactor {
     pub mesh: Option<Mesh>,
     /// In a cluster: the compactor ring, by which the compactors split the work.
     pub cluster: Option<Arc<Cluster>>,
+    /// Unix seconds at which this process started (see `clean::cut_complete`).
+    pub started_at_s: i64,
 }
 
 /// Why a job failed.
@@ -69,6 +71,21 @@ pub enum JobError {
     Upload(StoreError),
     #[error("indexing the output: {0}")]
     Index(StoreError),
+    /// Alone: an input's cut has not finished on its core yet (its head is still there).
+    #[error("not every input is in its core's block set yet")]
+    NotHeld,
+}
+
+impl JobError {
+    /// The block whose bytes do not decode, if that is why: it is marked not to be
+    /// compacted again (it stays read by queries), so its window's merge goes on without it.
+    fn damaged(&self) -> Option<&str> {
+        match self {
+            JobError::Format { block, .. } => Some(block),
+            JobError::Merge(merge::MergeError::Format { block, .. }) => Some(block),
+            _ => None,
+        }
+    }
 }
 
 impl Compactor {
@@ -169,6 +186,9 @@ impl Compactor {
                     "compaction done"
                 );
             }
+            Err(JobError::NotHeld) => {
+                tracing::info!(tenant, job = %job.key(tenant), "compaction waits for a cut to finish; planned again next round");
+            }
             Err(e) => {
                 stats::job_done(
                     false,
@@ -178,6 +198,21 @@ impl Compactor {
                     &MergeStats::default(),
                 );
                 tracing::warn!(tenant, job = %job.key(tenant), error = %e, "compaction failed; planned again next round");
+                if let Some(block) = e.damaged() {
+                    match block_on(self.store.mark_no_compact(tenant.to_string(), vec![block.to_string()])) {
+                        Ok(()) => {
+                            stats::NO_COMPACT.fetch_add(1, Relaxed);
+                            tracing::error!(
+                                tenant,
+                                block,
+                                "a damaged block is marked no-compact: queries still read it, compactions leave it out"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(tenant, block, error = %e, "marking a damaged block no-compact failed")
+                        }
+                    }
+                }
             }
         }
     }
@@ -210,6 +245,9 @@ impl Compactor {
 
     /// Runs one job: returns the output's index entry, the merge's figures and the bytes read.
     fn run_job(&self, tenant: &str, job: &plan::Job) -> Result<(BlockRef, MergeStats, u64), JobError> {
+        if !self.held(tenant, &job.blocks) {
+            return Err(JobError::NotHeld);
+        }
         let mut opened = Vec::with_capacity(job.blocks.len());
         let mut bytes_in = 0;
         for b in &job.blocks {
@@ -241,22 +279,31 @@ impl Compactor {
         };
         let (out, st) = merge::merge(&inputs, &mut fetch, &id, &Default::default())?;
         bytes_in += st.bytes_fetched;
-        for (name, bytes) in out.files() {
-            block_on(self.store.put(object_path(tenant, &id, name), bytes::Bytes::copy_from_slice(bytes)))
+        let files: Vec<(String, u64)> = out.files().iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect();
+        let (meta, sources) = (out.meta.clone(), out.meta.compaction.sources.clone());
+        // Moved, not copied: the output is held once. meta.json last.
+        let parts = [
+            (block::INDEX, out.index),
+            (block::PROFILES, out.profiles),
+            (block::SYMBOLS, out.symbols),
+            (block::META, out.meta_json),
+        ];
+        for (name, bytes) in parts {
+            block_on(self.store.put(object_path(tenant, &id, name), bytes::Bytes::from(bytes)))
                 .map_err(JobError::Upload)?;
             crate::service::crash_point("compactor:uploading");
         }
-        let files: Vec<(String, u64)> = out.files().iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect();
         let r = BlockRef {
             block_id: id.to_string(),
-            min_time: out.meta.min_time,
-            max_time: out.meta.max_time,
+            min_time: meta.min_time,
+            max_time: meta.max_time,
             uploaded_at: 0,
-            compaction_level: out.meta.compaction.level,
+            compaction_level: meta.compaction.level,
             size_bytes: files.iter().map(|f| f.1).sum(),
             files,
             ingester: source,
-            sources: out.meta.compaction.sources.clone(),
+            sources,
+            ..Default::default()
         };
         let inputs: Vec<String> = job.blocks.iter().map(|b| b.block_id.clone()).collect();
         crate::service::crash_point("compactor:uploaded");
@@ -325,6 +372,32 @@ impl Compactor {
         mesh.epoch.store(epoch, std::sync::atomic::Ordering::Release);
     }
 
+    /// Whether every input is in its core's block set: on a single node, a block's cut may
+    /// still be between its index write and the step that adds it to its core (dropping its
+    /// head); merging it then would leave the head read beside the output. In a cluster
+    /// readers follow the index: always.
+    fn held(&self, tenant: &str, blocks: &[BlockRef]) -> bool {
+        let Some(mesh) = &self.mesh else { return true };
+        let t = TenantId::known(tenant);
+        let mut asks = Vec::new();
+        for core in 0..mesh.cores() {
+            let mine: Vec<(TenantId, String)> = blocks
+                .iter()
+                .filter(|b| mesh.ring.block_owner(&b.block_id) as usize == core)
+                .map(|b| (t.clone(), b.block_id.clone()))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let (reply, rx) = flume::bounded(1);
+            if mesh.send_blocking(core, Msg::Holds { blocks: mine, reply }).is_err() {
+                return false;
+            }
+            asks.push(rx);
+        }
+        asks.into_iter().all(|rx| rx.recv().unwrap_or(false))
+    }
+
     /// Tells the cores that these blocks' files are gone.
     fn forget(&self, tenant: &str, ids: &[String]) {
         let Some(mesh) = &self.mesh else { return };
@@ -366,7 +439,11 @@ impl Fetch for StoreFetch<'_> {
 /// none): how far compaction lags.
 fn oldest_uncompacted(idx: &BucketIndex) -> u64 {
     let now = now_ms();
-    idx.live().filter(|b| b.compaction_level <= 1).map(|b| (now - b.max_time).max(0) as u64 / 1000).max().unwrap_or(0)
+    idx.live()
+        .filter(|b| b.compaction_level <= 1)
+        .map(|b| now.saturating_sub(b.max_time).max(0) as u64 / 1000)
+        .max()
+        .unwrap_or(0)
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -400,6 +477,7 @@ mod stats {
     pub static DELETED: AtomicU64 = AtomicU64::new(0);
     pub static PARTIAL_DELETED: AtomicU64 = AtomicU64::new(0);
     pub static CLEANUP_FAILURES: AtomicU64 = AtomicU64::new(0);
+    pub static NO_COMPACT: AtomicU64 = AtomicU64::new(0);
     /// (tenant, seconds) from the last round, at most `OLDEST_TENANTS` named.
     pub static OLDEST: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
 
@@ -427,7 +505,7 @@ pub const OLDEST_TENANTS: usize = 256;
 pub fn render_metrics(out: &mut String) {
     use stats::*;
     use std::fmt::Write;
-    let counters: [(&str, &str, &AtomicU64); 10] = [
+    let counters: [(&str, &str, &AtomicU64); 11] = [
         ("kiln_compactor_runs_total", "Compaction rounds started.", &ROUNDS),
         ("kiln_compactor_bytes_read_total", "Bytes of input blocks read by compaction jobs.", &BYTES_IN),
         ("kiln_compactor_bytes_written_total", "Bytes of output blocks written by compaction jobs.", &BYTES_OUT),
@@ -446,6 +524,11 @@ pub fn render_metrics(out: &mut String) {
         ("kiln_compactor_blocks_deleted_total", "Marked blocks deleted after the deletion delay.", &DELETED),
         ("kiln_compactor_partial_blocks_deleted_total", "Block folders no index listed, deleted.", &PARTIAL_DELETED),
         ("kiln_compactor_cleanup_failures_total", "Cleanup steps that failed (retried next round).", &CLEANUP_FAILURES),
+        (
+            "kiln_compactor_blocks_marked_no_compact_total",
+            "Damaged blocks marked not to be compacted again (still read by queries).",
+            &NO_COMPACT,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));

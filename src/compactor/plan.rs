@@ -73,21 +73,21 @@ pub fn estimate(b: &BlockRef) -> u64 {
 /// (Pyroscope's `smallest-range-oldest-blocks-first`).
 pub fn plan(idx: &BucketIndex, p: &Planning, now_ms: i64) -> Vec<Job> {
     let (ranges_ms, wait_ms) = (&p.ranges_ms, p.wait_ms);
-    let live: Vec<&BlockRef> = idx.live().collect();
+    let live: Vec<&BlockRef> = idx.live().filter(|b| !b.no_compact).collect();
     let mut claimed: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut jobs = Vec::new();
     for (stage, &range) in ranges_ms.iter().enumerate() {
         // Window start → its fitting blocks.
         let mut windows: std::collections::BTreeMap<i64, Vec<&BlockRef>> = std::collections::BTreeMap::new();
         for b in &live {
-            let start = b.min_time.div_euclid(range) * range;
+            let start = b.min_time.div_euclid(range).saturating_mul(range);
             // `max_time` is inclusive.
-            if b.max_time < start + range {
+            if b.max_time < start.saturating_add(range) {
                 windows.entry(start).or_default().push(b);
             }
         }
         for (start, mut blocks) in windows {
-            let end = start + range;
+            let end = start.saturating_add(range);
             if blocks.len() < 2 || end > now_ms {
                 continue;
             }
@@ -253,7 +253,7 @@ mod tests {
             assert!(rounds < 10, "planning does not converge");
         }
         // 40 blocks over 40e6 ms (about 11.1 h): windows of 8 h hold what fits them.
-        let live: Vec<&BlockRef> = idx.live().collect();
+        let live: Vec<&BlockRef> = idx.live().filter(|b| !b.no_compact).collect();
         assert!(
             live.len() <= 3,
             "{:?}",

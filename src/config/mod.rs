@@ -489,10 +489,10 @@ impl Config {
     /// queries fail until it syncs).
     pub fn notices(&self) -> Vec<String> {
         let c = &self.compactor;
-        let readers_let_go = retire_after(self.store_gateway_sync_interval);
+        let readers_let_go = retire_after(self.store_gateway_sync_interval) + kiln_shards::store_gateway::RETIRED_KEPT;
         if self.cluster_mode() && self.target.runs(Component::Compactor) && c.deletion_delay < readers_let_go {
             return vec![format!(
-                "-compactor.deletion-delay={} is shorter than the {} after which readers let go of a compacted block's inputs (three -store-gateway.sync-interval and 2s): they may still read blocks it deletes, and their queries fail until they sync",
+                "-compactor.deletion-delay={} is shorter than the {} after which readers drop a compacted block's inputs (three -store-gateway.sync-interval and 2s, then 300s for the queries that listed them): they may still read blocks it deletes, and those queries fail",
                 format_duration(c.deletion_delay),
                 format_duration(readers_let_go)
             )];
@@ -1348,7 +1348,7 @@ mod tests {
         let c = Config::from_args(&args(&["-target=ingester", "-memberlist.join=127.0.0.1:7946"])).unwrap();
         assert!(c.cluster_mode() && !c.target.is_all());
         let c = Config::from_args(&args(&["-target=compactor", "-memberlist.join=127.0.0.1:7946"])).unwrap();
-        assert!(c.notices().is_empty(), "12h against 45m2s");
+        assert!(c.notices().is_empty(), "12h against 50m2s");
         let c = Config::from_args(&args(&[
             "-target=compactor",
             "-memberlist.join=127.0.0.1:7946",

@@ -64,6 +64,10 @@ pub struct BlockRef {
     /// even once that block itself is deleted (see `Bucket::indexed`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
+    /// The compactor found it damaged: queries still read it, compactions leave it out
+    /// (Pyroscope's `no-compact-mark.json`, kept in the index).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_compact: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -319,6 +319,8 @@ enum IndexUpdate {
         blocks: Vec<String>,
         at: i64,
     },
+    /// Blocks the compactor must leave out (damaged).
+    NoCompact(Vec<String>),
 }
 
 impl IndexUpdate {
@@ -346,6 +348,11 @@ impl IndexUpdate {
             IndexUpdate::Mark { blocks, at } => {
                 for id in blocks {
                     idx.mark(id, *at);
+                }
+            }
+            IndexUpdate::NoCompact(ids) => {
+                for b in idx.blocks.iter_mut().filter(|b| ids.contains(&b.block_id)) {
+                    b.no_compact = true;
                 }
             }
         }
@@ -727,6 +734,11 @@ impl Store {
             output.uploaded_at = at;
         }
         self.index_update(tenant, IndexUpdate::Compacted { output, inputs, at }).await
+    }
+
+    /// Marks blocks not to be compacted (damaged), in one index write.
+    pub async fn mark_no_compact(&self, tenant: String, blocks: Vec<String>) -> Result<(), StoreError> {
+        self.index_update(tenant, IndexUpdate::NoCompact(blocks)).await
     }
 
     /// Marks blocks for deletion now, in one index write (a block marked already keeps its mark).

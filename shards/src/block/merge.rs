@@ -113,6 +113,19 @@ pub fn merge(
     if keys.is_empty() {
         return Err(MergeError::Empty);
     }
+    // Every row the index places must be there: a shorter file would make a shorter output.
+    for input in inputs {
+        if input.profiles.num_rows() != input.index.total_rows() {
+            return Err(MergeError::Format {
+                block: input.id.to_string(),
+                source: FormatError::Mismatch(format!(
+                    "{PROFILES} holds {} rows, the index places {}",
+                    input.profiles.num_rows(),
+                    input.index.total_rows()
+                )),
+            });
+        }
+    }
     let mut m = Merger {
         inputs,
         fetch,
@@ -127,7 +140,17 @@ pub fn merge(
     for ((pt, labels), holders) in keys {
         m.series(pt, labels, &holders)?;
     }
-    let Merger { out, mut stats, .. } = m;
+    let Merger { out, mut stats, cursors, .. } = m;
+    // Every input read to its end: rows left over were out of (series, time) order.
+    for (c, input) in cursors.iter().zip(inputs) {
+        if c.pos < c.rows.len() || c.next_group < input.profiles.num_row_groups() {
+            let what = format!("rows of {PROFILES} out of (series, time) order: some were never reached");
+            return Err(MergeError::Format { block: input.id.to_string(), source: FormatError::Mismatch(what) });
+        }
+    }
+    if out.rows_written + out.rows.len() as u64 == 0 {
+        return Err(MergeError::Empty);
+    }
     stats.rows_out = out.rows_written + out.rows.len() as u64;
     let level = inputs.iter().map(|i| i.meta.compaction.level).max().unwrap_or(1) + 1;
     let mut all_sources: Vec<String> = inputs.iter().flat_map(|i| i.meta.compaction.sources.iter().cloned()).collect();
@@ -272,6 +295,8 @@ struct Cursor {
     pos: usize,
     stacks: Vec<u32>,
     values: Vec<i64>,
+    /// The (series, time) of the last row read, across row groups: each must follow it.
+    last: Option<(u32, i64)>,
 }
 
 impl Cursor {
@@ -321,13 +346,14 @@ impl Cursor {
         self.pos = 0;
         let mut err = None;
         let index = input.index;
-        let (stacks, values, out) = (&mut self.stacks, &mut self.values, &mut self.rows);
+        let (stacks, values, out, last) = (&mut self.stacks, &mut self.values, &mut self.rows, &mut self.last);
         input
             .profiles
             .read_rows(&fetched, std::slice::from_ref(&rows), true, i64::MIN, i64::MAX, |row, si, t, total, st, v| {
                 // Rows must lie where the index puts their series and ascend in time there.
                 let placed = index.series.get(si as usize).is_some_and(|s| s.row_range().contains(&row));
-                let ordered = out.last().is_none_or(|p: &Row| (p.series, p.time) <= (si, t));
+                let ordered = last.is_none_or(|p| p <= (si, t));
+                *last = Some((si, t));
                 if err.is_none() && !(placed && ordered) {
                     err = Some(FormatError::Mismatch(format!(
                         "row {row} says series {si} at {t}: not where the index places it, or out of order"

@@ -337,7 +337,7 @@ async fn write_tenant(group: &[Rc<Frozen>], cfg: &BlockConfig, state: &CutState)
             size_bytes: size,
             files: files.iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect(),
             ingester: cfg.instance.clone(),
-            sources: Vec::new(),
+            ..Default::default()
         };
         tracing::info!(tenant = %f.tenant, block = %f.id, profiles = meta.stats.num_profiles, samples = meta.stats.num_samples, bytes = size, encode_s, total_s = started.elapsed().as_secs_f64(), "block uploaded");
         entries.push((TenantId::known(f.tenant.clone()), r.clone()));

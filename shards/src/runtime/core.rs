@@ -72,6 +72,10 @@ impl Core {
     /// heads and the block list are taken in the same step, so a cut finishing meanwhile
     /// cannot make the query count a head and its block both, or neither.
     fn answer_query(&self, req: Arc<QueryRequest>, epoch: u64, reply: QueryReply) {
+        if let Err(e) = self.store_gateway.blocks.borrow().check_epoch(epoch) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let heads = self.ingester.query(&req);
         let blocks = self.store_gateway.matching(req.selection(), epoch);
         // I11: a frozen head and the block that replaces it never answer the same query.

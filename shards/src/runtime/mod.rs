@@ -115,10 +115,15 @@ where
         senders.push(tx);
         receivers.push(rx);
     }
+    // A process starts at an epoch no earlier process reached (its microseconds since the
+    // epoch: a process moves its epoch by one per swap or sync, far slower), so a query's
+    // later step carrying an epoch of a process gone since is refused, not misread.
+    let start_epoch =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let mesh = Mesh {
         inboxes: senders.into(),
         ring: Arc::new(ring),
-        epoch: Default::default(),
+        epoch: Arc::new(std::sync::atomic::AtomicU64::new(start_epoch)),
         swap_lock: Default::default(),
     };
     let serve = Arc::new(serve);
@@ -149,6 +154,7 @@ where
                         let store = blocks.as_ref().map(|b| b.store.clone());
                         let cache = blocks.as_ref().map_or(0, |b| b.cache_bytes);
                         let store_gateway = StoreGateway::new(cache, store);
+                        store_gateway.blocks.borrow_mut().start_at_epoch(start_epoch);
                         let ingester = ingester::start(
                             id,
                             wal.as_ref(),

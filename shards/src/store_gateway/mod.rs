@@ -63,6 +63,10 @@ pub enum QueryError {
     /// The core runs `MAX_BLOCK_QUERIES` block queries already.
     #[error("this core runs {limit} block queries already, the most it runs at once; retry the query")]
     Busy { limit: usize },
+    /// A query's later step asked for a block epoch whose retired blocks this core dropped
+    /// already (`RETIRED_KEPT`), or one from before this process started.
+    #[error("block epoch {asked} is gone on this core (it reads from epoch {oldest}): the reader's blocks moved since the query's first step; retry the query")]
+    EpochGone { asked: u64, oldest: u64 },
     /// A block file could not be read.
     #[error("block {at}: {source}")]
     Read { at: String, source: ReadError },
@@ -74,7 +78,7 @@ pub enum QueryError {
 impl QueryError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            QueryError::Busy { .. } => ErrorKind::Retryable,
+            QueryError::Busy { .. } | QueryError::EpochGone { .. } => ErrorKind::Retryable,
             QueryError::Read { source, .. } => source.kind(),
             QueryError::Format { .. } => ErrorKind::Invalid,
         }
@@ -118,13 +122,20 @@ pub enum Msg {
     Swap { add: Vec<(TenantId, BlockRef)>, retire: Vec<(TenantId, String)>, epoch: u64, done: flume::Sender<()> },
     /// Blocks whose files were deleted (long after they were retired) leave the set.
     Forget { blocks: Vec<(TenantId, String)> },
+    /// Whether this core holds every one of these blocks (in its set, not retired): a
+    /// single node's compactor merges only blocks whose cut finished on their core, so the
+    /// swap retires what the core really reads (a cut adds its block and drops its head in
+    /// one step, I11).
+    Holds { blocks: Vec<(TenantId, String)>, reply: flume::Sender<bool> },
 }
 
 /// How long a block retired from a cluster reader's set (no longer given by the ring, or
-/// replaced by a compaction) stays for queries of earlier epochs: longer than both steps of a
-/// query (`querier::replicas`, each within 60 s), so a query whose first step listed the
-/// block's profiles on this core still reads them in its second.
-pub const RETIRED_KEPT: std::time::Duration = std::time::Duration::from_secs(150);
+/// replaced by a compaction) stays for queries of earlier epochs: longer than the steps of a
+/// query (`querier::replicas`: two, and a third for a failed reader's share, each within
+/// 60 s), so a query whose first step listed the block's profiles on this core still reads
+/// them in its second. A query of an epoch whose retired blocks are gone already is refused
+/// (`QueryError::EpochGone`), never answered short.
+pub const RETIRED_KEPT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The store-gateway's part of one core: its blocks and where to read them.
 pub struct StoreGateway {
@@ -166,6 +177,10 @@ impl StoreGateway {
                 let _ = done.send(());
             }
             Msg::Forget { blocks } => self.blocks.borrow_mut().forget(&blocks),
+            Msg::Holds { blocks, reply } => {
+                let set = self.blocks.borrow();
+                let _ = reply.send(blocks.iter().all(|(t, id)| set.find(t, id).is_some()));
+            }
         }
     }
 
@@ -272,6 +287,9 @@ pub struct BlockSet {
     /// Bytes of opened parts this core may keep cached (0 = no limit).
     pub cache_limit: usize,
     clock: u64,
+    /// The oldest block epoch this core still answers exactly: a query of an earlier one
+    /// could miss a retired block already dropped (`sweep`), or predates this process.
+    oldest_epoch: u64,
 }
 
 impl BlockSet {
@@ -288,7 +306,28 @@ impl BlockSet {
         }
     }
 
-    /// The block of `tenant` with `r`'s id, added if it is not held yet (`None`: not a block ID).
+    /// The block of `tenant` with id `id` held and not retired.
+    fn find(&self, tenant: &TenantId, id: &str) -> Option<&Rc<OwnedBlock>> {
+        self.blocks.iter().find(|b| b.tenant == *tenant && *b.id == *id && b.retired_at.get().is_none())
+    }
+
+    /// Whether a query of `epoch` can be answered exactly here; else why not.
+    pub fn check_epoch(&self, epoch: u64) -> Result<(), QueryError> {
+        match epoch < self.oldest_epoch {
+            true => Err(QueryError::EpochGone { asked: epoch, oldest: self.oldest_epoch }),
+            false => Ok(()),
+        }
+    }
+
+    /// Answers only from `epoch` on: the epoch this process started at (see
+    /// `runtime::Mesh::epoch`), which no earlier process reached.
+    pub fn start_at_epoch(&mut self, epoch: u64) {
+        self.oldest_epoch = self.oldest_epoch.max(epoch);
+    }
+
+    /// The block of `tenant` with `r`'s id, added if it is not held yet, or only retired
+    /// (then as a new entry beside the retired one, which earlier epochs still read)
+    /// (`None`: not a block ID).
     fn insert(&mut self, tenant: TenantId, r: &BlockRef) -> Option<&Rc<OwnedBlock>> {
         let id = match BlockId::parse(&r.block_id) {
             Ok(id) => id,
@@ -297,7 +336,9 @@ impl BlockSet {
                 return None;
             }
         };
-        if let Some(i) = self.blocks.iter().position(|b| b.id == id && b.tenant == tenant) {
+        if let Some(i) =
+            self.blocks.iter().position(|b| b.id == id && b.tenant == tenant && b.retired_at.get().is_none())
+        {
             return Some(&self.blocks[i]);
         }
         self.blocks.push(Rc::new(OwnedBlock {
@@ -336,30 +377,40 @@ impl BlockSet {
         epoch: u64,
         now: std::time::Instant,
     ) {
-        for b in &self.blocks {
+        // The held blocks by (tenant, id), not retired: a sync looks each one up once.
+        let mut held: rustc_hash::FxHashMap<(TenantId, String), usize> = rustc_hash::FxHashMap::default();
+        for (i, b) in self.blocks.iter().enumerate() {
             b.synced.set(false);
             b.unlisted.set(b.unlisted.get().saturating_add(1));
-        }
-        for (tenant, r) in blocks {
-            let fresh = !self.blocks.iter().any(|b| b.tenant == tenant && *b.id == *r.block_id);
-            if let Some(b) = self.insert(tenant, &r) {
-                b.synced.set(true);
-                b.unlisted.set(0);
-                if fresh {
-                    b.visible_from.set(epoch);
-                } else if b.retired_at.get().is_some() && !b.pinned.get() {
-                    b.retired_at.set(None);
-                    b.visible_from.set(epoch);
-                    b.visible_until.set(u64::MAX);
-                }
+            if b.retired_at.get().is_none() {
+                held.insert((b.tenant.clone(), b.id.to_string()), i);
             }
         }
+        for (tenant, r) in blocks {
+            let b = match held.get(&(tenant.clone(), r.block_id.clone())) {
+                Some(&i) => &self.blocks[i],
+                None => match self.insert(tenant, &r) {
+                    // New here (or only retired): read from this epoch on.
+                    Some(b) => {
+                        b.visible_from.set(epoch);
+                        b
+                    }
+                    None => continue,
+                },
+            };
+            b.synced.set(true);
+            b.unlisted.set(0);
+        }
+        let retire: rustc_hash::FxHashSet<(&TenantId, &str)> = retire.iter().map(|(t, id)| (t, id.as_str())).collect();
         for b in &self.blocks {
-            let listed_out = retire.iter().any(|(t, id)| b.tenant == *t && *b.id == **id);
+            if b.retired_at.get().is_some() {
+                continue;
+            }
+            let listed_out = retire.contains(&(&b.tenant, &*b.id));
             if listed_out {
                 b.pinned.set(false);
             }
-            if (listed_out || (!b.pinned.get() && b.unlisted.get() >= 2)) && b.retired_at.get().is_none() {
+            if listed_out || (!b.pinned.get() && b.unlisted.get() >= 2) {
                 b.retired_at.set(Some(now));
                 b.visible_until.set(b.visible_until.get().min(epoch));
             }
@@ -367,9 +418,18 @@ impl BlockSet {
         self.sweep(now);
     }
 
-    /// Drops the blocks retired `RETIRED_KEPT` ago.
+    /// Drops the blocks retired `RETIRED_KEPT` ago; queries of the epochs that read them are
+    /// refused from then on (`check_epoch`).
     fn sweep(&mut self, now: std::time::Instant) {
-        self.blocks.retain(|b| b.retired_at.get().is_none_or(|at| now.duration_since(at) < RETIRED_KEPT));
+        let mut oldest = self.oldest_epoch;
+        self.blocks.retain(|b| {
+            let keep = b.retired_at.get().is_none_or(|at| now.duration_since(at) < RETIRED_KEPT);
+            if !keep {
+                oldest = oldest.max(b.visible_until.get());
+            }
+            keep
+        });
+        self.oldest_epoch = oldest;
     }
 
     pub fn len(&self) -> usize {
@@ -645,7 +705,11 @@ mod tests {
     fn a_sync_adds_new_blocks_retires_the_ones_no_longer_owned_and_keeps_pinned_ones() {
         let mut set = BlockSet::new(0);
         let t0 = std::time::Instant::now();
-        let ids = |v: Vec<Rc<OwnedBlock>>| v.iter().map(|x| x.id.to_string()[..1].to_string()).collect::<Vec<_>>();
+        let ids = |v: Vec<Rc<OwnedBlock>>| {
+            let mut v: Vec<String> = v.iter().map(|x| x.id.to_string()[..1].to_string()).collect();
+            v.sort();
+            v
+        };
         // Cut here: pinned.
         add(&mut set, entry("a"));
         let (t, mut b) = entry("b");
@@ -676,6 +740,8 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert_eq!(set.cached_bytes(), 0);
         assert_eq!(ids(set.matching(&sel(0, 10_000), 2)), ["A", "B"]);
+        assert!(set.check_epoch(2).is_err(), "an epoch that read the dropped block is refused, not answered short");
+        assert!(set.check_epoch(3).is_ok());
         // Listed again before it left: read again from that sync's epoch.
         set.sync(vec![entry("d")], &[], 5, t0);
         set.sync(vec![entry("d")], &[], 6, t0);

@@ -216,6 +216,24 @@ fn damage_is_an_error_naming_the_block() {
     assert!(err.to_string().contains("the bucket is away"), "{err}");
 }
 
+#[test]
+fn an_index_and_a_profiles_file_that_disagree_are_refused_not_merged_short() {
+    let opts = EncodeOptions::default();
+    let big = open(&block(&[("api", 1, A), ("api", 2, B), ("db", 3, C)], IDS[0], &opts));
+    let small = open(&block(&[("api", 1, A)], IDS[1], &opts));
+    // The big block's index over the small block's rows: rows missing.
+    let input = Input {
+        id: IDS[0],
+        meta: &big.meta,
+        index: &big.index,
+        symbols: &big.symbols,
+        profiles: &small.profiles,
+        source: "",
+    };
+    let err = merge(&[input], &mut MemFetch(vec![&small.bytes]), OUT, &opts).unwrap_err();
+    assert!(err.to_string().contains("rows"), "{err}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Random profiles, each written by a random non-empty set of replicas (sources), plus
