@@ -997,4 +997,3 @@ async fn index_updater(ctx: Ctx, tenant: String, rx: flume::Receiver<IndexJob>) 
         }
     }
 }
-
