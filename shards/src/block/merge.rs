@@ -39,6 +39,39 @@ pub struct Input<'a> {
     pub source: &'a str,
 }
 
+/// A block opened for a merge (meta, index, decoded symbols, the parquet footer): what an
+/// [`Input`] borrows.
+pub struct Opened {
+    pub meta: meta::BlockMeta,
+    pub index: BlockIndex,
+    pub symbols: Symbols,
+    pub profiles: ProfilesFile,
+}
+
+impl Opened {
+    /// Opens a block held whole in memory.
+    pub fn from_encoded(b: &EncodedBlock) -> Result<Opened, FormatError> {
+        Ok(Opened {
+            meta: b.meta.clone(),
+            index: index::decode(&b.index)?,
+            symbols: symdb::decode(&b.symbols)?,
+            profiles: ProfilesFile::from_tail(b.profiles.len() as u64, &b.profiles)?,
+        })
+    }
+
+    /// The block as an input of `source`, named by its meta's id.
+    pub fn input<'a>(&'a self, source: &'a str) -> Input<'a> {
+        Input {
+            id: &self.meta.ulid,
+            meta: &self.meta,
+            index: &self.index,
+            symbols: &self.symbols,
+            profiles: &self.profiles,
+            source,
+        }
+    }
+}
+
 /// Reads byte ranges of an input's profiles.parquet (the input's position in the slice given
 /// to [`merge`]); an error is the reader's message.
 pub trait Fetch {

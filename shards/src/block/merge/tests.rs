@@ -1,5 +1,5 @@
 use super::*;
-use crate::block::{encode, profiles::ProfilesFile, symdb, EncodeOptions, EncodedBlock};
+use crate::block::{encode, EncodeOptions, EncodedBlock};
 use crate::ingester::head::tests::{folded, group};
 use crate::ingester::head::TenantHead;
 use crate::model::labels::Labels;
@@ -20,22 +20,21 @@ const OUT: &str = "01HD3X85G9BGAG4S3TKPNMFG4Z";
 /// their values) in file order.
 type Content = BTreeMap<(String, Labels), Vec<(i64, i64, Vec<(String, i64)>)>>;
 
+/// A block opened for a merge, with its profiles.parquet to fetch from.
 struct Opened {
-    meta: meta::BlockMeta,
-    index: BlockIndex,
-    symbols: Symbols,
-    profiles: ProfilesFile,
+    block: super::Opened,
     bytes: Vec<u8>,
 }
 
-fn open(b: &EncodedBlock) -> Opened {
-    Opened {
-        meta: b.meta.clone(),
-        index: index::decode(&b.index).unwrap(),
-        symbols: symdb::decode(&b.symbols).unwrap(),
-        profiles: ProfilesFile::from_tail(b.profiles.len() as u64, &b.profiles).unwrap(),
-        bytes: b.profiles.clone(),
+impl std::ops::Deref for Opened {
+    type Target = super::Opened;
+    fn deref(&self) -> &super::Opened {
+        &self.block
     }
+}
+
+fn open(b: &EncodedBlock) -> Opened {
+    Opened { block: super::Opened::from_encoded(b).unwrap(), bytes: b.profiles.clone() }
 }
 
 struct MemFetch<'a>(Vec<&'a [u8]>);
@@ -81,18 +80,7 @@ fn content(o: &Opened) -> Content {
 
 fn run(blocks: &[(&EncodedBlock, &str)], opts: &EncodeOptions) -> (Opened, MergeStats) {
     let opened: Vec<Opened> = blocks.iter().map(|(b, _)| open(b)).collect();
-    let inputs: Vec<Input<'_>> = opened
-        .iter()
-        .zip(blocks)
-        .map(|(o, (_, source))| Input {
-            id: &o.meta.ulid,
-            meta: &o.meta,
-            index: &o.index,
-            symbols: &o.symbols,
-            profiles: &o.profiles,
-            source,
-        })
-        .collect();
+    let inputs: Vec<Input<'_>> = opened.iter().zip(blocks).map(|(o, (_, source))| o.input(source)).collect();
     let mut fetch = MemFetch(opened.iter().map(|o| &o.bytes[..]).collect());
     let (b, stats) = merge(&inputs, &mut fetch, OUT, opts).unwrap();
     (open(&b), stats)
