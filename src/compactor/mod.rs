@@ -33,10 +33,9 @@ use crate::cluster::Cluster;
 use crate::config::{CompactorSettings, TenantLimits};
 use kiln_io::store::bucket_index::{BlockRef, BucketIndex};
 use kiln_io::store::{block_on, Store, StoreError};
-use kiln_shards::block::merge::{self, Fetch, Input, MergeStats};
-use kiln_shards::block::{self, index::BlockIndex, meta::BlockMeta, object_path, profiles::ProfilesFile};
+use kiln_shards::block::merge::{self, Fetch, Input, MergeStats, Opened};
+use kiln_shards::block::{self, object_path, profiles::ProfilesFile};
 use kiln_shards::model::ids::{BlockId, TenantId};
-use kiln_shards::model::symbols::Symbols;
 use kiln_shards::runtime::Mesh;
 use kiln_shards::store_gateway::Msg;
 use std::ops::Range;
@@ -261,18 +260,8 @@ impl Compactor {
         // source must hold each profile once (I18).
         let id = BlockId::new_random();
         let source = if self.cluster.is_some() { id.to_string() } else { String::new() };
-        let inputs: Vec<Input<'_>> = opened
-            .iter()
-            .zip(&job.blocks)
-            .map(|(o, b)| Input {
-                id: &b.block_id,
-                meta: &o.meta,
-                index: &o.index,
-                symbols: &o.symbols,
-                profiles: &o.profiles,
-                source: &b.ingester,
-            })
-            .collect();
+        let inputs: Vec<Input<'_>> =
+            opened.iter().zip(&job.blocks).map(|(o, b)| Input { id: &b.block_id, ..o.input(&b.ingester) }).collect();
         let mut fetch = StoreFetch {
             store: &self.store,
             paths: job.blocks.iter().map(|b| object_path(tenant, &b.block_id, block::PROFILES)).collect(),
@@ -413,14 +402,6 @@ impl Compactor {
             }
         }
     }
-}
-
-/// A block opened for a merge.
-struct Opened {
-    meta: BlockMeta,
-    index: BlockIndex,
-    symbols: Symbols,
-    profiles: ProfilesFile,
 }
 
 /// Row groups of the inputs, through the store thread.
