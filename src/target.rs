@@ -128,7 +128,7 @@ pub fn run(cfg: Config) {
     }
     // 4. the compactor, on threads of its own at a lower priority than the cores.
     if runs(Component::Compactor) {
-        start_compactor(&shared, &store, &started.mesh, cluster.clone(), started_at_s);
+        start_compactor(&shared, &started.mesh, cluster.clone(), started_at_s);
     }
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
@@ -160,13 +160,16 @@ fn marked_since(cfg: &Config) -> i64 {
 /// splits the work.
 fn start_compactor(
     shared: &api::Shared,
-    store: &kiln_io::store::Store,
     mesh: &kiln_shards::runtime::Mesh,
     cluster: Option<Arc<cluster::Cluster>>,
     started_at_s: i64,
 ) {
+    // Its own store thread, at a lower CPU and I/O priority than the one the cores use.
+    let backend = shared.cfg.store_backend().unwrap_or_else(|e| fail(e));
+    let store = kiln_io::store::Store::start_background(backend, &shared.cfg.storage.prefix)
+        .unwrap_or_else(|e| fail(format!("opening block storage for the compactor: {e}")));
     let compactor = crate::compactor::Compactor {
-        store: store.clone(),
+        store,
         settings: shared.cfg.compactor.clone(),
         limits: shared.limits.clone(),
         mesh: cluster.is_none().then(|| mesh.clone()),

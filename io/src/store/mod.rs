@@ -514,6 +514,18 @@ impl Store {
     /// `start`, with every object under `prefix/` (Pyroscope's `-storage.prefix`: several
     /// clusters sharing one bucket). Empty: the bucket's root.
     pub fn start_with_prefix(backend: Backend, prefix: &str) -> Result<Store, StoreError> {
+        Store::start_thread(backend, prefix, false)
+    }
+
+    /// `start_with_prefix` for background work (the compactor's): a store thread of its own
+    /// at nice 10 and the idle I/O class, so its requests (and, on the filesystem, the fsync
+    /// of every file it writes) yield to the cores' and their store thread's. Its index
+    /// writes are safe beside the other store's: they are conditional (see `index_write`).
+    pub fn start_background(backend: Backend, prefix: &str) -> Result<Store, StoreError> {
+        Store::start_thread(backend, prefix, true)
+    }
+
+    fn start_thread(backend: Backend, prefix: &str, background: bool) -> Result<Store, StoreError> {
         let prefix = prefix.trim_matches('/').to_string();
         let mut describe = backend.describe();
         if !prefix.is_empty() {
@@ -529,8 +541,11 @@ impl Store {
         let d = describe.clone();
         let ctx_dir = local_dir.clone();
         std::thread::Builder::new()
-            .name("kiln-store".into())
+            .name(if background { "kiln-store-bg" } else { "kiln-store" }.into())
             .spawn(move || {
+                if background {
+                    lower_priority();
+                }
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -818,6 +833,21 @@ async fn tenants(ctx: Ctx) -> Result<Vec<String>, StoreError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Nice 10 and the idle I/O scheduling class for the calling thread (Linux sets both per
+/// thread; the I/O class is honoured by the block layer's schedulers that have classes).
+/// Failing only costs priority.
+fn lower_priority() {
+    // SAFETY: setpriority and ioprio_set on this thread's own id change only its priorities;
+    // gettid has no preconditions.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+        libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid as libc::c_long, IOPRIO_CLASS_IDLE << 13);
+    }
 }
 
 /// Runs a `Store` call to its end on a thread that is not an executor (the compactor's):
