@@ -92,7 +92,7 @@ impl Compactor {
     /// its interval. The thread runs for the life of the process.
     pub fn start(self) -> std::io::Result<()> {
         std::thread::Builder::new().name("kiln-compactor".into()).spawn(move || {
-            lower_priority();
+            kiln_io::store::lower_thread_priority();
             self.run();
         })?;
         Ok(())
@@ -155,7 +155,7 @@ impl Compactor {
         std::thread::scope(|s| {
             for _ in 0..self.settings.compaction_concurrency.max(1) {
                 s.spawn(|| {
-                    lower_priority();
+                    kiln_io::store::lower_thread_priority();
                     while let Some((tenant, job)) = queue.lock().map(|mut q| q.next()).unwrap_or(None) {
                         self.run_logged(&tenant, &job);
                     }
@@ -339,26 +339,16 @@ impl Compactor {
     /// comment); without cores, nothing to do. Swaps run one at a time.
     pub fn swap(&self, tenant: &str, add: &[BlockRef], retire: &[String]) {
         let Some(mesh) = &self.mesh else { return };
-        let _one = mesh.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let epoch = mesh.epoch.load(std::sync::atomic::Ordering::Acquire) + 1;
         let t = TenantId::known(tenant);
-        let mut waits = Vec::with_capacity(mesh.cores());
-        for core in 0..mesh.cores() {
-            let owned = |id: &str| mesh.ring.block_owner(id) as usize == core;
-            let add: Vec<(TenantId, BlockRef)> =
-                add.iter().filter(|b| owned(&b.block_id)).map(|b| (t.clone(), b.clone())).collect();
-            let retire: Vec<(TenantId, String)> =
-                retire.iter().filter(|id| owned(id)).map(|id| (t.clone(), id.clone())).collect();
-            let (done, wait) = flume::bounded(1);
-            if mesh.send_blocking(core, Msg::Swap { add, retire, epoch, done }).is_ok() {
-                waits.push(wait);
-            }
-        }
+        let mut adds = mesh.by_block_owner(add.iter().map(|b| (t.clone(), b.clone())), |b| &b.1.block_id);
+        let mut retires = mesh.by_block_owner(retire.iter().map(|id| (t.clone(), id.clone())), |r| &r.1);
         // A core that is gone cannot answer queries either: nothing to wait for there.
-        for w in waits {
-            let _ = w.recv();
-        }
-        mesh.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+        let _ = mesh.at_next_epoch(|core, epoch, done| Msg::Swap {
+            add: std::mem::take(&mut adds[core]),
+            retire: std::mem::take(&mut retires[core]),
+            epoch,
+            done,
+        });
     }
 
     /// Whether every input is in its core's block set: on a single node, a block's cut may
@@ -369,15 +359,8 @@ impl Compactor {
         let Some(mesh) = &self.mesh else { return true };
         let t = TenantId::known(tenant);
         let mut asks = Vec::new();
-        for core in 0..mesh.cores() {
-            let mine: Vec<(TenantId, String)> = blocks
-                .iter()
-                .filter(|b| mesh.ring.block_owner(&b.block_id) as usize == core)
-                .map(|b| (t.clone(), b.block_id.clone()))
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
+        let per_core = mesh.by_block_owner(blocks.iter().map(|b| (t.clone(), b.block_id.clone())), |b| &b.1);
+        for (core, mine) in per_core.into_iter().enumerate().filter(|(_, m)| !m.is_empty()) {
             let (reply, rx) = flume::bounded(1);
             if mesh.send_blocking(core, Msg::Holds { blocks: mine, reply }).is_err() {
                 return false;
@@ -391,15 +374,9 @@ impl Compactor {
     fn forget(&self, tenant: &str, ids: &[String]) {
         let Some(mesh) = &self.mesh else { return };
         let t = TenantId::known(tenant);
-        for core in 0..mesh.cores() {
-            let blocks: Vec<(TenantId, String)> = ids
-                .iter()
-                .filter(|id| mesh.ring.block_owner(id) as usize == core)
-                .map(|id| (t.clone(), id.clone()))
-                .collect();
-            if !blocks.is_empty() {
-                let _ = mesh.send_blocking(core, Msg::Forget { blocks });
-            }
+        let per_core = mesh.by_block_owner(ids.iter().map(|id| (t.clone(), id.clone())), |b| &b.1);
+        for (core, blocks) in per_core.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
+            let _ = mesh.send_blocking(core, Msg::Forget { blocks });
         }
     }
 }
@@ -428,18 +405,7 @@ fn oldest_uncompacted(idx: &BucketIndex) -> u64 {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Nice 10 for the calling thread (Linux sets niceness per thread): the cores' threads, at
-/// 0, get the CPU first. Failing to lower it only costs priority, never correctness.
-fn lower_priority() {
-    // SAFETY: setpriority with PRIO_PROCESS and a thread id changes only that thread's nice
-    // value; gettid has no preconditions.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "compactor: could not lower the thread's priority");
-    }
+    crate::timeparse::now_ns() / 1_000_000
 }
 
 /// The compactor's counters for `/metrics`: process-wide (one compactor per process).

@@ -113,14 +113,8 @@ impl Bucket {
         marked_since: i64,
         take: &dyn Fn(&str, &BlockRef) -> bool,
     ) -> Vec<Vec<(TenantId, BlockRef)>> {
-        let mut per_core: Vec<Vec<(TenantId, BlockRef)>> = vec![Vec::new(); mesh.cores()];
-        for (tenant, b) in self.readable(marked_since) {
-            if take(tenant, b) {
-                let core = mesh.ring.block_owner(&b.block_id) as usize;
-                per_core[core].push((TenantId::known(tenant), b.clone()));
-            }
-        }
-        per_core
+        let taken = self.readable(marked_since).filter(|(t, b)| take(t, b));
+        mesh.by_block_owner(taken.map(|(t, b)| (TenantId::known(t), b.clone())), |b| &b.1.block_id)
     }
 }
 
@@ -150,28 +144,18 @@ pub fn sync_blocks(
     owns: Option<Take<'_>>,
     retire: &[(TenantId, String)],
 ) -> Result<usize, CoreGone> {
-    let shares = match owns {
+    let mut shares = match owns {
         Some(owns) => bucket.per_core(mesh, marked_since, owns),
         None => vec![Vec::new(); mesh.cores()],
     };
-    let mut retired: Vec<Vec<(TenantId, String)>> = vec![Vec::new(); mesh.cores()];
-    for (t, id) in retire {
-        retired[mesh.ring.block_owner(id) as usize].push((t.clone(), id.clone()));
-    }
-    let _one = mesh.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let epoch = mesh.epoch.load(std::sync::atomic::Ordering::Acquire) + 1;
-    let mut n = 0;
-    let mut waits = Vec::with_capacity(mesh.cores());
-    for (core, (blocks, retire)) in shares.into_iter().zip(retired).enumerate() {
-        n += blocks.len();
-        let (done, wait) = flume::bounded(1);
-        mesh.send_blocking(core, Msg::Sync { blocks, retire, epoch, done })?;
-        waits.push(wait);
-    }
-    for w in waits {
-        w.recv().map_err(|_| CoreGone)?;
-    }
-    mesh.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+    let mut retired = mesh.by_block_owner(retire.iter().cloned(), |r| &r.1);
+    let n = shares.iter().map(Vec::len).sum();
+    mesh.at_next_epoch(|core, epoch, done| Msg::Sync {
+        blocks: std::mem::take(&mut shares[core]),
+        retire: std::mem::take(&mut retired[core]),
+        epoch,
+        done,
+    })?;
     Ok(n)
 }
 

@@ -38,8 +38,9 @@ static OWNED: AtomicU64 = AtomicU64::new(0);
 const TICK: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(10);
 
+/// Unix seconds now.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    crate::timeparse::now_ns() / 1_000_000_000
 }
 
 /// The store-gateways owning blocks, as one instance sees them.

@@ -544,7 +544,7 @@ impl Store {
             .name(if background { "kiln-store-bg" } else { "kiln-store" }.into())
             .spawn(move || {
                 if background {
-                    lower_priority();
+                    lower_thread_priority();
                 }
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
@@ -836,9 +836,10 @@ async fn tenants(ctx: Ctx) -> Result<Vec<String>, StoreError> {
 }
 
 /// Nice 10 and the idle I/O scheduling class for the calling thread (Linux sets both per
-/// thread; the I/O class is honoured by the block layer's schedulers that have classes).
+/// thread; the I/O class is honoured by the block layer's schedulers that have classes):
+/// background work (the compactor's threads, its store thread) yields to the cores'.
 /// Failing only costs priority.
-fn lower_priority() {
+pub fn lower_thread_priority() {
     // SAFETY: setpriority and ioprio_set on this thread's own id change only its priorities;
     // gettid has no preconditions.
     unsafe {

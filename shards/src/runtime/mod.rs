@@ -68,6 +68,45 @@ impl Mesh {
         }
         Ok(out)
     }
+
+    /// `items` split by the core the ring gives each one's block id (`id`), in core order.
+    pub fn by_block_owner<T>(&self, items: impl IntoIterator<Item = T>, id: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+        let mut out: Vec<Vec<T>> = (0..self.cores()).map(|_| Vec::new()).collect();
+        for item in items {
+            let core = self.ring.block_owner(id(&item)) as usize;
+            out[core].push(item);
+        }
+        out
+    }
+
+    /// A change of the blocks every core reads, applied at the next block epoch (I19): under
+    /// `swap_lock`, each core is sent `msg(core, epoch, done)`; once every core answered
+    /// `done`, the epoch moves on. From a thread outside the cores. A core that is gone is
+    /// skipped (it answers no query either) and reported as `CoreGone` after the move.
+    pub fn at_next_epoch<M: Into<Msg>>(
+        &self,
+        mut msg: impl FnMut(usize, u64, flume::Sender<()>) -> M,
+    ) -> Result<(), CoreGone> {
+        let _one = self.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire) + 1;
+        let mut waits = Vec::with_capacity(self.cores());
+        let mut gone = false;
+        for core in 0..self.cores() {
+            let (done, wait) = flume::bounded(1);
+            match self.send_blocking(core, msg(core, epoch, done)) {
+                Ok(()) => waits.push(wait),
+                Err(_) => gone = true,
+            }
+        }
+        for w in waits {
+            gone |= w.recv().is_err();
+        }
+        self.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+        if gone {
+            return Err(CoreGone);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, thiserror::Error)]
