@@ -2,7 +2,7 @@
 //! gossip, writes replicated to RF=3 with a quorum of 2.
 mod common;
 use common::members::*;
-use common::snapshot::{assert_same, flush, push_fixture, single_node_half_in_blocks, snapshot};
+use common::snapshot::{assert_same, flush, push_fixture, single_node_half_in_blocks, snapshot, wait_for_answers};
 use common::*;
 
 /// Three members gossiping on loopback, sharing one blocks directory; `extra` flags for
@@ -79,7 +79,7 @@ fn every_fixture_reads_the_same_through_any_member_as_on_one_node_and_replicas_c
     // three, each profile counted once. A replica not needed for the quorum may still be
     // writing when the push is answered: the answers settle within moments.
     for n in &nodes {
-        wait_until("the member answers as the single node", || snapshot(n.port) == want);
+        wait_for_answers(n.port, &want, "the member answers as the single node");
     }
     // Heads cut into blocks in the shared bucket, three copies of each profile: still once.
     for n in &nodes {
@@ -127,7 +127,7 @@ fn microservices_answer_as_one_node_distributor_ingesters_querier_and_store_gate
     for (i, path) in new.iter().enumerate() {
         push_fixture(distributor, &format!("new-{i}"), std::fs::read(path).unwrap());
     }
-    wait_until("the querier answers as the single node", || snapshot(querier) == want);
+    wait_for_answers(querier, &want, "the querier answers as the single node");
     // Each component serves its own routes only.
     let r = get(distributor, "/pyroscope/label-values?label=service_name");
     assert_eq!(r.status, 404, "{}", r.text());
@@ -435,7 +435,7 @@ fn store_gateways_own_every_block_through_their_ring_and_one_killed_mid_query_lo
     for (i, path) in fixtures.iter().enumerate() {
         push_fixture(distributor, &format!("svc-{i}"), std::fs::read(path).unwrap());
     }
-    wait_until("the querier answers as the single node", || snapshot(querier) == want);
+    wait_for_answers(querier, &want, "the querier answers as the single node");
     // Every ingester cuts its heads: three copies of each profile in blocks, served by their
     // ingesters and, once synced, by both store-gateways (every cutter's blocks on each).
     for i in 0..3 {

@@ -4,7 +4,7 @@
 mod common;
 use common::members::*;
 use common::snapshot::{
-    assert_same, flush, profile_type_ids, push_fixture, single_node_half_in_blocks, snapshot, START,
+    assert_same, flush, profile_type_ids, push_fixture, single_node_half_in_blocks, snapshot, wait_for_answers, START,
 };
 use common::*;
 use std::collections::BTreeMap;
@@ -66,10 +66,14 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
     // The other neither splits nor caches.
     let unsplit = start_frontend("plain", &["-query-frontend.cache-results=false"]);
     let frontend = split.port;
-    wait_until("three ACTIVE ingesters", || ring_states(frontend) == ["ACTIVE"; 3]);
-    wait_until("two ACTIVE store-gateways", || {
-        get(frontend, "/store-gateway/ring").text().matches("<td>ACTIVE</td>").count() == 2
-    });
+    // The queriers, which fan the parts out, must see every reader too: a querier whose
+    // gossip has not brought a store-gateway yet reads none of that store-gateway's blocks.
+    for port in [frontend, procs[7].port, procs[8].port] {
+        wait_until("three ACTIVE ingesters", || ring_states(port) == ["ACTIVE"; 3]);
+        wait_until("two ACTIVE store-gateways", || {
+            get(port, "/store-gateway/ring").text().matches("<td>ACTIVE</td>").count() == 2
+        });
+    }
     wait_until("the distributor sees three ingesters", || ring_states(distributor) == ["ACTIVE"; 3]);
     wait_until("both queriers pull from the scheduler", || {
         metric(scheduler, "kiln_query_scheduler_connected_queriers") == 2.0
@@ -80,7 +84,7 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
     for (i, path) in new.iter().enumerate() {
         push_fixture(distributor, &format!("new-{i}"), std::fs::read(path).unwrap());
     }
-    wait_until("the splitting frontend answers as the single node", || snapshot(frontend) == want);
+    wait_for_answers(frontend, &want, "the splitting frontend answers as the single node");
     assert_same(&want, &snapshot(unsplit.port), "through the frontend that does not split");
     assert_eq!(renders(frontend, &types), want_render, "/pyroscope/render through the splitting frontend");
     assert_eq!(renders(unsplit.port, &types), want_render, "/pyroscope/render through the plain frontend");

@@ -126,6 +126,22 @@ pub fn flush(port: u16) {
     assert_eq!(r.status, 204, "{}", r.text());
 }
 
+/// Waits up to a minute until `port` answers `want`; on timeout fails naming what still
+/// differs (a bare "timed out" says nothing about which answer was wrong).
+pub fn wait_for_answers(port: u16, want: &BTreeMap<String, String>, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let got = snapshot(port);
+        if &got == want {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            assert_same(want, &got, &format!("timed out waiting until {what}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, when: &str) {
     assert_eq!(a.len(), b.len(), "{when}: different keys");
     for (k, v) in a {
