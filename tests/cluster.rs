@@ -2,7 +2,7 @@
 //! gossip, writes replicated to RF=3 with a quorum of 2.
 mod common;
 use common::members::*;
-use common::snapshot::{assert_same, flush, push_fixture, single_node_half_in_blocks, snapshot, wait_for_answers};
+use common::snapshot::{assert_same, flush, half_in_blocks_answers, push_fixture, snapshot, wait_for_answers, START};
 use common::*;
 
 /// Three members gossiping on loopback, sharing one blocks directory; `extra` flags for
@@ -111,10 +111,7 @@ fn microservices_answer_as_one_node_distributor_ingesters_querier_and_store_gate
     let _serial = one_at_a_time();
     // One node writes half the fixtures into blocks of a shared bucket and keeps the other
     // half in its head: its answers are what the microservices must give.
-    let blocks = blocks_dir("micro");
-    let (single, new) = single_node_half_in_blocks(&blocks);
-    let want = snapshot(single.port);
-    drop(single);
+    let (blocks, want, new) = half_in_blocks_answers("micro");
 
     let targets = ["ingester", "ingester", "ingester", "store-gateway", "distributor", "querier"];
     let procs = start_members("micro", &targets, &blocks, FIXTURE_FLAGS);
@@ -483,19 +480,84 @@ fn store_gateways_own_every_block_through_their_ring_and_one_killed_mid_query_lo
     assert_same(&want, &snapshot(querier), "one store-gateway of two UNHEALTHY");
     // The other one killed too: no store-gateway holds the blocks, and the error says so.
     let _ = procs[4].take().unwrap().kill();
-    let r = connect_json(
-        querier,
+    let r = cpu_flame_graph(querier, 0);
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("store-gateways failed") && r.text().contains("missing: instance "), "{}", r.text());
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&blocks);
+}
+
+#[test]
+fn a_querier_refuses_to_answer_short_while_no_store_gateway_holds_some_blocks() {
+    let _serial = one_at_a_time();
+    // A single node writes half the fixtures into blocks of the bucket (blocks no ingester
+    // of the cluster cut, so only a store-gateway serves them) and keeps the other half in
+    // its head: its answers are the cluster's once it holds the same data.
+    let (blocks, want, new) = half_in_blocks_answers("coverage");
+    // One store-gateway, syncing every second: the querier checks blocks uploaded 5 s ago
+    // (three syncs and two seconds) or earlier.
+    let targets = ["ingester", "store-gateway", "distributor", "querier"];
+    let flags = [FIXTURE_FLAGS, &["-distributor.replication-factor=1", "-store-gateway.sync-interval=1s"]].concat();
+    let mut procs = start_members("coverage", &targets, &blocks, &flags);
+    let (distributor, querier) = (procs[2].port, procs[3].port);
+    let store_gateways_active =
+        |n: usize| move || get(querier, "/store-gateway/ring").text().matches("<td>ACTIVE</td>").count() == n;
+    wait_until("an ACTIVE ingester", || ring_states(querier) == ["ACTIVE"]);
+    wait_until("an ACTIVE store-gateway", store_gateways_active(1));
+    wait_until("the distributor sees the ingester", || ring_states(distributor) == ["ACTIVE"]);
+    for (i, path) in new.iter().enumerate() {
+        push_fixture(distributor, &format!("new-{i}"), std::fs::read(path).unwrap());
+    }
+    wait_for_answers(querier, &want, "the querier answers as the single node");
+
+    // The store-gateway dies: the ingester alone answers, and it holds none of the blocks.
+    // Every block is settled by now (uploaded more than 5 s ago): the querier refuses, naming
+    // them, instead of answering with the head's half.
+    let index = blocks.join("anonymous/bucket-index.json");
+    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    let ids: Vec<String> =
+        idx["blocks"].as_array().unwrap().iter().map(|b| b["block_id"].as_str().unwrap().into()).collect();
+    let newest = idx["blocks"].as_array().unwrap().iter().map(|b| b["uploaded_at"].as_i64().unwrap()).max().unwrap();
+    while now_ms() / 1000 <= newest + 5 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let seed = gossip_port_of(&procs[0]);
+    let _ = procs.remove(1).kill();
+    wait_until("the store-gateway shows UNHEALTHY", || {
+        get(querier, "/store-gateway/ring").text().contains("(UNHEALTHY)")
+    });
+    let refused = metric(querier, "kiln_querier_block_checks_refused_total");
+    let r = cpu_flame_graph(querier, START);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("read by no ingester or store-gateway"), "{}", r.text());
+    assert!(ids.iter().any(|id| r.text().contains(id.as_str())), "names a block of {ids:?}: {}", r.text());
+    assert_eq!(metric(querier, "kiln_querier_block_checks_refused_total"), refused + 1.0);
+
+    // A new store-gateway joins and takes every block: the answers are whole again.
+    let data = std::env::temp_dir().join(format!("kiln-coverage-{}-sg2", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let mut sg = member_flags(free_udp_port(), seed, &blocks);
+    sg.push("-target=store-gateway".into());
+    sg.extend(flags.iter().map(|s| s.to_string()));
+    let _sg = start_member(data, hold_port(), &sg);
+    wait_until("the new store-gateway is ACTIVE", store_gateways_active(1));
+    wait_for_answers(querier, &want, "the querier answers as the single node with the new store-gateway");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&blocks);
+}
+
+/// SelectMergeStacktraces of the CPU profiles from `start` (ms) to an hour from now, as JSON.
+fn cpu_flame_graph(port: u16, start: i64) -> Resp {
+    connect_json(
+        port,
         "/querier.v1.QuerierService/SelectMergeStacktraces",
         &[],
         serde_json::json!({
             "profileTypeID": "process_cpu:cpu:nanoseconds:cpu:nanoseconds",
             "labelSelector": "{}",
-            "start": 0,
+            "start": start,
             "end": now_ms() + 3_600_000,
         }),
-    );
-    assert_ne!(r.status, 200, "{}", r.text());
-    assert!(r.text().contains("store-gateways failed") && r.text().contains("missing: instance "), "{}", r.text());
-    drop(procs);
-    let _ = std::fs::remove_dir_all(&blocks);
+    )
 }

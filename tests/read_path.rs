@@ -124,16 +124,6 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
     let _ = std::fs::remove_dir_all(&blocks);
 }
 
-/// The gossip port a member was started with (its `-memberlist.bind-port`).
-fn gossip_port_of(k: &Kiln) -> u16 {
-    let cfg = get(k.port, "/config").text();
-    cfg.lines()
-        .skip_while(|l| !l.starts_with("memberlist:"))
-        .find_map(|l| l.trim().strip_prefix("bind_port: "))
-        .and_then(|p| p.parse().ok())
-        .expect("bind_port in /config")
-}
-
 #[test]
 fn a_tenant_flooding_the_scheduler_is_refused_past_its_limit_and_another_tenant_is_answered() {
     let _serial = one_at_a_time();

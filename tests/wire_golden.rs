@@ -160,6 +160,7 @@ fn query_results() {
                 epoch: 9,
             },
         ),
+        ("read", QueryResult::Read(vec!["01JREAD0000000000000000000".into(), String::new()])),
     ];
     for (name, r) in results {
         let parts = [r];

@@ -45,12 +45,15 @@ pub struct Shared {
     pub frontend: Option<Arc<crate::query_frontend::FrontendShared>>,
     /// A querier's workers, when this process runs a querier in a cluster.
     pub workers: Option<Arc<crate::querier::worker::Workers>>,
+    /// The bucket indexes a cluster's querier checks each query's blocks against.
+    pub catalog: Option<Arc<crate::querier::coverage::Catalog>>,
 }
 
 impl Shared {
     /// `cfg.http_conn_limit` and `cfg.max_inflight_body_bytes` are resolved by then (see
-    /// `target::run`); unset they mean no limit here.
-    pub fn new(cfg: Config, cluster: Option<Arc<crate::cluster::Cluster>>) -> Arc<Self> {
+    /// `target::run`); unset they mean no limit here. `store`: the blocks' bucket, whose
+    /// indexes a cluster's queries are checked against.
+    pub fn new(cfg: Config, cluster: Option<Arc<crate::cluster::Cluster>>, store: &kiln_io::store::Store) -> Arc<Self> {
         let n = cfg.effective_cores();
         let timeouts = conn::Timeouts::new(
             cfg.http_server_read_timeout,
@@ -81,7 +84,13 @@ impl Shared {
                 rp.querier_scheduler_address.clone(),
             ))
         });
+        // Blocks uploaded three syncs ago are held by the store-gateways that own them.
+        let catalog = cluster.as_ref().map(|_| {
+            let grace = crate::config::retire_after(cfg.store_gateway_sync_interval);
+            Arc::new(crate::querier::coverage::Catalog::new(store.clone(), grace))
+        });
         Arc::new(Shared {
+            catalog,
             conns: conn::Conns::new(cfg.http_conn_limit.unwrap_or(0)),
             bodies: inflight::BodyBudget::new(cfg.max_inflight_body_bytes.unwrap_or(0)),
             timeouts,
@@ -129,10 +138,11 @@ impl Edge {
             None => IngesterClient::local(mesh.clone()),
         };
         let replicas = || {
-            shared
-                .cluster
-                .as_ref()
-                .map(|c| crate::querier::replicas::ReplicaReader { cluster: c.clone(), pool: pool.clone() })
+            shared.cluster.as_ref().map(|c| crate::querier::replicas::ReplicaReader {
+                cluster: c.clone(),
+                pool: pool.clone(),
+                catalog: shared.catalog.clone(),
+            })
         };
         let distributor = Rc::new(Distributor::new(
             id,

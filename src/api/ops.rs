@@ -143,6 +143,9 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     if let Some(c) = &core.shared.cluster {
         c.render_metrics(&mut out);
     }
+    if let Some(c) = &core.shared.catalog {
+        c.render_metrics(&mut out);
+    }
     if let Some(s) = &core.shared.scheduler {
         s.render_metrics(&mut out);
     }

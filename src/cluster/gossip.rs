@@ -246,10 +246,15 @@ fn collect(
             }
         };
         let hb = st.get(entry::HEARTBEAT).unwrap_or("");
+        // At first sight a member is as fresh as its own last heartbeat says (capped at now):
+        // one that died before this instance started is unhealthy at once, as dskit judges
+        // it, not healthy for a heartbeat timeout (a store-gateway starting then would leave
+        // the dead one's share of the blocks to it). After that, a heartbeat is fresh when
+        // it is seen to change, on this clock alone: no skew between hosts matters.
         let s = seen.entry(node.to_string()).or_insert_with(|| Seen {
             generation: id.generation_id,
             heartbeat: hb.to_string(),
-            changed_ms: now,
+            changed_ms: hb.parse::<u64>().map_or(now, |t| t.min(now)),
         });
         if s.generation != id.generation_id || s.heartbeat != hb {
             *s = Seen { generation: id.generation_id, heartbeat: hb.to_string(), changed_ms: now };

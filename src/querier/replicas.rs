@@ -21,6 +21,7 @@
 //! the second step has it given to the other (reader, source)s holding it, asked once more;
 //! only a profile nobody else holds fails the query. Every such error names the instances
 //! that were missing.
+use super::coverage::Catalog;
 use super::{local_fan_out, Querier};
 use crate::cluster::pool::Pool;
 use crate::cluster::Cluster;
@@ -49,6 +50,8 @@ const REPLICA_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ReplicaReader {
     pub cluster: Arc<Cluster>,
     pub pool: Rc<Pool>,
+    /// The bucket indexes a query's first step is checked against (`coverage`).
+    pub catalog: Option<Arc<Catalog>>,
 }
 
 /// Serves `Query`: a replica's part of another instance's query, from this process's cores.
@@ -91,6 +94,11 @@ impl ReplicaReader {
         let answers = self.ask(querier, me, &addrs, |_| Some(keys.clone())).await;
         let (held, failed) = split(answers);
         readers.check(&snap, &held, &failed)?;
+        if let Some(catalog) = &self.catalog {
+            let sel = req.selection();
+            let tenants: Vec<String> = sel.tenants.iter().map(|t| t.as_str().to_string()).collect();
+            catalog.check(&tenants, sel.start_ms, sel.end_ms, &held).await?;
+        }
         // Each reader answers its share at the block epoch of its first answer: from the
         // blocks it listed, whatever its syncs changed in between.
         let epochs = epochs(&held);

@@ -51,13 +51,17 @@ pub struct Owners {
     rf: usize,
     /// Each member's zone, by its index in `ring` (tenant shards draw per zone).
     zones: Vec<String>,
+    /// Whether each member is ACTIVE, by its index in `ring`: one that is not yet (JOINING,
+    /// or this instance before its start sync is done) owns blocks without counting towards
+    /// the replication factor.
+    active: Vec<bool>,
     /// What the owners' set is made of (ids, seeds, cores, zones), to notice a change.
     pub digest: u64,
 }
 
-/// The owners in `snap` as (id, token seed, cores), sorted, with `own` (this instance)
-/// among them whatever its state; and a digest of them and `rf`, to notice a change.
-type OwnerDesc<'a> = (&'a str, u64, u32, &'a str);
+/// The owners in `snap` as (id, token seed, cores, zone, ACTIVE), sorted, with `own` (this
+/// instance) among them whatever its state; and a digest of them and `rf`, to notice a change.
+type OwnerDesc<'a> = (&'a str, u64, u32, &'a str, bool);
 
 fn members<'a>(snap: &'a Snapshot, own: &'a InstanceDesc, rf: usize) -> (Vec<OwnerDesc<'a>>, u64) {
     let mut members: Vec<OwnerDesc<'a>> = snap
@@ -70,18 +74,21 @@ fn members<'a>(snap: &'a Snapshot, own: &'a InstanceDesc, rf: usize) -> (Vec<Own
                 && snap.healthy(*i as u32)
                 && d.id != own.id
         })
-        .map(|(_, d)| (d.id.as_str(), d.token_seed, d.cores, d.zone.as_str()))
+        .map(|(_, d)| (d.id.as_str(), d.token_seed, d.cores, d.zone.as_str(), d.state == State::Active))
         .collect();
-    members.push((own.id.as_str(), own.token_seed, own.cores, own.zone.as_str()));
+    // This instance as the others see it: ACTIVE once its start sync is done.
+    let own_active = snap.instances().iter().any(|d| d.id == own.id && d.state == State::Active);
+    members.push((own.id.as_str(), own.token_seed, own.cores, own.zone.as_str(), own_active));
     members.sort_unstable();
     let mut bytes = Vec::new();
-    for (id, seed, cores, zone) in &members {
+    for (id, seed, cores, zone, active) in &members {
         bytes.extend_from_slice(id.as_bytes());
         bytes.push(0);
         bytes.extend_from_slice(&seed.to_le_bytes());
         bytes.extend_from_slice(&cores.to_le_bytes());
         bytes.extend_from_slice(zone.as_bytes());
         bytes.push(0);
+        bytes.push(u8::from(*active));
     }
     bytes.extend_from_slice(&(rf as u64).to_le_bytes());
     (members, xxhash_rust::xxh3::xxh3_64(&bytes))
@@ -95,10 +102,11 @@ impl Owners {
         let tokens: Vec<InstanceTokens> = members
             .iter()
             .enumerate()
-            .map(|(i, (_, seed, cores, _))| InstanceTokens { instance: i as u32, seed: *seed, cores: *cores })
+            .map(|(i, (_, seed, cores, _, _))| InstanceTokens { instance: i as u32, seed: *seed, cores: *cores })
             .collect();
         let zones = members.iter().map(|m| m.3.to_string()).collect();
-        Owners { ring: Ring::of_instances(&tokens, tokens_per_core), me, rf, zones, digest }
+        let active = members.iter().map(|m| m.4).collect();
+        Owners { ring: Ring::of_instances(&tokens, tokens_per_core), me, rf, zones, active, digest }
     }
 
     /// Whether this instance is one of block `id`'s owners (every store-gateway may own it).
@@ -114,7 +122,8 @@ impl Owners {
     /// Whether this instance is one of block `id`'s owners within `shard` (`None`: all).
     pub fn owns_within(&self, id: &str, shard: Option<&TenantShard>) -> bool {
         let within = |i: u32| shard.is_none_or(|s| s.contains(i));
-        self.ring.owners(block_key(id), self.rf, within).iter().any(|m| m.instance == self.me)
+        let counts = |i: u32| self.active.get(i as usize).copied().unwrap_or(false);
+        self.ring.owners_counting(block_key(id), self.rf, within, counts).iter().any(|m| m.instance == self.me)
     }
 }
 
@@ -296,13 +305,31 @@ mod tests {
     }
 
     #[test]
-    fn a_starting_instance_owns_as_if_active_and_a_leaving_one_owns_nothing_for_the_others() {
-        // sg-c is PENDING (starting): it counts itself, and once ACTIVE the others agree.
-        let s = snap(vec![desc("sg-a", State::Active), desc("sg-b", State::Active), desc("sg-c", State::Pending)]);
-        let starting = Owners::of(&s, &desc("sg-c", State::Pending), 16, 1);
+    fn a_joining_instance_takes_its_blocks_while_the_active_ones_keep_them_and_a_leaving_one_owns_nothing() {
+        // sg-c starts (JOINING as the others see it, PENDING as its own desc says): it takes
+        // its share, and each block it takes is still held by one of the ACTIVE ones, which
+        // are all queriers read.
+        let joining =
+            snap(vec![desc("sg-a", State::Active), desc("sg-b", State::Active), desc("sg-c", State::Joining)]);
+        let c = Owners::of(&joining, &desc("sg-c", State::Pending), 16, 1);
+        let (a, b) = (
+            Owners::of(&joining, &desc("sg-a", State::Active), 16, 1),
+            Owners::of(&joining, &desc("sg-b", State::Active), 16, 1),
+        );
+        assert!(c.digest == a.digest && a.digest == b.digest, "every view agrees");
         let active = snap(["sg-a", "sg-b", "sg-c"].iter().map(|id| desc(id, State::Active)).collect());
-        let a_later = Owners::of(&active, &desc("sg-a", State::Active), 16, 1);
-        assert_eq!(starting.digest, a_later.digest);
+        let later: Vec<Owners> =
+            ["sg-a", "sg-b", "sg-c"].iter().map(|id| Owners::of(&active, &desc(id, State::Active), 16, 1)).collect();
+        assert_ne!(later[0].digest, a.digest, "turning ACTIVE is a change of the owners");
+        let mut taken_by_c = 0;
+        for i in 0..300 {
+            let id = format!("01JJOIN{i:019}");
+            assert!(a.owns(&id) ^ b.owns(&id), "{id}: one ACTIVE owner while sg-c joins");
+            taken_by_c += usize::from(c.owns(&id));
+            assert_eq!(later.iter().filter(|v| v.owns(&id)).count(), 1, "{id}: one owner once all are ACTIVE");
+            assert_eq!(c.owns(&id), later[2].owns(&id), "{id}: sg-c takes while joining what it owns once ACTIVE");
+        }
+        assert!(taken_by_c > 50, "sg-c took {taken_by_c} of 300 blocks while joining");
         // sg-b LEAVING: sg-a's view leaves it out, so sg-a and sg-c own every block between them.
         let leaving =
             snap(vec![desc("sg-a", State::Active), desc("sg-b", State::Leaving), desc("sg-c", State::Active)]);

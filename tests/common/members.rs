@@ -78,3 +78,13 @@ pub fn blocks_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     d
 }
+
+/// The gossip port a member was started with (its `-memberlist.bind-port`).
+pub fn gossip_port_of(k: &Kiln) -> u16 {
+    let cfg = get(k.port, "/config").text();
+    cfg.lines()
+        .skip_while(|l| !l.starts_with("memberlist:"))
+        .find_map(|l| l.trim().strip_prefix("bind_port: "))
+        .and_then(|p| p.parse().ok())
+        .expect("bind_port in /config")
+}

@@ -41,6 +41,14 @@ pub fn profile_type_ids(port: u16) -> Vec<String> {
 
 /// Everything the query APIs say about the data, in a comparable form.
 pub fn snapshot(port: u16) -> BTreeMap<String, String> {
+    try_snapshot(port).unwrap()
+}
+
+/// A Connect error: HTTP status, code, message.
+pub type Failed = (u16, String, String);
+
+/// `snapshot`, or the first query's error.
+pub fn try_snapshot(port: u16) -> Result<BTreeMap<String, String>, Failed> {
     let mut out = BTreeMap::new();
     let ids = profile_type_ids(port);
     assert!(!ids.is_empty(), "no profile types");
@@ -50,16 +58,14 @@ pub fn snapshot(port: u16) -> BTreeMap<String, String> {
         "/querier.v1.QuerierService/LabelNames",
         &[],
         &t::LabelNamesRequest { start: START, end: end(), ..Default::default() },
-    )
-    .unwrap();
+    )?;
     out.insert("label names".into(), format!("{:?}", names.names));
     let values: t::LabelValuesResponse = connect(
         port,
         "/querier.v1.QuerierService/LabelValues",
         &[],
         &t::LabelValuesRequest { name: "service_name".into(), start: START, end: end(), ..Default::default() },
-    )
-    .unwrap();
+    )?;
     out.insert("services".into(), format!("{:?}", values.names));
     for pt in &ids {
         let fg: q::SelectMergeStacktracesResponse = connect(
@@ -74,8 +80,7 @@ pub fn snapshot(port: u16) -> BTreeMap<String, String> {
                 max_nodes: Some(1 << 20),
                 ..Default::default()
             },
-        )
-        .unwrap();
+        )?;
         let fg = fg.flamegraph.unwrap();
         let levels: Vec<Vec<i64>> = fg.levels.iter().map(|l| l.values.clone()).collect();
         out.insert(format!("{pt} total"), fg.total.to_string());
@@ -93,8 +98,7 @@ pub fn snapshot(port: u16) -> BTreeMap<String, String> {
                 step: 3600.0,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        )?;
         let pts: Vec<String> = series
             .series
             .iter()
@@ -114,11 +118,10 @@ pub fn snapshot(port: u16) -> BTreeMap<String, String> {
                 end: end(),
                 ..Default::default()
             },
-        )
-        .unwrap();
+        )?;
         out.insert(format!("{pt} pprof"), format!("{:?}", pprof_stacks(&pprof, 0)));
     }
-    out
+    Ok(out)
 }
 
 pub fn flush(port: u16) {
@@ -126,17 +129,23 @@ pub fn flush(port: u16) {
     assert_eq!(r.status, 204, "{}", r.text());
 }
 
-/// Waits up to a minute until `port` answers `want`; on timeout fails naming what still
-/// differs (a bare "timed out" says nothing about which answer was wrong).
+/// Waits up to a minute until `port` answers `want`; a query refused as unavailable (503:
+/// the cluster is still settling, retry) is asked again. On timeout fails naming what still
+/// differs, or the last refusal.
 pub fn wait_for_answers(port: u16, want: &BTreeMap<String, String>, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let got = snapshot(port);
-        if &got == want {
-            return;
+        let got = try_snapshot(port);
+        match &got {
+            Ok(got) if got == want => return,
+            Err(e) if e.0 != 503 => panic!("{what}: {e:?}"),
+            _ => {}
         }
         if std::time::Instant::now() > deadline {
-            assert_same(want, &got, &format!("timed out waiting until {what}"));
+            match got {
+                Ok(got) => assert_same(want, &got, &format!("timed out waiting until {what}")),
+                Err(e) => panic!("timed out waiting until {what}: {e:?}"),
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -167,4 +176,15 @@ pub fn single_node_half_in_blocks(blocks: &std::path::Path) -> (Kiln, Vec<PathBu
         push_fixture(single.port, &format!("new-{i}"), std::fs::read(path).unwrap());
     }
     (single, new.to_vec())
+}
+
+/// `single_node_half_in_blocks` in a new blocks directory for test `name`, the node's
+/// answers taken and the node stopped: (the blocks directory, the answers, the fixtures a
+/// test pushes to its cluster).
+pub fn half_in_blocks_answers(name: &str) -> (PathBuf, BTreeMap<String, String>, Vec<PathBuf>) {
+    let blocks = super::members::blocks_dir(name);
+    let (single, new) = single_node_half_in_blocks(&blocks);
+    let want = snapshot(single.port);
+    drop(single);
+    (blocks, want, new)
 }

@@ -24,7 +24,6 @@
 //!   index.
 use super::bucket_index::BucketIndex;
 use super::{stats, unix_now, Ctx, StoreError};
-use crate::error::ErrorKind;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use std::future::Future;
 use std::time::Duration;
@@ -82,14 +81,9 @@ impl Ctx {
             return retry_conflicts(&path, &self.describe, backoff, || self.conditional_update(tenant, &edit)).await;
         };
         let lock_path = dir.join(tenant).join(LOCK_FILE);
-        let _lock = lock_local(lock_path.clone()).await.map_err(|e| {
-            let text = format!("locking {} in {}: {e}", lock_path.display(), self.describe);
-            if ErrorKind::of_io(&e).retryable() {
-                StoreError::Unavailable(text)
-            } else {
-                StoreError::Other(text)
-            }
-        })?;
+        let _lock = lock_local(lock_path.clone())
+            .await
+            .map_err(|e| super::io_error(format!("locking {} in {}: {e}", lock_path.display(), self.describe), &e))?;
         let (idx, _) = self.read_index_versioned(tenant).await?;
         self.put(&path, edited(idx, &edit)).await
     }
@@ -189,6 +183,7 @@ async fn lock_local(path: std::path::PathBuf) -> std::io::Result<std::fs::File> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use std::cell::Cell;
 
     fn run<F: Future>(f: F) -> F::Output {

@@ -23,6 +23,7 @@
 //! never list the bucket, except [`Store::tenants`] at start (one listing of the top level).
 pub mod bucket_index;
 pub mod index_write;
+pub mod write_behind;
 
 use crate::bound::{Slot, Slots};
 use crate::error::ErrorKind;
@@ -366,6 +367,9 @@ struct Ctx {
     store: Arc<dyn ObjectStore>,
     describe: Arc<str>,
     local_dir: Option<Arc<std::path::Path>>,
+    /// The background store on the filesystem: `put` writes window by window
+    /// (`write_behind`), so the cores' WAL syncs never queue behind a whole block file.
+    write_behind: bool,
 }
 
 impl Ctx {
@@ -420,6 +424,15 @@ impl Ctx {
 
     async fn put(&self, path: &str, data: bytes::Bytes) -> Result<(), StoreError> {
         let p = self.path(path)?;
+        if let Some(dest) = self.local_dir.as_ref().filter(|_| self.write_behind).and_then(|d| local_file(d, path)) {
+            let written = tokio::task::spawn_blocking(move || write_behind::put(&dest, &data)).await;
+            let e = match written {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(e) => std::io::Error::other(e),
+            };
+            return Err(io_error(format!("put {path} in {}: {e}", self.describe), &e));
+        }
         self.store.put(&p, PutPayload::from_bytes(data)).await.map_err(|e| self.err("put", path, e))?;
         Ok(())
     }
@@ -452,6 +465,26 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+}
+
+/// Where object `path` lies under the filesystem backend's `dir`, for a path that maps to a
+/// file name unchanged (`None`: one `object_store` would encode).
+fn local_file(dir: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
+    let plain = path.split('/').all(|part| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    });
+    plain.then(|| dir.join(path))
+}
+
+/// A local I/O error as a store error: one that may pass (a full disk) is `Unavailable`.
+fn io_error(text: String, e: &std::io::Error) -> StoreError {
+    match ErrorKind::of_io(e).retryable() {
+        true => StoreError::Unavailable(text),
+        false => StoreError::Other(text),
     }
 }
 
@@ -563,7 +596,8 @@ impl Store {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    serve(rx, Ctx { store, describe: d, local_dir: ctx_dir }).await;
+                    let write_behind = background && ctx_dir.is_some();
+                    serve(rx, Ctx { store, describe: d, local_dir: ctx_dir, write_behind }).await;
                 });
             })
             .map_err(|e| StoreError::Config(format!("{describe}: spawning the store thread: {e}")))?;
@@ -576,14 +610,7 @@ impl Store {
     /// path that maps to a file name unchanged: a core reads such files with its own io_uring
     /// instead of a round trip through the store thread. `None`: ask the store.
     pub fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
-        let dir = self.local_dir.as_ref()?;
-        let plain = path.split('/').all(|part| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        });
-        plain.then(|| dir.join(path))
+        local_file(self.local_dir.as_ref()?, path)
     }
 
     /// e.g. `filesystem ./data/blocks`, `s3 bucket x at http://minio:9000`.

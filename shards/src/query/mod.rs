@@ -193,4 +193,8 @@ pub enum QueryResult {
         /// cores; 0 from a single head or block).
         epoch: u64,
     },
+    /// The ids of the blocks a core read for a query's first step (`Keys`), whether or not
+    /// they held a selected series: what the querier checks against the bucket index, so
+    /// that no block goes unread without the query failing (`querier::coverage`).
+    Read(Vec<String>),
 }

@@ -13,7 +13,7 @@ use kiln_io::codec::{Reader, Writer};
 use std::sync::Arc;
 
 /// Changes whenever the encoding does; a message of another version is refused.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 type Res<T> = Result<T, String>;
 
@@ -335,6 +335,10 @@ fn result(w: &mut Writer, p: &QueryResult) {
                 timestamps(w, ts);
             }
         }
+        QueryResult::Read(ids) => {
+            w.byte(8);
+            strings(w, ids);
+        }
     }
 }
 
@@ -402,6 +406,7 @@ fn read_result(r: &mut Reader<'_>) -> Res<QueryResult> {
             }
             QueryResult::Keys { source, keys, epoch }
         }
+        8 => QueryResult::Read(read_strings(r)?),
         t => return Err(format!("unknown query result kind {t}")),
     })
 }
@@ -617,9 +622,11 @@ mod tests {
                 nodes: (0..n as u32).map(|i| (i.saturating_sub(1), i, v)).collect(),
             })
         });
+        let read = prop::collection::vec("[0-9A-Z]{0,26}", 0..4).prop_map(QueryResult::Read);
         let one = prop_oneof![
             strings.prop_map(QueryResult::Strings),
             keys,
+            read,
             series,
             tree,
             (any::<i64>(), any::<i64>(), any::<bool>())

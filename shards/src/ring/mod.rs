@@ -306,10 +306,34 @@ impl Ring {
     /// the core of its first token from the key (the core its local ring routes the key to):
     /// a block's store-gateways. Fewer when fewer are eligible.
     pub fn owners(&self, key: u64, rf: usize, eligible: impl Fn(u32) -> bool) -> Vec<Member> {
-        if self.is_empty() {
+        self.owners_counting(key, rf, eligible, |_| true)
+    }
+
+    /// `owners`, where an eligible instance that `counts` does not count is an owner but
+    /// lets the walk take one more: the walk ends once `rf` counted owners are taken (dskit's
+    /// extension of a replica set past an instance that is not ACTIVE: a JOINING
+    /// store-gateway takes its blocks while the ACTIVE one after it keeps them, so queriers,
+    /// which read ACTIVE ones only, never find a block held by none).
+    pub fn owners_counting(
+        &self,
+        key: u64,
+        rf: usize,
+        eligible: impl Fn(u32) -> bool,
+        counts: impl Fn(u32) -> bool,
+    ) -> Vec<Member> {
+        if self.is_empty() || rf == 0 {
             return Vec::new();
         }
-        self.distinct_from(self.start(key)).filter(|m| eligible(m.instance)).take(rf).collect()
+        let mut counted = 0;
+        let mut out = Vec::new();
+        for m in self.distinct_from(self.start(key)).filter(|m| eligible(m.instance)) {
+            counted += usize::from(counts(m.instance));
+            out.push(m);
+            if counted == rf {
+                break;
+            }
+        }
+        out
     }
 
     /// The distinct instances clockwise from entry `start`, each with the core of its first

@@ -105,6 +105,18 @@ fn block_owners_are_the_replica_walk_and_their_shares_match_sampled_keys() {
             && m.core == r.owners(k, 4, |_| true).iter().find(|o| o.instance == m.instance).unwrap().core));
     }
     assert!(r.owners(1, 3, |_| false).is_empty());
+    // An owner that does not count lets the walk take one more: the counted ones are the
+    // walk of the others, and the one that does not count is kept where it stood.
+    for k in 0..500u64 {
+        let k = key(k, 11);
+        let first = r.owners(k, 1, |_| true)[0].instance;
+        let extended = r.owners_counting(k, 2, |_| true, |i| i != first);
+        assert_eq!(extended, r.owners(k, 3, |_| true), "{k}");
+        let counted: Vec<_> = extended.into_iter().filter(|m| m.instance != first).collect();
+        assert_eq!(counted, r.owners(k, 2, |i| i != first), "{k}");
+        // None counts: every eligible instance, the walk never ends early.
+        assert_eq!(r.owners_counting(k, 2, |_| true, |_| false).len(), 4);
+    }
     // RF 1: the per-instance sum of `ownership`; RF 2: each key counted for two instances.
     let one = r.ownership_rf(1);
     for (i, share) in &one {

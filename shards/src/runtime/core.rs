@@ -5,7 +5,7 @@
 //! reach it only through `Msg`s on its bounded inbox (the `Mesh`), and replies go back on
 //! one-shot channels. Handling a message never awaits.
 use crate::ingester::{self, Ingester, IngesterStats};
-use crate::query::QueryRequest;
+use crate::query::{QueryRequest, QueryResult};
 use crate::store_gateway::{self, QueryReply, StoreGateway, StoreGatewayStats};
 use kiln_io::invariant::{check, Invariant};
 use std::sync::Arc;
@@ -76,8 +76,11 @@ impl Core {
             let _ = reply.send(Err(e));
             return;
         }
-        let heads = self.ingester.query(&req);
+        let mut heads = self.ingester.query(&req);
         let blocks = self.store_gateway.matching(req.selection(), epoch);
+        if matches!(*req, QueryRequest::Keys(_)) {
+            heads.push(QueryResult::Read(blocks.iter().map(|b| b.id.to_string()).collect()));
+        }
         // I11: a frozen head and the block that replaces it never answer the same query.
         if !blocks.is_empty() {
             let frozen = self.ingester.frozen_ids();
