@@ -174,7 +174,8 @@ impl Edge {
             }
             _ => direct,
         };
-        let ingester = Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone());
+        let ingester =
+            Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone(), shared.cluster.clone());
         Edge { id, mesh, distributor, querier, ingester, shared }
     }
 

@@ -248,9 +248,35 @@ impl Drop for PartedPush {
     }
 }
 
+/// A tenant's limits as one ingester of a cluster applies them: the global series limit
+/// turned into this ingester's share, as Pyroscope's ingesters do — the tenant's series
+/// spread evenly over `min(healthy ingesters, its shard size)` ingesters, each holding `rf`
+/// copies: `global / n × rf`, rounded up and at least 1 (Pyroscope truncates, and a share
+/// under one series would turn the limit off). While no ingester is healthy in this
+/// instance's view the global limit is left out, as Pyroscope does.
+pub fn in_cluster(limits: &Limits, healthy_ingesters: usize, rf: usize) -> Limits {
+    let global = limits.max_global_series_per_tenant;
+    let n = match limits.ingestion_tenant_shard_size {
+        0 => healthy_ingesters,
+        s => s.min(healthy_ingesters),
+    };
+    let share = match (global, n) {
+        (0, _) | (_, 0) => 0,
+        (g, n) => (g.saturating_mul(rf.max(1))).div_ceil(n).max(1),
+    };
+    Limits { max_global_series_per_tenant: share, ..limits.clone() }
+}
+
+/// `in_cluster` with the healthy ingesters of `cluster`'s current view and its factor.
+pub fn in_cluster_of(cluster: &crate::cluster::Cluster, limits: &Limits) -> Limits {
+    let healthy = cluster.snapshot().healthy_count(kiln_shards::ring::member::Components::INGESTER);
+    in_cluster(limits, healthy, cluster.replication_factor)
+}
+
 /// A tenant's series limit on one core: Pyroscope's local limit per ingester and global
-/// limit across the cluster, the smaller of the two, spread over the cores the way the ring
-/// spreads the tenant's series (evenly, by hash). 0: no limit.
+/// limit across the cluster (in a cluster, this ingester's share of it: `in_cluster`), the
+/// smaller of the two, spread over the cores the way the ring spreads the tenant's series
+/// (evenly, by hash). 0: no limit.
 pub fn series_limit_per_core(limits: &Limits, cores: usize) -> usize {
     let limit = match (limits.max_local_series_per_tenant, limits.max_global_series_per_tenant) {
         (0, g) => g,
@@ -261,5 +287,43 @@ pub fn series_limit_per_core(limits: &Limits, cores: usize) -> usize {
         0
     } else {
         limit.div_ceil(cores.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(local: usize, global: usize, shard: usize) -> Limits {
+        Limits {
+            max_local_series_per_tenant: local,
+            max_global_series_per_tenant: global,
+            ingestion_tenant_shard_size: shard,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_global_series_limit_is_shared_by_the_ingesters_holding_the_tenant() {
+        let share = |l: &Limits, healthy, rf| in_cluster(l, healthy, rf).max_global_series_per_tenant;
+        // Three ingesters, RF 3: each holds every series, so each takes the whole limit.
+        assert_eq!(share(&limits(0, 5000, 0), 3, 3), 5000);
+        // Ten ingesters, RF 3: each holds three tenths of the series.
+        assert_eq!(share(&limits(0, 5000, 0), 10, 3), 1500);
+        // A shard of four of the ten: the series are spread over four only.
+        assert_eq!(share(&limits(0, 5000, 4), 10, 3), 3750);
+        // A shard larger than the healthy ingesters: those there are.
+        assert_eq!(share(&limits(0, 5000, 20), 10, 3), 1500);
+        // Rounded up, never to 0 (which would mean no limit).
+        assert_eq!(share(&limits(0, 1, 0), 10, 3), 1);
+        assert_eq!(share(&limits(0, 10, 0), 3, 1), 4);
+        // No global limit, or no healthy ingester in view: the global limit is left out.
+        assert_eq!(share(&limits(0, 0, 0), 10, 3), 0);
+        assert_eq!(share(&limits(0, 5000, 0), 0, 3), 0);
+        // The local limit is kept, and the smaller of the two applies per core.
+        let l = in_cluster(&limits(1000, 5000, 0), 10, 3);
+        assert_eq!(l.max_local_series_per_tenant, 1000);
+        assert_eq!(series_limit_per_core(&l, 2), 500);
+        assert_eq!(series_limit_per_core(&in_cluster(&limits(0, 5000, 0), 10, 3), 2), 750);
     }
 }

@@ -32,16 +32,23 @@ pub struct Ingester {
     cores: IngesterClient,
     ready: Arc<Readiness>,
     limits: Arc<crate::config::TenantLimits>,
+    /// In a cluster: whose healthy ingesters share each tenant's global series limit.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Ingester {
-    pub fn new(cores: IngesterClient, ready: Arc<Readiness>, limits: Arc<crate::config::TenantLimits>) -> Self {
-        Ingester { cores: cores.this_process(), ready, limits }
+    pub fn new(
+        cores: IngesterClient,
+        ready: Arc<Readiness>,
+        limits: Arc<crate::config::TenantLimits>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        Ingester { cores: cores.this_process(), ready, limits, cluster }
     }
 
     /// The internal RPC (`remote`): a distributor's replicated writes.
     pub async fn serve_rpc(&self, call: &crate::service::call::Call<'_>, method: &str) -> crate::service::call::Reply {
-        remote::serve(&self.cores, &self.limits, self.ready.ready(), call, method).await
+        remote::serve(&self.cores, &self.limits, self.cluster.as_deref(), self.ready.ready(), call, method).await
     }
 
     pub async fn serve_http(&self, endpoint: &Endpoint, r: &Req) -> Response {

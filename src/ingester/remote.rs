@@ -37,7 +37,15 @@ pub fn encode(tenant: &str, parts: &[(Arc<Profile>, Vec<SampleGroup>)]) -> Bytes
 
 /// Serves `Push`: decodes and checks every record, then writes them through `local` (this
 /// process's cores, never onward to other instances).
-pub async fn serve(local: &IngesterClient, limits: &TenantLimits, ready: bool, c: &Call<'_>, method: &str) -> Reply {
+/// `cluster`: this instance's, whose healthy ingesters share the tenant's global series limit.
+pub async fn serve(
+    local: &IngesterClient,
+    limits: &TenantLimits,
+    cluster: Option<&crate::cluster::Cluster>,
+    ready: bool,
+    c: &Call<'_>,
+    method: &str,
+) -> Reply {
     if method != "Push" {
         return call::unimplemented();
     }
@@ -45,7 +53,12 @@ pub async fn serve(local: &IngesterClient, limits: &TenantLimits, ready: bool, c
         return Err(RpcError::new(Code::Unavailable, "ingester not ready: replaying its WAL or shutting down"));
     }
     let Some((tenant, batch)) = decode_push(c.msg)? else { return Ok(Vec::new()) };
-    local.push(&tenant, batch, limits.for_tenant(tenant.as_str())).await.map_err(write_error)?;
+    let limits = limits.for_tenant(tenant.as_str());
+    let limits = match cluster {
+        Some(c) => std::borrow::Cow::Owned(super::client::in_cluster_of(c, limits)),
+        None => std::borrow::Cow::Borrowed(limits),
+    };
+    local.push(&tenant, batch, &limits).await.map_err(write_error)?;
     Ok(Vec::new())
 }
 

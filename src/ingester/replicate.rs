@@ -95,7 +95,8 @@ impl Replicator {
         for (inst, parts) in per_instance {
             let tx = tx.clone();
             if Some(inst) == me {
-                let (local, tenant, limits) = (local.clone(), tenant.clone(), limits.clone());
+                let (local, tenant) = (local.clone(), tenant.clone());
+                let limits = super::client::in_cluster_of(&self.cluster, limits);
                 monoio::spawn(async move {
                     let res = local.push_local(&tenant, parts, &limits).await;
                     let _ = tx.send((inst, res));
