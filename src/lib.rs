@@ -21,6 +21,7 @@ pub mod query_scheduler;
 pub mod service;
 pub mod store_gateway;
 pub mod target;
+pub mod tenant_settings;
 pub mod timeparse;
 
 pub use target::run;

@@ -45,12 +45,15 @@ pub struct Shared {
     pub frontend: Option<Arc<crate::query_frontend::FrontendShared>>,
     /// A querier's workers, when this process runs a querier in a cluster.
     pub workers: Option<Arc<crate::querier::worker::Workers>>,
+    /// The process's object storage (its store thread), where tenant settings and ad hoc
+    /// profiles are kept.
+    pub store: kiln_io::store::Store,
 }
 
 impl Shared {
     /// `cfg.http_conn_limit` and `cfg.max_inflight_body_bytes` are resolved by then (see
     /// `target::run`); unset they mean no limit here.
-    pub fn new(cfg: Config, cluster: Option<Arc<crate::cluster::Cluster>>) -> Arc<Self> {
+    pub fn new(cfg: Config, cluster: Option<Arc<crate::cluster::Cluster>>, store: kiln_io::store::Store) -> Arc<Self> {
         let n = cfg.effective_cores();
         let timeouts = conn::Timeouts::new(
             cfg.http_server_read_timeout,
@@ -95,6 +98,7 @@ impl Shared {
             readiness: Arc::new(Readiness::new(n)),
             started: Instant::now(),
             cluster,
+            store,
         })
     }
 
@@ -113,6 +117,7 @@ pub struct Edge {
     pub distributor: Rc<Distributor>,
     pub querier: Rc<Querier>,
     pub ingester: Ingester,
+    pub settings: crate::tenant_settings::TenantSettings,
 }
 
 impl Edge {
@@ -165,7 +170,8 @@ impl Edge {
             _ => direct,
         };
         let ingester = Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone());
-        Edge { id, mesh, distributor, querier, ingester, shared }
+        let settings = crate::tenant_settings::TenantSettings::new(shared.store.clone(), cfg.multitenancy_enabled);
+        Edge { id, mesh, distributor, querier, ingester, settings, shared }
     }
 
     pub fn cfg(&self) -> &Config {

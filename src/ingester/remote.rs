@@ -7,7 +7,7 @@
 //! and answers once they are durable in its WAL.
 use super::client::{IngesterClient, WriteError};
 use crate::config::TenantLimits;
-use crate::service::call::{self, Call, Reply};
+use crate::service::call::{Call, Reply};
 use crate::service::routes::{Class, RpcService};
 use crate::service::{Code, RpcError};
 use bytes::Bytes;
@@ -39,7 +39,7 @@ pub fn encode(tenant: &str, parts: &[(Arc<Profile>, Vec<SampleGroup>)]) -> Bytes
 /// process's cores, never onward to other instances).
 pub async fn serve(local: &IngesterClient, limits: &TenantLimits, ready: bool, c: &Call<'_>, method: &str) -> Reply {
     if method != "Push" {
-        return call::unimplemented();
+        return c.unimplemented();
     }
     if !ready {
         return Err(RpcError::new(Code::Unavailable, "ingester not ready: replaying its WAL or shutting down"));

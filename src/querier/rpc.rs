@@ -35,16 +35,8 @@ pub async fn dispatch(querier: &Rc<Querier>, rpc: &service::Call<'_>, method: &s
         "Diff" => rpc.unary(|r| diff(c, r)).await,
         "GetProfileStats" => rpc.unary(|r| profile_stats(c, r)).await,
         "AnalyzeQuery" => rpc.unary(|r| analyze_query(c, r)).await,
-        "SelectMergeSpanProfile" => {
-            rpc.unary(|_: q::SelectMergeSpanProfileRequest| async {
-                Err::<q::SelectMergeSpanProfileResponse, _>(RpcError::new(
-                    Code::Unimplemented,
-                    "span profiles are not stored by kiln yet",
-                ))
-            })
-            .await
-        }
-        _ => service::call::unimplemented(),
+        // Span profiles need span ids, which kiln does not store (`call::NOT_SERVED`).
+        _ => rpc.unimplemented(),
     }
 }
 

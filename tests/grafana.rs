@@ -1,0 +1,218 @@
+//! What Grafana's Pyroscope data source and the Profiles Drilldown app call, replayed as
+//! they send it (grafana/explore-profiles `src/shared/infrastructure/settings/`,
+//! `src/pages/AdHocView/infrastructure/`, `ProfileApiClient.ts`; grafana/grafana
+//! `pkg/tsdb/grafana-pyroscope-datasource`), against the real binary, with the answers
+//! checked: tenant settings across a restart and across two processes sharing a bucket,
+//! Connect GET, the names of what kiln does not serve.
+mod common;
+
+use common::*;
+use kiln_proto::settings::v1 as s;
+use serde_json::json;
+
+/// The headers Drilldown's `ApiClient` sends (Grafana's proxy adds the tenant).
+fn drilldown(tenant: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![("content-type", "application/json"), ("x-grafana-org-id", "1"), ("x-scope-orgid", tenant)]
+}
+
+/// Drilldown's `SettingsApiClient.get`: POST `{}`, then the `pluginSettings` setting's value.
+fn drilldown_get(port: u16, tenant: &'static str) -> Vec<(String, String, i64)> {
+    let r = post(port, "/settings.v1.SettingsService/Get", &drilldown(tenant), b"{}".to_vec());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    j["settings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let at = s["modifiedAt"].as_str().expect("int64 as a JSON string").parse().unwrap();
+                    (s["name"].as_str().unwrap().to_string(), s["value"].as_str().unwrap().to_string(), at)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Drilldown's `SettingsApiClient.set`.
+fn drilldown_set(port: u16, tenant: &'static str, value: &serde_json::Value) -> serde_json::Value {
+    let body = json!({"setting": {"name": "pluginSettings", "value": value.to_string()}});
+    let r = post(port, "/settings.v1.SettingsService/Set", &drilldown(tenant), serde_json::to_vec(&body).unwrap());
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[test]
+fn settings_round_trip_across_a_restart() {
+    let k = Kiln::start(&["-auth.multitenancy-enabled=true"]);
+    // Nothing stored yet: an empty answer, not an error (Drilldown then uses its defaults).
+    assert!(drilldown_get(k.port, "t1").is_empty());
+    let v = json!({"collapsedFlamegraphs": true, "maxNodes": 16384, "enableFlameGraphDotComExport": false});
+    let set = drilldown_set(k.port, "t1", &v);
+    assert_eq!(set["setting"]["name"], "pluginSettings");
+    let at: i64 = set["setting"]["modifiedAt"].as_str().unwrap().parse().unwrap();
+    assert!((now_ms() - at).abs() < 60_000, "a missing modifiedAt is now: {at}");
+    let got = drilldown_get(k.port, "t1");
+    assert_eq!(got, vec![("pluginSettings".to_string(), v.to_string(), at)]);
+    // Per tenant.
+    assert!(drilldown_get(k.port, "t2").is_empty());
+    // An older modifiedAt than the stored one loses, as in Pyroscope (already_exists, 409).
+    let old = s::SetSettingsRequest {
+        setting: Some(s::Setting { name: "pluginSettings".into(), value: "{}".into(), modified_at: at - 1 }),
+    };
+    let e = connect::<_, s::SetSettingsResponse>(
+        k.port,
+        "/settings.v1.SettingsService/Set",
+        &[("x-scope-orgid", "t1")],
+        &old,
+    )
+    .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (409, "already_exists"), "{e:?}");
+    // Another setting, by gRPC, and a Delete.
+    let other =
+        s::SetSettingsRequest { setting: Some(s::Setting { name: "other".into(), value: "x".into(), modified_at: 5 }) };
+    grpc::<_, s::SetSettingsResponse>(k.port, "/settings.v1.SettingsService/Set", &[("x-scope-orgid", "t1")], &other)
+        .unwrap();
+    assert_eq!(drilldown_get(k.port, "t1").len(), 2);
+    let del = s::DeleteSettingsRequest { name: "other".into() };
+    connect::<_, s::DeleteSettingsResponse>(
+        k.port,
+        "/settings.v1.SettingsService/Delete",
+        &[("x-scope-orgid", "t1")],
+        &del,
+    )
+    .unwrap();
+
+    // kill -9 and a restart: the settings are in the bucket, not in memory.
+    let data = k.kill();
+    let k = Kiln::start_in(data, &["-auth.multitenancy-enabled=true"]);
+    assert_eq!(drilldown_get(k.port, "t1"), vec![("pluginSettings".to_string(), v.to_string(), at)]);
+    let v2 = json!({"collapsedFlamegraphs": false});
+    drilldown_set(k.port, "t1", &v2);
+    assert_eq!(drilldown_get(k.port, "t1")[0].1, v2.to_string());
+}
+
+#[test]
+fn settings_are_bounded() {
+    let k = Kiln::start(&[]);
+    let big = "x".repeat(64 * 1024 + 1);
+    let r =
+        connect_json(k.port, "/settings.v1.SettingsService/Set", &[], json!({"setting": {"name": "a", "value": big}}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "invalid_argument");
+    assert!(r.json()["message"].as_str().unwrap().contains("65536"), "{}", r.text());
+    for i in 0..64 {
+        let r = connect_json(
+            k.port,
+            "/settings.v1.SettingsService/Set",
+            &[],
+            json!({"setting": {"name": format!("s{i}"), "value": "v"}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = connect_json(
+        k.port,
+        "/settings.v1.SettingsService/Set",
+        &[],
+        json!({"setting": {"name": "s64", "value": "v"}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["message"].as_str().unwrap().contains("at most 64 settings"), "{}", r.text());
+    let r = connect_json(k.port, "/settings.v1.SettingsService/Set", &[], json!({}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Single-tenant: everything is the tenant `anonymous`, whatever the header says.
+    assert_eq!(drilldown_get(k.port, "whoever").len(), 64);
+}
+
+/// Two processes sharing one bucket directory (as the members of a cluster share a bucket):
+/// what one sets, the other reads, and updates written by both at once are all kept.
+#[test]
+fn settings_are_shared_by_processes_on_one_bucket() {
+    let bucket = std::env::temp_dir().join(format!("kiln-test-settings-bucket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&bucket);
+    let flag = format!("-storage.filesystem.dir={}", bucket.display());
+    let a = Kiln::start(&[&flag]);
+    let b = Kiln::start(&[&flag]);
+    drilldown_set(a.port, "anonymous", &json!({"from": "a"}));
+    assert_eq!(drilldown_get(b.port, "anonymous")[0].1, json!({"from": "a"}).to_string());
+    let writers: Vec<_> = [(a.port, "a"), (b.port, "b")]
+        .into_iter()
+        .map(|(port, who)| {
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let r = connect_json(
+                        port,
+                        "/settings.v1.SettingsService/Set",
+                        &[],
+                        json!({"setting": {"name": format!("{who}{i}"), "value": "v"}}),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(drilldown_get(a.port, "anonymous").len(), 21, "no write lost to the other process");
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&bucket);
+}
+
+/// Connect GET (`?encoding=…&message=…`), as connect-web sends for side-effect-free calls:
+/// the same answer as the POST; calls that change state are POST only.
+#[test]
+fn connect_get_answers_as_post() {
+    let k = Kiln::start(FIXTURE_FLAGS);
+    let body = b"main;work;hot 30\nmain;work;cold 10\nmain;idle 5\n".to_vec();
+    let r = post(k.port, "/ingest?name=getapp.cpu&format=folded&sampleRate=0", &[], body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msg = json!({"name": "service_name"}).to_string();
+    let enc: String = msg.bytes().map(|b| format!("%{b:02X}")).collect();
+    let r = get(k.port, &format!("/querier.v1.QuerierService/LabelValues?connect=v1&encoding=json&message={enc}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["names"], json!(["getapp"]));
+    // The proto codec, base64 (URL-safe, unpadded) as connect-web sends it.
+    let req = kiln_proto::types::v1::LabelValuesRequest { name: "service_name".into(), ..Default::default() };
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(prost::Message::encode_to_vec(&req))
+    };
+    let r = get(
+        k.port,
+        &format!("/querier.v1.QuerierService/LabelValues?connect=v1&encoding=proto&base64=1&message={b64}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/proto");
+    let got: kiln_proto::types::v1::LabelValuesResponse = prost::Message::decode(r.body).unwrap();
+    assert_eq!(got.names, vec!["getapp".to_string()]);
+    // Settings' Get is side-effect free; its Set is not.
+    let r = get(k.port, "/settings.v1.SettingsService/Get?encoding=json&message=%7B%7D");
+    assert_eq!((r.status, r.json()), (200, json!({})), "{}", r.text());
+    let r = get(k.port, "/settings.v1.SettingsService/Set?encoding=json&message=%7B%7D");
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.headers["allow"], "POST");
+    let r = get(k.port, "/push.v1.PusherService/Push?encoding=json&message=%7B%7D");
+    assert_eq!(r.status, 405, "{}", r.text());
+    // A bad GET says what is wrong.
+    let r = get(k.port, "/querier.v1.QuerierService/LabelValues?message=%7B%7D");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["message"].as_str().unwrap().contains("encoding"), "{}", r.text());
+}
+
+/// What kiln does not serve answers `unimplemented`, naming the method and what is missing.
+#[test]
+fn unserved_methods_name_what_is_missing() {
+    let k = Kiln::start(&[]);
+    for (path, missing) in [
+        ("/settings.v1.RecordingRulesService/ListRecordingRules", "recording rules"),
+        ("/querier.v1.QuerierService/SelectMergeSpanProfile", "span ids"),
+        ("/vcs.v1.VCSService/GetFile", "source code"),
+        ("/nope.v1.Nope/Nothing", "not implement"),
+    ] {
+        let r = connect_json(k.port, path, &[], json!({}));
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert_eq!(r.json()["code"], "unimplemented", "{path}");
+        let m = r.json()["message"].as_str().unwrap().to_string();
+        assert!(m.contains(path) && m.contains(missing), "{path}: {m}");
+    }
+}
