@@ -216,3 +216,101 @@ fn unserved_methods_name_what_is_missing() {
         assert!(m.contains(path) && m.contains(missing), "{path}: {m}");
     }
 }
+
+/// A DOT graph as Graphviz reads it, enough to check one: `N<i>` nodes with their labels,
+/// edges between declared nodes, one `digraph { … }`.
+struct Dot {
+    /// (id, label) in the order declared.
+    nodes: Vec<(String, String)>,
+    /// (from, to, label)
+    edges: Vec<(String, String, String)>,
+}
+
+fn parse_dot(text: &str) -> Dot {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("digraph \"unnamed\" {"), "{text}");
+    assert_eq!(text.lines().last(), Some("}"), "{text}");
+    let attr = |rest: &str, key: &str| -> String {
+        let at = rest.find(&format!("{key}=\"")).unwrap_or_else(|| panic!("no {key} in {rest}"));
+        let v = &rest[at + key.len() + 2..];
+        let mut out = String::new();
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                // DOT's label escapes: \n, \l and \r end a line; anything else stands for itself.
+                '\\' => match chars.next().unwrap() {
+                    'n' | 'l' | 'r' => out.push('\n'),
+                    c => out.push(c),
+                },
+                '"' => return out,
+                c => out.push(c),
+            }
+        }
+        panic!("unterminated {key} in {rest}")
+    };
+    let (mut nodes, mut edges) = (Vec::new(), Vec::new());
+    for line in lines {
+        if line == "}" || line.starts_with("node [") || line.starts_with("subgraph cluster_L") {
+            continue;
+        }
+        let (head, rest) = line.split_once(" [").unwrap_or_else(|| panic!("not a statement: {line}"));
+        assert!(rest.ends_with(']'), "{line}");
+        match head.split_once(" -> ") {
+            Some((from, to)) => edges.push((from.to_string(), to.to_string(), attr(rest, "label"))),
+            None => {
+                assert!(head.starts_with('N') && head[1..].parse::<u32>().is_ok(), "{line}");
+                nodes.push((head.to_string(), attr(rest, "label")));
+            }
+        }
+    }
+    for (from, to, _) in &edges {
+        for end in [from, to] {
+            assert!(nodes.iter().any(|(id, _)| id == end), "edge to undeclared node {end}");
+        }
+    }
+    Dot { nodes, edges }
+}
+
+/// Drilldown's `ProfileApiClient.get({format: 'dot', maxNodes: 100})` (the AI panel): the
+/// render API's DOT, a graph whose first node is the hottest function, with its edges.
+#[test]
+fn render_dot_draws_the_call_graph() {
+    let k = Kiln::start(FIXTURE_FLAGS);
+    let body = b"main;work;hot 60\nmain;work;cold 25\nmain;idle 15\n".to_vec();
+    let r = post(k.port, "/ingest?name=dotapp.cpu&format=folded&sampleRate=100", &[], body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (from, until) = ((now_ms() / 1000 - 3600) * 1000, (now_ms() / 1000 + 60) * 1000);
+    let query = "process_cpu:cpu:nanoseconds:cpu:nanoseconds%7Bservice_name%3D%22dotapp%22%7D";
+    let r = get(k.port, &format!("/pyroscope/render?query={query}&from={from}&until={until}&format=dot&max-nodes=100"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text();
+    let dot = parse_dot(&text);
+    // 100 samples at 100 Hz, 10ms each: hot is 600ms of 1s.
+    assert_eq!(dot.nodes[0], ("N1".to_string(), "hot\n600ms (60.00%)".to_string()), "{text}");
+    let id = |name: &str| dot.nodes.iter().find(|(_, l)| l.starts_with(&format!("{name}\n"))).unwrap().0.clone();
+    assert!(dot.nodes.iter().any(|(_, l)| l == "main\n0 of 1s (100%)"), "{text}");
+    let edge = |a: &str, b: &str| dot.edges.iter().find(|(f, t, _)| *f == id(a) && *t == id(b)).map(|e| e.2.clone());
+    assert_eq!(edge("main", "work").as_deref(), Some(" 850ms"), "{text}");
+    assert_eq!(edge("work", "hot").as_deref(), Some(" 600ms"), "{text}");
+    assert_eq!(dot.nodes.len(), 5);
+    // max-nodes keeps the hottest.
+    let r = get(k.port, &format!("/pyroscope/render?query={query}&from={from}&until={until}&format=dot&max-nodes=1"));
+    let one = parse_dot(&r.text());
+    assert_eq!(one.nodes.len(), 1);
+    assert!(one.nodes[0].1.starts_with("hot\n"));
+    // The same graph through SelectMergeStacktraces' DOT format.
+    let r = connect_json(
+        k.port,
+        "/querier.v1.QuerierService/SelectMergeStacktraces",
+        &[],
+        json!({"profileTypeID": "process_cpu:cpu:nanoseconds:cpu:nanoseconds", "labelSelector": "{service_name=\"dotapp\"}",
+               "start": from.to_string(), "end": until.to_string(), "format": "PROFILE_FORMAT_DOT"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["dot"].as_str().unwrap(), text);
+    // Nothing matched: an empty body, as Pyroscope.
+    let none = "process_cpu:cpu:nanoseconds:cpu:nanoseconds%7Bservice_name%3D%22nope%22%7D";
+    let r = get(k.port, &format!("/pyroscope/render?query={none}&from={from}&until={until}&format=dot"));
+    assert_eq!((r.status, r.text().as_str()), (200, ""));
+}

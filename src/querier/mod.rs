@@ -1,5 +1,6 @@
 //! The querier: turns API requests into per-core `QueryRequest`s, fans them out to every core,
 //! and merges the partial answers (trees, pprofs, series, label sets).
+pub mod dot;
 pub mod pprof_merge;
 pub mod render;
 pub mod replicas;
