@@ -314,3 +314,144 @@ fn render_dot_draws_the_call_graph() {
     let r = get(k.port, &format!("/pyroscope/render?query={none}&from={from}&until={until}&format=dot"));
     assert_eq!((r.status, r.text().as_str()), (200, ""));
 }
+
+/// Drilldown's ad hoc view (`adHocProfileClient.ts`): upload a file (its name and the
+/// file as base64), then Get another of its sample types by `profile_type`, then List.
+#[test]
+fn ad_hoc_upload_get_list() {
+    use base64::Engine;
+    let mut flags = vec!["-auth.multitenancy-enabled=true"];
+    flags.extend_from_slice(FIXTURE_FLAGS);
+    let k = Kiln::start(&flags);
+    let file = std::fs::read(testdata("pprof/pyroscope/og-convert/heap.pb.gz")).unwrap();
+    let p: kiln_proto::google::v1::Profile = prost::Message::decode(&gunzip_maybe(&file)[..]).unwrap();
+    let types: Vec<String> = p.sample_type.iter().map(|t| p.string_table[t.r#type as usize].clone()).collect();
+    let total = |i: usize| p.sample.iter().map(|s| s.value[i]).sum::<i64>();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&file);
+    let r = post(
+        k.port,
+        "/adhocprofiles.v1.AdHocProfileService/Upload",
+        &drilldown("t1"),
+        serde_json::to_vec(&json!({"name": "heap.pb.gz", "profile": b64})).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = r.json();
+    let id = up["id"].as_str().unwrap().to_string();
+    assert!(id.ends_with("-heap.pb.gz") && id.len() == 26 + 1 + "heap.pb.gz".len(), "{id}");
+    assert_eq!(up["profileTypes"], json!(types));
+    let fb: serde_json::Value = serde_json::from_str(up["flamebearerProfile"].as_str().unwrap()).unwrap();
+    assert_eq!(fb["version"], 1);
+    assert_eq!(fb["metadata"]["name"], types[0].as_str());
+    assert_eq!(fb["flamebearer"]["numTicks"], total(0));
+    assert_eq!(fb["flamebearer"]["names"][0], "total");
+
+    // Get, as Drilldown sends it: snake-case `profile_type`.
+    let r = post(
+        k.port,
+        "/adhocprofiles.v1.AdHocProfileService/Get",
+        &drilldown("t1"),
+        serde_json::to_vec(&json!({"id": id, "profile_type": types[3], "max_nodes": 1_000_000})).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    assert_eq!((got["name"].as_str(), got["profileType"].as_str()), (Some("heap.pb.gz"), Some(types[3].as_str())));
+    let fb: serde_json::Value = serde_json::from_str(got["flamebearerProfile"].as_str().unwrap()).unwrap();
+    assert_eq!(fb["flamebearer"]["numTicks"], total(3));
+    // The flame graph's stacks are the pprof's, value for value.
+    let names: Vec<String> = serde_json::from_value(fb["flamebearer"]["names"].clone()).unwrap();
+    let levels: Vec<Vec<i64>> = serde_json::from_value(fb["flamebearer"]["levels"].clone()).unwrap();
+    // The file is read as a push of it is (validated, normalised, Go's truncated stacks
+    // repaired): the same flame graph as the same file pushed and queried.
+    let r = post(k.port, "/ingest?name=heapapp&format=pprof", &[("x-scope-orgid", "t1")], file.clone());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = connect_json(
+        k.port,
+        "/querier.v1.QuerierService/SelectMergeStacktraces",
+        &[("x-scope-orgid", "t1")],
+        json!({"profileTypeID": format!("memory:{}:bytes:space:bytes", types[3]), "labelSelector": "{service_name=\"heapapp\"}",
+               "start": "1", "end": now_ms().to_string(), "maxNodes": "1000000"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q = r.json()["flamegraph"].clone();
+    let qnames: Vec<String> = serde_json::from_value(q["names"].clone()).unwrap();
+    let qlevels: Vec<Vec<i64>> = q["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect())
+        .collect();
+    let got = flamegraph_stacks(&names, &levels);
+    assert_eq!(got, flamegraph_stacks(&qnames, &qlevels));
+    assert_eq!(got.values().sum::<i64>(), total(3));
+
+    // A folded file too; List shows both, newest first, per tenant.
+    let folded = base64::engine::general_purpose::STANDARD.encode(b"main;a 3\nmain;b 1\n");
+    let r = connect_json(
+        k.port,
+        "/adhocprofiles.v1.AdHocProfileService/Upload",
+        &[("x-scope-orgid", "t1")],
+        json!({"name": "my stacks.txt", "profile": folded}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["profileTypes"], json!(["my_stacks.txt"]));
+    let r = connect_json(k.port, "/adhocprofiles.v1.AdHocProfileService/List", &[("x-scope-orgid", "t1")], json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json()["profiles"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["name"], "my_stacks.txt");
+    assert_eq!(list[1]["id"], id.as_str());
+    assert!(list[0]["uploadedAt"].as_str().unwrap().parse::<i64>().unwrap() >= now_ms() - 60_000);
+    let r = connect_json(k.port, "/adhocprofiles.v1.AdHocProfileService/List", &[("x-scope-orgid", "t2")], json!({}));
+    assert_eq!(r.json(), json!({}), "another tenant has none");
+    // And it is in the bucket: after a restart Get still answers.
+    let data = k.kill();
+    let k = Kiln::start_in(data, &flags);
+    let r = connect_json(
+        k.port,
+        "/adhocprofiles.v1.AdHocProfileService/Get",
+        &[("x-scope-orgid", "t1")],
+        json!({"id": id}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["profileType"], types[0].as_str());
+    // Diff of the pprof with itself: both sides the same total.
+    let r = connect_json(
+        k.port,
+        "/adhocprofiles.v1.AdHocProfileService/Diff",
+        &[("x-scope-orgid", "t1")],
+        json!({"leftId": id, "rightId": id, "profileType": types[1]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d: serde_json::Value = serde_json::from_str(r.json()["flamebearerProfile"].as_str().unwrap()).unwrap();
+    assert_eq!((d["leftTicks"].as_i64(), d["rightTicks"].as_i64()), (Some(total(1)), Some(total(1))));
+    assert_eq!(d["metadata"]["format"], "double");
+}
+
+#[test]
+fn ad_hoc_bad_input_is_refused_clearly() {
+    use base64::Engine;
+    let k = Kiln::start(&["-validation.max-profile-size-bytes=1000"]);
+    let up = |name: &str, b: &[u8]| {
+        let body = json!({"name": name, "profile": base64::engine::general_purpose::STANDARD.encode(b)});
+        connect_json(k.port, "/adhocprofiles.v1.AdHocProfileService/Upload", &[], body)
+    };
+    let r = up("big.txt", &b"a;b 1\n".repeat(200));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["message"].as_str().unwrap().contains("exceeds limit of 1000 bytes"), "{}", r.text());
+    let r = up("x.pprof", b"\x0a\x02garbage");
+    assert_eq!((r.status, r.json()["code"].as_str()), (400, Some("invalid_argument")), "{}", r.text());
+    let r = up("x.jfr", b"FLR\0\0\0");
+    assert!(r.json()["message"].as_str().unwrap().contains("JFR"), "{}", r.text());
+    let r = connect_json(k.port, "/adhocprofiles.v1.AdHocProfileService/Get", &[], json!({"id": "../x"}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = connect_json(
+        k.port,
+        "/adhocprofiles.v1.AdHocProfileService/Get",
+        &[],
+        json!({"id": "01JAAAAAAAAAAAAAAAAAAAAAAA-nope"}),
+    );
+    assert_eq!((r.status, r.json()["code"].as_str()), (404, Some("not_found")), "{}", r.text());
+    // Nothing refused was stored.
+    let r = connect_json(k.port, "/adhocprofiles.v1.AdHocProfileService/List", &[], json!({}));
+    assert_eq!(r.json(), json!({}));
+}

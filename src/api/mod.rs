@@ -118,6 +118,7 @@ pub struct Edge {
     pub querier: Rc<Querier>,
     pub ingester: Ingester,
     pub settings: crate::tenant_settings::TenantSettings,
+    pub ad_hoc: crate::ad_hoc_profiles::AdHocProfiles,
 }
 
 impl Edge {
@@ -171,7 +172,12 @@ impl Edge {
         };
         let ingester = Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone());
         let settings = crate::tenant_settings::TenantSettings::new(shared.store.clone(), cfg.multitenancy_enabled);
-        Edge { id, mesh, distributor, querier, ingester, settings, shared }
+        let ad_hoc = crate::ad_hoc_profiles::AdHocProfiles::new(
+            shared.store.clone(),
+            shared.limits.clone(),
+            cfg.multitenancy_enabled,
+        );
+        Edge { id, mesh, distributor, querier, ingester, settings, ad_hoc, shared }
     }
 
     pub fn cfg(&self) -> &Config {

@@ -8,7 +8,7 @@ use crate::service::call::Call;
 use crate::service::codec::Protocol;
 use crate::service::routes::{self, Class, HttpRoute, RpcService, QUERY_BODY_LIMIT};
 use crate::service::{Code, Req, RpcError};
-use crate::{distributor, ingester, querier, query_frontend, query_scheduler, tenant_settings};
+use crate::{ad_hoc_profiles, distributor, ingester, querier, query_frontend, query_scheduler, tenant_settings};
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use std::rc::Rc;
@@ -51,12 +51,13 @@ enum RpcOwner {
     Scheduler,
     Frontend,
     Settings,
+    AdHoc,
     Ops,
 }
 
 /// The owner and service of an RPC path (`/<service>/<Method>`).
 fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService)> {
-    let tables: [(RpcOwner, &'static [RpcService]); 8] = [
+    let tables: [(RpcOwner, &'static [RpcService]); 9] = [
         (RpcOwner::Distributor, distributor::RPC),
         (RpcOwner::Querier, querier::RPC),
         (RpcOwner::Replica, querier::replicas::RPC),
@@ -64,6 +65,7 @@ fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService)> {
         (RpcOwner::Scheduler, query_scheduler::RPC),
         (RpcOwner::Frontend, query_frontend::RPC),
         (RpcOwner::Settings, tenant_settings::RPC),
+        (RpcOwner::AdHoc, ad_hoc_profiles::RPC),
         (RpcOwner::Ops, ops::RPC),
     ];
     tables.into_iter().find_map(|(owner, table)| routes::find_rpc(table, path).map(|(s, _)| (owner, s)))
@@ -91,10 +93,9 @@ impl Dest {
         match self {
             Dest::Rpc(RpcOwner::Distributor, _) | Dest::Http(HttpDest::Distributor(_)) => runs(Component::Distributor),
             // A query-frontend serves the querier's public API (evaluated through the schedulers);
-            // tenant settings are served with it, where Grafana asks.
-            Dest::Rpc(RpcOwner::Querier | RpcOwner::Settings, _) | Dest::Http(HttpDest::Querier(_)) => {
-                runs(Component::Querier) || runs(Component::QueryFrontend)
-            }
+            // tenant settings and ad hoc profiles are served with it, where Grafana asks.
+            Dest::Rpc(RpcOwner::Querier | RpcOwner::Settings | RpcOwner::AdHoc, _)
+            | Dest::Http(HttpDest::Querier(_)) => runs(Component::Querier) || runs(Component::QueryFrontend),
             Dest::Rpc(RpcOwner::Scheduler, _) => runs(Component::QueryScheduler),
             Dest::Rpc(RpcOwner::Frontend, _) => runs(Component::QueryFrontend),
             Dest::Rpc(RpcOwner::Ingester, _) | Dest::Http(HttpDest::Ingester(_)) => runs(Component::Ingester),
@@ -275,7 +276,7 @@ fn has_side_effects(path: &str, dest: &Dest) -> bool {
         "/settings.v1.SettingsService/Delete",
         "/adhocprofiles.v1.AdHocProfileService/Upload",
     ];
-    dest.class().is_write()
+    matches!(dest.class(), Class::Push | Class::Internal)
         || matches!(dest, Dest::Rpc(RpcOwner::Scheduler | RpcOwner::Frontend | RpcOwner::Replica, _))
         || CHANGES.contains(&path)
 }
@@ -324,6 +325,7 @@ async fn rpc_message(core: &Rc<Edge>, proto: Protocol, r: &Req, msg: bytes::Byte
             None => call.unimplemented(),
         },
         Dest::Rpc(RpcOwner::Settings, _) => core.settings.serve_rpc(&call, method).await,
+        Dest::Rpc(RpcOwner::AdHoc, _) => core.ad_hoc.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Ops, s) => ops::serve_rpc(core, &call, s.name, method).await,
         Dest::Http(_) | Dest::Unknown => call.unimplemented(),
     };

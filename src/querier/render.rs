@@ -88,7 +88,7 @@ fn units(pt: &ProfileType) -> &str {
     }
 }
 
-fn metadata(pt: &ProfileType, format: &str) -> Value {
+pub(crate) fn metadata(pt: &ProfileType, format: &str) -> Value {
     json!({
         "format": format,
         "spyName": "",
@@ -98,7 +98,7 @@ fn metadata(pt: &ProfileType, format: &str) -> Value {
     })
 }
 
-fn flamebearer(fg: &FlameGraph) -> Value {
+pub(crate) fn flamebearer(fg: &FlameGraph) -> Value {
     json!({
         "names": fg.names,
         "levels": fg.levels.iter().map(|l| l.values.clone()).collect::<Vec<_>>(),
@@ -254,7 +254,7 @@ pub async fn render_diff(querier: &Rc<Querier>, r: &Req) -> Response {
     }
 }
 
-fn diff_json(fg: &FlameGraphDiff, pt: &ProfileType) -> Value {
+pub(crate) fn diff_json(fg: &FlameGraphDiff, pt: &ProfileType) -> Value {
     json!({
         "version": 1,
         "flamebearer": {

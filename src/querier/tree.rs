@@ -7,6 +7,7 @@
 use kiln_io::codec::Writer;
 use kiln_proto::querier::v1::{FlameGraph, FlameGraphDiff, Level};
 use kiln_shards::model::childindex::ChildIndex;
+use kiln_shards::model::profile::Profile;
 use kiln_shards::query::FlameTree;
 use rustc_hash::FxHashMap;
 use std::cmp::{Ordering, Reverse};
@@ -163,6 +164,43 @@ impl Tree {
         }
         t.finish();
         t
+    }
+
+    /// Adds one sample type (`value_index`) of a normalised profile: each sample's stack
+    /// root first, a location's frames its functions' names (outermost caller first) or,
+    /// without symbols, its address (`0x…`, as the query path names it). Samples of value 0 in
+    /// that type are left out.
+    pub fn add_profile(&mut self, p: &Profile, value_index: usize) {
+        // Each location's frames as name ids, found once.
+        let frames: Vec<Vec<u32>> = p
+            .locations
+            .iter()
+            .map(|l| {
+                if l.lines.is_empty() {
+                    return vec![self.name_id(&format!("0x{:x}", l.address))];
+                }
+                l.lines
+                    .iter()
+                    .rev()
+                    .map(|line| {
+                        let f = p.functions.get(line.function as usize).map_or(0, |f| f.name);
+                        self.name_id(p.string(f))
+                    })
+                    .collect()
+            })
+            .collect();
+        for sample in &p.samples {
+            // A stack without value in this type draws nothing: no zero-wide nodes.
+            let Some(&value) = sample.values.get(value_index).filter(|v| **v != 0) else { continue };
+            let mut node = 0;
+            for &loc in sample.locations.iter().rev() {
+                for &name in frames.get(loc as usize).map_or(&[][..], Vec::as_slice) {
+                    node = self.child(node, name);
+                }
+            }
+            let n = &mut self.nodes[node as usize];
+            n.self_ = n.self_.saturating_add(value);
+        }
     }
 
     /// Adds one root-first stack (used by tests and the diff goldens).

@@ -131,11 +131,6 @@ fn checked(setting: Option<s::Setting>) -> Result<s::Setting, RpcError> {
     Ok(setting)
 }
 
-fn store_error(e: StoreError) -> RpcError {
-    let code = if e.kind().retryable() { Code::Unavailable } else { Code::Internal };
-    RpcError::new(code, format!("tenant settings: {e}"))
-}
-
 /// The tenant settings service on one core.
 pub struct TenantSettings {
     store: Store,
@@ -166,7 +161,7 @@ impl TenantSettings {
         let file = match self.store.get(path.clone()).await {
             Ok(bytes) => SettingsFile::parse(&bytes).map_err(|e| RpcError::internal(format!("{path}: {e}")))?,
             Err(StoreError::NotFound(_)) => SettingsFile::default(),
-            Err(e) => return Err(store_error(e)),
+            Err(e) => return Err(RpcError::store("tenant settings", &e)),
         };
         Ok(s::GetSettingsResponse { settings: file.list() })
     }
@@ -193,7 +188,7 @@ impl TenantSettings {
                 })
             })
             .await
-            .map_err(store_error)?;
+            .map_err(|e| RpcError::store("tenant settings", &e))?;
         outcome
     }
 
