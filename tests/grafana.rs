@@ -206,6 +206,8 @@ fn unserved_methods_name_what_is_missing() {
     for (path, missing) in [
         ("/settings.v1.RecordingRulesService/ListRecordingRules", "recording rules"),
         ("/querier.v1.QuerierService/SelectMergeSpanProfile", "span ids"),
+        ("/querier.v1.QuerierService/SelectHeatmap", "each profile's own total"),
+        ("/debuginfo.v1alpha1.DebuginfoService/ShouldInitiateUpload", "debug info"),
         ("/vcs.v1.VCSService/GetFile", "source code"),
         ("/nope.v1.Nope/Nothing", "not implement"),
     ] {
