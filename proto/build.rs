@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "version/v1/version.proto",
     "grpc/health/v1/health.proto",
     "kiln/v1/pprof_input.proto",
+    "settings/v1/setting.proto",
+    "adhocprofiles/v1/adhocprofiles.proto",
 ];
 
 fn main() {
@@ -30,6 +32,15 @@ fn main() {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)
         .unwrap()
-        .build(&[".google.v1", ".types.v1", ".push.v1", ".querier.v1", ".version.v1", ".grpc.health.v1"])
+        .build(&[
+            ".google.v1",
+            ".types.v1",
+            ".push.v1",
+            ".querier.v1",
+            ".version.v1",
+            ".grpc.health.v1",
+            ".settings.v1",
+            ".adhocprofiles.v1",
+        ])
         .expect("pbjson codegen");
 }

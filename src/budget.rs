@@ -250,6 +250,15 @@ fn run_read_path_wire(data: &[u8]) {
     let _ = wire::decode_result(&b);
 }
 
+fn run_ad_hoc(data: &[u8]) {
+    // A file of any format, told apart by its bytes (no extension), as an upload is; and the
+    // same bytes as a Connect GET's query string.
+    let _ = crate::ad_hoc_profiles::parse("upload", data, limits::INFLATE, limits::SAMPLES);
+    if let Ok(query) = std::str::from_utf8(data) {
+        let _ = crate::api::rpc::get_request(query, limits::INFLATE);
+    }
+}
+
 use kiln_shards::model::selector::{MAX_REGEX_BYTES, MAX_REGEX_MATCHERS};
 
 /// Every decoder of untrusted bytes, with its budget. The per-byte factors are what the
@@ -335,6 +344,19 @@ pub const DECODERS: &[Decoder] = &[
         run: run_replica_push,
         // As `wal_payload`: a one-byte sample becomes a 48-byte `Sample` and its 4-byte index.
         budget: Budget { fixed_bytes: 1 << 20, bytes_per_byte: 64, fixed_allocs: 256, allocs_per_byte: 2 },
+    },
+    Decoder {
+        name: "ad_hoc",
+        run: run_ad_hoc,
+        // The pprof decoder's, with the flame tree built from the decoded profile beside it:
+        // a frame of a stack (a byte or two of a location id, or of folded text) becomes a
+        // tree node (its struct, its child index entry, the walk's lists) of about 50 bytes.
+        budget: Budget {
+            fixed_bytes: 2 * limits::INFLATE + (1 << 20),
+            bytes_per_byte: 96,
+            fixed_allocs: 256,
+            allocs_per_byte: 2,
+        },
     },
     Decoder {
         name: "read_path_wire",

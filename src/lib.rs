@@ -7,6 +7,7 @@
 //! pages): it imports the components, and none imports it. `service` is the contract between
 //! the two (request, answer, status, route tables). `target` maps `-target` to the
 //! components it starts and starts them in order; `config` parses flags and the YAML file.
+pub mod ad_hoc_profiles;
 pub mod api;
 pub mod budget;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod query_scheduler;
 pub mod service;
 pub mod store_gateway;
 pub mod target;
+pub mod tenant_settings;
 pub mod timeparse;
 
 pub use target::run;

@@ -75,7 +75,7 @@ pub fn run(cfg: Config) {
     // Gossip starts before the WAL replay: the others see this instance PENDING until its
     // heads hold everything it acknowledged, then ACTIVE.
     let cluster = own.clone().map(|own| start_cluster(&cfg, own));
-    let shared = api::Shared::new(cfg, cluster.clone(), &store);
+    let shared = api::Shared::new(cfg, cluster.clone(), store.clone());
     tracing::info!(
         cores,
         port = shared.cfg.http_listen_port,

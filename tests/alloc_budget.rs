@@ -560,3 +560,25 @@ fn read_path_messages() {
         ],
     );
 }
+
+/// Ad hoc profile files (`kiln::ad_hoc_profiles::parse`, which sniffs the format): deep and
+/// wide folded text, a flamebearer JSON of many nodes, every pprof fixture; and Connect GET
+/// query strings, which the same decoder reads.
+#[test]
+fn ad_hoc_files() {
+    let distinct: String = (0..100_000).map(|i| format!("{i:x};")).collect::<String>() + " 1\n";
+    let wide: String = (0..100_000).map(|i| format!("a;{i:x} 1\n")).collect();
+    let levels: Vec<String> = (0..20_000).map(|i| format!("[0,1,1,{}]", i % 2)).collect();
+    let json = format!(r#"{{"flamebearer":{{"names":["total","a"],"levels":[{}]}}}}"#, levels.join(","));
+    let get = format!("encoding=json&message={}", "%41".repeat(300_000));
+    let mut inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("100000 distinct frames in one folded stack", distinct.into_bytes()),
+        ("100000 folded stacks", wide.into_bytes()),
+        ("a flamebearer 20000 levels deep", json.into_bytes()),
+        ("a Connect GET of 300000 escapes", get.into_bytes()),
+        ("Go stacks the repair extends", go_repair_chain_profile(15_900)),
+    ];
+    let fixtures = fixtures();
+    inputs.extend(fixtures.iter().map(|(n, b)| (n.as_str(), b.clone())));
+    holds("ad_hoc", &inputs);
+}

@@ -1,5 +1,5 @@
 //! The wire messages kiln speaks: pprof (`google.v1`), Pyroscope's `push.v1`, `querier.v1`,
-//! `types.v1` and `version.v1`, and gRPC health. Field numbers follow Pyroscope's protos
+//! `types.v1`, `version.v1`, `settings.v1` and `adhocprofiles.v1`, and gRPC health. Field numbers follow Pyroscope's protos
 //! (see shared/api.md); every message also has serde impls in the proto3 JSON mapping
 //! (lowerCamel names, 64-bit integers as strings) for Connect's `application/json` codec.
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -40,6 +40,18 @@ pub mod grpc {
             include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
             include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.serde.rs"));
         }
+    }
+}
+pub mod settings {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/settings.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/settings.v1.serde.rs"));
+    }
+}
+pub mod adhocprofiles {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/adhocprofiles.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/adhocprofiles.v1.serde.rs"));
     }
 }
 pub mod kiln {

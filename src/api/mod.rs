@@ -47,13 +47,16 @@ pub struct Shared {
     pub workers: Option<Arc<crate::querier::worker::Workers>>,
     /// The bucket indexes a cluster's querier checks each query's blocks against.
     pub catalog: Option<Arc<crate::querier::coverage::Catalog>>,
+    /// The process's object storage (its store thread), where tenant settings and ad hoc
+    /// profiles are kept.
+    pub store: kiln_io::store::Store,
 }
 
 impl Shared {
     /// `cfg.http_conn_limit` and `cfg.max_inflight_body_bytes` are resolved by then (see
-    /// `target::run`); unset they mean no limit here. `store`: the blocks' bucket, whose
-    /// indexes a cluster's queries are checked against.
-    pub fn new(cfg: Config, cluster: Option<Arc<crate::cluster::Cluster>>, store: &kiln_io::store::Store) -> Arc<Self> {
+    /// `target::run`); unset they mean no limit here. `store`: the process's object storage,
+    /// whose bucket indexes a cluster's queries are checked against.
+    pub fn new(cfg: Config, cluster: Option<Arc<crate::cluster::Cluster>>, store: kiln_io::store::Store) -> Arc<Self> {
         let n = cfg.effective_cores();
         let timeouts = conn::Timeouts::new(
             cfg.http_server_read_timeout,
@@ -104,6 +107,7 @@ impl Shared {
             readiness: Arc::new(Readiness::new(n)),
             started: Instant::now(),
             cluster,
+            store,
         })
     }
 
@@ -122,6 +126,8 @@ pub struct Edge {
     pub distributor: Rc<Distributor>,
     pub querier: Rc<Querier>,
     pub ingester: Ingester,
+    pub settings: crate::tenant_settings::TenantSettings,
+    pub ad_hoc: crate::ad_hoc_profiles::AdHocProfiles,
 }
 
 impl Edge {
@@ -176,7 +182,13 @@ impl Edge {
         };
         let ingester =
             Ingester::new(ingesters, shared.readiness.clone(), shared.limits.clone(), shared.cluster.clone());
-        Edge { id, mesh, distributor, querier, ingester, shared }
+        let settings = crate::tenant_settings::TenantSettings::new(shared.store.clone(), cfg.multitenancy_enabled);
+        let ad_hoc = crate::ad_hoc_profiles::AdHocProfiles::new(
+            shared.store.clone(),
+            shared.limits.clone(),
+            cfg.multitenancy_enabled,
+        );
+        Edge { id, mesh, distributor, querier, ingester, settings, ad_hoc, shared }
     }
 
     pub fn cfg(&self) -> &Config {

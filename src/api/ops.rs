@@ -4,7 +4,7 @@ use super::{metrics, Edge};
 use crate::cluster::now_ms;
 use crate::cluster::pages::{self, Which};
 use crate::service::body::{text, RespBody, Response};
-use crate::service::call::{self, Call, Reply};
+use crate::service::call::{Call, Reply};
 use crate::service::routes::{Class, HttpRoute, RpcService};
 use crate::service::Req;
 use http::Method;
@@ -107,7 +107,7 @@ pub async fn serve_rpc(core: &Rc<Edge>, rpc: &Call<'_>, service: &str, method: &
         ("grpc.health.v1.Health", "Check") => {
             rpc.unary(|_: kiln_proto::grpc::health::v1::HealthCheckRequest| async move { Ok(health(core)) }).await
         }
-        _ => call::unimplemented(),
+        _ => rpc.unimplemented(),
     }
 }
 

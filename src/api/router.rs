@@ -4,11 +4,11 @@
 use super::{conn, inflight, ops, rpc, Edge};
 use crate::config::{Component, Target};
 use crate::service::body::{http_error, Response};
-use crate::service::call::{self, Call};
+use crate::service::call::Call;
 use crate::service::codec::Protocol;
 use crate::service::routes::{self, Class, HttpRoute, RpcService, QUERY_BODY_LIMIT};
 use crate::service::{Code, Req, RpcError};
-use crate::{distributor, ingester, querier, query_frontend, query_scheduler};
+use crate::{ad_hoc_profiles, distributor, ingester, querier, query_frontend, query_scheduler, tenant_settings};
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use std::rc::Rc;
@@ -50,18 +50,22 @@ enum RpcOwner {
     Ingester,
     Scheduler,
     Frontend,
+    Settings,
+    AdHoc,
     Ops,
 }
 
 /// The owner and service of an RPC path (`/<service>/<Method>`).
 fn find_rpc(path: &str) -> Option<(RpcOwner, &'static RpcService)> {
-    let tables: [(RpcOwner, &'static [RpcService]); 7] = [
+    let tables: [(RpcOwner, &'static [RpcService]); 9] = [
         (RpcOwner::Distributor, distributor::RPC),
         (RpcOwner::Querier, querier::RPC),
         (RpcOwner::Replica, querier::replicas::RPC),
         (RpcOwner::Ingester, ingester::remote::RPC),
         (RpcOwner::Scheduler, query_scheduler::RPC),
         (RpcOwner::Frontend, query_frontend::RPC),
+        (RpcOwner::Settings, tenant_settings::RPC),
+        (RpcOwner::AdHoc, ad_hoc_profiles::RPC),
         (RpcOwner::Ops, ops::RPC),
     ];
     tables.into_iter().find_map(|(owner, table)| routes::find_rpc(table, path).map(|(s, _)| (owner, s)))
@@ -88,10 +92,10 @@ impl Dest {
         let runs = |c| target.runs(c);
         match self {
             Dest::Rpc(RpcOwner::Distributor, _) | Dest::Http(HttpDest::Distributor(_)) => runs(Component::Distributor),
-            // A query-frontend serves the querier's public API (evaluated through the schedulers).
-            Dest::Rpc(RpcOwner::Querier, _) | Dest::Http(HttpDest::Querier(_)) => {
-                runs(Component::Querier) || runs(Component::QueryFrontend)
-            }
+            // A query-frontend serves the querier's public API (evaluated through the schedulers);
+            // tenant settings and ad hoc profiles are served with it, where Grafana asks.
+            Dest::Rpc(RpcOwner::Querier | RpcOwner::Settings | RpcOwner::AdHoc, _)
+            | Dest::Http(HttpDest::Querier(_)) => runs(Component::Querier) || runs(Component::QueryFrontend),
             Dest::Rpc(RpcOwner::Scheduler, _) => runs(Component::QueryScheduler),
             Dest::Rpc(RpcOwner::Frontend, _) => runs(Component::QueryFrontend),
             Dest::Rpc(RpcOwner::Ingester, _) | Dest::Http(HttpDest::Ingester(_)) => runs(Component::Ingester),
@@ -203,6 +207,9 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, dest: Dest, cla
     };
 
     if is_rpc_path(&r.path) {
+        if r.method == Method::GET {
+            return connect_get(core, &r, limit, &dest).await;
+        }
         let Some(proto) = proto else {
             return http_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -261,6 +268,34 @@ fn body_error(rpc: Option<Protocol>, e: inflight::BodyError) -> Response {
     }
 }
 
+/// Methods that change something: never served on a Connect GET, which the Connect
+/// protocol keeps for side-effect-free calls (a GET may be repeated, cached or prefetched).
+fn has_side_effects(path: &str, dest: &Dest) -> bool {
+    const CHANGES: &[&str] = &[
+        "/settings.v1.SettingsService/Set",
+        "/settings.v1.SettingsService/Delete",
+        "/adhocprofiles.v1.AdHocProfileService/Upload",
+    ];
+    matches!(dest.class(), Class::Push | Class::Internal)
+        || matches!(dest, Dest::Rpc(RpcOwner::Scheduler | RpcOwner::Frontend | RpcOwner::Replica, _))
+        || CHANGES.contains(&path)
+}
+
+/// A Connect GET (`?encoding=…&message=…`): the message from the query string, answered as
+/// the same method's unary POST would be. Methods with side effects answer 405.
+async fn connect_get(core: &Rc<Edge>, r: &Req, limit: usize, dest: &Dest) -> Response {
+    if has_side_effects(&r.path, dest) {
+        let msg = format!("{} changes state: it is served on POST only, never on a Connect GET", r.path);
+        let mut resp = http_error(StatusCode::METHOD_NOT_ALLOWED, &msg);
+        resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return resp;
+    }
+    match rpc::get_request(&r.query, limit.max(1)) {
+        Ok((proto, msg)) => rpc_message(core, proto, r, msg, dest).await,
+        Err(e) => rpc::respond_error(Protocol::ConnectJson, &e),
+    }
+}
+
 /// Unframes an RPC's message (inflated within `limit`), hands it to the service's component
 /// and frames the answer in the caller's protocol.
 async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize, dest: &Dest) -> Response {
@@ -268,7 +303,12 @@ async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize, dest:
         Ok(m) => m,
         Err(e) => return rpc::respond_error(proto, &e),
     };
-    let call = Call { proto, headers: &r.headers, msg: &msg };
+    rpc_message(core, proto, r, msg, dest).await
+}
+
+/// Hands an unframed RPC message to the service's component and frames the answer.
+async fn rpc_message(core: &Rc<Edge>, proto: Protocol, r: &Req, msg: bytes::Bytes, dest: &Dest) -> Response {
+    let call = Call { path: &r.path, proto, headers: &r.headers, msg: &msg };
     // An RPC path is `/<service>/<Method>`.
     let method = r.path.rsplit_once('/').map_or("", |(_, m)| m);
     let reply = match dest {
@@ -278,14 +318,16 @@ async fn rpc_call(core: &Rc<Edge>, proto: Protocol, r: &Req, limit: usize, dest:
         Dest::Rpc(RpcOwner::Ingester, _) => core.ingester.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Scheduler, _) => match &core.shared.scheduler {
             Some(s) => s.serve_rpc(&call, method).await,
-            None => call::unimplemented(),
+            None => call.unimplemented(),
         },
         Dest::Rpc(RpcOwner::Frontend, _) => match &core.shared.frontend {
             Some(f) => f.serve_rpc(&call, method),
-            None => call::unimplemented(),
+            None => call.unimplemented(),
         },
+        Dest::Rpc(RpcOwner::Settings, _) => core.settings.serve_rpc(&call, method).await,
+        Dest::Rpc(RpcOwner::AdHoc, _) => core.ad_hoc.serve_rpc(&call, method).await,
         Dest::Rpc(RpcOwner::Ops, s) => ops::serve_rpc(core, &call, s.name, method).await,
-        Dest::Http(_) | Dest::Unknown => call::unimplemented(),
+        Dest::Http(_) | Dest::Unknown => call.unimplemented(),
     };
     match reply {
         Ok(payload) => rpc::respond(proto, &r.headers, payload),

@@ -67,6 +67,66 @@ pub fn request_bytes(proto: Protocol, headers: &HeaderMap, body: Bytes, limit: u
     }
 }
 
+/// A Connect GET request's protocol and message, from its query string
+/// (`?encoding=json|proto&message=…[&base64=1][&compression=gzip|identity][&connect=v1]`,
+/// the form connect-web sends for side-effect-free methods). The message is inflated within
+/// `limit`, and a message longer than `limit` is refused before it is decoded.
+pub fn get_request(query: &str, limit: usize) -> Result<(Protocol, Bytes), RpcError> {
+    let (mut encoding, mut message, mut base64, mut compression) = (None, None, false, None);
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match k {
+            "encoding" => encoding = Some(v),
+            "message" => message = Some(v),
+            "base64" => base64 = v == "1",
+            "compression" => compression = Some(v),
+            _ => {}
+        }
+    }
+    let proto = match encoding {
+        Some("json") => Protocol::ConnectJson,
+        Some("proto") => Protocol::ConnectProto,
+        Some(other) => {
+            return Err(RpcError::invalid(format!("Connect GET: unknown encoding {other:?} (use json or proto)")))
+        }
+        None => return Err(RpcError::invalid("Connect GET: the encoding parameter is required (json or proto)")),
+    };
+    let raw = message.ok_or_else(|| RpcError::invalid("Connect GET: the message parameter is required"))?;
+    // Percent-decoding never lengthens; base64 shortens. So `limit` bounds every step.
+    if raw.len() > limit.saturating_mul(3) {
+        return Err(RpcError::new(
+            Code::ResourceExhausted,
+            format!("Connect GET: the message is {} bytes, more than the {limit} bytes a request may carry", raw.len()),
+        ));
+    }
+    let mut bytes = crate::service::request::percent_decode_bytes(raw);
+    if base64 {
+        use base64::Engine;
+        let text: Vec<u8> = bytes.iter().copied().filter(|b| *b != b'=').collect();
+        bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&text)
+            .map_err(|e| RpcError::invalid(format!("Connect GET: the message is not URL-safe base64: {e}")))?;
+    }
+    let bytes = match compression {
+        None | Some("identity") => bytes,
+        Some("gzip") => compress::gunzip_bounded(&bytes, limit)
+            .map_err(|e| RpcError::invalid(format!("Connect GET: message: {e}")))?,
+        Some(other) => {
+            return Err(RpcError::new(
+                Code::Unimplemented,
+                format!("Connect GET: unsupported compression {other:?} (use gzip or identity)"),
+            ))
+        }
+    };
+    if bytes.len() > limit {
+        return Err(RpcError::new(
+            Code::ResourceExhausted,
+            format!("Connect GET: the message is {} bytes, more than the limit of {limit}", bytes.len()),
+        ));
+    }
+    Ok((proto, Bytes::from(bytes)))
+}
+
 fn grpc_frame(flag: u8, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(5 + payload.len());
     b.put_u8(flag);
@@ -174,6 +234,33 @@ mod tests {
         let h = HeaderMap::new();
         let e = request_bytes(Protocol::Grpc, &h, Bytes::from_static(&[0, 0, 0, 0, 9, 1]), 100).unwrap_err();
         assert_eq!(e.code, Code::InvalidArgument);
+    }
+
+    #[test]
+    fn connect_get_messages() {
+        let (p, m) = get_request("connect=v1&encoding=json&message=%7B%22name%22%3A%22a%22%7D", 100).unwrap();
+        assert_eq!((p, &m[..]), (Protocol::ConnectJson, &br#"{"name":"a"}"#[..]));
+        // base64 URL-safe, padded or not, of the protobuf bytes 0a 01 61
+        for q in ["encoding=proto&base64=1&message=CgFh", "encoding=proto&base64=1&message=CgFh%3D"] {
+            let (p, m) = get_request(q, 100).unwrap();
+            assert_eq!((p, &m[..]), (Protocol::ConnectProto, &[0x0a, 0x01, b'a'][..]));
+        }
+        let gz = compress::gzip(b"{}");
+        let b64 = {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&gz)
+        };
+        let (_, m) = get_request(&format!("encoding=json&base64=1&compression=gzip&message={b64}"), 100).unwrap();
+        assert_eq!(&m[..], b"{}");
+        for bad in ["message=%7B%7D", "encoding=xml&message=1", "encoding=json", "encoding=proto&base64=1&message=***"]
+        {
+            assert_eq!(get_request(bad, 100).unwrap_err().code, Code::InvalidArgument, "{bad}");
+        }
+        assert_eq!(get_request("encoding=json&compression=br&message=1", 100).unwrap_err().code, Code::Unimplemented);
+        let long = format!("encoding=json&message={}", "a".repeat(301));
+        assert_eq!(get_request(&long, 100).unwrap_err().code, Code::ResourceExhausted);
+        let long = format!("encoding=json&message={}", "a".repeat(101));
+        assert_eq!(get_request(&long, 100).unwrap_err().code, Code::ResourceExhausted);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod wirecost;
 
 use crate::config::{Limits, TenantLimits};
 use crate::ingester::client::IngesterClient;
-use crate::service::call::{self, Call, Reply};
+use crate::service::call::{Call, Reply};
 use crate::service::codec;
 use crate::service::routes::{Class, HttpRoute, RpcService};
 use crate::service::{tenant, Code, Req, Response, RpcError};
@@ -98,7 +98,7 @@ impl Distributor {
     /// `push.v1.PusherService`: only Push.
     pub async fn serve_rpc(self: &Rc<Self>, call: &Call<'_>, method: &str) -> Reply {
         if method != "Push" {
-            return call::unimplemented();
+            return call.unimplemented();
         }
         let req = push::decode_request(call.proto, call.msg, self.limits.default().body_limit_bytes())?;
         let resp = push::push(self, call.headers, req).await?;

@@ -7,7 +7,7 @@
 //! and answers once they are durable in its WAL.
 use super::client::{IngesterClient, WriteError};
 use crate::config::TenantLimits;
-use crate::service::call::{self, Call, Reply};
+use crate::service::call::{Call, Reply};
 use crate::service::routes::{Class, RpcService};
 use crate::service::{Code, RpcError};
 use bytes::Bytes;
@@ -47,7 +47,7 @@ pub async fn serve(
     method: &str,
 ) -> Reply {
     if method != "Push" {
-        return call::unimplemented();
+        return c.unimplemented();
     }
     if !ready {
         return Err(RpcError::new(Code::Unavailable, "ingester not ready: replaying its WAL or shutting down"));

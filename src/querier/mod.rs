@@ -1,6 +1,7 @@
 //! The querier: turns API requests into per-core `QueryRequest`s, fans them out to every core,
 //! and merges the partial answers (trees, pprofs, series, label sets).
 pub mod coverage;
+pub mod dot;
 pub mod pprof_merge;
 pub mod render;
 pub mod replicas;
@@ -303,7 +304,11 @@ pub async fn merged_series(
 
 /// The effective `max_nodes` of a flame graph request.
 pub fn max_nodes(querier: &Querier, tenant: &str, requested: Option<i64>) -> Result<i64, RpcError> {
-    let l = querier.limits_for(tenant);
+    max_nodes_within(querier.limits_for(tenant), requested)
+}
+
+/// The effective `max_nodes` of a flame graph request under a tenant's limits.
+pub fn max_nodes_within(l: &Limits, requested: Option<i64>) -> Result<i64, RpcError> {
     let n = match requested {
         None | Some(0) => l.max_flamegraph_nodes_default,
         Some(n) => n,

@@ -88,7 +88,7 @@ fn units(pt: &ProfileType) -> &str {
     }
 }
 
-fn metadata(pt: &ProfileType, format: &str) -> Value {
+pub(crate) fn metadata(pt: &ProfileType, format: &str) -> Value {
     json!({
         "format": format,
         "spyName": "",
@@ -98,7 +98,7 @@ fn metadata(pt: &ProfileType, format: &str) -> Value {
     })
 }
 
-fn flamebearer(fg: &FlameGraph) -> Value {
+pub(crate) fn flamebearer(fg: &FlameGraph) -> Value {
     json!({
         "names": fg.names,
         "levels": fg.levels.iter().map(|l| l.values.clone()).collect::<Vec<_>>(),
@@ -173,18 +173,42 @@ struct RenderAnswer {
 }
 
 pub async fn render(querier: &Rc<Querier>, r: &Req) -> Response {
+    if r.param("format").as_deref() == Some("dot") {
+        return match render_dot(querier, r).await {
+            Ok(text) => http::Response::builder()
+                .status(200)
+                .header("content-type", "text/plain")
+                .body(RespBody::full(text))
+                .expect("valid response"),
+            Err(e) => fail(e),
+        };
+    }
     match render_inner(querier, r).await {
         Ok(v) => json_response(r, &v),
         Err(e) => fail(e),
     }
 }
 
+/// `format=dot`: the merged profile as a Graphviz call graph of at most `max-nodes` nodes
+/// (`dot::DEFAULT_MAX_NODES` when unset or 0, as Pyroscope's render); an empty body when
+/// nothing matched.
+async fn render_dot(querier: &Rc<Querier>, r: &Req) -> Result<String, RpcError> {
+    let query = r.param("query").ok_or_else(|| RpcError::invalid("\"query\" is required"))?;
+    let (pt, pt_id, sel_str) = split_query(&query)?;
+    let tenants = querier.tenants(&r.headers)?;
+    let rg = range(r, "from", "until")?;
+    let nodes = match requested_max_nodes(r).filter(|n| *n > 0) {
+        Some(n) => max_nodes(querier, &tenants[0], Some(n))?,
+        None => super::dot::DEFAULT_MAX_NODES,
+    };
+    let sel = selection(querier, tenants, Some(&pt_id), &sel_str, rg.from_ms, rg.until_ms)?;
+    let t = merged_tree(querier, sel, &[]).await?;
+    Ok(super::dot::dot(&t, &pt.sample_type, &pt.sample_unit, nodes))
+}
+
 async fn render_inner(querier: &Rc<Querier>, r: &Req) -> Result<RenderAnswer, RpcError> {
     let query = r.param("query").ok_or_else(|| RpcError::invalid("\"query\" is required"))?;
     let (pt, pt_id, sel_str) = split_query(&query)?;
-    if r.param("format").as_deref() == Some("dot") {
-        return Err(RpcError::invalid("format=dot is not supported by kiln yet"));
-    }
     let tenants = querier.tenants(&r.headers)?;
     let rg = range(r, "from", "until")?;
     let max = max_nodes(querier, &tenants[0], requested_max_nodes(r))?;
@@ -230,7 +254,7 @@ pub async fn render_diff(querier: &Rc<Querier>, r: &Req) -> Response {
     }
 }
 
-fn diff_json(fg: &FlameGraphDiff, pt: &ProfileType) -> Value {
+pub(crate) fn diff_json(fg: &FlameGraphDiff, pt: &ProfileType) -> Value {
     json!({
         "version": 1,
         "flamebearer": {

@@ -25,7 +25,7 @@ use super::coverage::Catalog;
 use super::{local_fan_out, Querier};
 use crate::cluster::pool::Pool;
 use crate::cluster::Cluster;
-use crate::service::call::{self, Call, Reply};
+use crate::service::call::{Call, Reply};
 use crate::service::routes::{Class, RpcService};
 use crate::service::{Code, RpcError};
 use bytes::Bytes;
@@ -57,7 +57,7 @@ pub struct ReplicaReader {
 /// Serves `Query`: a replica's part of another instance's query, from this process's cores.
 pub async fn serve(querier: &Querier, c: &Call<'_>, method: &str) -> Reply {
     if method != "Query" {
-        return call::unimplemented();
+        return c.unimplemented();
     }
     let req = decode_request(c.msg).map_err(|e| RpcError::invalid(format!("a replica query: {e}")))?;
     let parts = local_fan_out(querier, req).await?;

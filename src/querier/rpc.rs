@@ -35,16 +35,8 @@ pub async fn dispatch(querier: &Rc<Querier>, rpc: &service::Call<'_>, method: &s
         "Diff" => rpc.unary(|r| diff(c, r)).await,
         "GetProfileStats" => rpc.unary(|r| profile_stats(c, r)).await,
         "AnalyzeQuery" => rpc.unary(|r| analyze_query(c, r)).await,
-        "SelectMergeSpanProfile" => {
-            rpc.unary(|_: q::SelectMergeSpanProfileRequest| async {
-                Err::<q::SelectMergeSpanProfileResponse, _>(RpcError::new(
-                    Code::Unimplemented,
-                    "span profiles are not stored by kiln yet",
-                ))
-            })
-            .await
-        }
-        _ => service::call::unimplemented(),
+        // Span profiles need span ids, which kiln does not store (`call::NOT_SERVED`).
+        _ => rpc.unimplemented(),
     }
 }
 
@@ -203,7 +195,16 @@ async fn select_merge_stacktraces(
                 ..Default::default()
             })
         }
-        q::ProfileFormat::Dot => Err(RpcError::new(Code::Unimplemented, "the DOT format is not supported by kiln yet")),
+        q::ProfileFormat::Dot => {
+            // Pyroscope draws `max_nodes` nodes here, 100 when unset.
+            let nodes = r.max_nodes.filter(|n| *n > 0).map_or(super::dot::DEFAULT_MAX_NODES, |_| max);
+            let pt = ProfileType::parse(&r.profile_type_id).map_err(RpcError::invalid)?;
+            let t = merged_tree(call.querier, sel, &site).await?;
+            Ok(q::SelectMergeStacktracesResponse {
+                dot: super::dot::dot(&t, &pt.sample_type, &pt.sample_unit, nodes),
+                ..Default::default()
+            })
+        }
         q::ProfileFormat::Tree => {
             let t = merged_tree(call.querier, sel, &site).await?;
             Ok(q::SelectMergeStacktracesResponse { tree: t.tree_bytes(max), ..Default::default() })

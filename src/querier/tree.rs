@@ -7,6 +7,7 @@
 use kiln_io::codec::Writer;
 use kiln_proto::querier::v1::{FlameGraph, FlameGraphDiff, Level};
 use kiln_shards::model::childindex::ChildIndex;
+use kiln_shards::model::profile::Profile;
 use kiln_shards::query::FlameTree;
 use rustc_hash::FxHashMap;
 use std::cmp::{Ordering, Reverse};
@@ -154,6 +155,54 @@ impl Tree {
         Ok(t)
     }
 
+    /// A finished tree of `;`-joined root-first stacks and their values (tests).
+    #[cfg(test)]
+    pub fn of_stacks(stacks: &[(&str, i64)]) -> Tree {
+        let mut t = Tree::default();
+        for (s, v) in stacks {
+            t.insert_stack(&s.split(';').collect::<Vec<_>>(), *v);
+        }
+        t.finish();
+        t
+    }
+
+    /// Adds one sample type (`value_index`) of a normalised profile: each sample's stack
+    /// root first, a location's frames its functions' names (outermost caller first) or,
+    /// without symbols, its address (`0x…`, as the query path names it). Samples of value 0 in
+    /// that type are left out.
+    pub fn add_profile(&mut self, p: &Profile, value_index: usize) {
+        // Each location's frames as name ids, found once.
+        let frames: Vec<Vec<u32>> = p
+            .locations
+            .iter()
+            .map(|l| {
+                if l.lines.is_empty() {
+                    return vec![self.name_id(&format!("0x{:x}", l.address))];
+                }
+                l.lines
+                    .iter()
+                    .rev()
+                    .map(|line| {
+                        let f = p.functions.get(line.function as usize).map_or(0, |f| f.name);
+                        self.name_id(p.string(f))
+                    })
+                    .collect()
+            })
+            .collect();
+        for sample in &p.samples {
+            // A stack without value in this type draws nothing: no zero-wide nodes.
+            let Some(&value) = sample.values.get(value_index).filter(|v| **v != 0) else { continue };
+            let mut node = 0;
+            for &loc in sample.locations.iter().rev() {
+                for &name in frames.get(loc as usize).map_or(&[][..], Vec::as_slice) {
+                    node = self.child(node, name);
+                }
+            }
+            let n = &mut self.nodes[node as usize];
+            n.self_ = n.self_.saturating_add(value);
+        }
+    }
+
     /// Adds one root-first stack (used by tests and the diff goldens).
     pub fn insert_stack(&mut self, frames: &[&str], value: i64) {
         let mut n = 0;
@@ -259,6 +308,31 @@ impl Tree {
 
     pub fn total(&self) -> i64 {
         self.nodes[0].total
+    }
+
+    /// Node `n`'s parent, name id, self and total value (totals after `finish`).
+    pub fn node(&self, n: u32) -> (u32, u32, i64, i64) {
+        let node = &self.nodes[n as usize];
+        (node.parent, node.name, node.self_, node.total)
+    }
+
+    /// The name of a name id.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Walks a finished tree depth first: `visit(n, true)` for each node below the root
+    /// before its children, `visit(n, false)` after them. What a walk that keeps state per
+    /// path needs (the DOT graph's sums, which count a function once per stack).
+    pub fn walk_paths(&self, mut visit: impl FnMut(u32, bool)) {
+        let mut stack: Vec<(u32, bool)> = self.children(0).iter().rev().map(|&c| (c, true)).collect();
+        while let Some((n, entering)) = stack.pop() {
+            visit(n, entering);
+            if entering {
+                stack.push((n, false));
+                stack.extend(self.children(n).iter().rev().map(|&c| (c, true)));
+            }
+        }
     }
 
     pub fn flamegraph(&self, max_nodes: i64) -> FlameGraph {
@@ -581,22 +655,13 @@ pub fn diff(left: &Tree, right: &Tree, max_nodes: i64) -> Result<FlameGraphDiff,
 mod tests {
     use super::*;
 
-    fn tree(stacks: &[(&str, i64)]) -> Tree {
-        let mut t = Tree::default();
-        for (s, v) in stacks {
-            t.insert_stack(&s.split(';').collect::<Vec<_>>(), *v);
-        }
-        t.finish();
-        t
-    }
-
     fn levels(l: &[Level]) -> Vec<Vec<i64>> {
         l.iter().map(|l| l.values.clone()).collect()
     }
 
     #[test]
     fn pyroscope_flamegraph_golden() {
-        let t = tree(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1)]);
+        let t = Tree::of_stacks(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1)]);
         let fg = t.flamegraph(0);
         assert_eq!(fg.names, vec!["total", "a", "c", "d", "b", "e"]);
         assert_eq!(
@@ -608,7 +673,7 @@ mod tests {
 
     #[test]
     fn truncation_folds_small_nodes_into_other() {
-        let t = tree(&[("a;b", 10), ("a;c", 1), ("a;d", 1), ("x", 1)]);
+        let t = Tree::of_stacks(&[("a;b", 10), ("a;c", 1), ("a;d", 1), ("x", 1)]);
         // nodes: a(12) b(10) c(1) d(1) x(1): the 2nd largest total is 10.
         let fg = t.flamegraph(2);
         assert!(fg.names.contains(&"other".to_string()));
@@ -674,8 +739,8 @@ mod tests {
 
     #[test]
     fn pyroscope_diff_golden() {
-        let l = tree(&[("a;b", 1), ("a;c", 2)]);
-        let r = tree(&[("a;b", 4), ("a;c", 8)]);
+        let l = Tree::of_stacks(&[("a;b", 1), ("a;c", 2)]);
+        let r = Tree::of_stacks(&[("a;b", 4), ("a;c", 8)]);
         let d = diff(&l, &r, 1024).unwrap();
         assert_eq!(d.names, vec!["total", "a", "c", "b"]);
         assert_eq!(
@@ -700,8 +765,8 @@ mod tests {
     /// of a tree with itself, or with an empty tree, truncates exactly as its flame graph.
     #[test]
     fn diffs_and_flame_graphs_truncate_ties_alike() {
-        let t = tree(&[("a;b", 3), ("a;c", 2), ("a;d", 2), ("a;e", 1), ("x", 2), ("y;z", 1), ("y;w", 1)]);
-        let empty = tree(&[]);
+        let t = Tree::of_stacks(&[("a;b", 3), ("a;c", 2), ("a;d", 2), ("a;e", 1), ("x", 2), ("y;z", 1), ("y;w", 1)]);
+        let empty = Tree::of_stacks(&[]);
         for max_nodes in 0..=10 {
             let fg = t.flamegraph(max_nodes);
             let want = levels(&fg.levels);
@@ -729,7 +794,7 @@ mod tests {
             max_nodes in 0i64..24,
         ) {
             let stacks: Vec<(&str, i64)> = stacks.iter().map(|(s, v)| (s.as_str(), *v)).collect();
-            let t = tree(&stacks);
+            let t = Tree::of_stacks(&stacks);
             let fg = t.flamegraph(max_nodes);
             let d = diff(&t, &t, max_nodes).unwrap();
             proptest::prop_assert_eq!(&d.names, &fg.names);
@@ -753,7 +818,7 @@ mod tests {
             }
             path.pop();
         }
-        let t = tree(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1), ("a;f", 1), ("g", 3)]);
+        let t = Tree::of_stacks(&[("a;b;e", 1), ("a;c", 2), ("a;c;d", 1), ("a;f", 1), ("g", 3)]);
         for max_nodes in [0, 3, 5] {
             let bytes = t.tree_bytes(max_nodes);
             let mut r = kiln_io::codec::Reader::new(&bytes);
@@ -782,7 +847,7 @@ mod tests {
 
     #[test]
     fn tree_bytes_encoding() {
-        let t = tree(&[("a;b", 2), ("a", 1)]);
+        let t = Tree::of_stacks(&[("a;b", 2), ("a", 1)]);
         let b = t.tree_bytes(0);
         // root: "", 0, 1 child; a: "a", 1, 1 child; b: "b", 2, 0 children
         assert_eq!(b, vec![0, 0, 1, 1, b'a', 1, 1, 1, b'b', 2, 0]);

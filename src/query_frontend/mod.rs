@@ -18,7 +18,7 @@ use crate::cluster::pool::{CallError, Pool};
 use crate::cluster::Cluster;
 use crate::config::TenantLimits;
 use crate::query_scheduler::{self as scheduler, wire};
-use crate::service::call::{self, Call, Reply};
+use crate::service::call::{Call, Reply};
 use crate::service::routes::{Class, RpcService};
 use crate::service::{Code, RpcError};
 use bytes::Bytes;
@@ -116,7 +116,7 @@ impl FrontendShared {
     /// `kiln.frontend.v1.FrontendService`: a querier's result for one of this frontend's parts.
     pub fn serve_rpc(&self, c: &Call<'_>, method: &str) -> Reply {
         if method != "Result" {
-            return call::unimplemented();
+            return c.unimplemented();
         }
         let (id, result) = wire::decode_result(c.msg).map_err(|e| RpcError::invalid(format!("a result: {e}")))?;
         match self.pending().remove(&id) {

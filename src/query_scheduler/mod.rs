@@ -19,7 +19,7 @@ pub mod wire;
 
 use crate::cluster::Cluster;
 use crate::config::TenantLimits;
-use crate::service::call::{self, Call, Reply};
+use crate::service::call::{Call, Reply};
 use crate::service::routes::{Class, RpcService};
 use crate::service::{Code, RpcError};
 use queue::{Queue, Refused};
@@ -94,7 +94,7 @@ impl Scheduler {
             "Enqueue" => self.enqueue(c.msg),
             "Cancel" => self.cancel(c.msg),
             "Next" => self.next(c.msg).await,
-            _ => call::unimplemented(),
+            _ => c.unimplemented(),
         }
     }
 

@@ -11,6 +11,8 @@ pub type Reply = Result<Vec<u8>, RpcError>;
 
 /// One unary RPC call: the request message (unframed, inflated) and its headers.
 pub struct Call<'a> {
+    /// `/<service>/<Method>`: what an `unimplemented` answer names.
+    pub path: &'a str,
     pub proto: Protocol,
     pub headers: &'a HeaderMap,
     pub msg: &'a Bytes,
@@ -29,9 +31,36 @@ impl Call<'_> {
         let resp = f(req).await?;
         Ok(codec::encode(self.proto, &resp))
     }
+
+    /// The answer to a method kiln does not serve: Connect `unimplemented`, naming the
+    /// method and, for Pyroscope's methods kiln knows it lacks, what is missing.
+    pub fn unimplemented(&self) -> Reply {
+        Err(unimplemented(self.path))
+    }
 }
 
-/// The answer to a method a service does not have.
-pub fn unimplemented() -> Reply {
-    Err(RpcError::new(Code::Unimplemented, "method not implemented by kiln"))
+/// Pyroscope's services and methods kiln does not serve, with what is missing for each
+/// (the README lists the same). A path is matched by its longest entry.
+pub const NOT_SERVED: &[(&str, &str)] = &[
+    (
+        "/settings.v1.RecordingRulesService/",
+        "recording rules (metrics recorded from profiles) are not implemented by kiln",
+    ),
+    ("/debuginfo.v1alpha1.DebuginfoService/", "debug info uploads and symbolization are not implemented by kiln"),
+    ("/vcs.v1.VCSService/", "the source code (GitHub) integration is not implemented by kiln"),
+    ("/querier.v1.QuerierService/SelectMergeSpanProfile", "span profiles need span ids, which kiln does not store"),
+    (
+        "/querier.v1.QuerierService/SelectHeatmap",
+        "heatmaps need each profile's own total, which kiln's readers do not return yet (SelectSeries sums them per step); span heatmaps and exemplars need span and profile ids, which kiln does not store",
+    ),
+];
+
+/// `unimplemented` for `path` (`/<service>/<Method>`), naming what is missing where known.
+pub fn unimplemented(path: &str) -> RpcError {
+    let reason = NOT_SERVED
+        .iter()
+        .filter(|(prefix, _)| path.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map_or("kiln does not implement this method", |(_, why)| why);
+    RpcError::new(Code::Unimplemented, format!("{path}: {reason}"))
 }

@@ -33,6 +33,12 @@ pub fn form_urlencoded(q: &str) -> Vec<(String, String)> {
 }
 
 fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) into bytes, as they are: binary values (a
+/// Connect GET's protobuf message) are not text. A `%` without two hex digits stays as it is.
+pub fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -52,7 +58,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
@@ -66,5 +72,6 @@ mod tests {
         assert_eq!(p[2].1, "a b");
         assert_eq!(p[3].1, "%zz");
         assert_eq!(p[4].1, "%4");
+        assert_eq!(percent_decode_bytes("%00%ff+a%zz"), vec![0, 0xff, b' ', b'a', b'%', b'z', b'z']);
     }
 }

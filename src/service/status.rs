@@ -120,6 +120,12 @@ impl RpcError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
     }
+    /// An object storage failure of `what`: `unavailable` where a retry may succeed, else
+    /// `internal`.
+    pub fn store(what: &str, e: &kiln_io::store::StoreError) -> Self {
+        let code = if e.kind().retryable() { Code::Unavailable } else { Code::Internal };
+        Self::new(code, format!("{what}: {e}"))
+    }
 }
 
 impl std::fmt::Display for RpcError {

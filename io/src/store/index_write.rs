@@ -42,31 +42,21 @@ pub const LOCK_FILE: &str = "bucket-index.json.lock";
 
 /// What one read-apply-write attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Written {
-    Done,
-    /// Another writer changed (or created) the index since it was read: nothing written.
+enum Written<T> {
+    Done(T),
+    /// Another writer changed (or created) the object since it was read: nothing written.
     Conflict,
 }
 
-impl Ctx {
-    /// The tenant's index with the version it was read at, for a conditional write; an
-    /// empty index and `None` where the tenant has none yet.
-    pub(super) async fn read_index_versioned(
-        &self,
-        tenant: &str,
-    ) -> Result<(BucketIndex, Option<UpdateVersion>), StoreError> {
-        let path = BucketIndex::path(tenant);
-        match self.get_with_meta(&path).await {
-            Ok((bytes, meta)) => {
-                let idx = BucketIndex::from_json(&bytes)
-                    .map_err(|e| StoreError::Other(format!("{path} in {}: {e}", self.describe)))?;
-                Ok((idx, Some(UpdateVersion { e_tag: meta.e_tag, version: meta.version })))
-            }
-            Err(StoreError::NotFound(_)) => Ok((BucketIndex::default(), None)),
-            Err(e) => Err(e),
-        }
-    }
+/// What an edit of a stored object (`Ctx::update_object`, `Store::update`) decided: write
+/// these bytes, or leave the object as it is (unchanged, or the edit refused), with the
+/// edit's answer either way.
+pub enum Edit<T> {
+    Write(bytes::Bytes, T),
+    Keep(T),
+}
 
+impl Ctx {
     /// Applies `edit` to the tenant's stored index and writes it back, such that no other
     /// writer's update, in this process or another, is lost between the read and the write
     /// (see the module's doc). `edit` may run several times, each on a fresh read. A
@@ -77,39 +67,82 @@ impl Ctx {
         edit: impl Fn(&mut BucketIndex) + Sync,
     ) -> Result<(), StoreError> {
         let path = BucketIndex::path(tenant);
+        self.update_object(&path, |stored| {
+            let idx = match stored {
+                Some(bytes) => BucketIndex::from_json(bytes)
+                    .map_err(|e| StoreError::Other(format!("{path} in {}: {e}", self.describe)))?,
+                None => BucketIndex::default(),
+            };
+            Ok(Edit::Write(edited(idx, &edit), ()))
+        })
+        .await
+    }
+
+    /// Reads the object at `path` (`None` where there is none), hands it to `edit` and
+    /// writes back what `edit` says, such that no other writer's update of that object, in
+    /// this process or another, is lost between the read and the write: a conditional write
+    /// retried from a fresh read on a conflict, or on the filesystem a `flock` on
+    /// `<path>.lock` held from the read to the end of the write (see the module's doc).
+    /// `edit` may run several times, each on a fresh read; its last answer is returned. An
+    /// error from `edit` ends the update with nothing written.
+    pub(super) async fn update_object<T>(
+        &self,
+        path: &str,
+        edit: impl Fn(Option<&[u8]>) -> Result<Edit<T>, StoreError> + Sync,
+    ) -> Result<T, StoreError> {
         let Some(dir) = &self.local_dir else {
-            return retry_conflicts(&path, &self.describe, backoff, || self.conditional_update(tenant, &edit)).await;
+            return retry_conflicts(path, &self.describe, backoff, || self.conditional_update(path, &edit)).await;
         };
-        let lock_path = dir.join(tenant).join(LOCK_FILE);
+        let lock_path = dir.join(format!("{path}.lock"));
         let _lock = lock_local(lock_path.clone())
             .await
             .map_err(|e| super::io_error(format!("locking {} in {}: {e}", lock_path.display(), self.describe), &e))?;
-        let (idx, _) = self.read_index_versioned(tenant).await?;
-        self.put(&path, edited(idx, &edit)).await
+        let stored = match self.get(path).await {
+            Ok(bytes) => Some(bytes),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        match edit(stored.as_deref())? {
+            Edit::Write(bytes, out) => {
+                self.put(path, bytes).await?;
+                Ok(out)
+            }
+            Edit::Keep(out) => Ok(out),
+        }
     }
 
     /// One attempt: read with the version, edit, write if the version is still current.
-    async fn conditional_update(&self, tenant: &str, edit: &impl Fn(&mut BucketIndex)) -> Result<Written, StoreError> {
-        let path = BucketIndex::path(tenant);
-        let (idx, version) = self.read_index_versioned(tenant).await?;
+    async fn conditional_update<T>(
+        &self,
+        path: &str,
+        edit: &impl Fn(Option<&[u8]>) -> Result<Edit<T>, StoreError>,
+    ) -> Result<Written<T>, StoreError> {
+        let (stored, version) = match self.get_with_meta(path).await {
+            Ok((bytes, meta)) => (Some(bytes), Some(UpdateVersion { e_tag: meta.e_tag, version: meta.version })),
+            Err(StoreError::NotFound(_)) => (None, None),
+            Err(e) => return Err(e),
+        };
         let mode = match version {
             None => PutMode::Create,
             Some(UpdateVersion { e_tag: None, version: None }) => {
                 return Err(StoreError::Other(format!(
-                    "{path} in {}: the backend gave no ETag or version, so the index cannot be rewritten safely",
+                    "{path} in {}: the backend gave no ETag or version, so the object cannot be rewritten safely",
                     self.describe
                 )));
             }
             Some(v) => PutMode::Update(v),
         };
-        let p = self.path(&path)?;
-        let payload = PutPayload::from_bytes(edited(idx, edit));
-        match self.store.put_opts(&p, payload, PutOptions::from(mode)).await {
-            Ok(_) => Ok(Written::Done),
+        let (bytes, out) = match edit(stored.as_deref())? {
+            Edit::Write(bytes, out) => (bytes, out),
+            Edit::Keep(out) => return Ok(Written::Done(out)),
+        };
+        let p = self.path(path)?;
+        match self.store.put_opts(&p, PutPayload::from_bytes(bytes), PutOptions::from(mode)).await {
+            Ok(_) => Ok(Written::Done(out)),
             Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
                 Ok(Written::Conflict)
             }
-            Err(e) => Err(self.err("put", &path, e)),
+            Err(e) => Err(self.err("put", path, e)),
         }
     }
 }
@@ -124,28 +157,28 @@ fn edited(mut idx: BucketIndex, edit: &impl Fn(&mut BucketIndex)) -> bytes::Byte
 /// Runs `attempt` until it writes, at most [`MAX_ATTEMPTS`] times, pausing `pause(n)` after
 /// the `n`th conflict. An error ends it at once (the object store client has retried the
 /// request itself). Every conflict counts in `kiln_store_index_conflicts_total`.
-async fn retry_conflicts<F, Fut>(
+async fn retry_conflicts<T, F, Fut>(
     path: &str,
     describe: &str,
     pause: impl Fn(u32) -> Duration,
     mut attempt: F,
-) -> Result<(), StoreError>
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Written, StoreError>>,
+    Fut: Future<Output = Result<Written<T>, StoreError>>,
 {
     for n in 1..=MAX_ATTEMPTS {
-        if attempt().await? == Written::Done {
-            return Ok(());
+        if let Written::Done(out) = attempt().await? {
+            return Ok(out);
         }
         stats::INDEX_CONFLICTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(path, attempt = n, "bucket index changed by another writer; reading it again");
+        tracing::debug!(path, attempt = n, "object changed by another writer; reading it again");
         if n < MAX_ATTEMPTS {
             tokio::time::sleep(pause(n)).await;
         }
     }
     Err(StoreError::Unavailable(format!(
-        "{path} in {describe}: another writer changed it before each of {MAX_ATTEMPTS} rewrites (contention on the index); retry"
+        "{path} in {describe}: another writer changed it before each of {MAX_ATTEMPTS} rewrites (contention on the object); retry"
     )))
 }
 
@@ -201,7 +234,7 @@ mod tests {
         let r = run(retry_conflicts("t/bucket-index.json", "test", no_pause, || {
             calls.set(calls.get() + 1);
             let n = calls.get();
-            async move { Ok(if n < 4 { Written::Conflict } else { Written::Done }) }
+            async move { Ok(if n < 4 { Written::Conflict } else { Written::Done(()) }) }
         }));
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(calls.get(), 4, "three conflicts, then the write");
@@ -221,7 +254,7 @@ mod tests {
             },
             || {
                 calls.set(calls.get() + 1);
-                async { Ok(Written::Conflict) }
+                async { Ok(Written::<()>::Conflict) }
             },
         ));
         let e = r.unwrap_err();
@@ -237,7 +270,7 @@ mod tests {
         let calls = Cell::new(0);
         let r = run(retry_conflicts("t/bucket-index.json", "test", no_pause, || {
             calls.set(calls.get() + 1);
-            async { Err::<Written, _>(StoreError::Denied("no".into())) }
+            async { Err::<Written<()>, _>(StoreError::Denied("no".into())) }
         }));
         assert!(matches!(r, Err(StoreError::Denied(_))), "{r:?}");
         assert_eq!(calls.get(), 1);

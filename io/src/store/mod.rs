@@ -25,6 +25,8 @@ pub mod bucket_index;
 pub mod index_write;
 pub mod write_behind;
 
+pub use index_write::Edit;
+
 use crate::bound::{Slot, Slots};
 use crate::error::ErrorKind;
 use bucket_index::{BlockRef, BucketIndex};
@@ -439,7 +441,13 @@ impl Ctx {
 
     /// The index, or an empty one where the tenant has none yet.
     async fn read_index(&self, tenant: &str) -> Result<BucketIndex, StoreError> {
-        Ok(self.read_index_versioned(tenant).await?.0)
+        let path = BucketIndex::path(tenant);
+        match self.get(&path).await {
+            Ok(bytes) => BucketIndex::from_json(&bytes)
+                .map_err(|e| StoreError::Other(format!("{path} in {}: {e}", self.describe))),
+            Err(StoreError::NotFound(_)) => Ok(BucketIndex::default()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Checks that every range lies inside the object, so readers always get exactly the
@@ -707,6 +715,19 @@ impl Store {
             Ok(ctx.store.head(&p).await.map_err(|e| ctx.err("head", &path, e))?.size)
         }))
         .await
+    }
+
+    /// Reads the object at `path` (`None` where there is none), hands its bytes to `edit`
+    /// and writes back what `edit` decides, without losing a concurrent writer's update in
+    /// this process or another (conditional writes, or a lock file on the filesystem: see
+    /// [`index_write`]). `edit` may run several times, each on a fresh read; the answer of
+    /// its last run is returned. Small objects only: each run reads the whole object.
+    pub async fn update<T, F>(&self, path: String, edit: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Option<&[u8]>) -> Result<Edit<T>, StoreError> + Send + Sync + 'static,
+    {
+        self.call(Self::job(move |ctx| async move { ctx.update_object(&path, edit).await })).await
     }
 
     /// Deletes the object. Deleting a missing object succeeds on every backend (S3 cannot
