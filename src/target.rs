@@ -175,6 +175,7 @@ fn start_compactor(
         mesh: cluster.is_none().then(|| mesh.clone()),
         cluster,
         started_at_s,
+        scratch: shared.cfg.compactor_dir(),
     };
     compactor.start().unwrap_or_else(|e| fail(format!("starting the compactor: {e}")));
 }

@@ -44,6 +44,22 @@ fn objects() {
 }
 
 #[test]
+fn put_file_plain_and_written_behind() {
+    let dir = TempDir::new("put-file");
+    // The cores' store: a multipart upload into the directory.
+    common::put_file(&start(&dir), &dir.0.join("scratch"));
+    // The compactor's: copied window by window.
+    let bg = Store::start_background(Backend::Filesystem { dir: dir.0.join("blocks") }, "").unwrap();
+    common::put_file(&bg, &dir.0.join("scratch"));
+    // No staged file is left beside the objects.
+    let names: Vec<String> = std::fs::read_dir(dir.0.join("blocks/t/01JPUTFILE"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains('#')), "{names:?}");
+}
+
+#[test]
 fn concurrent_index_updates() {
     let dir = TempDir::new("concurrent");
     let store = start(&dir);

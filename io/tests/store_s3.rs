@@ -36,6 +36,9 @@ fn s3_backend_against_moto() {
     // The index is where a Pyroscope-style reader looks for it.
     let raw = common::block_on(store.get("busy/bucket-index.json".into())).unwrap();
     assert_eq!(kiln_io::store::bucket_index::BucketIndex::from_json(&raw).unwrap().blocks.len(), 40);
+    let scratch = std::env::temp_dir().join(format!("kiln-s3-put-file-{}", std::process::id()));
+    common::put_file(&store, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub struct Compactor {
     pub cluster: Option<Arc<Cluster>>,
     /// Unix seconds at which this process started (see `clean::cut_complete`).
     pub started_at_s: i64,
+    /// Where a job writes its output's `profiles.parquet` before the upload
+    /// (`-compactor.data-dir`): the largest file of a block is never held in memory.
+    pub scratch: std::path::PathBuf,
 }
 
 /// Why a job failed.
@@ -70,6 +73,8 @@ pub enum JobError {
     Upload(StoreError),
     #[error("indexing the output: {0}")]
     Index(StoreError),
+    #[error("the output's local file {}: {source}", path.display())]
+    Scratch { path: std::path::PathBuf, source: std::io::Error },
     /// Alone: an input's cut has not finished on its core yet (its head is still there).
     #[error("not every input is in its core's block set yet")]
     NotHeld,
@@ -91,6 +96,9 @@ impl Compactor {
     /// Starts the compactor's thread: a cleanup and a compaction round at once, then each on
     /// its interval. The thread runs for the life of the process.
     pub fn start(self) -> std::io::Result<()> {
+        // What a job killed mid-way left here is of no use: its block was never indexed.
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        std::fs::create_dir_all(&self.scratch)?;
         std::thread::Builder::new().name("kiln-compactor".into()).spawn(move || {
             kiln_io::store::lower_thread_priority();
             self.run();
@@ -266,22 +274,35 @@ impl Compactor {
             store: &self.store,
             paths: job.blocks.iter().map(|b| object_path(tenant, &b.block_id, block::PROFILES)).collect(),
         };
-        let (out, st) = merge::merge(&inputs, &mut fetch, &id, &Default::default())?;
+        // profiles.parquet goes to a local file as it is merged, and from there to the bucket
+        // a part at a time; the index and the symbols are held (the index is written last of
+        // all, the symbols are the output's one table).
+        let scratch = Scratch(self.scratch.join(format!("{id}.{}", block::PROFILES)));
+        let scratch_err = |source| JobError::Scratch { path: scratch.0.clone(), source };
+        let sink = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&scratch.0)
+            .map_err(scratch_err)?;
+        let (out, file, st) = merge::merge_into(&inputs, &mut fetch, &id, &Default::default(), sink)?;
+        drop(file);
         bytes_in += st.bytes_fetched;
-        let files: Vec<(String, u64)> = out.files().iter().map(|(n, b)| (n.to_string(), b.len() as u64)).collect();
+        let files: Vec<(String, u64)> = out.meta.files.iter().map(|f| (f.rel_path.clone(), f.size_bytes)).collect();
         let (meta, sources) = (out.meta.clone(), out.meta.compaction.sources.clone());
-        // Moved, not copied: the output is held once. meta.json last.
-        let parts = [
-            (block::INDEX, out.index),
-            (block::PROFILES, out.profiles),
-            (block::SYMBOLS, out.symbols),
-            (block::META, out.meta_json),
-        ];
-        for (name, bytes) in parts {
+        let upload = |name: &str, bytes: Vec<u8>| {
             block_on(self.store.put(object_path(tenant, &id, name), bytes::Bytes::from(bytes)))
-                .map_err(JobError::Upload)?;
-            crate::service::crash_point("compactor:uploading");
-        }
+                .map_err(JobError::Upload)
+        };
+        // meta.json last: a block folder without it is an upload that never finished.
+        upload(block::INDEX, out.index)?;
+        crate::service::crash_point("compactor:uploading");
+        block_on(self.store.put_file(object_path(tenant, &id, block::PROFILES), scratch.0.clone()))
+            .map_err(JobError::Upload)?;
+        drop(scratch);
+        upload(block::SYMBOLS, out.symbols)?;
+        upload(block::META, out.meta_json)?;
         let r = BlockRef {
             block_id: id.to_string(),
             min_time: meta.min_time,
@@ -500,4 +521,13 @@ pub fn render_metrics(out: &mut String) {
 /// A duration as whole milliseconds, for the planner and the cleaner.
 pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A job's local output file, removed once uploaded or when the job fails.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

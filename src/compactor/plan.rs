@@ -45,6 +45,11 @@ impl Job {
     }
 }
 
+/// The most one input's row buffers hold: a merge's whole row buffers (every input's
+/// decoded row group and the output's) peaked at 3.6–4.2 MiB in the compaction bench
+/// (perf/RESULTS.md, "The compactor").
+pub const ROW_BUFFERS: u64 = 4 << 20;
+
 /// What planning takes from the flags.
 #[derive(Debug, Clone)]
 pub struct Planning {
@@ -58,14 +63,15 @@ pub struct Planning {
 
 /// What merging a block costs in memory, from its files' sizes in the index: its symbol
 /// tables decoded (zstd sections expand; 8× the file is above what the fixtures of
-/// testdata/ decode to) and their remap, its index decoded, and its share of the output
-/// held until written: at most its profiles before copies are dropped, twice, as the
-/// output's buffer grows by doubling (measured in perf/RESULTS.md, "The compactor"). A
-/// block the index lists without sizes counts its whole size.
+/// testdata/ decode to) and their remap, its index decoded, and its row buffers — one row
+/// group of it fetched and decoded at a time, twice its profiles at most and never more than
+/// `ROW_BUFFERS`. The output's profiles are written to a local file as they are merged
+/// (`Compactor::scratch`), so they cost nothing here. A block the index lists without sizes
+/// counts its whole size.
 pub fn estimate(b: &BlockRef) -> u64 {
     use kiln_shards::block::{INDEX, PROFILES, SYMBOLS};
     match (b.file_size(SYMBOLS), b.file_size(INDEX), b.file_size(PROFILES)) {
-        (Some(s), Some(i), Some(p)) => s * 8 + i * 4 + p * 2,
+        (Some(s), Some(i), Some(p)) => s * 8 + i * 4 + (p * 2).min(ROW_BUFFERS),
         _ => b.size_bytes.saturating_mul(8),
     }
 }

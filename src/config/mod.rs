@@ -304,6 +304,9 @@ pub struct CompactorSettings {
     /// What one compaction job may hold in memory, by the planner's estimate
     /// (`compactor::plan::estimate`); a larger window merges in several jobs (0: no bound).
     pub max_memory_bytes: u64,
+    /// Where a job writes its output's `profiles.parquet` before uploading it
+    /// (`-compactor.data-dir`; empty: `<storage.path>/compactor`).
+    pub data_dir: String,
 }
 
 impl Default for CompactorSettings {
@@ -317,6 +320,7 @@ impl Default for CompactorSettings {
             cleanup_interval: Duration::from_secs(15 * 60),
             partial_block_deletion_delay: Duration::from_secs(24 * 3600),
             max_memory_bytes: 4 << 30,
+            data_dir: String::new(),
         }
     }
 }
@@ -519,6 +523,15 @@ impl Config {
             std::path::Path::new(&self.storage_path).join("wal")
         } else {
             self.wal_dir.clone().into()
+        }
+    }
+
+    /// Where the compactor writes its jobs' outputs before uploading them.
+    pub fn compactor_dir(&self) -> std::path::PathBuf {
+        if self.compactor.data_dir.is_empty() {
+            std::path::Path::new(&self.storage_path).join("compactor")
+        } else {
+            self.compactor.data_dir.clone().into()
         }
     }
 
@@ -1011,6 +1024,7 @@ impl Config {
                 c.partial_block_deletion_delay = parse_duration(v).map_err(bad)?
             }
             "compactor.max-memory-bytes" => c.max_memory_bytes = parse_num(v).map_err(bad)? as u64,
+            "compactor.data-dir" => c.data_dir = v.into(),
             _ => return Ok(false),
         }
         if c.compaction_interval.is_zero() || c.cleanup_interval.is_zero() {
@@ -1152,6 +1166,7 @@ const YAML_KEYS: &[(&[&str], &str)] = &[
     (&["compactor", "cleanup_interval"], "compactor.cleanup-interval"),
     (&["compactor", "partial_block_deletion_delay"], "compactor.partial-block-deletion-delay"),
     (&["compactor", "max_memory_bytes"], "compactor.max-memory-bytes"),
+    (&["compactor", "data_dir"], "compactor.data-dir"),
     (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
     (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
 ];

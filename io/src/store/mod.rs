@@ -439,6 +439,47 @@ impl Ctx {
         Ok(())
     }
 
+    async fn put_file(&self, path: &str, local: &std::path::Path) -> Result<(), StoreError> {
+        let p = self.path(path)?;
+        let failed =
+            |e: std::io::Error| io_error(format!("put {path} in {} from {}: {e}", self.describe, local.display()), &e);
+        if let Some(dest) = self.local_dir.as_ref().filter(|_| self.write_behind).and_then(|d| local_file(d, path)) {
+            let src = local.to_path_buf();
+            let copied = tokio::task::spawn_blocking(move || {
+                let mut f = std::fs::File::open(&src)?;
+                write_behind::put_from(&dest, &mut f)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            return copied.map_err(failed);
+        }
+        let mut f = std::fs::File::open(local).map_err(failed)?;
+        let mut upload = self.store.put_multipart(&p).await.map_err(|e| self.err("put", path, e))?;
+        let sent: Result<(), StoreError> = async {
+            let mut parts = 0;
+            loop {
+                let mut part = Vec::with_capacity(PART);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, PART as u64), &mut part).map_err(failed)?;
+                let last = part.len() < PART;
+                // An empty file is one empty part; otherwise no empty trailing part.
+                if !part.is_empty() || parts == 0 {
+                    upload.put_part(PutPayload::from(part)).await.map_err(|e| self.err("put", path, e))?;
+                    parts += 1;
+                }
+                if last {
+                    break;
+                }
+            }
+            upload.complete().await.map_err(|e| self.err("put", path, e))?;
+            Ok(())
+        }
+        .await;
+        if sent.is_err() {
+            let _ = upload.abort().await;
+        }
+        sent
+    }
+
     /// The index, or an empty one where the tenant has none yet.
     async fn read_index(&self, tenant: &str) -> Result<BucketIndex, StoreError> {
         let path = BucketIndex::path(tenant);
@@ -487,6 +528,10 @@ fn local_file(dir: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
     });
     plain.then(|| dir.join(path))
 }
+
+/// The size of each part of a multipart upload (`Store::put_file`): above S3's 5 MiB
+/// minimum, small enough to hold one at a time.
+pub const PART: usize = 8 << 20;
 
 /// A local I/O error as a store error: one that may pass (a full disk) is `Unavailable`.
 fn io_error(text: String, e: &std::io::Error) -> StoreError {
@@ -664,6 +709,14 @@ impl Store {
     /// object or the new one, never a part.
     pub async fn put(&self, path: String, data: bytes::Bytes) -> Result<(), StoreError> {
         self.call(Self::job(move |ctx| async move { ctx.put(&path, data).await })).await
+    }
+
+    /// `put` of the local file `local`, read a part at a time so that an object of any size
+    /// costs a part of memory: on the filesystem with the background store, copied window by
+    /// window (`write_behind`); elsewhere a multipart upload of `PART` bytes a part (which
+    /// also lifts S3's 5 GiB cap on one PUT). Readers see the old object or the new one.
+    pub async fn put_file(&self, path: String, local: std::path::PathBuf) -> Result<(), StoreError> {
+        self.call(Self::job(move |ctx| async move { ctx.put_file(&path, &local).await })).await
     }
 
     pub async fn get(&self, path: String) -> Result<bytes::Bytes, StoreError> {

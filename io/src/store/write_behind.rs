@@ -12,7 +12,7 @@
 //! The file is staged as `<path>#<digits>` (the name `object_store`'s local store gives its
 //! own staged uploads, which its listings skip), fsynced, renamed into place, and the
 //! directory fsynced: as durable and as atomic as `object_store`'s `put` with fsync.
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,10 +22,16 @@ pub const WINDOW: usize = 4 << 20;
 
 /// Writes `data` to `dest` (replacing any file there atomically), window by window.
 pub fn put(dest: &Path, data: &[u8]) -> std::io::Result<()> {
+    put_from(dest, &mut &data[..])
+}
+
+/// `put` of everything `src` reads (a local file copied into the bucket), read one window
+/// at a time: at most one window of it is held.
+pub fn put_from(dest: &Path, src: &mut dyn std::io::Read) -> std::io::Result<()> {
     let parent = dest.parent().ok_or_else(|| std::io::Error::other(format!("{} has no parent", dest.display())))?;
     create_dirs(parent)?;
     let (mut file, staged) = stage(dest)?;
-    let written = write_windows(&mut file, data).and_then(|()| file.sync_all());
+    let written = write_windows(&mut file, src).and_then(|()| file.sync_all());
     if let Err(e) = written.and_then(|()| std::fs::rename(&staged, dest)) {
         let _ = std::fs::remove_file(&staged);
         return Err(e);
@@ -33,12 +39,19 @@ pub fn put(dest: &Path, data: &[u8]) -> std::io::Result<()> {
     sync_dir(parent)
 }
 
-/// Writes `data` in `WINDOW`s, each window's writeback started once written and the one
-/// before it waited for: at most two windows dirty at once.
-fn write_windows(file: &mut std::fs::File, data: &[u8]) -> std::io::Result<()> {
+/// Writes what `src` reads in `WINDOW`s, each window's writeback started once written and
+/// the one before it waited for: at most two windows dirty at once.
+fn write_windows(file: &mut std::fs::File, src: &mut dyn std::io::Read) -> std::io::Result<()> {
     let fd = file.as_raw_fd();
     let mut off = 0usize;
-    for chunk in data.chunks(WINDOW) {
+    let mut buf = Vec::with_capacity(WINDOW);
+    loop {
+        buf.clear();
+        (&mut *src).take(WINDOW as u64).read_to_end(&mut buf)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = &buf[..];
         file.write_all(chunk)?;
         range_sync(fd, off, chunk.len(), libc::SYNC_FILE_RANGE_WRITE)?;
         if off >= WINDOW {
@@ -48,7 +61,6 @@ fn write_windows(file: &mut std::fs::File, data: &[u8]) -> std::io::Result<()> {
         }
         off += chunk.len();
     }
-    Ok(())
 }
 
 fn range_sync(fd: i32, off: usize, len: usize, flags: libc::c_uint) -> std::io::Result<()> {

@@ -18,7 +18,7 @@
 //!
 //! Pure: no I/O. The caller fetches the row groups' bytes through [`Fetch`].
 use super::index::{BlockIndex, IndexSeries};
-use super::profiles::{ProfileRow, ProfilesFile, Writer};
+use super::profiles::{ProfileRow, ProfilesFile, Sink, Writer};
 use super::{index, meta, symdb, EncodeOptions, EncodedBlock, FormatError, PROFILES, SYMBOLS};
 use crate::model::labels::Labels;
 use crate::model::symbols::{Import, Symbols};
@@ -106,14 +106,29 @@ pub struct MergeStats {
     pub peak_buffer_bytes: usize,
 }
 
-/// Merges `inputs` into one block `ulid`. The output's level is one above the highest
-/// input's, its sources the union of theirs, its parents the inputs.
+/// Merges `inputs` into one block `ulid`, held in memory. The output's level is one above
+/// the highest input's, its sources the union of theirs, its parents the inputs.
 pub fn merge(
     inputs: &[Input<'_>],
     fetch: &mut dyn Fetch,
     ulid: &str,
     opts: &EncodeOptions,
 ) -> Result<(EncodedBlock, MergeStats), MergeError> {
+    let (mut block, profiles, stats) = merge_into(inputs, fetch, ulid, opts, Vec::new())?;
+    block.profiles = profiles;
+    Ok((block, stats))
+}
+
+/// `merge`, with `profiles.parquet` written into `sink` (a file: a compaction's output may
+/// be far larger than what a job should hold) and returned beside the block, whose
+/// `profiles` is empty (its meta lists the file's size).
+pub fn merge_into<W: Sink>(
+    inputs: &[Input<'_>],
+    fetch: &mut dyn Fetch,
+    ulid: &str,
+    opts: &EncodeOptions,
+    sink: W,
+) -> Result<(EncodedBlock, W, MergeStats), MergeError> {
     if !meta::valid_ulid(ulid) {
         return Err(MergeError::Output(FormatError::Encode(format!("block id {ulid:?} is not a ULID"))));
     }
@@ -163,7 +178,7 @@ pub fn merge(
         inputs,
         fetch,
         source_of,
-        out: Output::new(opts)?,
+        out: Output::new(opts, sink)?,
         cursors: inputs.iter().map(|_| Cursor::default()).collect(),
         imports: inputs.iter().map(|i| Import::new(i.symbols)).collect(),
         stats: MergeStats::default(),
@@ -191,17 +206,17 @@ pub fn merge(
     all_sources.dedup();
     let mut parents: Vec<String> = inputs.iter().map(|i| i.id.to_string()).collect();
     parents.sort();
-    let block = out.finish(ulid, opts, meta::Compaction { level, sources: all_sources, parents })?;
-    Ok((block, stats))
+    let (block, profiles) = out.finish(ulid, opts, meta::Compaction { level, sources: all_sources, parents })?;
+    Ok((block, profiles, stats))
 }
 
 /// A merge in progress: the inputs, where each is read, and the output.
-struct Merger<'a, 'f> {
+struct Merger<'a, 'f, W: Sink> {
     inputs: &'a [Input<'a>],
     fetch: &'f mut dyn Fetch,
     /// Each input's source, as a small number.
     source_of: Vec<usize>,
-    out: Output,
+    out: Output<W>,
     cursors: Vec<Cursor>,
     imports: Vec<Import>,
     stats: MergeStats,
@@ -211,7 +226,7 @@ struct Merger<'a, 'f> {
     counts: Vec<u32>,
 }
 
-impl Merger<'_, '_> {
+impl<W: Sink> Merger<'_, '_, W> {
     /// Writes output series (pt, labels) from its `holders` (input, series index there):
     /// their rows merged by time, one source's rows kept at each time.
     fn series(&mut self, pt: &str, labels: &Labels, holders: &[(usize, u32)]) -> Result<(), MergeError> {
@@ -410,8 +425,8 @@ impl Cursor {
 }
 
 /// The output being written: full row groups go to the parquet writer at once.
-struct Output {
-    writer: Writer,
+struct Output<W: Sink> {
+    writer: Writer<W>,
     symbols: Symbols,
     series: Vec<IndexSeries>,
     /// The current row group: (series, time, total, samples of `stacks`/`values`).
@@ -424,10 +439,10 @@ struct Output {
     row_group_samples: usize,
 }
 
-impl Output {
-    fn new(opts: &EncodeOptions) -> Result<Output, MergeError> {
+impl<W: Sink> Output<W> {
+    fn new(opts: &EncodeOptions, sink: W) -> Result<Output<W>, MergeError> {
         Ok(Output {
-            writer: Writer::new(opts).map_err(MergeError::Output)?,
+            writer: Writer::into_sink(opts, sink).map_err(MergeError::Output)?,
             symbols: Symbols::new(),
             series: Vec::new(),
             rows: Vec::new(),
@@ -489,9 +504,11 @@ impl Output {
         ulid: &str,
         opts: &EncodeOptions,
         compaction: meta::Compaction,
-    ) -> Result<EncodedBlock, MergeError> {
+    ) -> Result<(EncodedBlock, W), MergeError> {
         self.flush()?;
         let profiles = self.writer.finish().map_err(MergeError::Output)?;
+        let written =
+            profiles.written_len().map_err(|e| MergeError::Output(FormatError::Encode(format!("{PROFILES}: {e}"))))?;
         let (min_ns, max_ns) =
             self.series.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.min_ns), hi.max(s.max_ns)));
         let stats = meta::BlockStats {
@@ -502,7 +519,8 @@ impl Output {
         };
         let idx = BlockIndex::new(self.series).map_err(MergeError::Output)?;
         let symbols = symdb::encode_with(&self.symbols, opts.zstd_level);
-        Ok(super::assemble(ulid, (min_ns, max_ns), stats, compaction, index::encode(&idx), profiles, symbols))
+        let files = super::Files { index: index::encode(&idx), profiles: Vec::new(), profiles_len: written, symbols };
+        Ok((super::assemble(ulid, (min_ns, max_ns), stats, compaction, files), profiles))
     }
 }
 

@@ -219,16 +219,23 @@ impl<'h> Encoder<'h> {
             num_stacks: self.head.symbols.stack_count() as u64 - 1,
         };
         let compaction = meta::Compaction { level: 1, sources: vec![self.ulid.clone()], parents: Vec::new() };
-        Ok(assemble(
-            &self.ulid,
-            (self.min_ns, self.max_ns),
-            stats,
-            compaction,
-            index_bytes,
-            profiles_bytes,
-            symbols_bytes,
-        ))
+        let files = Files {
+            index: index_bytes,
+            profiles_len: profiles_bytes.len() as u64,
+            profiles: profiles_bytes,
+            symbols: symbols_bytes,
+        };
+        Ok(assemble(&self.ulid, (self.min_ns, self.max_ns), stats, compaction, files))
     }
+}
+
+/// A block's files as encoded: `profiles` may be empty where the file was written elsewhere
+/// (`merge::merge_into`), `profiles_len` is its size either way.
+struct Files {
+    index: Vec<u8>,
+    profiles: Vec<u8>,
+    profiles_len: u64,
+    symbols: Vec<u8>,
 }
 
 /// A block's files and the meta.json that describes them (times in ns, inclusive).
@@ -237,11 +244,9 @@ fn assemble(
     (min_ns, max_ns): (i64, i64),
     stats: meta::BlockStats,
     compaction: meta::Compaction,
-    index: Vec<u8>,
-    profiles: Vec<u8>,
-    symbols: Vec<u8>,
+    Files { index, profiles, profiles_len, symbols }: Files,
 ) -> EncodedBlock {
-    let file = |rel_path: &str, b: &[u8]| meta::FileMeta { rel_path: rel_path.into(), size_bytes: b.len() as u64 };
+    let file = |rel_path: &str, size_bytes: u64| meta::FileMeta { rel_path: rel_path.into(), size_bytes };
     let m = meta::BlockMeta {
         ulid: ulid.to_string(),
         min_time: min_ns.div_euclid(1_000_000),
@@ -249,7 +254,7 @@ fn assemble(
         stats,
         compaction,
         version: meta::VERSION,
-        files: vec![file(INDEX, &index), file(PROFILES, &profiles), file(SYMBOLS, &symbols)],
+        files: vec![file(INDEX, index.len() as u64), file(PROFILES, profiles_len), file(SYMBOLS, symbols.len() as u64)],
     };
     EncodedBlock { meta_json: meta::encode(&m), meta: m, index, profiles, symbols }
 }

@@ -118,15 +118,59 @@ pub fn check(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<(), Format
     Ok(())
 }
 
+/// Where a `Writer` puts the file: memory (a head's block, a test) or a local file (a
+/// compaction's output, which may be far larger than what a job should hold). The footer's
+/// checksums are taken from what was written, read back one column chunk at a time.
+pub trait Sink: std::io::Write + Send {
+    /// `len` bytes written at `start`.
+    fn written(&self, start: u64, len: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>>;
+    /// The bytes written in all.
+    fn written_len(&self) -> std::io::Result<u64>;
+}
+
+impl Sink for Vec<u8> {
+    fn written_len(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+
+    fn written(&self, start: u64, len: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        let range = usize::try_from(start).ok().zip(usize::try_from(start + len).ok());
+        range
+            .and_then(|(a, b)| self.get(a..b))
+            .map(std::borrow::Cow::Borrowed)
+            .ok_or_else(|| std::io::Error::other(format!("{start}+{len} lies past the {} bytes written", self.len())))
+    }
+}
+
+impl Sink for std::fs::File {
+    fn written_len(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn written(&self, start: u64, len: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+        self.read_exact_at(&mut buf, start)?;
+        Ok(std::borrow::Cow::Owned(buf))
+    }
+}
+
 /// Writes `profiles.parquet` one row group at a time, so that a caller can pause between
-/// groups (a core encoding a block keeps serving between them).
-pub struct Writer {
-    w: SerializedFileWriter<Vec<u8>>,
+/// groups (a core encoding a block keeps serving between them), into memory or a file.
+pub struct Writer<W: Sink = Vec<u8>> {
+    w: SerializedFileWriter<W>,
     cols: WriteColumns,
 }
 
 impl Writer {
     pub fn new(opts: &EncodeOptions) -> Result<Writer, FormatError> {
+        Writer::into_sink(opts, Vec::new())
+    }
+}
+
+impl<W: Sink> Writer<W> {
+    /// A writer that writes into `sink` (from its start: a new file).
+    pub fn into_sink(opts: &EncodeOptions, sink: W) -> Result<Writer<W>, FormatError> {
         let level = ZstdLevel::try_new(opts.zstd_level)
             .map_err(|e| FormatError::Encode(format!("zstd level {}: {e}", opts.zstd_level)))?;
         let col = |name: &str| ColumnPath::from(name);
@@ -149,7 +193,7 @@ impl Writer {
             // spec; PLAIN and the delta encoding are read by every parquet reader.
             .set_column_dictionary_enabled(col("value"), false)
             .build();
-        let w = SerializedFileWriter::new(Vec::new(), schema(), Arc::new(props)).map_err(encode_err)?;
+        let w = SerializedFileWriter::new(sink, schema(), Arc::new(props)).map_err(encode_err)?;
         Ok(Writer { w, cols: WriteColumns::default() })
     }
 
@@ -158,25 +202,26 @@ impl Writer {
         let cols = &mut self.cols;
         cols.fill(group);
         let mut rg = self.w.next_row_group().map_err(encode_err)?;
-        write_column::<Int32Type>(&mut rg, &cols.series, None)?;
-        write_column::<Int64Type>(&mut rg, &cols.time, None)?;
-        write_column::<Int64Type>(&mut rg, &cols.total, None)?;
-        write_column::<Int32Type>(&mut rg, &cols.stacks, Some((&cols.def, &cols.rep)))?;
-        write_column::<Int64Type>(&mut rg, &cols.values, Some((&cols.def, &cols.rep)))?;
+        write_column::<Int32Type, W>(&mut rg, &cols.series, None)?;
+        write_column::<Int64Type, W>(&mut rg, &cols.time, None)?;
+        write_column::<Int64Type, W>(&mut rg, &cols.total, None)?;
+        write_column::<Int32Type, W>(&mut rg, &cols.stacks, Some((&cols.def, &cols.rep)))?;
+        write_column::<Int64Type, W>(&mut rg, &cols.values, Some((&cols.def, &cols.rep)))?;
         rg.close().map_err(encode_err)?;
         Ok(())
     }
 
-    /// The footer (with every chunk's checksum) and the whole file.
-    pub fn finish(mut self) -> Result<Vec<u8>, FormatError> {
+    /// The footer (with every chunk's checksum) and the whole file (its sink).
+    pub fn finish(mut self) -> Result<W, FormatError> {
         let w = &mut self.w;
-        // Every chunk is in the buffer once flushed; checksum them into the footer.
-        w.flush().map_err(|e| FormatError::Encode(format!("writing {PROFILES}: {e}")))?;
+        let failed = |e: &dyn std::fmt::Display| FormatError::Encode(format!("writing {PROFILES}: {e}"));
+        // Every chunk is in the sink once flushed; checksum them into the footer.
+        w.flush().map_err(|e| failed(&e))?;
         let mut crcs = String::with_capacity(w.flushed_row_groups().len() * 40);
         for rg in w.flushed_row_groups() {
             for c in rg.columns() {
                 let (start, len) = c.byte_range();
-                let crc = crc32c::crc32c(&w.inner()[start as usize..(start + len) as usize]);
+                let crc = crc32c::crc32c(&w.inner().written(start, len).map_err(|e| failed(&e))?);
                 crcs.push_str(&format!("{crc:08x}"));
             }
         }
@@ -236,8 +281,8 @@ impl WriteColumns {
     }
 }
 
-fn write_column<T: DataType>(
-    rg: &mut parquet::file::writer::SerializedRowGroupWriter<'_, Vec<u8>>,
+fn write_column<T: DataType, W: Sink>(
+    rg: &mut parquet::file::writer::SerializedRowGroupWriter<'_, W>,
     values: &[T::T],
     levels: Option<(&[i16], &[i16])>,
 ) -> Result<(), FormatError> {

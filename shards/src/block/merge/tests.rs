@@ -264,3 +264,27 @@ proptest! {
         prop_assert_eq!(stats.rows_in - stats.rows_out, stats.copies_dropped);
     }
 }
+
+#[test]
+fn a_merge_into_a_file_writes_the_same_bytes_as_one_in_memory() {
+    let opts = EncodeOptions { row_group_rows: 2, ..Default::default() };
+    let first: Vec<Push> = (0..9).map(|i| ("api", i, if i % 2 == 0 { A } else { B })).collect();
+    let second: Vec<Push> = (4..13).map(|i| ("db", i, C)).collect();
+    let (b1, b2) = (block(&first, IDS[0], &opts), block(&second, IDS[1], &opts));
+    let opened = [open(&b1), open(&b2)];
+    let inputs: Vec<Input<'_>> = opened.iter().map(|o| o.input("")).collect();
+    let fetch = || MemFetch(opened.iter().map(|o| &o.bytes[..]).collect());
+    let (mem, _) = merge(&inputs, &mut fetch(), OUT, &opts).unwrap();
+    let path = std::env::temp_dir().join(format!("kiln-merge-into-{}", std::process::id()));
+    let file = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let (block, file, stats) = merge_into(&inputs, &mut fetch(), OUT, &opts, file).unwrap();
+    drop(file);
+    let written = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(block.profiles.is_empty(), "the profiles are in the file only");
+    assert!(written == mem.profiles, "{} bytes in the file, {} in memory", written.len(), mem.profiles.len());
+    // The meta lists the file's size, and every other file is the same.
+    assert_eq!(block.meta, mem.meta);
+    assert_eq!((block.index, block.symbols, block.meta_json), (mem.index, mem.symbols, mem.meta_json));
+    assert_eq!(stats.rows_out, (first.len() + second.len()) as u64);
+}
