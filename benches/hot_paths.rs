@@ -204,6 +204,7 @@ fn flamegraph(c: &mut Criterion) {
                 end_ms: 10,
                 keys: None,
                 epoch: None,
+                report_read: false,
             };
             b.iter(|| {
                 let QueryResult::Tree(part) = h.query("t", &QueryRequest::MergeTree(sel.clone())) else {

@@ -531,7 +531,16 @@ fn a_querier_refuses_to_answer_short_while_no_store_gateway_holds_some_blocks() 
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("read by no ingester or store-gateway"), "{}", r.text());
     assert!(ids.iter().any(|id| r.text().contains(id.as_str())), "names a block of {ids:?}: {}", r.text());
-    assert_eq!(metric(querier, "kiln_querier_block_checks_refused_total"), refused + 1.0);
+    // Label queries too: the blocks' services are not left out of the list silently.
+    let r = connect_json(
+        querier,
+        "/querier.v1.QuerierService/LabelValues",
+        &[],
+        serde_json::json!({ "name": "service_name", "start": START, "end": now_ms() + 3_600_000 }),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("read by no ingester or store-gateway"), "{}", r.text());
+    assert_eq!(metric(querier, "kiln_querier_block_checks_refused_total"), refused + 2.0);
 
     // A new store-gateway joins and takes every block: the answers are whole again.
     let data = std::env::temp_dir().join(format!("kiln-coverage-{}-sg2", std::process::id()));

@@ -74,6 +74,7 @@ fn selection(keys: Option<(u64, Include)>) -> Selection {
             Arc::new(f)
         }),
         epoch: Some(42),
+        report_read: true,
     }
 }
 

@@ -147,7 +147,16 @@ pub fn selection(
             fmt_ms(max_len)
         )));
     }
-    Ok(Some(Selection { tenants, profile_type, matchers, start_ms: start, end_ms: end, keys: None, epoch: None }))
+    Ok(Some(Selection {
+        tenants,
+        profile_type,
+        matchers,
+        start_ms: start,
+        end_ms: end,
+        keys: None,
+        epoch: None,
+        report_read: false,
+    }))
 }
 
 fn fmt_ms(ms: i64) -> String {

@@ -76,6 +76,15 @@ fn adds_profiles(req: &QueryRequest) -> bool {
 }
 
 impl ReplicaReader {
+    /// Whether the readers' answers `held` read every block of the query's range that the
+    /// bucket index says they must (`coverage`); no catalog, no check.
+    async fn check_blocks(&self, req: &QueryRequest, held: &Held) -> Result<(), RpcError> {
+        let Some(catalog) = &self.catalog else { return Ok(()) };
+        let sel = req.selection();
+        let tenants: Vec<String> = sel.tenants.iter().map(|t| t.as_str().to_string()).collect();
+        catalog.check(&tenants, sel.start_ms, sel.end_ms, held).await
+    }
+
     /// Every reader's partial results for `req`, each profile counted once.
     pub async fn fan_out(&self, querier: &Querier, req: QueryRequest) -> Result<Vec<QueryResult>, RpcError> {
         let snap = self.cluster.snapshot();
@@ -84,21 +93,25 @@ impl ReplicaReader {
         let me = self.cluster.self_index(&snap);
         let addrs: Vec<(u32, String)> =
             readers.all.iter().map(|&m| (m, snap.instances()[m as usize].addr.clone())).collect();
+        // Each reader's cores report the blocks they read, for the block check.
+        let reporting = |mut r: QueryRequest| {
+            r.selection_mut().report_read = self.catalog.is_some();
+            r
+        };
         if !adds_profiles(&req) {
-            let answers = self.ask(querier, me, &addrs, |_| Some(req.clone())).await;
+            let asked = reporting(req.clone());
+            let answers = self.ask(querier, me, &addrs, |_| Some(asked.clone())).await;
             let (ok, failed) = split(answers);
             readers.check(&snap, &ok, &failed)?;
-            return Ok(ok.into_iter().flat_map(|(_, p)| p).collect());
+            self.check_blocks(&req, &ok).await?;
+            let parts = ok.into_iter().flat_map(|(_, p)| p);
+            return Ok(parts.filter(|p| !matches!(p, QueryResult::Read(_))).collect());
         }
-        let keys = QueryRequest::Keys(req.selection().clone());
+        let keys = reporting(QueryRequest::Keys(req.selection().clone()));
         let answers = self.ask(querier, me, &addrs, |_| Some(keys.clone())).await;
         let (held, failed) = split(answers);
         readers.check(&snap, &held, &failed)?;
-        if let Some(catalog) = &self.catalog {
-            let sel = req.selection();
-            let tenants: Vec<String> = sel.tenants.iter().map(|t| t.as_str().to_string()).collect();
-            catalog.check(&tenants, sel.start_ms, sel.end_ms, &held).await?;
-        }
+        self.check_blocks(&req, &held).await?;
         // Each reader answers its share at the block epoch of its first answer: from the
         // blocks it listed, whatever its syncs changed in between.
         let epochs = epochs(&held);

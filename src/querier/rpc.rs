@@ -315,6 +315,7 @@ async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result
         end_ms: i64::MAX / 2,
         keys: None,
         epoch: None,
+        report_read: false,
     };
     let mut out = t::GetProfileStatsResponse::default();
     for p in fan_out(call.querier, QueryRequest::Stats(sel)).await? {

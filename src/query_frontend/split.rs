@@ -97,6 +97,7 @@ mod tests {
             end_ms: end,
             keys: None,
             epoch: None,
+            report_read: false,
         }
     }
 

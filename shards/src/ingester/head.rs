@@ -291,6 +291,7 @@ pub(crate) mod tests {
             end_ms: i64::MAX / 2_000_000,
             keys: None,
             epoch: None,
+            report_read: false,
         }
     }
 

@@ -838,6 +838,7 @@ pub(super) mod tests {
             end_ms: i64::MAX / 2_000_000,
             keys: None,
             epoch: None,
+            report_read: false,
         };
         let mut sum = 0;
         for r in ing.query(&QueryRequest::MergeTree(sel)) {

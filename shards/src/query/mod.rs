@@ -78,6 +78,9 @@ pub struct Selection {
     /// step of a query reads the blocks its first step listed (`QueryResult::Keys::epoch`),
     /// whatever a sync changed since. `None`: the reader's current epoch.
     pub epoch: Option<u64>,
+    /// In a cluster: each core also answers the blocks it read (`QueryResult::Read`), for
+    /// the querier's check that no block went unread (`querier::coverage`).
+    pub report_read: bool,
 }
 
 impl Selection {
@@ -193,8 +196,9 @@ pub enum QueryResult {
         /// cores; 0 from a single head or block).
         epoch: u64,
     },
-    /// The ids of the blocks a core read for a query's first step (`Keys`), whether or not
-    /// they held a selected series: what the querier checks against the bucket index, so
-    /// that no block goes unread without the query failing (`querier::coverage`).
+    /// The ids of the blocks a core read for a query that asked (`Selection::report_read`),
+    /// whether or not they held a selected series: what the querier checks against the
+    /// bucket index, so that no block goes unread without the query failing
+    /// (`querier::coverage`).
     Read(Vec<String>),
 }

@@ -137,10 +137,12 @@ fn selection(w: &mut Writer, s: &Selection) {
             }
         }
     }
+    // Flags: 1, an epoch follows; 2, report the blocks read.
+    let read = if s.report_read { 2 } else { 0 };
     match s.epoch {
-        None => w.byte(0),
+        None => w.byte(read),
         Some(epoch) => {
-            w.byte(1);
+            w.byte(1 | read);
             w.u(epoch);
         }
     }
@@ -206,12 +208,13 @@ fn read_selection(r: &mut Reader<'_>) -> Res<Selection> {
         }
         t => return Err(format!("unknown key filter presence {t}")),
     };
-    let epoch = match r.byte().map_err(e)? {
-        0 => None,
-        1 => Some(r.u().map_err(e)?),
-        b => return Err(format!("unknown epoch flag {b}")),
-    };
-    Ok(Selection { tenants, profile_type, matchers, start_ms, end_ms, keys, epoch })
+    let flags = r.byte().map_err(e)?;
+    if flags > 3 {
+        return Err(format!("unknown selection flags {flags}"));
+    }
+    let epoch = if flags & 1 == 1 { Some(r.u().map_err(e)?) } else { None };
+    let report_read = flags & 2 == 2;
+    Ok(Selection { tenants, profile_type, matchers, start_ms, end_ms, keys, epoch, report_read })
 }
 
 /// Timestamps as a count and zig-zag deltas (sorted ones take a byte or two each).
@@ -524,6 +527,7 @@ mod tests {
             end_ms: 1_700_000_000_000,
             keys: keys.map(Arc::new),
             epoch: Some(3),
+            report_read: true,
         }
     }
 

@@ -78,7 +78,7 @@ impl Core {
         }
         let mut heads = self.ingester.query(&req);
         let blocks = self.store_gateway.matching(req.selection(), epoch);
-        if matches!(*req, QueryRequest::Keys(_)) {
+        if req.selection().report_read {
             heads.push(QueryResult::Read(blocks.iter().map(|b| b.id.to_string()).collect()));
         }
         // I11: a frozen head and the block that replaces it never answer the same query.

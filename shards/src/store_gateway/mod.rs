@@ -675,6 +675,7 @@ mod tests {
             end_ms,
             keys: None,
             epoch: None,
+            report_read: false,
         }
     }
 
