@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::distributor::pprof;
-use kiln_shards::block::merge::{merge, Fetch, Input, MergeStats, Opened};
+use kiln_shards::block::merge::{merge, merge_into, Fetch, Input, MergeStats, Opened};
 use kiln_shards::block::{encode, symdb, EncodeOptions, EncodedBlock};
 use kiln_shards::ingester::head::TenantHead;
 use kiln_shards::model::profile::{Profile, SampleGroup};
@@ -230,6 +230,16 @@ impl Case {
         merge(&inputs, &mut MemFetch(&self.blocks), IDS[3], &EncodeOptions::default()).unwrap()
     }
 
+    /// `run` as the compactor runs it: the output's profiles.parquet into a local file.
+    fn run_into_file(&self, opened: &[Opened], path: &std::path::Path) -> (EncodedBlock, MergeStats) {
+        let inputs: Vec<Input<'_>> = opened.iter().zip(&self.sources).map(|(o, source)| o.input(source)).collect();
+        let file = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+        let (b, file, st) =
+            merge_into(&inputs, &mut MemFetch(&self.blocks), IDS[3], &EncodeOptions::default(), file).unwrap();
+        drop(file);
+        (b, st)
+    }
+
     fn open_and_run(&self) -> (EncodedBlock, MergeStats) {
         let opened: Vec<Opened> = self.blocks.iter().map(open).collect();
         self.run(&opened)
@@ -302,6 +312,23 @@ fn report(case: &Case) {
         big = mib(largest),
         opened = mib(opened_bytes),
         sym = mib(symbols_bytes),
+    );
+    drop(out);
+    // The same merge as the compactor runs it, its profiles written to a file.
+    let path = std::env::temp_dir().join(format!("kiln-bench-merge-{}", std::process::id()));
+    let base = reset_peak();
+    let (held, _) = case.run_into_file(&opened, &path);
+    let (heap_peak, largest) = (PEAK.load(Relaxed) - base, LARGEST.load(Relaxed));
+    let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len() as usize);
+    let _ = std::fs::remove_file(&path);
+    println!(
+        "{name}: memory MiB, profiles written to a file as the compactor does: heap peak during the merge \
+         {heap:.2} (the index, symbols and meta it returns: {held:.2}; the file: {file:.2}); largest single \
+         allocation {big:.2}",
+        heap = mib(heap_peak),
+        held = mib(block_bytes(&held)),
+        file = mib(file_bytes),
+        big = mib(largest),
     );
 }
 
