@@ -164,7 +164,7 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     }
     kiln_io::invariant::render(&mut out);
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
-    let _ = writeln!(out, "kiln_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "kiln_build_info{{version=\"{}\",revision=\"{REVISION}\"}} 1", env!("CARGO_PKG_VERSION"));
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
 }
 
@@ -321,14 +321,32 @@ pub fn buildinfo() -> Response {
         "status": "success",
         "data": {
             "version": env!("CARGO_PKG_VERSION"),
-            "revision": option_env!("KILN_REVISION").unwrap_or(""),
-            "branch": "",
+            "revision": REVISION,
+            "branch": BRANCH,
             "buildUser": "",
-            "buildDate": "",
+            "buildDate": BUILD_DATE,
             "goVersion": "",
         }
     });
     text(200, "application/json", serde_json::to_vec(&body).expect("json"))
+}
+
+/// The git revision the binary was built from (`build.rs`), `unknown` when built without git.
+pub const REVISION: &str = env!("KILN_REVISION");
+/// The git branch the binary was built from, `unknown` without git (`HEAD` when detached).
+pub const BRANCH: &str = env!("KILN_BRANCH");
+/// When `build.rs` stamped the binary, RFC 3339 UTC (`SOURCE_DATE_EPOCH` when set).
+pub const BUILD_DATE: &str = env!("KILN_BUILD_DATE");
+
+/// What `-version` prints, in the shape of Pyroscope's (Prometheus' `version.Print`).
+pub fn version_text() -> String {
+    format!(
+        "kiln, version {} (branch: {BRANCH}, revision: {REVISION})\n  build date:       {BUILD_DATE}\n  rust version:     {}\n  platform:         {}/{}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("KILN_RUSTC_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
 }
 
 pub fn version() -> VersionResponse {

@@ -1,0 +1,97 @@
+//! Pyroscope's operational conventions, checked on the real binary: `-version`, the build
+//! stamp of `/api/v1/status/buildinfo`, `-config.expand-env`, and `/services`.
+mod common;
+use common::*;
+use std::process::Command;
+
+fn kiln(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).envs(env.iter().copied()).output().expect("run kiln")
+}
+
+/// The revision `build.rs` should have stamped: git's HEAD, or `unknown` without git.
+fn expected_revision() -> String {
+    Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `2026-11-30T08:54:01Z`, not after now.
+fn assert_build_date(date: &str) {
+    let b = date.as_bytes();
+    assert_eq!(b.len(), 20, "{date}");
+    for (i, c) in b.iter().enumerate() {
+        match i {
+            4 | 7 => assert_eq!(*c, b'-', "{date}"),
+            10 => assert_eq!(*c, b'T', "{date}"),
+            13 | 16 => assert_eq!(*c, b':', "{date}"),
+            19 => assert_eq!(*c, b'Z', "{date}"),
+            _ => assert!(c.is_ascii_digit(), "{date}"),
+        }
+    }
+    let year: i64 = date[..4].parse().unwrap();
+    let now_year = 1970 + now_ms() / 1000 / 31_556_952;
+    assert!((2024..=now_year).contains(&year), "{date}");
+}
+
+#[test]
+fn test_version_flag_prints_the_build_and_exits_0() {
+    let revision = expected_revision();
+    for flag in ["-version", "--version", "-version=true"] {
+        let out = kiln(&[flag], &[]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.starts_with(&format!("kiln, version {} (branch: ", env!("CARGO_PKG_VERSION"))), "{text}");
+        assert!(first.ends_with(&format!(", revision: {revision})")), "{text}");
+        let date = text.lines().find_map(|l| l.trim().strip_prefix("build date:")).expect("build date line");
+        assert_build_date(date.trim());
+    }
+    // Another flag beside it does not start a server either (no port is bound).
+    let out = kiln(&["-version", "-server.http-listen-port=1"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn test_buildinfo_shows_the_revision_and_build_date() {
+    let k = Kiln::start(&[]);
+    let info = get(k.port, "/api/v1/status/buildinfo").json();
+    assert_eq!(info["status"], "success");
+    assert_eq!(info["data"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["data"]["revision"], expected_revision().as_str());
+    let version = String::from_utf8(kiln(&["-version"], &[]).stdout).unwrap();
+    let date = info["data"]["buildDate"].as_str().unwrap();
+    assert_build_date(date);
+    assert!(version.contains(&format!("build date:       {date}")), "{version} against {date}");
+    let m = get(k.port, "/metrics").text();
+    assert!(m.contains(&format!("revision=\"{}\"", expected_revision())), "{m}");
+}
+
+const EXPAND_YAML: &str = "limits:\n  ingestion_rate_mb: ${KILN_TEST_RATE_MB}\n  max_query_length: ${KILN_TEST_UNSET_LENGTH:36h}\n  reject_older_than: ${KILN_TEST_EMPTY:2h}\n";
+
+#[test]
+fn test_config_expand_env_replaces_variables_before_parsing() {
+    let dir = std::env::temp_dir().join(format!("kiln-expand-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("kiln.yaml");
+    std::fs::write(&file, EXPAND_YAML).unwrap();
+    let config = format!("-config.file={}", file.display());
+    let spawn =
+        Spawn { env: vec![("KILN_TEST_RATE_MB", "7".into()), ("KILN_TEST_EMPTY", String::new())], ..Spawn::default() };
+    let k = Kiln::start_with(&[&config, "-config.expand-env=true"], &spawn);
+    let c = get(k.port, "/config").text();
+    assert!(c.contains("ingestion_rate_mb: 7"), "{c}");
+    assert!(c.contains("max_query_length: 36h"), "{c}");
+    assert!(c.contains("reject_older_than: 2h"), "{c}");
+    drop(k);
+    // Without the flag the text is parsed as it is, and `${KILN_TEST_RATE_MB}` is no number.
+    let out = kiln(&[&config, "-server.http-listen-address=127.0.0.1"], &[("KILN_TEST_RATE_MB", "7")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("ingestion"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
