@@ -95,3 +95,44 @@ fn test_config_expand_env_replaces_variables_before_parsing() {
     assert!(err.contains("ingestion"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The rows of the `/services` page, (service, state).
+fn services(port: u16) -> Vec<(String, String)> {
+    let page = get(port, "/services").text();
+    page.lines()
+        .filter_map(|l| l.strip_prefix("<tr><td>")?.strip_suffix("</td></tr>"))
+        .map(|row| {
+            let (name, state) = row.split_once("</td><td>").expect("two cells");
+            (name.to_string(), state.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn test_services_lists_each_component_of_the_target_running() {
+    let k = Kiln::start(&[]);
+    // The compactor starts after the port opens; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut rows = services(k.port);
+    while rows.iter().any(|(_, s)| s != "Running") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        rows = services(k.port);
+    }
+    let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["server", "store-gateway", "ingester", "distributor", "querier", "compactor"], "{rows:?}");
+    assert!(rows.iter().all(|(_, s)| s == "Running"), "{rows:?}");
+    assert!(get(k.port, "/services").text().contains("<title>Services' status</title>"));
+}
+
+#[test]
+fn test_services_of_a_cluster_member_show_gossip_and_its_target_only() {
+    let _one = common::members::one_at_a_time();
+    let blocks = common::members::blocks_dir("services");
+    let members = common::members::start_members("services", &["query-scheduler"], &blocks, &[]);
+    let rows = services(members[0].port);
+    let want = [("memberlist-kv", "Running"), ("server", "Running"), ("query-scheduler", "Running")];
+    let want: Vec<(String, String)> = want.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+    assert_eq!(rows, want);
+    drop(members);
+    let _ = std::fs::remove_dir_all(&blocks);
+}

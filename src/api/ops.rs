@@ -1,5 +1,5 @@
-//! Operational endpoints: readiness, metrics, config, build info, version, health, the ring
-//! and a small web page. They are the process's, not a component's: served by the edge.
+//! Operational endpoints: readiness, metrics, config, build info, version, health, the ring,
+//! the services' states and a small web page. They are the process's, not a component's: served by the edge.
 use super::{metrics, Edge};
 use crate::cluster::now_ms;
 use crate::cluster::pages::{self, Which};
@@ -26,6 +26,7 @@ pub enum Endpoint {
     Ui,
     Ring(Which),
     Memberlist,
+    Services,
 }
 
 const GET: &[Method] = &[Method::GET];
@@ -73,6 +74,7 @@ pub static HTTP: &[HttpRoute<Endpoint>] = &[
         endpoint: Endpoint::Ring(Which::Compactor),
     },
     HttpRoute { methods: GET, paths: &["/memberlist"], class: Class::Other, endpoint: Endpoint::Memberlist },
+    HttpRoute { methods: GET, paths: &["/services"], class: Class::Other, endpoint: Endpoint::Services },
 ];
 
 pub static RPC: &[RpcService] = &[
@@ -96,7 +98,20 @@ pub async fn serve_http(core: &Rc<Edge>, endpoint: &Endpoint, r: &Req) -> Respon
             let page = pages::memberlist_page(&snap, now_ms(), &|d| heartbeat(core, d), &self_id);
             text(200, "text/html; charset=utf-8", page)
         }
+        Endpoint::Services => services(core),
     }
+}
+
+/// `/services`: each service this process runs and its state, as Pyroscope's page shows them.
+pub fn services(core: &Edge) -> Response {
+    let mut page = String::from(
+        "<!DOCTYPE html>\n<html>\n<head><meta charset=\"UTF-8\"><title>Services' status</title></head>\n<body>\n<h1>Services' status</h1>\n<table border=\"1\">\n<thead><tr><th>Service</th><th>Status</th></tr></thead>\n<tbody>\n",
+    );
+    for (name, state) in core.shared.services.states() {
+        let _ = writeln!(page, "<tr><td>{name}</td><td>{}</td></tr>", state.as_str());
+    }
+    page.push_str("</tbody>\n</table>\n</body>\n</html>\n");
+    text(200, "text/html; charset=utf-8", page)
 }
 
 pub async fn serve_rpc(core: &Rc<Edge>, rpc: &Call<'_>, service: &str, method: &str) -> Reply {
