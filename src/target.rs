@@ -49,6 +49,8 @@ pub fn run(cfg: Config) {
     // thread inherits the blocked mask.
     let signals = block_termination_signals();
     let mut cfg = cfg;
+    // Resolved here, on the main thread: a pinned core thread would count one CPU.
+    cfg.cores = cores;
     cfg.max_head_bytes_per_core = Some(cfg.effective_max_head_bytes());
     cfg.http_conn_limit = Some(cfg.effective_http_conn_limit(nofile));
     cfg.max_inflight_body_bytes = Some(cfg.effective_max_inflight_body_bytes());

@@ -136,3 +136,40 @@ fn test_services_of_a_cluster_member_show_gossip_and_its_target_only() {
     drop(members);
     let _ = std::fs::remove_dir_all(&blocks);
 }
+
+/// The value of `key:` under the top-level `section:` of a YAML page (`""` for the top level).
+fn yaml_value(yaml: &str, section: &str, key: &str) -> Option<String> {
+    let mut in_section = section.is_empty();
+    for line in yaml.lines() {
+        if !line.starts_with(' ') {
+            in_section = section.is_empty() || line == format!("{section}:");
+        }
+        let indent = if section.is_empty() { "" } else { "  " };
+        if in_section {
+            if let Some(v) = line.strip_prefix(&format!("{indent}{key}: ")) {
+                return Some(v.trim_matches('\'').to_string());
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn test_config_shows_the_resolved_cores_and_directories() {
+    // `-shards=0` (all cores) after the harness's `-shards=2`: the default, resolved at start.
+    let k = Kiln::start(&["-shards=0"]);
+    let yaml = get(k.port, "/config").text();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(yaml_value(&yaml, "", "shards"), Some(cores.to_string()), "{yaml}");
+    let data = k.data.display().to_string();
+    assert_eq!(yaml_value(&yaml, "", "wal_dir"), Some(format!("{data}/wal")), "{yaml}");
+    assert_eq!(yaml_value(&yaml, "compactor", "data_dir"), Some(format!("{data}/compactor")), "{yaml}");
+    let filesystem = yaml.lines().skip_while(|l| *l != "storage:").find_map(|l| l.strip_prefix("    dir: "));
+    assert_eq!(filesystem, Some(format!("{data}/blocks").as_str()), "{yaml}");
+    // A directory given explicitly is shown as given.
+    let k = Kiln::start(&["-ingester.wal-dir=/tmp/kiln-explicit-wal-for-config-test"]);
+    let yaml = get(k.port, "/config").text();
+    assert_eq!(yaml_value(&yaml, "", "wal_dir"), Some("/tmp/kiln-explicit-wal-for-config-test".into()), "{yaml}");
+    drop(k);
+    let _ = std::fs::remove_dir_all("/tmp/kiln-explicit-wal-for-config-test");
+}

@@ -328,7 +328,7 @@ fn render_bounds(out: &mut String) {
 }
 
 pub fn config(core: &Edge) -> Response {
-    text(200, "text/plain; charset=utf-8", core.cfg().to_yaml())
+    text(200, "text/plain; charset=utf-8", core.cfg().resolved().to_yaml())
 }
 
 pub fn buildinfo() -> Response {

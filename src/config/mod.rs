@@ -731,6 +731,18 @@ impl Config {
         serde_yaml::to_string(self).unwrap_or_default()
     }
 
+    /// The config as the process runs it, for `/config`: the values whose default is
+    /// resolved at start (empty or 0 in the flags) replaced by what they resolve to: the
+    /// cores (`shards`), the WAL, filesystem blocks and compactor directories.
+    pub fn resolved(&self) -> Config {
+        let mut cfg = self.clone();
+        cfg.cores = self.effective_cores();
+        cfg.wal_dir = self.wal_dir().display().to_string();
+        cfg.storage.filesystem.dir = self.blocks_dir().display().to_string();
+        cfg.compactor.data_dir = self.compactor_dir().display().to_string();
+        cfg
+    }
+
     /// Builds the config from command-line arguments (without the program name).
     pub fn from_args(args: &[String]) -> Result<Config, String> {
         let flags = split_flags(args)?;
