@@ -4,8 +4,25 @@ mod common;
 use common::*;
 use std::process::Command;
 
+/// Runs kiln to its exit, which these flags should bring within seconds: past 30 s it is
+/// killed and the test fails (a server that started instead of exiting).
 fn kiln(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).envs(env.iter().copied()).output().expect("run kiln")
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kiln {args:?} did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// The revision `build.rs` should have stamped: git's HEAD, or `unknown` without git.
@@ -52,7 +69,7 @@ fn test_version_flag_prints_the_build_and_exits_0() {
         assert_build_date(date.trim());
     }
     // Another flag beside it does not start a server either (no port is bound).
-    let out = kiln(&["-version", "-server.http-listen-port=1"], &[]);
+    let out = kiln(&["-version", "-server.http-listen-address=127.0.0.1", "-server.http-listen-port=1"], &[]);
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -89,7 +106,9 @@ fn test_config_expand_env_replaces_variables_before_parsing() {
     assert!(c.contains("reject_older_than: 2h"), "{c}");
     drop(k);
     // Without the flag the text is parsed as it is, and `${KILN_TEST_RATE_MB}` is no number.
-    let out = kiln(&[&config, "-server.http-listen-address=127.0.0.1"], &[("KILN_TEST_RATE_MB", "7")]);
+    let port = format!("-server.http-listen-port={}", free_port());
+    let storage = format!("-storage.path={}", dir.join("data").display());
+    let out = kiln(&[&config, "-server.http-listen-address=127.0.0.1", &port, &storage], &[("KILN_TEST_RATE_MB", "7")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("ingestion"), "{err}");
