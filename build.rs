@@ -21,15 +21,17 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A worktree's HEAD lives in its own git dir, its refs in the common one: ask git for
-    // each path rather than assume `.git/HEAD`.
-    for path in ["HEAD", "packed-refs"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={p}");
-        }
-    }
-    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(p) = git(&["rev-parse", "--git-path", &reference]) {
-            println!("cargo:rerun-if-changed={p}");
+    // each path rather than assume `.git/HEAD`. Only files that exist are named: cargo
+    // counts a missing one as changed on every build, which would rebuild the crate each time.
+    // A branch only in `packed-refs` gets a loose file on its next commit: then its folder is
+    // named, whose new file cargo sees.
+    let reference = git(&["symbolic-ref", "-q", "HEAD"]);
+    for path in ["HEAD", "packed-refs"].into_iter().chain(reference.as_deref()) {
+        let Some(p) = git(&["rev-parse", "--git-path", path]) else { continue };
+        let p = std::path::PathBuf::from(p);
+        let watched = if p.is_file() { Some(p.as_path()) } else { p.parent().filter(|_| path != "packed-refs") };
+        if let Some(w) = watched.filter(|w| w.exists()) {
+            println!("cargo:rerun-if-changed={}", w.display());
         }
     }
 }
