@@ -20,6 +20,7 @@
 use crate::api;
 use crate::config::{Component, Config};
 use crate::process::{block_termination_signals, fail, probe_port, raise_nofile_limit, wait_for_signal};
+use crate::service::services::ServiceState;
 use crate::{cluster, ingester, store_gateway};
 use kiln_shards::ring::member::{Components, InstanceDesc, State};
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub fn run(cfg: Config) {
     // thread inherits the blocked mask.
     let signals = block_termination_signals();
     let mut cfg = cfg;
+    // Resolved here, on the main thread: a pinned core thread would count one CPU.
+    cfg.cores = cores;
     cfg.max_head_bytes_per_core = Some(cfg.effective_max_head_bytes());
     cfg.http_conn_limit = Some(cfg.effective_http_conn_limit(nofile));
     cfg.max_inflight_body_bytes = Some(cfg.effective_max_inflight_body_bytes());
@@ -93,8 +96,10 @@ pub fn run(cfg: Config) {
     let pin = cores >= cpus || !shared.cfg.cluster_mode();
     let started =
         kiln_shards::runtime::start(cores, local_ring, pin, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
+    let services = shared.services.clone();
     // 1. store-gateway: every block this instance serves to the core that owns it.
     if serves.cut_here || serves.shared {
+        services.set(Component::StoreGateway.as_str(), ServiceState::Starting);
         let instance = blocks_instance.as_str();
         let bucket = store_gateway::Bucket::read(&store).unwrap_or_else(|e| fail(e.to_string()));
         let pinned = |_: &str, b: &kiln_io::store::bucket_index::BlockRef| serves.pinned(b, instance);
@@ -116,28 +121,52 @@ pub fn run(cfg: Config) {
             };
             syncer.start(&bucket).unwrap_or_else(|e| fail(e.to_string()));
         }
+        services.set(Component::StoreGateway.as_str(), ServiceState::Running);
         // 2. ingester: the WAL records no indexed block holds, into the heads.
         if let Some(w) = &wal {
+            services.set(Component::Ingester.as_str(), ServiceState::Starting);
             w.replay(&started.mesh, &bucket.indexed());
+            services.set(Component::Ingester.as_str(), ServiceState::Running);
         }
     }
     // 3. distributor, querier and the edge: the port opens on every core.
+    for c in [Component::Distributor, Component::Querier, Component::QueryFrontend, Component::QueryScheduler] {
+        services.set(c.as_str(), ServiceState::Running);
+    }
+    services.set("server", ServiceState::Running);
     drop(started.gate);
     if let Some(c) = &cluster {
         c.set_state(State::Active);
     }
     // 4. the compactor, on threads of its own at a lower priority than the cores.
     if runs(Component::Compactor) {
+        services.set(Component::Compactor.as_str(), ServiceState::Starting);
         start_compactor(&shared, &started.mesh, cluster.clone(), started_at_s);
+        services.set(Component::Compactor.as_str(), ServiceState::Running);
     }
     let sig = wait_for_signal(&signals);
+    shut_down(sig, &shared, wal.is_some(), &started.mesh, &cluster);
+}
+
+/// Stops in the reverse order of the start: the edge refuses new work, then every core's
+/// WAL is synced (`has_wal`: the process runs an ingester), then the process leaves the
+/// cluster and exits (0 when every WAL synced).
+fn shut_down(
+    sig: i32,
+    shared: &api::Shared,
+    has_wal: bool,
+    mesh: &kiln_shards::runtime::Mesh,
+    cluster: &Option<Arc<cluster::Cluster>>,
+) -> ! {
     tracing::info!(signal = sig, "shutting down: refusing new work and syncing the WAL");
-    if let Some(c) = &cluster {
+    if let Some(c) = cluster {
         c.set_state(State::Leaving);
     }
     shared.readiness.shut_down();
-    let clean = wal.is_none() || sync_wals(&started.mesh);
-    if let Some(c) = &cluster {
+    shared.services.move_all(ServiceState::Running, ServiceState::Stopping);
+    let clean = !has_wal || sync_wals(mesh);
+    shared.services.move_all(ServiceState::Stopping, ServiceState::Terminated);
+    if let Some(c) = cluster {
         cluster::gossip::leave(c);
     }
     tracing::info!(clean, "shutdown complete; every acknowledged push is in the WAL");

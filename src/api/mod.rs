@@ -17,6 +17,7 @@ use crate::ingester::client::IngesterClient;
 use crate::ingester::Ingester;
 use crate::querier::Querier;
 use crate::service::readiness::Readiness;
+use crate::service::services::{ServiceState, Services};
 use hyper::body::Incoming;
 use kiln_shards::runtime::{CoreContext, Mesh};
 use metrics::CoreMetrics;
@@ -50,6 +51,8 @@ pub struct Shared {
     /// The process's object storage (its store thread), where tenant settings and ad hoc
     /// profiles are kept.
     pub store: kiln_io::store::Store,
+    /// Each service this process runs and its state, moved by `target::run` (`/services`).
+    pub services: Arc<Services>,
 }
 
 impl Shared {
@@ -92,7 +95,9 @@ impl Shared {
             let grace = crate::config::retire_after(cfg.store_gateway_sync_interval);
             Arc::new(crate::querier::coverage::Catalog::new(store.clone(), grace))
         });
+        let services = Arc::new(process_services(&cfg, cluster.is_some()));
         Arc::new(Shared {
+            services,
             catalog,
             conns: conn::Conns::new(cfg.http_conn_limit.unwrap_or(0)),
             bodies: inflight::BodyBudget::new(cfg.max_inflight_body_bytes.unwrap_or(0)),
@@ -114,6 +119,20 @@ impl Shared {
     pub fn ready(&self) -> bool {
         self.readiness.ready()
     }
+}
+
+/// The services of `/services` in start order: gossip (started before everything else, so
+/// already Running), the edge's `server`, then the components `-target` runs.
+fn process_services(cfg: &Config, clustered: bool) -> Services {
+    let mut names = Vec::new();
+    if clustered {
+        names.push("memberlist-kv");
+    }
+    names.push("server");
+    names.extend(cfg.target.components().into_iter().map(Component::as_str));
+    let services = Services::new(&names);
+    services.set("memberlist-kv", ServiceState::Running);
+    services
 }
 
 /// One core's edge: the components it routes to, each built with what it needs. Lives on

@@ -1,5 +1,5 @@
-//! Operational endpoints: readiness, metrics, config, build info, version, health, the ring
-//! and a small web page. They are the process's, not a component's: served by the edge.
+//! Operational endpoints: readiness, metrics, config, build info, version, health, the ring,
+//! the services' states and a small web page. They are the process's, not a component's: served by the edge.
 use super::{metrics, Edge};
 use crate::cluster::now_ms;
 use crate::cluster::pages::{self, Which};
@@ -26,6 +26,7 @@ pub enum Endpoint {
     Ui,
     Ring(Which),
     Memberlist,
+    Services,
 }
 
 const GET: &[Method] = &[Method::GET];
@@ -73,6 +74,7 @@ pub static HTTP: &[HttpRoute<Endpoint>] = &[
         endpoint: Endpoint::Ring(Which::Compactor),
     },
     HttpRoute { methods: GET, paths: &["/memberlist"], class: Class::Other, endpoint: Endpoint::Memberlist },
+    HttpRoute { methods: GET, paths: &["/services"], class: Class::Other, endpoint: Endpoint::Services },
 ];
 
 pub static RPC: &[RpcService] = &[
@@ -96,7 +98,20 @@ pub async fn serve_http(core: &Rc<Edge>, endpoint: &Endpoint, r: &Req) -> Respon
             let page = pages::memberlist_page(&snap, now_ms(), &|d| heartbeat(core, d), &self_id);
             text(200, "text/html; charset=utf-8", page)
         }
+        Endpoint::Services => services(core),
     }
+}
+
+/// `/services`: each service this process runs and its state, as Pyroscope's page shows them.
+pub fn services(core: &Edge) -> Response {
+    let mut page = String::from(
+        "<!DOCTYPE html>\n<html>\n<head><meta charset=\"UTF-8\"><title>Services' status</title></head>\n<body>\n<h1>Services' status</h1>\n<table border=\"1\">\n<thead><tr><th>Service</th><th>Status</th></tr></thead>\n<tbody>\n",
+    );
+    for (name, state) in core.shared.services.states() {
+        let _ = writeln!(page, "<tr><td>{name}</td><td>{}</td></tr>", state.as_str());
+    }
+    page.push_str("</tbody>\n</table>\n</body>\n</html>\n");
+    text(200, "text/html; charset=utf-8", page)
 }
 
 pub async fn serve_rpc(core: &Rc<Edge>, rpc: &Call<'_>, service: &str, method: &str) -> Reply {
@@ -164,7 +179,7 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     }
     kiln_io::invariant::render(&mut out);
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
-    let _ = writeln!(out, "kiln_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "kiln_build_info{{version=\"{}\",revision=\"{REVISION}\"}} 1", env!("CARGO_PKG_VERSION"));
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
 }
 
@@ -313,7 +328,7 @@ fn render_bounds(out: &mut String) {
 }
 
 pub fn config(core: &Edge) -> Response {
-    text(200, "text/plain; charset=utf-8", core.cfg().to_yaml())
+    text(200, "text/plain; charset=utf-8", core.cfg().resolved().to_yaml())
 }
 
 pub fn buildinfo() -> Response {
@@ -321,14 +336,32 @@ pub fn buildinfo() -> Response {
         "status": "success",
         "data": {
             "version": env!("CARGO_PKG_VERSION"),
-            "revision": option_env!("KILN_REVISION").unwrap_or(""),
-            "branch": "",
+            "revision": REVISION,
+            "branch": BRANCH,
             "buildUser": "",
-            "buildDate": "",
+            "buildDate": BUILD_DATE,
             "goVersion": "",
         }
     });
     text(200, "application/json", serde_json::to_vec(&body).expect("json"))
+}
+
+/// The git revision the binary was built from (`build.rs`), `unknown` when built without git.
+pub const REVISION: &str = env!("KILN_REVISION");
+/// The git branch the binary was built from, `unknown` without git (`HEAD` when detached).
+pub const BRANCH: &str = env!("KILN_BRANCH");
+/// When `build.rs` stamped the binary, RFC 3339 UTC (`SOURCE_DATE_EPOCH` when set).
+pub const BUILD_DATE: &str = env!("KILN_BUILD_DATE");
+
+/// What `-version` prints, in the shape of Pyroscope's (Prometheus' `version.Print`).
+pub fn version_text() -> String {
+    format!(
+        "kiln, version {} (branch: {BRANCH}, revision: {REVISION})\n  build date:       {BUILD_DATE}\n  rust version:     {}\n  platform:         {}/{}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("KILN_RUSTC_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
 }
 
 pub fn version() -> VersionResponse {

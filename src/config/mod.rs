@@ -3,6 +3,7 @@
 //! Precedence: defaults, then `-config.file` YAML (Pyroscope's keys), then flags. Flags are
 //! Go style: `-name=value`, `--name=value`, `-name value`, and a bare `-bool-flag` for true.
 //! Where Pyroscope reads 0 as "no limit", so does kiln.
+pub mod expand_env;
 pub mod modes;
 
 pub use modes::{BackendKind, Component, LogLevel, Target, WalSyncPolicy};
@@ -730,17 +731,37 @@ impl Config {
         serde_yaml::to_string(self).unwrap_or_default()
     }
 
+    /// The config as the process runs it, for `/config`: the values whose default is
+    /// resolved at start (empty or 0 in the flags) replaced by what they resolve to: the
+    /// cores (`shards`), the WAL, filesystem blocks and compactor directories.
+    pub fn resolved(&self) -> Config {
+        let mut cfg = self.clone();
+        cfg.cores = self.effective_cores();
+        cfg.wal_dir = self.wal_dir().display().to_string();
+        cfg.storage.filesystem.dir = self.blocks_dir().display().to_string();
+        cfg.compactor.data_dir = self.compactor_dir().display().to_string();
+        cfg
+    }
+
     /// Builds the config from command-line arguments (without the program name).
     pub fn from_args(args: &[String]) -> Result<Config, String> {
         let flags = split_flags(args)?;
         let mut cfg = Config::default();
+        let expand_environment = match flags.iter().rev().find(|(k, _)| k == "config.expand-env") {
+            Some((_, v)) => parse_bool(v).map_err(|e| format!("-config.expand-env={v}: {e}"))?,
+            None => false,
+        };
         if let Some((_, file)) = flags.iter().rev().find(|(k, _)| k == "config.file") {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("reading -config.file {file}: {e}"))?;
+            let mut text = std::fs::read_to_string(file).map_err(|e| format!("reading -config.file {file}: {e}"))?;
+            if expand_environment {
+                text = expand_env::expand(&text, &|name| std::env::var(name).ok());
+            }
             cfg.apply_yaml(&text)?;
             cfg.config_file = file.clone();
         }
         for (k, v) in &flags {
-            if k == "config.file" {
+            // Read above; `-version` is answered by main before the config is built.
+            if k == "config.file" || k == "config.expand-env" || k == "version" {
                 continue;
             }
             cfg.set_flag(k, v)?;
@@ -1229,6 +1250,8 @@ fn is_bool_flag(name: &str) -> bool {
     matches!(
         name,
         "auth.multitenancy-enabled"
+            | "config.expand-env"
+            | "version"
             | "self-profiling.disable-push"
             | "storage.s3.insecure"
             | "storage.s3.force-path-style"

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod readiness;
 pub mod request;
 pub mod routes;
+pub mod services;
 pub mod status;
 pub mod tenant;
 
