@@ -96,7 +96,8 @@ impl Replicator {
             let tx = tx.clone();
             if Some(inst) == me {
                 let (local, tenant) = (local.clone(), tenant.clone());
-                let limits = super::client::in_cluster_of(&self.cluster, limits);
+                let healthy = snap.healthy_count(kiln_shards::ring::member::Components::INGESTER);
+                let limits = super::client::in_cluster(limits, healthy, self.cluster.replication_factor);
                 monoio::spawn(async move {
                     let res = local.push_local(&tenant, parts, &limits).await;
                     let _ = tx.send((inst, res));

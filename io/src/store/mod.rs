@@ -426,7 +426,7 @@ impl Ctx {
 
     async fn put(&self, path: &str, data: bytes::Bytes) -> Result<(), StoreError> {
         let p = self.path(path)?;
-        if let Some(dest) = self.local_dir.as_ref().filter(|_| self.write_behind).and_then(|d| local_file(d, path)) {
+        if let Some(dest) = self.written_behind(path) {
             let written = tokio::task::spawn_blocking(move || write_behind::put(&dest, &data)).await;
             let e = match written {
                 Ok(Ok(())) => return Ok(()),
@@ -439,11 +439,17 @@ impl Ctx {
         Ok(())
     }
 
+    /// Where `path` is written window by window (`write_behind`): the background store's
+    /// file for it on the filesystem; `None` elsewhere.
+    fn written_behind(&self, path: &str) -> Option<std::path::PathBuf> {
+        self.local_dir.as_ref().filter(|_| self.write_behind).and_then(|d| local_file(d, path))
+    }
+
     async fn put_file(&self, path: &str, local: &std::path::Path) -> Result<(), StoreError> {
         let p = self.path(path)?;
         let failed =
             |e: std::io::Error| io_error(format!("put {path} in {} from {}: {e}", self.describe, local.display()), &e);
-        if let Some(dest) = self.local_dir.as_ref().filter(|_| self.write_behind).and_then(|d| local_file(d, path)) {
+        if let Some(dest) = self.written_behind(path) {
             let src = local.to_path_buf();
             let copied = tokio::task::spawn_blocking(move || {
                 let mut f = std::fs::File::open(&src)?;
