@@ -174,7 +174,7 @@ fn wide_profile(n: usize) -> Profile {
         x ^= x >> 7;
         x ^= x << 17;
         locs.reverse();
-        p.samples.push(Sample { locations: locs, values: vec![(x % 1000) as i64 + 1] });
+        p.samples.push(Sample { locations: locs, values: vec![(x % 1000) as i64 + 1], span_id: 0 });
     }
     p
 }

@@ -493,7 +493,7 @@ fn replica_pushes() {
         let p = Profile {
             strings: vec!["".into(), "cpu".into()],
             sample_types: vec![Default::default()],
-            samples: vec![Sample { locations: vec![], values: vec![5] }],
+            samples: vec![Sample { locations: vec![], values: vec![5], span_id: 0 }],
             ..Default::default()
         };
         let groups = vec![SampleGroup { labels: Default::default(), samples: vec![0] }];

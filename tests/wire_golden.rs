@@ -195,8 +195,8 @@ fn push_records() {
         functions: vec![Function { name: 3, system_name: 3, filename: 4, start_line: 1 }],
         locations: vec![Location { mapping: 1, address: 0x40_1000, lines: vec![Line { function: 0, line: 5 }] }],
         samples: vec![
-            Sample { locations: vec![0], values: vec![20_000_000] },
-            Sample { locations: vec![0, 0], values: vec![-1] },
+            Sample { locations: vec![0], values: vec![20_000_000], span_id: 0 },
+            Sample { locations: vec![0, 0], values: vec![-1], span_id: 0 },
         ],
     };
     let groups = vec![SampleGroup {

@@ -158,7 +158,7 @@ pub fn build_profile(
             })
             .collect();
         locs.reverse();
-        p.samples.push(Sample { locations: locs, values: vec![value] });
+        p.samples.push(Sample { locations: locs, values: vec![value], span_id: 0 });
         cost += SAMPLE_COST;
         if max_bytes > 0 && cost > max_bytes {
             return Err(format!(

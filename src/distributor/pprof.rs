@@ -621,7 +621,7 @@ fn dense_samples(
         series_key(s.label.iter().map(|l| (l.key, l.str, l.num_unit)), nstr, non_series, &mut key).map_err(invalid)?;
         let locations = dense_stack(&s.location_id, |id| location_index.get(&id).copied()).map_err(invalid)?;
         groups.add(&key, strings, samples.len() as u32);
-        samples.push(Sample { locations, values: s.value });
+        samples.push(Sample { locations, values: s.value, span_id: 0 });
     }
     Ok((samples, groups.into_groups()))
 }

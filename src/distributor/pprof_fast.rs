@@ -687,7 +687,7 @@ fn dense_samples(
             None => dense_stack(&ids, |id| location_index.get(id)).or_else(invalid)?,
         };
         groups.add(&key, strings, samples.len() as u32);
-        samples.push(Sample { locations, values: values.clone() });
+        samples.push(Sample { locations, values: values.clone(), span_id: 0 });
     }
     Ok((samples, groups.into_groups()))
 }

@@ -270,7 +270,7 @@ pub(crate) mod tests {
                 locs.push(id);
             }
             locs.reverse();
-            p.samples.push(Sample { locations: locs, values: vec![*v] });
+            p.samples.push(Sample { locations: locs, values: vec![*v], span_id: 0 });
         }
         p
     }
@@ -429,6 +429,7 @@ pub(crate) mod tests {
                 Sample {
                     locations: (0..d.below(5)).map(|_| d.index(nl)).collect(),
                     values: (0..nv).map(|_| d.value()).collect(),
+                    span_id: 0,
                 }
             })
             .collect();

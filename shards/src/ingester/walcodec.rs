@@ -326,7 +326,7 @@ fn decode_groups(r: &mut R<'_>, p: &mut Profile) -> Res<Vec<SampleGroup>> {
                 values.push(r.i()?);
             }
             samples.push(p.samples.len() as u32);
-            p.samples.push(Sample { locations, values });
+            p.samples.push(Sample { locations, values, span_id: 0 });
         }
         groups.push(SampleGroup { labels: Labels::from_pairs(pairs), samples });
     }
@@ -368,6 +368,7 @@ mod tests {
                     .map(|i| Sample {
                         locations: (0..(i % nl) + 1).map(|j| j as u32).collect(),
                         values: (0..nt).map(|t| (i * t) as i64 - 3).collect(),
+                        span_id: 0,
                     })
                     .collect();
                 let groups = vec![

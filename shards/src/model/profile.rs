@@ -86,6 +86,9 @@ pub struct Sample {
     /// Leaf first, as in pprof.
     pub locations: Vec<u32>,
     pub values: Vec<i64>,
+    /// The span (trace span id) the sample was taken in; 0 = none. Kept per sample, never
+    /// a series label (span ids would make every span a series).
+    pub span_id: u64,
 }
 
 impl Profile {
