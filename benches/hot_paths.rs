@@ -205,6 +205,7 @@ fn flamegraph(c: &mut Criterion) {
                 keys: None,
                 epoch: None,
                 report_read: false,
+                spans: None,
             };
             b.iter(|| {
                 let QueryResult::Tree(part) = h.query("t", &QueryRequest::MergeTree(sel.clone())) else {

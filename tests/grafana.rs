@@ -205,7 +205,6 @@ fn unserved_methods_name_what_is_missing() {
     let k = Kiln::start(&[]);
     for (path, missing) in [
         ("/settings.v1.RecordingRulesService/ListRecordingRules", "recording rules"),
-        ("/querier.v1.QuerierService/SelectMergeSpanProfile", "span ids"),
         ("/querier.v1.QuerierService/SelectHeatmap", "each profile's own total"),
         ("/debuginfo.v1alpha1.DebuginfoService/ShouldInitiateUpload", "debug info"),
         ("/vcs.v1.VCSService/GetFile", "source code"),
@@ -456,4 +455,138 @@ fn ad_hoc_bad_input_is_refused_clearly() {
     // Nothing refused was stored.
     let r = connect_json(k.port, "/adhocprofiles.v1.AdHocProfileService/List", &[], json!({}));
     assert_eq!(r.json(), json!({}));
+}
+
+/// A CPU pprof whose samples carry span ids as the SDKs send them: a `span_id` label (Go's
+/// otel-profiling), a `profile_id` label (the Java agent), a malformed one (no span), none.
+fn span_pprof(time_nanos: i64) -> Vec<u8> {
+    use kiln_proto::google::v1 as pb;
+    use prost::Message;
+    let strings = [
+        "",
+        "cpu",
+        "nanoseconds",
+        "main",
+        "work",
+        "serve",
+        "idle",
+        "span_id",
+        "profile_id",
+        "0102030405060708",
+        "a1a2a3a4a5a6a7a8",
+        "239",
+        "handler",
+        "web",
+    ];
+    let s = |x: &str| strings.iter().position(|y| *y == x).unwrap() as i64;
+    let function = |id: u64, name: &str| pb::Function { id, name: s(name), ..Default::default() };
+    let location =
+        |id: u64| pb::Location { id, line: vec![pb::Line { function_id: id, line: 1 }], ..Default::default() };
+    let label = |k: &str, v: &str| pb::Label { key: s(k), str: s(v), ..Default::default() };
+    // Stacks leaf first: main;work, main;serve, main;idle, main;work again.
+    let sample = |leaf: u64, v: i64, labels: Vec<pb::Label>| pb::Sample {
+        location_id: vec![leaf, 1],
+        value: vec![v],
+        label: labels,
+    };
+    pb::Profile {
+        sample_type: vec![pb::ValueType { r#type: s("cpu"), unit: s("nanoseconds") }],
+        sample: vec![
+            sample(2, 10, vec![label("span_id", "0102030405060708"), label("handler", "web")]),
+            sample(3, 20, vec![label("profile_id", "a1a2a3a4a5a6a7a8"), label("handler", "web")]),
+            sample(4, 40, vec![label("span_id", "239"), label("handler", "web")]),
+            sample(2, 80, vec![label("handler", "web")]),
+        ],
+        location: (1..=4).map(location).collect(),
+        function: vec![function(1, "main"), function(2, "work"), function(3, "serve"), function(4, "idle")],
+        string_table: strings.iter().map(|x| x.to_string()).collect(),
+        time_nanos,
+        period_type: Some(pb::ValueType { r#type: s("cpu"), unit: s("nanoseconds") }),
+        period: 10_000_000,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Grafana's traces to profiles: `SelectMergeSpanProfile` (and `SelectMergeStacktraces`
+/// with a `span_selector`) answer the samples taken in the given spans, from the head,
+/// after a `kill -9` (the WAL keeps the span ids), and from blocks; span ids never become
+/// series labels.
+#[test]
+fn span_profiles_answer_from_the_head_the_wal_and_blocks() {
+    use common::snapshot::{flush, push_fixture};
+    use kiln_proto::querier::v1 as q;
+    let mut flags = FIXTURE_FLAGS.to_vec();
+    flags.push("-shards=2");
+    let k = Kiln::start(&flags);
+    push_fixture(k.port, "traced", span_pprof(now_ms() * 1_000_000));
+    let pt = "fixture:cpu:nanoseconds:cpu:nanoseconds";
+    let span_graph = |port: u16, spans: &[&str]| -> Result<std::collections::BTreeMap<String, i64>, (u16, String)> {
+        let r = connect_json(
+            port,
+            "/querier.v1.QuerierService/SelectMergeSpanProfile",
+            &[],
+            json!({"profileTypeID": pt, "labelSelector": "{service_name=\"traced\"}", "spanSelector": spans,
+                   "start": now_ms() - 3_600_000, "end": now_ms() + 60_000}),
+        );
+        if r.status != 200 {
+            return Err((r.status, r.text()));
+        }
+        let fg: q::FlameGraph = serde_json::from_value(r.json()["flamegraph"].clone()).unwrap();
+        Ok(flamegraph_stacks(&fg.names, &fg.levels.iter().map(|l| l.values.clone()).collect::<Vec<_>>()))
+    };
+    let stacks = |v: &[(&str, i64)]| v.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+    let check = |port: u16, what: &str| {
+        let one = span_graph(port, &["0102030405060708"]).unwrap();
+        assert_eq!(one, stacks(&[("main;work", 10)]), "{what}");
+        let both = span_graph(port, &["0102030405060708", "a1a2a3a4a5a6a7a8"]).unwrap();
+        assert_eq!(both, stacks(&[("main;serve", 20), ("main;work", 10)]), "{what}");
+        assert!(span_graph(port, &["ffffffffffffffff"]).unwrap().is_empty(), "{what}");
+        // The same filter through SelectMergeStacktraces; without it, every sample.
+        let merged = |spans: &[&str]| {
+            let r: q::SelectMergeStacktracesResponse = connect(
+                port,
+                "/querier.v1.QuerierService/SelectMergeStacktraces",
+                &[],
+                &q::SelectMergeStacktracesRequest {
+                    profile_type_id: pt.into(),
+                    label_selector: "{}".into(),
+                    start: now_ms() - 3_600_000,
+                    end: now_ms() + 60_000,
+                    span_selector: spans.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let fg = r.flamegraph.unwrap();
+            flamegraph_stacks(&fg.names, &fg.levels.iter().map(|l| l.values.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(merged(&["a1a2a3a4a5a6a7a8"]), stacks(&[("main;serve", 20)]), "{what}");
+        assert_eq!(
+            merged(&[]),
+            stacks(&[("main;idle", 40), ("main;serve", 20), ("main;work", 90)]),
+            "{what}: without a span selector"
+        );
+        // Span ids are not labels: one series, labelled by `handler` alone.
+        let names = connect_json(port, "/querier.v1.QuerierService/LabelNames", &[], json!({}));
+        let names = names.json()["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        assert!(names.contains(&"handler".to_string()), "{what}: {names:?}");
+        assert!(!names.iter().any(|n| n == "span_id" || n == "profile_id"), "{what}: {names:?}");
+    };
+    check(k.port, "from the head");
+    // A malformed span id in a selector is refused, naming it.
+    let e = span_graph(k.port, &["0102"]).unwrap_err();
+    assert_eq!(e.0, 400, "{}", e.1);
+    assert!(e.1.contains("0102") && e.1.contains("16 hex digits"), "{}", e.1);
+    let data = k.kill();
+    let k = Kiln::start_in(data, &flags);
+    check(k.port, "after kill -9, from the WAL");
+    flush(k.port);
+    assert_eq!(metric_sum(k.port, "kiln_head_profiles"), 0.0);
+    check(k.port, "from blocks");
 }

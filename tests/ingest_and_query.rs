@@ -550,9 +550,9 @@ fn stack_trace_selector_keeps_the_call_site() {
     )
     .unwrap();
     assert_eq!(p.sample.iter().map(|s| s.value[0]).sum::<i64>(), 4);
-    // Selectors that need span ids are refused, not ignored.
+    // Selectors that need profile or trace ids are refused, not ignored.
     let mut spans = req(site(&[]));
-    spans.span_selector = vec!["0123456789abcdef".into()];
+    spans.profile_id_selector = vec!["0123456789abcdef".into()];
     let e = connect::<_, q::SelectMergeStacktracesResponse>(
         k.port,
         "/querier.v1.QuerierService/SelectMergeStacktraces",

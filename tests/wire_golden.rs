@@ -75,6 +75,7 @@ fn selection(keys: Option<(u64, Include)>) -> Selection {
         }),
         epoch: Some(42),
         report_read: true,
+        spans: None,
     }
 }
 

@@ -20,6 +20,28 @@ pub struct Series {
     pub offsets: Vec<u32>,
     pub stacks: Vec<u32>,
     pub values: Vec<i64>,
+    /// The samples taken in a span, per profile, beside the profile's own samples (which
+    /// count them too): what span queries read. `None` while no profile of the series had
+    /// one, so a series without spans pays one pointer.
+    pub spans: Option<Box<SpanSamples>>,
+}
+
+/// A series' span samples. Invariant: `offsets.len()` is the series' profile count plus
+/// one; profile i's span samples are `[offsets[i]..offsets[i+1]]` of the three columns, in
+/// (stack, span) order without repeats and without zero values.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SpanSamples {
+    pub offsets: Vec<u32>,
+    pub stacks: Vec<u32>,
+    pub values: Vec<i64>,
+    pub spans: Vec<u64>,
+}
+
+impl SpanSamples {
+    pub fn samples(&self, i: usize) -> impl Iterator<Item = (u32, i64, u64)> + '_ {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        (a..b).map(move |k| (self.stacks[k], self.values[k], self.spans[k]))
+    }
 }
 
 impl Series {
@@ -32,7 +54,26 @@ impl Series {
             offsets: vec![0],
             stacks: Vec::new(),
             values: Vec::new(),
+            spans: None,
         }
+    }
+
+    /// Ends the span samples of the profile just appended (its row is the last): `samples`
+    /// ((stack, span, value), sorted, merged, no zeros) become its span samples. A series'
+    /// first span sample creates the columns with an empty entry for every earlier profile.
+    pub(crate) fn push_span_samples(&mut self, samples: &[(u32, u64, i64)]) {
+        if samples.is_empty() && self.spans.is_none() {
+            return;
+        }
+        let rows = self.timestamps.len();
+        let sp =
+            self.spans.get_or_insert_with(|| Box::new(SpanSamples { offsets: vec![0; rows], ..Default::default() }));
+        for &(stack, span, value) in samples {
+            sp.stacks.push(stack);
+            sp.spans.push(span);
+            sp.values.push(value);
+        }
+        sp.offsets.push(sp.stacks.len() as u32);
     }
 
     pub(crate) fn profiles(&self) -> usize {
@@ -187,15 +228,31 @@ impl<'a> HeadView<'a> {
         }
     }
 
-    /// Summed value per stack node over the selected profiles.
+    /// Summed value per stack node over the selected profiles; with a span filter, over
+    /// their samples taken in one of those spans.
     fn stack_values(&self, sel: &Selection) -> FxHashMap<u32, i64> {
         let mut acc: FxHashMap<u32, i64> = FxHashMap::default();
+        let mut add = |id: u32, v: i64| {
+            let e = acc.entry(id).or_insert(0);
+            *e = e.saturating_add(v);
+        };
         for s in self.selected(sel) {
-            for i in self.in_range(s, sel) {
-                for (id, v) in s.samples(i) {
-                    let e = acc.entry(id).or_insert(0);
-                    *e = e.saturating_add(v);
+            match (&sel.spans, &s.spans) {
+                (None, _) => {
+                    for i in self.in_range(s, sel) {
+                        s.samples(i).for_each(|(id, v)| add(id, v));
+                    }
                 }
+                (Some(wanted), Some(sp)) => {
+                    for i in self.in_range(s, sel) {
+                        for (id, v, span) in sp.samples(i) {
+                            if wanted.contains(span) {
+                                add(id, v);
+                            }
+                        }
+                    }
+                }
+                (Some(_), None) => {}
             }
         }
         acc

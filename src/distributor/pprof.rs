@@ -5,7 +5,7 @@
 //! §2.1): any failure here is the client's fault and becomes HTTP 400 / `invalid_argument`.
 use kiln_proto::kiln::v1::ProfileInput;
 use kiln_shards::model::labels::Labels;
-use kiln_shards::model::profile::{Function, Line, Location, Mapping, Profile, Sample, ValueType};
+use kiln_shards::model::profile::{parse_span_id, Function, Line, Location, Mapping, Profile, Sample, ValueType};
 use prost::Message;
 use rustc_hash::FxHashMap;
 
@@ -377,6 +377,23 @@ pub(crate) fn series_key(
     Ok(())
 }
 
+/// The span a sample was taken in, from its `span_id` label or else its `profile_id` label
+/// (what the Java agent and older SDKs send; Pyroscope renames it to `span_id`): 16 hex
+/// digits, anything else is no span. `labels` are (key, str) string indices, already
+/// checked to lie in `strings` (by [`series_key`]).
+pub(crate) fn sample_span(labels: impl Iterator<Item = (i64, i64)>, strings: &[String]) -> u64 {
+    let (mut span, mut profile) = (None, None);
+    for (k, v) in labels {
+        let text = |i: i64| strings.get(i as usize).map_or("", String::as_str);
+        match text(k) {
+            "span_id" => span = span.or(Some(v)),
+            "profile_id" => profile = profile.or(Some(v)),
+            _ => {}
+        }
+    }
+    span.or(profile).and_then(|v| parse_span_id(strings.get(v as usize)?)).unwrap_or(0)
+}
+
 /// A sample's stack as location indices, the root-most [`MAX_STACK_DEPTH`] frames of it
 /// (pprof lists the leaf first).
 #[inline]
@@ -621,7 +638,8 @@ fn dense_samples(
         series_key(s.label.iter().map(|l| (l.key, l.str, l.num_unit)), nstr, non_series, &mut key).map_err(invalid)?;
         let locations = dense_stack(&s.location_id, |id| location_index.get(&id).copied()).map_err(invalid)?;
         groups.add(&key, strings, samples.len() as u32);
-        samples.push(Sample { locations, values: s.value, span_id: 0 });
+        let span_id = sample_span(s.label.iter().map(|l| (l.key, l.str)), strings);
+        samples.push(Sample { locations, values: s.value, span_id });
     }
     Ok((samples, groups.into_groups()))
 }

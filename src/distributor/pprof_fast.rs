@@ -40,8 +40,8 @@
 use crate::distributor::gofix;
 use crate::distributor::pprof::{
     check_header, check_sample, check_sample_type_names, dense_by_id, dense_function, dense_location, dense_mapping,
-    dense_stack, dense_value_types, detect_language, hex, kept_suffix, series_key, CleanedNames, Decoded, DenseSamples,
-    IdTable, Language, PprofLimits, SeriesGroups, MAX_STACK_DEPTH, NON_SERIES_SAMPLE_LABELS,
+    dense_stack, dense_value_types, detect_language, hex, kept_suffix, sample_span, series_key, CleanedNames, Decoded,
+    DenseSamples, IdTable, Language, PprofLimits, SeriesGroups, MAX_STACK_DEPTH, NON_SERIES_SAMPLE_LABELS,
 };
 use kiln_shards::model::profile::{Function, Location, Mapping, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
@@ -687,7 +687,8 @@ fn dense_samples(
             None => dense_stack(&ids, |id| location_index.get(id)).or_else(invalid)?,
         };
         groups.add(&key, strings, samples.len() as u32);
-        samples.push(Sample { locations, values: values.clone(), span_id: 0 });
+        let span_id = sample_span(labels.iter().map(|l| (l.key, l.str)), strings);
+        samples.push(Sample { locations, values: values.clone(), span_id });
     }
     Ok((samples, groups.into_groups()))
 }

@@ -156,6 +156,7 @@ pub fn selection(
         keys: None,
         epoch: None,
         report_read: false,
+        spans: None,
     }))
 }
 

@@ -11,8 +11,10 @@ use kiln_proto::querier::v1 as q;
 use kiln_proto::types::v1 as t;
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{Labels, ProfileType};
-use kiln_shards::query::{QueryRequest, QueryResult, Selection};
+use kiln_shards::model::profile::parse_span_id;
+use kiln_shards::query::{QueryRequest, QueryResult, Selection, SpanSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// What a QuerierService handler works with: the querier of its core and the request's
 /// headers (tenants, `Accept`).
@@ -31,11 +33,12 @@ pub async fn dispatch(querier: &Rc<Querier>, rpc: &service::Call<'_>, method: &s
         "Series" => rpc.unary(|r| series(c, r)).await,
         "SelectMergeStacktraces" => rpc.unary(|r| select_merge_stacktraces(c, r)).await,
         "SelectMergeProfile" => rpc.unary(|r| select_merge_profile(c, r)).await,
+        "SelectMergeSpanProfile" => rpc.unary(|r| select_merge_span_profile(c, r)).await,
         "SelectSeries" => rpc.unary(|r| select_series(c, r)).await,
         "Diff" => rpc.unary(|r| diff(c, r)).await,
         "GetProfileStats" => rpc.unary(|r| profile_stats(c, r)).await,
         "AnalyzeQuery" => rpc.unary(|r| analyze_query(c, r)).await,
-        // Span profiles need span ids, which kiln does not store (`call::NOT_SERVED`).
+        // What kiln does not serve says what is missing (`call::NOT_SERVED`).
         _ => rpc.unimplemented(),
     }
 }
@@ -168,23 +171,47 @@ fn call_site(sts: Option<&t::StackTraceSelector>) -> Result<Vec<String>, RpcErro
     Ok(s.call_site.iter().map(|l| l.name.clone()).collect())
 }
 
-fn no_span_selectors(profile_ids: &[String], trace_ids: &[String], spans: &[String]) -> Result<(), RpcError> {
-    if profile_ids.is_empty() && trace_ids.is_empty() && spans.is_empty() {
+fn no_profile_selectors(profile_ids: &[String], trace_ids: &[String]) -> Result<(), RpcError> {
+    if profile_ids.is_empty() && trace_ids.is_empty() {
         return Ok(());
     }
     Err(RpcError::new(
         Code::Unimplemented,
-        "profile, trace and span selectors need span ids, which kiln does not store yet",
+        "profile and trace id selectors need profile and trace ids, which kiln does not store (span_selector works)",
     ))
+}
+
+/// A span selector's ids: each 16 hex digits, as Pyroscope's `NewSpanSelector` reads them.
+fn span_set(spans: &[String]) -> Result<Arc<SpanSet>, RpcError> {
+    let mut ids = Vec::with_capacity(spans.len());
+    for s in spans {
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RpcError::invalid(format!("invalid span id {s:?}: a span id is 16 hex digits")));
+        }
+        // The all-zero id is no span: it matches nothing.
+        ids.push(parse_span_id(s).unwrap_or(0));
+    }
+    Ok(Arc::new(SpanSet::new(ids)))
+}
+
+/// Restricts a selection to the samples taken in `spans`.
+fn with_spans(sel: Option<Selection>, spans: Arc<SpanSet>) -> Option<Selection> {
+    sel.map(|mut s| {
+        s.spans = Some(spans);
+        s
+    })
 }
 
 async fn select_merge_stacktraces(
     call: &Call<'_>,
     r: q::SelectMergeStacktracesRequest,
 ) -> Result<q::SelectMergeStacktracesResponse, RpcError> {
-    no_span_selectors(&r.profile_id_selector, &r.trace_id_selector, &r.span_selector)?;
+    no_profile_selectors(&r.profile_id_selector, &r.trace_id_selector)?;
     let site = call_site(r.stack_trace_selector.as_ref())?;
-    let (sel, tenant) = stacktraces_selection(call, &r)?;
+    let (mut sel, tenant) = stacktraces_selection(call, &r)?;
+    if !r.span_selector.is_empty() {
+        sel = with_spans(sel, span_set(&r.span_selector)?);
+    }
     let max = max_nodes(call.querier, &tenant, r.max_nodes)?;
     let format = q::ProfileFormat::try_from(r.format).unwrap_or(q::ProfileFormat::Unspecified);
     match format {
@@ -216,8 +243,34 @@ async fn select_merge_stacktraces(
     }
 }
 
+/// `SelectMergeSpanProfile` (Grafana's traces to profiles): the flame graph of the samples
+/// taken in the given spans.
+async fn select_merge_span_profile(
+    call: &Call<'_>,
+    r: q::SelectMergeSpanProfileRequest,
+) -> Result<q::SelectMergeSpanProfileResponse, RpcError> {
+    let spans = span_set(&r.span_selector)?;
+    let tenants = call.querier.tenants(call.headers)?;
+    let tenant = tenants[0].clone();
+    let sel = selection(call.querier, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
+    let sel = with_spans(sel, spans);
+    let max = max_nodes(call.querier, &tenant, r.max_nodes)?;
+    let t = merged_tree(call.querier, sel, &[]).await?;
+    match q::ProfileFormat::try_from(r.format).unwrap_or(q::ProfileFormat::Unspecified) {
+        q::ProfileFormat::Tree => {
+            Ok(q::SelectMergeSpanProfileResponse { tree: t.tree_bytes(max), ..Default::default() })
+        }
+        q::ProfileFormat::Unspecified | q::ProfileFormat::Flamegraph => {
+            Ok(q::SelectMergeSpanProfileResponse { flamegraph: Some(t.flamegraph(max)), ..Default::default() })
+        }
+        other => {
+            Err(RpcError::invalid(format!("SelectMergeSpanProfile answers a flame graph or a tree, not {other:?}")))
+        }
+    }
+}
+
 async fn select_merge_profile(call: &Call<'_>, r: q::SelectMergeProfileRequest) -> Result<Profile, RpcError> {
-    no_span_selectors(&r.profile_id_selector, &r.trace_id_selector, &[])?;
+    no_profile_selectors(&r.profile_id_selector, &r.trace_id_selector)?;
     let site = call_site(r.stack_trace_selector.as_ref())?;
     let tenants = call.querier.tenants(call.headers)?;
     let sel = selection(call.querier, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
@@ -316,6 +369,7 @@ async fn profile_stats(call: &Call<'_>, _r: t::GetProfileStatsRequest) -> Result
         keys: None,
         epoch: None,
         report_read: false,
+        spans: None,
     };
     let mut out = t::GetProfileStatsResponse::default();
     for p in fan_out(call.querier, QueryRequest::Stats(sel)).await? {

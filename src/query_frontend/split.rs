@@ -98,6 +98,7 @@ mod tests {
             keys: None,
             epoch: None,
             report_read: false,
+            spans: None,
         }
     }
 

@@ -18,7 +18,7 @@
 //!
 //! Pure: no I/O. The caller fetches the row groups' bytes through [`Fetch`].
 use super::index::{BlockIndex, IndexSeries};
-use super::profiles::{ProfileRow, ProfilesFile, Sink, Writer};
+use super::profiles::{Columns, ProfileRow, ProfilesFile, Sink, SpanRow, Writer};
 use super::{index, meta, symdb, EncodeOptions, EncodedBlock, FormatError, PROFILES, SYMBOLS};
 use crate::model::labels::Labels;
 use crate::model::symbols::{Import, Symbols};
@@ -277,20 +277,30 @@ impl<W: Sink> Merger<'_, '_, W> {
                 }
                 let c = &self.cursors[i];
                 let (stacks, values) = (&c.stacks[r.samples.clone()], &c.values[r.samples.clone()]);
-                let mut samples: Vec<(u32, i64)> = Vec::with_capacity(stacks.len());
-                for (&s, &v) in stacks.iter().zip(values) {
-                    if s as usize >= input.symbols.stack_count() || s == 0 {
-                        let what =
-                            format!("stack id {s} in {PROFILES}, {SYMBOLS} has {} stacks", input.symbols.stack_count());
+                let stack_count = input.symbols.stack_count();
+                let known = |s: u32| {
+                    if s as usize >= stack_count || s == 0 {
+                        let what = format!("stack id {s} in {PROFILES}, {SYMBOLS} has {stack_count} stacks");
                         return Err(MergeError::Format {
                             block: input.id.to_string(),
                             source: FormatError::Mismatch(what),
                         });
                     }
-                    samples.push((self.out.symbols.import_stack(input.symbols, &mut self.imports[i], s), v));
+                    Ok(s)
+                };
+                let mut samples: Vec<(u32, i64)> = Vec::with_capacity(stacks.len());
+                for (&s, &v) in stacks.iter().zip(values) {
+                    samples.push((self.out.symbols.import_stack(input.symbols, &mut self.imports[i], known(s)?), v));
                 }
                 samples.sort_unstable_by_key(|&(s, _)| s);
-                self.at_time.push(Candidate { source: self.source_of[i], total: r.total, samples });
+                let mut spans: Vec<(u32, u64, i64)> = Vec::with_capacity(r.spans.len());
+                for k in r.spans.clone() {
+                    let s = known(c.span_stacks[k])?;
+                    let s = self.out.symbols.import_stack(input.symbols, &mut self.imports[i], s);
+                    spans.push((s, c.span_ids[k], c.span_values[k]));
+                }
+                spans.sort_unstable_by_key(|&(s, span, _)| (s, span));
+                self.at_time.push(Candidate { source: self.source_of[i], total: r.total, samples, spans });
                 self.stats.rows_in += 1;
                 self.cursors[i].pos += 1;
             }
@@ -309,7 +319,7 @@ impl<W: Sink> Merger<'_, '_, W> {
             self.at_time.iter().map(|c| c.source).max_by_key(|&s| (counts[s], std::cmp::Reverse(s))).unwrap_or(0);
         for c in self.at_time.drain(..) {
             if c.source == keep {
-                self.out.push(t, c.total, &c.samples)?;
+                self.out.push(t, c.total, &c.samples, &c.spans)?;
             } else {
                 self.stats.copies_dropped += 1;
             }
@@ -323,6 +333,8 @@ struct Candidate {
     source: usize,
     total: i64,
     samples: Vec<(u32, i64)>,
+    /// (stack, span, value), in (stack, span) order.
+    spans: Vec<(u32, u64, i64)>,
 }
 
 /// A decoded row of an input: its samples are `samples` of the cursor's buffers.
@@ -332,6 +344,8 @@ struct Row {
     time: i64,
     total: i64,
     samples: Range<usize>,
+    /// Its span samples: `span_*` of the cursor's buffers.
+    spans: Range<usize>,
 }
 
 /// Where an input is read: its current row group, decoded, and the next row in it.
@@ -343,6 +357,9 @@ struct Cursor {
     pos: usize,
     stacks: Vec<u32>,
     values: Vec<i64>,
+    span_stacks: Vec<u32>,
+    span_values: Vec<i64>,
+    span_ids: Vec<u64>,
     /// The (series, time) of the last row read, across row groups: each must follow it.
     last: Option<(u32, i64)>,
 }
@@ -378,7 +395,7 @@ impl Cursor {
         let g = self.next_group;
         self.next_group += 1;
         let rows = input.profiles.group_rows(g);
-        let ranges = input.profiles.plan(std::slice::from_ref(&rows), true);
+        let ranges = input.profiles.plan(std::slice::from_ref(&rows), Columns::Spans);
         let bytes = fetch.fetch(i, &ranges).map_err(|error| MergeError::Read { block: input.id.to_string(), error })?;
         if bytes.len() != ranges.len() {
             return Err(MergeError::Read {
@@ -391,13 +408,18 @@ impl Cursor {
         self.rows.clear();
         self.stacks.clear();
         self.values.clear();
+        self.span_stacks.clear();
+        self.span_values.clear();
+        self.span_ids.clear();
         self.pos = 0;
         let mut err = None;
         let index = input.index;
         let (stacks, values, out, last) = (&mut self.stacks, &mut self.values, &mut self.rows, &mut self.last);
+        let (span_stacks, span_values, span_ids) = (&mut self.span_stacks, &mut self.span_values, &mut self.span_ids);
+        let all = std::slice::from_ref(&rows);
         input
             .profiles
-            .read_rows(&fetched, std::slice::from_ref(&rows), true, i64::MIN, i64::MAX, |row, si, t, total, st, v| {
+            .read_spans(&fetched, all, Columns::Spans, i64::MIN, i64::MAX, |row, si, t, total, st, v, sp| {
                 // Rows must lie where the index puts their series and ascend in time there.
                 let placed = index.series.get(si as usize).is_some_and(|s| s.row_range().contains(&row));
                 let ordered = last.is_none_or(|p| p <= (si, t));
@@ -410,7 +432,11 @@ impl Cursor {
                 let a = stacks.len();
                 stacks.extend_from_slice(st);
                 values.extend_from_slice(v);
-                out.push(Row { series: si, time: t, total, samples: a..stacks.len() });
+                let b = span_stacks.len();
+                span_stacks.extend_from_slice(sp.stacks);
+                span_values.extend_from_slice(sp.values);
+                span_ids.extend_from_slice(sp.spans);
+                out.push(Row { series: si, time: t, total, samples: a..stacks.len(), spans: b..span_stacks.len() });
             })
             .map_err(format)?;
         match err {
@@ -420,19 +446,32 @@ impl Cursor {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.rows.capacity() * std::mem::size_of::<Row>() + self.stacks.capacity() * 4 + self.values.capacity() * 8
+        self.rows.capacity() * std::mem::size_of::<Row>()
+            + self.stacks.capacity() * 4
+            + self.values.capacity() * 8
+            + self.span_stacks.capacity() * 4
+            + self.span_values.capacity() * 8
+            + self.span_ids.capacity() * 8
     }
 }
+
+/// A row of the output's current row group: (series, time, total, samples of
+/// `stacks`/`values`, span samples of `span_*`).
+type OutRow = (u32, i64, i64, Range<usize>, Range<usize>);
 
 /// The output being written: full row groups go to the parquet writer at once.
 struct Output<W: Sink> {
     writer: Writer<W>,
     symbols: Symbols,
     series: Vec<IndexSeries>,
-    /// The current row group: (series, time, total, samples of `stacks`/`values`).
-    rows: Vec<(u32, i64, i64, Range<usize>)>,
+    /// The current row group: (series, time, total, samples of `stacks`/`values`, span
+    /// samples of `span_*`).
+    rows: Vec<OutRow>,
     stacks: Vec<u32>,
     values: Vec<i64>,
+    span_stacks: Vec<u32>,
+    span_values: Vec<i64>,
+    span_ids: Vec<u64>,
     rows_written: u64,
     samples: u64,
     row_group_rows: usize,
@@ -448,6 +487,9 @@ impl<W: Sink> Output<W> {
             rows: Vec::new(),
             stacks: Vec::new(),
             values: Vec::new(),
+            span_stacks: Vec::new(),
+            span_values: Vec::new(),
+            span_ids: Vec::new(),
             rows_written: 0,
             samples: 0,
             row_group_rows: opts.row_group_rows,
@@ -458,7 +500,13 @@ impl<W: Sink> Output<W> {
     /// Appends a row of the series being written (its index is the next in `series`),
     /// writing the row group first when this row would not fit (as `profiles::row_groups`
     /// splits an encoded head).
-    fn push(&mut self, t: i64, total: i64, samples: &[(u32, i64)]) -> Result<(), MergeError> {
+    fn push(
+        &mut self,
+        t: i64,
+        total: i64,
+        samples: &[(u32, i64)],
+        spans: &[(u32, u64, i64)],
+    ) -> Result<(), MergeError> {
         if !self.rows.is_empty()
             && (self.rows.len() >= self.row_group_rows || self.stacks.len() + samples.len() > self.row_group_samples)
         {
@@ -468,7 +516,11 @@ impl<W: Sink> Output<W> {
         self.stacks.extend(samples.iter().map(|s| s.0));
         self.values.extend(samples.iter().map(|s| s.1));
         self.samples += samples.len() as u64;
-        self.rows.push((self.series.len() as u32, t, total, a..self.stacks.len()));
+        let b = self.span_stacks.len();
+        self.span_stacks.extend(spans.iter().map(|s| s.0));
+        self.span_ids.extend(spans.iter().map(|s| s.1));
+        self.span_values.extend(spans.iter().map(|s| s.2));
+        self.rows.push((self.series.len() as u32, t, total, a..self.stacks.len(), b..self.span_stacks.len()));
         Ok(())
     }
 
@@ -479,12 +531,17 @@ impl<W: Sink> Output<W> {
         let group: Vec<ProfileRow<'_>> = self
             .rows
             .iter()
-            .map(|(series, t, total, s)| ProfileRow {
+            .map(|(series, t, total, s, k)| ProfileRow {
                 series: *series,
                 time_nanos: *t,
                 total: *total,
                 stacks: &self.stacks[s.clone()],
                 values: &self.values[s.clone()],
+                spans: SpanRow {
+                    stacks: &self.span_stacks[k.clone()],
+                    values: &self.span_values[k.clone()],
+                    spans: &self.span_ids[k.clone()],
+                },
             })
             .collect();
         self.writer.write_group(&group).map_err(MergeError::Output)?;
@@ -492,11 +549,19 @@ impl<W: Sink> Output<W> {
         self.rows.clear();
         self.stacks.clear();
         self.values.clear();
+        self.span_stacks.clear();
+        self.span_values.clear();
+        self.span_ids.clear();
         Ok(())
     }
 
     fn heap_bytes(&self) -> usize {
-        self.rows.capacity() * 40 + self.stacks.capacity() * 4 + self.values.capacity() * 8
+        self.rows.capacity() * 56
+            + self.stacks.capacity() * 4
+            + self.values.capacity() * 8
+            + self.span_stacks.capacity() * 4
+            + self.span_values.capacity() * 8
+            + self.span_ids.capacity() * 8
     }
 
     fn finish(

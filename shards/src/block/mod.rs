@@ -157,12 +157,17 @@ impl<'h> Encoder<'h> {
             for &i in &by_time {
                 let (a, b) = (s.offsets[i] as usize, s.offsets[i + 1] as usize);
                 samples += (b - a) as u64;
+                let spans = s.spans.as_deref().map_or_else(profiles::SpanRow::default, |sp| {
+                    let (c, d) = (sp.offsets[i] as usize, sp.offsets[i + 1] as usize);
+                    profiles::SpanRow { stacks: &sp.stacks[c..d], values: &sp.values[c..d], spans: &sp.spans[c..d] }
+                });
                 rows.push(profiles::ProfileRow {
                     series: si as u32,
                     time_nanos: s.timestamps[i],
                     total: s.totals[i],
                     stacks: &s.stacks[a..b],
                     values: &s.values[a..b],
+                    spans,
                 });
             }
             let n = u32::try_from(by_time.len())
@@ -282,17 +287,19 @@ pub fn rows_to_read(
 
 /// For each selected series index (in the same order), a `head::Series` with its labels and
 /// profile type from the index and its profiles in [min_ns, max_ns] from the rows fetched for
-/// `file.plan(&rows_to_read(index, selected, file, min_ns, max_ns), with_samples)`. Without samples, `stacks`/`values`
-/// are empty and every `offsets` entry is 0. A series selected twice comes back twice.
+/// `file.plan(&rows_to_read(index, selected, file, min_ns, max_ns), columns)`. Without samples, `stacks`/`values`
+/// are empty and every `offsets` entry is 0; span samples are read only with
+/// `Columns::Spans`. A series selected twice comes back twice.
 pub fn load_series(
     index: &index::BlockIndex,
     selected: &[u32],
     file: &profiles::ProfilesFile,
     fetched: &[(Range<u64>, Bytes)],
-    with_samples: bool,
+    columns: impl Into<profiles::Columns>,
     min_ns: i64,
     max_ns: i64,
 ) -> Result<Vec<Series>, FormatError> {
+    let columns = columns.into();
     // Output slot of each series index (u32::MAX: not selected); a duplicate is copied later.
     let mut slot = vec![u32::MAX; index.series.len()];
     let mut out: Vec<Series> = Vec::with_capacity(selected.len());
@@ -311,16 +318,18 @@ pub fn load_series(
             offsets: vec![0],
             stacks: Vec::new(),
             values: Vec::new(),
+            spans: None,
         });
     }
     let mut err: Option<FormatError> = None;
-    file.read_rows(
+    let mut span_row: Vec<(u32, u64, i64)> = Vec::new();
+    file.read_spans(
         fetched,
         &rows_to_read(index, selected, file, min_ns, max_ns),
-        with_samples,
+        columns,
         min_ns,
         max_ns,
-        |row, si, t, total, stacks, values| {
+        |row, si, t, total, stacks, values, spans| {
             if err.is_some() {
                 return;
             }
@@ -343,6 +352,9 @@ pub fn load_series(
                 Ok(n) => s.offsets.push(n),
                 Err(_) => err = Some(FormatError::Mismatch(format!("series {si} has more than 2^32 samples"))),
             }
+            span_row.clear();
+            span_row.extend((0..spans.stacks.len()).map(|j| (spans.stacks[j], spans.spans[j], spans.values[j])));
+            s.push_span_samples(&span_row);
         },
     )?;
     if let Some(e) = err {
@@ -359,6 +371,7 @@ pub fn load_series(
             dst.offsets.clone_from(&src.offsets);
             dst.stacks.clone_from(&src.stacks);
             dst.values.clone_from(&src.values);
+            dst.spans.clone_from(&src.spans);
         }
     }
     Ok(out)

@@ -8,8 +8,12 @@
 //!   required int64 total_value;    // sum of `value` (saturating)
 //!   repeated int32 stacktrace_id;  // stack node ids of symbols.symdb (u32 bits), ascending
 //!   repeated int64 value;          // parallel to stacktrace_id, never 0
+//!   optional binary spans;         // the samples taken in a span (`encode_spans`); absent: none
 //! }
 //! ```
+//!
+//! Files written before span profiles have the first five columns only; they read as
+//! profiles without span samples.
 //!
 //! Reading is built for object storage: [`ProfilesFile::from_tail`] parses the footer from the
 //! file's last bytes, [`ProfilesFile::plan`] says which byte ranges a set of rows needs (whole
@@ -19,7 +23,7 @@ use super::{EncodeOptions, FormatError, PROFILES};
 use bytes::{Buf, Bytes};
 use parquet::basic::{Compression, Encoding, Repetition, Type as PhysicalType, ZstdLevel};
 use parquet::column::reader::ColumnReaderImpl;
-use parquet::data_type::{DataType, Int32Type, Int64Type};
+use parquet::data_type::{ByteArray, ByteArrayType, DataType, Int32Type, Int64Type};
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{ChunkReader, Length};
@@ -30,16 +34,98 @@ use parquet::schema::types::{ColumnPath, Type};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// The columns, in file order: (name, physical type, repeated).
-const COLUMNS: [(&str, PhysicalType, bool); 5] = [
-    ("series_index", PhysicalType::INT32, false),
-    ("time_nanos", PhysicalType::INT64, false),
-    ("total_value", PhysicalType::INT64, false),
-    ("stacktrace_id", PhysicalType::INT32, true),
-    ("value", PhysicalType::INT64, true),
+/// The columns, in file order: (name, physical type, repetition).
+const COLUMNS: [(&str, PhysicalType, Repetition); 6] = [
+    ("series_index", PhysicalType::INT32, Repetition::REQUIRED),
+    ("time_nanos", PhysicalType::INT64, Repetition::REQUIRED),
+    ("total_value", PhysicalType::INT64, Repetition::REQUIRED),
+    ("stacktrace_id", PhysicalType::INT32, Repetition::REPEATED),
+    ("value", PhysicalType::INT64, Repetition::REPEATED),
+    ("spans", PhysicalType::BYTE_ARRAY, Repetition::OPTIONAL),
 ];
 /// Columns read without samples: series_index, time_nanos, total_value.
 const HEAD_COLUMNS: usize = 3;
+/// Columns of a file written before span profiles (and what queries without spans read).
+const SAMPLE_COLUMNS: usize = 5;
+const MAX_COLUMNS: usize = COLUMNS.len();
+
+/// Which columns a read decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// series_index, time_nanos, total_value.
+    Head,
+    /// And the samples.
+    Samples,
+    /// And the span samples, where the file has them.
+    Spans,
+}
+
+impl From<bool> for Columns {
+    /// `with_samples`.
+    fn from(with_samples: bool) -> Columns {
+        if with_samples {
+            Columns::Samples
+        } else {
+            Columns::Head
+        }
+    }
+}
+
+/// One profile's span samples: (stack, value, span) as three parallel lists, in (stack,
+/// span) order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanRow<'a> {
+    pub stacks: &'a [u32],
+    pub values: &'a [i64],
+    pub spans: &'a [u64],
+}
+
+impl SpanRow<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
+}
+
+/// The `spans` cell of a row: a count, then per sample its stack id (delta from the
+/// previous one, zig-zag), value (zig-zag) and span id (8 bytes, little-endian).
+pub fn encode_spans(row: &SpanRow<'_>, out: &mut Vec<u8>) {
+    let mut w = kiln_io::codec::Writer(std::mem::take(out));
+    w.u(row.stacks.len() as u64);
+    let mut prev = 0i64;
+    for k in 0..row.stacks.len() {
+        let id = i64::from(row.stacks[k]);
+        w.i(id - prev);
+        prev = id;
+        w.i(row.values[k]);
+        w.u64_le(row.spans[k]);
+    }
+    *out = w.0;
+}
+
+/// Decodes a `spans` cell into the three lists (appended). Each sample takes at least ten
+/// bytes, so a count cannot ask for more than the cell could hold.
+pub fn decode_spans(
+    b: &[u8],
+    stacks: &mut Vec<u32>,
+    values: &mut Vec<i64>,
+    spans: &mut Vec<u64>,
+) -> Result<(), String> {
+    let mut r = kiln_io::codec::Reader::new(b);
+    let n = r.count(10).map_err(|e| format!("spans: {e}"))?;
+    let mut prev = 0i64;
+    for _ in 0..n {
+        let id = prev.checked_add(r.i().map_err(|e| format!("spans: {e}"))?).ok_or("spans: stack id overflows")?;
+        let id32 = u32::try_from(id).map_err(|_| format!("spans: stack id {id} out of range"))?;
+        prev = id;
+        stacks.push(id32);
+        values.push(r.i().map_err(|e| format!("spans: {e}"))?);
+        spans.push(r.u64_le().map_err(|e| format!("spans: {e}"))?);
+    }
+    if r.remaining() != 0 {
+        return Err("spans: trailing bytes".into());
+    }
+    Ok(())
+}
 /// Rows decoded per step of `read`: bounds the scratch buffers, whatever the ranges.
 const BATCH: u64 = 1024;
 /// Footer key-value entry with the CRC-32C of every column chunk: per row group, five
@@ -56,13 +142,16 @@ pub struct ProfileRow<'a> {
     pub total: i64,
     pub stacks: &'a [u32],
     pub values: &'a [i64],
+    /// Its span samples (`SpanRow::default()`: none).
+    pub spans: SpanRow<'a>,
 }
 
-fn schema() -> Arc<Type> {
-    let fields = COLUMNS
+/// The schema of a file with the first `ncols` columns (six; five in tests of files
+/// written before span profiles).
+fn schema(ncols: usize) -> Arc<Type> {
+    let fields = COLUMNS[..ncols]
         .iter()
-        .map(|&(name, ty, repeated)| {
-            let rep = if repeated { Repetition::REPEATED } else { Repetition::REQUIRED };
+        .map(|&(name, ty, rep)| {
             Arc::new(Type::primitive_type_builder(name, ty).with_repetition(rep).build().expect("valid primitive type"))
         })
         .collect();
@@ -110,6 +199,9 @@ pub fn check(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Result<(), Format
                 r.stacks.len(),
                 r.values.len()
             )));
+        }
+        if r.spans.stacks.len() != r.spans.values.len() || r.spans.stacks.len() != r.spans.spans.len() {
+            return Err(FormatError::Encode(format!("row {i}: span sample lists of unequal length")));
         }
         if i > 0 && (rows[i - 1].series, rows[i - 1].time_nanos) > (r.series, r.time_nanos) {
             return Err(FormatError::Encode(format!("row {i} is not in (series, time) order")));
@@ -160,6 +252,7 @@ impl Sink for std::fs::File {
 pub struct Writer<W: Sink = Vec<u8>> {
     w: SerializedFileWriter<W>,
     cols: WriteColumns,
+    ncols: usize,
 }
 
 impl Writer {
@@ -171,6 +264,12 @@ impl Writer {
 impl<W: Sink> Writer<W> {
     /// A writer that writes into `sink` (from its start: a new file).
     pub fn into_sink(opts: &EncodeOptions, sink: W) -> Result<Writer<W>, FormatError> {
+        Writer::with_columns(opts, sink, MAX_COLUMNS)
+    }
+
+    /// A writer of the first `ncols` columns: tests write files as kiln wrote them before
+    /// span profiles with it.
+    fn with_columns(opts: &EncodeOptions, sink: W, ncols: usize) -> Result<Writer<W>, FormatError> {
         let level = ZstdLevel::try_new(opts.zstd_level)
             .map_err(|e| FormatError::Encode(format!("zstd level {}: {e}", opts.zstd_level)))?;
         let col = |name: &str| ColumnPath::from(name);
@@ -193,8 +292,8 @@ impl<W: Sink> Writer<W> {
             // spec; PLAIN and the delta encoding are read by every parquet reader.
             .set_column_dictionary_enabled(col("value"), false)
             .build();
-        let w = SerializedFileWriter::new(sink, schema(), Arc::new(props)).map_err(encode_err)?;
-        Ok(Writer { w, cols: WriteColumns::default() })
+        let w = SerializedFileWriter::new(sink, schema(ncols), Arc::new(props)).map_err(encode_err)?;
+        Ok(Writer { w, cols: WriteColumns::default(), ncols })
     }
 
     /// Appends one row group (rows already `check`ed, in order).
@@ -207,6 +306,9 @@ impl<W: Sink> Writer<W> {
         write_column::<Int64Type, W>(&mut rg, &cols.total, None)?;
         write_column::<Int32Type, W>(&mut rg, &cols.stacks, Some((&cols.def, &cols.rep)))?;
         write_column::<Int64Type, W>(&mut rg, &cols.values, Some((&cols.def, &cols.rep)))?;
+        if self.ncols > SAMPLE_COLUMNS {
+            write_column::<ByteArrayType, W>(&mut rg, &cols.spans, Some((&cols.span_def, &[])))?;
+        }
         rg.close().map_err(encode_err)?;
         Ok(())
     }
@@ -251,6 +353,10 @@ struct WriteColumns {
     /// samples is rep 0,1,…,1 / def 1,…,1; a row without samples is one level, rep 0 / def 0.
     def: Vec<i16>,
     rep: Vec<i16>,
+    /// The `spans` cells of the rows that have span samples; `span_def` is 1 for those rows
+    /// and 0 (null) for the others.
+    spans: Vec<ByteArray>,
+    span_def: Vec<i16>,
 }
 
 impl WriteColumns {
@@ -262,7 +368,15 @@ impl WriteColumns {
         self.values.clear();
         self.def.clear();
         self.rep.clear();
+        self.spans.clear();
+        self.span_def.clear();
         for r in group {
+            self.span_def.push(i16::from(!r.spans.is_empty()));
+            if !r.spans.is_empty() {
+                let mut cell = Vec::with_capacity(r.spans.stacks.len() * 12 + 4);
+                encode_spans(&r.spans, &mut cell);
+                self.spans.push(ByteArray::from(cell));
+            }
             // Series indices and stack ids are u32s stored as their i32 bits.
             self.series.push(r.series as i32);
             self.time.push(r.time_nanos);
@@ -286,8 +400,10 @@ fn write_column<T: DataType, W: Sink>(
     values: &[T::T],
     levels: Option<(&[i16], &[i16])>,
 ) -> Result<(), FormatError> {
-    let mut c = rg.next_column().map_err(encode_err)?.expect("the schema has five columns");
+    let mut c = rg.next_column().map_err(encode_err)?.expect("the schema has six columns");
+    // An empty repetition list: the column is not repeated.
     let (def, rep) = levels.unzip();
+    let rep = rep.filter(|r| !r.is_empty());
     c.typed::<T>().write_batch(values, def, rep).map_err(encode_err)?;
     c.close().map_err(encode_err)
 }
@@ -300,9 +416,11 @@ pub struct ProfilesFile {
     /// First absolute row of each row group, then the total row count.
     group_start: Vec<u64>,
     /// Byte range of each column chunk, per row group.
-    chunks: Vec<[Range<u64>; 5]>,
+    /// (`ncols` of them: five in a file written before span profiles, else six.)
+    chunks: Vec<[Range<u64>; MAX_COLUMNS]>,
     /// CRC-32C of each column chunk, per row group (from [`CHUNK_CRC_KEY`]).
-    crcs: Vec<[u32; 5]>,
+    crcs: Vec<[u32; MAX_COLUMNS]>,
+    ncols: usize,
     /// Min and max `time_nanos` of each row group, from the chunk statistics (the whole
     /// i64 range where a writer left them out).
     times: Vec<(i64, i64)>,
@@ -345,7 +463,7 @@ impl ProfilesFile {
         let footer = &tail[tail.len() - footer_len as usize..tail.len() - 8];
         let meta = ParquetMetaDataReader::decode_metadata(footer)
             .map_err(|e| corrupt(footer_at, format!("footer does not decode: {e}")))?;
-        check_schema(&meta).map_err(|what| corrupt(footer_at, what))?;
+        let ncols = check_schema(&meta).map_err(|what| corrupt(footer_at, what))?;
         let mut group_start = vec![0u64];
         let mut chunks = Vec::with_capacity(meta.num_row_groups());
         for (g, rg) in meta.row_groups().iter().enumerate() {
@@ -356,10 +474,11 @@ impl ProfilesFile {
                 .ok_or_else(|| corrupt(footer_at, format!("row group {g}: row count overflows")))?;
             group_start.push(end);
             chunks.push(
-                chunk_ranges(rg, footer_at).map_err(|what| corrupt(footer_at, format!("row group {g}: {what}")))?,
+                chunk_ranges(rg, footer_at, ncols)
+                    .map_err(|what| corrupt(footer_at, format!("row group {g}: {what}")))?,
             );
         }
-        let crcs = chunk_crcs(&meta).map_err(|what| corrupt(footer_at, what))?;
+        let crcs = chunk_crcs(&meta, ncols).map_err(|what| corrupt(footer_at, what))?;
         let times = meta
             .row_groups()
             .iter()
@@ -377,7 +496,7 @@ impl ProfilesFile {
                 format!("file says {} rows, its row groups hold {total}", meta.file_metadata().num_rows()),
             ));
         }
-        Ok(ProfilesFile { meta: Arc::new(meta), group_start, chunks, crcs, times, file_len, footer_len })
+        Ok(ProfilesFile { meta: Arc::new(meta), group_start, chunks, crcs, ncols, times, file_len, footer_len })
     }
 
     pub fn metadata(&self) -> &ParquetMetaData {
@@ -423,14 +542,23 @@ impl ProfilesFile {
         normalize(&out)
     }
 
-    pub fn plan(&self, rows: &[Range<u64>], with_samples: bool) -> Vec<Range<u64>> {
+    pub fn plan(&self, rows: &[Range<u64>], columns: impl Into<Columns>) -> Vec<Range<u64>> {
         let rows = normalize(rows);
-        let ncols = if with_samples { COLUMNS.len() } else { HEAD_COLUMNS };
+        let ncols = self.ncols_of(columns.into());
         let mut out: Vec<Range<u64>> = Vec::new();
         for (g, _) in self.groups(&rows) {
             out.extend(self.chunks[g][..ncols].iter().cloned());
         }
         normalize(&out)
+    }
+
+    /// How many leading columns a read of `columns` decodes in this file.
+    fn ncols_of(&self, columns: Columns) -> usize {
+        match columns {
+            Columns::Head => HEAD_COLUMNS,
+            Columns::Samples => SAMPLE_COLUMNS,
+            Columns::Spans => self.ncols,
+        }
     }
 
     /// Row groups overlapping `rows` (normalized) with their overlaps, in row-group-local row
@@ -465,12 +593,12 @@ impl ProfilesFile {
         &self,
         fetched: &[(Range<u64>, Bytes)],
         rows: &[Range<u64>],
-        with_samples: bool,
+        columns: impl Into<Columns>,
         min_ns: i64,
         max_ns: i64,
         mut f: impl FnMut(u32, i64, i64, &[u32], &[i64]),
     ) -> Result<(), FormatError> {
-        self.read_rows(fetched, rows, with_samples, min_ns, max_ns, |_, s, t, total, st, v| f(s, t, total, st, v))
+        self.read_rows(fetched, rows, columns, min_ns, max_ns, |_, s, t, total, st, v| f(s, t, total, st, v))
     }
 
     /// [`Self::read`] that also passes each row's absolute row number first, so a caller can
@@ -479,11 +607,27 @@ impl ProfilesFile {
         &self,
         fetched: &[(Range<u64>, Bytes)],
         rows: &[Range<u64>],
-        with_samples: bool,
+        columns: impl Into<Columns>,
         min_ns: i64,
         max_ns: i64,
         mut f: impl FnMut(u64, u32, i64, i64, &[u32], &[i64]),
     ) -> Result<(), FormatError> {
+        self.read_spans(fetched, rows, columns, min_ns, max_ns, |row, s, t, total, st, v, _| f(row, s, t, total, st, v))
+    }
+
+    /// [`Self::read_rows`] that also passes each row's span samples (empty unless
+    /// `columns` is [`Columns::Spans`] and the file has them).
+    #[allow(clippy::type_complexity)]
+    pub fn read_spans(
+        &self,
+        fetched: &[(Range<u64>, Bytes)],
+        rows: &[Range<u64>],
+        columns: impl Into<Columns>,
+        min_ns: i64,
+        max_ns: i64,
+        mut f: impl FnMut(u64, u32, i64, i64, &[u32], &[i64], SpanRow<'_>),
+    ) -> Result<(), FormatError> {
+        let columns = columns.into();
         let rows = normalize(rows);
         if let Some(last) = rows.last() {
             if last.end > self.num_rows() {
@@ -496,7 +640,7 @@ impl ProfilesFile {
             }
         }
         let file = Arc::new(SparseFile::new(fetched, self.file_len)?);
-        let ncols = if with_samples { COLUMNS.len() } else { HEAD_COLUMNS };
+        let ncols = self.ncols_of(columns);
         let groups = self.groups(&rows);
         // Every chunk is checked whole before anything decodes: a damaged one is reported as
         // such, not as whatever the decoder makes of it.
@@ -522,7 +666,7 @@ impl ProfilesFile {
         // parquet decoder panic (it does on some malformed pages). That panic touches only
         // this call's readers and buffers, so it is turned into an error; `f` may have seen
         // some rows, which the error tells the caller to drop.
-        let run = std::panic::AssertUnwindSafe(|| self.decode(&file, groups, with_samples, min_ns, max_ns, &mut f));
+        let run = std::panic::AssertUnwindSafe(|| self.decode(&file, groups, ncols, min_ns, max_ns, &mut f));
         std::panic::catch_unwind(run).unwrap_or_else(|p| {
             let msg = p
                 .downcast_ref::<String>()
@@ -537,10 +681,10 @@ impl ProfilesFile {
         &self,
         file: &Arc<SparseFile>,
         groups: Vec<(usize, Vec<Range<u64>>)>,
-        with_samples: bool,
+        ncols: usize,
         min_ns: i64,
         max_ns: i64,
-        f: &mut impl FnMut(u64, u32, i64, i64, &[u32], &[i64]),
+        f: &mut impl FnMut(u64, u32, i64, i64, &[u32], &[i64], SpanRow<'_>),
     ) -> Result<(), FormatError> {
         let mut buf = ReadBuffers::default();
         for (g, local) in groups {
@@ -552,7 +696,7 @@ impl ProfilesFile {
                     COLUMNS[c].0, r.start, r.end
                 ))
             };
-            let mut cols = ReadColumns::new(file, rg, with_samples).map_err(|(c, e)| ctx(c, e))?;
+            let mut cols = ReadColumns::new(file, rg, ncols).map_err(|(c, e)| ctx(c, e))?;
             let mut pos = 0u64;
             for r in local {
                 cols.skip(r.start - pos).map_err(|(c, e)| ctx(c, e))?;
@@ -567,7 +711,13 @@ impl ProfilesFile {
                         }
                         let s = buf.offsets.get(i..i + 2).map_or(0..0, |o| o[0]..o[1]);
                         let row = self.group_start[g] + at + i as u64;
-                        f(row, buf.series[i] as u32, t, buf.total[i], &buf.stack_ids[s.clone()], &buf.values[s]);
+                        let k = buf.span_offsets.get(i..i + 2).map_or(0..0, |o| o[0]..o[1]);
+                        let spans = SpanRow {
+                            stacks: &buf.span_stacks[k.clone()],
+                            values: &buf.span_values[k.clone()],
+                            spans: &buf.span_ids[k],
+                        };
+                        f(row, buf.series[i] as u32, t, buf.total[i], &buf.stack_ids[s.clone()], &buf.values[s], spans);
                     }
                     at += n as u64;
                 }
@@ -578,18 +728,24 @@ impl ProfilesFile {
     }
 }
 
-/// The schema must be exactly kiln's: any other file is not a kiln block.
-fn check_schema(meta: &ParquetMetaData) -> Result<(), String> {
+/// The schema must be exactly kiln's (with or without the `spans` column): any other file
+/// is not a kiln block. Its number of columns.
+fn check_schema(meta: &ParquetMetaData) -> Result<usize, String> {
     let s = meta.file_metadata().schema_descr();
-    if s.num_columns() != COLUMNS.len() {
-        return Err(format!("{} columns, expected {}", s.num_columns(), COLUMNS.len()));
+    if s.num_columns() != COLUMNS.len() && s.num_columns() != SAMPLE_COLUMNS {
+        return Err(format!("{} columns, expected {} (or {SAMPLE_COLUMNS})", s.num_columns(), COLUMNS.len()));
     }
-    for (c, &(name, ty, repeated)) in s.columns().iter().zip(COLUMNS.iter()) {
-        let level = i16::from(repeated);
+    for (c, &(name, ty, rep)) in s.columns().iter().zip(COLUMNS.iter()) {
+        let (def_level, rep_level) = match rep {
+            Repetition::REQUIRED => (0, 0),
+            Repetition::OPTIONAL => (1, 0),
+            Repetition::REPEATED => (1, 1),
+        };
+        let repeated = rep == Repetition::REPEATED;
         if c.path().parts() != [name]
             || c.physical_type() != ty
-            || c.max_def_level() != level
-            || c.max_rep_level() != level
+            || c.max_def_level() != def_level
+            || c.max_rep_level() != rep_level
         {
             return Err(format!(
                 "column {} ({:?}, def {}, rep {}) is not {}{name} {ty:?}",
@@ -597,28 +753,28 @@ fn check_schema(meta: &ParquetMetaData) -> Result<(), String> {
                 c.physical_type(),
                 c.max_def_level(),
                 c.max_rep_level(),
-                if repeated { "repeated " } else { "required " }
+                if repeated { "repeated " } else { "" }
             ));
         }
     }
-    Ok(())
+    Ok(s.num_columns())
 }
 
 /// The per-chunk checksums of the footer's [`CHUNK_CRC_KEY`] entry.
-fn chunk_crcs(meta: &ParquetMetaData) -> Result<Vec<[u32; 5]>, String> {
+fn chunk_crcs(meta: &ParquetMetaData, ncols: usize) -> Result<Vec<[u32; MAX_COLUMNS]>, String> {
     let text = meta
         .file_metadata()
         .key_value_metadata()
         .and_then(|kv| kv.iter().find(|e| e.key == CHUNK_CRC_KEY))
         .and_then(|e| e.value.as_deref())
         .ok_or_else(|| format!("no {CHUNK_CRC_KEY} entry in the footer"))?;
-    if text.len() != meta.num_row_groups() * 40 || !text.is_ascii() {
+    if text.len() != meta.num_row_groups() * ncols * 8 || !text.is_ascii() {
         return Err(format!("{CHUNK_CRC_KEY} holds {} bytes for {} row groups", text.len(), meta.num_row_groups()));
     }
     text.as_bytes()
-        .chunks(40)
+        .chunks(ncols * 8)
         .map(|g| {
-            let mut out = [0u32; 5];
+            let mut out = [0u32; MAX_COLUMNS];
             for (c, hex) in out.iter_mut().zip(g.chunks(8)) {
                 let hex = std::str::from_utf8(hex).expect("ASCII");
                 *c = u32::from_str_radix(hex, 16).map_err(|_| format!("{CHUNK_CRC_KEY}: {hex:?} is not hex"))?;
@@ -630,11 +786,11 @@ fn chunk_crcs(meta: &ParquetMetaData) -> Result<Vec<[u32; 5]>, String> {
 
 /// Each column chunk's byte range, checked to lie in the data region (after the leading
 /// magic, before the footer) so that no later offset arithmetic can fail.
-fn chunk_ranges(rg: &RowGroupMetaData, data_end: u64) -> Result<[Range<u64>; 5], String> {
-    if rg.num_columns() != COLUMNS.len() {
-        return Err(format!("{} column chunks, expected {}", rg.num_columns(), COLUMNS.len()));
+fn chunk_ranges(rg: &RowGroupMetaData, data_end: u64, ncols: usize) -> Result<[Range<u64>; MAX_COLUMNS], String> {
+    if rg.num_columns() != ncols {
+        return Err(format!("{} column chunks, expected {ncols}", rg.num_columns()));
     }
-    let mut out: [Range<u64>; 5] = Default::default();
+    let mut out: [Range<u64>; MAX_COLUMNS] = Default::default();
     for (c, slot) in rg.columns().iter().zip(out.iter_mut()) {
         let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
         let (Ok(start), Ok(len)) = (u64::try_from(start), u64::try_from(c.compressed_size())) else {
@@ -754,6 +910,14 @@ struct ReadBuffers {
     rep: Vec<i16>,
     def2: Vec<i16>,
     rep2: Vec<i16>,
+    /// Row i's span samples are `span_*[span_offsets[i]..span_offsets[i+1]]` (empty
+    /// unless the spans column is read).
+    span_offsets: Vec<usize>,
+    span_stacks: Vec<u32>,
+    span_values: Vec<i64>,
+    span_ids: Vec<u64>,
+    span_cells: Vec<ByteArray>,
+    span_def: Vec<i16>,
 }
 
 type ColErr = (usize, parquet::errors::ParquetError);
@@ -764,6 +928,7 @@ struct ReadColumns {
     time: ColumnReaderImpl<Int64Type>,
     total: ColumnReaderImpl<Int64Type>,
     samples: Option<(ColumnReaderImpl<Int32Type>, ColumnReaderImpl<Int64Type>)>,
+    spans: Option<ColumnReaderImpl<ByteArrayType>>,
 }
 
 fn general(msg: String) -> parquet::errors::ParquetError {
@@ -771,7 +936,8 @@ fn general(msg: String) -> parquet::errors::ParquetError {
 }
 
 impl ReadColumns {
-    fn new(file: &Arc<SparseFile>, rg: &RowGroupMetaData, with_samples: bool) -> Result<Self, ColErr> {
+    /// Readers of the first `ncols` columns.
+    fn new(file: &Arc<SparseFile>, rg: &RowGroupMetaData, ncols: usize) -> Result<Self, ColErr> {
         let rows = rg.num_rows() as usize;
         fn col<T: DataType>(
             file: &Arc<SparseFile>,
@@ -787,7 +953,8 @@ impl ReadColumns {
             series: col(file, rg, 0, rows)?,
             time: col(file, rg, 1, rows)?,
             total: col(file, rg, 2, rows)?,
-            samples: if with_samples { Some((col(file, rg, 3, rows)?, col(file, rg, 4, rows)?)) } else { None },
+            samples: if ncols > HEAD_COLUMNS { Some((col(file, rg, 3, rows)?, col(file, rg, 4, rows)?)) } else { None },
+            spans: if ncols > SAMPLE_COLUMNS { Some(col(file, rg, 5, rows)?) } else { None },
         })
     }
 
@@ -807,6 +974,9 @@ impl ReadColumns {
         if let Some((s, v)) = &mut self.samples {
             check(3, s.skip_records(n))?;
             check(4, v.skip_records(n))?;
+        }
+        if let Some(c) = &mut self.spans {
+            check(5, c.skip_records(n))?;
         }
         Ok(())
     }
@@ -829,6 +999,7 @@ impl ReadColumns {
         b.offsets.clear();
         b.stack_ids.clear();
         b.values.clear();
+        self.read_spans(n, b)?;
         let Some((sc, vc)) = &mut self.samples else {
             return Ok(());
         };
@@ -861,6 +1032,37 @@ impl ReadColumns {
         b.stack_ids.extend(b.raw_ids.iter().map(|&s| s as u32));
         Ok(())
     }
+
+    /// Decodes the next `n` rows' span cells into `b` (nothing without the column).
+    fn read_spans(&mut self, n: usize, b: &mut ReadBuffers) -> Result<(), ColErr> {
+        b.span_offsets.clear();
+        b.span_stacks.clear();
+        b.span_values.clear();
+        b.span_ids.clear();
+        let Some(c) = &mut self.spans else {
+            return Ok(());
+        };
+        b.span_cells.clear();
+        b.span_def.clear();
+        let (rows, _, _) = c.read_records(n, Some(&mut b.span_def), None, &mut b.span_cells).map_err(|e| (5, e))?;
+        if rows != n || b.span_def.len() != n {
+            return Err((5, general(format!("read {rows} of {n} rows: the column ends early"))));
+        }
+        let mut cells = b.span_cells.iter();
+        for &d in &b.span_def {
+            b.span_offsets.push(b.span_stacks.len());
+            if d == 1 {
+                let cell = cells.next().ok_or_else(|| (5, general("fewer span cells than rows say".into())))?;
+                decode_spans(cell.data(), &mut b.span_stacks, &mut b.span_values, &mut b.span_ids)
+                    .map_err(|m| (5, general(m)))?;
+            }
+        }
+        b.span_offsets.push(b.span_stacks.len());
+        if cells.next().is_some() {
+            return Err((5, general("more span cells than rows say".into())));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -880,7 +1082,14 @@ mod tests {
             .collect();
         let rows: Vec<ProfileRow<'_>> = data
             .iter()
-            .map(|(s, t, tot, st, v)| ProfileRow { series: *s, time_nanos: *t, total: *tot, stacks: st, values: v })
+            .map(|(s, t, tot, st, v)| ProfileRow {
+                series: *s,
+                time_nanos: *t,
+                total: *tot,
+                stacks: st,
+                values: v,
+                spans: SpanRow::default(),
+            })
             .collect();
         let bytes = write(&rows, &EncodeOptions { row_group_rows: 64, zstd_level: 3, ..Default::default() }).unwrap();
         (data, bytes)
@@ -893,7 +1102,14 @@ mod tests {
         let rows: Vec<ProfileRow<'_>> = data
             .iter()
             .enumerate()
-            .map(|(i, (st, v))| ProfileRow { series: 0, time_nanos: i as i64, total: 0, stacks: st, values: v })
+            .map(|(i, (st, v))| ProfileRow {
+                series: 0,
+                time_nanos: i as i64,
+                total: 0,
+                stacks: st,
+                values: v,
+                spans: SpanRow::default(),
+            })
             .collect();
         let opts = EncodeOptions { row_group_rows: 3, row_group_samples: 6, ..Default::default() };
         let lens: Vec<usize> = row_groups(&rows, &opts).iter().map(|g| g.len()).collect();
@@ -941,6 +1157,106 @@ mod tests {
         }
     }
 
+    /// One row's span samples as three lists.
+    type SpanLists = (Vec<u32>, Vec<i64>, Vec<u64>);
+
+    /// Rows with span samples on every third row.
+    fn span_rows(n: usize) -> Vec<SpanLists> {
+        (0..n)
+            .map(|i| {
+                let k = if i % 3 == 0 { i % 4 + 1 } else { 0 };
+                let stacks = (0..k as u32).map(|s| s * 5 + 2).collect();
+                let values = (0..k as i64).map(|v| -v - 1).collect();
+                let spans = (0..k as u64).map(|s| u64::MAX - s * 977 - i as u64).collect();
+                (stacks, values, spans)
+            })
+            .collect()
+    }
+
+    fn write_with_spans(n: usize, ncols: usize) -> (Vec<SpanLists>, Vec<u8>) {
+        let spans = span_rows(n);
+        let samples: Vec<(Vec<u32>, Vec<i64>)> = (0..n).map(|i| (vec![i as u32 + 1], vec![i as i64 + 1])).collect();
+        let rows: Vec<ProfileRow<'_>> = (0..n)
+            .map(|i| ProfileRow {
+                series: (i / 7) as u32,
+                time_nanos: i as i64,
+                total: i as i64 + 1,
+                stacks: &samples[i].0,
+                values: &samples[i].1,
+                spans: SpanRow { stacks: &spans[i].0, values: &spans[i].1, spans: &spans[i].2 },
+            })
+            .collect();
+        let opts = EncodeOptions { row_group_rows: 16, ..Default::default() };
+        check(&rows, &opts).unwrap();
+        let mut w = Writer::with_columns(&opts, Vec::new(), ncols).unwrap();
+        for g in row_groups(&rows, &opts) {
+            w.write_group(&rows[g]).unwrap();
+        }
+        (spans, w.finish().unwrap())
+    }
+
+    #[test]
+    fn span_samples_are_read_only_when_asked_and_old_files_have_none() {
+        for ncols in [MAX_COLUMNS, SAMPLE_COLUMNS] {
+            let (spans, bytes) = write_with_spans(100, ncols);
+            let file = ProfilesFile::from_tail(bytes.len() as u64, &bytes).unwrap();
+            let want = [5..40, 77..100];
+            for columns in [Columns::Head, Columns::Samples, Columns::Spans] {
+                let plan = file.plan(&want, columns);
+                let mut got = Vec::new();
+                file.read_spans(
+                    &fetch(&bytes, &plan),
+                    &want,
+                    columns,
+                    i64::MIN,
+                    i64::MAX,
+                    |row, _, _, _, st, _, sp| {
+                        assert_eq!(st.len(), usize::from(columns != Columns::Head), "row {row}");
+                        got.push((row, sp.stacks.to_vec(), sp.values.to_vec(), sp.spans.to_vec()));
+                    },
+                )
+                .unwrap();
+                let expect: Vec<_> = want
+                    .iter()
+                    .flat_map(|r| r.clone())
+                    .map(|row| {
+                        let (st, v, sp) = spans[row as usize].clone();
+                        if columns == Columns::Spans && ncols == MAX_COLUMNS {
+                            (row, st, v, sp)
+                        } else {
+                            (row, vec![], vec![], vec![])
+                        }
+                    })
+                    .collect();
+                assert_eq!(got, expect, "{ncols} columns, {columns:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A span cell decodes to what was encoded; a damaged one is an error or other
+        /// samples, never a panic.
+        #[test]
+        fn span_cells_roundtrip(
+            samples in proptest::collection::vec((proptest::prelude::any::<u32>(), proptest::prelude::any::<i64>(), proptest::prelude::any::<u64>()), 0..20),
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut samples = samples;
+            samples.sort_unstable_by_key(|s| s.0);
+            let (st, v, sp): (Vec<u32>, Vec<i64>, Vec<u64>) =
+                (samples.iter().map(|s| s.0).collect(), samples.iter().map(|s| s.1).collect(), samples.iter().map(|s| s.2).collect());
+            let mut cell = Vec::new();
+            encode_spans(&SpanRow { stacks: &st, values: &v, spans: &sp }, &mut cell);
+            let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+            decode_spans(&cell, &mut a, &mut b, &mut c).unwrap();
+            proptest::prop_assert_eq!((&a, &b, &c), (&st, &v, &sp));
+            let at = flip.index(cell.len());
+            cell[at] ^= 0x81;
+            let _ = decode_spans(&cell, &mut a, &mut b, &mut c);
+            let _ = decode_spans(&cell[..at], &mut a, &mut b, &mut c);
+        }
+    }
+
     #[test]
     fn footer_needs_more_tail() {
         let (_, bytes) = rows(100, 3);
@@ -970,8 +1286,8 @@ mod tests {
             let at = (seed >> 33) as usize % b.len();
             b[at] ^= 1 << ((seed >> 20) % 8);
             let Ok(mut file) = ProfilesFile::from_tail(b.len() as u64, &b) else { continue };
-            let plan = file.plan(all, true);
-            let r = file.read(&fetch(&b, &plan), all, true, i64::MIN, i64::MAX, |_, _, _, _, _| {});
+            let plan = file.plan(all, Columns::Spans);
+            let r = file.read(&fetch(&b, &plan), all, Columns::Spans, i64::MIN, i64::MAX, |_, _, _, _, _| {});
             // Damage in the column data is caught by the chunk checksums.
             if (at as u64) < data_end && at >= 4 {
                 assert!(matches!(r, Err(FormatError::Corrupt { .. })), "flip at {at}: {r:?}");
@@ -984,7 +1300,7 @@ mod tests {
                     file.crcs[g][c] = crc32c::crc32c(&b[r.start as usize..r.end as usize]);
                 }
             }
-            let r = file.read(&fetch(&b, &plan), all, true, i64::MIN, i64::MAX, |_, _, _, _, _| {});
+            let r = file.read(&fetch(&b, &plan), all, Columns::Spans, i64::MIN, i64::MAX, |_, _, _, _, _| {});
             decoded += usize::from(r.is_ok());
         }
         assert!(caught > 150, "{caught}");

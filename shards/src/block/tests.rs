@@ -278,3 +278,73 @@ fn a_narrow_time_range_reads_only_the_row_groups_it_needs() {
     assert_eq!(got[0].timestamps.len(), 10);
     assert!(narrow * 5 < all, "a 10 s range fetched {narrow} of {all} bytes");
 }
+
+/// Span samples answer span queries from the head and, after the cut, from the block alike:
+/// only the samples taken in the asked spans count, and queries without spans are as before.
+#[test]
+fn span_queries_read_the_same_from_the_head_and_the_block() {
+    use crate::eval::HeadView;
+    use crate::query::{QueryRequest, QueryResult, Selection, SpanSet};
+    let mut head = TenantHead::default();
+    for t in 0..6i64 {
+        let mut p = folded(&[("main;a", 1), ("main;b", 2), ("main;a;c", 4)], t * 1_000_000_000);
+        // Sample k of profile t in span 10t+k, but the last in no span; a repeated stack in
+        // two spans stays two span samples.
+        for (k, s) in p.samples.iter_mut().enumerate() {
+            s.span_id = if k < 2 { (10 * t + k as i64) as u64 + 1 } else { 0 };
+        }
+        head.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "s")]));
+    }
+    let sel = |spans: Option<Vec<u64>>| Selection {
+        tenants: vec!["t".into()],
+        profile_type: Some("x:samples:count::".into()),
+        matchers: vec![],
+        start_ms: 0,
+        end_ms: 10_000,
+        keys: None,
+        epoch: None,
+        report_read: false,
+        spans: spans.map(|s| std::sync::Arc::new(SpanSet::new(s))),
+    };
+    let total = |r: QueryResult| match r {
+        QueryResult::Tree(t) => t.nodes.iter().map(|n| n.2).sum::<i64>(),
+        other => panic!("{other:?}"),
+    };
+    let b = encode(&head, ULID, &EncodeOptions { row_group_rows: 2, ..Default::default() }).unwrap();
+    let o = open(&b);
+    let symbols = symdb::decode(&b.symbols).unwrap();
+    let all: Vec<u32> = (0..o.index.series.len() as u32).collect();
+    for (spans, want) in [
+        (None, 6 * 7),
+        // Spans 1 (profile 0, "main;a") and 12 (profile 1, "main;b").
+        (Some(vec![1, 12]), 1 + 2),
+        (Some(vec![51]), 1),
+        (Some(vec![]), 0),
+        (Some(vec![999]), 0),
+    ] {
+        let s = sel(spans.clone());
+        assert_eq!(total(head.query("t", &QueryRequest::MergeTree(s.clone()))), want, "head, spans {spans:?}");
+        let columns = if spans.is_some() { profiles::Columns::Spans } else { profiles::Columns::Samples };
+        let plan = o.file.plan(&rows_to_read(&o.index, &all, &o.file, 0, i64::MAX), columns);
+        let fetched: Vec<(Range<u64>, Bytes)> = plan
+            .iter()
+            .map(|r| (r.clone(), Bytes::copy_from_slice(&o.profiles[r.start as usize..r.end as usize])))
+            .collect();
+        let series = load_series(&o.index, &all, &o.file, &fetched, columns, 0, i64::MAX).unwrap();
+        let view = HeadView { tenant: "t", source: "", symbols: &symbols, series: &series, by_profile_type: None };
+        assert_eq!(total(view.query(&QueryRequest::MergeTree(s))), want, "block, spans {spans:?}");
+    }
+    // A refused push's rows leave with their span samples.
+    let mut rows = Vec::new();
+    let p = {
+        let mut p = folded(&[("main;z", 8)], 7_000_000_000);
+        p.samples[0].span_id = 500;
+        p
+    };
+    head.append_tracked("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "s")]), &mut rows);
+    assert_eq!(total(head.query("t", &QueryRequest::MergeTree(sel(Some(vec![500]))))), 8);
+    head.remove_rows(&mut rows);
+    assert_eq!(total(head.query("t", &QueryRequest::MergeTree(sel(Some(vec![500]))))), 0);
+    assert_eq!(total(head.query("t", &QueryRequest::MergeTree(sel(Some(vec![1]))))), 1);
+    assert_eq!(head.span_samples, 12);
+}

@@ -21,6 +21,8 @@ pub struct TenantHead {
     pub max_ns: i64,
     pub profiles: u64,
     pub samples: u64,
+    /// Span samples (kept beside `samples`, see `eval::SpanSamples`).
+    pub span_samples: u64,
     /// What the series themselves cost (labels, type id, columns' fixed part), charged as
     /// each series is created: a series with long labels costs what it holds, not a guess.
     series_bytes: usize,
@@ -90,16 +92,25 @@ impl TenantHead {
         let mut stats = AppendStats::default();
         let mut remap = Remap::new(p);
         let mut pairs: Vec<(u32, usize)> = Vec::new();
+        // The samples taken in a span: (stack, span, sample index), then per sample type the
+        // (stack, span, value) a profile row keeps beside its samples.
+        let mut spanned: Vec<(u32, u64, usize)> = Vec::new();
+        let mut span_row: Vec<(u32, u64, i64)> = Vec::new();
         let mut scratch: Vec<u8> = Vec::new();
         for g in groups {
             // Intern each stack once for all sample types.
             pairs.clear();
+            spanned.clear();
             for &si in &g.samples {
                 let s = &p.samples[si as usize];
                 let id = self.symbols.intern_stack_indexed(p, &mut remap, &s.locations, &mut scratch);
                 pairs.push((id, si as usize));
+                if s.span_id != 0 {
+                    spanned.push((id, s.span_id, si as usize));
+                }
             }
             pairs.sort_unstable_by_key(|(id, _)| *id);
+            spanned.sort_unstable_by_key(|&(id, span, _)| (id, span));
             for t in 0..p.sample_types.len() {
                 let (labels, type_id) = series_labels(&g.labels, p, t);
                 let fp = labels.fingerprint(tenant);
@@ -132,10 +143,21 @@ impl TenantHead {
                 if series.timestamps.is_empty() {
                     self.live_series += 1;
                 }
+                span_row.clear();
+                for &(id, span, si) in &spanned {
+                    let v = p.samples[si].values[t];
+                    match span_row.last_mut() {
+                        _ if v == 0 => {}
+                        Some(last) if (last.0, last.1) == (id, span) => last.2 = last.2.saturating_add(v),
+                        _ => span_row.push((id, span, v)),
+                    }
+                }
                 rows.push((sref, series.timestamps.len() as u32));
                 series.timestamps.push(p.time_nanos);
                 series.totals.push(total);
                 series.offsets.push(series.stacks.len() as u32);
+                series.push_span_samples(&span_row);
+                self.span_samples += span_row.len() as u64;
                 stats.profiles += 1;
                 stats.samples += n;
             }
@@ -170,6 +192,17 @@ impl TenantHead {
             s.offsets.remove(i + 1);
             for o in &mut s.offsets[i + 1..] {
                 *o -= (b - a) as u32;
+            }
+            if let Some(sp) = &mut s.spans {
+                let (c, d) = (sp.offsets[i] as usize, sp.offsets[i + 1] as usize);
+                sp.stacks.drain(c..d);
+                sp.values.drain(c..d);
+                sp.spans.drain(c..d);
+                sp.offsets.remove(i + 1);
+                for o in &mut sp.offsets[i + 1..] {
+                    *o -= (d - c) as u32;
+                }
+                self.span_samples = self.span_samples.saturating_sub((d - c) as u64);
             }
             self.profiles = self.profiles.saturating_sub(1);
             self.samples = self.samples.saturating_sub((b - a) as u64);
@@ -230,12 +263,24 @@ impl TenantHead {
 
     /// An O(1) estimate of `heap_bytes`, checked on every push against the head limit.
     pub fn approx_bytes(&self) -> usize {
-        self.symbols.approx_bytes() + self.samples as usize * 12 + self.profiles as usize * 24 + self.series_bytes
+        self.symbols.approx_bytes()
+            + self.samples as usize * 12
+            + self.span_samples as usize * 20
+            + self.profiles as usize * 24
+            + self.series_bytes
     }
 
     pub fn heap_bytes(&self) -> usize {
         self.symbols.heap_bytes()
-            + self.series.iter().map(|s| s.timestamps.len() * 20 + s.stacks.len() * 12).sum::<usize>()
+            + self
+                .series
+                .iter()
+                .map(|s| {
+                    s.timestamps.len() * 20
+                        + s.stacks.len() * 12
+                        + s.spans.as_ref().map_or(0, |sp| sp.offsets.len() * 4 + sp.stacks.len() * 20)
+                })
+                .sum::<usize>()
             + self.series_bytes
     }
 }
@@ -292,6 +337,7 @@ pub(crate) mod tests {
             keys: None,
             epoch: None,
             report_read: false,
+            spans: None,
         }
     }
 

@@ -839,6 +839,7 @@ pub(super) mod tests {
             keys: None,
             epoch: None,
             report_read: false,
+            spans: None,
         };
         let mut sum = 0;
         for r in ing.query(&QueryRequest::MergeTree(sel)) {

@@ -12,6 +12,10 @@ const CUT: u8 = 2;
 const KEYED: u8 = 3;
 /// First byte of an abort record: the push with this key was refused (see `encode_abort`).
 const ABORT: u8 = 4;
+/// Added to an ingest record's first byte when a span section ends it (`encode_body`):
+/// records without span ids are written exactly as before span profiles, and a record cut
+/// short before its span section is an error, not a record without spans.
+const WITH_SPANS: u8 = 0x10;
 
 /// The shared bounded reader, with the WAL's errors (strings, for now) and owned strings.
 struct R<'a>(Reader<'a>);
@@ -51,16 +55,26 @@ impl R<'_> {
 /// An ingest record without a push key (what kiln wrote before keys; still read).
 pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
     let mut w = Writer::with_capacity(1024);
-    w.byte(VERSION);
+    w.byte(VERSION | spans_flag(p, groups));
     encode_body(&mut w, tenant, p, groups);
     w.0
+}
+
+/// [`WITH_SPANS`] if a sample of the groups has a span id.
+fn spans_flag(p: &Profile, groups: &[SampleGroup]) -> u8 {
+    let any = groups.iter().flat_map(|g| g.samples.iter()).any(|&si| p.samples[si as usize].span_id != 0);
+    if any {
+        WITH_SPANS
+    } else {
+        0
+    }
 }
 
 /// An ingest record of the push `key`: an abort record with the same key, later in the same
 /// core's WAL, takes it back (the push was refused after this record was written).
 pub fn encode_keyed(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
     let mut w = Writer::with_capacity(1024);
-    w.byte(KEYED);
+    w.byte(KEYED | spans_flag(p, groups));
     w.u(key);
     encode_body(&mut w, tenant, p, groups);
     w.0
@@ -150,6 +164,25 @@ fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup]
             }
         }
     }
+    // The span ids, only where a sample has one (a record without them ends here, as
+    // records written before span profiles do, and its first byte says so): their count, then each as the sample's
+    // position in the record (its order across groups, as a delta from the previous one)
+    // and the id.
+    let spanned = groups.iter().flat_map(|g| g.samples.iter()).filter(|&&si| p.samples[si as usize].span_id != 0);
+    let n = spanned.count();
+    if n > 0 {
+        w.u(n as u64);
+        let mut prev = 0u64;
+        let all = groups.iter().flat_map(|g| g.samples.iter());
+        for (pos, &si) in all.enumerate() {
+            let id = p.samples[si as usize].span_id;
+            if id != 0 {
+                w.u(pos as u64 - prev);
+                prev = pos as u64;
+                w.u64_le(id);
+            }
+        }
+    }
 }
 
 /// Decodes a record; every index is checked so a decoded record is safe to append.
@@ -213,16 +246,18 @@ pub fn decode(b: &[u8]) -> Res<(String, Profile, Vec<SampleGroup>)> {
 /// Decodes an ingest record with its push key, if it has one.
 pub fn decode_keyed(b: &[u8]) -> Res<(Option<u64>, String, Profile, Vec<SampleGroup>)> {
     let mut r = R::after_kind(b);
-    let key = match b.first() {
-        Some(&VERSION) => None,
-        Some(&KEYED) => Some(r.u()?),
-        other => return Err(format!("unknown WAL record version {other:?}")),
+    let kind = b.first().copied();
+    let key = match kind.map(|k| k & !WITH_SPANS) {
+        Some(VERSION) => None,
+        Some(KEYED) => Some(r.u()?),
+        _ => return Err(format!("unknown WAL record version {kind:?}")),
     };
-    let (tenant, p, groups) = decode_body(r)?;
+    let spans = kind.is_some_and(|k| k & WITH_SPANS != 0);
+    let (tenant, p, groups) = decode_body(r, spans)?;
     Ok((key, tenant, p, groups))
 }
 
-fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
+fn decode_body(mut r: R<'_>, spans: bool) -> Res<(String, Profile, Vec<SampleGroup>)> {
     let tenant = r.s()?;
     // Every table is sized once from its count (at most the bytes left, each item taking at
     // least one): growing by doubling would cost up to three times as much at the moment a
@@ -288,10 +323,38 @@ fn decode_body(mut r: R<'_>) -> Res<(String, Profile, Vec<SampleGroup>)> {
         p.locations.push(Location { mapping, address, lines });
     }
     let groups = decode_groups(&mut r, &mut p)?;
+    if spans {
+        decode_spans(&mut r, &mut p)?;
+    }
     if !r.at_end() {
         return Err("trailing bytes after the record".into());
     }
     Ok((tenant, p, groups))
+}
+
+/// The span ids of a record's samples (see `encode_body`). `decode_groups` appended the
+/// samples to `p.samples` in record order, so a position is an index there.
+fn decode_spans(r: &mut R<'_>, p: &mut Profile) -> Res<()> {
+    let n = r.0.count(9).map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("a span section without spans".into());
+    }
+    let mut pos = 0u64;
+    for k in 0..n {
+        let delta = r.u()?;
+        if k > 0 && delta == 0 {
+            return Err("span positions must ascend".into());
+        }
+        pos = pos.checked_add(delta).ok_or("span position overflows")?;
+        let id = r.0.u64_le().map_err(|e| e.to_string())?;
+        let n = p.samples.len();
+        let sample = usize::try_from(pos)
+            .ok()
+            .and_then(|i| p.samples.get_mut(i))
+            .ok_or_else(|| format!("span of sample {pos}, the record has {n}"))?;
+        sample.span_id = id;
+    }
+    Ok(())
 }
 
 /// The sample groups, each sample appended to `p.samples` (its locations checked against
@@ -368,7 +431,8 @@ mod tests {
                     .map(|i| Sample {
                         locations: (0..(i % nl) + 1).map(|j| j as u32).collect(),
                         values: (0..nt).map(|t| (i * t) as i64 - 3).collect(),
-                        span_id: 0,
+                        // Some samples in a span, some not (then no span section at all).
+                        span_id: if i % 3 == 1 { (i as u64 + 1) << 40 | 7 } else { 0 },
                     })
                     .collect();
                 let groups = vec![

@@ -91,6 +91,27 @@ pub struct Sample {
     pub span_id: u64,
 }
 
+/// A span id as Pyroscope reads it from a `span_id` (or `profile_id`) label and a span
+/// selector: 16 hex digits, their 8 bytes read little-endian. `None` for anything else and
+/// for the all-zero id (0 means no span).
+pub fn parse_span_id(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 16 {
+        return None;
+    }
+    let mut out = [0u8; 8];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        out[i] = (hex(pair[0])? * 16 + hex(pair[1])?) as u8;
+    }
+    Some(u64::from_le_bytes(out)).filter(|&id| id != 0)
+}
+
+/// The 16 lower-case hex digits `parse_span_id` reads as `id`.
+pub fn format_span_id(id: u64) -> String {
+    id.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Profile {
     pub fn string(&self, i: u32) -> &str {
         self.strings.get(i as usize).map(String::as_str).unwrap_or("")

@@ -81,6 +81,29 @@ pub struct Selection {
     /// In a cluster: each core also answers the blocks it read (`QueryResult::Read`), for
     /// the querier's check that no block went unread (`querier::coverage`).
     pub report_read: bool,
+    /// Span profiles: only samples taken in one of these spans count (flame graphs and
+    /// pprof; other queries select series and profiles as without it). `None`: every sample.
+    pub spans: Option<Arc<SpanSet>>,
+}
+
+/// A set of span ids, sorted and unique (Pyroscope's `SpanSelector`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SpanSet(Vec<u64>);
+
+impl SpanSet {
+    pub fn new(mut ids: Vec<u64>) -> SpanSet {
+        ids.sort_unstable();
+        ids.dedup();
+        SpanSet(ids)
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.binary_search(&id).is_ok()
+    }
+
+    pub fn ids(&self) -> &[u64] {
+        &self.0
+    }
 }
 
 impl Selection {

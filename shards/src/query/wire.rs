@@ -3,7 +3,9 @@
 //! merges its own cores'. One varint codec (`kiln_io::codec`); every count is checked against
 //! the bytes left before anything is allocated for it, so a hostile message costs memory in
 //! proportion to its size, and every error says where it is.
-use super::{Bucket, FlameTree, Include, KeyFilter, PprofPart, QueryRequest, QueryResult, Selection, SourceKeys};
+use super::{
+    Bucket, FlameTree, Include, KeyFilter, PprofPart, QueryRequest, QueryResult, Selection, SourceKeys, SpanSet,
+};
 use crate::model::ids::{ProfileTypeId, TenantId};
 use crate::model::labels::Labels;
 use crate::model::profile::{Function, Line, Mapping};
@@ -137,13 +139,17 @@ fn selection(w: &mut Writer, s: &Selection) {
             }
         }
     }
-    // Flags: 1, an epoch follows; 2, report the blocks read.
-    let read = if s.report_read { 2 } else { 0 };
-    match s.epoch {
-        None => w.byte(read),
-        Some(epoch) => {
-            w.byte(1 | read);
-            w.u(epoch);
+    // Flags: 1, an epoch follows; 2, report the blocks read; 4, a span set follows. An
+    // older reader refuses the span flag rather than answer without the filter.
+    let flags = u8::from(s.epoch.is_some()) | if s.report_read { 2 } else { 0 } | if s.spans.is_some() { 4 } else { 0 };
+    w.byte(flags);
+    if let Some(epoch) = s.epoch {
+        w.u(epoch);
+    }
+    if let Some(spans) = &s.spans {
+        w.u(spans.ids().len() as u64);
+        for &id in spans.ids() {
+            w.u64_le(id);
         }
     }
 }
@@ -209,12 +215,22 @@ fn read_selection(r: &mut Reader<'_>) -> Res<Selection> {
         t => return Err(format!("unknown key filter presence {t}")),
     };
     let flags = r.byte().map_err(e)?;
-    if flags > 3 {
+    if flags > 7 {
         return Err(format!("unknown selection flags {flags}"));
     }
     let epoch = if flags & 1 == 1 { Some(r.u().map_err(e)?) } else { None };
     let report_read = flags & 2 == 2;
-    Ok(Selection { tenants, profile_type, matchers, start_ms, end_ms, keys, epoch, report_read })
+    let spans = if flags & 4 == 4 {
+        let n = r.count(8).map_err(e)?;
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(r.u64_le().map_err(e)?);
+        }
+        Some(Arc::new(SpanSet::new(ids)))
+    } else {
+        None
+    };
+    Ok(Selection { tenants, profile_type, matchers, start_ms, end_ms, keys, epoch, report_read, spans })
 }
 
 /// Timestamps as a count and zig-zag deltas (sorted ones take a byte or two each).
@@ -528,6 +544,7 @@ mod tests {
             keys: keys.map(Arc::new),
             epoch: Some(3),
             report_read: true,
+            spans: None,
         }
     }
 

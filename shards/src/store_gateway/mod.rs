@@ -11,7 +11,12 @@
 //! and a block not pinned that two syncs in a row left out leaves the set and its cache). The `BlockSet`
 //! lives on its core behind an `Rc<RefCell<…>>` shared with that core's tasks only; a borrow
 //! is never held across an await.
-use crate::block::{self, index::BlockIndex, object_path, profiles::ProfilesFile};
+use crate::block::{
+    self,
+    index::BlockIndex,
+    object_path,
+    profiles::{Columns, ProfilesFile},
+};
 use crate::eval::HeadView;
 use crate::model::ids::{BlockId, TenantId};
 use crate::model::selector::matches_all;
@@ -600,10 +605,14 @@ pub async fn query(
             s.max_ns >= min_ns && s.min_ns <= max_ns && matches_all(&sel.matchers, &s.labels)
         })
         .collect();
-    let with_samples =
-        matches!(req, QueryRequest::MergeTree(_) | QueryRequest::MergeProfile(_) | QueryRequest::Analyze(_));
+    let merges = matches!(req, QueryRequest::MergeTree(_) | QueryRequest::MergeProfile(_));
+    let columns = match req {
+        _ if merges && sel.spans.is_some() => Columns::Spans,
+        QueryRequest::Analyze(_) => Columns::Samples,
+        _ => Columns::from(merges),
+    };
     let rows = block::rows_to_read(&o.index, &selected, &o.profiles, min_ns, max_ns);
-    let ranges = o.profiles.plan(&rows, with_samples);
+    let ranges = o.profiles.plan(&rows, columns);
     let ppath = object_path(&b.tenant, &b.id, block::PROFILES);
     let fetched = if ranges.is_empty() {
         Vec::new()
@@ -613,7 +622,7 @@ pub async fn query(
             .map_err(|e| QueryError::Read { at: b.id.to_string(), source: e })?;
         ranges.into_iter().zip(parts).collect()
     };
-    let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, with_samples, min_ns, max_ns)
+    let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, columns, min_ns, max_ns)
         .map_err(|e| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e })?;
     let view = HeadView {
         tenant: b.tenant.as_str(),
@@ -676,6 +685,7 @@ mod tests {
             keys: None,
             epoch: None,
             report_read: false,
+            spans: None,
         }
     }
 

@@ -18,7 +18,8 @@ const OUT: &str = "01HD3X85G9BGAG4S3TKPNMFG4Z";
 
 /// A block's profiles as comparable values: per series, (time, total, stacks as text with
 /// their values) in file order.
-type Content = BTreeMap<(String, Labels), Vec<(i64, i64, Vec<(String, i64)>)>>;
+/// Span samples as (stack as text, span, value).
+type Content = BTreeMap<(String, Labels), Vec<(i64, i64, Vec<(String, i64)>, Vec<(String, u64, i64)>)>>;
 
 /// A block opened for a merge, with its profiles.parquet to fetch from.
 struct Opened {
@@ -60,16 +61,20 @@ fn stack_text(s: &Symbols, mut node: u32) -> String {
 fn content(o: &Opened) -> Content {
     let mut out = Content::new();
     let all = 0..o.profiles.num_rows();
-    let plan = o.profiles.plan(std::slice::from_ref(&all), true);
+    let plan = o.profiles.plan(std::slice::from_ref(&all), Columns::Spans);
     let fetched: Vec<(Range<u64>, Bytes)> =
         plan.iter().map(|r| (r.clone(), Bytes::copy_from_slice(&o.bytes[r.start as usize..r.end as usize]))).collect();
     o.profiles
-        .read(&fetched, &[all], true, i64::MIN, i64::MAX, |si, t, total, st, v| {
+        .read_spans(&fetched, &[all], Columns::Spans, i64::MIN, i64::MAX, |_, si, t, total, st, v, sp| {
             let s = &o.index.series[si as usize];
             let mut samples: Vec<(String, i64)> =
                 st.iter().zip(v).map(|(&id, &v)| (stack_text(&o.symbols, id), v)).collect();
             samples.sort();
-            out.entry((s.profile_type.clone(), s.labels.clone())).or_default().push((t, total, samples));
+            let mut spans: Vec<(String, u64, i64)> = (0..sp.stacks.len())
+                .map(|k| (stack_text(&o.symbols, sp.stacks[k]), sp.spans[k], sp.values[k]))
+                .collect();
+            spans.sort();
+            out.entry((s.profile_type.clone(), s.labels.clone())).or_default().push((t, total, samples, spans));
         })
         .unwrap();
     for rows in out.values_mut() {
@@ -92,7 +97,11 @@ type Push = (&'static str, i64, &'static [(&'static str, i64)]);
 fn head(pushes: &[Push]) -> TenantHead {
     let mut h = TenantHead::default();
     for &(svc, t, stacks) in pushes {
-        let p = folded(stacks, t * 1_000_000_000);
+        let mut p = folded(stacks, t * 1_000_000_000);
+        // Every other sample in a span (of its time and place), so merges carry spans too.
+        for (k, s) in p.samples.iter_mut().enumerate() {
+            s.span_id = if k % 2 == 0 { (t as u64 + 1) << 8 | k as u64 } else { 0 };
+        }
         h.append("t", &p, &group(&p, &[("__name__", "process_cpu"), ("service_name", svc)]));
     }
     h
