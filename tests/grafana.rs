@@ -205,7 +205,6 @@ fn unserved_methods_name_what_is_missing() {
     let k = Kiln::start(&[]);
     for (path, missing) in [
         ("/settings.v1.RecordingRulesService/ListRecordingRules", "recording rules"),
-        ("/querier.v1.QuerierService/SelectHeatmap", "each profile's own total"),
         ("/debuginfo.v1alpha1.DebuginfoService/ShouldInitiateUpload", "debug info"),
         ("/vcs.v1.VCSService/GetFile", "source code"),
         ("/nope.v1.Nope/Nothing", "not implement"),
@@ -589,4 +588,107 @@ fn span_profiles_answer_from_the_head_the_wal_and_blocks() {
     flush(k.port);
     assert_eq!(metric_sum(k.port, "kiln_head_profiles"), 0.0);
     check(k.port, "from blocks");
+}
+
+fn select_heatmap(
+    port: u16,
+    r: kiln_proto::querier::v1::SelectHeatmapRequest,
+) -> kiln_proto::querier::v1::SelectHeatmapResponse {
+    connect(port, "/querier.v1.QuerierService/SelectHeatmap", &[], &r).unwrap()
+}
+
+/// `SelectHeatmap` as Grafana's data source asks it: each profile's total bucketed by time
+/// and value per `group_by` label set, its slots on the same step grid as `SelectSeries`,
+/// every profile counted once; with exemplars, each cell's largest profile.
+#[test]
+fn heatmaps_count_every_profile_in_its_step_and_value_bucket() {
+    use kiln_proto::querier::v1 as q;
+    let k = Kiln::start(FIXTURE_FLAGS);
+    let step_s = 60;
+    let base = (now_ms() / 1000 - 3600) / step_s * step_s;
+    // Pod a: totals 1..=6, two per step; pod b: one large profile. sampleRate=0 keeps the
+    // folded counts as the values.
+    let ingest = |pod: &str, t: i64, body: String| {
+        let path = format!("/ingest?name=heat.cpu{{pod={pod}}}&from={t}&until={t}&format=folded&sampleRate=0");
+        let r = post(k.port, &path, &[], body.into_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    for (i, v) in (1..=6).enumerate() {
+        ingest("a", base + 10 + (i as i64 / 2) * step_s + i as i64, format!("main;work {v}\n"));
+    }
+    ingest("b", base + 20, "main;idle 1000\n".into());
+    let pt = "process_cpu:samples:count::";
+    let req = q::SelectHeatmapRequest {
+        profile_type_id: pt.into(),
+        label_selector: "{service_name=\"heat\"}".into(),
+        start: base * 1000,
+        end: (base + 4 * step_s) * 1000,
+        step: step_s as f64,
+        group_by: vec!["pod".into()],
+        query_type: q::HeatmapQueryType::Individual as i32,
+        exemplar_type: 2,
+        limit: None,
+    };
+    let h = select_heatmap(k.port, req.clone());
+    let pods: Vec<&str> = h.series.iter().map(|s| s.labels[0].value.as_str()).collect();
+    assert_eq!(pods, ["a", "b"], "{h:?}");
+    // Every profile counted once, in the slot SelectSeries puts it in.
+    let series: q::SelectSeriesResponse = connect(
+        k.port,
+        "/querier.v1.QuerierService/SelectSeries",
+        &[],
+        &q::SelectSeriesRequest {
+            profile_type_id: pt.into(),
+            label_selector: "{pod=\"a\"}".into(),
+            start: req.start,
+            end: req.end,
+            step: step_s as f64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let series_slots: Vec<i64> = series.series[0].points.iter().map(|p| p.timestamp).collect();
+    let a = &h.series[0];
+    assert_eq!(a.slots.iter().map(|s| s.timestamp).collect::<Vec<_>>(), series_slots);
+    assert!(a.slots.iter().all(|s| s.counts.iter().sum::<i32>() == 2), "{a:?}");
+    assert!(a.slots.iter().all(|s| s.y_min.len() == 20 && s.y_min[0] == 1.0), "{a:?}");
+    // Values 1..=1000 share the buckets: 1000 alone in the last, pod a's in the first.
+    assert_eq!(h.series[1].slots[0].counts[19], 1);
+    assert_eq!(a.slots.iter().map(|s| s.counts[0]).sum::<i32>(), 6);
+    // The exemplar of a cell is its largest profile, labelled by what group_by leaves.
+    let e = &a.slots[2].exemplars;
+    assert_eq!(e.iter().map(|e| e.value).collect::<Vec<_>>(), [6], "{e:?}");
+    assert!(e[0].labels.iter().any(|l| l.name == "service_name" && l.value == "heat"), "{e:?}");
+    let none = select_heatmap(k.port, q::SelectHeatmapRequest { exemplar_type: 1, ..req.clone() });
+    assert!(none.series[0].slots.iter().all(|s| s.exemplars.is_empty()));
+    // With a limit, the group with the largest total.
+    let top = select_heatmap(k.port, q::SelectHeatmapRequest { limit: Some(1), ..req });
+    assert_eq!(top.series.len(), 1);
+    assert_eq!(top.series[0].labels[0].value, "b");
+}
+
+/// The span heatmap counts each span's total in a profile, its exemplars naming the spans.
+#[test]
+fn span_heatmaps_count_each_span_and_name_it() {
+    use kiln_proto::querier::v1 as q;
+    let k = Kiln::start(FIXTURE_FLAGS);
+    common::snapshot::push_fixture(k.port, "traced", span_pprof(now_ms() * 1_000_000));
+    let spans = select_heatmap(
+        k.port,
+        q::SelectHeatmapRequest {
+            profile_type_id: "fixture:cpu:nanoseconds:cpu:nanoseconds".into(),
+            label_selector: "{service_name=\"traced\"}".into(),
+            start: now_ms() - 600_000,
+            end: now_ms() + 60_000,
+            step: 60.0,
+            query_type: q::HeatmapQueryType::Span as i32,
+            exemplar_type: 3,
+            ..Default::default()
+        },
+    );
+    let ex: Vec<(String, i64)> =
+        spans.series[0].slots.iter().flat_map(|s| s.exemplars.iter().map(|e| (e.span_id.clone(), e.value))).collect();
+    assert_eq!(ex.len(), 2, "{spans:?}");
+    assert!(ex.contains(&("0102030405060708".into(), 10)) && ex.contains(&("a1a2a3a4a5a6a7a8".into(), 20)), "{ex:?}");
+    assert_eq!(spans.series[0].slots.iter().flat_map(|s| &s.counts).sum::<i32>(), 2);
 }

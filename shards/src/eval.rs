@@ -6,7 +6,7 @@ use crate::model::childindex::ChildIndex;
 use crate::model::labels::Labels;
 use crate::model::selector::matches_all;
 use crate::model::symbols::{LocationRec, Symbols, ROOT};
-use crate::query::{series_key, Bucket, FlameTree, PprofPart, QueryRequest, QueryResult, Selection};
+use crate::query::{series_key, Bucket, FlameTree, HeatPoint, PprofPart, QueryRequest, QueryResult, Selection};
 use kiln_io::invariant::{check, Invariant};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -214,6 +214,7 @@ impl<'a> HeadView<'a> {
                 // Column bytes read: (stack id, value) per sample, (time, total, offset) per profile.
                 QueryResult::Analyze { series, profiles, samples, bytes: samples * 12 + profiles * 20 }
             }
+            QueryRequest::Heatmap { sel, spans } => QueryResult::Points(self.heat_points(sel, *spans)),
             QueryRequest::Keys(sel) => QueryResult::Keys {
                 source: self.source.to_string(),
                 keys: self
@@ -226,6 +227,43 @@ impl<'a> HeadView<'a> {
                 epoch: 0,
             },
         }
+    }
+
+    /// Each selected profile's total at its time, per series; with `spans`, the total of
+    /// each span in it (of the selection's spans, if it names some).
+    fn heat_points(&self, sel: &Selection, spans: bool) -> Vec<(Labels, Vec<HeatPoint>)> {
+        let mut out = Vec::new();
+        let mut per_span: Vec<(u64, i64)> = Vec::new();
+        for s in self.selected(sel) {
+            let mut points = Vec::new();
+            for i in self.in_range(s, sel) {
+                let ts_ms = s.timestamps[i].div_euclid(1_000_000);
+                if !spans {
+                    points.push(HeatPoint { ts_ms, value: s.totals[i], span: 0 });
+                    continue;
+                }
+                let Some(sp) = &s.spans else { continue };
+                per_span.clear();
+                per_span.extend(
+                    sp.samples(i)
+                        .filter(|(_, _, span)| sel.spans.as_ref().is_none_or(|w| w.contains(*span)))
+                        .map(|(_, v, span)| (span, v)),
+                );
+                per_span.sort_unstable_by_key(|p| p.0);
+                for (k, &(span, v)) in per_span.iter().enumerate() {
+                    match points.last_mut() {
+                        Some(HeatPoint { span: last, value, .. }) if k > 0 && *last == span => {
+                            *value = value.saturating_add(v)
+                        }
+                        _ => points.push(HeatPoint { ts_ms, value: v, span }),
+                    }
+                }
+            }
+            if !points.is_empty() {
+                out.push((s.labels.clone(), points));
+            }
+        }
+        out
     }
 
     /// Summed value per stack node over the selected profiles; with a span filter, over

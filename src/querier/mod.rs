@@ -2,6 +2,7 @@
 //! and merges the partial answers (trees, pprofs, series, label sets).
 pub mod coverage;
 pub mod dot;
+pub mod heatmap;
 pub mod pprof_merge;
 pub mod render;
 pub mod replicas;

@@ -72,6 +72,7 @@ fn adds_profiles(req: &QueryRequest) -> bool {
             | QueryRequest::MergeProfile(_)
             | QueryRequest::SelectSeries { .. }
             | QueryRequest::Analyze(_)
+            | QueryRequest::Heatmap { .. }
     )
 }
 

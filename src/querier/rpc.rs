@@ -2,7 +2,8 @@
 use super::pprof_merge::PprofMerger;
 use super::Querier;
 use super::{
-    fan_out, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection, tree, SeriesCaps,
+    fan_out, heatmap, max_nodes, merge_label_sets, merge_strings, merged_series, merged_tree, selection, tree,
+    SeriesCaps,
 };
 use crate::service::{self, Code, Reply, RpcError};
 use http::HeaderMap;
@@ -35,6 +36,7 @@ pub async fn dispatch(querier: &Rc<Querier>, rpc: &service::Call<'_>, method: &s
         "SelectMergeProfile" => rpc.unary(|r| select_merge_profile(c, r)).await,
         "SelectMergeSpanProfile" => rpc.unary(|r| select_merge_span_profile(c, r)).await,
         "SelectSeries" => rpc.unary(|r| select_series(c, r)).await,
+        "SelectHeatmap" => rpc.unary(|r| select_heatmap(c, r)).await,
         "Diff" => rpc.unary(|r| diff(c, r)).await,
         "GetProfileStats" => rpc.unary(|r| profile_stats(c, r)).await,
         "AnalyzeQuery" => rpc.unary(|r| analyze_query(c, r)).await,
@@ -321,6 +323,46 @@ async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::
     }
     Ok(q::SelectSeriesResponse { series: series.into_iter().map(|(_, s)| s).collect() })
 }
+
+/// `SelectHeatmap`: every selected profile's total (`HEATMAP_QUERY_TYPE_SPAN`: each span's
+/// total in it) bucketed by time and value per `group_by` label set (`querier::heatmap`).
+async fn select_heatmap(call: &Call<'_>, r: q::SelectHeatmapRequest) -> Result<q::SelectHeatmapResponse, RpcError> {
+    if !r.step.is_finite() || r.step < 0.001 {
+        return Err(RpcError::invalid(format!(
+            "step must be a finite number of seconds >= 0.001 (1ms), got {}",
+            r.step
+        )));
+    }
+    let spans = match q::HeatmapQueryType::try_from(r.query_type) {
+        Ok(q::HeatmapQueryType::Span) => true,
+        Ok(q::HeatmapQueryType::Individual | q::HeatmapQueryType::Unspecified) => false,
+        Err(_) => return Err(RpcError::invalid(format!("unknown heatmap query type {}", r.query_type))),
+    };
+    let exemplars =
+        matches!(t::ExemplarType::try_from(r.exemplar_type), Ok(t::ExemplarType::Individual | t::ExemplarType::Span));
+    let tenants = call.querier.tenants(call.headers)?;
+    let caps = SeriesCaps::for_tenant(call.querier, &tenants[0]);
+    let sel = selection(call.querier, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
+    let Some(sel) = sel else { return Ok(q::SelectHeatmapResponse::default()) };
+    let (start, end) = (sel.start_ms, sel.end_ms);
+    let step_ms = step_ms(r.step, end)?;
+    let mut groups = heatmap::Groups::default();
+    for p in fan_out(call.querier, QueryRequest::Heatmap { sel, spans }).await? {
+        if let QueryResult::Points(series) = p {
+            for (labels, points) in series {
+                groups.add(labels, points, &r.group_by);
+            }
+            caps.check(groups.groups.len(), groups.points, NARROW_HEATMAP)?;
+        }
+    }
+    if let Some(limit) = r.limit.filter(|l| *l > 0) {
+        groups.keep_top(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+    Ok(q::SelectHeatmapResponse { series: heatmap::build(&groups, start, end, step_ms, &r.group_by, exemplars) })
+}
+
+/// How to narrow a SelectHeatmap query that passes a cap.
+const NARROW_HEATMAP: &str = "narrow the label selector, group by fewer labels, or use a shorter range";
 
 /// How to narrow a SelectSeries query that passes a cap.
 const NARROW_SELECT_SERIES: &str =

@@ -48,10 +48,6 @@ pub const NOT_SERVED: &[(&str, &str)] = &[
     ),
     ("/debuginfo.v1alpha1.DebuginfoService/", "debug info uploads and symbolization are not implemented by kiln"),
     ("/vcs.v1.VCSService/", "the source code (GitHub) integration is not implemented by kiln"),
-    (
-        "/querier.v1.QuerierService/SelectHeatmap",
-        "heatmaps need each profile's own total, which kiln's readers do not return yet (SelectSeries sums them per step); exemplars need profile ids, which kiln does not store",
-    ),
 ];
 
 /// `unimplemented` for `path` (`/<service>/<Method>`), naming what is missing where known.

@@ -131,6 +131,12 @@ pub enum QueryRequest {
     Analyze(Selection),
     /// Every selected profile's (series key, timestamp): what a querier dedups replicas by.
     Keys(Selection),
+    /// Every selected profile's total (`spans`: each of its spans' totals) with its time:
+    /// the points a heatmap buckets (`SelectHeatmap`).
+    Heatmap {
+        sel: Selection,
+        spans: bool,
+    },
 }
 
 impl QueryRequest {
@@ -145,7 +151,7 @@ impl QueryRequest {
             | QueryRequest::Stats(s)
             | QueryRequest::Analyze(s)
             | QueryRequest::Keys(s) => s,
-            QueryRequest::SelectSeries { sel, .. } => sel,
+            QueryRequest::SelectSeries { sel, .. } | QueryRequest::Heatmap { sel, .. } => sel,
         }
     }
 
@@ -160,9 +166,18 @@ impl QueryRequest {
             | QueryRequest::Stats(s)
             | QueryRequest::Analyze(s)
             | QueryRequest::Keys(s) => s,
-            QueryRequest::SelectSeries { sel, .. } => sel,
+            QueryRequest::SelectSeries { sel, .. } | QueryRequest::Heatmap { sel, .. } => sel,
         }
     }
+}
+
+/// One heatmap point: a profile's total (or one span's share of it) at its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeatPoint {
+    pub ts_ms: i64,
+    pub value: i64,
+    /// The span (0: the whole profile).
+    pub span: u64,
 }
 
 /// A flame tree over function names: node 0 is the root, every parent index is smaller than
@@ -224,4 +239,6 @@ pub enum QueryResult {
     /// bucket index, so that no block goes unread without the query failing
     /// (`querier::coverage`).
     Read(Vec<String>),
+    /// Heatmap points per series (its labels), for `QueryRequest::Heatmap`.
+    Points(Vec<(Labels, Vec<HeatPoint>)>),
 }

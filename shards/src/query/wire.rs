@@ -4,7 +4,8 @@
 //! the bytes left before anything is allocated for it, so a hostile message costs memory in
 //! proportion to its size, and every error says where it is.
 use super::{
-    Bucket, FlameTree, Include, KeyFilter, PprofPart, QueryRequest, QueryResult, Selection, SourceKeys, SpanSet,
+    Bucket, FlameTree, HeatPoint, Include, KeyFilter, PprofPart, QueryRequest, QueryResult, Selection, SourceKeys,
+    SpanSet,
 };
 use crate::model::ids::{ProfileTypeId, TenantId};
 use crate::model::labels::Labels;
@@ -37,6 +38,7 @@ pub fn encode_request(q: &QueryRequest) -> Vec<u8> {
         QueryRequest::Stats(s) => (7, s),
         QueryRequest::Analyze(s) => (8, s),
         QueryRequest::Keys(s) => (9, s),
+        QueryRequest::Heatmap { sel, .. } => (10, sel),
     };
     w.byte(tag);
     selection(&mut w, sel);
@@ -47,6 +49,7 @@ pub fn encode_request(q: &QueryRequest) -> Vec<u8> {
             w.i(*step_ms);
             strings(&mut w, group_by);
         }
+        QueryRequest::Heatmap { spans, .. } => w.byte(u8::from(*spans)),
         _ => {}
     }
     w.0
@@ -68,6 +71,14 @@ pub fn decode_request(b: &[u8]) -> Res<QueryRequest> {
         7 => QueryRequest::Stats(sel),
         8 => QueryRequest::Analyze(sel),
         9 => QueryRequest::Keys(sel),
+        10 => QueryRequest::Heatmap {
+            sel,
+            spans: match r.byte().map_err(e)? {
+                0 => false,
+                1 => true,
+                b => return Err(format!("heatmap points of kind {b}")),
+            },
+        },
         t => return Err(format!("unknown query kind {t}")),
     };
     r.finish().map_err(e)?;
@@ -358,6 +369,19 @@ fn result(w: &mut Writer, p: &QueryResult) {
             w.byte(8);
             strings(w, ids);
         }
+        QueryResult::Points(series) => {
+            w.byte(9);
+            w.u(series.len() as u64);
+            for (l, points) in series {
+                labels(w, l);
+                w.u(points.len() as u64);
+                for p in points {
+                    w.i(p.ts_ms);
+                    w.i(p.value);
+                    w.u64_le(p.span);
+                }
+            }
+        }
     }
 }
 
@@ -426,6 +450,22 @@ fn read_result(r: &mut Reader<'_>) -> Res<QueryResult> {
             QueryResult::Keys { source, keys, epoch }
         }
         8 => QueryResult::Read(read_strings(r)?),
+        9 => {
+            let n = r.count(2).map_err(e)?;
+            let mut series = Vec::with_capacity(n);
+            for _ in 0..n {
+                let l = read_labels(r)?;
+                // A point takes at least ten bytes: two varints and its span.
+                let m = r.count(10).map_err(e)?;
+                let mut points = Vec::with_capacity(m);
+                for _ in 0..m {
+                    let (ts_ms, value) = (r.i().map_err(e)?, r.i().map_err(e)?);
+                    points.push(HeatPoint { ts_ms, value, span: r.u64_le().map_err(e)? });
+                }
+                series.push((l, points));
+            }
+            QueryResult::Points(series)
+        }
         t => return Err(format!("unknown query result kind {t}")),
     })
 }
@@ -579,11 +619,25 @@ mod tests {
             QueryRequest::Stats(sel(None)),
             QueryRequest::Analyze(sel(None)),
             QueryRequest::Keys(sel(None)),
+            QueryRequest::Heatmap { sel: sel(None), spans: true },
+            QueryRequest::Heatmap { sel: sel(None), spans: false },
         ];
         for q in &reqs {
             let back = decode_request(&encode_request(q)).unwrap();
             assert!(same_request(q, &back), "{q:?}\n{back:?}");
         }
+        // A span filter travels with the selection; a heatmap's kind of points too.
+        let mut s = sel(None);
+        s.spans = Some(Arc::new(SpanSet::new(vec![u64::MAX, 1, 7, 1])));
+        let back = decode_request(&encode_request(&QueryRequest::Heatmap { sel: s.clone(), spans: true })).unwrap();
+        assert_eq!(back.selection().spans.as_deref().map(SpanSet::ids), Some(&[1, 7, u64::MAX][..]));
+        assert!(matches!(back, QueryRequest::Heatmap { spans: true, .. }));
+        let points = QueryResult::Points(vec![(
+            Labels::from_pairs([("pod", "a")]),
+            vec![HeatPoint { ts_ms: -1, value: i64::MIN, span: 0 }, HeatPoint { ts_ms: 5, value: 9, span: u64::MAX }],
+        )]);
+        let back = decode_results(&encode_results(std::slice::from_ref(&points))).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{:?}", [points]));
     }
 
     #[test]

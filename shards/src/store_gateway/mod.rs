@@ -608,6 +608,7 @@ pub async fn query(
     let merges = matches!(req, QueryRequest::MergeTree(_) | QueryRequest::MergeProfile(_));
     let columns = match req {
         _ if merges && sel.spans.is_some() => Columns::Spans,
+        QueryRequest::Heatmap { spans: true, .. } => Columns::Spans,
         QueryRequest::Analyze(_) => Columns::Samples,
         _ => Columns::from(merges),
     };
