@@ -15,6 +15,7 @@ pub mod compactor;
 pub mod config;
 pub mod distributor;
 pub mod ingester;
+pub mod log;
 pub mod process;
 pub mod querier;
 pub mod query_frontend;

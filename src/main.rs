@@ -23,13 +23,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let level = tracing::Level::from(cfg.log_level);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    kiln::log::init(cfg.log_level, cfg.log_format);
     for notice in cfg.notices() {
         tracing::warn!("{notice}");
     }

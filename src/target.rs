@@ -79,14 +79,7 @@ pub fn run(cfg: Config) {
     // heads hold everything it acknowledged, then ACTIVE.
     let cluster = own.clone().map(|own| start_cluster(&cfg, own));
     let shared = api::Shared::new(cfg, cluster.clone(), store.clone());
-    tracing::info!(
-        cores,
-        port = shared.cfg.http_listen_port,
-        wal = %wal.as_ref().map_or(String::from("none"), |w| w.dir.display().to_string()),
-        conn_limit = shared.conns.limit(),
-        inflight_body_bytes = shared.bodies.limit(),
-        "kiln starting"
-    );
+    log_start(&shared, cores, wal.as_ref().map(|w| w.dir.as_path()), &store);
     let s = shared.clone();
     // Core N is pinned to CPU N, except for a cluster member that takes fewer cores than the
     // machine has CPUs: several members on one host would all pin to the first CPUs and leave
@@ -284,6 +277,28 @@ fn sync_wals(mesh: &kiln_shards::runtime::Mesh) -> bool {
     // Every core is waited for, even after one failed.
     let synced: Vec<bool> = waits.into_iter().map(|rx| matches!(rx.recv(), Ok(Ok(_)))).collect();
     synced.iter().all(|s| *s)
+}
+
+/// One line with every address kiln serves and the settings that shape it (what an operator
+/// checks first).
+fn log_start(shared: &api::Shared, cores: usize, wal: Option<&std::path::Path>, store: &kiln_io::store::Store) {
+    let c = &shared.cfg;
+    tracing::info!(
+        http = %format!("{}:{}", c.http_listen_address, c.http_listen_port),
+        gossip = %if c.cluster_mode() { format!("{}:{}", c.memberlist.bind_addr, c.memberlist.bind_port) } else { "off".into() },
+        target = %c.target,
+        cores,
+        storage = %store.describe(),
+        wal = %wal.map_or(String::from("none"), |w| w.display().to_string()),
+        wal_sync = %c.wal_sync_policy,
+        head_bytes_per_core = c.max_head_bytes_per_core.unwrap_or(0),
+        max_block_duration = ?c.max_block_duration,
+        replication_factor = c.replication_factor,
+        multitenancy = c.multitenancy_enabled,
+        conn_limit = shared.conns.limit(),
+        inflight_body_bytes = shared.bodies.limit(),
+        "kiln starting"
+    );
 }
 
 /// Starts gossip for this instance's entry.

@@ -131,6 +131,34 @@ fn yyyymmdd(s: &str) -> Option<i64> {
     Some(days_from_civil(y, m, d))
 }
 
+/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01 (the inverse
+/// of [`days_from_civil`]).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A time in ns as RFC 3339 UTC, with `frac` digits of fractional seconds (0, 3, 6 or 9).
+pub fn rfc3339(ns: i64, frac: u32) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    let mut out = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    if frac > 0 {
+        let sub = ns.rem_euclid(1_000_000_000) / 10i64.pow(9 - frac.min(9));
+        out.push_str(&format!(".{sub:0width$}", width = frac.min(9) as usize));
+    }
+    out.push('Z');
+    out
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date.
 pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod inflight;
 pub mod metrics;
 pub mod ops;
+pub mod process_metrics;
 pub mod router;
 pub mod rpc;
 

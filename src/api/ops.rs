@@ -180,6 +180,17 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     kiln_io::invariant::render(&mut out);
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
     let _ = writeln!(out, "kiln_build_info{{version=\"{}\",revision=\"{REVISION}\"}} 1", env!("CARGO_PKG_VERSION"));
+    // The same under Pyroscope's name and labels (its dashboards show the running version).
+    let _ = writeln!(
+        out,
+        "# HELP pyroscope_build_info A metric with a constant '1' value labeled by version, revision, branch, and goversion from which pyroscope was built.\n# TYPE pyroscope_build_info gauge"
+    );
+    let _ = writeln!(
+        out,
+        "pyroscope_build_info{{version=\"{}\",revision=\"{REVISION}\",branch=\"{BRANCH}\",goversion=\"\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    super::process_metrics::render(&mut out);
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
 }
 
@@ -298,6 +309,34 @@ fn render_tenant_series(stats: &[CoreStats], out: &mut String) {
     if tenants.len() > HEAD_SERIES_TENANTS {
         let others: usize = tenants[HEAD_SERIES_TENANTS..].iter().map(|(_, n)| n).sum();
         let _ = writeln!(out, "{name}{{tenant=\"#others\"}} {others}");
+    }
+    // Pyroscope's head size by type and tenant, the same tenants shown (the rest summed).
+    let mut sizes: rustc_hash::FxHashMap<&str, [usize; 6]> = Default::default();
+    for s in stats {
+        for (t, b) in &s.ingester.tenant_head_bytes {
+            let e = sizes.entry(t.as_ref()).or_default();
+            e.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        }
+    }
+    let shown: rustc_hash::FxHashSet<&str> = tenants.iter().take(HEAD_SERIES_TENANTS).map(|(t, _)| *t).collect();
+    let mut others = [0usize; 6];
+    let name = "pyroscope_head_size_bytes";
+    let _ = writeln!(out, "# HELP {name} Size of a section of the in-memory head, in bytes.\n# TYPE {name} gauge");
+    let mut rows: Vec<(&str, [usize; 6])> = sizes.into_iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (t, b) in rows {
+        if !shown.contains(t) {
+            others.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            continue;
+        }
+        for (ty, v) in kiln_shards::ingester::HEAD_SIZE_TYPES.iter().zip(b) {
+            let _ = writeln!(out, "{name}{{component=\"ingester\",tenant=\"{t}\",type=\"{ty}\"}} {v}");
+        }
+    }
+    if tenants.len() > HEAD_SERIES_TENANTS {
+        for (ty, v) in kiln_shards::ingester::HEAD_SIZE_TYPES.iter().zip(others) {
+            let _ = writeln!(out, "{name}{{component=\"ingester\",tenant=\"#others\",type=\"{ty}\"}} {v}");
+        }
     }
 }
 

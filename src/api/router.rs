@@ -1,7 +1,7 @@
 //! The router: finds the component whose route table holds a request's path, reads the body
 //! within that route's limit, and hands the request over; RPCs are unframed here and their
 //! answers framed in the caller's protocol (`rpc.rs`).
-use super::{conn, inflight, ops, rpc, Edge};
+use super::{conn, inflight, metrics, ops, rpc, Edge};
 use crate::config::{Component, Target};
 use crate::service::body::{http_error, Response};
 use crate::service::call::Call;
@@ -155,9 +155,17 @@ pub(super) async fn handle(req: http::Request<Incoming>, core: Rc<Edge>) -> Resp
     let started = Instant::now();
     let dest = Dest::resolve(req.uri().path());
     let class = dest.class();
+    // Pyroscope's route label: the path as dskit names it, `notfound` where nothing serves it.
+    let route = match dest {
+        Dest::Unknown => "notfound".to_string(),
+        _ => metrics::route_label(req.uri().path()),
+    };
+    let method = req.method().clone();
     let resp = dispatch(req, &core, dest, class).await;
     let err = resp.status().as_u16() >= 400 || resp.headers().get("grpc-status").is_some_and(|v| v != "0");
-    core.metrics().observe(class, started.elapsed().as_secs_f64(), err);
+    let seconds = started.elapsed().as_secs_f64();
+    core.metrics().observe(class, seconds, err);
+    core.metrics().observe_request(&method, route, resp.status().as_u16(), seconds);
     resp
 }
 

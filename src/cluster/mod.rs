@@ -125,6 +125,26 @@ impl Cluster {
         for ((state, healthy), n) in counts {
             let _ = writeln!(out, "kiln_ring_members{{state=\"{state}\",healthy=\"{healthy}\"}} {n}");
         }
+        // dskit's gauge, per ring (kiln's rings are the components of its one member list):
+        // healthy members by state, the unhealthy ones as `Unhealthy`.
+        let _ = writeln!(
+            out,
+            "# HELP pyroscope_ring_members Number of members in the ring\n# TYPE pyroscope_ring_members gauge"
+        );
+        for (bit, ring) in kiln_shards::ring::member::Components::NAMES {
+            let mut by_state: std::collections::BTreeMap<&str, u64> =
+                ["ACTIVE", "JOINING", "LEAVING", "PENDING", "Unhealthy"].into_iter().map(|s| (s, 0)).collect();
+            for (i, d) in snap.instances().iter().enumerate() {
+                if !d.components.has(bit) || d.state == kiln_shards::ring::member::State::Left {
+                    continue;
+                }
+                let state = if snap.healthy(i as u32) { d.state.as_str() } else { "Unhealthy" };
+                *by_state.entry(state).or_default() += 1;
+            }
+            for (state, n) in by_state {
+                let _ = writeln!(out, "pyroscope_ring_members{{name=\"{ring}\",state=\"{state}\"}} {n}");
+            }
+        }
         let _ = writeln!(out, "# HELP kiln_ring_members_limit Members a snapshot holds at most.");
         let _ = writeln!(out, "# TYPE kiln_ring_members_limit gauge\nkiln_ring_members_limit {}", gossip::MAX_MEMBERS);
         let _ = writeln!(out, "# HELP kiln_ring_members_dropped_total Members left out of a snapshot past the limit.");

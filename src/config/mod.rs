@@ -6,7 +6,7 @@
 pub mod expand_env;
 pub mod modes;
 
-pub use modes::{BackendKind, Component, LogLevel, Target, WalSyncPolicy};
+pub use modes::{BackendKind, Component, LogFormat, LogLevel, Target, WalSyncPolicy};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -250,6 +250,7 @@ pub struct Config {
     pub storage: Storage,
     pub multitenancy_enabled: bool,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub limits: Limits,
     /// Per-tenant overrides of `limits`.
     pub overrides: std::collections::BTreeMap<String, Limits>,
@@ -453,6 +454,7 @@ impl Default for Config {
             storage: Storage::default(),
             multitenancy_enabled: false,
             log_level: LogLevel::Info,
+            log_format: LogFormat::Logfmt,
             limits: Limits::default(),
             overrides: Default::default(),
             memberlist: Memberlist::default(),
@@ -903,6 +905,7 @@ impl Config {
             "storage.azure.endpoint-suffix" => self.storage.azure.endpoint_suffix = v.into(),
             "auth.multitenancy-enabled" => self.multitenancy_enabled = parse_bool(v).map_err(bad)?,
             "log.level" => self.log_level = v.parse().map_err(bad)?,
+            "log.format" => self.log_format = v.parse().map_err(bad)?,
             "validation.reject-older-than" => l.reject_older_than = parse_duration(v).map_err(bad)?,
             "validation.reject-newer-than" => l.reject_newer_than = parse_duration(v).map_err(bad)?,
             "validation.max-profile-size-bytes" => l.max_profile_size_bytes = parse_num(v).map_err(bad)?,

@@ -86,6 +86,16 @@ modes!(
 );
 
 modes!(
+    /// How log lines are written (`-log.format`), as Pyroscope's.
+    LogFormat {
+        /// `level=info ts=… msg="…" key=value`.
+        Logfmt => "logfmt",
+        /// One JSON object per line.
+        Json => "json",
+    }
+);
+
+modes!(
     /// How much kiln logs (`-log.level`).
     LogLevel {
         Debug => "debug",

@@ -125,6 +125,10 @@ pub async fn start<M: From<Msg> + 'static>(
     ingester
 }
 
+/// The types of `IngesterStats::tenant_head_bytes`, as Pyroscope's `pyroscope_head_size_bytes`
+/// labels them.
+pub const HEAD_SIZE_TYPES: [&str; 6] = ["profiles", "stacktraces", "locations", "functions", "mappings", "strings"];
+
 /// A snapshot of the ingester's size on one core, for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct IngesterStats {
@@ -133,6 +137,8 @@ pub struct IngesterStats {
     /// Series in each tenant's head (tenants with none left out), for
     /// `kiln_ingester_head_series{tenant}`.
     pub tenant_series: Vec<(Arc<str>, usize)>,
+    /// Head bytes of each tenant by Pyroscope's types (`HEAD_SIZE_TYPES`), live heads only.
+    pub tenant_head_bytes: Vec<(Arc<str>, [usize; 6])>,
     pub profiles: u64,
     pub samples: u64,
     pub stacks: usize,
@@ -623,6 +629,9 @@ impl Ingester {
         for (t, h) in &self.tenants {
             if !h.series.is_empty() {
                 s.tenant_series.push((t.clone(), h.series.len()));
+                let [stacks, locations, functions, mappings, strings] = h.symbols.bytes_by_table();
+                let profiles = h.heap_bytes().saturating_sub(h.symbols.heap_bytes());
+                s.tenant_head_bytes.push((t.clone(), [profiles, stacks, locations, functions, mappings, strings]));
             }
             s.series += h.series.len();
             s.profiles += h.profiles;

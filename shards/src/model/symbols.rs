@@ -443,13 +443,19 @@ impl Symbols {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        let strings: usize = self.strings.list.iter().map(|s| s.len() + 16 + 8 + 24).sum();
-        strings
-            + self.functions.len() * (std::mem::size_of::<Function>() * 2 + 12)
-            + self.mappings.len() * (std::mem::size_of::<Mapping>() * 2 + 12)
-            + self.locations.iter().map(|l| 32 + l.lines.len() * 16 + 16).sum::<usize>()
-            + self.parent.len() * (4 + 4 + 13)
-            + self.stack_index.len() * 21
+        self.bytes_by_table().iter().sum()
+    }
+
+    /// `heap_bytes` per table: stack traces (the stack tree and its index), locations,
+    /// functions, mappings, strings (Pyroscope's `pyroscope_head_size_bytes` types).
+    pub fn bytes_by_table(&self) -> [usize; 5] {
+        [
+            self.parent.len() * (4 + 4 + 13) + self.stack_index.len() * 21,
+            self.locations.iter().map(|l| 32 + l.lines.len() * 16 + 16).sum::<usize>(),
+            self.functions.len() * (std::mem::size_of::<Function>() * 2 + 12),
+            self.mappings.len() * (std::mem::size_of::<Mapping>() * 2 + 12),
+            self.strings.list.iter().map(|s| s.len() + 16 + 8 + 24).sum(),
+        ]
     }
 }
 
