@@ -174,6 +174,9 @@ fn hostile_recordings_are_refused_with_a_reason() {
     let r = post(k.port, url, &[("content-type", &ct)], body);
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("labels"), "{}", r.text());
-    // Still serving.
+    // Still serving; every refusal counted.
     assert_eq!(send(raw).status, 200);
+    assert_eq!(metric_sum(k.port, "kiln_distributor_jfr_rejected_recordings_total"), 12.0);
+    assert_eq!(metric_sum(k.port, "kiln_distributor_jfr_recordings_total"), 1.0);
+    assert_eq!(metric_sum(k.port, "kiln_distributor_jfr_bytes_total"), 170_117.0);
 }

@@ -30,7 +30,24 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// Converts and pushes the recording; counts it on `/metrics` as stored or refused.
 pub async fn ingest(dist: &Rc<Distributor>, tenant: &TenantId, req: Request<'_>) -> IngestResult {
+    let m = dist.metrics();
+    match convert_and_push(dist, tenant, req).await {
+        Ok(bytes) => {
+            metrics::add(&m.jfr_recordings, 1);
+            metrics::add(&m.jfr_bytes, bytes as u64);
+            Ok(())
+        }
+        Err(e) => {
+            metrics::add(&m.jfr_rejected_recordings, 1);
+            Err(e)
+        }
+    }
+}
+
+/// The recording's inflated size once stored.
+async fn convert_and_push(dist: &Rc<Distributor>, tenant: &TenantId, req: Request<'_>) -> Result<usize, Refusal> {
     let limits = dist.limits_for(tenant).clone();
     let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
     let (jfr, snapshot) = read_body(req.content_type, req.body, max)?;
@@ -56,9 +73,10 @@ pub async fn ingest(dist: &Rc<Distributor>, tenant: &TenantId, req: Request<'_>)
     }
     if batch.is_empty() {
         // A recording without samples of a kind kiln reads: nothing to store, as Pyroscope.
-        return Ok(());
+        return Ok(jfr.len());
     }
-    push_all(dist, tenant, jfr.len(), batch, StatusCode::UNPROCESSABLE_ENTITY).await
+    push_all(dist, tenant, jfr.len(), batch, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    Ok(jfr.len())
 }
 
 /// The series labels every profile of the recording shares (its `__name__` aside): the

@@ -24,6 +24,9 @@ pub const MAX_WANTS: usize = 8;
 
 #[derive(Debug, Clone, Copy)]
 enum Step {
+    /// An unbound field of one compressed int (a pool reference or an inline int).
+    SkipVarint,
+    /// Any other unbound field, read past by its metadata.
     Skip,
     Int(u8),
     Byte(u8),
@@ -35,6 +38,8 @@ enum Step {
 pub struct Plan {
     class: u32,
     steps: Vec<Step>,
+    /// Whether a string is bound: only then are `Values::strs` cleared per record.
+    strings: bool,
 }
 
 /// The values one record bound, by the index of their want.
@@ -45,10 +50,13 @@ pub struct Values<'a> {
 }
 
 impl Values<'_> {
-    fn clear(&mut self) {
+    #[inline]
+    fn clear(&mut self, strings: bool) {
         self.ints = [0; MAX_WANTS];
-        for s in &mut self.strs {
-            *s = None;
+        if strings {
+            for s in &mut self.strs {
+                *s = None;
+            }
         }
     }
 }
@@ -63,8 +71,12 @@ impl Plan {
         let steps = fields
             .iter()
             .map(|f| {
+                let skip = match (f.constant_pool, f.array, f.kind) {
+                    (true, false, _) | (false, false, Kind::Varint) => Step::SkipVarint,
+                    _ => Step::Skip,
+                };
                 let Some(slot) = wants.iter().position(|(n, _)| *n == f.name) else {
-                    return Step::Skip;
+                    return skip;
                 };
                 let slot = slot as u8;
                 match (wants[slot as usize].1, f.constant_pool, f.array, f.kind) {
@@ -75,11 +87,12 @@ impl Plan {
                     (Expect::Array(name), false, true, Kind::Struct(_)) if class_name(f.type_id) == name => {
                         Step::Array(slot)
                     }
-                    _ => Step::Skip,
+                    _ => skip,
                 }
             })
-            .collect();
-        Plan { class, steps }
+            .collect::<Vec<_>>();
+        let strings = steps.iter().any(|s| matches!(s, Step::Str(_)));
+        Plan { class, steps, strings }
     }
 
     /// Reads one record into `v` (cleared first). An array field is handed to `array` with
@@ -91,10 +104,13 @@ impl Plan {
         v: &mut Values<'a>,
         mut array: impl FnMut(&mut Reader<'a>, u8, usize) -> Result<(), JfrError>,
     ) -> Result<(), JfrError> {
-        v.clear();
+        v.clear(self.strings);
         let fields = types.classes.get(self.class as usize).map_or(&[][..], |c| &c.fields[..]);
         for (step, f) in self.steps.iter().zip(fields) {
             match *step {
+                Step::SkipVarint => {
+                    r.varint(&f.name)?;
+                }
                 Step::Skip => types.skip_field(r, f)?,
                 Step::Int(s) => v.ints[s as usize] = r.varint(&f.name)?,
                 Step::Byte(s) => v.ints[s as usize] = u64::from(r.u8(&f.name)?),

@@ -84,9 +84,34 @@ impl<'a> Reader<'a> {
     }
 
     /// JFR's compressed integer: LEB128 over at most 9 bytes, the ninth contributing all its
-    /// 8 bits (so any 64-bit value fits and no encoding runs longer).
+    /// 8 bits (so any 64-bit value fits and no encoding runs longer). Most are one byte.
     #[inline]
     pub fn varint(&mut self, what: &str) -> Result<u64, JfrError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.varint_long(what),
+        }
+    }
+
+    /// A varint of more than one byte (or none left).
+    fn varint_long(&mut self, what: &str) -> Result<u64, JfrError> {
+        let rest = &self.buf[self.pos..];
+        if rest.len() >= 9 {
+            // Whole: no bound to check per byte.
+            let mut v = 0u64;
+            for (i, &b) in rest[..8].iter().enumerate() {
+                v |= u64::from(b & 0x7f) << (7 * i);
+                if b < 0x80 {
+                    self.pos += i + 1;
+                    return Ok(v);
+                }
+            }
+            self.pos += 9;
+            return Ok(v | u64::from(rest[8]) << 56);
+        }
         let mut v = 0u64;
         for shift in (0..56).step_by(7) {
             let b = self.u8(what)?;
