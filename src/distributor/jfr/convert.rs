@@ -148,10 +148,8 @@ struct Builder {
     label_sets: Vec<Vec<(u32, u32)>>,
     /// (context, span name) → (label set, span id of the context's `profile_id`).
     label_index: FxHashMap<(u64, u64), (u32, u64)>,
-    /// This chunk's (method, line) → location, and stack id → its locations in `resolved`.
-    chunk_locations: FxHashMap<(u64, u32), Option<u32>>,
-    chunk_stacks: FxHashMap<u64, (u32, u32)>,
-    resolved: Vec<u32>,
+    /// This chunk's frame ids ([`ChunkFrames`]) → location; `u32::MAX`: not made yet.
+    frame_locations: Vec<u32>,
 }
 
 impl Builder {
@@ -172,9 +170,7 @@ impl Builder {
             sample_labels: Vec::new(),
             label_sets: Vec::new(),
             label_index: FxHashMap::default(),
-            chunk_locations: FxHashMap::default(),
-            chunk_stacks: FxHashMap::default(),
-            resolved: Vec::new(),
+            frame_locations: Vec::new(),
         };
         b.strings.insert(String::new(), 0);
         for (t, u) in info.sample_types {
@@ -198,79 +194,37 @@ impl Builder {
     }
 
     fn start_chunk(&mut self) {
-        self.chunk_locations.clear();
-        self.chunk_stacks.clear();
-        self.resolved.clear();
+        self.frame_locations.clear();
     }
 
-    /// The location of frame (method, line), made if new; `None` if its method or class is
-    /// missing.
-    fn location(
-        &mut self,
-        pools: &Pools<'_>,
-        names: &mut ChunkNames,
-        method: u64,
-        line: u32,
-        cost: &mut Cost,
-    ) -> Result<Option<u32>, JfrError> {
-        if let Some(&l) = self.chunk_locations.get(&(method, line)) {
+    /// The location of this chunk's frame `frame`, made if new.
+    fn location(&mut self, frames: &ChunkFrames, frame: u32, cost: &mut Cost) -> Result<u32, JfrError> {
+        if let Some(&l) = self.frame_locations.get(frame as usize).filter(|l| **l != u32::MAX) {
             return Ok(l);
         }
-        let l = match names.name(pools, method, cost)? {
-            None => None,
-            Some(name) => {
-                let before = self.profile.strings.len();
-                let s = self.string(name);
-                if self.profile.strings.len() > before {
-                    cost.add(ENTRY_COST + 2 * name.len())?;
-                }
-                let functions = &mut self.profile.functions;
-                let f = *self.functions.entry(s).or_insert_with(|| {
-                    functions.push(Function { name: s, system_name: 0, filename: 0, start_line: 0 });
-                    functions.len() as u32 - 1
-                });
-                let locations = &mut self.profile.locations;
-                let l = *self.locations.entry((f, line)).or_insert_with(|| {
-                    locations.push(Location {
-                        mapping: 1,
-                        address: 0,
-                        lines: vec![Line { function: f, line: i64::from(line) }],
-                    });
-                    locations.len() as u32 - 1
-                });
-                cost.add(ENTRY_COST)?;
-                Some(l)
-            }
-        };
-        self.chunk_locations.insert((method, line), l);
+        let (name, line) = frames.frame(frame);
+        let before = self.profile.strings.len();
+        let s = self.string(name);
+        if self.profile.strings.len() > before {
+            cost.add(ENTRY_COST + 2 * name.len())?;
+        }
+        let functions = &mut self.profile.functions;
+        let f = *self.functions.entry(s).or_insert_with(|| {
+            functions.push(Function { name: s, system_name: 0, filename: 0, start_line: 0 });
+            functions.len() as u32 - 1
+        });
+        let locations = &mut self.profile.locations;
+        let l = *self.locations.entry((f, line)).or_insert_with(|| {
+            let lines = vec![Line { function: f, line: i64::from(line) }];
+            locations.push(Location { mapping: 1, address: 0, lines });
+            locations.len() as u32 - 1
+        });
+        cost.add(ENTRY_COST)?;
+        if self.frame_locations.len() <= frame as usize {
+            self.frame_locations.resize(frame as usize + 1, u32::MAX);
+        }
+        self.frame_locations[frame as usize] = l;
         Ok(l)
-    }
-
-    /// The locations of stack trace `stack`, leaf first, its root-most [`MAX_STACK_DEPTH`]
-    /// frames; `None` if the chunk has no such stack trace.
-    fn stack(
-        &mut self,
-        pools: &Pools<'_>,
-        names: &mut ChunkNames,
-        stack: u64,
-        cost: &mut Cost,
-    ) -> Result<Option<(u32, u32)>, JfrError> {
-        if let Some(&r) = self.chunk_stacks.get(&stack) {
-            return Ok(Some(r));
-        }
-        let Some(frames) = pools.stack(stack) else { return Ok(None) };
-        let start = self.resolved.len();
-        for f in frames {
-            if let Some(l) = self.location(pools, names, f.method, f.line, cost)? {
-                self.resolved.push(l);
-            }
-        }
-        let kept = (self.resolved.len() - start).saturating_sub(MAX_STACK_DEPTH);
-        self.resolved.drain(start..start + kept);
-        cost.add(4 * (self.resolved.len() - start))?;
-        let r = (start as u32, (self.resolved.len() - start) as u32);
-        self.chunk_stacks.insert(stack, r);
-        Ok(Some(r))
     }
 
     /// The label set of (context, span name), and the span id the context gives.
@@ -355,40 +309,99 @@ impl Cost {
     }
 }
 
-/// This chunk's frame names by method id (`None`: method or class missing), made once.
+/// This chunk's frames, shared by every profile built from it: each (method, line) a frame
+/// id once its method and class resolve, each stack trace its frame ids (leaf first, the
+/// root-most [`MAX_STACK_DEPTH`] of them), each method its name, all made once per chunk.
 #[derive(Default)]
-struct ChunkNames {
-    index: FxHashMap<u64, Option<u32>>,
+struct ChunkFrames {
+    /// Method id → index in `names` (`None`: method or class missing).
+    methods: FxHashMap<u64, Option<u32>>,
     names: Vec<String>,
+    /// (method, line) → frame id (`None`: the method does not resolve).
+    index: FxHashMap<(u64, u32), Option<u32>>,
+    /// Frame id → (name in `names`, line).
+    frames: Vec<(u32, u32)>,
+    /// Stack trace id → its frame ids in `stack_frames` (start, length).
+    stacks: FxHashMap<u64, (u32, u32)>,
+    stack_frames: Vec<u32>,
 }
 
-impl ChunkNames {
+impl ChunkFrames {
     fn clear(&mut self) {
+        self.methods.clear();
+        self.frames.clear();
         self.index.clear();
-        self.names.clear();
+        self.frames.clear();
+        self.stacks.clear();
+        self.stack_frames.clear();
     }
 
-    fn name(&mut self, pools: &Pools<'_>, method: u64, cost: &mut Cost) -> Result<Option<&str>, JfrError> {
-        let i = match self.index.get(&method) {
-            Some(&i) => i,
+    fn frame(&self, id: u32) -> (&str, u32) {
+        let (name, line) = self.frames[id as usize];
+        (&self.names[name as usize], line)
+    }
+
+    /// The frames of stack trace `stack` in `stack_frames` (start, length); `None` if the
+    /// chunk has no such stack trace.
+    fn stack(&mut self, pools: &Pools<'_>, stack: u64, cost: &mut Cost) -> Result<Option<(u32, u32)>, JfrError> {
+        let (start, len) = match self.stacks.get(&stack) {
+            Some(&r) => r,
             None => {
-                let name = pools.methods.get(&method).and_then(|&(class, name)| {
-                    let class_name = pools.symbol(*pools.classes.get(&class)?);
-                    Some(format!("{}.{}", stable_name(class_name), stable_name(pools.symbol(name))))
-                });
-                let i = match name {
-                    Some(n) => {
-                        cost.add(ENTRY_COST + n.len())?;
-                        self.names.push(n);
-                        Some(self.names.len() as u32 - 1)
+                let Some(frames) = pools.stack(stack) else { return Ok(None) };
+                let start = self.stack_frames.len();
+                for f in frames {
+                    if let Some(id) = self.frame_id(pools, f.method, f.line, cost)? {
+                        self.stack_frames.push(id);
                     }
-                    None => None,
-                };
-                self.index.insert(method, i);
-                i
+                }
+                let kept = (self.stack_frames.len() - start).saturating_sub(MAX_STACK_DEPTH);
+                self.stack_frames.drain(start..start + kept);
+                cost.add(4 * (self.stack_frames.len() - start))?;
+                let r = (start as u32, (self.stack_frames.len() - start) as u32);
+                self.stacks.insert(stack, r);
+                r
             }
         };
-        Ok(i.map(|i| self.names[i as usize].as_str()))
+        Ok(Some((start, len)))
+    }
+
+    fn frame_id(
+        &mut self,
+        pools: &Pools<'_>,
+        method: u64,
+        line: u32,
+        cost: &mut Cost,
+    ) -> Result<Option<u32>, JfrError> {
+        if let Some(&id) = self.index.get(&(method, line)) {
+            return Ok(id);
+        }
+        let id = self.name(pools, method, cost)?.map(|name| {
+            self.frames.push((name, line));
+            self.frames.len() as u32 - 1
+        });
+        self.index.insert((method, line), id);
+        Ok(id)
+    }
+
+    /// The index in `names` of method `method`'s frame name, made once.
+    fn name(&mut self, pools: &Pools<'_>, method: u64, cost: &mut Cost) -> Result<Option<u32>, JfrError> {
+        if let Some(&i) = self.methods.get(&method) {
+            return Ok(i);
+        }
+        let name = pools.methods.get(&method).and_then(|&(class, name)| {
+            let class_name = pools.symbol(*pools.classes.get(&class)?);
+            Some(format!("{}.{}", stable_name(class_name), stable_name(pools.symbol(name))))
+        });
+        let i = match name {
+            Some(n) => {
+                cost.add(ENTRY_COST + n.len())?;
+                self.names.push(n);
+                Some(self.names.len() as u32 - 1)
+            }
+            None => None,
+        };
+        self.methods.insert(method, i);
+        Ok(i)
     }
 }
 
@@ -402,7 +415,7 @@ pub struct Converter<'s> {
     /// jfr-parser's `values[0]`: 1, or the last wall-clock sample's count.
     count: i64,
     chunk: u32,
-    names: ChunkNames,
+    frames: ChunkFrames,
     cost: Cost,
 }
 
@@ -417,7 +430,7 @@ impl<'s> Converter<'s> {
             event: String::new(),
             count: 1,
             chunk: 0,
-            names: ChunkNames::default(),
+            frames: ChunkFrames::default(),
             cost: Cost { used: 0, max: opts.max_bytes },
         }
     }
@@ -425,7 +438,7 @@ impl<'s> Converter<'s> {
     /// Called before each chunk's events: ids are the chunk's own.
     pub fn start_chunk(&mut self) {
         self.chunk = self.chunk.wrapping_add(1);
-        self.names.clear();
+        self.frames.clear();
         for b in self.builders.iter_mut().flatten() {
             b.start_chunk();
         }
@@ -500,11 +513,15 @@ impl<'s> Converter<'s> {
             }
             return Ok(());
         }
-        let Some((start, len)) = b.stack(pools, &mut self.names, stack, &mut self.cost)? else {
+        let Some((start, len)) = self.frames.stack(pools, stack, &mut self.cost)? else {
             return Ok(());
         };
+        let frames = &self.frames.stack_frames[start as usize..(start + len) as usize];
+        let mut locations = Vec::with_capacity(frames.len());
+        for &f in frames {
+            locations.push(b.location(&self.frames, f, &mut self.cost)?);
+        }
         let (set, context_span) = b.labels(self.snapshot, c, &mut self.cost)?;
-        let locations = b.resolved[start as usize..(start + len) as usize].to_vec();
         self.cost.add(ENTRY_COST + 4 * locations.len() + 8 * values.len())?;
         let span_id = if c.span_id != 0 { c.span_id } else { context_span };
         let values = values.iter().map(|v| v.wrapping_mul(mul)).collect();

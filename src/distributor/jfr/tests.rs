@@ -239,3 +239,32 @@ fn every_jfr_parser_golden_matches() {
     }
     assert_eq!(matched, goldens.len());
 }
+
+/// Any byte of a recording changed, or the recording cut anywhere with its header made to
+/// agree, is read to an answer: a conversion or an error, never a panic (a cheap stand-in
+/// for the fuzz target, run on every build).
+#[test]
+fn damaged_recordings_never_panic() {
+    let raw = read(&format!("{ROOT}jfr-parser/new_spancontext.jfr.gz"));
+    let snapshot = snapshot_of("new_spancontext.jfr.gz");
+    let o = Options { max_bytes: 16 << 20, ..opts() };
+    let mut errors = 0;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..1500 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut damaged = raw.clone();
+        let at = (seed as usize) % damaged.len();
+        damaged[at] = damaged[at].wrapping_add(1 + (i % 255) as u8);
+        errors += usize::from(convert(&damaged, &snapshot, o).is_err());
+    }
+    for cut in (chunk::HEADER_SIZE..raw.len()).step_by(61) {
+        let mut short = raw[..cut].to_vec();
+        short[8..16].copy_from_slice(&(cut as u64).to_be_bytes());
+        let e = convert(&short, &snapshot, o).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!e.is_empty(), "a recording cut at {cut} converted");
+        errors += 1;
+    }
+    assert!(errors > 400, "{errors} damaged recordings refused");
+}
