@@ -79,6 +79,43 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// JFR recordings of each source (JDK, async-profiler, the Datadog tracer) and size.
+const JFR_FIXTURES: &[&str] = &[
+    "jfr/jfr-parser/cortex-dev-01__kafka-0__cpu__0.jfr.gz",
+    "jfr/jfr-parser/cortex-dev-01__kafka-0__cpu_lock0_alloc0__0.jfr.gz",
+    "jfr/jfr-parser/dump2.jfr.gz",
+    "jfr/jfr-parser/async-profiler.jfr.gz",
+    "jfr/jfr-parser/dd-trace-java.jfr.gz",
+    "jfr/jfr-parser/object-allocation-sample.jfr.gz",
+    "jfr/jfr-parser/FastSlow_2024_01_16_180855.jfr.gz",
+];
+
+/// `/ingest?format=jfr`'s work per recording next to `decode`'s per pprof: inflate and
+/// convert to every profile (`kiln`, per gzip byte as sent, comparable with `decode/kiln`),
+/// and conversion alone (`convert`, per uncompressed byte).
+fn jfr(c: &mut Criterion) {
+    use kiln::distributor::jfr;
+    let opts = jfr::Options { time_nanos: 1, duration_nanos: 0, sample_rate: 100, max_bytes: 0, max_samples: 0 };
+    let snapshot = jfr::LabelsSnapshot::default();
+    let mut g = c.benchmark_group("jfr");
+    for rel in JFR_FIXTURES {
+        let gz = fixture(rel);
+        g.throughput(Throughput::Bytes(gz.len() as u64));
+        g.bench_with_input(BenchmarkId::new("kiln", short(rel)), &gz, |b, gz| {
+            b.iter(|| {
+                let raw = kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap();
+                jfr::convert(&raw, &snapshot, opts).unwrap().profiles.len()
+            })
+        });
+        let raw = kiln_io::compress::maybe_gunzip(&gz, 64 << 20).unwrap().into_owned();
+        g.throughput(Throughput::Bytes(raw.len() as u64));
+        g.bench_with_input(BenchmarkId::new("convert", short(rel)), &raw, |b, raw| {
+            b.iter(|| jfr::convert(raw, &snapshot, opts).unwrap().profiles.len())
+        });
+    }
+    g.finish();
+}
+
 fn decoded(rel: &str) -> (Profile, Vec<SampleGroup>) {
     let raw = kiln_io::compress::maybe_gunzip(&fixture(rel), 64 << 20).unwrap().into_owned();
     let d = pprof::normalize(pprof::decode(&raw).unwrap(), limits()).unwrap();
@@ -255,6 +292,6 @@ fn channels(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
-    targets = decode, append, normalisation, flamegraph, channels
+    targets = decode, jfr, append, normalisation, flamegraph, channels
 }
 criterion_main!(benches);

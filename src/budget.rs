@@ -206,6 +206,21 @@ fn run_folded(data: &[u8]) {
     }
 }
 
+fn run_jfr(data: &[u8]) {
+    // As a multipart `jfr` or `labels` part: gzip or not, then converted (or decoded).
+    use crate::distributor::{folded, jfr};
+    let Ok(raw) = kiln_io::compress::maybe_gunzip(data, limits::INFLATE) else { return };
+    let _ = jfr::decode_labels(&raw);
+    let opts = jfr::Options {
+        time_nanos: 1,
+        duration_nanos: 0,
+        sample_rate: 100,
+        max_bytes: folded::built_limit(raw.len(), limits::INFLATE),
+        max_samples: limits::SAMPLES,
+    };
+    let _ = jfr::convert(&raw, &jfr::LabelsSnapshot::default(), opts);
+}
+
 fn run_rpc(data: &[u8]) {
     use crate::api::rpc::request_bytes;
     use crate::service::codec::Protocol;
@@ -306,6 +321,21 @@ pub const DECODERS: &[Decoder] = &[
             fixed_bytes: 2 * limits::INFLATE + (256 << 10),
             bytes_per_byte: 64,
             fixed_allocs: 64,
+            allocs_per_byte: 2,
+        },
+    },
+    Decoder {
+        name: "jfr",
+        run: run_jfr,
+        // The inflated recording (the gzip decoder's budget), the profiles built from it (up
+        // to the profile size limit whatever the shape, then 16 times the recording, as
+        // counted while built), and the pools: a constant of a byte or two (an id and an
+        // empty value) becomes a hash entry of 16 to 40 bytes, twice that while a table grows
+        // (the hostile recordings of tests/alloc_budget.rs peak at 24 bytes per byte).
+        budget: Budget {
+            fixed_bytes: 4 * limits::INFLATE + (1 << 20),
+            bytes_per_byte: 64,
+            fixed_allocs: 256,
             allocs_per_byte: 2,
         },
     },

@@ -582,3 +582,38 @@ fn ad_hoc_files() {
     inputs.extend(fixtures.iter().map(|(n, b)| (n.as_str(), b.clone())));
     holds("ad_hoc", &inputs);
 }
+
+/// JFR recordings, gzipped or not (as `/ingest` parts), built to multiply what conversion
+/// builds, to loop, or to lie about their sizes; every fixture, whole and cut short. The
+/// same recordings uncompressed as ad hoc uploads (told apart by their magic).
+#[test]
+fn jfr_recordings() {
+    use common::jfr as w;
+    let mut inputs: Vec<(String, Vec<u8>)> = vec![
+        (
+            "a long class name shared by 20000 methods".into(),
+            w::recording(&"C".repeat(60_000), 20_000, 20_000, 1, false),
+        ),
+        ("a 100000-frame stack in 50000 contexts".into(), w::recording("C", 10, 100_000, 50_000, true)),
+        ("80000 samples of one stack".into(), w::recording("C", 10, 64, 80_000, true)),
+        ("a looping constant pool chain".into(), w::looping_chain()),
+        ("a pool declaring 2^40 stack traces".into(), w::huge_count()),
+        ("metadata 100000 elements deep".into(), w::deep_metadata()),
+    ];
+    for path in files_under("jfr/jfr-parser") {
+        let gz = std::fs::read(&path).unwrap();
+        let raw = gunzip_maybe(&gz);
+        let name = path.display().to_string();
+        for cut in [raw.len() / 3, raw.len() / 2, raw.len().saturating_sub(1)] {
+            inputs.push((format!("{name} cut at {cut}"), raw[..cut].to_vec()));
+        }
+        inputs.push((format!("{name} uncompressed"), raw));
+        inputs.push((name, gz));
+    }
+    let inputs: Vec<(&str, Vec<u8>)> = inputs.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    holds("jfr", &inputs);
+    let raw: Vec<(&str, Vec<u8>)> =
+        inputs.into_iter().filter(|(_, b)| b.starts_with(b"FLR\0") && b.len() <= budget::limits::INFLATE).collect();
+    assert!(raw.len() > 10, "{} raw recordings", raw.len());
+    holds("ad_hoc", &raw);
+}

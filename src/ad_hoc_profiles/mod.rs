@@ -11,15 +11,17 @@
 //!    bytes): pprof (gzip or not; decoded, validated and normalised by the distributor's own
 //!    `pprof::decode_and_normalize`, one flame graph per sample type), folded/collapsed text
 //!    (`folded::parse_folded`, one flame graph named after the file) and flamebearer JSON
-//!    (Pyroscope's own export, read back through `Tree::from_flamegraph`). JFR and
-//!    perf-script files are refused: kiln reads neither.
+//!    (Pyroscope's own export, read back through `Tree::from_flamegraph`), and JFR
+//!    recordings (`.jfr`, or the `FLR\0` magic; gzip or not), converted as `/ingest` converts
+//!    them (`distributor::jfr`), one flame graph per profile type. perf-script files are
+//!    refused: kiln does not read them.
 //! 3. `Get` answers the flame graph of the requested sample type (else the first) as a
 //!    flamebearer JSON string, `/pyroscope/render`'s encoding (`render::flamebearer`,
 //!    `render::metadata`), with every type the file holds. `List` lists the tenant's
 //!    profiles, newest first, from one listing of its folder; `Diff` draws two of them as a
 //!    diff flame graph (`tree::diff`, `render::diff_json`).
 use crate::config::TenantLimits;
-use crate::distributor::{folded, pprof};
+use crate::distributor::{folded, jfr, pprof};
 use crate::querier::render::{diff_json, flamebearer, metadata};
 use crate::querier::{max_nodes_within, tree::Tree};
 use crate::service::call::{Call, Reply};
@@ -95,6 +97,7 @@ enum Format {
     Pprof,
     Folded,
     Json,
+    Jfr,
 }
 
 /// Pyroscope's converter's choice: the extension, then `{` for JSON, gzip's magic or any
@@ -105,11 +108,14 @@ fn format_of(name: &str, data: &[u8]) -> Result<Format, RpcError> {
         "pprof" | "pb" => return Ok(Format::Pprof),
         "json" => return Ok(Format::Json),
         "txt" | "collapsed" | "folded" => return Ok(Format::Folded),
-        "jfr" => return Err(RpcError::invalid("JFR files are not read by kiln: upload pprof, folded or JSON")),
+        "jfr" => return Ok(Format::Jfr),
         _ => {}
     }
     if data.len() < 2 {
         return Err(RpcError::invalid("profile is too short"));
+    }
+    if data.starts_with(b"FLR\0") {
+        return Ok(Format::Jfr);
     }
     if data[0] == b'{' {
         return Ok(Format::Json);
@@ -197,6 +203,7 @@ pub fn parse(name: &str, data: &[u8], max_bytes: usize, max_samples: usize) -> R
             t.finish();
             vec![(sample_type(name, ""), t)]
         }
+        Format::Jfr => jfr_types(data, max_bytes, max_samples)?,
         Format::Json => {
             let f: FlamebearerFile =
                 serde_json::from_slice(data).map_err(|e| RpcError::invalid(format!("unable to read JSON: {e}")))?;
@@ -215,6 +222,48 @@ pub fn parse(name: &str, data: &[u8], max_bytes: usize, max_samples: usize) -> R
         return Err(RpcError::invalid("no profiles found after parsing"));
     }
     Ok(Parsed { types })
+}
+
+/// A JFR recording's flame graphs: one per profile type of each profile converted, as
+/// `/ingest` converts it (at the default 100 Hz). A sample type two profiles share (a mutex
+/// and a block profile both count `contentions`) is told apart by its profile's name.
+fn jfr_types(data: &[u8], max_bytes: usize, max_samples: usize) -> Result<Vec<(ProfileType, Tree)>, RpcError> {
+    let raw =
+        kiln_io::compress::maybe_gunzip(data, max_bytes).map_err(|e| RpcError::invalid(format!("profile: {e}")))?;
+    let opts = jfr::Options {
+        time_nanos: 0,
+        duration_nanos: 0,
+        sample_rate: 100,
+        max_bytes: folded::built_limit(raw.len(), max_bytes),
+        max_samples,
+    };
+    let converted = jfr::convert(&raw, &jfr::LabelsSnapshot::default(), opts)
+        .map_err(|e| RpcError::invalid(format!("parsing JFR: {e}")))?;
+    let mut types: Vec<(ProfileType, Tree)> = Vec::new();
+    for jp in &converted.profiles {
+        let p = &jp.decoded.profile;
+        let (period_type, period_unit) = p.period_type.map_or((String::new(), String::new()), |pt| {
+            (p.string(pt.r#type).to_string(), p.string(pt.unit).to_string())
+        });
+        for (i, st) in p.sample_types.iter().enumerate() {
+            let mut sample_type = p.string(st.r#type).to_string();
+            if types.iter().any(|(t, _)| t.sample_type == sample_type) {
+                sample_type = format!("{}:{sample_type}", jp.name);
+            }
+            let mut t = Tree::default();
+            t.add_profile(p, i);
+            t.finish();
+            let pt = ProfileType {
+                name: jp.name.to_string(),
+                sample_type,
+                sample_unit: p.string(st.unit).to_string(),
+                period_type: period_type.clone(),
+                period_unit: period_unit.clone(),
+            };
+            types.push((pt, t));
+        }
+    }
+    Ok(types)
 }
 
 /// The flamebearer JSON of one type: what `/pyroscope/render` answers, without a timeline.
@@ -417,7 +466,8 @@ mod tests {
         assert_eq!(format_of("x", &[0x1f, 0x8b, 0]).unwrap(), Format::Pprof);
         assert_eq!(format_of("x", &[0x0a, 0x04, 0x08]).unwrap(), Format::Pprof);
         assert_eq!(format_of("x", b"main;f 1\n").unwrap(), Format::Folded);
-        assert!(format_of("x.jfr", b"FLR\0").unwrap_err().message.contains("JFR"));
+        assert_eq!(format_of("x.jfr", &[0x1f, 0x8b]).unwrap(), Format::Jfr);
+        assert_eq!(format_of("upload", b"FLR\0\0\x02").unwrap(), Format::Jfr);
         assert!(format_of("x", b"a").is_err());
     }
 
@@ -436,6 +486,27 @@ mod tests {
         assert!(
             parse("x.json", br#"{"flamebearer":{"names":["total"],"levels":[[0],[0,1,0,9]]}}"#, 1 << 20, 0).is_err()
         );
+    }
+
+    #[test]
+    fn jfr_recordings_parse_into_one_flame_graph_per_type() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/jfr/jfr-parser/cortex-dev-01__kafka-0__cpu_lock0_alloc0__0.jfr.gz"
+        );
+        let gz = std::fs::read(path).unwrap();
+        let p = parse("recording.jfr", &gz, 16 << 20, 0).unwrap();
+        // block, in-TLAB, outside-TLAB, mutex (2 types each) and CPU, as jfr-parser converts it.
+        assert_eq!(p.types.len(), 9, "{:?}", p.names());
+        let cpu = p.types.iter().find(|(t, _)| t.sample_type == "cpu").unwrap();
+        assert_eq!((cpu.0.name.as_str(), cpu.1.total()), ("process_cpu", 5_820_000_000));
+        let names = p.names();
+        assert!(names.contains(&"contentions".to_string()) && names.iter().any(|n| n.ends_with(":contentions")));
+        // The same bytes uncompressed, told apart by their magic.
+        let raw = kiln_io::compress::maybe_gunzip(&gz, 16 << 20).unwrap();
+        assert_eq!(parse("upload", &raw, 16 << 20, 0).unwrap().types.len(), 9);
+        let Err(e) = parse("x.jfr", &raw[..raw.len() / 2], 16 << 20, 0) else { panic!("half a recording parsed") };
+        assert!(e.message.contains("parsing JFR"), "{}", e.message);
     }
 
     #[test]

@@ -63,7 +63,7 @@ fn error(status: StatusCode, msg: impl AsRef<str>) -> Response {
     http_error(status, msg.as_ref())
 }
 
-fn rpc_status(e: &RpcError, validation_status: StatusCode) -> StatusCode {
+pub(super) fn rpc_status(e: &RpcError, validation_status: StatusCode) -> StatusCode {
     match e.code {
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         Code::InvalidArgument => validation_status,
@@ -122,10 +122,15 @@ pub async fn handle(dist: &Rc<Distributor>, r: &Req) -> Response {
     };
     let result = match format {
         "pprof" => ingest_pprof(dist, &tenant, &name, spy, from, &body, None).await,
-        "trie" | "tree" | "jfr" | "speedscope" => {
+        "jfr" => {
+            let req =
+                super::jfr::ingest::Request { name: &name, spy, from, until, sample_rate, content_type, body: &body };
+            super::jfr::ingest::ingest(dist, &tenant, req).await
+        }
+        "trie" | "tree" | "speedscope" => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("format={format} is not supported by kiln yet; send pprof, folded or lines"),
+                format!("format={format} is not supported by kiln yet; send pprof, jfr, folded or lines"),
             )
         }
         "" if content_type.to_ascii_lowercase().contains("multipart/form-data") => {
@@ -475,8 +480,19 @@ async fn push_one(
     acc: Accepted,
     validation: StatusCode,
 ) -> IngestResult {
+    push_all(dist, tenant, bytes, vec![acc], validation).await
+}
+
+/// Rate-limits `bytes` and pushes `batch` (the profiles of one request) all or nothing.
+pub(super) async fn push_all(
+    dist: &Rc<Distributor>,
+    tenant: &TenantId,
+    bytes: usize,
+    batch: Vec<Accepted>,
+    validation: StatusCode,
+) -> IngestResult {
     dist.rate_limit(tenant, bytes, now_ns()).map_err(|e| (rpc_status(&e, validation), e.message))?;
-    dist.distribute(tenant, vec![acc]).await.map_err(|e| (rpc_status(&e, validation), e.message))
+    dist.distribute(tenant, batch).await.map_err(|e| (rpc_status(&e, validation), e.message))
 }
 
 #[cfg(test)]

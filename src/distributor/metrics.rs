@@ -9,6 +9,11 @@ pub struct DistributorMetrics {
     pub received_bytes: AtomicU64,
     pub decompressed_bytes: AtomicU64,
     pub rejected_profiles: AtomicU64,
+    /// JFR recordings converted and stored, refused (at any step), and the bytes of those
+    /// stored, inflated.
+    pub jfr_recordings: AtomicU64,
+    pub jfr_rejected_recordings: AtomicU64,
+    pub jfr_bytes: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, v: u64) {
@@ -19,7 +24,7 @@ pub fn add(c: &AtomicU64, v: u64) {
 pub fn render(cores: &[DistributorMetrics], out: &mut String) {
     use std::fmt::Write;
     type Counter = (&'static str, &'static str, fn(&DistributorMetrics) -> &AtomicU64);
-    let counters: [Counter; 4] = [
+    let counters: [Counter; 7] = [
         ("kiln_distributor_received_profiles_total", "Profiles accepted by push and ingest.", |c| &c.pushed_profiles),
         (
             "kiln_distributor_received_compressed_bytes_total",
@@ -32,6 +37,13 @@ pub fn render(cores: &[DistributorMetrics], out: &mut String) {
         ("kiln_distributor_rejected_profiles_total", "Profiles rejected by validation or limits.", |c| {
             &c.rejected_profiles
         }),
+        ("kiln_distributor_jfr_recordings_total", "JFR recordings /ingest converted and stored.", |c| {
+            &c.jfr_recordings
+        }),
+        ("kiln_distributor_jfr_rejected_recordings_total", "JFR recordings /ingest refused.", |c| {
+            &c.jfr_rejected_recordings
+        }),
+        ("kiln_distributor_jfr_bytes_total", "Bytes of the JFR recordings stored, inflated.", |c| &c.jfr_bytes),
     ];
     for (name, help, f) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -3,6 +3,7 @@
 //! (`push.rs`) and the legacy `/ingest` (`legacy.rs`).
 pub mod folded;
 pub mod gofix;
+pub mod jfr;
 pub mod legacy;
 pub mod metrics;
 pub mod multipart;

@@ -2,6 +2,7 @@
 //! and h2c, as clients do.
 #![allow(dead_code)]
 pub mod hostile;
+pub mod jfr;
 pub mod members;
 pub mod snapshot;
 use bytes::Bytes;
@@ -373,6 +374,21 @@ pub fn gunzip_maybe(data: &[u8]) -> Vec<u8> {
 }
 
 /// Flame graph levels decoded back into root-first `;`-joined stacks with their self values.
+/// SelectMergeStacktraces of profile type `pt` and `selector`, from 1 s to an hour ahead.
+pub fn flamegraph(port: u16, pt: &str, selector: &str) -> kiln_proto::querier::v1::FlameGraph {
+    let req = kiln_proto::querier::v1::SelectMergeStacktracesRequest {
+        profile_type_id: pt.into(),
+        label_selector: selector.into(),
+        start: 1000,
+        end: now_ms() + 3_600_000,
+        max_nodes: Some(1_000_000),
+        ..Default::default()
+    };
+    let r: kiln_proto::querier::v1::SelectMergeStacktracesResponse =
+        connect(port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], &req).unwrap();
+    r.flamegraph.unwrap()
+}
+
 pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collections::BTreeMap<String, i64> {
     // Absolute x of each node per level, then each node's parent is the node one level up
     // whose [x, x+total) span contains it.
