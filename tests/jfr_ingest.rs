@@ -117,6 +117,36 @@ fn a_multipart_recording_with_labels_is_ingested_and_queried() {
     assert_eq!(label_values(k.port, "jfr_event", sel), vec![converted.event]);
     // The span ids and `profile_id` labels never become series labels.
     assert!(label_values(k.port, "profile_id", sel).is_empty());
+    // They answer span profiles: the CPU time of span 89f7d804af12098f (jfr-parser's
+    // `profile_id` of thread 3's samples) is what the recording's samples in it add up to.
+    let snapshot = kiln::distributor::jfr::decode_labels(&gunzip_maybe(&labels)).unwrap();
+    let opts = kiln::distributor::jfr::Options {
+        time_nanos: 1,
+        duration_nanos: 0,
+        sample_rate: 100,
+        max_bytes: 0,
+        max_samples: 0,
+    };
+    let all = kiln::distributor::jfr::convert(&gunzip_maybe(&jfr), &snapshot, opts).unwrap();
+    let span = kiln_shards::model::profile::parse_span_id("89f7d804af12098f").unwrap();
+    let cpu = all.profiles.iter().find(|p| p.name == "process_cpu").unwrap();
+    let want: i64 = cpu.decoded.profile.samples.iter().filter(|s| s.span_id == span).map(|s| s.values[0]).sum();
+    assert!(want > 0);
+    let r: q::SelectMergeSpanProfileResponse = connect(
+        k.port,
+        "/querier.v1.QuerierService/SelectMergeSpanProfile",
+        &[],
+        &q::SelectMergeSpanProfileRequest {
+            profile_type_id: "process_cpu:cpu:nanoseconds:cpu:nanoseconds".into(),
+            label_selector: sel.into(),
+            span_selector: vec!["89f7d804af12098f".into()],
+            start: 1000,
+            end: now_ms() + 3_600_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.flamegraph.unwrap().total, want);
 }
 
 #[test]

@@ -245,7 +245,11 @@ impl Builder {
             for (&k, &v) in &ctx.labels {
                 let (k, v) = (snapshot.string(k), snapshot.string(v));
                 if k == "profile_id" {
-                    span = u64::from_str_radix(v, 16).ok().filter(|_| v.len() == 16).unwrap_or(0);
+                    // The hex of the span id, as a pprof's `profile_id` label is read
+                    // (`model::profile::parse_span_id`: the number byte-swapped). The Java
+                    // agent leaves out leading zeros, so shorter hex is taken too.
+                    let n = (1..=16).contains(&v.len()).then(|| u64::from_str_radix(v, 16).ok()).flatten();
+                    span = n.map_or(0, u64::swap_bytes);
                 }
                 if v.is_empty() || NON_SERIES_SAMPLE_LABELS.contains(&k) {
                     continue;
@@ -523,7 +527,9 @@ impl<'s> Converter<'s> {
         }
         let (set, context_span) = b.labels(self.snapshot, c, &mut self.cost)?;
         self.cost.add(ENTRY_COST + 4 * locations.len() + 8 * values.len())?;
-        let span_id = if c.span_id != 0 { c.span_id } else { context_span };
+        // jfr-parser writes an event's span id as the label `profile_id` = `%016x` of it, which
+        // Pyroscope reads as 8 bytes little-endian (`parse_span_id`): the id byte-swapped.
+        let span_id = if c.span_id != 0 { c.span_id.swap_bytes() } else { context_span };
         let values = values.iter().map(|v| v.wrapping_mul(mul)).collect();
         b.samples.insert(key, b.profile.samples.len() as u32);
         b.profile.samples.push(Sample { locations, values, span_id });
