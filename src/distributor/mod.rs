@@ -9,6 +9,8 @@ pub mod multipart;
 pub mod pprof;
 pub mod push;
 pub mod ratelimit;
+pub mod speedscope;
+pub mod trie;
 pub mod wirecost;
 
 use crate::config::{Limits, TenantLimits};
