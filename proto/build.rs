@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "kiln/v1/pprof_input.proto",
     "settings/v1/setting.proto",
     "adhocprofiles/v1/adhocprofiles.proto",
+    "opentelemetry/proto/collector/profiles/v1development/profiles_service.proto",
 ];
 
 fn main() {
@@ -41,6 +42,7 @@ fn main() {
             ".grpc.health.v1",
             ".settings.v1",
             ".adhocprofiles.v1",
+            ".opentelemetry.proto",
         ])
         .expect("pbjson codegen");
 }

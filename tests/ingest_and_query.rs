@@ -42,20 +42,6 @@ fn push_req(name: &str, service: &str, raw: Vec<u8>) -> PushRequest {
     }
 }
 
-fn flamegraph(port: u16, pt: &str, selector: &str) -> q::FlameGraph {
-    let req = q::SelectMergeStacktracesRequest {
-        profile_type_id: pt.into(),
-        label_selector: selector.into(),
-        start: 1000,
-        end: now_ms() + 3_600_000,
-        max_nodes: Some(1_000_000),
-        ..Default::default()
-    };
-    let r: q::SelectMergeStacktracesResponse =
-        connect(port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], &req).unwrap();
-    r.flamegraph.unwrap()
-}
-
 #[test]
 fn every_fixture_pushed_has_its_totals_per_sample_type() {
     let k = Kiln::start(FIXTURE_FLAGS);

@@ -79,9 +79,14 @@ enum Dest {
 }
 
 impl Dest {
-    fn resolve(path: &str) -> Dest {
+    /// A path both an RPC service and an HTTP route serve (OTLP's export method, which
+    /// takes OTLP/HTTP bodies too) goes to the RPC service for gRPC only.
+    fn resolve(path: &str, headers: &HeaderMap) -> Dest {
         if let Some((owner, s)) = find_rpc(path) {
-            return Dest::Rpc(owner, s);
+            let grpc = matches!(rpc::detect(headers), Some(Protocol::Grpc | Protocol::GrpcWeb));
+            if grpc || HttpDest::find(path).is_none() {
+                return Dest::Rpc(owner, s);
+            }
         }
         HttpDest::find(path).map_or(Dest::Unknown, Dest::Http)
     }
@@ -117,7 +122,7 @@ impl Dest {
 
 #[cfg(test)]
 fn class_of(path: &str) -> Class {
-    Dest::resolve(path).class()
+    Dest::resolve(path, &HeaderMap::new()).class()
 }
 
 /// Whether a path has an RPC's shape, `/<package>.<Service>/<Method>`.
@@ -153,7 +158,7 @@ fn accept_header_ok(h: &HeaderMap) -> Result<(), String> {
 
 pub(super) async fn handle(req: http::Request<Incoming>, core: Rc<Edge>) -> Response {
     let started = Instant::now();
-    let dest = Dest::resolve(req.uri().path());
+    let dest = Dest::resolve(req.uri().path(), req.headers());
     let class = dest.class();
     let resp = dispatch(req, &core, dest, class).await;
     let err = resp.status().as_u16() >= 400 || resp.headers().get("grpc-status").is_some_and(|v| v != "0");
@@ -206,7 +211,7 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, dest: Dest, cla
         body,
     };
 
-    if is_rpc_path(&r.path) {
+    if is_rpc_path(&r.path) && !matches!(dest, Dest::Http(_)) {
         if r.method == Method::GET {
             return connect_get(core, &r, limit, &dest).await;
         }

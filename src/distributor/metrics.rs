@@ -9,6 +9,8 @@ pub struct DistributorMetrics {
     pub received_bytes: AtomicU64,
     pub decompressed_bytes: AtomicU64,
     pub rejected_profiles: AtomicU64,
+    /// OTLP export requests (gRPC and OTLP/HTTP), whatever became of them.
+    pub otlp_requests: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, v: u64) {
@@ -19,7 +21,7 @@ pub fn add(c: &AtomicU64, v: u64) {
 pub fn render(cores: &[DistributorMetrics], out: &mut String) {
     use std::fmt::Write;
     type Counter = (&'static str, &'static str, fn(&DistributorMetrics) -> &AtomicU64);
-    let counters: [Counter; 4] = [
+    let counters: [Counter; 5] = [
         ("kiln_distributor_received_profiles_total", "Profiles accepted by push and ingest.", |c| &c.pushed_profiles),
         (
             "kiln_distributor_received_compressed_bytes_total",
@@ -32,6 +34,7 @@ pub fn render(cores: &[DistributorMetrics], out: &mut String) {
         ("kiln_distributor_rejected_profiles_total", "Profiles rejected by validation or limits.", |c| {
             &c.rejected_profiles
         }),
+        ("kiln_distributor_otlp_requests_total", "OTLP profile export requests, gRPC and HTTP.", |c| &c.otlp_requests),
     ];
     for (name, help, f) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -591,3 +591,19 @@ pub fn peak_rss_rise<R>(pid: u32, f: impl FnOnce() -> R) -> (R, u64) {
     let peak = vm_kib(pid, "VmHWM");
     (r, peak.saturating_sub(before) * 1024)
 }
+
+/// The merged flame graph of a profile type's series that `selector` picks, over all time
+/// (SelectMergeStacktraces, Connect proto).
+pub fn flamegraph(port: u16, pt: &str, selector: &str) -> kiln_proto::querier::v1::FlameGraph {
+    let req = kiln_proto::querier::v1::SelectMergeStacktracesRequest {
+        profile_type_id: pt.into(),
+        label_selector: selector.into(),
+        start: 1000,
+        end: now_ms() + 3_600_000,
+        max_nodes: Some(1_000_000),
+        ..Default::default()
+    };
+    let r: kiln_proto::querier::v1::SelectMergeStacktracesResponse =
+        connect(port, "/querier.v1.QuerierService/SelectMergeStacktraces", &[], &req).unwrap();
+    r.flamegraph.unwrap()
+}
