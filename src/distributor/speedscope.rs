@@ -35,7 +35,7 @@ struct Frame {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawProfile {
-    r#type: String,
+    r#type: Kind,
     #[serde(default)]
     name: String,
     unit: String,
@@ -49,11 +49,26 @@ struct RawProfile {
     weights: Vec<f64>,
 }
 
+/// A profile's type; another is refused as the JSON not fitting the format.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Evented,
+    Sampled,
+}
+
 #[derive(Deserialize)]
 struct Event {
-    r#type: String,
+    r#type: EventKind,
     at: f64,
     frame: u32,
+}
+
+/// An event opens or closes a frame. An enum, not a string: an event costs no allocation.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    O,
+    C,
 }
 
 /// One merged profile: its name and unit, and each stack's value (scaled as /ingest
@@ -64,6 +79,11 @@ pub struct Parsed {
     pub unit: String,
     pub stacks: Vec<(String, i64)>,
 }
+
+/// Distinct profiles a file may hold: each becomes a profile of its own, so a file of
+/// thousands of empty ones would cost far more than its size downstream. Real files hold
+/// one per thread or process.
+pub const MAX_PROFILES: usize = 1024;
 
 /// The units speedscope defines.
 const UNITS: &[&str] = &["none", "nanoseconds", "microseconds", "milliseconds", "seconds", "bytes"];
@@ -205,19 +225,18 @@ fn add_evented(p: &RawProfile, frames: &[Frame], tree: &mut CallTree) -> Result<
             tree.weights[node as usize] += e.at - last_at;
         }
         last_at = e.at;
-        match e.r#type.as_str() {
-            "O" => {
+        match e.r#type {
+            EventKind::O => {
                 let parent = open.last().map_or(0, |&(_, n)| n);
                 open.push((e.frame, tree.child(parent, e.frame)));
             }
-            "C" => match open.pop() {
+            EventKind::C => match open.pop() {
                 Some((f, _)) if f == e.frame => {}
                 Some((f, _)) => {
                     return Err(unbalanced(format!("event {i} closes frame {} while {f} is open", e.frame)))
                 }
                 None => return Err(unbalanced(format!("event {i} closes frame {} that is not open", e.frame))),
             },
-            other => return Err(format!("evented profile {:?}: event {i} has unknown type {other:?}", p.name)),
         }
     }
     if !open.is_empty() {
@@ -234,25 +253,32 @@ pub fn parse(body: &[u8], max_key_bytes: usize) -> Result<Vec<Parsed>, String> {
         other => return Err(format!("not a speedscope file: \"$schema\" is {other:?}, not {SCHEMA:?}")),
     }
     let frames = file.shared.map(|s| s.frames).unwrap_or_default();
-    // Merge key: (name, type, unit, startValue's bits).
-    let mut merged: Vec<((String, String, String, u64), CallTree)> = Vec::new();
+    // Merge key: (name, type, unit, startValue's bits), and where its profile is.
+    type Key = (String, Kind, String, u64);
+    let mut merged: Vec<(Key, CallTree)> = Vec::new();
+    let mut index: FxHashMap<Key, usize> = FxHashMap::default();
     for p in &file.profiles {
         if !UNITS.contains(&p.unit.as_str()) {
             return Err(format!("profile {:?} has unknown unit {:?}; speedscope's are {UNITS:?}", p.name, p.unit));
         }
-        let key = (p.name.clone(), p.r#type.clone(), p.unit.clone(), p.start_value.to_bits());
-        let i = match merged.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
+        let key = (p.name.clone(), p.r#type, p.unit.clone(), p.start_value.to_bits());
+        let i = match index.get(&key) {
+            Some(&i) => i,
+            None if merged.len() == MAX_PROFILES => {
+                return Err(format!(
+                    "the file holds more than {MAX_PROFILES} distinct profiles; kiln takes at most that many"
+                ))
+            }
             None => {
+                index.insert(key.clone(), merged.len());
                 merged.push((key, CallTree::new()));
                 merged.len() - 1
             }
         };
         let tree = &mut merged[i].1;
-        match p.r#type.as_str() {
-            "sampled" => add_sampled(p, &frames, tree)?,
-            "evented" => add_evented(p, &frames, tree)?,
-            other => return Err(format!("profile {:?} has unknown type {other:?}", p.name)),
+        match p.r#type {
+            Kind::Sampled => add_sampled(p, &frames, tree)?,
+            Kind::Evented => add_evented(p, &frames, tree)?,
         }
     }
     let mut out = Vec::with_capacity(merged.len());
@@ -334,6 +360,10 @@ mod tests {
         assert!(e.contains("before"), "{e}");
         assert!(parse(br#"{"profiles":[]}"#, 0).unwrap_err().contains("$schema"));
         assert!(parse(b"[1,2", 0).unwrap_err().contains("invalid speedscope JSON"));
+        let many: Vec<String> =
+            (0..=MAX_PROFILES).map(|i| format!(r#"{{"type":"sampled","name":"{i}","unit":"none"}}"#)).collect();
+        let body = format!(r#"{{"$schema":"{SCHEMA}","profiles":[{}]}}"#, many.join(","));
+        assert!(parse(body.as_bytes(), 0).unwrap_err().contains("distinct profiles"));
         // A deep stack, weighed at every depth: its paths are quadratic in the file.
         let depth = 3000;
         let opens: Vec<String> = (0..depth).map(|i| format!(r#"{{"type":"O","at":{i},"frame":0}}"#)).collect();

@@ -41,6 +41,9 @@ pub struct Converted {
 const FRAME_COST: usize = 8;
 const SAMPLE_COST: usize = 128;
 const SYMBOL_COST: usize = 192;
+/// What a pprof built costs besides its samples and symbols (its tables, their indices,
+/// the normalised profile and its labels): a sample of a service of its own makes one.
+const PROFILE_COST: usize = 4096;
 
 /// The dictionary, its lookups checked.
 struct Dict<'a>(&'a otlp::ProfilesDictionary);
@@ -173,6 +176,7 @@ pub fn convert(
             for p in &sp.profiles {
                 for (service, samples) in split_by_service(&dict, p, &service)? {
                     let mut b = Builder::new(&dict, &mut cost, max_bytes);
+                    b.charge(PROFILE_COST)?;
                     let (input, spans, kind) = b.build(p, &samples, now_ns)?;
                     let mut decoded = pprof::normalize(input, limits).map_err(|e| e.to_string())?;
                     // Normalisation keeps every sample that has a value, in order, and the
