@@ -289,8 +289,10 @@ impl<'d, 'c> Builder<'d, 'c> {
         if let Some(&id) = self.mappings.get(&i) {
             return Ok(id);
         }
-        let Some(m) = entry(&self.dict.0.mapping_table, i, "mapping")? else {
-            return Ok(0);
+        // Mapping 0 is "no mapping" (an interpreted frame's), pprof's mapping id 0.
+        let m = match entry(&self.dict.0.mapping_table, i, "mapping")? {
+            Some(m) if i != 0 => m,
+            _ => return Ok(0),
         };
         self.charge(SYMBOL_COST)?;
         // The build id of the highest ranked attribute that has one.
@@ -587,6 +589,21 @@ mod tests {
         assert_eq!(json, request());
     }
 
+    #[test]
+    fn otlp_json_ids_are_hex_and_unknown_fields_ignored() {
+        let json = br#"{"resourceProfiles":[{"resource":{"attributes":[],"entityRefs":[{"type":"host"}]}}],
+            "dictionary":{"linkTable":[{},{"traceId":"000102030405060708090a0b0c0d0e0f","spanId":"00000000000001Ff"}]}}"#;
+        let req: ExportProfilesServiceRequest = serde_json::from_slice(json).unwrap();
+        let link = &req.dictionary.as_ref().unwrap().link_table[1];
+        assert_eq!(link.trace_id, (0u8..16).collect::<Vec<_>>());
+        assert_eq!(link.span_id, vec![0, 0, 0, 0, 0, 0, 1, 0xff]);
+        let back = serde_json::to_string(link).unwrap();
+        assert_eq!(back, r#"{"traceId":"000102030405060708090a0b0c0d0e0f","spanId":"00000000000001ff"}"#);
+        for bad in [r#"{"spanId":"abc"}"#, r#"{"spanId":"zz"}"#] {
+            assert!(serde_json::from_str::<otlp::Link>(bad).is_err(), "{bad}");
+        }
+    }
+
     fn small() -> ExportProfilesServiceRequest {
         let s = |v: &str| v.to_string();
         let dict = otlp::ProfilesDictionary {
@@ -680,7 +697,17 @@ mod tests {
         let mut r = small();
         r.dictionary.as_mut().unwrap().link_table[1].span_id = vec![1, 2, 3];
         assert!(convert(&r, LIMITS, 0, 1).err().unwrap().contains("span id of 3 bytes"));
-        // An index into a table it does not fit (what another layout's fields decode to).
+        // v1.8's layout numbered Sample.values 2 and attribute_indices 3: its sample's values
+        // decode as attribute indices here (and a v1.8 link index as a type error).
+        let v18_sample = [0x08, 0x01, 0x12, 0x04, 0x80, 0xe1, 0xeb, 0x17];
+        let v18 = otlp::Sample::decode(&v18_sample[..]).unwrap();
+        assert_eq!((v18.attribute_indices.as_slice(), v18.values.len()), (&[50_000_000][..], 0));
+        let mut r = small();
+        r.resource_profiles[0].scope_profiles[0].profiles[0].samples = vec![v18];
+        let e = convert(&r, LIMITS, 0, 1).err().unwrap();
+        assert!(e.contains("attribute index 50000000 is out of range"), "{e}");
+        assert!(otlp::Sample::decode(&[0x1a, 0x01, 0x01][..]).is_err(), "v1.8 attribute indices as a link index");
+        // An index into a table it does not fit.
         let mut r = small();
         r.resource_profiles[0].scope_profiles[0].profiles[0].sample_type =
             Some(otlp::ValueType { type_strindex: 40, unit_strindex: 2 });
