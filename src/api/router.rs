@@ -373,4 +373,26 @@ mod tests {
         assert_eq!(class_of("/pyroscope/render-diff"), Class::Render);
         assert_eq!(class_of("/nope"), Class::Other);
     }
+
+    /// OTLP's export path is an RPC for gRPC and an HTTP route for OTLP/HTTP bodies.
+    #[test]
+    fn otlp_export_path_by_protocol() {
+        let headers = |ct: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+            h
+        };
+        let path = distributor::otlp::GRPC_PATH;
+        for ct in ["application/grpc", "application/grpc+proto", "application/grpc-web"] {
+            assert!(matches!(Dest::resolve(path, &headers(ct)), Dest::Rpc(RpcOwner::Distributor, _)), "{ct}");
+        }
+        for ct in ["application/x-protobuf", "application/protobuf", "application/json", "text/plain"] {
+            assert!(matches!(Dest::resolve(path, &headers(ct)), Dest::Http(HttpDest::Distributor(_))), "{ct}");
+        }
+        assert_eq!(class_of(distributor::otlp::HTTP_PATH), Class::Push);
+        assert_eq!(class_of(path), Class::Push);
+        // Push stays an RPC whatever its content type.
+        let push = "/push.v1.PusherService/Push";
+        assert!(matches!(Dest::resolve(push, &headers("application/json")), Dest::Rpc(RpcOwner::Distributor, _)));
+    }
 }
