@@ -60,7 +60,7 @@ pub fn parse(layout: Layout, body: &[u8], max_key_bytes: usize) -> Result<Vec<(S
             // The tree's root is virtual: the stacks start at its children.
             Layout::Tree if first => {}
             Layout::Tree => {
-                if !open.is_empty() && start > 0 {
+                if start > 0 {
                     key.push(';');
                 }
                 key.push_str(name);
