@@ -289,9 +289,51 @@ fn channels(c: &mut Criterion) {
     g.finish();
 }
 
+/// The ingest formats beside pprof, to their profiles: an OTLP request (the eBPF fixture,
+/// protobuf and JSON) decoded and converted, a speedscope file and a trie parsed.
+fn ingest_formats(c: &mut Criterion) {
+    use kiln::distributor::otlp::{convert, decode_request, Encoding};
+    let mut g = c.benchmark_group("ingest_formats");
+    let pprof_limits = pprof::PprofLimits { max_samples: 16_000 };
+    for (name, enc) in [("otel-ebpf-profile.pb.bin", Encoding::Protobuf), ("otel-ebpf-profile.pb.json", Encoding::Json)]
+    {
+        let body = fixture(&format!("otlp/{name}"));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::new("otlp", name), &body, |b, body| {
+            b.iter(|| {
+                let req = decode_request(enc, body, 0).unwrap();
+                convert::convert(&req, pprof_limits, 0, 1).unwrap().len()
+            })
+        });
+    }
+    // 10000 sampled stacks of up to 32 frames over 1000 shared frames.
+    let frames: Vec<String> = (0..1000).map(|i| format!(r#"{{"name":"frame_{i}"}}"#)).collect();
+    let samples: Vec<String> = (0..10_000u32)
+        .map(|i| {
+            format!(
+                "[{}]",
+                (0..1 + i % 32).map(|d| ((i * 7 + d * 13) % 1000).to_string()).collect::<Vec<_>>().join(",")
+            )
+        })
+        .collect();
+    let speedscope = format!(
+        r#"{{"$schema":"{}","shared":{{"frames":[{}]}},"profiles":[{{"type":"sampled","name":"p","unit":"milliseconds","samples":[{}],"weights":[{}]}}]}}"#,
+        kiln::distributor::speedscope::SCHEMA,
+        frames.join(","),
+        samples.join(","),
+        vec!["1"; 10_000].join(",")
+    )
+    .into_bytes();
+    g.throughput(Throughput::Bytes(speedscope.len() as u64));
+    g.bench_with_input(BenchmarkId::new("speedscope", "10000 samples"), &speedscope, |b, body| {
+        b.iter(|| kiln::distributor::speedscope::parse(body, 0).unwrap().len())
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
-    targets = decode, jfr, append, normalisation, flamegraph, channels
+    targets = decode, jfr, append, normalisation, flamegraph, channels, ingest_formats
 }
 criterion_main!(benches);

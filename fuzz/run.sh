@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECS=${1:-60}
 shift || true
-TARGETS=${*:-pprof wal_record wal_payload text_inputs rpc_frame gzip block_index block_symdb block_meta block_profiles query_wire replica_push cluster_inputs read_path_wire grafana_inputs jfr}
+TARGETS=${*:-pprof wal_record wal_payload text_inputs rpc_frame gzip block_index block_symdb block_meta block_profiles query_wire replica_push cluster_inputs read_path_wire grafana_inputs jfr otlp}
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
@@ -18,6 +18,8 @@ for t in $TARGETS; do
   seeds=()
   [ "$t" = pprof ] && seeds=(../testdata/pprof/pyroscope/og-convert ../testdata/pprof/pyroscope/pkg-pprof)
   [ "$t" = jfr ] && seeds=(../testdata/jfr/jfr-parser)
+  [ "$t" = otlp ] && seeds=(../testdata/otlp)
+  [ "$t" = text_inputs ] && seeds=(../testdata/speedscope ../testdata/folded)
   # The wire goldens (hex text) are the seeds of the cluster's decoders, as bytes.
   golden=()
   [ "$t" = query_wire ] && golden=(../testdata/golden/wire/query_*.hex)

@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "kiln/v1/pprof_input.proto",
     "settings/v1/setting.proto",
     "adhocprofiles/v1/adhocprofiles.proto",
+    "opentelemetry/proto/collector/profiles/v1development/profiles_service.proto",
 ];
 
 fn main() {
@@ -43,4 +44,15 @@ fn main() {
             ".adhocprofiles.v1",
         ])
         .expect("pbjson codegen");
+
+    // OTLP/JSON is proto3 JSON but for two rules: receivers ignore fields they do not know
+    // (newer senders add some), and a link's trace and span ids are hex, not base64, so
+    // `Link`'s mapping is written by hand (proto/src/lib.rs).
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)
+        .unwrap()
+        .ignore_unknown_fields()
+        .exclude([".opentelemetry.proto.profiles.v1development.Link"])
+        .build(&[".opentelemetry.proto"])
+        .expect("pbjson codegen for OTLP");
 }

@@ -158,6 +158,9 @@ pub mod limits {
     pub const SAMPLES: usize = 16_000;
     /// What the pyspy/rbspy name rewrite may add (what the profile size limit leaves).
     pub const DERIVED: usize = 1 << 20;
+    /// What an OTLP request may take decoded (the body limit): large enough for the JSON
+    /// fixture, whose objects the JSON estimate counts at the largest message's size.
+    pub const OTLP_DECODED: usize = 8 << 20;
 }
 
 /// A decoder of untrusted bytes, as kiln runs it.
@@ -219,6 +222,44 @@ fn run_jfr(data: &[u8]) {
         max_samples: limits::SAMPLES,
     };
     let _ = jfr::convert(&raw, &jfr::LabelsSnapshot::default(), opts);
+}
+
+/// Builds (stack, value) pairs as /ingest builds them after a trie, tree or speedscope
+/// body: within the profile size limit's stacks, then the folded builder's bound.
+fn build_stacks(stacks: &[(String, i64)], text_len: usize) {
+    use crate::distributor::folded;
+    let t = folded::folded_type("cpu", 100).expect("a known suffix");
+    let pairs: Vec<(&str, i64)> = stacks.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+    drop(folded::build_profile(&pairs, &t, 1, folded::built_limit(text_len, limits::INFLATE)));
+}
+
+fn run_trie(data: &[u8]) {
+    use crate::distributor::trie::{parse, Layout};
+    for layout in [Layout::Trie, Layout::Tree] {
+        if let Ok(stacks) = parse(layout, data, limits::INFLATE) {
+            build_stacks(&stacks, data.len());
+        }
+    }
+}
+
+fn run_speedscope(data: &[u8]) {
+    if let Ok(profiles) = crate::distributor::speedscope::parse(data, limits::INFLATE) {
+        for p in &profiles {
+            build_stacks(&p.stacks, data.len());
+        }
+    }
+}
+
+fn run_otlp(data: &[u8]) {
+    // As both transports take it: protobuf (gRPC and OTLP/HTTP) and JSON, decoded within the
+    // body limit, then converted within what the folded builder may take.
+    use crate::distributor::otlp::{convert, decode_request, Encoding};
+    for encoding in [Encoding::Protobuf, Encoding::Json] {
+        if let Ok(req) = decode_request(encoding, data, limits::OTLP_DECODED) {
+            let max = crate::distributor::folded::built_limit(data.len(), limits::INFLATE);
+            drop(convert::convert(&req, pprof_limits(), max, 1));
+        }
+    }
 }
 
 fn run_rpc(data: &[u8]) {
@@ -335,6 +376,44 @@ pub const DECODERS: &[Decoder] = &[
         budget: Budget {
             fixed_bytes: 4 * limits::INFLATE + (1 << 20),
             bytes_per_byte: 64,
+            fixed_allocs: 256,
+            allocs_per_byte: 2,
+        },
+    },
+    Decoder {
+        name: "trie",
+        run: run_trie,
+        // As folded: the stacks a body expands to are bounded by the profile size limit,
+        // then built as folded text is; the walk's own state is a few bytes per node.
+        budget: Budget {
+            fixed_bytes: 4 * limits::INFLATE + (256 << 10),
+            bytes_per_byte: 64,
+            fixed_allocs: 64,
+            allocs_per_byte: 2,
+        },
+    },
+    Decoder {
+        name: "speedscope",
+        run: run_speedscope,
+        // The typed parse (a sample's `[]` is a 24-byte Vec, twice over while it grows), the
+        // call tree (a node and its index entry per frame of input), then the stacks as for
+        // a trie.
+        budget: Budget {
+            fixed_bytes: 4 * limits::INFLATE + (256 << 10),
+            bytes_per_byte: 64,
+            fixed_allocs: 256,
+            allocs_per_byte: 2,
+        },
+    },
+    Decoder {
+        name: "otlp",
+        run: run_otlp,
+        // Decoding within the body limit (`wirecost` shapes of the OTLP messages), then the
+        // pprofs converted within the folded builder's bound, then normalised (the pprof
+        // decoder's budget over what was built).
+        budget: Budget {
+            fixed_bytes: limits::OTLP_DECODED + 4 * limits::INFLATE,
+            bytes_per_byte: 96,
             fixed_allocs: 256,
             allocs_per_byte: 2,
         },

@@ -617,3 +617,138 @@ fn jfr_recordings() {
     assert!(raw.len() > 10, "{} raw recordings", raw.len());
     holds("ad_hoc", &raw);
 }
+
+/// A trie or tree node: uvarint name length, name, uvarint value, uvarint children.
+fn trie_node(w: &mut kiln_io::codec::Writer, name: &str, value: u64, children: u64) {
+    w.str(name);
+    w.u(value);
+    w.u(children);
+}
+
+#[test]
+fn tries_and_trees() {
+    use kiln_io::codec::Writer;
+    let chain = |n: u64, name: &str| {
+        let mut w = Writer::default();
+        for i in 0..n {
+            trie_node(&mut w, name, 1, u64::from(i + 1 < n));
+        }
+        w.0
+    };
+    let wide = {
+        let mut w = Writer::default();
+        trie_node(&mut w, "", 0, 100_000);
+        for i in 0..100_000 {
+            trie_node(&mut w, &format!("{i:x}"), 1, 0);
+        }
+        w.0
+    };
+    let mut bomb = Writer::default();
+    trie_node(&mut bomb, "", 0, u64::MAX >> 1);
+    holds(
+        "trie",
+        &[
+            ("a chain of 100000 weighed nodes (quadratic keys)", chain(100_000, "a")),
+            ("a chain of 100000 empty names", chain(100_000, "")),
+            ("100000 short distinct leaves", wide),
+            ("a child count past the body", bomb.0),
+        ],
+    );
+}
+
+#[test]
+fn speedscope_files() {
+    let head = r#"{"$schema":"https://www.speedscope.app/file-format-schema.json","shared":{"frames":[{"name":"a"},{"name":"b"}]},"profiles":["#;
+    let sampled = |samples: &str, weights: &str| {
+        format!(r#"{head}{{"type":"sampled","name":"p","unit":"none","startValue":0,"samples":[{samples}],"weights":[{weights}]}}]}}"#)
+            .into_bytes()
+    };
+    let n = 200_000;
+    let deep_events = {
+        let opens: Vec<String> = (0..n / 2).map(|i| format!(r#"{{"type":"O","at":{i},"frame":0}}"#)).collect();
+        let closes: Vec<String> = (0..n / 2).map(|_| r#"{"type":"C","at":1e9,"frame":0}"#.to_string()).collect();
+        format!(
+            r#"{head}{{"type":"evented","name":"p","unit":"none","startValue":0,"events":[{}]}}]}}"#,
+            [opens, closes].concat().join(",")
+        )
+        .into_bytes()
+    };
+    let frames: Vec<String> = (0..n).map(|i| format!(r#"{{"name":"{i:x}"}}"#)).collect();
+    let many_frames = format!(
+        r#"{{"$schema":"https://www.speedscope.app/file-format-schema.json","shared":{{"frames":[{}]}},"profiles":[{{"type":"sampled","name":"p","unit":"none","samples":[[{}]],"weights":[1]}}]}}"#,
+        frames.join(","),
+        (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    )
+    .into_bytes();
+    let profiles: Vec<String> = (0..1024)
+        .map(|i| format!(r#"{{"type":"sampled","name":"{i}","unit":"none","samples":[[0]],"weights":[1]}}"#))
+        .collect();
+    holds(
+        "speedscope",
+        &[
+            ("200000 empty samples", sampled(&vec!["[]"; n].join(","), &vec!["1"; n].join(","))),
+            ("200000 one-frame samples", sampled(&vec!["[0]"; n].join(","), &vec!["1"; n].join(","))),
+            ("one sample 200000 frames deep", sampled(&format!("[{}]", vec!["0"; n].join(",")), "1")),
+            ("events 100000 frames deep (quadratic paths)", deep_events),
+            ("200000 distinct frames", many_frames),
+            ("1024 profiles", format!("{head}{}]}}", profiles.join(",")).into_bytes()),
+        ],
+    );
+}
+
+#[test]
+fn otlp_requests() {
+    use kiln_proto::opentelemetry::proto::collector::profiles::v1development::ExportProfilesServiceRequest;
+    use kiln_proto::opentelemetry::proto::common::v1::{any_value::Value, AnyValue};
+    use kiln_proto::opentelemetry::proto::profiles::v1development as p;
+    let fixture = |n: &str| std::fs::read(testdata(&format!("otlp/{n}"))).unwrap();
+    let dict = |n: usize| p::ProfilesDictionary {
+        string_table: vec!["".into(), "samples".into(), "count".into(), "service.name".into()],
+        location_table: vec![Default::default(), Default::default()],
+        stack_table: vec![Default::default(), p::Stack { location_indices: vec![1; n] }],
+        attribute_table: (0..10_000)
+            .map(|i| p::KeyValueAndUnit {
+                key_strindex: 3,
+                value: Some(AnyValue { value: Some(Value::StringValue(format!("{i:x}"))) }),
+                unit_strindex: 0,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let request = |dictionary: p::ProfilesDictionary, samples: Vec<p::Sample>| {
+        ExportProfilesServiceRequest {
+            resource_profiles: vec![p::ResourceProfiles {
+                scope_profiles: vec![p::ScopeProfiles {
+                    profiles: vec![p::Profile {
+                        sample_type: Some(p::ValueType { type_strindex: 1, unit_strindex: 2 }),
+                        samples,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            dictionary: Some(dictionary),
+        }
+        .encode_to_vec()
+    };
+    let sample =
+        |attr: i32| p::Sample { stack_index: 1, attribute_indices: vec![attr], values: vec![1], ..Default::default() };
+    holds(
+        "otlp",
+        &[
+            ("the eBPF fixture", fixture("otel-ebpf-profile.pb.bin")),
+            ("the eBPF fixture as JSON", fixture("otel-ebpf-profile.pb.json")),
+            ("10000 samples of a 1000-frame stack", request(dict(1000), (0..10_000).map(|_| sample(0)).collect())),
+            ("10000 services of one sample each", request(dict(1), (0..10_000).map(sample).collect())),
+            (
+                "500000 empty locations",
+                request(
+                    p::ProfilesDictionary { location_table: vec![Default::default(); 500_000], ..Default::default() },
+                    vec![],
+                ),
+            ),
+            ("empty JSON objects", format!(r#"{{"resourceProfiles":[{}{{}}]}}"#, "{},".repeat(200_000)).into_bytes()),
+        ],
+    );
+}

@@ -151,3 +151,77 @@ fn multipart_with_a_long_boundary() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("RFC 2046"), "{}", r.text());
 }
+
+/// A chain of `n` trie nodes of one-byte labels, each with a value: its keys total n²/2.
+fn deep_trie(n: u64) -> Vec<u8> {
+    let mut w = kiln_io::codec::Writer::default();
+    for i in 0..n {
+        w.str("a");
+        w.u(1);
+        w.u(u64::from(i + 1 < n));
+    }
+    w.0
+}
+
+#[test]
+fn trie_of_quadratic_keys() {
+    let k = start();
+    let body = deep_trie(100_000);
+    let r =
+        within_bound("deep trie", &k, body.len(), || post(k.port, "/ingest?name=t.cpu&format=trie", &[], body.clone()));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("max_profile_size_bytes"), "{}", r.text());
+}
+
+#[test]
+fn speedscope_of_deep_events() {
+    let k = start();
+    // Within the profile size limit (1 MiB), its paths some 400 MiB.
+    let n = 12_000;
+    let opens: Vec<String> = (0..n).map(|i| format!(r#"{{"type":"O","at":{i},"frame":0}}"#)).collect();
+    let closes: Vec<String> = (0..n).map(|_| r#"{"type":"C","at":1e9,"frame":0}"#.to_string()).collect();
+    let body = format!(
+        r#"{{"$schema":"https://www.speedscope.app/file-format-schema.json","shared":{{"frames":[{{"name":"frame"}}]}},
+        "profiles":[{{"type":"evented","name":"p","unit":"none","startValue":0,"events":[{}]}}]}}"#,
+        [opens, closes].concat().join(",")
+    )
+    .into_bytes();
+    let r = within_bound("deep speedscope", &k, body.len(), || {
+        post(k.port, "/ingest?name=s&format=speedscope", &[], body.clone())
+    });
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("max_profile_size_bytes"), "{}", r.text());
+}
+
+#[test]
+fn otlp_samples_of_one_deep_stack() {
+    use kiln_proto::opentelemetry::proto::collector::profiles::v1development::ExportProfilesServiceRequest;
+    use kiln_proto::opentelemetry::proto::profiles::v1development as p;
+    let k = start();
+    let sample = p::Sample { stack_index: 1, values: vec![1], ..Default::default() };
+    let body = ExportProfilesServiceRequest {
+        resource_profiles: vec![p::ResourceProfiles {
+            scope_profiles: vec![p::ScopeProfiles {
+                profiles: vec![p::Profile {
+                    sample_type: Some(p::ValueType { type_strindex: 1, unit_strindex: 2 }),
+                    samples: vec![sample; 10_000],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        dictionary: Some(p::ProfilesDictionary {
+            string_table: vec!["".into(), "samples".into(), "count".into()],
+            location_table: vec![Default::default(), Default::default()],
+            stack_table: vec![Default::default(), p::Stack { location_indices: vec![1; 1000] }],
+            ..Default::default()
+        }),
+    }
+    .encode_to_vec();
+    let r = within_bound("OTLP samples of one deep stack", &k, body.len(), || {
+        post(k.port, "/v1development/profiles", &[("content-type", "application/x-protobuf")], body.clone())
+    });
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("max_profile_size_bytes"), "{}", r.text());
+}

@@ -1,6 +1,8 @@
 //! The text parsers of the ingest and query APIs: selectors, /ingest names, times, folded and
-//! lines bodies, multipart bodies.
-//! Folded, lines and multipart bodies hold to their memory and allocation budgets.
+//! lines bodies, multipart bodies, and /ingest's other stack formats: trie and tree bodies,
+//! speedscope files.
+//! Folded, lines, trie, tree, speedscope and multipart bodies hold to their memory and
+//! allocation budgets.
 #![no_main]
 use kiln::distributor::{folded, legacy, multipart};
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +15,8 @@ static ALLOC: kiln::budget::CountingAlloc<std::alloc::System> = kiln::budget::Co
 fuzz_target!(|data: &[u8]| {
     kiln::budget::assert_within("folded", data);
     kiln::budget::assert_within("multipart", data);
+    kiln::budget::assert_within("trie", data);
+    kiln::budget::assert_within("speedscope", data);
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = kiln_shards::model::selector::parse_selector(s);
         let _ = legacy::parse_name(s);

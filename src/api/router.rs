@@ -79,9 +79,14 @@ enum Dest {
 }
 
 impl Dest {
-    fn resolve(path: &str) -> Dest {
+    /// A path both an RPC service and an HTTP route serve (OTLP's export method, which
+    /// takes OTLP/HTTP bodies too) goes to the RPC service for gRPC only.
+    fn resolve(path: &str, headers: &HeaderMap) -> Dest {
         if let Some((owner, s)) = find_rpc(path) {
-            return Dest::Rpc(owner, s);
+            let grpc = matches!(rpc::detect(headers), Some(Protocol::Grpc | Protocol::GrpcWeb));
+            if grpc || HttpDest::find(path).is_none() {
+                return Dest::Rpc(owner, s);
+            }
         }
         HttpDest::find(path).map_or(Dest::Unknown, Dest::Http)
     }
@@ -117,7 +122,7 @@ impl Dest {
 
 #[cfg(test)]
 fn class_of(path: &str) -> Class {
-    Dest::resolve(path).class()
+    Dest::resolve(path, &HeaderMap::new()).class()
 }
 
 /// Whether a path has an RPC's shape, `/<package>.<Service>/<Method>`.
@@ -153,7 +158,7 @@ fn accept_header_ok(h: &HeaderMap) -> Result<(), String> {
 
 pub(super) async fn handle(req: http::Request<Incoming>, core: Rc<Edge>) -> Response {
     let started = Instant::now();
-    let dest = Dest::resolve(req.uri().path());
+    let dest = Dest::resolve(req.uri().path(), req.headers());
     let class = dest.class();
     // Pyroscope's route label: the path as dskit names it, `notfound` where nothing serves it.
     let route = match dest {
@@ -214,7 +219,7 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, dest: Dest, cla
         body,
     };
 
-    if is_rpc_path(&r.path) {
+    if is_rpc_path(&r.path) && !matches!(dest, Dest::Http(_)) {
         if r.method == Method::GET {
             return connect_get(core, &r, limit, &dest).await;
         }
@@ -375,5 +380,27 @@ mod tests {
         assert_eq!(class_of("/querier.v1.QuerierService/Diff"), Class::Query);
         assert_eq!(class_of("/pyroscope/render-diff"), Class::Render);
         assert_eq!(class_of("/nope"), Class::Other);
+    }
+
+    /// OTLP's export path is an RPC for gRPC and an HTTP route for OTLP/HTTP bodies.
+    #[test]
+    fn otlp_export_path_by_protocol() {
+        let headers = |ct: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+            h
+        };
+        let path = distributor::otlp::GRPC_PATH;
+        for ct in ["application/grpc", "application/grpc+proto", "application/grpc-web"] {
+            assert!(matches!(Dest::resolve(path, &headers(ct)), Dest::Rpc(RpcOwner::Distributor, _)), "{ct}");
+        }
+        for ct in ["application/x-protobuf", "application/protobuf", "application/json", "text/plain"] {
+            assert!(matches!(Dest::resolve(path, &headers(ct)), Dest::Http(HttpDest::Distributor(_))), "{ct}");
+        }
+        assert_eq!(class_of(distributor::otlp::HTTP_PATH), Class::Push);
+        assert_eq!(class_of(path), Class::Push);
+        // Push stays an RPC whatever its content type.
+        let push = "/push.v1.PusherService/Push";
+        assert!(matches!(Dest::resolve(push, &headers("application/json")), Dest::Rpc(RpcOwner::Distributor, _)));
     }
 }

@@ -1,7 +1,7 @@
 //! `POST /ingest` (alias `/pyroscope/ingest`): Pyroscope's legacy ingest API, as the Go, Ruby,
 //! Python, .NET and older Node SDKs and many scripts use it. See shared/api.md §2.2.
 use super::folded::{build_profile, folded_type, parse_folded, parse_lines};
-use super::{accept, metrics, multipart, pprof, Accepted, Distributor};
+use super::{accept, metrics, multipart, pprof, speedscope, trie, Accepted, Distributor};
 use crate::service::body::{http_error, RespBody, Response};
 use crate::service::{Code, Req, RpcError};
 use crate::timeparse::{now_ns, parse_time_ns};
@@ -120,24 +120,25 @@ pub async fn handle(dist: &Rc<Distributor>, r: &Req) -> Response {
     } else {
         r.body.clone()
     };
+    let text = TextRequest { tenant: &tenant, name: &name, spy, from, sample_rate };
     let result = match format {
+        "trie" | "tree" | "" if binary_kind(format, content_type).is_some() => {
+            let kind = binary_kind(format, content_type).expect("just matched");
+            ingest_text(dist, &text, kind, &body).await
+        }
         "pprof" => ingest_pprof(dist, &tenant, &name, spy, from, &body, None).await,
         "jfr" => {
             let req =
                 super::jfr::ingest::Request { name: &name, spy, from, until, sample_rate, content_type, body: &body };
             super::jfr::ingest::ingest(dist, &tenant, req).await
         }
-        "trie" | "tree" | "speedscope" => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("format={format} is not supported by kiln yet; send pprof, jfr, folded or lines"),
-            )
-        }
+        "speedscope" => ingest_speedscope(dist, &text, &body).await,
         "" if content_type.to_ascii_lowercase().contains("multipart/form-data") => {
             ingest_multipart(dist, &tenant, &name, spy, from, content_type, &body).await
         }
         "" | "folded" | "collapsed" | "groups" | "lines" => {
-            ingest_text(dist, &tenant, &name, spy, from, sample_rate, format == "lines", &body).await
+            let kind = if format == "lines" { TextKind::Lines } else { TextKind::Folded };
+            ingest_text(dist, &text, kind, &body).await
         }
         other => {
             return error(
@@ -417,49 +418,89 @@ async fn ingest_pprof(
     }
     let acc = accept(&base, decoded, &limits, now_ns())
         .map_err(|e| (rpc_status(&e, StatusCode::UNPROCESSABLE_ENTITY), e.message))?;
-    push_one(dist, tenant, bytes.len(), acc, StatusCode::UNPROCESSABLE_ENTITY).await
+    push_all(dist, tenant, bytes.len(), vec![acc], StatusCode::UNPROCESSABLE_ENTITY).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn ingest_text(
-    dist: &Rc<Distributor>,
-    tenant: &TenantId,
-    name: &AppName,
-    spy: &str,
+/// What a folded-family body holds (shared/api.md §2.2): all become (stack, value) pairs
+/// built into one profile as folded text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextKind {
+    Folded,
+    Lines,
+    Trie,
+    Tree,
+}
+
+/// `format=trie|tree`, or with no format a `binary/octet-stream+trie|+tree` content type.
+fn binary_kind(format: &str, content_type: &str) -> Option<TextKind> {
+    let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match (format, ct.as_str()) {
+        ("trie", _) | ("", "binary/octet-stream+trie") => Some(TextKind::Trie),
+        ("tree", _) | ("", "binary/octet-stream+tree") => Some(TextKind::Tree),
+        _ => None,
+    }
+}
+
+/// What every folded-family format of one request shares: who and what it is.
+struct TextRequest<'a> {
+    tenant: &'a TenantId,
+    name: &'a AppName,
+    spy: &'a str,
     from: i64,
     sample_rate: i64,
-    lines: bool,
-    body: &[u8],
-) -> IngestResult {
-    let limits = dist.limits_for(tenant).clone();
-    if name.labels.iter().any(|(k, v)| k == "profile_id" && !v.is_empty()) {
-        // Pyroscope silently drops span-profile uploads of text formats.
-        return Ok(());
+}
+
+/// What a folded-family body may expand to (stacks built from a trie's or speedscope's
+/// paths): the profile size limit, or without one the body limit (0: no bound).
+fn max_stack_bytes(limits: &crate::config::Limits) -> usize {
+    if limits.max_profile_size_bytes > 0 {
+        limits.max_profile_size_bytes
+    } else {
+        limits.body_limit_bytes()
     }
-    let (app, suffix) = match name.app.rsplit_once('.') {
+}
+
+/// A folded-family profile accepted: built from its stacks under the type that `app` (the
+/// app name, its last `.` component the type suffix) and the sample rate give, labelled as
+/// Pyroscope labels it, with `extra` labels. `text_len`: the body's size, what the built
+/// profile may cost a multiple of.
+fn accept_stacks(
+    req: &TextRequest<'_>,
+    limits: &crate::config::Limits,
+    app: &str,
+    stacks: &[(&str, i64)],
+    extra: &[(&str, &str)],
+    text_len: usize,
+) -> Result<Accepted, (StatusCode, String)> {
+    let (app, suffix) = match app.rsplit_once('.') {
         Some((a, s)) => (a.to_string(), s.to_string()),
-        None => (name.app.clone(), "cpu".to_string()),
+        None => (app.to_string(), "cpu".to_string()),
     };
-    let t = folded_type(&suffix, sample_rate).ok_or_else(|| {
+    let mut t = folded_type(&suffix, req.sample_rate).ok_or_else(|| {
         (StatusCode::BAD_REQUEST, format!("unknown profile type: {suffix:?} (the app name's last .suffix)"))
     })?;
-    let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
-    let bytes =
-        compress::maybe_gunzip(body, max).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")))?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| (StatusCode::UNPROCESSABLE_ENTITY, "body is not valid UTF-8".to_string()))?;
-    let stacks = if lines {
-        parse_lines(text)
+    // At a rate past 1 GHz (speedscope's nanoseconds) the period is under a nanosecond:
+    // each value is converted exactly instead of through a period of 0.
+    let exact = t.period_type.is_some() && req.sample_rate > 1_000_000_000;
+    let converted: Vec<(&str, i64)>;
+    let stacks = if exact {
+        t.multiplier = 1;
+        let ns = |v: i64| (i128::from(v) * 1_000_000_000 / i128::from(req.sample_rate)).min(i64::MAX.into()) as i64;
+        converted = stacks.iter().map(|&(s, v)| (s, ns(v))).collect();
+        &converted[..]
     } else {
-        parse_folded(text).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?
+        stacks
     };
     // As a pprof's: the built profile may take some times the text, no more.
-    let max_bytes = super::folded::built_limit(bytes.len(), limits.max_profile_size_bytes);
-    let profile = build_profile(&stacks, &t, from, max_bytes).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
-    let mut base = Labels::from_pairs(name.labels.iter().cloned());
+    let max_bytes = super::folded::built_limit(text_len, limits.max_profile_size_bytes);
+    let profile = build_profile(stacks, &t, req.from, max_bytes).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let mut base = Labels::from_pairs(req.name.labels.iter().cloned());
+    for (k, v) in extra {
+        base.set(k, *v);
+    }
     base.set(labels::NAME, t.name);
-    if !spy.is_empty() {
-        base.set("pyroscope_spy", spy);
+    if !req.spy.is_empty() {
+        base.set("pyroscope_spy", req.spy);
     }
     if base.get(labels::SERVICE_NAME).is_some() {
         base.set("app_name", app);
@@ -468,19 +509,75 @@ async fn ingest_text(
     }
     let n = profile.samples.len() as u32;
     let decoded = pprof::Decoded { profile, groups: vec![(Labels::default(), (0..n).collect())] };
-    let acc =
-        accept(&base, decoded, &limits, now_ns()).map_err(|e| (rpc_status(&e, StatusCode::BAD_REQUEST), e.message))?;
-    push_one(dist, tenant, bytes.len(), acc, StatusCode::BAD_REQUEST).await
+    accept(&base, decoded, limits, now_ns()).map_err(|e| (rpc_status(&e, StatusCode::BAD_REQUEST), e.message))
 }
 
-async fn push_one(
-    dist: &Rc<Distributor>,
-    tenant: &TenantId,
-    bytes: usize,
-    acc: Accepted,
-    validation: StatusCode,
-) -> IngestResult {
-    push_all(dist, tenant, bytes, vec![acc], validation).await
+/// Inflates a folded-family body (gzip is sniffed) within the profile size limit.
+fn inflate_text<'b>(
+    limits: &crate::config::Limits,
+    body: &'b [u8],
+) -> Result<std::borrow::Cow<'b, [u8]>, (StatusCode, String)> {
+    let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
+    compress::maybe_gunzip(body, max).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")))
+}
+
+/// Pyroscope silently drops span-profile uploads of the folded-family formats.
+fn is_span_profile(name: &AppName) -> bool {
+    name.labels.iter().any(|(k, v)| k == "profile_id" && !v.is_empty())
+}
+
+async fn ingest_text(dist: &Rc<Distributor>, req: &TextRequest<'_>, kind: TextKind, body: &[u8]) -> IngestResult {
+    let limits = dist.limits_for(req.tenant).clone();
+    if is_span_profile(req.name) {
+        return Ok(());
+    }
+    let bytes = inflate_text(&limits, body)?;
+    let unproc = |e: String| (StatusCode::UNPROCESSABLE_ENTITY, e);
+    let owned: Vec<(String, i64)>;
+    let stacks: Vec<(&str, i64)> = match kind {
+        TextKind::Folded | TextKind::Lines => {
+            let text = std::str::from_utf8(&bytes).map_err(|_| unproc("body is not valid UTF-8".to_string()))?;
+            if kind == TextKind::Lines {
+                parse_lines(text)
+            } else {
+                parse_folded(text).map_err(unproc)?
+            }
+        }
+        TextKind::Trie | TextKind::Tree => {
+            let layout = if kind == TextKind::Trie { trie::Layout::Trie } else { trie::Layout::Tree };
+            owned = trie::parse(layout, &bytes, max_stack_bytes(&limits)).map_err(unproc)?;
+            owned.iter().map(|(s, v)| (s.as_str(), *v)).collect()
+        }
+    };
+    let acc = accept_stacks(req, &limits, &req.name.app, &stacks, &[], bytes.len())?;
+    push_all(dist, req.tenant, bytes.len(), vec![acc], StatusCode::BAD_REQUEST).await
+}
+
+/// A speedscope file: one profile per merged speedscope profile, labelled `profile_name`;
+/// with more than one, each app name gets its unit as the type suffix. All are pushed
+/// together, all or nothing.
+async fn ingest_speedscope(dist: &Rc<Distributor>, req: &TextRequest<'_>, body: &[u8]) -> IngestResult {
+    let limits = dist.limits_for(req.tenant).clone();
+    if is_span_profile(req.name) {
+        return Ok(());
+    }
+    let bytes = inflate_text(&limits, body)?;
+    let profiles =
+        speedscope::parse(&bytes, max_stack_bytes(&limits)).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let mut batch = Vec::with_capacity(profiles.len());
+    for p in &profiles {
+        let app = if profiles.len() > 1 { format!("{}.{}", req.name.app, p.unit) } else { req.name.app.clone() };
+        let sample_rate = if req.sample_rate == 100 { speedscope::unit_sample_rate(&p.unit) } else { req.sample_rate };
+        let r = TextRequest { sample_rate, ..*req };
+        let stacks: Vec<(&str, i64)> = p.stacks.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+        // Each profile's share of the body bounds what it may cost built.
+        let share = bytes.len() / profiles.len().max(1);
+        batch.push(accept_stacks(&r, &limits, &app, &stacks, &[("profile_name", &p.name)], share)?);
+    }
+    if batch.is_empty() {
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, "the speedscope file has no profiles".into()));
+    }
+    push_all(dist, req.tenant, bytes.len(), batch, StatusCode::BAD_REQUEST).await
 }
 
 /// Rate-limits `bytes` and pushes `batch` (the profiles of one request) all or nothing.

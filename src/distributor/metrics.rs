@@ -14,6 +14,8 @@ pub struct DistributorMetrics {
     pub jfr_recordings: AtomicU64,
     pub jfr_rejected_recordings: AtomicU64,
     pub jfr_bytes: AtomicU64,
+    /// OTLP export requests (gRPC and OTLP/HTTP), whatever became of them.
+    pub otlp_requests: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, v: u64) {
@@ -24,7 +26,7 @@ pub fn add(c: &AtomicU64, v: u64) {
 pub fn render(cores: &[DistributorMetrics], out: &mut String) {
     use std::fmt::Write;
     type Counter = (&'static str, &'static str, fn(&DistributorMetrics) -> &AtomicU64);
-    let counters: [Counter; 7] = [
+    let counters: [Counter; 8] = [
         ("kiln_distributor_received_profiles_total", "Profiles accepted by push and ingest.", |c| &c.pushed_profiles),
         (
             "kiln_distributor_received_compressed_bytes_total",
@@ -44,6 +46,7 @@ pub fn render(cores: &[DistributorMetrics], out: &mut String) {
             &c.jfr_rejected_recordings
         }),
         ("kiln_distributor_jfr_bytes_total", "Bytes of the JFR recordings stored, inflated.", |c| &c.jfr_bytes),
+        ("kiln_distributor_otlp_requests_total", "OTLP profile export requests, gRPC and HTTP.", |c| &c.otlp_requests),
     ];
     for (name, help, f) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

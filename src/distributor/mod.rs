@@ -7,9 +7,12 @@ pub mod jfr;
 pub mod legacy;
 pub mod metrics;
 pub mod multipart;
+pub mod otlp;
 pub mod pprof;
 pub mod push;
 pub mod ratelimit;
+pub mod speedscope;
+pub mod trie;
 pub mod wirecost;
 
 use crate::config::{Limits, TenantLimits};
@@ -32,16 +35,29 @@ use std::sync::Arc;
 /// The distributor's HTTP routes.
 pub enum Endpoint {
     Ingest,
+    /// OTLP/HTTP profiles, on its own path and on the gRPC method's (for non-gRPC bodies).
+    Otlp,
 }
 
-pub static HTTP: &[HttpRoute<Endpoint>] = &[HttpRoute {
-    methods: &[Method::POST],
-    paths: &["/ingest", "/pyroscope/ingest"],
-    class: Class::Ingest,
-    endpoint: Endpoint::Ingest,
-}];
+pub static HTTP: &[HttpRoute<Endpoint>] = &[
+    HttpRoute {
+        methods: &[Method::POST],
+        paths: &["/ingest", "/pyroscope/ingest"],
+        class: Class::Ingest,
+        endpoint: Endpoint::Ingest,
+    },
+    HttpRoute {
+        methods: &[Method::POST],
+        paths: &[otlp::HTTP_PATH, otlp::GRPC_PATH],
+        class: Class::Push,
+        endpoint: Endpoint::Otlp,
+    },
+];
 
-pub static RPC: &[RpcService] = &[RpcService { name: "push.v1.PusherService", class: Class::Push }];
+pub static RPC: &[RpcService] = &[
+    RpcService { name: "push.v1.PusherService", class: Class::Push },
+    RpcService { name: otlp::SERVICE, class: Class::Push },
+];
 
 /// The distributor on one core. Lives on its core (`Rc`), never crosses threads.
 pub struct Distributor {
@@ -93,11 +109,15 @@ impl Distributor {
     pub async fn serve_http(self: &Rc<Self>, endpoint: &Endpoint, r: &Req) -> Response {
         match endpoint {
             Endpoint::Ingest => legacy::handle(self, r).await,
+            Endpoint::Otlp => otlp::handle_http(self, r).await,
         }
     }
 
-    /// `push.v1.PusherService`: only Push.
+    /// `push.v1.PusherService` (only Push) and OTLP's `ProfilesService` (only Export).
     pub async fn serve_rpc(self: &Rc<Self>, call: &Call<'_>, method: &str) -> Reply {
+        if call.path.strip_prefix('/').is_some_and(|p| p.starts_with(otlp::SERVICE)) {
+            return otlp::serve_rpc(self, call, method).await;
+        }
         if method != "Push" {
             return call.unimplemented();
         }

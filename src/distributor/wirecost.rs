@@ -8,8 +8,9 @@
 //! what prost (or kiln's own readers, which build records of the same kind) will allocate.
 //!
 //! The walk never allocates and reads each byte a bounded number of times (nesting is as
-//! deep as the shape, at most three levels here). It stops at the first byte prost would
-//! reject: what it counted up to there bounds what prost allocates before failing there.
+//! deep as the shape, three levels for pprof and push, never past `MAX_DEPTH`). It stops at
+//! the first byte prost would reject: what it counted up to there bounds what prost
+//! allocates before failing there.
 
 /// A message type as prost lays it out: the size of its struct and, for each field that
 /// allocates, what one occurrence costs.
@@ -50,9 +51,14 @@ fn heap(len: usize) -> usize {
 /// prost would read it.
 pub fn cost(bytes: &[u8], shape: &Shape) -> usize {
     let mut total = 0;
-    walk(bytes, shape, &mut total);
+    walk(bytes, shape, &mut total, 0);
     total
 }
+
+/// How deep prost decodes nested messages before it fails (its default recursion limit):
+/// the walk stops there too, so a recursive shape (OTLP's attribute values) never takes
+/// more stack than that.
+const MAX_DEPTH: u32 = 100;
 
 /// An upper bound of what decoding the JSON text `bytes` into messages costs, when no
 /// message struct is larger than `largest`: each message is an object (one `{`), each
@@ -90,7 +96,10 @@ fn varint_long(b: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 /// Adds the cost of the message in `b` to `total`; `None` where prost would stop.
-fn walk(b: &[u8], shape: &Shape, total: &mut usize) -> Option<()> {
+fn walk(b: &[u8], shape: &Shape, total: &mut usize, depth: u32) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
     let mut pos = 0;
     while pos < b.len() {
         let key = varint(b, &mut pos)?;
@@ -108,9 +117,9 @@ fn walk(b: &[u8], shape: &Shape, total: &mut usize) -> Option<()> {
                 match kind {
                     Field::Messages(s) => {
                         *total += s.size * GROWTH;
-                        walk(payload, s, total)?;
+                        walk(payload, s, total, depth + 1)?;
                     }
-                    Field::Message(s) => walk(payload, s, total)?,
+                    Field::Message(s) => walk(payload, s, total, depth + 1)?,
                     Field::Strings => *total += HEADER * GROWTH + heap(len),
                     Field::Str => *total += heap(len),
                     // Packed: each value ends in one byte below 0x80.

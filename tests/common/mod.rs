@@ -373,7 +373,6 @@ pub fn gunzip_maybe(data: &[u8]) -> Vec<u8> {
     kiln_io::compress::maybe_gunzip(data, 64 << 20).unwrap().into_owned()
 }
 
-/// Flame graph levels decoded back into root-first `;`-joined stacks with their self values.
 /// SelectMergeStacktraces of profile type `pt` and `selector`, from 1 s to an hour ahead.
 pub fn flamegraph(port: u16, pt: &str, selector: &str) -> kiln_proto::querier::v1::FlameGraph {
     let req = kiln_proto::querier::v1::SelectMergeStacktracesRequest {
@@ -389,6 +388,7 @@ pub fn flamegraph(port: u16, pt: &str, selector: &str) -> kiln_proto::querier::v
     r.flamegraph.unwrap()
 }
 
+/// Flame graph levels decoded back into root-first `;`-joined stacks with their self values.
 pub fn flamegraph_stacks(names: &[String], levels: &[Vec<i64>]) -> std::collections::BTreeMap<String, i64> {
     // Absolute x of each node per level, then each node's parent is the node one level up
     // whose [x, x+total) span contains it.
