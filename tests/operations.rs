@@ -192,3 +192,66 @@ fn test_config_shows_the_resolved_cores_and_directories() {
     drop(k);
     let _ = std::fs::remove_dir_all("/tmp/kiln-explicit-wal-for-config-test");
 }
+
+/// The value of the `/metrics` line `series` (its full name and labels), 0 if absent.
+fn scraped(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Every refused write is counted under Pyroscope's names, by reason and tenant, whatever
+/// refused it: the rate limit and the body limit (which answer before anything is decoded)
+/// as well as validation; accepted profiles land in the received histograms by type.
+#[test]
+fn test_discarded_and_received_profiles_are_counted_by_reason_and_tenant() {
+    let k = Kiln::start(&[
+        "-auth.multitenancy-enabled=true",
+        "-distributor.ingestion-rate-limit-mb=0.01",
+        "-distributor.ingestion-burst-size-mb=0.01",
+        "-distributor.ingestion-body-limit-mb=0.05",
+    ]);
+    let ingest = |tenant: &str, name: &str, body: Vec<u8>| {
+        post(k.port, &format!("/ingest?name={name}&format=folded"), &[("x-scope-orgid", tenant)], body).status
+    };
+    // Accepted: two profiles of tenant a.
+    assert_eq!(ingest("a", "app.cpu", b"main;work 3\n".to_vec()), 200);
+    assert_eq!(ingest("a", "app.cpu", b"main;idle 1\n".to_vec()), 200);
+    // A label value past its limit, a body that is not folded text.
+    // (Label values are limited to 2048 bytes, as Pyroscope's default.)
+    let long = format!("app.cpu{{pod={}}}", "a".repeat(3000));
+    assert_eq!(ingest("a", &long, b"main 1\n".to_vec()), 400);
+    assert_eq!(ingest("a", "app.cpu", b"main;work x\n".to_vec()), 422);
+    // Tenant b: past the body limit (refused before its body is read), then past its rate.
+    assert_eq!(ingest("b", "app.cpu", vec![b'x'; 100 * 1024]), 413);
+    let mut limited = 0;
+    for _ in 0..20 {
+        let line = format!("main;{} 1\n", "f;".repeat(2000));
+        if ingest("b", "app.cpu", line.into_bytes()) == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "no push was rate limited");
+    let m = get(k.port, "/metrics").text();
+    let discarded = |reason: &str, tenant: &str| {
+        scraped(&m, &format!("pyroscope_discarded_samples_total{{reason=\"{reason}\",tenant=\"{tenant}\"}}"))
+    };
+    assert_eq!(discarded("label_value_too_long", "a"), 1.0, "{m}");
+    assert_eq!(discarded("malformed_profile", "a"), 1.0);
+    assert_eq!(discarded("body_size_limit_exceeded", "b"), 1.0);
+    assert_eq!(discarded("rate_limited", "b"), limited as f64);
+    assert!(scraped(&m, "pyroscope_discarded_bytes_total{reason=\"rate_limited\",tenant=\"b\"}") > 0.0);
+    assert_eq!(
+        scraped(&m, "pyroscope_distributor_received_samples_count{tenant=\"a\",type=\"process_cpu\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(scraped(&m, "pyroscope_distributor_received_samples_sum{tenant=\"a\",type=\"process_cpu\"}"), 2.0);
+    // The request histogram under Pyroscope's route names and statuses.
+    assert_eq!(
+        scraped(&m, "pyroscope_request_duration_seconds_count{method=\"POST\",route=\"ingest\",status_code=\"429\",ws=\"false\"}"),
+        limited as f64
+    );
+    assert!(m.contains("process_resident_memory_bytes "), "no process metrics");
+    assert!(m.contains("pyroscope_build_info{"));
+}

@@ -202,7 +202,22 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, dest: Dest, cla
     };
     let body = match read {
         Some(Ok(b)) => b,
-        Some(Err(e)) => return body_error(proto.filter(|_| path.contains(".v1.")), e),
+        Some(Err(e)) => {
+            // A push or ingest refused for its size is a discarded profile, as Pyroscope
+            // counts it (its tenant as the write would have named it).
+            if matches!(class, Class::Push | Class::Ingest) && matches!(e, inflight::BodyError::TooLarge { .. }) {
+                if let Ok(t) = crate::service::tenant::write_tenant(core.cfg().multitenancy_enabled, &parts.headers) {
+                    let bytes = parts
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(limit);
+                    let why = crate::distributor::discard::reason::BODY_SIZE_LIMIT_EXCEEDED;
+                    core.distributor.discard(&t, why, 1, bytes, "request body too large");
+                }
+            }
+            return body_error(proto.filter(|_| path.contains(".v1.")), e);
+        }
         None => {
             let msg = "reading the request body took longer than the read timeout (-server.http-server-read-timeout)";
             return match proto {

@@ -1,7 +1,7 @@
 //! `POST /ingest` (alias `/pyroscope/ingest`): Pyroscope's legacy ingest API, as the Go, Ruby,
 //! Python, .NET and older Node SDKs and many scripts use it. See shared/api.md §2.2.
 use super::folded::{build_profile, folded_type, parse_folded, parse_lines};
-use super::{accept, metrics, multipart, pprof, speedscope, trie, Accepted, Distributor};
+use super::{accept, discard, metrics, multipart, pprof, speedscope, trie, Accepted, Distributor};
 use crate::service::body::{http_error, RespBody, Response};
 use crate::service::{Code, Req, RpcError};
 use crate::timeparse::{now_ns, parse_time_ns};
@@ -77,23 +77,64 @@ pub async fn handle(dist: &Rc<Distributor>, r: &Req) -> Response {
         Err(e) => return error(e.code.http_status(), e.message),
     };
     metrics::add(&dist.metrics().received_bytes, r.body.len() as u64);
+    match ingest(dist, &tenant, r).await {
+        Ok(()) => http::Response::builder().status(200).body(RespBody::empty()).expect("valid response"),
+        Err(refused) => {
+            metrics::add(&dist.metrics().rejected_profiles, 1);
+            dist.discard(&tenant, refused.reason, 1, r.body.len(), &refused.message);
+            error(refused.status, refused.message)
+        }
+    }
+}
+
+/// A refused `/ingest`: its status, message, and why, as Pyroscope's discard `reason`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+    pub reason: &'static str,
+}
+
+impl From<(StatusCode, String)> for Refusal {
+    /// A refusal of the request itself: its reason by its status.
+    fn from((status, message): (StatusCode, String)) -> Refusal {
+        let reason = match status.as_u16() {
+            413 => discard::reason::BODY_SIZE_LIMIT_EXCEEDED,
+            422 => discard::reason::MALFORMED_PROFILE,
+            429 => discard::reason::RATE_LIMITED,
+            400 => discard::reason::INVALID_LABELS,
+            _ => discard::reason::UNKNOWN,
+        };
+        Refusal { status, message, reason }
+    }
+}
+
+impl Refusal {
+    /// A refusal from the push path (`validation`: the status of its invalid_argument),
+    /// with the reason it carries.
+    pub fn rpc(e: RpcError, validation: StatusCode) -> Refusal {
+        let status = rpc_status(&e, validation);
+        let reason = e.reason.unwrap_or_else(|| Refusal::from((status, String::new())).reason);
+        Refusal { status, message: e.message, reason }
+    }
+}
+
+async fn ingest(dist: &Rc<Distributor>, tenant: &TenantId, r: &Req) -> IngestResult {
+    let tenant = tenant.clone();
     let params = r.params();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(name) = get("name") else {
-        return error(StatusCode::BAD_REQUEST, "name: service name is required");
+        return Err((StatusCode::BAD_REQUEST, "name: service name is required".to_string()).into());
     };
-    let name = match parse_name(name) {
-        Ok(n) => n,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+    let name = parse_name(name).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let now = now_ns();
     let time = |k: &str| get(k).map_or(Ok(now), |v| parse_time_ns(v, now).map_err(|e| format!("{k}: {e}")));
     let (from, until) = match (time("from"), time("until")) {
         (Ok(from), Ok(until)) => (from, until),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        (Err(e), _) | (_, Err(e)) => return Err((StatusCode::BAD_REQUEST, e).into()),
     };
     if from > until {
-        return error(StatusCode::BAD_REQUEST, format!("from ({from}) is after until ({until})"));
+        return Err((StatusCode::BAD_REQUEST, format!("from ({from}) is after until ({until})")).into());
     }
     let sample_rate = get("sampleRate").and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0).unwrap_or(100);
     let spy = get("spyName").unwrap_or("");
@@ -110,18 +151,23 @@ pub async fn handle(dist: &Rc<Distributor>, r: &Req) -> Response {
         match compress::gunzip_bounded(&r.body, inflated_body_limit(dist.limits_for(&tenant))) {
             Ok(b) => b.into(),
             Err(compress::InflateError::TooLarge { limit }) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body too large: inflated size exceeds {limit} bytes"),
-                )
+                let msg = format!("request body too large: inflated size exceeds {limit} bytes");
+                return Err((StatusCode::PAYLOAD_TOO_LARGE, msg).into());
             }
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+            Err(e) => {
+                let msg = format!("request body: {e}");
+                return Err(Refusal {
+                    status: StatusCode::BAD_REQUEST,
+                    message: msg,
+                    reason: discard::reason::MALFORMED_PROFILE,
+                });
+            }
         }
     } else {
         r.body.clone()
     };
     let text = TextRequest { tenant: &tenant, name: &name, spy, from, sample_rate };
-    let result = match format {
+    match format {
         "trie" | "tree" | "" if binary_kind(format, content_type).is_some() => {
             let kind = binary_kind(format, content_type).expect("just matched");
             ingest_text(dist, &text, kind, &body).await
@@ -140,23 +186,15 @@ pub async fn handle(dist: &Rc<Distributor>, r: &Req) -> Response {
             let kind = if format == "lines" { TextKind::Lines } else { TextKind::Folded };
             ingest_text(dist, &text, kind, &body).await
         }
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown format {other:?}: use pprof, jfr, folded, lines, speedscope, trie or tree"),
-            )
-        }
-    };
-    match result {
-        Ok(()) => http::Response::builder().status(200).body(RespBody::empty()).expect("valid response"),
-        Err((status, msg)) => {
-            metrics::add(&dist.metrics().rejected_profiles, 1);
-            error(status, msg)
-        }
+        other => Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("unknown format {other:?}: use pprof, jfr, folded, lines, speedscope, trie or tree"),
+            reason: discard::reason::UNKNOWN,
+        }),
     }
 }
 
-type IngestResult = Result<(), (StatusCode, String)>;
+pub(super) type IngestResult = Result<(), Refusal>;
 
 /// The largest `sample_type_config` part taken. SDKs send a few hundred bytes; a JSON value
 /// costs up to some 30 times its text in memory, so this bounds what parsing it can cost.
@@ -194,14 +232,17 @@ async fn ingest_multipart(
             "the multipart boundary is {} characters long; RFC 2046 allows at most {}",
             boundary.len(),
             multipart::MAX_BOUNDARY_LEN
-        )));
+        ))
+        .into());
     }
     let parts = multipart::parse(body, &boundary).map_err(|e| bad(format!("malformed multipart body: {e}")))?;
     if parts.iter().any(|p| p.name == "prev_profile") {
         return Err((
             StatusCode::UNPROCESSABLE_ENTITY,
-            "unsupported client version: prev_profile (cumulative profiles) is not supported; upgrade the SDK".into(),
-        ));
+            "unsupported client version: prev_profile (cumulative profiles) is not supported; upgrade the SDK"
+                .to_string(),
+        )
+            .into());
     }
     let profile = parts
         .iter()
@@ -216,7 +257,8 @@ async fn ingest_multipart(
                         "sample_type_config is {} bytes; kiln takes at most {MAX_SAMPLE_TYPE_CONFIG_BYTES}",
                         p.data.len()
                     ),
-                ))
+                )
+                    .into())
             }
             Some(p) => Some(serde_json::from_slice::<serde_json::Value>(p.data).map_err(|e| {
                 (StatusCode::UNPROCESSABLE_ENTITY, format!("sample_type_config is not valid JSON: {e}"))
@@ -416,8 +458,8 @@ async fn ingest_pprof(
     if base.get(labels::SERVICE_NAME).is_none() {
         base.set(labels::SERVICE_NAME, name.app.clone());
     }
-    let acc = accept(&base, decoded, &limits, now_ns())
-        .map_err(|e| (rpc_status(&e, StatusCode::UNPROCESSABLE_ENTITY), e.message))?;
+    let acc =
+        accept(&base, decoded, &limits, now_ns()).map_err(|e| Refusal::rpc(e, StatusCode::UNPROCESSABLE_ENTITY))?;
     push_all(dist, tenant, bytes.len(), vec![acc], StatusCode::UNPROCESSABLE_ENTITY).await
 }
 
@@ -471,7 +513,7 @@ fn accept_stacks(
     stacks: &[(&str, i64)],
     extra: &[(&str, &str)],
     text_len: usize,
-) -> Result<Accepted, (StatusCode, String)> {
+) -> Result<Accepted, Refusal> {
     let (app, suffix) = match app.rsplit_once('.') {
         Some((a, s)) => (a.to_string(), s.to_string()),
         None => (app.to_string(), "cpu".to_string()),
@@ -509,7 +551,7 @@ fn accept_stacks(
     }
     let n = profile.samples.len() as u32;
     let decoded = pprof::Decoded { profile, groups: vec![(Labels::default(), (0..n).collect())] };
-    accept(&base, decoded, limits, now_ns()).map_err(|e| (rpc_status(&e, StatusCode::BAD_REQUEST), e.message))
+    accept(&base, decoded, limits, now_ns()).map_err(|e| Refusal::rpc(e, StatusCode::BAD_REQUEST))
 }
 
 /// Inflates a folded-family body (gzip is sniffed) within the profile size limit.
@@ -575,7 +617,7 @@ async fn ingest_speedscope(dist: &Rc<Distributor>, req: &TextRequest<'_>, body: 
         batch.push(accept_stacks(&r, &limits, &app, &stacks, &[("profile_name", &p.name)], share)?);
     }
     if batch.is_empty() {
-        return Err((StatusCode::UNPROCESSABLE_ENTITY, "the speedscope file has no profiles".into()));
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, "the speedscope file has no profiles".to_string()).into());
     }
     push_all(dist, req.tenant, bytes.len(), batch, StatusCode::BAD_REQUEST).await
 }
@@ -588,8 +630,21 @@ pub(super) async fn push_all(
     batch: Vec<Accepted>,
     validation: StatusCode,
 ) -> IngestResult {
-    dist.rate_limit(tenant, bytes, now_ns()).map_err(|e| (rpc_status(&e, validation), e.message))?;
-    dist.distribute(tenant, batch).await.map_err(|e| (rpc_status(&e, validation), e.message))
+    dist.rate_limit(tenant, bytes, now_ns()).map_err(|e| Refusal::rpc(e, validation))?;
+    let received: Vec<(String, usize)> = batch
+        .iter()
+        .map(|a| {
+            let ty = a.groups.first().and_then(|g| g.labels.get(labels::NAME)).unwrap_or("");
+            (ty.to_string(), a.profile.samples.len())
+        })
+        .collect();
+    dist.distribute(tenant, batch).await.map_err(|e| Refusal::rpc(e, validation))?;
+    // One body holds them all: each profile is counted with its share of the body's size.
+    let share = bytes / received.len().max(1);
+    for (ty, samples) in received {
+        dist.metrics().usage.received(tenant, &ty, share, share, samples);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

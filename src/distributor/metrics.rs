@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[repr(align(128))]
 #[derive(Default)]
 pub struct DistributorMetrics {
+    /// Received and discarded, per tenant, under Pyroscope's names (`discard`).
+    pub usage: super::discard::Usage,
     pub pushed_profiles: AtomicU64,
     pub received_bytes: AtomicU64,
     pub decompressed_bytes: AtomicU64,
@@ -54,4 +56,5 @@ pub fn render(cores: &[DistributorMetrics], out: &mut String) {
             let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", f(c).load(Relaxed));
         }
     }
+    super::discard::render(cores.iter().map(|c| &c.usage), out);
 }

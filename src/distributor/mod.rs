@@ -1,6 +1,7 @@
 //! The distributor: validates a push, normalises its labels, and hands it to the ingesters
 //! (`ingester::client`), acknowledging once every owner applied it. Its routes: Push
 //! (`push.rs`) and the legacy `/ingest` (`legacy.rs`).
+pub mod discard;
 pub mod folded;
 pub mod gofix;
 pub mod jfr;
@@ -98,6 +99,13 @@ impl Distributor {
         &self.metrics[self.core as usize]
     }
 
+    /// Counts `profiles` refused for `reason` (`bytes` of them) and logs it, within the
+    /// log's rate (`discard`).
+    pub(crate) fn discard(&self, tenant: &str, reason: &'static str, profiles: u64, bytes: usize, message: &str) {
+        let now_s = crate::timeparse::now_ns().div_euclid(1_000_000_000);
+        self.metrics().usage.discarded(tenant, reason, profiles, bytes as u64, message, now_s);
+    }
+
     fn limits_for(&self, tenant: &str) -> &Limits {
         self.limits.for_tenant(tenant)
     }
@@ -138,7 +146,8 @@ impl Distributor {
                     "push rate limit ({} MiB/s, burst {} MiB) exceeded while adding {bytes} bytes for tenant {tenant}",
                     l.ingestion_rate_mb, l.ingestion_burst_size_mb
                 ),
-            ));
+            )
+            .because(discard::reason::RATE_LIMITED));
         }
         Ok(())
     }
@@ -154,7 +163,13 @@ impl Distributor {
             }
             Err(e) => {
                 metrics::add(&self.metrics().rejected_profiles, profiles);
-                Err(crate::ingester::remote::write_error(e))
+                let e = crate::ingester::remote::write_error(e);
+                let reason = match e.code {
+                    Code::ResourceExhausted if e.message.contains("series") => discard::reason::SERIES_LIMIT,
+                    Code::ResourceExhausted => discard::reason::INGEST_LIMIT_REACHED,
+                    _ => discard::reason::UNKNOWN,
+                };
+                Err(e.because(reason))
             }
         }
     }
@@ -197,28 +212,28 @@ fn is_metric_name(s: &str) -> bool {
 /// Pyroscope's series label validation (counts, lengths, names, required labels).
 pub fn validate_labels(l: &Labels, limits: &Limits) -> Result<(), RpcError> {
     let name = l.get(labels::NAME).unwrap_or("");
+    use discard::reason;
+    let refuse = |why: &'static str, msg: String| Err(RpcError::invalid(msg).because(why));
     if name.is_empty() || !is_metric_name(name) {
-        return Err(RpcError::invalid(format!("invalid labels {l}: invalid metric name {name:?}")));
+        return refuse(reason::INVALID_LABELS, format!("invalid labels {l}: invalid metric name {name:?}"));
     }
     if l.get(labels::SERVICE_NAME) == Some("") {
-        return Err(RpcError::invalid(format!("invalid labels {l}: service_name must not be empty")));
+        return refuse(reason::INVALID_LABELS, format!("invalid labels {l}: service_name must not be empty"));
     }
     if limits.max_label_names_per_series > 0 && l.len() > limits.max_label_names_per_series {
-        return Err(RpcError::invalid(format!(
-            "profile series {l} has {} label names; limit {}",
-            l.len(),
-            limits.max_label_names_per_series
-        )));
+        let msg =
+            format!("profile series {l} has {} label names; limit {}", l.len(), limits.max_label_names_per_series);
+        return refuse(reason::MAX_LABEL_NAMES_PER_SERIES, msg);
     }
     for (k, v) in l.iter() {
         if k.is_empty() || k.chars().any(char::is_control) {
-            return Err(RpcError::invalid(format!("invalid label name {k:?} in series {l}")));
+            return refuse(reason::INVALID_LABELS, format!("invalid label name {k:?} in series {l}"));
         }
         if limits.max_label_name_length > 0 && k.len() > limits.max_label_name_length {
-            return Err(RpcError::invalid(format!("label name too long: {k:?} in series {l}")));
+            return refuse(reason::LABEL_NAME_TOO_LONG, format!("label name too long: {k:?} in series {l}"));
         }
         if limits.max_label_value_length > 0 && v.len() > limits.max_label_value_length {
-            return Err(RpcError::invalid(format!("label value too long: {v:?} for label {k:?}")));
+            return refuse(reason::LABEL_VALUE_TOO_LONG, format!("label value too long: {v:?} for label {k:?}"));
         }
     }
     Ok(())
@@ -246,7 +261,8 @@ pub fn accept(base: &Labels, decoded: pprof::Decoded, limits: &Limits, now_ns: i
             fmt_ns(ts),
             if older > 0 { fmt_ns(now_ns - older) } else { "-inf".into() },
             if newer > 0 { fmt_ns(now_ns + newer) } else { "+inf".into() },
-        )));
+        ))
+        .because(discard::reason::NOT_IN_INGESTION_WINDOW));
     }
     let mut groups = Vec::with_capacity(decoded.groups.len());
     for (sample_labels, samples) in decoded.groups {

@@ -2,7 +2,7 @@
 //! validated first; only a request that is valid as a whole is distributed (Pyroscope's
 //! distributor is all-or-nothing too).
 use super::metrics;
-use super::{accept, normalize_series_labels, pprof, wirecost, Accepted, Distributor};
+use super::{accept, discard, normalize_series_labels, pprof, wirecost, Accepted, Distributor};
 use crate::config::Limits;
 use crate::service::codec::{self, Protocol};
 use crate::service::RpcError;
@@ -11,11 +11,34 @@ use bytes::Bytes;
 use http::HeaderMap;
 use kiln_io::compress;
 use kiln_proto::push::v1::{PushRequest, PushResponse};
-use kiln_shards::model::labels::Labels;
+use kiln_shards::model::ids::TenantId;
+use kiln_shards::model::labels::{self, Labels};
 use std::rc::Rc;
 
 pub async fn push(dist: &Rc<Distributor>, headers: &HeaderMap, req: PushRequest) -> Result<PushResponse, RpcError> {
     let tenant = dist.write_tenant(headers)?;
+    let profiles = req.series.iter().map(|s| s.samples.len()).sum::<usize>() as u64;
+    let bytes: usize = req.series.iter().flat_map(|s| &s.samples).map(|s| s.raw_profile.len()).sum();
+    match push_all(dist, &tenant, req).await {
+        Ok(received) => {
+            for r in received {
+                dist.metrics().usage.received(&tenant, &r.0, r.1, r.2, r.3);
+            }
+            Ok(PushResponse {})
+        }
+        Err(e) => {
+            dist.discard(&tenant, e.reason.unwrap_or(discard::reason::UNKNOWN), profiles, bytes, &e.message);
+            Err(e)
+        }
+    }
+}
+
+/// What one accepted profile was: its type (`__name__`), its size as received and inflated,
+/// its samples.
+type Received = (String, usize, usize, usize);
+
+async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -> Result<Vec<Received>, RpcError> {
+    let tenant = tenant.clone();
     let limits = dist.limits_for(&tenant).clone();
     let now = now_ns();
     if req.series.iter().all(|s| s.samples.is_empty()) {
@@ -43,27 +66,34 @@ pub async fn push(dist: &Rc<Distributor>, headers: &HeaderMap, req: PushRequest)
                         "uncompressed batch size exceeds the body limit of {body_limit} bytes \
                          (-distributor.ingestion-body-limit-mb): {total_bytes} bytes before profile {}",
                         inflated.len() + 1
-                    )),
+                    ))
+                    .because(discard::reason::BODY_SIZE_LIMIT_EXCEEDED),
                 }
             })?;
             total_bytes += bytes.len() + label_bytes;
-            inflated.push((base.clone(), bytes));
+            inflated.push((base.clone(), sample.raw_profile.len(), bytes));
         }
     }
     metrics::add(&dist.metrics().decompressed_bytes, total_bytes as u64);
     if body_limit > 0 && total_bytes > body_limit {
         return Err(RpcError::invalid(format!(
             "uncompressed batch size {total_bytes} exceeds the body limit of {body_limit} bytes"
-        )));
+        ))
+        .because(discard::reason::BODY_SIZE_LIMIT_EXCEEDED));
     }
     dist.rate_limit(&tenant, total_bytes, now)?;
     let mut batch: Vec<Accepted> = Vec::with_capacity(inflated.len());
-    for (base, bytes) in inflated {
-        let result = decode(&bytes, &limits).and_then(|decoded| accept(&base, decoded, &limits, now));
+    let mut received = Vec::with_capacity(inflated.len());
+    for (base, compressed, bytes) in inflated {
+        let result = decode(&bytes, &limits).and_then(|decoded| {
+            let samples = decoded.profile.samples.len();
+            received.push((base.get(labels::NAME).unwrap_or("").to_string(), compressed, bytes.len(), samples));
+            accept(&base, decoded, &limits, now)
+        });
         batch.push(result.inspect_err(|_| metrics::add(&dist.metrics().rejected_profiles, 1))?);
     }
     dist.distribute(&tenant, batch).await?;
-    Ok(PushResponse {})
+    Ok(received)
 }
 
 /// Decodes a push message, refusing first one whose decoded form would pass `budget` bytes
@@ -99,17 +129,18 @@ pub fn inflate(raw: &Bytes, limits: &Limits, left: usize) -> Result<Bytes, Infla
         Ok(std::borrow::Cow::Borrowed(_)) => Ok(raw.clone()),
         Ok(std::borrow::Cow::Owned(v)) => Ok(Bytes::from(v)),
         Err(compress::InflateError::TooLarge { .. }) if left < own => Err(InflateRefusal::Budget),
-        Err(compress::InflateError::TooLarge { limit }) => Err(InflateRefusal::Request(RpcError::invalid(format!(
-            "uncompressed profile payload size exceeds limit of {limit} bytes"
-        )))),
-        Err(compress::InflateError::Corrupt(m)) => {
-            Err(InflateRefusal::Request(RpcError::invalid(format!("failed to decompress profile: {m}"))))
-        }
+        Err(compress::InflateError::TooLarge { limit }) => Err(InflateRefusal::Request(
+            RpcError::invalid(format!("uncompressed profile payload size exceeds limit of {limit} bytes"))
+                .because(discard::reason::PROFILE_SIZE_LIMIT),
+        )),
+        Err(compress::InflateError::Corrupt(m)) => Err(InflateRefusal::Request(
+            RpcError::invalid(format!("failed to decompress profile: {m}")).because(discard::reason::MALFORMED_PROFILE),
+        )),
     }
 }
 
 /// Decodes and validates an inflated profile.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<pprof::Decoded, RpcError> {
     pprof::decode_and_normalize(bytes, pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples })
-        .map_err(|e| RpcError::invalid(e.to_string()))
+        .map_err(|e| RpcError::invalid(e.to_string()).because(discard::reason::MALFORMED_PROFILE))
 }

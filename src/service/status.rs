@@ -108,11 +108,20 @@ impl Code {
 pub struct RpcError {
     pub code: Code,
     pub message: String,
+    /// For a refused write: why, as Pyroscope's `reason` label names it
+    /// (`distributor::discard`); never sent to the client.
+    pub reason: Option<&'static str>,
 }
 
 impl RpcError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
+        RpcError { code, message: message.into(), reason: None }
+    }
+
+    /// This error, counted as a discard for `reason`.
+    pub fn because(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)

@@ -5,7 +5,7 @@
 //! body past the tenant's profile size limit, inflated, is 413; a recording or labels
 //! snapshot that cannot be read or converted is 422, as Pyroscope answers.
 use super::{convert, decode_labels, LabelsSnapshot, Options};
-use crate::distributor::legacy::{push_all, rpc_status, AppName};
+use crate::distributor::legacy::{push_all, AppName, Refusal};
 use crate::distributor::{accept, folded, metrics, multipart, Distributor};
 use crate::timeparse::now_ns;
 use http::StatusCode;
@@ -15,9 +15,9 @@ use kiln_shards::model::labels::{self, Labels};
 use std::borrow::Cow;
 use std::rc::Rc;
 
-/// A refused request: its status and message.
-type Refusal = (StatusCode, String);
 type IngestResult = Result<(), Refusal>;
+/// A refusal before anything was converted: its status and message (its reason by status).
+type Refused = (StatusCode, String);
 
 /// The request as the handler parsed it, for the JFR arm.
 pub struct Request<'a> {
@@ -67,8 +67,7 @@ async fn convert_and_push(dist: &Rc<Distributor>, tenant: &TenantId, req: Reques
     for p in converted.profiles {
         let mut l = base.clone();
         l.set(labels::NAME, p.name);
-        let acc = accept(&l, p.decoded, &limits, now)
-            .map_err(|e| (rpc_status(&e, StatusCode::UNPROCESSABLE_ENTITY), e.message))?;
+        let acc = accept(&l, p.decoded, &limits, now).map_err(|e| Refusal::rpc(e, StatusCode::UNPROCESSABLE_ENTITY))?;
         batch.push(acc);
     }
     if batch.is_empty() {
@@ -99,7 +98,7 @@ pub fn series_labels(name: &AppName, spy: &str, event: &str) -> Labels {
 
 /// The recording and its labels snapshot from the body: a multipart form's `jfr` and
 /// `labels` parts (either gzipped or not), or else the whole body as it is.
-fn read_body<'a>(content_type: &str, body: &'a [u8], max: usize) -> Result<(Cow<'a, [u8]>, LabelsSnapshot), Refusal> {
+fn read_body<'a>(content_type: &str, body: &'a [u8], max: usize) -> Result<(Cow<'a, [u8]>, LabelsSnapshot), Refused> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     if !content_type.to_ascii_lowercase().contains("multipart/form-data") {
         if body.len() > max {
@@ -121,7 +120,7 @@ fn read_body<'a>(content_type: &str, body: &'a [u8], max: usize) -> Result<(Cow<
     Ok((jfr, snapshot))
 }
 
-fn inflate<'a>(data: &'a [u8], max: usize, part: &str) -> Result<Cow<'a, [u8]>, Refusal> {
+fn inflate<'a>(data: &'a [u8], max: usize, part: &str) -> Result<Cow<'a, [u8]>, Refused> {
     compress::maybe_gunzip(data, max).map_err(|e| match e {
         InflateError::TooLarge { .. } => too_large(&format!("the {part:?} part"), max),
         InflateError::Corrupt(m) => {
@@ -130,7 +129,7 @@ fn inflate<'a>(data: &'a [u8], max: usize, part: &str) -> Result<Cow<'a, [u8]>, 
     })
 }
 
-fn too_large(what: &str, max: usize) -> Refusal {
+fn too_large(what: &str, max: usize) -> Refused {
     (
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("{what} exceeds the profile size limit of {max} bytes (max_profile_size_bytes) once inflated"),

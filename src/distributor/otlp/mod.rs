@@ -169,19 +169,34 @@ pub async fn export(
     let max_bytes = super::folded::built_limit(size, limits.max_profile_size_bytes);
     let reject = |e: RpcError| {
         metrics::add(&dist.metrics().rejected_profiles, 1);
+        let reason = e.reason.unwrap_or(super::discard::reason::MALFORMED_PROFILE);
+        dist.discard(&tenant, reason, 1, size, &e.message);
         e
     };
     let converted = convert::convert(&req, pprof_limits, max_bytes, now).map_err(|e| reject(RpcError::invalid(e)))?;
     drop(req);
     dist.rate_limit(&tenant, size, now).map_err(reject)?;
     let mut batch: Vec<Accepted> = Vec::with_capacity(converted.len());
+    let mut received = Vec::with_capacity(converted.len());
     for c in converted {
+        let ty = c.labels.get(kiln_shards::model::labels::NAME).unwrap_or("").to_string();
+        received.push((ty, c.decoded.profile.samples.len()));
         batch.push(accept(&c.labels, c.decoded, &limits, now).map_err(reject)?);
     }
     if batch.is_empty() {
         return Ok(());
     }
-    dist.distribute(&tenant, batch).await
+    let n = batch.len() as u64;
+    if let Err(e) = dist.distribute(&tenant, batch).await {
+        dist.discard(&tenant, e.reason.unwrap_or(super::discard::reason::UNKNOWN), n, size, &e.message);
+        return Err(e);
+    }
+    // One request holds them all: each profile is counted with its share of its size.
+    let share = size / received.len().max(1);
+    for (ty, samples) in received {
+        dist.metrics().usage.received(&tenant, &ty, share, share, samples);
+    }
+    Ok(())
 }
 
 /// The encoding an OTLP/HTTP content type names; `None`: not one OTLP/HTTP takes.
