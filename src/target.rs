@@ -75,6 +75,11 @@ pub fn run(cfg: Config) {
     if let Err(e) = probe_port(&cfg.http_listen_address, cfg.http_listen_port) {
         fail(e);
     }
+    if cfg.grpc_listen_port != 0 {
+        if let Err(e) = probe_port(&cfg.http_listen_address, cfg.grpc_listen_port) {
+            fail(format!("-server.grpc-listen-port: {e}"));
+        }
+    }
     // Gossip starts before the WAL replay: the others see this instance PENDING until its
     // heads hold everything it acknowledged, then ACTIVE.
     let cluster = own.clone().map(|own| start_cluster(&cfg, own));
@@ -285,6 +290,7 @@ fn log_start(shared: &api::Shared, cores: usize, wal: Option<&std::path::Path>, 
     let c = &shared.cfg;
     tracing::info!(
         http = %format!("{}:{}", c.http_listen_address, c.http_listen_port),
+        grpc = %if c.grpc_listen_port != 0 { format!("{}:{}", c.http_listen_address, c.grpc_listen_port) } else { "the http port".into() },
         gossip = %if c.cluster_mode() { format!("{}:{}", c.memberlist.bind_addr, c.memberlist.bind_port) } else { "off".into() },
         target = %c.target,
         cores,

@@ -255,3 +255,39 @@ fn test_discarded_and_received_profiles_are_counted_by_reason_and_tenant() {
     assert!(m.contains("process_resident_memory_bytes "), "no process metrics");
     assert!(m.contains("pyroscope_build_info{"));
 }
+
+/// `-server.grpc-listen-port` opens a second port serving the same APIs, as Pyroscope's gRPC
+/// port: a gRPC push there is read back through either port.
+#[test]
+fn test_grpc_listen_port_serves_the_same_apis() {
+    use kiln_proto::push::v1::{PushRequest, PushResponse, RawProfileSeries, RawSample};
+    use kiln_proto::querier::v1 as q;
+    let (grpc_port, hold) = hold_port();
+    drop(hold);
+    let flag = format!("-server.grpc-listen-port={grpc_port}");
+    let k = Kiln::start(&[FIXTURE_FLAGS, &[flag.as_str()]].concat());
+    let raw = std::fs::read(testdata("pprof/pyroscope/pkg-pprof/profile_rust")).unwrap();
+    let req = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: vec![
+                kiln_proto::types::v1::LabelPair { name: "__name__".into(), value: "process_cpu".into() },
+                kiln_proto::types::v1::LabelPair { name: "service_name".into(), value: "via-grpc".into() },
+            ],
+            samples: vec![RawSample { raw_profile: raw.into(), id: String::new() }],
+            annotations: vec![],
+        }],
+    };
+    let _: PushResponse = grpc(grpc_port, "/push.v1.PusherService/Push", &[], &req).unwrap();
+    let types = |port: u16| -> Vec<String> {
+        let r: q::ProfileTypesResponse = grpc(
+            port,
+            "/querier.v1.QuerierService/ProfileTypes",
+            &[],
+            &q::ProfileTypesRequest { start: 0, end: now_ms() + 60_000 },
+        )
+        .unwrap();
+        r.profile_types.into_iter().map(|t| t.id).collect()
+    };
+    assert_eq!(types(grpc_port), ["process_cpu:cpu:nanoseconds:cpu:nanoseconds"]);
+    assert_eq!(types(k.port), types(grpc_port));
+}

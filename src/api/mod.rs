@@ -220,25 +220,43 @@ impl Edge {
     }
 }
 
-/// Accepts and serves connections on this core until the process exits.
+/// Accepts and serves connections on this core until the process exits: on the HTTP port,
+/// and on `-server.grpc-listen-port` when set (the same APIs, as Pyroscope's gRPC port).
 pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
     // The port opens only once the WAL has been replayed into the heads.
     let _ = ctx.gate.recv_async().await;
     let core = Rc::new(Edge::new(ctx.core, ctx.mesh, shared.clone()));
-    let addr = format!("{}:{}", shared.cfg.http_listen_address, shared.cfg.http_listen_port);
-    let opts = monoio::net::ListenerOpts::new().reuse_port(true).reuse_addr(true);
-    let listener = match monoio::net::TcpListener::bind_with_config(addr.as_str(), &opts) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(core = ctx.core, %addr, error = %e, "cannot listen");
-            std::process::exit(1);
+    let listen = |port: u16| {
+        let addr = format!("{}:{}", shared.cfg.http_listen_address, port);
+        let opts = monoio::net::ListenerOpts::new().reuse_port(true).reuse_addr(true);
+        match monoio::net::TcpListener::bind_with_config(addr.as_str(), &opts) {
+            Ok(l) => {
+                tracing::debug!(core = ctx.core, %addr, "listening");
+                l
+            }
+            Err(e) => {
+                tracing::error!(core = ctx.core, %addr, error = %e, "cannot listen");
+                std::process::exit(1);
+            }
         }
     };
+    let listener = listen(shared.cfg.http_listen_port);
+    let grpc = (shared.cfg.grpc_listen_port != 0).then(|| listen(shared.cfg.grpc_listen_port));
     shared.readiness.core_listening();
-    tracing::debug!(core = ctx.core, %addr, "listening");
     let mut builder = hyper_util::server::conn::auto::Builder::new(crate::cluster::pool::LocalExec);
     builder.http2().max_concurrent_streams(1024);
     let builder = Rc::new(builder);
+    if let Some(grpc) = grpc {
+        monoio::spawn(accept_loop(grpc, core.clone(), builder.clone()));
+    }
+    accept_loop(listener, core, builder).await;
+}
+
+type ConnBuilder = hyper_util::server::conn::auto::Builder<crate::cluster::pool::LocalExec>;
+
+/// Accepts connections on `listener` and serves each on this core.
+async fn accept_loop(listener: monoio::net::TcpListener, core: Rc<Edge>, builder: Rc<ConnBuilder>) {
+    let shared = core.shared.clone();
     let mut backoff = conn::AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {

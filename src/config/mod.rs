@@ -206,6 +206,9 @@ pub struct Config {
     pub config_file: String,
     pub http_listen_address: String,
     pub http_listen_port: u16,
+    /// A second port serving the same APIs (gRPC clients that dial Pyroscope's 9095);
+    /// 0 = none: the HTTP port serves gRPC (h2c) already.
+    pub grpc_listen_port: u16,
     /// Time to read a request, head and body, from its first byte (for a new connection: from
     /// the accept); 0 = no limit.
     #[serde(with = "go_duration")]
@@ -436,6 +439,7 @@ impl Default for Config {
             config_file: String::new(),
             http_listen_address: "0.0.0.0".into(),
             http_listen_port: 4040,
+            grpc_listen_port: 0,
             http_server_read_timeout: Duration::from_secs(30),
             http_server_write_timeout: Duration::from_secs(30),
             http_server_idle_timeout: Duration::from_secs(120),
@@ -858,6 +862,7 @@ impl Config {
         match k {
             "target" => self.target = v.parse()?,
             "server.http-listen-port" => self.http_listen_port = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "server.grpc-listen-port" => self.grpc_listen_port = v.parse().map_err(|e| bad(format!("{e}")))?,
             "server.http-listen-address" => self.http_listen_address = v.into(),
             "server.http-server-read-timeout" => self.http_server_read_timeout = parse_duration(v).map_err(bad)?,
             "server.http-server-write-timeout" => self.http_server_write_timeout = parse_duration(v).map_err(bad)?,
@@ -1122,6 +1127,7 @@ const LIMIT_KEYS: &[(&str, &str)] = &[
 const YAML_KEYS: &[(&[&str], &str)] = &[
     (&["target"], "target"),
     (&["server", "http_listen_port"], "server.http-listen-port"),
+    (&["server", "grpc_listen_port"], "server.grpc-listen-port"),
     (&["server", "http_listen_address"], "server.http-listen-address"),
     (&["server", "http_server_read_timeout"], "server.http-server-read-timeout"),
     (&["server", "http_server_write_timeout"], "server.http-server-write-timeout"),
