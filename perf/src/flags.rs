@@ -166,14 +166,14 @@ impl Default for Config {
     }
 }
 
-/// The vendored `testdata/pprof` from the working directory (the repo root), else the same
-/// folder found from this crate's source location.
+/// The vendored `testdata/pprof` of the repository the working directory is in: looked for
+/// in the working directory and its parents (`perf/` runs find the repo root's), never at
+/// a path compiled in. The relative path when nothing is found (the run then says so).
 pub fn default_source_dir() -> PathBuf {
     let relative = PathBuf::from("testdata/pprof");
-    if relative.is_dir() {
-        return relative;
-    }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/pprof"))
+    let found =
+        std::env::current_dir().ok().and_then(|cwd| cwd.ancestors().map(|d| d.join(&relative)).find(|d| d.is_dir()));
+    found.unwrap_or(relative)
 }
 
 /// The result of parsing: run, or print the help.

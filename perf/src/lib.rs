@@ -59,6 +59,9 @@ pub fn run(config: &Config, progress: impl FnMut(&str), mut note: impl FnMut(&st
         max_in_flight: config.max_in_flight,
     };
     let (stats, elapsed) = engine::run(&engine_config, factory, progress)?;
+    if let Some(hint) = rate_limit_hint(&stats) {
+        note(&hint);
+    }
     Ok(Report {
         mode: match config.mode {
             Mode::Push => "push".into(),
@@ -73,6 +76,19 @@ pub fn run(config: &Config, progress: impl FnMut(&str), mut note: impl FnMut(&st
         threads: config.threads,
         elapsed,
         stats,
+    })
+}
+
+/// When most answers were 429, what limits them and the flag that lifts it.
+fn rate_limit_hint(stats: &stats::Stats) -> Option<String> {
+    let limited = stats.errors.get("429").copied().unwrap_or(0);
+    (stats.requests > 0 && limited * 2 > stats.requests).then(|| {
+        format!(
+            "{limited} of {} answers were 429: the server's per-tenant ingestion rate limit refused them. \
+             On kiln and Pyroscope, -distributor.ingestion-rate-limit-mb=0 (and \
+             -distributor.ingestion-burst-size-mb) lift it; --tenants N spreads the load over N tenants",
+            stats.requests
+        )
     })
 }
 
@@ -92,6 +108,7 @@ fn push_factory(
     let workload = match &config.source {
         Source::Synthetic => source::Workload::synthetic(&config.shape, config.seed),
         Source::Dir(dir) => {
+            note(&format!("reading profiles from {}", dir.display()));
             let (workload, skipped) = source::Workload::from_dir(dir, &config.shape)?;
             // One line per reason: "not a pprof" covers the fixtures' text and JSON files.
             let mut by_reason: std::collections::BTreeMap<String, Vec<String>> = Default::default();
@@ -126,4 +143,25 @@ fn push_factory(
         let g = push::PushGenerator::new(workload.clone(), templates.clone(), api, tenants, base_path.clone());
         Box::new(g) as Box<dyn engine::Generator>
     }))
+}
+
+#[cfg(test)]
+mod hint_tests {
+    #[test]
+    fn most_answers_429_name_the_flag_that_lifts_the_limit() {
+        let mut s = crate::stats::Stats::new();
+        s.requests = 10;
+        s.errors.insert("429".into(), 4);
+        assert!(super::rate_limit_hint(&s).is_none());
+        s.errors.insert("429".into(), 6);
+        let hint = super::rate_limit_hint(&s).unwrap();
+        assert!(hint.contains("6 of 10") && hint.contains("-distributor.ingestion-rate-limit-mb=0"), "{hint}");
+    }
+
+    #[test]
+    fn the_default_source_is_found_from_a_subfolder_of_the_repository() {
+        // Tests run in the crate folder (`perf/`): the repo root's testdata is found above it.
+        let dir = crate::flags::default_source_dir();
+        assert!(dir.is_dir() && dir.ends_with("testdata/pprof"), "{}", dir.display());
+    }
 }
