@@ -633,21 +633,29 @@ fn heatmaps_count_every_profile_in_its_step_and_value_bucket() {
     let pods: Vec<&str> = h.series.iter().map(|s| s.labels[0].value.as_str()).collect();
     assert_eq!(pods, ["a", "b"], "{h:?}");
     // Every profile counted once, in the slot SelectSeries puts it in.
-    let series: q::SelectSeriesResponse = connect(
+    let series_req = q::SelectSeriesRequest {
+        profile_type_id: pt.into(),
+        label_selector: "{pod=\"a\"}".into(),
+        start: req.start,
+        end: req.end,
+        step: step_s as f64,
+        ..Default::default()
+    };
+    let series: q::SelectSeriesResponse =
+        connect(k.port, "/querier.v1.QuerierService/SelectSeries", &[], &series_req).unwrap();
+    let series_slots: Vec<i64> = series.series[0].points.iter().map(|p| p.timestamp).collect();
+    assert!(series.series[0].points.iter().all(|p| p.exemplars.is_empty()), "exemplars nobody asked for");
+    // Asked for, each point names its largest profile: 2, 4 and 6 of pod a's 1..=6.
+    let with: q::SelectSeriesResponse = connect(
         k.port,
         "/querier.v1.QuerierService/SelectSeries",
         &[],
-        &q::SelectSeriesRequest {
-            profile_type_id: pt.into(),
-            label_selector: "{pod=\"a\"}".into(),
-            start: req.start,
-            end: req.end,
-            step: step_s as f64,
-            ..Default::default()
-        },
+        &q::SelectSeriesRequest { exemplar_type: 2, label_selector: "{pod=\"a\"}".into(), ..series_req.clone() },
     )
     .unwrap();
-    let series_slots: Vec<i64> = series.series[0].points.iter().map(|p| p.timestamp).collect();
+    let best: Vec<Vec<i64>> =
+        with.series[0].points.iter().map(|p| p.exemplars.iter().map(|e| e.value).collect()).collect();
+    assert_eq!(best, [[2], [4], [6]]);
     let a = &h.series[0];
     assert_eq!(a.slots.iter().map(|s| s.timestamp).collect::<Vec<_>>(), series_slots);
     assert!(a.slots.iter().all(|s| s.counts.iter().sum::<i32>() == 2), "{a:?}");

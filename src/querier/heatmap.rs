@@ -146,6 +146,30 @@ pub fn build(
     out
 }
 
+/// `SelectSeries` exemplars: per group and step (the point's time, the first step boundary
+/// at or after a profile, as `SelectSeries` buckets it), the largest point of that step.
+pub fn step_exemplars(
+    groups: &Groups,
+    start: i64,
+    step: i64,
+    group_by: &[String],
+) -> BTreeMap<(Labels, i64), t::Exemplar> {
+    let mut best: BTreeMap<(Labels, i64), (HeatPoint, u32)> = BTreeMap::new();
+    for (labels, g) in &groups.groups {
+        for &(p, series) in &g.points {
+            let k = (i128::from(p.ts_ms) - i128::from(start) + i128::from(step) - 1).div_euclid(i128::from(step));
+            let at = i64::try_from(i128::from(start) + k * i128::from(step)).unwrap_or(i64::MAX);
+            let e = best.entry((labels.clone(), at)).or_insert((p, series));
+            if p.value > e.0.value {
+                *e = (p, series);
+            }
+        }
+    }
+    best.into_iter()
+        .filter_map(|(k, (p, series))| exemplar(&p, &groups.series[series as usize], group_by).map(|e| (k, e)))
+        .collect()
+}
+
 /// A point as an exemplar: its span id (if any) and its series' labels without the
 /// `group_by` ones. None when it would name nothing (kiln keeps no profile ids).
 fn exemplar(p: &HeatPoint, labels: &Labels, group_by: &[String]) -> Option<t::Exemplar> {

@@ -14,6 +14,7 @@ use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{Labels, ProfileType};
 use kiln_shards::model::profile::parse_span_id;
 use kiln_shards::query::{QueryRequest, QueryResult, Selection, SpanSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -298,7 +299,28 @@ async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::
     let sel = selection(call.querier, tenants, Some(&r.profile_type_id), &r.label_selector, r.start, r.end)?;
     let step_ms = step_ms(r.step, sel.as_ref().map_or(r.end, |s| s.end_ms))?;
     let avg = r.aggregation == Some(t::TimeSeriesAggregationType::Average as i32);
+    // Exemplars, when asked: each point's largest profile (or span), from the heatmap points.
+    let exemplar_spans = match t::ExemplarType::try_from(r.exemplar_type) {
+        Ok(t::ExemplarType::Individual) => Some(false),
+        Ok(t::ExemplarType::Span) => Some(true),
+        _ => None,
+    };
+    let exemplar_sel = exemplar_spans.and(sel.clone());
     let groups = merged_series(call.querier, sel, step_ms, r.group_by.clone(), caps, NARROW_SELECT_SERIES).await?;
+    let mut exemplars = BTreeMap::new();
+    if let (Some(spans), Some(sel)) = (exemplar_spans, exemplar_sel) {
+        let start = sel.start_ms;
+        let mut points = heatmap::Groups::default();
+        for p in fan_out(call.querier, QueryRequest::Heatmap { sel, spans }).await? {
+            if let QueryResult::Points(series) = p {
+                for (labels, pts) in series {
+                    points.add(labels, pts, &r.group_by);
+                }
+                caps.check(points.groups.len(), points.points, NARROW_SELECT_SERIES)?;
+            }
+        }
+        exemplars = heatmap::step_exemplars(&points, start, step_ms, &r.group_by);
+    }
     let mut series: Vec<(f64, t::Series)> = groups
         .into_iter()
         .map(|(labels, points)| {
@@ -308,6 +330,7 @@ async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::
                 .map(|(ts, b)| t::Point {
                     value: if avg && b.count > 0 { b.sum / b.count as f64 } else { b.sum },
                     timestamp: ts,
+                    exemplars: exemplars.remove(&(labels.clone(), ts)).into_iter().collect(),
                     ..Default::default()
                 })
                 .collect();
