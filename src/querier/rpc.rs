@@ -310,15 +310,7 @@ async fn select_series(call: &Call<'_>, r: q::SelectSeriesRequest) -> Result<q::
     let mut exemplars = BTreeMap::new();
     if let (Some(spans), Some(sel)) = (exemplar_spans, exemplar_sel) {
         let start = sel.start_ms;
-        let mut points = heatmap::Groups::default();
-        for p in fan_out(call.querier, QueryRequest::Heatmap { sel, spans }).await? {
-            if let QueryResult::Points(series) = p {
-                for (labels, pts) in series {
-                    points.add(labels, pts, &r.group_by);
-                }
-                caps.check(points.groups.len(), points.points, NARROW_SELECT_SERIES)?;
-            }
-        }
+        let points = heat_points(call, sel, spans, &r.group_by, caps, NARROW_SELECT_SERIES).await?;
         exemplars = heatmap::step_exemplars(&points, start, step_ms, &r.group_by);
     }
     let mut series: Vec<(f64, t::Series)> = groups
@@ -369,19 +361,33 @@ async fn select_heatmap(call: &Call<'_>, r: q::SelectHeatmapRequest) -> Result<q
     let Some(sel) = sel else { return Ok(q::SelectHeatmapResponse::default()) };
     let (start, end) = (sel.start_ms, sel.end_ms);
     let step_ms = step_ms(r.step, end)?;
-    let mut groups = heatmap::Groups::default();
-    for p in fan_out(call.querier, QueryRequest::Heatmap { sel, spans }).await? {
-        if let QueryResult::Points(series) = p {
-            for (labels, points) in series {
-                groups.add(labels, points, &r.group_by);
-            }
-            caps.check(groups.groups.len(), groups.points, NARROW_HEATMAP)?;
-        }
-    }
+    let mut groups = heat_points(call, sel, spans, &r.group_by, caps, NARROW_HEATMAP).await?;
     if let Some(limit) = r.limit.filter(|l| *l > 0) {
         groups.keep_top(usize::try_from(limit).unwrap_or(usize::MAX));
     }
     Ok(q::SelectHeatmapResponse { series: heatmap::build(&groups, start, end, step_ms, &r.group_by, exemplars) })
+}
+
+/// Every reader's heatmap points of `sel` (`spans`: per span), grouped by `group_by`;
+/// refused as soon as they pass `caps` (`narrow`: how to narrow the query).
+async fn heat_points(
+    call: &Call<'_>,
+    sel: Selection,
+    spans: bool,
+    group_by: &[String],
+    caps: SeriesCaps,
+    narrow: &str,
+) -> Result<heatmap::Groups, RpcError> {
+    let mut groups = heatmap::Groups::default();
+    for p in fan_out(call.querier, QueryRequest::Heatmap { sel, spans }).await? {
+        if let QueryResult::Points(series) = p {
+            for (labels, points) in series {
+                groups.add(labels, points, group_by);
+            }
+            caps.check(groups.groups.len(), groups.points, narrow)?;
+        }
+    }
+    Ok(groups)
 }
 
 /// How to narrow a SelectHeatmap query that passes a cap.
