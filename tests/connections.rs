@@ -296,7 +296,7 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     // The default cap is computed from the raised limit: 1024 less 256 + 64 per core.
     assert_eq!(metric(k.port, "kiln_http_connection_limit"), 1024.0 - 384.0);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("raised the open-file limit to the hard limit from=64 to=1024"), "{text}");
+    assert!(text.contains(r#"msg="raised the open-file limit to the hard limit" from=64 to=1024"#), "{text}");
     let _ = std::fs::remove_file(&log);
 }
 
