@@ -508,7 +508,8 @@ impl<W: Sink> Output<W> {
         spans: &[(u32, u64, i64)],
     ) -> Result<(), MergeError> {
         if !self.rows.is_empty()
-            && (self.rows.len() >= self.row_group_rows || self.stacks.len() + samples.len() > self.row_group_samples)
+            && (self.rows.len() >= self.row_group_rows
+                || self.stacks.len() + self.span_stacks.len() + samples.len() + spans.len() > self.row_group_samples)
         {
             self.flush()?;
         }

@@ -173,7 +173,8 @@ pub fn row_groups(rows: &[ProfileRow<'_>], opts: &EncodeOptions) -> Vec<Range<us
     let mut out = Vec::new();
     let (mut start, mut samples) = (0, 0usize);
     for (i, r) in rows.iter().enumerate() {
-        let n = r.stacks.len();
+        // A span query decodes a row's span samples too: they count toward the bound.
+        let n = r.stacks.len() + r.spans.stacks.len();
         if i > start && (i - start >= opts.row_group_rows || samples + n > opts.row_group_samples) {
             out.push(start..i);
             (start, samples) = (i, 0);
@@ -1116,6 +1117,19 @@ mod tests {
         // [3,3] hits 6 samples; [3] then the 10-sample profile alone; [1,1,0] hits 3 rows; [2].
         assert_eq!(lens, [2, 1, 1, 3, 1]);
         assert_eq!(lens.iter().sum::<usize>(), rows.len());
+    }
+
+    #[test]
+    fn span_samples_count_toward_a_row_groups_samples() {
+        let (st, v, sp) = (vec![1u32; 4], vec![1i64; 4], vec![7u64; 4]);
+        let spans = SpanRow { stacks: &st, values: &v, spans: &sp };
+        let rows: Vec<ProfileRow<'_>> = (0..4)
+            .map(|i| ProfileRow { series: 0, time_nanos: i, total: 0, stacks: &st[..1], values: &v[..1], spans })
+            .collect();
+        let opts = EncodeOptions { row_group_rows: 100, row_group_samples: 10, ..Default::default() };
+        // Five samples a row (one, and four in spans): two rows a group.
+        let lens: Vec<usize> = row_groups(&rows, &opts).iter().map(|g| g.len()).collect();
+        assert_eq!(lens, [2, 2]);
     }
 
     fn fetch(bytes: &[u8], plan: &[Range<u64>]) -> Vec<(Range<u64>, Bytes)> {
