@@ -6,7 +6,9 @@ use crate::model::childindex::ChildIndex;
 use crate::model::labels::Labels;
 use crate::model::selector::matches_all;
 use crate::model::symbols::{LocationRec, Symbols, ROOT};
-use crate::query::{series_key, Bucket, FlameTree, HeatPoint, PprofPart, QueryRequest, QueryResult, Selection};
+use crate::query::{
+    series_key, step_end, Bucket, FlameTree, HeatPoint, PprofPart, QueryRequest, QueryResult, Selection,
+};
 use kiln_io::invariant::{check, Invariant};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -61,14 +63,14 @@ impl Series {
     /// Ends the span samples of the profile just appended (its row is the last): `samples`
     /// ((stack, span, value), sorted, merged, no zeros) become its span samples. A series'
     /// first span sample creates the columns with an empty entry for every earlier profile.
-    pub(crate) fn push_span_samples(&mut self, samples: &[(u32, u64, i64)]) {
-        if samples.is_empty() && self.spans.is_none() {
+    pub(crate) fn push_span_samples(&mut self, samples: impl ExactSizeIterator<Item = (u32, u64, i64)>) {
+        if samples.len() == 0 && self.spans.is_none() {
             return;
         }
         let rows = self.timestamps.len();
         let sp =
             self.spans.get_or_insert_with(|| Box::new(SpanSamples { offsets: vec![0; rows], ..Default::default() }));
-        for &(stack, span, value) in samples {
+        for (stack, span, value) in samples {
             sp.stacks.push(stack);
             sp.spans.push(span);
             sp.values.push(value);
@@ -173,13 +175,8 @@ impl<'a> HeadView<'a> {
                     let key = Labels::from_pairs(s.labels.iter().filter(|(k, _)| group_by.iter().any(|g| g == k)));
                     let g = groups.entry(key).or_default();
                     for i in self.in_range(s, sel) {
-                        let ts_ms = s.timestamps[i].div_euclid(1_000_000);
-                        // The first step boundary at or after the profile's time, in i128: any
-                        // start and step a query may bring cannot overflow it. The querier
-                        // refuses steps whose boundaries (at most end + step) pass i64.
-                        let (ts, start, step) = (i128::from(ts_ms), i128::from(sel.start_ms), i128::from(step));
-                        let k = (ts - start + step - 1).div_euclid(step);
-                        let t = i64::try_from(start + k * step).unwrap_or(i64::MAX);
+                        // The querier refuses steps whose boundaries (at most end + step) pass i64.
+                        let t = step_end(s.timestamps[i].div_euclid(1_000_000), sel.start_ms, step);
                         let b = g.entry(t).or_default();
                         b.sum += s.totals[i] as f64;
                         b.count += 1;

@@ -75,7 +75,9 @@ impl CoreMetrics {
             _ => "other",
         };
         let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let route = if r.routes.contains(&route) || r.routes.len() < MAX_ROUTES {
+        let route = if r.routes.contains(&route) {
+            route
+        } else if r.routes.len() < MAX_ROUTES {
             r.routes.insert(route.clone());
             route
         } else {

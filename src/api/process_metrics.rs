@@ -36,22 +36,21 @@ pub fn render(out: &mut String) {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+    sysconf_or(libc::_SC_CLK_TCK, 100.0)
 }
 
 fn page_size() -> f64 {
-    // SAFETY: as above.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as f64
+    sysconf_or(libc::_SC_PAGESIZE, 4096.0)
+}
+
+/// A system constant, or `default` where the system gives none.
+fn sysconf_or(name: libc::c_int, default: f64) -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let v = unsafe { libc::sysconf(name) };
+    if v > 0 {
+        v as f64
     } else {
-        4096.0
+        default
     }
 }
 

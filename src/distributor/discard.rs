@@ -91,11 +91,50 @@ struct Received {
     samples: Hist,
 }
 
+/// Figures by tenant, then by type or reason, and how many (tenant, key) sets they hold.
+struct ByTenant<K, V> {
+    tenants: FxHashMap<String, FxHashMap<K, V>>,
+    sets: usize,
+}
+
+impl<K, V> Default for ByTenant<K, V> {
+    fn default() -> Self {
+        ByTenant { tenants: FxHashMap::default(), sets: 0 }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Default> ByTenant<K, V> {
+    /// The figures of (`tenant`, `key`), found without allocating: the tenant's own while it
+    /// has figures already or fewer than `MAX_LABEL_SETS` sets exist, else `#others`'
+    /// (counted in `folded`).
+    fn get<Q>(&mut self, tenant: &str, key: &Q, make: impl FnOnce() -> K, folded: &mut u64) -> &mut V
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let tenant = if self.tenants.contains_key(tenant) || self.sets < MAX_LABEL_SETS {
+            tenant
+        } else {
+            *folded += 1;
+            OTHERS
+        };
+        if !self.tenants.contains_key(tenant) {
+            self.tenants.insert(tenant.to_string(), FxHashMap::default());
+        }
+        let by_key = self.tenants.get_mut(tenant).expect("inserted above");
+        if !by_key.contains_key(key) {
+            by_key.insert(make(), V::default());
+            self.sets += 1;
+        }
+        by_key.get_mut(key).expect("inserted above")
+    }
+}
+
 /// One core's figures.
 #[derive(Default)]
 struct Figures {
-    received: FxHashMap<(String, String), Received>,
-    discarded: FxHashMap<(String, &'static str), (u64, u64)>,
+    received: ByTenant<String, Received>,
+    discarded: ByTenant<&'static str, (u64, u64)>,
     folded: u64,
     logged_second: i64,
     logged: u32,
@@ -106,26 +145,12 @@ struct Figures {
 #[derive(Default)]
 pub struct Usage(Mutex<Figures>);
 
-/// The key of a tenant's figures: itself while the map has room or knows it.
-fn key_tenant<V>(map: &FxHashMap<(String, V), impl Sized>, tenant: &str, folded: &mut u64) -> String
-where
-    V: std::hash::Hash + Eq,
-{
-    if map.len() < MAX_LABEL_SETS || map.keys().any(|(t, _)| t == tenant) {
-        tenant.to_string()
-    } else {
-        *folded += 1;
-        OTHERS.to_string()
-    }
-}
-
 impl Usage {
     /// A profile accepted: its type (`__name__`), sizes as received and inflated, samples.
     pub fn received(&self, tenant: &TenantId, ty: &str, compressed: usize, decompressed: usize, samples: usize) {
         let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let f = &mut *f;
-        let t = key_tenant(&f.received, tenant.as_str(), &mut f.folded);
-        let r = f.received.entry((t, ty.to_string())).or_default();
+        let r = f.received.get(tenant.as_str(), ty, || ty.to_string(), &mut f.folded);
         r.compressed.observe(byte_buckets(), compressed as f64);
         r.decompressed.observe(byte_buckets(), decompressed as f64);
         r.samples.observe(sample_buckets(), samples as f64);
@@ -136,8 +161,7 @@ impl Usage {
     pub fn discarded(&self, tenant: &str, reason: &'static str, profiles: u64, bytes: u64, message: &str, now_s: i64) {
         let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let f = &mut *f;
-        let t = key_tenant(&f.discarded, tenant, &mut f.folded);
-        let e = f.discarded.entry((t, reason)).or_default();
+        let e = f.discarded.get(tenant, reason, || reason, &mut f.folded);
         e.0 += profiles;
         e.1 += bytes;
         if f.logged_second != now_s {
@@ -160,16 +184,20 @@ pub fn render(cores: impl Iterator<Item = impl std::ops::Deref<Target = Usage>>,
     let mut folded = 0;
     for u in cores {
         let f = u.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, r) in &f.received {
-            let e = received.entry(k.clone()).or_default();
-            e.compressed.add(&r.compressed);
-            e.decompressed.add(&r.decompressed);
-            e.samples.add(&r.samples);
+        for (tenant, by_type) in &f.received.tenants {
+            for (ty, r) in by_type {
+                let e = received.entry((tenant.clone(), ty.clone())).or_default();
+                e.compressed.add(&r.compressed);
+                e.decompressed.add(&r.decompressed);
+                e.samples.add(&r.samples);
+            }
         }
-        for (k, (p, b)) in &f.discarded {
-            let e = discarded.entry(k.clone()).or_default();
-            e.0 += p;
-            e.1 += b;
+        for (tenant, by_reason) in &f.discarded.tenants {
+            for (reason, (p, b)) in by_reason {
+                let e = discarded.entry((tenant.clone(), *reason)).or_default();
+                e.0 += p;
+                e.1 += b;
+            }
         }
         folded += f.folded;
     }

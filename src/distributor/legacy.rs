@@ -120,7 +120,6 @@ impl Refusal {
 }
 
 async fn ingest(dist: &Rc<Distributor>, tenant: &TenantId, r: &Req) -> IngestResult {
-    let tenant = tenant.clone();
     let params = r.params();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(name) = get("name") else {
@@ -142,13 +141,8 @@ async fn ingest(dist: &Rc<Distributor>, tenant: &TenantId, r: &Req) -> IngestRes
     let format = get("format").unwrap_or("");
 
     // Honour Content-Encoding: gzip for the whole body; payloads inside are sniffed too.
-    let gzipped = r
-        .headers
-        .get("content-encoding")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    let body: bytes::Bytes = if gzipped && compress::is_gzip(&r.body) {
-        match compress::gunzip_bounded(&r.body, inflated_body_limit(dist.limits_for(&tenant))) {
+    let body: bytes::Bytes = if r.gzip_encoded() && compress::is_gzip(&r.body) {
+        match compress::gunzip_bounded(&r.body, inflated_body_limit(dist.limits_for(tenant))) {
             Ok(b) => b.into(),
             Err(compress::InflateError::TooLarge { limit }) => {
                 let msg = format!("request body too large: inflated size exceeds {limit} bytes");
@@ -166,21 +160,21 @@ async fn ingest(dist: &Rc<Distributor>, tenant: &TenantId, r: &Req) -> IngestRes
     } else {
         r.body.clone()
     };
-    let text = TextRequest { tenant: &tenant, name: &name, spy, from, sample_rate };
+    let text = TextRequest { tenant, name: &name, spy, from, sample_rate };
     match format {
         "trie" | "tree" | "" if binary_kind(format, content_type).is_some() => {
             let kind = binary_kind(format, content_type).expect("just matched");
             ingest_text(dist, &text, kind, &body).await
         }
-        "pprof" => ingest_pprof(dist, &tenant, &name, spy, from, &body, None).await,
+        "pprof" => ingest_pprof(dist, tenant, &name, spy, from, &body, None).await,
         "jfr" => {
             let req =
                 super::jfr::ingest::Request { name: &name, spy, from, until, sample_rate, content_type, body: &body };
-            super::jfr::ingest::ingest(dist, &tenant, req).await
+            super::jfr::ingest::ingest(dist, tenant, req).await
         }
         "speedscope" => ingest_speedscope(dist, &text, &body).await,
         "" if content_type.to_ascii_lowercase().contains("multipart/form-data") => {
-            ingest_multipart(dist, &tenant, &name, spy, from, content_type, &body).await
+            ingest_multipart(dist, tenant, &name, spy, from, content_type, &body).await
         }
         "" | "folded" | "collapsed" | "groups" | "lines" => {
             let kind = if format == "lines" { TextKind::Lines } else { TextKind::Folded };

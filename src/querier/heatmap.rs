@@ -6,7 +6,7 @@
 use kiln_proto::types::v1 as t;
 use kiln_shards::model::labels::Labels;
 use kiln_shards::model::profile::format_span_id;
-use kiln_shards::query::HeatPoint;
+use kiln_shards::query::{step_end, HeatPoint};
 use std::collections::BTreeMap;
 
 /// Value buckets per heatmap (Pyroscope's `DefaultYAxisBuckets`).
@@ -85,13 +85,7 @@ fn bucket_of(v: i64, buckets: &[Bucket]) -> Option<usize> {
 /// The end of the time slot `ts` falls in: slots are `(start + (k-1)·step, start + k·step]`,
 /// clamped to `[start, the slot of end]`.
 fn slot_of(ts: i64, start: i64, end: i64, step: i64) -> i64 {
-    let up = |t: i64| {
-        let k = (i128::from(t) - i128::from(start)).div_euclid(i128::from(step));
-        let at = i128::from(start) + k * i128::from(step);
-        let at = if at < i128::from(t) { at + i128::from(step) } else { at };
-        i64::try_from(at).unwrap_or(i64::MAX)
-    };
-    up(ts).clamp(start, up(end).max(start))
+    step_end(ts, start, step).clamp(start, step_end(end, start, step).max(start))
 }
 
 /// The heatmap series, in group label order. `exemplars`: attach each cell's largest point.
@@ -157,9 +151,7 @@ pub fn step_exemplars(
     let mut best: BTreeMap<(Labels, i64), (HeatPoint, u32)> = BTreeMap::new();
     for (labels, g) in &groups.groups {
         for &(p, series) in &g.points {
-            let k = (i128::from(p.ts_ms) - i128::from(start) + i128::from(step) - 1).div_euclid(i128::from(step));
-            let at = i64::try_from(i128::from(start) + k * i128::from(step)).unwrap_or(i64::MAX);
-            let e = best.entry((labels.clone(), at)).or_insert((p, series));
+            let e = best.entry((labels.clone(), step_end(p.ts_ms, start, step))).or_insert((p, series));
             if p.value > e.0.value {
                 *e = (p, series);
             }

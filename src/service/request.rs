@@ -13,6 +13,14 @@ pub struct Req {
 }
 
 impl Req {
+    /// Whether the body says `Content-Encoding: gzip`.
+    pub fn gzip_encoded(&self) -> bool {
+        self.headers
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"))
+    }
+
     pub fn params(&self) -> Vec<(String, String)> {
         form_urlencoded(&self.query)
     }

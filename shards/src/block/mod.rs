@@ -322,7 +322,6 @@ pub fn load_series(
         });
     }
     let mut err: Option<FormatError> = None;
-    let mut span_row: Vec<(u32, u64, i64)> = Vec::new();
     file.read_spans(
         fetched,
         &rows_to_read(index, selected, file, min_ns, max_ns),
@@ -352,9 +351,7 @@ pub fn load_series(
                 Ok(n) => s.offsets.push(n),
                 Err(_) => err = Some(FormatError::Mismatch(format!("series {si} has more than 2^32 samples"))),
             }
-            span_row.clear();
-            span_row.extend((0..spans.stacks.len()).map(|j| (spans.stacks[j], spans.spans[j], spans.values[j])));
-            s.push_span_samples(&span_row);
+            s.push_span_samples((0..spans.stacks.len()).map(|j| (spans.stacks[j], spans.spans[j], spans.values[j])));
         },
     )?;
     if let Some(e) = err {

@@ -156,7 +156,7 @@ impl TenantHead {
                 series.timestamps.push(p.time_nanos);
                 series.totals.push(total);
                 series.offsets.push(series.stacks.len() as u32);
-                series.push_span_samples(&span_row);
+                series.push_span_samples(span_row.iter().copied());
                 self.span_samples += span_row.len() as u64;
                 stats.profiles += 1;
                 stats.samples += n;

@@ -55,15 +55,20 @@ impl R<'_> {
 /// An ingest record without a push key (what kiln wrote before keys; still read).
 pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
     let mut w = Writer::with_capacity(1024);
-    w.byte(VERSION | spans_flag(p, groups));
-    encode_body(&mut w, tenant, p, groups);
+    let spans = span_count(p, groups);
+    w.byte(VERSION | spans_flag(spans));
+    encode_body(&mut w, tenant, p, groups, spans);
     w.0
 }
 
-/// [`WITH_SPANS`] if a sample of the groups has a span id.
-fn spans_flag(p: &Profile, groups: &[SampleGroup]) -> u8 {
-    let any = groups.iter().flat_map(|g| g.samples.iter()).any(|&si| p.samples[si as usize].span_id != 0);
-    if any {
+/// The samples of the groups with a span id (one pass, for the flag and the section).
+fn span_count(p: &Profile, groups: &[SampleGroup]) -> usize {
+    groups.iter().flat_map(|g| g.samples.iter()).filter(|&&si| p.samples[si as usize].span_id != 0).count()
+}
+
+/// [`WITH_SPANS`] if `spans` samples have a span id.
+fn spans_flag(spans: usize) -> u8 {
+    if spans > 0 {
         WITH_SPANS
     } else {
         0
@@ -74,9 +79,10 @@ fn spans_flag(p: &Profile, groups: &[SampleGroup]) -> u8 {
 /// core's WAL, takes it back (the push was refused after this record was written).
 pub fn encode_keyed(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
     let mut w = Writer::with_capacity(1024);
-    w.byte(KEYED | spans_flag(p, groups));
+    let spans = span_count(p, groups);
+    w.byte(KEYED | spans_flag(spans));
     w.u(key);
-    encode_body(&mut w, tenant, p, groups);
+    encode_body(&mut w, tenant, p, groups, spans);
     w.0
 }
 
@@ -97,7 +103,8 @@ pub fn abort_key(b: &[u8]) -> Option<u64> {
     r.u().ok().filter(|_| r.at_end())
 }
 
-fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup]) {
+/// `spans`: how many of the groups' samples have a span id (`span_count`).
+fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup], spans: usize) {
     w.str(tenant);
     w.u(p.strings.len() as u64);
     for s in &p.strings {
@@ -168,10 +175,8 @@ fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup]
     // records written before span profiles do, and its first byte says so): their count, then each as the sample's
     // position in the record (its order across groups, as a delta from the previous one)
     // and the id.
-    let spanned = groups.iter().flat_map(|g| g.samples.iter()).filter(|&&si| p.samples[si as usize].span_id != 0);
-    let n = spanned.count();
-    if n > 0 {
-        w.u(n as u64);
+    if spans > 0 {
+        w.u(spans as u64);
         let mut prev = 0u64;
         let all = groups.iter().flat_map(|g| g.samples.iter());
         for (pos, &si) in all.enumerate() {

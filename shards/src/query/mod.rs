@@ -106,6 +106,15 @@ impl SpanSet {
     }
 }
 
+/// The end of the step `ts_ms` falls in: the first boundary `start_ms + k·step_ms` at or
+/// after it (SelectSeries' points, heatmap slots). In i128: no start and step a query may
+/// bring can overflow it; a boundary past i64 is i64::MAX.
+pub fn step_end(ts_ms: i64, start_ms: i64, step_ms: i64) -> i64 {
+    let (ts, start, step) = (i128::from(ts_ms), i128::from(start_ms), i128::from(step_ms));
+    let k = (ts - start + step - 1).div_euclid(step);
+    i64::try_from(start + k * step).unwrap_or(i64::MAX)
+}
+
 impl Selection {
     pub fn contains_ns(&self, ts_ns: i64) -> bool {
         let ms = ts_ns.div_euclid(1_000_000);

@@ -241,12 +241,7 @@ pub async fn handle_http(dist: &Rc<Distributor>, r: &Req) -> Response {
 
 async fn handle_body(dist: &Rc<Distributor>, r: &Req, encoding: Encoding) -> Result<(), RpcError> {
     let body_limit = dist.limits.default().body_limit_bytes();
-    let gzipped = r
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    let body: Bytes = if gzipped {
+    let body: Bytes = if r.gzip_encoded() {
         let limit = if body_limit > 0 { body_limit } else { usize::MAX / 2 };
         compress::gunzip_bounded(&r.body, limit)
             .map_err(|e| match e {
