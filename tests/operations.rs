@@ -180,15 +180,21 @@ fn test_config_shows_the_resolved_cores_and_directories() {
     let yaml = get(k.port, "/config").text();
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(yaml_value(&yaml, "", "shards"), Some(cores.to_string()), "{yaml}");
+    // Pyroscope's tree: what /config shows can be pasted into a config file.
+    assert_eq!(yaml_value(&yaml, "server", "http_listen_port"), Some(k.port.to_string()), "{yaml}");
     let data = k.data.display().to_string();
-    assert_eq!(yaml_value(&yaml, "", "wal_dir"), Some(format!("{data}/wal")), "{yaml}");
+    assert_eq!(yaml_value(&yaml, "ingester", "wal_dir"), Some(format!("{data}/wal")), "{yaml}");
     assert_eq!(yaml_value(&yaml, "compactor", "data_dir"), Some(format!("{data}/compactor")), "{yaml}");
     let filesystem = yaml.lines().skip_while(|l| *l != "storage:").find_map(|l| l.strip_prefix("    dir: "));
     assert_eq!(filesystem, Some(format!("{data}/blocks").as_str()), "{yaml}");
     // A directory given explicitly is shown as given.
     let k = Kiln::start(&["-ingester.wal-dir=/tmp/kiln-explicit-wal-for-config-test"]);
     let yaml = get(k.port, "/config").text();
-    assert_eq!(yaml_value(&yaml, "", "wal_dir"), Some("/tmp/kiln-explicit-wal-for-config-test".into()), "{yaml}");
+    assert_eq!(
+        yaml_value(&yaml, "ingester", "wal_dir"),
+        Some("/tmp/kiln-explicit-wal-for-config-test".into()),
+        "{yaml}"
+    );
     drop(k);
     let _ = std::fs::remove_dir_all("/tmp/kiln-explicit-wal-for-config-test");
 }

@@ -5,6 +5,7 @@
 //! Where Pyroscope reads 0 as "no limit", so does kiln.
 pub mod expand_env;
 pub mod modes;
+mod yaml;
 
 pub use modes::{BackendKind, Component, LogFormat, LogLevel, Target, WalSyncPolicy};
 use serde::Serialize;
@@ -199,10 +200,9 @@ impl Default for Storage {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub target: Target,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub config_file: String,
     pub http_listen_address: String,
     pub http_listen_port: u16,
@@ -211,15 +211,12 @@ pub struct Config {
     pub grpc_listen_port: u16,
     /// Time to read a request, head and body, from its first byte (for a new connection: from
     /// the accept); 0 = no limit.
-    #[serde(with = "go_duration")]
     pub http_server_read_timeout: Duration,
     /// Time to hand a response over once it is ready, and the longest a connection's writes
     /// may make no progress; 0 = no limit.
-    #[serde(with = "go_duration")]
     pub http_server_write_timeout: Duration,
     /// An HTTP/1.1 keep-alive connection, or an HTTP/2 one, with no request open for this
     /// long is closed; 0 = no limit.
-    #[serde(with = "go_duration")]
     pub http_server_idle_timeout: Duration,
     /// Open client connections, over every core; past it a new one is closed at once; 0 = no
     /// limit. Unset: the open-file limit less a reserve (`effective_http_conn_limit`).
@@ -230,7 +227,6 @@ pub struct Config {
     pub storage_path: String,
     /// Cores (executors) to run, each owning its shard of the series (`-shards`, the flag's
     /// name since the first version). 0 = one per available core.
-    #[serde(rename = "shards")]
     pub cores: usize,
     pub ring_tokens_per_core: u32,
     /// Empty: `<storage_path>/wal`.
@@ -242,7 +238,6 @@ pub struct Config {
     /// half of the machine's memory, split over the cores.
     pub max_head_bytes_per_core: Option<u64>,
     /// A head is cut into a block this long after its first profile.
-    #[serde(with = "go_duration")]
     pub max_block_duration: Duration,
     /// A core's head is cut into blocks once it holds this many bytes. Unset: a quarter of
     /// the head limit.
@@ -264,16 +259,13 @@ pub struct Config {
     /// Ingesters each series is written to (`-distributor.replication-factor`).
     pub replication_factor: usize,
     /// How long a push waits for its replicas' quorum (`-distributor.push.timeout`).
-    #[serde(with = "go_duration")]
     pub push_timeout: Duration,
     /// Pyroscope's `-querier.query-store-after`: accepted for compatibility, no effect (each
     /// ingester answers for the blocks it cut as long as they exist; see README, Cluster mode).
-    #[serde(with = "go_duration")]
     pub query_store_after: Duration,
     /// Store-gateways each block is served by (`-store-gateway.sharding-ring.replication-factor`).
     pub store_gateway_replication_factor: usize,
     /// How often a store-gateway re-reads the bucket indexes (`-store-gateway.sync-interval`).
-    #[serde(with = "go_duration")]
     pub store_gateway_sync_interval: Duration,
     /// The query-frontend, the query-scheduler and the querier's workers.
     pub read_path: ReadPath,
@@ -733,10 +725,6 @@ impl Config {
         }
     }
 
-    pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
-    }
-
     /// The config as the process runs it, for `/config`: the values whose default is
     /// resolved at start (empty or 0 in the flags) replaced by what they resolve to: the
     /// cores (`shards`), the WAL, filesystem blocks and compactor directories.
@@ -1061,175 +1049,11 @@ impl Config {
         }
         Ok(true)
     }
-
-    fn apply_yaml(&mut self, text: &str) -> Result<(), String> {
-        let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| format!("parsing config file: {e}"))?;
-        let get = |path: &[&str]| -> Option<String> {
-            let mut v = &doc;
-            for p in path {
-                v = v.get(p)?;
-            }
-            Some(yaml_scalar(v))
-        };
-        for (path, flag) in YAML_KEYS {
-            if let Some(v) = get(path) {
-                self.set_flag(flag, &v)?;
-            }
-        }
-        if let Some(serde_yaml::Value::Sequence(joins)) = doc.get("memberlist").and_then(|m| m.get("join_members")) {
-            for j in joins {
-                self.set_flag("memberlist.join", &yaml_scalar(j))?;
-            }
-        }
-        if let Some(l) = doc.get("limits") {
-            apply_limits_yaml(&mut self.limits, l)?;
-        }
-        if let Some(serde_yaml::Value::Mapping(m)) = doc.get("overrides") {
-            for (tenant, l) in m {
-                let mut lim = self.limits.clone();
-                apply_limits_yaml(&mut lim, l)?;
-                self.overrides.insert(yaml_scalar(tenant), lim);
-            }
-        }
-        Ok(())
-    }
 }
-
-const LIMIT_KEYS: &[(&str, &str)] = &[
-    ("reject_older_than", "validation.reject-older-than"),
-    ("reject_newer_than", "validation.reject-newer-than"),
-    ("max_profile_size_bytes", "validation.max-profile-size-bytes"),
-    ("max_profile_stacktrace_samples", "validation.max-profile-stacktrace-samples"),
-    ("max_label_names_per_series", "validation.max-label-names-per-series"),
-    ("max_local_series_per_tenant", "ingester.max-local-series-per-tenant"),
-    ("max_global_series_per_tenant", "ingester.max-global-series-per-tenant"),
-    ("max_label_name_length", "validation.max-length-label-name"),
-    ("max_label_value_length", "validation.max-length-label-value"),
-    ("ingestion_rate_mb", "distributor.ingestion-rate-limit-mb"),
-    ("ingestion_burst_size_mb", "distributor.ingestion-burst-size-mb"),
-    ("ingestion_body_limit_mb", "distributor.ingestion-body-limit-mb"),
-    ("max_query_lookback", "querier.max-query-lookback"),
-    ("max_query_length", "querier.max-query-length"),
-    ("max_flamegraph_nodes_default", "querier.max-flamegraph-nodes-default"),
-    ("max_flamegraph_nodes_max", "querier.max-flamegraph-nodes-max"),
-    ("max_query_series", "querier.max-query-series"),
-    ("max_query_points", "querier.max-query-points"),
-    ("split_queries_by_interval", "querier.split-queries-by-interval"),
-    ("max_query_parallelism", "querier.max-query-parallelism"),
-    ("ingestion_tenant_shard_size", "distributor.ingestion-tenant-shard-size"),
-    ("store_gateway_tenant_shard_size", "store-gateway.tenant-shard-size"),
-    ("max_queriers_per_tenant", "query-frontend.max-queriers-per-tenant"),
-    ("compactor_tenant_shard_size", "compactor.compactor-tenant-shard-size"),
-    ("compactor_blocks_retention_period", "compactor.blocks-retention-period"),
-];
-
-/// The YAML keys (Pyroscope's config file tree) and the flag each one sets.
-const YAML_KEYS: &[(&[&str], &str)] = &[
-    (&["target"], "target"),
-    (&["server", "http_listen_port"], "server.http-listen-port"),
-    (&["server", "grpc_listen_port"], "server.grpc-listen-port"),
-    (&["server", "http_listen_address"], "server.http-listen-address"),
-    (&["server", "http_server_read_timeout"], "server.http-server-read-timeout"),
-    (&["server", "http_server_write_timeout"], "server.http-server-write-timeout"),
-    (&["server", "http_server_idle_timeout"], "server.http-server-idle-timeout"),
-    (&["server", "http_conn_limit"], "server.http-conn-limit"),
-    (&["server", "max_inflight_body_bytes"], "server.max-inflight-body-bytes"),
-    (&["storage", "path"], "storage.path"),
-    (&["storage", "backend"], "storage.backend"),
-    (&["storage", "filesystem", "dir"], "storage.filesystem.dir"),
-    (&["storage", "prefix"], "storage.prefix"),
-    (&["storage", "s3", "bucket_lookup_type"], "storage.s3.bucket-lookup-type"),
-    (&["storage", "s3", "signature_version"], "storage.s3.signature-version"),
-    (&["storage", "s3", "native_aws_auth_enabled"], "storage.s3.native-aws-auth-enabled"),
-    (&["storage", "s3", "endpoint"], "storage.s3.endpoint"),
-    (&["storage", "s3", "bucket_name"], "storage.s3.bucket-name"),
-    (&["storage", "s3", "region"], "storage.s3.region"),
-    (&["storage", "s3", "access_key_id"], "storage.s3.access-key-id"),
-    (&["storage", "s3", "secret_access_key"], "storage.s3.secret-access-key"),
-    (&["storage", "s3", "insecure"], "storage.s3.insecure"),
-    (&["storage", "s3", "force_path_style"], "storage.s3.force-path-style"),
-    (&["storage", "gcs", "bucket_name"], "storage.gcs.bucket-name"),
-    (&["storage", "gcs", "service_account"], "storage.gcs.service-account"),
-    (&["storage", "azure", "account_name"], "storage.azure.account-name"),
-    (&["storage", "azure", "account_key"], "storage.azure.account-key"),
-    (&["storage", "azure", "container_name"], "storage.azure.container-name"),
-    (&["storage", "azure", "endpoint_suffix"], "storage.azure.endpoint-suffix"),
-    (&["ingester", "wal_dir"], "ingester.wal-dir"),
-    (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes"),
-    (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy"),
-    (&["ingester", "max_head_bytes_per_core"], "ingester.max-head-bytes-per-core"),
-    (&["ingester", "max_block_duration"], "ingester.max-block-duration"),
-    (&["ingester", "max_block_bytes"], "ingester.max-block-bytes"),
-    (&["store_gateway", "cache_bytes_per_core"], "store-gateway.cache-bytes-per-core"),
-    (&["shards"], "shards"),
-    (&["memberlist", "bind_addr"], "memberlist.bind-addr"),
-    (&["memberlist", "bind_port"], "memberlist.bind-port"),
-    (&["memberlist", "advertise_addr"], "memberlist.advertise-addr"),
-    (&["memberlist", "advertise_port"], "memberlist.advertise-port"),
-    (&["memberlist", "cluster_label"], "memberlist.cluster-label"),
-    (&["ring", "instance_id"], "ring.instance-id"),
-    (&["ring", "instance_availability_zone"], "ring.instance-availability-zone"),
-    (&["ring", "heartbeat_timeout"], "ring.heartbeat-timeout"),
-    (&["ring", "auto_forget_after"], "ring.auto-forget-after"),
-    (&["ingester", "heartbeat_period"], "ingester.heartbeat-period"),
-    (&["distributor", "replication_factor"], "distributor.replication-factor"),
-    (&["distributor", "push_timeout"], "distributor.push.timeout"),
-    (&["querier", "query_store_after"], "querier.query-store-after"),
-    (&["querier", "max_concurrent"], "querier.max-concurrent"),
-    (
-        &["query_scheduler", "max_outstanding_requests_per_tenant"],
-        "query-scheduler.max-outstanding-requests-per-tenant",
-    ),
-    (&["frontend", "scheduler_address"], "query-frontend.scheduler-address"),
-    (&["frontend_worker", "scheduler_address"], "querier.scheduler-address"),
-    (&["frontend", "cache_results"], "query-frontend.cache-results"),
-    (&["frontend", "results_cache_max_bytes"], "query-frontend.results-cache-max-bytes"),
-    (&["frontend", "max_cache_freshness"], "query-frontend.max-cache-freshness"),
-    (&["store_gateway", "sharding_ring", "replication_factor"], "store-gateway.sharding-ring.replication-factor"),
-    (&["store_gateway", "sync_interval"], "store-gateway.sync-interval"),
-    (&["blocks_storage", "bucket_store", "sync_interval"], "store-gateway.sync-interval"),
-    (&["compactor", "block_ranges"], "compactor.block-ranges"),
-    (&["compactor", "compaction_interval"], "compactor.compaction-interval"),
-    (&["compactor", "first_level_compaction_wait_period"], "compactor.first-level-compaction-wait-period"),
-    (&["compactor", "compaction_concurrency"], "compactor.compaction-concurrency"),
-    (&["compactor", "deletion_delay"], "compactor.deletion-delay"),
-    (&["compactor", "cleanup_interval"], "compactor.cleanup-interval"),
-    (&["compactor", "partial_block_deletion_delay"], "compactor.partial-block-deletion-delay"),
-    (&["compactor", "max_memory_bytes"], "compactor.max-memory-bytes"),
-    (&["compactor", "data_dir"], "compactor.data-dir"),
-    (&["multitenancy_enabled"], "auth.multitenancy-enabled"),
-    (&["auth", "multitenancy_enabled"], "auth.multitenancy-enabled"),
-];
 
 /// A shuffle shard size: a whole number of instances, 0 for all of them.
 fn parse_shard_size(v: &str) -> Result<usize, String> {
     v.trim().parse().map_err(|_| "a shard size is a whole number of instances, 0 for all of them".to_string())
-}
-
-fn apply_limits_yaml(limits: &mut Limits, v: &serde_yaml::Value) -> Result<(), String> {
-    let mut tmp = Config { limits: limits.clone(), ..Config::default() };
-    if let serde_yaml::Value::Mapping(m) = v {
-        for (k, val) in m {
-            let key = yaml_scalar(k);
-            let Some((_, flag)) = LIMIT_KEYS.iter().find(|(y, _)| *y == key) else {
-                return Err(format!("config file: unknown key limits.{key}"));
-            };
-            tmp.set_flag(flag, &yaml_scalar(val))?;
-        }
-    }
-    *limits = tmp.limits;
-    Ok(())
-}
-
-fn yaml_scalar(v: &serde_yaml::Value) -> String {
-    match v {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        // A list (`block_ranges: [1h, 2h, 8h]`) as the comma-separated flag value.
-        serde_yaml::Value::Sequence(items) => items.iter().map(yaml_scalar).collect::<Vec<_>>().join(","),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
-    }
 }
 
 fn split_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
