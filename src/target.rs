@@ -9,9 +9,13 @@
 //!    blocks already hold, and each block this instance serves is handed to the core that
 //!    owns it; in a cluster, a store-gateway then keeps its blocks in step with the bucket
 //!    (`store_gateway::sync`);
-//! 2. the ingester: each core's WAL writer, then the replay of the WAL into the heads (the
-//!    port is still closed);
-//! 3. the distributor and the querier, behind the edge: every core opens the port.
+//! 2. the ingester: each core's WAL writer, then the replay of the WAL into the heads;
+//! 3. the distributor and the querier, behind the edge: the process is started.
+//!
+//! Every core opens the port before step 1, but until step 3 it serves only the process's
+//! own pages (`/ready` says what the start is doing and how far the WAL replay has got,
+//! `/metrics`, `/config` …); every other route answers 503, so no client sees a partial
+//! head.
 //!
 //! The query-frontend and the query-scheduler (cluster targets only) keep nothing on disk:
 //! they start with the edge at step 3, as does a querier's pull loop over the schedulers.
@@ -94,6 +98,9 @@ pub fn run(cfg: Config) {
     let pin = cores >= cpus || !shared.cfg.cluster_mode();
     let started =
         kiln_shards::runtime::start(cores, local_ring, pin, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
+    // The port opens now: while the steps below run, `/ready` says how far they have got
+    // and every route but the process's own pages answers 503 (`Readiness::started`).
+    drop(started.gate);
     let services = shared.services.clone();
     // 1. store-gateway: every block this instance serves to the core that owns it.
     if serves.cut_here || serves.shared {
@@ -123,7 +130,7 @@ pub fn run(cfg: Config) {
         // 2. ingester: the WAL records no indexed block holds, into the heads.
         if let Some(w) = &wal {
             services.set(Component::Ingester.as_str(), ServiceState::Starting);
-            w.replay(&started.mesh, &bucket.indexed());
+            w.replay(&started.mesh, &bucket.indexed(), &shared.readiness.replay);
             services.set(Component::Ingester.as_str(), ServiceState::Running);
         }
     }
@@ -132,7 +139,7 @@ pub fn run(cfg: Config) {
         services.set(c.as_str(), ServiceState::Running);
     }
     services.set("server", ServiceState::Running);
-    drop(started.gate);
+    shared.readiness.started();
     if let Some(c) = &cluster {
         c.set_state(State::Active);
     }
@@ -254,10 +261,15 @@ impl WalSetup {
 
     /// Replays the last generation into the heads (skipping what `indexed` blocks hold) and
     /// commits the new one.
-    fn replay(&self, mesh: &kiln_shards::runtime::Mesh, indexed: &store_gateway::Indexed) {
+    fn replay(
+        &self,
+        mesh: &kiln_shards::runtime::Mesh,
+        indexed: &store_gateway::Indexed,
+        progress: &crate::service::readiness::ReplayProgress,
+    ) {
         let gens = &self.gens;
         if let Some((_, source)) = &gens.source {
-            if let Err(e) = ingester::replay::replay(source, mesh, indexed, gens.adopt) {
+            if let Err(e) = ingester::replay::replay(source, mesh, indexed, gens.adopt, progress) {
                 fail(if gens.adopt { e.to_string() } else { rewrite_failed(gens, &self.dir, &self.ring, e) });
             }
         }

@@ -138,3 +138,59 @@ fn a_second_kiln_on_a_port_in_use_is_refused() {
     assert!(err.contains("already served by another process"), "{err}");
     assert!(push_seq(k.port, 7));
 }
+
+/// The port opens before the WAL replay: `/ready` says how far it has got and the process's
+/// own pages answer, while writes and queries are refused with a retryable 503 (none of it
+/// stored) until the heads hold everything acknowledged.
+#[test]
+fn ready_tells_how_far_the_wal_replay_has_got_while_other_routes_wait() {
+    let k = Kiln::start(&[]);
+    for i in 0..50 {
+        assert!(push_seq(k.port, i));
+    }
+    let want: i64 = (0..50).map(|i| i + 1).sum();
+    let (data, held) = k.kill_keeping_port();
+    let port = held.0;
+    // Replay stops after its first segment for as long as this file exists.
+    let pause = std::env::temp_dir().join(format!("kiln-pause-{}", std::process::id()));
+    std::fs::write(&pause, "").unwrap();
+    let spawn = Spawn {
+        env: vec![
+            ("KILN_PAUSE_AT", "ingester:replay-segment".into()),
+            ("KILN_PAUSE_FILE", pause.display().to_string()),
+        ],
+        ..Spawn::default()
+    };
+    let k = Kiln::launch_at(data, held, &[], &spawn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let said = loop {
+        match raw_get(port, "/ready") {
+            Some((503, body)) if body.contains("replaying the WAL") => break body,
+            Some((200, body)) => panic!("ready while the replay is held: {body}"),
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "/ready never told of the replay");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(said.contains("MB") && said.contains('%'), "{said}");
+    assert_eq!(metric(port, "kiln_ready"), 0.0);
+    assert!(metric(port, "kiln_wal_replay_size_bytes") > 0.0);
+    assert!(metric(port, "kiln_wal_replay_bytes") > 0.0);
+    // Writes and queries wait for the start, retryably; the write is not stored.
+    let r = post(port, "/ingest?name=dur.cpu%7Bseq%3D999%7D&format=folded", &[], b"main;late 1\n".to_vec());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("replaying the WAL"), "{}", r.text());
+    let r = connect_json(port, "/querier.v1.QuerierService/LabelNames", &[], serde_json::json!({}));
+    assert_eq!(r.status, 503, "{}", r.text());
+    std::fs::remove_file(&pause).unwrap();
+    while raw_get(port, "/ready").map(|r| r.0) != Some(200) {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(30), "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(metric(port, "kiln_ready"), 1.0);
+    assert_eq!(metric(port, "kiln_wal_replay_bytes"), metric(port, "kiln_wal_replay_size_bytes"));
+    let (got, total) = seqs_and_total(port, "dur");
+    assert_eq!(got, (0..50).collect::<BTreeSet<u64>>());
+    assert_eq!(total, want);
+    drop(k);
+}

@@ -223,7 +223,8 @@ impl Edge {
 /// Accepts and serves connections on this core until the process exits: on the HTTP port,
 /// and on `-server.grpc-listen-port` when set (the same APIs, as Pyroscope's gRPC port).
 pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
-    // The port opens only once the WAL has been replayed into the heads.
+    // The port opens once the process has started its cores; until its start finishes
+    // (the WAL replayed into the heads) the router serves only the process's own pages.
     let _ = ctx.gate.recv_async().await;
     let core = Rc::new(Edge::new(ctx.core, ctx.mesh, shared.clone()));
     let listen = |port: u16| {

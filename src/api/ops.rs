@@ -128,7 +128,7 @@ pub async fn serve_rpc(core: &Rc<Edge>, rpc: &Call<'_>, service: &str, method: &
 
 pub fn ready(core: &Edge) -> Response {
     if !core.shared.ready() {
-        return text(503, "text/plain; charset=utf-8", "not ready: cores are still starting");
+        return text(503, "text/plain; charset=utf-8", format!("not ready: {}", core.shared.readiness.why_not_ready()));
     }
     // A query-frontend can answer nothing until it has a scheduler to enqueue at.
     if let (Some(_), Some(c)) = (&core.shared.frontend, &core.shared.cluster) {
@@ -155,6 +155,7 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
         }
     }
     render_bounds(&mut out);
+    render_start(&core.shared.readiness, &mut out);
     if let Some(c) = &core.shared.cluster {
         c.render_metrics(&mut out);
     }
@@ -337,6 +338,24 @@ fn render_tenant_series(stats: &[CoreStats], out: &mut String) {
         for (ty, v) in kiln_shards::ingester::HEAD_SIZE_TYPES.iter().zip(others) {
             let _ = writeln!(out, "{name}{{component=\"ingester\",tenant=\"#others\",type=\"{ty}\"}} {v}");
         }
+    }
+}
+
+/// Whether the process is ready, and how far its WAL replay has got (the port opens before
+/// the replay, so these answer during it).
+fn render_start(r: &crate::service::readiness::Readiness, out: &mut String) {
+    let (done, total, _) = r.replay.get();
+    let rows = [
+        (
+            "kiln_ready",
+            "1 once the start finished and every core serves, 0 while starting or stopping.",
+            u64::from(r.ready()),
+        ),
+        ("kiln_wal_replay_bytes", "Bytes of WAL segments replayed into the heads at this start.", done),
+        ("kiln_wal_replay_size_bytes", "Bytes of WAL segments this start replays.", total),
+    ];
+    for (name, help, v) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
 }
 

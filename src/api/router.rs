@@ -186,6 +186,17 @@ async fn dispatch(req: http::Request<Incoming>, core: &Rc<Edge>, dest: Dest, cla
             _ => http_error(StatusCode::NOT_FOUND, &msg),
         };
     }
+    // The port opens before the start finishes (blocks opened, the WAL replayed): until
+    // then only the process's own pages answer, everything else is a retryable 503.
+    if !core.shared.readiness.is_started()
+        && !matches!(dest, Dest::Rpc(RpcOwner::Ops, _) | Dest::Http(HttpDest::Ops(_)) | Dest::Unknown)
+    {
+        let msg = format!("not ready: {}", core.shared.readiness.why_not_ready());
+        return match (rpc::detect(req.headers()), &dest) {
+            (Some(p), Dest::Rpc(..)) => rpc::respond_error(p, &RpcError::new(Code::Unavailable, msg)),
+            _ => http_error(StatusCode::SERVICE_UNAVAILABLE, &msg),
+        };
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let proto = rpc::detect(&parts.headers);

@@ -63,7 +63,7 @@ impl Ingester {
     /// pending, and the uploads and cut retries go on in the background.
     async fn flush(&self, r: &Req) -> Response {
         if !self.ready.ready() {
-            return text(503, "text/plain; charset=utf-8", "not ready: cores are still starting");
+            return text(503, "text/plain; charset=utf-8", format!("not ready: {}", self.ready.why_not_ready()));
         }
         let timeout = match r.param("timeout").map(|v| crate::config::parse_duration(&v)) {
             None => FLUSH_TIMEOUT,

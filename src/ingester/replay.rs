@@ -3,8 +3,10 @@
 //! and is not written again), else routed by the current ring and written again into the
 //! new generation, which `lib.rs` then commits.
 //!
-//! Runs on the main thread before any core opens the port, so `/ready` stays unready and no
-//! client sees a partial head.
+//! Runs on the main thread before the process is started: the port is open, but `/ready` is
+//! unready (saying how far replay has got, from `ReplayProgress`) and every route but the
+//! process's own pages answers 503, so no client sees a partial head.
+use crate::service::readiness::ReplayProgress;
 use kiln_io::error::ErrorKind;
 use kiln_io::wal::{self, record};
 use kiln_shards::ingester::head::AppendStats;
@@ -128,9 +130,16 @@ fn in_block(cuts: &Cuts, seg: &wal::SegmentFile, i: usize, tenant: &str) -> bool
 /// its own records), so the streams are read and decoded on parallel threads, as many as
 /// there are CPUs; the owning cores append what they are sent as at any time. `in_place`:
 /// the generation is adopted (see `kiln_io::wal`): records are only appended to the heads.
-pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed, in_place: bool) -> Result<ReplayStats, ReplayError> {
+pub fn replay(
+    source: &Path,
+    mesh: &Mesh,
+    indexed: &Indexed,
+    in_place: bool,
+    progress: &ReplayProgress,
+) -> Result<ReplayStats, ReplayError> {
     let started = Instant::now();
     let segs = wal::segments(source).map_err(|e| ReplayError::List { path: source.to_path_buf(), source: e })?;
+    progress.begin(segs.iter().map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len())).sum());
     let mut streams: Vec<&[wal::SegmentFile]> = segs.chunk_by(|a, b| a.core == b.core).collect();
     streams.reverse();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -144,7 +153,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed, in_place: bool) -> 
                     loop {
                         let next = queue.lock().map_err(|_| ReplayError::Thread("a replay thread failed"))?.pop();
                         let Some(stream) = next else { return Ok(total) };
-                        let st = replay_stream(stream, mesh, indexed, in_place)?;
+                        let st = replay_stream(stream, mesh, indexed, in_place, progress)?;
                         total.add(&st);
                     }
                 })
@@ -152,6 +161,7 @@ pub fn replay(source: &Path, mesh: &Mesh, indexed: &Indexed, in_place: bool) -> 
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or(Err(ReplayError::Thread("a replay thread panicked")))).collect()
     });
+    progress.finish();
     let mut st = ReplayStats::default();
     for r in results {
         st.add(&r?);
@@ -187,6 +197,7 @@ fn replay_stream(
     mesh: &Mesh,
     indexed: &Indexed,
     in_place: bool,
+    progress: &ReplayProgress,
 ) -> Result<ReplayStats, ReplayError> {
     let (cuts, aborted) = scan_markers(segs, indexed);
     let mut st = ReplayStats::default();
@@ -202,8 +213,13 @@ fn replay_stream(
             st.dropped_tails += 1;
         }
         st.segments += 1;
+        let seg_bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+        let mut left = seg_bytes;
         for (i, rec) in records.into_iter().enumerate() {
             st.bytes += rec.len() as u64;
+            let n = (rec.len() as u64).min(left);
+            progress.advance(n);
+            left -= n;
             let entry = walcodec::decode_entry(&rec)
                 .map_err(|e| ReplayError::Undecodable { path: seg.path.clone(), error: e.to_string() })?;
             let walcodec::Entry::Ingest { key, tenant, profile, groups } = entry else { continue };
@@ -238,6 +254,9 @@ fn replay_stream(
                 drain(&mut waits)?;
             }
         }
+        // Record headers and a dropped tail: the segment's whole size counts as replayed.
+        progress.advance(left);
+        crate::service::pause_point("ingester:replay-segment");
     }
     drain(&mut waits)?;
     Ok(st)

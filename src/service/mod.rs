@@ -23,6 +23,22 @@ pub fn label_value(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// For tests that look at the process in the middle of a step, deterministically: when the
+/// environment variable `KILN_PAUSE_AT` names `step`, the calling thread waits there for as
+/// long as the file `KILN_PAUSE_FILE` exists (the test removes it to let the step go on).
+pub fn pause_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<(String, std::path::PathBuf)>> = std::sync::OnceLock::new();
+    let at =
+        AT.get_or_init(|| Some((std::env::var("KILN_PAUSE_AT").ok()?, std::env::var("KILN_PAUSE_FILE").ok()?.into())));
+    if let Some((s, file)) = at {
+        if s == step {
+            while file.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 /// For tests that kill kiln at a chosen step, deterministically: when the environment
 /// variable `KILN_CRASH_AT` names `step`, the process sends itself SIGKILL on the spot — a
 /// `kill -9` there: no destructor runs, nothing is synced or closed. Steps are named

@@ -84,9 +84,8 @@ impl Kiln {
     }
 
     /// Starts kiln on a data directory and a held port, and waits until it is ready.
-    pub fn start_at(data: PathBuf, (port, hold): (u16, socket2::Socket), args: &[&str], spawn: &Spawn) -> Kiln {
-        let child = Kiln::spawn_with(&data, port, args, spawn);
-        let mut k = Kiln { child, port, data, port_hold: Some(hold) };
+    pub fn start_at(data: PathBuf, held: (u16, socket2::Socket), args: &[&str], spawn: &Spawn) -> Kiln {
+        let mut k = Kiln::launch_at(data, held, args, spawn);
         let deadline = Instant::now() + Duration::from_secs(30);
         // Raw requests that fail softly: right after a kill the old process's listener may
         // still take (and then reset) connections.
@@ -99,6 +98,12 @@ impl Kiln {
             std::thread::sleep(Duration::from_millis(20));
         }
         k
+    }
+
+    /// Starts kiln on a data directory and a held port without waiting for it.
+    pub fn launch_at(data: PathBuf, (port, hold): (u16, socket2::Socket), args: &[&str], spawn: &Spawn) -> Kiln {
+        let child = Kiln::spawn_with(&data, port, args, spawn);
+        Kiln { child, port, data, port_hold: Some(hold) }
     }
 
     pub fn spawn(data: &std::path::Path, port: u16, args: &[&str]) -> Child {
