@@ -58,6 +58,7 @@ pub fn run(cfg: Config) {
     cfg.max_head_bytes_per_core = Some(cfg.effective_max_head_bytes());
     cfg.http_conn_limit = Some(cfg.effective_http_conn_limit(nofile));
     cfg.max_inflight_body_bytes = Some(cfg.effective_max_inflight_body_bytes());
+    crate::distributor::offload::configure(cfg.decode_offload_bytes);
     let backend = cfg.store_backend().unwrap_or_else(|e| fail(e));
     let store = kiln_io::store::Store::start_with_prefix(backend, &cfg.storage.prefix)
         .unwrap_or_else(|e| fail(format!("opening block storage: {e}")));

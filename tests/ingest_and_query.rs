@@ -548,3 +548,39 @@ fn stack_trace_selector_keeps_the_call_site() {
     .unwrap_err();
     assert_eq!(e.1, "unimplemented");
 }
+
+/// A large profile, pushed by Push and by `/ingest`, is decoded on a decode thread (counted
+/// on /metrics) and answers exactly as when its core decodes it (`-distributor.decode-offload-bytes=0`).
+#[test]
+fn large_profiles_decoded_off_their_core_answer_the_same() {
+    let raw = std::fs::read(testdata("pprof/google-pprof/large.cpu")).unwrap();
+    let mut answers = Vec::new();
+    for (offload, flag) in
+        [(true, "-distributor.decode-offload-bytes=524288"), (false, "-distributor.decode-offload-bytes=0")]
+    {
+        let mut flags = FIXTURE_FLAGS.to_vec();
+        flags.push(flag);
+        let k = Kiln::start(&flags);
+        let _: PushResponse =
+            connect(k.port, "/push.v1.PusherService/Push", &[], &push_req("process_cpu", "big-push", raw.clone()))
+                .unwrap();
+        let r = post(k.port, "/ingest?name=big-ingest&format=pprof", &[], raw.clone());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let decoded_off_core = metric(k.port, "kiln_distributor_decode_offloaded_total");
+        assert_eq!(decoded_off_core > 0.0, offload, "{decoded_off_core}");
+        let graphs: Vec<_> = ["big-push", "big-ingest"]
+            .iter()
+            .map(|s| {
+                let g = flamegraph(
+                    k.port,
+                    "process_cpu:samples:count:cpu:nanoseconds",
+                    &format!("{{service_name=\"{s}\"}}"),
+                );
+                (g.total, flamegraph_stacks(&g.names, &g.levels.iter().map(|l| l.values.clone()).collect::<Vec<_>>()))
+            })
+            .collect();
+        assert!(graphs.iter().all(|(total, _)| *total > 0), "nothing stored");
+        answers.push(graphs);
+    }
+    assert_eq!(answers[0], answers[1]);
+}

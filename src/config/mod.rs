@@ -260,6 +260,9 @@ pub struct Config {
     pub replication_factor: usize,
     /// How long a push waits for its replicas' quorum (`-distributor.push.timeout`).
     pub push_timeout: Duration,
+    /// Profiles this large (inflated bytes) are decoded on a decode thread, not on the core
+    /// that accepted them (`-distributor.decode-offload-bytes`); 0: every one on its core.
+    pub decode_offload_bytes: usize,
     /// Pyroscope's `-querier.query-store-after`: accepted for compatibility, no effect (each
     /// ingester answers for the blocks it cut as long as they exist; see README, Cluster mode).
     pub query_store_after: Duration,
@@ -457,6 +460,7 @@ impl Default for Config {
             ring: RingSettings::default(),
             replication_factor: 3,
             push_timeout: Duration::from_secs(5),
+            decode_offload_bytes: crate::distributor::offload::OFFLOAD_BYTES,
             query_store_after: Duration::from_secs(4 * 3600),
             read_path: ReadPath::default(),
             store_gateway_replication_factor: 1,
@@ -972,6 +976,7 @@ impl Config {
             "ring.auto-forget-after" => self.ring.auto_forget_after = parse_duration(v).map_err(bad)?,
             "distributor.replication-factor" => self.replication_factor = parse_num(v).map_err(bad)?,
             "distributor.push.timeout" => self.push_timeout = parse_duration(v).map_err(bad)?,
+            "distributor.decode-offload-bytes" => self.decode_offload_bytes = parse_num(v).map_err(bad)?,
             "querier.query-store-after" => self.query_store_after = parse_duration(v).map_err(bad)?,
             "store-gateway.sharding-ring.replication-factor" => {
                 self.store_gateway_replication_factor = parse_num(v).map_err(bad)?

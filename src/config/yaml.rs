@@ -89,6 +89,7 @@ const KEYS: &[(&[&str], &str, Get)] = &[
     (&["ingester", "heartbeat_period"], "ingester.heartbeat-period", |c| dur(c.ring.heartbeat_period)),
     (&["distributor", "replication_factor"], "distributor.replication-factor", |c| val(&c.replication_factor)),
     (&["distributor", "push_timeout"], "distributor.push.timeout", |c| dur(c.push_timeout)),
+    (&["distributor", "decode_offload_bytes"], "distributor.decode-offload-bytes", |c| val(&c.decode_offload_bytes)),
     (&["ring", "instance_id"], "ring.instance-id", |c| val(&c.ring.instance_id)),
     (&["ring", "instance_availability_zone"], "ring.instance-availability-zone", |c| val(&c.ring.availability_zone)),
     (&["ring", "heartbeat_timeout"], "ring.heartbeat-timeout", |c| dur(c.ring.heartbeat_timeout)),
@@ -317,6 +318,7 @@ mod tests {
                 "-validation.max-profile-size-bytes=1234",
                 "-querier.split-queries-by-interval=90m",
                 "-ring.tokens-per-core=7",
+                "-distributor.decode-offload-bytes=0",
                 "-auth.multitenancy-enabled=true",
             ],
         ];

@@ -1,7 +1,7 @@
 //! `POST /ingest` (alias `/pyroscope/ingest`): Pyroscope's legacy ingest API, as the Go, Ruby,
 //! Python, .NET and older Node SDKs and many scripts use it. See shared/api.md §2.2.
 use super::folded::{build_profile, folded_type, parse_folded, parse_lines};
-use super::{accept, discard, metrics, multipart, pprof, speedscope, trie, Accepted, Distributor};
+use super::{accept, discard, metrics, multipart, offload, pprof, speedscope, trie, Accepted, Distributor};
 use crate::service::body::{http_error, RespBody, Response};
 use crate::service::{Code, Req, RpcError};
 use crate::timeparse::{now_ns, parse_time_ns};
@@ -436,16 +436,25 @@ async fn ingest_pprof(
     let limits = dist.limits_for(tenant).clone();
     let unproc = |m: String| (StatusCode::UNPROCESSABLE_ENTITY, m);
     let max = if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { usize::MAX / 2 };
-    let bytes = compress::maybe_gunzip(raw, max).map_err(|e| unproc(format!("profile: {e}")))?;
-    metrics::add(&dist.metrics().decompressed_bytes, bytes.len() as u64);
     let pprof_limits = pprof::PprofLimits { max_samples: limits.max_profile_stacktrace_samples };
     // Strings the spy fixes derive count against the profile size limit (or, with that limit
     // off, the body limit) as if they had been sent.
     let size_limit =
         if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { limits.body_limit_bytes() };
-    let derived_budget = if size_limit > 0 { size_limit.saturating_sub(bytes.len()) } else { usize::MAX };
-    let (decoded, profile_name) =
-        decode_ingest_pprof(&bytes, spy, config, from, pprof_limits, derived_budget).map_err(unproc)?;
+    // A large profile is inflated and decoded off this core, which serves other requests
+    // meanwhile (a gzip pprof inflates to 2–5 times its size; twice is the estimate).
+    let cost = if compress::is_gzip(raw) { raw.len().saturating_mul(2) } else { raw.len() };
+    let (raw, spy_owned, config_owned) = (raw.to_vec(), spy.to_string(), config.cloned());
+    let (size, (decoded, profile_name)) = offload::run(cost, move || {
+        let bytes = compress::maybe_gunzip(&raw, max).map_err(|e| format!("profile: {e}"))?;
+        let derived_budget = if size_limit > 0 { size_limit.saturating_sub(bytes.len()) } else { usize::MAX };
+        let d = decode_ingest_pprof(&bytes, &spy_owned, config_owned.as_ref(), from, pprof_limits, derived_budget)?;
+        Ok::<_, String>((bytes.len(), d))
+    })
+    .await
+    .unwrap_or_else(|offload::Panicked| Err("decoding the profile failed unexpectedly".into()))
+    .map_err(unproc)?;
+    metrics::add(&dist.metrics().decompressed_bytes, size as u64);
     let mut base = Labels::from_pairs(name.labels.iter().cloned());
     base.set(labels::NAME, profile_name);
     base.set("pyroscope_spy", if spy.is_empty() { "unknown" } else { spy });
@@ -454,7 +463,7 @@ async fn ingest_pprof(
     }
     let acc =
         accept(&base, decoded, &limits, now_ns()).map_err(|e| Refusal::rpc(e, StatusCode::UNPROCESSABLE_ENTITY))?;
-    push_all(dist, tenant, bytes.len(), vec![acc], StatusCode::UNPROCESSABLE_ENTITY).await
+    push_all(dist, tenant, size, vec![acc], StatusCode::UNPROCESSABLE_ENTITY).await
 }
 
 /// What a folded-family body holds (shared/api.md §2.2): all become (stack, value) pairs

@@ -57,4 +57,5 @@ pub fn render(cores: &[DistributorMetrics], out: &mut String) {
         }
     }
     super::discard::render(cores.iter().map(|c| &c.usage), out);
+    super::offload::render(out);
 }

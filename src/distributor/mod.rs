@@ -8,6 +8,7 @@ pub mod jfr;
 pub mod legacy;
 pub mod metrics;
 pub mod multipart;
+pub mod offload;
 pub mod otlp;
 pub mod pprof;
 pub mod push;

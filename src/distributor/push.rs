@@ -2,7 +2,7 @@
 //! validated first; only a request that is valid as a whole is distributed (Pyroscope's
 //! distributor is all-or-nothing too).
 use super::metrics;
-use super::{accept, discard, normalize_series_labels, pprof, wirecost, Accepted, Distributor};
+use super::{accept, discard, normalize_series_labels, offload, pprof, wirecost, Accepted, Distributor};
 use crate::config::Limits;
 use crate::service::codec::{self, Protocol};
 use crate::service::RpcError;
@@ -52,13 +52,22 @@ async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -
     let budget = if body_limit > 0 { body_limit } else { usize::MAX / 2 };
     let mut inflated = Vec::new();
     let mut total_bytes = 0usize;
+    let shared_limits = std::sync::Arc::new(limits.clone());
     for series in req.series {
         let base = normalize_series_labels(Labels::from_pairs(series.labels.into_iter().map(|l| (l.name, l.value))));
         let label_bytes: usize = base.iter().map(|(k, v)| k.len() + v.len()).sum();
         for sample in series.samples {
             metrics::add(&dist.metrics().received_bytes, sample.raw_profile.len() as u64);
             let left = budget.saturating_sub(total_bytes.saturating_add(label_bytes));
-            let bytes = inflate(&sample.raw_profile, &limits, left).map_err(|e| {
+            // A large gzip body is inflated off this core too (a pprof inflates to 2–5 times
+            // its gzip size; twice is the estimate).
+            let (raw, lim) = (sample.raw_profile.clone(), shared_limits.clone());
+            let bytes = offload::run(raw.len().saturating_mul(2), move || inflate(&raw, &lim, left))
+                .await
+                .unwrap_or_else(|offload::Panicked| {
+                    Err(InflateRefusal::Request(RpcError::internal("inflating the profile failed unexpectedly")))
+                });
+            let bytes = bytes.map_err(|e| {
                 metrics::add(&dist.metrics().rejected_profiles, 1);
                 match e {
                     InflateRefusal::Request(e) => e,
@@ -84,13 +93,23 @@ async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -
     dist.rate_limit(&tenant, total_bytes, now)?;
     let mut batch: Vec<Accepted> = Vec::with_capacity(inflated.len());
     let mut received = Vec::with_capacity(inflated.len());
+    let limits = shared_limits;
     for (base, compressed, bytes) in inflated {
-        let result = decode(&bytes, &limits).and_then(|decoded| {
-            let samples = decoded.profile.samples.len();
-            received.push((base.get(labels::NAME).unwrap_or("").to_string(), compressed, bytes.len(), samples));
-            accept(&base, decoded, &limits, now)
-        });
-        batch.push(result.inspect_err(|_| metrics::add(&dist.metrics().rejected_profiles, 1))?);
+        let name = base.get(labels::NAME).unwrap_or("").to_string();
+        let size = bytes.len();
+        // A large profile is decoded off this core, which serves other requests meanwhile.
+        let lim = limits.clone();
+        let result = offload::run(size, move || {
+            decode(&bytes, &lim).and_then(|decoded| {
+                let samples = decoded.profile.samples.len();
+                accept(&base, decoded, &lim, now).map(|a| (a, samples))
+            })
+        })
+        .await
+        .unwrap_or_else(|offload::Panicked| Err(RpcError::internal("decoding the profile failed unexpectedly")));
+        let (accepted, samples) = result.inspect_err(|_| metrics::add(&dist.metrics().rejected_profiles, 1))?;
+        received.push((name, compressed, size, samples));
+        batch.push(accepted);
     }
     dist.distribute(&tenant, batch).await?;
     Ok(received)

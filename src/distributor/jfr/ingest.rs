@@ -6,7 +6,7 @@
 //! snapshot that cannot be read or converted is 422, as Pyroscope answers.
 use super::{convert, decode_labels, LabelsSnapshot, Options};
 use crate::distributor::legacy::{push_all, AppName, Refusal};
-use crate::distributor::{accept, folded, metrics, multipart, Distributor};
+use crate::distributor::{accept, folded, metrics, multipart, offload, Distributor};
 use crate::timeparse::now_ns;
 use http::StatusCode;
 use kiln_io::compress::{self, InflateError};
@@ -60,7 +60,13 @@ async fn convert_and_push(dist: &Rc<Distributor>, tenant: &TenantId, req: Reques
         max_samples: limits.max_profile_stacktrace_samples,
     };
     let unprocessable = |m: String| (StatusCode::UNPROCESSABLE_ENTITY, m);
-    let converted = convert(&jfr, &snapshot, opts).map_err(|e| unprocessable(e.to_string()))?;
+    // A large recording is converted off this core, which serves other requests meanwhile.
+    let size = jfr.len();
+    let jfr = jfr.into_owned();
+    let converted = offload::run(size, move || convert(&jfr, &snapshot, opts).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|offload::Panicked| Err("converting the recording failed unexpectedly".into()))
+        .map_err(unprocessable)?;
     let base = series_labels(req.name, req.spy, &converted.event);
     let now = now_ns();
     let mut batch = Vec::with_capacity(converted.profiles.len());
@@ -72,10 +78,10 @@ async fn convert_and_push(dist: &Rc<Distributor>, tenant: &TenantId, req: Reques
     }
     if batch.is_empty() {
         // A recording without samples of a kind kiln reads: nothing to store, as Pyroscope.
-        return Ok(jfr.len());
+        return Ok(size);
     }
-    push_all(dist, tenant, jfr.len(), batch, StatusCode::UNPROCESSABLE_ENTITY).await?;
-    Ok(jfr.len())
+    push_all(dist, tenant, size, batch, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    Ok(size)
 }
 
 /// The series labels every profile of the recording shares (its `__name__` aside): the
