@@ -55,7 +55,7 @@ T1=$(date +%s.%N)
 BLOCK_BYTES=$(du -sb "$DATA/blocks" | cut -f1)
 printf "| flush of the head to blocks (%s samples) | %.2f s; %s MB on disk = **%.2f B/sample** |\n" "$SAMPLES" \
   "$(python3 -c "print($T1 - $T0)")" "$((BLOCK_BYTES / 1000000))" "$(python3 -c "print($BLOCK_BYTES / max(1, $SAMPLES))")"
-grep 'block written' "$LOG" | sed -E 's/.*(profiles=[0-9]+ samples=[0-9]+ bytes=[0-9]+ encode_s=[0-9.]+ total_s=[0-9.]+).*/    \1/'
+grep 'block uploaded' "$LOG" | sed -E 's/.*(profiles=[0-9]+ samples=[0-9]+ bytes=[0-9]+ encode_s=[0-9.]+ total_s=[0-9.]+).*/    \1/'
 
 # 4. The same query mix against the blocks (the head is empty now).
 BLOCK_Q=$($LOAD --url $URL --mode query --duration ${SECS}s --connections 2 --threads 1 --json --quiet)
