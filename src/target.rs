@@ -21,7 +21,7 @@ use crate::api;
 use crate::config::{Component, Config};
 use crate::process::{block_termination_signals, fail, probe_port, raise_nofile_limit, wait_for_signal};
 use crate::service::services::ServiceState;
-use crate::{cluster, ingester, store_gateway};
+use crate::{cluster, ingester, self_profiling, store_gateway};
 use kiln_shards::ring::member::{Components, InstanceDesc, State};
 use std::sync::Arc;
 
@@ -83,6 +83,7 @@ pub fn run(cfg: Config) {
     // Gossip starts before the WAL replay: the others see this instance PENDING until its
     // heads hold everything it acknowledged, then ACTIVE.
     let cluster = own.clone().map(|own| start_cluster(&cfg, own));
+    let profiler = self_profiling::SelfProfiler::start(&cfg); // before the cores, which register
     let shared = api::Shared::new(cfg, cluster.clone(), store.clone());
     log_start(&shared, cores, wal.as_ref().map(|w| w.dir.as_path()), &store);
     let s = shared.clone();
@@ -133,6 +134,7 @@ pub fn run(cfg: Config) {
     }
     services.set("server", ServiceState::Running);
     drop(started.gate);
+    profiler.serving();
     if let Some(c) = &cluster {
         c.set_state(State::Active);
     }

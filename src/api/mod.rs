@@ -222,7 +222,9 @@ impl Edge {
 
 /// Accepts and serves connections on this core until the process exits: on the HTTP port,
 /// and on `-server.grpc-listen-port` when set (the same APIs, as Pyroscope's gRPC port).
+/// Runs on the core's thread, which the self-profiler samples from here on.
 pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
+    crate::self_profiling::register_current_thread();
     // The port opens only once the WAL has been replayed into the heads.
     let _ = ctx.gate.recv_async().await;
     let core = Rc::new(Edge::new(ctx.core, ctx.mesh, shared.clone()));
