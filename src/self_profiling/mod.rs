@@ -1,5 +1,6 @@
 //! Self-profiling, as Pyroscope's `-target=all` does by default: kiln samples its own CPU
-//! (`sampler.rs`: per-thread CPU timers, SIGPROF, frame-pointer walks into a fixed ring)
+//! (`sampler.rs`: per-thread CPU timers, SIGPROF, stacks unwound by `.eh_frame` in
+//! `unwind.rs` into a fixed ring)
 //! and every `-self-profiling.push-interval` pushes the interval's profile, as the service
 //! `kiln`, to its own port or to `-self-profiling.url` (`push.rs`). The drain thread
 //! (`kiln-self-prof`) empties the ring, counts the stacks (`profile.rs`), names their
@@ -9,6 +10,8 @@ pub mod profile;
 pub mod push;
 pub mod sampler;
 pub mod symbols;
+#[cfg(target_arch = "x86_64")]
+pub mod unwind;
 
 use crate::config::Config;
 use prost::Message;
@@ -62,7 +65,7 @@ impl SelfProfiler {
             serving: serving.clone(),
         };
         tracing::info!(to = %drain.destination.describe(), interval = ?drain.interval, "self-profiling: pushing kiln's CPU profile");
-        if sampler::depth() == 1 {
+        if !sampler::whole_stacks() {
             tracing::info!("self-profiling: built without frame pointers, each sample names only the function running (build with RUSTFLAGS=\"-C force-frame-pointers=yes\" for whole stacks)");
         }
         let spawned = std::thread::Builder::new().name("kiln-self-prof".into()).spawn(move || drain.run());

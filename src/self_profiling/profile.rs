@@ -8,7 +8,9 @@ use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 /// Distinct stacks an interval keeps; a sample of a new stack past it is dropped (counted).
-pub const MAX_STACKS: usize = 16_384;
+/// Below Pyroscope's default `-validation.max-profile-stacktrace-samples` (16000), which the
+/// push must pass.
+pub const MAX_STACKS: usize = 8_192;
 
 /// An interval's samples: how many times each stack (program counters, leaf first) was seen.
 #[derive(Default)]

@@ -10,8 +10,9 @@
 //! the thread registered (`pthread_getattr_np`), every frame address aligned, inside the
 //! stack, and above the one before; a thread that never registered is not walked (its
 //! sample is counted as dropped). When the ring is full the sample is dropped, never waited
-//! for. Only a build with frame pointers everywhere (`-C force-frame-pointers=yes`) is
-//! walked; any other records the running function alone (`depth`).
+//! for. On x86_64 the stack is unwound by `.eh_frame` (`unwind.rs`); elsewhere frame
+//! pointers are walked (`walk`) in a build that keeps them (`-C force-frame-pointers=yes`),
+//! and any other records the running function alone (`whole_stacks`).
 use std::cell::{RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -79,6 +80,8 @@ pub fn install(hz: u32) -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error());
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    super::unwind::load_objects();
     HZ.store(hz.max(1), Ordering::Relaxed);
     INSTALLED.store(true, Ordering::Release);
     Ok(())
@@ -231,21 +234,34 @@ fn record(ctx: *mut libc::c_void) {
     // SAFETY: this handler owns the entry (WRITING); [lo, hi) is this thread's stack, mapped
     // for as long as the thread runs, and `sp` is at or above its lowest used address.
     unsafe {
-        let pcs = &mut *entry.pcs.get();
-        *entry.depth.get() = walk(pc, fp, sp.max(lo), hi, &mut pcs[..depth()]);
+        *entry.depth.get() = stack(pc, sp, fp, sp.max(lo), hi, &mut *entry.pcs.get());
     }
     entry.state.store(READY, Ordering::Release);
     SAMPLES.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Frames recorded per sample: the stack, when the build keeps frame pointers
-/// (`-C force-frame-pointers=yes`, see `build.rs`); else the running function alone, as
-/// the frame pointer register then holds anything.
-pub const fn depth() -> usize {
-    if cfg!(kiln_frame_pointers) {
-        MAX_DEPTH
-    } else {
-        1
+/// Whether samples hold whole stacks: on x86_64 always (`.eh_frame`, `unwind.rs`);
+/// elsewhere when the build keeps frame pointers (`-C force-frame-pointers=yes`, see
+/// `build.rs`), else a sample names the running function alone, as the frame pointer
+/// register then holds anything.
+pub const fn whole_stacks() -> bool {
+    cfg!(target_arch = "x86_64") || cfg!(kiln_frame_pointers)
+}
+
+/// The interrupted stack into `out`, as `whole_stacks` says.
+///
+/// # Safety
+/// [lo, hi) is the current thread's stack, and `sp` the interrupted code's, at or above lo.
+unsafe fn stack(pc: usize, sp: usize, fp: usize, lo: usize, hi: usize, out: &mut [usize]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::unwind::walk(pc, sp, fp, lo, hi, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = sp;
+        let depth = if whole_stacks() { out.len() } else { 1 };
+        walk(pc, fp, lo, hi, &mut out[..depth])
     }
 }
 
@@ -423,6 +439,62 @@ mod tests {
         assert_eq!(s.walk(s.addr(0), 5).len(), 5);
         s.frame(6, s.addr(8), 0);
         assert_eq!(s.walk(s.addr(0), 64), vec![0x1000, 0x10, 0x12, 0x14]);
+    }
+
+    /// Burns this thread's CPU for `ms` milliseconds.
+    #[inline(never)]
+    fn inner_busy(ms: u64) -> u64 {
+        let cpu = || {
+            let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a valid timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+        };
+        let (start, mut x) = (cpu(), 1u64);
+        while cpu() < start + ms {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            }
+        }
+        x
+    }
+
+    #[inline(never)]
+    fn middle_busy(ms: u64) -> u64 {
+        std::hint::black_box(inner_busy(ms)) + 1
+    }
+
+    #[inline(never)]
+    fn outer_busy(ms: u64) -> u64 {
+        std::hint::black_box(middle_busy(ms)) + 1
+    }
+
+    #[test]
+    fn a_busy_thread_is_sampled_with_its_whole_stack() {
+        install(1000).unwrap();
+        // A thread of its own: its timer goes when it exits.
+        std::thread::spawn(|| {
+            register_current_thread();
+            outer_busy(400)
+        })
+        .join()
+        .unwrap();
+        let mut symbols = super::super::symbols::Symbols::load().unwrap();
+        let mut stacks: Vec<Vec<String>> = Vec::new();
+        drain(|pcs| {
+            let names = pcs.iter().enumerate().map(|(i, &pc)| symbols.name(if i == 0 { pc } else { pc - 1 }));
+            stacks.push(names.map(|n| n.to_string()).collect());
+        });
+        assert!(!stacks.is_empty(), "no sample of a thread that ran 400 ms");
+        let position = |s: &[String], f: &str| s.iter().position(|n| n.ends_with(&format!("sampler::tests::{f}")));
+        let whole = stacks.iter().find(|s| {
+            matches!((position(s, "inner_busy"), position(s, "middle_busy"), position(s, "outer_busy")), (Some(i), Some(m), Some(o)) if i < m && m < o)
+        });
+        if whole_stacks() {
+            assert!(whole.is_some(), "no sample with inner, middle and outer in order: {stacks:?}");
+        } else {
+            assert!(stacks.iter().all(|s| s.len() == 1), "{stacks:?}");
+        }
     }
 
     #[test]
