@@ -308,6 +308,11 @@ impl SelfProfiling {
             "self-profiling.tenant-id" => self.tenant_id = v.into(),
             "self-profiling.push-interval" => self.push_interval = parse_duration(v).map_err(bad)?,
             "self-profiling.url" => self.url = v.into(),
+            // Pyroscope's Go runtime rates for its mutex and block profiles: kiln has
+            // neither profile; accepted (as numbers) so Pyroscope's command lines start.
+            "self-profiling.mutex-profile-fraction" | "self-profiling.block-profile-rate" => {
+                v.parse::<i64>().map_err(|e| bad(format!("{e}")))?;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -1468,6 +1473,42 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.notices()[0].contains("-compactor.deletion-delay=10m"), "{:?}", c.notices());
+    }
+
+    #[test]
+    fn self_profiling_flags_and_yaml() {
+        let c = Config::from_args(&[]).unwrap();
+        let sp = &c.self_profiling;
+        assert!(!sp.disable_push && sp.tenant_id.is_empty() && sp.url.is_empty());
+        assert_eq!(sp.push_interval, Duration::from_secs(15));
+        let c = Config::from_args(&args(&[
+            "-self-profiling.disable-push",
+            "-self-profiling.tenant-id=ops",
+            "-self-profiling.push-interval=1s",
+            "-self-profiling.mutex-profile-fraction=5",
+            "-self-profiling.block-profile-rate=5",
+        ]))
+        .unwrap();
+        let sp = &c.self_profiling;
+        assert!(sp.disable_push);
+        assert_eq!((sp.tenant_id.as_str(), sp.push_interval), ("ops", Duration::from_secs(1)));
+        assert!(c.to_yaml().contains("push_interval: 1s"));
+        for bad in ["-self-profiling.push-interval=0s", "-self-profiling.url=https://x:4040"] {
+            assert!(Config::from_args(&args(&[bad])).is_err(), "{bad}");
+        }
+        // Off, its settings are not checked.
+        assert!(
+            Config::from_args(&args(&["-self-profiling.disable-push=true", "-self-profiling.push-interval=0"])).is_ok()
+        );
+        let f = std::env::temp_dir().join(format!("kiln-cfg-sp-{}.yaml", std::process::id()));
+        std::fs::write(&f, "self_profiling:\n  disable_push: true\n  tenant_id: self\n  push_interval: 30s\n").unwrap();
+        let c = Config::from_args(&args(&[&format!("-config.file={}", f.display())])).unwrap();
+        let _ = std::fs::remove_file(&f);
+        assert!(c.self_profiling.disable_push);
+        assert_eq!(
+            (c.self_profiling.tenant_id.as_str(), c.self_profiling.push_interval),
+            ("self", Duration::from_secs(30))
+        );
     }
 
     #[test]

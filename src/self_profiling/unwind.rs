@@ -130,8 +130,9 @@ impl Cursor {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.bytes()?))
     }
-    fn uleb(&mut self) -> Option<u64> {
-        let (mut v, mut shift) = (0u64, 0);
+    /// A LEB128 number: its low 64 bits, how many bits it had, and its last byte.
+    fn leb(&mut self) -> Option<(u64, u32, u8)> {
+        let (mut v, mut shift) = (0u64, 0u32);
         loop {
             let b = self.u8()?;
             if shift < 64 {
@@ -139,25 +140,17 @@ impl Cursor {
             }
             shift += 7;
             if b & 0x80 == 0 {
-                return Some(v);
+                return Some((v, shift, b));
             }
         }
     }
+    fn uleb(&mut self) -> Option<u64> {
+        Some(self.leb()?.0)
+    }
     fn sleb(&mut self) -> Option<i64> {
-        let (mut v, mut shift) = (0i64, 0);
-        loop {
-            let b = self.u8()?;
-            if shift < 64 {
-                v |= i64::from(b & 0x7f) << shift;
-            }
-            shift += 7;
-            if b & 0x80 == 0 {
-                if shift < 64 && b & 0x40 != 0 {
-                    v |= -1i64 << shift;
-                }
-                return Some(v);
-            }
-        }
+        let (v, shift, last) = self.leb()?;
+        let sign = if shift < 64 && last & 0x40 != 0 { -1i64 << shift } else { 0 };
+        Some(v as i64 | sign)
     }
     /// A pointer in `DW_EH_PE` encoding `enc`; `datarel` is the base of data-relative ones.
     fn pointer(&mut self, enc: u8, datarel: usize) -> Option<usize> {
