@@ -19,6 +19,12 @@ fn main() {
     println!("cargo:rustc-env=KILN_BUILD_DATE={}", build_date());
     println!("cargo:rustc-env=KILN_RUSTC_VERSION={}", rustc_version());
     println!("cargo:rerun-if-changed=build.rs");
+    // Self-profiling walks frame pointers only in a build that keeps them everywhere
+    // (`-C force-frame-pointers=yes`); elsewhere a sample names the running function alone.
+    println!("cargo::rustc-check-cfg=cfg(kiln_frame_pointers)");
+    if frame_pointers(&std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default()) {
+        println!("cargo:rustc-cfg=kiln_frame_pointers");
+    }
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A worktree's HEAD lives in its own git dir, its refs in the common one: ask git for
     // each path rather than assume `.git/HEAD`. Only files that exist are named: cargo
@@ -34,6 +40,24 @@ fn main() {
             println!("cargo:rerun-if-changed={}", w.display());
         }
     }
+}
+
+/// Whether the rustflags (separated by 0x1f) force frame pointers: the last
+/// `-C force-frame-pointers[=v]` (or `-Cforce-frame-pointers…`) with no value or yes/y/on/true.
+fn frame_pointers(encoded: &str) -> bool {
+    let flags: Vec<&str> = encoded.split('\x1f').collect();
+    let mut on = false;
+    for (i, f) in flags.iter().enumerate() {
+        let option = match f.strip_prefix("-C") {
+            Some("") => flags.get(i + 1).copied().unwrap_or(""),
+            Some(rest) => rest,
+            None => continue,
+        };
+        if let Some(v) = option.strip_prefix("force-frame-pointers") {
+            on = matches!(v, "" | "=yes" | "=y" | "=on" | "=true");
+        }
+    }
+    on
 }
 
 /// One line of git's output, or None when git is missing, fails, or says nothing.

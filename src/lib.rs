@@ -20,6 +20,7 @@ pub mod process;
 pub mod querier;
 pub mod query_frontend;
 pub mod query_scheduler;
+pub mod self_profiling;
 pub mod service;
 pub mod store_gateway;
 pub mod target;

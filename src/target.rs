@@ -25,7 +25,7 @@ use crate::api;
 use crate::config::{Component, Config};
 use crate::process::{block_termination_signals, fail, probe_port, raise_nofile_limit, wait_for_signal};
 use crate::service::services::ServiceState;
-use crate::{cluster, ingester, store_gateway};
+use crate::{cluster, ingester, self_profiling, store_gateway};
 use kiln_shards::ring::member::{Components, InstanceDesc, State};
 use std::sync::Arc;
 
@@ -77,17 +77,11 @@ pub fn run(cfg: Config) {
         max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
         blocks: Some(blocks),
     };
-    if let Err(e) = probe_port(&cfg.http_listen_address, cfg.http_listen_port) {
-        fail(e);
-    }
-    if cfg.grpc_listen_port != 0 {
-        if let Err(e) = probe_port(&cfg.http_listen_address, cfg.grpc_listen_port) {
-            fail(format!("-server.grpc-listen-port: {e}"));
-        }
-    }
+    probe_ports(&cfg);
     // Gossip starts before the WAL replay: the others see this instance PENDING until its
     // heads hold everything it acknowledged, then ACTIVE.
     let cluster = own.clone().map(|own| start_cluster(&cfg, own));
+    let profiler = self_profiling::SelfProfiler::start(&cfg); // before the cores, which register
     let shared = api::Shared::new(cfg, cluster.clone(), store.clone());
     log_start(&shared, cores, wal.as_ref().map(|w| w.dir.as_path()), &store);
     let s = shared.clone();
@@ -135,12 +129,13 @@ pub fn run(cfg: Config) {
             services.set(Component::Ingester.as_str(), ServiceState::Running);
         }
     }
-    // 3. distributor, querier and the edge: the port opens on every core.
+    // 3. distributor, querier and the edge: every route is served from now on.
     for c in [Component::Distributor, Component::Querier, Component::QueryFrontend, Component::QueryScheduler] {
         services.set(c.as_str(), ServiceState::Running);
     }
     services.set("server", ServiceState::Running);
     shared.readiness.started();
+    profiler.serving();
     if let Some(c) = &cluster {
         c.set_state(State::Active);
     }
@@ -152,6 +147,18 @@ pub fn run(cfg: Config) {
     }
     let sig = wait_for_signal(&signals);
     shut_down(sig, &shared, wal.is_some(), &started.mesh, &cluster);
+}
+
+/// Exits with an error when something already listens on the HTTP or the gRPC port.
+fn probe_ports(cfg: &Config) {
+    if let Err(e) = probe_port(&cfg.http_listen_address, cfg.http_listen_port) {
+        fail(e);
+    }
+    if cfg.grpc_listen_port != 0 {
+        if let Err(e) = probe_port(&cfg.http_listen_address, cfg.grpc_listen_port) {
+            fail(format!("-server.grpc-listen-port: {e}"));
+        }
+    }
 }
 
 /// Stops in the reverse order of the start: the edge refuses new work, then every core's

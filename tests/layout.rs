@@ -61,6 +61,7 @@ fn no_component_imports_the_edge() {
         "service",
         "config",
         "cluster",
+        "self_profiling",
     ] {
         assert_no_refs(component, &["api", "target", "process"], &src);
     }

@@ -222,7 +222,9 @@ impl Edge {
 
 /// Accepts and serves connections on this core until the process exits: on the HTTP port,
 /// and on `-server.grpc-listen-port` when set (the same APIs, as Pyroscope's gRPC port).
+/// Runs on the core's thread, which the self-profiler samples from here on.
 pub async fn serve(ctx: CoreContext, shared: Arc<Shared>) {
+    crate::self_profiling::register_current_thread();
     // The port opens once the process has started its cores; until its start finishes
     // (the WAL replayed into the heads) the router serves only the process's own pages.
     let _ = ctx.gate.recv_async().await;

@@ -178,6 +178,7 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     if core.shared.cluster.is_some() {
         crate::store_gateway::sync::render_metrics(&mut out);
     }
+    crate::self_profiling::render_metrics(&mut out);
     kiln_io::invariant::render(&mut out);
     let _ = writeln!(out, "# HELP kiln_build_info Build information.\n# TYPE kiln_build_info gauge");
     let _ = writeln!(out, "kiln_build_info{{version=\"{}\",revision=\"{REVISION}\"}} 1", env!("CARGO_PKG_VERSION"));

@@ -101,6 +101,7 @@ impl Compactor {
         std::fs::create_dir_all(&self.scratch)?;
         std::thread::Builder::new().name("kiln-compactor".into()).spawn(move || {
             kiln_io::store::lower_thread_priority();
+            crate::self_profiling::register_current_thread();
             self.run();
         })?;
         Ok(())

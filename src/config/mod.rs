@@ -274,6 +274,71 @@ pub struct Config {
     pub read_path: ReadPath,
     /// `-compactor.*`.
     pub compactor: CompactorSettings,
+    /// `-self-profiling.*`: kiln's profiles of itself, pushed to itself.
+    pub self_profiling: SelfProfiling,
+}
+
+/// `-self-profiling.*`: kiln samples its own CPU and pushes the profiles to itself (as
+/// Pyroscope pushes its own with its Go SDK), or to `url`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SelfProfiling {
+    /// No timer, no signal handler, nothing pushed (Pyroscope's flag).
+    pub disable_push: bool,
+    /// The tenant the profiles are pushed as; empty: no `X-Scope-OrgID` (anonymous), as
+    /// Pyroscope's. With `-auth.multitenancy-enabled`, the pushes are refused without one.
+    pub tenant_id: String,
+    /// How often the profile of the past interval is pushed (the Go SDK's upload rate).
+    #[serde(with = "go_duration")]
+    pub push_interval: Duration,
+    /// Where to push (`http://host:port`); empty: this process's own HTTP port.
+    pub url: String,
+}
+
+impl SelfProfiling {
+    /// `-self-profiling.*`; `false`: not one of them.
+    fn set_flag(&mut self, k: &str, v: &str) -> Result<bool, String> {
+        let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
+        match k {
+            "self-profiling.disable-push" => self.disable_push = parse_bool(v).map_err(bad)?,
+            "self-profiling.tenant-id" => self.tenant_id = v.into(),
+            "self-profiling.push-interval" => self.push_interval = parse_duration(v).map_err(bad)?,
+            "self-profiling.url" => self.url = v.into(),
+            // Pyroscope's Go runtime rates for its mutex and block profiles: kiln has
+            // neither profile; accepted (as numbers) so Pyroscope's command lines start.
+            "self-profiling.mutex-profile-fraction" | "self-profiling.block-profile-rate" => {
+                v.parse::<i64>().map_err(|e| bad(format!("{e}")))?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.disable_push {
+            return Ok(());
+        }
+        if self.push_interval.is_zero() {
+            return Err("-self-profiling.push-interval=0: it must be positive".into());
+        }
+        if !self.url.is_empty() && !self.url.starts_with("http://") {
+            return Err(format!(
+                "-self-profiling.url={}: kiln pushes its own profiles over plain HTTP, give an http:// URL",
+                self.url
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for SelfProfiling {
+    fn default() -> Self {
+        SelfProfiling {
+            disable_push: false,
+            tenant_id: String::new(),
+            push_interval: Duration::from_secs(15),
+            url: String::new(),
+        }
+    }
 }
 
 /// The compactor's flags (Pyroscope's names and defaults); per-tenant retention is a limit.
@@ -466,6 +531,7 @@ impl Default for Config {
             store_gateway_replication_factor: 1,
             store_gateway_sync_interval: Duration::from_secs(15 * 60),
             compactor: CompactorSettings::default(),
+            self_profiling: SelfProfiling::default(),
         }
     }
 }
@@ -687,11 +753,7 @@ impl Config {
         if !self.ring.instance_id.is_empty() {
             return self.ring.instance_id.clone();
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "kiln".into());
+        let host = hostname().unwrap_or_else(|| "kiln".into());
         format!("{host}-{}", self.http_listen_port)
     }
 
@@ -809,6 +871,7 @@ impl Config {
         if self.push_timeout.is_zero() {
             return Err("-distributor.push.timeout=0: it must be positive".into());
         }
+        self.self_profiling.check()?;
         let head = self.effective_max_head_bytes();
         if let Some(block) = self.max_block_bytes.filter(|&b| b > 0 && head > 0 && b >= head) {
             return Err(format!(
@@ -942,9 +1005,7 @@ impl Config {
                 l.store_gateway_tenant_shard_size = parse_shard_size(v).map_err(bad)?
             }
             "query-frontend.max-queriers-per-tenant" => l.max_queriers_per_tenant = parse_shard_size(v).map_err(bad)?,
-            // Accepted for compatibility with Pyroscope command lines; kiln does not push
-            // profiles of itself.
-            "self-profiling.disable-push" | "self-profiling.tenant-id" => {}
+            _ if self.self_profiling.set_flag(k, v)? => {}
             _ if self.set_cluster_flag(k, v)? => {}
             _ if self.set_read_path_flag(k, v)? => {}
             _ if self.set_compactor_flag(k, v)? => {}
@@ -1106,6 +1167,11 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
+/// The machine's host name (the kernel's), if it has one.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty())
+}
+
 /// Physical memory in bytes, 0 when unknown.
 fn mem_total() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -1232,6 +1298,42 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.notices()[0].contains("-compactor.deletion-delay=10m"), "{:?}", c.notices());
+    }
+
+    #[test]
+    fn self_profiling_flags_and_yaml() {
+        let c = Config::from_args(&[]).unwrap();
+        let sp = &c.self_profiling;
+        assert!(!sp.disable_push && sp.tenant_id.is_empty() && sp.url.is_empty());
+        assert_eq!(sp.push_interval, Duration::from_secs(15));
+        let c = Config::from_args(&args(&[
+            "-self-profiling.disable-push",
+            "-self-profiling.tenant-id=ops",
+            "-self-profiling.push-interval=1s",
+            "-self-profiling.mutex-profile-fraction=5",
+            "-self-profiling.block-profile-rate=5",
+        ]))
+        .unwrap();
+        let sp = &c.self_profiling;
+        assert!(sp.disable_push);
+        assert_eq!((sp.tenant_id.as_str(), sp.push_interval), ("ops", Duration::from_secs(1)));
+        assert!(c.to_yaml().contains("push_interval: 1s"));
+        for bad in ["-self-profiling.push-interval=0s", "-self-profiling.url=https://x:4040"] {
+            assert!(Config::from_args(&args(&[bad])).is_err(), "{bad}");
+        }
+        // Off, its settings are not checked.
+        assert!(
+            Config::from_args(&args(&["-self-profiling.disable-push=true", "-self-profiling.push-interval=0"])).is_ok()
+        );
+        let f = std::env::temp_dir().join(format!("kiln-cfg-sp-{}.yaml", std::process::id()));
+        std::fs::write(&f, "self_profiling:\n  disable_push: true\n  tenant_id: self\n  push_interval: 30s\n").unwrap();
+        let c = Config::from_args(&args(&[&format!("-config.file={}", f.display())])).unwrap();
+        let _ = std::fs::remove_file(&f);
+        assert!(c.self_profiling.disable_push);
+        assert_eq!(
+            (c.self_profiling.tenant_id.as_str(), c.self_profiling.push_interval),
+            ("self", Duration::from_secs(30))
+        );
     }
 
     #[test]

@@ -147,6 +147,10 @@ const KEYS: &[(&[&str], &str, Get)] = &[
     }),
     (&["compactor", "max_memory_bytes"], "compactor.max-memory-bytes", |c| val(&c.compactor.max_memory_bytes)),
     (&["compactor", "data_dir"], "compactor.data-dir", |c| val(&c.compactor.data_dir)),
+    (&["self_profiling", "disable_push"], "self-profiling.disable-push", |c| val(&c.self_profiling.disable_push)),
+    (&["self_profiling", "tenant_id"], "self-profiling.tenant-id", |c| val(&c.self_profiling.tenant_id)),
+    (&["self_profiling", "push_interval"], "self-profiling.push-interval", |c| dur(c.self_profiling.push_interval)),
+    (&["self_profiling", "url"], "self-profiling.url", |c| val(&c.self_profiling.url)),
 ];
 
 /// `limits:` and each tenant's `overrides:` keys, with the flag each one sets; `/config`
@@ -319,6 +323,8 @@ mod tests {
                 "-querier.split-queries-by-interval=90m",
                 "-ring.tokens-per-core=7",
                 "-distributor.decode-offload-bytes=0",
+                "-self-profiling.push-interval=2s",
+                "-self-profiling.tenant-id=ops",
                 "-auth.multitenancy-enabled=true",
             ],
         ];

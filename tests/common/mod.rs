@@ -116,6 +116,9 @@ impl Kiln {
             .arg("-server.http-listen-address=127.0.0.1")
             .arg(format!("-storage.path={}", data.display()))
             .arg("-shards=2")
+            // Off unless a test turns it on (tests/self_profiling.rs): kiln's own profiles
+            // would be series and services of the anonymous tenant that tests count.
+            .arg("-self-profiling.disable-push=true")
             .args(args)
             .stdout(Stdio::null())
             .stderr(match &spawn.stderr {
