@@ -134,6 +134,41 @@ try {
     await shot('sandwich');
   });
 
+  await step('focus on a subtree from the canvas menu, and back', async () => {
+    await page.goto(url('/', { query: q('shop'), from: 'now-1h', until: 'now' }));
+    await page.waitForSelector('.flame-canvas');
+    const at = await locate(ex.hottest);
+    await page.mouse.click(at.x, at.y, { button: 'right' });
+    await page.click('.menu button:has-text("Focus")');
+    await page.waitForFunction((n) => document.querySelector('.crumbs').textContent.includes('Focused on ' + n), ex.hottest);
+    // the focused function is the root now: the top row of the canvas
+    const root = await page.evaluate(() => {
+      const f = window.kiln.flames[0];
+      const r = f.canvas.getBoundingClientRect();
+      return f.nameOf(f.nodeAt(r.width / 2, 5));
+    });
+    check(root === ex.hottest, 'focused root: ' + root);
+    await page.click('.crumbs .reset');
+    await page.waitForFunction(() => !document.querySelector('.crumbs').textContent);
+  });
+
+  await step('the time range presets', async () => {
+    await page.selectOption('.time-picker select', 'now-6h');
+    await page.waitForFunction(() => new URLSearchParams(location.search).get('from') === 'now-6h');
+    await page.waitForSelector('.flame-canvas');
+    check((await page.textContent('.range-title')) === 'the last 6h', 'range title');
+  });
+
+  await step('the comparison view and the tag explorer by clicking their tabs', async () => {
+    await page.click('nav a:has-text("Comparison")');
+    await page.waitForFunction(() => location.pathname === '/comparison' && document.querySelectorAll('.pair .flame-canvas').length === 2);
+    await page.click('nav a:has-text("Tag explorer")');
+    await page.waitForSelector('.explore-table tbody tr');
+    check(new URL(page.url()).pathname === '/explore' && (await page.$eval('.group-by-picker', (s) => s.value)) === 'env', 'the explorer groups by env');
+    await page.click('nav a:has-text("Single view")');
+    await page.waitForSelector('.top-table tbody tr');
+  });
+
   await step('export: flamebearer JSON and pprof', async () => {
     await page.goto(url('/', { query: q('shop'), from: 'now-1h', until: 'now' }));
     await page.waitForSelector('.flame-canvas');
@@ -233,6 +268,19 @@ try {
     }));
     report.nodes = Number(await p.$eval('.flame-total', (e) => e.dataset.nodes));
     report.drawMs = Number(await p.$eval('.flame', (e) => e.dataset.drawMs));
+    report.hoverMs = await p.evaluate(() => {
+      const c = document.querySelector('.flame-canvas');
+      const r = c.getBoundingClientRect();
+      const t0 = performance.now();
+      for (let i = 0; i < 200; i++) c.dispatchEvent(new MouseEvent('mousemove', { clientX: r.left + (i * r.width) / 200, clientY: r.top + 9 + (i % 30) * 18, bubbles: true }));
+      return +((performance.now() - t0) / 200).toFixed(2);
+    });
+    report.zoomMs = await p.evaluate(() => {
+      const f = window.kiln.flames[0];
+      const t0 = performance.now();
+      f.zoomTo(f.nodeAt(f.canvas.clientWidth / 2, 18 + 9));
+      return Math.round(performance.now() - t0);
+    });
     report.searchMs = await p.evaluate(() => {
       const t0 = performance.now();
       const s = document.querySelector('.search');
