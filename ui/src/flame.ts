@@ -15,6 +15,7 @@ const PALETTE = [
 const GREY = '#d6d6d6';
 const DIMMED = '#ececec';
 const TINY = '#c9c9c9';
+const HIT = '#e8a33d';
 
 /// The package part of a function name: what colours it.
 function pkg(name: string): string {
@@ -136,6 +137,7 @@ export class FlameGraph {
     const x0 = f.x[z];
     const x1 = x0 + f.w[z];
     const k = width / (x1 - x0 || 1);
+    const match = this.match;
     const batches = new Map<string, number[]>();
     const texts: number[] = [];
     const rect = (color: string, px: number, y: number, pw: number) => {
@@ -160,25 +162,32 @@ export class FlameGraph {
         if (f.x[m] + f.w[m] <= x0) lo = m + 1;
         else b = m;
       }
+      // Runs of nodes narrower than a pixel are drawn as one rectangle: grey, or under a
+      // search, highlighted when the run holds a match and dimmed when not.
       let tinyFrom = -1;
       let tinyTo = -1;
+      let tinyHit = false;
       const yl = y(l);
+      const flush = () => {
+        if (tinyTo - tinyFrom >= 0.5) rect(!match ? TINY : tinyHit ? HIT : DIMMED, tinyFrom, yl, tinyTo - tinyFrom);
+      };
       for (let i = lo; i < hi && f.x[i] < x1; i++) {
         const px = (f.x[i] - x0) * k;
         const pw = f.w[i] * k;
         if (pw < 1) {
-          if (tinyTo >= px - 0.5) tinyTo = px + pw;
-          else {
-            if (tinyTo - tinyFrom >= 0.5) rect(TINY, tinyFrom, yl, tinyTo - tinyFrom);
+          if (tinyTo < px - 0.5) {
+            flush();
             tinyFrom = px;
-            tinyTo = px + pw;
+            tinyHit = false;
           }
+          tinyTo = px + pw;
+          if (match && match[f.name[i]]) tinyHit = true;
           continue;
         }
         rect(this.color(i), px, yl, pw > 3 ? pw - 1 : pw);
         if (pw > cw * 3 + 6) texts.push(i, px, yl, pw);
       }
-      if (tinyTo - tinyFrom >= 0.5) rect(TINY, tinyFrom, yl, tinyTo - tinyFrom);
+      flush();
     }
     for (const [color, b] of batches) {
       ctx.fillStyle = color;

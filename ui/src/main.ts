@@ -7,6 +7,8 @@ import { compare, explore, single } from './views';
 
 const TABS: [View, string][] = [['single', 'Single view'], ['comparison', 'Comparison'], ['diff', 'Diff'], ['explore', 'Tag explorer']];
 
+// when the script started, after the page's navigation began (the first render's share of loading)
+document.documentElement.dataset.scriptMs = performance.now().toFixed(0);
 let gen = 0;
 const root = document.getElementById('app')!;
 const nav = h('nav', { class: 'tabs' });
