@@ -4,6 +4,9 @@ export type Child = Node | string | number | null | undefined | false | Child[];
 
 export function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs?: Attrs | null, ...children: Child[]): HTMLElementTagNameMap[K] {
   const el = document.createElement(tag);
+  // The page's fields are made from the URL: the browser must not restore older values
+  // into them on back and forward.
+  if (tag === 'input' || tag === 'select') el.setAttribute('autocomplete', 'off');
   if (attrs) {
     for (const k in attrs) {
       const v = attrs[k];

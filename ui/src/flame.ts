@@ -61,6 +61,7 @@ export class FlameGraph {
   private match: Uint8Array | null = null;
   private colors: string[] = [];
   private tip: HTMLElement;
+  private hoverCanvas: HTMLCanvasElement;
   private menu: HTMLElement | null = null;
   private hovered = -1;
   private frame = 0;
@@ -71,7 +72,8 @@ export class FlameGraph {
     this.canvas = h('canvas', { class: 'flame-canvas', 'aria-label': 'flame graph' });
     this.ctx = this.canvas.getContext('2d', { alpha: false })!;
     this.tip = h('div', { class: 'tooltip', hidden: true });
-    this.el = h('div', { class: 'flame' }, this.canvas, this.tip);
+    this.hoverCanvas = h('canvas', { class: 'flame-hover' });
+    this.el = h('div', { class: 'flame' }, this.canvas, this.hoverCanvas, this.tip);
     this.canvas.addEventListener('mousemove', (e) => this.hover(e));
     this.canvas.addEventListener('mouseleave', () => this.hideTip());
     this.canvas.addEventListener('click', (e) => this.click(e));
@@ -202,6 +204,8 @@ export class FlameGraph {
       ctx.fillText(name.length <= fits ? name : name.slice(0, Math.max(0, fits - 1)) + '…', texts[j + 1] + 3, texts[j + 2] + ROW / 2);
     }
     this.lastDrawMs = performance.now() - t0;
+    this.hovered = -1;
+    this.outline(-1);
   }
 
   private color(i: number): string {
@@ -244,6 +248,19 @@ export class FlameGraph {
     return this.nodeAt(e.clientX - r.left, e.clientY - r.top);
   }
 
+  /// Node i's rectangle on the canvas (CSS pixels, clipped to the zoomed range).
+  private rectOf(i: number): { x: number; y: number; w: number } {
+    const f = this.f!;
+    const z = this.zoom;
+    const k = this.canvas.clientWidth / f.w[z];
+    const D = Math.min(depth(f), 2000);
+    const l = levelOf(f, i);
+    if (l < levelOf(f, z)) return { x: 0, y: (this.opts.inverted ? D - 1 - l : l) * ROW, w: this.canvas.clientWidth };
+    const x0 = Math.max(f.x[i], f.x[z]);
+    const x1 = Math.min(f.x[i] + f.w[i], f.x[z] + f.w[z]);
+    return { x: (x0 - f.x[z]) * k, y: (this.opts.inverted ? D - 1 - l : l) * ROW, w: (x1 - x0) * k };
+  }
+
   /// Where a function is drawn, widest first: the centre of its rectangle in the viewport's
   /// coordinates, or null when it is not drawn (for tests and the console).
   locate(name: string): { x: number; y: number; width: number } | null {
@@ -257,13 +274,29 @@ export class FlameGraph {
     }
     if (best < 0) return null;
     const r = this.canvas.getBoundingClientRect();
-    const k = r.width / f.w[z];
-    const D = Math.min(depth(f), 2000);
-    const l = levelOf(f, best);
-    const row = this.opts.inverted ? D - 1 - l : l;
-    const x0 = Math.max(f.x[best], f.x[z]);
-    const x1 = Math.min(f.x[best] + f.w[best], f.x[z] + f.w[z]);
-    return { x: r.left + ((x0 + x1) / 2 - f.x[z]) * k, y: r.top + row * ROW + ROW / 2, width: (x1 - x0) * k };
+    const b = this.rectOf(best);
+    return { x: r.left + b.x + b.w / 2, y: r.top + b.y + ROW / 2, width: b.w };
+  }
+
+  /// Outlines the hovered node on a canvas of its own, so hovering never redraws the graph.
+  private outline(i: number): void {
+    const c = this.hoverCanvas;
+    const dpr = window.devicePixelRatio || 1;
+    const w = this.canvas.clientWidth;
+    const hgt = this.canvas.clientHeight;
+    if (c.width !== Math.round(w * dpr) || c.height !== Math.round(hgt * dpr)) {
+      c.width = Math.round(w * dpr);
+      c.height = Math.round(hgt * dpr);
+      c.style.height = hgt + 'px';
+    }
+    const ctx = c.getContext('2d')!;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, hgt);
+    if (i < 0) return;
+    const b = this.rectOf(i);
+    ctx.strokeStyle = '#1d1d1f';
+    ctx.lineWidth = 1.5;
+    ctx.strokeRect(b.x + 0.75, b.y + 0.75, Math.max(1, b.w - 1.5), ROW - 2.5);
   }
 
   nameOf(i: number): string {
@@ -277,6 +310,7 @@ export class FlameGraph {
     if (i !== this.hovered) {
       this.hovered = i;
       this.tip.replaceChildren(...this.describe(i));
+      this.outline(i);
     }
     this.tip.hidden = false;
     const pad = 14;
@@ -309,6 +343,7 @@ export class FlameGraph {
 
   private hideTip(): void {
     this.tip.hidden = true;
+    if (this.hovered >= 0) this.outline(-1);
     this.hovered = -1;
   }
 

@@ -1,6 +1,6 @@
 // The timeline: SelectSeries drawn on a canvas (bars for one series, lines for several),
 // with the selected ranges shaded; dragging across it picks a range.
-import { h } from './dom';
+import { h, state } from './dom';
 import { fmtValue, type Unit } from './format';
 import { fmtTime } from './time';
 
@@ -60,7 +60,17 @@ export class Timeline {
 
   set(lines: Line[], start: number, end: number, stepMs: number, shades: Shade[] = []): void {
     Object.assign(this, { lines, start, end, step: stepMs, shades });
+    this.status(null);
+    if (!lines.some((l) => l.points.length)) this.status('empty', 'No profiles match this query in the range.');
     this.draw();
+  }
+
+  private overlay: HTMLElement | null = null;
+  /// A state over the timeline (loading, empty, an error), or none.
+  status(kind: 'loading' | 'empty' | 'error' | null, text = ''): void {
+    this.overlay?.remove();
+    this.overlay = kind && state(kind, text);
+    if (this.overlay) this.el.append(this.overlay);
   }
 
   private px(e: MouseEvent): number {
@@ -119,9 +129,10 @@ export class Timeline {
       ctx.strokeStyle = ctx.fillStyle = l.color;
       ctx.lineWidth = 1.5;
       ctx.beginPath();
-      l.points.forEach(([t, v], i) => (i ? ctx.lineTo(X(t), Y(v)) : ctx.moveTo(X(t), Y(v))));
+      // a gap of more than a step and a half has no data: the line breaks there
+      l.points.forEach(([t, v], i) => (i && t - l.points[i - 1][0] <= this.step * 1.5 ? ctx.lineTo(X(t), Y(v)) : ctx.moveTo(X(t), Y(v))));
       ctx.stroke();
-      if (l.points.length < 60) for (const [t, v] of l.points) ctx.fillRect(X(t) - 1.5, Y(v) - 1.5, 3, 3);
+      if (l.points.length < 120) for (const [t, v] of l.points) ctx.fillRect(X(t) - 1.5, Y(v) - 1.5, 3, 3);
     });
     if (this.drag) {
       ctx.fillStyle = 'rgba(59,125,221,0.2)';

@@ -4,7 +4,7 @@ import { FlameView, noProfiles, queryBar, settle, timePicker, type Ctx, type Set
 import { h, replace, select, state } from './dom';
 import { fmtValue, pct, unitOf } from './format';
 import { formatQuery, parseQuery, selector, withMatcher, type Query } from './query';
-import { COLORS, stepFor, Timeline, type Line, type Shade } from './timeline';
+import { COLORS, stepFor, Timeline, type Shade } from './timeline';
 import { describe, fmtTime, resolve, urlTime, type Resolved } from './time';
 import { decode } from './tree';
 import { go, note, param } from './url';
@@ -29,11 +29,13 @@ function range(from: string, until: string, ctx: Ctx, root: HTMLElement): Resolv
 async function timeline(tl: Timeline, q: Query, r: Resolved, ctx: Ctx, shades: Shade[] = [], extra?: Query): Promise<void> {
   const step = stepFor(r.start, r.end);
   const qs = extra && formatQuery(extra) !== formatQuery(q) ? [q, extra] : [q];
-  const all = await Promise.all(qs.map((x) => api.selectSeries(x.profileType, selector(x.matchers), r, step)));
-  if (!ctx.alive()) return;
-  const lines: Line[] = all.map((s, i) => ({ color: COLORS[i], points: s.flatMap(points) }));
-  tl.set(lines, r.start, r.end, step * 1000, shades);
-  if (!lines.some((l) => l.points.length)) tl.el.append(state('empty', 'No profiles match this query in the range.'));
+  tl.status('loading', 'Loading the timeline…');
+  try {
+    const all = await Promise.all(qs.map((x) => api.selectSeries(x.profileType, selector(x.matchers), r, step)));
+    if (ctx.alive()) tl.set(all.map((s, i) => ({ color: COLORS[i], points: s.flatMap(points) })), r.start, r.end, step * 1000, shades);
+  } catch (e) {
+    if (ctx.alive()) tl.status('error', (e as Error).message);
+  }
 }
 
 async function merged(view: FlameView, q: Query, r: Resolved, ctx: Ctx): Promise<void> {
@@ -99,7 +101,7 @@ export async function single(root: HTMLElement, ctx: Ctx): Promise<void> {
     tl.el,
     fv.el,
   );
-  await Promise.all([timeline(tl, q, r, ctx).catch((e) => ctx.alive() && tl.el.append(state('error', e.message))), merged(fv, q, r, ctx)]);
+  await Promise.all([timeline(tl, q, r, ctx), merged(fv, q, r, ctx)]);
 }
 
 // Which side a drag on the comparison timeline sets.
@@ -162,7 +164,7 @@ export async function compare(root: HTMLElement, ctx: Ctx, isDiff: boolean): Pro
     tl.el,
     h('div', { class: 'sides' }, panel('left', 'Baseline', ls, L), panel('right', 'Comparison', rs || ls, R)),
   );
-  const tlDone = timeline(tl, ls.q, r, ctx, shades, rq).catch((e) => ctx.alive() && tl.el.append(state('error', e.message)));
+  const tlDone = timeline(tl, ls.q, r, ctx, shades, rq);
   if (badSide) {
     root.append(state('error', 'Bad time range: ' + badSide));
     return void (await tlDone);
@@ -227,6 +229,7 @@ export async function explore(root: HTMLElement, ctx: Ctx): Promise<void> {
     fv.el,
   );
   const step = stepFor(r.start, r.end);
+  tl.status('loading', 'Loading the timeline…');
   const series = api.selectSeries(q.profileType, selector(q.matchers), r, step, [by]).then((ss) => {
     if (!ctx.alive()) return;
     const rows = ss.map((x, i) => {
@@ -238,7 +241,7 @@ export async function explore(root: HTMLElement, ctx: Ctx): Promise<void> {
     rows.forEach((x, i) => (x.color = COLORS[i % COLORS.length]));
     const all = rows.reduce((a, x) => a + x.total, 0);
     tl.set(rows.map((x) => ({ color: x.color, points: x.pts })), r.start, r.end, step * 1000);
-    if (!rows.length) return replace(tableBox, state('empty', 'No profiles match this query in the range.'));
+    if (!rows.length) return replace(tableBox, state('empty', `No profiles match this query in the range, so no values of ${by}.`));
     replace(
       tableBox,
       h(
@@ -262,7 +265,12 @@ export async function explore(root: HTMLElement, ctx: Ctx): Promise<void> {
       ),
     );
   });
-  await Promise.all([series.catch((e) => ctx.alive() && replace(tableBox, state('error', e.message))), merged(fv, fq, r, ctx)]);
+  const failed = (e: Error) => {
+    if (!ctx.alive()) return;
+    replace(tableBox, state('error', e.message));
+    tl.status('error', e.message);
+  };
+  await Promise.all([series.catch(failed), merged(fv, fq, r, ctx)]);
 }
 
 export { parseQuery };

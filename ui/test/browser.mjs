@@ -110,6 +110,8 @@ try {
     await page.goBack();
     await waitTotal(ex.devTotal);
     check(decodeURIComponent(page.url()).includes('env="dev"'), 'back returns to the dev filter');
+    const fields = await page.$$eval('.time-picker input', (is) => is.map((i) => i.value));
+    check(fields.join() === 'now-1h,now', 'the time fields after back: ' + fields);
   });
 
   await step('search highlights matches with their share, and filters the table', async () => {
@@ -131,7 +133,7 @@ try {
     await page.mouse.click(at.x, at.y, { button: 'right' });
     await page.click('.menu button:has-text("Sandwich")');
     await page.waitForSelector(`h3:has-text("Callers of ${ex.hottest}")`);
-    check((await page.$$('.sandwich-view canvas')).length === 2, 'callers and callees drawn');
+    check((await page.$$('.sandwich-view canvas.flame-canvas')).length === 2, 'callers and callees drawn');
     await shot('sandwich');
   });
 
