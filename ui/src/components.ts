@@ -7,7 +7,7 @@ import { fmtValue, pct, unitOf } from './format';
 import { formatQuery, parseQuery, selector, service, SERVICE, withMatcher, without, type Op, type Query } from './query';
 import { TopTable } from './table';
 import { fmtTime, PRESETS, urlTime, type Resolved } from './time';
-import { focus, sandwich, type Flame } from './tree';
+import { find, focus, sandwich, stack, type Flame } from './tree';
 
 export interface Ctx {
   now: number;
@@ -157,6 +157,11 @@ export interface FlameViewOptions {
   search?: string;
   onSearch?: (q: string) => void;
   table?: boolean;
+  /// The focused subtree (its stack, `;`-joined from the root) or the sandwiched function to
+  /// open with, and where to record them (the URL).
+  focus?: string;
+  sandwich?: string;
+  onState?: (changes: { focus: string | null; sandwich: string | null }) => void;
   exportReq?: api.MergeRequest & { query: string; name: string };
 }
 
@@ -218,6 +223,10 @@ export class FlameView {
     this.totalEl.dataset.nodes = String(f.name.length);
     this.present(f);
     if (this.o.search) this.applySearch();
+    const nm = this.o.sandwich ? f.names.indexOf(this.o.sandwich) : -1;
+    const at = this.o.focus ? find(f, this.o.focus.split(';')) : -1;
+    if (nm >= 0) this.sandwich(nm);
+    else if (at > 0) this.focusOn(at);
   }
 
   private present(f: Flame): void {
@@ -251,6 +260,7 @@ export class FlameView {
   }
 
   private reset(): void {
+    this.o.onState?.({ focus: null, sandwich: null });
     if (this.full && this.shown !== this.full) this.present(this.full);
     else this.flame.zoomTo(0);
     this.applySearch();
@@ -274,9 +284,11 @@ export class FlameView {
   private focusOn(i: number): void {
     if (!this.shown) return;
     const name = this.flame.nameOf(i);
+    const path = stack(this.shown, i);
     this.present(focus(this.shown, i));
     this.applySearch();
     this.crumb(`Focused on ${name}`, true);
+    this.o.onState?.({ focus: path, sandwich: null });
   }
 
   private sandwich(nm: number): void {
@@ -301,6 +313,7 @@ export class FlameView {
     callers.setData(s.callers);
     callees.setData(s.callees);
     this.crumb(`Sandwich: ${f.names[nm]} — total ${fmtValue(s.callees.total, unit)} (${pct(s.callees.total, f.total)})`, true);
+    this.o.onState?.({ focus: null, sandwich: f.names[nm] });
   }
 
   private exportMenu(): HTMLElement {

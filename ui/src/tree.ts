@@ -345,3 +345,28 @@ export function sandwich(f: Flame, nm: number): { callers: Flame; callees: Flame
   }
   return { callers: layout(callers, f), callees: layout(callees, f) };
 }
+
+/// Node i's stack: the names from the root's child down to it, `;`-joined.
+export function stack(f: Flame, i: number): string {
+  const names: string[] = [];
+  for (let a = i; a > 0; a = f.parent[a]) names.push(f.names[f.name[a]]);
+  return names.reverse().join(';');
+}
+
+/// The node at the end of a stack of names from the root, or -1.
+export function find(f: Flame, path: string[]): number {
+  let at = 0;
+  for (let l = 0; l < path.length; l++) {
+    if (l + 1 >= depth(f)) return -1;
+    let next = -1;
+    for (let i = f.levels[l + 1]; i < f.levels[l + 2]; i++) {
+      if (f.parent[i] === at && f.names[f.name[i]] === path[l]) {
+        next = i;
+        break;
+      }
+    }
+    if (next < 0) return -1;
+    at = next;
+  }
+  return path.length ? at : -1;
+}

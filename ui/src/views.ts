@@ -92,11 +92,14 @@ export async function single(root: HTMLElement, ctx: Ctx): Promise<void> {
     profileType: q.profileType,
     search: param('search'),
     onSearch: (x) => note({ search: x }),
+    focus: param('focus'),
+    sandwich: param('sandwich'),
+    onState: note,
     exportReq: { profileTypeID: q.profileType, labelSelector: selector(q.matchers), start: r.start, end: r.end, maxNodes: maxNodes(), query, name: s.q.matchers.find((m) => m.name === 'service_name')?.value || 'profile' },
   });
   replace(
     root,
-    h('div', { class: 'toolbar' }, queryBar(s, r, (nq) => go({ query: formatQuery(nq) })), picker),
+    h('div', { class: 'toolbar' }, queryBar(s, r, (nq) => go({ query: formatQuery(nq), focus: null, sandwich: null })), picker),
     h('div', { class: 'range-title' }, describe(from, until, r)),
     tl.el,
     fv.el,

@@ -134,6 +134,9 @@ try {
     await page.click('.menu button:has-text("Sandwich")');
     await page.waitForSelector(`h3:has-text("Callers of ${ex.hottest}")`);
     check((await page.$$('.sandwich-view canvas.flame-canvas')).length === 2, 'callers and callees drawn');
+    check(new URL(page.url()).searchParams.get('sandwich') === ex.hottest, 'the sandwich in the URL');
+    await page.reload();
+    await page.waitForSelector(`h3:has-text("Callers of ${ex.hottest}")`);
     await shot('sandwich');
   });
 
@@ -143,7 +146,7 @@ try {
     const at = await locate(ex.hottest);
     await page.mouse.click(at.x, at.y, { button: 'right' });
     await page.click('.menu button:has-text("Focus")');
-    await page.waitForFunction((n) => document.querySelector('.crumbs').textContent.includes('Focused on ' + n), ex.hottest);
+    await page.waitForFunction((n) => document.querySelector('.crumbs')?.textContent.includes('Focused on ' + n), ex.hottest);
     // the focused function is the root now: the top row of the canvas
     const root = await page.evaluate(() => {
       const f = window.kiln.flames[0];
@@ -151,8 +154,12 @@ try {
       return f.nameOf(f.nodeAt(r.width / 2, 5));
     });
     check(root === ex.hottest, 'focused root: ' + root);
+    const focus = new URL(page.url()).searchParams.get('focus');
+    check(focus && focus.endsWith(';' + ex.hottest), 'the focus in the URL: ' + focus);
+    await page.reload();
+    await page.waitForFunction((n) => document.querySelector('.crumbs')?.textContent.includes('Focused on ' + n), ex.hottest);
     await page.click('.crumbs .reset');
-    await page.waitForFunction(() => !document.querySelector('.crumbs').textContent);
+    await page.waitForFunction(() => !document.querySelector('.crumbs')?.textContent);
   });
 
   await step('the time range presets', async () => {
