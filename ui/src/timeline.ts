@@ -28,6 +28,7 @@ export class Timeline {
   private step = 0;
   private shades: Shade[] = [];
   private drag: { x0: number; x1: number } | null = null;
+  private tip: HTMLElement;
 
   constructor(
     private unit: Unit,
@@ -35,7 +36,10 @@ export class Timeline {
     hint = 'Drag across the timeline to zoom into a range',
   ) {
     this.canvas = h('canvas', { class: 'timeline-canvas', title: hint, 'aria-label': 'timeline' });
-    this.el = h('div', { class: 'timeline' }, this.canvas);
+    this.tip = h('div', { class: 'tooltip', hidden: true });
+    this.el = h('div', { class: 'timeline' }, this.canvas, this.tip);
+    this.canvas.addEventListener('mousemove', (e) => this.hover(e));
+    this.canvas.addEventListener('mouseleave', () => (this.tip.hidden = true));
     this.canvas.addEventListener('mousedown', (e) => {
       const x = this.px(e);
       this.drag = { x0: x, x1: x };
@@ -71,6 +75,25 @@ export class Timeline {
     this.overlay?.remove();
     this.overlay = kind && state(kind, text);
     if (this.overlay) this.el.append(this.overlay);
+  }
+
+  /// The values at the pointer: each line's point within a step of it.
+  private hover(e: MouseEvent): void {
+    const t = this.time(this.px(e));
+    const rows: HTMLElement[] = [];
+    for (const l of this.lines) {
+      // a bar at t stands for (t - step, t]
+      const p = l.points.find(([pt]) => pt >= t && pt - this.step < t);
+      if (p) rows.push(h('div', null, h('span', { class: 'swatch', style: `background:${l.color}` }), fmtValue(p[1], this.unit)));
+    }
+    if (this.drag || !rows.length) {
+      this.tip.hidden = true;
+      return;
+    }
+    this.tip.replaceChildren(h('div', { class: 'tip-name' }, fmtTime(t)), ...rows);
+    this.tip.hidden = false;
+    this.tip.style.left = Math.min(e.clientX + 12, window.innerWidth - this.tip.offsetWidth - 4) + 'px';
+    this.tip.style.top = e.clientY + 12 + 'px';
   }
 
   private px(e: MouseEvent): number {

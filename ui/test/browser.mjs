@@ -89,6 +89,24 @@ try {
     await shot('single');
   });
 
+  await step('the timeline draws the profiles and tells their values on hover', async () => {
+    // the first bar: the first column of the bars' blue just above the axis
+    const at = await page.evaluate(() => {
+      const c = document.querySelector('.timeline-canvas');
+      const r = c.getBoundingClientRect();
+      const d = c.width / r.width;
+      const y = Math.floor((110 - 18 - 3) * d);
+      const row = c.getContext('2d').getImageData(0, y, c.width, 1).data;
+      for (let x = 0; x < c.width; x++) if (row[x * 4] === 0x3b && row[x * 4 + 1] === 0x7d && row[x * 4 + 2] === 0xdd) return { x: r.left + x / d + 1, y: r.top + y / d };
+      return null;
+    });
+    check(at, 'a bar on the timeline');
+    await page.mouse.move(at.x, at.y);
+    await page.waitForSelector('.timeline .tooltip:not([hidden])');
+    check(/\d+(\.\d+)? (ms|s|min)/.test(await page.textContent('.timeline .tooltip')), 'the bar\'s value');
+    await page.mouse.move(0, 0);
+  });
+
   await step('the label filter narrows the totals (by clicking)', async () => {
     const before = await total();
     check(before === ex.prodTotal + ex.devTotal, `total ${before}, expected ${ex.prodTotal + ex.devTotal}`);
