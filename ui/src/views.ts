@@ -3,7 +3,7 @@ import * as api from './api';
 import { FlameView, noProfiles, queryBar, settle, timePicker, type Ctx, type Settled } from './components';
 import { h, replace, select, state } from './dom';
 import { fmtValue, pct, unitOf } from './format';
-import { formatQuery, parseQuery, selector, withMatcher, type Query } from './query';
+import { formatQuery, parseQuery, selector, service, withMatcher, type Query } from './query';
 import { COLORS, stepFor, Timeline, type Shade } from './timeline';
 import { describe, fmtTime, resolve, urlTime, type Resolved } from './time';
 import { decode } from './tree';
@@ -38,10 +38,13 @@ async function timeline(tl: Timeline, q: Query, r: Resolved, ctx: Ctx, shades: S
   }
 }
 
-async function merged(view: FlameView, q: Query, r: Resolved, ctx: Ctx): Promise<void> {
+const mergeReq = (q: Query, r: Resolved): api.MergeRequest => ({ profileTypeID: q.profileType, labelSelector: selector(q.matchers), start: r.start, end: r.end, maxNodes: maxNodes() });
+
+/// The flame graph of q over r into view (`pending`: the same query, already asked).
+async function merged(view: FlameView, q: Query, r: Resolved, ctx: Ctx, pending?: Promise<api.FlameGraphJSON>): Promise<void> {
   try {
     const t0 = performance.now();
-    const fg = await api.mergeStacktraces({ profileTypeID: q.profileType, labelSelector: selector(q.matchers), start: r.start, end: r.end, maxNodes: maxNodes() });
+    const fg = await (pending || api.mergeStacktraces(mergeReq(q, r)));
     if (!ctx.alive()) return;
     const t1 = performance.now();
     const f = decode(fg, false);
@@ -77,14 +80,19 @@ async function begin(root: HTMLElement, ctx: Ctx) {
   const r = range(from, until, ctx, root);
   if (!r) return null;
   const picker = timePicker(from, until, (f, u) => go({ from: f, until: u }));
-  const s = await settled(param('query'), r, ctx, root, h('div', { class: 'toolbar' }, picker));
-  return s && { from, until, r, picker, s, q: s.q };
+  // A URL naming a whole query needs no settling first: its flame graph is asked for at once.
+  const text = param('query');
+  const given = parseQuery(text);
+  const pending = given.profileType && service(given) ? api.mergeStacktraces(mergeReq(given, r)) : undefined;
+  pending?.catch(() => {}); // handled where it is awaited, or not needed
+  const s = await settled(text, r, ctx, root, h('div', { class: 'toolbar' }, picker));
+  return s && { from, until, r, picker, s, q: s.q, pending: pending && formatQuery(s.q) === formatQuery(given) ? pending : undefined };
 }
 
 export async function single(root: HTMLElement, ctx: Ctx): Promise<void> {
   const b = await begin(root, ctx);
   if (!b) return;
-  const { from, until, r, picker, s, q } = b;
+  const { from, until, r, picker, s, q, pending } = b;
   const query = formatQuery(q);
   if (param('query') !== query) note({ query });
   const tl = new Timeline(unitOf(q.profileType), (a, b) => go({ from: urlTime(a), until: urlTime(b) }));
@@ -104,7 +112,7 @@ export async function single(root: HTMLElement, ctx: Ctx): Promise<void> {
     tl.el,
     fv.el,
   );
-  await Promise.all([timeline(tl, q, r, ctx), merged(fv, q, r, ctx)]);
+  await Promise.all([timeline(tl, q, r, ctx), merged(fv, q, r, ctx, pending)]);
 }
 
 // Which side a drag on the comparison timeline sets.
@@ -172,13 +180,12 @@ export async function compare(root: HTMLElement, ctx: Ctx, isDiff: boolean): Pro
     root.append(state('error', 'Bad time range: ' + badSide));
     return void (await tlDone);
   }
-  const req = (q: Query, x: Resolved): api.MergeRequest => ({ profileTypeID: q.profileType, labelSelector: selector(q.matchers), start: x.start, end: x.end, maxNodes: maxNodes() });
   if (isDiff) {
     const v = mk(ls.q.profileType);
     root.append(h('div', { class: 'legend' }, h('span', { class: 'swatch down' }), 'less in the comparison', h('span', { class: 'swatch up' }), 'more in the comparison (share of each side’s total)'), v.el);
     try {
       if (ls.q.profileType !== rq.profileType) throw new Error(`Diff needs one profile type on both sides (baseline ${ls.q.profileType}, comparison ${rq.profileType}).`);
-      const fg = await api.diff(req(ls.q, lr), req(rq, rr));
+      const fg = await api.diff(mergeReq(ls.q, lr), mergeReq(rq, rr));
       if (!ctx.alive()) return;
       const f = decode(fg, true);
       if (!f.diff || (!f.diff.lt && !f.diff.rt)) v.empty(`Neither range holds profiles of ${ls.q.profileType} for these queries. Drag on the timeline to pick ranges that hold data.`);
@@ -276,4 +283,3 @@ export async function explore(root: HTMLElement, ctx: Ctx): Promise<void> {
   await Promise.all([series.catch(failed), merged(fv, fq, r, ctx)]);
 }
 
-export { parseQuery };
