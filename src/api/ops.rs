@@ -24,6 +24,7 @@ pub enum Endpoint {
     BuildInfo,
     UiRedirect,
     Ui,
+    UiAsset(&'static str),
     Ring(Which),
     Memberlist,
     Services,
@@ -53,6 +54,13 @@ pub static HTTP: &[HttpRoute<Endpoint>] = &[
         paths: &["/", "/explore", "/comparison", "/comparison-diff"],
         class: Class::Other,
         endpoint: Endpoint::Ui,
+    },
+    HttpRoute { methods: GET, paths: &["/assets/app.js"], class: Class::Other, endpoint: Endpoint::UiAsset("app.js") },
+    HttpRoute {
+        methods: GET,
+        paths: &["/assets/app.css"],
+        class: Class::Other,
+        endpoint: Endpoint::UiAsset("app.css"),
     },
     HttpRoute { methods: GET_POST, paths: &["/ring"], class: Class::Other, endpoint: Endpoint::Ring(Which::Ingester) },
     HttpRoute {
@@ -92,6 +100,7 @@ pub async fn serve_http(core: &Rc<Edge>, endpoint: &Endpoint, r: &Req) -> Respon
             http::Response::builder().status(302).header("location", "/").body(RespBody::empty()).unwrap()
         }
         Endpoint::Ui => ui(),
+        Endpoint::UiAsset(name) => ui_asset(name, r),
         Endpoint::Ring(which) => ring(core, *which, r),
         Endpoint::Memberlist => {
             let (snap, self_id) = membership(core);
@@ -491,8 +500,41 @@ fn membership(core: &Edge) -> (std::sync::Arc<Snapshot>, String) {
     (std::sync::Arc::new(Snapshot::build(vec![me], now_ms(), &crate::cluster::ring_config(cfg))), id)
 }
 
+/// The web UI (`ui/`, built into `ui/dist/`, committed): its page, for every view's path.
+/// The page is revalidated on each load; it names its assets with their content hash
+/// (`?v=`), so those may be cached for good.
 pub fn ui() -> Response {
-    text(200, "text/html; charset=utf-8", include_str!("ui.html"))
+    static_file("text/html; charset=utf-8", "no-cache", UI_PAGE.as_bytes())
+}
+
+const UI_PAGE: &str = include_str!("../../ui/dist/index.html");
+
+/// The assets' version: the content hash the page names them by (`app.js?v=<hash>`).
+fn ui_version() -> &'static str {
+    let at = UI_PAGE.find("app.js?v=").map_or(UI_PAGE.len(), |i| i + "app.js?v=".len());
+    let rest = &UI_PAGE[at..];
+    &rest[..rest.find('"').unwrap_or(0)]
+}
+
+/// `/assets/app.js` and `/assets/app.css`: immutable when asked for by the page's versioned
+/// name, revalidated otherwise.
+pub fn ui_asset(name: &str, r: &Req) -> Response {
+    let current = r.param("v").is_some_and(|v| !v.is_empty() && v == ui_version());
+    let cache = if current { "public, max-age=31536000, immutable" } else { "no-cache" };
+    match name {
+        "app.js" => static_file("text/javascript; charset=utf-8", cache, include_bytes!("../../ui/dist/app.js")),
+        _ => static_file("text/css; charset=utf-8", cache, include_bytes!("../../ui/dist/app.css")),
+    }
+}
+
+fn static_file(content_type: &str, cache: &str, body: &'static [u8]) -> Response {
+    http::Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("cache-control", cache)
+        .header("x-content-type-options", "nosniff")
+        .body(RespBody::full(bytes::Bytes::from_static(body)))
+        .expect("valid response")
 }
 
 #[cfg(test)]

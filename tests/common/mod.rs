@@ -383,11 +383,16 @@ pub fn gunzip_maybe(data: &[u8]) -> Vec<u8> {
 
 /// SelectMergeStacktraces of profile type `pt` and `selector`, from 1 s to an hour ahead.
 pub fn flamegraph(port: u16, pt: &str, selector: &str) -> kiln_proto::querier::v1::FlameGraph {
+    flamegraph_in(port, pt, selector, 1000, now_ms() + 3_600_000)
+}
+
+/// SelectMergeStacktraces of profile type `pt` and `selector` over [start, end] (ms).
+pub fn flamegraph_in(port: u16, pt: &str, selector: &str, start: i64, end: i64) -> kiln_proto::querier::v1::FlameGraph {
     let req = kiln_proto::querier::v1::SelectMergeStacktracesRequest {
         profile_type_id: pt.into(),
         label_selector: selector.into(),
-        start: 1000,
-        end: now_ms() + 3_600_000,
+        start,
+        end,
         max_nodes: Some(1_000_000),
         ..Default::default()
     };
