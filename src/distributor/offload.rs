@@ -61,6 +61,8 @@ fn pool() -> &'static Pool {
             std::thread::Builder::new()
                 .name(format!("kiln-decode-{i}"))
                 .spawn(move || {
+                    // Decoding is CPU work the self-profile should show.
+                    crate::self_profiling::register_current_thread();
                     while let Ok(job) = rx.recv() {
                         job();
                     }
