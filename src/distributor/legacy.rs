@@ -166,7 +166,7 @@ async fn ingest(dist: &Rc<Distributor>, tenant: &TenantId, r: &Req) -> IngestRes
             let kind = binary_kind(format, content_type).expect("just matched");
             ingest_text(dist, &text, kind, &body).await
         }
-        "pprof" => ingest_pprof(dist, tenant, &name, spy, from, &body, None).await,
+        "pprof" => ingest_pprof(dist, tenant, &name, spy, from, body.clone(), None).await,
         "jfr" => {
             let req =
                 super::jfr::ingest::Request { name: &name, spy, from, until, sample_rate, content_type, body: &body };
@@ -217,7 +217,7 @@ async fn ingest_multipart(
     spy: &str,
     from: i64,
     content_type: &str,
-    body: &[u8],
+    body: &bytes::Bytes,
 ) -> IngestResult {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let boundary = multipart::boundary(content_type).ok_or_else(|| bad("multipart body without a boundary".into()))?;
@@ -259,7 +259,8 @@ async fn ingest_multipart(
             })?),
             None => None,
         };
-    ingest_pprof(dist, tenant, name, spy, from, profile.data, config.as_ref()).await
+    // The part as a view of the body (the parser hands out sub-slices of it): no copy.
+    ingest_pprof(dist, tenant, name, spy, from, body.slice_ref(profile.data), config.as_ref()).await
 }
 
 /// Built-in display names Pyroscope applies when the SDK sends no `sample_type_config`.
@@ -430,7 +431,7 @@ async fn ingest_pprof(
     name: &AppName,
     spy: &str,
     from: i64,
-    raw: &[u8],
+    raw: bytes::Bytes,
     config: Option<&serde_json::Value>,
 ) -> IngestResult {
     let limits = dist.limits_for(tenant).clone();
@@ -443,8 +444,8 @@ async fn ingest_pprof(
         if limits.max_profile_size_bytes > 0 { limits.max_profile_size_bytes } else { limits.body_limit_bytes() };
     // A large profile is inflated and decoded off this core, which serves other requests
     // meanwhile (a gzip pprof inflates to 2–5 times its size; twice is the estimate).
-    let cost = if compress::is_gzip(raw) { raw.len().saturating_mul(2) } else { raw.len() };
-    let (raw, spy_owned, config_owned) = (raw.to_vec(), spy.to_string(), config.cloned());
+    let cost = if compress::is_gzip(&raw) { raw.len().saturating_mul(2) } else { raw.len() };
+    let (spy_owned, config_owned) = (spy.to_string(), config.cloned());
     let (size, (decoded, profile_name)) = offload::run(cost, move || {
         let bytes = compress::maybe_gunzip(&raw, max).map_err(|e| format!("profile: {e}"))?;
         let derived_budget = if size_limit > 0 { size_limit.saturating_sub(bytes.len()) } else { usize::MAX };

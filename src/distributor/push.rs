@@ -39,7 +39,8 @@ type Received = (String, usize, usize, usize);
 
 async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -> Result<Vec<Received>, RpcError> {
     let tenant = tenant.clone();
-    let limits = dist.limits_for(&tenant).clone();
+    // Shared with the decode threads (`offload`) a large profile's work may run on.
+    let limits = std::sync::Arc::new(dist.limits_for(&tenant).clone());
     let now = now_ns();
     if req.series.iter().all(|s| s.samples.is_empty()) {
         return Err(RpcError::invalid("no profiles received"));
@@ -52,7 +53,6 @@ async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -
     let budget = if body_limit > 0 { body_limit } else { usize::MAX / 2 };
     let mut inflated = Vec::new();
     let mut total_bytes = 0usize;
-    let shared_limits = std::sync::Arc::new(limits.clone());
     for series in req.series {
         let base = normalize_series_labels(Labels::from_pairs(series.labels.into_iter().map(|l| (l.name, l.value))));
         let label_bytes: usize = base.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -61,7 +61,7 @@ async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -
             let left = budget.saturating_sub(total_bytes.saturating_add(label_bytes));
             // A large gzip body is inflated off this core too (a pprof inflates to 2–5 times
             // its gzip size; twice is the estimate).
-            let (raw, lim) = (sample.raw_profile.clone(), shared_limits.clone());
+            let (raw, lim) = (sample.raw_profile.clone(), limits.clone());
             let bytes = offload::run(raw.len().saturating_mul(2), move || inflate(&raw, &lim, left))
                 .await
                 .unwrap_or_else(|offload::Panicked| {
@@ -93,7 +93,6 @@ async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -
     dist.rate_limit(&tenant, total_bytes, now)?;
     let mut batch: Vec<Accepted> = Vec::with_capacity(inflated.len());
     let mut received = Vec::with_capacity(inflated.len());
-    let limits = shared_limits;
     for (base, compressed, bytes) in inflated {
         let name = base.get(labels::NAME).unwrap_or("").to_string();
         let size = bytes.len();
