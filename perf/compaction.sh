@@ -13,6 +13,8 @@
 #     Then: query latency over the last 48 h (kiln-load --mode query, 2 connections, after a
 #     5 s warm-up run), and push latency at RATE profiles/s to tenant-1 (real pprofs of
 #     testdata/) with the compactor idle.
+#     Then the same restart with nothing to compact, and the same push run: the control for
+#     (b)'s, whose first seconds are a fresh process's as well.
 # (b) kiln restarts on the same data with compaction on at once (interval 5s, wait 0s,
 #     cleanup 5s, deletion delay 0s). From its /ready, kiln-load pushes RATE profiles/s to
 #     tenant-1 for SECS seconds; the script waits until tenant-0's bucket index holds only
@@ -25,7 +27,9 @@
 # Usage (hold the build lock so no build skews the figures):
 #   flock /tmp/kiln-build.lock perf/compaction.sh [seconds per load run, 20]
 # Env: KILN_PERF_PORT (HTTP port, 4150), KILN_PERF_SERVICES (32), KILN_PERF_STEP (30),
-# KILN_PERF_STACKS (1000), KILN_PERF_RATE (pushes/s, 100).
+# KILN_PERF_STACKS (1000), KILN_PERF_RATE (pushes/s, 100), KILN_PERF_DELETION_DELAY (0s: the
+# inputs are deleted during the push run; 1h: they are not, and the script waits only for
+# the three 8h blocks, not for the marks to go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}
@@ -34,6 +38,7 @@ SERVICES=${KILN_PERF_SERVICES:-32}
 STEP=${KILN_PERF_STEP:-30}
 STACKS=${KILN_PERF_STACKS:-1000}
 RATE=${KILN_PERF_RATE:-100}
+DELETION_DELAY=${KILN_PERF_DELETION_DELAY:-0s}
 KILN=${KILN:-./target/release/kiln}
 LOAD=./target/release/kiln-load
 URL=http://127.0.0.1:$PORT
@@ -136,20 +141,30 @@ echo "before: $n_before live blocks, $bytes_before bytes, levels $levels_before"
 query query-level1
 push push-idle-before
 stop_all
+# The control for (b): the same restart with nothing to compact (the wait period again), so
+# a fresh process's first seconds are told apart from the compactor's work.
+start_kiln -compactor.first-level-compaction-wait-period=1h
+push push-idle-after-restart --quiet false
+python3 - "$TMP/push-idle-after-restart.err" <<'PY'
+import re, statistics, sys
+p99 = [float(r.group(1)) for line in open(sys.argv[1]) if (r := re.search(r"\]\s.*p99\s+([0-9.]+) ms", line))]
+print(f"push after a restart, compactor idle: per-second p99 (ms), median / max: {statistics.median(p99):.1f} / {max(p99):.1f}")
+PY
+stop_all
 
 # (b) The same data, compacted while tenant-1 pushes. The push run prints a line per second
 # (its p99 that second); the compactor's log gives each job's end and length, so the seconds
 # with a job running are told apart from the rest.
 t0=$(date +%s.%N)
 start_kiln -compactor.compaction-interval=5s -compactor.first-level-compaction-wait-period=0s \
-  -compactor.cleanup-interval=5s -compactor.deletion-delay=0s
+  -compactor.cleanup-interval=5s -compactor.deletion-delay="$DELETION_DELAY"
 push_start=$(date +%s.%N)
 push push-while-compacting --quiet false &
 pusher=$!
 done_at=
 for _ in $(seq 1200); do
   read -r n bytes levels marked < <(blocks)
-  if [ "$n" -le 3 ] && [ "$marked" -eq 0 ]; then
+  if [ "$n" -le 3 ] && { [ "$marked" -eq 0 ] || [ "$DELETION_DELAY" != 0s ]; }; then
     done_at=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
     break
   fi
@@ -175,7 +190,9 @@ print(f"compactor: {m['kiln_compactor_bytes_read_total'] / 1e6 / job_s:.1f} MB/s
 jobs = []
 for line in open(log):
     if "compaction done" in line:
-        end = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+        ts = re.search(r"\bts=(\S+)", line)
+        ts = ts.group(1) if ts else line.split()[0]
+        end = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
         jobs.append((end - float(re.search(r"seconds=([0-9.e-]+)", line).group(1)), end))
 # kiln-load starts sending 50 ms after it starts; progress line n covers second n of the run.
 start = push_start + 0.05

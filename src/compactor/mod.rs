@@ -287,7 +287,12 @@ impl Compactor {
             .truncate(true)
             .open(&scratch.0)
             .map_err(scratch_err)?;
-        let (out, file, st) = merge::merge_into(&inputs, &mut fetch, &id, &Default::default(), sink)?;
+        // Written behind as it is made: a job's output never lands on the disk in one burst
+        // that the cores' WAL syncs would queue behind, and on a filesystem bucket the file is
+        // then moved into place, not copied.
+        let sink = kiln_io::store::write_behind::Writer::new(sink);
+        let (out, mut file, st) = merge::merge_into(&inputs, &mut fetch, &id, &Default::default(), sink)?;
+        std::io::Write::flush(&mut file).map_err(scratch_err)?;
         drop(file);
         bytes_in += st.bytes_fetched;
         let files: Vec<(String, u64)> = out.meta.files.iter().map(|f| (f.rel_path.clone(), f.size_bytes)).collect();

@@ -452,6 +452,9 @@ impl Ctx {
         if let Some(dest) = self.written_behind(path) {
             let src = local.to_path_buf();
             let copied = tokio::task::spawn_blocking(move || {
+                if write_behind::put_moved(&dest, &src)? {
+                    return Ok(());
+                }
                 let mut f = std::fs::File::open(&src)?;
                 write_behind::put_from(&dest, &mut f)
             })
@@ -718,8 +721,9 @@ impl Store {
     }
 
     /// `put` of the local file `local`, read a part at a time so that an object of any size
-    /// costs a part of memory: on the filesystem with the background store, copied window by
-    /// window (`write_behind`); elsewhere a multipart upload of `PART` bytes a part (which
+    /// costs a part of memory: on the filesystem with the background store, moved into place
+    /// when it lies on the bucket's filesystem (`local` is then gone) and else copied window
+    /// by window (`write_behind`); elsewhere a multipart upload of `PART` bytes a part (which
     /// also lifts S3's 5 GiB cap on one PUT). Readers see the old object or the new one.
     pub async fn put_file(&self, path: String, local: std::path::PathBuf) -> Result<(), StoreError> {
         self.call(Self::job(move |ctx| async move { ctx.put_file(&path, &local).await })).await
@@ -794,6 +798,15 @@ impl Store {
     pub async fn delete(&self, path: String) -> Result<(), StoreError> {
         self.call(Self::job(move |ctx| async move {
             let p = ctx.path(&path)?;
+            if let Some(file) = ctx.written_behind(&path) {
+                let deleted = tokio::task::spawn_blocking(move || write_behind::delete(&file)).await;
+                let e = match deleted {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => e,
+                    Err(e) => std::io::Error::other(e),
+                };
+                return Err(io_error(format!("delete {path} in {}: {e}", ctx.describe), &e));
+            }
             match ctx.store.delete(&p).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(ctx.err("delete", &path, e)),
