@@ -1,7 +1,8 @@
 use mimalloc::MiMalloc;
 
+/// mimalloc, its allocations sampled when self-profiling is on (`self_profiling::alloc`).
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: kiln::self_profiling::alloc::Sampled<MiMalloc> = kiln::self_profiling::alloc::Sampled(MiMalloc);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

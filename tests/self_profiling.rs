@@ -1,12 +1,15 @@
-//! Self-profiling on the real binary: kiln samples its own CPU and pushes the profile as the
-//! service `kiln`, which its own query APIs then show, named by kiln's functions; with
-//! `-self-profiling.disable-push=true` no handler is installed and nothing is pushed. (The
-//! harness starts kiln with it disabled; these tests turn it on.)
+//! Self-profiling on the real binary: kiln samples its own CPU and allocations and pushes the
+//! profiles as the service `kiln`, which its own query APIs then show, named by kiln's
+//! functions; with `-self-profiling.disable-push=true` no handler is installed, no allocation
+//! is sampled and nothing is pushed. (The harness starts kiln with it disabled; these tests
+//! turn it on.)
 mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
 const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+const ALLOC_SPACE: &str = "memory:alloc_space:bytes:space:bytes";
+const ALLOC_OBJECTS: &str = "memory:alloc_objects:count:space:bytes";
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn now_ms() -> i64 {
@@ -26,18 +29,23 @@ fn work(port: u16, tenant: &[(&str, &str)]) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// The function names of kiln's own CPU profile over the past hour (empty: none yet).
-fn kiln_frames(port: u16, tenant: &[(&str, &str)]) -> Vec<String> {
+/// The function names of kiln's own profile of `profile_type` over the past hour (empty:
+/// none yet), and its total.
+fn kiln_flamegraph(port: u16, tenant: &[(&str, &str)], profile_type: &str) -> (Vec<String>, i64) {
     let q = serde_json::json!({
-        "profileTypeID": CPU, "labelSelector": "{service_name=\"kiln\"}",
+        "profileTypeID": profile_type, "labelSelector": "{service_name=\"kiln\"}",
         "start": now_ms() - 3_600_000, "end": now_ms() + 60_000,
     });
     let r = connect_json(port, "/querier.v1.QuerierService/SelectMergeStacktraces", tenant, q);
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
-    j["flamegraph"]["names"]
+    let names = j["flamegraph"]["names"]
         .as_array()
-        .map_or(Vec::new(), |a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect())
+        .map_or(Vec::new(), |a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect());
+    // proto3 JSON writes an int64 as a string.
+    let total = &j["flamegraph"]["total"];
+    let total = total.as_i64().or_else(|| total.as_str().and_then(|t| t.parse().ok())).unwrap_or(0);
+    (names, total)
 }
 
 fn profile_types(port: u16, tenant: &[(&str, &str)]) -> Vec<String> {
@@ -65,17 +73,30 @@ fn catches_sigprof(pid: u32) -> bool {
     u64::from_str_radix(mask, 16).unwrap() & (1 << (libc::SIGPROF - 1)) != 0
 }
 
-/// Works until kiln's own profile shows a kiln function, and returns its frames.
-fn wait_for_kiln_profile(k: &Kiln, load: &[(&str, &str)], own: &[(&str, &str)]) -> Vec<String> {
+/// Works until kiln's own profile of `profile_type` shows a kiln function, and returns its
+/// frames and total.
+fn wait_for_kiln_profile_of(
+    k: &Kiln,
+    load: &[(&str, &str)],
+    own: &[(&str, &str)],
+    profile_type: &str,
+) -> (Vec<String>, i64) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         work(k.port, load);
-        let frames = kiln_frames(k.port, own);
+        let (frames, total) = kiln_flamegraph(k.port, own, profile_type);
         if frames.iter().any(|f| f.starts_with("kiln::")) {
-            return frames;
+            return (frames, total);
         }
-        assert!(Instant::now() < deadline, "no profile of kiln naming a kiln function within {DEADLINE:?}: {frames:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {profile_type} profile of kiln naming a kiln function within {DEADLINE:?}: {frames:?}"
+        );
     }
+}
+
+fn wait_for_kiln_profile(k: &Kiln, load: &[(&str, &str)], own: &[(&str, &str)]) -> Vec<String> {
+    wait_for_kiln_profile_of(k, load, own, CPU).0
 }
 
 #[test]
@@ -93,6 +114,22 @@ fn kiln_profiles_itself_into_its_own_ui() {
     assert!(metric(k.port, "kiln_self_profiling_samples_total") > 0.0);
     assert!(metric(k.port, "kiln_self_profiling_pushes_total") > 0.0);
     assert_eq!(metric(k.port, "kiln_self_profiling_push_failures_total"), 0.0);
+}
+
+#[test]
+fn kiln_profiles_its_allocations_into_its_own_ui() {
+    let k = Kiln::start(&["-self-profiling.disable-push=false", "-self-profiling.push-interval=1s"]);
+    let (frames, total) = wait_for_kiln_profile_of(&k, &[], &[], ALLOC_SPACE);
+    assert!(total > 0, "{total}");
+    // The sampler and the allocator are cut from every stack: no frame names them.
+    assert!(frames.iter().all(|f| !f.contains("self_profiling::alloc::")), "{frames:?}");
+    assert!(frames.iter().all(|f| !f.contains("__rust_alloc")), "{frames:?}");
+    let (objects, objects_total) = kiln_flamegraph(k.port, &[], ALLOC_OBJECTS);
+    assert!(objects.iter().any(|f| f.starts_with("kiln::")), "{objects:?}");
+    assert!(objects_total > 0, "{objects_total}");
+    let types = profile_types(k.port, &[]);
+    assert!(!types.iter().any(|t| t.starts_with("memory:inuse")), "{types:?}");
+    assert!(metric(k.port, "kiln_self_profiling_alloc_samples_total") > 0.0);
 }
 
 #[test]
@@ -124,10 +161,13 @@ fn disabled_there_is_no_handler_and_nothing_is_pushed() {
     }
     // Three push intervals: had it been on, a push would have come.
     std::thread::sleep(Duration::from_secs(3));
-    let frames = kiln_frames(k.port, &[]);
+    let frames = kiln_flamegraph(k.port, &[], CPU).0;
     assert!(frames.iter().all(|f| f == "total"), "{frames:?}");
     assert_eq!(service_names(k.port, &[]), ["app"]);
-    assert!(!profile_types(k.port, &[]).iter().any(|t| t.starts_with("process_cpu:samples")));
+    let types = profile_types(k.port, &[]);
+    assert!(!types.iter().any(|t| t.starts_with("process_cpu:samples") || t.starts_with("memory:")), "{types:?}");
+    assert_eq!(kiln_flamegraph(k.port, &[], ALLOC_SPACE).1, 0);
     assert_eq!(metric(k.port, "kiln_self_profiling_samples_total"), 0.0);
+    assert_eq!(metric(k.port, "kiln_self_profiling_alloc_samples_total"), 0.0);
     assert_eq!(metric(k.port, "kiln_self_profiling_pushes_total"), 0.0);
 }

@@ -13,17 +13,12 @@
 //! for. On x86_64 the stack is unwound by `.eh_frame` (`unwind.rs`); elsewhere frame
 //! pointers are walked (`walk`) in a build that keeps them (`-C force-frame-pointers=yes`),
 //! and any other records the running function alone (`whole_stacks`).
-use std::cell::{RefCell, UnsafeCell};
+use super::ring::Ring;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-/// Frames kept of a stack, the leaf first; deeper stacks lose their outermost callers.
-pub const MAX_DEPTH: usize = 128;
 /// Threads that may be registered at once.
 const MAX_THREADS: usize = 256;
-/// Samples the ring holds between two drains.
-pub const RING: usize = 1024;
-/// Entries a handler tries before it drops its sample.
-const PROBES: usize = 8;
 
 const WORD: usize = std::mem::size_of::<usize>();
 
@@ -32,6 +27,8 @@ pub static SAMPLES: AtomicU64 = AtomicU64::new(0);
 /// Samples lost: the ring was full, the thread was not registered, or (counted by the drain
 /// thread) the interval's table of stacks was full.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// The CPU samples, emptied by the drain thread.
+pub static RING: Ring = Ring::empty();
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static HZ: AtomicU32 = AtomicU32::new(0);
@@ -46,26 +43,6 @@ struct ThreadSlot {
 
 static THREADS: [ThreadSlot; MAX_THREADS] =
     [const { ThreadSlot { tid: AtomicI32::new(0), lo: AtomicUsize::new(0), hi: AtomicUsize::new(0) } }; MAX_THREADS];
-
-const FREE: u32 = 0;
-const WRITING: u32 = 1;
-const READY: u32 = 2;
-
-/// One sample. `state` hands the entry between one handler (FREE → WRITING → READY) and the
-/// drain thread (READY → FREE); `depth` and `pcs` are only touched by whoever moved it last.
-struct Entry {
-    state: AtomicU32,
-    depth: UnsafeCell<usize>,
-    pcs: UnsafeCell<[usize; MAX_DEPTH]>,
-}
-
-// SAFETY: `depth` and `pcs` are accessed only by the owner `state` names (see `Entry`).
-unsafe impl Sync for Entry {}
-
-static ENTRIES: [Entry; RING] =
-    [const { Entry { state: AtomicU32::new(FREE), depth: UnsafeCell::new(0), pcs: UnsafeCell::new([0; MAX_DEPTH]) } };
-        RING];
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Installs SIGPROF's handler; threads that register from now on are sampled `hz` times
 /// per second of their CPU time. Once per process.
@@ -158,7 +135,7 @@ impl Drop for Registration {
 }
 
 /// The calling thread's stack, [lo, hi).
-fn current_stack() -> std::io::Result<(usize, usize)> {
+pub(super) fn current_stack() -> std::io::Result<(usize, usize)> {
     // SAFETY: `attr` is initialised by pthread_getattr_np before it is read, and destroyed.
     unsafe {
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
@@ -227,17 +204,14 @@ fn record(ctx: *mut libc::c_void) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let Some(entry) = claim() else {
+    // SAFETY: [lo, hi) is this thread's stack, mapped for as long as the thread runs, and
+    // `sp` is at or above its lowest used address.
+    let recorded = RING.record(0, |pcs| unsafe { stack(pc, sp, fp, sp.max(lo), hi, pcs) });
+    if recorded {
+        SAMPLES.fetch_add(1, Ordering::Relaxed);
+    } else {
         DROPPED.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    // SAFETY: this handler owns the entry (WRITING); [lo, hi) is this thread's stack, mapped
-    // for as long as the thread runs, and `sp` is at or above its lowest used address.
-    unsafe {
-        *entry.depth.get() = stack(pc, sp, fp, sp.max(lo), hi, &mut *entry.pcs.get());
     }
-    entry.state.store(READY, Ordering::Release);
-    SAMPLES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Whether samples hold whole stacks: on x86_64 always (`.eh_frame`, `unwind.rs`);
@@ -252,7 +226,7 @@ pub const fn whole_stacks() -> bool {
 ///
 /// # Safety
 /// [lo, hi) is the current thread's stack, and `sp` the interrupted code's, at or above lo.
-unsafe fn stack(pc: usize, sp: usize, fp: usize, lo: usize, hi: usize, out: &mut [usize]) -> usize {
+pub(super) unsafe fn stack(pc: usize, sp: usize, fp: usize, lo: usize, hi: usize, out: &mut [usize]) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         super::unwind::walk(pc, sp, fp, lo, hi, out)
@@ -262,28 +236,6 @@ unsafe fn stack(pc: usize, sp: usize, fp: usize, lo: usize, hi: usize, out: &mut
         let _ = sp;
         let depth = if whole_stacks() { out.len() } else { 1 };
         walk(pc, fp, lo, hi, &mut out[..depth])
-    }
-}
-
-/// A free entry of the ring, now WRITING, or none within `PROBES` tries.
-fn claim() -> Option<&'static Entry> {
-    let start = NEXT.fetch_add(1, Ordering::Relaxed);
-    (0..PROBES)
-        .map(|i| &ENTRIES[(start + i) % RING])
-        .find(|e| e.state.compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed).is_ok())
-}
-
-/// Hands every sample in the ring (its program counters, leaf first) to `f` and frees its
-/// entry. Called by one thread (the drain thread).
-pub fn drain(mut f: impl FnMut(&[usize])) {
-    for e in &ENTRIES {
-        if e.state.load(Ordering::Acquire) != READY {
-            continue;
-        }
-        // SAFETY: READY: the handler is done with the entry, and only this thread drains.
-        let (depth, pcs) = unsafe { (*e.depth.get(), &*e.pcs.get()) };
-        f(&pcs[..depth.min(MAX_DEPTH)]);
-        e.state.store(FREE, Ordering::Release);
     }
 }
 
@@ -481,7 +433,7 @@ mod tests {
         .unwrap();
         let mut symbols = super::super::symbols::Symbols::load().unwrap();
         let mut stacks: Vec<Vec<String>> = Vec::new();
-        drain(|pcs| {
+        RING.drain(|pcs, _| {
             let names = pcs.iter().enumerate().map(|(i, &pc)| symbols.name(if i == 0 { pc } else { pc - 1 }));
             stacks.push(names.map(|n| n.to_string()).collect());
         });
