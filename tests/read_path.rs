@@ -97,6 +97,8 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
         metric(unsplit.port, "kiln_query_frontend_split_parts_total"),
         metric(unsplit.port, "kiln_query_frontend_queries_total")
     );
+    // The runs of cached parts were merged into one entry each, which the next round reads.
+    assert!(metric(frontend, "kiln_query_frontend_results_cache_runs_merged_total") > 0.0, "no run merged");
     let hits = metric(frontend, "kiln_query_frontend_results_cache_hits_total");
     assert_same(&want, &snapshot(frontend), "from the results cache");
     assert!(metric(frontend, "kiln_query_frontend_results_cache_hits_total") > hits, "no cache hits the second time");

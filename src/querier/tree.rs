@@ -117,6 +117,13 @@ impl Tree {
         }
     }
 
+    /// The tree as one partial (`merge` of it rebuilds the tree): what the query-frontend
+    /// caches for a run of merged parts. Before `finish`, or after it: only names, parents
+    /// and self values are taken.
+    pub fn to_flame_tree(&self) -> FlameTree {
+        FlameTree { names: self.names.clone(), nodes: self.nodes.iter().map(|n| (n.parent, n.name, n.self_)).collect() }
+    }
+
     /// Rebuilds a tree from flame graph levels (4-tuples, delta-encoded x): a node's parent
     /// is the node one level up whose span contains its x. Used to check encodings against
     /// golden flame graphs and to merge flame graphs received whole.

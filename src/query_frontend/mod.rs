@@ -12,6 +12,7 @@
 //! ring, the part is enqueued at another one; if the client goes away, its parts are taken
 //! off the schedulers' queues (`Cancel`).
 pub mod cache;
+pub mod merge;
 pub mod split;
 
 use crate::cluster::pool::{CallError, Pool};
@@ -22,7 +23,7 @@ use crate::service::call::{Call, Reply};
 use crate::service::routes::{Class, RpcService};
 use crate::service::{Code, RpcError};
 use bytes::Bytes;
-use kiln_shards::query::wire::{decode_results, encode_request};
+use kiln_shards::query::wire::{decode_results, encode_request, encode_results};
 use kiln_shards::query::{QueryRequest, QueryResult};
 use kiln_shards::ring::member::{Components, State};
 use rustc_hash::FxHashMap;
@@ -67,6 +68,8 @@ struct Counters {
     reenqueued: AtomicU64,
     refused: AtomicU64,
     cancelled: AtomicU64,
+    /// Runs of cached parts merged into one cache entry (`cached_run`).
+    runs_merged: AtomicU64,
 }
 
 /// The frontend of this process, shared by every core: the parts waiting for results and
@@ -157,6 +160,11 @@ impl FrontendShared {
                 "Parts cancelled because their client went away.",
                 &c.cancelled,
             ),
+            (
+                "kiln_query_frontend_results_cache_runs_merged_total",
+                "Runs of cached parts whose merged answer was put in the results cache as one entry.",
+                &c.runs_merged,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
@@ -205,6 +213,22 @@ impl FrontendShared {
     }
 }
 
+/// A part's encoded results, as a querier sent them or the cache kept them.
+fn decode_part(bytes: &[u8]) -> Result<Vec<QueryResult>, RpcError> {
+    decode_results(bytes).map_err(|e| RpcError::internal(format!("a querier's results: {e}")))
+}
+
+/// The parts (in time order, each with whether it is cacheable) that one cache entry of
+/// their merged answer stands for: the cacheable ones after the first, when there are two
+/// or more. The first part is left out: it starts where the query does, mid-interval, so
+/// it moves with every query of a sliding range and a run holding it would never be asked
+/// again; the runs after it start and end on interval boundaries, and the cacheable parts
+/// are the oldest, so they are consecutive.
+pub fn cached_run(parts: &[(QueryRequest, bool)]) -> Option<std::ops::Range<usize>> {
+    let n = parts.iter().skip(1).take_while(|(_, c)| *c).count();
+    (n >= 2).then_some(1..1 + n)
+}
+
 /// The frontend on one core: evaluates queries through the schedulers.
 pub struct Frontend {
     pub shared: Arc<FrontendShared>,
@@ -246,13 +270,48 @@ impl Frontend {
         };
         self.shared.counters.queries.fetch_add(1, Relaxed);
         self.shared.counters.parts.fetch_add(parts.len() as u64, Relaxed);
-        let futs: Vec<Fallible<'_, Vec<QueryResult>, RpcError>> =
-            parts.into_iter().map(|(p, c)| Box::pin(self.part(&tenant, p, c)) as Fallible<'_, _, _>).collect();
-        let mut out = Vec::new();
-        for r in try_join_bounded(futs, parallel).await? {
-            out.extend(r);
+        // The run of cached parts, as one cache entry of its merged answer: from the cache,
+        // one answer stands for all of them; else the parts run (each from the cache or a
+        // querier) and their merge is kept for the next query.
+        let run = cached_run(&parts);
+        let run_key = run.clone().map(|r| {
+            let mut joined = parts[r.start].0.clone();
+            joined.selection_mut().end_ms = parts[r.end - 1].0.selection().end_ms;
+            encode_request(&joined)
+        });
+        let run_hit = match &run_key {
+            Some(k) => self.shared.cache().and_then(|mut c| c.get(k)),
+            None => None,
+        };
+        let mut futs: Vec<Fallible<'_, Vec<QueryResult>, RpcError>> = Vec::with_capacity(parts.len());
+        let mut run_slots = None;
+        for (i, (p, c)) in parts.into_iter().enumerate() {
+            let in_run = run.as_ref().is_some_and(|r| r.contains(&i));
+            match (&run_hit, in_run) {
+                (Some(bytes), true) => {
+                    if run.as_ref().is_some_and(|r| r.start == i) {
+                        let bytes = bytes.clone();
+                        futs.push(Box::pin(async move { decode_part(&bytes) }));
+                    }
+                }
+                _ => {
+                    if in_run {
+                        let at = futs.len();
+                        run_slots = Some(run_slots.map_or(at..at + 1, |s: std::ops::Range<usize>| s.start..at + 1));
+                    }
+                    futs.push(Box::pin(self.part(&tenant, p, c)));
+                }
+            }
         }
-        Ok(out)
+        let answers = try_join_bounded(futs, parallel).await?;
+        if let (Some(slots), Some(key)) = (run_slots, run_key) {
+            let merged = merge::merge(answers[slots].iter().flatten().cloned().collect());
+            if let (Some(one), Some(mut c)) = (merged, self.shared.cache()) {
+                c.put(key, Bytes::from(encode_results(std::slice::from_ref(&one))));
+                self.shared.counters.runs_merged.fetch_add(1, Relaxed);
+            }
+        }
+        Ok(answers.into_iter().flatten().collect())
     }
 
     /// Whether a part's answer may be kept: a split kind, wholly before the freshness
@@ -282,7 +341,7 @@ impl Frontend {
                 b
             }
         };
-        decode_results(&bytes).map_err(|e| RpcError::internal(format!("a querier's results: {e}")))
+        decode_part(&bytes)
     }
 
     /// Enqueues one job and waits for its result.
@@ -531,5 +590,18 @@ mod tests {
                 vec![Box::pin(async { Ok(1) }), Box::pin(async { Err(2) }), Box::pin(std::future::pending())];
             assert_eq!(try_join_bounded(futs, 0).await, Err(2));
         }));
+    }
+
+    #[test]
+    fn the_cached_run_is_the_cacheable_parts_after_the_first() {
+        let part = |c: bool| (QueryRequest::MergeTree(split::tests::sel(0, 1)), c);
+        let run = |flags: &[bool]| cached_run(&flags.iter().map(|&c| part(c)).collect::<Vec<_>>());
+        assert_eq!(run(&[true, true, true, true, false]), Some(1..4));
+        assert_eq!(run(&[false, true, true, false]), Some(1..3));
+        // One cacheable part after the first is no run; nor are parts that are not cacheable.
+        assert_eq!(run(&[true, true, false]), None);
+        assert_eq!(run(&[true, false, true, true]), None);
+        assert_eq!(run(&[true]), None);
+        assert_eq!(run(&[]), None);
     }
 }

@@ -84,11 +84,11 @@ pub fn coalesce(parts: Vec<(QueryRequest, bool)>) -> Vec<(QueryRequest, bool)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kiln_shards::query::Selection;
 
-    fn sel(start: i64, end: i64) -> Selection {
+    pub(crate) fn sel(start: i64, end: i64) -> Selection {
         Selection {
             tenants: vec![],
             profile_type: None,

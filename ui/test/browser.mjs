@@ -115,8 +115,12 @@ try {
     await page.selectOption('.label-name', 'env');
     await page.fill('.label-value', 'dev');
     await page.click('.add-filter');
-    await page.waitForSelector('.chip');
-    check((await page.textContent('.chip')).includes('env="dev"'), 'the chip shows env="dev"');
+    // The view re-renders once the URL holds the filter: wait for its chip, and say what
+    // the chips read if it never comes.
+    const chip = await page
+      .waitForFunction(() => [...document.querySelectorAll('.chip')].some((c) => c.textContent.includes('env="dev"')))
+      .then(() => true, () => false);
+    check(chip, `a chip shows env="dev" (chips: ${JSON.stringify(await page.$$eval('.chip', (cs) => cs.map((c) => c.textContent)))})`);
     await waitTotal(ex.devTotal);
   });
 
