@@ -91,6 +91,9 @@ pub fn run(cfg: Config) {
     // pinning, which is worth ≈18% of push throughput at `-shards=1` on two CPUs.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = cores >= cpus || !shared.cfg.cluster_mode();
+    if pin {
+        kiln_io::store::cores_pinned_to_first(cores.min(cpus));
+    }
     let started =
         kiln_shards::runtime::start(cores, local_ring, pin, core_cfg, move |ctx| api::serve(ctx, Arc::clone(&s)));
     // The port opens now: while the steps below run, `/ready` says how far they have got

@@ -955,11 +955,37 @@ async fn tenants(ctx: Ctx) -> Result<Vec<String>, StoreError> {
     Ok(out)
 }
 
+/// How many CPUs, from the first, the cores are pinned to (0: not pinned). Set before any
+/// background thread starts (`cores_pinned_to_first`).
+static CORE_CPUS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The cores are pinned to CPUs `0..n`: background threads started from now on keep to
+/// the CPUs after them when the machine has any (`lower_thread_priority`).
+pub fn cores_pinned_to_first(n: usize) {
+    CORE_CPUS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Nice 10 and the idle I/O scheduling class for the calling thread (Linux sets both per
 /// thread; the I/O class is honoured by the block layer's schedulers that have classes):
-/// background work (the compactor's threads, its store thread) yields to the cores'.
-/// Failing only costs priority.
+/// background work (the compactor's threads, its store thread) yields to the cores'. And
+/// where the cores are pinned to some of the CPUs only (`-shards` below the CPU count), the
+/// thread keeps to the others: a nice level still lets it run on a core's CPU and hold the
+/// core off it for a scheduler slice at each wake-up. Failing only costs priority.
 pub fn lower_thread_priority() {
+    let cores = CORE_CPUS.load(std::sync::atomic::Ordering::Relaxed);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores > 0 && cores < cpus {
+        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it for CPU
+        // numbers below CPU_SETSIZE (checked); sched_setaffinity(0, …) changes only this
+        // thread's affinity and reads the set it is given.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in cores..cpus.min(libc::CPU_SETSIZE as usize) {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
     // SAFETY: setpriority and ioprio_set on this thread's own id change only its priorities;
     // gettid has no preconditions.
     unsafe {
