@@ -16,12 +16,13 @@ use std::collections::BTreeMap;
 
 /// `parts`, every one of one kind, as one result; `None` for kinds that do not add up or
 /// a mix of kinds.
-pub fn merge(parts: Vec<QueryResult>) -> Option<QueryResult> {
+pub fn merge<'a>(parts: impl IntoIterator<Item = &'a QueryResult>) -> Option<QueryResult> {
+    let parts: Vec<&QueryResult> = parts.into_iter().collect();
     match parts.first()? {
         QueryResult::Tree(_) => {
             let mut t = Tree::default();
             for p in &parts {
-                let QueryResult::Tree(part) = p else { return None };
+                let QueryResult::Tree(part) = *p else { return None };
                 t.merge(part);
             }
             Some(QueryResult::Tree(t.to_flame_tree()))
@@ -29,7 +30,7 @@ pub fn merge(parts: Vec<QueryResult>) -> Option<QueryResult> {
         QueryResult::Pprof(_) => {
             let mut m = PartMerger::new();
             for p in &parts {
-                let QueryResult::Pprof(part) = p else { return None };
+                let QueryResult::Pprof(part) = *p else { return None };
                 m.add(part);
             }
             Some(QueryResult::Pprof(m.finish()))
@@ -39,9 +40,9 @@ pub fn merge(parts: Vec<QueryResult>) -> Option<QueryResult> {
             for p in parts {
                 let QueryResult::Series(groups) = p else { return None };
                 for (labels, points) in groups {
-                    let g = out.entry(labels).or_default();
+                    let g = out.entry(labels.clone()).or_default();
                     for (t, b) in points {
-                        let e = g.entry(t).or_default();
+                        let e = g.entry(*t).or_default();
                         e.sum += b.sum;
                         e.count += b.count;
                     }
@@ -195,7 +196,7 @@ mod tests {
             tree(&["", "work", "main", "idle"], &[(0, 0, 0), (0, 2, 1), (1, 1, 3), (1, 3, 7)]),
             tree(&["", "other"], &[(0, 0, 0), (0, 1, 4)]),
         ];
-        let Some(QueryResult::Tree(one)) = merge(parts.clone()) else { panic!("not a tree") };
+        let Some(QueryResult::Tree(one)) = merge(&parts) else { panic!("not a tree") };
         let (a, b) = (finished(&parts), finished(&[QueryResult::Tree(one)]));
         assert_eq!(a.tree_bytes(-1), b.tree_bytes(-1));
         assert_eq!(a.total(), 23);
@@ -209,7 +210,7 @@ mod tests {
             QueryResult::Series(vec![(g("a"), vec![(10, b(1.0, 1)), (20, b(2.0, 1))])]),
             QueryResult::Series(vec![(g("a"), vec![(20, b(3.0, 2))]), (g("b"), vec![(30, b(4.0, 1))])]),
         ];
-        let Some(QueryResult::Series(one)) = merge(parts) else { panic!("not series") };
+        let Some(QueryResult::Series(one)) = merge(&parts) else { panic!("not series") };
         assert_eq!(one, vec![(g("a"), vec![(10, b(1.0, 1)), (20, b(5.0, 3))]), (g("b"), vec![(30, b(4.0, 1))])]);
     }
 
@@ -239,7 +240,7 @@ mod tests {
             // The same functions in another order, and one more.
             QueryResult::Pprof(pprof_part(&["main", "leaf", "gc"], &[(&[1, 0], 3), (&[2], 4)])),
         ];
-        let Some(QueryResult::Pprof(one)) = merge(parts.clone()) else { panic!("not pprof") };
+        let Some(QueryResult::Pprof(one)) = merge(&parts) else { panic!("not pprof") };
         assert_eq!(one.samples.len(), 3, "leaf;main once, main, gc");
         assert_eq!(one.locations.len(), 3);
         let pt = kiln_shards::model::labels::ProfileType::parse("process_cpu:cpu:nanoseconds:cpu:nanoseconds").unwrap();
@@ -267,9 +268,9 @@ mod tests {
 
     #[test]
     fn other_kinds_and_mixes_are_not_merged() {
-        assert!(merge(vec![]).is_none());
-        assert!(merge(vec![QueryResult::Strings(vec!["a".into()])]).is_none());
+        assert!(merge(&[]).is_none());
+        assert!(merge(&[QueryResult::Strings(vec!["a".into()])]).is_none());
         let t = tree(&[""], &[(0, 0, 1)]);
-        assert!(merge(vec![t, QueryResult::Series(vec![])]).is_none());
+        assert!(merge(&[t, QueryResult::Series(vec![])]).is_none());
     }
 }

@@ -284,29 +284,21 @@ impl Frontend {
             None => None,
         };
         let mut futs: Vec<Fallible<'_, Vec<QueryResult>, RpcError>> = Vec::with_capacity(parts.len());
-        let mut run_slots = None;
         for (i, (p, c)) in parts.into_iter().enumerate() {
-            let in_run = run.as_ref().is_some_and(|r| r.contains(&i));
-            match (&run_hit, in_run) {
-                (Some(bytes), true) => {
-                    if run.as_ref().is_some_and(|r| r.start == i) {
+            match (&run_hit, &run) {
+                (Some(bytes), Some(r)) if r.contains(&i) => {
+                    if i == r.start {
                         let bytes = bytes.clone();
                         futs.push(Box::pin(async move { decode_part(&bytes) }));
                     }
                 }
-                _ => {
-                    if in_run {
-                        let at = futs.len();
-                        run_slots = Some(run_slots.map_or(at..at + 1, |s: std::ops::Range<usize>| s.start..at + 1));
-                    }
-                    futs.push(Box::pin(self.part(&tenant, p, c)));
-                }
+                _ => futs.push(Box::pin(self.part(&tenant, p, c))),
             }
         }
         let answers = try_join_bounded(futs, parallel).await?;
-        if let (Some(slots), Some(key)) = (run_slots, run_key) {
-            let merged = merge::merge(answers[slots].iter().flatten().cloned().collect());
-            if let (Some(one), Some(mut c)) = (merged, self.shared.cache()) {
+        // On a miss nothing was left out, so the run's answers are at its parts' places.
+        if let (None, Some(r), Some(key)) = (run_hit, run, run_key) {
+            if let (Some(one), Some(mut c)) = (merge::merge(answers[r].iter().flatten()), self.shared.cache()) {
                 c.put(key, Bytes::from(encode_results(std::slice::from_ref(&one))));
                 self.shared.counters.runs_merged.fetch_add(1, Relaxed);
             }

@@ -751,6 +751,26 @@ impl ProfilesFile {
     }
 }
 
+/// A reader of column `c` of row group `rg`.
+fn column_reader<T: DataType>(
+    file: &Arc<SparseFile>,
+    rg: &RowGroupMetaData,
+    c: usize,
+) -> Result<ColumnReaderImpl<T>, ColErr> {
+    let meta = rg.column(c);
+    let pages = SerializedPageReader::new(file.clone(), meta, rg.num_rows() as usize, None).map_err(|e| (c, e))?;
+    Ok(ColumnReaderImpl::<T>::new(meta.column_descr_ptr(), Box::new(pages)))
+}
+
+/// A `skip_records(n)` of column `c` that skipped fewer than `n` rows is an error.
+fn skipped(c: usize, n: usize, r: parquet::errors::Result<usize>) -> Result<(), ColErr> {
+    match r {
+        Ok(k) if k == n => Ok(()),
+        Ok(k) => Err((c, general(format!("skipped {k} of {n} rows: the column ends early")))),
+        Err(e) => Err((c, e)),
+    }
+}
+
 /// The runs of rows of `local` (row-group-local, sorted, disjoint) whose time lies in
 /// [min_ns, max_ns], read from the group's time column alone. Rows of a series are sorted
 /// by time, so the runs are about one per series.
@@ -761,19 +781,14 @@ fn narrow(
     min_ns: i64,
     max_ns: i64,
 ) -> Result<Vec<Range<u64>>, ColErr> {
-    let meta = rg.column(1);
-    let pages = SerializedPageReader::new(file.clone(), meta, rg.num_rows() as usize, None).map_err(|e| (1, e))?;
-    let mut time = ColumnReaderImpl::<Int64Type>::new(meta.column_descr_ptr(), Box::new(pages));
+    let mut time = column_reader::<Int64Type>(file, rg, 1)?;
     let mut out: Vec<Range<u64>> = Vec::with_capacity(local.len());
     let mut buf: Vec<i64> = Vec::with_capacity(BATCH as usize);
     let mut pos = 0u64;
     for r in local {
         if r.start > pos {
             let n = (r.start - pos) as usize;
-            let k = time.skip_records(n).map_err(|e| (1, e))?;
-            if k != n {
-                return Err((1, general(format!("skipped {k} of {n} rows: the column ends early"))));
-            }
+            skipped(1, n, time.skip_records(n))?;
         }
         let mut at = r.start;
         while at < r.end {
@@ -1010,23 +1025,13 @@ fn general(msg: String) -> parquet::errors::ParquetError {
 impl ReadColumns {
     /// Readers of the first `ncols` columns.
     fn new(file: &Arc<SparseFile>, rg: &RowGroupMetaData, ncols: usize) -> Result<Self, ColErr> {
-        let rows = rg.num_rows() as usize;
-        fn col<T: DataType>(
-            file: &Arc<SparseFile>,
-            rg: &RowGroupMetaData,
-            c: usize,
-            rows: usize,
-        ) -> Result<ColumnReaderImpl<T>, ColErr> {
-            let meta = rg.column(c);
-            let pages = SerializedPageReader::new(file.clone(), meta, rows, None).map_err(|e| (c, e))?;
-            Ok(ColumnReaderImpl::<T>::new(meta.column_descr_ptr(), Box::new(pages)))
-        }
+        let samples = (ncols > HEAD_COLUMNS).then(|| Ok((column_reader(file, rg, 3)?, column_reader(file, rg, 4)?)));
         Ok(ReadColumns {
-            series: col(file, rg, 0, rows)?,
-            time: col(file, rg, 1, rows)?,
-            total: col(file, rg, 2, rows)?,
-            samples: if ncols > HEAD_COLUMNS { Some((col(file, rg, 3, rows)?, col(file, rg, 4, rows)?)) } else { None },
-            spans: if ncols > SAMPLE_COLUMNS { Some(col(file, rg, 5, rows)?) } else { None },
+            series: column_reader(file, rg, 0)?,
+            time: column_reader(file, rg, 1)?,
+            total: column_reader(file, rg, 2)?,
+            samples: samples.transpose()?,
+            spans: if ncols > SAMPLE_COLUMNS { Some(column_reader(file, rg, 5)?) } else { None },
         })
     }
 
@@ -1035,11 +1040,7 @@ impl ReadColumns {
             return Ok(());
         }
         let n = n as usize;
-        let check = |c: usize, r: parquet::errors::Result<usize>| match r {
-            Ok(k) if k == n => Ok(()),
-            Ok(k) => Err((c, general(format!("skipped {k} of {n} rows: the column ends early")))),
-            Err(e) => Err((c, e)),
-        };
+        let check = |c: usize, r: parquet::errors::Result<usize>| skipped(c, n, r);
         check(0, self.series.skip_records(n))?;
         check(1, self.time.skip_records(n))?;
         check(2, self.total.skip_records(n))?;
