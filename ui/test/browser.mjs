@@ -230,7 +230,11 @@ try {
       return { red, green };
     });
     check(colours.red > 100 && colours.green > 100, 'red and green in the diff: ' + JSON.stringify(colours));
-    check((await page.$$('.top-table td.up')).length > 0 && (await page.$$('.top-table td.down')).length > 0, 'the table shows rises and falls');
+    // The table may be drawn after the canvas: wait for it rather than read it at once.
+    const table = await page
+      .waitForFunction(() => document.querySelector('.top-table td.up') && document.querySelector('.top-table td.down'))
+      .then(() => true, () => false);
+    check(table, `the table shows rises and falls (rows: ${(await page.$$('.top-table tr')).length})`);
     await shot('diff');
   });
 
