@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compactor in a whole process: query latency over a day of level-1 blocks and over the
 # same day compacted, the compactor's throughput from its /metrics, and push latency while
-# it works against the same load with it idle.
+# it works against the same load with it idle (as kiln-load sees it, and as kiln's own
+# request histogram does).
 #
 # One single-node kiln (-shards=1, its core pinned to CPU 0) on 127.0.0.1, multitenant:
 # tenant-0 holds the day, tenant-1 takes kiln-load's pushes.
@@ -29,7 +30,8 @@
 # Env: KILN_PERF_PORT (HTTP port, 4150), KILN_PERF_SERVICES (32), KILN_PERF_STEP (30),
 # KILN_PERF_STACKS (1000), KILN_PERF_RATE (pushes/s, 100), KILN_PERF_DELETION_DELAY (0s: the
 # inputs are deleted during the push run; 1h: they are not, and the script waits only for
-# the three 8h blocks, not for the marks to go).
+# the three 8h blocks, not for the marks to go), KILN_PERF_FLAGS (more kiln flags, for every
+# start: e.g. -ingester.wal-preallocate=false).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}
@@ -53,6 +55,8 @@ COMMON=(-server.http-listen-address=127.0.0.1 -server.http-listen-port="$PORT" -
   -storage.path="$TMP/data" -auth.multitenancy-enabled=true -validation.reject-older-than=0
   -distributor.ingestion-rate-limit-mb=0 -validation.max-profile-stacktrace-samples=0
   -querier.max-query-length=0 -querier.max-query-lookback=0)
+# shellcheck disable=SC2206 # flags are split on spaces, on purpose
+COMMON+=(${KILN_PERF_FLAGS:-})
 INDEX=$TMP/data/blocks/tenant-0/bucket-index.json
 
 start_kiln() {
@@ -93,11 +97,29 @@ query() {
   load "$1" --mode query --range 48h --connections 2 --tenant-offset 0
 }
 
+# push LABEL ARGS...: a push run; also prints kiln's own view of it, from the push route's
+# histogram (kiln_request_duration_seconds) before and after: the share of pushes kiln took
+# over 10, 25 and 50 ms to answer, without kiln-load's own scheduling on a shared CPU.
 push() {
   local label=$1
   shift
+  server_buckets >"$TMP/$label.before"
   load "$label" --rate "$RATE" --tenant-offset 1 "$@"
+  server_buckets >"$TMP/$label.after"
+  python3 - "$label" "$TMP/$label.before" "$TMP/$label.after" <<'PY'
+import re, sys
+def read(p):
+    return {r.group(1): float(r.group(2)) for line in open(p) if (r := re.search(r'le="([^"]+)"\} (\S+)', line))}
+b, a = read(sys.argv[2]), read(sys.argv[3])
+d = {le: a[le] - b.get(le, 0) for le in a}
+n = d.get("+Inf", 0)
+over = lambda le: 100 * (n - d.get(le, n)) / n if n else 0
+print(f"{sys.argv[1]}, kiln's side: {n:.0f} pushes; answered in over 10 ms {over('0.01'):.1f}%, "
+      f"over 25 ms {over('0.025'):.1f}%, over 50 ms {over('0.05'):.2f}%")
+PY
 }
+
+server_buckets() { curl -s "$URL/metrics" | grep '^kiln_request_duration_seconds_bucket{route="push"' || true; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
   "$(free -g | awk '/^Mem/ {print $2}') GiB, $(date -u '+%F %H:%M UTC'); kiln and kiln-load on it;" \

@@ -25,18 +25,7 @@ done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +'%F %H:%M') UTC"
 
 # fsync_p99: p99 in ms of 200 bare 64 KiB write+fdatasync rounds on the disk under /tmp.
-fsync_p99() {
-  python3 - <<'EOF'
-import os, time, tempfile
-fd, path = tempfile.mkstemp(dir="/tmp")
-buf = os.urandom(65536)
-ts = []
-for _ in range(200):
-    t = time.perf_counter(); os.write(fd, buf); os.fdatasync(fd); ts.append(time.perf_counter() - t)
-os.close(fd); os.unlink(path)
-ts.sort(); print(f"{ts[int(len(ts) * 0.99) - 1] * 1000:.2f}")
-EOF
-}
+fsync_p99() { python3 perf/fsync_probe.py 65536 200 /tmp; }
 
 run() {
   local name=$1 offload=$2 data pid

@@ -265,6 +265,7 @@ impl WalSetup {
             dir: gens.next.1.clone(),
             segment_bytes: cfg.wal_segment_size_bytes,
             policy: cfg.wal_sync_policy.into(),
+            preallocate: cfg.wal_preallocate,
             resume: gens.adopt,
         };
         WalSetup { _lock: lock, dir, ring, gens, config }

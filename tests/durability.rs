@@ -37,6 +37,28 @@ fn acknowledged_pushes_survive_kill_9_and_a_reshard() {
     assert!(acked.is_subset(&seqs(k.port)));
 }
 
+/// With small segments, most pushes land in segments moved into place full of zeros; a
+/// crash leaves the last one's zeros after its records, and a restart reads up to them.
+#[test]
+fn acknowledged_pushes_survive_kill_9_in_preallocated_segments() {
+    let args = ["-shards=1", "-ingester.wal-segment-size-bytes=65536"];
+    let k = Kiln::start(&args);
+    let pushers = Pushers::start(k.port, "dur");
+    while pushers.acked() < 300 || metric(k.port, "kiln_wal_segments_preallocated_total") < 3.0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let data = k.kill();
+    let acked = pushers.stop();
+    let sizes: Vec<u64> = segment_files(&data).iter().map(|s| std::fs::metadata(s).unwrap().len()).collect();
+    assert!(sizes.iter().filter(|&&n| n == 65536).count() >= 2, "segments not preallocated: {sizes:?}");
+    let k = Kiln::start_in(data, &args);
+    let got = seqs(k.port);
+    assert!(acked.is_subset(&got), "lost {} acknowledged pushes", acked.difference(&got).count());
+    let data = k.kill();
+    let k = Kiln::start_in(data, &args);
+    assert!(acked.is_subset(&seqs(k.port)));
+}
+
 #[test]
 fn a_torn_tail_keeps_every_complete_record() {
     let k = Kiln::start(&["-shards=1"]);

@@ -181,6 +181,7 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
         w.render_metrics(&mut out);
     }
     kiln_io::store::render_metrics(&mut out);
+    kiln_io::wal::spare::render_metrics(&mut out);
     if core.shared.cfg.target.runs(crate::config::Component::Compactor) {
         crate::compactor::render_metrics(&mut out);
     }

@@ -234,6 +234,9 @@ pub struct Config {
     pub wal_segment_size_bytes: u64,
     /// `fsync` (durable before ack) or `write` (ack once in the page cache).
     pub wal_sync_policy: WalSyncPolicy,
+    /// Each core's next WAL segment is written full of zeros ahead of need, so that a sync
+    /// commits no metadata (`-ingester.wal-preallocate`).
+    pub wal_preallocate: bool,
     /// Head bytes a core may hold before pushes are refused with 429; 0 = no limit. Unset:
     /// half of the machine's memory, split over the cores.
     pub max_head_bytes_per_core: Option<u64>,
@@ -511,6 +514,7 @@ impl Default for Config {
             wal_dir: String::new(),
             wal_segment_size_bytes: 128 * 1024 * 1024,
             wal_sync_policy: WalSyncPolicy::Fsync,
+            wal_preallocate: true,
             max_head_bytes_per_core: None,
             max_block_duration: Duration::from_secs(3600),
             max_block_bytes: None,
@@ -942,27 +946,7 @@ impl Config {
                 self.block_cache_bytes_per_core = Some(parse_num(v).map_err(bad)? as u64)
             }
             "ingester.wal-sync-policy" => self.wal_sync_policy = v.parse().map_err(bad)?,
-            "storage.backend" => self.storage.backend = v.parse().map_err(bad)?,
-            "storage.filesystem.dir" => self.storage.filesystem.dir = v.into(),
-            "storage.prefix" => self.storage.prefix = v.into(),
-            "storage.s3.bucket-lookup-type" => self.storage.s3.bucket_lookup_type = v.into(),
-            "storage.s3.signature-version" => self.storage.s3.signature_version = v.into(),
-            "storage.s3.native-aws-auth-enabled" => {
-                self.storage.s3.native_aws_auth_enabled = parse_bool(v).map_err(bad)?
-            }
-            "storage.s3.endpoint" => self.storage.s3.endpoint = v.into(),
-            "storage.s3.bucket-name" => self.storage.s3.bucket_name = v.into(),
-            "storage.s3.region" => self.storage.s3.region = v.into(),
-            "storage.s3.access-key-id" => self.storage.s3.access_key_id = v.into(),
-            "storage.s3.secret-access-key" => self.storage.s3.secret_access_key = Secret(v.into()),
-            "storage.s3.insecure" => self.storage.s3.insecure = parse_bool(v).map_err(bad)?,
-            "storage.s3.force-path-style" => self.storage.s3.force_path_style = parse_bool(v).map_err(bad)?,
-            "storage.gcs.bucket-name" => self.storage.gcs.bucket_name = v.into(),
-            "storage.gcs.service-account" => self.storage.gcs.service_account = Secret(v.into()),
-            "storage.azure.account-name" => self.storage.azure.account_name = v.into(),
-            "storage.azure.account-key" => self.storage.azure.account_key = Secret(v.into()),
-            "storage.azure.container-name" => self.storage.azure.container_name = v.into(),
-            "storage.azure.endpoint-suffix" => self.storage.azure.endpoint_suffix = v.into(),
+            "ingester.wal-preallocate" => self.wal_preallocate = parse_bool(v).map_err(bad)?,
             "auth.multitenancy-enabled" => self.multitenancy_enabled = parse_bool(v).map_err(bad)?,
             "log.level" => self.log_level = v.parse().map_err(bad)?,
             "log.format" => self.log_format = v.parse().map_err(bad)?,
@@ -1006,12 +990,43 @@ impl Config {
             }
             "query-frontend.max-queriers-per-tenant" => l.max_queriers_per_tenant = parse_shard_size(v).map_err(bad)?,
             _ if self.self_profiling.set_flag(k, v)? => {}
+            _ if self.set_storage_flag(k, v)? => {}
             _ if self.set_cluster_flag(k, v)? => {}
             _ if self.set_read_path_flag(k, v)? => {}
             _ if self.set_compactor_flag(k, v)? => {}
             _ => return Err(format!("flag provided but not defined: -{k}")),
         }
         Ok(())
+    }
+
+    /// The object storage flags (`-storage.*` but `-storage.path`); `false`: not one of them.
+    fn set_storage_flag(&mut self, k: &str, v: &str) -> Result<bool, String> {
+        let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
+        match k {
+            "storage.backend" => self.storage.backend = v.parse().map_err(bad)?,
+            "storage.filesystem.dir" => self.storage.filesystem.dir = v.into(),
+            "storage.prefix" => self.storage.prefix = v.into(),
+            "storage.s3.bucket-lookup-type" => self.storage.s3.bucket_lookup_type = v.into(),
+            "storage.s3.signature-version" => self.storage.s3.signature_version = v.into(),
+            "storage.s3.native-aws-auth-enabled" => {
+                self.storage.s3.native_aws_auth_enabled = parse_bool(v).map_err(bad)?
+            }
+            "storage.s3.endpoint" => self.storage.s3.endpoint = v.into(),
+            "storage.s3.bucket-name" => self.storage.s3.bucket_name = v.into(),
+            "storage.s3.region" => self.storage.s3.region = v.into(),
+            "storage.s3.access-key-id" => self.storage.s3.access_key_id = v.into(),
+            "storage.s3.secret-access-key" => self.storage.s3.secret_access_key = Secret(v.into()),
+            "storage.s3.insecure" => self.storage.s3.insecure = parse_bool(v).map_err(bad)?,
+            "storage.s3.force-path-style" => self.storage.s3.force_path_style = parse_bool(v).map_err(bad)?,
+            "storage.gcs.bucket-name" => self.storage.gcs.bucket_name = v.into(),
+            "storage.gcs.service-account" => self.storage.gcs.service_account = Secret(v.into()),
+            "storage.azure.account-name" => self.storage.azure.account_name = v.into(),
+            "storage.azure.account-key" => self.storage.azure.account_key = Secret(v.into()),
+            "storage.azure.container-name" => self.storage.azure.container_name = v.into(),
+            "storage.azure.endpoint-suffix" => self.storage.azure.endpoint_suffix = v.into(),
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// The cluster's flags (`-memberlist.*`, the rings, replication); `false`: not one of them.

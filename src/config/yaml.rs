@@ -83,6 +83,7 @@ const KEYS: &[(&[&str], &str, Get)] = &[
     (&["ingester", "wal_dir"], "ingester.wal-dir", |c| val(&c.wal_dir)),
     (&["ingester", "wal_segment_size_bytes"], "ingester.wal-segment-size-bytes", |c| val(&c.wal_segment_size_bytes)),
     (&["ingester", "wal_sync_policy"], "ingester.wal-sync-policy", |c| val(&c.wal_sync_policy)),
+    (&["ingester", "wal_preallocate"], "ingester.wal-preallocate", |c| val(&c.wal_preallocate)),
     (&["ingester", "max_head_bytes_per_core"], "ingester.max-head-bytes-per-core", |c| val(&c.max_head_bytes_per_core)),
     (&["ingester", "max_block_duration"], "ingester.max-block-duration", |c| dur(c.max_block_duration)),
     (&["ingester", "max_block_bytes"], "ingester.max-block-bytes", |c| val(&c.max_block_bytes)),

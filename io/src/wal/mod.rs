@@ -14,6 +14,7 @@
 //! A crash at any point leaves exactly one ready generation to replay, never two.
 pub mod record;
 pub mod segment;
+pub mod spare;
 
 use std::path::{Path, PathBuf};
 
@@ -180,7 +181,8 @@ fn truncate_torn_tails(gen_dir: &Path) -> std::io::Result<()> {
         let data = last.bytes()?;
         let (_, tail) = record::decode_all(&data);
         let good = match tail {
-            record::Tail::Torn { offset, .. } => offset as u64,
+            // A preallocated segment's unused zeros go too: it is followed by new segments.
+            record::Tail::Torn { offset, .. } | record::Tail::Zeros { offset } => offset as u64,
             record::Tail::Clean => data.len() as u64,
             record::Tail::Corrupt { .. } => continue,
         };
@@ -363,6 +365,29 @@ mod tests {
         assert_ne!(r.next, g.next);
         assert!(g.next.1.join("core-0/0000000001.seg").exists());
         assert_eq!(std::fs::read_to_string(r.next.1.join(RING_FILE)).unwrap(), "cores=3");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_adopted_preallocated_segment_loses_its_zeros_and_keeps_its_records() {
+        let d = tmp("adopt-zeros");
+        let g = prepare(&d, "cores=1").unwrap();
+        commit(&g.next.1, None).unwrap();
+        let core = g.next.1.join("core-0");
+        std::fs::create_dir_all(&core).unwrap();
+        let mut seg = Vec::new();
+        record::encode(b"one", &mut seg);
+        let whole = seg.len();
+        seg.resize(1 << 16, 0); // a spare's zeros after the records
+        std::fs::write(core.join("0000000001.seg"), &seg).unwrap();
+        std::fs::write(core.join(spare::SPARE_NAME), vec![0; 100]).unwrap();
+        assert!(prepare(&d, "cores=1").unwrap().adopt);
+        let segs = segments(&g.next.1).unwrap();
+        assert_eq!(segs.len(), 1, "the spare is not a segment");
+        assert_eq!(std::fs::metadata(&segs[0].path).unwrap().len(), whole as u64);
+        let (recs, dropped) = segs[0].read().unwrap();
+        assert_eq!(recs, vec![b"one".to_vec()]);
+        assert!(dropped.is_none());
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -33,6 +33,8 @@ pub struct SegmentWriter {
     policy: SyncPolicy,
     /// A failed write left bytes past `len` that could not be truncated yet.
     dirty: bool,
+    /// The next segment, written full of zeros ahead of need (`with_preallocation`).
+    spare: Option<super::spare::Spare>,
     #[cfg(test)]
     faults: tests::Faults,
 }
@@ -85,9 +87,17 @@ impl SegmentWriter {
             max_bytes: max_bytes.max(1),
             policy,
             dirty: false,
+            spare: None,
             #[cfg(test)]
             faults: Default::default(),
         })
+    }
+
+    /// Opens every later segment from a spare prepared ahead of need (see `spare`), so that
+    /// syncs of its writes commit no metadata. The segment open now, if any, stays plain.
+    pub fn with_preallocation(mut self) -> Self {
+        self.spare = Some(super::spare::Spare::start(&self.dir, self.max_bytes));
+        self
     }
 
     /// Writes framed records at the end of the current segment (rotating first when it is
@@ -230,11 +240,31 @@ impl SegmentWriter {
             self.faults.open.set(self.faults.open.get() - 1);
             return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
         }
-        let file = open_segment(&self.dir, next).await?;
+        let path = segment_path(&self.dir, next);
+        let file = if self.spare.as_mut().is_some_and(|s| s.take_as(&path)) {
+            let f = monoio::fs::OpenOptions::new().write(true).open(&path).await?;
+            sync_dir_async(&self.dir).await?;
+            f
+        } else {
+            open_segment(&self.dir, next).await?
+        };
         self.seq = next;
         self.file = Some(Rc::new(file));
         self.len = 0;
         Ok(())
+    }
+
+    /// Waits until the spare is ready (tests: a rotation then takes it for certain).
+    #[cfg(test)]
+    fn wait_for_spare(&mut self) {
+        let spare = self.spare.as_mut().expect("preallocation is on");
+        for _ in 0..2000 {
+            if spare.is_ready() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("the spare was not ready in 10 s");
     }
 
     pub async fn sync(&self) -> std::io::Result<()> {
@@ -245,19 +275,36 @@ impl SegmentWriter {
     }
 }
 
-/// Opens a new, empty segment durably. A segment left empty by an earlier attempt whose
-/// directory sync failed is taken as it is; a non-empty one is never overwritten.
+/// Opens a new, empty segment durably. A segment left empty (or all zeros: a spare moved
+/// into place) by an earlier attempt whose directory sync failed is taken as it is; one
+/// holding anything else is never overwritten.
 async fn open_segment(dir: &Path, seq: u64) -> std::io::Result<monoio::fs::File> {
     let path = segment_path(dir, seq);
     let file = match open_new(&path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::fs::metadata(&path)?.len() == 0 => {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && holds_nothing(&path)? => {
             monoio::fs::OpenOptions::new().write(true).open(&path).await?
         }
         Err(e) => return Err(e),
     };
     sync_dir_async(dir).await?;
     Ok(file)
+}
+
+/// Whether a file is empty or all zeros. Read only after a failed rotation.
+fn holds_nothing(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
 }
 
 /// The highest segment number in a core's WAL directory (0: none, or no directory).
@@ -352,7 +399,7 @@ pub fn read_segment_to(path: &Path, end: Option<u64>) -> Result<(Vec<Vec<u8>>, O
     let (records, tail) = record::decode_all(&data);
     let records = records.into_iter().map(<[u8]>::to_vec).collect();
     match tail {
-        record::Tail::Clean => Ok((records, None)),
+        record::Tail::Clean | record::Tail::Zeros { .. } => Ok((records, None)),
         record::Tail::Torn { offset, dropped } => {
             Ok((records, Some(Dropped { path: path.to_path_buf(), offset, bytes: dropped })))
         }
@@ -513,6 +560,72 @@ mod tests {
         assert_eq!(read_all(&dir), [(1, vec![1], false)]);
         run(async {
             assert!(SegmentWriter::create(dir.clone(), 1 << 20, SyncPolicy::Write).await.is_err());
+        });
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[test]
+    fn later_segments_come_preallocated_and_read_back_without_their_zeros() {
+        let dir = tmp("spare");
+        run(async {
+            let mut w =
+                SegmentWriter::create(dir.clone(), 1 << 20, SyncPolicy::Fsync).await.unwrap().with_preallocation();
+            assert!(w.write(rec(1, 100)).await.0.is_ok());
+            w.wait_for_spare();
+            assert_eq!(w.cut().await.unwrap(), 2);
+            // Segment 2 is the spare, moved into place full of zeros; another is prepared.
+            assert_eq!(std::fs::metadata(segment_path(&dir, 2)).unwrap().len(), 1 << 20);
+            assert!(w.write(rec(2, 100)).await.0.unwrap().is_some());
+            assert!(w.write(rec(3, 5000)).await.0.is_ok());
+            // A rotation for size takes the next spare too.
+            w.wait_for_spare();
+            assert!(w.write(rec(4, 1 << 20)).await.0.is_ok());
+            w.wait_for_spare();
+            assert!(w.write(rec(5, 10)).await.0.is_ok());
+            w.wait_for_spare();
+        });
+        assert_eq!(
+            read_all(&dir),
+            [(1, vec![1], false), (2, vec![2, 3], false), (3, vec![4], false), (4, vec![5], false)]
+        );
+        assert_eq!(std::fs::metadata(segment_path(&dir, 4)).unwrap().len(), 1 << 20);
+        // The next start finds the spare left ready and takes it for its first segment.
+        let ready = dir.join(super::super::spare::READY_NAME);
+        let half = dir.join(super::super::spare::SPARE_NAME);
+        assert_eq!(std::fs::metadata(&ready).unwrap().len(), 1 << 20);
+        std::fs::write(&half, b"half written").unwrap();
+        run(async {
+            let mut w = SegmentWriter::resume(dir.clone(), 4, 1 << 20, SyncPolicy::Write).unwrap().with_preallocation();
+            assert!(!half.exists(), "a half-written spare is removed at start");
+            assert!(w.write(rec(6, 10)).await.0.is_ok());
+            assert_eq!(std::fs::metadata(segment_path(&dir, 5)).unwrap().len(), 1 << 20);
+            w.wait_for_spare();
+        });
+        // One ready for another segment size is replaced.
+        let w = SegmentWriter::resume(dir.clone(), 5, 1 << 19, SyncPolicy::Write).unwrap().with_preallocation();
+        let mut w = w;
+        w.wait_for_spare();
+        assert_eq!(std::fs::metadata(&ready).unwrap().len(), 1 << 19);
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[test]
+    fn a_spare_never_replaces_a_segment() {
+        let dir = tmp("spare-exists");
+        run(async {
+            let mut w =
+                SegmentWriter::create(dir.clone(), 1 << 16, SyncPolicy::Write).await.unwrap().with_preallocation();
+            assert!(w.write(rec(1, 10)).await.0.is_ok());
+            w.wait_for_spare();
+            // Segment 2 is already there with records (written by hand here): the rotation
+            // keeps it and fails, as a plain open does, and the spare stays for later.
+            let mut theirs = Vec::new();
+            record::encode(&[7; 10], &mut theirs);
+            std::fs::write(segment_path(&dir, 2), &theirs).unwrap();
+            assert!(w.cut().await.is_ok());
+            assert!(w.write(rec(2, 10)).await.0.is_err());
+            assert_eq!(std::fs::read(segment_path(&dir, 2)).unwrap(), theirs);
+            assert!(dir.join(super::super::spare::READY_NAME).exists());
         });
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }

@@ -78,6 +78,9 @@ pub struct WalConfig {
     pub dir: std::path::PathBuf,
     pub segment_bytes: u64,
     pub policy: kiln_io::wal::segment::SyncPolicy,
+    /// Later segments are opened from a spare written full of zeros ahead of need
+    /// (`kiln_io::wal::spare`).
+    pub preallocate: bool,
     /// The generation is adopted: each core continues after its last segment instead of
     /// starting a new directory.
     pub resume: bool,
@@ -106,6 +109,7 @@ pub async fn start<M: From<Msg> + 'static>(
                 SegmentWriter::create(dir.clone(), w.segment_bytes, w.policy).await
             };
             let writer = match writer {
+                Ok(wr) if w.preallocate => wr.with_preallocation(),
                 Ok(wr) => wr,
                 Err(e) => {
                     tracing::error!(dir = %dir.display(), error = %e, "cannot create the WAL");
