@@ -166,7 +166,7 @@ impl<'a> HeadView<'a> {
                 v.dedup();
                 QueryResult::LabelSets(v)
             }
-            QueryRequest::MergeTree(sel) => QueryResult::Tree(self.flame_tree(&self.stack_values(sel))),
+            QueryRequest::MergeTree(sel) => QueryResult::Tree(self.flame_tree(sel)),
             QueryRequest::MergeProfile(sel) => QueryResult::Pprof(self.pprof_part(&self.stack_values(sel))),
             QueryRequest::SelectSeries { sel, step_ms, group_by } => {
                 let mut groups: BTreeMap<Labels, BTreeMap<i64, Bucket>> = BTreeMap::new();
@@ -267,22 +267,29 @@ impl<'a> HeadView<'a> {
     /// their samples taken in one of those spans.
     fn stack_values(&self, sel: &Selection) -> FxHashMap<u32, i64> {
         let mut acc: FxHashMap<u32, i64> = FxHashMap::default();
-        let mut add = |id: u32, v: i64| {
+        self.each_sample(sel, |id, v| {
             let e = acc.entry(id).or_insert(0);
             *e = e.saturating_add(v);
-        };
+        });
+        acc
+    }
+
+    /// Hands each (stack node, value) the selection counts to `f`, in column order: the
+    /// samples of the selected profiles or, with a span filter, those taken in one of its
+    /// spans. A stack node may come more than once.
+    fn each_sample(&self, sel: &Selection, mut f: impl FnMut(u32, i64)) {
         for s in self.selected(sel) {
             match (&sel.spans, &s.spans) {
                 (None, _) => {
                     for i in self.in_range(s, sel) {
-                        s.samples(i).for_each(|(id, v)| add(id, v));
+                        s.samples(i).for_each(|(id, v)| f(id, v));
                     }
                 }
                 (Some(wanted), Some(sp)) => {
                     for i in self.in_range(s, sel) {
                         for (id, v, span) in sp.samples(i) {
                             if wanted.contains(span) {
-                                add(id, v);
+                                f(id, v);
                             }
                         }
                     }
@@ -290,7 +297,6 @@ impl<'a> HeadView<'a> {
                 (Some(_), None) => {}
             }
         }
-        acc
     }
 
     /// The function name of a location frame, or its address when it has no symbols.
@@ -307,29 +313,51 @@ impl<'a> HeadView<'a> {
         }
     }
 
-    fn flame_tree(&self, values: &FxHashMap<u32, i64>) -> FlameTree {
-        const UNSET: u32 = u32::MAX;
-        const NEEDED: u32 = u32::MAX - 1;
+    /// The flame tree of the selected samples. The samples are read twice (to mark the
+    /// stack nodes they need, then to add their values up) rather than summed per stack
+    /// node first: a map of millions of stack nodes costs more than a second sequential
+    /// read of the columns.
+    fn flame_tree(&self, sel: &Selection) -> FlameTree {
         let sym = &self.symbols;
-        let mut names = NameMap::new(sym.strings.len());
-        let mut nodes: Vec<(u32, u32, i64)> = vec![(0, 0, 0)];
-        let mut children = ChildIndex::default();
-        // Tree node of each stack node this query needs. A parent's id is smaller than its
-        // children's, so one ascending pass resolves every needed node after its parent.
+        // Tree node of each stack node this query needs.
         let mut tnode = vec![UNSET; sym.stack_count()];
         tnode[ROOT as usize] = 0;
-        let (mut lo, mut hi) = (usize::MAX, 0usize);
-        for &id in values.keys() {
+        let (mut lo, mut hi, mut needed) = (usize::MAX, 0usize, 0usize);
+        self.each_sample(sel, |id, _| {
             let mut n = id as usize;
             while tnode[n] == UNSET {
                 tnode[n] = NEEDED;
-                lo = lo.min(n);
-                hi = hi.max(n);
+                (lo, hi, needed) = (lo.min(n), hi.max(n), needed + 1);
                 n = sym.parent[n] as usize;
             }
-        }
+        });
+        let (names, mut nodes) = self.resolve_needed(&mut tnode, lo..hi.saturating_add(1), needed);
+        self.each_sample(sel, |id, v| {
+            if let Some(node) = nodes.get_mut(tnode[id as usize] as usize) {
+                node.2 = node.2.saturating_add(v);
+            }
+        });
+        FlameTree { names: names.names, nodes }
+    }
+
+    /// Gives each stack node marked `NEEDED` in `range` its tree node (in `tnode`), creating
+    /// the tree's nodes (values 0) as it goes. A parent's id is smaller than its children's,
+    /// so one ascending pass resolves every needed node after its parent. `needed` (how many
+    /// are marked) sizes the tree up front: most locations make one frame, so it is rarely
+    /// outgrown, and growing buffers of millions of nodes would copy them.
+    fn resolve_needed(
+        &self,
+        tnode: &mut [u32],
+        range: std::ops::Range<usize>,
+        needed: usize,
+    ) -> (NameMap, Vec<(u32, u32, i64)>) {
+        let sym = &self.symbols;
+        let mut names = NameMap::new(sym.strings.len());
+        let mut nodes: Vec<(u32, u32, i64)> = Vec::with_capacity(needed + 1);
+        nodes.push((0, 0, 0));
+        let mut children = ChildIndex::with_capacity(needed + 1);
         let mut frames: Vec<u32> = Vec::new();
-        for n in lo..=hi.min(tnode.len().saturating_sub(1)) {
+        for n in range.start..range.end.min(tnode.len()) {
             if tnode[n] != NEEDED {
                 continue;
             }
@@ -350,19 +378,13 @@ impl<'a> HeadView<'a> {
             }
             tnode[n] = t;
         }
-        for (&id, &v) in values {
-            if let Some(node) = nodes.get_mut(tnode[id as usize] as usize) {
-                node.2 = node.2.saturating_add(v);
-            }
-        }
-        FlameTree { names: names.names, nodes }
+        (names, nodes)
     }
 
     /// The selected stacks with only the symbols they use, renumbered densely: a query over
     /// one service of a large head or block copies that service's symbols, not the table.
     /// The merger re-interns by content.
     fn pprof_part(&self, values: &FxHashMap<u32, i64>) -> PprofPart {
-        const UNSET: u32 = u32::MAX;
         let sym = self.symbols;
         let mut p = PprofPart {
             strings: vec![String::new()],
@@ -422,6 +444,11 @@ impl<'a> HeadView<'a> {
         p
     }
 }
+
+/// `flame_tree`'s marks per stack node: not needed by the query, and needed but not resolved
+/// to a tree node yet.
+const UNSET: u32 = u32::MAX;
+const NEEDED: u32 = u32::MAX - 1;
 
 /// Names of one query's flame tree, keyed by symbol string id (or literal for addresses).
 #[derive(Default)]

@@ -277,14 +277,7 @@ impl Tree {
 
     /// Computes totals and lists children sorted by name; call once after the last merge.
     pub fn finish(&mut self) {
-        for n in &mut self.nodes {
-            n.total = n.self_;
-        }
-        // Parents precede children, so every child's total is final when it is added up.
-        for i in (1..self.nodes.len()).rev() {
-            let (t, p) = (self.nodes[i].total, self.nodes[i].parent as usize);
-            self.nodes[p].total += t;
-        }
+        let counts = self.add_up_totals();
         // Children are sorted by name bytes only where a walk visits them, through each
         // name's rank (one string sort of the distinct names).
         let mut by_name: Vec<u32> = (0..self.names.len() as u32).collect();
@@ -293,24 +286,44 @@ impl Tree {
         for (r, n) in by_name.into_iter().enumerate() {
             self.rank[n as usize] = r as u32;
         }
-        let n = self.nodes.len();
-        let mut start = vec![0u32; n + 1];
-        for node in &self.nodes[1..] {
-            start[node.parent as usize + 1] += 1;
-        }
-        for i in 0..n {
-            start[i + 1] += start[i];
-        }
-        let mut fill = start.clone();
-        let mut list = vec![0u32; n.saturating_sub(1)];
-        for (i, node) in self.nodes.iter().enumerate().skip(1) {
-            let p = node.parent as usize;
-            list[fill[p] as usize] = i as u32;
-            fill[p] += 1;
-        }
-        self.child_start = start;
-        self.child_list = list;
+        (self.child_start, self.child_list) = self.child_lists(counts);
         self.index = None;
+    }
+
+    /// Sets each node's total (its self plus its children's totals) and returns how many
+    /// children each node has, at `[parent]` of a slice one longer than the nodes: one pass
+    /// over the parents for both, as each reaches a parent that may lie anywhere in memory.
+    fn add_up_totals(&mut self) -> Vec<u32> {
+        for n in &mut self.nodes {
+            n.total = n.self_;
+        }
+        let mut counts = vec![0u32; self.nodes.len() + 1];
+        // Parents precede children, so every child's total is final when it is added up.
+        for i in (1..self.nodes.len()).rev() {
+            let (t, p) = (self.nodes[i].total, self.nodes[i].parent as usize);
+            self.nodes[p].total += t;
+            counts[p] += 1;
+        }
+        counts
+    }
+
+    /// Children per node in CSR form (starts, list) from their `counts` (`add_up_totals`),
+    /// each node's in id order. `start[p]` is first p's end, then moved back one slot per
+    /// child as the children are placed last to first, which leaves it at p's start: no
+    /// second array of write positions for millions of nodes.
+    fn child_lists(&self, counts: Vec<u32>) -> (Vec<u32>, Vec<u32>) {
+        let n = self.nodes.len();
+        let mut start = counts;
+        for i in 1..=n {
+            start[i] += start[i - 1];
+        }
+        let mut list = vec![0u32; n.saturating_sub(1)];
+        for (i, node) in self.nodes.iter().enumerate().skip(1).rev() {
+            let end = &mut start[node.parent as usize];
+            *end -= 1;
+            list[*end as usize] = i as u32;
+        }
+        (start, list)
     }
 
     pub fn total(&self) -> i64 {

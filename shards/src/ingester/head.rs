@@ -290,7 +290,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::model::profile::{Function, Line, Location, Mapping, Sample, ValueType};
     use crate::model::selector::parse_selector;
-    use crate::query::Selection;
+    use crate::query::{FlameTree, PprofPart, Selection};
+    use std::collections::BTreeMap;
 
     pub(crate) fn folded(stacks: &[(&str, i64)], ts: i64) -> Profile {
         let mut p = Profile {
@@ -374,6 +375,90 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(empty.nodes.len(), 1);
+    }
+
+    /// A profile over 7 locations whose names collide as flame graph frames: locations 0–2
+    /// and 3 are functions f0–f2 and f0 again, 4 inlines f1 into f2 (two frames), 5 is f1
+    /// again and 6 has no symbols (an address).
+    fn colliding(stacks: &[(Vec<u32>, i64)], ts: i64) -> Profile {
+        let mut p = Profile {
+            strings: vec!["".into(), "samples".into(), "count".into(), "f0".into(), "f1".into(), "f2".into()],
+            sample_types: vec![ValueType { r#type: 1, unit: 2 }],
+            time_nanos: ts,
+            ..Default::default()
+        };
+        p.functions = (3..6).map(|name| Function { name, ..Default::default() }).collect();
+        let line = |function| Line { function, line: 0 };
+        let lines = [vec![line(0)], vec![line(1)], vec![line(2)], vec![line(0)], vec![line(1), line(2)], vec![line(1)]];
+        p.locations = lines.into_iter().map(|lines| Location { lines, ..Default::default() }).collect();
+        p.locations.push(Location { address: 0x1f, ..Default::default() });
+        p.samples =
+            stacks.iter().map(|(locs, v)| Sample { locations: locs.clone(), values: vec![*v], span_id: 0 }).collect();
+        p
+    }
+
+    /// Value per root-first path of names: of a flame tree, and of a pprof part (each
+    /// location's frames outermost first, an address as `0x…`).
+    fn tree_paths(t: &FlameTree) -> BTreeMap<Vec<String>, i64> {
+        let mut path_of: Vec<Vec<String>> = vec![Vec::new()];
+        let mut out = BTreeMap::new();
+        for &(parent, name, v) in &t.nodes[1..] {
+            let mut path = path_of[parent as usize].clone();
+            path.push(t.names[name as usize].clone());
+            // A path is one node: siblings never share a name.
+            assert!(out.insert(path.clone(), v).is_none(), "{path:?} twice");
+            path_of.push(path);
+        }
+        out.retain(|_, v| *v != 0);
+        out
+    }
+
+    fn pprof_paths(p: &PprofPart) -> BTreeMap<Vec<String>, i64> {
+        let mut out = BTreeMap::new();
+        for (locs, v) in &p.samples {
+            let mut path = Vec::new();
+            for &l in locs.iter().rev() {
+                let rec = &p.locations[l as usize];
+                if rec.lines.is_empty() {
+                    path.push(format!("0x{:x}", rec.address));
+                }
+                for line in rec.lines.iter().rev() {
+                    path.push(p.strings[p.functions[line.function as usize].name as usize].clone());
+                }
+            }
+            *out.entry(path).or_insert(0) += v;
+        }
+        out.retain(|_, v| *v != 0);
+        out
+    }
+
+    proptest::proptest! {
+        /// The flame tree (stack nodes marked from the samples, resolved in one pass, values
+        /// added up per sample) holds what the per-stack sums of the pprof path make, with
+        /// names colliding across locations, inlined frames, addresses, repeated stacks and
+        /// profiles out of the queried range.
+        #[test]
+        fn flame_tree_agrees_with_the_stack_sums(
+            profiles in proptest::collection::vec(
+                proptest::collection::vec((proptest::collection::vec(0u32..7, 1..5), 1i64..50), 1..12),
+                1..4,
+            ),
+            end_s in 1i64..4,
+        ) {
+            let mut h = TenantHead::default();
+            for (i, stacks) in profiles.iter().enumerate() {
+                let p = colliding(stacks, (i as i64 + 1) * 1_000_000_000 - 1);
+                h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", "svc")]));
+            }
+            let mut s = sel("x:samples:count::", "{}");
+            s.end_ms = end_s * 1000;
+            let QueryResult::Tree(t) = h.query("t", &QueryRequest::MergeTree(s.clone())) else { panic!() };
+            let QueryResult::Pprof(p) = h.query("t", &QueryRequest::MergeProfile(s)) else { panic!() };
+            for (i, n) in t.nodes.iter().enumerate().skip(1) {
+                proptest::prop_assert!((n.0 as usize) < i);
+            }
+            proptest::prop_assert_eq!(tree_paths(&t), pprof_paths(&p));
+        }
     }
 
     #[test]

@@ -9,13 +9,16 @@ const NONE: u32 = u32::MAX;
 /// Siblings scanned before a parent's children move to the map.
 const WIDE: u32 = 16;
 
+/// A node's entries are packed in pairs read together, so scanning a list costs one cache
+/// line per sibling (its name and the next sibling) and one for the parent (its first child
+/// and count): in trees of millions of nodes, siblings made at different times lie far apart.
 #[derive(Debug, Clone)]
 pub struct ChildIndex {
-    name: Vec<u32>,
-    first: Vec<u32>,
-    next: Vec<u32>,
-    /// Children count while the parent is narrow; `u32::MAX` once it is wide.
-    fanout: Vec<u32>,
+    /// Per node: (name, next sibling).
+    link: Vec<(u32, u32)>,
+    /// Per node: (first child, children count while the parent is narrow; `u32::MAX` once
+    /// it is wide).
+    head: Vec<(u32, u32)>,
     wide: FxHashMap<(u32, u32), u32>,
 }
 
@@ -28,66 +31,64 @@ impl Default for ChildIndex {
 impl ChildIndex {
     /// An index holding just the root, node 0.
     pub fn with_capacity(n: usize) -> Self {
-        let mut c = ChildIndex {
-            name: Vec::with_capacity(n),
-            first: Vec::with_capacity(n),
-            next: Vec::with_capacity(n),
-            fanout: Vec::with_capacity(n),
-            wide: FxHashMap::default(),
-        };
-        c.push(0);
+        let mut c = ChildIndex { link: Vec::with_capacity(n), head: Vec::with_capacity(n), wide: FxHashMap::default() };
+        c.push(0, NONE);
         c
     }
 
-    fn push(&mut self, name: u32) -> u32 {
-        let id = self.name.len() as u32;
-        self.name.push(name);
-        self.first.push(NONE);
-        self.next.push(NONE);
-        self.fanout.push(0);
+    fn push(&mut self, name: u32, next: u32) -> u32 {
+        let id = self.link.len() as u32;
+        self.link.push((name, next));
+        self.head.push((NONE, 0));
         id
     }
 
     pub fn len(&self) -> usize {
-        self.name.len()
+        self.link.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.name.is_empty()
+        self.link.is_empty()
     }
 
     /// The child of `parent` named `name`; the bool says whether it was just created (its id
     /// is then `len() - 1`).
     pub fn child(&mut self, parent: u32, name: u32) -> (u32, bool) {
         let p = parent as usize;
-        if self.fanout[p] == NONE {
+        let (first, fanout) = self.head[p];
+        if fanout == NONE {
             if let Some(&c) = self.wide.get(&(parent, name)) {
                 return (c, false);
             }
-            let c = self.push(name);
+            let c = self.push(name, NONE);
             self.wide.insert((parent, name), c);
             return (c, true);
         }
-        let mut c = self.first[p];
+        let mut c = first;
         while c != NONE {
-            if self.name[c as usize] == name {
+            let (n, next) = self.link[c as usize];
+            if n == name {
                 return (c, false);
             }
-            c = self.next[c as usize];
+            c = next;
         }
-        let c = self.push(name);
-        self.next[c as usize] = self.first[p];
-        self.first[p] = c;
-        self.fanout[p] += 1;
-        if self.fanout[p] > WIDE {
-            let mut s = self.first[p];
-            while s != NONE {
-                self.wide.insert((parent, self.name[s as usize]), s);
-                s = self.next[s as usize];
-            }
-            self.fanout[p] = NONE;
+        let c = self.push(name, first);
+        self.head[p] = (c, fanout + 1);
+        if fanout + 1 > WIDE {
+            self.widen(parent);
         }
         (c, true)
+    }
+
+    /// Moves `parent`'s children from its list to the map.
+    fn widen(&mut self, parent: u32) {
+        let mut s = self.head[parent as usize].0;
+        while s != NONE {
+            let (name, next) = self.link[s as usize];
+            self.wide.insert((parent, name), s);
+            s = next;
+        }
+        self.head[parent as usize].1 = NONE;
     }
 }
 
