@@ -27,7 +27,7 @@ start_kiln() {
   for _ in $(seq 100); do curl -sf $URL/ready >/dev/null && return; sleep 0.1; done
   echo "kiln did not start" >&2; exit 1
 }
-stop_kiln() { kill $KPID 2>/dev/null; wait $KPID 2>/dev/null || true; }
+stop_kiln() { kill "$KPID" 2>/dev/null || true; wait "$KPID" 2>/dev/null || true; }
 trap 'stop_kiln; rm -rf "$DATA" "$DATA.log"' EXIT
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
 
