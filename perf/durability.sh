@@ -9,7 +9,7 @@ SECS=${1:-20}
 PORT=${KILN_PERF_PORT:-4048}
 DATA=$(mktemp -d /tmp/kiln-dur.XXXXXX)
 cargo build --release -q -p kiln -p kiln-load
-KILN=./target/release/kiln
+KILN=${KILN:-./target/release/kiln}
 LOAD=./target/release/kiln-load
 URL=http://127.0.0.1:$PORT
 LOG=$DATA.log

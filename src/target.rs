@@ -67,6 +67,7 @@ pub fn run(cfg: Config) {
         max_block_duration: cfg.max_block_duration,
         max_block_bytes: cfg.effective_max_block_bytes() as usize,
         cache_bytes: cfg.effective_block_cache_bytes() as usize,
+        rows_cache_bytes: cfg.effective_rows_cache_bytes() as usize,
         encode: Default::default(),
         instance: own.as_ref().map_or(String::new(), |o| o.id.clone()),
     };

@@ -206,10 +206,16 @@ pub async fn metrics(core: &Rc<Edge>) -> Response {
     text(200, "text/plain; version=0.0.4; charset=utf-8", out)
 }
 
+/// The rows cache's figures (`store_gateway::rows_cache`): bytes, hits, misses, evictions.
+fn rows_cache(s: &CoreStats) -> (usize, u64, u64, u64) {
+    let g = &s.store_gateway;
+    (g.rows_cache_bytes, g.rows_cache_hits, g.rows_cache_misses, g.rows_cache_evictions)
+}
+
 /// Every core's figures (`CoreStats`), one Prometheus series per core.
 fn render_core_stats(stats: &[CoreStats], out: &mut String) {
     type Gauge = (&'static str, &'static str, &'static str, fn(&CoreStats) -> f64);
-    let rows: [Gauge; 23] = [
+    let rows: [Gauge; 27] = [
         ("kiln_head_series", "gauge", "Series in the head.", |s| s.ingester.series as f64),
         ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.ingester.profiles as f64),
         ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.ingester.samples as f64),
@@ -228,6 +234,10 @@ fn render_core_stats(stats: &[CoreStats], out: &mut String) {
         ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
             s.store_gateway.block_cache_bytes as f64
         }),
+        ("kiln_block_rows_cache_bytes", "gauge", "Decoded row groups cached.", |s| rows_cache(s).0 as f64),
+        ("kiln_block_rows_cache_hits_total", "counter", "Row groups found decoded.", |s| rows_cache(s).1 as f64),
+        ("kiln_block_rows_cache_misses_total", "counter", "Row groups decoded.", |s| rows_cache(s).2 as f64),
+        ("kiln_block_rows_cache_evictions_total", "counter", "Row groups evicted.", |s| rows_cache(s).3 as f64),
         ("kiln_blocks_written_total", "counter", "Blocks written by this core.", |s| s.ingester.blocks_written as f64),
         ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
             s.ingester.bytes_uploaded as f64

@@ -248,6 +248,9 @@ pub struct Config {
     /// Bytes of opened blocks (index, symbols, footers) a core keeps cached; 0 = no limit.
     /// Unset: an eighth of the head limit.
     pub block_cache_bytes_per_core: Option<u64>,
+    /// Bytes of decoded row groups of blocks a core keeps cached; 0 = none. Unset: an eighth
+    /// of the head limit.
+    pub rows_cache_bytes_per_core: Option<u64>,
     pub storage: Storage,
     pub multitenancy_enabled: bool,
     pub log_level: LogLevel,
@@ -519,6 +522,7 @@ impl Default for Config {
             max_block_duration: Duration::from_secs(3600),
             max_block_bytes: None,
             block_cache_bytes_per_core: None,
+            rows_cache_bytes_per_core: None,
             storage: Storage::default(),
             multitenancy_enabled: false,
             log_level: LogLevel::Info,
@@ -738,6 +742,10 @@ impl Config {
 
     pub fn effective_block_cache_bytes(&self) -> u64 {
         self.block_cache_bytes_per_core.unwrap_or(self.effective_max_head_bytes() / 8)
+    }
+
+    pub fn effective_rows_cache_bytes(&self) -> u64 {
+        self.rows_cache_bytes_per_core.unwrap_or(self.effective_max_head_bytes() / 8)
     }
 
     /// The memberlist settings, marking cluster mode on: any `-memberlist.*` flag turns it on.
@@ -1068,6 +1076,10 @@ impl Config {
     /// The read path's flags (frontend, scheduler, the querier's workers); `false`: not one.
     fn set_read_path_flag(&mut self, k: &str, v: &str) -> Result<bool, String> {
         let bad = |e: String| format!("invalid value {v:?} for flag -{k}: {e}");
+        if k == "store-gateway.rows-cache-bytes-per-core" {
+            self.rows_cache_bytes_per_core = Some(parse_num(v).map_err(bad)? as u64);
+            return Ok(true);
+        }
         let r = &mut self.read_path;
         match k {
             "query-scheduler.max-outstanding-requests-per-tenant" => {

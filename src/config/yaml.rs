@@ -124,6 +124,9 @@ const KEYS: &[(&[&str], &str, Get)] = &[
     (&["store_gateway", "cache_bytes_per_core"], "store-gateway.cache-bytes-per-core", |c| {
         val(&c.block_cache_bytes_per_core)
     }),
+    (&["store_gateway", "rows_cache_bytes_per_core"], "store-gateway.rows-cache-bytes-per-core", |c| {
+        val(&c.rows_cache_bytes_per_core)
+    }),
     (
         &["store_gateway", "sharding_ring", "replication_factor"],
         "store-gateway.sharding-ring.replication-factor",

@@ -300,6 +300,34 @@ pub fn load_series(
     max_ns: i64,
 ) -> Result<Vec<Series>, FormatError> {
     let columns = columns.into();
+    let rows = rows_to_read(index, selected, file, min_ns, max_ns);
+    series_of_rows(index, selected, |f| file.read_spans(fetched, &rows, columns, min_ns, max_ns, f))
+}
+
+/// [`load_series`] from row groups already decoded (`decoded(g)`, each with at least
+/// `columns`) instead of fetched bytes: the store-gateway's cached path, same answer.
+pub fn load_series_decoded<'d>(
+    index: &index::BlockIndex,
+    selected: &[u32],
+    file: &profiles::ProfilesFile,
+    decoded: impl Fn(usize) -> Option<&'d profiles::DecodedGroup>,
+    columns: profiles::Columns,
+    min_ns: i64,
+    max_ns: i64,
+) -> Result<Vec<Series>, FormatError> {
+    let rows = rows_to_read(index, selected, file, min_ns, max_ns);
+    series_of_rows(index, selected, |f| file.read_decoded(decoded, &rows, columns, min_ns, max_ns, f))
+}
+
+/// A reader's callback for each row: (row, series, time, total, stacks, values, spans).
+type RowSink<'a> = dyn FnMut(u64, u32, i64, i64, &[u32], &[i64], profiles::SpanRow<'_>) + 'a;
+
+/// The selected series built from the rows `read` passes its callback (see `load_series`).
+fn series_of_rows(
+    index: &index::BlockIndex,
+    selected: &[u32],
+    read: impl FnOnce(&mut RowSink<'_>) -> Result<(), FormatError>,
+) -> Result<Vec<Series>, FormatError> {
     // Output slot of each series index (u32::MAX: not selected); a duplicate is copied later.
     let mut slot = vec![u32::MAX; index.series.len()];
     let mut out: Vec<Series> = Vec::with_capacity(selected.len());
@@ -322,38 +350,31 @@ pub fn load_series(
         });
     }
     let mut err: Option<FormatError> = None;
-    file.read_spans(
-        fetched,
-        &rows_to_read(index, selected, file, min_ns, max_ns),
-        columns,
-        min_ns,
-        max_ns,
-        |row, si, t, total, stacks, values, spans| {
-            if err.is_some() {
+    read(&mut |row, si, t, total, stacks, values, spans| {
+        if err.is_some() {
+            return;
+        }
+        // The row must lie where the index puts series `si`: anything else is damage.
+        let k = match (slot.get(si as usize), index.series.get(si as usize)) {
+            (Some(&k), Some(s)) if k != u32::MAX && s.row_range().contains(&row) => k,
+            _ => {
+                err = Some(FormatError::Mismatch(format!(
+                    "row {row} says series {si}, the index does not place it there"
+                )));
                 return;
             }
-            // The row must lie where the index puts series `si`: anything else is damage.
-            let k = match (slot.get(si as usize), index.series.get(si as usize)) {
-                (Some(&k), Some(s)) if k != u32::MAX && s.row_range().contains(&row) => k,
-                _ => {
-                    err = Some(FormatError::Mismatch(format!(
-                        "row {row} says series {si}, the index does not place it there"
-                    )));
-                    return;
-                }
-            };
-            let s = &mut out[k as usize];
-            s.timestamps.push(t);
-            s.totals.push(total);
-            s.stacks.extend_from_slice(stacks);
-            s.values.extend_from_slice(values);
-            match u32::try_from(s.stacks.len()) {
-                Ok(n) => s.offsets.push(n),
-                Err(_) => err = Some(FormatError::Mismatch(format!("series {si} has more than 2^32 samples"))),
-            }
-            s.push_span_samples((0..spans.stacks.len()).map(|j| (spans.stacks[j], spans.spans[j], spans.values[j])));
-        },
-    )?;
+        };
+        let s = &mut out[k as usize];
+        s.timestamps.push(t);
+        s.totals.push(total);
+        s.stacks.extend_from_slice(stacks);
+        s.values.extend_from_slice(values);
+        match u32::try_from(s.stacks.len()) {
+            Ok(n) => s.offsets.push(n),
+            Err(_) => err = Some(FormatError::Mismatch(format!("series {si} has more than 2^32 samples"))),
+        }
+        s.push_span_samples((0..spans.stacks.len()).map(|j| (spans.stacks[j], spans.spans[j], spans.values[j])));
+    })?;
     if let Some(e) = err {
         return Err(e);
     }

@@ -639,6 +639,112 @@ impl ProfilesFile {
         mut f: impl FnMut(u64, u32, i64, i64, &[u32], &[i64], SpanRow<'_>),
     ) -> Result<(), FormatError> {
         let columns = columns.into();
+        let rows = self.checked_rows(rows)?;
+        let file = Arc::new(SparseFile::new(fetched, self.file_len)?);
+        let ncols = self.ncols_of(columns);
+        let groups = self.groups(&rows);
+        for (g, _) in &groups {
+            self.check_chunks(&file, *g, ncols)?;
+        }
+        catching(|| self.decode(&file, groups, ncols, min_ns, max_ns, &mut f))
+    }
+
+    /// Every chunk is checked whole before anything decodes: a damaged one is reported as
+    /// such, not as whatever the decoder makes of it.
+    fn check_chunks(&self, file: &SparseFile, g: usize, ncols: usize) -> Result<(), FormatError> {
+        for (c, r) in self.chunks[g][..ncols].iter().enumerate() {
+            let Some(bytes) = file.slice(r) else {
+                return Err(FormatError::NotFetched(r.clone()));
+            };
+            let (stored, computed) = (self.crcs[g][c], crc32c::crc32c(&bytes));
+            if stored != computed {
+                return Err(FormatError::Corrupt {
+                    file: PROFILES,
+                    offset: r.start,
+                    what: format!(
+                        "row group {g}, column {}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})",
+                        COLUMNS[c].0
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Row groups a read of `rows` (absolute row numbers) decodes.
+    pub fn groups_of(&self, rows: &[Range<u64>]) -> Vec<usize> {
+        self.groups(&normalize(rows)).into_iter().map(|(g, _)| g).collect()
+    }
+
+    /// Byte ranges of the chunks that a read of `columns` needs of row groups `groups`:
+    /// what `decode_group` is given for each of them. Sorted, merged.
+    pub fn plan_groups(&self, groups: &[usize], columns: Columns) -> Vec<Range<u64>> {
+        let ncols = self.ncols_of(columns);
+        let out: Vec<Range<u64>> = groups.iter().flat_map(|&g| self.chunks[g][..ncols].iter().cloned()).collect();
+        normalize(&out)
+    }
+
+    /// Every row of row group `g`, decoded from the fetched ranges (as `plan_groups` gives
+    /// them), checked as `read` checks them: what the store-gateway keeps between queries, so
+    /// that a query of rows it holds decodes nothing.
+    pub fn decode_group(
+        &self,
+        fetched: &[(Range<u64>, Bytes)],
+        g: usize,
+        columns: Columns,
+    ) -> Result<DecodedGroup, FormatError> {
+        if g >= self.chunks.len() {
+            return Err(FormatError::Request(format!(
+                "row group {g} asked of {PROFILES}, which has {}",
+                self.chunks.len()
+            )));
+        }
+        let file = Arc::new(SparseFile::new(fetched, self.file_len)?);
+        let ncols = self.ncols_of(columns);
+        self.check_chunks(&file, g, ncols)?;
+        let rg = self.meta.row_group(g);
+        let n = (self.group_start[g + 1] - self.group_start[g]) as usize;
+        let ctx = |(c, e): ColErr| {
+            let r = &self.chunks[g][c];
+            FormatError::Profiles(format!("row group {g}, column {} (bytes {}..{}): {e}", COLUMNS[c].0, r.start, r.end))
+        };
+        let mut rows = catching(|| {
+            let mut buf = ReadBuffers::default();
+            ReadColumns::new(&file, rg, ncols).and_then(|mut cols| cols.read(n, &mut buf)).map_err(ctx)?;
+            Ok(buf)
+        })?;
+        rows.drop_scratch();
+        Ok(DecodedGroup { ncols, bytes: rows.heap_bytes(), rows })
+    }
+
+    /// [`Self::read_spans`] from decoded row groups instead of fetched bytes: `decoded(g)`
+    /// is row group `g` decoded with at least `columns` (a group decoded with more gives only
+    /// `columns`, as a read of the bytes would). Same rows, same order, same values.
+    #[allow(clippy::type_complexity)]
+    pub fn read_decoded<'d>(
+        &self,
+        decoded: impl Fn(usize) -> Option<&'d DecodedGroup>,
+        rows: &[Range<u64>],
+        columns: Columns,
+        min_ns: i64,
+        max_ns: i64,
+        mut f: impl FnMut(u64, u32, i64, i64, &[u32], &[i64], SpanRow<'_>),
+    ) -> Result<(), FormatError> {
+        let rows = self.checked_rows(rows)?;
+        let ncols = self.ncols_of(columns);
+        for (g, local) in self.groups(&rows) {
+            let d = decoded(g)
+                .filter(|d| d.ncols >= ncols)
+                .ok_or_else(|| FormatError::Request(format!("row group {g} of {PROFILES} is not decoded")))?;
+            for r in local {
+                emit(&d.rows, r.start as usize..r.end as usize, self.group_start[g], ncols, min_ns, max_ns, &mut f);
+            }
+        }
+        Ok(())
+    }
+
+    /// `rows` sorted and merged, refused if they reach past the file's rows.
+    fn checked_rows(&self, rows: &[Range<u64>]) -> Result<Vec<Range<u64>>, FormatError> {
         let rows = normalize(rows);
         if let Some(last) = rows.last() {
             if last.end > self.num_rows() {
@@ -650,42 +756,7 @@ impl ProfilesFile {
                 )));
             }
         }
-        let file = Arc::new(SparseFile::new(fetched, self.file_len)?);
-        let ncols = self.ncols_of(columns);
-        let groups = self.groups(&rows);
-        // Every chunk is checked whole before anything decodes: a damaged one is reported as
-        // such, not as whatever the decoder makes of it.
-        for (g, _) in &groups {
-            for (c, r) in self.chunks[*g][..ncols].iter().enumerate() {
-                let Some(bytes) = file.slice(r) else {
-                    return Err(FormatError::NotFetched(r.clone()));
-                };
-                let (stored, computed) = (self.crcs[*g][c], crc32c::crc32c(&bytes));
-                if stored != computed {
-                    return Err(FormatError::Corrupt {
-                        file: PROFILES,
-                        offset: r.start,
-                        what: format!(
-                            "row group {g}, column {}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})",
-                            COLUMNS[c].0
-                        ),
-                    });
-                }
-            }
-        }
-        // The checksums rule out damage; a file crafted to pass them could still make the
-        // parquet decoder panic (it does on some malformed pages). That panic touches only
-        // this call's readers and buffers, so it is turned into an error; `f` may have seen
-        // some rows, which the error tells the caller to drop.
-        let run = std::panic::AssertUnwindSafe(|| self.decode(&file, groups, ncols, min_ns, max_ns, &mut f));
-        std::panic::catch_unwind(run).unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            Err(FormatError::Profiles(format!("column data does not decode (the decoder panicked: {msg})")))
-        })
+        Ok(rows)
     }
 
     fn decode(
@@ -727,27 +798,86 @@ impl ProfilesFile {
                 while at < r.end {
                     let n = (r.end - at).min(BATCH) as usize;
                     cols.read(n, &mut buf).map_err(|(c, e)| ctx(c, e))?;
-                    for i in 0..n {
-                        let t = buf.time[i];
-                        if t < min_ns || t > max_ns {
-                            continue;
-                        }
-                        let s = buf.offsets.get(i..i + 2).map_or(0..0, |o| o[0]..o[1]);
-                        let row = self.group_start[g] + at + i as u64;
-                        let k = buf.span_offsets.get(i..i + 2).map_or(0..0, |o| o[0]..o[1]);
-                        let spans = SpanRow {
-                            stacks: &buf.span_stacks[k.clone()],
-                            values: &buf.span_values[k.clone()],
-                            spans: &buf.span_ids[k],
-                        };
-                        f(row, buf.series[i] as u32, t, buf.total[i], &buf.stack_ids[s.clone()], &buf.values[s], spans);
-                    }
+                    emit(&buf, 0..n, self.group_start[g] + at, ncols, min_ns, max_ns, f);
                     at += n as u64;
                 }
                 pos = r.end;
             }
         }
         Ok(())
+    }
+}
+
+/// Calls `f` for rows `idx` of `buf` (the first of `buf` being absolute row `first_row`)
+/// whose time lies in [min_ns, max_ns], with the first `ncols` columns (the others empty).
+#[allow(clippy::type_complexity)]
+fn emit(
+    buf: &ReadBuffers,
+    idx: Range<usize>,
+    first_row: u64,
+    ncols: usize,
+    min_ns: i64,
+    max_ns: i64,
+    f: &mut impl FnMut(u64, u32, i64, i64, &[u32], &[i64], SpanRow<'_>),
+) {
+    let (samples, spans) = (ncols > HEAD_COLUMNS, ncols > SAMPLE_COLUMNS);
+    for i in idx {
+        let t = buf.time[i];
+        if t < min_ns || t > max_ns {
+            continue;
+        }
+        let s = buf.offsets.get(i..i + 2).filter(|_| samples).map_or(0..0, |o| o[0]..o[1]);
+        let k = buf.span_offsets.get(i..i + 2).filter(|_| spans).map_or(0..0, |o| o[0]..o[1]);
+        let span_row = SpanRow {
+            stacks: &buf.span_stacks[k.clone()],
+            values: &buf.span_values[k.clone()],
+            spans: &buf.span_ids[k],
+        };
+        f(
+            first_row + i as u64,
+            buf.series[i] as u32,
+            t,
+            buf.total[i],
+            &buf.stack_ids[s.clone()],
+            &buf.values[s],
+            span_row,
+        );
+    }
+}
+
+/// Runs a decode, turning a panic of the parquet decoder into an error. The checksums rule
+/// out damage; a file crafted to pass them could still make the decoder panic (it does on
+/// some malformed pages). That panic touches only the run's readers and buffers; a caller
+/// may have seen some rows, which the error tells it to drop.
+fn catching<T>(run: impl FnOnce() -> Result<T, FormatError>) -> Result<T, FormatError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(FormatError::Profiles(format!("column data does not decode (the decoder panicked: {msg})")))
+    })
+}
+
+/// Every row of one row group, decoded (`ProfilesFile::decode_group`): the store-gateway's
+/// per-core cache keeps these, so that repeated queries of a block decode nothing.
+pub struct DecodedGroup {
+    /// The leading columns decoded.
+    ncols: usize,
+    rows: ReadBuffers,
+    bytes: usize,
+}
+
+impl DecodedGroup {
+    /// Whether it serves a read of `columns` of `file` (its row group decoded with as many).
+    pub fn covers(&self, file: &ProfilesFile, columns: Columns) -> bool {
+        self.ncols >= file.ncols_of(columns)
+    }
+
+    /// Bytes its decoded columns take.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -1005,6 +1135,44 @@ struct ReadBuffers {
     span_ids: Vec<u64>,
     span_cells: Vec<ByteArray>,
     span_def: Vec<i16>,
+}
+
+impl ReadBuffers {
+    /// Frees the decoder's scratch space, keeping the decoded columns.
+    fn drop_scratch(&mut self) {
+        for v in [&mut self.def, &mut self.rep, &mut self.def2, &mut self.rep2, &mut self.span_def] {
+            *v = Vec::new();
+        }
+        self.raw_ids = Vec::new();
+        self.span_cells = Vec::new();
+        self.series.shrink_to_fit();
+        self.time.shrink_to_fit();
+        self.total.shrink_to_fit();
+        self.offsets.shrink_to_fit();
+        self.stack_ids.shrink_to_fit();
+        self.values.shrink_to_fit();
+        self.span_offsets.shrink_to_fit();
+        self.span_stacks.shrink_to_fit();
+        self.span_values.shrink_to_fit();
+        self.span_ids.shrink_to_fit();
+    }
+
+    /// Bytes its decoded columns take (after `drop_scratch`).
+    fn heap_bytes(&self) -> usize {
+        fn b<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        b(&self.series)
+            + b(&self.time)
+            + b(&self.total)
+            + b(&self.offsets)
+            + b(&self.stack_ids)
+            + b(&self.values)
+            + b(&self.span_offsets)
+            + b(&self.span_stacks)
+            + b(&self.span_values)
+            + b(&self.span_ids)
+    }
 }
 
 type ColErr = (usize, parquet::errors::ParquetError);

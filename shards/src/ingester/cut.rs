@@ -45,6 +45,9 @@ pub struct BlockConfig {
     pub max_block_bytes: usize,
     /// Bytes of opened blocks a core keeps cached (`-store-gateway.cache-bytes-per-core`).
     pub cache_bytes: usize,
+    /// Bytes of decoded row groups a core keeps cached
+    /// (`-store-gateway.rows-cache-bytes-per-core`; 0 = none).
+    pub rows_cache_bytes: usize,
     pub encode: EncodeOptions,
     /// This instance's ID in a cluster (recorded in each block's index entry); empty alone.
     pub instance: String,

@@ -1010,6 +1010,7 @@ mod cut_retry_tests {
             max_block_duration: std::time::Duration::from_secs(3600),
             max_block_bytes: 0,
             cache_bytes: 1 << 20,
+            rows_cache_bytes: 1 << 20,
             encode: Default::default(),
             instance: String::new(),
         };

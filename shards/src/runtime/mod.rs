@@ -192,7 +192,8 @@ where
                         let id = core as u32;
                         let store = blocks.as_ref().map(|b| b.store.clone());
                         let cache = blocks.as_ref().map_or(0, |b| b.cache_bytes);
-                        let store_gateway = StoreGateway::new(cache, store);
+                        let rows_cache = blocks.as_ref().map_or(0, |b| b.rows_cache_bytes);
+                        let store_gateway = StoreGateway::new(cache, rows_cache, store);
                         store_gateway.blocks.borrow_mut().start_at_epoch(start_epoch);
                         let ingester = ingester::start(
                             id,

@@ -15,7 +15,7 @@ use crate::block::{
     self,
     index::BlockIndex,
     object_path,
-    profiles::{Columns, ProfilesFile},
+    profiles::{Columns, DecodedGroup, ProfilesFile},
 };
 use crate::eval::HeadView;
 use crate::model::ids::{BlockId, TenantId};
@@ -32,6 +32,8 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+
+pub mod rows_cache;
 
 /// Block queries a core runs at once (one task per query that reads blocks). Each holds
 /// what it fetched of its blocks (row groups, columns) until it answers, so the bound is on
@@ -100,6 +102,12 @@ pub struct StoreGatewayStats {
     /// Blocks the store-gateway ring gives this core (the last `Msg::Sync`).
     pub synced: usize,
     pub block_cache_bytes: usize,
+    /// The decoded row groups cache (`rows_cache`): bytes held, and row group lookups that
+    /// found their group, did not, and groups evicted for room.
+    pub rows_cache_bytes: usize,
+    pub rows_cache_hits: u64,
+    pub rows_cache_misses: u64,
+    pub rows_cache_evictions: u64,
     /// Block queries running (bounded by `MAX_BLOCK_QUERIES`).
     pub block_queries: usize,
     /// Block queries refused because `MAX_BLOCK_QUERIES` were running.
@@ -155,10 +163,13 @@ pub struct StoreGateway {
 }
 
 impl StoreGateway {
-    /// A store-gateway caching up to `cache_bytes` of opened blocks, reading from `store`.
-    pub fn new(cache_bytes: usize, store: Option<Store>) -> Self {
+    /// A store-gateway caching up to `cache_bytes` of opened blocks and `rows_cache_bytes` of
+    /// decoded row groups (0: none), reading from `store`.
+    pub fn new(cache_bytes: usize, rows_cache_bytes: usize, store: Option<Store>) -> Self {
+        let mut set = BlockSet::new(cache_bytes);
+        set.rows = rows_cache::RowsCache::new(rows_cache_bytes);
         StoreGateway {
-            blocks: Rc::new(RefCell::new(BlockSet::new(cache_bytes))),
+            blocks: Rc::new(RefCell::new(set)),
             store,
             queries: Slots::new(MAX_BLOCK_QUERIES),
             refused: Cell::new(0),
@@ -239,6 +250,10 @@ impl StoreGateway {
             blocks: blocks.len(),
             synced: blocks.blocks.iter().filter(|b| b.synced.get()).count(),
             block_cache_bytes: blocks.cached_bytes(),
+            rows_cache_bytes: blocks.rows.bytes(),
+            rows_cache_hits: blocks.rows.hits,
+            rows_cache_misses: blocks.rows.misses,
+            rows_cache_evictions: blocks.rows.evictions,
             block_queries: self.queries.in_use(),
             block_queries_refused: self.refused.get(),
         }
@@ -247,6 +262,8 @@ impl StoreGateway {
 
 /// What a core knows of a block before opening it: enough to skip it for a time range.
 pub struct OwnedBlock {
+    /// Unique among the entries this core's set ever held: the rows cache's key.
+    serial: u64,
     pub tenant: TenantId,
     pub id: BlockId,
     /// The ingester that cut it (`BlockRef::ingester`): what holds its profiles once.
@@ -295,6 +312,10 @@ pub struct BlockSet {
     /// The oldest block epoch this core still answers exactly: a query of an earlier one
     /// could miss a retired block already dropped (`sweep`), or predates this process.
     oldest_epoch: u64,
+    /// The serial the next entry gets.
+    next_serial: u64,
+    /// Decoded row groups of the held blocks.
+    pub rows: rows_cache::RowsCache,
 }
 
 impl BlockSet {
@@ -346,7 +367,9 @@ impl BlockSet {
         {
             return Some(&self.blocks[i]);
         }
+        self.next_serial += 1;
         self.blocks.push(Rc::new(OwnedBlock {
+            serial: self.next_serial,
             tenant,
             id,
             source: r.ingester.clone(),
@@ -427,7 +450,7 @@ impl BlockSet {
     /// refused from then on (`check_epoch`).
     fn sweep(&mut self, now: std::time::Instant) {
         let mut oldest = self.oldest_epoch;
-        self.blocks.retain(|b| {
+        self.retain(|b| {
             let keep = b.retired_at.get().is_none_or(|at| now.duration_since(at) < RETIRED_KEPT);
             if !keep {
                 oldest = oldest.max(b.visible_until.get());
@@ -435,6 +458,29 @@ impl BlockSet {
             keep
         });
         self.oldest_epoch = oldest;
+    }
+
+    /// Keeps the blocks `keep` says; the others leave with their decoded row groups.
+    fn retain(&mut self, mut keep: impl FnMut(&OwnedBlock) -> bool) {
+        let mut gone = rustc_hash::FxHashSet::default();
+        self.blocks.retain(|b| {
+            let k = keep(b);
+            if !k {
+                gone.insert(b.serial);
+            }
+            k
+        });
+        if !gone.is_empty() {
+            self.rows.drop_blocks(|s| gone.contains(&s));
+        }
+    }
+
+    /// Keeps row group `g` of `b` decoded, if `b` is still held: a query that read a block
+    /// forgotten while it ran does not leave its rows behind.
+    fn keep_rows(&mut self, b: &OwnedBlock, g: usize, group: Rc<DecodedGroup>) {
+        if self.blocks.iter().any(|x| x.serial == b.serial) {
+            self.rows.insert(b.serial, g, group);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -469,9 +515,10 @@ impl BlockSet {
         }
     }
 
-    /// Drops blocks whose files are gone; their cache goes with them.
+    /// Drops blocks whose files are gone; their cache (opened parts, decoded row groups)
+    /// goes with them.
     pub fn forget(&mut self, blocks: &[(TenantId, String)]) {
-        self.blocks.retain(|b| !blocks.iter().any(|(t, id)| b.tenant == *t && *b.id == **id));
+        self.retain(|b| !blocks.iter().any(|(t, id)| b.tenant == *t && *b.id == **id));
     }
 
     pub fn matching(&mut self, sel: &Selection, epoch: u64) -> Vec<Rc<OwnedBlock>> {
@@ -613,18 +660,16 @@ pub async fn query(
         _ => Columns::from(merges),
     };
     let rows = block::rows_to_read(&o.index, &selected, &o.profiles, min_ns, max_ns);
-    let ranges = o.profiles.plan(&rows, columns);
-    let ppath = object_path(&b.tenant, &b.id, block::PROFILES);
-    let fetched = if ranges.is_empty() {
-        Vec::new()
+    let format = |e: block::FormatError| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e };
+    let series = if set.borrow().rows.enabled() {
+        let groups = decoded_groups(set, store, b, &o.profiles, &rows, columns).await?;
+        let decoded = |g: usize| groups.binary_search_by_key(&g, |d| d.0).ok().map(|i| &*groups[i].1);
+        block::load_series_decoded(&o.index, &selected, &o.profiles, decoded, columns, min_ns, max_ns)
     } else {
-        let parts = read_ranges(store, ppath, Some(ranges.clone()))
-            .await
-            .map_err(|e| QueryError::Read { at: b.id.to_string(), source: e })?;
-        ranges.into_iter().zip(parts).collect()
-    };
-    let series = block::load_series(&o.index, &selected, &o.profiles, &fetched, columns, min_ns, max_ns)
-        .map_err(|e| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e })?;
+        let fetched = fetch(store, b, o.profiles.plan(&rows, columns)).await?;
+        block::load_series(&o.index, &selected, &o.profiles, &fetched, columns, min_ns, max_ns)
+    }
+    .map_err(format)?;
     let view = HeadView {
         tenant: b.tenant.as_str(),
         source: &b.source,
@@ -633,6 +678,55 @@ pub async fn query(
         by_profile_type: None,
     };
     Ok(view.query(req))
+}
+
+/// The byte ranges `ranges` of `b`'s profiles file, each with its bytes.
+async fn fetch(store: &Store, b: &OwnedBlock, ranges: Vec<Range<u64>>) -> Result<Vec<(Range<u64>, Bytes)>, QueryError> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ppath = object_path(&b.tenant, &b.id, block::PROFILES);
+    let parts = read_ranges(store, ppath, Some(ranges.clone()))
+        .await
+        .map_err(|e| QueryError::Read { at: b.id.to_string(), source: e })?;
+    Ok(ranges.into_iter().zip(parts).collect())
+}
+
+/// The row groups of `b` that a read of `rows` needs, decoded with at least `columns`,
+/// sorted by group: from the core's rows cache, and those it lacks fetched (in one read),
+/// decoded and kept there.
+async fn decoded_groups(
+    set: &RefCell<BlockSet>,
+    store: &Store,
+    b: &OwnedBlock,
+    file: &ProfilesFile,
+    rows: &[Range<u64>],
+    columns: Columns,
+) -> Result<Vec<(usize, Rc<DecodedGroup>)>, QueryError> {
+    let mut have = Vec::new();
+    let mut missing = Vec::new();
+    {
+        let mut set = set.borrow_mut();
+        for g in file.groups_of(rows) {
+            match set.rows.get(b.serial, g, file, columns) {
+                Some(d) => have.push((g, d)),
+                None => missing.push(g),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let fetched = fetch(store, b, file.plan_groups(&missing, columns)).await?;
+        for g in missing {
+            let d = file
+                .decode_group(&fetched, g, columns)
+                .map_err(|e| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e })?;
+            let d = Rc::new(d);
+            set.borrow_mut().keep_rows(b, g, d.clone());
+            have.push((g, d));
+        }
+        have.sort_unstable_by_key(|d| d.0);
+    }
+    Ok(have)
 }
 
 #[cfg(test)]
@@ -787,14 +881,21 @@ mod tests {
         assert!(set.matching(&sel(-5, -1), 0).is_empty());
     }
 
-    #[test]
-    fn block_queries_past_the_bound_are_refused_at_once_and_slots_come_back() {
-        let dir = std::env::temp_dir().join(format!("kiln-sg-bound-{}", std::process::id()));
+    /// Runs `f` on a runtime of its own with a filesystem store in a fresh folder, removed
+    /// afterwards.
+    fn with_store<F: std::future::Future<Output = ()>>(name: &str, f: impl FnOnce(Store) -> F) {
+        let dir = std::env::temp_dir().join(format!("kiln-sg-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::start(kiln_io::store::Backend::Filesystem { dir: dir.clone() }).unwrap();
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
-        rt.block_on(async move {
-            let mut sg = StoreGateway::new(0, Some(store));
+        rt.block_on(f(store));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn block_queries_past_the_bound_are_refused_at_once_and_slots_come_back() {
+        with_store("bound", |store| async move {
+            let mut sg = StoreGateway::new(0, 0, Some(store));
             // A block the index lists but the bucket does not hold.
             sg.handle(Msg::AddBlocks { blocks: vec![entry("01JBOUND000000000000000000")] });
             let req = Arc::new(QueryRequest::MergeTree(sel(0, 10_000)));
@@ -821,7 +922,68 @@ mod tests {
             assert!(e.to_string().starts_with("block t/01JBOUND000000000000000000: index.tsdb: "), "{e}");
             assert_eq!(sg.stats().block_queries, 0, "the slot is given back when the task ends");
         });
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_rows_cache_answers_as_a_read_of_the_bytes_and_leaves_with_its_block() {
+        with_store("rows", |store| async move {
+            let mut h = TenantHead::default();
+            for i in 0..20 {
+                let p = folded(&[("main;a", 1 + i), ("main;b", 2)], i * 1_000_000_000);
+                let svc = if i % 3 == 0 { "s" } else { "u" };
+                h.append("t", &p, &group(&p, &[("__name__", "x"), ("service_name", svc)]));
+            }
+            let id = "01JCACHEQ00000000000000000";
+            let opts = block::EncodeOptions { row_group_rows: 4, ..Default::default() };
+            let enc = block::encode(&h, id, &opts).unwrap();
+            for (name, bytes) in enc.files() {
+                store.put(object_path("t", id, name), Bytes::copy_from_slice(bytes)).await.unwrap();
+            }
+            let (t, r) = entry(id);
+            let mut cached = StoreGateway::new(0, 1 << 20, Some(store.clone()));
+            let plain = StoreGateway::new(0, 0, Some(store.clone()));
+            for sg in [&cached, &plain] {
+                sg.blocks.borrow_mut().add(t.clone(), &r);
+            }
+            let ask = |sg: &StoreGateway, req: &Arc<QueryRequest>, epoch: u64| {
+                let (tx, rx) = flume::bounded(1);
+                sg.answer(sg.matching(req.selection(), epoch), Vec::new(), req.clone(), tx);
+                rx
+            };
+            let m = crate::model::selector::parse_selector(r#"{service_name="s"}"#).unwrap();
+            let narrow = Selection { matchers: m, ..sel(0, 20_000) };
+            let reqs = [
+                QueryRequest::MergeTree(sel(0, 20_000)),
+                QueryRequest::MergeTree(sel(3_000, 8_500)),
+                QueryRequest::MergeProfile(narrow.clone()),
+                QueryRequest::Stats(sel(2_000, 30_000)),
+                QueryRequest::Analyze(sel(0, 20_000)),
+                QueryRequest::Heatmap { sel: narrow, spans: true },
+            ];
+            for req in reqs.clone().map(Arc::new) {
+                let want = format!("{:?}", ask(&plain, &req, 0).recv_async().await.unwrap().unwrap());
+                for pass in ["miss", "hit"] {
+                    let got = format!("{:?}", ask(&cached, &req, 0).recv_async().await.unwrap().unwrap());
+                    assert_eq!(got, want, "{pass}: {req:?}");
+                }
+            }
+            let st = cached.stats();
+            assert!(st.rows_cache_hits > 0 && st.rows_cache_misses > 0 && st.rows_cache_bytes > 0, "{st:?}");
+            assert_eq!(plain.stats().rows_cache_bytes, 0);
+            // A compaction's swap retires it: queries of earlier epochs still read it, from
+            // the cache.
+            let (done, _) = flume::bounded(1);
+            cached.handle(Msg::Swap { add: Vec::new(), retire: vec![(t.clone(), id.into())], epoch: 1, done });
+            assert_eq!(cached.stats().rows_cache_bytes, st.rows_cache_bytes);
+            assert!(cached.matching(&sel(0, 20_000), 1).is_empty());
+            let req = Arc::new(reqs[0].clone());
+            let want = format!("{:?}", ask(&plain, &req, 0).recv_async().await.unwrap().unwrap());
+            assert_eq!(format!("{:?}", ask(&cached, &req, 0).recv_async().await.unwrap().unwrap()), want);
+            // Its files deleted: it leaves with its decoded rows.
+            cached.handle(Msg::Forget { blocks: vec![(t.clone(), id.into())] });
+            assert_eq!(cached.stats().rows_cache_bytes, 0);
+            assert!(cached.blocks.borrow().rows.is_empty());
+        });
     }
 
     #[test]
