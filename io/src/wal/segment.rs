@@ -259,7 +259,7 @@ impl SegmentWriter {
     fn wait_for_spare(&mut self) {
         let spare = self.spare.as_mut().expect("preallocation is on");
         for _ in 0..2000 {
-            if spare.is_ready() {
+            if spare.ready() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));

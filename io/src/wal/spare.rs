@@ -92,13 +92,8 @@ impl Spare {
         }
     }
 
-    /// Whether the spare is ready now.
-    pub fn is_ready(&mut self) -> bool {
-        self.ready()
-    }
-
     /// Whether the spare is ready; a failed preparation is counted, logged and started again.
-    fn ready(&mut self) -> bool {
+    pub fn ready(&mut self) -> bool {
         let res = match &self.state {
             State::Ready => return true,
             State::Preparing(done) => match done.try_recv() {

@@ -660,7 +660,6 @@ pub async fn query(
         _ => Columns::from(merges),
     };
     let rows = block::rows_to_read(&o.index, &selected, &o.profiles, min_ns, max_ns);
-    let format = |e: block::FormatError| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e };
     let series = if set.borrow().rows.enabled() {
         let groups = decoded_groups(set, store, b, &o.profiles, &rows, columns).await?;
         let decoded = |g: usize| groups.binary_search_by_key(&g, |d| d.0).ok().map(|i| &*groups[i].1);
@@ -669,7 +668,7 @@ pub async fn query(
         let fetched = fetch(store, b, o.profiles.plan(&rows, columns)).await?;
         block::load_series(&o.index, &selected, &o.profiles, &fetched, columns, min_ns, max_ns)
     }
-    .map_err(format)?;
+    .map_err(|e| format_error(b, e))?;
     let view = HeadView {
         tenant: b.tenant.as_str(),
         source: &b.source,
@@ -678,6 +677,11 @@ pub async fn query(
         by_profile_type: None,
     };
     Ok(view.query(req))
+}
+
+/// A damaged profiles file of `b`, whichever path read it.
+fn format_error(b: &OwnedBlock, e: block::FormatError) -> QueryError {
+    QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e }
 }
 
 /// The byte ranges `ranges` of `b`'s profiles file, each with its bytes.
@@ -717,9 +721,7 @@ async fn decoded_groups(
     if !missing.is_empty() {
         let fetched = fetch(store, b, file.plan_groups(&missing, columns)).await?;
         for g in missing {
-            let d = file
-                .decode_group(&fetched, g, columns)
-                .map_err(|e| QueryError::Format { at: format!("{}/{}", b.tenant, b.id), source: e })?;
+            let d = file.decode_group(&fetched, g, columns).map_err(|e| format_error(b, e))?;
             let d = Rc::new(d);
             set.borrow_mut().keep_rows(b, g, d.clone());
             have.push((g, d));
