@@ -107,9 +107,13 @@ impl Compactor {
         let retention = self.limits.for_tenant(tenant).compactor_blocks_retention_period;
         let todo = plan(&idx, now_ms(), retention, s.deletion_delay);
         if !todo.expired.is_empty() {
+            // The cores let go first, so a mark anyone can see means the block is no longer
+            // read here. Should the mark's write fail, the blocks are only unread (they are
+            // past retention) until the next round marks them; a restart before then reads
+            // them again, never wrongly.
+            self.swap(tenant, &[], &todo.expired);
             block_on(self.store.mark_for_deletion(tenant.to_string(), todo.expired.clone()))?;
             crate::service::crash_point("compactor:marked");
-            self.swap(tenant, &[], &todo.expired);
             stats::MARKED.fetch_add(todo.expired.len() as u64, Relaxed);
             tracing::info!(tenant, blocks = todo.expired.len(), retention = ?retention, "blocks past retention marked for deletion");
         }
