@@ -79,8 +79,13 @@ pub struct ReplayStats {
     pub dropped_tails: usize,
 }
 
-/// At most this many replayed records await their owners' WAL sync at once.
+/// At most this many replayed records await their owners' answers at once, and at most
+/// `IN_FLIGHT_BYTES` of their record bytes: the replay thread holds each decoded profile
+/// until its owners answered, so that it is freed on the thread that allocated it (a free
+/// from the owning core was a cross-thread free in the allocator, a sixth of the core's
+/// replay time), and those profiles are what these bound.
 const IN_FLIGHT: usize = 4096;
+const IN_FLIGHT_BYTES: usize = 16 << 20;
 
 /// Blocks in the bucket indexes: (tenant, block id).
 pub type Indexed = HashSet<(String, String)>;
@@ -96,12 +101,14 @@ type Aborted = HashSet<u64>;
 /// The indexed cut markers and the aborted pushes of one core's segments. Only records that
 /// are markers or aborts are decoded; damage is reported by the replay pass proper, here
 /// only whole records count.
-fn scan_markers(segs: &[wal::SegmentFile], indexed: &Indexed) -> (Cuts, Aborted) {
+fn scan_markers(segs: &[wal::SegmentFile], indexed: &Indexed, buf: &mut Vec<u8>) -> (Cuts, Aborted) {
     let mut cuts = HashMap::new();
     let mut aborted = HashSet::new();
     for seg in segs {
-        let Ok(data) = seg.bytes() else { continue };
-        for (i, rec) in record::decode_all(&data).0.into_iter().enumerate() {
+        if seg.bytes_into(buf).is_err() {
+            continue;
+        }
+        for (i, rec) in record::decode_all(buf).0.into_iter().enumerate() {
             if let Some(key) = walcodec::abort_key(rec) {
                 aborted.insert(key);
                 continue;
@@ -199,12 +206,16 @@ fn replay_stream(
     in_place: bool,
     progress: &ReplayProgress,
 ) -> Result<ReplayStats, ReplayError> {
-    let (cuts, aborted) = scan_markers(segs, indexed);
+    // One buffer for every segment of the stream, both passes, sized once for the largest
+    // (growing it would copy it, and fault in fresh pages, each time a larger one came).
+    let largest = segs.iter().map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len())).max().unwrap_or(0);
+    let mut buf = Vec::with_capacity(usize::try_from(largest).unwrap_or(0));
+    let (cuts, aborted) = scan_markers(segs, indexed, &mut buf);
     let mut st = ReplayStats::default();
-    let mut waits: Vec<flume::Receiver<Result<AppendStats, IngestError>>> = Vec::new();
+    let mut waits = InFlight::default();
     for (i, seg) in segs.iter().enumerate() {
         let last_of_core = i + 1 == segs.len();
-        let (records, dropped) = seg.read()?;
+        let (records, dropped) = seg.read_into(&mut buf)?;
         if let Some(d) = dropped {
             if !last_of_core {
                 return Err(ReplayError::Damaged { path: d.path, offset: d.offset });
@@ -220,7 +231,7 @@ fn replay_stream(
             let n = (rec.len() as u64).min(left);
             progress.advance(n);
             left -= n;
-            let entry = walcodec::decode_entry(&rec)
+            let entry = walcodec::decode_entry(rec)
                 .map_err(|e| ReplayError::Undecodable { path: seg.path.clone(), error: e.to_string() })?;
             let walcodec::Entry::Ingest { key, tenant, profile, groups } = entry else { continue };
             if key.is_some_and(|k| aborted.contains(&k)) {
@@ -238,28 +249,77 @@ fn replay_stream(
                 let owner = mesh.ring.owner(g.labels.fingerprint(&tenant)).core as usize;
                 per_core[owner].push(g);
             }
+            // The record's bytes count once, with its first message.
+            let mut bytes = rec.len();
             for (c, groups) in per_core.into_iter().enumerate().filter(|(_, g)| !g.is_empty()) {
                 let (tx, rx) = flume::bounded(1);
-                let (tenant, profile) = (tenant.clone(), profile.clone());
+                let (tenant, sent) = (tenant.clone(), profile.clone());
                 let msg = if in_place {
-                    restore_msg(seg, c, tenant, profile, groups, tx)?
+                    restore_msg(seg, c, tenant, sent, groups, tx)?
                 } else {
-                    Msg::Ingest(Ingest { tenant, profile, groups, reply: tx, mode: IngestMode::Replay, max_series: 0 })
+                    Msg::Ingest(Ingest {
+                        tenant,
+                        profile: sent,
+                        groups,
+                        reply: tx,
+                        mode: IngestMode::Replay,
+                        max_series: 0,
+                    })
                 };
                 mesh.send_blocking(c, msg)?;
-                waits.push(rx);
+                waits.push(rx, profile.clone(), std::mem::take(&mut bytes));
             }
             st.records += 1;
-            if waits.len() >= IN_FLIGHT {
-                drain(&mut waits)?;
-            }
+            waits.bound()?;
         }
         // Record headers and a dropped tail: the segment's whole size counts as replayed.
         progress.advance(left);
         crate::service::pause_point("ingester:replay-segment");
     }
-    drain(&mut waits)?;
+    waits.drain()?;
     Ok(st)
+}
+
+/// The replayed records awaiting their owners' answers, oldest first, each with the decoded
+/// profile it was sent (see `IN_FLIGHT`).
+#[derive(Default)]
+struct InFlight {
+    waits: std::collections::VecDeque<(IngestReplyRx, Arc<kiln_shards::model::profile::Profile>, usize)>,
+    bytes: usize,
+}
+
+type IngestReplyRx = flume::Receiver<Result<AppendStats, IngestError>>;
+
+impl InFlight {
+    fn push(&mut self, rx: IngestReplyRx, profile: Arc<kiln_shards::model::profile::Profile>, bytes: usize) {
+        self.bytes += bytes;
+        self.waits.push_back((rx, profile, bytes));
+    }
+
+    /// Waits for the oldest until both bounds hold again.
+    fn bound(&mut self) -> Result<(), ReplayError> {
+        while self.waits.len() > IN_FLIGHT || self.bytes > IN_FLIGHT_BYTES {
+            self.pop()?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<(), ReplayError> {
+        while !self.waits.is_empty() {
+            self.pop()?;
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Result<(), ReplayError> {
+        let Some((rx, profile, bytes)) = self.waits.pop_front() else { return Ok(()) };
+        self.bytes -= bytes;
+        rx.recv().map_err(|_| ReplayError::CoreStopped)??;
+        // The owner has let go of it once it answered (or shortly after): the last drop is
+        // then this thread's.
+        drop(profile);
+        Ok(())
+    }
 }
 
 /// The message that puts a record of an adopted generation back into the head of `core`,
@@ -284,13 +344,6 @@ fn restore_msg(
     Ok(Msg::Restore { tenant, profile, groups, reply })
 }
 
-fn drain(waits: &mut Vec<flume::Receiver<Result<AppendStats, IngestError>>>) -> Result<(), ReplayError> {
-    for rx in waits.drain(..) {
-        rx.recv().map_err(|_| ReplayError::CoreStopped)??;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +351,30 @@ mod tests {
 
     fn ingest(tenant: &str) -> Vec<u8> {
         walcodec::encode(tenant, &Profile { strings: vec![String::new()], ..Default::default() }, &[])
+    }
+
+    #[test]
+    fn in_flight_waits_for_the_oldest_past_its_bounds_and_frees_profiles_here() {
+        let mut w = InFlight::default();
+        let profile = Arc::new(Profile::default());
+        let answered = || {
+            let (tx, rx) = flume::bounded(1);
+            tx.send(Ok(AppendStats::default())).unwrap();
+            rx
+        };
+        w.push(answered(), profile.clone(), IN_FLIGHT_BYTES / 2);
+        w.push(answered(), profile.clone(), IN_FLIGHT_BYTES / 2);
+        w.bound().unwrap();
+        assert_eq!((w.waits.len(), Arc::strong_count(&profile)), (2, 3), "at the bound: nothing waited for");
+        w.push(answered(), profile.clone(), 1);
+        w.bound().unwrap();
+        assert_eq!((w.waits.len(), w.bytes), (2, IN_FLIGHT_BYTES / 2 + 1), "the oldest was waited for");
+        assert_eq!(Arc::strong_count(&profile), 3, "and its profile let go of");
+        // A core that stopped without answering is an error, not a hang.
+        let (tx, rx) = flume::bounded::<Result<AppendStats, IngestError>>(1);
+        drop(tx);
+        w.push(rx, profile.clone(), 0);
+        assert!(matches!(w.drain(), Err(ReplayError::CoreStopped)));
     }
 
     #[test]
@@ -315,7 +392,7 @@ mod tests {
         let files = wal::segments(&dir).unwrap();
         let skipped = |indexed: &[(&str, &str)]| {
             let indexed: Indexed = indexed.iter().map(|(t, b)| (t.to_string(), b.to_string())).collect();
-            let (cuts, _) = scan_markers(&files, &indexed);
+            let (cuts, _) = scan_markers(&files, &indexed, &mut Vec::new());
             let mut out = Vec::new();
             for seg in &files {
                 let (records, _) = seg.read().unwrap();
@@ -360,7 +437,7 @@ mod tests {
         let segs = [vec![keyed(1), keyed(2), walcodec::encode_abort(2)], vec![keyed(3), walcodec::encode_abort(1)]];
         write_segments(&core, &segs);
         let files = wal::segments(&dir).unwrap();
-        let (_, aborted) = scan_markers(&files, &Indexed::new());
+        let (_, aborted) = scan_markers(&files, &Indexed::new(), &mut Vec::new());
         assert_eq!(aborted, HashSet::from([1, 2]));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -39,9 +39,22 @@ impl SegmentFile {
         segment::read_bytes(&self.path, self.end)
     }
 
+    /// `bytes`, into `buf` (cleared first; see `segment::read_bytes_into`).
+    pub fn bytes_into(&self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        segment::read_bytes_into(&self.path, self.end, buf)
+    }
+
     /// Its records; a torn tail is reported in `Dropped`.
     pub fn read(&self) -> Result<(Vec<Vec<u8>>, Option<segment::Dropped>), segment::ReadError> {
         segment::read_segment_to(&self.path, self.end)
+    }
+
+    /// `read`, into `buf` (cleared first), the records as slices of it.
+    pub fn read_into<'a>(
+        &self,
+        buf: &'a mut Vec<u8>,
+    ) -> Result<(Vec<&'a [u8]>, Option<segment::Dropped>), segment::ReadError> {
+        segment::read_segment_into(&self.path, self.end, buf)
     }
 }
 

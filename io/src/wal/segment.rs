@@ -378,14 +378,25 @@ pub struct Dropped {
 /// A segment's bytes up to `end` (its end marker's offset, if it has one): what follows is
 /// the tail of a failed write, never acknowledged.
 pub fn read_bytes(path: &Path, end: Option<u64>) -> std::io::Result<Vec<u8>> {
-    let mut data = std::fs::read(path)?;
-    if let Some(end) = end {
-        if (end as usize) < data.len() {
-            tracing::info!(file = %path.display(), end, bytes = data.len() - end as usize, "skipping the tail of a failed WAL write (end marker)");
-            data.truncate(end as usize);
-        }
-    }
+    let mut data = Vec::new();
+    read_bytes_into(path, end, &mut data)?;
     Ok(data)
+}
+
+/// `read_bytes` into `buf` (cleared first). A replay reads every segment of a stream into
+/// one buffer: a fresh one per segment cost the kernel zeroing each of its pages.
+pub fn read_bytes_into(path: &Path, end: Option<u64>, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    buf.clear();
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let want = end.map_or(len, |e| e.min(len));
+    buf.reserve(usize::try_from(want).unwrap_or(usize::MAX));
+    (&mut f).take(want).read_to_end(buf)?;
+    if want < len {
+        tracing::info!(file = %path.display(), end = want, bytes = len - want, "skipping the tail of a failed WAL write (end marker)");
+    }
+    Ok(())
 }
 
 /// Reads every record of one segment; a torn tail is reported in `Dropped`.
@@ -395,9 +406,19 @@ pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, Option<Dropped>), Read
 
 /// `read_segment` of a segment whose good records end at `end` (its end marker), if known.
 pub fn read_segment_to(path: &Path, end: Option<u64>) -> Result<(Vec<Vec<u8>>, Option<Dropped>), ReadError> {
-    let data = read_bytes(path, end).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
-    let (records, tail) = record::decode_all(&data);
-    let records = records.into_iter().map(<[u8]>::to_vec).collect();
+    let mut buf = Vec::new();
+    let (records, dropped) = read_segment_into(path, end, &mut buf)?;
+    Ok((records.into_iter().map(<[u8]>::to_vec).collect(), dropped))
+}
+
+/// `read_segment_to` into `buf` (see `read_bytes_into`), the records as slices of it.
+pub fn read_segment_into<'a>(
+    path: &Path,
+    end: Option<u64>,
+    buf: &'a mut Vec<u8>,
+) -> Result<(Vec<&'a [u8]>, Option<Dropped>), ReadError> {
+    read_bytes_into(path, end, buf).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
+    let (records, tail) = record::decode_all(buf);
     match tail {
         record::Tail::Clean | record::Tail::Zeros { .. } => Ok((records, None)),
         record::Tail::Torn { offset, dropped } => {
