@@ -344,13 +344,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
-    #[test]
-    fn a_generation_of_the_same_ring_is_adopted_in_place() {
-        let d = tmp("adopt");
-        let g = prepare(&d, "cores=2").unwrap();
+    /// A committed generation of `ring` under `d`, and its core 0's (created) directory.
+    fn committed(d: &Path, ring: &str) -> (Generations, PathBuf) {
+        let g = prepare(d, ring).unwrap();
         commit(&g.next.1, None).unwrap();
         let core = g.next.1.join("core-0");
         std::fs::create_dir_all(&core).unwrap();
+        (g, core)
+    }
+
+    #[test]
+    fn a_generation_of_the_same_ring_is_adopted_in_place() {
+        let d = tmp("adopt");
+        let (g, core) = committed(&d, "cores=2");
         let mut seg = Vec::new();
         record::encode(b"one", &mut seg);
         record::encode(b"two", &mut seg);
@@ -384,10 +390,7 @@ mod tests {
     #[test]
     fn an_adopted_preallocated_segment_loses_its_zeros_and_keeps_its_records() {
         let d = tmp("adopt-zeros");
-        let g = prepare(&d, "cores=1").unwrap();
-        commit(&g.next.1, None).unwrap();
-        let core = g.next.1.join("core-0");
-        std::fs::create_dir_all(&core).unwrap();
+        let (g, core) = committed(&d, "cores=1");
         let mut seg = Vec::new();
         record::encode(b"one", &mut seg);
         let whole = seg.len();

@@ -623,8 +623,7 @@ mod tests {
             w.wait_for_spare();
         });
         // One ready for another segment size is replaced.
-        let w = SegmentWriter::resume(dir.clone(), 5, 1 << 19, SyncPolicy::Write).unwrap().with_preallocation();
-        let mut w = w;
+        let mut w = SegmentWriter::resume(dir.clone(), 5, 1 << 19, SyncPolicy::Write).unwrap().with_preallocation();
         w.wait_for_spare();
         assert_eq!(std::fs::metadata(&ready).unwrap().len(), 1 << 19);
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
