@@ -115,7 +115,7 @@ pub fn repair_pprof(p: &mut ProfileInput, strings: &[String]) {
     let ids: FxHashSet<u64> = p.location.iter().map(|l| l.id).collect();
     if p.sample.iter().flat_map(|s| &s.location_id).all(|id| ids.contains(id)) {
         let mut stacks = PyroscopeStacks::new(p, strings);
-        stacks.repair(PYROSCOPE);
+        stacks.repair();
         stacks.apply(p);
     }
 }
@@ -139,20 +139,14 @@ pub fn repair_truncated_stacks(p: &mut Profile) {
     }
 }
 
-/// Whether the repair sees `s` renamed (a Go type parameter list): then Pyroscope merges the
-/// profile with itself first and numbers its locations anew ([`repair_pprof`] follows it
-/// there; [`repair_dense`] does not).
-pub(crate) fn renamed_for_repair(s: &str) -> bool {
-    s.contains(GO_SHAPE)
-}
-
 /// [`repair_pprof`] on the stacks as the fast reader holds them: every sample of the pprof
 /// as sent, in its order (all-zero ones included), as dense location indices, each stack
 /// whole (not yet cut to its root-most frames); `ids[l]` is the pprof id of location `l`.
 /// The same repair exactly, for a profile whose sample types and depths
-/// [`may_be_truncated`] accepts, none of whose strings is [`renamed_for_repair`], and whose
-/// samples all refer to known locations: the suffixes are sorted by the same pprof ids, and
-/// equal indices are equal ids (an id given twice names its later location everywhere).
+/// [`may_be_truncated`] accepts, for which [`SelfMerge::new`] says no string is renamed,
+/// and whose samples all refer to known locations: the suffixes are sorted by the same
+/// pprof ids, and equal indices are equal ids (an id given twice names its later location
+/// everywhere). A profile whose strings are renamed goes through [`SelfMerge`] instead.
 pub(crate) fn repair_dense(stacks: &mut Vec<Vec<u32>>, ids: &[u64]) {
     repair_passes(stacks, |l| ids[l as usize], PYROSCOPE);
 }
@@ -174,8 +168,8 @@ fn repair_passes<T: Frame>(stacks: &mut Vec<Vec<T>>, id: impl Fn(T) -> u64 + Cop
     *stacks = restored;
 }
 
-/// The stacks of a pprof as Pyroscope's repair sees them.
-struct PyroscopeStacks {
+/// The stacks of a pprof as Pyroscope's repair sees them, and what it appends to each sample.
+pub(crate) struct PyroscopeStacks {
     /// Location ids, leaf first, in Pyroscope's sample order.
     stacks: Vec<Vec<u64>>,
     /// Their lengths before the repair.
@@ -188,64 +182,278 @@ struct PyroscopeStacks {
 
 impl PyroscopeStacks {
     fn new(p: &ProfileInput, strings: &[String]) -> Self {
-        let mut stacks: Vec<Vec<u64>> = Vec::with_capacity(p.sample.len());
-        let mut stack_of = Vec::with_capacity(p.sample.len());
-        // Every string as Pyroscope's merge sees it, made once: functions and sample labels
-        // refer to the same few strings many times over, and a copy per reference would
-        // grow with the profile's references instead of its strings.
-        let cleaned: Vec<Cow<'_, str>> = strings.iter().map(|s| pyroscope_drop_type_params(s)).collect();
-        let Some(new_id) = merged_location_ids(p, strings, &cleaned) else {
-            for s in &p.sample {
-                stack_of.push(Some(stacks.len()));
-                stacks.push(s.location_id.clone());
-            }
+        let Some((mut samples, new_id)) = merged_symbols(p, strings) else {
+            let stacks: Vec<Vec<u64>> = p.sample.iter().map(|s| s.location_id.clone()).collect();
             let lens = stacks.iter().map(Vec::len).collect();
+            let stack_of = (0..stacks.len()).map(Some).collect();
             return PyroscopeStacks { stacks, lens, stack_of, pprof_id: None };
         };
-        // Pyroscope merged the profile with itself: new location ids, and samples with equal
-        // stacks and labels (numeric values aside) folded into the first of them.
-        let mut pprof_id = FxHashMap::default();
-        for l in &p.location {
-            if let Some(&id) = new_id.get(&l.id) {
-                pprof_id.entry(id).or_insert(l.id);
-            }
-        }
-        let text = |i: i64| usize::try_from(i).ok().and_then(|i| cleaned.get(i)).map_or("", |s| &**s);
-        type SampleKey<'a> = (Vec<u64>, Vec<(&'a str, &'a str)>);
-        let mut seen: FxHashMap<SampleKey<'_>, usize> = FxHashMap::default();
         for s in &p.sample {
-            let stack: Option<Vec<u64>> = s.location_id.iter().map(|id| new_id.get(id).copied()).collect();
-            let Some(stack) = stack else {
-                stack_of.push(None); // refers to a location the merge dropped
-                continue;
-            };
-            let mut labels: Vec<_> = s.label.iter().map(|l| (text(l.key), text(l.str))).collect();
-            labels.sort_unstable();
-            let next = stacks.len();
-            let i = *seen.entry((stack.clone(), labels)).or_insert(next);
-            if i == next {
-                stacks.push(stack);
-            }
-            stack_of.push(Some(i));
+            let stack = s.location_id.iter().map(|id| new_id.get(id).copied());
+            samples.sample(stack, s.label.iter().map(|l| (l.key, l.str)));
         }
-        let lens = stacks.iter().map(Vec::len).collect();
-        PyroscopeStacks { stacks, lens, stack_of, pprof_id: Some(pprof_id) }
+        samples.into_stacks()
     }
 
-    fn repair(&mut self, params: Params) {
+    /// Runs the repair (once: Pyroscope's parameters of today).
+    pub(crate) fn repair(&mut self) {
+        self.repair_with(PYROSCOPE);
+    }
+
+    fn repair_with(&mut self, params: Params) {
         repair_passes(&mut self.stacks, |id| id, params);
+    }
+
+    /// The pprof location ids the repair appended to sample `sample` (in the pprof's
+    /// order), root-most last.
+    pub(crate) fn tail(&self, sample: usize) -> impl Iterator<Item = u64> + '_ {
+        let tail = match self.stack_of[sample] {
+            Some(i) => &self.stacks[i][self.lens[i]..],
+            None => &[],
+        };
+        tail.iter().map(|id| self.pprof_id.as_ref().map_or(*id, |pprof_id| pprof_id[id]))
     }
 
     /// Appends the repaired part of each stack to the pprof's samples.
     fn apply(&self, p: &mut ProfileInput) {
-        for (s, i) in p.sample.iter_mut().zip(&self.stack_of) {
-            let Some(i) = *i else { continue };
-            let tail = &self.stacks[i][self.lens[i]..];
-            match &self.pprof_id {
-                None => s.location_id.extend_from_slice(tail),
-                Some(pprof_id) => s.location_id.extend(tail.iter().map(|id| pprof_id[id])),
+        for (i, s) in p.sample.iter_mut().enumerate() {
+            s.location_id.extend(self.tail(i));
+        }
+    }
+}
+
+/// [`SelfMerge`] fed the symbols of a prost-decoded pprof, if it merges at all, and the new
+/// id of each pprof location id (an id given twice: its later kept location's).
+fn merged_symbols(p: &ProfileInput, strings: &[String]) -> Option<(MergedSamples, FxHashMap<u64, u64>)> {
+    let mut merge = SelfMerge::new(strings, (p.function.len(), p.mapping.len(), p.location.len()))?;
+    for f in &p.function {
+        merge.function(f.id, f.start_line, f.name, f.system_name, f.filename);
+    }
+    for m in &p.mapping {
+        merge.mapping(m);
+    }
+    let mut new_id = FxHashMap::with_capacity_and_hasher(p.location.len(), Default::default());
+    for l in &p.location {
+        if let Some(new) =
+            merge.location(l.id, l.address, l.mapping_id, l.line.iter().map(|ln| (ln.function_id, ln.line)))
+        {
+            new_id.insert(l.id, new);
+        }
+    }
+    Some((merge.samples(p.sample.len(), |id| new_id.get(&id).copied()), new_id))
+}
+
+/// A function as Pyroscope's merge compares them: start line, name, system name, file
+/// name (strings as [`Classes`]).
+type FunctionKey = (u32, u32, u32, u32);
+/// A mapping as that merge compares them: size rounded up to 4 KiB, file offset, build id
+/// (or file name without one).
+type MappingKey = (u64, u64, u32);
+
+/// Strings as Pyroscope's merge compares them ([`pyroscope_drop_type_params`]): each string
+/// index stands for the first index whose string cleans to the same text (its *class*).
+struct Classes {
+    class: Vec<u32>,
+    /// The class of "", which an index out of range reads as.
+    empty: u32,
+}
+
+impl Classes {
+    #[inline]
+    fn of(&self, i: i64) -> u32 {
+        usize::try_from(i).ok().and_then(|i| self.class.get(i)).copied().unwrap_or(self.empty)
+    }
+}
+
+/// Pyroscope's self-merge, as far as the repair sees it. If dropping Go type parameters
+/// ([`pyroscope_drop_type_params`]) renames any string, Pyroscope merges the profile with
+/// itself before the repair: the locations are numbered anew, 1, 2, … in table order,
+/// folding those that became equal (same address, mapping and lines) into the first of
+/// them and dropping those without address and lines; samples with equal stacks and labels
+/// (numeric values aside) fold into the first of them. The repair then runs on those.
+///
+/// Either reader feeds it a pprof's functions, mappings and locations (in table order),
+/// then ([`SelfMerge::samples`]) its samples in order: `repair_pprof` from the prost
+/// message, the fast reader from the bytes. Strings are compared by [`Classes`], and a
+/// location's or sample's key is written into a reused buffer of integers (each part
+/// preceded by what tells its length, so equal keys are equal buffers): a key is allocated
+/// only the first time it is seen.
+pub(crate) struct SelfMerge {
+    classes: Classes,
+    functions: FxHashMap<u64, FunctionKey>,
+    mappings: FxHashMap<u64, MappingKey>,
+    /// Each distinct location key → its new id.
+    first: FxHashMap<Vec<u64>, u64>,
+    /// The pprof ids of the locations kept, in table order.
+    kept: Vec<u64>,
+    key: Vec<u64>,
+}
+
+impl SelfMerge {
+    /// `None` if no string of `strings` (the string table; strings appended after it are
+    /// compared too, as `repair_pprof` sees them) is renamed: then nothing is merged and the
+    /// repair runs on the pprof's own ids. `symbols`: how many functions, mappings and
+    /// locations will be fed (tables are sized for them).
+    pub(crate) fn new<S: AsRef<str>>(strings: &[S], symbols: (usize, usize, usize)) -> Option<SelfMerge> {
+        let renamed = |s: &str| matches!(pyroscope_drop_type_params(s), Cow::Owned(c) if c != s);
+        if !strings.iter().any(|s| renamed(s.as_ref())) {
+            return None;
+        }
+        let mut classes: FxHashMap<Cow<'_, str>, u32> =
+            FxHashMap::with_capacity_and_hasher(strings.len(), Default::default());
+        let class: Vec<u32> = (0..strings.len())
+            .map(|i| *classes.entry(pyroscope_drop_type_params(strings[i].as_ref())).or_insert(i as u32))
+            .collect();
+        let empty = classes.get("").copied().unwrap_or(u32::MAX);
+        let (functions, mappings, locations) = symbols;
+        Some(SelfMerge {
+            classes: Classes { class, empty },
+            functions: FxHashMap::with_capacity_and_hasher(functions, Default::default()),
+            mappings: FxHashMap::with_capacity_and_hasher(mappings, Default::default()),
+            first: FxHashMap::with_capacity_and_hasher(locations, Default::default()),
+            kept: Vec::with_capacity(locations),
+            key: Vec::new(),
+        })
+    }
+
+    pub(crate) fn function(&mut self, id: u64, start_line: i64, name: i64, system_name: i64, filename: i64) {
+        let c = &self.classes;
+        let key = (start_line as u32, c.of(name), c.of(system_name), c.of(filename));
+        self.functions.insert(id, key);
+    }
+
+    pub(crate) fn mapping(&mut self, m: &kiln_proto::google::v1::Mapping) {
+        // Sizes rounded up to 4 KiB, as pprof's merge does.
+        let size = m.memory_limit.wrapping_sub(m.memory_start).wrapping_add(0xfff);
+        let c = &self.classes;
+        let name = if c.of(m.build_id) == c.empty { m.filename } else { m.build_id };
+        self.mappings.insert(m.id, (size - size % 0x1000, m.file_offset, c.of(name)));
+    }
+
+    /// A location, after every function and mapping: `lines` are (function id, line).
+    /// Returns its new id, or `None` if the merge drops it. The caller keeps the new id of
+    /// each pprof id (an id given twice: that of its later location the merge kept).
+    pub(crate) fn location(
+        &mut self,
+        id: u64,
+        address: u64,
+        mapping_id: u64,
+        lines: impl ExactSizeIterator<Item = (u64, i64)>,
+    ) -> Option<u64> {
+        if lines.len() == 0 && address == 0 {
+            return None;
+        }
+        // Key: address; mapping (0 if unknown, else 1 and its three fields); each line
+        // (0 and the line if its function is unknown, else the function's start line
+        // tagged 1, then name and system name, then file name and line).
+        let key = &mut self.key;
+        key.clear();
+        key.push(address);
+        let mapping =
+            if mapping_id == 0 { Some((0, 0, self.classes.empty)) } else { self.mappings.get(&mapping_id).copied() };
+        match mapping {
+            None => key.push(0),
+            Some((size, offset, name)) => key.extend([1, size, offset, u64::from(name)]),
+        }
+        for (f, line) in lines {
+            let line = u64::from(line as u32);
+            match self.functions.get(&f) {
+                None => key.extend([0, line]),
+                Some(&(start, name, system, file)) => key.extend([
+                    u64::from(start) << 1 | 1,
+                    u64::from(name) << 32 | u64::from(system),
+                    u64::from(file) << 32 | line,
+                ]),
             }
         }
+        let new = match self.first.get(key.as_slice()) {
+            Some(&new) => new,
+            None => {
+                let new = self.first.len() as u64 + 1;
+                self.first.insert(key.clone(), new);
+                new
+            }
+        };
+        self.kept.push(id);
+        Some(new)
+    }
+
+    /// Done with the symbols: `samples` samples follow. `new_id`: the caller's new id of a
+    /// pprof id (see [`SelfMerge::location`]).
+    pub(crate) fn samples(self, samples: usize, new_id: impl Fn(u64) -> Option<u64>) -> MergedSamples {
+        // Each new id stands for the first location (in table order) whose pprof id has it.
+        let mut pprof_id = FxHashMap::with_capacity_and_hasher(self.first.len(), Default::default());
+        for &id in &self.kept {
+            if let Some(new) = new_id(id) {
+                pprof_id.entry(new).or_insert(id);
+            }
+        }
+        MergedSamples {
+            classes: self.classes,
+            pprof_id,
+            seen: FxHashMap::with_capacity_and_hasher(samples, Default::default()),
+            stack_of: Vec::with_capacity(samples),
+            labels: Vec::new(),
+            key: self.key,
+        }
+    }
+}
+
+/// [`SelfMerge`]'s second half: the samples, folded.
+pub(crate) struct MergedSamples {
+    classes: Classes,
+    pprof_id: FxHashMap<u64, u64>,
+    /// Each distinct sample's key (its stack's length, its stack in new ids, its labels'
+    /// (key, string) classes sorted) → its stack's index.
+    seen: FxHashMap<Vec<u64>, usize>,
+    stack_of: Vec<Option<usize>>,
+    labels: Vec<u64>,
+    key: Vec<u64>,
+}
+
+impl MergedSamples {
+    /// The next sample of the pprof: its locations' new ids (`None`: one the merge dropped)
+    /// and its labels as (key, string).
+    pub(crate) fn sample(
+        &mut self,
+        stack: impl ExactSizeIterator<Item = Option<u64>>,
+        labels: impl Iterator<Item = (i64, i64)>,
+    ) {
+        let key = &mut self.key;
+        key.clear();
+        key.push(stack.len() as u64);
+        for new in stack {
+            let Some(new) = new else {
+                self.stack_of.push(None); // refers to a location the merge dropped
+                return;
+            };
+            key.push(new);
+        }
+        let c = &self.classes;
+        self.labels.clear();
+        self.labels.extend(labels.map(|(k, s)| u64::from(c.of(k)) << 32 | u64::from(c.of(s))));
+        self.labels.sort_unstable();
+        key.extend_from_slice(&self.labels);
+        let i = match self.seen.get(key.as_slice()) {
+            Some(&i) => i,
+            None => {
+                let i = self.seen.len();
+                self.seen.insert(key.clone(), i);
+                i
+            }
+        };
+        self.stack_of.push(Some(i));
+    }
+
+    /// The stacks the repair works on, each once, in the order they first appear.
+    pub(crate) fn into_stacks(self) -> PyroscopeStacks {
+        let mut stacks = vec![Vec::new(); self.seen.len()];
+        for (key, i) in self.seen {
+            let len = key[0] as usize;
+            stacks[i] = key[1..1 + len].to_vec();
+        }
+        let lens = stacks.iter().map(Vec::len).collect();
+        PyroscopeStacks { stacks, lens, stack_of: self.stack_of, pprof_id: Some(self.pprof_id) }
     }
 }
 
@@ -288,54 +496,6 @@ fn pyroscope_drop_type_params(s: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
-}
-
-/// If dropping type parameters renames any string, Pyroscope merges the profile with itself
-/// before the repair, which numbers the locations anew: 1, 2, … in table order, folding
-/// locations that became equal (same address, mapping and lines) into the first of them.
-/// Returns that renumbering (pprof id → new id), or `None` if the ids stay as they are.
-/// Locations without address and lines are dropped by that merge (absent from the map).
-/// `cleaned` is the string table `strings` as that merge sees it
-/// ([`pyroscope_drop_type_params`]).
-fn merged_location_ids<'a>(
-    p: &ProfileInput,
-    strings: &[String],
-    cleaned: &'a [Cow<'a, str>],
-) -> Option<FxHashMap<u64, u64>> {
-    if strings.iter().zip(cleaned).all(|(s, c)| s.as_str() == &**c) {
-        return None;
-    }
-    let text = |i: i64| -> &'a str { usize::try_from(i).ok().and_then(|i| cleaned.get(i)).map_or("", |s| &**s) };
-    type FunctionKey<'a> = (u32, &'a str, &'a str, &'a str);
-    type MappingKey<'a> = (u64, u64, &'a str);
-    let mut functions: FxHashMap<u64, FunctionKey<'_>> = FxHashMap::default();
-    for f in &p.function {
-        let key = (f.start_line as u32, text(f.name), text(f.system_name), text(f.filename));
-        functions.insert(f.id, key);
-    }
-    let mut mappings: FxHashMap<u64, MappingKey<'_>> = FxHashMap::default();
-    for m in &p.mapping {
-        // Sizes rounded up to 4 KiB, as pprof's merge does.
-        let size = m.memory_limit.wrapping_sub(m.memory_start).wrapping_add(0xfff);
-        let build_id = text(m.build_id);
-        let name = if build_id.is_empty() { text(m.filename) } else { build_id };
-        mappings.insert(m.id, (size - size % 0x1000, m.file_offset, name));
-    }
-    let stub: MappingKey<'_> = (0, 0, "");
-    type LocationKey<'a, 'b> = (u64, Option<&'b MappingKey<'a>>, Vec<(Option<&'b FunctionKey<'a>>, u32)>);
-    let mut first: FxHashMap<LocationKey<'_, '_>, u64> = FxHashMap::default();
-    let mut new_id = FxHashMap::default();
-    for l in &p.location {
-        if l.line.is_empty() && l.address == 0 {
-            continue;
-        }
-        let mapping = if l.mapping_id == 0 { Some(&stub) } else { mappings.get(&l.mapping_id) };
-        let lines = l.line.iter().map(|ln| (functions.get(&ln.function_id), ln.line as u32)).collect();
-        let next = first.len() as u64 + 1;
-        let id = *first.entry((l.address, mapping, lines)).or_insert(next);
-        new_id.insert(l.id, id);
-    }
-    Some(new_id)
 }
 
 /// A token's owner: the group (index + 1; 0 = none) and how far above its root it sits.
@@ -641,7 +801,7 @@ mod tests {
 
     fn repair_as(p: &mut ProfileInput, params: Params) {
         let mut stacks = PyroscopeStacks::new(p, &strings(p));
-        stacks.repair(params);
+        stacks.repair_with(params);
         stacks.apply(p);
     }
 
@@ -708,9 +868,7 @@ mod tests {
         repair_as(&mut p, FIXTURE_ERA);
         // The fixture was also written while Pyroscope's self-merge (after dropping type
         // parameters) counted the first of equal samples twice.
-        let strings = strings(&raw);
-        let cleaned: Vec<Cow<'_, str>> = strings.iter().map(|s| pyroscope_drop_type_params(s)).collect();
-        let new_id = merged_location_ids(&raw, &strings, &cleaned).expect("type parameters");
+        let (_, new_id) = merged_symbols(&raw, &strings(&raw)).expect("type parameters");
         let mut seen = std::collections::HashSet::new();
         for (s, r) in p.sample.iter_mut().zip(&raw.sample) {
             let mut labels: Vec<(i64, i64)> = r.label.iter().map(|l| (l.key, l.str)).collect();

@@ -177,8 +177,8 @@ pub fn decode_and_normalize(bytes: &[u8], limits: PprofLimits) -> Result<Decoded
             decode(bytes)?;
             Err(invalid(msg))
         }
-        // Bytes the fast reader does not take, and Go profiles `gofix` may repair.
-        Err(fast::Fallback::Malformed | fast::Fallback::GoFix) => normalize(decode(bytes)?, limits),
+        // Bytes the fast reader does not take.
+        Err(fast::Fallback::Malformed) => normalize(decode(bytes)?, limits),
     }
 }
 
