@@ -167,8 +167,10 @@ pub(crate) fn hex(b: &[u8]) -> String {
 /// Decodes, validates and normalises raw (already inflated) pprof bytes: the ingest entry
 /// point. Exactly `normalize(decode(bytes)?, limits)`, through the fast reader
 /// ([`fast::decode`]); the cases it leaves to that reference path are all decided here.
+/// The fast reader adds up the decoded-size cost as it reads and stops once it passes
+/// [`MAX_DECODED_RATIO`] (an error the reference path then words); what it builds before
+/// that is compact, a bounded multiple of the bytes read.
 pub fn decode_and_normalize(bytes: &[u8], limits: PprofLimits) -> Result<Decoded, PprofError> {
-    check_decoded_size(bytes)?;
     match fast::decode(bytes, limits) {
         Ok(decoded) => Ok(decoded),
         // prost decodes the whole message before `normalize` checks anything: a validation
@@ -177,8 +179,9 @@ pub fn decode_and_normalize(bytes: &[u8], limits: PprofLimits) -> Result<Decoded
             decode(bytes)?;
             Err(invalid(msg))
         }
-        // Bytes the fast reader does not take.
-        Err(fast::Fallback::Malformed) => normalize(decode(bytes)?, limits),
+        // Bytes the fast reader does not take, and those past the size ratio (which
+        // `decode` refuses, with the error's words).
+        Err(fast::Fallback::Malformed | fast::Fallback::TooLarge) => normalize(decode(bytes)?, limits),
     }
 }
 
@@ -465,16 +468,23 @@ impl SeriesGroups {
 /// How many times its size a pprof may take once decoded (plus [`DECODED_SLACK`]), as
 /// [`wirecost`](super::wirecost) bounds it. Real profiles take a few times their size (the
 /// fixtures at most 16, a .NET profile whose samples carry labels: see the test); one made
-/// of empty records (a 2-byte sample is a 72-byte struct) takes 70 and more, and is refused
-/// before it is decoded, by either path.
+/// of empty records (a 2-byte sample is a 72-byte struct) takes 70 and more, and is refused:
+/// by the fast reader as it counts (its top-level pass refuses empty samples, mappings and
+/// locations before building anything for them; what it has built by then is compact, at most
+/// 16 times the input), and by the reference path before prost decodes anything.
 pub const MAX_DECODED_RATIO: usize = 40;
 pub const DECODED_SLACK: usize = 64 * 1024;
+
+/// Whether a pprof of `len` bytes whose decoded form costs `cost` passes [`MAX_DECODED_RATIO`].
+pub(crate) fn decoded_size_exceeded(len: usize, cost: usize) -> bool {
+    cost > len.saturating_mul(MAX_DECODED_RATIO) + DECODED_SLACK
+}
 
 /// Refuses a pprof whose decoded form would pass [`MAX_DECODED_RATIO`], from a walk of its
 /// bytes ([`wirecost`](super::wirecost)).
 fn check_decoded_size(bytes: &[u8]) -> Result<(), PprofError> {
     let cost = super::wirecost::cost(bytes, &super::wirecost::shapes::PROFILE);
-    if cost > bytes.len().saturating_mul(MAX_DECODED_RATIO) + DECODED_SLACK {
+    if decoded_size_exceeded(bytes.len(), cost) {
         return Err(invalid(format!(
             "the profile would take {cost} bytes of memory decoded, more than {MAX_DECODED_RATIO} times its {} bytes: it holds too many empty records",
             bytes.len()

@@ -36,12 +36,13 @@
 //! A Go profile whose stacks may have been truncated by the Go runtime
 //! (`gofix::may_be_truncated`, on the same sample types and depths `gofix::repair_pprof`
 //! looks at) is repaired here too, on the dense stacks, with or without type parameters.
-use crate::distributor::gofix;
 use crate::distributor::pprof::{
-    check_header, check_sample, check_sample_type_names, dense_by_id, dense_function, dense_location, dense_mapping,
-    dense_stack, dense_value_types, detect_language, hex, kept_suffix, sample_span, series_key, CleanedNames, Decoded,
-    DenseSamples, IdTable, Language, PprofLimits, SeriesGroups, MAX_STACK_DEPTH, NON_SERIES_SAMPLE_LABELS,
+    check_header, check_sample, check_sample_type_names, decoded_size_exceeded, dense_by_id, dense_function,
+    dense_location, dense_mapping, dense_stack, dense_value_types, detect_language, hex, kept_suffix, sample_span,
+    series_key, CleanedNames, Decoded, DenseSamples, IdTable, Language, PprofLimits, SeriesGroups, MAX_STACK_DEPTH,
+    NON_SERIES_SAMPLE_LABELS,
 };
+use crate::distributor::{gofix, wirecost};
 use kiln_shards::model::profile::{Function, Location, Mapping, Profile, Sample, ValueType};
 use rustc_hash::FxHashMap;
 
@@ -52,6 +53,9 @@ pub enum Fallback {
     Malformed,
     /// This validation error, unless the message does not decode at all.
     Invalid(String),
+    /// Decoded, it would pass the size ratio (`pprof::MAX_DECODED_RATIO`; the reference
+    /// path words the error).
+    TooLarge,
 }
 
 type Res<T> = Result<T, Fallback>;
@@ -301,7 +305,7 @@ struct Top<'a> {
     sample_types: Vec<RawValueType>,
     period_type: Option<RawValueType>,
     samples: Vec<&'a [u8]>,
-    mappings: Vec<kiln_proto::google::v1::Mapping>,
+    mappings: Vec<&'a [u8]>,
     functions: Vec<RawFunction>,
     locations: Vec<&'a [u8]>,
     /// The strings as kept (suffixes of long ones), up to the first one that is not UTF-8
@@ -317,6 +321,18 @@ struct Top<'a> {
     time_nanos: i64,
     duration_nanos: i64,
     period: i64,
+    /// The decoded-size cost (`wirecost`) of what the top-level pass read: each element of
+    /// a repeated field, and the strings and comments; the samples' and locations'
+    /// contents are added as they are read.
+    cost: usize,
+}
+
+/// Stops once the decoded-size cost counted so far passes the ratio for `bytes`.
+fn check_cost(bytes: &[u8], cost: usize) -> Res<()> {
+    if decoded_size_exceeded(bytes.len(), cost) {
+        return Err(Fallback::TooLarge);
+    }
+    Ok(())
 }
 
 fn value_type(b: &[u8], vt: &mut RawValueType) -> Res<()> {
@@ -455,24 +471,41 @@ fn sample_depth(b: &[u8]) -> Res<usize> {
     Ok(n)
 }
 
-/// The top-level pass.
+/// The top-level pass. It stops once the decoded-size cost of what it read passes the
+/// ratio, so a profile of empty records costs little before it is refused.
 fn scan(bytes: &[u8]) -> Res<Top<'_>> {
+    use wirecost::{element, shapes};
     let mut t = Top::default();
     let mut comments: Vec<u64> = Vec::new();
     let mut c = Cursor::new(bytes);
     while c.more() {
+        check_cost(bytes, t.cost)?;
         match c.key()? {
             (1, w) => {
                 let mut vt = RawValueType::default();
                 value_type(c.message(w)?, &mut vt)?;
                 t.sample_types.push(vt);
+                t.cost += element(&shapes::VALUE_TYPE);
             }
-            (2, w) => t.samples.push(c.message(w)?),
-            (3, w) => t.mappings.push(mapping(c.message(w)?)?),
-            (4, w) => t.locations.push(c.message(w)?),
-            (5, w) => t.functions.push(function(c.message(w)?)?),
+            (2, w) => {
+                t.samples.push(c.message(w)?);
+                t.cost += element(&shapes::SAMPLE);
+            }
+            (3, w) => {
+                t.mappings.push(c.message(w)?);
+                t.cost += element(&shapes::MAPPING);
+            }
+            (4, w) => {
+                t.locations.push(c.message(w)?);
+                t.cost += element(&shapes::LOCATION);
+            }
+            (5, w) => {
+                t.functions.push(function(c.message(w)?)?);
+                t.cost += element(&shapes::FUNCTION);
+            }
             (6, w) => {
                 let raw = c.message(w)?; // `bytes` takes the same wire type as a message
+                t.cost += wirecost::string_element(raw.len());
                 let i = t.nstr;
                 t.nstr += 1;
                 if i == 0 {
@@ -504,6 +537,7 @@ fn scan(bytes: &[u8]) -> Res<Top<'_>> {
             (13, w) => {
                 comments.clear();
                 c.repeated(w, &mut comments)?; // comment
+                t.cost += wirecost::SCALAR * comments.len();
             }
             (_, w) => c.skip(w)?,
         }
@@ -514,8 +548,16 @@ fn scan(bytes: &[u8]) -> Res<Top<'_>> {
 /// Decodes, validates and normalises raw pprof bytes as `normalize(decode(bytes)?, limits)`
 /// does, or says why it leaves them to that path. The steps are the module's passes.
 pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
-    // 1. The top-level fields; from here on, `normalize`'s checks in its order.
+    decode_counted(bytes, limits).map(|(decoded, _)| decoded)
+}
+
+/// [`decode`], and the decoded-size cost it counted (`wirecost::cost` of the bytes).
+fn decode_counted(bytes: &[u8], limits: PprofLimits) -> Res<(Decoded, usize)> {
+    // 1. The top-level fields; from here on, `normalize`'s checks in its order, and the
+    //    decoded-size cost checked after each step that adds to it.
     let top = scan(bytes)?;
+    let mut cost = top.cost;
+    check_cost(bytes, cost)?;
     check_header(top.sample_types.len(), top.nstr > 0 && top.first_string_empty, top.samples.len(), limits)
         .or_else(invalid)?;
     if let Some(e) = &top.utf8_error {
@@ -538,12 +580,15 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
     strings.extend(top.strings.iter().map(|&s| s.to_owned()));
     let (mappings, mapping_index) = index_mappings(&top.mappings, nstr)?;
     let (functions, function_index) = index_functions(&top.functions, nstr, go, &mut strings)?;
-    let (locations, location_index, location_ids) = index_locations(&top.locations, &mapping_index, &function_index)?;
+    let (locations, location_index, location_ids) =
+        index_locations(&top.locations, &mapping_index, &function_index, &mut cost)?;
+    check_cost(bytes, cost)?;
     check_sample_type_names(&sample_types, &strings).or_else(invalid)?;
     // 4. The samples, repaired where Go truncated them.
     let repair = if repair { Some(Repair::new(&top, &strings, &location_ids, &location_index)?) } else { None };
-    let (samples, groups) = dense_samples(&top, sample_types.len(), &strings, &location_index, repair)?;
-    Ok(Decoded {
+    let (samples, groups) = dense_samples(&top, sample_types.len(), &strings, &location_index, repair, &mut cost)?;
+    check_cost(bytes, cost)?;
+    let decoded = Decoded {
         profile: Profile {
             strings,
             sample_types,
@@ -557,7 +602,8 @@ pub fn decode(bytes: &[u8], limits: PprofLimits) -> Res<Decoded> {
             samples,
         },
         groups,
-    })
+    };
+    Ok((decoded, cost))
 }
 
 /// What `gofix::repair_pprof` decides on: the sample types and the depth of every sample as
@@ -569,8 +615,12 @@ fn may_be_truncated(top: &Top<'_>, sample_types: &[ValueType]) -> Res<bool> {
     Ok(gofix::may_be_truncated(types, depths.into_iter()))
 }
 
-fn index_mappings(raw: &[kiln_proto::google::v1::Mapping], nstr: i64) -> Res<(Vec<Mapping>, IdIndex)> {
-    dense_by_id(raw, |m| Ok((m.id, dense_mapping(m, nstr).or_else(invalid)?)))
+/// The mappings, decoded here (the top-level pass only kept their bytes).
+fn index_mappings(raw: &[&[u8]], nstr: i64) -> Res<(Vec<Mapping>, IdIndex)> {
+    dense_by_id(raw, |b| {
+        let m = mapping(b)?;
+        Ok((m.id, dense_mapping(&m, nstr).or_else(invalid)?))
+    })
 }
 
 fn index_functions(
@@ -593,11 +643,13 @@ fn index_locations(
     raw: &[&[u8]],
     mapping_index: &IdIndex,
     function_index: &IdIndex,
+    cost: &mut usize,
 ) -> Res<(Vec<Location>, IdIndex, Vec<u64>)> {
     let mut lines = Vec::new();
     let mut ids = Vec::with_capacity(raw.len());
     let (locations, index) = dense_by_id(raw, |b| {
         let l = location(b, &mut lines)?;
+        *cost += wirecost::element(&wirecost::shapes::LINE) * lines.len();
         let location = dense_location(
             l.id,
             l.mapping_id,
@@ -696,8 +748,8 @@ fn merged_symbols(
     for f in &top.functions {
         merge.function(f.id, f.start_line, f.name, f.system_name, f.filename);
     }
-    for m in &top.mappings {
-        merge.mapping(m);
+    for b in &top.mappings {
+        merge.mapping(&mapping(b)?);
     }
     // Indexed by the location a pprof id names (its later one, if given twice), as the
     // samples will be: the new id of the later location of that id the merge kept.
@@ -725,7 +777,9 @@ fn dense_samples(
     strings: &[String],
     location_index: &IdIndex,
     mut repair: Option<Repair<'_>>,
+    cost: &mut usize,
 ) -> Res<DenseSamples> {
+    let label_cost = wirecost::element(&wirecost::shapes::LABEL);
     // `top.nstr`, not `strings.len()`: labels may not point at cleaned Go names.
     let nstr = top.nstr as i64;
     let non_series = |k: i64| top.non_series.iter().any(|&n| i64::from(n) == k);
@@ -737,6 +791,7 @@ fn dense_samples(
     let mut pending: Vec<(u32, u32)> = Vec::new();
     for (i, b) in top.samples.iter().enumerate() {
         sample(b, &mut ids, &mut values, &mut labels)?;
+        *cost += wirecost::SCALAR * (ids.len() + values.len()) + label_cost * labels.len();
         let known = repair.as_mut().is_some_and(|r| r.add(&ids, &labels, location_index));
         check_sample(values.len(), ntypes, labels.len()).or_else(invalid)?;
         if values.iter().all(|v| *v == 0) {
@@ -798,6 +853,7 @@ mod tests {
         Fast,
         Invalid,
         Malformed,
+        TooLarge,
     }
 
     /// Checks the entry point, and the fast reader on its own, against the reference path.
@@ -806,8 +862,19 @@ mod tests {
         if let Some(d) = differ(&pprof::decode_and_normalize(bytes, limits), &want) {
             return Err(format!("entry point: {d}"));
         }
-        match decode(bytes, limits) {
-            Ok(got) => differ(&Ok(got), &want).map_or(Ok(Way::Fast), |d| Err(format!("fast reader: {d}"))),
+        match decode_counted(bytes, limits) {
+            Ok((got, cost)) => {
+                // The size it counted is the one the reference path walks.
+                let walked = crate::distributor::wirecost::cost(bytes, &crate::distributor::wirecost::shapes::PROFILE);
+                if cost != walked {
+                    return Err(format!("fast reader: decoded-size cost {cost}, walked {walked}"));
+                }
+                differ(&Ok(got), &want).map_or(Ok(Way::Fast), |d| Err(format!("fast reader: {d}")))
+            }
+            Err(Fallback::TooLarge) => match &want {
+                Err(PprofError::Invalid(m)) if m.starts_with("the profile would take") => Ok(Way::TooLarge),
+                _ => Err(format!("fast reader: too large, reference {:?}", want.as_ref().err())),
+            },
             Err(Fallback::Invalid(msg)) => match (&want, pprof::decode(bytes)) {
                 (Err(PprofError::Decode(_)), Err(_)) => Ok(Way::Invalid),
                 (Err(PprofError::Invalid(m)), Ok(_)) if *m == msg => Ok(Way::Invalid),
@@ -878,6 +945,31 @@ mod tests {
         eprintln!("largest decoded/encoded ratio: {:.2} ({})", worst.0, worst.1);
         // Real profiles stay far from the ratio that refuses a profile.
         assert!(worst.0 < pprof::MAX_DECODED_RATIO as f64 / 2.0, "{worst:?}");
+    }
+
+    /// Profiles made of empty records (each 2 bytes, tens of bytes decoded) are refused as
+    /// the reference path refuses them, by the top-level pass before it has read them all;
+    /// a sample of empty labels is decoded the same both ways.
+    #[test]
+    fn empty_records_are_refused_as_the_reference_path_refuses_them() {
+        let no = PprofLimits { max_samples: 0 };
+        for field in [2u8, 3, 4, 5, 6] {
+            let bytes = [field << 3 | 2, 0].repeat(100_000);
+            let way = check(&bytes, no);
+            // Samples, mappings, locations take over 80 bytes each decoded; an empty
+            // function or string 80 or 64, at or below the ratio.
+            if field <= 4 {
+                assert_eq!(way, Ok(Way::TooLarge), "field {field}");
+                assert!(matches!(scan(&bytes), Err(Fallback::TooLarge)), "field {field}");
+            } else {
+                assert!(way.is_ok(), "field {field}: {way:?}");
+            }
+        }
+        let mut p = small();
+        let labels = vec![pb::Label::default(); 50_000];
+        p.sample[0].label = labels;
+        // 32 times their size decoded: within the ratio, whichever way it goes.
+        check(&p.encode_to_vec(), no).unwrap();
     }
 
     #[test]
