@@ -76,6 +76,7 @@ pub fn run(cfg: Config) {
     let core_cfg = kiln_shards::runtime::CoreConfig {
         wal: wal.as_ref().map(|w| w.config.clone()),
         max_head_bytes: cfg.max_head_bytes_per_core.unwrap_or(0) as usize,
+        append_step_frames: cfg.append_step_frames,
         blocks: Some(blocks),
     };
     probe_ports(&cfg);

@@ -212,92 +212,103 @@ fn rows_cache(s: &CoreStats) -> (usize, u64, u64, u64) {
     (g.rows_cache_bytes, g.rows_cache_hits, g.rows_cache_misses, g.rows_cache_evictions)
 }
 
+/// A per-core figure: its name, type, help and how it is read from a core's `CoreStats`.
+type Gauge = (&'static str, &'static str, &'static str, fn(&CoreStats) -> f64);
+
+/// The figures every core reports, one Prometheus series per core (`render_core_stats`).
+const CORE_GAUGES: [Gauge; 29] = [
+    ("kiln_head_series", "gauge", "Series in the head.", |s| s.ingester.series as f64),
+    ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.ingester.profiles as f64),
+    ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.ingester.samples as f64),
+    ("kiln_head_stacktraces", "gauge", "Distinct stack trace nodes in the head.", |s| s.ingester.stacks as f64),
+    ("kiln_head_bytes", "gauge", "Approximate heap bytes held by the head.", |s| s.ingester.head_bytes as f64),
+    ("kiln_head_frozen", "gauge", "Heads cut and waiting for their block upload.", |s| s.ingester.frozen_heads as f64),
+    ("kiln_blocks_owned", "gauge", "Blocks this core serves queries from.", |s| s.store_gateway.blocks as f64),
+    (
+        "kiln_store_gateway_blocks_owned",
+        "gauge",
+        "Blocks the store-gateway ring gives this core (the last sync).",
+        |s| s.store_gateway.synced as f64,
+    ),
+    ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
+        s.store_gateway.block_cache_bytes as f64
+    }),
+    ("kiln_block_rows_cache_bytes", "gauge", "Decoded row groups cached.", |s| rows_cache(s).0 as f64),
+    ("kiln_block_rows_cache_hits_total", "counter", "Row groups found decoded.", |s| rows_cache(s).1 as f64),
+    ("kiln_block_rows_cache_misses_total", "counter", "Row groups decoded.", |s| rows_cache(s).2 as f64),
+    ("kiln_block_rows_cache_evictions_total", "counter", "Row groups evicted.", |s| rows_cache(s).3 as f64),
+    ("kiln_blocks_written_total", "counter", "Blocks written by this core.", |s| s.ingester.blocks_written as f64),
+    ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
+        s.ingester.bytes_uploaded as f64
+    }),
+    ("kiln_pushes_pending", "gauge", "Pushes appended on this core whose outcome is not known yet.", |s| {
+        s.ingester.pending_pushes as f64
+    }),
+    (
+        "kiln_pushes_rolled_back_total",
+        "counter",
+        "Pushes taken out of this core's head again because they were refused (another core, the WAL).",
+        |s| s.ingester.rolled_back as f64,
+    ),
+    ("kiln_block_cuts_suspended", "gauge", "1 while this core's last block cut failed and waits for its retry.", |s| {
+        u8::from(s.ingester.cuts_suspended) as f64
+    }),
+    ("kiln_block_cut_retries_total", "counter", "Retries of failed block cuts by this core.", |s| {
+        s.ingester.cut_retries as f64
+    }),
+    (
+        "kiln_block_upload_retries_total",
+        "counter",
+        "Failed block uploads and bucket index writes retried by this core (retried until they succeed).",
+        |s| s.ingester.upload_retries as f64,
+    ),
+    ("kiln_wal_pending_bytes", "gauge", "Bytes of WAL records waiting for this core's WAL writer.", |s| {
+        s.ingester.wal_pending_bytes as f64
+    }),
+    ("kiln_wal_pending_writes", "gauge", "Pushes, syncs and aborts waiting for this core's WAL writer.", |s| {
+        s.ingester.wal_pending_waiters as f64
+    }),
+    (
+        "kiln_wal_busy_refusals_total",
+        "counter",
+        "Pushes refused (503) because this core's WAL had its most bytes or writes waiting.",
+        |s| s.ingester.wal_busy_refused as f64,
+    ),
+    ("kiln_wal_syncs_in_flight", "gauge", "WAL syncs this core has in flight.", |s| {
+        s.ingester.wal_syncs_in_flight as f64
+    }),
+    (
+        "kiln_wal_abort_retries_total",
+        "counter",
+        "Abort records queued again after their WAL write failed (retried until written).",
+        |s| s.ingester.abort_retries as f64,
+    ),
+    (
+        "kiln_ingester_stepped_appends",
+        "gauge",
+        "Large pushes whose stacks this core is interning in steps between its other messages.",
+        |s| s.ingester.stepped_appends as f64,
+    ),
+    (
+        "kiln_ingester_stepped_appends_total",
+        "counter",
+        "Pushes whose stacks this core interned in steps (more than -ingester.append-step-frames frames).",
+        |s| s.ingester.stepped_appends_total as f64,
+    ),
+    ("kiln_block_queries_in_flight", "gauge", "Block queries this core is running.", |s| {
+        s.store_gateway.block_queries as f64
+    }),
+    (
+        "kiln_block_queries_refused_total",
+        "counter",
+        "Block queries refused (503) because this core ran its most at once.",
+        |s| s.store_gateway.block_queries_refused as f64,
+    ),
+];
+
 /// Every core's figures (`CoreStats`), one Prometheus series per core.
 fn render_core_stats(stats: &[CoreStats], out: &mut String) {
-    type Gauge = (&'static str, &'static str, &'static str, fn(&CoreStats) -> f64);
-    let rows: [Gauge; 27] = [
-        ("kiln_head_series", "gauge", "Series in the head.", |s| s.ingester.series as f64),
-        ("kiln_head_profiles", "gauge", "Profiles in the head.", |s| s.ingester.profiles as f64),
-        ("kiln_head_samples", "gauge", "Samples in the head.", |s| s.ingester.samples as f64),
-        ("kiln_head_stacktraces", "gauge", "Distinct stack trace nodes in the head.", |s| s.ingester.stacks as f64),
-        ("kiln_head_bytes", "gauge", "Approximate heap bytes held by the head.", |s| s.ingester.head_bytes as f64),
-        ("kiln_head_frozen", "gauge", "Heads cut and waiting for their block upload.", |s| {
-            s.ingester.frozen_heads as f64
-        }),
-        ("kiln_blocks_owned", "gauge", "Blocks this core serves queries from.", |s| s.store_gateway.blocks as f64),
-        (
-            "kiln_store_gateway_blocks_owned",
-            "gauge",
-            "Blocks the store-gateway ring gives this core (the last sync).",
-            |s| s.store_gateway.synced as f64,
-        ),
-        ("kiln_block_cache_bytes", "gauge", "Bytes of opened block parts cached.", |s| {
-            s.store_gateway.block_cache_bytes as f64
-        }),
-        ("kiln_block_rows_cache_bytes", "gauge", "Decoded row groups cached.", |s| rows_cache(s).0 as f64),
-        ("kiln_block_rows_cache_hits_total", "counter", "Row groups found decoded.", |s| rows_cache(s).1 as f64),
-        ("kiln_block_rows_cache_misses_total", "counter", "Row groups decoded.", |s| rows_cache(s).2 as f64),
-        ("kiln_block_rows_cache_evictions_total", "counter", "Row groups evicted.", |s| rows_cache(s).3 as f64),
-        ("kiln_blocks_written_total", "counter", "Blocks written by this core.", |s| s.ingester.blocks_written as f64),
-        ("kiln_block_bytes_uploaded_total", "counter", "Block bytes uploaded by this core.", |s| {
-            s.ingester.bytes_uploaded as f64
-        }),
-        ("kiln_pushes_pending", "gauge", "Pushes appended on this core whose outcome is not known yet.", |s| {
-            s.ingester.pending_pushes as f64
-        }),
-        (
-            "kiln_pushes_rolled_back_total",
-            "counter",
-            "Pushes taken out of this core's head again because they were refused (another core, the WAL).",
-            |s| s.ingester.rolled_back as f64,
-        ),
-        (
-            "kiln_block_cuts_suspended",
-            "gauge",
-            "1 while this core's last block cut failed and waits for its retry.",
-            |s| u8::from(s.ingester.cuts_suspended) as f64,
-        ),
-        ("kiln_block_cut_retries_total", "counter", "Retries of failed block cuts by this core.", |s| {
-            s.ingester.cut_retries as f64
-        }),
-        (
-            "kiln_block_upload_retries_total",
-            "counter",
-            "Failed block uploads and bucket index writes retried by this core (retried until they succeed).",
-            |s| s.ingester.upload_retries as f64,
-        ),
-        ("kiln_wal_pending_bytes", "gauge", "Bytes of WAL records waiting for this core's WAL writer.", |s| {
-            s.ingester.wal_pending_bytes as f64
-        }),
-        ("kiln_wal_pending_writes", "gauge", "Pushes, syncs and aborts waiting for this core's WAL writer.", |s| {
-            s.ingester.wal_pending_waiters as f64
-        }),
-        (
-            "kiln_wal_busy_refusals_total",
-            "counter",
-            "Pushes refused (503) because this core's WAL had its most bytes or writes waiting.",
-            |s| s.ingester.wal_busy_refused as f64,
-        ),
-        ("kiln_wal_syncs_in_flight", "gauge", "WAL syncs this core has in flight.", |s| {
-            s.ingester.wal_syncs_in_flight as f64
-        }),
-        (
-            "kiln_wal_abort_retries_total",
-            "counter",
-            "Abort records queued again after their WAL write failed (retried until written).",
-            |s| s.ingester.abort_retries as f64,
-        ),
-        ("kiln_block_queries_in_flight", "gauge", "Block queries this core is running.", |s| {
-            s.store_gateway.block_queries as f64
-        }),
-        (
-            "kiln_block_queries_refused_total",
-            "counter",
-            "Block queries refused (503) because this core ran its most at once.",
-            |s| s.store_gateway.block_queries_refused as f64,
-        ),
-    ];
-    for (name, kind, help, f) in rows {
+    for (name, kind, help, f) in CORE_GAUGES {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in stats {
             let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", s.core, f(s));

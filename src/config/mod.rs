@@ -269,6 +269,9 @@ pub struct Config {
     /// Profiles this large (inflated bytes) are decoded on a decode thread, not on the core
     /// that accepted them (`-distributor.decode-offload-bytes`); 0: every one on its core.
     pub decode_offload_bytes: usize,
+    /// Stack frames a push's part may have before its owning core interns its stacks in
+    /// steps, serving other requests between them (`-ingester.append-step-frames`); 0: never.
+    pub append_step_frames: usize,
     /// Pyroscope's `-querier.query-store-after`: accepted for compatibility, no effect (each
     /// ingester answers for the blocks it cut as long as they exist; see README, Cluster mode).
     pub query_store_after: Duration,
@@ -534,6 +537,7 @@ impl Default for Config {
             replication_factor: 3,
             push_timeout: Duration::from_secs(5),
             decode_offload_bytes: crate::distributor::offload::OFFLOAD_BYTES,
+            append_step_frames: kiln_shards::ingester::STEP_FRAMES,
             query_store_after: Duration::from_secs(4 * 3600),
             read_path: ReadPath::default(),
             store_gateway_replication_factor: 1,
@@ -1061,6 +1065,7 @@ impl Config {
             "distributor.replication-factor" => self.replication_factor = parse_num(v).map_err(bad)?,
             "distributor.push.timeout" => self.push_timeout = parse_duration(v).map_err(bad)?,
             "distributor.decode-offload-bytes" => self.decode_offload_bytes = parse_num(v).map_err(bad)?,
+            "ingester.append-step-frames" => self.append_step_frames = parse_num(v).map_err(bad)?,
             "querier.query-store-after" => self.query_store_after = parse_duration(v).map_err(bad)?,
             "store-gateway.sharding-ring.replication-factor" => {
                 self.store_gateway_replication_factor = parse_num(v).map_err(bad)?

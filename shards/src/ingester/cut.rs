@@ -379,24 +379,9 @@ async fn encode(f: &Frozen, opts: &EncodeOptions) -> Result<block::EncodedBlock,
     let head = f.head.borrow();
     let mut e = block::Encoder::new(&head, &f.id, opts)?;
     while e.step()? {
-        YieldNow(false).await;
+        crate::runtime::yield_now().await;
     }
     e.finish()
-}
-
-/// Gives the executor one turn: ready on the second poll, after re-queueing itself.
-struct YieldNow(bool);
-
-impl std::future::Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
 }
 
 /// Runs `f` until it succeeds, with backoff; the last error is shown in `state.last_error`,

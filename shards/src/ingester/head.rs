@@ -48,6 +48,34 @@ pub struct AppendStats {
     pub new_series: u64,
 }
 
+/// A profile's stacks as interned so far (`TenantHead::intern_stacks`): the head's id of
+/// each sample's stack, in group order, and the profile's symbols mapped to the head's.
+pub struct Interning {
+    remap: Remap,
+    ids: Vec<u32>,
+    scratch: Vec<u8>,
+    /// What the interning added to the head's `approx_bytes`: the push's own symbols, which
+    /// a limit checked before its rows are added leaves out, as it would for a push
+    /// appended in one piece.
+    added_bytes: usize,
+}
+
+impl Interning {
+    pub fn new(p: &Profile) -> Self {
+        Interning { remap: Remap::new(p), ids: Vec::new(), scratch: Vec::new(), added_bytes: 0 }
+    }
+
+    pub fn added_bytes(&self) -> usize {
+        self.added_bytes
+    }
+}
+
+/// Frames a profile's stacks have in `groups` (plus one per sample): the work of interning
+/// them, which `intern_stacks` spends in steps.
+pub fn stack_frames(p: &Profile, groups: &[SampleGroup]) -> usize {
+    groups.iter().flat_map(|g| &g.samples).map(|&si| p.samples[si as usize].locations.len() + 1).sum()
+}
+
 /// The labels every sample type adds to a group's labels.
 pub fn series_labels(base: &Labels, p: &Profile, type_index: usize) -> (Labels, String) {
     let st = p.sample_types[type_index];
@@ -89,21 +117,77 @@ impl TenantHead {
         groups: &[SampleGroup],
         rows: &mut Vec<RowRef>,
     ) -> AppendStats {
+        let mut interning = Interning::new(p);
+        self.intern_stacks(p, groups, &mut interning, usize::MAX);
+        self.append_interned(tenant, p, groups, &interning, rows)
+    }
+
+    /// Interns the stacks of `groups`' samples (in group order) from where `interning` left
+    /// off, until about `frames` frames were walked or every stack is interned (then `true`).
+    /// Interning adds symbols only, which no query reaches without a row: a large profile's
+    /// stacks can be interned in steps with other pushes appended in between, and its rows
+    /// added at once after (`append_interned`). The ids stay valid while this head is live.
+    pub fn intern_stacks(
+        &mut self,
+        p: &Profile,
+        groups: &[SampleGroup],
+        interning: &mut Interning,
+        frames: usize,
+    ) -> bool {
+        let before = self.approx_bytes();
+        let done = self.intern_some(p, groups, interning, frames);
+        interning.added_bytes += self.approx_bytes().saturating_sub(before);
+        done
+    }
+
+    fn intern_some(&mut self, p: &Profile, groups: &[SampleGroup], interning: &mut Interning, frames: usize) -> bool {
+        let mut skip = interning.ids.len();
+        let mut walked = 0usize;
+        for g in groups {
+            if skip >= g.samples.len() {
+                skip -= g.samples.len();
+                continue;
+            }
+            for &si in &g.samples[skip..] {
+                if walked >= frames.max(1) {
+                    return false;
+                }
+                let s = &p.samples[si as usize];
+                let id =
+                    self.symbols.intern_stack_indexed(p, &mut interning.remap, &s.locations, &mut interning.scratch);
+                interning.ids.push(id);
+                walked += s.locations.len() + 1;
+            }
+            skip = 0;
+        }
+        true
+    }
+
+    /// Adds the profile rows of `groups` whose stacks `interning` holds, all of them
+    /// (`intern_stacks` returned `true` on this head): the one step that makes the push
+    /// visible, never split.
+    pub fn append_interned(
+        &mut self,
+        tenant: &str,
+        p: &Profile,
+        groups: &[SampleGroup],
+        interning: &Interning,
+        rows: &mut Vec<RowRef>,
+    ) -> AppendStats {
         let mut stats = AppendStats::default();
-        let mut remap = Remap::new(p);
         let mut pairs: Vec<(u32, usize)> = Vec::new();
         // The samples taken in a span: (stack, span, sample index), then per sample type the
         // (stack, span, value) a profile row keeps beside its samples.
         let mut spanned: Vec<(u32, u64, usize)> = Vec::new();
         let mut span_row: Vec<(u32, u64, i64)> = Vec::new();
-        let mut scratch: Vec<u8> = Vec::new();
+        let mut ids = interning.ids.iter().copied();
         for g in groups {
-            // Intern each stack once for all sample types.
+            // Each stack was interned once for all sample types.
             pairs.clear();
             spanned.clear();
             for &si in &g.samples {
                 let s = &p.samples[si as usize];
-                let id = self.symbols.intern_stack_indexed(p, &mut remap, &s.locations, &mut scratch);
+                let id = ids.next().expect("every sample's stack is interned before its rows are added");
                 pairs.push((id, si as usize));
                 if s.span_id != 0 {
                     spanned.push((id, s.span_id, si as usize));

@@ -4,7 +4,10 @@
 //! Ownership: the `Ingester` is created on its core's thread and never leaves it; the core's
 //! inbox loop (`runtime::core`) hands it its messages (`Msg`). Other cores reach it only
 //! through those; replies go back on one-shot channels. Handling a message never awaits, so
-//! no other task on the core can observe a half-applied append.
+//! no other task on the core can observe a half-applied append. A push with many frames has
+//! its stacks interned in steps between the core's other messages (`step`): interning adds
+//! symbols only, which no query reaches without rows; its rows are added in one step at the
+//! end, so the same holds.
 //!
 //! `head` holds the columns, `wal` the writer task and what waits on it, `walcodec` the
 //! payload of a WAL record, `cut` the freezing of heads into blocks.
@@ -19,12 +22,13 @@ use crate::query::{QueryRequest, QueryResult};
 use crate::ring::Ring;
 use crate::store_gateway::BlockSet;
 use cut::{BlockConfig, CutError, CutState, Frozen};
-use head::{AppendStats, RowRef, TenantHead};
+use head::{AppendStats, Interning, RowRef, TenantHead};
 use kiln_io::invariant::{check, Invariant};
 use kiln_io::wal::record;
 use kiln_io::wal::segment::SegmentWriter;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,6 +98,7 @@ pub async fn start<M: From<Msg> + 'static>(
     core: u32,
     wal: Option<&WalConfig>,
     max_head_bytes: usize,
+    append_step_frames: usize,
     blocks: Option<(BlockConfig, Arc<Ring>, Rc<RefCell<BlockSet>>)>,
     inbox: flume::Sender<M>,
     gate: flume::Receiver<()>,
@@ -121,7 +126,7 @@ pub async fn start<M: From<Msg> + 'static>(
             ingester
         }
     };
-    let mut ingester = ingester.with_head_limit(max_head_bytes);
+    let mut ingester = ingester.with_head_limit(max_head_bytes).with_append_steps(append_step_frames);
     if let Some((cfg, ring, set)) = blocks {
         monoio::spawn(cut::ticker(inbox, cfg.max_block_duration, gate));
         ingester = ingester.with_blocks(cfg, ring, set);
@@ -173,6 +178,10 @@ pub struct IngesterStats {
     /// Abort records whose write failed and was queued again (without a limit: a refused
     /// push's abort record must reach the WAL, or a restart would bring the push back).
     pub abort_retries: u64,
+    /// Pushes whose stacks are being interned in steps now (`Ingester::step`).
+    pub stepped_appends: usize,
+    /// Pushes interned in steps since start.
+    pub stepped_appends_total: u64,
 }
 
 /// One push's part for this core (or one replayed record).
@@ -252,7 +261,34 @@ pub struct Ingester {
     ring: Arc<Ring>,
     /// When the live head received its first profile since the last cut.
     head_since: Option<Instant>,
+    /// Live pushes whose stacks are being interned in steps (`step`), oldest first; each was
+    /// admitted and is admitted again before its rows are added. Bounded by the pushes in
+    /// flight, as `pending` is.
+    stepped: VecDeque<SteppedAppend>,
+    /// Stack frames a push's part may have before its stacks are interned in steps
+    /// (`-ingester.append-step-frames`; 0: never).
+    step_frames: usize,
+    /// Pushes interned in steps since start, for `/metrics`.
+    stepped_total: u64,
+    /// `Sync` requests that came while pushes were being interned in steps: answered after
+    /// them, since they were received before.
+    syncs_after_steps: Vec<IngestReply>,
+    /// Heads frozen by cuts since start: a push interned in steps against an earlier live
+    /// head starts again on the new one.
+    cuts: u64,
 }
+
+/// A live push's part whose stacks are interned a step at a time between the core's other
+/// messages, so that the small pushes queued behind a large one are not held up by it.
+struct SteppedAppend {
+    ingest: Ingest,
+    interning: Interning,
+    /// `Ingester::cuts` when its interning began.
+    cuts: u64,
+}
+
+/// Stack frames interned in one step: about a millisecond of the core's time.
+pub const STEP_FRAMES: usize = 64 * 1024;
 
 impl Ingester {
     /// An ingester without a WAL: acknowledges as soon as the head holds the data.
@@ -271,7 +307,18 @@ impl Ingester {
             cut_state: Rc::new(CutState::new(Rc::new(RefCell::new(BlockSet::new(0))))),
             ring: Arc::new(Ring::single(core + 1, 1)),
             head_since: None,
+            stepped: VecDeque::new(),
+            step_frames: STEP_FRAMES,
+            stepped_total: 0,
+            syncs_after_steps: Vec::new(),
+            cuts: 0,
         }
+    }
+
+    /// Interns a push's stacks in steps of `frames` frames when it has more (0: never).
+    pub fn with_append_steps(mut self, frames: usize) -> Self {
+        self.step_frames = frames;
+        self
     }
 
     /// Cuts heads into blocks written to `cfg.store`; `ring` says which blocks this core
@@ -322,10 +369,18 @@ impl Ingester {
 
     /// Appends a push's part and remembers its rows under `key` until the push settles. Only
     /// live pushes come here, each after `admit`.
-    fn append_pending(&mut self, key: u64, tenant: &Arc<str>, p: &Profile, groups: &[SampleGroup]) -> AppendStats {
-        // I3: a live push finds the head below its limit.
+    fn append_pending(
+        &mut self,
+        key: u64,
+        tenant: &Arc<str>,
+        p: &Profile,
+        groups: &[SampleGroup],
+        interned: Option<&Interning>,
+    ) -> AppendStats {
+        // I3: a live push finds the head below its limit (its own symbols, interned in steps
+        // already, left out).
         if self.max_head_bytes > 0 {
-            let bytes = self.approx_head_bytes();
+            let bytes = self.approx_head_bytes().saturating_sub(interned.map_or(0, Interning::added_bytes));
             check(Invariant::HeadLimit, bytes < self.max_head_bytes, || {
                 format!("a live push appended to core {} with {bytes} of {} head bytes", self.core, self.max_head_bytes)
             });
@@ -333,7 +388,11 @@ impl Ingester {
         self.appends += 1;
         self.head_since.get_or_insert_with(Instant::now);
         let mut rows = Vec::new();
-        let st = self.tenants.entry(tenant.clone()).or_default().append_tracked(tenant, p, groups, &mut rows);
+        let head = self.tenants.entry(tenant.clone()).or_default();
+        let st = match interned {
+            Some(i) => head.append_interned(tenant, p, groups, i, &mut rows),
+            None => head.append_tracked(tenant, p, groups, &mut rows),
+        };
         self.pending.entry(key).or_default().push(PendingPart { tenant: tenant.clone(), at: HeadAt::Live, rows });
         st
     }
@@ -413,9 +472,10 @@ impl Ingester {
         p: &Profile,
         groups: &[SampleGroup],
         max_series: usize,
+        own_bytes: usize,
     ) -> Result<(), IngestError> {
         if self.max_head_bytes > 0 {
-            let bytes = self.approx_head_bytes();
+            let bytes = self.approx_head_bytes().saturating_sub(own_bytes);
             if bytes >= self.max_head_bytes {
                 return Err(IngestError::HeadFull { core: self.core, bytes, limit: self.max_head_bytes });
             }
@@ -562,6 +622,7 @@ impl Ingester {
         }
         let mut fresh = Vec::new();
         let mut heads: Vec<(Arc<str>, TenantHead)> = self.tenants.drain().collect();
+        self.cuts += 1;
         heads.sort_by(|a, b| a.0.cmp(&b.0));
         for (tenant, head) in heads {
             if head.profiles == 0 {
@@ -655,6 +716,8 @@ impl Ingester {
         s.upload_retries = self.cut_state.upload_retries.get();
         s.wal_busy_refused = self.wal_busy_refused;
         s.abort_retries = self.abort_retries;
+        s.stepped_appends = self.stepped.len();
+        s.stepped_appends_total = self.stepped_total;
         if let Some(wal) = &self.wal {
             let p = wal.pending.borrow();
             s.wal_pending_bytes = p.buf.len();
@@ -672,21 +735,77 @@ impl Ingester {
     /// A push's part (or a replayed record): admitted against the limits, appended, and its
     /// WAL record queued; answered once durable (see `wal`), or refused with nothing kept.
     fn ingest(&mut self, m: Ingest) {
-        let Ingest { tenant, profile, groups, reply, mode, max_series } = m;
-        let replay = mode == IngestMode::Replay;
-        if !replay {
-            if let Err(e) = self.admit(&tenant, &profile, &groups, max_series) {
+        let replay = m.mode == IngestMode::Replay;
+        if !replay && !self.admitted(&m, 0) {
+            return;
+        }
+        if !replay && self.step_frames > 0 && head::stack_frames(&m.profile, &m.groups) > self.step_frames {
+            let interning = Interning::new(&m.profile);
+            self.stepped.push_back(SteppedAppend { ingest: m, interning, cuts: self.cuts });
+            self.stepped_total += 1;
+            return;
+        }
+        self.apply(m, None);
+    }
+
+    /// Whether a live push fits the limits now (see `admit`; `own_bytes`: what its interning
+    /// in steps added to the head already); if not, it is refused.
+    fn admitted(&mut self, m: &Ingest, own_bytes: usize) -> bool {
+        match self.admit(&m.tenant, &m.profile, &m.groups, m.max_series, own_bytes) {
+            Ok(()) => true,
+            Err(e) => {
                 if matches!(e, IngestError::WalBusy { .. }) {
                     self.wal_busy_refused += 1;
                 }
-                let _ = reply.send(Err(e));
-                return;
+                let _ = m.reply.send(Err(e));
+                false
             }
         }
+    }
+
+    /// Whether pushes are being interned in steps: the core's inbox loop then calls `step`
+    /// between its messages until there are none.
+    pub fn has_steps(&self) -> bool {
+        !self.stepped.is_empty()
+    }
+
+    /// One step of the oldest push interned in steps: about `step_frames` frames of its
+    /// stacks; once all are interned, the push is admitted again (what was appended meanwhile
+    /// may have filled the head, the series or the WAL buffer) and its rows added and its
+    /// WAL record queued in one piece, as any other push's.
+    pub fn step(&mut self) {
+        let Some(job) = self.stepped.front_mut() else { return };
+        if job.cuts != self.cuts {
+            // A cut froze the head the ids were interned into: start again on the live one.
+            job.interning = Interning::new(&job.ingest.profile);
+            job.cuts = self.cuts;
+        }
+        let head = self.tenants.entry(job.ingest.tenant.clone()).or_default();
+        if !head.intern_stacks(&job.ingest.profile, &job.ingest.groups, &mut job.interning, self.step_frames) {
+            return;
+        }
+        let job = self.stepped.pop_front().expect("the job stepped above");
+        if self.admitted(&job.ingest, job.interning.added_bytes()) {
+            self.apply(job.ingest, Some(&job.interning));
+        }
+        if self.stepped.is_empty() {
+            for reply in std::mem::take(&mut self.syncs_after_steps) {
+                self.sync(reply);
+            }
+        }
+    }
+
+    /// Appends an admitted push (or a replayed record) and queues its WAL record: its stacks
+    /// interned here, or already (`interned`, by `step`, on the live head).
+    fn apply(&mut self, m: Ingest, interned: Option<&Interning>) {
+        let Ingest { tenant, profile, groups, reply, mode, max_series } = m;
+        let replay = mode == IngestMode::Replay;
         let series_before = self.tenants.get(&tenant).map_or(0, |h| h.live_series);
         let (st, key) = match mode {
             IngestMode::Replay => (self.append(&tenant, &profile, &groups), None),
-            IngestMode::Whole(k) | IngestMode::Part(k) => (self.append_pending(k, &tenant, &profile, &groups), Some(k)),
+            IngestMode::Whole(k) | IngestMode::Part(k) => {
+                (self.append_pending(k, &tenant, &profile, &groups, interned), Some(k))
+            }
         };
         // I3: a live push never takes the tenant past its series cap on this core (replay
         // may have: then it adds none).
@@ -775,15 +894,21 @@ impl Ingester {
                 }
             }
             Msg::Cut { reply } => self.cut(Some(reply)),
-            Msg::Sync { reply } => match &self.wal {
-                None => {
-                    let _ = reply.send(Ok(AppendStats::default()));
-                }
-                Some(wal) => {
-                    wal.pending.borrow_mut().waiters.push(Waiter::Sync(reply));
-                    let _ = wal.wake.try_send(());
-                }
-            },
+            Msg::Sync { reply } if self.has_steps() => self.syncs_after_steps.push(reply),
+            Msg::Sync { reply } => self.sync(reply),
+        }
+    }
+
+    /// Answers `reply` once everything appended so far is durable.
+    fn sync(&mut self, reply: IngestReply) {
+        match &self.wal {
+            None => {
+                let _ = reply.send(Ok(AppendStats::default()));
+            }
+            Some(wal) => {
+                wal.pending.borrow_mut().waiters.push(Waiter::Sync(reply));
+                let _ = wal.wake.try_send(());
+            }
         }
     }
 }
@@ -842,7 +967,7 @@ pub(super) mod tests {
         (ing.stats(), ing.cut_state.blocks.borrow().len())
     }
 
-    fn total(ing: &Ingester) -> i64 {
+    pub(super) fn total(ing: &Ingester) -> i64 {
         let sel = Selection {
             tenants: vec!["t".into()],
             profile_type: Some("x:samples:count::".into()),
@@ -861,6 +986,96 @@ pub(super) mod tests {
             }
         }
         sum
+    }
+
+    /// A profile of `n` distinct four-frame stacks.
+    pub(super) fn wide(n: i64, ts: i64) -> Profile {
+        let stacks: Vec<(String, i64)> = (0..n).map(|i| (format!("main;f{};g{i};h", i % 7), i + 1)).collect();
+        let refs: Vec<(&str, i64)> = stacks.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+        folded(&refs, ts)
+    }
+
+    /// Steps until no push is interned in steps; how many it took.
+    pub(super) fn step_all(ing: &mut Ingester) -> usize {
+        let mut steps = 0;
+        while ing.has_steps() {
+            ing.step();
+            steps += 1;
+        }
+        steps
+    }
+
+    #[test]
+    fn a_large_push_is_interned_in_steps_with_the_small_ones_behind_it_applied_between() {
+        // The reference: both pushes in one piece each.
+        let mut one = Ingester::new(0).with_append_steps(0);
+        ingest(&mut one, wide(50, 1_000_000_000), IngestMode::Whole(1), 0).unwrap();
+        ingest(&mut one, folded(&[("main;x", 5)], 2_000_000_000), IngestMode::Whole(2), 0).unwrap();
+
+        // 50 stacks of 4 frames (5 with the sample) in steps of 20 frames.
+        let mut ing = Ingester::new(0).with_append_steps(20);
+        let large = send_ingest(&mut ing, wide(50, 1_000_000_000), IngestMode::Whole(1), 0);
+        assert!(ing.has_steps());
+        assert!(large.try_recv().is_err(), "answered before its rows were added");
+        ing.step();
+        // The small push behind it is applied at once, and the large one is not visible yet.
+        ingest(&mut ing, folded(&[("main;x", 5)], 2_000_000_000), IngestMode::Whole(2), 0).unwrap();
+        assert_eq!(total(&ing), 5);
+        assert!(large.try_recv().is_err());
+        // Four stacks a step, one step taken above.
+        assert_eq!(step_all(&mut ing), 50usize.div_ceil(4) - 1);
+        large.try_recv().unwrap().unwrap();
+        assert_eq!(total(&ing), total(&one));
+        assert_eq!(total(&ing), 5 + (1..=50).sum::<i64>());
+        let (a, b) = (&ing.tenants["t"], &one.tenants["t"]);
+        assert_eq!((a.profiles, a.samples, a.symbols.stack_count()), (b.profiles, b.samples, b.symbols.stack_count()));
+        let st = stats(&ing).0;
+        assert_eq!((st.stepped_appends, st.stepped_appends_total, st.pending_pushes), (0, 1, 0));
+        // A push at the threshold is appended in one piece.
+        let mut at = Ingester::new(0).with_append_steps(250);
+        ingest(&mut at, wide(50, 1_000_000_000), IngestMode::Whole(1), 0).unwrap();
+        assert_eq!(stats(&at).0.stepped_appends_total, 0);
+    }
+
+    #[test]
+    fn a_push_interned_in_steps_is_admitted_again_before_its_rows_leaving_its_own_symbols_out() {
+        // Its own symbols alone take the head past the limit: still taken, as in one piece.
+        let mut own = Ingester::new(0).with_append_steps(20).with_head_limit(2_000);
+        let rx = send_ingest(&mut own, wide(50, 1_000_000_000), IngestMode::Whole(1), 0);
+        step_all(&mut own);
+        rx.try_recv().unwrap().unwrap();
+        assert!(own.approx_head_bytes() > 2_000);
+
+        // Another push fills the head meanwhile: refused, with nothing of it in the head.
+        let mut ing = Ingester::new(0).with_append_steps(20);
+        let rx = send_ingest(&mut ing, wide(50, 1_000_000_000), IngestMode::Whole(1), 0);
+        ing.step();
+        // The other push (in one piece: 4 frames) is admitted, and takes the head past it.
+        ing.max_head_bytes = ing.approx_head_bytes() + 1;
+        let filler = (0..4).map(|i| format!("main;{i}{}", "x".repeat(ing.max_head_bytes))).collect::<Vec<_>>();
+        let filler: Vec<(&str, i64)> = filler.iter().map(|s| (s.as_str(), 1)).collect();
+        send_ingest_to(&mut ing, folded(&filler, 2_000_000_000), "other", IngestMode::Whole(2), 0)
+            .try_recv()
+            .unwrap()
+            .unwrap();
+        step_all(&mut ing);
+        assert!(matches!(rx.try_recv().unwrap(), Err(IngestError::HeadFull { .. })));
+        assert_eq!(total(&ing), 4, "the other push's alone");
+        assert_eq!(ing.tenants["t"].profiles, 1);
+        assert!(ing.pending.is_empty());
+    }
+
+    #[test]
+    fn a_sync_that_comes_during_steps_waits_for_the_push_before_it() {
+        let (ing, pending) = with_test_wal();
+        let mut ing = ing.with_append_steps(20);
+        let _large = send_ingest(&mut ing, wide(50, 1_000_000_000), IngestMode::Whole(1), 0);
+        let (tx, _sync) = flume::bounded(1);
+        ing.handle(Msg::Sync { reply: tx });
+        assert!(pending.borrow().waiters.is_empty());
+        step_all(&mut ing);
+        let kinds: Vec<bool> = pending.borrow().waiters.iter().map(|w| matches!(w, Waiter::Sync(_))).collect();
+        assert_eq!(kinds, [false, true], "the push's record, then the sync");
     }
 
     #[test]
@@ -1036,6 +1251,39 @@ mod cut_retry_tests {
                 _ => unreachable!(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_cut_between_steps_starts_the_interning_again_on_the_live_head() {
+        let (dir, _store, cfg) = test_store("steps");
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        rt.block_on(async move {
+            let (ing, pending) = ingester_with_test_wal(cfg);
+            let mut ing = ing.with_append_steps(20);
+            let first = send_ingest_to(&mut ing, folded(&[("main;f", 7)], 1_000_000_000), "s", IngestMode::Whole(1), 0);
+            ack(&mut ing, &pending);
+            first.recv_async().await.unwrap().unwrap();
+            let large =
+                super::tests::send_ingest(&mut ing, super::tests::wide(50, 2_000_000_000), IngestMode::Whole(2), 0);
+            ing.step();
+            ing.step();
+            // The head its first steps interned into is frozen and written as a block.
+            let (tx, done) = flume::bounded(1);
+            ing.handle(Msg::Cut { reply: tx });
+            let cut = pending.borrow_mut().cut.take().expect("the cut reached the WAL");
+            assert_eq!(markers(&cut.buf).len(), 1);
+            let _ = cut.reply.send(Ok(None));
+            super::tests::step_all(&mut ing);
+            ack(&mut ing, &pending);
+            large.recv_async().await.unwrap().unwrap();
+            assert_eq!(done.recv_async().await.unwrap(), Ok(true));
+            // The push is whole in the live head, its stacks that head's.
+            let h = &ing.tenants["t"];
+            assert_eq!((h.profiles, h.samples), (1, 50));
+            assert_eq!(h.symbols.stack_count(), 1 + 1 + 7 + 50 + 50);
+            assert_eq!(super::tests::total(&ing), (1..=50).sum::<i64>());
+        });
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

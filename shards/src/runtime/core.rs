@@ -3,7 +3,8 @@
 //!
 //! Ownership: the `Core` is created on its core's thread and never leaves it; other cores
 //! reach it only through `Msg`s on its bounded inbox (the `Mesh`), and replies go back on
-//! one-shot channels. Handling a message never awaits.
+//! one-shot channels. Handling a message never awaits; a large push's interning is done in
+//! steps between messages (`Ingester::step`), its rows added in one.
 use crate::ingester::{self, Ingester, IngesterStats};
 use crate::query::{QueryRequest, QueryResult};
 use crate::store_gateway::{self, QueryReply, StoreGateway, StoreGatewayStats};
@@ -96,10 +97,28 @@ impl Core {
         CoreStats { core: self.id, ingester: self.ingester.stats(), store_gateway: self.store_gateway.stats() }
     }
 
-    /// Serves the inbox until every sender is gone.
+    /// Serves the inbox until every sender is gone. While the ingester interns a large push
+    /// in steps, the loop takes turns: the messages queued so far, one step, then one turn of
+    /// the executor (whose connections may queue more), so that no push waits behind a large
+    /// one for longer than a step.
     pub async fn run(mut self, inbox: flume::Receiver<Msg>) {
-        while let Ok(msg) = inbox.recv_async().await {
-            self.handle(msg);
+        loop {
+            if !self.ingester.has_steps() {
+                match inbox.recv_async().await {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => return,
+                }
+                continue;
+            }
+            // Only those queued now: a busy inbox cannot hold the steps off.
+            for _ in 0..inbox.len() {
+                match inbox.try_recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            self.ingester.step();
+            super::yield_now().await;
         }
     }
 }

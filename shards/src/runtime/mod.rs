@@ -126,6 +126,9 @@ pub struct CoreConfig {
     pub wal: Option<WalConfig>,
     /// Head bytes per core before pushes are refused (0 = no limit).
     pub max_head_bytes: usize,
+    /// Stack frames a push's part may have before its stacks are interned in steps between
+    /// the core's other messages (`Ingester::step`; 0: never).
+    pub append_step_frames: usize,
     /// Block cutting and the store-gateway's reads; `None`: heads only.
     pub blocks: Option<BlockConfig>,
 }
@@ -177,6 +180,7 @@ where
             let gate = gate_rx.clone();
             let wal = cfg.wal.clone();
             let max_head = cfg.max_head_bytes;
+            let step_frames = cfg.append_step_frames;
             let blocks = cfg.blocks.clone();
             std::thread::Builder::new()
                 .name(format!("kiln-core-{core}"))
@@ -199,6 +203,7 @@ where
                             id,
                             wal.as_ref(),
                             max_head,
+                            step_frames,
                             blocks.map(|b| (b, mesh.ring.clone(), store_gateway.blocks.clone())),
                             mesh.inbox(core),
                             gate.clone(),
@@ -212,4 +217,25 @@ where
         })
         .collect();
     Started { threads, mesh, gate: gate_tx }
+}
+
+/// Gives the executor one turn: the core's other tasks (connections, the WAL writer, block
+/// encoding) run before the caller goes on.
+pub async fn yield_now() {
+    YieldNow(false).await
+}
+
+/// Ready on the second poll, after re-queueing itself.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
