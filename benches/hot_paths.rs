@@ -150,6 +150,55 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
+/// The longest the owning core is held by one push (issue 16 goal 2): its whole append in
+/// one piece (`-ingester.append-step-frames=0`), against the longest single turn when its
+/// stacks are interned in steps (the default) and its rows added in the last one. Each
+/// iteration's time is that push's longest turn; the head is warm (no WAL: the record's
+/// encoding, in steps too, is not in either figure).
+fn core_turn(c: &mut Criterion) {
+    use kiln_shards::ingester::{Ingest, IngestMode, Ingester, Msg, STEP_FRAMES};
+    use std::time::Instant;
+    let mut g = c.benchmark_group("core_turn");
+    for rel in ["pprof/google-pprof/large.cpu", "pprof/pyroscope/pkg-pprof/heap"] {
+        let (p, groups) = decoded(rel);
+        let p = std::sync::Arc::new(p);
+        for (name, frames) in [("one_piece", 0), ("longest_step", STEP_FRAMES)] {
+            g.bench_function(BenchmarkId::new(name, short(rel)), |b| {
+                let mut ing = Ingester::new(0).with_append_steps(frames);
+                let mut key = 0u64;
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        key += 1;
+                        let (reply, answer) = flume::bounded(1);
+                        let tenant = std::sync::Arc::from("t");
+                        let msg = Ingest {
+                            tenant,
+                            profile: p.clone(),
+                            groups: groups.clone(),
+                            reply,
+                            mode: IngestMode::Whole(key),
+                            max_series: 0,
+                        };
+                        let t = Instant::now();
+                        ing.handle(Msg::Ingest(msg));
+                        let mut longest = t.elapsed();
+                        while ing.has_steps() {
+                            let t = Instant::now();
+                            ing.step();
+                            longest = longest.max(t.elapsed());
+                        }
+                        answer.try_recv().unwrap().unwrap();
+                        total += longest;
+                    }
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn normalisation(c: &mut Criterion) {
     let labels: Vec<Labels> = (0..1000)
         .map(|i| {
@@ -334,6 +383,6 @@ fn ingest_formats(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
-    targets = decode, jfr, append, normalisation, flamegraph, channels, ingest_formats
+    targets = decode, jfr, append, core_turn, normalisation, flamegraph, channels, ingest_formats
 }
 criterion_main!(benches);

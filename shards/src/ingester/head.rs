@@ -70,6 +70,10 @@ impl Interning {
     }
 }
 
+/// What mapping one of a profile's locations to the head's costs, in frames walked: its
+/// lines, functions and strings are looked up, where a frame already mapped is an array read.
+const LOCATION_FRAMES: usize = 64;
+
 /// Frames a profile's stacks have in `groups` (plus one per sample): the work of interning
 /// them, which `intern_stacks` spends in steps.
 pub fn stack_frames(p: &Profile, groups: &[SampleGroup]) -> usize {
@@ -123,7 +127,8 @@ impl TenantHead {
     }
 
     /// Interns the stacks of `groups`' samples (in group order) from where `interning` left
-    /// off, until about `frames` frames were walked or every stack is interned (then `true`).
+    /// off, until about `frames` frames were walked (a location mapped for the first time
+    /// counting as `LOCATION_FRAMES`) or every stack is interned (then `true`).
     /// Interning adds symbols only, which no query reaches without a row: a large profile's
     /// stacks can be interned in steps with other pushes appended in between, and its rows
     /// added at once after (`append_interned`). The ids stay valid while this head is live.
@@ -153,10 +158,11 @@ impl TenantHead {
                     return false;
                 }
                 let s = &p.samples[si as usize];
+                let mapped = interning.remap.mapped();
                 let id =
                     self.symbols.intern_stack_indexed(p, &mut interning.remap, &s.locations, &mut interning.scratch);
                 interning.ids.push(id);
-                walked += s.locations.len() + 1;
+                walked += s.locations.len() + 1 + LOCATION_FRAMES * (interning.remap.mapped() - mapped);
             }
             skip = 0;
         }

@@ -283,8 +283,13 @@ pub struct Ingester {
 struct SteppedAppend {
     ingest: Ingest,
     interning: Interning,
+    /// Its stacks are all interned (into the live head of `cuts`).
+    interned: bool,
     /// `Ingester::cuts` when its interning began.
     cuts: u64,
+    /// Its WAL record, written in steps too once the stacks are interned (with a WAL; the
+    /// record does not depend on the head); `true` once whole.
+    record: Option<(walcodec::KeyedEncoder, bool)>,
 }
 
 /// Stack frames interned in one step: about a millisecond of the core's time.
@@ -741,11 +746,17 @@ impl Ingester {
         }
         if !replay && self.step_frames > 0 && head::stack_frames(&m.profile, &m.groups) > self.step_frames {
             let interning = Interning::new(&m.profile);
-            self.stepped.push_back(SteppedAppend { ingest: m, interning, cuts: self.cuts });
+            self.stepped.push_back(SteppedAppend {
+                ingest: m,
+                interning,
+                interned: false,
+                cuts: self.cuts,
+                record: None,
+            });
             self.stepped_total += 1;
             return;
         }
-        self.apply(m, None);
+        self.apply(m, None, None);
     }
 
     /// Whether a live push fits the limits now (see `admit`; `own_bytes`: what its interning
@@ -770,23 +781,35 @@ impl Ingester {
     }
 
     /// One step of the oldest push interned in steps: about `step_frames` frames of its
-    /// stacks; once all are interned, the push is admitted again (what was appended meanwhile
-    /// may have filled the head, the series or the WAL buffer) and its rows added and its
-    /// WAL record queued in one piece, as any other push's.
+    /// stacks, then of its WAL record; once both are done, the push is admitted again (what
+    /// was appended meanwhile may have filled the head, the series or the WAL buffer) and its
+    /// rows added and its record queued in one piece, as any other push's.
     pub fn step(&mut self) {
+        let frames = self.step_frames;
         let Some(job) = self.stepped.front_mut() else { return };
+        let (p, groups) = (&job.ingest.profile, &job.ingest.groups);
         if job.cuts != self.cuts {
             // A cut froze the head the ids were interned into: start again on the live one.
-            job.interning = Interning::new(&job.ingest.profile);
-            job.cuts = self.cuts;
+            (job.interning, job.interned, job.cuts) = (Interning::new(p), false, self.cuts);
         }
-        let head = self.tenants.entry(job.ingest.tenant.clone()).or_default();
-        if !head.intern_stacks(&job.ingest.profile, &job.ingest.groups, &mut job.interning, self.step_frames) {
+        if !job.interned {
+            let head = self.tenants.entry(job.ingest.tenant.clone()).or_default();
+            job.interned = head.intern_stacks(p, groups, &mut job.interning, frames);
             return;
+        }
+        if let (Some(_), IngestMode::Whole(key) | IngestMode::Part(key)) = (&self.wal, job.ingest.mode) {
+            let (record, done) = job
+                .record
+                .get_or_insert_with(|| (walcodec::KeyedEncoder::new(key, &job.ingest.tenant, p, groups), false));
+            if !*done {
+                *done = record.step(p, groups, frames);
+                return;
+            }
         }
         let job = self.stepped.pop_front().expect("the job stepped above");
         if self.admitted(&job.ingest, job.interning.added_bytes()) {
-            self.apply(job.ingest, Some(&job.interning));
+            let record = job.record.map(|(r, _)| r.finish(&job.ingest.profile, &job.ingest.groups));
+            self.apply(job.ingest, Some(&job.interning), record);
         }
         if self.stepped.is_empty() {
             for reply in std::mem::take(&mut self.syncs_after_steps) {
@@ -796,8 +819,9 @@ impl Ingester {
     }
 
     /// Appends an admitted push (or a replayed record) and queues its WAL record: its stacks
-    /// interned here, or already (`interned`, by `step`, on the live head).
-    fn apply(&mut self, m: Ingest, interned: Option<&Interning>) {
+    /// interned here, or already (`interned`, by `step`, on the live head), its record
+    /// encoded here or already (`record`, by `step`: `walcodec::encode_keyed`'s bytes).
+    fn apply(&mut self, m: Ingest, interned: Option<&Interning>, record: Option<Vec<u8>>) {
         let Ingest { tenant, profile, groups, reply, mode, max_series } = m;
         let replay = mode == IngestMode::Replay;
         let series_before = self.tenants.get(&tenant).map_or(0, |h| h.live_series);
@@ -830,7 +854,7 @@ impl Ingester {
                 let _ = wal.wake.try_send(());
             }
             (Some(wal), Some(k)) => {
-                let payload = walcodec::encode_keyed(k, &tenant, &profile, &groups);
+                let payload = record.unwrap_or_else(|| walcodec::encode_keyed(k, &tenant, &profile, &groups));
                 if payload.len() > record::MAX_RECORD {
                     // Taken out again and refused, rather than a record the WAL
                     // cannot frame; an abort record follows any earlier part of the
@@ -1022,8 +1046,9 @@ pub(super) mod tests {
         ingest(&mut ing, folded(&[("main;x", 5)], 2_000_000_000), IngestMode::Whole(2), 0).unwrap();
         assert_eq!(total(&ing), 5);
         assert!(large.try_recv().is_err());
-        // Four stacks a step, one step taken above.
-        assert_eq!(step_all(&mut ing), 50usize.div_ceil(4) - 1);
+        // Each stack maps a location of its own (`g<i>`), which alone costs more than a step's
+        // 20 frames: a stack a step, one taken above, and the step that adds the rows.
+        assert_eq!(step_all(&mut ing), 50 - 1 + 1);
         large.try_recv().unwrap().unwrap();
         assert_eq!(total(&ing), total(&one));
         assert_eq!(total(&ing), 5 + (1..=50).sum::<i64>());
@@ -1070,12 +1095,18 @@ pub(super) mod tests {
         let (ing, pending) = with_test_wal();
         let mut ing = ing.with_append_steps(20);
         let _large = send_ingest(&mut ing, wide(50, 1_000_000_000), IngestMode::Whole(1), 0);
+        let groups = group(&wide(50, 1_000_000_000), &[("__name__", "x"), ("service_name", "svc")]);
+        let want = walcodec::encode_keyed(1, "t", &wide(50, 1_000_000_000), &groups);
         let (tx, _sync) = flume::bounded(1);
         ing.handle(Msg::Sync { reply: tx });
         assert!(pending.borrow().waiters.is_empty());
         step_all(&mut ing);
         let kinds: Vec<bool> = pending.borrow().waiters.iter().map(|w| matches!(w, Waiter::Sync(_))).collect();
         assert_eq!(kinds, [false, true], "the push's record, then the sync");
+        // Its record, written in steps too, is the one-piece record.
+        let queued = pending.borrow();
+        let (records, _) = record::decode_all(&queued.buf);
+        assert_eq!(records, [want.as_slice()]);
     }
 
     #[test]

@@ -78,12 +78,64 @@ fn spans_flag(spans: usize) -> u8 {
 /// An ingest record of the push `key`: an abort record with the same key, later in the same
 /// core's WAL, takes it back (the push was refused after this record was written).
 pub fn encode_keyed(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(1024);
-    let spans = span_count(p, groups);
-    w.byte(KEYED | spans_flag(spans));
-    w.u(key);
-    encode_body(&mut w, tenant, p, groups, spans);
-    w.0
+    let mut e = KeyedEncoder::new(key, tenant, p, groups);
+    e.step(p, groups, usize::MAX);
+    e.finish(p, groups)
+}
+
+/// `encode_keyed`'s record written a part at a time: the symbol tables first (`new`), then
+/// the groups' samples about `frames` stack frames a `step`, then the span section
+/// (`finish`), the same bytes in the end. So a core can write a large push's record
+/// between its other messages.
+pub struct KeyedEncoder {
+    w: Writer,
+    spans: usize,
+    /// The next sample to write: its group, and its place in the group; whether that
+    /// group's labels and count are written.
+    group: usize,
+    sample: usize,
+    started: bool,
+}
+
+impl KeyedEncoder {
+    pub fn new(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Self {
+        // Two bytes a frame and a value are most of a record: one allocation, not a dozen.
+        let frames: usize =
+            groups.iter().flat_map(|g| &g.samples).map(|&si| p.samples[si as usize].locations.len()).sum();
+        let mut w = Writer::with_capacity(1024 + 2 * frames + p.strings.iter().map(String::len).sum::<usize>());
+        let spans = span_count(p, groups);
+        w.byte(KEYED | spans_flag(spans));
+        w.u(key);
+        encode_symbols(&mut w, tenant, p);
+        w.u(groups.len() as u64);
+        KeyedEncoder { w, spans, group: 0, sample: 0, started: false }
+    }
+
+    /// Writes samples until about `frames` frames were written or all were (then `true`).
+    pub fn step(&mut self, p: &Profile, groups: &[SampleGroup], frames: usize) -> bool {
+        let mut written = 0usize;
+        while let Some(g) = groups.get(self.group) {
+            if !self.started {
+                encode_group_start(&mut self.w, g);
+                self.started = true;
+            }
+            while let Some(&si) = g.samples.get(self.sample) {
+                if written >= frames.max(1) {
+                    return false;
+                }
+                written += encode_sample(&mut self.w, &p.samples[si as usize]) + 1;
+                self.sample += 1;
+            }
+            (self.group, self.sample, self.started) = (self.group + 1, 0, false);
+        }
+        true
+    }
+
+    /// The record, once `step` returned `true`.
+    pub fn finish(mut self, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
+        encode_spans(&mut self.w, p, groups, self.spans);
+        self.w.0
+    }
 }
 
 /// The push `key` was refused: replay skips its ingest records in this core's WAL.
@@ -105,6 +157,19 @@ pub fn abort_key(b: &[u8]) -> Option<u64> {
 
 /// `spans`: how many of the groups' samples have a span id (`span_count`).
 fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup], spans: usize) {
+    encode_symbols(w, tenant, p);
+    w.u(groups.len() as u64);
+    for g in groups {
+        encode_group_start(w, g);
+        for &si in &g.samples {
+            encode_sample(w, &p.samples[si as usize]);
+        }
+    }
+    encode_spans(w, p, groups, spans);
+}
+
+/// The tenant and the profile's tables: everything of a record before its groups.
+fn encode_symbols(w: &mut Writer, tenant: &str, p: &Profile) {
     w.str(tenant);
     w.u(p.strings.len() as u64);
     for s in &p.strings {
@@ -152,25 +217,32 @@ fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup]
             w.i(ln.line);
         }
     }
-    w.u(groups.len() as u64);
-    for g in groups {
-        w.u(g.labels.len() as u64);
-        for (k, v) in g.labels.iter() {
-            w.str(k);
-            w.str(v);
-        }
-        w.u(g.samples.len() as u64);
-        for &si in &g.samples {
-            let s = &p.samples[si as usize];
-            w.u(s.locations.len() as u64);
-            for &l in &s.locations {
-                w.u(l as u64);
-            }
-            for &v in &s.values {
-                w.i(v);
-            }
-        }
+}
+
+/// A group's labels and sample count, before its samples.
+fn encode_group_start(w: &mut Writer, g: &SampleGroup) {
+    w.u(g.labels.len() as u64);
+    for (k, v) in g.labels.iter() {
+        w.str(k);
+        w.str(v);
     }
+    w.u(g.samples.len() as u64);
+}
+
+/// One sample: its stack and values; returns its frames.
+fn encode_sample(w: &mut Writer, s: &Sample) -> usize {
+    w.u(s.locations.len() as u64);
+    for &l in &s.locations {
+        w.u(l as u64);
+    }
+    for &v in &s.values {
+        w.i(v);
+    }
+    s.locations.len()
+}
+
+/// The span section (see `encode_body`), when `spans` samples have a span id.
+fn encode_spans(w: &mut Writer, p: &Profile, groups: &[SampleGroup], spans: usize) {
     // The span ids, only where a sample has one (a record without them ends here, as
     // records written before span profiles do, and its first byte says so): their count, then each as the sample's
     // position in the record (its order across groups, as a delta from the previous one)
@@ -493,6 +565,25 @@ mod tests {
             let ingest = encode(&tenant, &p, &groups);
             let is_ingest = matches!(decode_entry(&ingest).unwrap(), Entry::Ingest { .. });
             prop_assert!(is_ingest);
+        }
+
+        /// A keyed record written in steps of any size is the one-piece record, whose body is
+        /// the unkeyed record's.
+        #[test]
+        fn a_keyed_record_in_steps_is_the_same_bytes(key in any::<u64>(), frames in 1usize..40, (p, groups) in arb_profile()) {
+            let mut e = KeyedEncoder::new(key, "t", &p, &groups);
+            let mut steps = 1;
+            while !e.step(&p, &groups, frames) {
+                steps += 1;
+            }
+            let stepped = e.finish(&p, &groups);
+            let whole = encode_keyed(key, "t", &p, &groups);
+            prop_assert_eq!(&stepped, &whole);
+            let mut key_bytes = Writer::with_capacity(10);
+            key_bytes.u(key);
+            prop_assert_eq!(&whole[1 + key_bytes.0.len()..], &encode("t", &p, &groups)[1..]);
+            let frames_total: usize = groups.iter().flat_map(|g| &g.samples).map(|&si| p.samples[si as usize].locations.len() + 1).sum();
+            prop_assert!(steps <= 1 + frames_total, "{} steps for {} frames", steps, frames_total);
         }
 
         #[test]

@@ -95,6 +95,8 @@ pub struct Remap {
     functions: Vec<u32>,
     mappings: Vec<u32>,
     locations: Vec<u32>,
+    /// Locations mapped so far: each cost a lookup of its lines, functions and strings.
+    mapped: usize,
 }
 
 const UNSET: u32 = u32::MAX;
@@ -135,7 +137,13 @@ impl Remap {
             functions: vec![UNSET; p.functions.len()],
             mappings: vec![UNSET; p.mappings.len()],
             locations: vec![UNSET; p.locations.len()],
+            mapped: 0,
         }
+    }
+
+    /// How many of the profile's locations are mapped so far.
+    pub fn mapped(&self) -> usize {
+        self.mapped
     }
 }
 
@@ -269,6 +277,7 @@ impl Symbols {
         let id = self.intern_location(mapping, l.address, &lines);
         self.line_scratch = lines;
         r.locations[i as usize] = id;
+        r.mapped += 1;
         id
     }
 
