@@ -379,7 +379,7 @@ async fn encode(f: &Frozen, opts: &EncodeOptions) -> Result<block::EncodedBlock,
     let head = f.head.borrow();
     let mut e = block::Encoder::new(&head, &f.id, opts)?;
     while e.step()? {
-        crate::runtime::yield_now().await;
+        super::yield_now().await;
     }
     e.finish()
 }

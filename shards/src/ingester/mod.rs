@@ -811,10 +811,27 @@ impl Ingester {
             let record = job.record.map(|(r, _)| r.finish(&job.ingest.profile, &job.ingest.groups));
             self.apply(job.ingest, Some(&job.interning), record);
         }
+        self.after_steps();
+    }
+
+    /// Answers the `Sync`s that waited for the pushes interned in steps, once none is left.
+    fn after_steps(&mut self) {
         if self.stepped.is_empty() {
             for reply in std::mem::take(&mut self.syncs_after_steps) {
                 self.sync(reply);
             }
+        }
+    }
+
+    /// Drops the parts of push `key` still being interned in steps: it was refused before
+    /// they were appended. Only a push whose requester gave up is refused so early (its
+    /// `Settle` is sent when the request is dropped, whatever its parts' state; otherwise
+    /// only after every part answered); the part's reply is dropped unanswered with it.
+    fn drop_stepped(&mut self, key: u64) {
+        let before = self.stepped.len();
+        self.stepped.retain(|j| !matches!(j.ingest.mode, IngestMode::Whole(k) | IngestMode::Part(k) if k == key));
+        if self.stepped.len() != before {
+            self.after_steps();
         }
     }
 
@@ -898,6 +915,8 @@ impl Ingester {
                         r.send();
                     }
                 } else {
+                    // A part still interned in steps was never appended: dropped, not settled.
+                    self.drop_stepped(key);
                     // Answered once the abort record is durable (or its write failed).
                     self.settle(key, false, Some(reply));
                 }
@@ -934,6 +953,27 @@ impl Ingester {
                 let _ = wal.wake.try_send(());
             }
         }
+    }
+}
+
+/// Gives the executor one turn: the core's other tasks (connections, the WAL writer, block
+/// encoding) run before the caller goes on.
+pub(crate) async fn yield_now() {
+    YieldNow(false).await
+}
+
+/// Ready on the second poll, after re-queueing itself.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
@@ -1088,6 +1128,26 @@ pub(super) mod tests {
         assert_eq!(total(&ing), 4, "the other push's alone");
         assert_eq!(ing.tenants["t"].profiles, 1);
         assert!(ing.pending.is_empty());
+    }
+
+    #[test]
+    fn a_push_refused_while_its_part_is_interned_in_steps_leaves_nothing_behind() {
+        let mut ing = Ingester::new(0).with_append_steps(20);
+        let part = send_ingest(&mut ing, wide(50, 1_000_000_000), IngestMode::Part(9), 0);
+        let other = send_ingest(&mut ing, wide(50, 2_000_000_000), IngestMode::Part(10), 0);
+        ing.step();
+        // Its requester gave up (`PartedPush`'s drop): the refusal overtakes the part.
+        let (tx, settled) = flume::bounded(1);
+        ing.handle(Msg::Settle { key: 9, commit: false, reply: Some(tx) });
+        settled.try_recv().expect("answered at once: nothing of the push is here");
+        assert!(matches!(part.try_recv(), Err(flume::TryRecvError::Disconnected)));
+        // The other push goes on, alone.
+        step_all(&mut ing);
+        other.try_recv().unwrap().unwrap();
+        ing.handle(Msg::Settle { key: 10, commit: true, reply: None });
+        assert!(ing.pending.is_empty());
+        assert_eq!(total(&ing), (1..=50).sum::<i64>());
+        assert_eq!(ing.tenants["t"].profiles, 1);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Core {
                 }
             }
             self.ingester.step();
-            super::yield_now().await;
+            ingester::yield_now().await;
         }
     }
 }

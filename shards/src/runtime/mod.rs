@@ -218,24 +218,3 @@ where
         .collect();
     Started { threads, mesh, gate: gate_tx }
 }
-
-/// Gives the executor one turn: the core's other tasks (connections, the WAL writer, block
-/// encoding) run before the caller goes on.
-pub async fn yield_now() {
-    YieldNow(false).await
-}
-
-/// Ready on the second poll, after re-queueing itself.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
