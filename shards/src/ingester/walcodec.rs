@@ -100,8 +100,7 @@ pub struct KeyedEncoder {
 impl KeyedEncoder {
     pub fn new(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Self {
         // Two bytes a frame and a value are most of a record: one allocation, not a dozen.
-        let frames: usize =
-            groups.iter().flat_map(|g| &g.samples).map(|&si| p.samples[si as usize].locations.len()).sum();
+        let frames = super::head::stack_frames(p, groups);
         let mut w = Writer::with_capacity(1024 + 2 * frames + p.strings.iter().map(String::len).sum::<usize>());
         let spans = span_count(p, groups);
         w.byte(KEYED | spans_flag(spans));
