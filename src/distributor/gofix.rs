@@ -47,6 +47,7 @@ use kiln_proto::kiln::v1::ProfileInput;
 use kiln_shards::model::profile::Profile;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::hash::{Hash, Hasher};
 
 /// Frames per token (a run of frames that must match).
@@ -79,25 +80,53 @@ const PYROSCOPE: Params = Params { min_group: 1, max_chain: 56, passes: 1 };
 /// Whether a Go profile with these sample types and stack depths may have stacks truncated
 /// at the runtime's depth limit (Pyroscope's `PotentialTruncatedGoStacktraces`).
 pub(crate) fn may_be_truncated<'a>(
-    mut types: impl Iterator<Item = &'a str> + Clone,
+    types: impl Iterator<Item = &'a str> + Clone,
     depths: impl Iterator<Item = usize>,
 ) -> bool {
-    let (min_depth, max_depth) = if types.clone().any(|t| GO_HEAP_TYPES.contains(&t)) {
-        // Go heap stacks stop at 32 frames; from Go 1.23 at 128, which needs no repair.
-        (32 - 4, Some(33))
-    } else if types.any(|t| t == "cpu") {
-        (64 - 4, None)
-    } else {
+    let Some(mut truncation) = Truncation::of(types) else {
         return false;
     };
-    let mut deep_enough = false;
     for depth in depths {
-        deep_enough |= depth >= min_depth;
-        if max_depth.is_some_and(|max| depth >= max) {
-            return false;
-        }
+        truncation.see(depth);
     }
-    deep_enough
+    truncation.may_be()
+}
+
+/// [`may_be_truncated`] told one sample at a time: the rule its sample types choose, and
+/// what the depths seen so far say.
+#[derive(Clone, Copy)]
+pub(crate) struct Truncation {
+    min_depth: usize,
+    max_depth: Option<usize>,
+    deep_enough: bool,
+    too_deep: bool,
+}
+
+impl Truncation {
+    /// `None` if no stack of a profile with these sample types is repaired, however deep.
+    pub(crate) fn of<'a>(mut types: impl Iterator<Item = &'a str> + Clone) -> Option<Truncation> {
+        let (min_depth, max_depth) = if types.clone().any(|t| GO_HEAP_TYPES.contains(&t)) {
+            // Go heap stacks stop at 32 frames; from Go 1.23 at 128, which needs no repair.
+            (32 - 4, Some(33))
+        } else if types.any(|t| t == "cpu") {
+            (64 - 4, None)
+        } else {
+            return None;
+        };
+        Some(Truncation { min_depth, max_depth, deep_enough: false, too_deep: false })
+    }
+
+    /// The next sample's depth (as sent, all-zero samples included).
+    #[inline]
+    pub(crate) fn see(&mut self, depth: usize) {
+        self.deep_enough |= depth >= self.min_depth;
+        self.too_deep |= self.max_depth.is_some_and(|max| depth >= max);
+    }
+
+    /// Whether the profile may be truncated, given every sample's depth.
+    pub(crate) fn may_be(&self) -> bool {
+        self.deep_enough && !self.too_deep
+    }
 }
 
 /// Repairs truncated stacks of a decoded Go pprof in place, before it is normalised, as
@@ -176,8 +205,8 @@ pub(crate) struct PyroscopeStacks {
     lens: Vec<usize>,
     /// For each pprof sample, its stack (`None`: Pyroscope dropped the sample).
     stack_of: Vec<Option<usize>>,
-    /// If Pyroscope renumbered the locations: new id → a pprof id.
-    pprof_id: Option<FxHashMap<u64, u64>>,
+    /// If Pyroscope renumbered the locations: new id → a pprof id (by index).
+    pprof_id: Option<Vec<u64>>,
 }
 
 impl PyroscopeStacks {
@@ -206,12 +235,12 @@ impl PyroscopeStacks {
 
     /// The pprof location ids the repair appended to sample `sample` (in the pprof's
     /// order), root-most last.
-    pub(crate) fn tail(&self, sample: usize) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn tail(&self, sample: usize) -> impl ExactSizeIterator<Item = u64> + '_ {
         let tail = match self.stack_of[sample] {
             Some(i) => &self.stacks[i][self.lens[i]..],
             None => &[],
         };
-        tail.iter().map(|id| self.pprof_id.as_ref().map_or(*id, |pprof_id| pprof_id[id]))
+        tail.iter().map(|&id| self.pprof_id.as_ref().map_or(id, |pprof_id| pprof_id[id as usize]))
     }
 
     /// Appends the repaired part of each stack to the pprof's samples.
@@ -226,21 +255,28 @@ impl PyroscopeStacks {
 /// id of each pprof location id (an id given twice: its later kept location's).
 fn merged_symbols(p: &ProfileInput, strings: &[String]) -> Option<(MergedSamples, FxHashMap<u64, u64>)> {
     let mut merge = SelfMerge::new(strings, (p.function.len(), p.mapping.len(), p.location.len()))?;
+    // Each pprof id → its slot (table position; an id given twice: its later entry).
+    let slots = |ids: &mut dyn Iterator<Item = u64>| -> FxHashMap<u64, u32> {
+        ids.enumerate().map(|(slot, id)| (id, slot as u32)).collect()
+    };
+    let function_slot = slots(&mut p.function.iter().map(|f| f.id));
+    let mapping_slot = slots(&mut p.mapping.iter().map(|m| m.id));
     for f in &p.function {
-        merge.function(f.id, f.start_line, f.name, f.system_name, f.filename);
+        merge.function(f.start_line, f.name, f.system_name, f.filename);
     }
     for m in &p.mapping {
         merge.mapping(m);
     }
     let mut new_id = FxHashMap::with_capacity_and_hasher(p.location.len(), Default::default());
     for l in &p.location {
-        if let Some(new) =
-            merge.location(l.id, l.address, l.mapping_id, l.line.iter().map(|ln| (ln.function_id, ln.line)))
-        {
+        let lines = l.line.iter().map(|ln| (function_slot.get(&ln.function_id).copied(), ln.line));
+        let mapping = mapping_slot.get(&l.mapping_id).copied();
+        if let Some(new) = merge.location(l.id, l.address, l.mapping_id, mapping, lines) {
             new_id.insert(l.id, new);
         }
     }
-    Some((merge.samples(p.sample.len(), |id| new_id.get(&id).copied()), new_id))
+    let words = p.sample.iter().map(|s| s.location_id.len() + s.label.len()).sum();
+    Some((merge.samples(p.sample.len(), words, |id| new_id.get(&id).copied()), new_id))
 }
 
 /// A function as Pyroscope's merge compares them: start line, name, system name, file
@@ -274,16 +310,19 @@ impl Classes {
 ///
 /// Either reader feeds it a pprof's functions, mappings and locations (in table order),
 /// then ([`SelfMerge::samples`]) its samples in order: `repair_pprof` from the prost
-/// message, the fast reader from the bytes. Strings are compared by [`Classes`], and a
-/// location's or sample's key is written into a reused buffer of integers (each part
-/// preceded by what tells its length, so equal keys are equal buffers): a key is allocated
-/// only the first time it is seen.
+/// message, the fast reader from the bytes. A function or mapping is named by its *slot*,
+/// its position in its table (the reader resolves pprof ids to slots; an id given twice
+/// names its later entry). Strings are compared by [`Classes`], and a location's or
+/// sample's key is a run of integers (each part preceded by what tells its length, so
+/// equal keys are equal runs) kept once in a [`SliceSet`].
 pub(crate) struct SelfMerge {
     classes: Classes,
-    functions: FxHashMap<u64, FunctionKey>,
-    mappings: FxHashMap<u64, MappingKey>,
-    /// Each distinct location key → its new id.
-    first: FxHashMap<Vec<u64>, u64>,
+    /// Each function's key, by slot.
+    functions: Vec<FunctionKey>,
+    /// Each mapping's key, by slot.
+    mappings: Vec<MappingKey>,
+    /// Each distinct location key; its index + 1 is its new id.
+    first: SliceSet,
     /// The pprof ids of the locations kept, in table order.
     kept: Vec<u64>,
     key: Vec<u64>,
@@ -295,50 +334,69 @@ impl SelfMerge {
     /// repair runs on the pprof's own ids. `symbols`: how many functions, mappings and
     /// locations will be fed (tables are sized for them).
     pub(crate) fn new<S: AsRef<str>>(strings: &[S], symbols: (usize, usize, usize)) -> Option<SelfMerge> {
-        let renamed = |s: &str| matches!(pyroscope_drop_type_params(s), Cow::Owned(c) if c != s);
-        if !strings.iter().any(|s| renamed(s.as_ref())) {
+        // The renamed strings, each cleaned once; a profile without any costs one search
+        // per string.
+        let renamed: Vec<(usize, String)> = strings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match pyroscope_drop_type_params(s.as_ref()) {
+                Cow::Owned(c) if c != s.as_ref() => Some((i, c)),
+                _ => None,
+            })
+            .collect();
+        if renamed.is_empty() {
             return None;
         }
-        let mut classes: FxHashMap<Cow<'_, str>, u32> =
-            FxHashMap::with_capacity_and_hasher(strings.len(), Default::default());
+        let mut classes: FxHashMap<&str, u32> = FxHashMap::with_capacity_and_hasher(strings.len(), Default::default());
+        let mut next_renamed = renamed.iter().peekable();
         let class: Vec<u32> = (0..strings.len())
-            .map(|i| *classes.entry(pyroscope_drop_type_params(strings[i].as_ref())).or_insert(i as u32))
+            .map(|i| {
+                let text = match next_renamed.next_if(|(r, _)| *r == i) {
+                    Some((_, cleaned)) => cleaned.as_str(),
+                    None => strings[i].as_ref(),
+                };
+                *classes.entry(text).or_insert(i as u32)
+            })
             .collect();
         let empty = classes.get("").copied().unwrap_or(u32::MAX);
         let (functions, mappings, locations) = symbols;
         Some(SelfMerge {
             classes: Classes { class, empty },
-            functions: FxHashMap::with_capacity_and_hasher(functions, Default::default()),
-            mappings: FxHashMap::with_capacity_and_hasher(mappings, Default::default()),
-            first: FxHashMap::with_capacity_and_hasher(locations, Default::default()),
+            functions: Vec::with_capacity(functions),
+            mappings: Vec::with_capacity(mappings),
+            // A location's key: its address, mapping and three words a line (most have one).
+            first: SliceSet::with_capacity(locations, 8 * locations),
             kept: Vec::with_capacity(locations),
             key: Vec::new(),
         })
     }
 
-    pub(crate) fn function(&mut self, id: u64, start_line: i64, name: i64, system_name: i64, filename: i64) {
+    /// The next function of the table (its slot is its position).
+    pub(crate) fn function(&mut self, start_line: i64, name: i64, system_name: i64, filename: i64) {
         let c = &self.classes;
-        let key = (start_line as u32, c.of(name), c.of(system_name), c.of(filename));
-        self.functions.insert(id, key);
+        self.functions.push((start_line as u32, c.of(name), c.of(system_name), c.of(filename)));
     }
 
+    /// The next mapping of the table (its slot is its position).
     pub(crate) fn mapping(&mut self, m: &kiln_proto::google::v1::Mapping) {
         // Sizes rounded up to 4 KiB, as pprof's merge does.
         let size = m.memory_limit.wrapping_sub(m.memory_start).wrapping_add(0xfff);
         let c = &self.classes;
         let name = if c.of(m.build_id) == c.empty { m.filename } else { m.build_id };
-        self.mappings.insert(m.id, (size - size % 0x1000, m.file_offset, c.of(name)));
+        self.mappings.push((size - size % 0x1000, m.file_offset, c.of(name)));
     }
 
-    /// A location, after every function and mapping: `lines` are (function id, line).
-    /// Returns its new id, or `None` if the merge drops it. The caller keeps the new id of
-    /// each pprof id (an id given twice: that of its later location the merge kept).
+    /// A location, after every function and mapping: `mapping` is the slot of mapping
+    /// `mapping_id` (`None`: unknown), `lines` are (function slot, line). Returns its new id,
+    /// or `None` if the merge drops it. The caller keeps the new id of each pprof id (an id
+    /// given twice: that of its later location the merge kept).
     pub(crate) fn location(
         &mut self,
         id: u64,
         address: u64,
         mapping_id: u64,
-        lines: impl ExactSizeIterator<Item = (u64, i64)>,
+        mapping: Option<u32>,
+        lines: impl ExactSizeIterator<Item = (Option<u32>, i64)>,
     ) -> Option<u64> {
         if lines.len() == 0 && address == 0 {
             return None;
@@ -349,15 +407,18 @@ impl SelfMerge {
         let key = &mut self.key;
         key.clear();
         key.push(address);
-        let mapping =
-            if mapping_id == 0 { Some((0, 0, self.classes.empty)) } else { self.mappings.get(&mapping_id).copied() };
+        let mapping = if mapping_id == 0 {
+            Some((0, 0, self.classes.empty))
+        } else {
+            mapping.and_then(|slot| self.mappings.get(slot as usize)).copied()
+        };
         match mapping {
             None => key.push(0),
             Some((size, offset, name)) => key.extend([1, size, offset, u64::from(name)]),
         }
         for (f, line) in lines {
             let line = u64::from(line as u32);
-            match self.functions.get(&f) {
+            match f.and_then(|slot| self.functions.get(slot as usize)) {
                 None => key.extend([0, line]),
                 Some(&(start, name, system, file)) => key.extend([
                     u64::from(start) << 1 | 1,
@@ -366,32 +427,32 @@ impl SelfMerge {
                 ]),
             }
         }
-        let new = match self.first.get(key.as_slice()) {
-            Some(&new) => new,
-            None => {
-                let new = self.first.len() as u64 + 1;
-                self.first.insert(key.clone(), new);
-                new
-            }
-        };
+        let new = self.first.insert(key) as u64 + 1;
         self.kept.push(id);
         Some(new)
     }
 
-    /// Done with the symbols: `samples` samples follow. `new_id`: the caller's new id of a
-    /// pprof id (see [`SelfMerge::location`]).
-    pub(crate) fn samples(self, samples: usize, new_id: impl Fn(u64) -> Option<u64>) -> MergedSamples {
-        // Each new id stands for the first location (in table order) whose pprof id has it.
-        let mut pprof_id = FxHashMap::with_capacity_and_hasher(self.first.len(), Default::default());
+    /// Done with the symbols: `samples` samples follow, with at most `words` location ids
+    /// and labels among them (room is made for their keys). `new_id`: the caller's new id
+    /// of a pprof id (see [`SelfMerge::location`]).
+    pub(crate) fn samples(self, samples: usize, words: usize, new_id: impl Fn(u64) -> Option<u64>) -> MergedSamples {
+        // Each new id stands for the first location (in table order) whose pprof id has it
+        // (0: none does, and no sample refers to it).
+        let mut pprof_id = vec![0u64; self.first.len() + 1];
+        let mut named = vec![false; self.first.len() + 1];
         for &id in &self.kept {
             if let Some(new) = new_id(id) {
-                pprof_id.entry(new).or_insert(id);
+                let new = new as usize;
+                if !named[new] {
+                    named[new] = true;
+                    pprof_id[new] = id;
+                }
             }
         }
         MergedSamples {
             classes: self.classes,
             pprof_id,
-            seen: FxHashMap::with_capacity_and_hasher(samples, Default::default()),
+            seen: SliceSet::with_capacity(samples, samples + words),
             stack_of: Vec::with_capacity(samples),
             labels: Vec::new(),
             key: self.key,
@@ -402,10 +463,11 @@ impl SelfMerge {
 /// [`SelfMerge`]'s second half: the samples, folded.
 pub(crate) struct MergedSamples {
     classes: Classes,
-    pprof_id: FxHashMap<u64, u64>,
+    /// New id → a pprof id (index 0 unused).
+    pprof_id: Vec<u64>,
     /// Each distinct sample's key (its stack's length, its stack in new ids, its labels'
-    /// (key, string) classes sorted) → its stack's index.
-    seen: FxHashMap<Vec<u64>, usize>,
+    /// (key, string) classes sorted); its index is its stack's.
+    seen: SliceSet,
     stack_of: Vec<Option<usize>>,
     labels: Vec<u64>,
     key: Vec<u64>,
@@ -434,26 +496,83 @@ impl MergedSamples {
         self.labels.extend(labels.map(|(k, s)| u64::from(c.of(k)) << 32 | u64::from(c.of(s))));
         self.labels.sort_unstable();
         key.extend_from_slice(&self.labels);
-        let i = match self.seen.get(key.as_slice()) {
-            Some(&i) => i,
-            None => {
-                let i = self.seen.len();
-                self.seen.insert(key.clone(), i);
-                i
-            }
-        };
-        self.stack_of.push(Some(i));
+        self.stack_of.push(Some(self.seen.insert(key)));
     }
 
     /// The stacks the repair works on, each once, in the order they first appear.
     pub(crate) fn into_stacks(self) -> PyroscopeStacks {
-        let mut stacks = vec![Vec::new(); self.seen.len()];
-        for (key, i) in self.seen {
-            let len = key[0] as usize;
-            stacks[i] = key[1..1 + len].to_vec();
-        }
+        let stacks: Vec<Vec<u64>> = (0..self.seen.len())
+            .map(|i| {
+                let key = self.seen.get(i);
+                key[1..1 + key[0] as usize].to_vec()
+            })
+            .collect();
         let lens = stacks.iter().map(Vec::len).collect();
         PyroscopeStacks { stacks, lens, stack_of: self.stack_of, pprof_id: Some(self.pprof_id) }
+    }
+}
+
+/// Distinct runs of integers, each kept once in one arena and numbered in the order first
+/// seen. A lookup hashes the run and walks the (short) chain of earlier runs with that
+/// hash, so a key costs no allocation of its own.
+struct SliceSet {
+    arena: Vec<u64>,
+    /// Where run `i` starts in `arena` (it ends where `i + 1` starts, the last at the end).
+    starts: Vec<usize>,
+    /// Hash → the latest run with it; `chain[i]`: the run before `i` with its hash.
+    heads: FxHashMap<u64, u32>,
+    chain: Vec<u32>,
+}
+
+/// The end of a [`SliceSet`] chain.
+const NO_RUN: u32 = u32::MAX;
+
+impl SliceSet {
+    fn with_capacity(runs: usize, words: usize) -> Self {
+        SliceSet {
+            arena: Vec::with_capacity(words),
+            starts: Vec::with_capacity(runs),
+            heads: FxHashMap::with_capacity_and_hasher(runs, Default::default()),
+            chain: Vec::with_capacity(runs),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn get(&self, i: usize) -> &[u64] {
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.arena.len());
+        &self.arena[self.starts[i]..end]
+    }
+
+    /// The index of `run`, added if new.
+    fn insert(&mut self, run: &[u64]) -> usize {
+        let mut h = FxHasher::default();
+        run.hash(&mut h);
+        let new = self.starts.len() as u32;
+        let head = match self.heads.entry(h.finish()) {
+            Entry::Vacant(e) => {
+                e.insert(new);
+                NO_RUN
+            }
+            Entry::Occupied(mut e) => {
+                let mut i = *e.get();
+                while i != NO_RUN {
+                    let start = self.starts[i as usize];
+                    let end = self.starts.get(i as usize + 1).copied().unwrap_or(self.arena.len());
+                    if self.arena[start..end] == *run {
+                        return i as usize;
+                    }
+                    i = self.chain[i as usize];
+                }
+                e.insert(new)
+            }
+        };
+        self.starts.push(self.arena.len());
+        self.arena.extend_from_slice(run);
+        self.chain.push(head);
+        new as usize
     }
 }
 
@@ -461,14 +580,14 @@ impl MergedSamples {
 /// Only used to tell which frames, strings and samples Pyroscope sees as equal; kiln's own
 /// renaming is [`super::pprof::drop_go_type_parameters`].
 fn pyroscope_drop_type_params(s: &str) -> Cow<'_, str> {
-    if !s.contains(GO_SHAPE) {
+    let Some(first) = find_go_shape(s, 0) else {
         return Cow::Borrowed(s);
-    }
+    };
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
-    let mut i = 0;
+    let (mut i, mut next) = (0, Some(first));
     while i < s.len() {
-        let Some(start) = s[i..].find(GO_SHAPE).map(|k| i + k) else {
+        let Some(start) = next.take().or_else(|| find_go_shape(s, i)) else {
             out.push_str(&s[i..]);
             break;
         };
@@ -496,6 +615,13 @@ fn pyroscope_drop_type_params(s: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Where [`GO_SHAPE`] next occurs in `s` from byte `from`: each `[` (most strings have
+/// none, and memchr finds that fast) is checked for the rest.
+fn find_go_shape(s: &str, from: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    memchr::memchr_iter(b'[', &b[from..]).map(|k| from + k).find(|&at| b[at..].starts_with(GO_SHAPE.as_bytes()))
 }
 
 /// A token's owner: the group (index + 1; 0 = none) and how far above its root it sits.
@@ -1025,6 +1151,52 @@ mod tests {
         assert!(!go(&["inuse_objects", "cpu"], &[40, 70]));
         assert!(!go(&["contentions", "delay"], &[64]));
         assert!(!go(&[], &[64]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn type_parameter_lists_are_found_as_a_substring_search_finds_them(
+            name in crate::distributor::pprof::tests::arb_go_name(),
+        ) {
+            // The search by `str::find` this replaced.
+            let by_find = |s: &str| -> String {
+                if !s.contains(GO_SHAPE) {
+                    return s.to_string();
+                }
+                let b = s.as_bytes();
+                let mut out = String::new();
+                let mut i = 0;
+                while i < s.len() {
+                    let Some(start) = s[i..].find(GO_SHAPE).map(|k| i + k) else {
+                        out.push_str(&s[i..]);
+                        break;
+                    };
+                    out.push_str(&s[i..start]);
+                    let mut depth = 0usize;
+                    let mut end = None;
+                    for (j, &c) in b.iter().enumerate().skip(start) {
+                        if c == b'[' {
+                            depth += 1;
+                        } else if c == b']' {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = Some(j + 1);
+                                break;
+                            }
+                        }
+                    }
+                    match end {
+                        Some(e) => i = e,
+                        None => {
+                            out.push_str(&s[i..]);
+                            break;
+                        }
+                    }
+                }
+                out
+            };
+            proptest::prop_assert_eq!(pyroscope_drop_type_params(&name).into_owned(), by_find(&name));
+        }
     }
 
     #[test]

@@ -10,16 +10,17 @@
 //!    to their kept suffix and checked for UTF-8 in place, and the byte ranges of the
 //!    locations and samples are kept for later (they refer to ids and strings that may come
 //!    after them).
-//! 2. For a Go profile only, [`sample_depth`] counts each sample's location ids (without
-//!    decoding them) for the `gofix` decision; where the repair applies, every sample's
-//!    stack is read into dense location indices and repaired before step 4
-//!    ([`repaired_stacks`]: `gofix::repair_dense`, or `gofix::SelfMerge` for a profile with
-//!    Go type parameters, whose repair Pyroscope runs on the profile merged with itself).
+//! 2. For a Go profile whose sample types `gofix` looks at (heap or CPU), a [`Repair`] is
+//!    made; whether it repairs is decided from the samples' depths as step 4 reads them.
 //! 3. The strings are copied into their `String`s; the symbols are validated and indexed in
 //!    `normalize`'s order: sample types, period type, mappings, functions (Go type
 //!    parameters dropped), locations.
 //! 4. Each sample is parsed into reused scratch buffers, validated, and written straight
-//!    into kiln's `Sample` and its group.
+//!    into kiln's `Sample` and its group. With a [`Repair`], every sample's whole stack is
+//!    kept in dense location indices; once all are read, if the depths call for it, the
+//!    stacks are repaired (`gofix::repair_dense`, or `gofix::SelfMerge` for a profile with
+//!    Go type parameters, whose repair Pyroscope runs on the profile merged with itself)
+//!    and given to their samples.
 //!
 //! Id lookups use [`IdIndex`], a dense table for the usual small ids with a hash map for the
 //! rest. This module never reports what it cannot reproduce exactly; it hands those cases
@@ -43,7 +44,7 @@ use crate::distributor::pprof::{
     NON_SERIES_SAMPLE_LABELS,
 };
 use crate::distributor::{gofix, wirecost};
-use kiln_shards::model::profile::{Function, Location, Mapping, Profile, Sample, ValueType};
+use kiln_shards::model::profile::{Function, Location, Mapping, Profile, Sample};
 use rustc_hash::FxHashMap;
 
 /// Why the fast path gave a profile back to the reference path.
@@ -452,25 +453,6 @@ fn root_most(mut stack: Vec<u32>) -> Vec<u32> {
     stack
 }
 
-/// How many location ids a sample has, without decoding them: each varint of a well-formed
-/// packed run ends in exactly one byte below 0x80. A malformed sample may be miscounted, but
-/// then decoding it fails later anyway.
-fn sample_depth(b: &[u8]) -> Res<usize> {
-    let mut n = 0;
-    let mut c = Cursor::new(b);
-    while c.more() {
-        match c.key()? {
-            (1, LEN) => n += c.bytes()?.iter().filter(|&&x| x < 0x80).count(),
-            (1, VARINT) => {
-                c.varint()?;
-                n += 1;
-            }
-            (_, w) => c.skip(w)?,
-        }
-    }
-    Ok(n)
-}
-
 /// The top-level pass. It stops once the decoded-size cost of what it read passes the
 /// ratio, so a profile of empty records costs little before it is refused.
 fn scan(bytes: &[u8]) -> Res<Top<'_>> {
@@ -570,9 +552,13 @@ fn decode_counted(bytes: &[u8], limits: PprofLimits) -> Res<(Decoded, usize)> {
         nstr,
     )
     .or_else(invalid)?;
-    // 2. Whether `gofix` repairs this profile (below, once its symbols are known).
+    // 2. Whether `gofix` may repair this profile: by its sample types here, by its stacks'
+    //    depths once its samples are read.
     let go = detect_language(&top.strings) == Language::Go;
-    let repair = go && may_be_truncated(&top, &sample_types)?;
+    let truncation = match go {
+        true => gofix::Truncation::of(sample_types.iter().map(|st| top.strings[st.r#type as usize])),
+        false => None,
+    };
     // 3. The strings and the symbols, each symbol indexed by its pprof id.
     // Cleaned Go names are appended as they are made (one per distinct name): reserving one
     // per function would cost 24 bytes for each 2-byte function of a hostile profile.
@@ -580,12 +566,12 @@ fn decode_counted(bytes: &[u8], limits: PprofLimits) -> Res<(Decoded, usize)> {
     strings.extend(top.strings.iter().map(|&s| s.to_owned()));
     let (mappings, mapping_index) = index_mappings(&top.mappings, nstr)?;
     let (functions, function_index) = index_functions(&top.functions, nstr, go, &mut strings)?;
-    let (locations, location_index, location_ids) =
-        index_locations(&top.locations, &mapping_index, &function_index, &mut cost)?;
+    let symbols = Symbols { mappings: &mapping_index, functions: &function_index };
+    let (locations, location_index, location_ids) = index_locations(&top.locations, symbols, &mut cost)?;
     check_cost(bytes, cost)?;
     check_sample_type_names(&sample_types, &strings).or_else(invalid)?;
     // 4. The samples, repaired where Go truncated them.
-    let repair = if repair { Some(Repair::new(&top, &strings, &location_ids, &location_index)?) } else { None };
+    let repair = truncation.map(|t| Repair::new(&top, t, &location_ids, symbols));
     let (samples, groups) = dense_samples(&top, sample_types.len(), &strings, &location_index, repair, &mut cost)?;
     check_cost(bytes, cost)?;
     let decoded = Decoded {
@@ -604,15 +590,6 @@ fn decode_counted(bytes: &[u8], limits: PprofLimits) -> Res<(Decoded, usize)> {
         groups,
     };
     Ok((decoded, cost))
-}
-
-/// What `gofix::repair_pprof` decides on: the sample types and the depth of every sample as
-/// sent, all-zero ones included. Decided before anything is built, so that a profile it may
-/// repair costs little more than the prost path alone.
-fn may_be_truncated(top: &Top<'_>, sample_types: &[ValueType]) -> Res<bool> {
-    let depths = top.samples.iter().map(|s| sample_depth(s)).collect::<Res<Vec<usize>>>()?;
-    let types = sample_types.iter().map(|st| top.strings[st.r#type as usize]);
-    Ok(gofix::may_be_truncated(types, depths.into_iter()))
 }
 
 /// The mappings, decoded here (the top-level pass only kept their bytes).
@@ -637,14 +614,16 @@ fn index_functions(
     })
 }
 
+/// The id indices a location refers through.
+#[derive(Clone, Copy)]
+struct Symbols<'a> {
+    mappings: &'a IdIndex,
+    functions: &'a IdIndex,
+}
+
 /// The locations, decoded here (the top-level pass only kept their bytes), and the pprof id
 /// of each.
-fn index_locations(
-    raw: &[&[u8]],
-    mapping_index: &IdIndex,
-    function_index: &IdIndex,
-    cost: &mut usize,
-) -> Res<(Vec<Location>, IdIndex, Vec<u64>)> {
+fn index_locations(raw: &[&[u8]], symbols: Symbols<'_>, cost: &mut usize) -> Res<(Vec<Location>, IdIndex, Vec<u64>)> {
     let mut lines = Vec::new();
     let mut ids = Vec::with_capacity(raw.len());
     let (locations, index) = dense_by_id(raw, |b| {
@@ -655,8 +634,8 @@ fn index_locations(
             l.mapping_id,
             l.address,
             lines.iter().copied(),
-            |m| mapping_index.get(m),
-            |f| function_index.get(f),
+            |m| symbols.mappings.get(m),
+            |f| symbols.functions.get(f),
         );
         ids.push(l.id);
         Ok((l.id, location.or_else(invalid)?))
@@ -664,36 +643,44 @@ fn index_locations(
     Ok((locations, index, ids))
 }
 
-/// The truncated-stack repair of a Go profile, done as its samples are read: every sample's
-/// stack (all-zero samples included, in the pprof's order), whole, as dense location
-/// indices, repaired once all are read as `gofix::repair_pprof` repairs the pprof.
+/// The truncated-stack repair of a Go profile whose sample types `gofix` looks at, done as
+/// its samples are read: every sample's stack (all-zero samples included, in the pprof's
+/// order), whole, as dense location indices, and its labels; once all are read, whether
+/// their depths call for the repair (`gofix::Truncation`, told each as it comes: no pass of
+/// its own over the samples), and the repair, as `gofix::repair_pprof` repairs the pprof.
 /// Pyroscope repairs only a valid profile: if a sample refers to an unknown location, the
 /// samples fail or pass validation as they are, unrepaired.
 struct Repair<'a> {
+    truncation: gofix::Truncation,
     /// The pprof id of each location.
     location_ids: &'a [u64],
-    /// With Go type parameters, Pyroscope repairs the profile merged with itself: the
-    /// merge, and the new id of each location (`NONE` if the merge dropped it).
-    merged: Option<(gofix::MergedSamples, Vec<u64>)>,
+    symbols: Symbols<'a>,
     /// Every sample's whole stack (empty for one with an unknown location).
     stacks: Vec<Vec<u32>>,
+    /// Every sample's labels as (key, string), one run after another, and where each
+    /// sample's run ends: what the self-merge compares samples by.
+    labels: Vec<(i64, i64)>,
+    label_ends: Vec<u32>,
     all_known: bool,
 }
 
 impl<'a> Repair<'a> {
-    /// `strings`: the string table and the cleaned names after it, as `repair_pprof` is
-    /// given them.
-    fn new(top: &Top<'_>, strings: &[String], location_ids: &'a [u64], location_index: &IdIndex) -> Res<Self> {
-        let symbols = (top.functions.len(), top.mappings.len(), top.locations.len());
-        let merged = match gofix::SelfMerge::new(strings, symbols) {
-            Some(merge) => Some(merged_symbols(merge, top, location_index)?),
-            None => None,
-        };
-        Ok(Repair { location_ids, merged, stacks: Vec::with_capacity(top.samples.len()), all_known: true })
+    fn new(top: &Top<'_>, truncation: gofix::Truncation, location_ids: &'a [u64], symbols: Symbols<'a>) -> Self {
+        let samples = top.samples.len();
+        Repair {
+            truncation,
+            location_ids,
+            symbols,
+            stacks: Vec::with_capacity(samples),
+            labels: Vec::new(),
+            label_ends: Vec::with_capacity(samples),
+            all_known: true,
+        }
     }
 
     /// The next sample; whether its locations are all known (its stack is then kept).
     fn add(&mut self, ids: &[u64], labels: &[RawLabel], location_index: &IdIndex) -> bool {
+        self.truncation.see(ids.len());
         let mut stack = Vec::with_capacity(ids.len());
         for &id in ids {
             let Some(l) = location_index.get(id) else {
@@ -704,69 +691,92 @@ impl<'a> Repair<'a> {
             };
             stack.push(l);
         }
-        if let Some((merged, new_id)) = &mut self.merged {
-            let new = stack.iter().map(|&l| Some(new_id[l as usize]).filter(|&n| n != NONE));
-            merged.sample(new, labels.iter().map(|l| (l.key, l.str)));
-        }
         self.stacks.push(stack);
+        if self.all_known {
+            self.labels.extend(labels.iter().map(|l| (l.key, l.str)));
+            self.label_ends.push(self.labels.len() as u32);
+        }
         true
     }
 
-    /// Every sample's stack, repaired if all were known.
-    fn finish(self, location_index: &IdIndex) -> Vec<Vec<u32>> {
+    /// Every sample's stack (in the pprof's order), repaired if the depths call for it and
+    /// all were known.
+    fn finish(self, top: &Top<'_>, strings: &[String], location_index: &IdIndex) -> Res<Vec<Vec<u32>>> {
         let mut stacks = self.stacks;
-        if !self.all_known {
-            return stacks;
+        if !self.all_known || !self.truncation.may_be() {
+            return Ok(stacks);
         }
-        match self.merged {
-            None => gofix::repair_dense(&mut stacks, self.location_ids),
-            Some((merged, _)) => {
-                let mut repaired = merged.into_stacks();
-                repaired.repair();
-                for (i, stack) in stacks.iter_mut().enumerate() {
-                    // Every appended id is that of a location (the first of those merged
-                    // into one), so none is dropped here.
-                    stack.extend(repaired.tail(i).filter_map(|id| location_index.get(id)));
-                }
-            }
+        let Some(mut merge) = self_merge(top, strings)? else {
+            gofix::repair_dense(&mut stacks, self.location_ids);
+            return Ok(stacks);
+        };
+        // With Go type parameters, Pyroscope repairs the profile merged with itself.
+        let new_id = merged_locations(&mut merge, top, self.symbols, location_index)?;
+        let of_id = |id| location_index.get(id).map(|l| new_id[l as usize]).filter(|&n| n != NONE);
+        let words = stacks.iter().map(Vec::len).sum::<usize>() + self.labels.len();
+        let mut merged = merge.samples(stacks.len(), words, of_id);
+        let mut start = 0;
+        for (stack, &end) in stacks.iter().zip(&self.label_ends) {
+            let new = stack.iter().map(|&l| Some(new_id[l as usize]).filter(|&n| n != NONE));
+            merged.sample(new, self.labels[start..end as usize].iter().copied());
+            start = end as usize;
         }
-        stacks
+        let mut repaired = merged.into_stacks();
+        repaired.repair();
+        for (i, stack) in stacks.iter_mut().enumerate() {
+            // Every appended id is that of a location (the first of those merged into
+            // one), so none is dropped here.
+            let tail = repaired.tail(i);
+            stack.reserve_exact(tail.len());
+            stack.extend(tail.filter_map(|id| location_index.get(id)));
+        }
+        Ok(stacks)
     }
 }
 
 /// A location the self-merge dropped.
 const NONE: u64 = u64::MAX;
 
-/// `merge` fed the pprof's functions, mappings and locations (decoded again from the bytes
-/// the top-level pass kept; their validation is behind us), and the new id of each location
-/// (or [`NONE`]).
-fn merged_symbols(
-    mut merge: gofix::SelfMerge,
-    top: &Top<'_>,
-    location_index: &IdIndex,
-) -> Res<(gofix::MergedSamples, Vec<u64>)> {
+/// Pyroscope's self-merge of a Go profile whose strings are renamed (`strings`: the table
+/// and the cleaned names after it, as `repair_pprof` is given them), fed its functions and
+/// mappings (decoded again from the bytes the top-level pass kept; their validation is
+/// behind us); `None` if no string is renamed.
+fn self_merge(top: &Top<'_>, strings: &[String]) -> Res<Option<gofix::SelfMerge>> {
+    let symbols = (top.functions.len(), top.mappings.len(), top.locations.len());
+    let Some(mut merge) = gofix::SelfMerge::new(strings, symbols) else {
+        return Ok(None);
+    };
     for f in &top.functions {
-        merge.function(f.id, f.start_line, f.name, f.system_name, f.filename);
+        merge.function(f.start_line, f.name, f.system_name, f.filename);
     }
     for b in &top.mappings {
         merge.mapping(&mapping(b)?);
     }
-    // Indexed by the location a pprof id names (its later one, if given twice), as the
-    // samples will be: the new id of the later location of that id the merge kept.
+    Ok(Some(merge))
+}
+
+/// `merge` fed the locations (decoded again), and the new id each location's pprof id has
+/// in it ([`NONE`]: none), indexed as the samples are, by the location an id names (its
+/// later one, if given twice): the new id of the later location of that id the merge kept.
+fn merged_locations(
+    merge: &mut gofix::SelfMerge,
+    top: &Top<'_>,
+    symbols: Symbols<'_>,
+    location_index: &IdIndex,
+) -> Res<Vec<u64>> {
     let mut new_id = vec![NONE; top.locations.len()];
     let mut lines = Vec::new();
     for b in &top.locations {
         let l = location(b, &mut lines)?;
-        if let Some(new) = merge.location(l.id, l.address, l.mapping_id, lines.iter().copied()) {
+        let lines = lines.iter().map(|&(f, line)| (symbols.functions.get(f), line));
+        if let Some(new) = merge.location(l.id, l.address, l.mapping_id, symbols.mappings.get(l.mapping_id), lines) {
             // Every location's id is indexed (validated before).
             if let Some(named) = location_index.get(l.id) {
                 new_id[named as usize] = new;
             }
         }
     }
-    let of_id = |id| location_index.get(id).map(|l| new_id[l as usize]).filter(|&n| n != NONE);
-    let merged = merge.samples(top.samples.len(), of_id);
-    Ok((merged, new_id))
+    Ok(new_id)
 }
 
 /// The samples that have a value, parsed into reused scratch buffers and written straight
@@ -809,7 +819,7 @@ fn dense_samples(
         samples.push(Sample { locations, values: values.clone(), span_id });
     }
     if let Some(repair) = repair {
-        let mut stacks = repair.finish(location_index);
+        let mut stacks = repair.finish(top, strings, location_index)?;
         for (s, i) in pending {
             samples[s as usize].locations = root_most(std::mem::take(&mut stacks[i as usize]));
         }
@@ -1083,7 +1093,10 @@ mod tests {
         varint_field(9, 1, &mut b);
         varint_field(9, 2, &mut b);
         let got = decode(&with(&b), no).unwrap().profile;
-        assert_eq!((got.period_type, got.time_nanos), (Some(ValueType { r#type: 1, unit: 2 }), 2));
+        assert_eq!(
+            (got.period_type, got.time_nanos),
+            (Some(kiln_shards::model::profile::ValueType { r#type: 1, unit: 2 }), 2)
+        );
         assert_eq!(check(&with(&b), no), Ok(Way::Fast));
         // A validation error before a malformed field: prost's error.
         let mut p = small();
