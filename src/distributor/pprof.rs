@@ -433,8 +433,8 @@ pub(crate) struct SeriesGroups {
 }
 
 impl SeriesGroups {
-    /// Adds sample `sample` to the group of `key` (from [`series_key`]). Once per sample:
-    /// always inlined into the readers' loops, where a call was seen to cost ~10%.
+    /// Adds sample `sample` to the group of `key` (from [`series_key`]); once per sample,
+    /// inlined into the readers' loops.
     #[inline(always)]
     pub(crate) fn add(&mut self, key: &[(u32, u32)], strings: &[String], sample: u32) {
         let g = match (self.unlabelled, self.last) {
