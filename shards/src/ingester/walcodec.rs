@@ -12,7 +12,7 @@ const CUT: u8 = 2;
 const KEYED: u8 = 3;
 /// First byte of an abort record: the push with this key was refused (see `encode_abort`).
 const ABORT: u8 = 4;
-/// Added to an ingest record's first byte when a span section ends it (`encode_body`):
+/// Added to an ingest record's first byte when a span section ends it (`encode_spans`):
 /// records without span ids are written exactly as before span profiles, and a record cut
 /// short before its span section is an error, not a record without spans.
 const WITH_SPANS: u8 = 0x10;
@@ -54,11 +54,9 @@ impl R<'_> {
 
 /// An ingest record without a push key (what kiln wrote before keys; still read).
 pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(1024);
-    let spans = span_count(p, groups);
-    w.byte(VERSION | spans_flag(spans));
-    encode_body(&mut w, tenant, p, groups, spans);
-    w.0
+    let mut e = KeyedEncoder::with_header(VERSION, None, tenant, p, groups);
+    e.step(p, groups, usize::MAX);
+    e.finish(p, groups)
 }
 
 /// The samples of the groups with a span id (one pass, for the flag and the section).
@@ -86,7 +84,7 @@ pub fn encode_keyed(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup])
 /// `encode_keyed`'s record written a part at a time: the symbol tables first (`new`), then
 /// the groups' samples about `frames` stack frames a `step`, then the span section
 /// (`finish`), the same bytes in the end. So a core can write a large push's record
-/// between its other messages.
+/// between its other messages. `encode`'s unkeyed record is written by it too, in one step.
 pub struct KeyedEncoder {
     w: Writer,
     spans: usize,
@@ -99,12 +97,20 @@ pub struct KeyedEncoder {
 
 impl KeyedEncoder {
     pub fn new(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Self {
+        Self::with_header(KEYED, Some(key), tenant, p, groups)
+    }
+
+    /// A record whose first byte is `first` (and the span flag), then `key` if any, then
+    /// the body: the tenant, the tables, the groups' samples, the span section.
+    fn with_header(first: u8, key: Option<u64>, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Self {
         // Two bytes a frame and a value are most of a record: one allocation, not a dozen.
         let frames = super::head::stack_frames(p, groups);
         let mut w = Writer::with_capacity(1024 + 2 * frames + p.strings.iter().map(String::len).sum::<usize>());
         let spans = span_count(p, groups);
-        w.byte(KEYED | spans_flag(spans));
-        w.u(key);
+        w.byte(first | spans_flag(spans));
+        if let Some(key) = key {
+            w.u(key);
+        }
         encode_symbols(&mut w, tenant, p);
         w.u(groups.len() as u64);
         KeyedEncoder { w, spans, group: 0, sample: 0, started: false }
@@ -152,19 +158,6 @@ pub fn abort_key(b: &[u8]) -> Option<u64> {
     }
     let mut r = R::after_kind(b);
     r.u().ok().filter(|_| r.at_end())
-}
-
-/// `spans`: how many of the groups' samples have a span id (`span_count`).
-fn encode_body(w: &mut Writer, tenant: &str, p: &Profile, groups: &[SampleGroup], spans: usize) {
-    encode_symbols(w, tenant, p);
-    w.u(groups.len() as u64);
-    for g in groups {
-        encode_group_start(w, g);
-        for &si in &g.samples {
-            encode_sample(w, &p.samples[si as usize]);
-        }
-    }
-    encode_spans(w, p, groups, spans);
 }
 
 /// The tenant and the profile's tables: everything of a record before its groups.
@@ -240,7 +233,7 @@ fn encode_sample(w: &mut Writer, s: &Sample) -> usize {
     s.locations.len()
 }
 
-/// The span section (see `encode_body`), when `spans` samples have a span id.
+/// The span section, when `spans` samples have a span id.
 fn encode_spans(w: &mut Writer, p: &Profile, groups: &[SampleGroup], spans: usize) {
     // The span ids, only where a sample has one (a record without them ends here, as
     // records written before span profiles do, and its first byte says so): their count, then each as the sample's
@@ -408,7 +401,7 @@ fn decode_body(mut r: R<'_>, spans: bool) -> Res<(String, Profile, Vec<SampleGro
     Ok((tenant, p, groups))
 }
 
-/// The span ids of a record's samples (see `encode_body`). `decode_groups` appended the
+/// The span ids of a record's samples (see `encode_spans`). `decode_groups` appended the
 /// samples to `p.samples` in record order, so a position is an index there.
 fn decode_spans(r: &mut R<'_>, p: &mut Profile) -> Res<()> {
     let n = r.0.count(9).map_err(|e| e.to_string())?;
