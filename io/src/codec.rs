@@ -108,6 +108,7 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -117,6 +118,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `n` bytes.
+    #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let left = self.remaining();
         if n > left {
@@ -147,7 +149,22 @@ impl<'a> Reader<'a> {
 
     /// An unsigned LEB128 varint (see [`Writer::u`]). Padded encodings (`80 00`) are read as
     /// Go's `binary.Uvarint` and protobuf read them; more than 64 bits is an error.
+    #[inline]
     pub fn u(&mut self) -> Result<u64> {
+        // Most varints of kiln's records (ids, counts, small values) are one byte: that case
+        // is inlined where the reads are (a call per varint was a fifth of WAL replay's
+        // decoding), the longer ones are not.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.u_long()
+    }
+
+    #[inline(never)]
+    fn u_long(&mut self) -> Result<u64> {
         let start = self.pos;
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -170,12 +187,14 @@ impl<'a> Reader<'a> {
     }
 
     /// A zigzag varint (see [`Writer::i`]).
+    #[inline]
     pub fn i(&mut self) -> Result<i64> {
         let v = self.u()?;
         Ok((v >> 1) as i64 ^ -((v & 1) as i64))
     }
 
     /// A varint that must fit in 32 bits.
+    #[inline]
     pub fn u32(&mut self) -> Result<u32> {
         let start = self.pos;
         let v = self.u()?;
@@ -184,6 +203,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items that each take at least `min_bytes` more bytes (at least 1): a count
     /// the rest of the buffer cannot hold is refused before anything is allocated for it.
+    #[inline]
     pub fn count(&mut self, min_bytes: usize) -> Result<usize> {
         let start = self.pos;
         let v = self.u()?;

@@ -7,7 +7,7 @@
 use crate::eval::{HeadView, Series};
 use crate::model::labels::{self, Labels};
 use crate::model::profile::{Profile, SampleGroup};
-use crate::model::symbols::{Remap, Symbols};
+use crate::model::symbols::{Remap, StackBatch, Symbols};
 use crate::query::{QueryRequest, QueryResult};
 use rustc_hash::FxHashMap;
 
@@ -53,7 +53,7 @@ pub struct AppendStats {
 pub struct Interning {
     remap: Remap,
     ids: Vec<u32>,
-    scratch: Vec<u8>,
+    batch: StackBatch,
     /// What the interning added to the head's `approx_bytes`: the push's own symbols, which
     /// a limit checked before its rows are added leaves out, as it would for a push
     /// appended in one piece.
@@ -62,7 +62,7 @@ pub struct Interning {
 
 impl Interning {
     pub fn new(p: &Profile) -> Self {
-        Interning { remap: Remap::new(p), ids: Vec::new(), scratch: Vec::new(), added_bytes: 0 }
+        Interning { remap: Remap::new(p), ids: Vec::new(), batch: StackBatch::default(), added_bytes: 0 }
     }
 
     pub fn added_bytes(&self) -> usize {
@@ -73,6 +73,10 @@ impl Interning {
 /// What mapping one of a profile's locations to the head's costs, in frames walked: its
 /// lines, functions and strings are looked up, where a frame already mapped is an array read.
 const LOCATION_FRAMES: usize = 64;
+
+/// Stacks interned together (`Symbols::intern_stacks_indexed`): enough for their index
+/// lookups to overlap, few enough that a batch stays in the L1 cache and within a step.
+const STACK_BATCH: usize = 32;
 
 /// Frames a profile's stacks have in `groups` (plus one per sample): the work of interning
 /// them, which `intern_stacks` spends in steps.
@@ -146,6 +150,7 @@ impl TenantHead {
     }
 
     fn intern_some(&mut self, p: &Profile, groups: &[SampleGroup], interning: &mut Interning, frames: usize) -> bool {
+        let budget = frames.max(1);
         let mut skip = interning.ids.len();
         let mut walked = 0usize;
         for g in groups {
@@ -153,16 +158,28 @@ impl TenantHead {
                 skip -= g.samples.len();
                 continue;
             }
-            for &si in &g.samples[skip..] {
-                if walked >= frames.max(1) {
+            let mut rest = &g.samples[skip..];
+            while !rest.is_empty() {
+                if walked >= budget {
                     return false;
                 }
-                let s = &p.samples[si as usize];
+                // A batch: up to STACK_BATCH samples, fewer where the budget ends first.
+                let (mut n, mut batch_frames) = (0, 0);
+                while n < rest.len().min(STACK_BATCH) && walked + batch_frames < budget {
+                    batch_frames += p.samples[rest[n] as usize].locations.len() + 1;
+                    n += 1;
+                }
                 let mapped = interning.remap.mapped();
-                let id =
-                    self.symbols.intern_stack_indexed(p, &mut interning.remap, &s.locations, &mut interning.scratch);
-                interning.ids.push(id);
-                walked += s.locations.len() + 1 + LOCATION_FRAMES * (interning.remap.mapped() - mapped);
+                let stacks = rest[..n].iter().map(|&si| p.samples[si as usize].locations.as_slice());
+                self.symbols.intern_stacks_indexed(
+                    p,
+                    &mut interning.remap,
+                    stacks,
+                    &mut interning.batch,
+                    &mut interning.ids,
+                );
+                walked += batch_frames + LOCATION_FRAMES * (interning.remap.mapped() - mapped);
+                rest = &rest[n..];
             }
             skip = 0;
         }

@@ -22,6 +22,12 @@ struct R<'a>(Reader<'a>);
 
 type Res<T> = Result<T, String>;
 
+/// A read's error as the WAL's string; out of line, so the inlined reads stay small.
+#[cold]
+fn message(e: kiln_io::codec::CodecError) -> String {
+    e.to_string()
+}
+
 impl R<'_> {
     /// A reader of the record `b` past its first (kind) byte, which the caller has looked
     /// at; offsets in errors count from the record's start.
@@ -31,18 +37,22 @@ impl R<'_> {
         r.byte().ok();
         R(r)
     }
+    #[inline]
     fn u(&mut self) -> Res<u64> {
-        self.0.u().map_err(|e| e.to_string())
+        self.0.u().map_err(message)
     }
+    #[inline]
     fn u32(&mut self) -> Res<u32> {
-        self.0.u32().map_err(|e| e.to_string())
+        self.0.u32().map_err(message)
     }
+    #[inline]
     fn i(&mut self) -> Res<i64> {
-        self.0.i().map_err(|e| e.to_string())
+        self.0.i().map_err(message)
     }
     /// A count of items: each takes at least one byte of the record.
+    #[inline]
     fn len(&mut self) -> Res<usize> {
-        self.0.count(1).map_err(|e| e.to_string())
+        self.0.count(1).map_err(message)
     }
     fn s(&mut self) -> Res<String> {
         self.0.str().map(str::to_string).map_err(|e| e.to_string())
