@@ -8,7 +8,9 @@
 //!      sending back to back until the deadline; latency is measured from the send;
 //!    * open loop: its share of the global schedule (`schedule`), spawning one task per due
 //!      request onto a per-thread connection pool, at most `max_in_flight / threads` at once;
-//!      latency is measured from the *due* time, so queueing behind a slow server counts.
+//!      latency is measured from the *due* time, so queueing behind a slow server counts. The
+//!      due requests come from a pacer thread (`schedule::pacer`), not the runtime's
+//!      millisecond timer, so the client's own lateness stays in tens of microseconds.
 //! 3. Every second each thread sends its interval `Stats` to the main thread, which prints a
 //!    progress line; at the end the threads' totals are merged into the report.
 //!
@@ -301,17 +303,12 @@ async fn open_loop(local: Rc<Local>, rate: f64) {
     let in_flight_max = cfg.max_in_flight.div_ceil(cfg.threads).max(1);
     let gate = Rc::new(Gate::new(in_flight_max));
     let pool = Rc::new(Pool::default());
-    let (mut k, step) = schedule::thread_share(local.ctx.thread, cfg.threads);
-    loop {
-        let due = local.ctx.start + schedule::offset(k, rate);
-        if due >= local.ctx.deadline {
-            break;
-        }
-        sleep_until(due).await;
+    let (first, step) = schedule::thread_share(local.ctx.thread, cfg.threads);
+    let due_requests = schedule::pacer(local.ctx.start, local.ctx.deadline, first, step, rate);
+    while let Ok((k, due)) = due_requests.recv_async().await {
         // Waiting here delays the send, not the clock: latency still counts from `due`.
         gate.acquire().await;
         let req = local.generator.borrow_mut().prepare(k);
-        k += step;
         let local = local.clone();
         let gate = gate.clone();
         let pool = pool.clone();

@@ -7,7 +7,7 @@
 //! measured from the due time: a server that falls behind shows as latency, and the schedule
 //! never slows down to match it (no coordinated omission).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// When request `k` is due, relative to the start.
 pub fn offset(k: u64, rate: f64) -> Duration {
@@ -26,9 +26,56 @@ pub fn thread_share(thread: usize, threads: usize) -> (u64, u64) {
     (thread as u64, threads as u64)
 }
 
+/// Due requests `(k, due)` of one thread's share (`first`, then every `step`-th), each sent
+/// once its due time has come, from a thread of its own that sleeps to each with the OS's
+/// timer (tens of microseconds late). The runtime's timer has one millisecond's resolution,
+/// rounded up, and an open loop's latency counts from the due time: waking on it added up to
+/// a millisecond of the client's own to every figure. The channel holds what the runtime has
+/// not taken yet; the schedule does not wait for it (each due time comes from `k`).
+pub fn pacer(start: Instant, deadline: Instant, first: u64, step: u64, rate: f64) -> flume::Receiver<(u64, Instant)> {
+    let (tx, rx) = flume::unbounded();
+    std::thread::Builder::new()
+        .name("kiln-load-pacer".into())
+        .spawn(move || {
+            let mut k = first;
+            loop {
+                let due = start + offset(k, rate);
+                if due >= deadline {
+                    return;
+                }
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if tx.send((k, due)).is_err() {
+                    return;
+                }
+                k += step;
+            }
+        })
+        .expect("starting the pacer thread");
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_pacer_hands_over_each_due_request_once_in_order_and_not_early() {
+        let start = Instant::now();
+        let (rate, duration) = (2000.0, Duration::from_millis(30));
+        let (first, step) = thread_share(1, 3);
+        let got: Vec<(u64, Instant)> = pacer(start, start + duration, first, step, rate).iter().collect();
+        let want: Vec<u64> = (first..count_within(duration, rate)).step_by(step as usize).collect();
+        assert_eq!(got.iter().map(|&(k, _)| k).collect::<Vec<_>>(), want);
+        for &(k, due) in &got {
+            assert_eq!(due, start + offset(k, rate));
+        }
+        // Each was sent at or after its due time: the receiver may take it no earlier.
+        let last = got.last().unwrap().1;
+        assert!(Instant::now() >= last);
+    }
 
     #[test]
     fn test_schedule_offsets_are_exact() {
