@@ -22,7 +22,8 @@ struct R<'a>(Reader<'a>);
 
 type Res<T> = Result<T, String>;
 
-/// A read's error as the WAL's string; out of line, so the inlined reads stay small.
+/// A read's error as the WAL's string (every read's, one place); out of line, so the
+/// inlined reads stay small.
 #[cold]
 fn message(e: kiln_io::codec::CodecError) -> String {
     e.to_string()
@@ -55,7 +56,7 @@ impl R<'_> {
         self.0.count(1).map_err(message)
     }
     fn s(&mut self) -> Res<String> {
-        self.0.str().map(str::to_string).map_err(|e| e.to_string())
+        self.0.str().map(str::to_string).map_err(message)
     }
     fn at_end(&self) -> bool {
         self.0.remaining() == 0
@@ -414,7 +415,7 @@ fn decode_body(mut r: R<'_>, spans: bool) -> Res<(String, Profile, Vec<SampleGro
 /// The span ids of a record's samples (see `encode_spans`). `decode_groups` appended the
 /// samples to `p.samples` in record order, so a position is an index there.
 fn decode_spans(r: &mut R<'_>, p: &mut Profile) -> Res<()> {
-    let n = r.0.count(9).map_err(|e| e.to_string())?;
+    let n = r.0.count(9).map_err(message)?;
     if n == 0 {
         return Err("a span section without spans".into());
     }
@@ -425,7 +426,7 @@ fn decode_spans(r: &mut R<'_>, p: &mut Profile) -> Res<()> {
             return Err("span positions must ascend".into());
         }
         pos = pos.checked_add(delta).ok_or("span position overflows")?;
-        let id = r.0.u64_le().map_err(|e| e.to_string())?;
+        let id = r.0.u64_le().map_err(message)?;
         let n = p.samples.len();
         let sample = usize::try_from(pos)
             .ok()
