@@ -747,34 +747,64 @@ fn group_links<T: Frame>(stacks: &[Vec<T>], groups: &SuffixGroups<'_>, params: P
         t.hash(&mut h);
         h.finish()
     };
-    links_by(stacks, groups, params, hashed)
-        .or_else(|| links_by(stacks, groups, params, <[T]>::to_vec))
+    let suffixes = group_suffixes(stacks, groups);
+    links_by(&suffixes, groups, params, hashed)
+        .or_else(|| links_by(&suffixes, groups, params, <[T]>::to_vec))
         .expect("tokens keyed by their frames never collide")
 }
 
-/// [`group_links`] with tokens keyed by `key`; `None` if two tokens have one key.
+/// Each group's suffix (its first stack's root-most `SUFFIX_LEN` frames, where all of its
+/// tokens lie), side by side: the tables below read the frames in group order from one
+/// array, where every stack is a visit to memory of its own (that wait was most of the
+/// repair's time on a profile of many groups).
+fn group_suffixes<T: Frame>(stacks: &[Vec<T>], groups: &SuffixGroups<'_>) -> Vec<T> {
+    let mut suffixes = Vec::with_capacity(groups.len() * SUFFIX_LEN);
+    for g in 0..groups.len() {
+        let s = &stacks[groups.first(g)];
+        suffixes.extend_from_slice(&s[s.len() - SUFFIX_LEN..]);
+    }
+    suffixes
+}
+
+/// [`group_links`] with tokens keyed by `key`; `None` if a token shares its key with a
+/// group's root-most token but not its frames.
 fn links_by<T: Frame, K: Hash + Eq>(
-    stacks: &[Vec<T>],
+    suffixes: &[T],
     groups: &SuffixGroups<'_>,
     params: Params,
     key: impl Fn(&[T]) -> K,
 ) -> Option<Vec<Link>> {
     // Group `g`'s token `off` frames above its root.
     let token = |g: usize, off: usize| {
-        let s = &stacks[groups.first(g)];
-        &s[s.len() - off - TOKEN_LEN..s.len() - off]
+        let end = (g + 1) * SUFFIX_LEN - off;
+        &suffixes[end - TOKEN_LEN..end]
     };
-    let owner_token = |l: &Link| token(l.group as usize - 1, l.offset as usize);
-    // Token → the group where it sits furthest from the root.
-    let mut owners: FxHashMap<K, Link> = FxHashMap::with_capacity_and_hasher(groups.len() * TOKENS, Default::default());
+    // Only the groups' root-most tokens are ever looked up, so the table holds those alone
+    // (at most one entry a group, where every token would be eight: a table that stays in
+    // cache, and most tokens cost a lookup that misses, not an insert). Each entry: a group
+    // whose root-most token it is (to check a hit's frames against), and the group where
+    // that token sits furthest from the root so far.
+    let mut owners: FxHashMap<K, (u32, Link)> = FxHashMap::with_capacity_and_hasher(groups.len(), Default::default());
+    for g in 0..groups.len() {
+        let t = token(g, 0);
+        match owners.entry(key(t)) {
+            Entry::Occupied(e) if token(e.get().0 as usize, 0) != t => return None,
+            Entry::Occupied(_) => {}
+            Entry::Vacant(e) => {
+                e.insert((g as u32, Link::default()));
+            }
+        }
+    }
     for (g, &start) in groups.starts.iter().enumerate() {
         if (groups.end_of(g) as isize - start as isize) < params.min_group {
             continue;
         }
         for off in 1..=TOKENS {
             let t = token(g, off);
-            let owner = owners.entry(key(t)).or_default();
-            if owner.group != 0 && owner_token(owner) != t {
+            let Some((root, owner)) = owners.get_mut(&key(t)) else {
+                continue;
+            };
+            if token(*root as usize, 0) != t {
                 return None;
             }
             if owner.group == 0 || off as u32 > owner.offset {
@@ -782,12 +812,9 @@ fn links_by<T: Frame, K: Hash + Eq>(
             }
         }
     }
-    let links = (0..groups.len()).map(|g| {
-        let t = token(g, 0);
-        match owners.get(&key(t)) {
-            Some(l) if l.group as usize != g + 1 && owner_token(l) == t => *l,
-            _ => Link::default(),
-        }
+    let links = (0..groups.len()).map(|g| match owners[&key(token(g, 0))].1 {
+        l if l.group as usize != g + 1 => l,
+        _ => Link::default(),
     });
     Some(links.collect())
 }
@@ -968,8 +995,9 @@ mod tests {
         let keys = suffix_keys(&stacks, |id| id);
         let (sorted, long) = sort_by_suffix(&keys);
         let groups = SuffixGroups::new(&sorted[long..], &keys);
-        let exact = links_by(&stacks, &groups, PYROSCOPE, <[u64]>::to_vec).unwrap();
-        assert!(links_by(&stacks, &groups, PYROSCOPE, |_| 0u8).is_none());
+        let suffixes = group_suffixes(&stacks, &groups);
+        let exact = links_by(&suffixes, &groups, PYROSCOPE, <[u64]>::to_vec).unwrap();
+        assert!(links_by(&suffixes, &groups, PYROSCOPE, |_| 0u8).is_none());
         let pairs = |l: &[Link]| l.iter().map(|l| (l.group, l.offset)).collect::<Vec<_>>();
         assert_eq!(pairs(&group_links(&stacks, &groups, PYROSCOPE)), pairs(&exact));
         assert!(exact.iter().filter(|l| l.group != 0).count() > 50);
@@ -1153,7 +1181,79 @@ mod tests {
         assert!(!go(&[], &[64]));
     }
 
+    /// The links as Pyroscope's repair finds them, written plainly: every token of every
+    /// group big enough to lend one in one table, keyed by its frames.
+    fn plain_links(stacks: &[Vec<u64>], groups: &SuffixGroups<'_>, params: Params) -> Vec<(u32, u32)> {
+        let token = |g: usize, off: usize| {
+            let s = &stacks[groups.first(g)];
+            s[s.len() - off - TOKEN_LEN..s.len() - off].to_vec()
+        };
+        let mut owners: BTreeMap<Vec<u64>, (u32, u32)> = BTreeMap::new();
+        for g in 0..groups.len() {
+            if (groups.end_of(g) as isize - groups.starts[g] as isize) < params.min_group {
+                continue;
+            }
+            for off in 1..=TOKENS {
+                let owner = owners.entry(token(g, off)).or_insert((0, 0));
+                if owner.0 == 0 || off as u32 > owner.1 {
+                    *owner = (g as u32 + 1, off as u32);
+                }
+            }
+        }
+        (0..groups.len())
+            .map(|g| match owners.get(&token(g, 0)) {
+                Some(&(owner, off)) if owner as usize != g + 1 => (owner, off),
+                _ => (0, 0),
+            })
+            .collect()
+    }
+
+    /// Stacks cut from a few shared frame sequences, at any offset, under leaf frames of
+    /// their own (tokens recur across groups at every offset, as in a truncated profile);
+    /// or strung from a few short runs of frames (tokens recur at one offset in groups that
+    /// differ elsewhere: ties between owners).
+    fn arb_windowed_stacks() -> impl proptest::strategy::Strategy<Value = Vec<Vec<u64>>> {
+        use proptest::prelude::*;
+        let leaf = || prop::collection::vec(10u64..14, 0..3);
+        let bases = prop::collection::vec(prop::collection::vec(0u64..4, 100), 1..3);
+        let cuts = prop::collection::vec((0usize..3, 0usize..77, 24usize..77, leaf()), 1..60);
+        let windows = (bases, cuts).prop_map(|(bases, cuts)| {
+            cuts.into_iter()
+                .map(|(b, start, len, leaf)| {
+                    let base = &bases[b % bases.len()];
+                    let start = start.min(base.len() - 24);
+                    let end = (start + len).min(base.len());
+                    leaf.into_iter().chain(base[start..end].iter().copied()).collect()
+                })
+                .collect()
+        });
+        let runs = prop::collection::vec((leaf(), prop::collection::vec(0usize..3, 6..15)), 1..60).prop_map(|stacks| {
+            stacks
+                .into_iter()
+                .map(|(leaf, runs)| {
+                    leaf.into_iter()
+                        .chain(runs.into_iter().flat_map(|r| (0..4).map(move |k| 20 + 4 * r as u64 + k)))
+                        .collect()
+                })
+                .collect()
+        });
+        prop_oneof![windows, runs]
+    }
+
     proptest::proptest! {
+        #[test]
+        fn group_links_match_a_plain_table_of_every_token(
+            stacks in arb_windowed_stacks(),
+            min_group in 1isize..3,
+        ) {
+            let params = Params { min_group, ..PYROSCOPE };
+            let keys = suffix_keys(&stacks, |id| id);
+            let (sorted, long) = sort_by_suffix(&keys);
+            let groups = SuffixGroups::new(&sorted[long..], &keys);
+            let links: Vec<(u32, u32)> = group_links(&stacks, &groups, params).iter().map(|l| (l.group, l.offset)).collect();
+            proptest::prop_assert_eq!(links, plain_links(&stacks, &groups, params));
+        }
+
         #[test]
         fn type_parameter_lists_are_found_as_a_substring_search_finds_them(
             name in crate::distributor::pprof::tests::arb_go_name(),
