@@ -162,7 +162,8 @@ pub fn repair_truncated_stacks(p: &mut Profile) {
     }
     let mut stacks: Vec<Vec<u32>> = p.samples.iter().map(|s| s.locations.clone()).collect();
     let lens: Vec<usize> = stacks.iter().map(Vec::len).collect();
-    repair_stacks(&mut stacks, |l| u64::from(l) + 1, PYROSCOPE);
+    let frames = lens.iter().sum();
+    repair_stacks(&mut stacks, |l| u64::from(l) + 1, PYROSCOPE, frames);
     for ((s, stack), len) in p.samples.iter_mut().zip(&stacks).zip(lens) {
         s.locations.extend_from_slice(&stack[len..]);
     }
@@ -177,16 +178,18 @@ pub fn repair_truncated_stacks(p: &mut Profile) {
 /// pprof ids, and equal indices are equal ids (an id given twice names its later location
 /// everywhere). A profile whose strings are renamed goes through [`SelfMerge`] instead.
 pub(crate) fn repair_dense(stacks: &mut Vec<Vec<u32>>, ids: &[u64]) {
-    repair_passes(stacks, |l| ids[l as usize], PYROSCOPE);
+    let frames = stacks.iter().map(Vec::len).sum();
+    repair_passes(stacks, |l| ids[l as usize], PYROSCOPE, frames);
 }
 
 /// The repair run `params.passes` times on `stacks` (in Pyroscope's sample order, which
-/// they keep), `id` giving each frame's pprof location id.
-fn repair_passes<T: Frame>(stacks: &mut Vec<Vec<T>>, id: impl Fn(T) -> u64 + Copy, params: Params) {
+/// they keep), `id` giving each frame's pprof location id; `frames`: the profile's, for the
+/// budget (see `append_missing`).
+fn repair_passes<T: Frame>(stacks: &mut Vec<Vec<T>>, id: impl Fn(T) -> u64 + Copy, params: Params, frames: usize) {
     // Pyroscope sorts its samples in place: a further pass starts from that order.
     let mut position: Vec<usize> = (0..stacks.len()).collect();
     for _ in 0..params.passes {
-        let order = repair_stacks(stacks, id, params);
+        let order = repair_stacks(stacks, id, params, frames);
         *stacks = order.iter().map(|&i| std::mem::take(&mut stacks[i])).collect();
         position = order.iter().map(|&i| position[i]).collect();
     }
@@ -203,8 +206,11 @@ pub(crate) struct PyroscopeStacks {
     stacks: Vec<Vec<u64>>,
     /// Their lengths before the repair.
     lens: Vec<usize>,
-    /// For each pprof sample, its stack (`None`: Pyroscope dropped the sample).
+    /// For each pprof sample, its stack (`None`: Pyroscope dropped the sample, or its stack
+    /// is too short to be repaired or to repair others, and is left out).
     stack_of: Vec<Option<usize>>,
+    /// The frames of the pprof's samples, for the repair's budget.
+    frames: usize,
     /// If Pyroscope renumbered the locations: new id → a pprof id (by index).
     pprof_id: Option<Vec<u64>>,
 }
@@ -215,7 +221,8 @@ impl PyroscopeStacks {
             let stacks: Vec<Vec<u64>> = p.sample.iter().map(|s| s.location_id.clone()).collect();
             let lens = stacks.iter().map(Vec::len).collect();
             let stack_of = (0..stacks.len()).map(Some).collect();
-            return PyroscopeStacks { stacks, lens, stack_of, pprof_id: None };
+            let frames = p.sample.iter().map(|s| s.location_id.len()).sum();
+            return PyroscopeStacks { stacks, lens, stack_of, pprof_id: None, frames };
         };
         for s in &p.sample {
             let stack = s.location_id.iter().map(|id| new_id.get(id).copied());
@@ -230,7 +237,7 @@ impl PyroscopeStacks {
     }
 
     fn repair_with(&mut self, params: Params) {
-        repair_passes(&mut self.stacks, |id| id, params);
+        repair_passes(&mut self.stacks, |id| id, params, self.frames);
     }
 
     /// The pprof location ids the repair appended to sample `sample` (in the pprof's
@@ -454,6 +461,7 @@ impl SelfMerge {
             pprof_id,
             seen: SliceSet::with_capacity(samples, samples + words),
             stack_of: Vec::with_capacity(samples),
+            frames: 0,
             labels: Vec::new(),
             key: self.key,
         }
@@ -469,6 +477,8 @@ pub(crate) struct MergedSamples {
     /// (key, string) classes sorted); its index is its stack's.
     seen: SliceSet,
     stack_of: Vec<Option<usize>>,
+    /// The frames of the samples so far.
+    frames: usize,
     labels: Vec<u64>,
     key: Vec<u64>,
 }
@@ -481,6 +491,14 @@ impl MergedSamples {
         stack: impl ExactSizeIterator<Item = Option<u64>>,
         labels: impl Iterator<Item = (i64, i64)>,
     ) {
+        self.frames += stack.len();
+        if stack.len() < SUFFIX_LEN {
+            // The repair neither changes such a stack nor takes frames from it, and it sorts
+            // before every other (in the order given, as does a stack folded into it): left
+            // out, it costs no key (about half of a truncated heap profile's samples).
+            self.stack_of.push(None);
+            return;
+        }
         let key = &mut self.key;
         key.clear();
         key.push(stack.len() as u64);
@@ -508,7 +526,7 @@ impl MergedSamples {
             })
             .collect();
         let lens = stacks.iter().map(Vec::len).collect();
-        PyroscopeStacks { stacks, lens, stack_of: self.stack_of, pprof_id: Some(self.pprof_id) }
+        PyroscopeStacks { stacks, lens, stack_of: self.stack_of, pprof_id: Some(self.pprof_id), frames: self.frames }
     }
 }
 
@@ -645,21 +663,19 @@ impl<T: Copy + Eq + Hash + Default> Frame for T {}
 /// suffix is "less" than any other); and the end of the last group is taken to be the
 /// number of groups rather than of stacks, which usually leaves the last group (in sort
 /// order) with no stacks: it lends no tokens and is not repaired.
-fn repair_stacks<T: Frame>(stacks: &mut [Vec<T>], id: impl Fn(T) -> u64, params: Params) -> Vec<usize> {
+///
+/// `frames`: the profile's, for the budget (see `append_missing`).
+fn repair_stacks<T: Frame>(stacks: &mut [Vec<T>], id: impl Fn(T) -> u64, params: Params, frames: usize) -> Vec<usize> {
     // 1. The stacks sorted by suffix, the short ones first.
     let keys = suffix_keys(stacks, id);
     let (sorted, long) = sort_by_suffix(&keys);
     let order = &sorted[long..];
-    if order.iter().any(|&i| keys[i].is_none()) {
-        // The sort did not put the short stacks first: Pyroscope would crash here.
-        return sorted;
-    }
     // 2. The long stacks grouped by suffix.
     let groups = SuffixGroups::new(order, &keys);
     // 3. Which group each group's root-most frames continue in.
     let links = group_links(stacks, &groups, params);
     // 4. The frames each group lacks, appended.
-    append_missing(stacks, &groups, &links, params);
+    append_missing(stacks, &groups, &links, params, frames);
     sorted
 }
 
@@ -683,22 +699,15 @@ fn suffix_keys<T: Frame>(stacks: &[Vec<T>], id: impl Fn(T) -> u64) -> Vec<Option
 
 /// The stacks' indices sorted by suffix, and where the long stacks start among them.
 fn sort_by_suffix(keys: &[Option<SuffixKey>]) -> (Vec<usize>, usize) {
-    let mut order: Vec<usize> = (0..keys.len()).collect();
-    // Short stacks first, then by suffix; equal suffixes keep the profile's sample order
-    // (a stable sort: Pyroscope's unstable one may pick another stack of a group to lend
-    // frames beyond the shared suffix).
-    order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
-    // The first stack at least SUFFIX_LEN long, by binary search (Go's sort.Search).
-    let (mut lo, mut hi) = (0, order.len());
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if keys[order[mid]].is_none() {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    (order, lo)
+    // Short stacks first (in the profile's order), then the long ones by suffix; equal
+    // suffixes keep the profile's sample order (a stable sort: Pyroscope's unstable one may
+    // pick another stack of a group to lend frames beyond the shared suffix). Only the long
+    // ones are sorted: a short stack compares less than any long one.
+    let (mut order, mut long): (Vec<usize>, Vec<usize>) = (0..keys.len()).partition(|&i| keys[i].is_none());
+    let short = order.len();
+    long.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+    order.extend(long);
+    (order, short)
 }
 
 /// Runs of `order` (stacks sorted by suffix, all long) that share one suffix.
@@ -822,11 +831,17 @@ fn links_by<T: Frame, K: Hash + Eq>(
 /// Appends to each group's stacks the frames its chain of links says they lack, taken from
 /// the group the chain ends in. Stops (keeping what it appended) at a chain of
 /// `params.max_chain` links (deep recursion, or a cycle) or past the budget below.
-fn append_missing<T: Frame>(stacks: &mut [Vec<T>], groups: &SuffixGroups<'_>, links: &[Link], params: Params) {
+fn append_missing<T: Frame>(
+    stacks: &mut [Vec<T>],
+    groups: &SuffixGroups<'_>,
+    links: &[Link],
+    params: Params,
+    frames: usize,
+) {
     // What the repair may add: a stack gains up to 56 links of 8 frames, so a profile of
     // many short stacks chained to one deep one would grow a hundredfold. Real truncated
     // profiles gain less than their own frames; past twice that, the repair stops.
-    let max_appended = 2 * stacks.iter().map(Vec::len).sum::<usize>() + MAX_APPENDED_SLACK;
+    let max_appended = 2 * frames + MAX_APPENDED_SLACK;
     let mut appended = 0usize;
     for (g, &first_link) in links.iter().enumerate() {
         let Some((missing, end)) = follow_chain(links, first_link, params) else {
@@ -980,7 +995,8 @@ mod tests {
     fn the_repair_stops_before_it_grows_a_profile_beyond_its_budget() {
         for (n, repaired) in [(10, true), (20_000, false)] {
             let mut stacks = chained_stacks(n);
-            repair_stacks(&mut stacks, |id| id, PYROSCOPE);
+            let frames = stacks.iter().map(Vec::len).sum();
+            repair_stacks(&mut stacks, |id| id, PYROSCOPE, frames);
             let last = stacks.last().unwrap().len();
             assert_eq!(last > 24, repaired, "{n} stacks: the last has {last} frames");
             if repaired {
