@@ -332,7 +332,6 @@ pub(crate) struct SelfMerge {
     first: SliceSet,
     /// The pprof ids of the locations kept, in table order.
     kept: Vec<u64>,
-    key: Vec<u64>,
 }
 
 impl SelfMerge {
@@ -374,7 +373,6 @@ impl SelfMerge {
             // A location's key: its address, mapping and three words a line (most have one).
             first: SliceSet::with_capacity(locations, 8 * locations),
             kept: Vec::with_capacity(locations),
-            key: Vec::new(),
         })
     }
 
@@ -411,8 +409,8 @@ impl SelfMerge {
         // Key: address; mapping (0 if unknown, else 1 and its three fields); each line
         // (0 and the line if its function is unknown, else the function's start line
         // tagged 1, then name and system name, then file name and line).
-        let key = &mut self.key;
-        key.clear();
+        let start = self.first.open();
+        let key = &mut self.first.arena;
         key.push(address);
         let mapping = if mapping_id == 0 {
             Some((0, 0, self.classes.empty))
@@ -434,7 +432,7 @@ impl SelfMerge {
                 ]),
             }
         }
-        let new = self.first.insert(key) as u64 + 1;
+        let new = self.first.close(start) as u64 + 1;
         self.kept.push(id);
         Some(new)
     }
@@ -462,8 +460,6 @@ impl SelfMerge {
             seen: SliceSet::with_capacity(samples, samples + words),
             stack_of: Vec::with_capacity(samples),
             frames: 0,
-            labels: Vec::new(),
-            key: self.key,
         }
     }
 }
@@ -479,8 +475,6 @@ pub(crate) struct MergedSamples {
     stack_of: Vec<Option<usize>>,
     /// The frames of the samples so far.
     frames: usize,
-    labels: Vec<u64>,
-    key: Vec<u64>,
 }
 
 impl MergedSamples {
@@ -499,22 +493,22 @@ impl MergedSamples {
             self.stack_of.push(None);
             return;
         }
-        let key = &mut self.key;
-        key.clear();
+        let start = self.seen.open();
+        let key = &mut self.seen.arena;
         key.push(stack.len() as u64);
         for new in stack {
             let Some(new) = new else {
+                key.truncate(start);
                 self.stack_of.push(None); // refers to a location the merge dropped
                 return;
             };
             key.push(new);
         }
         let c = &self.classes;
-        self.labels.clear();
-        self.labels.extend(labels.map(|(k, s)| u64::from(c.of(k)) << 32 | u64::from(c.of(s))));
-        self.labels.sort_unstable();
-        key.extend_from_slice(&self.labels);
-        self.stack_of.push(Some(self.seen.insert(key)));
+        let sorted_from = key.len();
+        key.extend(labels.map(|(k, s)| u64::from(c.of(k)) << 32 | u64::from(c.of(s))));
+        key[sorted_from..].sort_unstable();
+        self.stack_of.push(Some(self.seen.close(start)));
     }
 
     /// The stacks the repair works on, each once, in the order they first appear.
@@ -564,10 +558,17 @@ impl SliceSet {
         &self.arena[self.starts[i]..end]
     }
 
-    /// The index of `run`, added if new.
-    fn insert(&mut self, run: &[u64]) -> usize {
+    /// Where the next run starts: its words are pushed onto `arena`, then [`Self::close`]d.
+    fn open(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// The index of the run pushed onto `arena` since `start` ([`Self::open`]): kept and
+    /// numbered if new, taken off again if an equal run was seen (a key is built once, in
+    /// place, and copied nowhere).
+    fn close(&mut self, start: usize) -> usize {
         let mut h = FxHasher::default();
-        run.hash(&mut h);
+        self.arena[start..].hash(&mut h);
         let new = self.starts.len() as u32;
         let head = match self.heads.entry(h.finish()) {
             Entry::Vacant(e) => {
@@ -577,9 +578,10 @@ impl SliceSet {
             Entry::Occupied(mut e) => {
                 let mut i = *e.get();
                 while i != NO_RUN {
-                    let start = self.starts[i as usize];
-                    let end = self.starts.get(i as usize + 1).copied().unwrap_or(self.arena.len());
-                    if self.arena[start..end] == *run {
+                    let from = self.starts[i as usize];
+                    let to = self.starts.get(i as usize + 1).copied().unwrap_or(start);
+                    if self.arena[from..to] == self.arena[start..] {
+                        self.arena.truncate(start);
                         return i as usize;
                     }
                     i = self.chain[i as usize];
@@ -587,8 +589,7 @@ impl SliceSet {
                 e.insert(new)
             }
         };
-        self.starts.push(self.arena.len());
-        self.arena.extend_from_slice(run);
+        self.starts.push(start);
         self.chain.push(head);
         new as usize
     }
@@ -1257,6 +1258,24 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn slice_sets_number_runs_as_a_map_of_vectors_does(
+            runs in proptest::collection::vec(proptest::collection::vec(0u64..3, 0..4), 0..40),
+        ) {
+            let mut set = SliceSet::with_capacity(0, 0);
+            let mut plain: BTreeMap<Vec<u64>, usize> = BTreeMap::new();
+            for run in &runs {
+                let start = set.open();
+                set.arena.extend_from_slice(run);
+                let n = plain.len();
+                proptest::prop_assert_eq!(set.close(start), *plain.entry(run.clone()).or_insert(n));
+            }
+            proptest::prop_assert_eq!(set.len(), plain.len());
+            for (run, &i) in &plain {
+                proptest::prop_assert_eq!(set.get(i), &run[..]);
+            }
+        }
+
         #[test]
         fn group_links_match_a_plain_table_of_every_token(
             stacks in arb_windowed_stacks(),
