@@ -25,7 +25,7 @@ pub fn is_gzip(data: &[u8]) -> bool {
 /// far it would inflate: `read_to_end` would double past it.
 pub fn gunzip_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
     let mut out: Vec<u8> = Vec::new();
-    out.reserve_exact(data.len().saturating_mul(3).max(64).min(limit));
+    out.reserve_exact(initial_room(data, limit));
     let mut decoder = MultiGzDecoder::new(data);
     let mut filled = 0;
     let corrupt = |e: std::io::Error| InflateError::Corrupt(e.to_string());
@@ -44,7 +44,12 @@ pub fn gunzip_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError
                 }
                 break;
             }
-            let grow = filled.max(8192).min(limit - filled);
+            // What is reserved is used before the buffer grows (by doubling).
+            let grow = match out.capacity() - filled {
+                0 => filled.max(8192),
+                spare => spare,
+            }
+            .min(limit - filled);
             out.reserve_exact(grow);
             out.resize(filled + grow, 0);
         }
@@ -57,6 +62,26 @@ pub fn gunzip_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, InflateError
     }
     out.truncate(filled);
     Ok(out)
+}
+
+/// Deflate's best ratio is about 1032:1: a gzip trailer that claims more is not believed.
+const MAX_DEFLATE_RATIO: usize = 1032;
+
+/// The room to reserve for `data` inflated: what its trailer says (ISIZE, the size of the
+/// last member, mod 2^32) and one byte more (to read the end without growing), where that is
+/// at least the compressed size and within deflate's ratio; else three times the compressed
+/// size. Never past `limit`: a trailer that lies costs at most that (or 1032 bytes a byte
+/// sent), and one that undercounts (several members) leaves the buffer to grow.
+fn initial_room(data: &[u8], limit: usize) -> usize {
+    let claimed = data.len().checked_sub(4).map(|at| {
+        let isize = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        isize as usize
+    });
+    let room = match claimed {
+        Some(n) if n >= data.len() && n <= data.len().saturating_mul(MAX_DEFLATE_RATIO) => n + 1,
+        _ => data.len().saturating_mul(3),
+    };
+    room.max(64).min(limit)
 }
 
 /// Returns the payload inflated when it starts with the gzip magic, else as it is; either way
@@ -109,6 +134,31 @@ mod tests {
         assert!(out.capacity() <= 100_000, "capacity {}", out.capacity());
         assert_eq!(gunzip_bounded(&gzip(b""), 0).unwrap(), b"");
         assert_eq!(gunzip_bounded(&gzip(b"x"), 0), Err(InflateError::TooLarge { limit: 0 }));
+    }
+
+    #[test]
+    fn the_trailer_sizes_the_buffer_once() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 ^ (i / 997) as u8).collect();
+        let z = gzip(&data);
+        let out = gunzip_bounded(&z, 1 << 20).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(initial_room(&z, 1 << 20), data.len() + 1);
+        assert!(out.capacity() <= data.len() + 1, "capacity {}", out.capacity());
+        // A trailer that lies is not believed past deflate's ratio, nor past the limit.
+        let mut lying = gzip(b"tiny");
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(initial_room(&lying, 1 << 30), 3 * n);
+        lying[n - 4..].copy_from_slice(&(1000 * n as u32).to_le_bytes());
+        assert_eq!(initial_room(&lying, 1 << 30), 1000 * n + 1);
+        assert_eq!(initial_room(&lying, 500), 500);
+        assert!(matches!(gunzip_bounded(&lying, 1 << 30), Err(InflateError::Corrupt(_))));
+        // Two members: the trailer tells the last one's size alone; the buffer grows.
+        let mut two = gzip(&data);
+        two.extend(gzip(b"end"));
+        let mut both = data.clone();
+        both.extend(b"end");
+        assert_eq!(gunzip_bounded(&two, 1 << 20).unwrap(), both);
     }
 
     #[test]
