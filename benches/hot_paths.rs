@@ -52,23 +52,112 @@ fn limits() -> pprof::PprofLimits {
     pprof::PprofLimits { max_samples: 0 }
 }
 
+/// An eBPF-style profile, as Grafana Alloy's `pyroscope.ebpf` and other whole-host profilers
+/// send them (the test data hold none as pprof): native frames only, each location an
+/// address in one of a few dozen mappings with one symbolised line and no line number;
+/// stacks 32–128 frames deep, walked down a call tree from a handful of roots so that they
+/// share prefixes and part in many places; one CPU value per sample, no labels. Seeded, so
+/// every run decodes the same bytes; gzipped as the agents send it.
+fn ebpf_deep_stacks() -> Vec<u8> {
+    use kiln_proto::google::v1 as pb;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut strings: Vec<String> = ["", "cpu", "nanoseconds", "samples", "count"].map(String::from).to_vec();
+    let mut string = |s: String| {
+        strings.push(s);
+        strings.len() as i64 - 1
+    };
+    let mappings: Vec<pb::Mapping> = (0..40u64)
+        .map(|m| pb::Mapping {
+            id: m + 1,
+            memory_start: 0x5555_0000_0000 + (m << 28),
+            memory_limit: 0x5555_0000_0000 + (m << 28) + (1 << 24),
+            filename: string(format!("/usr/lib/x86_64-linux-gnu/lib{m}.so.{}", m % 7)),
+            build_id: string(format!("{:040x}", m.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+            has_functions: true,
+            ..Default::default()
+        })
+        .collect();
+    let (nfunc, nloc) = (6000u64, 9000u64);
+    let functions: Vec<pb::Function> = (0..nfunc)
+        .map(|f| {
+            let name = match f % 5 {
+                0 => format!("_ZN4core3ptr{f}drop_in_place17h{:016x}E", f * 31),
+                1 => format!("[k] __x64_sys_call_{f}"),
+                _ => format!("lib_internal_routine_{f}"),
+            };
+            pb::Function { id: f + 1, name: string(name), ..Default::default() }
+        })
+        .collect();
+    let locations: Vec<pb::Location> = (0..nloc)
+        .map(|l| {
+            let m = &mappings[(l % 40) as usize];
+            pb::Location {
+                id: l + 1,
+                mapping_id: m.id,
+                address: m.memory_start + 0x1000 + l * 0x37,
+                line: vec![pb::Line { function_id: l % nfunc + 1, ..Default::default() }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    // A location's k-th callee, the same in every stack: a call tree over the locations.
+    let callee =
+        |l: u64, k: u64| (l.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ k.wrapping_mul(0xbf58_476d_1ce4_e5b9)) % nloc;
+    let samples: Vec<pb::Sample> = (0..3000)
+        .map(|_| {
+            let depth = 32 + next() % 97;
+            let mut at = next() % 6;
+            let mut stack = Vec::with_capacity(depth as usize);
+            for _ in 0..depth {
+                stack.push(at + 1);
+                // Mostly the first callee: hot paths shared by many stacks.
+                let r = next() % 16;
+                at = callee(at, if r < 11 { 0 } else { r % 4 });
+            }
+            stack.reverse();
+            pb::Sample { location_id: stack, value: vec![10_101_010 * (1 + next() as i64 % 4)], ..Default::default() }
+        })
+        .collect();
+    let cpu = pb::ValueType { r#type: 1, unit: 2 };
+    let p = pb::Profile {
+        sample_type: vec![cpu],
+        sample: samples,
+        mapping: mappings,
+        location: locations,
+        function: functions,
+        string_table: strings,
+        time_nanos: 1_700_000_000_000_000_000,
+        duration_nanos: 15_000_000_000,
+        period_type: Some(cpu),
+        period: 10_101_010,
+        ..Default::default()
+    };
+    kiln_io::compress::gzip(&p.encode_to_vec())
+}
+
 /// The accepting core's work per profile (inflate, decode, validate, normalise) next to the
 /// bound: inflate alone, and inflate plus a plain protobuf decode.
 fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
-    for rel in DECODE_FIXTURES {
-        let gz = fixture(rel);
+    let files = DECODE_FIXTURES.iter().map(|rel| (short(rel), fixture(rel)));
+    for (name, gz) in files.chain([("ebpf_deep_stacks_synthetic", ebpf_deep_stacks())]) {
         g.throughput(Throughput::Bytes(gz.len() as u64));
-        g.bench_with_input(BenchmarkId::new("inflate", short(rel)), &gz, |b, gz| {
+        g.bench_with_input(BenchmarkId::new("inflate", name), &gz, |b, gz| {
             b.iter(|| kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap().len())
         });
-        g.bench_with_input(BenchmarkId::new("inflate+prost", short(rel)), &gz, |b, gz| {
+        g.bench_with_input(BenchmarkId::new("inflate+prost", name), &gz, |b, gz| {
             b.iter(|| {
                 let raw = kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap();
                 kiln_proto::google::v1::Profile::decode(&*raw).unwrap().sample.len()
             })
         });
-        g.bench_with_input(BenchmarkId::new("kiln", short(rel)), &gz, |b, gz| {
+        g.bench_with_input(BenchmarkId::new("kiln", name), &gz, |b, gz| {
             b.iter(|| {
                 let raw = kiln_io::compress::maybe_gunzip(gz, 64 << 20).unwrap();
                 let p = pprof::decode_and_normalize(&raw, limits()).unwrap();
