@@ -73,10 +73,7 @@ const MAX_DEFLATE_RATIO: usize = 1032;
 /// size. Never past `limit`: a trailer that lies costs at most that (or 1032 bytes a byte
 /// sent), and one that undercounts (several members) leaves the buffer to grow.
 fn initial_room(data: &[u8], limit: usize) -> usize {
-    let claimed = data.len().checked_sub(4).map(|at| {
-        let isize = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-        isize as usize
-    });
+    let claimed = data.last_chunk::<4>().map(|isize| u32::from_le_bytes(*isize) as usize);
     let room = match claimed {
         Some(n) if n >= data.len() && n <= data.len().saturating_mul(MAX_DEFLATE_RATIO) => n + 1,
         _ => data.len().saturating_mul(3),
