@@ -78,6 +78,26 @@ const LOCATION_FRAMES: usize = 64;
 /// lookups to overlap, few enough that a batch stays in the L1 cache and within a step.
 const STACK_BATCH: usize = 32;
 
+/// Asks the CPU to bring `samples`' stacks into its cache ahead of their walk. Each stack is
+/// an allocation of its own, often made on another thread (a decode or replay thread): the
+/// first read of each missed, one stack after another, and was ~60% of the interning's time
+/// in a replay's profile. Prefetched a batch ahead, the misses overlap the walk before them.
+#[inline]
+fn prefetch_stacks(p: &Profile, samples: &[u32]) {
+    #[cfg(target_arch = "x86_64")]
+    for &si in samples {
+        let stack = p.samples[si as usize].locations.as_slice();
+        // Each 64-byte line of the stack: 16 frames a line.
+        for line in stack.chunks(16) {
+            // SAFETY: SSE is part of x86_64's baseline, and a prefetch is a hint that reads
+            // nothing (it never faults); the pointer is a live slice's anyway.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, samples);
+}
+
 /// Frames a profile's stacks have in `groups` (plus one per sample): the work of interning
 /// them, which `intern_stacks` spends in steps.
 pub fn stack_frames(p: &Profile, groups: &[SampleGroup]) -> usize {
@@ -159,6 +179,7 @@ impl TenantHead {
                 continue;
             }
             let mut rest = &g.samples[skip..];
+            prefetch_stacks(p, &rest[..rest.len().min(STACK_BATCH)]);
             while !rest.is_empty() {
                 if walked >= budget {
                     return false;
@@ -169,6 +190,7 @@ impl TenantHead {
                     batch_frames += p.samples[rest[n] as usize].locations.len() + 1;
                     n += 1;
                 }
+                prefetch_stacks(p, &rest[n..rest.len().min(n + STACK_BATCH)]);
                 let mapped = interning.remap.mapped();
                 let stacks = rest[..n].iter().map(|&si| p.samples[si as usize].locations.as_slice());
                 self.symbols.intern_stacks_indexed(
