@@ -199,6 +199,7 @@ fn push_records() {
             Sample { locations: vec![0], values: vec![20_000_000], span_id: 0 },
             Sample { locations: vec![0, 0], values: vec![-1], span_id: 0 },
         ],
+        keys: Default::default(),
     };
     let groups = vec![SampleGroup {
         labels: Labels::from_pairs([("__name__", "process_cpu"), ("service_name", "app")]),

@@ -277,6 +277,9 @@ pub fn accept(base: &Labels, decoded: pprof::Decoded, limits: &Limits, now_ns: i
         validate_labels(&l, limits)?;
         groups.push(SampleGroup { labels: l, samples });
     }
+    // The profile is final: its stack keys are paid for here (a decode thread, for a large
+    // one), not on the cores that intern it.
+    profile.stack_keys();
     Ok(Accepted { profile, groups })
 }
 

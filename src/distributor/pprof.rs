@@ -545,6 +545,7 @@ pub fn normalize(mut p: ProfileInput, limits: PprofLimits) -> Result<Decoded, Pp
             functions,
             locations,
             samples,
+            keys: Default::default(),
         },
         groups,
     })

@@ -586,6 +586,7 @@ fn decode_counted(bytes: &[u8], limits: PprofLimits) -> Res<(Decoded, usize)> {
             functions,
             locations,
             samples,
+            keys: Default::default(),
         },
         groups,
     };

@@ -243,6 +243,8 @@ fn replay_stream(
                 continue;
             }
             let tenant: Arc<str> = Arc::from(tenant);
+            // Its stack keys computed on this thread, not on the cores that intern it.
+            profile.stack_keys();
             let profile = Arc::new(profile);
             let mut per_core: Vec<Vec<_>> = vec![Vec::new(); mesh.cores()];
             for g in groups {

@@ -62,6 +62,12 @@ pub struct Interning {
 
 impl Interning {
     pub fn new(p: &Profile) -> Self {
+        // The keys were read after the profile changed (see `StackKeys`): a stack would be
+        // taken for another. Checked where tests run.
+        debug_assert!(
+            *p.stack_keys() == *crate::model::stackkey::compute(p),
+            "a profile changed after its stack keys were read"
+        );
         Interning { remap: Remap::new(p), ids: Vec::new(), batch: StackBatch::default(), added_bytes: 0 }
     }
 
@@ -70,33 +76,9 @@ impl Interning {
     }
 }
 
-/// What mapping one of a profile's locations to the head's costs, in frames walked: its
-/// lines, functions and strings are looked up, where a frame already mapped is an array read.
-const LOCATION_FRAMES: usize = 64;
-
-/// Stacks interned together (`Symbols::intern_stacks_indexed`): enough for their index
-/// lookups to overlap, few enough that a batch stays in the L1 cache and within a step.
+/// Stacks looked up together (`Symbols::intern_keyed`): enough for their index lookups to
+/// overlap, few enough that the lookups of a batch a step's budget cuts short are not many.
 const STACK_BATCH: usize = 32;
-
-/// Asks the CPU to bring `samples`' stacks into its cache ahead of their walk. Each stack is
-/// an allocation of its own, often made on another thread (a decode or replay thread): the
-/// first read of each missed, one stack after another, and was ~60% of the interning's time
-/// in a replay's profile. Prefetched a batch ahead, the misses overlap the walk before them.
-#[inline]
-fn prefetch_stacks(p: &Profile, samples: &[u32]) {
-    #[cfg(target_arch = "x86_64")]
-    for &si in samples {
-        let stack = p.samples[si as usize].locations.as_slice();
-        // Each 64-byte line of the stack: 16 frames a line.
-        for line in stack.chunks(16) {
-            // SAFETY: SSE is part of x86_64's baseline, and a prefetch is a hint that reads
-            // nothing (it never faults); the pointer is a live slice's anyway.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, samples);
-}
 
 /// Frames a profile's stacks have in `groups` (plus one per sample): the work of interning
 /// them, which `intern_stacks` spends in steps.
@@ -151,8 +133,9 @@ impl TenantHead {
     }
 
     /// Interns the stacks of `groups`' samples (in group order) from where `interning` left
-    /// off, until about `frames` frames were walked (a location mapped for the first time
-    /// counting as `LOCATION_FRAMES`) or every stack is interned (then `true`).
+    /// off, until about `frames` frames were walked (a stack found by its key counting as
+    /// one, a location mapped for the first time as `LOCATION_FRAMES`) or every stack is
+    /// interned (then `true`).
     /// Interning adds symbols only, which no query reaches without a row: a large profile's
     /// stacks can be interned in steps with other pushes appended in between, and its rows
     /// added at once after (`append_interned`). The ids stay valid while this head is live.
@@ -179,29 +162,22 @@ impl TenantHead {
                 continue;
             }
             let mut rest = &g.samples[skip..];
-            prefetch_stacks(p, &rest[..rest.len().min(STACK_BATCH)]);
             while !rest.is_empty() {
                 if walked >= budget {
                     return false;
                 }
-                // A batch: up to STACK_BATCH samples, fewer where the budget ends first.
-                let (mut n, mut batch_frames) = (0, 0);
-                while n < rest.len().min(STACK_BATCH) && walked + batch_frames < budget {
-                    batch_frames += p.samples[rest[n] as usize].locations.len() + 1;
-                    n += 1;
-                }
-                prefetch_stacks(p, &rest[n..rest.len().min(n + STACK_BATCH)]);
-                let mapped = interning.remap.mapped();
-                let stacks = rest[..n].iter().map(|&si| p.samples[si as usize].locations.as_slice());
-                self.symbols.intern_stacks_indexed(
+                // A batch of stacks, looked up together, taken while the budget lasts.
+                let batch = &rest[..rest.len().min(STACK_BATCH)];
+                let (taken, frames) = self.symbols.intern_keyed(
                     p,
                     &mut interning.remap,
-                    stacks,
+                    batch,
+                    budget - walked,
                     &mut interning.batch,
                     &mut interning.ids,
                 );
-                walked += batch_frames + LOCATION_FRAMES * (interning.remap.mapped() - mapped);
-                rest = &rest[n..];
+                walked += frames;
+                rest = &rest[taken..];
             }
             skip = 0;
         }
@@ -590,6 +566,74 @@ pub(crate) mod tests {
         }
     }
 
+    /// Value per root-first path of names, read from a pushed profile itself.
+    fn profile_paths(p: &Profile) -> BTreeMap<Vec<String>, i64> {
+        let mut out = BTreeMap::new();
+        for s in &p.samples {
+            let mut path = Vec::new();
+            for &l in s.locations.iter().rev() {
+                let loc = &p.locations[l as usize];
+                if loc.lines.is_empty() {
+                    path.push(format!("0x{:x}", loc.address));
+                }
+                for line in loc.lines.iter().rev() {
+                    path.push(p.string(p.functions[line.function as usize].name).to_string());
+                }
+            }
+            *out.entry(path).or_insert(0) += s.values[0];
+        }
+        // An empty stack's value is the root's alone.
+        out.retain(|path, v| *v != 0 && !path.is_empty());
+        out
+    }
+
+    /// `p` with its location table in the order `perm` (new index i holds old `perm[i]`),
+    /// the samples pointing at the same locations.
+    fn permuted(p: &Profile, perm: &[usize]) -> Profile {
+        let mut q = p.clone();
+        q.locations = perm.iter().map(|&old| p.locations[old].clone()).collect();
+        let mut new_of = vec![0u32; perm.len()];
+        for (new, &old) in perm.iter().enumerate() {
+            new_of[old] = new as u32;
+        }
+        for s in &mut q.samples {
+            for l in &mut s.locations {
+                *l = new_of[*l as usize];
+            }
+        }
+        q
+    }
+
+    proptest::proptest! {
+        /// The same stacks pushed again, with the profile's tables in another order, are
+        /// found by their content keys: no stack is added, and each sample lands on the stack
+        /// it landed on the first time (the flame graph doubles).
+        #[test]
+        fn a_push_of_known_stacks_in_another_table_order_adds_none(
+            stacks in proptest::collection::vec((proptest::collection::vec(0u32..7, 0..5), 1i64..50), 1..12),
+            seed in 0u64..1000,
+        ) {
+            let p = colliding(&stacks, 1_000_000_000);
+            let mut perm: Vec<usize> = (0..p.locations.len()).collect();
+            let mut d = Dice(seed);
+            for i in (1..perm.len()).rev() {
+                perm.swap(i, d.below(i as u64 + 1) as usize);
+            }
+            let q = permuted(&p, &perm);
+            let labels = [("__name__", "x"), ("service_name", "svc")];
+            let mut h = TenantHead::default();
+            h.append("t", &p, &group(&p, &labels));
+            let (nodes, locations) = (h.symbols.stack_count(), h.symbols.locations.len());
+            let QueryResult::Tree(once) = h.query("t", &QueryRequest::MergeTree(sel("x:samples:count::", "{}"))) else { panic!() };
+            proptest::prop_assert_eq!(tree_paths(&once), profile_paths(&p));
+            h.append("t", &q, &group(&q, &labels));
+            proptest::prop_assert_eq!((h.symbols.stack_count(), h.symbols.locations.len()), (nodes, locations));
+            let QueryResult::Tree(twice) = h.query("t", &QueryRequest::MergeTree(sel("x:samples:count::", "{}"))) else { panic!() };
+            let doubled: BTreeMap<_, _> = tree_paths(&once).into_iter().map(|(k, v)| (k, 2 * v)).collect();
+            proptest::prop_assert_eq!(tree_paths(&twice), doubled);
+        }
+    }
+
     #[test]
     fn select_series_buckets() {
         let mut h = TenantHead::default();
@@ -711,6 +755,7 @@ pub(crate) mod tests {
             functions,
             locations,
             samples,
+            keys: Default::default(),
         };
         (p, groups)
     }

@@ -1086,10 +1086,10 @@ pub(super) mod tests {
         ingest(&mut ing, folded(&[("main;x", 5)], 2_000_000_000), IngestMode::Whole(2), 0).unwrap();
         assert_eq!(total(&ing), 5);
         assert!(large.try_recv().is_err());
-        // A step takes stacks while their frames fit in its 20 (a batch of 4 stacks, looked
-        // up together); each maps a location of its own (`g<i>`), which alone costs more
-        // than a step: a batch a step, one taken above, and the step that adds the rows.
-        assert_eq!(step_all(&mut ing), 50_usize.div_ceil(4) - 1 + 1);
+        // A step takes stacks while its 20 frames last; each stack is new and maps a location
+        // of its own (`g<i>`), which alone costs more than a step: a stack a step, one taken
+        // above, and the step that adds the rows.
+        assert_eq!(step_all(&mut ing), 50 - 1 + 1);
         large.try_recv().unwrap().unwrap();
         assert_eq!(total(&ing), total(&one));
         assert_eq!(total(&ing), 5 + (1..=50).sum::<i64>());
@@ -1097,6 +1097,12 @@ pub(super) mod tests {
         assert_eq!((a.profiles, a.samples, a.symbols.stack_count()), (b.profiles, b.samples, b.symbols.stack_count()));
         let st = stats(&ing).0;
         assert_eq!((st.stepped_appends, st.stepped_appends_total, st.pending_pushes), (0, 1, 0));
+        // The same stacks again are found by their keys, a frame each: 20 a step, and the
+        // step that adds the rows.
+        let again = send_ingest(&mut ing, wide(50, 3_000_000_000), IngestMode::Whole(3), 0);
+        assert_eq!(step_all(&mut ing), 50_usize.div_ceil(20) + 1);
+        again.try_recv().unwrap().unwrap();
+        assert_eq!(ing.tenants["t"].symbols.stack_count(), b.symbols.stack_count());
         // A push at the threshold is appended in one piece.
         let mut at = Ingester::new(0).with_append_steps(250);
         ingest(&mut at, wide(50, 1_000_000_000), IngestMode::Whole(1), 0).unwrap();

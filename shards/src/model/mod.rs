@@ -5,4 +5,5 @@ pub mod ids;
 pub mod labels;
 pub mod profile;
 pub mod selector;
+pub mod stackkey;
 pub mod symbols;

@@ -5,6 +5,7 @@
 //! tables. Indices are dense: `Location::mapping` is an index into `mappings` plus one (0 =
 //! none), `Line::function` an index into `functions`, every string an index into `strings`.
 use crate::model::labels::Labels;
+use crate::model::stackkey::StackKeys;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
@@ -19,6 +20,8 @@ pub struct Profile {
     pub functions: Vec<Function>,
     pub locations: Vec<Location>,
     pub samples: Vec<Sample>,
+    /// Each sample's stack as a content key, computed on first use (`stack_keys`).
+    pub keys: StackKeys,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -113,6 +116,13 @@ pub fn format_span_id(id: u64) -> String {
 }
 
 impl Profile {
+    /// Each sample's stack key (`stackkey`), in sample order: computed on first use and kept,
+    /// so where the profile is made (a decode or replay thread) is where it is paid for.
+    /// The profile must not change after (see `StackKeys`).
+    pub fn stack_keys(&self) -> &[u128] {
+        self.keys.get_or_compute(self)
+    }
+
     pub fn string(&self, i: u32) -> &str {
         self.strings.get(i as usize).map(String::as_str).unwrap_or("")
     }

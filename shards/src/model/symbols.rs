@@ -78,8 +78,10 @@ pub struct Symbols {
     pub parent: Vec<u32>,
     pub location: Vec<u32>,
     children: FxHashMap<(u32, u32), u32>,
-    /// 128-bit hash of a whole stack's location ids (root first) → its node. The chance of
-    /// two different stacks sharing a key is ~n²/2¹²⁹: nil for any head.
+    /// A whole stack's content key (`stackkey`) → its node. The chance of two different
+    /// stacks sharing a key is ~n²/2¹²⁹: nil for any head. A cache of the tree: a stack
+    /// interned another way (`intern_stack`, `import_stack`) is not in it, and is found by
+    /// its walk when a keyed intern misses.
     stack_index: FxHashMap<u128, u32>,
 }
 
@@ -101,14 +103,15 @@ pub struct Remap {
 
 const UNSET: u32 = u32::MAX;
 
-/// `Symbols::intern_stacks_indexed`'s scratch, reused from batch to batch: the batch's
-/// location ids (root first, 4 bytes each), where each stack ends in them, their keys and
-/// what the index had for them.
+/// What mapping one of a profile's locations to a head's costs, in frames walked
+/// (`intern_keyed`): its lines, functions and strings are looked up, where a frame already
+/// mapped is an array read.
+pub const LOCATION_FRAMES: usize = 64;
+
+/// `Symbols::intern_keyed`'s scratch, reused from batch to batch: what the index had for
+/// each of the batch's keys.
 #[derive(Default)]
 pub struct StackBatch {
-    ids: Vec<u8>,
-    ends: Vec<usize>,
-    keys: Vec<u128>,
     found: Vec<Option<u32>>,
 }
 
@@ -414,52 +417,50 @@ impl Symbols {
         node
     }
 
-    /// Interns a batch of one profile's stacks (each leaf first) through the whole-stack
-    /// index and appends their node ids to `out`, in order. Each stack's location ids (this
-    /// table's) are hashed to 128 bits and looked up once; only a stack never seen before
-    /// walks the tree frame by frame. In two passes, all of the batch's stacks mapped and
-    /// hashed first, then their keys looked up one after another: lookups that do not wait
-    /// on each other let the CPU overlap their cache misses in a head's large index, where
-    /// a lookup after each stack's walk waited alone (a fifth of the lookup's function in a
-    /// replay's profile was that miss).
-    pub fn intern_stacks_indexed<'a>(
+    /// Interns the stacks of one profile's `samples`, from the first, by their content keys
+    /// (`Profile::stack_keys`), appending their node ids to `out` in order, until
+    /// about `budget` frames were walked; returns how many samples it took and the frames
+    /// walked. A stack the index holds costs one lookup (a frame) and none of its locations
+    /// mapped; only one never seen before maps its locations (`LOCATION_FRAMES` each, the
+    /// first time) and walks the tree frame by frame. The keys' lookups are made first, all
+    /// of them, one after another: lookups that do not wait on each other let the CPU
+    /// overlap their cache misses in a head's large index (pass a batch, not a profile).
+    pub fn intern_keyed(
         &mut self,
         p: &Profile,
         r: &mut Remap,
-        stacks: impl Iterator<Item = &'a [u32]>,
+        samples: &[u32],
+        budget: usize,
         b: &mut StackBatch,
         out: &mut Vec<u32>,
-    ) {
-        b.ids.clear();
-        b.ends.clear();
-        b.keys.clear();
+    ) -> (usize, usize) {
+        let keys = p.stack_keys();
         b.found.clear();
-        for leaf_first in stacks {
-            let start = b.ids.len();
-            for &loc in leaf_first.iter().rev() {
-                let id = self.location(p, r, loc);
-                b.ids.extend_from_slice(&id.to_le_bytes());
+        b.found.extend(samples.iter().map(|&si| self.stack_index.get(&keys[si as usize]).copied()));
+        let (mut taken, mut walked) = (0, 0);
+        for (&si, &found) in samples.iter().zip(&b.found) {
+            if walked >= budget {
+                break;
             }
-            b.keys.push(xxhash_rust::xxh3::xxh3_128(&b.ids[start..]));
-            b.ends.push(b.ids.len());
+            let key = keys[si as usize];
+            // A stack twice in one batch: the second finds what the first inserted.
+            let node = match found.or_else(|| self.stack_index.get(&key).copied()) {
+                Some(node) => {
+                    walked += 1;
+                    node
+                }
+                None => {
+                    let (stack, mapped) = (&p.samples[si as usize].locations, r.mapped);
+                    let node = self.intern_stack(p, r, stack);
+                    self.stack_index.insert(key, node);
+                    walked += 1 + stack.len() + LOCATION_FRAMES * (r.mapped - mapped);
+                    node
+                }
+            };
+            out.push(node);
+            taken += 1;
         }
-        b.found.extend(b.keys.iter().map(|k| self.stack_index.get(k).copied()));
-        let mut start = 0;
-        for ((&end, &key), &found) in b.ends.iter().zip(&b.keys).zip(&b.found) {
-            // A stack twice in one batch walks twice: the second walk finds the first's nodes.
-            out.push(found.unwrap_or_else(|| self.insert_stack(key, &b.ids[start..end])));
-            start = end;
-        }
-    }
-
-    /// Walks (and grows) the tree along a stack the index did not have, and indexes it.
-    fn insert_stack(&mut self, key: u128, root_first: &[u8]) -> u32 {
-        let mut node = ROOT;
-        for id in root_first.chunks_exact(4) {
-            node = self.child(node, u32::from_le_bytes([id[0], id[1], id[2], id[3]]));
-        }
-        self.stack_index.insert(key, node);
-        node
+        (taken, walked)
     }
 
     fn child(&mut self, parent: u32, loc: u32) -> u32 {
