@@ -156,8 +156,16 @@ impl Distributor {
     /// Hands accepted profiles to the ingesters: all or nothing (see `IngesterClient::push`).
     async fn distribute(&self, tenant: &TenantId, batch: Vec<Accepted>) -> Result<(), RpcError> {
         let profiles = batch.len() as u64;
-        let batch = batch.into_iter().map(|a| (Arc::new(a.profile), a.groups)).collect();
-        match self.ingesters.push(tenant, batch, self.limits_for(tenant)).await {
+        let batch: Vec<_> = batch.into_iter().map(|a| (Arc::new(a.profile), a.groups)).collect();
+        // Large profiles are freed on a decode thread once the push is answered (the cores
+        // only let go of their references), not on this core.
+        let large: Vec<Arc<Profile>> =
+            batch.iter().filter(|(p, _)| p.samples.len() >= FREE_OFF_CORE_SAMPLES).map(|(p, _)| p.clone()).collect();
+        let pushed = self.ingesters.push(tenant, batch, self.limits_for(tenant)).await;
+        if !large.is_empty() {
+            offload::free(large);
+        }
+        match pushed {
             Ok(()) => {
                 metrics::add(&self.metrics().pushed_profiles, profiles);
                 Ok(())
@@ -175,6 +183,10 @@ impl Distributor {
         }
     }
 }
+
+/// Samples from which a pushed profile is freed on a decode thread (`offload::free`): one
+/// this large was most likely made there, and its free costs a core more than the hand-off.
+const FREE_OFF_CORE_SAMPLES: usize = 1024;
 
 /// Labels a client may not set: the server derives them per sample type, or they are
 /// write-path hints that are never stored.
