@@ -20,12 +20,7 @@ cargo build --release -q -p kiln -p kiln-load
 . perf/processes.sh
 ports_free "$PORT" 1
 
-./target/release/kiln -shards=1 -server.http-listen-address=127.0.0.1 -server.http-listen-port="$PORT" \
-  -storage.path="$TMP/data" -validation.reject-older-than=0 -distributor.ingestion-rate-limit-mb=0 \
-  -validation.max-profile-stacktrace-samples=0 -querier.max-query-length=0 >"$TMP/log" 2>&1 &
-KILN=$!
-PIDS+=("$KILN")
-wait_ready "$PORT" "$TMP/log" kiln
+start_one_core "$PORT" "$TMP/data" "$TMP/log"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$KILN/stat"; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u '+%F %H:%M UTC')"

@@ -50,6 +50,30 @@ impl Writer {
         self.0.extend_from_slice(&bytes[..=n]);
     }
 
+    /// `u` of each of `vs`, in order: the same bytes, with room for all of them made once
+    /// (a WAL record's stacks are most of its varints, and a capacity check on each of them
+    /// was most of their cost).
+    pub fn u32s(&mut self, vs: &[u32]) {
+        const MAX_U32_LEN: usize = 5;
+        self.0.reserve(vs.len() * MAX_U32_LEN);
+        let spare = &mut self.0.spare_capacity_mut()[..vs.len() * MAX_U32_LEN];
+        let mut n = 0;
+        for &v in vs {
+            let mut v = v;
+            while v >= 0x80 {
+                spare[n].write(v as u8 | 0x80);
+                v >>= 7;
+                n += 1;
+            }
+            spare[n].write(v as u8);
+            n += 1;
+        }
+        let len = self.0.len() + n;
+        // SAFETY: the `n` bytes after the buffer's length were written above, within the
+        // capacity reserved for them (at most 5 bytes a u32).
+        unsafe { self.0.set_len(len) };
+    }
+
     /// Signed: zigzag (0, -1, 1, -2, … → 0, 1, 2, 3, …), so that small negative numbers stay
     /// short, then `u`.
     #[inline]
@@ -374,6 +398,19 @@ mod tests {
                 r.byte().unwrap();
                 prop_assert_eq!(r.u(), Err(CodecError { offset: 1, kind: ErrorKind::VarintTruncated }));
             }
+        }
+    }
+
+    proptest! {
+        /// `u32s` writes exactly what `u` of each value writes, after whatever came before.
+        #[test]
+        fn u32s_is_u_of_each(before in proptest::collection::vec(any::<u8>(), 0..8), vs in proptest::collection::vec(any::<u32>(), 0..40)) {
+            let (mut one, mut each) = (Writer(before.clone()), Writer(before));
+            one.u32s(&vs);
+            for &v in &vs {
+                each.u(v as u64);
+            }
+            prop_assert_eq!(one, each);
         }
     }
 

@@ -235,9 +235,7 @@ fn encode_group_start(w: &mut Writer, g: &SampleGroup) {
 /// One sample: its stack and values; returns its frames.
 fn encode_sample(w: &mut Writer, s: &Sample) -> usize {
     w.u(s.locations.len() as u64);
-    for &l in &s.locations {
-        w.u(l as u64);
-    }
+    w.u32s(&s.locations);
     for &v in &s.values {
         w.i(v);
     }
