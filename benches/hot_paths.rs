@@ -268,6 +268,7 @@ fn core_turn(c: &mut Criterion) {
                             reply,
                             mode: IngestMode::Whole(key),
                             max_series: 0,
+                            body: None,
                         };
                         let t = Instant::now();
                         ing.handle(Msg::Ingest(msg));

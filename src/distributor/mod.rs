@@ -24,6 +24,7 @@ use crate::service::codec;
 use crate::service::routes::{Class, HttpRoute, RpcService};
 use crate::service::{tenant, Code, Req, Response, RpcError};
 use http::{HeaderMap, Method};
+use kiln_shards::ingester::walcodec::RecordBody;
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{self, Labels};
 use kiln_shards::model::profile::{Profile, SampleGroup};
@@ -153,15 +154,29 @@ impl Distributor {
         Ok(())
     }
 
+    /// Whether a profile's groups of `tenant` all go to one core of this process (see
+    /// `IngesterClient::whole_on_one_core`): then its WAL record's body can be written where
+    /// it is decoded.
+    pub fn whole_on_one_core(&self, tenant: &TenantId) -> Option<impl Fn(&[SampleGroup]) -> bool + Send + 'static> {
+        self.ingesters.whole_on_one_core(tenant)
+    }
+
     /// Hands accepted profiles to the ingesters: all or nothing (see `IngesterClient::push`).
     async fn distribute(&self, tenant: &TenantId, batch: Vec<Accepted>) -> Result<(), RpcError> {
         let profiles = batch.len() as u64;
-        let batch: Vec<_> = batch.into_iter().map(|a| (Arc::new(a.profile), a.groups)).collect();
+        let mut bodies = Vec::with_capacity(batch.len());
+        let batch: Vec<_> = batch
+            .into_iter()
+            .map(|a| {
+                bodies.push(a.body);
+                (Arc::new(a.profile), a.groups)
+            })
+            .collect();
         // Large profiles are freed on a decode thread once the push is answered (the cores
         // only let go of their references), not on this core.
         let large: Vec<Arc<Profile>> =
             batch.iter().filter(|(p, _)| p.samples.len() >= FREE_OFF_CORE_SAMPLES).map(|(p, _)| p.clone()).collect();
-        let pushed = self.ingesters.push(tenant, batch, self.limits_for(tenant)).await;
+        let pushed = self.ingesters.push(tenant, batch, bodies, self.limits_for(tenant)).await;
         if !large.is_empty() {
             offload::free(large);
         }
@@ -256,6 +271,8 @@ pub fn validate_labels(l: &Labels, limits: &Limits) -> Result<(), RpcError> {
 pub struct Accepted {
     pub profile: Profile,
     pub groups: Vec<SampleGroup>,
+    /// Its WAL record's body, where the decode wrote one (see `IngesterClient::push`).
+    pub body: Option<RecordBody>,
 }
 
 /// Builds the series groups of a decoded profile: the push's labels over its sample labels
@@ -292,7 +309,7 @@ pub fn accept(base: &Labels, decoded: pprof::Decoded, limits: &Limits, now_ns: i
     // The profile is final: its stack keys are paid for here (a decode thread, for a large
     // one), not on the cores that intern it.
     profile.stack_keys();
-    Ok(Accepted { profile, groups })
+    Ok(Accepted { profile, groups, body: None })
 }
 
 fn fmt_ns(ns: i64) -> String {

@@ -27,6 +27,14 @@ pub fn configure(bytes: usize) {
     THRESHOLD.store(bytes, Relaxed);
 }
 
+/// The threshold in force (0: no work leaves its core, `usize::MAX` then).
+pub fn threshold() -> usize {
+    match THRESHOLD.load(Relaxed) {
+        0 => usize::MAX,
+        t => t,
+    }
+}
+
 /// Jobs that may wait per decode thread before a core decodes its profile itself.
 pub const QUEUE_PER_THREAD: usize = 4;
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use kiln_io::compress;
 use kiln_proto::push::v1::{PushRequest, PushResponse};
+use kiln_shards::ingester::walcodec::RecordBody;
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::labels::{self, Labels};
 use std::rc::Rc;
@@ -96,12 +97,20 @@ async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -
     for (base, compressed, bytes) in inflated {
         let name = base.get(labels::NAME).unwrap_or("").to_string();
         let size = bytes.len();
-        // A large profile is decoded off this core, which serves other requests meanwhile.
+        // A large profile is decoded off this core, which serves other requests meanwhile,
+        // and its WAL record's body written there when one core owns all of it.
         let lim = limits.clone();
+        let one_core = (size >= offload::threshold()).then(|| dist.whole_on_one_core(&tenant)).flatten();
+        let record_tenant = tenant.to_arc();
         let result = offload::run(size, move || {
             decode(&bytes, &lim).and_then(|decoded| {
                 let samples = decoded.profile.samples.len();
-                accept(&base, decoded, &lim, now).map(|a| (a, samples))
+                accept(&base, decoded, &lim, now).map(|mut a| {
+                    if one_core.is_some_and(|whole| whole(&a.groups)) {
+                        a.body = Some(RecordBody::new(&record_tenant, &a.profile, &a.groups));
+                    }
+                    (a, samples)
+                })
             })
         })
         .await

@@ -3,6 +3,7 @@
 //! cluster issue points it at remote ingesters too (a pooled client per instance).
 use crate::config::Limits;
 use kiln_shards::ingester::cut::CutError;
+use kiln_shards::ingester::walcodec::RecordBody;
 use kiln_shards::ingester::{Ingest, IngestError, IngestMode, Msg};
 use kiln_shards::model::ids::TenantId;
 use kiln_shards::model::profile::{Profile, SampleGroup};
@@ -30,6 +31,10 @@ impl WriteError {
         matches!(self, WriteError::Unavailable(_))
     }
 }
+
+/// One owning core's part of a push: the core, the profile, the groups it owns and the
+/// record body written for them (see `push`).
+type Message = (usize, Arc<Profile>, Vec<SampleGroup>, Option<RecordBody>);
 
 /// The ingesters a distributor writes to, and the cores an operator's `/ingester/flush`
 /// cuts.
@@ -60,16 +65,34 @@ impl IngesterClient {
 
     /// Writes a push: to its replicas in a cluster, else to this process's cores (see
     /// `push_local`).
+    /// `bodies`: the WAL record body of each profile of `batch` where one was written
+    /// (`walcodec::RecordBody`, see `whole_on_one_core`); missing or `None`: the owning cores
+    /// encode the records (as they do in a cluster, where each replica writes its own).
     pub async fn push(
         &self,
         tenant: &TenantId,
         batch: Vec<(Arc<Profile>, Vec<SampleGroup>)>,
+        bodies: Vec<Option<RecordBody>>,
         limits: &Limits,
     ) -> Result<(), WriteError> {
         match &self.cluster {
             Some(r) => r.push(&self.this_process(), tenant, batch, limits).await,
-            None => self.push_local(tenant, batch, limits).await,
+            None => self.push_with_bodies(tenant, batch, bodies, limits).await,
         }
+    }
+
+    /// Whether all of a profile's groups of `tenant` are owned by one of this process's
+    /// cores, so that a record body written for them all is that core's record (none in a
+    /// cluster). Answered anywhere: a decode thread asks it before writing a body.
+    pub fn whole_on_one_core(&self, tenant: &TenantId) -> Option<impl Fn(&[SampleGroup]) -> bool + Send + 'static> {
+        if self.cluster.is_some() {
+            return None;
+        }
+        let (ring, tenant) = (self.mesh.ring.clone(), tenant.to_arc());
+        Some(move |groups: &[SampleGroup]| {
+            let mut owners = groups.iter().map(|g| ring.owner(g.labels.fingerprint(&tenant)).core);
+            owners.next().is_some_and(|first| owners.all(|c| c == first))
+        })
     }
 
     /// Sends every group to its owning core and waits until each has applied its part. All or
@@ -82,20 +105,38 @@ impl IngesterClient {
         batch: Vec<(Arc<Profile>, Vec<SampleGroup>)>,
         limits: &Limits,
     ) -> Result<(), WriteError> {
+        self.push_with_bodies(tenant, batch, Vec::new(), limits).await
+    }
+
+    /// `push_local`, with the record bodies written for some of the profiles (see `push`).
+    async fn push_with_bodies(
+        &self,
+        tenant: &TenantId,
+        batch: Vec<(Arc<Profile>, Vec<SampleGroup>)>,
+        bodies: Vec<Option<RecordBody>>,
+        limits: &Limits,
+    ) -> Result<(), WriteError> {
         let mesh = &self.mesh;
         let tenant = tenant.to_arc();
         let max_series = series_limit_per_core(limits, mesh.cores());
-        let mut messages: Vec<(usize, Arc<Profile>, Vec<SampleGroup>)> = Vec::new();
+        let mut messages: Vec<Message> = Vec::new();
+        let mut bodies = bodies.into_iter();
         for (profile, groups) in batch {
+            let mut body = bodies.next().flatten();
             let mut per_core: Vec<Vec<SampleGroup>> = vec![Vec::new(); mesh.cores()];
             for g in groups {
                 // All sample types of a group share one owner, so its stacks are interned once.
                 let owner = mesh.ring.owner(g.labels.fingerprint(&tenant)).core as usize;
                 per_core[owner].push(g);
             }
+            // A body holds all of the profile's groups, in order: it is a core's record only
+            // where that core owns them all.
+            if per_core.iter().filter(|g| !g.is_empty()).count() > 1 {
+                body = None;
+            }
             for (c, groups) in per_core.into_iter().enumerate() {
                 if !groups.is_empty() {
-                    messages.push((c, profile.clone(), groups));
+                    messages.push((c, profile.clone(), groups, body.take()));
                 }
             }
         }
@@ -108,9 +149,10 @@ impl IngesterClient {
             PartedPush { mesh: mesh.clone(), key, cores: if whole { Vec::new() } else { cores }, commit: None };
         let mode = if whole { IngestMode::Whole(key) } else { IngestMode::Part(key) };
         let mut waits = Vec::with_capacity(messages.len());
-        for (c, profile, groups) in messages {
+        for (c, profile, groups, body) in messages {
             let (tx, rx) = flume::bounded(1);
-            let msg = Msg::Ingest(Ingest { tenant: tenant.clone(), profile, groups, reply: tx, mode, max_series });
+            let msg =
+                Msg::Ingest(Ingest { tenant: tenant.clone(), profile, groups, reply: tx, mode, max_series, body });
             if let Err(e) = mesh.send(c, msg).await {
                 parted.settle(false).await;
                 return Err(WriteError::Unavailable(e.to_string()));

@@ -58,7 +58,7 @@ pub async fn serve(
         Some(c) => std::borrow::Cow::Owned(super::client::in_cluster_of(c, limits)),
         None => std::borrow::Cow::Borrowed(limits),
     };
-    local.push(&tenant, batch, &limits).await.map_err(write_error)?;
+    local.push(&tenant, batch, Vec::new(), &limits).await.map_err(write_error)?;
     Ok(Vec::new())
 }
 

@@ -266,6 +266,7 @@ fn replay_stream(
                         reply: tx,
                         mode: IngestMode::Replay,
                         max_series: 0,
+                        body: None,
                     })
                 };
                 mesh.send_blocking(c, msg)?;

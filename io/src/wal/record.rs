@@ -17,11 +17,20 @@ fn checksum(len: u32, payload: &[u8]) -> u32 {
 }
 
 pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
-    assert!(payload.len() <= MAX_RECORD, "WAL record too large");
-    let len = payload.len() as u32;
+    encode_parts(payload, &[], out);
+}
+
+/// The record whose payload is `head` then `tail`, without joining them first.
+pub fn encode_parts(head: &[u8], tail: &[u8], out: &mut Vec<u8>) {
+    let n = head.len() + tail.len();
+    assert!(n <= MAX_RECORD, "WAL record too large");
+    let len = n as u32;
+    let crc = crc32c::crc32c_append(checksum(len, head), tail);
+    out.reserve(HEADER + n);
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(len, payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(tail);
 }
 
 /// A whole record at `at`, if one is there.
@@ -142,6 +151,15 @@ mod tests {
     }
 
     proptest! {
+        /// A record in two parts is the record of the two joined.
+        #[test]
+        fn parts_frame_as_their_join(head in proptest::collection::vec(any::<u8>(), 0..40), tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let (mut parts, mut joined) = (Vec::new(), Vec::new());
+            encode_parts(&head, &tail, &mut parts);
+            encode(&[head.as_slice(), tail.as_slice()].concat(), &mut joined);
+            prop_assert_eq!(parts, joined);
+        }
+
         #[test]
         fn roundtrip(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..20)) {
             let seg = segment(&payloads);

@@ -193,6 +193,9 @@ pub struct Ingest {
     pub mode: IngestMode,
     /// The tenant's series limit on this core (0: none).
     pub max_series: usize,
+    /// Its WAL record's body, written where the profile was made (`walcodec::RecordBody`:
+    /// the tenant, `profile` and `groups` as here); none: the core encodes the record.
+    pub body: Option<walcodec::RecordBody>,
 }
 
 /// What the ingester on a core is asked to do (through the core's inbox).
@@ -797,7 +800,9 @@ impl Ingester {
             job.interned = head.intern_stacks(p, groups, &mut job.interning, frames);
             return;
         }
-        if let (Some(_), IngestMode::Whole(key) | IngestMode::Part(key)) = (&self.wal, job.ingest.mode) {
+        // A record whose body came with the push needs no steps.
+        let encode = job.ingest.body.is_none();
+        if let (Some(_), IngestMode::Whole(key) | IngestMode::Part(key), true) = (&self.wal, job.ingest.mode, encode) {
             let (record, done) = job
                 .record
                 .get_or_insert_with(|| (walcodec::KeyedEncoder::new(key, &job.ingest.tenant, p, groups), false));
@@ -839,7 +844,7 @@ impl Ingester {
     /// interned here, or already (`interned`, by `step`, on the live head), its record
     /// encoded here or already (`record`, by `step`: `walcodec::encode_keyed`'s bytes).
     fn apply(&mut self, m: Ingest, interned: Option<&Interning>, record: Option<Vec<u8>>) {
-        let Ingest { tenant, profile, groups, reply, mode, max_series } = m;
+        let Ingest { tenant, profile, groups, reply, mode, max_series, body } = m;
         let replay = mode == IngestMode::Replay;
         let series_before = self.tenants.get(&tenant).map_or(0, |h| h.live_series);
         let (st, key) = match mode {
@@ -871,22 +876,31 @@ impl Ingester {
                 let _ = wal.wake.try_send(());
             }
             (Some(wal), Some(k)) => {
-                let payload = record.unwrap_or_else(|| walcodec::encode_keyed(k, &tenant, &profile, &groups));
-                if payload.len() > record::MAX_RECORD {
+                // The record: encoded by `step`, or its first byte and key before the body
+                // that came with the push, or encoded here.
+                let (head, body) = match (record, body) {
+                    (Some(r), _) => (r, None),
+                    (None, Some(b)) => (b.head(k), Some(b)),
+                    (None, None) => (walcodec::encode_keyed(k, &tenant, &profile, &groups), None),
+                };
+                let tail = body.as_ref().map_or(&[][..], |b| b.bytes());
+                debug_assert!(
+                    body.is_none()
+                        || [&head[..], tail].concat() == walcodec::encode_keyed(k, &tenant, &profile, &groups),
+                    "a record body that is not this push's"
+                );
+                let bytes = head.len() + tail.len();
+                if bytes > record::MAX_RECORD {
                     // Taken out again and refused, rather than a record the WAL
                     // cannot frame; an abort record follows any earlier part of the
                     // push queued here.
-                    let e = IngestError::RecordTooLarge {
-                        core: self.core,
-                        bytes: payload.len(),
-                        limit: record::MAX_RECORD,
-                    };
+                    let e = IngestError::RecordTooLarge { core: self.core, bytes, limit: record::MAX_RECORD };
                     self.settle(k, false, Some(None));
                     let _ = reply.send(Err(e));
                     return;
                 }
                 let mut p = wal.pending.borrow_mut();
-                record::encode(&payload, &mut p.buf);
+                record::encode_parts(&head, tail, &mut p.buf);
                 let whole = matches!(mode, IngestMode::Whole(_));
                 p.waiters.push(Waiter::Push { reply, stats: st, key: k, whole });
                 // Full means a wake-up is already queued.
@@ -1014,6 +1028,7 @@ pub(super) mod tests {
             reply: tx,
             mode,
             max_series,
+            body: None,
         }));
         rx
     }
@@ -1174,6 +1189,39 @@ pub(super) mod tests {
         let queued = pending.borrow();
         let (records, _) = record::decode_all(&queued.buf);
         assert_eq!(records, [want.as_slice()]);
+    }
+
+    #[test]
+    fn a_push_that_brings_its_record_body_queues_the_record_the_core_would_write() {
+        for steps in [0, 20] {
+            let (ing, pending) = with_test_wal();
+            let mut ing = ing.with_append_steps(steps);
+            let p = wide(50, 1_000_000_000);
+            let groups = group(&p, &[("__name__", "x"), ("service_name", "svc")]);
+            let want = walcodec::encode_keyed(7, "t", &p, &groups);
+            let body = Some(walcodec::RecordBody::new("t", &p, &groups));
+            let (tx, rx) = flume::bounded(1);
+            let (profile, mode) = (Arc::new(p), IngestMode::Whole(7));
+            ing.handle(Msg::Ingest(Ingest {
+                tenant: Arc::from("t"),
+                profile,
+                groups,
+                reply: tx,
+                mode,
+                max_series: 0,
+                body,
+            }));
+            // In steps: the interning's alone (no record steps), then the rows'.
+            let taken = step_all(&mut ing);
+            if steps > 0 {
+                assert_eq!(taken, 50 + 1, "steps {steps}");
+            }
+            let queued = pending.borrow();
+            let (records, _) = record::decode_all(&queued.buf);
+            assert_eq!(records, [want.as_slice()], "steps {steps}");
+            assert_eq!(total(&ing), (1..=50).sum::<i64>());
+            assert!(rx.try_recv().is_err(), "answered before its record was written");
+        }
     }
 
     #[test]
