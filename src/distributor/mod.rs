@@ -154,13 +154,6 @@ impl Distributor {
         Ok(())
     }
 
-    /// Whether a profile's groups of `tenant` all go to one core of this process (see
-    /// `IngesterClient::whole_on_one_core`): then its WAL record's body can be written where
-    /// it is decoded.
-    pub fn whole_on_one_core(&self, tenant: &TenantId) -> Option<impl Fn(&[SampleGroup]) -> bool + Send + 'static> {
-        self.ingesters.whole_on_one_core(tenant)
-    }
-
     /// Hands accepted profiles to the ingesters: all or nothing (see `IngesterClient::push`).
     async fn distribute(&self, tenant: &TenantId, batch: Vec<Accepted>) -> Result<(), RpcError> {
         let profiles = batch.len() as u64;

@@ -97,8 +97,7 @@ pub async fn run<T: Send + 'static>(
     cost_bytes: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Panicked> {
-    let threshold = THRESHOLD.load(Relaxed);
-    if threshold == 0 || cost_bytes < threshold {
+    if cost_bytes < threshold() {
         return Ok(work());
     }
     let (tx, rx) = flume::bounded::<T>(1);

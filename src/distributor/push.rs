@@ -100,7 +100,7 @@ async fn push_all(dist: &Rc<Distributor>, tenant: &TenantId, req: PushRequest) -
         // A large profile is decoded off this core, which serves other requests meanwhile,
         // and its WAL record's body written there when one core owns all of it.
         let lim = limits.clone();
-        let one_core = (size >= offload::threshold()).then(|| dist.whole_on_one_core(&tenant)).flatten();
+        let one_core = (size >= offload::threshold()).then(|| dist.ingesters.whole_on_one_core(&tenant)).flatten();
         let record_tenant = tenant.to_arc();
         let result = offload::run(size, move || {
             decode(&bytes, &lim).and_then(|decoded| {

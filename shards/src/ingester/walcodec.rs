@@ -65,7 +65,7 @@ impl R<'_> {
 
 /// An ingest record without a push key (what kiln wrote before keys; still read).
 pub fn encode(tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Vec<u8> {
-    let mut e = KeyedEncoder::with_header(VERSION, None, tenant, p, groups);
+    let mut e = KeyedEncoder::start(Some((VERSION, None)), tenant, p, groups);
     e.step(p, groups, usize::MAX);
     e.finish(p, groups)
 }
@@ -108,16 +108,12 @@ pub struct KeyedEncoder {
 
 impl KeyedEncoder {
     pub fn new(key: u64, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Self {
-        Self::with_header(KEYED, Some(key), tenant, p, groups)
+        Self::start(Some((KEYED, Some(key))), tenant, p, groups)
     }
 
     /// A record whose first byte is `first` (and the span flag), then `key` if any, then
-    /// the body: the tenant, the tables, the groups' samples, the span section.
-    fn with_header(first: u8, key: Option<u64>, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Self {
-        Self::start(Some((first, key)), tenant, p, groups)
-    }
-
-    /// `with_header`, or the body alone (`header` none: see `RecordBody`).
+    /// the body: the tenant, the tables, the groups' samples, the span section; the body
+    /// alone where `header` is none (see `RecordBody`).
     fn start(header: Option<(u8, Option<u64>)>, tenant: &str, p: &Profile, groups: &[SampleGroup]) -> Self {
         // Two bytes a frame and a value are most of a record: one allocation, not a dozen.
         let frames = super::head::stack_frames(p, groups);

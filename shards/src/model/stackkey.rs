@@ -64,68 +64,58 @@ fn past_table(what: u8, i: u32) -> u128 {
     u128::MAX - ((what as u128) << 32 | i as u128)
 }
 
+/// One key per item of a table: the hash of what `write` puts in `buf` for it.
+fn keys_of<T>(items: &[T], buf: &mut Vec<u8>, mut write: impl FnMut(&T, &mut Vec<u8>)) -> Vec<u128> {
+    items
+        .iter()
+        .map(|item| {
+            buf.clear();
+            write(item, buf);
+            xxh3_128(buf)
+        })
+        .collect()
+}
+
 /// Each sample's stack key, in sample order.
 pub fn compute(p: &Profile) -> Box<[u128]> {
     let strings: Vec<u128> = p.strings.iter().map(|s| xxh3_128(s.as_bytes())).collect();
     let empty = xxh3_128(b"");
     let string = |i: u32| strings.get(i as usize).copied().unwrap_or(empty);
     let mut buf: Vec<u8> = Vec::with_capacity(128);
-    let functions: Vec<u128> = p
-        .functions
-        .iter()
-        .map(|f| {
-            buf.clear();
-            for s in [f.name, f.system_name, f.filename] {
-                buf.extend_from_slice(&string(s).to_le_bytes());
-            }
-            buf.extend_from_slice(&f.start_line.to_le_bytes());
-            xxh3_128(&buf)
-        })
-        .collect();
-    let mappings: Vec<u128> = p
-        .mappings
-        .iter()
-        .map(|m| {
-            buf.clear();
-            for v in [m.memory_start, m.memory_limit, m.file_offset] {
-                buf.extend_from_slice(&v.to_le_bytes());
-            }
-            buf.extend_from_slice(&string(m.filename).to_le_bytes());
-            buf.extend_from_slice(&string(m.build_id).to_le_bytes());
-            buf.push(m.flag_bits());
-            xxh3_128(&buf)
-        })
-        .collect();
-    let locations: Vec<u128> = p
-        .locations
-        .iter()
-        .map(|l| {
-            let mapping = match l.mapping {
-                0 => NO_MAPPING,
-                m => mappings.get(m as usize - 1).copied().unwrap_or_else(|| past_table(1, m)),
-            };
-            buf.clear();
-            buf.extend_from_slice(&mapping.to_le_bytes());
-            buf.extend_from_slice(&l.address.to_le_bytes());
-            for line in &l.lines {
-                let f = functions.get(line.function as usize).copied().unwrap_or_else(|| past_table(2, line.function));
-                buf.extend_from_slice(&f.to_le_bytes());
-                buf.extend_from_slice(&line.line.to_le_bytes());
-            }
-            xxh3_128(&buf)
-        })
-        .collect();
-    p.samples
-        .iter()
-        .map(|s| {
-            buf.clear();
-            for &l in &s.locations {
-                let k = locations.get(l as usize).copied().unwrap_or_else(|| past_table(3, l));
-                buf.extend_from_slice(&k.to_le_bytes());
-            }
-            xxh3_128(&buf)
-        })
-        .collect()
+    let functions = keys_of(&p.functions, &mut buf, |f, buf| {
+        for s in [f.name, f.system_name, f.filename] {
+            buf.extend_from_slice(&string(s).to_le_bytes());
+        }
+        buf.extend_from_slice(&f.start_line.to_le_bytes());
+    });
+    let mappings = keys_of(&p.mappings, &mut buf, |m, buf| {
+        for v in [m.memory_start, m.memory_limit, m.file_offset] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        buf.extend_from_slice(&string(m.filename).to_le_bytes());
+        buf.extend_from_slice(&string(m.build_id).to_le_bytes());
+        buf.push(m.flag_bits());
+    });
+    let locations = keys_of(&p.locations, &mut buf, |l, buf| {
+        let mapping = match l.mapping {
+            0 => NO_MAPPING,
+            m => mappings.get(m as usize - 1).copied().unwrap_or_else(|| past_table(1, m)),
+        };
+        buf.extend_from_slice(&mapping.to_le_bytes());
+        buf.extend_from_slice(&l.address.to_le_bytes());
+        for line in &l.lines {
+            let f = functions.get(line.function as usize).copied().unwrap_or_else(|| past_table(2, line.function));
+            buf.extend_from_slice(&f.to_le_bytes());
+            buf.extend_from_slice(&line.line.to_le_bytes());
+        }
+    });
+    keys_of(&p.samples, &mut buf, |s, buf| {
+        for &l in &s.locations {
+            let k = locations.get(l as usize).copied().unwrap_or_else(|| past_table(3, l));
+            buf.extend_from_slice(&k.to_le_bytes());
+        }
+    })
+    .into_boxed_slice()
 }
 
 #[cfg(test)]
