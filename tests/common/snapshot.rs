@@ -6,8 +6,11 @@ use kiln_proto::querier::v1 as q;
 use kiln_proto::types::v1 as t;
 use std::collections::BTreeMap;
 
-/// Pushes one fixture as service `service` (PusherService/Push, Connect).
+/// Pushes one fixture as service `service` (PusherService/Push, Connect). A fixture without
+/// a time of its own is given `pinned_now_ns`, so that the answers of two systems it was
+/// pushed to minutes apart do not differ by which hour's step that push fell in.
 pub fn push_fixture(port: u16, service: &str, raw: Vec<u8>) {
+    let raw = with_pinned_time(raw);
     let req = PushRequest {
         series: vec![RawProfileSeries {
             labels: vec![
@@ -22,6 +25,42 @@ pub fn push_fixture(port: u16, service: &str, raw: Vec<u8>) {
 }
 
 pub const START: i64 = 1000;
+
+/// One time for this test process, in nanoseconds: the start of the current hour step of
+/// the snapshot's series (steps of an hour from `START`), so it is never in the future and
+/// lies in the same step however long the test runs.
+pub fn pinned_now_ns() -> i64 {
+    static PINNED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *PINNED.get_or_init(|| {
+        let hour = 3_600_000;
+        (START + (now_ms() - START) / hour * hour) * 1_000_000
+    })
+}
+
+/// `raw` (pprof, gzipped or not) with `time_nanos` set to `pinned_now_ns` when it has none:
+/// the field is appended to the message (protobuf's last value wins), leaving every other
+/// byte as the fixture has it. A fixture that does not decode is left as it is.
+fn with_pinned_time(raw: Vec<u8>) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let gzipped = raw.starts_with(&[0x1f, 0x8b]);
+    let mut plain = Vec::new();
+    if gzipped && flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut plain).is_err() {
+        return raw;
+    }
+    let plain = if gzipped { plain } else { raw.clone() };
+    match kiln_proto::google::v1::Profile::decode(&plain[..]) {
+        Ok(p) if p.time_nanos == 0 => {}
+        _ => return raw,
+    }
+    let mut out = plain;
+    prost::encoding::int64::encode(9, &pinned_now_ns(), &mut out);
+    if !gzipped {
+        return out;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&out).unwrap();
+    gz.finish().unwrap()
+}
 
 pub fn end() -> i64 {
     now_ms() + 3_600_000
