@@ -35,12 +35,13 @@ ports_free() {
 }
 
 # start_one_core PORT DATA_DIR LOG: starts ./target/release/kiln on one core (`-shards=1`)
-# with the limits that would refuse replayed test data turned off, adds it to PIDS, sets
-# KILN to its pid and waits until it is ready.
+# with the limits that would refuse replayed test data turned off (and KILN_FLAGS, if set),
+# adds it to PIDS, sets KILN to its pid and waits until it is ready.
 start_one_core() {
+  # shellcheck disable=SC2086 # KILN_FLAGS is a list of flags.
   ./target/release/kiln -shards=1 -server.http-listen-address=127.0.0.1 -server.http-listen-port="$1" \
     -storage.path="$2" -validation.reject-older-than=0 -distributor.ingestion-rate-limit-mb=0 \
-    -validation.max-profile-stacktrace-samples=0 -querier.max-query-length=0 >"$3" 2>&1 &
+    -validation.max-profile-stacktrace-samples=0 -querier.max-query-length=0 ${KILN_FLAGS:-} >"$3" 2>&1 &
   KILN=$!
   PIDS+=("$KILN")
   wait_ready "$1" "$3" kiln

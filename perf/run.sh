@@ -3,7 +3,8 @@
 # kiln-load on another, measures peak ingest, p99 at half of peak (with the bare fdatasync
 # bound of the same disk in the same run), query latency, head bytes per sample, and the
 # criterion benchmarks (decode against its inflate+protobuf bound per class, append, the
-# 3M-stack flame graph); then issue 16's goals: small pushes while large ones stream in
+# 3M-stack flame graph); then issue 16's goals: the whole push path's CPU against the
+# decode bound (perf/ingest_bound.sh), small pushes while large ones stream in
 # (perf/hol.sh), WAL replay and the query mix from blocks against the head
 # (perf/durability.sh), and kiln on 1 against all cores.
 # Usage: perf/run.sh [seconds per load run, default 20]   (about 20 minutes with 20)
@@ -73,6 +74,10 @@ echo "goals (issue 16)"
 echo
 echo "1. decode+normalise against inflate+prost of the same bytes (the criterion run above; goal >= 0.8):"
 python3 perf/goals.py decode "$CRIT_START" | sed 's/^/    /'
+echo
+echo "1. the same on the whole push path: kiln's CPU per acknowledged push, each class alone (perf/ingest_bound.sh; goal >= 0.8):"
+BENCH=0 perf/ingest_bound.sh | sed 's/^/    /'
+echo
 python3 perf/goals.py sync "$(echo "$HALF_JSON" | field p99)" "$SYNC_P99"
 python3 perf/goals.py flamegraph "$CRIT_START"
 echo
