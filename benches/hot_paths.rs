@@ -220,6 +220,24 @@ fn decoded(rel: &str) -> (Profile, Vec<SampleGroup>) {
     (d.profile, groups)
 }
 
+/// What a decode thread does to a large profile after its decode (issue 16 goal 1: the
+/// whole push path's share beyond the inflate+protobuf bound): each sample's stack key and
+/// the WAL record's body.
+fn after_decode(c: &mut Criterion) {
+    use kiln_shards::ingester::walcodec::RecordBody;
+    use kiln_shards::model::stackkey;
+    let mut g = c.benchmark_group("after_decode");
+    for rel in FIXTURES {
+        let (p, groups) = decoded(rel);
+        g.throughput(Throughput::Elements(p.samples.len() as u64));
+        g.bench_function(BenchmarkId::new("stack_keys", short(rel)), |b| b.iter(|| stackkey::compute(&p).len()));
+        g.bench_function(BenchmarkId::new("record_body", short(rel)), |b| {
+            b.iter(|| RecordBody::new("t", &p, &groups).bytes().len())
+        });
+    }
+    g.finish();
+}
+
 /// The owning core's append: symbol interning, stack tree, columns. Measured on a warm head
 /// (the steady state: symbols already known) and on an empty one.
 fn append(c: &mut Criterion) {
@@ -473,6 +491,6 @@ fn ingest_formats(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
-    targets = decode, jfr, append, core_turn, normalisation, flamegraph, channels, ingest_formats
+    targets = decode, jfr, after_decode, append, core_turn, normalisation, flamegraph, channels, ingest_formats
 }
 criterion_main!(benches);

@@ -110,9 +110,12 @@ pub fn compute(p: &Profile) -> Box<[u128]> {
         }
     });
     keys_of(&p.samples, &mut buf, |s, buf| {
-        for &l in &s.locations {
+        // The buffer sized once and filled a frame at a time: a stack's frames are most of
+        // the keys' cost, and a capacity check on each of them was most of that.
+        buf.resize(s.locations.len() * 16, 0);
+        for (to, &l) in buf.chunks_exact_mut(16).zip(&s.locations) {
             let k = locations.get(l as usize).copied().unwrap_or_else(|| past_table(3, l));
-            buf.extend_from_slice(&k.to_le_bytes());
+            to.copy_from_slice(&k.to_le_bytes());
         }
     })
     .into_boxed_slice()
