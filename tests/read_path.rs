@@ -4,14 +4,15 @@
 mod common;
 use common::members::*;
 use common::snapshot::{
-    assert_same, flush, profile_type_ids, push_fixture, single_node_half_in_blocks, snapshot, wait_for_answers, START,
+    assert_same, end, flush, profile_type_ids, push_fixture, single_node_half_in_blocks, snapshot, wait_for_answers,
+    START,
 };
 use common::*;
 use std::collections::BTreeMap;
 
 /// `/pyroscope/render`'s flame graph of every profile type, as JSON text.
 fn renders(port: u16, types: &[String]) -> BTreeMap<String, String> {
-    let until = (now_ms() + 3_600_000) / 1000;
+    let until = end() / 1000;
     types
         .iter()
         .map(|pt| {
@@ -58,7 +59,7 @@ fn the_frontend_answers_as_one_node_split_or_not_from_its_cache_and_while_a_quer
         all.extend(FIXTURE_FLAGS.iter().chain(flags).map(|s| s.to_string()));
         start_member(data, hold_port(), &all)
     };
-    // One frontend splits the fixtures' range (from 1970 to an hour from now) by the hour
+    // One frontend splits the fixtures' range (from 1970 to `end()`, an hour or more from now) by the hour
     // (capped at 256 parts, a longer interval each) and caches past parts: the distributor
     // takes the fixtures' old timestamps, but this frontend is told profiles older than two
     // hours are refused, so it caches every part that ends before then.
