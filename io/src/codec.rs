@@ -54,23 +54,36 @@ impl Writer {
     /// (a WAL record's stacks are most of its varints, and a capacity check on each of them
     /// was most of their cost).
     pub fn u32s(&mut self, vs: &[u32]) {
-        const MAX_U32_LEN: usize = 5;
-        self.0.reserve(vs.len() * MAX_U32_LEN);
-        let spare = &mut self.0.spare_capacity_mut()[..vs.len() * MAX_U32_LEN];
+        self.varints(vs, 5, u64::from);
+    }
+
+    /// `i` of each of `vs`, in order: the same bytes, with room for all of them made once (a
+    /// sample's values, beside its stack: one call, not one a value).
+    pub fn i64s(&mut self, vs: &[i64]) {
+        self.varints(vs, MAX_VARINT_LEN, |v| ((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    /// The varint of `as_u64` of each of `vs`, each at most `max_len` bytes long, after one
+    /// capacity check for all of them.
+    #[inline(always)]
+    fn varints<T: Copy>(&mut self, vs: &[T], max_len: usize, as_u64: impl Fn(T) -> u64) {
+        self.0.reserve(vs.len() * max_len);
+        let spare = &mut self.0.spare_capacity_mut()[..vs.len() * max_len];
         let mut n = 0;
         for &v in vs {
-            let mut v = v;
-            while v >= 0x80 {
-                spare[n].write(v as u8 | 0x80);
-                v >>= 7;
+            let mut u = as_u64(v);
+            while u >= 0x80 {
+                spare[n].write(u as u8 | 0x80);
+                u >>= 7;
                 n += 1;
             }
-            spare[n].write(v as u8);
+            spare[n].write(u as u8);
             n += 1;
         }
         let len = self.0.len() + n;
         // SAFETY: the `n` bytes after the buffer's length were written above, within the
-        // capacity reserved for them (at most 5 bytes a u32).
+        // capacity reserved for them (at most `max_len` bytes a value: the caller's bound on
+        // its values' varints).
         unsafe { self.0.set_len(len) };
     }
 
@@ -409,6 +422,20 @@ mod tests {
             one.u32s(&vs);
             for &v in &vs {
                 each.u(v as u64);
+            }
+            prop_assert_eq!(one, each);
+        }
+
+        /// `i64s` writes exactly what `i` of each value writes, after whatever came before.
+        #[test]
+        fn i64s_is_i_of_each(
+            before in proptest::collection::vec(any::<u8>(), 0..8),
+            vs in proptest::collection::vec(prop_oneof![-64i64..64, -10_000i64..10_000, any::<i64>()], 0..40),
+        ) {
+            let (mut one, mut each) = (Writer(before.clone()), Writer(before));
+            one.i64s(&vs);
+            for &v in &vs {
+                each.i(v);
             }
             prop_assert_eq!(one, each);
         }

@@ -272,9 +272,7 @@ fn encode_group_start(w: &mut Writer, g: &SampleGroup) {
 fn encode_sample(w: &mut Writer, s: &Sample) -> usize {
     w.u(s.locations.len() as u64);
     w.u32s(&s.locations);
-    for &v in &s.values {
-        w.i(v);
-    }
+    w.i64s(&s.values);
     s.locations.len()
 }
 
