@@ -157,14 +157,8 @@ impl Distributor {
     /// Hands accepted profiles to the ingesters: all or nothing (see `IngesterClient::push`).
     async fn distribute(&self, tenant: &TenantId, batch: Vec<Accepted>) -> Result<(), RpcError> {
         let profiles = batch.len() as u64;
-        let mut bodies = Vec::with_capacity(batch.len());
-        let batch: Vec<_> = batch
-            .into_iter()
-            .map(|a| {
-                bodies.push(a.body);
-                (Arc::new(a.profile), a.groups)
-            })
-            .collect();
+        let (batch, bodies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|a| ((Arc::new(a.profile), a.groups), a.body)).unzip();
         // Large profiles are freed on a decode thread once the push is answered (the cores
         // only let go of their references), not on this core.
         let large: Vec<Arc<Profile>> =
